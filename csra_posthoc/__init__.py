@@ -1,0 +1,35 @@
+"""csra-posthoc: training-free CSRA residual attention on any pretrained classifier.
+
+Data flows one way: model adapter -> extraction -> cache -> scoring -> metrics -> report.
+"""
+
+from __future__ import annotations
+
+from .adapters import ModelAdapter, load_model
+from .api import run_sweep
+from .data import LabelledImages, load_dataset
+from .errors import CSRAError
+from .extract import extract
+from .location_head import LocationHead
+from .scoring import attention_pool, csra_score, score_from_locations
+from .statistics import ClassStatistics
+from .sweep import SweepResult, sweep
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "load_model",
+    "load_dataset",
+    "extract",
+    "sweep",
+    "run_sweep",
+    "csra_score",
+    "attention_pool",
+    "score_from_locations",
+    "ModelAdapter",
+    "LocationHead",
+    "LabelledImages",
+    "ClassStatistics",
+    "SweepResult",
+    "CSRAError",
+]

@@ -1,0 +1,147 @@
+"""Model loading: a name (+ weights) in, a :class:`ModelAdapter` out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..checkpoint import read_state_dict, state_dict_fingerprint
+from ..errors import CSRAError
+from ..offline_weights import offline_state_dict
+from .base import AdapterInfo, BaselineSource, DataConfig, ModelAdapter
+from .timm_models import build_timm_adapter, classifier_key
+from .torchvision_models import TORCHVISION_CLASSIFIER_KEYS, build_torchvision_adapter
+
+__all__ = ["load_model", "ModelAdapter", "AdapterInfo", "DataConfig", "BaselineSource", "verify_identity"]
+
+TORCHVISION_PREFIX = "torchvision:"
+
+
+def _infer_num_classes(sd: dict[str, torch.Tensor], keys: tuple[str, ...], checkpoint: Path) -> int:
+    for key in keys:
+        if key in sd and sd[key].dim() >= 2:
+            return int(sd[key].shape[0])
+    raise CSRAError(
+        f"--checkpoint {checkpoint}: no classifier weight found (looked for {', '.join(keys)}); "
+        "is it a checkpoint of this --model?"
+    )
+
+
+def _load_strict(model: nn.Module, sd: dict[str, torch.Tensor], name: str, checkpoint: Path) -> None:
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as exc:
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:160])
+        raise CSRAError(f"--checkpoint {checkpoint} does not fit --model {name}: {detail}") from None
+    if missing or unexpected:
+        raise CSRAError(
+            f"--checkpoint {checkpoint} does not fit --model {name}: {len(missing)} missing keys "
+            f"(e.g. {', '.join(missing[:2]) or '-'}), {len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2]) or '-'})"
+        )
+
+
+def _create_timm(arch: str, pretrained: bool, num_classes: int | None) -> nn.Module:
+    import timm
+
+    if not timm.is_model(arch):
+        close = timm.list_models(f"*{arch}*")[:5]
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+        raise CSRAError(f"--model {arch}: unknown timm model{hint}")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    try:
+        return timm.create_model(arch, pretrained=pretrained, **kwargs)
+    except Exception as exc:  # hub download failure and the like
+        raise CSRAError(f"--model {arch} --pretrained: could not get weights ({str(exc).splitlines()[0][:160]})") from None
+
+
+def _create_torchvision(arch: str, pretrained: bool, num_classes: int | None) -> nn.Module:
+    import torchvision.models as tvm
+
+    if arch not in tvm.list_models(module=tvm):
+        raise CSRAError(f"--model torchvision:{arch}: unknown torchvision classification model")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    try:
+        return tvm.get_model(arch, weights="DEFAULT" if pretrained else None, **kwargs)
+    except Exception as exc:
+        raise CSRAError(f"--model torchvision:{arch}: could not build it ({str(exc).splitlines()[0][:160]})") from None
+
+
+def load_model(
+    name: str,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = False,
+    random_init: bool = False,
+    num_classes: int | None = None,
+) -> ModelAdapter:
+    """Build an adapter for a timm model name or ``torchvision:<arch>``.
+
+    Exactly one weight source: ``checkpoint`` (num_classes inferred from its head), ``pretrained``
+    (hub weights, or packaged offline weights where installed), or ``random_init`` (tests and
+    benchmarks only: numbers from it mean nothing).
+    """
+    if sum([checkpoint is not None, pretrained, random_init]) != 1:
+        raise CSRAError("--model needs exactly one weight source: --checkpoint PATH, --pretrained or --random-init")
+    is_tv = name.startswith(TORCHVISION_PREFIX)
+    arch = name[len(TORCHVISION_PREFIX) :] if is_tv else name
+    create = _create_torchvision if is_tv else _create_timm
+
+    sd = None
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        sd = read_state_dict(checkpoint)
+        probe = create(arch, False, None)
+        keys = TORCHVISION_CLASSIFIER_KEYS if is_tv else (classifier_key(probe),)
+        num_classes = _infer_num_classes(sd, keys, checkpoint)
+        weights = f"checkpoint:{checkpoint}"
+    elif pretrained and not is_tv:
+        offline = None
+        model = create(arch, False, None)
+        offline = offline_state_dict(arch, model)
+        weights = "pretrained:packaged" if offline is not None else "pretrained:hub"
+        if offline is not None:
+            sd = offline
+    else:
+        weights = "pretrained:hub" if pretrained else "random-init"
+
+    if sd is not None:
+        model = create(arch, False, num_classes)
+        _load_strict(model, sd, name, checkpoint or Path(weights))
+    else:
+        if random_init:  # deterministic, so a random-init run's cache is reusable
+            torch.manual_seed(0)
+        model = create(arch, pretrained, num_classes)
+    model.eval()
+    adapter = (
+        build_torchvision_adapter(model, name, arch, weights) if is_tv else build_timm_adapter(model, name, weights)
+    )
+    adapter.info.weights_fingerprint = state_dict_fingerprint(model.state_dict())
+    verify_identity(adapter)
+    return adapter.eval()
+
+
+@torch.no_grad()
+def verify_identity(adapter: ModelAdapter, tolerance: float = 1e-3) -> float:
+    """One random image through the adapter: refuse heads whose per-location mean is not the logits.
+
+    Catches families this project has no explicit rule for (and wrongly built adapters) before
+    any data is read. Class-token ViTs are exempt (their baseline is the patch average by design).
+    """
+    size = adapter.data_config.input_size
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    try:
+        s, logits = adapter(x)
+    except Exception as exc:
+        raise CSRAError(
+            f"model {adapter.info.name}: its head cannot be applied per location "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        ) from None
+    diff = float((s.mean(-1) - logits).abs().max())
+    scale = 1.0 + float(logits.abs().max())
+    if adapter.info.baseline_source == "model_logits" and diff > tolerance * scale:
+        raise CSRAError(
+            f"model {adapter.info.name}: the mean of per-location scores differs from its logits by {diff:.3g}, "
+            "so its head is not linear after average pooling and CSRA's identity does not hold"
+        )
+    return diff

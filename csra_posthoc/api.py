@@ -1,0 +1,89 @@
+"""End-to-end functions behind the CLI commands (importable: the CLI only parses flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+
+from .adapters import load_model
+from .data import load_dataset
+from .data.voc import DifficultPolicy
+from .errors import CSRAError
+from .extract import extract
+from .report import print_table, results_dict, save_scores, write_json
+from .sweep import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, sweep
+
+METRIC_NAMES = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "top1", "top5")
+
+
+def run_sweep(
+    model: str,
+    dataset: str,
+    data_dir: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = False,
+    random_init: bool = False,
+    split: str | None = None,
+    labels: str | Path | None = None,
+    classes: list[str] | None = None,
+    difficult: DifficultPolicy = "ignore",
+    img_size: int | None = None,
+    batch_size: int = 32,
+    workers: int = 0,
+    device: str = "auto",
+    amp: bool = False,
+    keep_maps: bool = False,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    recompute: bool = False,
+    lams: Sequence[float] = DEFAULT_LAMS,
+    temps: Sequence[float] = DEFAULT_TEMPS,
+    heads: Sequence[int] = DEFAULT_HEADS,
+    metrics: Sequence[str] = (),
+    out: str | Path | None = None,
+    save_scores_to: str | Path | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Load, extract (or reuse the cache), sweep, print the table, write JSON / NPZ; returns the JSON dict."""
+    console = console or Console(width=None if Console().is_terminal else 120)
+    for m in metrics:
+        base = m[: -len("_top3")] if m.endswith("_top3") else m
+        if base not in METRIC_NAMES:
+            raise CSRAError(f"--metrics {m}: unknown; choose from {', '.join(METRIC_NAMES)} (add _top3 for top-3)")
+    images = load_dataset(dataset, data_dir, split, labels, classes, difficult)
+    adapter = load_model(
+        model,
+        checkpoint=checkpoint,
+        pretrained=pretrained,
+        random_init=random_init,
+        num_classes=len(images.classes) if random_init else None,
+    )
+    if adapter.info.weights == "random-init":
+        console.print("[yellow]warning:[/] --random-init: the numbers below measure nothing but the code")
+    stats = extract(
+        adapter,
+        images,
+        img_size=img_size,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        amp=amp,
+        keep_maps=keep_maps,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+        recompute=recompute,
+        console=console,
+    )
+    result = sweep(stats, lams=lams, temps=temps, heads=heads)
+    print_table(console, result, stats, list(metrics))
+    data = results_dict(result, stats)
+    if out is not None:
+        write_json(out, data)
+        console.print(f"wrote {out}")
+    if save_scores_to is not None:
+        save_scores(save_scores_to, result, stats)
+        console.print(f"wrote {save_scores_to}")
+    return data

@@ -1,0 +1,130 @@
+"""``csra-posthoc``: a thin Typer layer over :mod:`csra_posthoc.api`."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from .errors import CSRAError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Training-free CSRA (avg + lam * max) on any pretrained classifier.",
+)
+err = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """Training-free CSRA (avg + lam * max) on any pretrained classifier."""
+
+
+def _floats(flag: str, text: str) -> list[float]:
+    try:
+        values = [math.inf if v.strip().lower() in ("inf", "infinity") else float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CSRAError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 0,0.1,0.2") from None
+    if not values:
+        raise CSRAError(f"{flag}: give at least one value")
+    return values
+
+
+def _ints(flag: str, text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CSRAError(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,2,4") from None
+
+
+def run_cli(fn, *args, **kwargs):
+    """Turn user errors into one red line and exit code 2; Ctrl-C into exit 130 (nothing half-written)."""
+    try:
+        return fn(*args, **kwargs)
+    except CSRAError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted:[/] nothing was written to the cache or the outputs")
+        raise typer.Exit(130) from None
+
+
+@app.command("sweep")
+def sweep_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="timm name (resnet50, vit_base_patch16_224, ...) or torchvision:<arch>"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="voc2007 | voc2012 | csv"),
+    data_dir: Path = typer.Option(..., "--data-dir", help="dataset root (VOC: the folder holding VOCdevkit/, VOC2007/, or VOC2007 itself)"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="local state_dict (.pth/.pt/.safetensors), loaded weights-only"),
+    pretrained: bool = typer.Option(False, "--pretrained", help="hub weights (needs a network), or packaged offline weights where installed"),
+    random_init: bool = typer.Option(False, "--random-init", help="random weights: smoke tests and benchmarks only"),
+    split: Optional[str] = typer.Option(None, "--split", help="split to evaluate (VOC2007: test, VOC2012: val)"),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="--dataset csv: CSV with header path,<class>,... and 1/0/-1"),
+    classes: Optional[str] = typer.Option(None, "--classes", help="comma-separated class names for a VOC-layout dataset"),
+    classes_file: Optional[Path] = typer.Option(None, "--classes-file", help="class names, one per line"),
+    difficult: str = typer.Option("ignore", "--difficult", help="VOC difficult objects: ignore | positive | negative"),
+    img_size: Optional[int] = typer.Option(None, "--img-size", help="square input size (default: the model's own)"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    amp: bool = typer.Option(False, "--amp", help="mixed precision backbone (the head stays fp32)"),
+    keep_maps: bool = typer.Option(False, "--keep-maps", help="also cache full per-location scores (any --temps then works)"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="default: $CSRA_POSTHOC_CACHE or the user cache dir"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the cache"),
+    recompute: bool = typer.Option(False, "--recompute", help="ignore an existing cache entry and overwrite it"),
+    lams: str = typer.Option(",".join(f"{v:g}" for v in (0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)), "--lams"),
+    temps: str = typer.Option("1,2,3,4,5,6,7", "--temps", help="softmax temperatures (inf = max)"),
+    heads: str = typer.Option("1,2,4,6,8", "--heads", help="multi-head sets of the paper"),
+    metrics: str = typer.Option("", "--metrics", help="extra columns, e.g. CF1,OF1,CF1_top3"),
+    out: Optional[Path] = typer.Option(None, "--out", help="results JSON"),
+    save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="NPZ with ids, labels, classes, baseline/best/fixed scores"),
+) -> None:
+    """Sweep score = avg + lam * max (and softmax / multi-head variants) and print a Table-1 row."""
+    from .api import run_sweep
+    from .data import read_classes
+
+    def go() -> None:
+        if difficult not in ("ignore", "positive", "negative"):
+            raise CSRAError(f"--difficult {difficult}: choose ignore, positive or negative")
+        run_sweep(
+            model,
+            dataset,
+            data_dir,
+            checkpoint=checkpoint,
+            pretrained=pretrained,
+            random_init=random_init,
+            split=split,
+            labels=labels,
+            classes=read_classes(classes, classes_file),
+            difficult=difficult,  # type: ignore[arg-type]
+            img_size=img_size,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            amp=amp,
+            keep_maps=keep_maps,
+            cache_dir=cache_dir,
+            use_cache=not no_cache,
+            recompute=recompute,
+            lams=_floats("--lams", lams),
+            temps=_floats("--temps", temps),
+            heads=_ints("--heads", heads),
+            metrics=[m.strip() for m in metrics.split(",") if m.strip()],
+            out=out,
+            save_scores_to=save_scores,
+        )
+
+    run_cli(go)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

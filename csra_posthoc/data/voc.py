@@ -1,0 +1,95 @@
+"""PASCAL VOC layout: JPEGImages/, Annotations/*.xml, ImageSets/Main/{split}.txt."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ..errors import CSRAError
+from .base import LabelledImages
+
+VOC_CLASSES = [
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+]  # fmt: skip
+
+DifficultPolicy = Literal["ignore", "positive", "negative"]
+
+
+def find_voc_root(data_dir: Path, year: str) -> Path:
+    """Accept ``D/VOCdevkit/VOC2007``, ``D/VOC2007`` or the VOC2007 folder itself."""
+    for candidate in (data_dir / "VOCdevkit" / f"VOC{year}", data_dir / f"VOC{year}", data_dir):
+        if (candidate / "Annotations").is_dir() and (candidate / "JPEGImages").is_dir():
+            return candidate
+    raise CSRAError(
+        f"--data-dir {data_dir}: no VOC{year} folder with Annotations/ and JPEGImages/ "
+        f"(looked in {data_dir}/VOCdevkit/VOC{year}, {data_dir}/VOC{year} and {data_dir})"
+    )
+
+
+def _image_labels(xml_path: Path, index: dict[str, int], difficult: DifficultPolicy) -> list[int]:
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise CSRAError(f"{xml_path}: cannot parse annotation ({exc})") from None
+    plain, hard = set(), set()
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in index:
+            raise CSRAError(
+                f"{xml_path}: class {name!r} is not in the class list; pass --classes / --classes-file with it"
+            )
+        is_difficult = (obj.findtext("difficult") or "0").strip() == "1"
+        (hard if is_difficult else plain).add(index[name])
+    labels = [0] * len(index)
+    for c in plain:
+        labels[c] = 1
+    for c in hard - plain:
+        labels[c] = {"ignore": -1, "positive": 1, "negative": 0}[difficult]
+    return labels
+
+
+def load_voc(
+    data_dir: str | Path,
+    year: str = "2007",
+    split: str = "test",
+    classes: list[str] | None = None,
+    difficult: DifficultPolicy = "ignore",
+) -> LabelledImages:
+    """Labels from the XML annotations (an image whose only instances of a class are difficult is
+    unknown for that class under ``difficult='ignore'``, as the VOC devkit does)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise CSRAError(f"--data-dir {data_dir}: no such directory")
+    root = find_voc_root(data_dir, year)
+    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    if not split_file.is_file():
+        raise CSRAError(f"--split {split}: no split file {split_file}; check --split or --data-dir")
+    ids = [ln.split()[0] for ln in split_file.read_text().splitlines() if ln.strip()]
+    if not ids:
+        raise CSRAError(f"{split_file}: lists no images")
+    classes = list(classes or VOC_CLASSES)
+    index = {c: i for i, c in enumerate(classes)}
+    rows, paths = [], []
+    for image_id in ids:
+        xml_path = root / "Annotations" / f"{image_id}.xml"
+        if not xml_path.is_file():
+            raise CSRAError(f"{xml_path}: missing annotation for image {image_id} listed in {split_file}")
+        rows.append(_image_labels(xml_path, index, difficult))
+        path = root / "JPEGImages" / f"{image_id}.jpg"
+        if not path.is_file():
+            raise CSRAError(f"{path}: missing image listed in {split_file}")
+        paths.append(path)
+    return LabelledImages(
+        dataset=f"voc{year}",
+        split=split,
+        root=root,
+        ids=ids,
+        paths=paths,
+        labels=torch.tensor(rows, dtype=torch.int8),
+        classes=classes,
+        options={"difficult": difficult},
+    )

@@ -1,0 +1,197 @@
+"""One forward pass per image: per-location scores -> cached per-class statistics.
+
+Checks, on every batch: the scores are finite, and the mean over locations equals the model's
+own logits (the identity CSRA's lam = 0 rests on), reported as ``identity_max_abs_diff``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from torch.utils.data import DataLoader
+
+from .adapters import ModelAdapter
+from .cache import cache_key, cache_path, default_cache_dir, load_statistics, save_statistics
+from .checkpoint import state_dict_fingerprint
+from .data import ImageDataset, LabelledImages
+from .data.transforms import square_resize_transform
+from .errors import CSRAError
+from .progress import progress_bar
+from .scoring import CACHED_TEMPERATURES, location_statistics
+from .statistics import ClassStatistics
+
+IDENTITY_TOLERANCE = 1e-3
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CSRAError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise CSRAError(f"--device {device}: choose auto, cpu or cuda")
+    return torch.device(device)
+
+
+def check_class_count(adapter: ModelAdapter, images: LabelledImages) -> None:
+    if adapter.num_classes != len(images.classes):
+        raise CSRAError(
+            f"model {adapter.info.name} has {adapter.num_classes} classes but {images.dataset} has "
+            f"{len(images.classes)}: pass --checkpoint with a head trained on these classes "
+            "(or fit a probe head on the training split)"
+        )
+
+
+def extraction_key(
+    adapter: ModelAdapter, images: LabelledImages, transform: dict, amp: bool, keep_maps: bool
+) -> str:
+    return cache_key(
+        {
+            "model": adapter.info.name,
+            "weights": adapter.info.weights_fingerprint,
+            "head": state_dict_fingerprint(adapter.head.state_dict()),
+            "baseline_source": adapter.info.baseline_source,
+            "transform": transform,
+            "dataset": images.dataset,
+            "split": images.split,
+            "data": images.fingerprint(),
+            "temperatures": list(CACHED_TEMPERATURES),
+            "amp": amp,
+            "keep_maps": keep_maps,
+        }
+    )
+
+
+@torch.no_grad()
+def compute_statistics(
+    adapter: ModelAdapter,
+    images: LabelledImages,
+    transform,
+    size: int,
+    batch_size: int = 32,
+    workers: int = 0,
+    device: torch.device = torch.device("cpu"),
+    amp: bool = False,
+    keep_maps: bool = False,
+    console: Console | None = None,
+) -> tuple[ClassStatistics, float]:
+    """Run the model over ``images``; returns the statistics and images/s (no caching here)."""
+    adapter = adapter.to(device).eval()
+    loader = DataLoader(
+        ImageDataset(images, transform, size),
+        batch_size=batch_size,
+        num_workers=workers,
+        shuffle=False,
+        pin_memory=device.type == "cuda",
+    )
+    amp_ctx = (
+        torch.autocast(device_type=device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+        if amp
+        else nullcontext()
+    )
+    parts: dict[str, list[torch.Tensor]] = {"avg": [], "max": [], "attn": [], "logits": [], "maps": []}
+    max_diff = 0.0
+    start = time.perf_counter()
+    with progress_bar(console, f"extract {adapter.info.name}", total=len(images)) as advance:
+        for index, x, errors in loader:
+            bad = [e for e in errors if e]
+            if bad:
+                raise CSRAError(f"{bad[0]}; fix or remove the file")
+            with amp_ctx:
+                s, logits = adapter(x.to(device, non_blocking=True))
+            if not torch.isfinite(s).all() or not torch.isfinite(logits).all():
+                row = int((~torch.isfinite(s)).flatten(1).any(1).nonzero()[0]) if not torch.isfinite(s).all() else 0
+                raise CSRAError(
+                    f"model {adapter.info.name} produced NaN/inf scores on {images.paths[int(index[row])]} "
+                    f"at input size {size}; check the weights, the input size, or drop --amp"
+                )
+            stats = location_statistics(s)
+            max_diff = max(max_diff, float((stats["avg"] - logits).abs().max()))
+            for name in ("avg", "max", "attn"):
+                parts[name].append(stats[name].cpu())
+            parts["logits"].append(logits.cpu())
+            if keep_maps:
+                parts["maps"].append(s.half().cpu())
+            advance(len(index))
+    rate = len(images) / max(time.perf_counter() - start, 1e-9)
+    if adapter.info.baseline_source == "model_logits" and max_diff > IDENTITY_TOLERANCE:
+        raise CSRAError(
+            f"model {adapter.info.name}: mean of per-location scores differs from the model's logits by "
+            f"{max_diff:.3g} (> {IDENTITY_TOLERANCE}); this head is not supported"
+        )
+    result = ClassStatistics(
+        ids=list(images.ids),
+        classes=list(images.classes),
+        labels=images.labels.clone(),
+        avg=torch.cat(parts["avg"]),
+        max=torch.cat(parts["max"]),
+        attn=torch.cat(parts["attn"]),
+        temperatures=CACHED_TEMPERATURES,
+        logits=torch.cat(parts["logits"]),
+        maps=torch.cat(parts["maps"]) if keep_maps else None,
+    )
+    return result, max_diff if math.isfinite(max_diff) else float("nan")
+
+
+def extract(
+    adapter: ModelAdapter,
+    images: LabelledImages,
+    *,
+    img_size: int | None = None,
+    batch_size: int = 32,
+    workers: int = 0,
+    device: str = "auto",
+    amp: bool = False,
+    keep_maps: bool = False,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    recompute: bool = False,
+    console: Console | None = None,
+) -> ClassStatistics:
+    """Statistics for ``adapter`` on ``images``, from the cache when the key matches."""
+    console = console or Console(stderr=True)
+    check_class_count(adapter, images)
+    if batch_size < 1 or workers < 0:
+        raise CSRAError("--batch-size must be >= 1 and --workers >= 0")
+    if img_size is not None and img_size < 16:
+        raise CSRAError(f"--img-size {img_size}: too small (at least 16)")
+    transform, transform_desc = square_resize_transform(adapter.data_config, img_size)
+    size = transform_desc["size"]
+    key = extraction_key(adapter, images, transform_desc, amp, keep_maps)
+    path = cache_path(Path(cache_dir) if cache_dir else default_cache_dir(), adapter.info.name, images.dataset, images.split, key)
+    if use_cache and not recompute and path.is_file():
+        stats = load_statistics(path, key=key, ids=list(images.ids))
+        console.print(f"[green]reused cache[/] {path} (no forward pass)")
+        stats.meta["cache"] = {"path": str(path), "reused": True}
+        return stats
+    dev = resolve_device(device)
+    stats, max_diff = compute_statistics(
+        adapter, images, transform, size, batch_size, workers, dev, amp, keep_maps, console
+    )
+    stats.meta = {
+        "key": key,
+        "model": adapter.info.name,
+        "family": adapter.info.family,
+        "weights": adapter.info.weights,
+        "baseline_source": adapter.info.baseline_source,
+        "notes": adapter.info.notes,
+        "identity_max_abs_diff": max_diff,
+        "dataset": images.dataset,
+        "split": images.split,
+        "single_label": images.single_label,
+        "unknown": images.unknown,
+        "transform": transform_desc,
+        "amp": amp,
+        "device": str(dev),
+    }
+    source = "model's logits" if adapter.info.baseline_source == "model_logits" else "model's own logits (patch-average baseline, not enforced)"
+    console.print(f"identity: max |mean_k s - logits| = {max_diff:.2e} vs {source}")
+    if use_cache:
+        save_statistics(stats, path)
+        stats.meta["cache"] = {"path": str(path), "reused": False}
+    return stats

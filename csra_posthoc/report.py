@@ -1,0 +1,152 @@
+"""Results for people (a rich table in the spirit of the paper's Table 1) and for scripts (JSON, NPZ)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from .statistics import ClassStatistics
+from .sweep import SweepResult, SweepRow, row_scores
+
+
+def _per_class(stats: ClassStatistics, row: SweepRow) -> dict[str, float | None]:
+    return {c: (None if math.isnan(v) else v * 100.0) for c, v in zip(stats.classes, row.per_class_ap.tolist())}
+
+
+def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything a paper table or a script needs (mAP and accuracies in percent)."""
+    meta = stats.meta
+    out: dict[str, Any] = {
+        "model": meta.get("model"),
+        "dataset": meta.get("dataset"),
+        "split": meta.get("split"),
+        "num_images": stats.num_images,
+        "num_classes": len(stats.classes),
+        "classes": stats.classes,
+        "primary_metric": result.primary,
+        "baseline_source": meta.get("baseline_source"),
+        "identity_max_abs_diff": meta.get("identity_max_abs_diff"),
+        "weights": meta.get("weights"),
+        "transform": meta.get("transform"),
+        "notes": meta.get("notes", []),
+        "baseline": result.baseline.metrics,
+        "rows": [r.to_json() for r in result.rows],
+        "best": result.best.to_json(),
+        "fixed": result.fixed.to_json(),
+        "best_variant": result.best_variant.to_json(),
+        "classes_left_out_of_mAP": result.excluded_classes,
+        "per_class": {
+            "baseline": _per_class(stats, result.baseline),
+            "best": _per_class(stats, result.best),
+            "fixed": _per_class(stats, result.fixed),
+        },
+    }
+    if result.model_logits is not None:
+        out["model_logits"] = result.model_logits
+    out.update(extra or {})
+    return out
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            json.dump(data, fh, indent=2, allow_nan=False)
+
+    _atomic_write(Path(path), write)
+
+
+def save_scores(path: str | Path, result: SweepResult, stats: ClassStatistics) -> None:
+    """NPZ of plain arrays (``numpy.load`` needs no ``allow_pickle``): ids, labels, classes, scores."""
+    arrays = {
+        "ids": np.array(stats.ids, dtype=str),
+        "labels": stats.labels.numpy().astype(np.int8),
+        "classes": np.array(stats.classes, dtype=str),
+        "baseline": stats.avg.numpy().astype(np.float32),
+        "best": row_scores(stats, result.best).numpy().astype(np.float32),
+        "fixed": row_scores(stats, result.fixed).numpy().astype(np.float32),
+    }
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    _atomic_write(Path(path), write)
+
+
+def _delta(value: float, base: float) -> str:
+    d = value - base
+    colour = "green" if d > 0 else ("red" if d < 0 else "white")
+    return f"[{colour}]{d:+.2f}[/]"
+
+
+def print_table(console: Console, result: SweepResult, stats: ClassStatistics, metrics: list[str] | None = None) -> None:
+    """The paper's Table 1 for this run, one row per setting (fits an 80-column terminal).
+
+    Rows: the baseline (lam = 0), the best lam of avg + lam * max ("Varying lam"), the paper's
+    fixed lam, and the best softmax / multi-head variant; extra ``metrics`` become columns.
+    """
+    meta, p = stats.meta, result.primary
+    metrics = [m for m in (metrics or []) if m != p]
+    base = result.baseline.metrics[p]
+    table = Table(
+        title=f"{meta.get('model')} on {meta.get('dataset')} {meta.get('split')} ({stats.num_images} images)",
+        title_justify="left",
+    )
+    table.add_column("setting")
+    table.add_column("variant")
+    table.add_column("λ", justify="right")
+    table.add_column(f"{p} %", justify="right", no_wrap=True)
+    table.add_column("Δ", justify="right", no_wrap=True)
+    for m in metrics:
+        table.add_column(m, justify="right", no_wrap=True)
+    rows = (
+        ("baseline", result.baseline, "-"),
+        ("best λ", result.best, None),
+        ("fixed λ (paper)", result.fixed, None),
+        ("best variant", result.best_variant, None),
+    )
+    for label, row, variant in rows:
+        table.add_row(
+            label,
+            variant or row.variant.label,
+            f"{row.lam:g}",
+            f"{row.metrics[p]:.2f}",
+            "" if row is result.baseline else _delta(row.metrics[p], base),
+            *[f"{row.metrics[m]:.2f}" if m in row.metrics else "-" for m in metrics],
+        )
+    console.print(table)
+    source = meta.get("baseline_source")
+    diff = meta.get("identity_max_abs_diff")
+    if source == "model_logits":
+        console.print(f"baseline = the model's own logits (identity checked: max abs diff {diff:.2e})")
+    else:
+        own = result.model_logits or {}
+        console.print(
+            f"baseline = average of per-patch logits (class-token model); the model's own logits score "
+            f"{own.get(p, float('nan')):.2f} {p} (max abs diff to patch average {diff:.2e})"
+        )
+    if result.excluded_classes:
+        console.print(f"[yellow]left out of mAP (no positive):[/] {', '.join(result.excluded_classes)}")
+    for note in meta.get("notes", []):
+        console.print(f"note: {note}")

@@ -1,0 +1,162 @@
+"""Score every (variant, lam) from cached statistics and pick the best and the paper's fixed lam.
+
+Variants (METHOD.md §1-2): ``max`` (avg + lam * max), ``softmax`` at temperature T
+(avg + lam * a_T) and ``heads`` H (avg + lam * mean of a_T over the paper's H temperatures).
+lam = 0 is the baseline, the same for every variant.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import torch
+
+from .errors import CSRAError
+from .metrics import multilabel_metrics, singlelabel_metrics
+from .scoring import csra_score, head_temperatures, multihead_attended
+from .statistics import ClassStatistics
+
+DEFAULT_LAMS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+DEFAULT_TEMPS: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0)
+DEFAULT_HEADS: tuple[int, ...] = (1, 2, 4, 6, 8)
+
+VariantKind = Literal["max", "softmax", "heads"]
+
+
+def paper_fixed_lam(model_name: str) -> float:
+    """The paper's "fixed lam": 0.02 for the ResNet family, 0.2 for every other model."""
+    name = model_name.lower()
+    return 0.02 if ("resnet" in name or "resnext" in name) else 0.2
+
+
+@dataclass(frozen=True)
+class Variant:
+    kind: VariantKind
+    temperature: float | None = None
+    heads: int | None = None
+
+    @property
+    def temperatures(self) -> tuple[float, ...]:
+        if self.kind == "max":
+            return (math.inf,)
+        if self.kind == "softmax":
+            return (float(self.temperature),)
+        return head_temperatures(int(self.heads))
+
+    @property
+    def label(self) -> str:
+        if self.kind == "max":
+            return "max"
+        if self.kind == "softmax":
+            return f"softmax T={self.temperature:g}"
+        return f"heads H={self.heads}"
+
+
+def variants(temps: Sequence[float] = DEFAULT_TEMPS, heads: Sequence[int] = DEFAULT_HEADS) -> list[Variant]:
+    """The max variant, one softmax variant per finite temperature, one multi-head per H."""
+    out = [Variant("max")]
+    out += [Variant("softmax", temperature=float(t)) for t in dict.fromkeys(temps) if not math.isinf(t)]
+    out += [Variant("heads", heads=int(h)) for h in dict.fromkeys(heads)]
+    return out
+
+
+@dataclass
+class SweepRow:
+    variant: Variant
+    lam: float
+    metrics: dict[str, float]
+    per_class_ap: torch.Tensor  # (C,), NaN for classes left out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant.kind,
+            "temperature": self.variant.temperature,
+            "heads": self.variant.heads,
+            "lam": self.lam,
+            "metrics": self.metrics,
+        }
+
+
+@dataclass
+class SweepResult:
+    primary: str  # "mAP" or "top1"
+    baseline: SweepRow
+    rows: list[SweepRow]
+    best: SweepRow  # best lam of the max variant (the paper's "Varying lam")
+    fixed: SweepRow  # max variant at the paper's fixed lam
+    best_variant: SweepRow  # best over every variant and lam
+    excluded_classes: list[str] = field(default_factory=list)
+    model_logits: dict[str, float] | None = None  # metrics of the model's own logits when not the baseline
+
+
+def attended_scores(stats: ClassStatistics, variant: Variant) -> torch.Tensor:
+    """The attended term a for ``variant`` (mean over heads for multi-head)."""
+    try:
+        return multihead_attended([stats.attended(t) for t in variant.temperatures])
+    except KeyError as exc:
+        raise CSRAError(f"--temps: {exc.args[0]}") from None
+
+
+def evaluate(stats: ClassStatistics, scores: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+    """The dataset's metrics for one score matrix (multi-label or single-label)."""
+    if not torch.isfinite(scores).all():
+        raise CSRAError("scores contain NaN or inf; the cache or the model is broken: re-run with --recompute")
+    if stats.meta.get("single_label"):
+        return singlelabel_metrics(scores, stats.labels)
+    return multilabel_metrics(scores, stats.labels, unknown=stats.meta.get("unknown", "exclude"))
+
+
+def sweep(
+    stats: ClassStatistics,
+    lams: Sequence[float] = DEFAULT_LAMS,
+    temps: Sequence[float] = DEFAULT_TEMPS,
+    heads: Sequence[int] = DEFAULT_HEADS,
+    fixed_lam: float | None = None,
+) -> SweepResult:
+    """Evaluate ``avg + lam * a`` for every variant and lam; lam = 0 is scored once as the baseline."""
+    if any(not math.isfinite(lam) or lam < 0 for lam in lams):
+        raise CSRAError("--lams: every lam must be a finite number >= 0")
+    for h in heads:
+        if h not in (1, 2, 4, 6, 8):
+            raise CSRAError(f"--heads {h}: the paper's head counts are 1, 2, 4, 6, 8")
+    if any(t <= 0 for t in temps):
+        raise CSRAError("--temps: temperatures must be > 0 (inf for the max)")
+    primary = "top1" if stats.meta.get("single_label") else "mAP"
+    fixed_lam = paper_fixed_lam(stats.meta.get("model", "")) if fixed_lam is None else fixed_lam
+    grid = sorted(set(float(lam) for lam in lams) | {0.0, float(fixed_lam)})
+
+    base_metrics, base_ap = evaluate(stats, stats.avg)
+    baseline = SweepRow(Variant("max"), 0.0, base_metrics, base_ap)
+    rows: list[SweepRow] = []
+    for variant in variants(temps, heads):
+        attended = attended_scores(stats, variant)
+        for lam in grid:
+            if lam == 0.0:
+                rows.append(SweepRow(variant, 0.0, base_metrics, base_ap))
+                continue
+            metrics, ap = evaluate(stats, csra_score(stats.avg, attended, lam))
+            rows.append(SweepRow(variant, lam, metrics, ap))
+
+    def best_of(candidates: list[SweepRow]) -> SweepRow:
+        return max(candidates, key=lambda r: (r.metrics[primary], -r.lam))
+
+    max_rows = [r for r in rows if r.variant.kind == "max"]
+    result = SweepResult(
+        primary=primary,
+        baseline=baseline,
+        rows=rows,
+        best=best_of(max_rows),
+        fixed=next(r for r in max_rows if r.lam == float(fixed_lam)),
+        best_variant=best_of(rows),
+        excluded_classes=[c for c, ap in zip(stats.classes, base_ap.tolist()) if math.isnan(ap)],
+    )
+    if stats.meta.get("baseline_source") == "patch_average":
+        result.model_logits = evaluate(stats, stats.logits)[0]
+    return result
+
+
+def row_scores(stats: ClassStatistics, row: SweepRow) -> torch.Tensor:
+    """The score matrix ``(N, C)`` behind a row (for --save-scores and patched models)."""
+    return csra_score(stats.avg, attended_scores(stats, row.variant), row.lam)
