@@ -9,11 +9,11 @@ from .adapters import ModelAdapter, load_model
 from .api import run_sweep
 from .data import LabelledImages, load_dataset
 from .errors import CSRAError
-from .extract import extract
+from .extraction import extract
 from .location_head import LocationHead
 from .scoring import attention_pool, csra_score, score_from_locations
 from .statistics import ClassStatistics
-from .sweep import SweepResult, sweep
+from .lam_sweep import SweepResult, sweep
 
 __version__ = "0.1.0"
 

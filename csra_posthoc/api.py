@@ -8,14 +8,45 @@ from typing import Any, Sequence
 from rich.console import Console
 
 from .adapters import load_model
-from .data import load_dataset
+from .data import LabelledImages, load_dataset
 from .data.voc import DifficultPolicy
 from .errors import CSRAError
-from .extract import extract
+from .extraction import extract, resolve_device
+from .probe import fit_probe
 from .report import print_table, results_dict, save_scores, write_json
-from .sweep import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, sweep
+from .lam_sweep import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, sweep
+
+TRAIN_SPLITS = {"voc2007": "trainval", "voc2012": "train"}
 
 METRIC_NAMES = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "top1", "top5")
+
+
+def load_training_split(
+    dataset: str,
+    data_dir: str | Path,
+    train_split: str | None,
+    train_labels: str | Path | None,
+    evaluated: LabelledImages,
+    difficult: DifficultPolicy = "ignore",
+) -> LabelledImages:
+    """The split a probe is fitted on: VOC trainval (or ``--train-split``), CSV ``--train-labels``."""
+    if dataset == "csv":
+        if train_labels is None:
+            raise CSRAError("--head probe on --dataset csv needs --train-labels FILE.csv (the training split)")
+        train = load_dataset("csv", data_dir, "train", train_labels)
+    else:
+        split = train_split or TRAIN_SPLITS.get(dataset)
+        if split is None:
+            raise CSRAError(f"--head probe: {dataset} has no training split; pass --train-split")
+        try:
+            train = load_dataset(dataset, data_dir, split, classes=evaluated.classes, difficult=difficult)
+        except CSRAError as exc:
+            raise CSRAError(f"--head probe needs a training split: {exc}") from None
+    if train.classes != evaluated.classes:
+        raise CSRAError("--train-labels: its classes differ from the evaluated split's (same names, same order)")
+    if set(train.ids) & set(evaluated.ids) and train.split == evaluated.split:
+        raise CSRAError(f"--head probe: the training split and the evaluated split are both {train.split}")
+    return train
 
 
 def run_sweep(
@@ -26,6 +57,11 @@ def run_sweep(
     checkpoint: str | Path | None = None,
     pretrained: bool = False,
     random_init: bool = False,
+    head: str = "model",
+    train_split: str | None = None,
+    train_labels: str | Path | None = None,
+    probe_c: float = 1.0,
+    save_head: str | Path | None = None,
     split: str | None = None,
     labels: str | Path | None = None,
     classes: list[str] | None = None,
@@ -53,14 +89,35 @@ def run_sweep(
         base = m[: -len("_top3")] if m.endswith("_top3") else m
         if base not in METRIC_NAMES:
             raise CSRAError(f"--metrics {m}: unknown; choose from {', '.join(METRIC_NAMES)} (add _top3 for top-3)")
+    if head not in ("model", "probe"):
+        raise CSRAError(f"--head {head}: choose model (the model's own classifier) or probe")
     images = load_dataset(dataset, data_dir, split, labels, classes, difficult)
     adapter = load_model(
         model,
         checkpoint=checkpoint,
         pretrained=pretrained,
         random_init=random_init,
-        num_classes=len(images.classes) if random_init else None,
+        num_classes=len(images.classes) if random_init and head == "model" else None,
     )
+    if head == "probe":
+        train = load_training_split(dataset, data_dir, train_split, train_labels, images, difficult)
+        adapter = fit_probe(
+            adapter,
+            train,
+            c=probe_c,
+            img_size=img_size,
+            batch_size=batch_size,
+            workers=workers,
+            device=resolve_device(device),
+            amp=amp,
+            cache_dir=cache_dir,
+            use_cache=use_cache,
+            recompute=recompute,
+            save_head_to=save_head,
+            console=console,
+        )
+    elif save_head is not None:
+        raise CSRAError("--save-head needs --head probe (the model's own head is already in its weights)")
     if adapter.info.weights == "random-init":
         console.print("[yellow]warning:[/] --random-init: the numbers below measure nothing but the code")
     stats = extract(

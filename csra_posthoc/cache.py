@@ -11,12 +11,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic import atomic_write
 from .errors import CSRAError
 from .statistics import ClassStatistics
 
@@ -48,7 +48,6 @@ def save_statistics(stats: ClassStatistics, path: Path) -> None:
     """Write atomically: a crash or Ctrl-C leaves no file under ``path``."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: getattr(stats, name).contiguous() for name in _TENSORS}
     tensors["temperatures"] = torch.tensor(stats.temperatures, dtype=torch.float64)
     if stats.maps is not None:
@@ -58,14 +57,7 @@ def save_statistics(stats: ClassStatistics, path: Path) -> None:
         "ids": json.dumps(stats.ids),
         "classes": json.dumps(stats.classes),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def load_statistics(path: Path, key: str | None = None, ids: list[str] | None = None) -> ClassStatistics:

@@ -46,7 +46,9 @@ class LocationHead(nn.Module):
     def in_features(self) -> int:
         return int(self.weight.shape[1])
 
-    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+    def location_features(self, fmap: torch.Tensor) -> torch.Tensor:
+        """What the linear layer sees at each location ``(B, d, K)``; its mean over K is the
+        vector the model's own head classifies (a linear probe is fitted on that mean)."""
         x = fmap.float().flatten(2)  # (B, d, K)
         if self.pooled_norm:
             pooled = x.mean(dim=-1, keepdim=True)  # (B, d, 1)
@@ -54,7 +56,18 @@ class LocationHead(nn.Module):
             var = pooled.var(dim=1, unbiased=False, keepdim=True)
             x = (x - mu) * torch.rsqrt(var + self.norm_eps)
             x = x * self.norm_weight[None, :, None] + self.norm_bias[None, :, None]
+        return x
+
+    def pooled_features(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.location_features(fmap).mean(dim=-1)
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        x = self.location_features(fmap)
         return torch.einsum("cd,bdk->bck", self.weight, x) + self.bias[None, :, None]
+
+    def with_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> "LocationHead":
+        """The same per-location features with another classifier (e.g. a fitted probe)."""
+        return LocationHead(weight, bias, self.norm_weight, self.norm_bias, self.norm_eps, self.pooled_norm)
 
     @classmethod
     def from_linear(cls, linear: nn.Module, norm: nn.Module | None = None) -> "LocationHead":

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +11,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from .atomic import atomic_write
 from .statistics import ClassStatistics
-from .sweep import SweepResult, SweepRow, row_scores
+from .lam_sweep import SweepResult, SweepRow, row_scores
 
 
 def _per_class(stats: ClassStatistics, row: SweepRow) -> dict[str, float | None]:
@@ -35,6 +34,7 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
         "baseline_source": meta.get("baseline_source"),
         "identity_max_abs_diff": meta.get("identity_max_abs_diff"),
         "weights": meta.get("weights"),
+        "head": meta.get("head"),
         "transform": meta.get("transform"),
         "notes": meta.get("notes", []),
         "baseline": result.baseline.metrics,
@@ -55,25 +55,12 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
     return out
 
 
-def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w") as fh:
             json.dump(data, fh, indent=2, allow_nan=False)
 
-    _atomic_write(Path(path), write)
+    atomic_write(Path(path), write)
 
 
 def save_scores(path: str | Path, result: SweepResult, stats: ClassStatistics) -> None:
@@ -91,7 +78,7 @@ def save_scores(path: str | Path, result: SweepResult, stats: ClassStatistics) -
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
-    _atomic_write(Path(path), write)
+    atomic_write(Path(path), write)
 
 
 def _delta(value: float, base: float) -> str:
@@ -148,5 +135,6 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
         )
     if result.excluded_classes:
         console.print(f"[yellow]left out of mAP (no positive):[/] {', '.join(result.excluded_classes)}")
+    console.print(f"head: {meta.get('head')}; weights: {meta.get('weights')}")
     for note in meta.get("notes", []):
         console.print(f"note: {note}")

@@ -40,6 +40,7 @@ class AdapterInfo:
     baseline_source: BaselineSource
     weights: str  # "checkpoint:<path>", "pretrained", "random-init", ...
     weights_fingerprint: str = ""
+    head: str = "the model's own classifier"
     notes: list[str] = field(default_factory=list)
 
 
@@ -69,12 +70,14 @@ class ModelAdapter(nn.Module):
     def model_logits(self, raw: torch.Tensor) -> torch.Tensor:
         """The model's own logits from the backbone's output (its own head, unmodified)."""
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores_from_backbone(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-location scores ``(B, C, K)`` and the model's logits ``(B, C)``, both in fp32."""
-        raw = self.forward_backbone(x)
         with torch.autocast(device_type=raw.device.type, enabled=False):
             raw = raw.float()
             return self.head(self.feature_map(raw)), self.model_logits(raw).float()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scores_from_backbone(self.forward_backbone(x))
 
 
 def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:

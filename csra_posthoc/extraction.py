@@ -7,9 +7,9 @@ own logits (the identity CSRA's lam = 0 rests on), reported as ``identity_max_ab
 from __future__ import annotations
 
 import math
-import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from rich.console import Console
@@ -43,7 +43,7 @@ def check_class_count(adapter: ModelAdapter, images: LabelledImages) -> None:
         raise CSRAError(
             f"model {adapter.info.name} has {adapter.num_classes} classes but {images.dataset} has "
             f"{len(images.classes)}: pass --checkpoint with a head trained on these classes "
-            "(or fit a probe head on the training split)"
+            "(or add --head probe to fit a linear probe on the training split)"
         )
 
 
@@ -67,6 +67,39 @@ def extraction_key(
     )
 
 
+def backbone_batches(
+    adapter: ModelAdapter,
+    images: LabelledImages,
+    transform,
+    size: int,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    amp: bool,
+    console: Console | None,
+    description: str,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(indices, backbone output in fp32)`` per batch, with a progress bar; a broken image is an error."""
+    loader = DataLoader(
+        ImageDataset(images, transform, size),
+        batch_size=batch_size,
+        num_workers=workers,
+        shuffle=False,
+        pin_memory=device.type == "cuda",
+    )
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    amp_ctx = torch.autocast(device_type=device.type, dtype=amp_dtype) if amp else nullcontext()
+    with progress_bar(console, description, total=len(images)) as advance:
+        for index, x, errors in loader:
+            bad = [e for e in errors if e]
+            if bad:
+                raise CSRAError(f"{bad[0]}; fix or remove the file")
+            with amp_ctx:
+                raw = adapter.forward_backbone(x.to(device, non_blocking=True))
+            yield index, raw.float()
+            advance(len(index))
+
+
 @torch.no_grad()
 def compute_statistics(
     adapter: ModelAdapter,
@@ -80,45 +113,28 @@ def compute_statistics(
     keep_maps: bool = False,
     console: Console | None = None,
 ) -> tuple[ClassStatistics, float]:
-    """Run the model over ``images``; returns the statistics and images/s (no caching here)."""
+    """Run the model over ``images``; returns the statistics and the identity max abs diff (no caching)."""
     adapter = adapter.to(device).eval()
-    loader = DataLoader(
-        ImageDataset(images, transform, size),
-        batch_size=batch_size,
-        num_workers=workers,
-        shuffle=False,
-        pin_memory=device.type == "cuda",
-    )
-    amp_ctx = (
-        torch.autocast(device_type=device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
-        if amp
-        else nullcontext()
-    )
     parts: dict[str, list[torch.Tensor]] = {"avg": [], "max": [], "attn": [], "logits": [], "maps": []}
     max_diff = 0.0
-    start = time.perf_counter()
-    with progress_bar(console, f"extract {adapter.info.name}", total=len(images)) as advance:
-        for index, x, errors in loader:
-            bad = [e for e in errors if e]
-            if bad:
-                raise CSRAError(f"{bad[0]}; fix or remove the file")
-            with amp_ctx:
-                s, logits = adapter(x.to(device, non_blocking=True))
-            if not torch.isfinite(s).all() or not torch.isfinite(logits).all():
-                row = int((~torch.isfinite(s)).flatten(1).any(1).nonzero()[0]) if not torch.isfinite(s).all() else 0
-                raise CSRAError(
-                    f"model {adapter.info.name} produced NaN/inf scores on {images.paths[int(index[row])]} "
-                    f"at input size {size}; check the weights, the input size, or drop --amp"
-                )
-            stats = location_statistics(s)
-            max_diff = max(max_diff, float((stats["avg"] - logits).abs().max()))
-            for name in ("avg", "max", "attn"):
-                parts[name].append(stats[name].cpu())
-            parts["logits"].append(logits.cpu())
-            if keep_maps:
-                parts["maps"].append(s.half().cpu())
-            advance(len(index))
-    rate = len(images) / max(time.perf_counter() - start, 1e-9)
+    batches = backbone_batches(
+        adapter, images, transform, size, batch_size, workers, device, amp, console, f"extract {adapter.info.name}"
+    )
+    for index, raw in batches:
+        s, logits = adapter.scores_from_backbone(raw)
+        if not torch.isfinite(s).all() or not torch.isfinite(logits).all():
+            row = int((~torch.isfinite(s)).flatten(1).any(1).nonzero()[0]) if not torch.isfinite(s).all() else 0
+            raise CSRAError(
+                f"model {adapter.info.name} produced NaN/inf scores on {images.paths[int(index[row])]} "
+                f"at input size {size}; check the weights, the input size, or drop --amp"
+            )
+        stats = location_statistics(s)
+        max_diff = max(max_diff, float((stats["avg"] - logits).abs().max()))
+        for name in ("avg", "max", "attn"):
+            parts[name].append(stats[name].cpu())
+        parts["logits"].append(logits.cpu())
+        if keep_maps:
+            parts["maps"].append(s.half().cpu())
     if adapter.info.baseline_source == "model_logits" and max_diff > IDENTITY_TOLERANCE:
         raise CSRAError(
             f"model {adapter.info.name}: mean of per-location scores differs from the model's logits by "
@@ -178,6 +194,7 @@ def extract(
         "model": adapter.info.name,
         "family": adapter.info.family,
         "weights": adapter.info.weights,
+        "head": adapter.info.head,
         "baseline_source": adapter.info.baseline_source,
         "notes": adapter.info.notes,
         "identity_max_abs_diff": max_diff,

@@ -1,0 +1,71 @@
+"""Local checkpoints: wrappers, prefixes, safetensors, weights-only, class-count inference, errors."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torchvision.models as tvm
+from safetensors.torch import save_file
+
+from csra_posthoc import CSRAError, load_model
+from csra_posthoc.checkpoint import read_state_dict
+
+
+@pytest.fixture(scope="module")
+def resnet_sd() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return timm.create_model("resnet10t", num_classes=7).state_dict()
+
+
+@pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "module_prefix", "safetensors"])
+def test_checkpoint_formats_load_and_infer_num_classes(tmp_path: Path, resnet_sd, wrap: str) -> None:
+    path = tmp_path / ("w.safetensors" if wrap == "safetensors" else "w.pth")
+    if wrap == "safetensors":
+        save_file({k: v.contiguous() for k, v in resnet_sd.items()}, str(path))
+    else:
+        obj = {
+            "plain": resnet_sd,
+            "state_dict": {"state_dict": resnet_sd, "epoch": 3},
+            "model": {"model": resnet_sd},
+            "module_prefix": {f"module.{k}": v for k, v in resnet_sd.items()},
+        }[wrap]
+        torch.save(obj, path)
+    adapter = load_model("resnet10t", checkpoint=path)
+    assert adapter.num_classes == 7
+    assert torch.equal(adapter.head.weight, resnet_sd["fc.weight"])
+    assert adapter.info.weights == f"checkpoint:{path}"
+
+
+def test_torchvision_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    sd = tvm.resnet18(num_classes=3).state_dict()
+    torch.save(sd, tmp_path / "r18.pth")
+    assert load_model("torchvision:resnet18", checkpoint=tmp_path / "r18.pth").num_classes == 3
+
+
+class NotATensor:
+    pass
+
+
+def test_pickled_objects_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as fh:
+        pickle.dump({"fc.weight": NotATensor()}, fh)
+    with pytest.raises(CSRAError, match="weights only"):
+        read_state_dict(path)
+
+
+def test_checkpoint_errors_are_one_line(tmp_path: Path, resnet_sd) -> None:
+    with pytest.raises(CSRAError, match="no such file"):
+        load_model("resnet10t", checkpoint=tmp_path / "missing.pth")
+    torch.save(resnet_sd, tmp_path / "r.pth")
+    with pytest.raises(CSRAError, match="does not fit --model efficientnet_lite0|no classifier weight"):
+        load_model("efficientnet_lite0", checkpoint=tmp_path / "r.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CSRAError) as info:
+        load_model("resnet10t", checkpoint=tmp_path / "junk.pth")
+    assert "\n" not in str(info.value)

@@ -1,0 +1,93 @@
+"""The CLI end to end on a small VOC-layout fixture: table, JSON schema, NPZ, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from sklearn.metrics import average_precision_score
+from typer.testing import CliRunner
+
+from csra_posthoc.cli import app
+
+runner = CliRunner()
+BASE = ["sweep", "--model", "resnet10t", "--random-init", "--dataset", "voc2007", "--img-size", "64"]
+
+
+def run(*args: str):
+    return runner.invoke(app, [*BASE, *args] if args and args[0] != "sweep" else list(args))
+
+
+def test_sweep_writes_json_and_npz(voc_dir: Path, tmp_path: Path) -> None:
+    out, npz = tmp_path / "r.json", tmp_path / "s.npz"
+    res = run("--data-dir", str(voc_dir), "--lams", "0,0.1,0.5", "--temps", "1,inf", "--heads", "2", "--out", str(out), "--save-scores", str(npz), "--metrics", "CF1,OF1_top3")
+    assert res.exit_code == 0, res.output
+    assert "best λ" in res.output and "fixed λ (paper)" in res.output and "CF1" in res.output
+    data = json.loads(out.read_text())
+    for key in ("model", "dataset", "num_images", "identity_max_abs_diff", "baseline", "rows", "best", "fixed", "baseline_source", "per_class", "classes_left_out_of_mAP"):
+        assert key in data
+    assert data["num_images"] == 24 and data["baseline_source"] == "model_logits"
+    assert data["identity_max_abs_diff"] < 1e-3
+    # variants: max + softmax T=1 (inf folds into max) + heads 2; lams 0, 0.02 (fixed), 0.1, 0.5
+    assert {(r["variant"], r["temperature"], r["heads"]) for r in data["rows"]} == {("max", None, None), ("softmax", 1.0, None), ("heads", None, 2)}
+    assert len(data["rows"]) == 3 * 4
+    assert data["fixed"]["lam"] == 0.02 and data["fixed"]["variant"] == "max"
+    assert data["best"]["metrics"]["mAP"] == max(r["metrics"]["mAP"] for r in data["rows"] if r["variant"] == "max")
+    assert set(data["per_class"]) == {"baseline", "best", "fixed"}
+    # the NPZ lets anyone recompute the numbers with their own code
+    arrays = np.load(npz, allow_pickle=False)
+    assert arrays["baseline"].shape == arrays["labels"].shape == (24, 20)
+    assert list(arrays["classes"]) == data["classes"]
+    for name, row in (("baseline", data["baseline"]), ("best", data["best"]["metrics"]), ("fixed", data["fixed"]["metrics"])):
+        aps = []
+        for c in range(20):
+            keep = arrays["labels"][:, c] != -1
+            y = arrays["labels"][keep, c]
+            if y.sum():
+                aps.append(average_precision_score(y, arrays[name][keep, c]))
+        assert abs(np.mean(aps) * 100 - row["mAP"]) < 1e-4
+
+
+def test_second_sweep_reuses_cache(voc_dir: Path) -> None:
+    assert run("--data-dir", str(voc_dir)).exit_code == 0
+    res = run("--data-dir", str(voc_dir))
+    assert res.exit_code == 0 and "reused cache" in res.output
+
+
+def test_keep_maps_allows_uncached_temperatures(voc_dir: Path) -> None:
+    res = run("--data-dir", str(voc_dir), "--temps", "2.5")
+    assert res.exit_code == 2 and "not cached" in res.output and "--keep-maps" in res.output.replace("keep_maps=True", "--keep-maps")
+    res = run("--data-dir", str(voc_dir), "--temps", "2.5", "--keep-maps")
+    assert res.exit_code == 0, res.output
+
+
+def one_line_error(res, *fragments: str) -> None:
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert any(ln.startswith("error:") for ln in lines), res.output
+    assert "Traceback" not in res.output
+    text = " ".join(lines)
+    for f in fragments:
+        assert f in text, (f, res.output)
+
+
+def test_errors(voc_dir: Path, tmp_path: Path) -> None:
+    one_line_error(run("--data-dir", str(tmp_path / "nowhere")), "--data-dir", "no such directory")
+    one_line_error(runner.invoke(app, ["sweep", "--model", "resnet_nope", "--random-init", "--dataset", "voc2007", "--data-dir", str(voc_dir)]), "unknown timm model")
+    one_line_error(run("--data-dir", str(voc_dir), "--lams", "0,abc"), "--lams")
+    one_line_error(run("--data-dir", str(voc_dir), "--heads", "3"), "--heads 3")
+    one_line_error(run("--data-dir", str(voc_dir), "--split", "val"), "--split val")
+    one_line_error(run("--data-dir", str(voc_dir), "--dataset", "imagenet21k"), "--dataset imagenet21k")
+    torch.manual_seed(0)
+    torch.save(timm.create_model("resnet10t", num_classes=1000).state_dict(), tmp_path / "in1k.pth")
+    res = runner.invoke(app, ["sweep", "--model", "resnet10t", "--checkpoint", str(tmp_path / "in1k.pth"), "--dataset", "voc2007", "--data-dir", str(voc_dir)])
+    one_line_error(res, "1000 classes", "has 20", "--checkpoint")
+
+
+def test_no_weight_source_is_an_error(voc_dir: Path) -> None:
+    res = runner.invoke(app, ["sweep", "--model", "resnet10t", "--dataset", "voc2007", "--data-dir", str(voc_dir)])
+    one_line_error(res, "--pretrained", "--random-init")

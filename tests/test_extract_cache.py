@@ -1,0 +1,118 @@
+"""Extraction and the statistics cache: reuse, invalidation, atomic writes, damage, bad images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import csra_posthoc.cache as cache_mod
+import csra_posthoc.extraction as extract_mod
+from csra_posthoc import CSRAError, extract, load_dataset, load_model
+
+
+@pytest.fixture
+def adapter():
+    return load_model("resnet10t", random_init=True, num_classes=20)
+
+
+def test_extraction_identity_and_statistics(voc_dir: Path, adapter) -> None:
+    images = load_dataset("voc2007", voc_dir)
+    stats = extract(adapter, images, img_size=64, batch_size=5, use_cache=False)
+    assert stats.meta["identity_max_abs_diff"] < 1e-4
+    assert torch.allclose(stats.avg, stats.logits, atol=1e-4)
+    assert stats.attn.shape == (24, 20, 7)
+    # softmax averages lie between the mean and the max, increasing with T
+    assert (stats.attn[..., 0] >= stats.avg - 1e-5).all() and (stats.attn[..., -1] <= stats.max + 1e-5).all()
+    assert (stats.attn.diff(dim=-1) >= -1e-5).all()
+    assert torch.equal(stats.labels, images.labels)
+
+
+def test_second_run_reuses_cache_and_key_changes_recompute(voc_dir: Path, adapter, monkeypatch, isolated_cache) -> None:
+    images = load_dataset("voc2007", voc_dir)
+    first = extract(adapter, images, img_size=64)
+    assert first.meta["cache"]["reused"] is False
+    calls = []
+    real = extract_mod.compute_statistics
+    monkeypatch.setattr(extract_mod, "compute_statistics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    second = extract(adapter, images, img_size=64)
+    assert calls == [] and second.meta["cache"]["reused"] is True
+    assert torch.equal(first.attn, second.attn) and second.ids == first.ids
+    extract(adapter, images, img_size=72)  # transform changed -> new key
+    assert calls == [1]
+    other = load_dataset("voc2007", voc_dir, difficult="positive")  # labels changed -> new key
+    extract(adapter, other, img_size=64)
+    assert calls == [1, 1]
+    assert len(list(isolated_cache.glob("*.safetensors"))) == 3
+
+
+def test_interrupted_write_leaves_nothing(voc_dir: Path, adapter, monkeypatch, isolated_cache) -> None:
+    images = load_dataset("voc2007", voc_dir)
+
+    def broken_save(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("safetensors.torch.save_file", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        extract(adapter, images, img_size=64)
+    assert list(isolated_cache.iterdir()) == []
+
+
+def test_interrupted_extraction_leaves_nothing(voc_dir: Path, adapter, monkeypatch, isolated_cache) -> None:
+    images = load_dataset("voc2007", voc_dir)
+    real = extract_mod.location_statistics
+    seen = []
+
+    def interrupt(*a, **k):
+        seen.append(1)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(extract_mod, "location_statistics", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        extract(adapter, images, img_size=64, batch_size=4)
+    assert not isolated_cache.exists() or list(isolated_cache.iterdir()) == []
+
+
+def test_damaged_cache_is_refused(voc_dir: Path, adapter, isolated_cache) -> None:
+    images = load_dataset("voc2007", voc_dir)
+    extract(adapter, images, img_size=64)
+    (path,) = isolated_cache.glob("*.safetensors")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CSRAError, match="stale or damaged.*--recompute"):
+        extract(adapter, images, img_size=64)
+    assert extract(adapter, images, img_size=64, recompute=True).meta["cache"]["reused"] is False
+
+
+def test_cache_with_other_key_inside_is_refused(voc_dir: Path, adapter, isolated_cache) -> None:
+    images = load_dataset("voc2007", voc_dir)
+    stats = extract(adapter, images, img_size=64)
+    path = Path(stats.meta["cache"]["path"])
+    stats.meta["key"] = "something-else"
+    cache_mod.save_statistics(stats, path)
+    with pytest.raises(CSRAError, match="key does not match"):
+        extract(adapter, images, img_size=64)
+
+
+def test_corrupt_image_is_named(voc_dir: Path, adapter) -> None:
+    bad = voc_dir / "VOCdevkit/VOC2007/JPEGImages/000003.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    images = load_dataset("voc2007", voc_dir)
+    with pytest.raises(CSRAError, match="000003.jpg: cannot decode image"):
+        extract(adapter, images, img_size=64, workers=1, use_cache=False)
+
+
+def test_nan_scores_are_an_error(voc_dir: Path, adapter) -> None:
+    with torch.no_grad():
+        adapter.head.weight[0, 0] = float("nan")
+    with pytest.raises(CSRAError, match="NaN/inf scores"):
+        extract(adapter, load_dataset("voc2007", voc_dir), img_size=64, use_cache=False)
+
+
+def test_class_count_mismatch(voc_dir: Path) -> None:
+    adapter = load_model("resnet10t", random_init=True, num_classes=7)
+    with pytest.raises(CSRAError, match="has 7 classes but voc2007 has 20: pass --checkpoint"):
+        extract(adapter, load_dataset("voc2007", voc_dir), img_size=64)
