@@ -60,7 +60,7 @@ def run_sweep(
     head: str = "model",
     train_split: str | None = None,
     train_labels: str | Path | None = None,
-    probe_c: float = 1.0,
+    probe_c: float = 0.01,
     save_head: str | Path | None = None,
     split: str | None = None,
     labels: str | Path | None = None,
@@ -81,6 +81,8 @@ def run_sweep(
     metrics: Sequence[str] = (),
     out: str | Path | None = None,
     save_scores_to: str | Path | None = None,
+    extra: dict[str, Any] | None = None,
+    dataset_label: str | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Load, extract (or reuse the cache), sweep, print the table, write JSON / NPZ; returns the JSON dict."""
@@ -92,6 +94,8 @@ def run_sweep(
     if head not in ("model", "probe"):
         raise CSRAError(f"--head {head}: choose model (the model's own classifier) or probe")
     images = load_dataset(dataset, data_dir, split, labels, classes, difficult)
+    if dataset_label:  # a VOC-layout dataset that is not VOC (the demo's mosaics, say)
+        images.dataset = dataset_label
     adapter = load_model(
         model,
         checkpoint=checkpoint,
@@ -101,6 +105,7 @@ def run_sweep(
     )
     if head == "probe":
         train = load_training_split(dataset, data_dir, train_split, train_labels, images, difficult)
+        train.dataset = images.dataset
         adapter = fit_probe(
             adapter,
             train,
@@ -136,7 +141,7 @@ def run_sweep(
     )
     result = sweep(stats, lams=lams, temps=temps, heads=heads)
     print_table(console, result, stats, list(metrics))
-    data = results_dict(result, stats)
+    data = results_dict(result, stats, extra)
     if out is not None:
         write_json(out, data)
         console.print(f"wrote {out}")

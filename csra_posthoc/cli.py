@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from .errors import CSRAError
+from .lam_sweep import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS
 
 app = typer.Typer(
     add_completion=False,
@@ -24,6 +25,10 @@ err = Console(stderr=True)
 @app.callback()
 def _root() -> None:
     """Training-free CSRA (avg + lam * max) on any pretrained classifier."""
+
+
+def _csv(values) -> str:
+    return ",".join(f"{v:g}" for v in values)
 
 
 def _floats(flag: str, text: str) -> list[float]:
@@ -66,7 +71,7 @@ def sweep_cmd(
     head: str = typer.Option("model", "--head", help="model: the model's own classifier | probe: fit a linear probe on the training split"),
     train_split: Optional[str] = typer.Option(None, "--train-split", help="--head probe: split to fit on (VOC2007: trainval)"),
     train_labels: Optional[Path] = typer.Option(None, "--train-labels", help="--head probe on --dataset csv: training CSV"),
-    probe_c: float = typer.Option(1.0, "--probe-c", help="--head probe: inverse L2 strength of the logistic regression"),
+    probe_c: float = typer.Option(0.01, "--probe-c", help="--head probe: inverse L2 strength of the logistic regression"),
     save_head: Optional[Path] = typer.Option(None, "--save-head", help="--head probe: write the fitted head (.safetensors)"),
     split: Optional[str] = typer.Option(None, "--split", help="split to evaluate (VOC2007: test, VOC2012: val)"),
     labels: Optional[Path] = typer.Option(None, "--labels", help="--dataset csv: CSV with header path,<class>,... and 1/0/-1"),
@@ -82,9 +87,9 @@ def sweep_cmd(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="default: $CSRA_POSTHOC_CACHE or the user cache dir"),
     no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the cache"),
     recompute: bool = typer.Option(False, "--recompute", help="ignore an existing cache entry and overwrite it"),
-    lams: str = typer.Option(",".join(f"{v:g}" for v in (0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)), "--lams"),
-    temps: str = typer.Option("1,2,3,4,5,6,7", "--temps", help="softmax temperatures (inf = max)"),
-    heads: str = typer.Option("1,2,4,6,8", "--heads", help="multi-head sets of the paper"),
+    lams: str = typer.Option(_csv(DEFAULT_LAMS), "--lams"),
+    temps: str = typer.Option(_csv(DEFAULT_TEMPS), "--temps", help="softmax temperatures (inf = max)"),
+    heads: str = typer.Option(_csv(DEFAULT_HEADS), "--heads", help="multi-head sets of the paper"),
     metrics: str = typer.Option("", "--metrics", help="extra columns, e.g. CF1,OF1,CF1_top3"),
     out: Optional[Path] = typer.Option(None, "--out", help="results JSON"),
     save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="NPZ with ids, labels, classes, baseline/best/fixed scores"),
@@ -130,6 +135,43 @@ def sweep_cmd(
         )
 
     run_cli(go)
+
+
+@app.command("demo")
+def demo_cmd(
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with Fashion-MNIST idx files (default: $FASHION_MNIST, Debian's, a download, else sklearn digits)"),
+    num_train: int = typer.Option(800, "--num-train", help="trainval mosaics (the probe's training split)"),
+    num_test: int = typer.Option(800, "--num-test", help="test mosaics (the evaluated split)"),
+    img_size: int = typer.Option(224, "--img-size", help="mosaic canvas and model input size"),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    workers: int = typer.Option(0, "--workers"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    no_cache: bool = typer.Option(False, "--no-cache"),
+    no_download: bool = typer.Option(False, "--no-download", help="never try torchvision's Fashion-MNIST downloader"),
+    out: Optional[Path] = typer.Option(None, "--out", help="results JSON (same schema as sweep, plus 'demo')"),
+    save_scores: Optional[Path] = typer.Option(None, "--save-scores"),
+) -> None:
+    """Offline end-to-end demo: real ImageNet EfficientNet-Lite0, probe head, Fashion-MNIST mosaics."""
+    from .demo import run_demo
+
+    run_cli(
+        run_demo,
+        data_dir=data_dir,
+        num_train=num_train,
+        num_test=num_test,
+        img_size=img_size,
+        seed=seed,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        cache_dir=cache_dir,
+        use_cache=not no_cache,
+        allow_download=not no_download,
+        out=out,
+        save_scores_to=save_scores,
+    )
 
 
 def main() -> None:
