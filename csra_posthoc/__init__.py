@@ -11,6 +11,7 @@ from .data import LabelledImages, load_dataset
 from .errors import CSRAError
 from .extraction import extract
 from .location_head import LocationHead
+from .options import ExtractOptions
 from .scoring import attention_pool, csra_score, score_from_locations
 from .statistics import ClassStatistics
 from .lam_sweep import SweepResult, sweep
@@ -21,6 +22,7 @@ __all__ = [
     "load_model",
     "load_dataset",
     "extract",
+    "ExtractOptions",
     "sweep",
     "run_sweep",
     "csra_score",

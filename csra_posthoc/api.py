@@ -11,7 +11,8 @@ from .adapters import load_model
 from .data import LabelledImages, load_dataset
 from .data.voc import DifficultPolicy
 from .errors import CSRAError
-from .extraction import extract, resolve_device
+from .extraction import extract
+from .options import ExtractOptions
 from .probe import fit_probe
 from .report import print_table, results_dict, save_scores, write_json
 from .lam_sweep import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, sweep
@@ -66,15 +67,7 @@ def run_sweep(
     labels: str | Path | None = None,
     classes: list[str] | None = None,
     difficult: DifficultPolicy = "ignore",
-    img_size: int | None = None,
-    batch_size: int = 32,
-    workers: int = 0,
-    device: str = "auto",
-    amp: bool = False,
-    keep_maps: bool = False,
-    cache_dir: str | Path | None = None,
-    use_cache: bool = True,
-    recompute: bool = False,
+    options: ExtractOptions | None = None,
     lams: Sequence[float] = DEFAULT_LAMS,
     temps: Sequence[float] = DEFAULT_TEMPS,
     heads: Sequence[int] = DEFAULT_HEADS,
@@ -106,39 +99,12 @@ def run_sweep(
     if head == "probe":
         train = load_training_split(dataset, data_dir, train_split, train_labels, images, difficult)
         train.dataset = images.dataset
-        adapter = fit_probe(
-            adapter,
-            train,
-            c=probe_c,
-            img_size=img_size,
-            batch_size=batch_size,
-            workers=workers,
-            device=resolve_device(device),
-            amp=amp,
-            cache_dir=cache_dir,
-            use_cache=use_cache,
-            recompute=recompute,
-            save_head_to=save_head,
-            console=console,
-        )
+        adapter = fit_probe(adapter, train, c=probe_c, options=options, save_head_to=save_head, console=console)
     elif save_head is not None:
         raise CSRAError("--save-head needs --head probe (the model's own head is already in its weights)")
     if adapter.info.weights == "random-init":
         console.print("[yellow]warning:[/] --random-init: the numbers below measure nothing but the code")
-    stats = extract(
-        adapter,
-        images,
-        img_size=img_size,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        amp=amp,
-        keep_maps=keep_maps,
-        cache_dir=cache_dir,
-        use_cache=use_cache,
-        recompute=recompute,
-        console=console,
-    )
+    stats = extract(adapter, images, options, console=console)
     result = sweep(stats, lams=lams, temps=temps, heads=heads)
     print_table(console, result, stats, list(metrics))
     data = results_dict(result, stats, extra)

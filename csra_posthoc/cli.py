@@ -12,6 +12,7 @@ from rich.console import Console
 
 from .errors import CSRAError
 from .lam_sweep import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS
+from .options import ExtractOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -117,15 +118,7 @@ def sweep_cmd(
             labels=labels,
             classes=read_classes(classes, classes_file),
             difficult=difficult,  # type: ignore[arg-type]
-            img_size=img_size,
-            batch_size=batch_size,
-            workers=workers,
-            device=device,
-            amp=amp,
-            keep_maps=keep_maps,
-            cache_dir=cache_dir,
-            use_cache=not no_cache,
-            recompute=recompute,
+            options=ExtractOptions(img_size, batch_size, workers, device, amp, keep_maps, cache_dir, not no_cache, recompute),
             lams=_floats("--lams", lams),
             temps=_floats("--temps", temps),
             heads=_ints("--heads", heads),
@@ -163,11 +156,7 @@ def demo_cmd(
         num_test=num_test,
         img_size=img_size,
         seed=seed,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        cache_dir=cache_dir,
-        use_cache=not no_cache,
+        options=ExtractOptions(img_size, batch_size, workers, device, cache_dir=cache_dir, use_cache=not no_cache),
         allow_download=not no_download,
         out=out,
         save_scores_to=save_scores,

@@ -8,6 +8,7 @@ code path as a user's VOC-layout dataset.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from .cache import default_cache_dir
 from .data.mosaics import find_item_source, write_mosaic_voc
 from .errors import CSRAError
 from .offline_weights import has_offline_weights
+from .options import ExtractOptions
 from .report import write_json
 
 DEMO_MODEL = "efficientnet_lite0"
@@ -31,11 +33,7 @@ def run_demo(
     num_test: int = 800,
     img_size: int = 224,
     seed: int = 0,
-    batch_size: int = 32,
-    workers: int = 0,
-    device: str = "auto",
-    cache_dir: str | Path | None = None,
-    use_cache: bool = True,
+    options: ExtractOptions | None = None,
     allow_download: bool = True,
     metrics: tuple[str, ...] = ("CF1", "OF1"),
     out: str | Path | None = None,
@@ -49,7 +47,8 @@ def run_demo(
     if num_train < 20 or num_test < 20 or img_size < 64:
         raise CSRAError("demo: --num-train and --num-test must be >= 20 and --img-size >= 64")
     start = time.perf_counter()
-    cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+    options = replace(options or ExtractOptions(), img_size=img_size)
+    cache_root = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     source = find_item_source(data_dir, download_root=cache_root / "downloads", allow_download=allow_download)
     console.print(f"demo data: {source.name} from {source.where}")
     root = Path(work_dir) if work_dir else cache_root / "demo-data" / f"{source.name}-s{seed}-n{num_train}-{num_test}-{img_size}"
@@ -61,12 +60,7 @@ def run_demo(
         pretrained=True,
         head="probe",
         classes=source.classes,
-        img_size=img_size,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        cache_dir=cache_dir,
-        use_cache=use_cache,
+        options=options,
         metrics=metrics,
         out=None,
         save_scores_to=save_scores_to,

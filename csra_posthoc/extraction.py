@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +22,7 @@ from .checkpoint import state_dict_fingerprint
 from .data import ImageDataset, LabelledImages
 from .data.transforms import square_resize_transform
 from .errors import CSRAError
+from .options import ExtractOptions
 from .progress import progress_bar
 from .scoring import CACHED_TEMPERATURES, location_statistics
 from .statistics import ClassStatistics
@@ -157,37 +159,34 @@ def compute_statistics(
 def extract(
     adapter: ModelAdapter,
     images: LabelledImages,
+    options: ExtractOptions | None = None,
     *,
-    img_size: int | None = None,
-    batch_size: int = 32,
-    workers: int = 0,
-    device: str = "auto",
-    amp: bool = False,
-    keep_maps: bool = False,
-    cache_dir: str | Path | None = None,
-    use_cache: bool = True,
-    recompute: bool = False,
     console: Console | None = None,
+    **overrides,
 ) -> ClassStatistics:
-    """Statistics for ``adapter`` on ``images``, from the cache when the key matches."""
+    """Statistics for ``adapter`` on ``images``, from the cache when the key matches.
+
+    ``overrides`` are :class:`ExtractOptions` fields (``extract(adapter, images, img_size=448)``).
+    """
+    opts = replace(options or ExtractOptions(), **overrides)
     console = console or Console(stderr=True)
     check_class_count(adapter, images)
-    if batch_size < 1 or workers < 0:
+    if opts.batch_size < 1 or opts.workers < 0:
         raise CSRAError("--batch-size must be >= 1 and --workers >= 0")
-    if img_size is not None and img_size < 16:
-        raise CSRAError(f"--img-size {img_size}: too small (at least 16)")
-    transform, transform_desc = square_resize_transform(adapter.data_config, img_size)
+    if opts.img_size is not None and opts.img_size < 16:
+        raise CSRAError(f"--img-size {opts.img_size}: too small (at least 16)")
+    transform, transform_desc = square_resize_transform(adapter.data_config, opts.img_size)
     size = transform_desc["size"]
-    key = extraction_key(adapter, images, transform_desc, amp, keep_maps)
-    path = cache_path(Path(cache_dir) if cache_dir else default_cache_dir(), adapter.info.name, images.dataset, images.split, key)
-    if use_cache and not recompute and path.is_file():
+    key = extraction_key(adapter, images, transform_desc, opts.amp, opts.keep_maps)
+    path = cache_path(Path(opts.cache_dir) if opts.cache_dir else default_cache_dir(), adapter.info.name, images.dataset, images.split, key)
+    if opts.use_cache and not opts.recompute and path.is_file():
         stats = load_statistics(path, key=key, ids=list(images.ids))
         console.print(f"[green]reused cache[/] {path} (no forward pass)")
         stats.meta["cache"] = {"path": str(path), "reused": True}
         return stats
-    dev = resolve_device(device)
+    dev = resolve_device(opts.device)
     stats, max_diff = compute_statistics(
-        adapter, images, transform, size, batch_size, workers, dev, amp, keep_maps, console
+        adapter, images, transform, size, opts.batch_size, opts.workers, dev, opts.amp, opts.keep_maps, console
     )
     stats.meta = {
         "key": key,
@@ -203,12 +202,12 @@ def extract(
         "single_label": images.single_label,
         "unknown": images.unknown,
         "transform": transform_desc,
-        "amp": amp,
+        "amp": opts.amp,
         "device": str(dev),
     }
     source = "model's logits" if adapter.info.baseline_source == "model_logits" else "model's own logits (patch-average baseline, not enforced)"
     console.print(f"identity: max |mean_k s - logits| = {max_diff:.2e} vs {source}")
-    if use_cache:
+    if opts.use_cache:
         save_statistics(stats, path)
         stats.meta["cache"] = {"path": str(path), "reused": False}
     return stats

@@ -101,11 +101,13 @@ def attended_scores(stats: ClassStatistics, variant: Variant) -> torch.Tensor:
 
 def evaluate(stats: ClassStatistics, scores: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
     """The dataset's metrics for one score matrix (multi-label or single-label)."""
-    if not torch.isfinite(scores).all():
-        raise CSRAError("scores contain NaN or inf; the cache or the model is broken: re-run with --recompute")
-    if stats.meta.get("single_label"):
-        return singlelabel_metrics(scores, stats.labels)
-    return multilabel_metrics(scores, stats.labels, unknown=stats.meta.get("unknown", "exclude"))
+    try:
+        if stats.meta.get("single_label"):
+            return singlelabel_metrics(scores, stats.labels)
+        return multilabel_metrics(scores, stats.labels, unknown=stats.meta.get("unknown", "exclude"))
+    except ValueError as exc:
+        hint = "the cache may be damaged: re-run with --recompute" if "NaN" in str(exc) else "check the labels"
+        raise CSRAError(f"cannot score {stats.meta.get('model')} on {stats.meta.get('dataset')}: {exc}; {hint}") from None
 
 
 def sweep(

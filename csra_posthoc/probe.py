@@ -32,7 +32,8 @@ from .checkpoint import state_dict_fingerprint
 from .data import LabelledImages
 from .data.transforms import square_resize_transform
 from .errors import CSRAError
-from .extraction import backbone_batches
+from .extraction import backbone_batches, resolve_device
+from .options import ExtractOptions
 from .location_head import LocationHead
 
 PROBE_FORMAT = 1
@@ -73,21 +74,16 @@ class ProbeHeadAdapter(ModelAdapter):
 
 @torch.no_grad()
 def pooled_features(
-    adapter: ModelAdapter,
-    images: LabelledImages,
-    img_size: int | None = None,
-    batch_size: int = 32,
-    workers: int = 0,
-    device: torch.device = torch.device("cpu"),
-    amp: bool = False,
-    console: Console | None = None,
+    adapter: ModelAdapter, images: LabelledImages, options: ExtractOptions, console: Console | None = None
 ) -> torch.Tensor:
     """``(N, d)`` pooled head-input features; maps are never kept."""
-    transform, desc = square_resize_transform(adapter.data_config, img_size)
+    transform, desc = square_resize_transform(adapter.data_config, options.img_size)
+    device = resolve_device(options.device)
     adapter = adapter.to(device).eval()
     out = []
     batches = backbone_batches(
-        adapter, images, transform, desc["size"], batch_size, workers, device, amp, console, f"probe features ({images.split})"
+        adapter, images, transform, desc["size"], options.batch_size, options.workers, device, options.amp, console,
+        f"probe features ({images.split})",
     )
     for index, raw in batches:
         feats = adapter.head.pooled_features(adapter.feature_map(raw)).cpu()
@@ -162,22 +158,16 @@ def fit_probe(
     train: LabelledImages,
     *,
     c: float = 0.01,
-    img_size: int | None = None,
-    batch_size: int = 32,
-    workers: int = 0,
-    device: torch.device = torch.device("cpu"),
-    amp: bool = False,
-    cache_dir: str | Path | None = None,
-    use_cache: bool = True,
-    recompute: bool = False,
+    options: ExtractOptions | None = None,
     save_head_to: str | Path | None = None,
     console: Console | None = None,
 ) -> ProbeHeadAdapter:
     """Fit (or reuse from the cache) a probe on ``train`` and return an adapter that uses it."""
     console = console or Console(stderr=True)
+    opts = options or ExtractOptions()
     if c <= 0:
         raise CSRAError(f"--probe-c {c}: must be > 0")
-    _, transform_desc = square_resize_transform(adapter.data_config, img_size)
+    _, transform_desc = square_resize_transform(adapter.data_config, opts.img_size)
     key = cache_key(
         {
             "kind": "probe",
@@ -188,22 +178,22 @@ def fit_probe(
             "transform": transform_desc,
             "train": train.fingerprint(),
             "c": c,
-            "amp": amp,
+            "amp": opts.amp,
         }
     )
-    path = Path(cache_dir or default_cache_dir()) / f"probe-{key}.safetensors"
-    if use_cache and not recompute and path.is_file():
+    path = Path(opts.cache_dir or default_cache_dir()) / f"probe-{key}.safetensors"
+    if opts.use_cache and not opts.recompute and path.is_file():
         head, meta = load_head(path)
         info = ProbeInfo(**meta["probe"])
         console.print(f"[green]reused probe[/] {path}")
     else:
         if train.labels.shape[1] == 0 or not (train.labels == 1).any():
             raise CSRAError(f"probe: the training split {train.split} of {train.dataset} has no positive label")
-        feats = pooled_features(adapter, train, img_size, batch_size, workers, device, amp, console)
+        feats = pooled_features(adapter, train, opts, console)
         weight, bias, skipped = fit_linear_probe(feats, train.labels, c)
         head = adapter.head.with_linear(weight, bias)
         info = ProbeInfo(train.dataset, train.split, len(train), c, list(train.classes), [train.classes[k] for k in skipped])
-        if use_cache:
+        if opts.use_cache:
             save_head(head, path, {"probe": asdict(info), "model": adapter.info.name})
     if info.skipped_classes:
         console.print(f"[yellow]probe:[/] no positive (or no negative) in {train.split} for {', '.join(info.skipped_classes)}: not fitted")

@@ -116,3 +116,15 @@ def test_class_count_mismatch(voc_dir: Path) -> None:
     adapter = load_model("resnet10t", random_init=True, num_classes=7)
     with pytest.raises(CSRAError, match="has 7 classes but voc2007 has 20: pass --checkpoint"):
         extract(adapter, load_dataset("voc2007", voc_dir), img_size=64)
+
+
+def test_nan_in_cached_statistics_is_an_error_not_a_number(voc_dir: Path, adapter) -> None:
+    from csra_posthoc import sweep
+
+    stats = extract(adapter, load_dataset("voc2007", voc_dir), img_size=64)
+    stats.max[0, 0] = float("nan")
+    with pytest.raises(CSRAError, match="NaN.*--recompute"):
+        sweep(stats, lams=[0, 0.2], temps=[], heads=[])
+    stats.labels.zero_()
+    with pytest.raises(CSRAError, match="no class has a positive label.*check the labels"):
+        sweep(stats, lams=[0], temps=[], heads=[])

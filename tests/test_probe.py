@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from csra_posthoc import CSRAError, extract, load_dataset, load_model
+from csra_posthoc import CSRAError, ExtractOptions, extract, load_dataset, load_model
 from csra_posthoc.api import load_training_split
 from csra_posthoc.probe import fit_linear_probe, fit_probe, load_head
 from tests.conftest import random_voc_annotations, write_voc
@@ -44,13 +44,13 @@ def test_probe_head_identity_cache_and_saved_head(split_voc: Path, isolated_cach
     train = load_training_split("voc2007", split_voc, None, None, test)
     assert train.split == "trainval" and len(train) == 20
     base = load_model("resnet10t", random_init=True)  # 1000 classes: probe replaces the head
-    adapter = fit_probe(base, train, img_size=64, save_head_to=tmp_path / "head.safetensors")
+    adapter = fit_probe(base, train, options=ExtractOptions(img_size=64), save_head_to=tmp_path / "head.safetensors")
     assert adapter.num_classes == 20 and "probe on voc2007 trainval, 20 images" in adapter.info.head
     stats = extract(adapter, test, img_size=64)
     assert stats.meta["identity_max_abs_diff"] < 1e-4  # probe logits on pooled features == mean of its location scores
     head, meta = load_head(tmp_path / "head.safetensors")
     assert torch.equal(head.weight, adapter.head.weight) and meta["probe"]["num_images"] == 20
-    again = fit_probe(base, train, img_size=64)  # cached
+    again = fit_probe(base, train, options=ExtractOptions(img_size=64))  # cached
     assert torch.equal(again.head.weight, adapter.head.weight)
     assert len(list(isolated_cache.glob("probe-*.safetensors"))) == 1
 
@@ -67,4 +67,4 @@ def test_probe_errors(split_voc: Path, voc_dir: Path) -> None:
     with torch.no_grad():
         base.model.layer4[0].conv1.weight.fill_(float("nan"))
     with pytest.raises(CSRAError, match="NaN/inf features at input size 64"):
-        fit_probe(base, load_training_split("voc2007", split_voc, None, None, load_dataset("voc2007", split_voc)), img_size=64, use_cache=False)
+        fit_probe(base, load_training_split("voc2007", split_voc, None, None, load_dataset("voc2007", split_voc)), options=ExtractOptions(img_size=64, use_cache=False))

@@ -11,15 +11,6 @@ from __future__ import annotations
 import torch
 
 
-def _fill_backward(values: torch.Tensor, is_end: torch.Tensor) -> torch.Tensor:
-    """For each row i, ``values`` at the first row j >= i where ``is_end`` holds (per column)."""
-    n = values.shape[0]
-    flipped = is_end.flip(0)
-    index = torch.arange(n, device=values.device)[:, None].expand_as(values)
-    last = torch.where(flipped, index, torch.zeros_like(index)).cummax(dim=0).values
-    return values.flip(0).gather(0, last).flip(0)
-
-
 def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """AP per class of ``scores`` ``(N, C)`` against ``labels`` ``(N, C)`` in {1, 0, -1}.
 
@@ -30,21 +21,20 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
         raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(labels.shape)} must both be (N, C)")
     if not torch.isfinite(scores).all():
         raise ValueError("scores contain NaN or inf")
-    scores = scores.double()
-    order = torch.argsort(scores, dim=0, descending=True, stable=True)
-    sorted_scores = scores.gather(0, order)
-    sorted_labels = labels.gather(0, order)
-    tp = (sorted_labels == 1).double()
-    fp = (sorted_labels == 0).double()
-    cum_tp = tp.cumsum(0)
-    cum_fp = fp.cumsum(0)
-    # The last row of each run of tied scores is where the PR curve takes a point.
-    is_end = torch.ones_like(sorted_scores, dtype=torch.bool)
-    is_end[:-1] = sorted_scores[:-1] != sorted_scores[1:]
+    if not scores.is_floating_point():
+        scores = scores.double()
+    # (C, N) rows: one contiguous sort per class. The order inside a run of tied scores does not
+    # matter: every member of a run is credited with the precision at the run's end.
+    sorted_scores, order = torch.sort(scores.t().contiguous(), dim=1, descending=True)
+    sorted_labels = labels.t().contiguous().gather(1, order)
+    tp = sorted_labels == 1
+    cum_tp = torch.cumsum(tp, dim=1, dtype=torch.float64)
+    cum_fp = torch.cumsum(sorted_labels == 0, dim=1, dtype=torch.float64)
     precision = cum_tp / (cum_tp + cum_fp).clamp_min(1.0)
-    precision_at_threshold = _fill_backward(precision, is_end)
-    num_pos = tp.sum(0)
-    ap = (tp * precision_at_threshold).sum(0) / num_pos
+    ascending = -sorted_scores
+    run_end = torch.searchsorted(ascending, ascending, right=True) - 1  # last index of each tie run
+    num_pos = tp.sum(dim=1, dtype=torch.float64)
+    ap = (precision.gather(1, run_end) * tp).sum(dim=1) / num_pos
     return torch.where(num_pos > 0, ap, torch.full_like(ap, float("nan")))
 
 
