@@ -195,8 +195,10 @@ def fit_probe(
         info = ProbeInfo(train.dataset, train.split, len(train), c, list(train.classes), [train.classes[k] for k in skipped])
         if opts.use_cache:
             save_head(head, path, {"probe": asdict(info), "model": adapter.info.name})
+    unfitted = ""
     if info.skipped_classes:
-        console.print(f"[yellow]probe:[/] no positive (or no negative) in {train.split} for {', '.join(info.skipped_classes)}: not fitted")
+        unfitted = f"probe: no positive (or no negative) in {train.split} for {', '.join(info.skipped_classes)}: not fitted"
+        console.print(f"[yellow]{unfitted}[/]")
     if save_head_to is not None:
         save_head(head, save_head_to, {"probe": asdict(info), "model": adapter.info.name})
         console.print(f"wrote head {save_head_to}")
@@ -207,7 +209,7 @@ def fit_probe(
         baseline_source="model_logits",
         weights=base.weights,
         weights_fingerprint=base.weights_fingerprint,
-        notes=base.notes,
+        notes=[*base.notes, unfitted] if unfitted else base.notes,
         head=info.description,
     )
     return ProbeHeadAdapter(adapter, head, probe_info)

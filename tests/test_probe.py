@@ -68,3 +68,11 @@ def test_probe_errors(split_voc: Path, voc_dir: Path) -> None:
         base.model.layer4[0].conv1.weight.fill_(float("nan"))
     with pytest.raises(CSRAError, match="NaN/inf features at input size 64"):
         fit_probe(base, load_training_split("voc2007", split_voc, None, None, load_dataset("voc2007", split_voc)), options=ExtractOptions(img_size=64, use_cache=False))
+
+
+def test_unfitted_probe_classes_reach_the_notes(split_voc: Path) -> None:
+    test = load_dataset("voc2007", split_voc)
+    train = load_training_split("voc2007", split_voc, None, None, test)
+    train.labels[:, 3] = 0  # no positive for the 4th class in training
+    adapter = fit_probe(load_model("resnet10t", random_init=True), train, options=ExtractOptions(img_size=64))
+    assert any(train.classes[3] in note and "not fitted" in note for note in adapter.info.notes)
