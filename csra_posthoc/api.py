@@ -13,9 +13,9 @@ from .data.voc import DifficultPolicy
 from .errors import CSRAError
 from .extraction import extract
 from .options import ExtractOptions
+from .lam_sweep import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, sweep
 from .probe import fit_probe
 from .report import print_table, results_dict, save_scores, write_json
-from .lam_sweep import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, sweep
 
 TRAIN_SPLITS = {"voc2007": "trainval", "voc2012": "train"}
 
@@ -45,8 +45,12 @@ def load_training_split(
             raise CSRAError(f"--head probe needs a training split: {exc}") from None
     if train.classes != evaluated.classes:
         raise CSRAError("--train-labels: its classes differ from the evaluated split's (same names, same order)")
-    if set(train.ids) & set(evaluated.ids) and train.split == evaluated.split:
-        raise CSRAError(f"--head probe: the training split and the evaluated split are both {train.split}")
+    shared = set(train.paths) & set(evaluated.paths)
+    if shared:
+        raise CSRAError(
+            f"--head probe: {len(shared)} images are in both the training split ({train.split}) and the evaluated "
+            f"split ({evaluated.split}), e.g. {sorted(shared)[0]}; the probe must not see evaluated images"
+        )
     return train
 
 

@@ -84,7 +84,7 @@ def sweep_cmd(
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     amp: bool = typer.Option(False, "--amp", help="mixed precision backbone (the head stays fp32)"),
-    keep_maps: bool = typer.Option(False, "--keep-maps", help="also cache full per-location scores (any --temps then works)"),
+    keep_maps: bool = typer.Option(False, "--keep-maps", help="also cache full per-location scores in float16 (any --temps then works)"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="default: $CSRA_POSTHOC_CACHE or the user cache dir"),
     no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the cache"),
     recompute: bool = typer.Option(False, "--recompute", help="ignore an existing cache entry and overwrite it"),

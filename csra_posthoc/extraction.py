@@ -6,7 +6,6 @@ own logits (the identity CSRA's lam = 0 rests on), reported as ``identity_max_ab
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -153,7 +152,7 @@ def compute_statistics(
         logits=torch.cat(parts["logits"]),
         maps=torch.cat(parts["maps"]) if keep_maps else None,
     )
-    return result, max_diff if math.isfinite(max_diff) else float("nan")
+    return result, max_diff
 
 
 def extract(

@@ -76,3 +76,9 @@ def test_unfitted_probe_classes_reach_the_notes(split_voc: Path) -> None:
     train.labels[:, 3] = 0  # no positive for the 4th class in training
     adapter = fit_probe(load_model("resnet10t", random_init=True), train, options=ExtractOptions(img_size=64))
     assert any(train.classes[3] in note and "not fitted" in note for note in adapter.info.notes)
+
+
+def test_probe_refuses_training_on_evaluated_images(split_voc: Path) -> None:
+    test = load_dataset("voc2007", split_voc)
+    with pytest.raises(CSRAError, match="20 images are in both the training split \\(test\\)"):
+        load_training_split("voc2007", split_voc, "test", None, test)

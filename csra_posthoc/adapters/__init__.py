@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from ..checkpoint import read_state_dict, state_dict_fingerprint
 from ..errors import CSRAError
-from ..offline_weights import offline_state_dict
+from ..offline_weights import has_offline_weights, offline_state_dict
 from .base import AdapterInfo, BaselineSource, DataConfig, ModelAdapter
 from .timm_models import build_timm_adapter, classifier_key
 from .torchvision_models import TORCHVISION_CLASSIFIER_KEYS, build_torchvision_adapter
@@ -87,31 +87,22 @@ def load_model(
     arch = name[len(TORCHVISION_PREFIX) :] if is_tv else name
     create = _create_torchvision if is_tv else _create_timm
 
-    sd = None
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         sd = read_state_dict(checkpoint)
-        probe = create(arch, False, None)
-        keys = TORCHVISION_CLASSIFIER_KEYS if is_tv else (classifier_key(probe),)
-        num_classes = _infer_num_classes(sd, keys, checkpoint)
+        keys = TORCHVISION_CLASSIFIER_KEYS if is_tv else (classifier_key(arch),)
+        model = create(arch, False, _infer_num_classes(sd, keys, checkpoint))
+        _load_strict(model, sd, name, checkpoint)
         weights = f"checkpoint:{checkpoint}"
-    elif pretrained and not is_tv:
-        offline = None
+    elif pretrained and not is_tv and has_offline_weights(arch):
         model = create(arch, False, None)
-        offline = offline_state_dict(arch, model)
-        weights = "pretrained:packaged" if offline is not None else "pretrained:hub"
-        if offline is not None:
-            sd = offline
-    else:
-        weights = "pretrained:hub" if pretrained else "random-init"
-
-    if sd is not None:
-        model = create(arch, False, num_classes)
-        _load_strict(model, sd, name, checkpoint or Path(weights))
+        model.load_state_dict(offline_state_dict(arch, model))
+        weights = "pretrained:packaged"
     else:
         if random_init:  # deterministic, so a random-init run's cache is reusable
             torch.manual_seed(0)
         model = create(arch, pretrained, num_classes)
+        weights = "pretrained:hub" if pretrained else "random-init"
     model.eval()
     adapter = (
         build_torchvision_adapter(model, name, arch, weights) if is_tv else build_timm_adapter(model, name, weights)

@@ -139,10 +139,11 @@ def build_timm_adapter(model: nn.Module, name: str, weights: str) -> ModelAdapte
     return TimmCNNAdapter(model, head, info, data_config)
 
 
-def classifier_key(model: nn.Module) -> str:
-    """State-dict key of the classifier weight (to infer num_classes from a checkpoint)."""
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", {}) or {}
-    classifier = cfg.get("classifier", "fc")
+def classifier_key(arch: str) -> str:
+    """State-dict key of the classifier weight of a timm arch (to infer num_classes from a checkpoint)."""
+    from timm.models import get_pretrained_cfg_value
+
+    classifier = get_pretrained_cfg_value(arch, "classifier") or "fc"
     if isinstance(classifier, (tuple, list)):
         classifier = classifier[0]
     return f"{classifier}.weight"
