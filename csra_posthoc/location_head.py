@@ -42,10 +42,6 @@ class LocationHead(nn.Module):
     def num_classes(self) -> int:
         return int(self.weight.shape[0])
 
-    @property
-    def in_features(self) -> int:
-        return int(self.weight.shape[1])
-
     def location_features(self, fmap: torch.Tensor) -> torch.Tensor:
         """What the linear layer sees at each location ``(B, d, K)``; its mean over K is the
         vector the model's own head classifies (a linear probe is fitted on that mean)."""

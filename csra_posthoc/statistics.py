@@ -35,9 +35,6 @@ class ClassStatistics:
     def num_images(self) -> int:
         return len(self.ids)
 
-    def has_temperature(self, temperature: float) -> bool:
-        return math.isinf(temperature) or temperature in self.temperatures or self.maps is not None
-
     def attended(self, temperature: float) -> torch.Tensor:
         """``a_T`` per image and class: the max for T = inf, else the cached softmax average."""
         if math.isinf(temperature):
