@@ -32,12 +32,12 @@ def _csv(values) -> str:
     return ",".join(f"{v:g}" for v in values)
 
 
-def _floats(flag: str, text: str) -> list[float]:
+def _floats(flag: str, text: str, allow_empty: bool = False) -> list[float]:
     try:
         values = [math.inf if v.strip().lower() in ("inf", "infinity") else float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise CSRAError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 0,0.1,0.2") from None
-    if not values:
+    if not values and not allow_empty:
         raise CSRAError(f"{flag}: give at least one value")
     return values
 
@@ -89,8 +89,8 @@ def sweep_cmd(
     no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the cache"),
     recompute: bool = typer.Option(False, "--recompute", help="ignore an existing cache entry and overwrite it"),
     lams: str = typer.Option(_csv(DEFAULT_LAMS), "--lams"),
-    temps: str = typer.Option(_csv(DEFAULT_TEMPS), "--temps", help="softmax temperatures (inf = max)"),
-    heads: str = typer.Option(_csv(DEFAULT_HEADS), "--heads", help="multi-head sets of the paper"),
+    temps: str = typer.Option(_csv(DEFAULT_TEMPS), "--temps", help="softmax temperatures (inf = max); empty: no softmax variant"),
+    heads: str = typer.Option(_csv(DEFAULT_HEADS), "--heads", help="multi-head sets of the paper; empty: no multi-head variant"),
     metrics: str = typer.Option("", "--metrics", help="extra columns, e.g. CF1,OF1,CF1_top3"),
     out: Optional[Path] = typer.Option(None, "--out", help="results JSON"),
     save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="NPZ with ids, labels, classes, baseline/best/fixed scores"),
@@ -120,7 +120,7 @@ def sweep_cmd(
             difficult=difficult,  # type: ignore[arg-type]
             options=ExtractOptions(img_size, batch_size, workers, device, amp, keep_maps, cache_dir, not no_cache, recompute),
             lams=_floats("--lams", lams),
-            temps=_floats("--temps", temps),
+            temps=_floats("--temps", temps, allow_empty=True),
             heads=_ints("--heads", heads),
             metrics=[m.strip() for m in metrics.split(",") if m.strip()],
             out=out,

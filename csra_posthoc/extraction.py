@@ -95,8 +95,14 @@ def backbone_batches(
             bad = [e for e in errors if e]
             if bad:
                 raise CSRAError(f"{bad[0]}; fix or remove the file")
-            with amp_ctx:
-                raw = adapter.forward_backbone(x.to(device, non_blocking=True))
+            try:
+                with amp_ctx:
+                    raw = adapter.forward_backbone(x.to(device, non_blocking=True))
+            except (RuntimeError, AssertionError, ValueError) as exc:
+                first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+                raise CSRAError(
+                    f"model {adapter.info.name} failed on a {tuple(x.shape[1:])} input ({first}); try another --img-size"
+                ) from None
             yield index, raw.float()
             advance(len(index))
 

@@ -91,3 +91,13 @@ def test_errors(voc_dir: Path, tmp_path: Path) -> None:
 def test_no_weight_source_is_an_error(voc_dir: Path) -> None:
     res = runner.invoke(app, ["sweep", "--model", "resnet10t", "--dataset", "voc2007", "--data-dir", str(voc_dir)])
     one_line_error(res, "--pretrained", "--random-init")
+
+
+def test_class_token_vit_at_another_size_reports_both_baselines(voc_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "vit.json"
+    res = runner.invoke(app, ["sweep", "--model", "vit_tiny_patch16_224", "--random-init", "--dataset", "voc2007", "--data-dir", str(voc_dir), "--img-size", "64", "--lams", "0,0.2", "--temps", "", "--heads", "", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["baseline_source"] == "patch_average"
+    assert "mAP" in data["model_logits"]  # the model's own class-token logits, reported beside the baseline
+    assert data["transform"]["size"] == 64

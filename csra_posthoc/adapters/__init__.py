@@ -17,6 +17,7 @@ from .torchvision_models import TORCHVISION_CLASSIFIER_KEYS, build_torchvision_a
 __all__ = ["load_model", "ModelAdapter", "AdapterInfo", "DataConfig", "BaselineSource", "verify_identity"]
 
 TORCHVISION_PREFIX = "torchvision:"
+_TIMM_VIT_MODULES = {"timm.models.vision_transformer", "timm.models.deit"}
 
 
 def _infer_num_classes(sd: dict[str, torch.Tensor], keys: tuple[str, ...], checkpoint: Path) -> int:
@@ -49,7 +50,9 @@ def _create_timm(arch: str, pretrained: bool, num_classes: int | None) -> nn.Mod
         close = timm.list_models(f"*{arch}*")[:5]
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
         raise CSRAError(f"--model {arch}: unknown timm model{hint}")
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    kwargs: dict = {} if num_classes is None else {"num_classes": num_classes}
+    if timm.models.model_entrypoint(arch).__module__ in _TIMM_VIT_MODULES:
+        kwargs["dynamic_img_size"] = True  # any --img-size: timm interpolates the position embeddings
     try:
         return timm.create_model(arch, pretrained=pretrained, **kwargs)
     except Exception as exc:  # hub download failure and the like
