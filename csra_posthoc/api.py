@@ -15,7 +15,7 @@ from .extraction import extract
 from .options import ExtractOptions
 from .lam_sweep import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, sweep
 from .probe import fit_probe
-from .report import print_table, results_dict, save_scores, write_json
+from .report import print_table, report_console, results_dict, save_scores, write_json
 
 TRAIN_SPLITS = {"voc2007": "trainval", "voc2012": "train"}
 
@@ -83,7 +83,7 @@ def run_sweep(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Load, extract (or reuse the cache), sweep, print the table, write JSON / NPZ; returns the JSON dict."""
-    console = console or Console(width=None if Console().is_terminal else 120)
+    console = console or report_console()
     for m in metrics:
         base = m[: -len("_top3")] if m.endswith("_top3") else m
         if base not in METRIC_NAMES:

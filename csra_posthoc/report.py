@@ -16,6 +16,11 @@ from .statistics import ClassStatistics
 from .lam_sweep import SweepResult, SweepRow, row_scores
 
 
+def report_console() -> Console:
+    """Stdout console; 120 columns when not a terminal so piped or logged tables are not squeezed."""
+    return Console(width=None if Console().is_terminal else 120)
+
+
 def _per_class(stats: ClassStatistics, row: SweepRow) -> dict[str, float | None]:
     return {c: (None if math.isnan(v) else v * 100.0) for c, v in zip(stats.classes, row.per_class_ap.tolist())}
 
