@@ -73,23 +73,21 @@ def backbone_batches(
     images: LabelledImages,
     transform,
     size: int,
-    batch_size: int,
-    workers: int,
+    options: ExtractOptions,
     device: torch.device,
-    amp: bool,
     console: Console | None,
     description: str,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(indices, backbone output in fp32)`` per batch, with a progress bar; a broken image is an error."""
     loader = DataLoader(
         ImageDataset(images, transform, size),
-        batch_size=batch_size,
-        num_workers=workers,
+        batch_size=options.batch_size,
+        num_workers=options.workers,
         shuffle=False,
         pin_memory=device.type == "cuda",
     )
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    amp_ctx = torch.autocast(device_type=device.type, dtype=amp_dtype) if amp else nullcontext()
+    amp_ctx = torch.autocast(device_type=device.type, dtype=amp_dtype) if options.amp else nullcontext()
     with progress_bar(console, description, total=len(images)) as advance:
         for index, x, errors in loader:
             bad = [e for e in errors if e]
@@ -113,20 +111,15 @@ def compute_statistics(
     images: LabelledImages,
     transform,
     size: int,
-    batch_size: int = 32,
-    workers: int = 0,
-    device: torch.device = torch.device("cpu"),
-    amp: bool = False,
-    keep_maps: bool = False,
+    options: ExtractOptions,
+    device: torch.device,
     console: Console | None = None,
 ) -> tuple[ClassStatistics, float]:
     """Run the model over ``images``; returns the statistics and the identity max abs diff (no caching)."""
     adapter = adapter.to(device).eval()
     parts: dict[str, list[torch.Tensor]] = {"avg": [], "max": [], "attn": [], "logits": [], "maps": []}
     max_diff = 0.0
-    batches = backbone_batches(
-        adapter, images, transform, size, batch_size, workers, device, amp, console, f"extract {adapter.info.name}"
-    )
+    batches = backbone_batches(adapter, images, transform, size, options, device, console, f"extract {adapter.info.name}")
     for index, raw in batches:
         s, logits = adapter.scores_from_backbone(raw)
         if not torch.isfinite(s).all() or not torch.isfinite(logits).all():
@@ -140,7 +133,7 @@ def compute_statistics(
         for name in ("avg", "max", "attn"):
             parts[name].append(stats[name].cpu())
         parts["logits"].append(logits.cpu())
-        if keep_maps:
+        if options.keep_maps:
             parts["maps"].append(s.half().cpu())
     if adapter.info.baseline_source == "model_logits" and max_diff > IDENTITY_TOLERANCE:
         raise CSRAError(
@@ -156,7 +149,7 @@ def compute_statistics(
         attn=torch.cat(parts["attn"]),
         temperatures=CACHED_TEMPERATURES,
         logits=torch.cat(parts["logits"]),
-        maps=torch.cat(parts["maps"]) if keep_maps else None,
+        maps=torch.cat(parts["maps"]) if options.keep_maps else None,
     )
     return result, max_diff
 
@@ -190,9 +183,7 @@ def extract(
         stats.meta["cache"] = {"path": str(path), "reused": True}
         return stats
     dev = resolve_device(opts.device)
-    stats, max_diff = compute_statistics(
-        adapter, images, transform, size, opts.batch_size, opts.workers, dev, opts.amp, opts.keep_maps, console
-    )
+    stats, max_diff = compute_statistics(adapter, images, transform, size, opts, dev, console)
     stats.meta = {
         "key": key,
         "model": adapter.info.name,

@@ -33,8 +33,8 @@ from .data import LabelledImages
 from .data.transforms import square_resize_transform
 from .errors import CSRAError
 from .extraction import backbone_batches, resolve_device
-from .options import ExtractOptions
 from .location_head import LocationHead
+from .options import ExtractOptions
 
 PROBE_FORMAT = 1
 
@@ -81,10 +81,7 @@ def pooled_features(
     device = resolve_device(options.device)
     adapter = adapter.to(device).eval()
     out = []
-    batches = backbone_batches(
-        adapter, images, transform, desc["size"], options.batch_size, options.workers, device, options.amp, console,
-        f"probe features ({images.split})",
-    )
+    batches = backbone_batches(adapter, images, transform, desc["size"], options, device, console, f"probe features ({images.split})")
     for index, raw in batches:
         feats = adapter.head.pooled_features(adapter.feature_map(raw)).cpu()
         if not torch.isfinite(feats).all():
