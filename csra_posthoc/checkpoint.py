@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CSRAError
+from .errors import CSRAError, first_line
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -27,9 +27,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CSRAError(
-            f"--checkpoint {path}: cannot be read as weights only ({first[:160]}); "
+            f"--checkpoint {path}: cannot be read as weights only ({first_line(exc)}); "
             "save it with torch.save(model.state_dict(), ...) or as .safetensors"
         ) from None
     for _ in range(3):

@@ -13,3 +13,9 @@ class CSRAError(Exception):
     """A problem with the user's input, explained in one line."""
 
     exit_code: int = 2
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception's first message line (its type name when the message is empty), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

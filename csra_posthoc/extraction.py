@@ -20,7 +20,7 @@ from .cache import cache_key, cache_path, default_cache_dir, load_statistics, sa
 from .checkpoint import state_dict_fingerprint
 from .data import ImageDataset, LabelledImages
 from .data.transforms import square_resize_transform
-from .errors import CSRAError
+from .errors import CSRAError, first_line
 from .options import ExtractOptions
 from .progress import progress_bar
 from .scoring import CACHED_TEMPERATURES, location_statistics
@@ -97,9 +97,8 @@ def backbone_batches(
                 with amp_ctx:
                     raw = adapter.forward_backbone(x.to(device, non_blocking=True))
             except (RuntimeError, AssertionError, ValueError) as exc:
-                first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
                 raise CSRAError(
-                    f"model {adapter.info.name} failed on a {tuple(x.shape[1:])} input ({first}); try another --img-size"
+                    f"model {adapter.info.name} failed on a {tuple(x.shape[1:])} input ({first_line(exc)}); try another --img-size"
                 ) from None
             yield index, raw.float()
             advance(len(index))

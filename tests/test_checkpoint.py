@@ -69,3 +69,11 @@ def test_checkpoint_errors_are_one_line(tmp_path: Path, resnet_sd) -> None:
     with pytest.raises(CSRAError) as info:
         load_model("resnet10t", checkpoint=tmp_path / "junk.pth")
     assert "\n" not in str(info.value)
+
+
+def test_first_line_handles_empty_and_multiline_messages() -> None:
+    from csra_posthoc.errors import first_line
+
+    assert first_line(RuntimeError()) == "RuntimeError"
+    assert first_line(ValueError("  top line\nsecond")) == "top line"
+    assert first_line(OSError("x" * 500), 10) == "x" * 10

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import read_state_dict, state_dict_fingerprint
-from ..errors import CSRAError
+from ..errors import CSRAError, first_line
 from ..offline_weights import has_offline_weights, offline_state_dict
 from .base import AdapterInfo, BaselineSource, DataConfig, ModelAdapter
 from .timm_models import build_timm_adapter, classifier_key
@@ -56,7 +56,7 @@ def _create_timm(arch: str, pretrained: bool, num_classes: int | None) -> nn.Mod
     try:
         return timm.create_model(arch, pretrained=pretrained, **kwargs)
     except Exception as exc:  # hub download failure and the like
-        raise CSRAError(f"--model {arch} --pretrained: could not get weights ({str(exc).splitlines()[0][:160]})") from None
+        raise CSRAError(f"--model {arch} --pretrained: could not get weights ({first_line(exc)})") from None
 
 
 def _create_torchvision(arch: str, pretrained: bool, num_classes: int | None) -> nn.Module:
@@ -68,7 +68,7 @@ def _create_torchvision(arch: str, pretrained: bool, num_classes: int | None) ->
     try:
         return tvm.get_model(arch, weights="DEFAULT" if pretrained else None, **kwargs)
     except Exception as exc:
-        raise CSRAError(f"--model torchvision:{arch}: could not build it ({str(exc).splitlines()[0][:160]})") from None
+        raise CSRAError(f"--model torchvision:{arch}: could not build it ({first_line(exc)})") from None
 
 
 def load_model(
@@ -129,7 +129,7 @@ def verify_identity(adapter: ModelAdapter, tolerance: float = 1e-3) -> float:
     except Exception as exc:
         raise CSRAError(
             f"model {adapter.info.name}: its head cannot be applied per location "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+            f"({type(exc).__name__}: {first_line(exc, 120)})"
         ) from None
     diff = float((s.mean(-1) - logits).abs().max())
     scale = 1.0 + float(logits.abs().max())

@@ -12,6 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ..errors import first_line
 from ..metrics import UnknownPolicy
 
 
@@ -78,5 +79,4 @@ class ImageDataset(Dataset):
         try:
             return index, self.transform(load_rgb(path)), ""
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-            return index, torch.zeros(3, self.size, self.size), f"{path}: cannot decode image ({reason})"
+            return index, torch.zeros(3, self.size, self.size), f"{path}: cannot decode image ({first_line(exc, 120)})"
