@@ -12,7 +12,7 @@ from rich.console import Console
 
 from .errors import CSRAError
 from .lam_sweep import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS
-from .options import ExtractOptions
+from .options import DataOptions, ExtractOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -64,8 +64,8 @@ def run_cli(fn, *args, **kwargs):
 @app.command("sweep")
 def sweep_cmd(
     model: str = typer.Option(..., "--model", "-m", help="timm name (resnet50, vit_base_patch16_224, ...) or torchvision:<arch>"),
-    dataset: str = typer.Option(..., "--dataset", "-d", help="voc2007 | voc2012 | csv"),
-    data_dir: Path = typer.Option(..., "--data-dir", help="dataset root (VOC: the folder holding VOCdevkit/, VOC2007/, or VOC2007 itself)"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="voc2007 | voc2012 | coco2014 | coco2017 | wider | imagenet | folder | csv"),
+    data_dir: Path = typer.Option(..., "--data-dir", help="dataset root in its standard layout (README: Datasets)"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="local state_dict (.pth/.pt/.safetensors), loaded weights-only"),
     pretrained: bool = typer.Option(False, "--pretrained", help="hub weights (needs a network), or packaged offline weights where installed"),
     random_init: bool = typer.Option(False, "--random-init", help="random weights: smoke tests and benchmarks only"),
@@ -74,12 +74,19 @@ def sweep_cmd(
     train_labels: Optional[Path] = typer.Option(None, "--train-labels", help="--head probe on --dataset csv: training CSV"),
     probe_c: float = typer.Option(0.01, "--probe-c", help="--head probe: inverse L2 strength of the logistic regression"),
     save_head: Optional[Path] = typer.Option(None, "--save-head", help="--head probe: write the fitted head (.safetensors)"),
-    split: Optional[str] = typer.Option(None, "--split", help="split to evaluate (VOC2007: test, VOC2012: val)"),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="--dataset csv: CSV with header path,<class>,... and 1/0/-1"),
+    split: Optional[str] = typer.Option(None, "--split", help="split to evaluate (VOC2007: test; VOC2012, COCO, ImageNet: val; WIDER: test)"),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="csv: CSV with header path,<class>,...; imagenet: flat val's LOC_val_solution.csv or devkit ground truth"),
+    ann_file: Optional[Path] = typer.Option(None, "--ann-file", help="COCO / WIDER annotation JSON outside the standard layout"),
+    image_dir: Optional[Path] = typer.Option(None, "--image-dir", help="COCO / WIDER image folder outside the standard layout"),
+    keep_empty: bool = typer.Option(False, "--keep-empty", help="COCO: keep images with no annotation (all negative)"),
+    skip_missing: bool = typer.Option(False, "--skip-missing", help="go on without annotated images missing on disk (counted in the report)"),
+    max_images: Optional[int] = typer.Option(None, "--max-images", help="seeded stratified subset of N samples, for quick runs"),
+    subset_seed: int = typer.Option(0, "--subset-seed", help="seed of the --max-images subset"),
     classes: Optional[str] = typer.Option(None, "--classes", help="comma-separated class names for a VOC-layout dataset"),
     classes_file: Optional[Path] = typer.Option(None, "--classes-file", help="class names, one per line"),
     difficult: str = typer.Option("ignore", "--difficult", help="VOC difficult objects: ignore | positive | negative"),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="square input size (default: the model's own)"),
+    transform: str = typer.Option("auto", "--transform", help="auto (single-label: the model's centre crop; multi-label: square resize) | square | crop"),
     batch_size: int = typer.Option(32, "--batch-size"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
@@ -100,8 +107,6 @@ def sweep_cmd(
     from .data import read_classes
 
     def go() -> None:
-        if difficult not in ("ignore", "positive", "negative"):
-            raise CSRAError(f"--difficult {difficult}: choose ignore, positive or negative")
         run_sweep(
             model,
             dataset,
@@ -114,11 +119,11 @@ def sweep_cmd(
             train_labels=train_labels,
             probe_c=probe_c,
             save_head=save_head,
-            split=split,
-            labels=labels,
-            classes=read_classes(classes, classes_file),
-            difficult=difficult,  # type: ignore[arg-type]
-            options=ExtractOptions(img_size, batch_size, workers, device, amp, keep_maps, cache_dir, not no_cache, recompute),
+            data=DataOptions(
+                split, labels, read_classes(classes, classes_file), difficult, ann_file, image_dir,
+                keep_empty, skip_missing, max_images, subset_seed,
+            ),  # fmt: skip
+            options=ExtractOptions(img_size, batch_size, workers, device, amp, keep_maps, cache_dir, not no_cache, recompute, transform),
             lams=_floats("--lams", lams),
             temps=_floats("--temps", temps, allow_empty=True),
             heads=_ints("--heads", heads),

@@ -19,7 +19,7 @@ from .cache import default_cache_dir
 from .data.mosaics import find_item_source, write_mosaic_voc
 from .errors import CSRAError
 from .offline_weights import has_offline_weights
-from .options import ExtractOptions
+from .options import DataOptions, ExtractOptions
 from .report import report_console, write_json
 
 DEMO_MODEL = "efficientnet_lite0"
@@ -59,7 +59,7 @@ def run_demo(
         voc,
         pretrained=True,
         head="probe",
-        classes=source.classes,
+        data=DataOptions(classes=list(source.classes)),
         options=options,
         metrics=metrics,
         out=None,

@@ -19,7 +19,7 @@ from .adapters import ModelAdapter
 from .cache import cache_key, cache_path, default_cache_dir, load_statistics, save_statistics
 from .checkpoint import state_dict_fingerprint
 from .data import ImageDataset, LabelledImages
-from .data.transforms import square_resize_transform
+from .data.transforms import eval_transform
 from .errors import CSRAError, first_line
 from .options import ExtractOptions
 from .progress import progress_bar
@@ -172,7 +172,7 @@ def extract(
         raise CSRAError("--batch-size must be >= 1 and --workers >= 0")
     if opts.img_size is not None and opts.img_size < 16:
         raise CSRAError(f"--img-size {opts.img_size}: too small (at least 16)")
-    transform, transform_desc = square_resize_transform(adapter.data_config, opts.img_size)
+    transform, transform_desc = eval_transform(adapter.data_config, opts.img_size, images.single_label, opts.transform)  # type: ignore[arg-type]
     size = transform_desc["size"]
     key = extraction_key(adapter, images, transform_desc, opts.amp, opts.keep_maps)
     path = cache_path(Path(opts.cache_dir) if opts.cache_dir else default_cache_dir(), adapter.info.name, images.dataset, images.split, key)
@@ -197,6 +197,8 @@ def extract(
         "single_label": images.single_label,
         "unknown": images.unknown,
         "transform": transform_desc,
+        "data_notes": list(images.notes),
+        "data_options": images.options,
         "amp": opts.amp,
         "device": str(dev),
     }

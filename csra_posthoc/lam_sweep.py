@@ -67,7 +67,7 @@ class SweepRow:
     variant: Variant
     lam: float
     metrics: dict[str, float]
-    per_class_ap: torch.Tensor  # (C,), NaN for classes left out
+    per_class_ap: torch.Tensor  # (C,) AP (single-label: top-1 accuracy), NaN for classes left out
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -152,7 +152,7 @@ def sweep(
         best=best_of(max_rows),
         fixed=next(r for r in max_rows if r.lam == float(fixed_lam)),
         best_variant=best_of(rows),
-        excluded_classes=[c for c, ap in zip(stats.classes, base_ap.tolist()) if math.isnan(ap)],
+        excluded_classes=[] if primary == "top1" else [c for c, ap in zip(stats.classes, base_ap.tolist()) if math.isnan(ap)],
     )
     if stats.meta.get("baseline_source") == "patch_average":
         result.model_logits = evaluate(stats, stats.logits)[0]

@@ -30,7 +30,7 @@ from .atomic import atomic_write
 from .cache import cache_key, default_cache_dir
 from .checkpoint import state_dict_fingerprint
 from .data import LabelledImages
-from .data.transforms import square_resize_transform
+from .data.transforms import eval_transform
 from .errors import CSRAError
 from .extraction import backbone_batches, resolve_device
 from .location_head import LocationHead
@@ -77,7 +77,7 @@ def pooled_features(
     adapter: ModelAdapter, images: LabelledImages, options: ExtractOptions, console: Console | None = None
 ) -> torch.Tensor:
     """``(N, d)`` pooled head-input features; maps are never kept."""
-    transform, desc = square_resize_transform(adapter.data_config, options.img_size)
+    transform, desc = eval_transform(adapter.data_config, options.img_size, images.single_label, options.transform)  # type: ignore[arg-type]
     device = resolve_device(options.device)
     adapter = adapter.to(device).eval()
     out = []
@@ -164,7 +164,7 @@ def fit_probe(
     opts = options or ExtractOptions()
     if c <= 0:
         raise CSRAError(f"--probe-c {c}: must be > 0")
-    _, transform_desc = square_resize_transform(adapter.data_config, opts.img_size)
+    _, transform_desc = eval_transform(adapter.data_config, opts.img_size, train.single_label, opts.transform)  # type: ignore[arg-type]
     key = cache_key(
         {
             "kind": "probe",

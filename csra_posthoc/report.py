@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .atomic import atomic_write
+from .data.transforms import describe_transform
 from .statistics import ClassStatistics
 from .lam_sweep import SweepResult, SweepRow, row_scores
 
@@ -41,6 +42,9 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
         "weights": meta.get("weights"),
         "head": meta.get("head"),
         "transform": meta.get("transform"),
+        "transform_description": describe_transform(meta.get("transform") or {}),
+        "data_options": meta.get("data_options", {}),
+        "data_notes": meta.get("data_notes", []),
         "notes": meta.get("notes", []),
         "baseline": result.baseline.metrics,
         "rows": [r.to_json() for r in result.rows],
@@ -48,6 +52,7 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
         "fixed": result.fixed.to_json(),
         "best_variant": result.best_variant.to_json(),
         "classes_left_out_of_mAP": result.excluded_classes,
+        "per_class_metric": "top1" if result.primary == "top1" else "AP",
         "per_class": {
             "baseline": _per_class(stats, result.baseline),
             "best": _per_class(stats, result.best),
@@ -141,5 +146,6 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
     if result.excluded_classes:
         console.print(f"[yellow]left out of mAP (no positive):[/] {', '.join(result.excluded_classes)}")
     console.print(f"head: {meta.get('head')}; weights: {meta.get('weights')}")
-    for note in meta.get("notes", []):
+    console.print(f"transform: {describe_transform(meta.get('transform') or {})}")
+    for note in [*meta.get("data_notes", []), *meta.get("notes", [])]:
         console.print(f"note: {note}")

@@ -80,5 +80,5 @@ def test_unfitted_probe_classes_reach_the_notes(split_voc: Path) -> None:
 
 def test_probe_refuses_training_on_evaluated_images(split_voc: Path) -> None:
     test = load_dataset("voc2007", split_voc)
-    with pytest.raises(CSRAError, match="20 images are in both the training split \\(test\\)"):
+    with pytest.raises(CSRAError, match="20 samples are in both the training split \\(test\\)"):
         load_training_split("voc2007", split_voc, "test", None, test)

@@ -29,6 +29,7 @@ class DataConfig:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
+    crop_mode: str = "center"  # timm: center | squash | border
 
 
 @dataclass

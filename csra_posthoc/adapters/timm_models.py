@@ -47,6 +47,7 @@ def timm_data_config(model: nn.Module) -> DataConfig:
         std=tuple(cfg["std"]),
         interpolation=str(cfg.get("interpolation", "bicubic")),
         crop_pct=float(cfg.get("crop_pct", 0.875)),
+        crop_mode=str(cfg.get("crop_mode", "center")),
     )
 
 

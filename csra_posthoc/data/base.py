@@ -12,13 +12,20 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from ..errors import first_line
+from ..errors import CSRAError, first_line
 from ..metrics import UnknownPolicy
+
+Box = tuple[int, int, int, int]  # left, upper, right, lower (PIL crop order), in pixels
 
 
 @dataclass
 class LabelledImages:
-    """Image paths and a label matrix ``(N, C)`` with 1 positive, 0 negative, -1 unknown."""
+    """Samples (an image, or a box of one) and a label matrix ``(N, C)``: 1 positive, 0 negative, -1 unknown.
+
+    ``boxes`` crop a sample out of its image (WIDER-Attribute's person boxes); ``sources`` are the
+    annotation files the labels came from (their size and mtime go into the cache key); ``notes``
+    are what the loader wants the report to say (skipped images, counting conventions).
+    """
 
     dataset: str
     split: str
@@ -29,35 +36,64 @@ class LabelledImages:
     classes: list[str]
     single_label: bool = False
     unknown: UnknownPolicy = "exclude"
-    options: dict[str, Any] = field(default_factory=dict)  # loader choices that change labels
+    options: dict[str, Any] = field(default_factory=dict)  # loader choices that change pixels or labels
+    boxes: list[Box] | None = None
+    sources: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.labels = self.labels.to(torch.int8)
         if self.labels.shape != (len(self.ids), len(self.classes)) or len(self.paths) != len(self.ids):
             raise ValueError("ids, paths, labels and classes disagree in size")
+        if self.boxes is not None and len(self.boxes) != len(self.ids):
+            raise ValueError("boxes and ids disagree in size")
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes pixels or labels: ids, files (size, mtime), labels, options."""
+        """Hash of everything that changes pixels or labels: ids, files (size, mtime), boxes,
+        annotation files (size, mtime), labels and loader options."""
         h = hashlib.blake2b(digest_size=16)
         h.update(json.dumps([self.dataset, self.split, self.classes, self.options, self.unknown], sort_keys=True).encode())
+        for source in self.sources:
+            h.update(f"source\0{source}\0{_stamp(source)}\n".encode())
         for image_id, path in zip(self.ids, self.paths):
-            try:
-                st = path.stat()
-                stamp = f"{st.st_size}:{st.st_mtime_ns}"
-            except OSError:
-                stamp = "missing"
-            h.update(f"{image_id}\0{path}\0{stamp}\n".encode())
+            h.update(f"{image_id}\0{path}\0{_stamp(path)}\n".encode())
+        if self.boxes is not None:
+            h.update(json.dumps(self.boxes).encode())
         h.update(self.labels.numpy().tobytes())
         return h.hexdigest()
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Decode an image as RGB (raises OSError / UnidentifiedImageError for broken files)."""
+def _stamp(path: Path) -> str:
+    try:
+        st = path.stat()
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        return "missing"
+
+
+def load_rgb(path: Path, box: Box | None = None) -> Image.Image:
+    """Decode an image as RGB, cropped to ``box`` (raises OSError / UnidentifiedImageError for broken files)."""
     with Image.open(path) as im:
-        return im.convert("RGB")
+        im = im.convert("RGB")
+    return im.crop(box) if box is not None else im
+
+
+def existing_files(
+    paths: list[Path], skip_missing: bool, listed_in: Path | str
+) -> tuple[list[bool], int]:
+    """Which of ``paths`` exist; a missing one is an error naming it unless ``skip_missing``."""
+    present = [p.is_file() for p in paths]
+    missing = present.count(False)
+    if missing and not skip_missing:
+        first = paths[present.index(False)]
+        raise CSRAError(
+            f"{first}: image listed in {listed_in} does not exist ({missing} of {len(paths)} missing); "
+            "check --data-dir / --image-dir, or pass --skip-missing to go on without them"
+        )
+    return present, missing
 
 
 class ImageDataset(Dataset):
@@ -76,7 +112,8 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor, str]:
         path = self.images.paths[index]
+        box = self.images.boxes[index] if self.images.boxes is not None else None
         try:
-            return index, self.transform(load_rgb(path)), ""
+            return index, self.transform(load_rgb(path, box)), ""
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
             return index, torch.zeros(3, self.size, self.size), f"{path}: cannot decode image ({first_line(exc, 120)})"
