@@ -104,7 +104,8 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
     fixed lam, and the best softmax / multi-head variant; extra ``metrics`` become columns.
     """
     meta, p = stats.meta, result.primary
-    metrics = [m for m in (metrics or []) if m != p]
+    metrics = list(metrics or (["top5"] if p == "top1" else []))
+    metrics = [m for m in dict.fromkeys(metrics) if m != p]
     base = result.baseline.metrics[p]
     table = Table(
         title=f"{meta.get('model')} on {meta.get('dataset')} {meta.get('split')} ({stats.num_images} images)",

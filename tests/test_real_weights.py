@@ -49,3 +49,30 @@ def test_efficientnet_lite0_on_skimage_photos(tmp_path: Path) -> None:
     # the CSRA score keeps the right answer on top for these unambiguous photos
     assert int(scores["fixed"][ids.index("chelsea.png")].argmax()) in CATS
     assert int(scores["fixed"][ids.index("coffee.png")].argmax()) in COFFEE
+
+
+@pytest.mark.slow
+def test_imagenet_folder_of_skimage_photos_single_label(tmp_path: Path) -> None:
+    """``--dataset imagenet``: the model's own 1000-class head, no probe, the model's centre crop."""
+    photos = {"n02124075": ("chelsea", skdata.chelsea()), "n07920052": ("coffee", skdata.coffee())}  # Egyptian cat, espresso
+    for wnid, (name, pixels) in photos.items():
+        (tmp_path / "val" / wnid).mkdir(parents=True)
+        Image.fromarray(pixels).convert("RGB").save(tmp_path / "val" / wnid / f"{name}.JPEG", quality=95)
+    out, npz = tmp_path / "r.json", tmp_path / "s.npz"
+    res = CliRunner().invoke(
+        app,
+        ["sweep", "--model", "efficientnet_lite0", "--pretrained", "--dataset", "imagenet", "--data-dir", str(tmp_path),
+         "--workers", "2", "--out", str(out), "--save-scores", str(npz)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["primary_metric"] == "top1" and data["num_classes"] == 1000 and data["num_images"] == 2
+    assert data["identity_max_abs_diff"] < 1e-3
+    assert data["transform"]["kind"] == "center-crop" and data["transform"]["size"] == 224
+    assert data["baseline"]["top5"] == 100.0 and data["fixed"]["metrics"]["top5"] == 100.0
+    scores = np.load(npz)
+    for row, wnid in enumerate(scores["ids"]):
+        target = {"n02124075": 285, "n07920052": 967}[str(wnid).split("/")[0]]
+        assert int(scores["labels"][row].argmax()) == target
+        assert target in np.argsort(-scores["baseline"][row])[:5]
+        assert target in np.argsort(-scores["fixed"][row])[:5]

@@ -99,7 +99,8 @@ def load_imagenet(
     if folders and labels is None:
         unknown = [f for f in folders if f not in index]
         if unknown:
-            raise CSRAError(f"{root}: folder '{unknown[0]}' is not an ImageNet-1k wnid ({len(unknown)} such folders)")
+            raise CSRAError(f"{root}: folder '{unknown[0]}' is not an ImageNet-1k wnid ({len(unknown)} such folders); "
+                "the layout is <split>/<wnid>/<image>, or a flat <split>/ with --labels")
         samples = folder_samples(root, {f: index[f] for f in folders})
         ids = [str(p.relative_to(root)) for p, _ in samples]
         paths, targets = [p for p, _ in samples], [k for _, k in samples]
