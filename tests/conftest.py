@@ -11,9 +11,11 @@ from PIL import Image
 from csra_posthoc.data.voc import VOC_CLASSES
 
 
-def write_voc(root: Path, annotations: dict[str, list[tuple[str, int]]], split: str = "test", size=(48, 64), seed=0) -> Path:
-    """A VOC2007 folder: ``annotations`` maps image id -> [(class, difficult), ...]."""
-    voc = root / "VOCdevkit" / "VOC2007"
+def write_voc(
+    root: Path, annotations: dict[str, list[tuple[str, int]]], split: str = "test", size=(48, 64), seed=0, year: str = "2007"
+) -> Path:
+    """A VOC folder: ``annotations`` maps image id -> [(class, difficult), ...]."""
+    voc = root / "VOCdevkit" / f"VOC{year}"
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
         (voc / sub).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

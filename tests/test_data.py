@@ -57,8 +57,17 @@ def test_voc_custom_classes_and_errors(tmp_path: Path) -> None:
     with pytest.raises(CSRAError, match="no such directory"):
         load_dataset("voc2007", tmp_path / "nope")
     (tmp_path / "VOCdevkit/VOC2007/JPEGImages/x.jpg").unlink()
-    with pytest.raises(CSRAError, match="x.jpg: missing image"):
+    with pytest.raises(CSRAError, match="x.jpg: image listed in .*test.txt does not exist .*--skip-missing"):
         load_dataset("voc2007", tmp_path, classes=["bag", "sneaker"])
+    kept = load_dataset("voc2007", tmp_path, classes=["bag", "sneaker"], skip_missing=True)
+    assert kept.ids == ["y"] and any("1 images listed in test.txt are missing" in n for n in kept.notes)
+
+
+def test_voc2012_scores_val_by_default_and_says_so(tmp_path: Path) -> None:
+    write_voc(tmp_path, {"2008_000001": [("cat", 0)], "2008_000002": [("dog", 0)]}, split="val", year="2012")
+    images = load_dataset("voc2012", tmp_path)
+    assert images.dataset == "voc2012" and images.split == "val" and images.labels.shape == (2, 20)
+    assert any("VOC2012: the val split is scored (test labels are not public)" in n for n in images.notes)
 
 
 def test_read_classes(tmp_path: Path) -> None:

@@ -59,8 +59,8 @@ def _check_flags(dataset: str, opts: DataOptions) -> None:
         "--skip-missing": opts.skip_missing,
     }
     allowed = {
-        "voc2007": {"--classes", "--difficult"},
-        "voc2012": {"--classes", "--difficult"},
+        "voc2007": {"--classes", "--difficult", "--skip-missing"},
+        "voc2012": {"--classes", "--difficult", "--skip-missing"},
         "coco2014": {"--ann-file", "--image-dir", "--keep-empty", "--skip-missing"},
         "coco2017": {"--ann-file", "--image-dir", "--keep-empty", "--skip-missing"},
         "wider": {"--ann-file", "--image-dir", "--skip-missing"},
@@ -86,7 +86,7 @@ def load_dataset(dataset: str, data_dir: str | Path, options: DataOptions | None
     _check_flags(dataset, opts)
     split = opts.split or EVAL_SPLITS.get(dataset)
     if dataset in ("voc2007", "voc2012"):
-        images = load_voc(data_dir, dataset[3:], split, opts.classes, opts.difficult)  # type: ignore[arg-type]
+        images = load_voc(data_dir, dataset[3:], split, opts.classes, opts.difficult, opts.skip_missing)  # type: ignore[arg-type]
         if dataset == "voc2012" and split == "val":
             images.notes.append("VOC2012: the val split is scored (test labels are not public)")
     elif dataset in ("coco2014", "coco2017"):

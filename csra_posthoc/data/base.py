@@ -74,11 +74,10 @@ def _stamp(path: Path) -> str:
         return "missing"
 
 
-def load_rgb(path: Path, box: Box | None = None) -> Image.Image:
-    """Decode an image as RGB, cropped to ``box`` (raises OSError / UnidentifiedImageError for broken files)."""
+def load_rgb(path: Path) -> Image.Image:
+    """Decode an image as RGB (raises OSError / UnidentifiedImageError for broken files)."""
     with Image.open(path) as im:
-        im = im.convert("RGB")
-    return im.crop(box) if box is not None else im
+        return im.convert("RGB")
 
 
 def existing_files(
@@ -106,6 +105,7 @@ class ImageDataset(Dataset):
         self.images = images
         self.transform = transform
         self.size = size
+        self._last: tuple[Path, Image.Image] | None = None  # boxes of one image are consecutive samples
 
     def __len__(self) -> int:
         return len(self.images)
@@ -114,6 +114,10 @@ class ImageDataset(Dataset):
         path = self.images.paths[index]
         box = self.images.boxes[index] if self.images.boxes is not None else None
         try:
-            return index, self.transform(load_rgb(path, box)), ""
+            if box is None:
+                return index, self.transform(load_rgb(path)), ""
+            if self._last is None or self._last[0] != path:
+                self._last = (path, load_rgb(path))
+            return index, self.transform(self._last[1].crop(box)), ""
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
             return index, torch.zeros(3, self.size, self.size), f"{path}: cannot decode image ({first_line(exc, 120)})"

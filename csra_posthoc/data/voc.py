@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 
 from ..errors import CSRAError
-from .base import LabelledImages
+from .base import LabelledImages, existing_files
 
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -58,6 +58,7 @@ def load_voc(
     split: str = "test",
     classes: list[str] | None = None,
     difficult: DifficultPolicy = "ignore",
+    skip_missing: bool = False,
 ) -> LabelledImages:
     """Labels from the XML annotations (an image whose only instances of a class are difficult is
     unknown for that class under ``difficult='ignore'``, as the VOC devkit does)."""
@@ -73,16 +74,18 @@ def load_voc(
         raise CSRAError(f"{split_file}: lists no images")
     classes = list(classes or VOC_CLASSES)
     index = {c: i for i, c in enumerate(classes)}
+    present, missing = existing_files([root / "JPEGImages" / f"{i}.jpg" for i in ids], skip_missing, split_file)
+    ids = [i for i, ok in zip(ids, present) if ok]
+    if not ids:
+        raise CSRAError(f"{split_file}: none of its images is in {root / 'JPEGImages'}")
     rows, paths = [], []
     for image_id in ids:
         xml_path = root / "Annotations" / f"{image_id}.xml"
         if not xml_path.is_file():
             raise CSRAError(f"{xml_path}: missing annotation for image {image_id} listed in {split_file}")
         rows.append(_image_labels(xml_path, index, difficult))
-        path = root / "JPEGImages" / f"{image_id}.jpg"
-        if not path.is_file():
-            raise CSRAError(f"{path}: missing image listed in {split_file}")
-        paths.append(path)
+        paths.append(root / "JPEGImages" / f"{image_id}.jpg")
+    notes = [f"{missing} images listed in {split_file.name} are missing on disk and were skipped (--skip-missing)"] if missing else []
     return LabelledImages(
         dataset=f"voc{year}",
         split=split,
@@ -91,5 +94,7 @@ def load_voc(
         paths=paths,
         labels=torch.tensor(rows, dtype=torch.int8),
         classes=classes,
-        options={"difficult": difficult},
+        options={"difficult": difficult, "skip_missing": skip_missing},
+        sources=[split_file],
+        notes=notes,
     )
