@@ -48,7 +48,7 @@ def _index(data: dict, path: Path):
     for key in ("images", "annotations", "categories"):
         require(data, key, "the file", path, list)
     for i, image in enumerate(data["images"]):
-        require(image, "id", f"images[{i}]", path)
+        require(image, "id", f"images[{i}]", path, int)
         require(image, "file_name", f"images[{i}]", path, str)
     for i, cat in enumerate(data["categories"]):
         require(cat, "id", f"categories[{i}]", path, int)
