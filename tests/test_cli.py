@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import timm
 import torch
 from sklearn.metrics import average_precision_score

@@ -13,7 +13,7 @@ from .csv_labels import load_csv
 from .folder import load_image_folder
 from .imagenet import load_imagenet
 from .subset import subset
-from .voc import VOC_CLASSES, DifficultPolicy, load_voc
+from .voc import VOC_CLASSES, load_voc
 from .wider import WIDER_ATTRIBUTES, load_wider
 
 __all__ = [
