@@ -99,12 +99,10 @@ def load_coco(
     kept = [i for i, ok in zip(kept, present) if ok]
     paths = [p for p, ok in zip(paths, present) if ok]
 
+    anns = [(row, ann) for row, image_id in enumerate(kept) for ann in coco.imgToAnns[image_id]]
     labels = torch.zeros(len(kept), len(classes), dtype=torch.int8)
-    crowd = 0
-    for row, image_id in enumerate(kept):
-        for ann in coco.imgToAnns[image_id]:
-            labels[row, column[ann["category_id"]]] = 1
-            crowd += int(bool(ann.get("iscrowd", 0)))
+    labels[[row for row, _ in anns], [column[ann["category_id"]] for _, ann in anns]] = 1
+    crowd = sum(bool(ann.get("iscrowd", 0)) for _, ann in anns)
     notes = []
     if empty:
         notes.append(
