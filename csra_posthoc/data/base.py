@@ -80,10 +80,9 @@ def load_rgb(path: Path) -> Image.Image:
         return im.convert("RGB")
 
 
-def existing_files(
-    paths: list[Path], skip_missing: bool, listed_in: Path | str
-) -> tuple[list[bool], int]:
-    """Which of ``paths`` exist; a missing one is an error naming it unless ``skip_missing``."""
+def existing_files(paths: list[Path], skip_missing: bool, listed_in: Path) -> tuple[list[bool], list[str]]:
+    """Which of ``paths`` exist, and the report's note on those skipped (none, or one line);
+    a missing one is an error naming it unless ``skip_missing``."""
     present = [p.is_file() for p in paths]
     missing = present.count(False)
     if missing and not skip_missing:
@@ -92,7 +91,8 @@ def existing_files(
             f"{first}: image listed in {listed_in} does not exist ({missing} of {len(paths)} missing); "
             "check --data-dir / --image-dir, or pass --skip-missing to go on without them"
         )
-    return present, missing
+    notes = [f"{missing} images listed in {listed_in.name} are missing on disk and were skipped (--skip-missing)"] if missing else []
+    return present, notes
 
 
 class ImageDataset(Dataset):

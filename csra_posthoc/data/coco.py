@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from itertools import compress
 from pathlib import Path
 
 import torch
@@ -95,9 +96,8 @@ def load_coco(
     if not kept:
         raise CSRAError(f"{ann_path}: no image has an annotation (pass --keep-empty to score them anyway)")
     paths = [images_root / coco.imgs[i]["file_name"] for i in kept]
-    present, missing = existing_files(paths, skip_missing, ann_path)
-    kept = [i for i, ok in zip(kept, present) if ok]
-    paths = [p for p, ok in zip(paths, present) if ok]
+    present, missing_notes = existing_files(paths, skip_missing, ann_path)
+    kept, paths = list(compress(kept, present)), list(compress(paths, present))
 
     anns = [(row, ann) for row, image_id in enumerate(kept) for ann in coco.imgToAnns[image_id]]
     labels = torch.zeros(len(kept), len(classes), dtype=torch.int8)
@@ -108,8 +108,7 @@ def load_coco(
         notes.append(
             f"{empty} of {len(all_ids)} images have no annotation and were " + ("kept (all negative)" if keep_empty else "skipped (--keep-empty keeps them)")
         )
-    if missing:
-        notes.append(f"{missing} images listed in {ann_path.name} are missing on disk and were skipped (--skip-missing)")
+    notes += missing_notes
     if crowd:
         notes.append(f"{crowd} iscrowd annotations count as labels, as in the multi-label protocol")
     return LabelledImages(

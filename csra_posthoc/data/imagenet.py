@@ -9,6 +9,7 @@ wnids in sorted order, the index order of timm and torchvision ImageNet heads.
 from __future__ import annotations
 
 import csv
+from itertools import compress
 from pathlib import Path
 
 from ..errors import CSRAError
@@ -114,16 +115,13 @@ def load_imagenet(
         if not rows:
             raise CSRAError(f"--labels {label_file}: no rows")
         paths = [flat_image_path(root, image_id) for image_id, _ in rows]
-        present, missing = existing_files(paths, skip_missing, label_file)
-        rows = [r for r, ok in zip(rows, present) if ok]
-        paths = [p for p, ok in zip(paths, present) if ok]
+        present, missing_notes = existing_files(paths, skip_missing, label_file)
+        rows, paths = list(compress(rows, present)), list(compress(paths, present))
         if not rows:
             raise CSRAError(f"{root}: none of the images in {label_file} is here")
         ids, targets = [image_id for image_id, _ in rows], [index[w] for _, w in rows]
         layout, sources = f"flat+{label_file.name}", [label_file]
-        notes = [f"{len(ids)} images labelled by {label_file.name}"]
-        if missing:
-            notes.append(f"{missing} images listed in {label_file.name} are missing on disk and were skipped (--skip-missing)")
+        notes = [f"{len(ids)} images labelled by {label_file.name}", *missing_notes]
     return LabelledImages(
         dataset="imagenet",
         split=split_name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from itertools import compress
 from pathlib import Path
 from typing import Literal
 
@@ -74,18 +75,17 @@ def load_voc(
         raise CSRAError(f"{split_file}: lists no images")
     classes = list(classes or VOC_CLASSES)
     index = {c: i for i, c in enumerate(classes)}
-    present, missing = existing_files([root / "JPEGImages" / f"{i}.jpg" for i in ids], skip_missing, split_file)
-    ids = [i for i, ok in zip(ids, present) if ok]
+    paths = [root / "JPEGImages" / f"{i}.jpg" for i in ids]
+    present, notes = existing_files(paths, skip_missing, split_file)
+    ids, paths = list(compress(ids, present)), list(compress(paths, present))
     if not ids:
         raise CSRAError(f"{split_file}: none of its images is in {root / 'JPEGImages'}")
-    rows, paths = [], []
+    rows = []
     for image_id in ids:
         xml_path = root / "Annotations" / f"{image_id}.xml"
         if not xml_path.is_file():
             raise CSRAError(f"{xml_path}: missing annotation for image {image_id} listed in {split_file}")
         rows.append(_image_labels(xml_path, index, difficult))
-        paths.append(root / "JPEGImages" / f"{image_id}.jpg")
-    notes = [f"{missing} images listed in {split_file.name} are missing on disk and were skipped (--skip-missing)"] if missing else []
     return LabelledImages(
         dataset=f"voc{year}",
         split=split,

@@ -79,7 +79,7 @@ def load_wider(
     entries = require(data, "images", "the file", ann_path, list)
 
     files = [require(e, "file_name", f"images[{i}]", ann_path, str) for i, e in enumerate(entries)]
-    present, missing = existing_files([images_root / f for f in files], skip_missing, ann_path)
+    present, missing_notes = existing_files([images_root / f for f in files], skip_missing, ann_path)
     ids, paths, boxes, rows = [], [], [], []
     degenerate, total_boxes, num_attrs = 0, 0, None
     for i, (entry, file_name, ok) in enumerate(zip(entries, files, present)):
@@ -117,8 +117,7 @@ def load_wider(
     notes = [f"{len(ids)} person boxes from {len(set(paths))} images; label 0 (unspecified) is left out of AP and counts as negative in CP/CR/OP/OR"]
     if degenerate:
         notes.append(f"{degenerate} of {total_boxes} boxes have no area (after clipping to the image) and were skipped")
-    if missing:
-        notes.append(f"{missing} images listed in {ann_path.name} are missing on disk; their boxes were skipped (--skip-missing)")
+    notes += missing_notes
     return LabelledImages(
         dataset="wider",
         split=split,
