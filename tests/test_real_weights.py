@@ -76,3 +76,58 @@ def test_imagenet_folder_of_skimage_photos_single_label(tmp_path: Path) -> None:
         assert int(scores["labels"][row].argmax()) == target
         assert target in np.argsort(-scores["baseline"][row])[:5]
         assert target in np.argsort(-scores["fixed"][row])[:5]
+
+
+@pytest.mark.slow
+def test_coco_and_wider_formats_on_real_photos(tmp_path: Path) -> None:
+    """Real photos through the COCO and WIDER-Attribute loaders, scored by the real 1000-class head.
+
+    The label space is ImageNet's (1000 categories / attributes), so the model's own head applies.
+    WIDER's crops are checked by what the model sees in them: the cat box is a cat, the cup box coffee.
+    """
+    import json
+
+    from csra_posthoc.data.imagenet import imagenet_wnids
+    from tests.formats import write_coco
+
+    wnids = imagenet_wnids()
+    cat, cup = Image.fromarray(skdata.chelsea()).convert("RGB"), Image.fromarray(skdata.coffee()).convert("RGB")
+    # COCO: two photos, category ids 1..1000 in ImageNet order
+    write_coco(
+        tmp_path / "coco",
+        [{"id": 1, "file_name": "cat.jpg"}, {"id": 2, "file_name": "cup.jpg"}],
+        [{"image_id": 1, "category_id": 1 + c} for c in sorted(CATS)] + [{"image_id": 2, "category_id": 1 + c} for c in sorted(COFFEE)],
+        [{"id": 1 + k, "name": w} for k, w in enumerate(wnids)],
+        write_images=False,
+    )
+    (tmp_path / "coco" / "val2014").mkdir()
+    cat.save(tmp_path / "coco" / "val2014" / "cat.jpg")
+    cup.save(tmp_path / "coco" / "val2014" / "cup.jpg")
+    # WIDER: both photos side by side on one canvas, one box each (the cup's box crosses the edge: clipped)
+    canvas = Image.new("RGB", (cat.width + cup.width, max(cat.height, cup.height)), (128, 128, 128))
+    canvas.paste(cat, (0, 0))
+    canvas.paste(cup, (cat.width, 0))
+    (tmp_path / "wider" / "Image" / "0--Parade").mkdir(parents=True)
+    canvas.save(tmp_path / "wider" / "Image" / "0--Parade" / "pair.jpg", quality=95)
+    attrs = {name: [1 if c in group else -1 for c in range(1000)] for name, group in (("cat", CATS), ("cup", COFFEE))}
+    targets = [{"bbox": [0, 0, cat.width, cat.height], "attribute": attrs["cat"]},
+               {"bbox": [cat.width, 0, cup.width + 50, cup.height], "attribute": attrs["cup"]}]  # fmt: skip
+    (tmp_path / "wider" / "Annotations").mkdir()
+    (tmp_path / "wider" / "Annotations" / "wider_attribute_test.json").write_text(
+        json.dumps({"images": [{"file_name": "0--Parade/pair.jpg", "targets": targets}], "attribute_id_map": dict(enumerate(wnids))})
+    )
+    for dataset in ("coco2014", "wider"):
+        out, npz = tmp_path / f"{dataset}.json", tmp_path / f"{dataset}.npz"
+        res = CliRunner().invoke(
+            app,
+            ["sweep", "--model", "efficientnet_lite0", "--pretrained", "--dataset", dataset, "--data-dir",
+             str(tmp_path / ("coco" if dataset == "coco2014" else "wider")), "--out", str(out), "--save-scores", str(npz), "--lams", "0,0.2"],
+        )  # fmt: skip
+        assert res.exit_code == 0, res.output
+        data = json.loads(out.read_text())
+        assert data["num_images"] == 2 and data["num_classes"] == 1000
+        assert data["identity_max_abs_diff"] < 1e-3
+        assert data["baseline"]["mAP"] == 100.0  # each photo outranks the other on every one of its classes
+        scores = np.load(npz)
+        assert int(scores["baseline"][0].argmax()) in CATS and int(scores["baseline"][1].argmax()) in COFFEE
+        assert int(scores["fixed"][0].argmax()) in CATS and int(scores["fixed"][1].argmax()) in COFFEE
