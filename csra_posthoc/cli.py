@@ -168,6 +168,123 @@ def demo_cmd(
     )
 
 
+def _optional_float(flag: str, text: str | None) -> float | None:
+    if text is None:
+        return None
+    values = _floats(flag, text)
+    if len(values) != 1:
+        raise CSRAError(f"{flag} {text!r}: give one number")
+    return values[0]
+
+
+@app.command("apply")
+def apply_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="timm name or torchvision:<arch> (as in sweep)"),
+    out: Path = typer.Option(..., "--out", "-o", help="FILE.safetensors | .pt2 (torch.export) | .ts (TorchScript) | .onnx"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="local state_dict (.pth/.pt/.safetensors), loaded weights-only"),
+    pretrained: bool = typer.Option(False, "--pretrained", help="hub weights, or packaged offline weights where installed"),
+    random_init: bool = typer.Option(False, "--random-init", help="random weights: smoke tests only"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="--random-init: classes of the random head"),
+    head_file: Optional[Path] = typer.Option(None, "--head-file", help="a probe written by sweep --save-head"),
+    lam: Optional[str] = typer.Option(None, "--lam", help="the residual weight lam >= 0 (0 gives the model back)"),
+    temperature: Optional[str] = typer.Option(None, "--temperature", help="inf (default): avg + lam * max; T > 0: softmax(T s)-weighted average"),
+    heads: Optional[int] = typer.Option(None, "--heads", help="multi-head: 1, 2, 4, 6 or 8 (the paper's temperature sets)"),
+    from_results: Optional[Path] = typer.Option(None, "--from-results", help="take lam / temperature / heads from a sweep's --out JSON"),
+    pick: str = typer.Option("best", "--pick", help="--from-results row: best | fixed | best-variant"),
+    img_size: Optional[int] = typer.Option(None, "--img-size", help="input side of the exported model (default: the sweep's, else the model's)"),
+    transform: str = typer.Option("auto", "--transform", help="preprocessing stored for predict: auto | square | crop"),
+    classes: Optional[str] = typer.Option(None, "--classes", help="comma-separated class names, stored in the file"),
+    classes_file: Optional[Path] = typer.Option(None, "--classes-file", help="class names, one per line"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing --out file"),
+) -> None:
+    """Export the CSRA-patched model (same input as the original, (B, C) scores out)."""
+
+    def go() -> None:
+        from .apply import apply_patch
+        from .data import read_classes
+
+        apply_patch(
+            model,
+            out,
+            checkpoint=checkpoint,
+            pretrained=pretrained,
+            random_init=random_init,
+            num_classes=num_classes,
+            head_file=head_file,
+            lam=_optional_float("--lam", lam),
+            temperature=_optional_float("--temperature", temperature),
+            heads=heads,
+            from_results=from_results,
+            pick=pick,
+            img_size=img_size,
+            transform=transform,
+            classes=read_classes(classes, classes_file),
+            force=force,
+        )
+
+    run_cli(go)
+
+
+@app.command("predict")
+def predict_cmd(
+    images: list[Path] = typer.Argument(..., help="image files and/or directories (searched recursively)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="timm name or torchvision:<arch>"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="local state_dict, loaded weights-only"),
+    pretrained: bool = typer.Option(False, "--pretrained", help="hub weights, or packaged offline weights where installed"),
+    random_init: bool = typer.Option(False, "--random-init", help="random weights: smoke tests only"),
+    patched: Optional[Path] = typer.Option(None, "--patched", help="a .safetensors file written by apply (weights, head, settings)"),
+    head_file: Optional[Path] = typer.Option(None, "--head-file", help="a probe written by sweep --save-head"),
+    lam: Optional[str] = typer.Option(None, "--lam", help="default: the file's, else the paper's fixed lam (0.02 ResNets, 0.2 others)"),
+    temperature: Optional[str] = typer.Option(None, "--temperature", help="inf: max; T > 0: softmax-weighted"),
+    heads: Optional[int] = typer.Option(None, "--heads", help="multi-head: 1, 2, 4, 6 or 8"),
+    img_size: Optional[int] = typer.Option(None, "--img-size"),
+    transform: str = typer.Option("auto", "--transform", help="auto | square | crop (ignored with --patched: the file says)"),
+    classes: Optional[str] = typer.Option(None, "--classes", help="comma-separated class names in the head's order"),
+    classes_file: Optional[Path] = typer.Option(None, "--classes-file", help="class names, one per line"),
+    threshold: float = typer.Option(0.5, "--threshold", help="predicted: in the top-k and sigmoid(score) >= this (0: the whole top-k)"),
+    top_k: int = typer.Option(5, "--top-k"),
+    compare: bool = typer.Option(False, "--compare", help="baseline (lam 0) and patched ranks side by side"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the predictions as JSON"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+) -> None:
+    """Top classes per image from the CSRA-patched model (with --compare: beside the baseline's)."""
+
+    def go() -> int:
+        from .data import read_classes
+        from .predict import run_predict
+
+        results = run_predict(
+            images,
+            model=model,
+            checkpoint=checkpoint,
+            pretrained=pretrained,
+            random_init=random_init,
+            patched_file=patched,
+            head_file=head_file,
+            lam=_optional_float("--lam", lam),
+            temperature=_optional_float("--temperature", temperature),
+            heads=heads,
+            img_size=img_size,
+            transform=transform,
+            classes=read_classes(classes, classes_file),
+            threshold=threshold,
+            top_k=top_k,
+            batch_size=batch_size,
+            device=device,
+            compare=compare,
+            json_out=json_out,
+        )
+        failed = [r for r in results if "error" in r]
+        if failed:
+            err.print(f"[bold red]error:[/] {len(failed)} of {len(results)} images could not be decoded (first: {failed[0]['image']}); the others were predicted", highlight=False, soft_wrap=True)
+        return 1 if failed else 0
+
+    code = run_cli(go)
+    if code:
+        raise typer.Exit(code)
+
+
 def main() -> None:
     app()
 

@@ -178,6 +178,9 @@ def extract(
     path = cache_path(Path(opts.cache_dir) if opts.cache_dir else default_cache_dir(), adapter.info.name, images.dataset, images.split, key)
     if opts.use_cache and not opts.recompute and path.is_file():
         stats = load_statistics(path, key=key, ids=list(images.ids))
+        # both fingerprints are part of the key, so they hold for a file written before they were recorded
+        stats.meta.setdefault("weights_fingerprint", adapter.info.weights_fingerprint)
+        stats.meta.setdefault("head_fingerprint", state_dict_fingerprint(adapter.head.state_dict()))
         console.print(f"[green]reused cache[/] {path} (no forward pass)")
         stats.meta["cache"] = {"path": str(path), "reused": True}
         return stats
@@ -188,6 +191,8 @@ def extract(
         "model": adapter.info.name,
         "family": adapter.info.family,
         "weights": adapter.info.weights,
+        "weights_fingerprint": adapter.info.weights_fingerprint,
+        "head_fingerprint": state_dict_fingerprint(adapter.head.state_dict()),
         "head": adapter.info.head,
         "baseline_source": adapter.info.baseline_source,
         "notes": adapter.info.notes,

@@ -40,6 +40,8 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
         "baseline_source": meta.get("baseline_source"),
         "identity_max_abs_diff": meta.get("identity_max_abs_diff"),
         "weights": meta.get("weights"),
+        "weights_fingerprint": meta.get("weights_fingerprint"),
+        "head_fingerprint": meta.get("head_fingerprint"),
         "head": meta.get("head"),
         "transform": meta.get("transform"),
         "transform_description": describe_transform(meta.get("transform") or {}),

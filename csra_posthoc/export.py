@@ -1,0 +1,205 @@
+"""Write a patched model as a file that runs without this package, and check it against eager.
+
+The suffix picks the format:
+
+- ``.safetensors``: tensors + the JSON config (restored by :func:`csra_posthoc.load_patched`);
+- ``.pt2``: a ``torch.export`` program (``torch.export.load(path).module()``): the format PyTorch
+  maintains going forward, with a dynamic batch axis;
+- ``.ts``: TorchScript, traced (``torch.jit.load(path)``): for libtorch / C++ and older runtimes;
+- ``.onnx``: ONNX (opset :data:`ONNX_OPSET`, dynamic batch axis, ``torch.onnx`` dynamo exporter),
+  checked with ONNX Runtime; needs the ``export`` extra.
+
+Every file carries the config (preprocessing, classes, lam, ...): safetensors metadata, ONNX
+``metadata_props``, an extra file ``csra_config.json`` in ``.pt2`` / ``.ts``. Every file is
+written to a temporary name, reloaded, run on a batch of a *different* size than the one it was
+traced with, compared with eager, and only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import atomic_write
+from .errors import CSRAError, first_line
+from .patched import CONFIG_KEY, PatchedModel, load_patched, save_patched
+
+ONNX_OPSET = 18
+CONFIG_FILE = "csra_config.json"  # extra file inside .pt2 / .ts archives
+EXPORT_FORMATS = {".safetensors": "safetensors", ".pt2": "torch.export", ".ts": "torchscript", ".onnx": "onnx"}
+CHECK_TOLERANCE = 1e-4  # relative to the scores' scale: max |exported - eager| <= tol * max(1, max |eager|)
+
+
+@dataclass
+class ExportReport:
+    """What was written and how closely the reloaded file reproduces the eager patched model."""
+
+    path: Path
+    format: str
+    max_abs_diff: float
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {"path": str(self.path), "format": self.format, "max_abs_diff_vs_eager": self.max_abs_diff, "seconds": round(self.seconds, 2)}
+
+
+def export_format(path: str | Path) -> str:
+    """The format for ``path``'s suffix, or a one-line refusal listing the suffixes."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in EXPORT_FORMATS:
+        raise CSRAError(f"--out {path}: unknown suffix {suffix or '(none)'!r}; use {', '.join(EXPORT_FORMATS)}")
+    return EXPORT_FORMATS[suffix]
+
+
+def check_out_path(path: str | Path, force: bool = False) -> Path:
+    """Refuse an existing file (unless ``force``), a directory, or a parent that is not a directory."""
+    path = Path(path)
+    export_format(path)
+    if path.is_dir():
+        raise CSRAError(f"--out {path}: is a directory; give a file name")
+    if path.exists() and not force:
+        raise CSRAError(f"--out {path}: already exists; pass --force to overwrite it")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CSRAError(f"--out {path}: {parent} is not a directory")
+    return path
+
+
+def _example(patched: PatchedModel, batch: int, seed: int) -> torch.Tensor:
+    size = int(patched.config["preprocessing"]["size"])
+    device = next(patched.parameters()).device
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Exporters print progress and deprecation chatter; the CLI reports the outcome itself."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _write_torch_export(patched: PatchedModel, tmp: str, example: torch.Tensor, config: str) -> None:
+    from torch.export import Dim
+
+    ep = torch.export.export(patched, (example,), dynamic_shapes={"x": {0: Dim("batch", min=1, max=4096)}})
+    buffer = io.BytesIO()  # torch.export wants a .pt2 name or a buffer; the temporary file has neither
+    torch.export.save(ep, buffer, extra_files={CONFIG_FILE: config})
+    Path(tmp).write_bytes(buffer.getvalue())
+
+
+def _write_torchscript(patched: PatchedModel, tmp: str, example: torch.Tensor, config: str) -> None:
+    traced = torch.jit.trace(patched, example, check_trace=False)
+    torch.jit.save(traced, tmp, _extra_files={CONFIG_FILE: config})
+
+
+def _write_onnx(patched: PatchedModel, tmp: str, example: torch.Tensor, config: str, opset: int) -> None:
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+    except ImportError:
+        raise CSRAError("--out *.onnx needs the export extra: pip install 'csra-posthoc[export]'") from None
+    from torch.export import Dim
+
+    torch.onnx.export(
+        patched,
+        (example,),
+        tmp,
+        dynamo=True,
+        input_names=["input"],
+        output_names=["scores"],
+        dynamic_shapes={"x": {0: Dim("batch", min=1, max=4096)}},
+        opset_version=opset,
+        external_data=False,
+    )
+    model = onnx.load(tmp)
+    onnx.helper.set_model_props(model, {CONFIG_KEY: config})
+    onnx.save(model, tmp)
+
+
+def run_exported(path: str | Path, x: torch.Tensor, fmt: str | None = None) -> torch.Tensor:
+    """Scores of an exported file on ``x`` (CPU), loaded the way a user without this package would."""
+    fmt = fmt or export_format(path)
+    x = x.detach().cpu().float()
+    if fmt == "safetensors":
+        with torch.no_grad():
+            return load_patched(path)(x)
+    if fmt == "torchscript":
+        with torch.no_grad():
+            return torch.jit.load(str(path), map_location="cpu")(x)
+    if fmt == "torch.export":
+        with torch.no_grad():
+            return torch.export.load(io.BytesIO(Path(path).read_bytes())).module()(x)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+
+def exported_config(path: str | Path) -> dict:
+    """The config embedded in an exported file of any format."""
+    fmt = export_format(path)
+    if fmt == "safetensors":
+        from .patched import read_config
+
+        return read_config(path)
+    if fmt == "onnx":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return json.loads(props[CONFIG_KEY])
+    extra = {CONFIG_FILE: ""}
+    if fmt == "torchscript":
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    else:
+        torch.export.load(io.BytesIO(Path(path).read_bytes()), extra_files=extra)
+    text = extra[CONFIG_FILE]
+    return json.loads(text.decode() if isinstance(text, bytes) else text)
+
+
+@torch.no_grad()
+def export_patched(patched: PatchedModel, path: str | Path, *, force: bool = False, opset: int = ONNX_OPSET) -> ExportReport:
+    """Write ``patched`` to ``path`` (format from the suffix), reload it, compare with eager, rename into place."""
+    path = check_out_path(path, force)
+    fmt = export_format(path)
+    patched = patched.eval()
+    config = json.dumps({**patched.config, "export": {"format": fmt, "onnx_opset": opset if fmt == "onnx" else None, "dynamic_batch": True}})
+    example, check = _example(patched, 2, 0), _example(patched, 3, 1)
+    expected = patched(check).float().cpu()
+    start = time.perf_counter()
+    result: dict[str, float] = {}
+
+    def write(tmp: str) -> None:
+        try:
+            with _quiet():
+                if fmt == "safetensors":
+                    save_patched(patched, tmp)
+                elif fmt == "torch.export":
+                    _write_torch_export(patched, tmp, example, config)
+                elif fmt == "torchscript":
+                    _write_torchscript(patched, tmp, example, config)
+                else:
+                    _write_onnx(patched, tmp, example, config, opset)
+                got = run_exported(tmp, check, fmt)
+        except CSRAError:
+            raise
+        except Exception as exc:
+            raise CSRAError(f"--out {path}: {fmt} export of {patched.config['model']} failed ({type(exc).__name__}: {first_line(exc)})") from None
+        diff = float((got.float() - expected).abs().max())
+        scale = max(1.0, float(expected.abs().max()))
+        if not np.isfinite(diff) or diff > CHECK_TOLERANCE * scale:
+            raise CSRAError(f"--out {path}: the exported {fmt} model differs from eager by {diff:.3g} (scores up to {scale:.3g}); not written")
+        result["diff"] = diff
+
+    atomic_write(path, write)
+    return ExportReport(path, fmt, result["diff"], time.perf_counter() - start)

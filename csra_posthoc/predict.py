@@ -1,0 +1,283 @@
+"""``csra-posthoc predict``: the patched model's top classes per image, optionally beside the baseline's.
+
+One forward pass per image gives both the CSRA scores and the baseline (lam = 0) scores
+(:meth:`PatchedModel.forward_with_baseline`). A class is *predicted* when it is among the ``top_k``
+highest CSRA scores and ``sigmoid(score) >= threshold`` (the multi-label metrics' rule;
+``threshold=0`` keeps the whole top-k). An image that fails to decode is reported by name and the
+others are still predicted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from .errors import CSRAError, first_line
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def expand_images(inputs: Sequence[str | Path]) -> tuple[list[Path], bool]:
+    """Files as given, directories as their image files (recursive, sorted); True if a directory was given."""
+    paths: list[Path] = []
+    any_dir = False
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            any_dir = True
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise CSRAError(f"{p}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this directory")
+            paths += found
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise CSRAError(f"{p}: no such image file or directory")
+    if not paths:
+        raise CSRAError("predict: give at least one image file or directory")
+    return paths, any_dir
+
+
+def class_names(num_classes: int, given: Sequence[str] | None = None) -> list[str]:
+    """``given`` (the file's / probe's / --classes names), else ImageNet's names for a 1000-class head
+    (timm ships them, so this works offline), else ``class_<i>``."""
+    if given is not None:
+        if len(given) != num_classes:
+            raise CSRAError(f"--classes: {len(given)} names for a head with {num_classes} classes")
+        return list(given)
+    if num_classes == 1000:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        return [info.index_to_description(i) for i in range(1000)]
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def check_predict_args(threshold: float, top_k: int, batch_size: int) -> None:
+    if not (0.0 <= threshold <= 1.0) or math.isnan(threshold):
+        raise CSRAError(f"--threshold {threshold}: must be a probability in [0, 1] (applied to sigmoid(score))")
+    if top_k < 1:
+        raise CSRAError(f"--top-k {top_k}: must be >= 1")
+    if batch_size < 1:
+        raise CSRAError(f"--batch-size {batch_size}: must be >= 1")
+
+
+def image_transform(preprocessing: dict[str, Any]):
+    """The transform a patched model's config describes (the sweep's, when applied from results)."""
+    from .data.transforms import eval_transform
+    from .patched import preprocessing_config
+
+    choice = "crop" if preprocessing.get("kind") == "center-crop" else "square"
+    return eval_transform(preprocessing_config(preprocessing), int(preprocessing["size"]), False, choice)[0]
+
+
+def _entry(image: Path, scores: torch.Tensor, baseline: torch.Tensor, names: list[str], threshold: float, top_k: int, compare: bool) -> dict[str, Any]:
+    k = min(top_k, scores.numel())
+    order = torch.argsort(scores, descending=True, stable=True)
+    base_order = torch.argsort(baseline, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(1, order.numel() + 1)
+    base_rank = torch.empty_like(base_order)
+    base_rank[base_order] = torch.arange(1, base_order.numel() + 1)
+    preds = []
+    for c in order[:k].tolist():
+        s = float(scores[c])
+        prob = 1.0 / (1.0 + math.exp(-s)) if s > -700 else 0.0
+        if prob >= threshold:
+            preds.append(
+                {"class": names[c], "score": s, "baseline_score": float(baseline[c]), "probability": prob, "rank": int(rank[c]), "baseline_rank": int(base_rank[c])}
+            )
+    entry: dict[str, Any] = {"image": str(image), "predictions": preds}
+    if compare:
+        top, base_top = set(order[:k].tolist()), set(base_order[:k].tolist())
+        entry["moved_in"] = [names[c] for c in order[:k].tolist() if c not in base_top]
+        entry["moved_out"] = [names[c] for c in base_order[:k].tolist() if c not in top]
+        shown = list(dict.fromkeys(order[:k].tolist() + base_order[:k].tolist()))
+        entry["top_k"] = [
+            {"class": names[c], "score": float(scores[c]), "baseline_score": float(baseline[c]), "rank": int(rank[c]), "baseline_rank": int(base_rank[c])}
+            for c in shown
+        ]
+    return entry
+
+
+@torch.no_grad()
+def predict_images(
+    patched,
+    images: Sequence[str | Path],
+    *,
+    threshold: float = 0.5,
+    top_k: int = 5,
+    classes: Sequence[str] | None = None,
+    batch_size: int = 16,
+    device: str = "auto",
+    compare: bool = False,
+    console: Console | None = None,
+) -> list[dict[str, Any]]:
+    """One JSON-ready object per image, in input order: ``{"image", "predictions": [...]}``, or
+    ``{"image", "error", "predictions": []}`` for an image that cannot be decoded."""
+    from .data.base import load_rgb
+    from .extraction import resolve_device
+    from .progress import progress_bar
+
+    check_predict_args(threshold, top_k, batch_size)
+    paths, any_dir = expand_images(images)
+    names = class_names(patched.num_classes, classes if classes is not None else patched.classes)
+    transform = image_transform(patched.config["preprocessing"])
+    dev = resolve_device(device)
+    patched = patched.to(dev).eval()
+    out: list[dict[str, Any]] = [{} for _ in paths]
+    bar = progress_bar(console, f"predict {patched.config['model']}", total=len(paths))
+    with bar if (any_dir or len(paths) > batch_size) else contextlib.nullcontext(lambda n: None) as advance:
+        for start in range(0, len(paths), batch_size):
+            chunk = range(start, min(start + batch_size, len(paths)))
+            tensors, good = [], []
+            for i in chunk:
+                try:
+                    tensors.append(transform(load_rgb(paths[i])))
+                    good.append(i)
+                except Exception as exc:  # a broken file is reported, the rest still predicted
+                    out[i] = {"image": str(paths[i]), "error": f"cannot decode image ({first_line(exc, 120)})", "predictions": []}
+            if tensors:
+                scores, baseline = patched.forward_with_baseline(torch.stack(tensors).to(dev))
+                for row, i in enumerate(good):
+                    out[i] = _entry(paths[i], scores[row].float().cpu(), baseline[row].float().cpu(), names, threshold, top_k, compare)
+            advance(len(chunk))
+    return out
+
+
+def print_predictions(console: Console, results: list[dict[str, Any]], compare: bool, top_k: int) -> None:
+    """One table row per image (top classes with scores); with ``compare`` one table per image with
+    the baseline's and the patched ranks side by side, classes moved into / out of the top-k marked."""
+    if not compare:
+        table = Table(title_justify="left", title="predictions (CSRA score; baseline in brackets)")
+        table.add_column("image")
+        table.add_column("predicted classes")
+        for r in results:
+            if "error" in r:
+                table.add_row(Path(r["image"]).name, f"[red]{r['error']}[/]")
+                continue
+            text = "\n".join(f"{p['class']}  {p['score']:.3f} ({p['baseline_score']:.3f})" for p in r["predictions"]) or "[dim](none above threshold)[/]"
+            table.add_row(Path(r["image"]).name, text)
+        console.print(table)
+        return
+    for r in results:
+        if "error" in r:
+            console.print(f"[red]{r['image']}: {r['error']}[/]")
+            continue
+        table = Table(title=f"{r['image']}  (top-{top_k}: baseline λ=0 vs patched)", title_justify="left")
+        for col in ("class", "baseline rank", "baseline score", "patched rank", "patched score", ""):
+            table.add_column(col, justify="left" if col == "class" else "right")
+        for p in sorted(r["top_k"], key=lambda p: p["rank"]):
+            name = p["class"]
+            mark = "[green]moved in[/]" if name in r["moved_in"] else ("[red]moved out[/]" if name in r["moved_out"] else "")
+            table.add_row(name, str(p["baseline_rank"]), f"{p['baseline_score']:.3f}", str(p["rank"]), f"{p['score']:.3f}", mark)
+        console.print(table)
+
+
+def run_predict(
+    images: Sequence[str | Path],
+    *,
+    model: str | None = None,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = False,
+    random_init: bool = False,
+    patched_file: str | Path | None = None,
+    head_file: str | Path | None = None,
+    lam: float | None = None,
+    temperature: float | None = None,
+    heads: int | None = None,
+    img_size: int | None = None,
+    transform: str = "auto",
+    classes: Sequence[str] | None = None,
+    threshold: float = 0.5,
+    top_k: int = 5,
+    batch_size: int = 16,
+    device: str = "auto",
+    compare: bool = False,
+    json_out: str | Path | None = None,
+    console: Console | None = None,
+) -> list[dict[str, Any]]:
+    """Build the patched model (from ``patched_file`` or ``model`` + weights + settings), predict, print, write JSON."""
+    from .apply import check_img_size, default_preprocessing
+    from .csra_head import CSRAHead, check_lam, resolve_temperatures
+    from .extraction import resolve_device
+    from .report import report_console, write_json
+
+    console = console or report_console()
+    check_predict_args(threshold, top_k, batch_size)
+    check_img_size(img_size)
+    resolve_device(device)
+    if json_out is not None and Path(json_out).is_dir():
+        raise CSRAError(f"--json {json_out}: is a directory; give a file name")
+    if temperature is not None and heads is not None:
+        raise CSRAError("--temperature and --heads: give one of them")
+    if lam is not None:
+        check_lam(lam)
+    if temperature is not None or heads is not None:
+        resolve_temperatures(math.inf if temperature is None else temperature, heads)
+    expand_images(images)  # missing paths fail before any model is built
+    if patched_file is not None:
+        patched = load_patched_for_predict(patched_file, model, checkpoint, pretrained, random_init, head_file, img_size)
+        if lam is not None or temperature is not None or heads is not None:  # the file's classifier, other settings
+            cfg = patched.config
+            if heads is None and temperature is None:  # keep the file's variant, change lam only
+                heads = cfg.get("heads")
+                temperature = math.inf if cfg.get("temperature") in (None, "inf") else float(cfg["temperature"])
+            lam = cfg["lam"] if lam is None else lam
+            patched.head = CSRAHead(patched.head.classifier, lam, math.inf if temperature is None else temperature, heads)
+            temps = ["inf" if math.isinf(t) else t for t in patched.head.temperatures]
+            cfg.update(lam=patched.head.lam, heads=patched.head.heads, variant=patched.head.variant, temperatures=temps)
+            console.print(f"[yellow]note:[/] settings of {patched_file} overridden: {patched.head.extra_repr()}")
+    else:
+        if model is None:
+            raise CSRAError("predict needs --model ARCH with --checkpoint / --pretrained, or --patched FILE.safetensors")
+        from .adapters import load_model
+        from .lam_sweep import paper_fixed_lam
+        from .patched import patch
+        from .probe import load_head
+
+        head = load_head(head_file) if head_file is not None and Path(head_file).is_file() else head_file
+        adapter = load_model(model, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init)
+        preprocessing = default_preprocessing(adapter, transform, img_size, head[1] if isinstance(head, tuple) else None)
+        patched = patch(
+            adapter,
+            paper_fixed_lam(model) if lam is None else lam,
+            math.inf if temperature is None else temperature,
+            heads,
+            head=head,
+            preprocessing=preprocessing,
+        )
+    results = predict_images(
+        patched, images, threshold=threshold, top_k=top_k, classes=classes, batch_size=batch_size, device=device, compare=compare, console=console
+    )
+    cfg = patched.config
+    console.print(f"{cfg['model']}: mean + {patched.head.lam:g} * {patched.head.variant} ({patched.head.extra_repr()}); head: {cfg['head_description']}")
+    print_predictions(console, results, compare, top_k)
+    if json_out is not None:
+        write_json(json_out, results)
+        console.print(f"wrote {json_out}")
+    return results
+
+
+def load_patched_for_predict(path, model, checkpoint, pretrained, random_init, head_file, img_size):
+    """``--patched FILE.safetensors``; weight and head flags would be ignored, so they are refused."""
+    from .patched import load_patched
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise CSRAError(
+            f"--patched {path}: predict reads the .safetensors file apply writes; run .onnx / .pt2 / .ts files with "
+            "onnxruntime / torch.export.load / torch.jit.load (README: Patched models)"
+        )
+    if checkpoint is not None or pretrained or random_init or head_file is not None or img_size is not None:
+        raise CSRAError("--patched FILE holds the weights, head and input size: drop --checkpoint / --pretrained / --random-init / --head-file / --img-size")
+    patched = load_patched(path)
+    if model is not None and model != patched.config["model"]:
+        raise CSRAError(f"--patched {path} holds {patched.config['model']}, not --model {model}")
+    return patched
