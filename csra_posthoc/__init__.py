@@ -12,6 +12,9 @@ from .errors import CSRAError
 from .extraction import extract
 from .location_head import LocationHead
 from .options import ExtractOptions
+from .csra_head import CSRAHead, csra_head
+from .patched import PatchedModel, load_patched, patch, save_patched
+from .export import export_patched
 from .scoring import attention_pool, csra_score, score_from_locations
 from .statistics import ClassStatistics
 from .lam_sweep import SweepResult, sweep
@@ -34,4 +37,11 @@ __all__ = [
     "ClassStatistics",
     "SweepResult",
     "CSRAError",
+    "patch",
+    "load_patched",
+    "save_patched",
+    "export_patched",
+    "CSRAHead",
+    "csra_head",
+    "PatchedModel",
 ]

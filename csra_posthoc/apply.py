@@ -175,13 +175,13 @@ def apply_patch(
         preprocessing = results["transform"]
     else:
         preprocessing = default_preprocessing(adapter, transform, img_size, head_meta[1] if head_meta else None)
-    if classes is None and results is not None:
-        classes = list(results["classes"])
     patched = patch(
         adapter, settings.lam, settings.temperature, settings.heads, head=head_meta, classes=classes, preprocessing=preprocessing
     )
     if results is not None:
         check_results_match(results, patched.config, from_results)
+        if patched.config["classes"] is None:  # the dataset's names, in the head's order (just checked)
+            patched.config["classes"] = list(results["classes"])
         patched.config["from_results"] = {"path": str(Path(from_results).resolve()), "pick": pick, "dataset": results.get("dataset"), "split": results.get("split")}
     identity = lam_zero_difference(patched)
     patched.config["identity_max_abs_diff"] = identity

@@ -62,9 +62,9 @@ def export_format(path: str | Path) -> str:
 def check_out_path(path: str | Path, force: bool = False) -> Path:
     """Refuse an existing file (unless ``force``), a directory, or a parent that is not a directory."""
     path = Path(path)
-    export_format(path)
     if path.is_dir():
         raise CSRAError(f"--out {path}: is a directory; give a file name")
+    export_format(path)
     if path.exists() and not force:
         raise CSRAError(f"--out {path}: already exists; pass --force to overwrite it")
     parent = path.parent
@@ -135,7 +135,8 @@ def run_exported(path: str | Path, x: torch.Tensor, fmt: str | None = None) -> t
         with torch.no_grad():
             return load_patched(path)(x)
     if fmt == "torchscript":
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
             return torch.jit.load(str(path), map_location="cpu")(x)
     if fmt == "torch.export":
         with torch.no_grad():
@@ -160,7 +161,9 @@ def exported_config(path: str | Path) -> dict:
         return json.loads(props[CONFIG_KEY])
     extra = {CONFIG_FILE: ""}
     if fmt == "torchscript":
-        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     else:
         torch.export.load(io.BytesIO(Path(path).read_bytes()), extra_files=extra)
     text = extra[CONFIG_FILE]

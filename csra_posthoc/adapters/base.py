@@ -8,6 +8,7 @@ pre-pool feature map) and the model's own logits ``(B, C)``, so the identity
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Literal
@@ -83,10 +84,10 @@ class ModelAdapter(nn.Module):
 
 def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
     """Patch tokens ``(B, K, D)`` to a feature map ``(B, D, H, W)``."""
-    b, k, d = tokens.shape
+    k = int(tokens.shape[1])  # a plain int even while tracing (the batch axis stays free)
     if grid is None or grid[0] * grid[1] != k:
-        side = int(round(k**0.5))
+        side = math.isqrt(k)
         if side * side != k:
             raise ValueError(f"cannot arrange {k} patch tokens on a grid")
         grid = (side, side)
-    return tokens.transpose(1, 2).reshape(b, d, grid[0], grid[1])
+    return tokens.transpose(1, 2).unflatten(2, (int(grid[0]), int(grid[1])))
