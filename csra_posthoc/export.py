@@ -175,7 +175,15 @@ def export_patched(patched: PatchedModel, path: str | Path, *, force: bool = Fal
     """Write ``patched`` to ``path`` (format from the suffix), reload it, compare with eager, rename into place."""
     path = check_out_path(path, force)
     fmt = export_format(path)
-    patched = patched.eval()
+    device = next(patched.parameters()).device
+    patched = patched.cpu().eval()  # a portable file: traced on CPU (the modules go back afterwards)
+    try:
+        return _export(patched, path, fmt, opset)
+    finally:
+        patched.to(device)
+
+
+def _export(patched: PatchedModel, path: Path, fmt: str, opset: int) -> ExportReport:
     config = json.dumps({**patched.config, "export": {"format": fmt, "onnx_opset": opset if fmt == "onnx" else None, "dynamic_batch": True}})
     example, check = _example(patched, 2, 0), _example(patched, 3, 1)
     expected = patched(check).float().cpu()
