@@ -3,7 +3,7 @@
 Matches scikit-learn's ``average_precision_score`` (non-interpolated area under the
 precision-recall curve, tied scores forming one threshold) to float64 rounding. On tie-free
 scores this is also what the official CSRA evaluation computes (mean precision at each positive).
-Labels: 1 positive, 0 negative, -1 unknown (left out of that class, METHOD.md §4).
+Labels: 1 positive, 0 negative, -1 unknown (left out of that class, docs/method.md §4).
 """
 
 from __future__ import annotations
