@@ -261,3 +261,26 @@ def test_hub_probe_gives_up_at_once_on_a_closed_port() -> None:
     start = time.perf_counter()
     assert hub_answers("http://127.0.0.1:9", timeout=2) is False
     assert time.perf_counter() - start < 3
+
+
+def test_warm_probe_run_gives_the_cold_results_and_a_new_training_split_refits(tmp_path: Path, monkeypatch) -> None:
+    from tests.conftest import random_voc_annotations, write_voc
+
+    test_ann = random_voc_annotations(24, seed=0)
+    train_ann = {f"t{k}": v for k, v in random_voc_annotations(24, seed=1).items()}
+    write_voc(tmp_path / "d", test_ann, split="test", seed=0)
+    voc = write_voc(tmp_path / "d", train_ann, split="trainval", seed=1)
+    calls = counting_load_model(monkeypatch)
+    args = [*SWEEP, "--random-init", "--head", "probe", "--data-dir", str(tmp_path / "d")]
+    cold = runner.invoke(app, [*args, "--out", str(tmp_path / "cold.json")])
+    assert cold.exit_code == 0, cold.output
+    warm = runner.invoke(app, [*args, "--out", str(tmp_path / "warm.json")])
+    assert warm.exit_code == 0, warm.output
+    assert len(calls) == 1 and "no model built" in warm.output
+    cold_json, warm_json = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("cold", "warm"))
+    assert warm_json == cold_json and warm_json["head"].startswith("linear probe on")
+    # a training label changes: the probe (and so the head and the statistics) must be redone
+    xml = voc / "Annotations" / "t000001.xml"
+    xml.write_text(xml.read_text().replace("</annotation>", "<object><name>sofa</name><difficult>0</difficult></object><object><name>cat</name><difficult>0</difficult></object></annotation>"))
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and len(calls) == 2 and "no model built" not in again.output
