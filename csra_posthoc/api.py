@@ -7,16 +7,22 @@ from typing import Any, Sequence
 
 from rich.console import Console
 
-from .adapters import load_model
+from .adapters import TORCHVISION_PREFIX, ModelAdapter, load_model
+from .cache import default_cache_dir, load_statistics
 from .data import TRAIN_SPLITS, LabelledImages, load_dataset
+from .defaults import METRIC_NAMES  # noqa: F401 (re-exported)
 from .errors import CSRAError
 from .extraction import extract
 from .options import DataOptions, ExtractOptions
 from .lam_sweep import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, sweep
+from .offline_weights import has_offline_weights
 from .probe import fit_probe
 from .report import print_table, report_console, results_dict, save_scores, write_json
-
-METRIC_NAMES = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "top1", "top5")
+from .resolution import (
+    probe_settings, read_memo, resolution_key, resolution_of, statistics_location, weights_source_stamp, write_memo,
+)  # fmt: skip
+from .statistics import ClassStatistics
+from .validate import validate_sweep_args
 
 
 def load_training_split(
@@ -62,6 +68,51 @@ def load_training_split(
     return train
 
 
+def reuse_statistics(memo_key: str, images: LabelledImages, options: ExtractOptions, console: Console) -> ClassStatistics | None:
+    """Statistics straight from the cache when an earlier build's memo and its statistics file both
+    exist (no model built); None otherwise."""
+    cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
+    memo = read_memo(cache_dir, memo_key)
+    if memo is None:
+        return None
+    key, path = statistics_location(memo, images, options, cache_dir)
+    if not path.is_file():
+        return None
+    stats = load_statistics(path, key=key, ids=list(images.ids))
+    stats.meta.setdefault("weights_fingerprint", memo.weights_fingerprint)  # both are in the key
+    stats.meta.setdefault("head_fingerprint", memo.head_fingerprint)
+    console.print(f"[green]reused cache[/] {path} (no forward pass, no model built)")
+    stats.meta["cache"] = {"path": str(path), "reused": True}
+    return stats
+
+
+def build_adapter(
+    model: str,
+    images: LabelledImages,
+    train: LabelledImages | None,
+    *,
+    checkpoint: str | Path | None,
+    pretrained: bool,
+    random_init: bool,
+    head: str,
+    probe_c: float,
+    save_head: str | Path | None,
+    options: ExtractOptions | None,
+    console: Console,
+) -> ModelAdapter:
+    """The model with its own head, or with a probe fitted on ``train``."""
+    adapter = load_model(
+        model,
+        checkpoint=checkpoint,
+        pretrained=pretrained,
+        random_init=random_init,
+        num_classes=len(images.classes) if random_init and train is None else None,
+    )
+    if train is not None:
+        adapter = fit_probe(adapter, train, c=probe_c, options=options, save_head_to=save_head, console=console)
+    return adapter
+
+
 def run_sweep(
     model: str,
     dataset: str,
@@ -87,33 +138,47 @@ def run_sweep(
     dataset_label: str | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Load, extract (or reuse the cache), sweep, print the table, write JSON / NPZ; returns the JSON dict."""
+    """Check the arguments, load the data, then either reuse cached statistics (the memo of an
+    earlier build says where they are) or build the model and extract; sweep, print the table,
+    write JSON / NPZ; returns the JSON dict."""
     console = console or report_console()
-    for m in metrics:
-        base = m[: -len("_top3")] if m.endswith("_top3") else m
-        if base not in METRIC_NAMES:
-            raise CSRAError(f"--metrics {m}: unknown; choose from {', '.join(METRIC_NAMES)} (add _top3 for top-3)")
-    if head not in ("model", "probe"):
-        raise CSRAError(f"--head {head}: choose model (the model's own classifier) or probe")
+    opts = options or ExtractOptions()
+    validate_sweep_args(
+        checkpoint=checkpoint, pretrained=pretrained, random_init=random_init, head=head, probe_c=probe_c,
+        save_head=save_head, options=opts, lams=lams, temps=temps, heads=heads, metrics=metrics,
+        out=out, save_scores_to=save_scores_to,
+    )  # fmt: skip
+    if pretrained and not model.startswith(TORCHVISION_PREFIX) and not has_offline_weights(model):
+        from .hub import require_hub_weights
+
+        require_hub_weights(model)  # no network and no local copy: one line now, not a minute of retries
     images = load_dataset(dataset, data_dir, data)
     if dataset_label:  # a VOC-layout dataset that is not VOC (the demo's mosaics, say)
         images.dataset = dataset_label
-    adapter = load_model(
-        model,
-        checkpoint=checkpoint,
-        pretrained=pretrained,
-        random_init=random_init,
-        num_classes=len(images.classes) if random_init and head == "model" else None,
-    )
+    train = None
     if head == "probe":
         train = load_training_split(dataset, data_dir, train_split, train_labels, images, data)
         train.dataset = images.dataset
-        adapter = fit_probe(adapter, train, c=probe_c, options=options, save_head_to=save_head, console=console)
-    elif save_head is not None:
-        raise CSRAError("--save-head needs --head probe (the model's own head is already in its weights)")
-    if adapter.info.weights == "random-init":
+    if random_init:
         console.print("[yellow]warning:[/] --random-init: the numbers below measure nothing but the code")
-    stats = extract(adapter, images, options, console=console)
+
+    memo_key = None
+    num_classes = len(images.classes) if random_init and head == "model" else None
+    stamp = weights_source_stamp(model, checkpoint, pretrained, random_init, num_classes) if opts.use_cache else None
+    if stamp is not None:
+        probe = probe_settings(probe_c, train.fingerprint(), opts) if train is not None else None
+        memo_key = resolution_key(model, stamp, head, probe)
+    stats = None
+    if memo_key is not None and not opts.recompute and save_head is None:
+        stats = reuse_statistics(memo_key, images, opts, console)
+    if stats is None:
+        adapter = build_adapter(
+            model, images, train, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init,
+            head=head, probe_c=probe_c, save_head=save_head, options=opts, console=console,
+        )  # fmt: skip
+        stats = extract(adapter, images, opts, console=console)
+        if memo_key is not None:
+            write_memo(Path(opts.cache_dir) if opts.cache_dir else default_cache_dir(), memo_key, resolution_of(adapter))
     result = sweep(stats, lams=lams, temps=temps, heads=heads)
     print_table(console, result, stats, list(metrics))
     data = results_dict(result, stats, extra)

@@ -1,4 +1,8 @@
-"""``csra-posthoc``: a thin Typer layer over :mod:`csra_posthoc.api`."""
+"""``csra-posthoc``: a thin Typer layer over :mod:`csra_posthoc.api`.
+
+Only typer, rich and the standard library are imported here: torch, timm and the rest load
+inside the commands, so ``--help``, ``--version`` and usage errors answer at once.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +14,32 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from . import __version__
+from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS
 from .errors import CSRAError
-from .lam_sweep import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS
 from .options import DataOptions, ExtractOptions
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: boolean flags show as flags, not as '--no-cache <bool>'
     help="Training-free CSRA (avg + lam * max) on any pretrained classifier.",
 )
 err = Console(stderr=True)
+INTERRUPTED = "[yellow]interrupted:[/] nothing was written to the cache or the outputs"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"csra-posthoc {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="print the version and exit"),
+) -> None:
     """Training-free CSRA (avg + lam * max) on any pretrained classifier."""
 
 
@@ -57,7 +72,7 @@ def run_cli(fn, *args, **kwargs):
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted:[/] nothing was written to the cache or the outputs")
+        err.print(INTERRUPTED)
         raise typer.Exit(130) from None
 
 
@@ -103,10 +118,11 @@ def sweep_cmd(
     save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="NPZ with ids, labels, classes, baseline/best/fixed scores"),
 ) -> None:
     """Sweep score = avg + lam * max (and softmax / multi-head variants) and print a Table-1 row."""
-    from .api import run_sweep
-    from .data import read_classes
 
     def go() -> None:
+        from .api import run_sweep  # imported here (inside run_cli): torch takes seconds to import
+        from .data import read_classes
+
         run_sweep(
             model,
             dataset,
@@ -137,7 +153,7 @@ def sweep_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with Fashion-MNIST idx files (default: $FASHION_MNIST, Debian's, a download, else sklearn digits)"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with Fashion-MNIST idx files (default: $FASHION_MNIST, else Debian's dataset-fashion-mnist, else sklearn digits)"),
     num_train: int = typer.Option(800, "--num-train", help="trainval mosaics (the probe's training split)"),
     num_test: int = typer.Option(800, "--num-test", help="test mosaics (the evaluated split)"),
     img_size: int = typer.Option(224, "--img-size", help="mosaic canvas and model input size"),
@@ -147,25 +163,26 @@ def demo_cmd(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
     no_cache: bool = typer.Option(False, "--no-cache"),
-    no_download: bool = typer.Option(False, "--no-download", help="never try torchvision's Fashion-MNIST downloader"),
     out: Optional[Path] = typer.Option(None, "--out", help="results JSON (same schema as sweep, plus 'demo')"),
     save_scores: Optional[Path] = typer.Option(None, "--save-scores"),
 ) -> None:
     """Offline end-to-end demo: real ImageNet EfficientNet-Lite0, probe head, Fashion-MNIST mosaics."""
-    from .demo import run_demo
 
-    run_cli(
-        run_demo,
-        data_dir=data_dir,
-        num_train=num_train,
-        num_test=num_test,
-        img_size=img_size,
-        seed=seed,
-        options=ExtractOptions(img_size, batch_size, workers, device, cache_dir=cache_dir, use_cache=not no_cache),
-        allow_download=not no_download,
-        out=out,
-        save_scores_to=save_scores,
-    )
+    def go() -> None:
+        from .demo import run_demo  # imported here (inside run_cli): torch takes seconds to import
+
+        run_demo(
+            data_dir=data_dir,
+            num_train=num_train,
+            num_test=num_test,
+            img_size=img_size,
+            seed=seed,
+            options=ExtractOptions(img_size, batch_size, workers, device, cache_dir=cache_dir, use_cache=not no_cache),
+            out=out,
+            save_scores_to=save_scores,
+        )
+
+    run_cli(go)
 
 
 def _optional_float(flag: str, text: str | None) -> float | None:
@@ -286,7 +303,12 @@ def predict_cmd(
 
 
 def main() -> None:
-    app()
+    """Console entry point; Ctrl-C before a command body starts is one line and exit 130 too."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print(INTERRUPTED)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

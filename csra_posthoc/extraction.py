@@ -16,11 +16,12 @@ from rich.console import Console
 from torch.utils.data import DataLoader
 
 from .adapters import ModelAdapter
-from .cache import cache_key, cache_path, default_cache_dir, load_statistics, save_statistics
+from .cache import cache_path, default_cache_dir, load_statistics, save_statistics
 from .checkpoint import state_dict_fingerprint
 from .data import ImageDataset, LabelledImages
 from .data.transforms import eval_transform
 from .errors import CSRAError, first_line
+from .keys import statistics_key
 from .options import ExtractOptions
 from .progress import progress_bar
 from .scoring import CACHED_TEMPERATURES, location_statistics
@@ -51,20 +52,18 @@ def check_class_count(adapter: ModelAdapter, images: LabelledImages) -> None:
 def extraction_key(
     adapter: ModelAdapter, images: LabelledImages, transform: dict, amp: bool, keep_maps: bool
 ) -> str:
-    return cache_key(
-        {
-            "model": adapter.info.name,
-            "weights": adapter.info.weights_fingerprint,
-            "head": state_dict_fingerprint(adapter.head.state_dict()),
-            "baseline_source": adapter.info.baseline_source,
-            "transform": transform,
-            "dataset": images.dataset,
-            "split": images.split,
-            "data": images.fingerprint(),
-            "temperatures": list(CACHED_TEMPERATURES),
-            "amp": amp,
-            "keep_maps": keep_maps,
-        }
+    return statistics_key(
+        model=adapter.info.name,
+        weights_fingerprint=adapter.info.weights_fingerprint,
+        head_fingerprint=state_dict_fingerprint(adapter.head.state_dict()),
+        baseline_source=adapter.info.baseline_source,
+        transform=transform,
+        dataset=images.dataset,
+        split=images.split,
+        data_fingerprint=images.fingerprint(),
+        temperatures=CACHED_TEMPERATURES,
+        amp=amp,
+        keep_maps=keep_maps,
     )
 
 

@@ -1,6 +1,6 @@
 """Score every (variant, lam) from cached statistics and pick the best and the paper's fixed lam.
 
-Variants (METHOD.md §1-2): ``max`` (avg + lam * max), ``softmax`` at temperature T
+Variants (docs/method.md §1-2): ``max`` (avg + lam * max), ``softmax`` at temperature T
 (avg + lam * a_T) and ``heads`` H (avg + lam * mean of a_T over the paper's H temperatures).
 lam = 0 is the baseline, the same for every variant.
 """
@@ -17,10 +17,7 @@ from .errors import CSRAError
 from .metrics import multilabel_metrics, singlelabel_metrics
 from .scoring import csra_score, head_temperatures, multihead_attended
 from .statistics import ClassStatistics
-
-DEFAULT_LAMS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-DEFAULT_TEMPS: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0)
-DEFAULT_HEADS: tuple[int, ...] = (1, 2, 4, 6, 8)
+from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS  # re-exported; defined torch-free for the CLI
 
 VariantKind = Literal["max", "softmax", "heads"]
 

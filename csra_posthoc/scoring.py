@@ -14,11 +14,9 @@ from typing import Sequence
 
 import torch
 
-INF = math.inf
+from .defaults import CACHED_TEMPERATURES  # re-exported; defined torch-free for the flag checks
 
-# Temperatures whose softmax-weighted average is cached per image and class; together with the
-# max (T = inf) they cover every multi-head set of the paper (METHOD.md §2).
-CACHED_TEMPERATURES: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0)
+INF = math.inf
 
 # The paper's temperature set for H heads; the last head is always T = inf (the max).
 HEAD_TEMPERATURES: dict[int, tuple[float, ...]] = {
@@ -67,7 +65,7 @@ def head_temperatures(heads: int) -> tuple[float, ...]:
 
 
 def multihead_attended(per_temperature: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean over heads of the attended scores (METHOD.md §2: same ranking as the paper's sum)."""
+    """Mean over heads of the attended scores (docs/method.md §2: same ranking as the paper's sum)."""
     return torch.stack(list(per_temperature), dim=0).mean(dim=0)
 
 

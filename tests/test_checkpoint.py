@@ -76,4 +76,15 @@ def test_first_line_handles_empty_and_multiline_messages() -> None:
 
     assert first_line(RuntimeError()) == "RuntimeError"
     assert first_line(ValueError("  top line\nsecond")) == "top line"
-    assert first_line(OSError("x" * 500), 10) == "x" * 10
+    long = first_line(OSError("x" * 500), 10)
+    assert len(long) <= 10 and long.endswith("…") and ("x" * 500).startswith(long[:-1])
+
+
+def test_first_line_cuts_long_messages_at_a_word_boundary() -> None:
+    from csra_posthoc.errors import first_line
+
+    words = "checkpoint shard number seventeen is truncated at byte offset ninety"
+    cut = first_line(RuntimeError(words), 30)
+    assert len(cut) <= 30 and cut.endswith("…")
+    assert words.startswith(cut[:-1]) and words[len(cut) - 1] == " "  # ends where a word ended
+    assert first_line(RuntimeError(words), len(words)) == words  # short enough: untouched

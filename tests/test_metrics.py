@@ -111,3 +111,13 @@ def test_topk_accuracy_matches_sklearn() -> None:
 def test_metrics_refuse_nan_scores() -> None:
     with pytest.raises(ValueError, match="NaN"):
         average_precision(torch.tensor([[float("nan")], [0.0]]), torch.tensor([[1], [0]]))
+
+
+def test_tie_run_ends_match_a_brute_force_scan() -> None:
+    from csra_posthoc.metrics.average_precision import tie_run_ends
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 7, 50):
+        rows = torch.sort(torch.randint(0, 4, (5, n), generator=g).double(), dim=1, descending=True).values
+        expected = [[max(j for j in range(n) if row[j] == row[i]) for i in range(n)] for row in rows.tolist()]
+        assert tie_run_ends(rows).tolist() == expected

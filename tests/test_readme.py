@@ -1,9 +1,13 @@
-"""README's two fresh-machine commands: the test command is exactly what CI runs."""
+"""README's two fresh-machine commands: the test command is exactly what CI runs; the demo command
+gets the real data where apt exists and goes on where it does not; no link leaves the repository."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,6 +19,7 @@ def readme_commands() -> list[str]:
 
 def test_readme_starts_with_demo_and_test_commands() -> None:
     demo, tests = readme_commands()
+    assert demo.startswith("python3 -m venv .venv && ")
     assert "csra-posthoc demo" in demo and "pip install" in demo
     assert "pytest" in tests and "pip install" in tests
 
@@ -23,3 +28,56 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     _, tests = readme_commands()
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert tests in ci_lines
+
+
+def data_step() -> str:
+    """The part of command 1 that installs Fashion-MNIST (a subshell that always succeeds)."""
+    demo, _ = readme_commands()
+    step = demo.split(". .venv/bin/activate && ", 1)[1].split(" && pip install", 1)[0]
+    assert step.startswith("(") and step.endswith(")") and "dataset-fashion-mnist" in step
+    return step
+
+
+def test_demo_command_installs_fashion_mnist_with_apt() -> None:
+    step = data_step()
+    assert "apt-get install -y -qq dataset-fashion-mnist" in step and "apt-get update" in step
+    assert subprocess.run(["bash", "-n", "-c", readme_commands()[0]]).returncode == 0
+
+
+@pytest.mark.parametrize("path", ["", "/nonexistent"])
+def test_demo_command_goes_on_where_apt_is_missing(path: str) -> None:
+    run = subprocess.run(["/bin/bash", "-c", f"{data_step()} && echo next-step"], env={"PATH": path}, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "next-step", run.stderr
+
+
+def test_demo_command_goes_on_when_apt_fails(tmp_path: Path) -> None:
+    """apt-get present but failing (no root, no sudo, no such package): the demo still runs."""
+    for tool in ("apt-get", "sudo"):
+        (tmp_path / tool).write_text("#!/bin/sh\nexit 100\n")
+        (tmp_path / tool).chmod(0o755)
+    run = subprocess.run(
+        ["/bin/bash", "-c", f"{data_step()} && echo next-step"], env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "next-step", run.stderr
+
+
+def test_no_tracked_file_points_outside_the_repository() -> None:
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    offenders = []
+    for name in listed.stdout.splitlines():
+        path = ROOT / name
+        if path.is_file() and path.suffix in {".py", ".md", ".toml", ".txt", ".cfg", ".yml", ".yaml", ""}:
+            text = path.read_text(errors="ignore")
+            if ".." + "/shared" in text or "METHOD" + ".md" in text:
+                offenders.append(name)
+    assert offenders == []
+    assert (ROOT / "docs" / "method.md").is_file()
+
+
+def test_method_page_linked_from_readme_exists() -> None:
+    links = re.findall(r"\]\(([^)#]+)", (ROOT / "README.md").read_text())
+    local = [link for link in links if "://" not in link]
+    assert "docs/method.md" in local
+    assert all((ROOT / link).exists() for link in local), local

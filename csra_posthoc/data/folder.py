@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from ..errors import CSRAError
 from .base import LabelledImages
@@ -27,6 +26,8 @@ def split_root(data_dir: Path, split: str | None, default: str = "val") -> tuple
 
 def class_folders(root: Path) -> list[str]:
     """Sub-folder names, sorted (the index order ImageFolder and ImageNet models use)."""
+    from torchvision.datasets.folder import find_classes  # imported here: torchvision is slow to import
+
     try:
         return find_classes(root)[0]
     except FileNotFoundError:
@@ -35,6 +36,8 @@ def class_folders(root: Path) -> list[str]:
 
 def folder_samples(root: Path, class_to_idx: dict[str, int]) -> list[tuple[Path, int]]:
     """``(path, class index)`` for every image under the class folders in ``class_to_idx``."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
     try:
         samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS)
     except FileNotFoundError as exc:  # a class folder with no image in it

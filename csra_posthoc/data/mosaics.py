@@ -4,8 +4,12 @@ The offline demo's data: 1-4 items of random size at random places on a black ca
 classes present are the labels. Items for ``trainval`` come from the source's training images
 and items for ``test`` from its test images, so no item is seen by both a probe and the
 evaluation. Sources, in order of preference: Fashion-MNIST (``--data-dir``, ``$FASHION_MNIST``,
-Debian's ``dataset-fashion-mnist``, or torchvision's downloader when a network exists), else
-scikit-learn's bundled handwritten digits (real, always offline, smaller and blurrier).
+Debian's ``dataset-fashion-mnist``), else scikit-learn's bundled handwritten digits (real, always
+offline, smaller and blurrier). Nothing is downloaded: README's command 1 installs the Debian
+package where it can.
+
+Finding a source (:func:`locate_item_source`) reads nothing, so a demo whose mosaics are already
+written never loads Fashion-MNIST or scikit-learn.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ from ..errors import CSRAError
 FASHION_CLASSES = ["tshirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
 DIGIT_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+GET_FASHION_MNIST = "sudo apt-get install dataset-fashion-mnist"
 _IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
@@ -61,22 +65,6 @@ def _has_idx(folder: Path) -> bool:
     return any((folder / f"{_IDX['test'][0]}{ext}").is_file() for ext in (".gz", ""))
 
 
-def _download_fashion_mnist(root: Path) -> Path | None:
-    """torchvision's downloader, only when a network answers quickly; None otherwise."""
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(10)
-    try:
-        from torchvision.datasets import FashionMNIST
-
-        FashionMNIST(str(root), train=False, download=True)
-        FashionMNIST(str(root), train=True, download=True)
-        return root / "FashionMNIST" / "raw"
-    except Exception:
-        return None
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
 def read_digits() -> ItemSource:
     """scikit-learn's 1,797 8x8 digits, upscaled to 28x28; split 2:1 into train / test."""
     from sklearn.datasets import load_digits
@@ -96,21 +84,41 @@ def read_digits() -> ItemSource:
     )
 
 
-def find_item_source(data_dir: str | Path | None = None, download_root: Path | None = None, allow_download: bool = True) -> ItemSource:
-    """Fashion-MNIST from the first place that has it, else scikit-learn's digits."""
+@dataclass(frozen=True)
+class SourceLocation:
+    """Where the demo's items come from, decided without reading them."""
+
+    name: str  # "fashion-mnist" | "sklearn-digits"
+    where: str
+    classes: list[str]
+    folder: Path | None = None  # Fashion-MNIST's idx folder
+    fallback_reason: str | None = None  # why Fashion-MNIST was not used (digits only)
+
+
+def locate_item_source(data_dir: str | Path | None = None) -> SourceLocation:
+    """Fashion-MNIST from ``data_dir``, ``$FASHION_MNIST`` or Debian's folder, else scikit-learn's digits."""
     if data_dir is not None:
         folder = Path(data_dir)
         if not _has_idx(folder):
             raise CSRAError(f"--data-dir {folder}: no Fashion-MNIST idx files (t10k-images-idx3-ubyte[.gz], ...) there")
-        return read_fashion_mnist(folder)
-    for folder in filter(None, [os.environ.get("FASHION_MNIST"), str(DEBIAN_FASHION_MNIST)]):
+        return SourceLocation("fashion-mnist", str(folder), FASHION_CLASSES, folder)
+    env = os.environ.get("FASHION_MNIST")
+    for folder in filter(None, [env, str(DEBIAN_FASHION_MNIST)]):
         if _has_idx(Path(folder)):
-            return read_fashion_mnist(Path(folder))
-    if allow_download and download_root is not None:
-        raw = _download_fashion_mnist(download_root)
-        if raw is not None and _has_idx(raw):
-            return read_fashion_mnist(raw)
-    return read_digits()
+            return SourceLocation("fashion-mnist", folder, FASHION_CLASSES, Path(folder))
+    looked = ", ".join([*(f"$FASHION_MNIST={env}" for _ in [env] if env), str(DEBIAN_FASHION_MNIST)])
+    reason = f"Fashion-MNIST not found (no --data-dir; looked in {looked})"
+    return SourceLocation("sklearn-digits", "sklearn.datasets.load_digits", DIGIT_CLASSES, fallback_reason=reason)
+
+
+def read_item_source(location: SourceLocation) -> ItemSource:
+    """The items themselves (Fashion-MNIST's idx files, or scikit-learn's digits)."""
+    return read_digits() if location.folder is None else read_fashion_mnist(location.folder)
+
+
+def find_item_source(data_dir: str | Path | None = None) -> ItemSource:
+    """Fashion-MNIST from the first place that has it, else scikit-learn's digits."""
+    return read_item_source(locate_item_source(data_dir))
 
 
 ITEM_SCALE = (0.2, 0.45)  # item side as a fraction of the canvas side
@@ -131,12 +139,18 @@ def _mosaic(
     return out, boxes
 
 
+def mosaic_voc_written(root: Path) -> Path | None:
+    """``root/VOC2007`` when :func:`write_mosaic_voc` has completed there (it renames into place last)."""
+    final = root / "VOC2007"
+    return final if (final / "ImageSets" / "Main" / "test.txt").is_file() else None
+
+
 def write_mosaic_voc(
     source: ItemSource, root: Path, num_trainval: int, num_test: int, canvas: int, seed: int = 0
 ) -> Path:
     """Write ``root/VOC2007`` (JPEGImages, Annotations, ImageSets/Main/{trainval,test}.txt) atomically."""
     final = root / "VOC2007"
-    if (final / "ImageSets" / "Main" / "test.txt").is_file():
+    if mosaic_voc_written(root):
         return final
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".VOC2007.", dir=root))

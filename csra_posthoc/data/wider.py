@@ -3,7 +3,7 @@
 Official layout: ``Annotations/wider_attribute_{split}.json`` and ``Image/<scene>/<file>.jpg``.
 Each box (x, y, w, h) is clipped to its image and cropped; label 1 is positive, -1 negative and
 0 "unspecified", which is unknown: left out of that attribute's AP but counted as a negative in
-CP/CR/OP/OR, as the official evaluation does (METHOD.md §4).
+CP/CR/OP/OR, as the official evaluation does (docs/method.md §4).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Thresholded multi-label metrics: CP, CR, CF1, OP, OR, OF1 (and their top-k versions).
 
-Conventions follow the official CSRA evaluation (METHOD.md §4): a label is predicted positive
+Conventions follow the official CSRA evaluation (docs/method.md §4): a label is predicted positive
 when ``sigmoid(score) >= threshold``; top-k keeps only each image's k highest scores; a class
 with no positive prediction has precision 0. Our choices where the official code is undefined:
 class averages run over classes with at least one positive (as mAP does); overall counts pool

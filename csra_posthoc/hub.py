@@ -1,0 +1,103 @@
+"""Hub weights (``--pretrained``) without a network: decide once, then fail in one line.
+
+Without this, timm's download of a hub model retries for most of a minute when there is no
+network. Here the hub is asked once (one TCP connection with a short timeout, no retries) unless
+``HF_HUB_OFFLINE`` already says; when it does not answer, the Hugging Face client is switched to
+offline mode, and a model whose weights are in no local cache is refused before anything is built.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .errors import CSRAError
+
+PROBE_TIMEOUT_S = 3.0
+_TRUE = {"1", "on", "yes", "true"}
+
+
+def hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def hub_answers(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """One connection attempt to the hub's host; the name look-up is bounded by ``timeout`` too."""
+    url = urlparse(endpoint)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    answered: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            answered.append(True)
+        except OSError:
+            pass
+
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return bool(answered)
+
+
+def offline_reason() -> str | None:
+    """Why the hub cannot be used (``HF_HUB_OFFLINE`` set, or no answer), or None when it answers.
+
+    When the hub does not answer, offline mode is switched on for the rest of the process, so the
+    Hugging Face client never retries.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = hub_endpoint()
+    if hub_answers(endpoint):
+        return None
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True  # read at call time by the client
+    return f"{urlparse(endpoint).hostname} cannot be reached"
+
+
+def cached_weights(arch: str) -> Path | None:
+    """A local copy of timm's hub weights for ``arch`` (Hugging Face cache or torch hub cache), or None."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(arch)
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:
+        repo = cfg.hf_hub_id.split("@")[0]
+        for name in filter(None, [cfg.hf_hub_filename, "model.safetensors", "pytorch_model.bin"]):
+            found = try_to_load_from_cache(repo, name)
+            if isinstance(found, str):
+                return Path(found)
+    if cfg.url:
+        import torch.hub
+
+        local = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
+        if local.is_file():
+            return local
+    return None
+
+
+def require_hub_weights(arch: str) -> None:
+    """Refuse ``--pretrained`` for a timm model whose weights cannot be had: no network, no local copy."""
+    import timm
+
+    if not timm.is_model(arch):
+        return  # load_model names the unknown model
+    reason = offline_reason()
+    if reason is None or cached_weights(arch) is not None:
+        return
+    from huggingface_hub import constants
+
+    raise CSRAError(
+        f"--model {arch} --pretrained: no network ({reason}) and its weights are in no local cache; "
+        f"pass --checkpoint PATH to a weights file, or fetch them once with a network into the Hugging Face cache ({constants.HF_HUB_CACHE})"
+    )

@@ -1,0 +1,44 @@
+"""The statistics cache key, computed from plain values by one function.
+
+Both a full run (:func:`csra_posthoc.extraction.extraction_key`, from a built model) and a warm
+run (:mod:`csra_posthoc.resolution`, from a memo of that build) call :func:`statistics_key`, so
+the two can never disagree about which cache file holds a run's statistics.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+
+def statistics_key(
+    *,
+    model: str,
+    weights_fingerprint: str,
+    head_fingerprint: str,
+    baseline_source: str,
+    transform: dict[str, Any],
+    dataset: str,
+    split: str,
+    data_fingerprint: str,
+    temperatures: Sequence[float],
+    amp: bool,
+    keep_maps: bool,
+) -> str:
+    """Hash of everything that changes the cached statistics."""
+    from .cache import cache_key
+
+    return cache_key(
+        {
+            "model": model,
+            "weights": weights_fingerprint,
+            "head": head_fingerprint,
+            "baseline_source": baseline_source,
+            "transform": transform,
+            "dataset": dataset,
+            "split": split,
+            "data": data_fingerprint,
+            "temperatures": list(temperatures),
+            "amp": amp,
+            "keep_maps": keep_maps,
+        }
+    )
