@@ -8,6 +8,10 @@ traceback.
 
 from __future__ import annotations
 
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")  # CSI sequences (colours, bold): torch colours its hints
+
 
 class CSRAError(Exception):
     """A problem with the user's input, explained in one line."""
@@ -15,7 +19,25 @@ class CSRAError(Exception):
     exit_code: int = 2
 
 
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal escape sequences (an embedded message must not colour ours)."""
+    return _ANSI.sub("", text)
+
+
 def first_line(exc: BaseException, limit: int = 160) -> str:
-    """An exception's first message line (its type name when the message is empty), for one-line errors."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
+    """An exception's first message line (its type name when the message is empty), for one-line errors.
+
+    Longer than ``limit`` characters, it is cut at the last word boundary and ends with "…",
+    so a quoted message is never cut mid-word without saying so.
+    """
+    text = strip_ansi(str(exc)).strip()
+    if not text:
+        return type(exc).__name__
+    line = text.splitlines()[0].strip()
+    if len(line) <= limit:
+        return line
+    cut = line[:limit]
+    space = cut.rfind(" ")
+    if space > limit // 2:  # a very long word (a path, a hash) is cut inside rather than dropped
+        cut = cut[:space]
+    return cut.rstrip(" ,;:([") + "…"

@@ -76,4 +76,14 @@ def test_first_line_handles_empty_and_multiline_messages() -> None:
 
     assert first_line(RuntimeError()) == "RuntimeError"
     assert first_line(ValueError("  top line\nsecond")) == "top line"
-    assert first_line(OSError("x" * 500), 10) == "x" * 10
+    assert first_line(OSError("x" * 500), 10) == "x" * 10 + "…"  # one long word: cut inside, marked
+
+
+def test_first_line_cuts_at_a_word_boundary_and_strips_ansi() -> None:
+    from csra_posthoc.errors import first_line
+
+    words = "Weights only load failed because the checkpoint holds an object of an unsupported class " * 3
+    cut = first_line(RuntimeError(words), 60)
+    assert cut.endswith("…") and len(cut) <= 61
+    assert words.startswith(cut[:-1]) and words[len(cut) - 1] == " "  # the cut falls between words
+    assert first_line(RuntimeError("\x1b[1mWeightsUnpickler error:\x1b[0m bad")) == "WeightsUnpickler error: bad"
