@@ -16,7 +16,7 @@ from rich.console import Console
 from torch.utils.data import DataLoader
 
 from .adapters import ModelAdapter
-from .cache import cache_key, cache_path, default_cache_dir, load_statistics, save_statistics
+from .cache import cache_key, cache_path, default_cache_dir, key_lock, load_statistics, open_cache_dir, save_statistics
 from .checkpoint import state_dict_fingerprint
 from .data import ImageDataset, LabelledImages
 from .data.transforms import eval_transform
@@ -49,7 +49,7 @@ def check_class_count(adapter: ModelAdapter, images: LabelledImages) -> None:
 
 
 def extraction_key(
-    adapter: ModelAdapter, images: LabelledImages, transform: dict, amp: bool, keep_maps: bool
+    adapter: ModelAdapter, images: LabelledImages, transform: dict, amp: bool, keep_maps: bool, verify_images: bool = False
 ) -> str:
     return cache_key(
         {
@@ -60,7 +60,7 @@ def extraction_key(
             "transform": transform,
             "dataset": images.dataset,
             "split": images.split,
-            "data": images.fingerprint(),
+            "data": images.fingerprint(content=verify_images),
             "temperatures": list(CACHED_TEMPERATURES),
             "amp": amp,
             "keep_maps": keep_maps,
@@ -92,7 +92,7 @@ def backbone_batches(
         for index, x, errors in loader:
             bad = [e for e in errors if e]
             if bad:
-                raise CSRAError(f"{bad[0]}; fix or remove the file")
+                raise CSRAError(bad[0])  # names the file and the fix
             try:
                 with amp_ctx:
                     raw = adapter.forward_backbone(x.to(device, non_blocking=True))
@@ -174,13 +174,64 @@ def extract(
         raise CSRAError(f"--img-size {opts.img_size}: too small (at least 16)")
     transform, transform_desc = eval_transform(adapter.data_config, opts.img_size, images.single_label, opts.transform)  # type: ignore[arg-type]
     size = transform_desc["size"]
-    key = extraction_key(adapter, images, transform_desc, opts.amp, opts.keep_maps)
-    path = cache_path(Path(opts.cache_dir) if opts.cache_dir else default_cache_dir(), adapter.info.name, images.dataset, images.split, key)
-    if opts.use_cache and not opts.recompute and path.is_file():
-        stats = load_statistics(path, key=key, ids=list(images.ids))
-        console.print(f"[green]reused cache[/] {path} (no forward pass)")
-        stats.meta["cache"] = {"path": str(path), "reused": True}
+    key = extraction_key(adapter, images, transform_desc, opts.amp, opts.keep_maps, opts.verify_images)
+    cache_dir = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
+    path = cache_path(cache_dir, adapter.info.name, images.dataset, images.split, key)
+    use_cache = opts.use_cache and usable_cache_dir(cache_dir, console)
+    if use_cache and not opts.recompute and path.is_file():
+        return _reuse(path, key, images, opts, console)
+    if not use_cache:
+        stats = _compute(adapter, images, transform, size, transform_desc, key, opts, console)
+        stats.meta["cache"] = {"path": None, "reused": False, "images_key": None}
         return stats
+
+    def waiting(lock: Path) -> None:
+        console.print(f"[yellow]waiting for another run extracting the same statistics[/] (lock {lock})", soft_wrap=True)
+
+    with key_lock(path, waiting):
+        if not opts.recompute and path.is_file():  # the run we waited for wrote it
+            return _reuse(path, key, images, opts, console)
+        stats = _compute(adapter, images, transform, size, transform_desc, key, opts, console)
+        try:
+            save_statistics(stats, path)
+        except OSError as exc:
+            console.print(f"[yellow]warning:[/] could not write the cache file {path} ({first_line(exc, 120)}): going on without caching", soft_wrap=True)
+            stats.meta["cache"] = {"path": None, "reused": False, "images_key": None}
+            return stats
+    stats.meta["cache"] = {"path": str(path), "reused": False, "images_key": images_key_name(opts.verify_images)}
+    return stats
+
+
+def images_key_name(verify_images: bool) -> str:
+    """How image files enter the cache key (reported, so a stale-cache risk is visible)."""
+    return "content hash" if verify_images else "size+mtime"
+
+
+def usable_cache_dir(cache_dir: Path, console: Console) -> bool:
+    """True when the cache folder can be written; otherwise one warning, and the run goes on uncached."""
+    problem = open_cache_dir(cache_dir)
+    if problem is not None:
+        console.print(f"[yellow]warning:[/] cache dir {cache_dir} is not writable ({problem}): going on without caching", soft_wrap=True)
+    return problem is None
+
+
+def _reuse(path: Path, key: str, images: LabelledImages, opts: ExtractOptions, console: Console) -> ClassStatistics:
+    stats = load_statistics(path, key=key, ids=list(images.ids))
+    console.print(f"[green]reused cache[/] {path} (no forward pass)")
+    stats.meta["cache"] = {"path": str(path), "reused": True, "images_key": images_key_name(opts.verify_images)}
+    return stats
+
+
+def _compute(
+    adapter: ModelAdapter,
+    images: LabelledImages,
+    transform,
+    size: int,
+    transform_desc: dict,
+    key: str,
+    opts: ExtractOptions,
+    console: Console,
+) -> ClassStatistics:
     dev = resolve_device(opts.device)
     stats, max_diff = compute_statistics(adapter, images, transform, size, opts, dev, console)
     stats.meta = {
@@ -204,7 +255,4 @@ def extract(
     }
     source = "model's logits" if adapter.info.baseline_source == "model_logits" else "model's own logits (patch-average baseline, not enforced)"
     console.print(f"identity: max |mean_k s - logits| = {max_diff:.2e} vs {source}")
-    if opts.use_cache:
-        save_statistics(stats, path)
-        stats.meta["cache"] = {"path": str(path), "reused": False}
     return stats

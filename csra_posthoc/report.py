@@ -52,6 +52,7 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
         "fixed": result.fixed.to_json(),
         "best_variant": result.best_variant.to_json(),
         "classes_left_out_of_mAP": result.excluded_classes,
+        "cache_key_images": (meta.get("cache") or {}).get("images_key"),
         "per_class_metric": "top1" if result.primary == "top1" else "AP",
         "per_class": {
             "baseline": _per_class(stats, result.baseline),
@@ -148,5 +149,10 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
         console.print(f"[yellow]left out of mAP (no positive):[/] {', '.join(result.excluded_classes)}")
     console.print(f"head: {meta.get('head')}; weights: {meta.get('weights')}")
     console.print(f"transform: {describe_transform(meta.get('transform') or {})}")
+    images_key = (meta.get("cache") or {}).get("images_key")
+    if images_key == "size+mtime":
+        console.print("cache key: image files by size+mtime (--verify-images hashes their contents)")
+    elif images_key:
+        console.print(f"cache key: image files by {images_key}")
     for note in [*meta.get("data_notes", []), *meta.get("notes", [])]:
         console.print(f"note: {note}")
