@@ -27,8 +27,8 @@ def strip_ansi(text: str) -> str:
 def first_line(exc: BaseException, limit: int = 160) -> str:
     """An exception's first message line (its type name when the message is empty), for one-line errors.
 
-    Longer than ``limit`` characters, it is cut at the last word boundary and ends with "…",
-    so a quoted message is never cut mid-word without saying so.
+    Longer than ``limit`` characters, it ends at the last full sentence that fits, else at the
+    last word boundary followed by "…": a quoted message is never cut mid-sentence unannounced.
     """
     text = strip_ansi(str(exc)).strip()
     if not text:
@@ -37,6 +37,9 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
     if len(line) <= limit:
         return line
     cut = line[:limit]
+    sentence = cut.rfind(". ")
+    if sentence > limit // 2:
+        return cut[: sentence + 1]
     space = cut.rfind(" ")
     if space > limit // 2:  # a very long word (a path, a hash) is cut inside rather than dropped
         cut = cut[:space]

@@ -43,13 +43,29 @@ def _load_strict(model: nn.Module, sd: dict[str, torch.Tensor], name: str, check
         )
 
 
-def _create_timm(arch: str, pretrained: bool, num_classes: int | None) -> nn.Module:
+def _check_timm_name(arch: str) -> None:
+    """Refuse a name timm does not know, before anything asks timm about it (its registry raises
+    RuntimeError tracebacks for unknown names)."""
     import timm
 
     if not timm.is_model(arch):
-        close = timm.list_models(f"*{arch}*")[:5]
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+        import difflib
+
+        close = timm.list_models(f"*{arch}*")[:5] or difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.75)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; list them with python -c 'import timm; print(timm.list_models())'"
         raise CSRAError(f"--model {arch}: unknown timm model{hint}")
+    if "." in arch:  # arch.tag: timm knows the arch, but the tag must be one of its pretrained tags
+        base, tag = arch.split(".", 1)
+        known = timm.list_pretrained(f"{base}.*")
+        if arch not in known:
+            shown = ", ".join(known[:5]) + (", ..." if len(known) > 5 else "")
+            raise CSRAError(f"--model {arch}: timm has no pretrained tag {tag!r} for {base}; known: {shown or 'none'}")
+
+
+def _create_timm(arch: str, pretrained: bool, num_classes: int | None) -> nn.Module:
+    import timm
+
+    _check_timm_name(arch)
     kwargs: dict = {} if num_classes is None else {"num_classes": num_classes}
     if timm.models.model_entrypoint(arch).__module__ in _TIMM_VIT_MODULES:
         kwargs["dynamic_img_size"] = True  # any --img-size: timm interpolates the position embeddings
@@ -90,6 +106,8 @@ def load_model(
     arch = name[len(TORCHVISION_PREFIX) :] if is_tv else name
     create = _create_torchvision if is_tv else _create_timm
 
+    if not is_tv:
+        _check_timm_name(arch)
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         sd = read_state_dict(checkpoint)
