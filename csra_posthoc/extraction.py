@@ -1,7 +1,9 @@
 """One forward pass per image: per-location scores -> cached per-class statistics.
 
 Checks, on every batch: the scores are finite, and the mean over locations equals the model's
-own logits (the identity CSRA's lam = 0 rests on), reported as ``identity_max_abs_diff``.
+own logits (the identity CSRA's lam = 0 rests on), reported as ``identity_max_abs_diff`` and,
+divided by the logits' scale (``max(1, max |logits|)``), ``identity_max_rel_diff``; the check
+is relative, as in :func:`~csra_posthoc.adapters.verify_identity`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from rich.console import Console
 from torch.utils.data import DataLoader
 
 from .adapters import ModelAdapter
+from .adapters.base import IDENTITY_TOLERANCE, identity_scale
 from .cache import cache_key, cache_path, default_cache_dir, key_lock, load_statistics, open_cache_dir, save_statistics
 from .checkpoint import state_dict_fingerprint
 from .data import ImageDataset, LabelledImages
@@ -25,8 +28,6 @@ from .options import ExtractOptions
 from .progress import progress_bar
 from .scoring import CACHED_TEMPERATURES, location_statistics
 from .statistics import ClassStatistics
-
-IDENTITY_TOLERANCE = 1e-3
 
 
 def resolve_device(device: str) -> torch.device:
@@ -113,11 +114,11 @@ def compute_statistics(
     options: ExtractOptions,
     device: torch.device,
     console: Console | None = None,
-) -> tuple[ClassStatistics, float]:
-    """Run the model over ``images``; returns the statistics and the identity max abs diff (no caching)."""
+) -> tuple[ClassStatistics, float, float]:
+    """Run the model over ``images``; returns the statistics and the identity's max abs and relative diffs (no caching)."""
     adapter = adapter.to(device).eval()
     parts: dict[str, list[torch.Tensor]] = {"avg": [], "max": [], "attn": [], "logits": [], "maps": []}
-    max_diff = 0.0
+    max_diff, max_logit = 0.0, 0.0
     batches = backbone_batches(adapter, images, transform, size, options, device, console, f"extract {adapter.info.name}")
     for index, raw in batches:
         s, logits = adapter.scores_from_backbone(raw)
@@ -129,15 +130,18 @@ def compute_statistics(
             )
         stats = location_statistics(s)
         max_diff = max(max_diff, float((stats["avg"] - logits).abs().max()))
+        max_logit = max(max_logit, float(logits.abs().max()))
         for name in ("avg", "max", "attn"):
             parts[name].append(stats[name].cpu())
         parts["logits"].append(logits.cpu())
         if options.keep_maps:
             parts["maps"].append(s.half().cpu())
-    if adapter.info.baseline_source == "model_logits" and max_diff > IDENTITY_TOLERANCE:
+    rel_diff = max_diff / identity_scale(max_logit)
+    if adapter.info.baseline_source == "model_logits" and rel_diff > IDENTITY_TOLERANCE:
         raise CSRAError(
             f"model {adapter.info.name}: mean of per-location scores differs from the model's logits by "
-            f"{max_diff:.3g} (> {IDENTITY_TOLERANCE}); this head is not supported"
+            f"{max_diff:.3g} ({rel_diff:.2g} of the logits' scale, > {IDENTITY_TOLERANCE:g}), so its head is not "
+            "linear after average pooling on these inputs and CSRA's identity does not hold"
         )
     result = ClassStatistics(
         ids=list(images.ids),
@@ -150,7 +154,7 @@ def compute_statistics(
         logits=torch.cat(parts["logits"]),
         maps=torch.cat(parts["maps"]) if options.keep_maps else None,
     )
-    return result, max_diff
+    return result, max_diff, rel_diff
 
 
 def extract(
@@ -233,7 +237,7 @@ def _compute(
     console: Console,
 ) -> ClassStatistics:
     dev = resolve_device(opts.device)
-    stats, max_diff = compute_statistics(adapter, images, transform, size, opts, dev, console)
+    stats, max_diff, rel_diff = compute_statistics(adapter, images, transform, size, opts, dev, console)
     stats.meta = {
         "key": key,
         "model": adapter.info.name,
@@ -243,6 +247,7 @@ def _compute(
         "baseline_source": adapter.info.baseline_source,
         "notes": adapter.info.notes,
         "identity_max_abs_diff": max_diff,
+        "identity_max_rel_diff": rel_diff,
         "dataset": images.dataset,
         "split": images.split,
         "single_label": images.single_label,
@@ -254,5 +259,5 @@ def _compute(
         "device": str(dev),
     }
     source = "model's logits" if adapter.info.baseline_source == "model_logits" else "model's own logits (patch-average baseline, not enforced)"
-    console.print(f"identity: max |mean_k s - logits| = {max_diff:.2e} vs {source}")
+    console.print(f"identity: max |mean_k s - logits| = {max_diff:.2e} ({rel_diff:.2e} of the logits' scale) vs {source}")
     return stats

@@ -39,6 +39,7 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
         "primary_metric": result.primary,
         "baseline_source": meta.get("baseline_source"),
         "identity_max_abs_diff": meta.get("identity_max_abs_diff"),
+        "identity_max_rel_diff": meta.get("identity_max_rel_diff"),
         "weights": meta.get("weights"),
         "head": meta.get("head"),
         "transform": meta.get("transform"),
@@ -137,8 +138,10 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
     console.print(table)
     source = meta.get("baseline_source")
     diff = meta.get("identity_max_abs_diff")
+    rel = meta.get("identity_max_rel_diff")
     if source == "model_logits":
-        console.print(f"baseline = the model's own logits (identity checked: max abs diff {diff:.2e})")
+        relative = f", {rel:.2e} of the logits' scale" if rel is not None else ""
+        console.print(f"baseline = the model's own logits (identity checked: max abs diff {diff:.2e}{relative})")
     else:
         own = result.model_logits or {}
         console.print(
