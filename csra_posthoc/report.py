@@ -53,6 +53,8 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
         "fixed": result.fixed.to_json(),
         "best_variant": result.best_variant.to_json(),
         "classes_left_out_of_mAP": result.excluded_classes,
+        "classes_all_positive": result.all_positive_classes,
+        "mAP_without_all_positive": result.mAP_without_all_positive,
         "cache_key_images": (meta.get("cache") or {}).get("images_key"),
         "per_class_metric": "top1" if result.primary == "top1" else "AP",
         "per_class": {
@@ -150,6 +152,14 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
         )
     if result.excluded_classes:
         console.print(f"[yellow]left out of mAP (no positive):[/] {', '.join(result.excluded_classes)}")
+    if result.all_positive_classes:
+        without = result.mAP_without_all_positive or {}
+        figures = ", ".join(f"{label} {without[k]:.2f}" for k, label in (("baseline", "baseline"), ("best", "best λ"), ("fixed", "fixed λ")) if without.get(k) is not None)
+        console.print(
+            f"[yellow]positive in every image (AP is 100 whatever the scores):[/] {', '.join(result.all_positive_classes)}; "
+            f"mAP without them: {figures or 'no class left'}",
+            soft_wrap=True,
+        )
     console.print(f"head: {meta.get('head')}; weights: {meta.get('weights')}")
     console.print(f"transform: {describe_transform(meta.get('transform') or {})}")
     images_key = (meta.get("cache") or {}).get("images_key")
