@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -36,7 +37,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             ) from None
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # the unpickler's protocol chatter; a failure is reported below
+                warnings.simplefilter("ignore", UserWarning)
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
             model_class = pickled_module_class(path)
             if model_class is not None:
