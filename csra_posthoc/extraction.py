@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from .adapters import ModelAdapter
 from .adapters.base import IDENTITY_TOLERANCE, identity_scale
-from .cache import cache_key, cache_path, default_cache_dir, key_lock, load_statistics, open_cache_dir, save_statistics
+from .cache import cache_key, cache_path, default_cache_dir, key_lock, load_statistics, open_cache_dir, remove_orphans, save_statistics
 from .checkpoint import state_dict_fingerprint
 from .data import ImageDataset, LabelledImages
 from .data.transforms import eval_transform
@@ -181,9 +181,10 @@ def extract(
     key = extraction_key(adapter, images, transform_desc, opts.amp, opts.keep_maps, opts.verify_images)
     cache_dir = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
     path = cache_path(cache_dir, adapter.info.name, images.dataset, images.split, key)
-    use_cache = opts.use_cache and usable_cache_dir(cache_dir, console)
-    if use_cache and not opts.recompute and path.is_file():
+    if opts.use_cache and not opts.recompute and path.is_file():  # reading needs no write access
+        remove_orphans(cache_dir)
         return _reuse(path, key, images, opts, console)
+    use_cache = opts.use_cache and usable_cache_dir(cache_dir, console)
     if not use_cache:
         stats = _compute(adapter, images, transform, size, transform_desc, key, opts, console)
         stats.meta["cache"] = {"path": None, "reused": False, "images_key": None}

@@ -180,8 +180,9 @@ def fit_probe(
     )
     cache_dir = Path(opts.cache_dir or default_cache_dir())
     path = cache_dir / f"probe-{key}.safetensors"
-    use_cache = opts.use_cache and usable_cache_dir(cache_dir, console)
-    if use_cache and not opts.recompute and path.is_file():
+    reuse = opts.use_cache and not opts.recompute and path.is_file()  # reading needs no write access
+    use_cache = reuse or (opts.use_cache and usable_cache_dir(cache_dir, console))
+    if reuse:
         head, meta = load_head(path)
         info = ProbeInfo(**meta["probe"])
         console.print(f"[green]reused probe[/] {path}")

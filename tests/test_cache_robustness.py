@@ -150,3 +150,12 @@ def test_report_says_which_image_key_was_used(voc_dir: Path, tmp_path: Path) -> 
         assert f"cache key: image files by {key}" in res.output
     res = runner.invoke(app, [*BASE, "--data-dir", str(voc_dir), "--out", str(out), "--no-cache"])
     assert json.loads(out.read_text())["cache_key_images"] is None and "cache key:" not in res.output
+
+
+def test_read_only_cache_is_still_read(voc_dir: Path, adapter, monkeypatch, isolated_cache) -> None:
+    images = load_dataset("voc2007", voc_dir)
+    extract(adapter, images, img_size=64)
+    monkeypatch.setattr(extract_mod, "open_cache_dir", lambda d: "read-only file system")  # as root, chmod cannot do it
+    assert extract(adapter, images, img_size=64).meta["cache"]["reused"] is True
+    missed = extract(adapter, images, img_size=72)  # a miss in a read-only cache: computed, not cached
+    assert missed.meta["cache"] == {"path": None, "reused": False, "images_key": None}
