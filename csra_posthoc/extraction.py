@@ -212,15 +212,20 @@ def images_key_name(verify_images: bool) -> str:
     return "content hash" if verify_images else "size+mtime"
 
 
+_warned_cache_dirs: set[str] = set()  # the probe and the extraction of one run share the warning
+
+
 def usable_cache_dir(cache_dir: Path, console: Console) -> bool:
     """True when the cache folder can be written; otherwise one warning, and the run goes on uncached."""
     problem = open_cache_dir(cache_dir)
-    if problem is not None:
+    if problem is not None and str(cache_dir) not in _warned_cache_dirs:
+        _warned_cache_dirs.add(str(cache_dir))
         console.print(f"[yellow]warning:[/] cache dir {cache_dir} is not writable ({problem}): going on without caching", soft_wrap=True)
     return problem is None
 
 
 def _reuse(path: Path, key: str, images: LabelledImages, opts: ExtractOptions, console: Console) -> ClassStatistics:
+    """Statistics from the cache file (refused in one line if stale or damaged)."""
     stats = load_statistics(path, key=key, ids=list(images.ids))
     console.print(f"[green]reused cache[/] {path} (no forward pass)")
     stats.meta["cache"] = {"path": str(path), "reused": True, "images_key": images_key_name(opts.verify_images)}
@@ -237,6 +242,7 @@ def _compute(
     opts: ExtractOptions,
     console: Console,
 ) -> ClassStatistics:
+    """The forward pass and the statistics' metadata (the caller decides about caching)."""
     dev = resolve_device(opts.device)
     stats, max_diff, rel_diff = compute_statistics(adapter, images, transform, size, opts, dev, console)
     stats.meta = {

@@ -52,16 +52,17 @@ def test_failing_cache_write_is_a_warning(voc_dir: Path, adapter, monkeypatch, i
     assert list(isolated_cache.glob("*.safetensors")) == []
 
 
-def test_unwritable_probe_cache_still_fits(voc_dir: Path, tmp_path: Path) -> None:
-    from csra_posthoc.probe import fit_probe
+def test_unwritable_cache_with_probe_warns_once(tmp_path: Path) -> None:
+    from tests.conftest import random_voc_annotations, write_voc
 
+    annotations = random_voc_annotations(40, seed=1)
+    ids = list(annotations)
+    write_voc(tmp_path / "data", {i: annotations[i] for i in ids[:20]}, split="test")
+    write_voc(tmp_path / "data", {i: annotations[i] for i in ids[20:]}, split="trainval", seed=1)
     (tmp_path / "f").write_text("x")
-    adapter = load_model("resnet10t", random_init=True, num_classes=20)
-    train = load_dataset("voc2007", voc_dir)
-    from csra_posthoc.options import ExtractOptions
-
-    probe = fit_probe(adapter, train, options=ExtractOptions(img_size=64, cache_dir=tmp_path / "f"))
-    assert probe.num_classes == 20
+    res = runner.invoke(app, [*BASE, "--data-dir", str(tmp_path / "data"), "--head", "probe", "--cache-dir", str(tmp_path / "f")])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("is not writable") == 1 and "best λ" in res.output
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
