@@ -78,11 +78,15 @@ def reuse_statistics(memo_key: str, images: LabelledImages, options: ExtractOpti
     key, path = statistics_location(memo, images, options, cache_dir)
     if not path.is_file():
         return None
+    from .cache import remove_orphans
+    from .extraction import images_key_name
+
+    remove_orphans(cache_dir)
     stats = load_statistics(path, key=key, ids=list(images.ids))
     stats.meta.setdefault("weights_fingerprint", memo.weights_fingerprint)  # both are in the key
     stats.meta.setdefault("head_fingerprint", memo.head_fingerprint)
     console.print(f"[green]reused cache[/] {path} (no forward pass, no model built)")
-    stats.meta["cache"] = {"path": str(path), "reused": True}
+    stats.meta["cache"] = {"path": str(path), "reused": True, "images_key": images_key_name(options.verify_images)}
     return stats
 
 

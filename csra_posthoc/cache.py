@@ -3,6 +3,10 @@
 The key hashes everything that changes the numbers: the weights (content hash), the head, the
 transform, the image files and labels, the cached temperatures and AMP. A half-written file is
 never visible under its final name (write to a temporary file, then ``os.replace``).
+
+Opening the cache (:func:`open_cache_dir`) checks that the folder can be written (a run that
+cannot cache still prints and writes its results) and removes temporary files orphaned by
+killed runs; :func:`key_lock` keeps two identical runs from extracting the same statistics.
 """
 
 from __future__ import annotations
@@ -11,17 +15,22 @@ import hashlib
 import json
 import os
 import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .atomic import atomic_write
-from .errors import CSRAError
+from .errors import CSRAError, first_line
 from .statistics import ClassStatistics
 
 CACHE_FORMAT = 1
 _TENSORS = ("labels", "avg", "max", "attn", "logits")
+ORPHAN_AGE_S = 24 * 3600  # a temporary file this old belongs to no live run
 
 
 def default_cache_dir() -> Path:
@@ -32,6 +41,86 @@ def default_cache_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("csra-posthoc"))
+
+
+def open_cache_dir(cache_dir: Path) -> str | None:
+    """Create ``cache_dir``, check it by writing a probe file, and remove orphaned temporary files.
+
+    Returns why the folder cannot be used (one short phrase), or None when it can.
+    """
+    cache_dir = Path(cache_dir)
+    if cache_dir.exists() and not cache_dir.is_dir():
+        return "it is a file, not a directory"
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache_dir, prefix=".write-check.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        return (exc.strerror or first_line(exc, 120)).lower()
+    remove_orphans(cache_dir)
+    return None
+
+
+def remove_orphans(cache_dir: Path, max_age_s: float = ORPHAN_AGE_S) -> list[Path]:
+    """Delete ``.<name>.<random>.tmp`` files (atomic_write's) older than ``max_age_s``: a run
+    killed hard (SIGKILL, power loss) leaves one behind; a live run's is younger."""
+    removed = []
+    now = time.time()
+    for tmp in Path(cache_dir).glob(".*.tmp"):
+        try:
+            if tmp.is_file() and now - tmp.stat().st_mtime > max_age_s:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            pass  # another run removed it, or it is not ours to remove
+    return removed
+
+
+@contextmanager
+def key_lock(path: Path, on_wait: Callable[[Path], None]) -> Iterator[None]:
+    """Hold an exclusive lock on ``<cache file>.lock`` while extracting; ``on_wait(lock)`` is called
+    once if another run holds it. The holder deletes the lock file on release (a waiter that then
+    finds its file gone takes a fresh one), so the cache keeps no lock files. Without ``fcntl``
+    (Windows) or on a filesystem without locks, no lock is taken."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock = path.with_suffix(".lock")
+    waited = False
+    while True:
+        try:
+            fh = open(lock, "a")
+        except OSError:
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited:
+                    on_wait(lock)
+                    waited = True
+                fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError:  # no locking here (some network mounts)
+            fh.close()
+            yield
+            return
+        except BaseException:
+            fh.close()
+            raise
+        try:
+            if os.stat(lock).st_ino == os.fstat(fh.fileno()).st_ino:
+                break  # we hold the lock on the file that is still there
+        except FileNotFoundError:
+            pass
+        fh.close()  # the previous holder deleted it while we waited: lock the next one
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        fh.close()  # closing releases the lock
 
 
 def cache_key(parts: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -12,25 +13,45 @@ from .errors import CSRAError, first_line
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
+_DAMAGED = ("PytorchStreamReader failed", "pickle data was truncated", "Ran out of input", "unexpected EOF")  # torch.load on a cut file
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint, unwrapped from ``{'state_dict': ...}``-style dicts and ``module.`` prefixes."""
     path = Path(path)
+    if path.is_dir():
+        raise CSRAError(f"--checkpoint {path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise CSRAError(f"--checkpoint {path}: no such file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    resave = "save it with torch.save(model.state_dict(), ...) or as .safetensors"
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
 
+        try:
             obj: object = load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise CSRAError(
-            f"--checkpoint {path}: cannot be read as weights only ({first_line(exc)}); "
-            "save it with torch.save(model.state_dict(), ...) or as .safetensors"
-        ) from None
+        except (SafetensorError, OSError) as exc:
+            raise CSRAError(
+                f"--checkpoint {path}: not a readable .safetensors file ({first_line(exc)}); "
+                "it is damaged or truncated: download or save it again"
+            ) from None
+    else:
+        try:
+            with warnings.catch_warnings():  # the unpickler's protocol chatter; a failure is reported below
+                warnings.simplefilter("ignore", UserWarning)
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+            model_class = pickled_module_class(path)
+            if model_class is not None:
+                raise CSRAError(
+                    f"--checkpoint {path}: holds a pickled model object ({model_class}), not a state_dict: "
+                    "save model.state_dict() or .safetensors"
+                ) from None
+            if isinstance(exc, EOFError) or any(m in str(exc) for m in _DAMAGED):
+                raise CSRAError(
+                    f"--checkpoint {path}: damaged or truncated ({first_line(exc)}); download or save it again"
+                ) from None
+            raise CSRAError(f"--checkpoint {path}: cannot be read as weights only ({first_line(exc)}); {resave}") from None
     for _ in range(3):
         if isinstance(obj, dict):
             inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
@@ -43,6 +64,38 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
+
+
+def pickled_module_class(path: Path) -> str | None:
+    """The class of a pickled ``nn.Module`` inside a ``torch.save`` zip, read without unpickling.
+
+    ``torch.save(model, ...)`` pickles the module object, whose state carries ``_modules`` and
+    ``_parameters``; weights-only loading refuses it with a long message about allow-listing
+    globals, which is the wrong advice here. Returns None for anything else (or an unreadable file).
+    """
+    import pickletools
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            name = next((n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            if name is None:
+                return None
+            data = zf.read(name)
+        strings: list[str] = []
+        first_class = None
+        for op, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str) and "UNICODE" in op.name:
+                strings.append(arg)
+            elif op.name == "GLOBAL" and first_class is None:
+                first_class = str(arg).replace(" ", ".")
+            elif op.name == "STACK_GLOBAL" and first_class is None and len(strings) >= 2:
+                first_class = f"{strings[-2]}.{strings[-1]}"
+    except Exception:  # not a zip, truncated, not a pickle: the caller's generic message applies
+        return None
+    if "_modules" in strings and "_parameters" in strings:
+        return first_class or "an nn.Module"
+    return None
 
 
 def state_dict_fingerprint(state: dict[str, torch.Tensor]) -> str:

@@ -8,6 +8,10 @@ traceback.
 
 from __future__ import annotations
 
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")  # CSI sequences (colours, bold): torch colours its hints
+
 
 class CSRAError(Exception):
     """A problem with the user's input, explained in one line."""
@@ -15,15 +19,28 @@ class CSRAError(Exception):
     exit_code: int = 2
 
 
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal escape sequences (an embedded message must not colour ours)."""
+    return _ANSI.sub("", text)
+
+
 def first_line(exc: BaseException, limit: int = 160) -> str:
-    """An exception's first message line (its type name when the message is empty), for one-line errors;
-    a line over ``limit`` characters is cut at a word boundary and ends with an ellipsis."""
-    text = str(exc).strip()
+    """An exception's first message line (its type name when the message is empty), for one-line errors.
+
+    Longer than ``limit`` characters, it ends at the last full sentence that fits, else at the
+    last word boundary followed by "…": a quoted message is never cut mid-sentence unannounced.
+    """
+    text = strip_ansi(str(exc)).strip()
     if not text:
         return type(exc).__name__
-    line = text.splitlines()[0]
+    line = text.splitlines()[0].strip()
     if len(line) <= limit:
         return line
-    cut = line[: limit - 1]
-    head = cut.rsplit(" ", 1)[0] if " " in cut else cut
-    return head.rstrip(" ,;:") + "…"
+    cut = line[:limit]
+    sentence = cut.rfind(". ")
+    if sentence > limit // 2:
+        return cut[: sentence + 1]
+    space = cut.rfind(" ")
+    if space > limit // 2:  # a very long word (a path, a hash) is cut inside rather than dropped
+        cut = cut[:space]
+    return cut.rstrip(" ,;:([") + "…"

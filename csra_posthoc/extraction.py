@@ -1,7 +1,9 @@
 """One forward pass per image: per-location scores -> cached per-class statistics.
 
 Checks, on every batch: the scores are finite, and the mean over locations equals the model's
-own logits (the identity CSRA's lam = 0 rests on), reported as ``identity_max_abs_diff``.
+own logits (the identity CSRA's lam = 0 rests on), reported as ``identity_max_abs_diff`` and,
+divided by the logits' scale (``max(1, max |logits|)``), ``identity_max_rel_diff``; the check
+is relative, as in :func:`~csra_posthoc.adapters.verify_identity`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from rich.console import Console
 from torch.utils.data import DataLoader
 
 from .adapters import ModelAdapter
-from .cache import cache_path, default_cache_dir, load_statistics, save_statistics
+from .adapters.base import IDENTITY_TOLERANCE, identity_scale
+from .cache import cache_path, default_cache_dir, key_lock, load_statistics, open_cache_dir, remove_orphans, save_statistics
 from .checkpoint import state_dict_fingerprint
 from .data import ImageDataset, LabelledImages
 from .data.transforms import eval_transform
@@ -26,8 +29,6 @@ from .options import ExtractOptions
 from .progress import progress_bar
 from .scoring import CACHED_TEMPERATURES, location_statistics
 from .statistics import ClassStatistics
-
-IDENTITY_TOLERANCE = 1e-3
 
 
 def resolve_device(device: str) -> torch.device:
@@ -50,7 +51,7 @@ def check_class_count(adapter: ModelAdapter, images: LabelledImages) -> None:
 
 
 def extraction_key(
-    adapter: ModelAdapter, images: LabelledImages, transform: dict, amp: bool, keep_maps: bool
+    adapter: ModelAdapter, images: LabelledImages, transform: dict, amp: bool, keep_maps: bool, verify_images: bool = False
 ) -> str:
     return statistics_key(
         model=adapter.info.name,
@@ -60,7 +61,7 @@ def extraction_key(
         transform=transform,
         dataset=images.dataset,
         split=images.split,
-        data_fingerprint=images.fingerprint(),
+        data_fingerprint=images.fingerprint(content=verify_images),
         temperatures=CACHED_TEMPERATURES,
         amp=amp,
         keep_maps=keep_maps,
@@ -91,7 +92,7 @@ def backbone_batches(
         for index, x, errors in loader:
             bad = [e for e in errors if e]
             if bad:
-                raise CSRAError(f"{bad[0]}; fix or remove the file")
+                raise CSRAError(bad[0])  # names the file and the fix
             try:
                 with amp_ctx:
                     raw = adapter.forward_backbone(x.to(device, non_blocking=True))
@@ -112,11 +113,11 @@ def compute_statistics(
     options: ExtractOptions,
     device: torch.device,
     console: Console | None = None,
-) -> tuple[ClassStatistics, float]:
-    """Run the model over ``images``; returns the statistics and the identity max abs diff (no caching)."""
+) -> tuple[ClassStatistics, float, float]:
+    """Run the model over ``images``; returns the statistics and the identity's max abs and relative diffs (no caching)."""
     adapter = adapter.to(device).eval()
     parts: dict[str, list[torch.Tensor]] = {"avg": [], "max": [], "attn": [], "logits": [], "maps": []}
-    max_diff = 0.0
+    max_diff, max_logit = 0.0, 0.0
     batches = backbone_batches(adapter, images, transform, size, options, device, console, f"extract {adapter.info.name}")
     for index, raw in batches:
         s, logits = adapter.scores_from_backbone(raw)
@@ -128,15 +129,18 @@ def compute_statistics(
             )
         stats = location_statistics(s)
         max_diff = max(max_diff, float((stats["avg"] - logits).abs().max()))
+        max_logit = max(max_logit, float(logits.abs().max()))
         for name in ("avg", "max", "attn"):
             parts[name].append(stats[name].cpu())
         parts["logits"].append(logits.cpu())
         if options.keep_maps:
             parts["maps"].append(s.half().cpu())
-    if adapter.info.baseline_source == "model_logits" and max_diff > IDENTITY_TOLERANCE:
+    rel_diff = max_diff / identity_scale(max_logit)
+    if adapter.info.baseline_source == "model_logits" and rel_diff > IDENTITY_TOLERANCE:
         raise CSRAError(
             f"model {adapter.info.name}: mean of per-location scores differs from the model's logits by "
-            f"{max_diff:.3g} (> {IDENTITY_TOLERANCE}); this head is not supported"
+            f"{max_diff:.3g} ({rel_diff:.2g} of the logits' scale, > {IDENTITY_TOLERANCE:g}), so its head is not "
+            "linear after average pooling on these inputs and CSRA's identity does not hold"
         )
     result = ClassStatistics(
         ids=list(images.ids),
@@ -149,7 +153,7 @@ def compute_statistics(
         logits=torch.cat(parts["logits"]),
         maps=torch.cat(parts["maps"]) if options.keep_maps else None,
     )
-    return result, max_diff
+    return result, max_diff, rel_diff
 
 
 def extract(
@@ -173,18 +177,76 @@ def extract(
         raise CSRAError(f"--img-size {opts.img_size}: too small (at least 16)")
     transform, transform_desc = eval_transform(adapter.data_config, opts.img_size, images.single_label, opts.transform)  # type: ignore[arg-type]
     size = transform_desc["size"]
-    key = extraction_key(adapter, images, transform_desc, opts.amp, opts.keep_maps)
-    path = cache_path(Path(opts.cache_dir) if opts.cache_dir else default_cache_dir(), adapter.info.name, images.dataset, images.split, key)
-    if opts.use_cache and not opts.recompute and path.is_file():
-        stats = load_statistics(path, key=key, ids=list(images.ids))
-        # both fingerprints are part of the key, so they hold for a file written before they were recorded
-        stats.meta.setdefault("weights_fingerprint", adapter.info.weights_fingerprint)
-        stats.meta.setdefault("head_fingerprint", state_dict_fingerprint(adapter.head.state_dict()))
-        console.print(f"[green]reused cache[/] {path} (no forward pass)")
-        stats.meta["cache"] = {"path": str(path), "reused": True}
+    key = extraction_key(adapter, images, transform_desc, opts.amp, opts.keep_maps, opts.verify_images)
+    cache_dir = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
+    path = cache_path(cache_dir, adapter.info.name, images.dataset, images.split, key)
+    if opts.use_cache and not opts.recompute and path.is_file():  # reading needs no write access
+        remove_orphans(cache_dir)
+        return _reuse(path, key, images, opts, console, adapter)
+    use_cache = opts.use_cache and usable_cache_dir(cache_dir, console)
+    if not use_cache:
+        stats = _compute(adapter, images, transform, size, transform_desc, key, opts, console)
+        stats.meta["cache"] = {"path": None, "reused": False, "images_key": None}
         return stats
+
+    def waiting(lock: Path) -> None:
+        console.print(f"[yellow]waiting for another run extracting the same statistics[/] (lock {lock})", soft_wrap=True)
+
+    with key_lock(path, waiting):
+        if not opts.recompute and path.is_file():  # the run we waited for wrote it
+            return _reuse(path, key, images, opts, console, adapter)
+        stats = _compute(adapter, images, transform, size, transform_desc, key, opts, console)
+        try:
+            save_statistics(stats, path)
+        except OSError as exc:
+            console.print(f"[yellow]warning:[/] could not write the cache file {path} ({first_line(exc, 120)}): going on without caching", soft_wrap=True)
+            stats.meta["cache"] = {"path": None, "reused": False, "images_key": None}
+            return stats
+    stats.meta["cache"] = {"path": str(path), "reused": False, "images_key": images_key_name(opts.verify_images)}
+    return stats
+
+
+def images_key_name(verify_images: bool) -> str:
+    """How image files enter the cache key (reported, so a stale-cache risk is visible)."""
+    return "content hash" if verify_images else "size+mtime"
+
+
+_warned_cache_dirs: set[str] = set()  # the probe and the extraction of one run share the warning
+
+
+def usable_cache_dir(cache_dir: Path, console: Console) -> bool:
+    """True when the cache folder can be written; otherwise one warning, and the run goes on uncached."""
+    problem = open_cache_dir(cache_dir)
+    if problem is not None and str(cache_dir) not in _warned_cache_dirs:
+        _warned_cache_dirs.add(str(cache_dir))
+        console.print(f"[yellow]warning:[/] cache dir {cache_dir} is not writable ({problem}): going on without caching", soft_wrap=True)
+    return problem is None
+
+
+def _reuse(path: Path, key: str, images: LabelledImages, opts: ExtractOptions, console: Console, adapter: ModelAdapter) -> ClassStatistics:
+    """Statistics from the cache file (refused in one line if stale or damaged)."""
+    stats = load_statistics(path, key=key, ids=list(images.ids))
+    # both fingerprints are part of the key, so they hold for a file written before they were recorded
+    stats.meta.setdefault("weights_fingerprint", adapter.info.weights_fingerprint)
+    stats.meta.setdefault("head_fingerprint", state_dict_fingerprint(adapter.head.state_dict()))
+    console.print(f"[green]reused cache[/] {path} (no forward pass)")
+    stats.meta["cache"] = {"path": str(path), "reused": True, "images_key": images_key_name(opts.verify_images)}
+    return stats
+
+
+def _compute(
+    adapter: ModelAdapter,
+    images: LabelledImages,
+    transform,
+    size: int,
+    transform_desc: dict,
+    key: str,
+    opts: ExtractOptions,
+    console: Console,
+) -> ClassStatistics:
+    """The forward pass and the statistics' metadata (the caller decides about caching)."""
     dev = resolve_device(opts.device)
-    stats, max_diff = compute_statistics(adapter, images, transform, size, opts, dev, console)
+    stats, max_diff, rel_diff = compute_statistics(adapter, images, transform, size, opts, dev, console)
     stats.meta = {
         "key": key,
         "model": adapter.info.name,
@@ -196,6 +258,7 @@ def extract(
         "baseline_source": adapter.info.baseline_source,
         "notes": adapter.info.notes,
         "identity_max_abs_diff": max_diff,
+        "identity_max_rel_diff": rel_diff,
         "dataset": images.dataset,
         "split": images.split,
         "single_label": images.single_label,
@@ -207,8 +270,5 @@ def extract(
         "device": str(dev),
     }
     source = "model's logits" if adapter.info.baseline_source == "model_logits" else "model's own logits (patch-average baseline, not enforced)"
-    console.print(f"identity: max |mean_k s - logits| = {max_diff:.2e} vs {source}")
-    if opts.use_cache:
-        save_statistics(stats, path)
-        stats.meta["cache"] = {"path": str(path), "reused": False}
+    console.print(f"identity: max |mean_k s - logits| = {max_diff:.2e} ({rel_diff:.2e} of the logits' scale) vs {source}")
     return stats

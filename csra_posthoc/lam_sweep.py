@@ -85,6 +85,10 @@ class SweepResult:
     fixed: SweepRow  # max variant at the paper's fixed lam
     best_variant: SweepRow  # best over every variant and lam
     excluded_classes: list[str] = field(default_factory=list)
+    # positive in every image that has a known label: AP is 100 whatever the scores; kept in the
+    # mean (as scikit-learn and the official evaluation do), with the mAP without them reported
+    all_positive_classes: list[str] = field(default_factory=list)
+    mAP_without_all_positive: dict[str, float | None] | None = None
     model_logits: dict[str, float] | None = None  # metrics of the model's own logits when not the baseline
 
 
@@ -151,9 +155,28 @@ def sweep(
         best_variant=best_of(rows),
         excluded_classes=[] if primary == "top1" else [c for c, ap in zip(stats.classes, base_ap.tolist()) if math.isnan(ap)],
     )
+    if primary == "mAP":
+        always = all_positive(stats.labels)
+        if always.any():
+            result.all_positive_classes = [c for c, a in zip(stats.classes, always.tolist()) if a]
+            result.mAP_without_all_positive = {
+                name: map_without(row.per_class_ap, always) for name, row in (("baseline", baseline), ("best", result.best), ("fixed", result.fixed))
+            }
     if stats.meta.get("baseline_source") == "patch_average":
         result.model_logits = evaluate(stats, stats.logits)[0]
     return result
+
+
+def all_positive(labels: torch.Tensor) -> torch.Tensor:
+    """``(C,)`` True for classes with a positive and no negative (unknowns aside): their AP is 100
+    whatever the scores, so they lift mAP without measuring anything."""
+    return (labels == 1).any(0) & ~(labels == 0).any(0)
+
+
+def map_without(per_class_ap: torch.Tensor, drop: torch.Tensor) -> float | None:
+    """mAP in percent over classes with an AP that are not in ``drop`` (None when none is left)."""
+    keep = ~torch.isnan(per_class_ap) & ~drop
+    return float(per_class_ap[keep].mean() * 100.0) if keep.any() else None
 
 
 def row_scores(stats: ClassStatistics, row: SweepRow) -> torch.Tensor:

@@ -20,6 +20,7 @@ class ExtractOptions:
     use_cache: bool = True
     recompute: bool = False  # ignore (and overwrite) an existing cache entry
     transform: str = "auto"  # auto (centre crop for single-label data, else square resize) | square | crop
+    verify_images: bool = False  # cache key hashes image contents, not size + mtime
 
 
 @dataclass(frozen=True)

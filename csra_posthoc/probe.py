@@ -31,8 +31,8 @@ from .cache import cache_key, default_cache_dir
 from .checkpoint import state_dict_fingerprint
 from .data import LabelledImages
 from .data.transforms import eval_transform
-from .errors import CSRAError
-from .extraction import backbone_batches, resolve_device
+from .errors import CSRAError, first_line
+from .extraction import backbone_batches, resolve_device, usable_cache_dir
 from .location_head import LocationHead
 from .options import ExtractOptions
 
@@ -173,13 +173,16 @@ def fit_probe(
             "head_norm": state_dict_fingerprint({k: v for k, v in adapter.head.state_dict().items() if k.startswith("norm")}),
             "pooled_norm": adapter.head.pooled_norm,
             "transform": transform_desc,
-            "train": train.fingerprint(),
+            "train": train.fingerprint(content=opts.verify_images),
             "c": c,
             "amp": opts.amp,
         }
     )
-    path = Path(opts.cache_dir or default_cache_dir()) / f"probe-{key}.safetensors"
-    if opts.use_cache and not opts.recompute and path.is_file():
+    cache_dir = Path(opts.cache_dir or default_cache_dir())
+    path = cache_dir / f"probe-{key}.safetensors"
+    reuse = opts.use_cache and not opts.recompute and path.is_file()  # reading needs no write access
+    use_cache = reuse or (opts.use_cache and usable_cache_dir(cache_dir, console))
+    if reuse:
         head, meta = load_head(path)
         info = ProbeInfo(**meta["probe"])
         console.print(f"[green]reused probe[/] {path}")
@@ -190,8 +193,11 @@ def fit_probe(
         weight, bias, skipped = fit_linear_probe(feats, train.labels, c)
         head = adapter.head.with_linear(weight, bias)
         info = ProbeInfo(train.dataset, train.split, len(train), c, list(train.classes), [train.classes[k] for k in skipped])
-        if opts.use_cache:
-            save_head(head, path, {"probe": asdict(info), "model": adapter.info.name})
+        if use_cache:
+            try:
+                save_head(head, path, {"probe": asdict(info), "model": adapter.info.name})
+            except OSError as exc:
+                console.print(f"[yellow]warning:[/] could not write the probe cache file {path} ({first_line(exc, 120)}): going on without caching", soft_wrap=True)
     unfitted = ""
     if info.skipped_classes:
         unfitted = f"probe: no positive (or no negative) in {train.split} for {', '.join(info.skipped_classes)}: not fitted"

@@ -39,6 +39,7 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
         "primary_metric": result.primary,
         "baseline_source": meta.get("baseline_source"),
         "identity_max_abs_diff": meta.get("identity_max_abs_diff"),
+        "identity_max_rel_diff": meta.get("identity_max_rel_diff"),
         "weights": meta.get("weights"),
         "weights_fingerprint": meta.get("weights_fingerprint"),
         "head_fingerprint": meta.get("head_fingerprint"),
@@ -54,6 +55,9 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
         "fixed": result.fixed.to_json(),
         "best_variant": result.best_variant.to_json(),
         "classes_left_out_of_mAP": result.excluded_classes,
+        "classes_all_positive": result.all_positive_classes,
+        "mAP_without_all_positive": result.mAP_without_all_positive,
+        "cache_key_images": (meta.get("cache") or {}).get("images_key"),
         "per_class_metric": "top1" if result.primary == "top1" else "AP",
         "per_class": {
             "baseline": _per_class(stats, result.baseline),
@@ -138,8 +142,10 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
     console.print(table)
     source = meta.get("baseline_source")
     diff = meta.get("identity_max_abs_diff")
+    rel = meta.get("identity_max_rel_diff")
     if source == "model_logits":
-        console.print(f"baseline = the model's own logits (identity checked: max abs diff {diff:.2e})")
+        relative = f", {rel:.2e} of the logits' scale" if rel is not None else ""
+        console.print(f"baseline = the model's own logits (identity checked: max abs diff {diff:.2e}{relative})")
     else:
         own = result.model_logits or {}
         console.print(
@@ -148,7 +154,20 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
         )
     if result.excluded_classes:
         console.print(f"[yellow]left out of mAP (no positive):[/] {', '.join(result.excluded_classes)}")
+    if result.all_positive_classes:
+        without = result.mAP_without_all_positive or {}
+        figures = ", ".join(f"{label} {without[k]:.2f}" for k, label in (("baseline", "baseline"), ("best", "best λ"), ("fixed", "fixed λ")) if without.get(k) is not None)
+        console.print(
+            f"[yellow]positive in every image (AP is 100 whatever the scores):[/] {', '.join(result.all_positive_classes)}; "
+            f"mAP without them: {figures or 'no class left'}",
+            soft_wrap=True,
+        )
     console.print(f"head: {meta.get('head')}; weights: {meta.get('weights')}")
     console.print(f"transform: {describe_transform(meta.get('transform') or {})}")
+    images_key = (meta.get("cache") or {}).get("images_key")
+    if images_key == "size+mtime":
+        console.print("cache key: image files by size+mtime (--verify-images hashes their contents)")
+    elif images_key:
+        console.print(f"cache key: image files by {images_key}")
     for note in [*meta.get("data_notes", []), *meta.get("notes", [])]:
         console.print(f"note: {note}")

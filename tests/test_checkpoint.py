@@ -76,15 +76,78 @@ def test_first_line_handles_empty_and_multiline_messages() -> None:
 
     assert first_line(RuntimeError()) == "RuntimeError"
     assert first_line(ValueError("  top line\nsecond")) == "top line"
-    long = first_line(OSError("x" * 500), 10)
-    assert len(long) <= 10 and long.endswith("…") and ("x" * 500).startswith(long[:-1])
+    assert first_line(OSError("x" * 500), 10) == "x" * 10 + "…"  # one long word: cut inside, marked
 
 
-def test_first_line_cuts_long_messages_at_a_word_boundary() -> None:
+def test_first_line_cuts_at_a_word_boundary_and_strips_ansi() -> None:
     from csra_posthoc.errors import first_line
 
-    words = "checkpoint shard number seventeen is truncated at byte offset ninety"
-    cut = first_line(RuntimeError(words), 30)
-    assert len(cut) <= 30 and cut.endswith("…")
-    assert words.startswith(cut[:-1]) and words[len(cut) - 1] == " "  # ends where a word ended
-    assert first_line(RuntimeError(words), len(words)) == words  # short enough: untouched
+    words = "Weights only load failed because the checkpoint holds an object of an unsupported class " * 3
+    cut = first_line(RuntimeError(words), 60)
+    assert cut.endswith("…") and len(cut) <= 61
+    assert words.startswith(cut[:-1]) and words[len(cut) - 1] == " "  # the cut falls between words
+    assert first_line(RuntimeError("\x1b[1mWeightsUnpickler error:\x1b[0m bad")) == "WeightsUnpickler error: bad"
+    sentences = "The archive is damaged. " + "It was probably cut short while being copied over a network. " * 3
+    assert first_line(RuntimeError(sentences), 100) == "The archive is damaged. It was probably cut short while being copied over a network."
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    msg = str(exc.value)
+    assert "\n" not in msg and "\x1b" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random_bytes"])
+def test_corrupt_safetensors_is_one_line(tmp_path: Path, resnet_sd, damage: str) -> None:
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in resnet_sd.items()}, str(path))
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2] if damage == "truncated" else bytes(range(256)) * 4)
+    with pytest.raises(CSRAError) as info:
+        read_state_dict(path)
+    assert "not a readable .safetensors file" in _one_line(info) and "download or save it again" in str(info.value)
+
+
+def test_directory_checkpoint_is_called_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "ckpt.pth").mkdir()
+    with pytest.raises(CSRAError, match=r"ckpt.pth: is a directory, not a checkpoint file"):
+        read_state_dict(tmp_path / "ckpt.pth")
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_truncated_pth_message_ends_cleanly(tmp_path: Path, resnet_sd, zip_format: bool) -> None:
+    path = tmp_path / "w.pth"
+    torch.save(resnet_sd, path, _use_new_zipfile_serialization=zip_format)
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(CSRAError) as info:
+        read_state_dict(path)
+    msg = _one_line(info)
+    assert "damaged or truncated (" in msg and msg.endswith("); download or save it again")
+    quoted = msg[msg.index("(") + 1 : msg.rindex(")")]
+    assert quoted.endswith((".", "…")), quoted  # a whole sentence, or a visible cut
+
+
+def test_pickled_model_is_named_as_such(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    torch.save(timm.create_model("resnet10t", num_classes=3), tmp_path / "full.pth")
+    with pytest.raises(CSRAError) as info:
+        read_state_dict(tmp_path / "full.pth")
+    msg = _one_line(info)
+    assert "holds a pickled model object (timm.models.resnet.ResNet), not a state_dict" in msg
+    assert "save model.state_dict() or .safetensors" in msg and "add_safe_globals" not in msg
+
+
+@pytest.mark.parametrize(
+    "name, fragment",
+    [("resnet_nope", "unknown timm model; list them with"), ("resnt10t", "unknown timm model; did you mean resnet10t"), ("resnet10t.nope", "no pretrained tag 'nope' for resnet10t; known: resnet10t.c3_in1k")],
+)
+def test_unknown_timm_model_with_checkpoint_is_one_line(tmp_path: Path, resnet_sd, voc_dir: Path, name: str, fragment: str) -> None:
+    from typer.testing import CliRunner
+
+    from csra_posthoc.cli import app
+    from tests.test_cli import one_line_error
+
+    torch.save(resnet_sd, tmp_path / "r.pth")
+    res = CliRunner().invoke(app, ["sweep", "--model", name, "--checkpoint", str(tmp_path / "r.pth"), "--dataset", "voc2007", "--data-dir", str(voc_dir)])
+    one_line_error(res, f"--model {name}", fragment)

@@ -10,7 +10,7 @@ import torch.nn as nn
 from ..checkpoint import read_state_dict, state_dict_fingerprint
 from ..errors import CSRAError, first_line
 from ..offline_weights import has_offline_weights, offline_state_dict
-from .base import AdapterInfo, BaselineSource, DataConfig, ModelAdapter
+from .base import IDENTITY_TOLERANCE, AdapterInfo, BaselineSource, DataConfig, ModelAdapter, identity_scale
 from .timm_models import build_timm_adapter, classifier_key
 from .torchvision_models import TORCHVISION_CLASSIFIER_KEYS, build_torchvision_adapter
 
@@ -43,13 +43,29 @@ def _load_strict(model: nn.Module, sd: dict[str, torch.Tensor], name: str, check
         )
 
 
-def _create_timm(arch: str, pretrained: bool, num_classes: int | None) -> nn.Module:
+def _check_timm_name(arch: str) -> None:
+    """Refuse a name timm does not know, before anything asks timm about it (its registry raises
+    RuntimeError tracebacks for unknown names)."""
     import timm
 
     if not timm.is_model(arch):
-        close = timm.list_models(f"*{arch}*")[:5]
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+        import difflib
+
+        close = timm.list_models(f"*{arch}*")[:5] or difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.75)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; list them with python -c 'import timm; print(timm.list_models())'"
         raise CSRAError(f"--model {arch}: unknown timm model{hint}")
+    if "." in arch:  # arch.tag: timm knows the arch, but the tag must be one of its pretrained tags
+        base, tag = arch.split(".", 1)
+        known = timm.list_pretrained(f"{base}.*")
+        if arch not in known:
+            shown = ", ".join(known[:5]) + (", ..." if len(known) > 5 else "")
+            raise CSRAError(f"--model {arch}: timm has no pretrained tag {tag!r} for {base}; known: {shown or 'none'}")
+
+
+def _create_timm(arch: str, pretrained: bool, num_classes: int | None) -> nn.Module:
+    import timm
+
+    _check_timm_name(arch)
     kwargs: dict = {} if num_classes is None else {"num_classes": num_classes}
     if timm.models.model_entrypoint(arch).__module__ in _TIMM_VIT_MODULES:
         kwargs["dynamic_img_size"] = True  # any --img-size: timm interpolates the position embeddings
@@ -90,6 +106,8 @@ def load_model(
     arch = name[len(TORCHVISION_PREFIX) :] if is_tv else name
     create = _create_torchvision if is_tv else _create_timm
 
+    if not is_tv:
+        _check_timm_name(arch)
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         sd = read_state_dict(checkpoint)
@@ -116,26 +134,39 @@ def load_model(
 
 
 @torch.no_grad()
-def verify_identity(adapter: ModelAdapter, tolerance: float = 1e-3) -> float:
+def verify_identity(adapter: ModelAdapter, tolerance: float = IDENTITY_TOLERANCE) -> float:
     """One random image through the adapter: refuse heads whose per-location mean is not the logits.
 
     Catches families this project has no explicit rule for (and wrongly built adapters) before
     any data is read. Class-token ViTs are exempt (their baseline is the patch average by design).
+    The tolerance is relative to the logits' scale (:func:`identity_scale`).
     """
     size = adapter.data_config.input_size
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     try:
         s, logits = adapter(x)
     except Exception as exc:
-        raise CSRAError(
-            f"model {adapter.info.name}: its head cannot be applied per location "
-            f"({type(exc).__name__}: {first_line(exc, 120)})"
-        ) from None
+        raise CSRAError(f"model {adapter.info.name}: its classifier cannot be applied per location: {_shape_detail(adapter, x, exc)}") from None
     diff = float((s.mean(-1) - logits).abs().max())
-    scale = 1.0 + float(logits.abs().max())
+    scale = identity_scale(float(logits.abs().max()))
     if adapter.info.baseline_source == "model_logits" and diff > tolerance * scale:
         raise CSRAError(
-            f"model {adapter.info.name}: the mean of per-location scores differs from its logits by {diff:.3g}, "
-            "so its head is not linear after average pooling and CSRA's identity does not hold"
+            f"model {adapter.info.name}: the mean of per-location scores differs from its logits by {diff:.3g} "
+            f"({diff / scale:.2g} of the logits' scale), so its head is not linear after average pooling and CSRA's identity does not hold"
         )
     return diff
+
+
+def _shape_detail(adapter: ModelAdapter, x: torch.Tensor, exc: Exception) -> str:
+    """Why the classifier did not fit the feature map, in shapes (not the raw einsum message)."""
+    try:
+        fmap = adapter.feature_map(adapter.forward_backbone(x))
+    except Exception:
+        return f"the backbone fails on a {tuple(x.shape[1:])} input ({type(exc).__name__})"
+    takes = adapter.head.weight.shape[1]
+    if fmap.dim() == 4 and fmap.shape[1] != takes:
+        return (
+            f"the feature map has {fmap.shape[1]} channels but the classifier takes {takes} inputs "
+            "(a layer between pooling and the classifier changes the width)"
+        )
+    return f"{type(exc).__name__} on a feature map of shape {tuple(fmap.shape[1:])}"

@@ -20,6 +20,14 @@ from ..location_head import LocationHead
 
 BaselineSource = Literal["model_logits", "patch_average"]
 
+IDENTITY_TOLERANCE = 1e-3  # relative: |mean_k s - logits| <= tolerance * identity_scale(logits)
+
+
+def identity_scale(max_abs_logit: float) -> float:
+    """What the identity's difference is measured against: float32 rounding grows with the logits'
+    magnitude, so an absolute tolerance would refuse a correct head whose logits are large."""
+    return max(1.0, max_abs_logit)
+
 
 @dataclass(frozen=True)
 class DataConfig:

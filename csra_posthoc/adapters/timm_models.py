@@ -67,12 +67,15 @@ def _linear(module: nn.Module, name: str) -> nn.Module:
 
 def _cnn_head(model: nn.Module, name: str) -> LocationHead:
     from timm.layers import NormMlpClassifierHead
-    from timm.models.mobilenetv3 import MobileNetV3
 
-    if isinstance(model, MobileNetV3):
+    # timm's head width: num_features (the pre-pool map) vs head_hidden_size (the classifier's input);
+    # they differ exactly when a layer sits between pooling and the classifier
+    width, hidden = getattr(model, "num_features", None), getattr(model, "head_hidden_size", None)
+    widened = bool(width and hidden and width != hidden)
+    if widened and isinstance(getattr(model, "conv_head", None), nn.Module):  # MobileNetV3/V4, GhostNet
         raise CSRAError(
-            f"model {name}: its head is pool -> conv_head -> activation -> linear (non-linear after pooling, "
-            "as in MobileNetV3), so it cannot be applied per location; pick a model whose head is pool -> linear"
+            f"model {name}: its head is pool -> conv_head (1x1 conv) -> activation -> linear (non-linear after "
+            "pooling), so it cannot be applied per location; pick a model whose head is pool -> linear"
         )
     head = getattr(model, "head", None)
     if isinstance(head, NormMlpClassifierHead):
@@ -87,6 +90,11 @@ def _cnn_head(model: nn.Module, name: str) -> LocationHead:
     else:
         pool = getattr(model, "global_pool", None) or getattr(head, "global_pool", None)
         norm = None
+    if widened and not isinstance(head, NormMlpClassifierHead):
+        raise CSRAError(
+            f"model {name}: its head turns the pooled {width} features into {hidden} before the classifier "
+            "(a layer after pooling), so it cannot be applied per location; pick a model whose head is pool -> linear"
+        )
     if _pool_type(pool) != "avg":
         raise CSRAError(
             f"model {name}: global pool is {_pool_type(pool)!r}, not 'avg'; CSRA's identity needs average pooling"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
@@ -51,19 +53,32 @@ class LabelledImages:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def fingerprint(self) -> str:
-        """Hash of everything that changes pixels or labels: ids, files (size, mtime), boxes,
-        annotation files (size, mtime), labels and loader options."""
+    def fingerprint(self, content: bool = False) -> str:
+        """Hash of everything that changes pixels or labels: ids, files, boxes, annotation files,
+        labels and loader options.
+
+        A file enters by its resolved path (so ``--data-dir data`` and ``--data-dir $PWD/data`` are
+        one key) and its size + mtime, or with ``content`` its bytes (blake2b): slower, but an image
+        rewritten in place with the same size and mtime is then noticed.
+        """
+        stamp = _content_stamp if content else _stamp
         h = hashlib.blake2b(digest_size=16)
         h.update(json.dumps([self.dataset, self.split, self.classes, self.options, self.unknown], sort_keys=True).encode())
         for source in self.sources:
-            h.update(f"source\0{source}\0{_stamp(source)}\n".encode())
+            h.update(f"source\0{_resolved(source)}\0{stamp(source)}\n".encode())
         for image_id, path in zip(self.ids, self.paths):
-            h.update(f"{image_id}\0{path}\0{_stamp(path)}\n".encode())
+            h.update(f"{image_id}\0{_resolved(path)}\0{stamp(path)}\n".encode())
         if self.boxes is not None:
             h.update(json.dumps(self.boxes).encode())
         h.update(self.labels.numpy().tobytes())
         return h.hexdigest()
+
+
+def _resolved(path: Path) -> str:
+    try:
+        return str(Path(path).resolve())
+    except OSError:
+        return str(Path(path).absolute())
 
 
 def _stamp(path: Path) -> str:
@@ -74,10 +89,48 @@ def _stamp(path: Path) -> str:
         return "missing"
 
 
+def _content_stamp(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    except OSError:
+        return "missing"
+    return h.hexdigest()
+
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
 def load_rgb(path: Path) -> Image.Image:
-    """Decode an image as RGB (raises OSError / UnidentifiedImageError for broken files)."""
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    """Decode an image as 8-bit RGB (raises OSError / UnidentifiedImageError for broken files,
+    ``Image.DecompressionBombError`` above PIL's limit).
+
+    High-bit-depth images are scaled, not clipped (``convert("RGB")`` would saturate a 16-bit PNG):
+    16-bit integers (modes ``I;16*``, and ``I`` holding values above 255) map 0..65535 to 0..255;
+    floats in [0, 1] map to 0..255. PIL's ``DecompressionBombWarning`` (over ``MAX_IMAGE_PIXELS``
+    but under twice that, where PIL still decodes) is silenced: the image is used as it is.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            if im.mode in _SIXTEEN_BIT or im.mode in ("I", "F"):
+                return _high_bit_depth_to_rgb(im)
+            return im.convert("RGB")
+
+
+def _high_bit_depth_to_rgb(im: Image.Image) -> Image.Image:
+    """One-channel 16-bit / 32-bit int / float image -> 8-bit RGB, scaled by the data's bit depth."""
+    a = np.asarray(im).astype(np.float64)
+    if im.mode in _SIXTEEN_BIT or (im.mode == "I" and a.max(initial=0) > 255):
+        a = np.clip(a, 0, 65535) / 257.0  # 65535 / 257 = 255 exactly; an 8-bit value v stored as 257 v comes back as v
+    elif im.mode == "F" and a.min(initial=0) >= 0 and a.max(initial=0) <= 1:
+        a = a * 255.0
+    elif im.mode == "F" and a.max(initial=0) > 255:
+        a = np.clip(a, 0, 65535) / 257.0
+    gray = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray).convert("RGB")
 
 
 def existing_files(paths: list[Path], skip_missing: bool, listed_in: Path) -> tuple[list[bool], list[str]]:
@@ -97,6 +150,10 @@ def existing_files(paths: list[Path], skip_missing: bool, listed_in: Path) -> tu
 
 class ImageDataset(Dataset):
     """Transforms images for extraction; a broken image comes back as an error, not an exception.
+
+    Policy for huge images: above twice ``PIL.Image.MAX_IMAGE_PIXELS`` (PIL's decompression-bomb
+    limit, ~179 Mpixel) an image is an error naming it; between the limit and twice it, PIL's
+    warning is silenced and the image is used (it decodes fine, and is resized anyway).
 
     (An exception inside a DataLoader worker would reach the user as a wrapped traceback.)
     """
@@ -119,5 +176,17 @@ class ImageDataset(Dataset):
             if self._last is None or self._last[0] != path:
                 self._last = (path, load_rgb(path))
             return index, self.transform(self._last[1].crop(box)), ""
+        except Image.DecompressionBombError as exc:
+            return index, torch.zeros(3, self.size, self.size), f"{path}: {_bomb_detail(exc)}"
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-            return index, torch.zeros(3, self.size, self.size), f"{path}: cannot decode image ({first_line(exc, 120)})"
+            return index, torch.zeros(3, self.size, self.size), f"{path}: cannot decode image ({first_line(exc, 120)}); fix or remove the file"
+
+
+def _bomb_detail(exc: Exception) -> str:
+    """PIL's decompression-bomb refusal in our words (its own message ends in "DOS attack")."""
+    import re
+
+    numbers = re.findall(r"\d+", str(exc))
+    size = f"{int(numbers[0]):,} pixels" if numbers else "too many pixels"
+    limit = f"{int(numbers[1]):,}" if len(numbers) > 1 else "PIL's"
+    return f"image has {size}, over PIL's decompression-bomb limit of {limit} pixels; downscale it or remove the file"
