@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from rich.console import Console
 
 from .adapters import TORCHVISION_PREFIX, ModelAdapter, load_model
-from .cache import default_cache_dir, load_statistics
+from .cache import default_cache_dir
 from .data import TRAIN_SPLITS, LabelledImages, load_dataset
 from .defaults import METRIC_NAMES  # noqa: F401 (re-exported)
 from .errors import CSRAError
@@ -79,15 +79,11 @@ def reuse_statistics(memo_key: str, images: LabelledImages, options: ExtractOpti
     if not path.is_file():
         return None
     from .cache import remove_orphans
-    from .extraction import images_key_name
+    from .extraction import read_cached_statistics
 
     remove_orphans(cache_dir)
-    stats = load_statistics(path, key=key, ids=list(images.ids))
-    stats.meta.setdefault("weights_fingerprint", memo.weights_fingerprint)  # both are in the key
-    stats.meta.setdefault("head_fingerprint", memo.head_fingerprint)
-    console.print(f"[green]reused cache[/] {path} (no forward pass, no model built)")
-    stats.meta["cache"] = {"path": str(path), "reused": True, "images_key": images_key_name(options.verify_images)}
-    return stats
+    fingerprints = (memo.weights_fingerprint, memo.head_fingerprint)
+    return read_cached_statistics(path, key, images, options.verify_images, fingerprints, console, model_built=False)
 
 
 def build_adapter(

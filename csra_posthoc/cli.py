@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -186,6 +186,17 @@ def demo_cmd(
     run_cli(go)
 
 
+# Options shared by apply and predict (one declaration each, so their flags cannot drift apart).
+CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="local state_dict (.pth/.pt/.safetensors), loaded weights-only")]
+PretrainedOpt = Annotated[bool, typer.Option("--pretrained", help="hub weights, or packaged offline weights where installed")]
+RandomInitOpt = Annotated[bool, typer.Option("--random-init", help="random weights: smoke tests only")]
+HeadFileOpt = Annotated[Optional[Path], typer.Option("--head-file", help="a probe written by sweep --save-head")]
+TemperatureOpt = Annotated[Optional[str], typer.Option("--temperature", help="inf (default): avg + lam * max; T > 0: softmax(T s)-weighted average")]
+HeadsOpt = Annotated[Optional[int], typer.Option("--heads", help="multi-head: 1, 2, 4, 6 or 8 (the paper's temperature sets)")]
+ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="comma-separated class names in the head's order")]
+ClassesFileOpt = Annotated[Optional[Path], typer.Option("--classes-file", help="class names, one per line")]
+
+
 def _optional_float(flag: str, text: str | None) -> float | None:
     if text is None:
         return None
@@ -199,20 +210,20 @@ def _optional_float(flag: str, text: str | None) -> float | None:
 def apply_cmd(
     model: str = typer.Option(..., "--model", "-m", help="timm name or torchvision:<arch> (as in sweep)"),
     out: Path = typer.Option(..., "--out", "-o", help="FILE.safetensors | .pt2 (torch.export) | .ts (TorchScript) | .onnx"),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="local state_dict (.pth/.pt/.safetensors), loaded weights-only"),
-    pretrained: bool = typer.Option(False, "--pretrained", help="hub weights, or packaged offline weights where installed"),
-    random_init: bool = typer.Option(False, "--random-init", help="random weights: smoke tests only"),
+    checkpoint: CheckpointOpt = None,
+    pretrained: PretrainedOpt = False,
+    random_init: RandomInitOpt = False,
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="--random-init: classes of the random head"),
-    head_file: Optional[Path] = typer.Option(None, "--head-file", help="a probe written by sweep --save-head"),
+    head_file: HeadFileOpt = None,
     lam: Optional[str] = typer.Option(None, "--lam", help="the residual weight lam >= 0 (0 gives the model back)"),
-    temperature: Optional[str] = typer.Option(None, "--temperature", help="inf (default): avg + lam * max; T > 0: softmax(T s)-weighted average"),
-    heads: Optional[int] = typer.Option(None, "--heads", help="multi-head: 1, 2, 4, 6 or 8 (the paper's temperature sets)"),
+    temperature: TemperatureOpt = None,
+    heads: HeadsOpt = None,
     from_results: Optional[Path] = typer.Option(None, "--from-results", help="take lam / temperature / heads from a sweep's --out JSON"),
     pick: str = typer.Option("best", "--pick", help="--from-results row: best | fixed | best-variant"),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="input side of the exported model (default: the sweep's, else the model's)"),
     transform: str = typer.Option("auto", "--transform", help="preprocessing stored for predict: auto | square | crop"),
-    classes: Optional[str] = typer.Option(None, "--classes", help="comma-separated class names, stored in the file"),
-    classes_file: Optional[Path] = typer.Option(None, "--classes-file", help="class names, one per line"),
+    classes: ClassesOpt = None,
+    classes_file: ClassesFileOpt = None,
     force: bool = typer.Option(False, "--force", help="overwrite an existing --out file"),
 ) -> None:
     """Export the CSRA-patched model (same input as the original, (B, C) scores out)."""
@@ -247,18 +258,18 @@ def apply_cmd(
 def predict_cmd(
     images: list[Path] = typer.Argument(..., help="image files and/or directories (searched recursively)"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="timm name or torchvision:<arch>"),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="local state_dict, loaded weights-only"),
-    pretrained: bool = typer.Option(False, "--pretrained", help="hub weights, or packaged offline weights where installed"),
-    random_init: bool = typer.Option(False, "--random-init", help="random weights: smoke tests only"),
+    checkpoint: CheckpointOpt = None,
+    pretrained: PretrainedOpt = False,
+    random_init: RandomInitOpt = False,
     patched: Optional[Path] = typer.Option(None, "--patched", help="a .safetensors file written by apply (weights, head, settings)"),
-    head_file: Optional[Path] = typer.Option(None, "--head-file", help="a probe written by sweep --save-head"),
+    head_file: HeadFileOpt = None,
     lam: Optional[str] = typer.Option(None, "--lam", help="default: the file's, else the paper's fixed lam (0.02 ResNets, 0.2 others)"),
-    temperature: Optional[str] = typer.Option(None, "--temperature", help="inf: max; T > 0: softmax-weighted"),
-    heads: Optional[int] = typer.Option(None, "--heads", help="multi-head: 1, 2, 4, 6 or 8"),
+    temperature: TemperatureOpt = None,
+    heads: HeadsOpt = None,
     img_size: Optional[int] = typer.Option(None, "--img-size"),
     transform: str = typer.Option("auto", "--transform", help="auto | square | crop (ignored with --patched: the file says)"),
-    classes: Optional[str] = typer.Option(None, "--classes", help="comma-separated class names in the head's order"),
-    classes_file: Optional[Path] = typer.Option(None, "--classes-file", help="class names, one per line"),
+    classes: ClassesOpt = None,
+    classes_file: ClassesFileOpt = None,
     threshold: float = typer.Option(0.5, "--threshold", help="predicted: in the top-k and sigmoid(score) >= this (0: the whole top-k)"),
     top_k: int = typer.Option(5, "--top-k"),
     compare: bool = typer.Option(False, "--compare", help="baseline (lam 0) and patched ranks side by side"),

@@ -224,13 +224,20 @@ def usable_cache_dir(cache_dir: Path, console: Console) -> bool:
 
 
 def _reuse(path: Path, key: str, images: LabelledImages, opts: ExtractOptions, console: Console, adapter: ModelAdapter) -> ClassStatistics:
-    """Statistics from the cache file (refused in one line if stale or damaged)."""
+    fingerprints = (adapter.info.weights_fingerprint, state_dict_fingerprint(adapter.head.state_dict()))
+    return read_cached_statistics(path, key, images, opts.verify_images, fingerprints, console)
+
+
+def read_cached_statistics(
+    path: Path, key: str, images: LabelledImages, verify_images: bool, fingerprints: tuple[str, str], console: Console, model_built: bool = True
+) -> ClassStatistics:
+    """Statistics from the cache file (refused in one line if stale or damaged). ``fingerprints``
+    (weights, head) are part of ``key``, so they also hold for a file written before they were recorded."""
     stats = load_statistics(path, key=key, ids=list(images.ids))
-    # both fingerprints are part of the key, so they hold for a file written before they were recorded
-    stats.meta.setdefault("weights_fingerprint", adapter.info.weights_fingerprint)
-    stats.meta.setdefault("head_fingerprint", state_dict_fingerprint(adapter.head.state_dict()))
-    console.print(f"[green]reused cache[/] {path} (no forward pass)")
-    stats.meta["cache"] = {"path": str(path), "reused": True, "images_key": images_key_name(opts.verify_images)}
+    stats.meta.setdefault("weights_fingerprint", fingerprints[0])
+    stats.meta.setdefault("head_fingerprint", fingerprints[1])
+    console.print(f"[green]reused cache[/] {path} (no forward pass{'' if model_built else ', no model built'})")
+    stats.meta["cache"] = {"path": str(path), "reused": True, "images_key": images_key_name(verify_images)}
     return stats
 
 

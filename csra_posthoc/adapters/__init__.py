@@ -122,6 +122,10 @@ def load_model(
     else:
         if random_init:  # deterministic, so a random-init run's cache is reusable
             torch.manual_seed(0)
+        if pretrained and not is_tv:
+            from ..hub import require_hub_weights
+
+            require_hub_weights(arch)  # no network, no local copy: one line now, not a minute of retries
         model = create(arch, pretrained, num_classes)
         weights = "pretrained:hub" if pretrained else "random-init"
     model.eval()
@@ -142,7 +146,8 @@ def verify_identity(adapter: ModelAdapter, tolerance: float = IDENTITY_TOLERANCE
     The tolerance is relative to the logits' scale (:func:`identity_scale`).
     """
     size = adapter.data_config.input_size
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    device = next(adapter.parameters()).device  # patch() may be handed a model already on a GPU
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     try:
         s, logits = adapter(x)
     except Exception as exc:
