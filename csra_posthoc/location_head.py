@@ -59,7 +59,8 @@ class LocationHead(nn.Module):
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
         x = self.location_features(fmap)
-        return torch.einsum("cd,bdk->bck", self.weight, x) + self.bias[None, :, None]
+        # (C, d) @ (B, d, K): a plain batched matmul, which every runtime (ONNX Runtime too) runs fast
+        return torch.matmul(self.weight, x) + self.bias[:, None]
 
     def with_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> "LocationHead":
         """The same per-location features with another classifier (e.g. a fitted probe)."""

@@ -66,7 +66,10 @@ def head_temperatures(heads: int) -> tuple[float, ...]:
 
 def multihead_attended(per_temperature: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mean over heads of the attended scores (docs/method.md §2: same ranking as the paper's sum)."""
-    return torch.stack(list(per_temperature), dim=0).mean(dim=0)
+    per_temperature = list(per_temperature)
+    if len(per_temperature) == 1:  # one head: the term itself (no stack / mean in an exported graph)
+        return per_temperature[0]
+    return torch.stack(per_temperature, dim=0).mean(dim=0)
 
 
 def score_from_locations(
