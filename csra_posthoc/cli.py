@@ -213,7 +213,7 @@ def apply_cmd(
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
     random_init: RandomInitOpt = False,
-    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="--random-init: classes of the random head"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="--random-init: classes of the random head (default: --from-results' class count, else the model's)"),
     head_file: HeadFileOpt = None,
     lam: Optional[str] = typer.Option(None, "--lam", help="the residual weight lam >= 0 (0 gives the model back)"),
     temperature: TemperatureOpt = None,

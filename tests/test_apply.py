@@ -72,7 +72,7 @@ def test_exported_file_reproduces_the_sweep_row(swept, tmp_path: Path, family: s
     arrays = np.load(scores, allow_pickle=False)
     for pick in ("fixed", "best"):
         out = tmp_path / f"patched-{pick}.{fmt}"
-        res = runner.invoke(app, ["apply", "--model", FAMILIES[family], "--random-init", "--num-classes", "20", "--from-results", str(results), "--pick", pick, "--out", str(out)])
+        res = runner.invoke(app, ["apply", "--model", FAMILIES[family], "--random-init", "--from-results", str(results), "--pick", pick, "--out", str(out)])
         assert res.exit_code == 0, res.output
         config = exported_config(out)
         assert config["lam"] == json.loads(results.read_text())[pick]["lam"]
