@@ -170,7 +170,8 @@ def apply_patch(
             raise CSRAError(f"--head-file {path}: no such file")
         head_meta = load_head(path)
 
-    if random_init and num_classes is None and results is not None and head_file is None:
+    swept_own_head = results is not None and not str(results.get("head", "")).startswith("linear probe")
+    if random_init and num_classes is None and swept_own_head:
         num_classes = len(results["classes"])  # as sweep --random-init built it: a head for the dataset's classes
     adapter = load_model(model, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init, num_classes=num_classes)
     if results is not None and img_size is None and transform == "auto" and results.get("transform"):
