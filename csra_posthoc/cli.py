@@ -261,7 +261,7 @@ def predict_cmd(
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
     random_init: RandomInitOpt = False,
-    patched: Optional[Path] = typer.Option(None, "--patched", help="a .safetensors file written by apply (weights, head, settings)"),
+    patched: Optional[Path] = typer.Option(None, "--patched", help="a file written by apply: .safetensors (all options), or .onnx / .pt2 / .ts (scores only)"),
     head_file: HeadFileOpt = None,
     lam: Optional[str] = typer.Option(None, "--lam", help="default: the file's, else the paper's fixed lam (0.02 ResNets, 0.2 others)"),
     temperature: TemperatureOpt = None,

@@ -24,6 +24,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -127,24 +128,62 @@ def _write_onnx(patched: PatchedModel, tmp: str, example: torch.Tensor, config: 
     onnx.save(model, tmp)
 
 
-def run_exported(path: str | Path, x: torch.Tensor, fmt: str | None = None) -> torch.Tensor:
-    """Scores of an exported file on ``x`` (CPU), loaded the way a user without this package would."""
+def load_exported(path: str | Path, fmt: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function ``x -> scores`` (CPU) for an exported file, loaded once, the way a user without
+    this package would load it (safetensors through :func:`load_patched`)."""
     fmt = fmt or export_format(path)
-    x = x.detach().cpu().float()
-    if fmt == "safetensors":
-        with torch.no_grad():
-            return load_patched(path)(x)
-    if fmt == "torchscript":
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
-            return torch.jit.load(str(path), map_location="cpu")(x)
-    if fmt == "torch.export":
-        with torch.no_grad():
-            return torch.export.load(io.BytesIO(Path(path).read_bytes())).module()(x)
-    import onnxruntime as ort
+    if fmt == "onnx":
+        import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda x: torch.from_numpy(session.run(None, {name: x.detach().cpu().float().numpy()})[0])
+    if fmt == "safetensors":
+        module = load_patched(path)
+    elif fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+            module = torch.jit.load(str(path), map_location="cpu")
+    else:
+        module = torch.export.load(io.BytesIO(Path(path).read_bytes())).module()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module(x.detach().cpu().float())
+
+    return run
+
+
+def run_exported(path: str | Path, x: torch.Tensor, fmt: str | None = None) -> torch.Tensor:
+    """Scores of an exported file on ``x`` (CPU)."""
+    return load_exported(path, fmt)(x)
+
+
+class ExportedModel:
+    """An exported file with its embedded config, for ``predict --patched FILE.onnx|.pt2|.ts``.
+
+    The file computes the CSRA scores only, so there is no baseline beside them (``None``).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.format = export_format(path)
+        try:
+            self.config = exported_config(path)
+            self._run = load_exported(path, self.format)
+        except Exception as exc:
+            raise CSRAError(f"--patched {path}: cannot be read as a csra-posthoc {self.format} file ({type(exc).__name__}: {first_line(exc)}); write it with apply --out") from None
+        self.num_classes = int(self.config["num_classes"])
+        self.classes = self.config.get("classes")
+
+    def to(self, device: torch.device) -> "ExportedModel":
+        return self  # runs on CPU, as loaded
+
+    def eval(self) -> "ExportedModel":
+        return self
+
+    def forward_with_baseline(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self._run(x), None
 
 
 def exported_config(path: str | Path) -> dict:

@@ -77,21 +77,34 @@ def image_transform(preprocessing: dict[str, Any]):
     return eval_transform(preprocessing_config(preprocessing), int(preprocessing["size"]), False, choice)[0]
 
 
-def _entry(image: Path, scores: torch.Tensor, baseline: torch.Tensor, names: list[str], threshold: float, top_k: int, compare: bool) -> dict[str, Any]:
-    k = min(top_k, scores.numel())
-    order = torch.argsort(scores, descending=True, stable=True)
-    base_order = torch.argsort(baseline, descending=True, stable=True)
+def _ranks(order: torch.Tensor) -> torch.Tensor:
     rank = torch.empty_like(order)
     rank[order] = torch.arange(1, order.numel() + 1)
-    base_rank = torch.empty_like(base_order)
-    base_rank[base_order] = torch.arange(1, base_order.numel() + 1)
+    return rank
+
+
+def _entry(image: Path, scores: torch.Tensor, baseline: torch.Tensor | None, names: list[str], threshold: float, top_k: int, compare: bool) -> dict[str, Any]:
+    """One image's JSON object; ``baseline`` is None for an exported file (it only holds the CSRA scores)."""
+    k = min(top_k, scores.numel())
+    order = torch.argsort(scores, descending=True, stable=True)
+    rank = _ranks(order)
+    if baseline is not None:
+        base_order = torch.argsort(baseline, descending=True, stable=True)
+        base_rank = _ranks(base_order)
     preds = []
     for c in order[:k].tolist():
         s = float(scores[c])
         prob = 1.0 / (1.0 + math.exp(-s)) if s > -700 else 0.0
         if prob >= threshold:
             preds.append(
-                {"class": names[c], "score": s, "baseline_score": float(baseline[c]), "probability": prob, "rank": int(rank[c]), "baseline_rank": int(base_rank[c])}
+                {
+                    "class": names[c],
+                    "score": s,
+                    "baseline_score": None if baseline is None else float(baseline[c]),
+                    "probability": prob,
+                    "rank": int(rank[c]),
+                    "baseline_rank": None if baseline is None else int(base_rank[c]),
+                }
             )
     entry: dict[str, Any] = {"image": str(image), "predictions": preds}
     if compare:
@@ -146,7 +159,8 @@ def predict_images(
             if tensors:
                 scores, baseline = patched.forward_with_baseline(torch.stack(tensors).to(dev))
                 for row, i in enumerate(good):
-                    out[i] = _entry(paths[i], scores[row].float().cpu(), baseline[row].float().cpu(), names, threshold, top_k, compare)
+                    base = None if baseline is None else baseline[row].float().cpu()
+                    out[i] = _entry(paths[i], scores[row].float().cpu(), base, names, threshold, top_k, compare)
             advance(len(chunk))
     return out
 
@@ -162,7 +176,9 @@ def print_predictions(console: Console, results: list[dict[str, Any]], compare: 
             if "error" in r:
                 table.add_row(Path(r["image"]).name, f"[red]{r['error']}[/]")
                 continue
-            text = "\n".join(f"{p['class']}  {p['score']:.3f} ({p['baseline_score']:.3f})" for p in r["predictions"]) or "[dim](none above threshold)[/]"
+            text = "\n".join(
+                f"{p['class']}  {p['score']:.3f}" + ("" if p["baseline_score"] is None else f" ({p['baseline_score']:.3f})") for p in r["predictions"]
+            ) or "[dim](none above threshold)[/]"
             table.add_row(Path(r["image"]).name, text)
         console.print(table)
         return
@@ -207,6 +223,7 @@ def run_predict(
     from .apply import check_img_size, default_preprocessing
     from .csra_head import CSRAHead, check_lam, resolve_temperatures
     from .extraction import resolve_device
+    from .patched import PatchedModel
     from .report import report_console, write_json
 
     console = console or report_console()
@@ -224,6 +241,11 @@ def run_predict(
     expand_images(images)  # missing paths fail before any model is built
     if patched_file is not None:
         patched = load_patched_for_predict(patched_file, model, checkpoint, pretrained, random_init, head_file, img_size)
+        if not isinstance(patched, PatchedModel) and (compare or lam is not None or temperature is not None or heads is not None):
+            raise CSRAError(
+                f"--patched {patched_file}: an exported {patched.format} file has lam fixed and no baseline; "
+                "use the .safetensors file apply writes for --compare / --lam / --temperature / --heads"
+            )
         if lam is not None or temperature is not None or heads is not None:  # the file's classifier, other settings
             cfg = patched.config
             if heads is None and temperature is None:  # keep the file's variant, change lam only
@@ -257,7 +279,8 @@ def run_predict(
         patched, images, threshold=threshold, top_k=top_k, classes=classes, batch_size=batch_size, device=device, compare=compare, console=console
     )
     cfg = patched.config
-    console.print(f"{cfg['model']}: mean + {patched.head.lam:g} * {patched.head.variant} ({patched.head.extra_repr()}); head: {cfg['head_description']}")
+    temps = ", ".join(str(t) for t in cfg["temperatures"])
+    console.print(f"{cfg['model']}: mean + {cfg['lam']:g} * {cfg['variant']} (temperatures {temps}); head: {cfg['head_description']}")
     print_predictions(console, results, compare, top_k)
     if json_out is not None:
         write_json(json_out, results)
@@ -269,15 +292,17 @@ def load_patched_for_predict(path, model, checkpoint, pretrained, random_init, h
     """``--patched FILE.safetensors``; weight and head flags would be ignored, so they are refused."""
     from .patched import load_patched
 
+    from .export import ExportedModel, export_format
+
     path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        raise CSRAError(
-            f"--patched {path}: predict reads the .safetensors file apply writes; run .onnx / .pt2 / .ts files with "
-            "onnxruntime / torch.export.load / torch.jit.load (README: Patched models)"
-        )
+    if not path.is_file():
+        raise CSRAError(f"--patched {path}: no such file")
+    fmt = export_format(path) if path.suffix.lower() in (".onnx", ".pt2", ".ts", ".safetensors") else None
+    if fmt is None:
+        raise CSRAError(f"--patched {path}: give a file written by apply (.safetensors, .onnx, .pt2 or .ts)")
     if checkpoint is not None or pretrained or random_init or head_file is not None or img_size is not None:
         raise CSRAError("--patched FILE holds the weights, head and input size: drop --checkpoint / --pretrained / --random-init / --head-file / --img-size")
-    patched = load_patched(path)
+    patched = load_patched(path) if fmt == "safetensors" else ExportedModel(path)
     if model is not None and model != patched.config["model"]:
         raise CSRAError(f"--patched {path} holds {patched.config['model']}, not --model {model}")
     return patched

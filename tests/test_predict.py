@@ -145,4 +145,28 @@ def test_missing_image_and_wrong_patched_file(tmp_path: Path) -> None:
     (tmp_path / "m.onnx").write_bytes(b"")
     (tmp_path / "x.png").write_bytes(b"")
     res = runner.invoke(app, ["predict", "--patched", str(tmp_path / "m.onnx"), str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and "m.onnx" in res.output and "apply --out" in res.output and "Traceback" not in res.output
+    (tmp_path / "m.pkl").write_bytes(b"")
+    res = runner.invoke(app, ["predict", "--patched", str(tmp_path / "m.pkl"), str(tmp_path / "x.png")])
     assert res.exit_code == 2 and ".safetensors" in res.output
+
+
+def test_an_exported_file_predicts_the_same_scores_without_a_baseline(applied, tmp_path: Path) -> None:
+    patched, _, images = applied
+    ts = tmp_path / "p.ts"
+    from csra_posthoc.export import export_patched
+    from csra_posthoc.patched import load_patched
+
+    export_patched(load_patched(patched), ts)
+    outs = {}
+    for name, path in (("safetensors", patched), ("ts", ts)):
+        out = tmp_path / f"{name}.json"
+        res = runner.invoke(app, ["predict", "--patched", str(path), str(images), "--threshold", "0", "--json", str(out)])
+        assert res.exit_code == 0, res.output
+        outs[name] = json.loads(out.read_text())
+    for a, b in zip(outs["safetensors"], outs["ts"]):
+        assert [p["class"] for p in a["predictions"]] == [p["class"] for p in b["predictions"]]
+        assert all(math.isclose(p["score"], q["score"], abs_tol=1e-5) for p, q in zip(a["predictions"], b["predictions"]))
+        assert all(q["baseline_score"] is None for q in b["predictions"])  # the file holds the CSRA scores only
+    res = runner.invoke(app, ["predict", "--patched", str(ts), str(images), "--compare"])
+    assert res.exit_code == 2 and "--compare" in res.output and ".safetensors" in res.output
