@@ -109,8 +109,10 @@ def default_preprocessing(adapter, transform: str, img_size: int | None, head_me
 
 
 def check_img_size(img_size: int | None) -> None:
-    if img_size is not None and not 16 <= img_size <= 4096:
-        raise CSRAError(f"--img-size {img_size}: must be between 16 and 4096")
+    from .defaults import MAX_IMG_SIZE, MIN_IMG_SIZE
+
+    if img_size is not None and not MIN_IMG_SIZE <= img_size <= MAX_IMG_SIZE:
+        raise CSRAError(f"--img-size {img_size}: must be between {MIN_IMG_SIZE} and {MAX_IMG_SIZE} pixels")
 
 
 def apply_patch(

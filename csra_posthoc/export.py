@@ -61,18 +61,14 @@ def export_format(path: str | Path) -> str:
 
 
 def check_out_path(path: str | Path, force: bool = False) -> Path:
-    """Refuse an existing file (unless ``force``), a directory, or a parent that is not a directory."""
+    """A known suffix, a writable folder, and no existing file unless ``force`` (checked before any work)."""
+    from .validate import check_output_path
+
     path = Path(path)
-    if path.is_dir():
-        raise CSRAError(f"--out {path}: is a directory; give a file name")
+    check_output_path(path, "--out")
     export_format(path)
     if path.exists() and not force:
         raise CSRAError(f"--out {path}: already exists; pass --force to overwrite it")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise CSRAError(f"--out {path}: {parent} is not a directory")
     return path
 
 
