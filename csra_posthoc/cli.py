@@ -267,7 +267,7 @@ def predict_cmd(
     temperature: TemperatureOpt = None,
     heads: HeadsOpt = None,
     img_size: Optional[int] = typer.Option(None, "--img-size"),
-    transform: str = typer.Option("auto", "--transform", help="auto | square | crop (ignored with --patched: the file says)"),
+    transform: str = typer.Option("auto", "--transform", help="auto | square | crop (not with --patched: the file stores its preprocessing)"),
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
     threshold: float = typer.Option(0.5, "--threshold", help="predicted: in the top-k and sigmoid(score) >= this (0: the whole top-k)"),

@@ -132,8 +132,10 @@ def patch(
 
     from .probe import ProbeHeadAdapter
 
-    if isinstance(model, ProbeHeadAdapter) and head is None:  # fit_probe's result: its probe is the head
-        model, head = model.base, model.head
+    described = None
+    if isinstance(model, ProbeHeadAdapter):  # fit_probe's result: its probe is the head unless another is given
+        described = model.info.head if head is None else None
+        model, head = model.base, (model.head if head is None else head)
     adapter = adapter_for_module(model, name)
     classifier, head_meta = (adapter.head, {}) if head is None else _classifier_from_probe(adapter, head)
     csra = CSRAHead(classifier, lam=lam, temperature=temperature, heads=heads)
@@ -156,7 +158,7 @@ def patch(
         "weights": adapter.info.weights,
         "weights_fingerprint": adapter.info.weights_fingerprint,
         "head": "probe" if head is not None else "model",
-        "head_description": (f"linear probe on {probe['dataset']} {probe['split']}" if probe else adapter.info.head),
+        "head_description": (f"linear probe on {probe['dataset']} {probe['split']}" if probe else described or adapter.info.head),
         "head_fingerprint": state_dict_fingerprint(classifier.state_dict()),
         "baseline_source": adapter.info.baseline_source,
         "variant": csra.variant,

@@ -240,6 +240,8 @@ def run_predict(
         resolve_temperatures(math.inf if temperature is None else temperature, heads)
     expand_images(images)  # missing paths fail before any model is built
     if patched_file is not None:
+        if transform != "auto":
+            raise CSRAError("--transform with --patched: the file stores the preprocessing it was applied with; drop --transform")
         patched = load_patched_for_predict(patched_file, model, checkpoint, pretrained, random_init, head_file, img_size)
         if not isinstance(patched, PatchedModel) and (compare or lam is not None or temperature is not None or heads is not None):
             raise CSRAError(

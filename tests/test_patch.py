@@ -150,3 +150,22 @@ def test_probe_head_replaces_the_classifier(tmp_path: Path) -> None:
     assert patched.classes == ["x", "y", "z"] and patched.config["head"] == "probe"
     with pytest.raises(CSRAError, match="fitted on resnet10t"):
         patch(timm.create_model("resnet18", num_classes=10), head=tmp_path / "head.safetensors")  # 512 features too
+
+
+def test_a_fitted_probe_adapter_patches_with_its_probe() -> None:
+    from csra_posthoc import load_model
+    from csra_posthoc.adapters import AdapterInfo
+    from csra_posthoc.probe import ProbeHeadAdapter
+
+    torch.manual_seed(0)
+    base = load_model("resnet10t", random_init=True)
+    probe = base.head.with_linear(torch.randn(4, base.head.weight.shape[1]), torch.randn(4))
+    fitted = ProbeHeadAdapter(base, probe, AdapterInfo("resnet10t", "timm-cnn", "model_logits", "random-init", head="linear probe on x train, 9 images"))
+    x = _x()
+    with torch.no_grad():
+        s, logits = fitted(x)
+        patched = patch(fitted, lam=0.3)
+        assert torch.allclose(patch(fitted, lam=0.0)(x), logits, atol=1e-5)  # lam 0: the probe's own logits
+        assert torch.allclose(patched(x), s.mean(-1) + 0.3 * s.amax(-1), atol=1e-5)
+    assert patched.config["head"] == "probe" and patched.config["model_num_classes"] == 1000
+    assert patched.config["head_description"].startswith("linear probe")
