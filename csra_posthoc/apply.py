@@ -146,9 +146,14 @@ def apply_patch(
     from .probe import load_head
     from .report import report_console
 
+    from .validate import check_weight_source
+
     console = console or report_console()
     # every flag is checked before any model is built
+    check_weight_source(checkpoint, pretrained, random_init)
     check_out_path(out, force)
+    if pick not in PICKS:
+        raise CSRAError(f"--pick {pick}: choose {', '.join(PICKS)}")
     check_img_size(img_size)
     if transform not in ("auto", "square", "crop"):
         raise CSRAError(f"--transform {transform}: choose auto, square or crop")

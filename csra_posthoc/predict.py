@@ -259,8 +259,11 @@ def run_predict(
             cfg.update(lam=patched.head.lam, heads=patched.head.heads, variant=patched.head.variant, temperatures=temps)
             console.print(f"[yellow]note:[/] settings of {patched_file} overridden: {patched.head.extra_repr()}")
     else:
+        from .validate import check_weight_source
+
         if model is None:
             raise CSRAError("predict needs --model ARCH with --checkpoint / --pretrained, or --patched FILE.safetensors")
+        check_weight_source(checkpoint, pretrained, random_init)
         from .adapters import load_model
         from .lam_sweep import paper_fixed_lam
         from .patched import patch
