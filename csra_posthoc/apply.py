@@ -100,12 +100,12 @@ def check_results_match(results: dict[str, Any], patched_config: dict[str, Any],
 def default_preprocessing(adapter, transform: str, img_size: int | None, head_meta: dict | None) -> dict[str, Any]:
     """The transform ``predict`` uses: ``crop`` (the model's eval transform) or ``square`` (the
     multi-label protocol); ``auto`` is square for a probe fitted on a multi-label dataset, else crop."""
-    from .data.transforms import eval_transform
+    from .data.transforms import transform_description
 
     if transform == "auto":
         probe = (head_meta or {}).get("probe")
         transform = "square" if probe and probe.get("dataset") not in SINGLE_LABEL_DATASETS else "crop"
-    return eval_transform(adapter.data_config, img_size, single_label=False, choice=transform)[1]  # type: ignore[arg-type]
+    return transform_description(adapter.data_config, img_size, single_label=False, choice=transform)  # type: ignore[arg-type]
 
 
 def check_img_size(img_size: int | None) -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from .adapters.base import DataConfig, ModelAdapter
+from .adapters.base import ModelAdapter
 from .atomic import atomic_write
 from .checkpoint import state_dict_fingerprint
 from .csra_head import CSRAHead
@@ -128,7 +129,7 @@ def patch(
     ``img_size`` (default: the model's input size); exports and ``predict`` use it.
     """
     from .adapters.instance import adapter_for_module, architecture_kwargs
-    from .data.transforms import center_crop_transform
+    from .data.transforms import transform_description
 
     from .probe import ProbeHeadAdapter
 
@@ -144,7 +145,7 @@ def patch(
     if classes is not None and len(classes) != csra.num_classes:
         raise CSRAError(f"--classes: {len(classes)} names for a head with {csra.num_classes} classes")
     if preprocessing is None:
-        preprocessing = center_crop_transform(adapter.data_config, img_size)[1]
+        preprocessing = transform_description(adapter.data_config, img_size, single_label=True, choice="crop")
     probe = head_meta.get("probe")
     config = {
         "format": FORMAT,
@@ -167,14 +168,7 @@ def patch(
         "heads": heads,
         "temperatures": [_json_float(t) for t in csra.temperatures],
         "preprocessing": preprocessing,
-        "data_config": {
-            "input_size": adapter.data_config.input_size,
-            "mean": list(adapter.data_config.mean),
-            "std": list(adapter.data_config.std),
-            "interpolation": adapter.data_config.interpolation,
-            "crop_pct": adapter.data_config.crop_pct,
-            "crop_mode": adapter.data_config.crop_mode,
-        },
+        "data_config": asdict(adapter.data_config),
         "input": {"shape": ["batch", 3, preprocessing["size"], preprocessing["size"]], "dtype": "float32", "normalised": True},
         "output": {"shape": ["batch", csra.num_classes], "meaning": "CSRA scores (logits scale): mean + lam * attended"},
     }
@@ -238,15 +232,3 @@ def load_patched(path: str | Path) -> PatchedModel:
     if expected and adapter.info.weights_fingerprint != expected:
         raise CSRAError(f"--patched {path}: its weights do not hash to the fingerprint in its config (damaged file?); export it again")
     return PatchedModel(adapter, csra, config).eval()
-
-
-def preprocessing_config(desc: dict[str, Any]) -> DataConfig:
-    """A :class:`DataConfig` that rebuilds the transform described by ``desc``."""
-    return DataConfig(
-        input_size=int(desc["size"]),
-        mean=tuple(desc["mean"]),
-        std=tuple(desc["std"]),
-        interpolation=str(desc["interpolation"]),
-        crop_pct=float(desc.get("crop_pct", 0.875)),
-        crop_mode=str(desc.get("crop_mode", "center")),
-    )

