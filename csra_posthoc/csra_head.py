@@ -20,15 +20,17 @@ import torch.nn as nn
 
 from .errors import CSRAError
 from .location_head import LocationHead
-from .scoring import HEAD_TEMPERATURES, score_from_locations
+from .defaults import HEAD_COUNTS
+from .scoring import head_temperatures, score_from_locations
 
 
 def resolve_temperatures(temperature: float = math.inf, heads: int | None = None) -> tuple[float, ...]:
     """The temperatures a head pools with: ``(temperature,)`` or the paper's set for ``heads`` heads."""
     if heads is not None:
-        if heads not in HEAD_TEMPERATURES:
-            raise CSRAError(f"--heads {heads}: the paper's head counts are {', '.join(map(str, sorted(HEAD_TEMPERATURES)))}")
-        return HEAD_TEMPERATURES[heads]
+        try:
+            return head_temperatures(heads)
+        except ValueError:
+            raise CSRAError(f"--heads {heads}: the paper's head counts are {', '.join(map(str, HEAD_COUNTS))}") from None
     t = float(temperature)
     if math.isnan(t) or t <= 0:
         raise CSRAError(f"--temperature {temperature}: must be > 0 (inf for the max)")

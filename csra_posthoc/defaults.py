@@ -5,6 +5,8 @@ The CLI builds its ``--help`` text from these, so they live apart from the torch
 
 from __future__ import annotations
 
+import math
+
 DEFAULT_LAMS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DEFAULT_TEMPS: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0)
 DEFAULT_HEADS: tuple[int, ...] = (1, 2, 4, 6, 8)
@@ -12,7 +14,15 @@ DEFAULT_HEADS: tuple[int, ...] = (1, 2, 4, 6, 8)
 # Temperatures whose softmax-weighted average is cached per image and class; together with the
 # max (T = inf) they cover every multi-head set of the paper (docs/method.md, section 2).
 CACHED_TEMPERATURES: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0)
-HEAD_COUNTS: tuple[int, ...] = (1, 2, 4, 6, 8)  # the paper's multi-head sets
+# The paper's temperature set for H heads; the last head (but for H = 1) is always T = inf (the max).
+HEAD_TEMPERATURES: dict[int, tuple[float, ...]] = {
+    1: (1.0,),
+    2: (1.0, math.inf),
+    4: (1.0, 2.0, 4.0, math.inf),
+    6: (1.0, 2.0, 3.0, 4.0, 5.0, math.inf),
+    8: (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, math.inf),
+}
+HEAD_COUNTS: tuple[int, ...] = tuple(HEAD_TEMPERATURES)  # the paper's multi-head sets
 
 METRIC_NAMES: tuple[str, ...] = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "top1", "top5")
 TRANSFORM_CHOICES: tuple[str, ...] = ("auto", "square", "crop")

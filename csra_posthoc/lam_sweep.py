@@ -17,7 +17,7 @@ from .errors import CSRAError
 from .metrics import multilabel_metrics, singlelabel_metrics
 from .scoring import csra_score, head_temperatures, multihead_attended
 from .statistics import ClassStatistics
-from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS  # re-exported; defined torch-free for the CLI
+from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, HEAD_COUNTS  # defaults re-exported; defined torch-free for the CLI
 
 VariantKind = Literal["max", "softmax", "heads"]
 
@@ -122,8 +122,8 @@ def sweep(
     if any(not math.isfinite(lam) or lam < 0 for lam in lams):
         raise CSRAError("--lams: every lam must be a finite number >= 0")
     for h in heads:
-        if h not in (1, 2, 4, 6, 8):
-            raise CSRAError(f"--heads {h}: the paper's head counts are 1, 2, 4, 6, 8")
+        if h not in HEAD_COUNTS:
+            raise CSRAError(f"--heads {h}: the paper's head counts are {', '.join(map(str, HEAD_COUNTS))}")
     if any(t <= 0 for t in temps):
         raise CSRAError("--temps: temperatures must be > 0 (inf for the max)")
     primary = "top1" if stats.meta.get("single_label") else "mAP"

@@ -14,18 +14,9 @@ from typing import Sequence
 
 import torch
 
-from .defaults import CACHED_TEMPERATURES  # re-exported; defined torch-free for the flag checks
+from .defaults import CACHED_TEMPERATURES, HEAD_TEMPERATURES  # re-exported; defined torch-free for the flag checks
 
 INF = math.inf
-
-# The paper's temperature set for H heads; the last head is always T = inf (the max).
-HEAD_TEMPERATURES: dict[int, tuple[float, ...]] = {
-    1: (1.0,),
-    2: (1.0, INF),
-    4: (1.0, 2.0, 4.0, INF),
-    6: (1.0, 2.0, 3.0, 4.0, 5.0, INF),
-    8: (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, INF),
-}
 
 
 def attention_pool(s: torch.Tensor, temperature: float) -> torch.Tensor:
