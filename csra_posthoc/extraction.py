@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from .adapters import ModelAdapter
 from .adapters.base import IDENTITY_TOLERANCE, identity_scale
-from .cache import cache_path, default_cache_dir, key_lock, load_statistics, open_cache_dir, remove_orphans, save_statistics
+from .cache import cache_path, resolve_cache_dir, key_lock, load_statistics, open_cache_dir, remove_orphans, save_statistics
 from .checkpoint import state_dict_fingerprint
 from .data import ImageDataset, LabelledImages
 from .data.transforms import eval_transform
@@ -178,7 +178,7 @@ def extract(
     transform, transform_desc = eval_transform(adapter.data_config, opts.img_size, images.single_label, opts.transform)  # type: ignore[arg-type]
     size = transform_desc["size"]
     key = extraction_key(adapter, images, transform_desc, opts.amp, opts.keep_maps, opts.verify_images)
-    cache_dir = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
+    cache_dir = resolve_cache_dir(opts.cache_dir)
     path = cache_path(cache_dir, adapter.info.name, images.dataset, images.split, key)
     if opts.use_cache and not opts.recompute and path.is_file():  # reading needs no write access
         remove_orphans(cache_dir)

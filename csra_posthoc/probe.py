@@ -27,7 +27,7 @@ from rich.console import Console
 
 from .adapters import AdapterInfo, ModelAdapter
 from .atomic import atomic_write
-from .cache import cache_key, default_cache_dir
+from .cache import cache_key, resolve_cache_dir
 from .checkpoint import state_dict_fingerprint
 from .data import LabelledImages
 from .data.transforms import eval_transform
@@ -178,7 +178,7 @@ def fit_probe(
             "amp": opts.amp,
         }
     )
-    cache_dir = Path(opts.cache_dir or default_cache_dir())
+    cache_dir = resolve_cache_dir(opts.cache_dir)
     path = cache_dir / f"probe-{key}.safetensors"
     reuse = opts.use_cache and not opts.recompute and path.is_file()  # reading needs no write access
     use_cache = reuse or (opts.use_cache and usable_cache_dir(cache_dir, console))
