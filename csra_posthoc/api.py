@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from rich.console import Console
 
-from .adapters import TORCHVISION_PREFIX, ModelAdapter, load_model
+from .adapters import ModelAdapter, load_model
 from .cache import remove_orphans, resolve_cache_dir
 from .data import TRAIN_SPLITS, LabelledImages, load_dataset
 from .defaults import METRIC_NAMES  # noqa: F401 (re-exported)
@@ -15,7 +15,6 @@ from .errors import CSRAError
 from .extraction import extract
 from .options import DataOptions, ExtractOptions
 from .lam_sweep import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, sweep
-from .offline_weights import has_offline_weights
 from .probe import fit_probe
 from .report import print_table, report_console, results_dict, save_scores, write_json
 from .resolution import (
@@ -147,10 +146,10 @@ def run_sweep(
         save_head=save_head, options=opts, lams=lams, temps=temps, heads=heads, metrics=metrics,
         out=out, save_scores_to=save_scores_to,
     )  # fmt: skip
-    if pretrained and not model.startswith(TORCHVISION_PREFIX) and not has_offline_weights(model):
-        from .hub import require_hub_weights
+    if pretrained:  # before the data is read: no network and no local copy is one line, not a minute of retries
+        from .hub import require_reachable_weights
 
-        require_hub_weights(model)  # no network and no local copy: one line now, not a minute of retries
+        require_reachable_weights(model)
     images = load_dataset(dataset, data_dir, data)
     if dataset_label:  # a VOC-layout dataset that is not VOC (the demo's mosaics, say)
         images.dataset = dataset_label

@@ -86,6 +86,16 @@ def cached_weights(arch: str) -> Path | None:
     return None
 
 
+def require_reachable_weights(name: str) -> None:
+    """``--pretrained`` for ``name``: only timm hub weights need the network (packaged weights and
+    torchvision's downloader are left to :func:`csra_posthoc.load_model`); refuse them early when unreachable."""
+    from .adapters import TORCHVISION_PREFIX
+    from .offline_weights import has_offline_weights
+
+    if not name.startswith(TORCHVISION_PREFIX) and not has_offline_weights(name):
+        require_hub_weights(name)
+
+
 def require_hub_weights(arch: str) -> None:
     """Refuse ``--pretrained`` for a timm model whose weights cannot be had: no network, no local copy."""
     import timm
