@@ -38,6 +38,17 @@ def _from_json_float(t: float | str) -> float:
     return math.inf if t == "inf" else float(t)
 
 
+def settings_config(head: CSRAHead) -> dict[str, Any]:
+    """The config fields that describe a head's CSRA settings (inf written as "inf": JSON has none)."""
+    return {
+        "variant": head.variant,
+        "lam": head.lam,
+        "temperature": _json_float(head.temperatures[0]) if head.heads is None else None,
+        "heads": head.heads,
+        "temperatures": [_json_float(t) for t in head.temperatures],
+    }
+
+
 class PatchedModel(nn.Module):
     """``x -> CSRAHead(feature map of x)``; ``forward_with_baseline`` also returns the lam = 0 scores.
 
@@ -71,6 +82,17 @@ class PatchedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.feature_map(x))
+
+    def set_settings(self, lam: float | None = None, temperature: float | None = None, heads: int | None = None) -> "PatchedModel":
+        """The same classifier with other CSRA settings; what is not given keeps its current value
+        (lam alone keeps the variant)."""
+        if temperature is None and heads is None:
+            heads = self.head.heads
+            temperature = self.head.temperatures[0] if heads is None else math.inf
+        lam = self.head.lam if lam is None else lam
+        self.head = CSRAHead(self.head.classifier, lam, math.inf if temperature is None else temperature, heads)
+        self.config.update(settings_config(self.head))
+        return self
 
     @torch.no_grad()
     def forward_with_baseline(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,11 +184,7 @@ def patch(
         "head_description": (f"linear probe on {probe['dataset']} {probe['split']}" if probe else described or adapter.info.head),
         "head_fingerprint": state_dict_fingerprint(classifier.state_dict()),
         "baseline_source": adapter.info.baseline_source,
-        "variant": csra.variant,
-        "lam": csra.lam,
-        "temperature": _json_float(csra.temperatures[0]) if heads is None else None,
-        "heads": heads,
-        "temperatures": [_json_float(t) for t in csra.temperatures],
+        **settings_config(csra),
         "preprocessing": preprocessing,
         "data_config": asdict(adapter.data_config),
         "input": {"shape": ["batch", 3, preprocessing["size"], preprocessing["size"]], "dtype": "float32", "normalised": True},

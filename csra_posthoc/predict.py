@@ -214,7 +214,7 @@ def run_predict(
 ) -> list[dict[str, Any]]:
     """Build the patched model (from ``patched_file`` or ``model`` + weights + settings), predict, print, write JSON."""
     from .apply import check_img_size, default_preprocessing
-    from .csra_head import CSRAHead, check_lam, resolve_temperatures
+    from .csra_head import check_lam, resolve_temperatures
     from .extraction import resolve_device
     from .patched import PatchedModel
     from .report import report_console, write_json
@@ -242,14 +242,7 @@ def run_predict(
                 "use the .safetensors file apply writes for --compare / --lam / --temperature / --heads"
             )
         if lam is not None or temperature is not None or heads is not None:  # the file's classifier, other settings
-            cfg = patched.config
-            if heads is None and temperature is None:  # keep the file's variant, change lam only
-                heads = cfg.get("heads")
-                temperature = math.inf if cfg.get("temperature") in (None, "inf") else float(cfg["temperature"])
-            lam = cfg["lam"] if lam is None else lam
-            patched.head = CSRAHead(patched.head.classifier, lam, math.inf if temperature is None else temperature, heads)
-            temps = ["inf" if math.isinf(t) else t for t in patched.head.temperatures]
-            cfg.update(lam=patched.head.lam, heads=patched.head.heads, variant=patched.head.variant, temperatures=temps)
+            patched.set_settings(lam, temperature, heads)
             console.print(f"[yellow]note:[/] settings of {patched_file} overridden: {patched.head.extra_repr()}")
     else:
         from .validate import check_weight_source

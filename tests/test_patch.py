@@ -169,3 +169,16 @@ def test_a_fitted_probe_adapter_patches_with_its_probe() -> None:
         assert torch.allclose(patched(x), s.mean(-1) + 0.3 * s.amax(-1), atol=1e-5)
     assert patched.config["head"] == "probe" and patched.config["model_num_classes"] == 1000
     assert patched.config["head_description"].startswith("linear probe")
+
+
+def test_new_settings_score_and_describe_like_a_fresh_patch() -> None:
+    model = timm.create_model("resnet10t", num_classes=3).eval()
+    x = _x()
+    changed = patch(model, lam=0.2, heads=4).set_settings(lam=0.7)  # lam alone keeps the variant
+    fresh = patch(model, lam=0.7, heads=4)
+    with torch.no_grad():
+        assert torch.equal(changed(x), fresh(x))
+    keys = ("variant", "lam", "temperature", "heads", "temperatures")
+    assert {k: changed.config[k] for k in keys} == {k: fresh.config[k] for k in keys}
+    softmax = patch(model, lam=0.2).set_settings(temperature=2.0)
+    assert softmax.config["temperature"] == 2.0 and softmax.config["variant"] == "softmax" and softmax.config["lam"] == 0.2
