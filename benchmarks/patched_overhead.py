@@ -36,12 +36,16 @@ def median_times(fns: dict[str, callable], repeats: int) -> dict[str, float]:
 
 
 def onnx_session(module: torch.nn.Module, x: torch.Tensor, path: Path, threads: int):
-    import onnxruntime as ort
-    from torch.export import Dim
+    import contextlib
+    import io
 
-    with warnings.catch_warnings():
+    import onnxruntime as ort
+
+    from csra_posthoc.export import onnx_export
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (x,), str(path), dynamo=True, input_names=["input"], dynamic_shapes={"x": {0: Dim("batch", min=1, max=4096)}}, opset_version=18, verbose=False)
+        onnx_export(module, x, path)  # the original and the patched model exported the same way
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

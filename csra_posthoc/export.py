@@ -86,10 +86,30 @@ def _quiet():
         yield
 
 
-def _write_torch_export(patched: PatchedModel, tmp: str, example: torch.Tensor, config: str) -> None:
+def dynamic_batch() -> dict:
+    """``dynamic_shapes`` for a ``forward(x)`` whose batch axis stays free in the exported program."""
     from torch.export import Dim
 
-    ep = torch.export.export(patched, (example,), dynamic_shapes={"x": {0: Dim("batch", min=1, max=4096)}})
+    return {"x": {0: Dim("batch", min=1, max=4096)}}
+
+
+def onnx_export(module: torch.nn.Module, example: torch.Tensor, path: str | Path, opset: int = ONNX_OPSET) -> None:
+    """``module`` as ONNX (dynamo exporter, input ``input``, output ``scores``, dynamic batch)."""
+    torch.onnx.export(
+        module,
+        (example,),
+        str(path),
+        dynamo=True,
+        input_names=["input"],
+        output_names=["scores"],
+        dynamic_shapes=dynamic_batch(),
+        opset_version=opset,
+        external_data=False,
+    )
+
+
+def _write_torch_export(patched: PatchedModel, tmp: str, example: torch.Tensor, config: str) -> None:
+    ep = torch.export.export(patched, (example,), dynamic_shapes=dynamic_batch())
     buffer = io.BytesIO()  # torch.export wants a .pt2 name or a buffer; the temporary file has neither
     torch.export.save(ep, buffer, extra_files={CONFIG_FILE: config})
     Path(tmp).write_bytes(buffer.getvalue())
@@ -106,19 +126,7 @@ def _write_onnx(patched: PatchedModel, tmp: str, example: torch.Tensor, config: 
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError:
         raise CSRAError("--out *.onnx needs the export extra: pip install 'csra-posthoc[export]'") from None
-    from torch.export import Dim
-
-    torch.onnx.export(
-        patched,
-        (example,),
-        tmp,
-        dynamo=True,
-        input_names=["input"],
-        output_names=["scores"],
-        dynamic_shapes={"x": {0: Dim("batch", min=1, max=4096)}},
-        opset_version=opset,
-        external_data=False,
-    )
+    onnx_export(patched, example, tmp, opset)
     model = onnx.load(tmp)
     onnx.helper.set_model_props(model, {CONFIG_KEY: config})
     onnx.save(model, tmp)
