@@ -108,13 +108,6 @@ def default_preprocessing(adapter, transform: str, img_size: int | None, head_me
     return transform_description(adapter.data_config, img_size, single_label=False, choice=transform)  # type: ignore[arg-type]
 
 
-def check_img_size(img_size: int | None) -> None:
-    from .defaults import MAX_IMG_SIZE, MIN_IMG_SIZE
-
-    if img_size is not None and not MIN_IMG_SIZE <= img_size <= MAX_IMG_SIZE:
-        raise CSRAError(f"--img-size {img_size}: must be between {MIN_IMG_SIZE} and {MAX_IMG_SIZE} pixels")
-
-
 def apply_patch(
     model: str,
     out: str | Path,
@@ -146,7 +139,7 @@ def apply_patch(
     from .probe import load_head
     from .report import report_console
 
-    from .validate import check_weight_source
+    from .validate import check_img_size, check_weight_source
 
     console = console or report_console()
     # every flag is checked before any model is built

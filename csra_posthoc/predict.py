@@ -213,11 +213,12 @@ def run_predict(
     console: Console | None = None,
 ) -> list[dict[str, Any]]:
     """Build the patched model (from ``patched_file`` or ``model`` + weights + settings), predict, print, write JSON."""
-    from .apply import check_img_size, default_preprocessing
+    from .apply import default_preprocessing
     from .csra_head import check_lam, resolve_temperatures
     from .extraction import resolve_device
     from .patched import PatchedModel
     from .report import report_console, write_json
+    from .validate import check_img_size, check_weight_source
 
     console = console or report_console()
     check_predict_args(threshold, top_k, batch_size)
@@ -245,8 +246,6 @@ def run_predict(
             patched.set_settings(lam, temperature, heads)
             console.print(f"[yellow]note:[/] settings of {patched_file} overridden: {patched.head.extra_repr()}")
     else:
-        from .validate import check_weight_source
-
         if model is None:
             raise CSRAError("predict needs --model ARCH with --checkpoint / --pretrained, or --patched FILE.safetensors")
         check_weight_source(checkpoint, pretrained, random_init)

@@ -37,6 +37,12 @@ def check_output_path(path: str | Path | None, flag: str) -> None:
         raise CSRAError(f"{flag} {target}: folder {ancestor} is not writable; choose another path")
 
 
+def check_img_size(img_size: int | None) -> None:
+    """``--img-size``: bounded, so 100000 is a clear line and not an out-of-memory kill."""
+    if img_size is not None and not MIN_IMG_SIZE <= img_size <= MAX_IMG_SIZE:
+        raise CSRAError(f"--img-size {img_size}: must be between {MIN_IMG_SIZE} and {MAX_IMG_SIZE} pixels")
+
+
 def check_weight_source(checkpoint: str | Path | None, pretrained: bool, random_init: bool) -> None:
     if sum([checkpoint is not None, pretrained, random_init]) != 1:
         raise CSRAError("--model needs exactly one weight source: --checkpoint PATH, --pretrained or --random-init")
@@ -76,8 +82,7 @@ def check_metrics(metrics: Sequence[str]) -> None:
 
 def check_extract_options(options: ExtractOptions) -> None:
     """``--img-size``, ``--batch-size``, ``--workers``, ``--transform`` and ``--device`` (cuda must exist)."""
-    if options.img_size is not None and not MIN_IMG_SIZE <= options.img_size <= MAX_IMG_SIZE:
-        raise CSRAError(f"--img-size {options.img_size}: must be between {MIN_IMG_SIZE} and {MAX_IMG_SIZE} pixels")
+    check_img_size(options.img_size)
     if options.batch_size < 1:
         raise CSRAError(f"--batch-size {options.batch_size}: must be >= 1")
     if options.workers < 0:
