@@ -14,9 +14,18 @@ _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")  # CSI sequences (colours, bold):
 
 
 class CSRAError(Exception):
-    """A problem with the user's input, explained in one line."""
+    """A problem with the user's input, explained in one line.
+
+    Library messages speak in library terms: they name the Python parameter (``img_size``), never
+    a CLI flag. ``param`` says which parameter is at fault so that the CLI can name its flag
+    (``--img-size``) instead; None when the culprit is not a parameter (a file's contents, say).
+    """
 
     exit_code: int = 2
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 def strip_ansi(text: str) -> str:
