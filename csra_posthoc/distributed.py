@@ -26,7 +26,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -57,7 +57,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None  # None: single process, no process group
-    device: torch.device = torch.device("cpu")  # where this rank computes (cuda:LOCAL_RANK under nccl)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # cuda:LOCAL_RANK under nccl
     timeout_s: float = DEFAULT_TIMEOUT_S
 
     @property

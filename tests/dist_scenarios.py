@@ -18,8 +18,16 @@ from pathlib import Path
 import torch
 
 from csra_posthoc.distributed import (
-    all_reduce_max, broadcast_state_dict, check_config_agreement, distributed, gather_object, gather_objects,
-    gather_tensors, shard_for, should_print_error, stage,
+    all_reduce_max,
+    broadcast_state_dict,
+    check_config_agreement,
+    distributed,
+    gather_object,
+    gather_objects,
+    gather_tensors,
+    shard_for,
+    should_print_error,
+    stage,
 )  # fmt: skip
 from csra_posthoc.errors import CSRAError
 
@@ -118,7 +126,7 @@ def _child(rank: int, world: int, port: int, timeout_s: float, name: str, out: P
     code = 1
     try:
         code = run(name, out, counts)
-    except BaseException:  # a bug's traceback goes to stderr; the exit code says it failed
+    except BaseException:  # noqa: BLE001 -- a bug's traceback goes to stderr; the exit code says it failed
         import traceback
 
         traceback.print_exc()

@@ -1,0 +1,13 @@
+"""``python -m csra_posthoc``: the CLI; also the module ``torchrun ... -m csra_posthoc sweep ...`` launches."""
+
+import sys
+
+
+def _main() -> None:
+    from .cli import main  # lazily: ``--help`` stays as fast as the console script's
+
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _main()
