@@ -287,7 +287,7 @@ def gather_tensor(tensor: torch.Tensor, part: Shard, ctx: DistContext, name: str
     if not ctx.active:
         return tensor.cpu()
     layouts: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(layouts, (tuple(tensor.shape[1:]), str(tensor.dtype)))
+    _collective(f"gather {name}", ctx, dist.all_gather_object, layouts, (tuple(tensor.shape[1:]), str(tensor.dtype)))
     if any(layout != layouts[0] for layout in layouts):
         raise ValueError(f"{name}: ranks disagree on trailing shape / dtype: {layouts}")
     sizes = part.sizes
@@ -295,7 +295,7 @@ def gather_tensor(tensor: torch.Tensor, part: Shard, ctx: DistContext, name: str
     padded = torch.zeros((width, *tensor.shape[1:]), dtype=tensor.dtype, device=ctx.comm_device)
     padded[: tensor.shape[0]] = tensor.to(ctx.comm_device)
     buffers = [torch.empty_like(padded) for _ in range(ctx.world_size)] if ctx.is_main else None
-    dist.gather(padded, buffers, dst=0)
+    _collective(f"gather {name}", ctx, dist.gather, padded, buffers, dst=0)
     if buffers is None:
         return None
     return torch.cat([buf[:n].cpu() for buf, n in zip(buffers, sizes)])
@@ -309,7 +309,7 @@ def gather_tensors(
     names = sorted(tensors)
     if ctx.active:
         present: list[Any] = [None] * ctx.world_size
-        dist.all_gather_object(present, [(n, tensors[n] is not None) for n in names])
+        _collective("gather", ctx, dist.all_gather_object, present, [(n, tensors[n] is not None) for n in names])
         if any(p != present[0] for p in present):
             raise ValueError(f"ranks disagree on the gathered fields: {present}")
     out: dict[str, torch.Tensor | None] = {}
@@ -325,7 +325,7 @@ def gather_objects(items: Sequence[Any], part: Shard, ctx: DistContext, name: st
     if not ctx.active:
         return list(items)
     lists: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
-    dist.gather_object(list(items), lists, dst=0)
+    _collective(f"gather {name}", ctx, dist.gather_object, list(items), lists, dst=0)
     if lists is None:
         return None
     return [item for block in lists for item in block]
@@ -336,7 +336,7 @@ def gather_object(obj: Any, ctx: DistContext) -> list[Any] | None:
     if not ctx.active:
         return [obj]
     out: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
-    dist.gather_object(obj, out, dst=0)
+    _collective("gather", ctx, dist.gather_object, obj, out, dst=0)
     return out
 
 
@@ -344,7 +344,7 @@ def all_reduce_max(values: Sequence[float], ctx: DistContext) -> list[float]:
     """Element-wise max over ranks (the identity check's max |diff| must be the whole split's)."""
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=ctx.comm_device)
     if ctx.active:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        _collective("all_reduce", ctx, dist.all_reduce, t, op=dist.ReduceOp.MAX)
     return t.cpu().tolist()
 
 
@@ -362,14 +362,14 @@ def broadcast_state_dict(state: Mapping[str, torch.Tensor] | None, ctx: DistCont
         if state is None:
             raise ValueError("broadcast_state_dict: rank 0 must pass the state")
         layout = [[(k, tuple(v.shape), v.dtype) for k, v in state.items()]]
-    dist.broadcast_object_list(layout, src=0)
+    _collective("broadcast", ctx, dist.broadcast_object_list, layout, src=0)
     out = {}
     for key, shape, dtype in layout[0]:
         if ctx.is_main:
             buf = state[key].detach().to(ctx.comm_device, dtype).contiguous()  # type: ignore[index]
         else:
             buf = torch.empty(shape, dtype=dtype, device=ctx.comm_device)
-        dist.broadcast(buf, src=0)
+        _collective("broadcast", ctx, dist.broadcast, buf, src=0)
         out[key] = buf.cpu()
     return out
 
@@ -406,7 +406,7 @@ def check_config_agreement(config: Mapping[str, Any], ctx: DistContext) -> str:
     if all(v == values[0] for v in values):
         return digest
     configs: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(configs, dict(config))
+    _collective("config check", ctx, dist.all_gather_object, configs, dict(config))
     differing = [r for r, v in enumerate(values) if v != values[0]]
     names = ", ".join(str(r) for r in differing)
     raise CSRAError(
@@ -439,7 +439,7 @@ def failure_reason(exc: BaseException) -> str:
     """One line for another rank's report: a user error's own line; a bug's type and first line."""
     if isinstance(exc, CSRAError):
         return first_line(exc)
-    if isinstance(exc, torch.OutOfMemoryError):
+    if isinstance(exc, torch.cuda.OutOfMemoryError):  # torch.OutOfMemoryError's older name
         return f"out of memory ({first_line(exc, 80)}); try a smaller batch_size"
     return f"{type(exc).__name__}: {first_line(exc)}"
 
@@ -457,7 +457,12 @@ def check_status(stage_name: str, ctx: DistContext, error: BaseException | None 
         return
     flags = torch.zeros(ctx.world_size, dtype=torch.int32, device=ctx.comm_device)
     flags[ctx.rank] = int(error is not None)
-    _collective(stage_name, ctx, dist.all_reduce, flags)
+    try:
+        _collective(stage_name, ctx, dist.all_reduce, flags)
+    except CSRAError:
+        if error is not None:  # its own failure says more than "lost the others"
+            raise error from None
+        raise
     failed = [r for r, f in enumerate(flags.tolist()) if f]
     if not failed:
         return

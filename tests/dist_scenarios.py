@@ -84,6 +84,13 @@ def raise_bug(ctx, out: Path, n: list[int]) -> None:
     raise_in_loop(ctx, out, n, bug=True)
 
 
+def die(ctx, out: Path, _: list[int]) -> None:
+    part = shard_for(ctx, 10)
+    if ctx.rank == 1:
+        os._exit(3)  # killed outright (OOM killer, segfault): no status collective from it
+    gather_tensors({"avg": torch.zeros(part.count, 2)}, part, ctx)
+
+
 def hang(ctx, out: Path, _: list[int]) -> None:
     if ctx.rank == 1:
         time.sleep(120)  # a hung rank: never reaches the status collective
@@ -95,7 +102,7 @@ def too_many(ctx, out: Path, n: list[int]) -> None:
     shard_for(ctx, n[0])  # deterministic: every rank refuses at once, no collective needed
 
 
-SCENARIOS = {"gather": gather, "mismatch": mismatch, "raise": raise_in_loop, "bug": raise_bug, "hang": hang, "too_many": too_many}
+SCENARIOS = {"gather": gather, "mismatch": mismatch, "raise": raise_in_loop, "bug": raise_bug, "hang": hang, "die": die, "too_many": too_many}
 
 
 def run(name: str, out: Path, counts: list[int]) -> int:
@@ -134,10 +141,13 @@ def _child(rank: int, world: int, port: int, timeout_s: float, name: str, out: P
         os._exit(code)  # a forked child must not run the parent's (pytest's) exit handlers
 
 
-def launch(name: str, out: Path, counts: Sequence[int] = (), world: int = 2, timeout_s: float = 20.0, limit_s: float = 60.0) -> tuple[list[int | None], float]:
+def launch(
+    name: str, out: Path, counts: Sequence[int] = (), world: int = 2, timeout_s: float = 20.0, limit_s: float = 60.0, grace_s: float = 2.0
+) -> tuple[list[int | None], float]:
     """Fork ``world`` ranks on this machine (torchrun's environment, without its start-up cost).
 
-    Like torchrun, once one rank exits non-zero the others are stopped. Returns each rank's exit
+    Like torchrun, once one rank exits non-zero the others are stopped (after ``grace_s`` seconds
+    to finish on their own). Returns each rank's exit
     code (None: it had to be killed) and the wall time until the ranks were done.
     """
     ctx = multiprocessing.get_context("fork")
@@ -152,7 +162,7 @@ def launch(name: str, out: Path, counts: Sequence[int] = (), world: int = 2, tim
             break
         time.sleep(0.02)
     for p in procs:
-        p.join(timeout=max(0.0, min(2.0, deadline - time.perf_counter())))
+        p.join(timeout=max(0.0, min(grace_s, deadline - time.perf_counter())))
     wall = time.perf_counter() - start
     codes = [p.exitcode for p in procs]
     for p in procs:

@@ -206,6 +206,14 @@ def test_a_hung_rank_ends_the_others_at_the_timeout(tmp_path: Path) -> None:
     assert 0.8 * timeout <= float(waited) <= timeout + 10
 
 
+def test_a_rank_that_dies_ends_the_others_with_one_line(tmp_path: Path) -> None:
+    codes, _ = dist_scenarios.launch("die", tmp_path, timeout_s=20.0, grace_s=25.0)
+    assert codes[1] == 3 and codes[0] == 2
+    kind, _, waited, message = _errors(tmp_path)[0]
+    assert kind == "CSRAError" and message.startswith("rank 0: lost the other ranks at 'gather")
+    assert "\n" not in message and float(waited) < 20.0
+
+
 @pytest.mark.slow
 def test_torchrun_launch_gathers_like_a_single_process(tmp_path: Path) -> None:
     """The real launcher: torchrun starts the ranks and sets their environment."""
