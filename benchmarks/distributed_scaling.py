@@ -6,7 +6,9 @@ Each setting runs under ``torchrun --standalone --nproc-per-node W``: every rank
 :func:`~csra_posthoc.distributed.shard` of the same fixture (scikit-image photos resized to
 ``--img-size``, cycled to ``--images``), runs a tiny timm model's backbone, turns the feature
 map into per-location class scores and their avg / max statistics (as the extraction does),
-and :func:`~csra_posthoc.distributed.gather_tensors` them to rank 0. Rank 0 times the loop from
+with a status collective after every batch (``--status batch``, the loop phase 2 wires into the
+extraction; the share it takes is printed), and
+:func:`~csra_posthoc.distributed.gather_tensors` them to rank 0. Rank 0 times the loop from
 a barrier to the end of the gather, so the launcher's start-up is not counted, and checks that
 the gathered statistics equal the 1-rank run's. Ranks share the machine's cores
 (``--threads``, default cores // W each): on a loaded or small machine the ratio says more
@@ -44,7 +46,13 @@ def worker(args: argparse.Namespace) -> None:
     import timm
     import torch
 
-    from csra_posthoc.distributed import distributed, gather_tensors, shard_for, stage
+    from csra_posthoc.distributed import (
+        check_status,
+        distributed,
+        gather_tensors,
+        lockstep_steps,
+        shard_for,
+    )
     from csra_posthoc.scoring import location_statistics
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -62,22 +70,33 @@ def worker(args: argparse.Namespace) -> None:
                 torch.distributed.barrier()
             start = time.perf_counter()
             parts: dict[str, list] = {"avg": [], "max": [], "attn": [], "logits": []}
-            with stage("extract", ctx):
-                for i in range(0, mine.shape[0], args.batch_size):
-                    fmap = model.forward_features(mine[i : i + args.batch_size])  # (B, D, h, w)
-                    scores = torch.einsum("bdk,cd->bck", fmap.flatten(2), fc.weight) + fc.bias[None, :, None]
-                    stats = location_statistics(scores)
-                    parts["avg"].append(stats["avg"])
-                    parts["max"].append(stats["max"])
-                    parts["attn"].append(stats["attn"])
-                    parts["logits"].append(fc(fmap.mean((2, 3))))
+            status_s = 0.0
+            for step in range(lockstep_steps(part, args.batch_size)):  # phase 2's loop: a status check per batch
+                error = None
+                try:
+                    batch = mine[step * args.batch_size : (step + 1) * args.batch_size]
+                    if len(batch):
+                        fmap = model.forward_features(batch)  # (B, D, h, w)
+                        scores = torch.einsum("bdk,cd->bck", fmap.flatten(2), fc.weight) + fc.bias[None, :, None]
+                        stats = location_statistics(scores)
+                        for name in ("avg", "max", "attn"):
+                            parts[name].append(stats[name])
+                        parts["logits"].append(fc(fmap.mean((2, 3))))
+                except Exception as exc:  # noqa: BLE001 -- every rank learns of it in check_status
+                    error = exc
+                if args.status == "batch" or step == lockstep_steps(part, args.batch_size) - 1:
+                    tick = time.perf_counter()
+                    check_status("extract", ctx, error)
+                    status_s += time.perf_counter() - tick
+                elif error is not None:
+                    raise error
             computed = time.perf_counter()
             gathered = gather_tensors({k: torch.cat(v) for k, v in parts.items()}, part, ctx)
             done = time.perf_counter()
         if ctx.is_main:
             assert gathered is not None
             torch.save(gathered, Path(args.out).with_suffix(".pt"))
-            Path(args.out).write_text(json.dumps({"wall_s": done - start, "gather_s": done - computed, "threads": torch.get_num_threads()}))
+            Path(args.out).write_text(json.dumps({"wall_s": done - start, "gather_s": done - computed, "status_s": status_s, "threads": torch.get_num_threads()}))
 
 
 def main() -> None:
@@ -89,6 +108,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet10t")
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="torch threads per rank (0: cores // ranks)")
+    parser.add_argument("--status", choices=("batch", "end"), default="batch", help="status collective after every batch or once")
     parser.add_argument("--repeats", type=int, default=2, help="runs per setting; the fastest counts")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -107,7 +127,7 @@ def main() -> None:
             for rep in range(args.repeats):
                 out = Path(tmp) / f"w{world}_{rep}.json"
                 cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}", __file__, "--worker", f"--out={out}"]
-                cmd += [f"--images={args.images}", f"--img-size={args.img_size}", f"--batch-size={args.batch_size}", f"--model={args.model}", f"--classes={args.classes}", f"--threads={args.threads}"]
+                cmd += [f"--images={args.images}", f"--img-size={args.img_size}", f"--batch-size={args.batch_size}", f"--model={args.model}", f"--classes={args.classes}", f"--threads={args.threads}", f"--status={args.status}"]
                 subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 result = json.loads(out.read_text())
                 if best is None or result["wall_s"] < best["wall_s"]:
@@ -121,10 +141,14 @@ def main() -> None:
             rows.append({"ranks": world, **best, "images_per_s": args.images / best["wall_s"]})
     base = rows[0]["images_per_s"]
     print(f"{args.model} at {args.img_size} px, {args.images} images, batch {args.batch_size}, CPU gloo, {os.cpu_count()} cores (shared machine: noisy)")
-    print(f"{'ranks':>5} {'threads/rank':>12} {'img/s':>8} {'speed-up':>8} {'gather %':>8} {'max |diff|':>10}")
+    print(f"status check: {'every batch' if args.status == 'batch' else 'once, after the loop'}")
+    print(f"{'ranks':>5} {'threads/rank':>12} {'img/s':>8} {'speed-up':>8} {'gather %':>8} {'status %':>8} {'max |diff|':>10}")
     for r in rows:
-        share = 100 * r["gather_s"] / r["wall_s"]
-        print(f"{r['ranks']:>5} {r['threads']:>12} {r['images_per_s']:>8.1f} {r['images_per_s'] / base:>8.2f} {share:>8.2f} {r['max_abs_diff_vs_first']:>10.2e}")
+        gather, status = (100 * r[k] / r["wall_s"] for k in ("gather_s", "status_s"))
+        print(
+            f"{r['ranks']:>5} {r['threads']:>12} {r['images_per_s']:>8.1f} {r['images_per_s'] / base:>8.2f} "
+            f"{gather:>8.2f} {status:>8.2f} {r['max_abs_diff_vs_first']:>10.2e}"
+        )
 
 
 if __name__ == "__main__":

@@ -269,6 +269,14 @@ def shard_for(ctx: DistContext, total: int, what: str = "images") -> Shard:
     return shard(total, ctx.rank, ctx.world_size, what)
 
 
+def lockstep_steps(part: Shard, batch_size: int) -> int:
+    """Batches the largest shard needs: every rank loops this often (a rank whose shard is one
+    item shorter runs an empty last step) so that a per-batch :func:`check_status` pairs up."""
+    if batch_size < 1:
+        raise CSRAError(f"batch_size {batch_size}: must be at least 1", param="batch_size")
+    return -(-max(part.sizes) // batch_size)
+
+
 # --------------------------------------------------------------------------- gather / broadcast
 
 

@@ -42,6 +42,13 @@ def test_shards_are_disjoint_contiguous_and_cover_every_item(total: int, world: 
     assert max(parts[0].sizes) - min(parts[0].sizes) <= 1
 
 
+@pytest.mark.parametrize("total, world, batch, steps", [(7, 2, 2, 2), (8, 2, 4, 1), (9, 4, 2, 2), (5, 1, 5, 1)])
+def test_lockstep_steps_cover_the_largest_shard(total: int, world: int, batch: int, steps: int) -> None:
+    parts = [D.shard(total, r, world) for r in range(world)]
+    assert {D.lockstep_steps(p, batch) for p in parts} == {steps}
+    assert (steps - 1) * batch < max(p.count for p in parts) <= steps * batch
+
+
 def test_world_size_larger_than_images_is_one_line() -> None:
     with pytest.raises(CSRAError) as info:
         D.shard(3, 1, 4)
