@@ -356,6 +356,15 @@ def all_reduce_max(values: Sequence[float], ctx: DistContext) -> list[float]:
     return t.cpu().tolist()
 
 
+def broadcast_object(obj: Any, ctx: DistContext) -> Any:
+    """Rank 0's small picklable ``obj`` (a cache hit decision, the probe's info) on every rank."""
+    if not ctx.active:
+        return obj
+    box = [obj if ctx.is_main else None]
+    _collective("broadcast", ctx, dist.broadcast_object_list, box, src=0)
+    return box[0]
+
+
 def broadcast_state_dict(state: Mapping[str, torch.Tensor] | None, ctx: DistContext) -> dict[str, torch.Tensor]:
     """Rank 0's ``state`` (a fitted probe head) on every rank, bit for bit, as CPU tensors.
 

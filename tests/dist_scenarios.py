@@ -19,6 +19,7 @@ import torch
 
 from csra_posthoc.distributed import (
     all_reduce_max,
+    broadcast_object,
     broadcast_state_dict,
     check_config_agreement,
     distributed,
@@ -61,6 +62,7 @@ def gather(ctx, out: Path, counts: list[int]) -> None:
     results["head"] = broadcast_state_dict(head, ctx)
     results["max"] = all_reduce_max([float(ctx.rank), -float(ctx.rank)], ctx)
     results["objects"] = gather_object({"rank": ctx.rank}, ctx)
+    results["decision"] = broadcast_object({"reuse": True, "path": "p"} if ctx.is_main else {"reuse": False}, ctx)
     results["hash"] = check_config_agreement({"model": "resnet10t", "img_size": 64}, ctx)
     torch.save(results, out / f"rank{ctx.rank}.pt")
 

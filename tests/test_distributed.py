@@ -157,6 +157,7 @@ def test_two_ranks_gather_equals_single_process(tmp_path: Path) -> None:
     assert rank0["max"] == rank1["max"] == [1.0, 0.0]
     assert rank0["objects"] == [{"rank": 0}, {"rank": 1}] and rank1["objects"] is None
     assert rank0["hash"] == rank1["hash"]
+    assert rank0["decision"] == rank1["decision"] == {"reuse": True, "path": "p"}
 
 
 def test_ranks_with_different_arguments_are_refused_on_every_rank(tmp_path: Path) -> None:
