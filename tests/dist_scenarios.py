@@ -86,6 +86,11 @@ def raise_bug(ctx, out: Path, n: list[int]) -> None:
     raise_in_loop(ctx, out, n, bug=True)
 
 
+def all_fail(ctx, out: Path, _: list[int]) -> None:
+    with stage("load", ctx):
+        raise CSRAError("data_dir /nope: not found; pass the dataset root")
+
+
 def die(ctx, out: Path, _: list[int]) -> None:
     part = shard_for(ctx, 10)
     if ctx.rank == 1:
@@ -104,7 +109,7 @@ def too_many(ctx, out: Path, n: list[int]) -> None:
     shard_for(ctx, n[0])  # deterministic: every rank refuses at once, no collective needed
 
 
-SCENARIOS = {"gather": gather, "mismatch": mismatch, "raise": raise_in_loop, "bug": raise_bug, "hang": hang, "die": die, "too_many": too_many}
+SCENARIOS = {"gather": gather, "mismatch": mismatch, "raise": raise_in_loop, "bug": raise_bug, "hang": hang, "die": die, "all_fail": all_fail, "too_many": too_many}
 
 
 def run(name: str, out: Path, counts: list[int]) -> int:

@@ -186,6 +186,13 @@ def test_a_rank_that_raises_stops_every_rank_with_its_reason(tmp_path: Path) -> 
     assert float(errors[0][2]) < timeout / 2
 
 
+def test_the_same_failure_on_every_rank_is_said_once(tmp_path: Path) -> None:
+    codes, _ = dist_scenarios.launch("all_fail", tmp_path)
+    assert codes == [2, 2]
+    errors = _errors(tmp_path)
+    assert {errors[r][3] for r in (0, 1)} == {"all 2 ranks failed at 'load': data_dir /nope: not found; pass the dataset root"}
+
+
 def test_a_bug_on_one_rank_keeps_its_traceback_there_and_is_one_line_elsewhere(tmp_path: Path, capfd) -> None:
     codes, wall = dist_scenarios.launch("bug", tmp_path, timeout_s=20.0)
     assert codes == [2, 1] and wall < 20.0
