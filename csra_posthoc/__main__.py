@@ -1,12 +1,10 @@
 """``python -m csra_posthoc``: the CLI; also the module ``torchrun ... -m csra_posthoc sweep ...`` launches."""
 
-import sys
-
 
 def _main() -> None:
     from .cli import main  # lazily: ``--help`` stays as fast as the console script's
 
-    sys.exit(main())
+    main()
 
 
 if __name__ == "__main__":
