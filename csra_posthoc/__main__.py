@@ -1,0 +1,11 @@
+"""``python -m csra_posthoc``: the CLI; also the module ``torchrun ... -m csra_posthoc sweep ...`` launches."""
+
+
+def _main() -> None:
+    from .cli import main  # lazily: ``--help`` stays as fast as the console script's
+
+    main()
+
+
+if __name__ == "__main__":
+    _main()
