@@ -9,7 +9,7 @@ from rich.console import Console
 
 from .adapters import ModelAdapter, load_model
 from .cache import remove_orphans, resolve_cache_dir
-from .data import TRAIN_SPLITS, LabelledImages, load_dataset
+from .data import LabelledImages, dataset_entry, load_dataset
 from .defaults import METRIC_NAMES  # noqa: F401 (re-exported)
 from .errors import CSRAError
 from .extraction import extract
@@ -35,12 +35,13 @@ def load_training_split(
     """The split a probe is fitted on: the dataset's training split (or ``--train-split``), or for
     CSV ``--train-labels``; same classes and loader options as ``evaluated``, no shared image."""
     data = data or DataOptions()
-    if dataset == "csv":
+    entry = dataset_entry(dataset)
+    if entry.train_needs_labels:
         if train_labels is None:
             raise CSRAError("--head probe on --dataset csv needs --train-labels FILE.csv (the training split)")
-        train = load_dataset("csv", data_dir, data, split="train", labels=train_labels)
+        train = load_dataset(dataset, data_dir, data, split="train", labels=train_labels)
     else:
-        split = train_split or TRAIN_SPLITS.get(dataset)
+        split = train_split or entry.train_split
         if split is None:
             raise CSRAError(f"--head probe: {dataset} has no training split; pass --train-split")
         if data.ann_file is not None or data.image_dir is not None:
@@ -48,7 +49,7 @@ def load_training_split(
                 "--head probe with --ann-file / --image-dir: the training split's files cannot be inferred; "
                 "use the standard layout under --data-dir"
             )
-        classes = evaluated.classes if dataset in ("voc2007", "voc2012", "folder") else None
+        classes = evaluated.classes if entry.shares_classes else None
         try:
             train = load_dataset(dataset, data_dir, data, split=split, classes=classes, labels=None)
         except CSRAError as exc:

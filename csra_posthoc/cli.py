@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from . import __version__
+from .data.registry import DATASET_NAMES
 from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS
 from .errors import CSRAError
 from .options import DataOptions, ExtractOptions
@@ -79,7 +80,7 @@ def run_cli(fn, *args, **kwargs):
 @app.command("sweep")
 def sweep_cmd(
     model: str = typer.Option(..., "--model", "-m", help="timm name (resnet50, vit_base_patch16_224, ...) or torchvision:<arch>"),
-    dataset: str = typer.Option(..., "--dataset", "-d", help="voc2007 | voc2012 | coco2014 | coco2017 | wider | imagenet | folder | csv"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help=" | ".join(DATASET_NAMES)),
     data_dir: Path = typer.Option(..., "--data-dir", help="dataset root in its standard layout (README: Datasets)"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="local state_dict (.pth/.pt/.safetensors), loaded weights-only"),
     pretrained: bool = typer.Option(False, "--pretrained", help="hub weights (needs a network), or packaged offline weights where installed"),
