@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 
-from .adapters import AdapterInfo, ModelAdapter
+from .adapters import AdapterInfo, ModelAdapter, ProbeHeadAdapter
 from .atomic import atomic_write
 from .cache import cache_key, resolve_cache_dir
 from .checkpoint import state_dict_fingerprint
@@ -53,23 +52,6 @@ class ProbeInfo:
     @property
     def description(self) -> str:
         return f"linear probe on {self.dataset} {self.split}, {self.num_images} images (C={self.c:g})"
-
-
-class ProbeHeadAdapter(ModelAdapter):
-    """A backbone whose classifier is a fitted probe; its logits are the probe on pooled features."""
-
-    def __init__(self, base: ModelAdapter, head: LocationHead, info: AdapterInfo) -> None:
-        super().__init__(base.model, head, info, base.data_config)
-        self.base = base
-
-    def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base.forward_backbone(x)
-
-    def feature_map(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.base.feature_map(raw)
-
-    def model_logits(self, raw: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.head.pooled_features(self.feature_map(raw)), self.head.weight, self.head.bias)
 
 
 @torch.no_grad()
