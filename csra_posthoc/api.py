@@ -79,10 +79,12 @@ def reuse_statistics(memo_key: str, images: LabelledImages, options: ExtractOpti
     if not path.is_file():
         return None
     from .extraction import read_cached_statistics
+    from .log import output_console
 
     remove_orphans(cache_dir)
     fingerprints = (memo.weights_fingerprint, memo.head_fingerprint)
-    return read_cached_statistics(path, key, images, options.verify_images, fingerprints, console, model_built=False)
+    out = output_console(console, options.quiet)
+    return read_cached_statistics(path, key, images, options.verify_images, fingerprints, out, model_built=False)
 
 
 def build_adapter(

@@ -112,6 +112,7 @@ def sweep_cmd(
     no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the cache"),
     recompute: bool = typer.Option(False, "--recompute", help="ignore an existing cache entry and overwrite it"),
     verify_images: bool = typer.Option(False, "--verify-images", help="cache key hashes image contents, not size + mtime (slower)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars or extraction lines (the table and errors still print)"),
     lams: str = typer.Option(_csv(DEFAULT_LAMS), "--lams"),
     temps: str = typer.Option(_csv(DEFAULT_TEMPS), "--temps", help="softmax temperatures (inf = max); empty: no softmax variant"),
     heads: str = typer.Option(_csv(DEFAULT_HEADS), "--heads", help="multi-head sets of the paper; empty: no multi-head variant"),
@@ -141,7 +142,7 @@ def sweep_cmd(
                 split, labels, read_classes(classes, classes_file), difficult, ann_file, image_dir,
                 keep_empty, skip_missing, max_images, subset_seed,
             ),  # fmt: skip
-            options=ExtractOptions(img_size, batch_size, workers, device, amp, keep_maps, cache_dir, not no_cache, recompute, transform, verify_images),
+            options=ExtractOptions(img_size, batch_size, workers, device, amp, keep_maps, cache_dir, not no_cache, recompute, transform, verify_images, quiet=quiet),
             lams=_floats("--lams", lams),
             temps=_floats("--temps", temps, allow_empty=True),
             heads=_ints("--heads", heads),
