@@ -73,8 +73,11 @@ def _create_timm(arch: str, pretrained: bool, num_classes: int | None) -> nn.Mod
     kwargs: dict = {} if num_classes is None else {"num_classes": num_classes}
     if timm.models.model_entrypoint(arch).__module__ in _TIMM_VIT_MODULES:
         kwargs["dynamic_img_size"] = True  # any --img-size: timm interpolates the position embeddings
+    from ..hub import offline_if_unreachable
+
     try:
-        return timm.create_model(arch, pretrained=pretrained, **kwargs)
+        with offline_if_unreachable():  # a hub found unreachable earlier is not retried
+            return timm.create_model(arch, pretrained=pretrained, **kwargs)
     except Exception as exc:  # hub download failure and the like
         raise CSRAError(f"--model {arch} --pretrained: could not get weights ({first_line(exc)})") from None
 
