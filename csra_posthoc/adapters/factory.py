@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..checkpoint import read_state_dict, state_dict_fingerprint
+from ..checkpoint import checkpoint_note, read_checkpoint, state_dict_fingerprint
 from ..errors import CSRAError, first_line
 from ..offline_weights import has_offline_weights, offline_state_dict
 from .base import ModelAdapter
@@ -115,13 +115,15 @@ def load_model(
 
     if not is_tv:
         _check_timm_name(arch)
+    note = None  # which entry of a training checkpoint was used (EMA or raw weights)
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
-        sd = read_state_dict(checkpoint)
+        sd, entry = read_checkpoint(checkpoint)
         keys = TORCHVISION_CLASSIFIER_KEYS if is_tv else (classifier_key(arch),)
         model = create(arch, False, _infer_num_classes(sd, keys, checkpoint))
         _load_strict(model, sd, name, checkpoint)
         weights = f"checkpoint:{checkpoint}"
+        note = checkpoint_note(entry)
     elif pretrained and not is_tv and has_offline_weights(arch):
         model = create(arch, False, None)
         model.load_state_dict(offline_state_dict(arch, model))
@@ -142,6 +144,8 @@ def load_model(
     adapter = (
         build_torchvision_adapter(model, name, arch, weights) if is_tv else build_timm_adapter(model, name, weights)
     )
+    if note is not None:
+        adapter.info.notes.append(note)
     adapter.info.weights_fingerprint = state_dict_fingerprint(model.state_dict())
     verify_identity(adapter)
     return adapter.eval()
