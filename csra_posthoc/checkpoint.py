@@ -35,9 +35,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str | No
 
     path = Path(path)
     if path.is_dir():
-        raise CSRAError(f"--checkpoint {path}: is a directory, not a checkpoint file")
+        raise CSRAError(f"checkpoint {path}: is a directory, not a checkpoint file", param="checkpoint")
     if not path.is_file():
-        raise CSRAError(f"--checkpoint {path}: no such file")
+        raise CSRAError(f"checkpoint {path}: no such file", param="checkpoint")
     resave = "save it with torch.save(model.state_dict(), ...) or as .safetensors"
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
@@ -47,8 +47,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str | No
             obj: object = load_file(str(path))
         except (SafetensorError, OSError) as exc:
             raise CSRAError(
-                f"--checkpoint {path}: not a readable .safetensors file ({first_line(exc)}); "
-                "it is damaged or truncated: download or save it again"
+                f"checkpoint {path}: not a readable .safetensors file ({first_line(exc)}); "
+                "it is damaged or truncated: download or save it again",
+                param="checkpoint",
             ) from None
     else:
         try:
@@ -59,14 +60,15 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str | No
             model_class = pickled_module_class(path)
             if model_class is not None:
                 raise CSRAError(
-                    f"--checkpoint {path}: holds a pickled model object ({model_class}), not a state_dict: "
-                    "save model.state_dict() or .safetensors"
+                    f"checkpoint {path}: holds a pickled model object ({model_class}), not a state_dict: "
+                    "save model.state_dict() or .safetensors",
+                    param="checkpoint",
                 ) from None
             if isinstance(exc, EOFError) or any(m in str(exc) for m in _DAMAGED):
                 raise CSRAError(
-                    f"--checkpoint {path}: damaged or truncated ({first_line(exc)}); download or save it again"
+                    f"checkpoint {path}: damaged or truncated ({first_line(exc)}); download or save it again", param="checkpoint"
                 ) from None
-            raise CSRAError(f"--checkpoint {path}: cannot be read as weights only ({first_line(exc)}); {resave}") from None
+            raise CSRAError(f"checkpoint {path}: cannot be read as weights only ({first_line(exc)}); {resave}", param="checkpoint") from None
     used: list[str] = []
     for _ in range(3):
         if isinstance(obj, dict):
@@ -75,7 +77,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str | No
                 obj = obj[key]
                 used.append(key)
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CSRAError(f"--checkpoint {path}: holds no state_dict of tensors")
+        raise CSRAError(f"checkpoint {path}: holds no state_dict of tensors", param="checkpoint")
     sd: dict[str, torch.Tensor] = clean_state_dict(dict(obj))
     for prefix in _PREFIXES:
         if all(k.startswith(prefix) for k in sd):

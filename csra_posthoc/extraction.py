@@ -44,9 +44,9 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CSRAError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
+        raise CSRAError(f"device {device}: CUDA is not available here; use device='cpu' or 'auto'", param="device")
     if device != "cpu" and not device.startswith("cuda"):
-        raise CSRAError(f"--device {device}: choose auto, cpu or cuda")
+        raise CSRAError(f"--device {device}: choose auto, cpu or cuda", param="device")
     return torch.device(device)
 
 
@@ -55,7 +55,8 @@ def check_class_count(adapter: ModelAdapter, images: LabelledImages) -> None:
         raise CSRAError(
             f"model {adapter.info.name} has {adapter.num_classes} classes but {images.dataset} has "
             f"{len(images.classes)}: pass --checkpoint with a head trained on these classes "
-            "(or add --head probe to fit a linear probe on the training split)"
+            "(or add --head probe to fit a linear probe on the training split)",
+            param="checkpoint",
         )
 
 
@@ -103,10 +104,12 @@ class ForwardPass:
 
 def forward_pass(adapter: ModelAdapter, single_label: bool, options: ExtractOptions, console: Console) -> ForwardPass:
     """Check the loop's options and build the transform and the device, once per run."""
-    if options.batch_size < 1 or options.workers < 0:
-        raise CSRAError("--batch-size must be >= 1 and --workers >= 0")
+    if options.batch_size < 1:
+        raise CSRAError(f"batch_size {options.batch_size}: must be >= 1", param="batch_size")
+    if options.workers < 0:
+        raise CSRAError(f"workers {options.workers}: must be >= 0", param="workers")
     if options.img_size is not None and options.img_size < 16:
-        raise CSRAError(f"--img-size {options.img_size}: too small (at least 16)")
+        raise CSRAError(f"img_size {options.img_size}: too small (at least 16)", param="img_size")
     transform, desc = eval_transform(adapter.data_config, options.img_size, single_label, options.transform)  # type: ignore[arg-type]
     return ForwardPass(adapter, transform, desc, resolve_device(options.device), options, console)
 
@@ -157,7 +160,8 @@ def backbone_batches(fp: ForwardPass, images: LabelledImages, description: str) 
                     raw = adapter.forward_backbone(x.to(device, non_blocking=True))
             except (RuntimeError, AssertionError, ValueError) as exc:
                 raise CSRAError(
-                    f"model {adapter.info.name} failed on a {tuple(x.shape[1:])} input ({first_line(exc)}); try another --img-size"
+                    f"model {adapter.info.name} failed on a {tuple(x.shape[1:])} input ({first_line(exc)}); try another img_size",
+                    param="img_size",
                 ) from None
             yield index, raw.float()
             advance(len(index))
@@ -175,7 +179,8 @@ def compute_statistics(fp: ForwardPass, images: LabelledImages) -> tuple[ClassSt
             row = int((~torch.isfinite(s)).flatten(1).any(1).nonzero()[0]) if not torch.isfinite(s).all() else 0
             raise CSRAError(
                 f"model {adapter.info.name} produced NaN/inf scores on {images.paths[int(index[row])]} "
-                f"at input size {size}; check the weights, the input size, or drop --amp"
+                f"at input size {size}; check the weights, the input size, or run without amp (amp=False)",
+                param="amp" if fp.options.amp else None,
             )
         stats = location_statistics(s)
         max_diff = max(max_diff, float((stats["avg"] - logits).abs().max()))

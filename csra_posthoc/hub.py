@@ -133,5 +133,6 @@ def require_hub_weights(arch: str) -> None:
 
     raise CSRAError(
         f"--model {arch} --pretrained: no network ({reason}) and its weights are in no local cache; "
-        f"pass --checkpoint PATH to a weights file, or fetch them once with a network into the Hugging Face cache ({constants.HF_HUB_CACHE})"
+        f"pass --checkpoint PATH to a weights file, or fetch them once with a network into the Hugging Face cache ({constants.HF_HUB_CACHE})",
+        param="pretrained",
     )

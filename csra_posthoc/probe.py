@@ -63,7 +63,8 @@ def pooled_features(fp: ForwardPass, images: LabelledImages) -> torch.Tensor:
         if not torch.isfinite(feats).all():
             raise CSRAError(
                 f"model {adapter.info.name} produced NaN/inf features at input size {fp.size} "
-                f"(e.g. {images.paths[int(index[0])]}); check the weights or the input size, or drop --amp"
+                f"(e.g. {images.paths[int(index[0])]}); check the weights or the input size, or run without amp (amp=False)",
+                param="amp" if fp.options.amp else None,
             )
         out.append(feats)
     return torch.cat(out)
@@ -150,7 +151,7 @@ def fit_probe(
     opts = options or ExtractOptions()
     out = output_console(console, opts.quiet)
     if c <= 0:
-        raise CSRAError(f"--probe-c {c}: must be > 0")
+        raise CSRAError(f"c {c}: the probe's inverse L2 strength must be > 0", param="c")
     fp = forward_pass(adapter, train.single_label, opts, out)
     key = cache_key(
         {

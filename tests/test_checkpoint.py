@@ -63,7 +63,7 @@ def test_checkpoint_errors_are_one_line(tmp_path: Path, resnet_sd) -> None:
     with pytest.raises(CSRAError, match="no such file"):
         load_model("resnet10t", checkpoint=tmp_path / "missing.pth")
     torch.save(resnet_sd, tmp_path / "r.pth")
-    with pytest.raises(CSRAError, match="does not fit --model efficientnet_lite0|no classifier weight"):
+    with pytest.raises(CSRAError, match="does not fit model efficientnet_lite0|no classifier weight"):
         load_model("efficientnet_lite0", checkpoint=tmp_path / "r.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CSRAError) as info:

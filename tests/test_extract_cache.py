@@ -135,7 +135,7 @@ def test_backbone_failure_is_one_line(voc_dir: Path, adapter, monkeypatch) -> No
         raise RuntimeError("Given groups=1, weight of size [24, 3, 3, 3], expected input to have 3 channels\nmore detail")
 
     monkeypatch.setattr(adapter, "forward_backbone", broken)
-    with pytest.raises(CSRAError, match=r"model resnet10t failed on a \(3, 64, 64\) input \(Given groups=1.*\); try another --img-size") as info:
+    with pytest.raises(CSRAError, match=r"model resnet10t failed on a \(3, 64, 64\) input \(Given groups=1.*\); try another img_size") as info:
         extract(adapter, load_dataset("voc2007", voc_dir), img_size=64, use_cache=False)
     assert "\n" not in str(info.value)
 

@@ -29,8 +29,9 @@ def _infer_num_classes(sd: dict[str, torch.Tensor], keys: tuple[str, ...], check
         if key in sd and sd[key].dim() >= 2:
             return int(sd[key].shape[0])
     raise CSRAError(
-        f"--checkpoint {checkpoint}: no classifier weight found (looked for {', '.join(keys)}); "
-        "is it a checkpoint of this --model?"
+        f"checkpoint {checkpoint}: no classifier weight found (looked for {', '.join(keys)}); "
+        "is it a checkpoint of this model?",
+        param="checkpoint",
     )
 
 
@@ -39,11 +40,12 @@ def _load_strict(model: nn.Module, sd: dict[str, torch.Tensor], name: str, check
         missing, unexpected = model.load_state_dict(sd, strict=False)
     except RuntimeError as exc:
         detail = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:160])
-        raise CSRAError(f"--checkpoint {checkpoint} does not fit --model {name}: {detail}") from None
+        raise CSRAError(f"checkpoint {checkpoint} does not fit model {name}: {detail}", param="checkpoint") from None
     if missing or unexpected:
         raise CSRAError(
-            f"--checkpoint {checkpoint} does not fit --model {name}: {len(missing)} missing keys "
-            f"(e.g. {', '.join(missing[:2]) or '-'}), {len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2]) or '-'})"
+            f"checkpoint {checkpoint} does not fit model {name}: {len(missing)} missing keys "
+            f"(e.g. {', '.join(missing[:2]) or '-'}), {len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2]) or '-'})",
+            param="checkpoint",
         )
 
 
@@ -57,13 +59,13 @@ def _check_timm_name(arch: str) -> None:
 
         close = timm.list_models(f"*{arch}*")[:5] or difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.75)
         hint = f"; did you mean {', '.join(close)}?" if close else "; list them with python -c 'import timm; print(timm.list_models())'"
-        raise CSRAError(f"--model {arch}: unknown timm model{hint}")
+        raise CSRAError(f"--model {arch}: unknown timm model{hint}", param="model")
     if "." in arch:  # arch.tag: timm knows the arch, but the tag must be one of its pretrained tags
         base, tag = arch.split(".", 1)
         known = timm.list_pretrained(f"{base}.*")
         if arch not in known:
             shown = ", ".join(known[:5]) + (", ..." if len(known) > 5 else "")
-            raise CSRAError(f"--model {arch}: timm has no pretrained tag {tag!r} for {base}; known: {shown or 'none'}")
+            raise CSRAError(f"--model {arch}: timm has no pretrained tag {tag!r} for {base}; known: {shown or 'none'}", param="model")
 
 
 def _create_timm(arch: str, pretrained: bool, num_classes: int | None) -> nn.Module:
@@ -79,19 +81,19 @@ def _create_timm(arch: str, pretrained: bool, num_classes: int | None) -> nn.Mod
         with offline_if_unreachable():  # a hub found unreachable earlier is not retried
             return timm.create_model(arch, pretrained=pretrained, **kwargs)
     except Exception as exc:  # hub download failure and the like
-        raise CSRAError(f"--model {arch} --pretrained: could not get weights ({first_line(exc)})") from None
+        raise CSRAError(f"model {arch}, pretrained=True: could not get weights ({first_line(exc)})", param="pretrained") from None
 
 
 def _create_torchvision(arch: str, pretrained: bool, num_classes: int | None) -> nn.Module:
     import torchvision.models as tvm
 
     if arch not in tvm.list_models(module=tvm):
-        raise CSRAError(f"--model torchvision:{arch}: unknown torchvision classification model")
+        raise CSRAError(f"model torchvision:{arch}: unknown torchvision classification model", param="model")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     try:
         return tvm.get_model(arch, weights="DEFAULT" if pretrained else None, **kwargs)
     except Exception as exc:
-        raise CSRAError(f"--model torchvision:{arch}: could not build it ({first_line(exc)})") from None
+        raise CSRAError(f"model torchvision:{arch}: could not build it ({first_line(exc)})", param="model") from None
 
 
 def load_model(

@@ -48,20 +48,20 @@ def __getattr__(name: str) -> Any:
 
 
 def read_classes(classes: str | None, classes_file: str | Path | None) -> list[str] | None:
-    """``--classes a,b,c`` or ``--classes-file`` (one name per line)."""
+    """``classes="a,b,c"`` or ``classes_file`` (one name per line)."""
     if classes and classes_file:
-        raise CSRAError("--classes and --classes-file: give one of them, not both")
+        raise CSRAError("classes and classes_file: give one of them, not both", param="classes")
     if classes:
         names = [c.strip() for c in classes.split(",") if c.strip()]
     elif classes_file:
         path = Path(classes_file)
         if not path.is_file():
-            raise CSRAError(f"--classes-file {path}: no such file")
+            raise CSRAError(f"classes_file {path}: no such file", param="classes_file")
         names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
     else:
         return None
     if len(set(names)) != len(names) or not names:
-        raise CSRAError("--classes: class names must be non-empty and unique")
+        raise CSRAError("classes: class names must be non-empty and unique", param="classes")
     return names
 
 
@@ -73,14 +73,14 @@ def load_dataset(dataset: str, data_dir: str | Path, options: DataOptions | None
     opts = replace(options or DataOptions(), **overrides)
     entry = dataset_entry(dataset)
     if opts.difficult not in ("ignore", "positive", "negative"):
-        raise CSRAError(f"--difficult {opts.difficult}: choose ignore, positive or negative")
+        raise CSRAError(f"difficult {opts.difficult}: choose ignore, positive or negative", param="difficult")
     check_options(entry, opts)
     images = entry.loader(Path(data_dir), opts.split or entry.eval_split, opts)
     if (images.single_label, images.unknown) != (entry.single_label, entry.unknown):  # a bug, not the user's input
         raise AssertionError(f"loader of {dataset} disagrees with its registry entry (single_label, unknown)")
     if opts.max_images is not None:
         if opts.max_images < 1:
-            raise CSRAError(f"--max-images {opts.max_images}: must be >= 1")
+            raise CSRAError(f"--max-images {opts.max_images}: must be >= 1", param="max_images")
         from .subset import subset
 
         images = subset(images, opts.max_images, opts.subset_seed)

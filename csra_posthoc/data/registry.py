@@ -81,7 +81,7 @@ def _csv(data_dir: Path, split: str | None, o: DataOptions) -> LabelledImages:
     from .csv_labels import load_csv
 
     if o.labels is None:
-        raise CSRAError("--dataset csv needs --labels FILE.csv (header: path,<class>,...)")
+        raise CSRAError("dataset csv needs labels=FILE.csv (header: path,<class>,...)", param="labels")
     return load_csv(data_dir, o.labels, split or "test")
 
 
@@ -110,7 +110,7 @@ def dataset_entry(dataset: str) -> DatasetEntry:
     """The registry entry of ``dataset``; an unknown name is refused in one line."""
     entry = REGISTRY.get(dataset)
     if entry is None:
-        raise CSRAError(f"--dataset {dataset}: unknown; choose one of {', '.join(DATASET_NAMES)}")
+        raise CSRAError(f"--dataset {dataset}: unknown; choose one of {', '.join(DATASET_NAMES)}", param="dataset")
     return entry
 
 
@@ -133,7 +133,7 @@ def check_options(entry: DatasetEntry, opts: DataOptions) -> None:
     for name in options_given(opts):
         if name not in entry.options:
             takes = ", ".join(sorted(_flag(o) for o in entry.options)) or "none of them"
-            raise CSRAError(f"{_flag(name)} does not apply to --dataset {entry.name} (it takes {takes})")
+            raise CSRAError(f"{_flag(name)} does not apply to --dataset {entry.name} (it takes {takes})", param=name)
 
 
 def _flag(name: str) -> str:
