@@ -56,8 +56,8 @@ def test_demo_shows_a_csra_gain_on_real_data(tmp_path: Path) -> None:
 
 
 def test_fallback_to_digits_is_one_highlighted_line_with_the_fix(tmp_path: Path, monkeypatch) -> None:
-    import csra_posthoc.demo.sources as sources
     import csra_posthoc.demo as demo
+    import csra_posthoc.demo.sources as sources
 
     monkeypatch.delenv("FASHION_MNIST", raising=False)
     monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
