@@ -9,7 +9,7 @@ from rich.console import Console
 
 from .adapters import ModelAdapter, load_model
 from .cache import remove_orphans, resolve_cache_dir
-from .data import TRAIN_SPLITS, LabelledImages, load_dataset
+from .data import LabelledImages, dataset_entry, load_dataset
 from .defaults import METRIC_NAMES  # noqa: F401 (re-exported)
 from .errors import CSRAError
 from .extraction import extract
@@ -32,36 +32,39 @@ def load_training_split(
     evaluated: LabelledImages,
     data: DataOptions | None = None,
 ) -> LabelledImages:
-    """The split a probe is fitted on: the dataset's training split (or ``--train-split``), or for
-    CSV ``--train-labels``; same classes and loader options as ``evaluated``, no shared image."""
+    """The split a probe is fitted on: the dataset's training split (its registry entry's, or
+    ``train_split``), or for CSV ``train_labels``; same classes and loader options as ``evaluated``,
+    no shared image."""
     data = data or DataOptions()
-    if dataset == "csv":
+    entry = dataset_entry(dataset)
+    if entry.train_needs_labels:
         if train_labels is None:
-            raise CSRAError("--head probe on --dataset csv needs --train-labels FILE.csv (the training split)")
-        train = load_dataset("csv", data_dir, data, split="train", labels=train_labels)
+            raise CSRAError(f"head='probe' on dataset {dataset} needs train_labels=FILE.csv (the training split)", param="train_labels")
+        train = load_dataset(dataset, data_dir, data, split="train", labels=train_labels)
     else:
-        split = train_split or TRAIN_SPLITS.get(dataset)
+        split = train_split or entry.train_split
         if split is None:
-            raise CSRAError(f"--head probe: {dataset} has no training split; pass --train-split")
+            raise CSRAError(f"head='probe': {dataset} has no training split; pass train_split", param="train_split")
         if data.ann_file is not None or data.image_dir is not None:
             raise CSRAError(
-                "--head probe with --ann-file / --image-dir: the training split's files cannot be inferred; "
-                "use the standard layout under --data-dir"
+                "head='probe' with ann_file / image_dir: the training split's files cannot be inferred; "
+                "use the standard layout under data_dir",
+                param="ann_file" if data.ann_file is not None else "image_dir",
             )
-        classes = evaluated.classes if dataset in ("voc2007", "voc2012", "folder") else None
+        classes = evaluated.classes if entry.shares_classes else None
         try:
             train = load_dataset(dataset, data_dir, data, split=split, classes=classes, labels=None)
         except CSRAError as exc:
-            raise CSRAError(f"--head probe needs a training split: {exc}") from None
+            raise CSRAError(f"head='probe' needs a training split: {exc}", param=exc.param) from None
     if train.classes != evaluated.classes:
         raise CSRAError(
-            f"--head probe: the training split's classes differ from the evaluated split's "
+            f"head='probe': the training split's classes differ from the evaluated split's "
             f"({len(train.classes)} vs {len(evaluated.classes)}; same names, same order needed)"
         )
     shared = set(zip(train.paths, train.boxes or [None] * len(train))) & set(zip(evaluated.paths, evaluated.boxes or [None] * len(evaluated)))
     if shared:
         raise CSRAError(
-            f"--head probe: {len(shared)} samples are in both the training split ({train.split}) and the evaluated "
+            f"head='probe': {len(shared)} samples are in both the training split ({train.split}) and the evaluated "
             f"split ({evaluated.split}), e.g. {sorted(shared, key=str)[0][0]}; the probe must not see evaluated images"
         )
     return train
@@ -78,10 +81,12 @@ def reuse_statistics(memo_key: str, images: LabelledImages, options: ExtractOpti
     if not path.is_file():
         return None
     from .extraction import read_cached_statistics
+    from .log import output_console
 
     remove_orphans(cache_dir)
     fingerprints = (memo.weights_fingerprint, memo.head_fingerprint)
-    return read_cached_statistics(path, key, images, options.verify_images, fingerprints, console, model_built=False)
+    out = output_console(console, options.quiet)
+    return read_cached_statistics(path, key, images, options.verify_images, fingerprints, out, model_built=False)
 
 
 def build_adapter(

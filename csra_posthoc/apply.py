@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from .data.registry import SINGLE_LABEL_DATASETS
 from .errors import CSRAError
 
 PICKS = {"best": "best", "fixed": "fixed", "best-variant": "best_variant"}
-SINGLE_LABEL_DATASETS = ("imagenet", "folder")
 
 
 @dataclass(frozen=True)

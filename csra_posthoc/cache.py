@@ -13,22 +13,30 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
+from rich.console import Console
 
 from .atomic import atomic_write
 from .errors import CSRAError, first_line
+from .log import say
 from .statistics import ClassStatistics
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 1  # enters every cache key (bump it to re-key every entry)
+CACHE_VERSION = 2  # the file layout, stored in each file and checked on reading (1: files without the field)
+VERSION_FIELD = "csra_cache_version"
+RECOMPUTE_FIX = "delete it or recompute it (recompute=True)"
+T = TypeVar("T")
 _TENSORS = ("labels", "avg", "max", "attn", "logits")
 ORPHAN_AGE_S = 24 * 3600  # a temporary file this old belongs to no live run
 
@@ -138,32 +146,58 @@ def cache_path(cache_dir: Path, model: str, dataset: str, split: str, key: str) 
     return Path(cache_dir) / f"{slug}-{key}.safetensors"
 
 
-def save_statistics(stats: ClassStatistics, path: Path) -> None:
-    """Write atomically: a crash or Ctrl-C leaves no file under ``path``."""
+def write_entry(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """The one cache writer: safetensors with string metadata plus the format version, written
+    atomically (a crash or Ctrl-C leaves no file under ``path``)."""
     from safetensors.torch import save_file
 
-    tensors = {name: getattr(stats, name).contiguous() for name in _TENSORS}
+    tensors = {name: t.detach().contiguous() for name, t in tensors.items()}
+    metadata = {**metadata, VERSION_FIELD: str(CACHE_VERSION)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_entry(path: Path, what: str = "cache file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The one cache reader: tensors and metadata of a file :func:`write_entry` wrote.
+
+    A damaged file, or one written in another format version (older releases wrote none), is
+    refused in one line telling to recompute: never misread.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = dict(fh.metadata() or {})
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    except Exception as exc:  # not safetensors, truncated
+        raise CSRAError(f"{what} {path} is stale or damaged ({type(exc).__name__}); {RECOMPUTE_FIX}", param="recompute") from None
+    version = metadata.get(VERSION_FIELD)
+    if version != str(CACHE_VERSION):
+        written = f"format version {version}" if version else "an older format (no version)"
+        raise CSRAError(
+            f"{what} {path} is in {written}, this release reads version {CACHE_VERSION}; {RECOMPUTE_FIX}", param="recompute"
+        )
+    return tensors, metadata
+
+
+def save_statistics(stats: ClassStatistics, path: Path) -> None:
+    """Statistics as a cache entry (see :func:`write_entry`)."""
+    tensors = {name: getattr(stats, name) for name in _TENSORS}
     tensors["temperatures"] = torch.tensor(stats.temperatures, dtype=torch.float64)
     if stats.maps is not None:
-        tensors["maps"] = stats.maps.contiguous()
+        tensors["maps"] = stats.maps
     metadata = {
         "meta": json.dumps(stats.meta),
         "ids": json.dumps(stats.ids),
         "classes": json.dumps(stats.classes),
     }
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    write_entry(path, tensors, metadata)
 
 
 def load_statistics(path: Path, key: str | None = None, ids: list[str] | None = None) -> ClassStatistics:
     """Read a cache file; refuse (one line) a file that is not what ``key`` / ``ids`` describe."""
-    from safetensors import safe_open
-
     stale = f"cache file {path} is stale or damaged"
-    fix = "delete it or re-run with --recompute"
+    tensors, md = read_entry(path)
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            md = fh.metadata() or {}
-            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
         meta = json.loads(md["meta"])
         stats = ClassStatistics(
             ids=json.loads(md["ids"]),
@@ -173,12 +207,70 @@ def load_statistics(path: Path, key: str | None = None, ids: list[str] | None = 
             meta=meta,
             **{name: tensors[name] for name in _TENSORS},
         )
-    except Exception as exc:  # any corruption: safetensors header, JSON, missing tensor
-        raise CSRAError(f"{stale} ({type(exc).__name__}); {fix}") from None
+    except Exception as exc:  # any corruption: JSON, missing tensor
+        raise CSRAError(f"{stale} ({type(exc).__name__}); {RECOMPUTE_FIX}", param="recompute") from None
     if key is not None and meta.get("key") != key:
-        raise CSRAError(f"{stale} (its key does not match the run); {fix}")
+        raise CSRAError(f"{stale} (its key does not match the run); {RECOMPUTE_FIX}", param="recompute")
     n, c = len(stats.ids), len(stats.classes)
     shapes_ok = all(getattr(stats, name).shape[:2] == (n, c) for name in _TENSORS)
     if not shapes_ok or (ids is not None and stats.ids != ids):
-        raise CSRAError(f"{stale} (its images or shapes differ from the dataset's); {fix}")
+        raise CSRAError(f"{stale} (its images or shapes differ from the dataset's); {RECOMPUTE_FIX}", param="recompute")
     return stats
+
+
+_warned_cache_dirs: set[str] = set()  # the probe and the extraction of one run share the warning
+
+
+def usable_cache_dir(cache_dir: Path, console: Console | None) -> bool:
+    """True when the cache folder can be written; otherwise one warning, and the run goes on uncached."""
+    problem = open_cache_dir(cache_dir)
+    if problem is not None and str(cache_dir) not in _warned_cache_dirs:
+        _warned_cache_dirs.add(str(cache_dir))
+        say(console, f"[yellow]warning:[/] cache dir {cache_dir} is not writable ({problem}): going on without caching", logging.WARNING)
+    return problem is None
+
+
+@dataclass
+class CacheOutcome(Generic[T]):
+    """A value, and where it came from: ``path`` None when it was not cached."""
+
+    value: T
+    path: Path | None
+    reused: bool
+
+
+def cached(
+    path: Path,
+    *,
+    use_cache: bool,
+    recompute: bool,
+    load: Callable[[Path], T],
+    compute: Callable[[], T],
+    save: Callable[[T, Path], None],
+    console: Console | None,
+    waiting_for: str,
+    file_label: str,
+) -> CacheOutcome[T]:
+    """The one cache policy, for statistics and probes alike: reuse ``path`` when it exists (reading
+    needs no write access), else compute under the key's lock (a run we waited for may have written
+    it) and save; a folder or a write that fails is a warning and the value is returned uncached."""
+    cache_dir = path.parent
+    if use_cache and not recompute and path.is_file():
+        remove_orphans(cache_dir)
+        return CacheOutcome(load(path), path, True)
+    if not (use_cache and usable_cache_dir(cache_dir, console)):
+        return CacheOutcome(compute(), None, False)
+
+    def waiting(lock: Path) -> None:
+        say(console, f"[yellow]waiting for another run {waiting_for}[/] (lock {lock})")
+
+    with key_lock(path, waiting):
+        if not recompute and path.is_file():
+            return CacheOutcome(load(path), path, True)
+        value = compute()
+        try:
+            save(value, path)
+        except OSError as exc:
+            say(console, f"[yellow]warning:[/] could not write the {file_label} {path} ({first_line(exc, 120)}): going on without caching", logging.WARNING)
+            return CacheOutcome(value, None, False)
+    return CacheOutcome(value, path, False)

@@ -1,4 +1,10 @@
-"""Read a local checkpoint safely (``weights_only=True`` / safetensors) into a flat state_dict."""
+"""Read a local checkpoint safely (``weights_only=True`` / safetensors) into a flat state_dict.
+
+Training checkpoints are unwrapped the way timm reads them (``timm.models.load_state_dict``):
+EMA weights (``state_dict_ema``, ``model_ema``) when the file has them, else ``state_dict`` /
+``model`` / ...; wrapper prefixes are removed with timm's ``clean_state_dict``. Which entry was
+used is returned, so the report can say it.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +17,27 @@ import torch
 
 from .errors import CSRAError, first_line
 
-_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
-_PREFIXES = ("module.", "_orig_mod.", "model.")
+EMA_KEYS = ("state_dict_ema", "model_ema")  # preferred, as timm does
+_WRAPPER_KEYS = (*EMA_KEYS, "state_dict", "model", "model_state_dict", "module", "net")
+_PREFIXES = ("model.",)  # after timm's clean_state_dict (module., _orig_mod.): a whole-model wrapper
 _DAMAGED = ("PytorchStreamReader failed", "pickle data was truncated", "Ran out of input", "unexpected EOF")  # torch.load on a cut file
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint, unwrapped from ``{'state_dict': ...}``-style dicts and ``module.`` prefixes."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """A checkpoint's state_dict and the entry it came from (``'state_dict_ema'``, ``'state_dict'``,
+    ``'model'``, ...; nested ones joined by ``/``), or None for a bare state_dict."""
+    from timm.models import clean_state_dict
+
     path = Path(path)
     if path.is_dir():
-        raise CSRAError(f"--checkpoint {path}: is a directory, not a checkpoint file")
+        raise CSRAError(f"checkpoint {path}: is a directory, not a checkpoint file", param="checkpoint")
     if not path.is_file():
-        raise CSRAError(f"--checkpoint {path}: no such file")
+        raise CSRAError(f"checkpoint {path}: no such file", param="checkpoint")
     resave = "save it with torch.save(model.state_dict(), ...) or as .safetensors"
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
@@ -32,8 +47,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj: object = load_file(str(path))
         except (SafetensorError, OSError) as exc:
             raise CSRAError(
-                f"--checkpoint {path}: not a readable .safetensors file ({first_line(exc)}); "
-                "it is damaged or truncated: download or save it again"
+                f"checkpoint {path}: not a readable .safetensors file ({first_line(exc)}); "
+                "it is damaged or truncated: download or save it again",
+                param="checkpoint",
             ) from None
     else:
         try:
@@ -44,26 +60,37 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             model_class = pickled_module_class(path)
             if model_class is not None:
                 raise CSRAError(
-                    f"--checkpoint {path}: holds a pickled model object ({model_class}), not a state_dict: "
-                    "save model.state_dict() or .safetensors"
+                    f"checkpoint {path}: holds a pickled model object ({model_class}), not a state_dict: "
+                    "save model.state_dict() or .safetensors",
+                    param="checkpoint",
                 ) from None
             if isinstance(exc, EOFError) or any(m in str(exc) for m in _DAMAGED):
                 raise CSRAError(
-                    f"--checkpoint {path}: damaged or truncated ({first_line(exc)}); download or save it again"
+                    f"checkpoint {path}: damaged or truncated ({first_line(exc)}); download or save it again", param="checkpoint"
                 ) from None
-            raise CSRAError(f"--checkpoint {path}: cannot be read as weights only ({first_line(exc)}); {resave}") from None
+            raise CSRAError(f"checkpoint {path}: cannot be read as weights only ({first_line(exc)}); {resave}", param="checkpoint") from None
+    used: list[str] = []
     for _ in range(3):
         if isinstance(obj, dict):
-            inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
-            if inner is not None:
-                obj = inner
+            key = next((k for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            if key is not None:
+                obj = obj[key]
+                used.append(key)
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CSRAError(f"--checkpoint {path}: holds no state_dict of tensors")
-    sd: dict[str, torch.Tensor] = dict(obj)
+        raise CSRAError(f"checkpoint {path}: holds no state_dict of tensors", param="checkpoint")
+    sd: dict[str, torch.Tensor] = clean_state_dict(dict(obj))
     for prefix in _PREFIXES:
         if all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix) :]: v for k, v in sd.items()}
-    return sd
+    return sd, "/".join(used) or None
+
+
+def checkpoint_note(entry: str | None) -> str | None:
+    """The report line saying which weights of a training checkpoint were used (None for a bare state_dict)."""
+    if entry is None:
+        return None
+    ema = entry.split("/")[0] in EMA_KEYS
+    return f"checkpoint: {'EMA weights' if ema else 'weights'} from its '{entry}' entry" + (" (preferred over the raw weights, as timm does)" if ema else "")
 
 
 def pickled_module_class(path: Path) -> str | None:

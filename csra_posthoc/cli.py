@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from . import __version__
+from .data.registry import DATASET_NAMES
 from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS
 from .errors import CSRAError
 from .options import DataOptions, ExtractOptions
@@ -79,7 +80,7 @@ def run_cli(fn, *args, **kwargs):
 @app.command("sweep")
 def sweep_cmd(
     model: str = typer.Option(..., "--model", "-m", help="timm name (resnet50, vit_base_patch16_224, ...) or torchvision:<arch>"),
-    dataset: str = typer.Option(..., "--dataset", "-d", help="voc2007 | voc2012 | coco2014 | coco2017 | wider | imagenet | folder | csv"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help=" | ".join(DATASET_NAMES)),
     data_dir: Path = typer.Option(..., "--data-dir", help="dataset root in its standard layout (README: Datasets)"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="local state_dict (.pth/.pt/.safetensors), loaded weights-only"),
     pretrained: bool = typer.Option(False, "--pretrained", help="hub weights (needs a network), or packaged offline weights where installed"),
@@ -111,6 +112,7 @@ def sweep_cmd(
     no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the cache"),
     recompute: bool = typer.Option(False, "--recompute", help="ignore an existing cache entry and overwrite it"),
     verify_images: bool = typer.Option(False, "--verify-images", help="cache key hashes image contents, not size + mtime (slower)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars or extraction lines (the table and errors still print)"),
     lams: str = typer.Option(_csv(DEFAULT_LAMS), "--lams"),
     temps: str = typer.Option(_csv(DEFAULT_TEMPS), "--temps", help="softmax temperatures (inf = max); empty: no softmax variant"),
     heads: str = typer.Option(_csv(DEFAULT_HEADS), "--heads", help="multi-head sets of the paper; empty: no multi-head variant"),
@@ -140,7 +142,7 @@ def sweep_cmd(
                 split, labels, read_classes(classes, classes_file), difficult, ann_file, image_dir,
                 keep_empty, skip_missing, max_images, subset_seed,
             ),  # fmt: skip
-            options=ExtractOptions(img_size, batch_size, workers, device, amp, keep_maps, cache_dir, not no_cache, recompute, transform, verify_images),
+            options=ExtractOptions(img_size, batch_size, workers, device, amp, keep_maps, cache_dir, not no_cache, recompute, transform, verify_images, quiet=quiet),
             lams=_floats("--lams", lams),
             temps=_floats("--temps", temps, allow_empty=True),
             heads=_ints("--heads", heads),

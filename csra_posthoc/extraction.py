@@ -4,27 +4,36 @@ Checks, on every batch: the scores are finite, and the mean over locations equal
 own logits (the identity CSRA's lam = 0 rests on), reported as ``identity_max_abs_diff`` and,
 divided by the logits' scale (``max(1, max |logits|)``), ``identity_max_rel_diff``; the check
 is relative, as in :func:`~csra_posthoc.adapters.verify_identity`.
+
+:func:`backbone_batches` is the one loop over a dataset: the statistics here and the probe's
+features (:func:`csra_posthoc.probe.pooled_features`) both consume it, through a
+:class:`ForwardPass` (model, device, transform and options, prepared once).
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import torch
+import torch.nn as nn
 from rich.console import Console
 from torch.utils.data import DataLoader
 
 from .adapters import ModelAdapter
 from .adapters.base import IDENTITY_TOLERANCE, identity_scale
-from .cache import cache_path, resolve_cache_dir, key_lock, load_statistics, open_cache_dir, remove_orphans, save_statistics
+from .cache import cache_path, cached, resolve_cache_dir, save_statistics
+from .cache import load_statistics as load_statistics
+from .cache import usable_cache_dir as usable_cache_dir  # noqa: F401 (re-exported)
 from .checkpoint import state_dict_fingerprint
 from .data import ImageDataset, LabelledImages
 from .data.transforms import eval_transform
 from .errors import CSRAError, first_line
 from .keys import statistics_key
+from .log import output_console, say
 from .options import ExtractOptions
 from .progress import progress_bar
 from .scoring import CACHED_TEMPERATURES, location_statistics
@@ -35,9 +44,9 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CSRAError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
+        raise CSRAError(f"device {device}: CUDA is not available here; use device='cpu' or 'auto'", param="device")
     if device != "cpu" and not device.startswith("cuda"):
-        raise CSRAError(f"--device {device}: choose auto, cpu or cuda")
+        raise CSRAError(f"--device {device}: choose auto, cpu or cuda", param="device")
     return torch.device(device)
 
 
@@ -46,17 +55,25 @@ def check_class_count(adapter: ModelAdapter, images: LabelledImages) -> None:
         raise CSRAError(
             f"model {adapter.info.name} has {adapter.num_classes} classes but {images.dataset} has "
             f"{len(images.classes)}: pass --checkpoint with a head trained on these classes "
-            "(or add --head probe to fit a linear probe on the training split)"
+            "(or add --head probe to fit a linear probe on the training split)",
+            param="checkpoint",
         )
 
 
 def extraction_key(
-    adapter: ModelAdapter, images: LabelledImages, transform: dict, amp: bool, keep_maps: bool, verify_images: bool = False
+    adapter: ModelAdapter,
+    images: LabelledImages,
+    transform: dict,
+    amp: bool,
+    keep_maps: bool,
+    verify_images: bool = False,
+    head_fingerprint: str | None = None,
 ) -> str:
+    """The statistics key of a built model (``head_fingerprint``: when the caller has it already)."""
     return statistics_key(
         model=adapter.info.name,
         weights_fingerprint=adapter.info.weights_fingerprint,
-        head_fingerprint=state_dict_fingerprint(adapter.head.state_dict()),
+        head_fingerprint=head_fingerprint or state_dict_fingerprint(adapter.head.state_dict()),
         baseline_source=adapter.info.baseline_source,
         transform=transform,
         dataset=images.dataset,
@@ -68,27 +85,72 @@ def extraction_key(
     )
 
 
-def backbone_batches(
-    adapter: ModelAdapter,
-    images: LabelledImages,
-    transform,
-    size: int,
-    options: ExtractOptions,
-    device: torch.device,
-    console: Console | None,
-    description: str,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(indices, backbone output in fp32)`` per batch, with a progress bar; a broken image is an error."""
+@dataclass(frozen=True)
+class ForwardPass:
+    """What every loop over a dataset needs, prepared once: the model, the device, the input
+    transform (and its description, which enters cache keys), the options and the console."""
+
+    adapter: ModelAdapter
+    transform: Callable[..., torch.Tensor]
+    desc: dict[str, Any]
+    device: torch.device
+    options: ExtractOptions
+    console: Console
+
+    @property
+    def size(self) -> int:
+        return int(self.desc["size"])
+
+
+def forward_pass(adapter: ModelAdapter, single_label: bool, options: ExtractOptions, console: Console) -> ForwardPass:
+    """Check the loop's options and build the transform and the device, once per run."""
+    if options.batch_size < 1:
+        raise CSRAError(f"batch_size {options.batch_size}: must be >= 1", param="batch_size")
+    if options.workers < 0:
+        raise CSRAError(f"workers {options.workers}: must be >= 0", param="workers")
+    if options.img_size is not None and options.img_size < 16:
+        raise CSRAError(f"img_size {options.img_size}: too small (at least 16)", param="img_size")
+    transform, desc = eval_transform(adapter.data_config, options.img_size, single_label, options.transform)  # type: ignore[arg-type]
+    return ForwardPass(adapter, transform, desc, resolve_device(options.device), options, console)
+
+
+@contextmanager
+def on_device(module: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """``module`` on ``device`` in eval mode for the loop, then back where and as it was.
+
+    The caller's module is moved in place and restored afterwards rather than copied: a copy would
+    double the memory of a large model on the device, and restoring leaves the caller's model as
+    it was (device and train/eval mode) once the loop ends or fails.
+    """
+    first = next(module.parameters(), None)
+    before = first.device if first is not None else None
+    training = module.training
+    module.to(device).eval()
+    try:
+        yield module
+    finally:
+        if before is not None and before != device:
+            module.to(before)
+        module.train(training)
+
+
+def backbone_batches(fp: ForwardPass, images: LabelledImages, description: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(indices, backbone output in fp32)`` per batch, with a progress bar; a broken image is an error.
+
+    The one loop over a dataset; the model is on ``fp.device`` (in eval mode) while it runs.
+    """
+    opts, device, adapter = fp.options, fp.device, fp.adapter
     loader = DataLoader(
-        ImageDataset(images, transform, size),
-        batch_size=options.batch_size,
-        num_workers=options.workers,
+        ImageDataset(images, fp.transform, fp.size),
+        batch_size=opts.batch_size,
+        num_workers=opts.workers,
         shuffle=False,
         pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # the loader draws its workers' base seed from this, not the caller's RNG
     )
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    amp_ctx = torch.autocast(device_type=device.type, dtype=amp_dtype) if options.amp else nullcontext()
-    with progress_bar(console, description, total=len(images)) as advance:
+    amp_ctx = torch.autocast(device_type=device.type, dtype=amp_dtype) if opts.amp else nullcontext()
+    with on_device(adapter, device), progress_bar(fp.console, description, total=len(images)) as advance:
         for index, x, errors in loader:
             bad = [e for e in errors if e]
             if bad:
@@ -98,34 +160,27 @@ def backbone_batches(
                     raw = adapter.forward_backbone(x.to(device, non_blocking=True))
             except (RuntimeError, AssertionError, ValueError) as exc:
                 raise CSRAError(
-                    f"model {adapter.info.name} failed on a {tuple(x.shape[1:])} input ({first_line(exc)}); try another --img-size"
+                    f"model {adapter.info.name} failed on a {tuple(x.shape[1:])} input ({first_line(exc)}); try another img_size",
+                    param="img_size",
                 ) from None
             yield index, raw.float()
             advance(len(index))
 
 
 @torch.no_grad()
-def compute_statistics(
-    adapter: ModelAdapter,
-    images: LabelledImages,
-    transform,
-    size: int,
-    options: ExtractOptions,
-    device: torch.device,
-    console: Console | None = None,
-) -> tuple[ClassStatistics, float, float]:
+def compute_statistics(fp: ForwardPass, images: LabelledImages) -> tuple[ClassStatistics, float, float]:
     """Run the model over ``images``; returns the statistics and the identity's max abs and relative diffs (no caching)."""
-    adapter = adapter.to(device).eval()
+    adapter, size = fp.adapter, fp.size
     parts: dict[str, list[torch.Tensor]] = {"avg": [], "max": [], "attn": [], "logits": [], "maps": []}
     max_diff, max_logit = 0.0, 0.0
-    batches = backbone_batches(adapter, images, transform, size, options, device, console, f"extract {adapter.info.name}")
-    for index, raw in batches:
+    for index, raw in backbone_batches(fp, images, f"extract {adapter.info.name}"):
         s, logits = adapter.scores_from_backbone(raw)
         if not torch.isfinite(s).all() or not torch.isfinite(logits).all():
             row = int((~torch.isfinite(s)).flatten(1).any(1).nonzero()[0]) if not torch.isfinite(s).all() else 0
             raise CSRAError(
                 f"model {adapter.info.name} produced NaN/inf scores on {images.paths[int(index[row])]} "
-                f"at input size {size}; check the weights, the input size, or drop --amp"
+                f"at input size {size}; check the weights, the input size, or run without amp (amp=False)",
+                param="amp" if fp.options.amp else None,
             )
         stats = location_statistics(s)
         max_diff = max(max_diff, float((stats["avg"] - logits).abs().max()))
@@ -133,7 +188,7 @@ def compute_statistics(
         for name in ("avg", "max", "attn"):
             parts[name].append(stats[name].cpu())
         parts["logits"].append(logits.cpu())
-        if options.keep_maps:
+        if fp.options.keep_maps:
             parts["maps"].append(s.half().cpu())
     rel_diff = max_diff / identity_scale(max_logit)
     if adapter.info.baseline_source == "model_logits" and rel_diff > IDENTITY_TOLERANCE:
@@ -151,7 +206,7 @@ def compute_statistics(
         attn=torch.cat(parts["attn"]),
         temperatures=CACHED_TEMPERATURES,
         logits=torch.cat(parts["logits"]),
-        maps=torch.cat(parts["maps"]) if options.keep_maps else None,
+        maps=torch.cat(parts["maps"]) if fp.options.keep_maps else None,
     )
     return result, max_diff, rel_diff
 
@@ -169,63 +224,34 @@ def extract(
     ``overrides`` are :class:`ExtractOptions` fields (``extract(adapter, images, img_size=448)``).
     """
     opts = replace(options or ExtractOptions(), **overrides)
-    console = console or Console(stderr=True)
+    out = output_console(console, opts.quiet)
     check_class_count(adapter, images)
-    if opts.batch_size < 1 or opts.workers < 0:
-        raise CSRAError("--batch-size must be >= 1 and --workers >= 0")
-    if opts.img_size is not None and opts.img_size < 16:
-        raise CSRAError(f"--img-size {opts.img_size}: too small (at least 16)")
-    transform, transform_desc = eval_transform(adapter.data_config, opts.img_size, images.single_label, opts.transform)  # type: ignore[arg-type]
-    size = transform_desc["size"]
-    key = extraction_key(adapter, images, transform_desc, opts.amp, opts.keep_maps, opts.verify_images)
-    cache_dir = resolve_cache_dir(opts.cache_dir)
-    path = cache_path(cache_dir, adapter.info.name, images.dataset, images.split, key)
-    if opts.use_cache and not opts.recompute and path.is_file():  # reading needs no write access
-        remove_orphans(cache_dir)
-        return _reuse(path, key, images, opts, console, adapter)
-    use_cache = opts.use_cache and usable_cache_dir(cache_dir, console)
-    if not use_cache:
-        stats = _compute(adapter, images, transform, size, transform_desc, key, opts, console)
-        stats.meta["cache"] = {"path": None, "reused": False, "images_key": None}
-        return stats
-
-    def waiting(lock: Path) -> None:
-        console.print(f"[yellow]waiting for another run extracting the same statistics[/] (lock {lock})", soft_wrap=True)
-
-    with key_lock(path, waiting):
-        if not opts.recompute and path.is_file():  # the run we waited for wrote it
-            return _reuse(path, key, images, opts, console, adapter)
-        stats = _compute(adapter, images, transform, size, transform_desc, key, opts, console)
-        try:
-            save_statistics(stats, path)
-        except OSError as exc:
-            console.print(f"[yellow]warning:[/] could not write the cache file {path} ({first_line(exc, 120)}): going on without caching", soft_wrap=True)
-            stats.meta["cache"] = {"path": None, "reused": False, "images_key": None}
-            return stats
-    stats.meta["cache"] = {"path": str(path), "reused": False, "images_key": images_key_name(opts.verify_images)}
+    fp = forward_pass(adapter, images.single_label, opts, out)
+    head_fingerprint = state_dict_fingerprint(adapter.head.state_dict())
+    key = extraction_key(adapter, images, fp.desc, opts.amp, opts.keep_maps, opts.verify_images, head_fingerprint)
+    path = cache_path(resolve_cache_dir(opts.cache_dir), adapter.info.name, images.dataset, images.split, key)
+    fingerprints = (adapter.info.weights_fingerprint, head_fingerprint)
+    outcome = cached(
+        path,
+        use_cache=opts.use_cache,
+        recompute=opts.recompute,
+        load=lambda p: read_cached_statistics(p, key, images, opts.verify_images, fingerprints, out),
+        compute=lambda: _compute(fp, images, key, head_fingerprint),
+        save=lambda stats, p: save_statistics(stats, p),  # looked up at call time (tests replace it)
+        console=out,
+        waiting_for="extracting the same statistics",
+        file_label="cache file",
+    )
+    stats = outcome.value
+    if not outcome.reused:
+        cached_at = str(outcome.path) if outcome.path is not None else None
+        stats.meta["cache"] = {"path": cached_at, "reused": False, "images_key": images_key_name(opts.verify_images) if cached_at else None}
     return stats
 
 
 def images_key_name(verify_images: bool) -> str:
     """How image files enter the cache key (reported, so a stale-cache risk is visible)."""
     return "content hash" if verify_images else "size+mtime"
-
-
-_warned_cache_dirs: set[str] = set()  # the probe and the extraction of one run share the warning
-
-
-def usable_cache_dir(cache_dir: Path, console: Console) -> bool:
-    """True when the cache folder can be written; otherwise one warning, and the run goes on uncached."""
-    problem = open_cache_dir(cache_dir)
-    if problem is not None and str(cache_dir) not in _warned_cache_dirs:
-        _warned_cache_dirs.add(str(cache_dir))
-        console.print(f"[yellow]warning:[/] cache dir {cache_dir} is not writable ({problem}): going on without caching", soft_wrap=True)
-    return problem is None
-
-
-def _reuse(path: Path, key: str, images: LabelledImages, opts: ExtractOptions, console: Console, adapter: ModelAdapter) -> ClassStatistics:
-    fingerprints = (adapter.info.weights_fingerprint, state_dict_fingerprint(adapter.head.state_dict()))
-    return read_cached_statistics(path, key, images, opts.verify_images, fingerprints, console)
 
 
 def read_cached_statistics(
@@ -236,31 +262,22 @@ def read_cached_statistics(
     stats = load_statistics(path, key=key, ids=list(images.ids))
     stats.meta.setdefault("weights_fingerprint", fingerprints[0])
     stats.meta.setdefault("head_fingerprint", fingerprints[1])
-    console.print(f"[green]reused cache[/] {path} (no forward pass{'' if model_built else ', no model built'})")
+    say(console, f"[green]reused cache[/] {path} (no forward pass{'' if model_built else ', no model built'})")
     stats.meta["cache"] = {"path": str(path), "reused": True, "images_key": images_key_name(verify_images)}
     return stats
 
 
-def _compute(
-    adapter: ModelAdapter,
-    images: LabelledImages,
-    transform,
-    size: int,
-    transform_desc: dict,
-    key: str,
-    opts: ExtractOptions,
-    console: Console,
-) -> ClassStatistics:
+def _compute(fp: ForwardPass, images: LabelledImages, key: str, head_fingerprint: str) -> ClassStatistics:
     """The forward pass and the statistics' metadata (the caller decides about caching)."""
-    dev = resolve_device(opts.device)
-    stats, max_diff, rel_diff = compute_statistics(adapter, images, transform, size, opts, dev, console)
+    adapter, opts = fp.adapter, fp.options
+    stats, max_diff, rel_diff = compute_statistics(fp, images)
     stats.meta = {
         "key": key,
         "model": adapter.info.name,
         "family": adapter.info.family,
         "weights": adapter.info.weights,
         "weights_fingerprint": adapter.info.weights_fingerprint,
-        "head_fingerprint": state_dict_fingerprint(adapter.head.state_dict()),
+        "head_fingerprint": head_fingerprint,
         "head": adapter.info.head,
         "baseline_source": adapter.info.baseline_source,
         "notes": adapter.info.notes,
@@ -270,12 +287,12 @@ def _compute(
         "split": images.split,
         "single_label": images.single_label,
         "unknown": images.unknown,
-        "transform": transform_desc,
+        "transform": fp.desc,
         "data_notes": list(images.notes),
         "data_options": images.options,
         "amp": opts.amp,
-        "device": str(dev),
+        "device": str(fp.device),
     }
     source = "model's logits" if adapter.info.baseline_source == "model_logits" else "model's own logits (patch-average baseline, not enforced)"
-    console.print(f"identity: max |mean_k s - logits| = {max_diff:.2e} ({rel_diff:.2e} of the logits' scale) vs {source}")
+    say(fp.console, f"identity: max |mean_k s - logits| = {max_diff:.2e} ({rel_diff:.2e} of the logits' scale) vs {source}")
     return stats

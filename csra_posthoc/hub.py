@@ -2,8 +2,10 @@
 
 Without this, timm's download of a hub model retries for most of a minute when there is no
 network. Here the hub is asked once (one TCP connection with a short timeout, no retries) unless
-``HF_HUB_OFFLINE`` already says; when it does not answer, the Hugging Face client is switched to
-offline mode, and a model whose weights are in no local cache is refused before anything is built.
+``HF_HUB_OFFLINE`` already says; when it does not answer, that is remembered, a model whose weights
+are in no local cache is refused before anything is built, and the model factory builds the others
+with the Hugging Face client in offline mode (:func:`offline_if_unreachable`) -- for that call
+only: nothing process-wide (no environment variable, no socket default timeout) is left changed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -18,6 +22,7 @@ from .errors import CSRAError
 
 PROBE_TIMEOUT_S = 3.0
 _TRUE = {"1", "on", "yes", "true"}
+_unreachable: dict[str, str] = {}  # hub endpoint -> why it cannot be used, decided once per process
 
 
 def hub_endpoint() -> str:
@@ -48,19 +53,38 @@ def hub_answers(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
 def offline_reason() -> str | None:
     """Why the hub cannot be used (``HF_HUB_OFFLINE`` set, or no answer), or None when it answers.
 
-    When the hub does not answer, offline mode is switched on for the rest of the process, so the
-    Hugging Face client never retries.
+    A hub that did not answer is not asked again in this process.
     """
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
         return "HF_HUB_OFFLINE is set"
     endpoint = hub_endpoint()
-    if hub_answers(endpoint):
-        return None
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    if endpoint not in _unreachable:
+        if hub_answers(endpoint):
+            return None
+        _unreachable[endpoint] = f"{urlparse(endpoint).hostname} cannot be reached"
+    return _unreachable[endpoint]
+
+
+@contextmanager
+def offline_if_unreachable() -> Iterator[None]:
+    """The Hugging Face client in offline mode (so it never retries) while the block runs, when this
+    process found the hub unreachable; the environment and the client's setting are restored after."""
+    if not _unreachable or hub_endpoint() not in _unreachable:
+        yield
+        return
     from huggingface_hub import constants
 
+    env, setting = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
     constants.HF_HUB_OFFLINE = True  # read at call time by the client
-    return f"{urlparse(endpoint).hostname} cannot be reached"
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = setting
+        if env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = env
 
 
 def cached_weights(arch: str) -> Path | None:
@@ -109,5 +133,6 @@ def require_hub_weights(arch: str) -> None:
 
     raise CSRAError(
         f"--model {arch} --pretrained: no network ({reason}) and its weights are in no local cache; "
-        f"pass --checkpoint PATH to a weights file, or fetch them once with a network into the Hugging Face cache ({constants.HF_HUB_CACHE})"
+        f"pass --checkpoint PATH to a weights file, or fetch them once with a network into the Hugging Face cache ({constants.HF_HUB_CACHE})",
+        param="pretrained",
     )

@@ -21,6 +21,7 @@ class ExtractOptions:
     recompute: bool = False  # ignore (and overwrite) an existing cache entry
     transform: str = "auto"  # auto (centre crop for single-label data, else square resize) | square | crop
     verify_images: bool = False  # cache key hashes image contents, not size + mtime
+    quiet: bool = False  # no progress bars or lines from extraction and the probe (the csra_posthoc logger still gets them)
 
 
 @dataclass(frozen=True)

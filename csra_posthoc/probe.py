@@ -16,24 +16,23 @@ their class's problem.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 
-from .adapters import AdapterInfo, ModelAdapter
-from .atomic import atomic_write
-from .cache import cache_key, resolve_cache_dir
+from .adapters import AdapterInfo, ModelAdapter, ProbeHeadAdapter
+from .cache import cache_key, cached, read_entry, resolve_cache_dir, write_entry
 from .checkpoint import state_dict_fingerprint
 from .data import LabelledImages
-from .data.transforms import eval_transform
-from .errors import CSRAError, first_line
-from .extraction import backbone_batches, resolve_device, usable_cache_dir
+from .errors import CSRAError
+from .extraction import ForwardPass, backbone_batches, forward_pass
 from .location_head import LocationHead
+from .log import output_console, say
 from .options import ExtractOptions
 
 PROBE_FORMAT = 1
@@ -55,39 +54,17 @@ class ProbeInfo:
         return f"linear probe on {self.dataset} {self.split}, {self.num_images} images (C={self.c:g})"
 
 
-class ProbeHeadAdapter(ModelAdapter):
-    """A backbone whose classifier is a fitted probe; its logits are the probe on pooled features."""
-
-    def __init__(self, base: ModelAdapter, head: LocationHead, info: AdapterInfo) -> None:
-        super().__init__(base.model, head, info, base.data_config)
-        self.base = base
-
-    def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base.forward_backbone(x)
-
-    def feature_map(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.base.feature_map(raw)
-
-    def model_logits(self, raw: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.head.pooled_features(self.feature_map(raw)), self.head.weight, self.head.bias)
-
-
 @torch.no_grad()
-def pooled_features(
-    adapter: ModelAdapter, images: LabelledImages, options: ExtractOptions, console: Console | None = None
-) -> torch.Tensor:
-    """``(N, d)`` pooled head-input features; maps are never kept."""
-    transform, desc = eval_transform(adapter.data_config, options.img_size, images.single_label, options.transform)  # type: ignore[arg-type]
-    device = resolve_device(options.device)
-    adapter = adapter.to(device).eval()
-    out = []
-    batches = backbone_batches(adapter, images, transform, desc["size"], options, device, console, f"probe features ({images.split})")
-    for index, raw in batches:
+def pooled_features(fp: ForwardPass, images: LabelledImages) -> torch.Tensor:
+    """``(N, d)`` pooled head-input features, from the same backbone loop as the statistics; maps are never kept."""
+    adapter, out = fp.adapter, []
+    for index, raw in backbone_batches(fp, images, f"probe features ({images.split})"):
         feats = adapter.head.pooled_features(adapter.feature_map(raw)).cpu()
         if not torch.isfinite(feats).all():
             raise CSRAError(
-                f"model {adapter.info.name} produced NaN/inf features at input size {desc['size']} "
-                f"(e.g. {images.paths[int(index[0])]}); check the weights or the input size, or drop --amp"
+                f"model {adapter.info.name} produced NaN/inf features at input size {fp.size} "
+                f"(e.g. {images.paths[int(index[0])]}); check the weights or the input size, or run without amp (amp=False)",
+                param="amp" if fp.options.amp else None,
             )
         out.append(feats)
     return torch.cat(out)
@@ -127,27 +104,38 @@ def fit_linear_probe(
 
 
 def save_head(head: LocationHead, path: str | Path, meta: dict) -> None:
-    """A head as safetensors (weights + JSON metadata), loadable by :func:`load_head`."""
-    from safetensors.torch import save_file
+    """A head as safetensors (weights + JSON metadata), loadable by :func:`load_head`; the cache's writer."""
+    tensors = dict(head.state_dict())
+    write_entry(Path(path), tensors, {"meta": json.dumps({**meta, "pooled_norm": head.pooled_norm, "norm_eps": head.norm_eps, "format": PROBE_FORMAT})})
 
-    path = Path(path)
-    tensors = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
-    metadata = {"meta": json.dumps({**meta, "pooled_norm": head.pooled_norm, "norm_eps": head.norm_eps, "format": PROBE_FORMAT})}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+def _head_from(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[LocationHead, dict]:
+    meta = json.loads(metadata["meta"])
+    t = tensors
+    return LocationHead(t["weight"], t["bias"], t["norm_weight"], t["norm_bias"], meta["norm_eps"], meta["pooled_norm"]), meta
 
 
 def load_head(path: str | Path) -> tuple[LocationHead, dict]:
+    """A head file (``save_head_to``, or an older release's): any cache-format version is accepted."""
     from safetensors import safe_open
 
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads((fh.metadata() or {})["meta"])
-            t = {k: fh.get_tensor(k) for k in fh.keys()}
-        head = LocationHead(t["weight"], t["bias"], t["norm_weight"], t["norm_bias"], meta["norm_eps"], meta["pooled_norm"])
+            metadata = dict(fh.metadata() or {})
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        return _head_from(tensors, metadata)
     except Exception as exc:
         raise CSRAError(f"head file {path} cannot be read ({type(exc).__name__}); delete it or re-fit the probe") from None
-    return head, meta
+
+
+def _load_cached_head(path: Path) -> tuple[LocationHead, ProbeInfo]:
+    tensors, metadata = read_entry(path, "probe cache file")  # refuses another format version
+    try:
+        head, meta = _head_from(tensors, metadata)
+        return head, ProbeInfo(**meta["probe"])
+    except Exception as exc:
+        raise CSRAError(f"probe cache file {path} is stale or damaged ({type(exc).__name__}); delete it or recompute it (recompute=True)", param="recompute") from None
 
 
 def fit_probe(
@@ -160,11 +148,11 @@ def fit_probe(
     console: Console | None = None,
 ) -> ProbeHeadAdapter:
     """Fit (or reuse from the cache) a probe on ``train`` and return an adapter that uses it."""
-    console = console or Console(stderr=True)
     opts = options or ExtractOptions()
+    out = output_console(console, opts.quiet)
     if c <= 0:
-        raise CSRAError(f"--probe-c {c}: must be > 0")
-    _, transform_desc = eval_transform(adapter.data_config, opts.img_size, train.single_label, opts.transform)  # type: ignore[arg-type]
+        raise CSRAError(f"c {c}: the probe's inverse L2 strength must be > 0", param="c")
+    fp = forward_pass(adapter, train.single_label, opts, out)
     key = cache_key(
         {
             "kind": "probe",
@@ -172,39 +160,44 @@ def fit_probe(
             "weights": adapter.info.weights_fingerprint,
             "head_norm": state_dict_fingerprint({k: v for k, v in adapter.head.state_dict().items() if k.startswith("norm")}),
             "pooled_norm": adapter.head.pooled_norm,
-            "transform": transform_desc,
+            "transform": fp.desc,
             "train": train.fingerprint(content=opts.verify_images),
             "c": c,
             "amp": opts.amp,
         }
     )
-    cache_dir = resolve_cache_dir(opts.cache_dir)
-    path = cache_dir / f"probe-{key}.safetensors"
-    reuse = opts.use_cache and not opts.recompute and path.is_file()  # reading needs no write access
-    use_cache = reuse or (opts.use_cache and usable_cache_dir(cache_dir, console))
-    if reuse:
-        head, meta = load_head(path)
-        info = ProbeInfo(**meta["probe"])
-        console.print(f"[green]reused probe[/] {path}")
-    else:
+
+    def fit() -> tuple[LocationHead, ProbeInfo]:
         if train.labels.shape[1] == 0 or not (train.labels == 1).any():
             raise CSRAError(f"probe: the training split {train.split} of {train.dataset} has no positive label")
-        feats = pooled_features(adapter, train, opts, console)
-        weight, bias, skipped = fit_linear_probe(feats, train.labels, c)
-        head = adapter.head.with_linear(weight, bias)
+        weight, bias, skipped = fit_linear_probe(pooled_features(fp, train), train.labels, c)
         info = ProbeInfo(train.dataset, train.split, len(train), c, list(train.classes), [train.classes[k] for k in skipped])
-        if use_cache:
-            try:
-                save_head(head, path, {"probe": asdict(info), "model": adapter.info.name})
-            except OSError as exc:
-                console.print(f"[yellow]warning:[/] could not write the probe cache file {path} ({first_line(exc, 120)}): going on without caching", soft_wrap=True)
+        return adapter.head.with_linear(weight, bias), info
+
+    def reuse(path: Path) -> tuple[LocationHead, ProbeInfo]:
+        fitted = _load_cached_head(path)
+        say(out, f"[green]reused probe[/] {path}")
+        return fitted
+
+    outcome = cached(
+        resolve_cache_dir(opts.cache_dir) / f"probe-{key}.safetensors",
+        use_cache=opts.use_cache,
+        recompute=opts.recompute,
+        load=reuse,
+        compute=fit,
+        save=lambda fitted, path: save_head(fitted[0], path, {"probe": asdict(fitted[1]), "model": adapter.info.name}),
+        console=out,
+        waiting_for="fitting the same probe",
+        file_label="probe cache file",
+    )
+    head, info = outcome.value
     unfitted = ""
     if info.skipped_classes:
         unfitted = f"probe: no positive (or no negative) in {train.split} for {', '.join(info.skipped_classes)}: not fitted"
-        console.print(f"[yellow]{unfitted}[/]")
+        say(out, f"[yellow]{unfitted}[/]", logging.WARNING)
     if save_head_to is not None:
         save_head(head, save_head_to, {"probe": asdict(info), "model": adapter.info.name})
-        console.print(f"wrote head {save_head_to}")
+        say(out, f"wrote head {save_head_to}")
     base = adapter.info
     probe_info = AdapterInfo(
         name=base.name,

@@ -120,3 +120,13 @@ def test_unknown_model_and_missing_weight_source() -> None:
         load_model("torchvision:nope", random_init=True)
     with pytest.raises(CSRAError, match="exactly one weight source"):
         load_model("resnet10t")
+
+
+def test_random_init_is_seeded_without_touching_the_callers_rng() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    first = load_model("resnet10t", random_init=True, num_classes=5)
+    assert torch.equal(torch.rand(4), expected)  # the caller's stream went on as if nothing had drawn from it
+    second = load_model("resnet10t", random_init=True, num_classes=5)
+    assert first.info.weights_fingerprint == second.info.weights_fingerprint  # still reproducible (the cache relies on it)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import csra_posthoc.cache as cache_mod
 import csra_posthoc.extraction as extract_mod
 from csra_posthoc import extract, load_dataset, load_model
 from csra_posthoc.atomic import atomic_write
@@ -156,7 +157,7 @@ def test_report_says_which_image_key_was_used(voc_dir: Path, tmp_path: Path) -> 
 def test_read_only_cache_is_still_read(voc_dir: Path, adapter, monkeypatch, isolated_cache) -> None:
     images = load_dataset("voc2007", voc_dir)
     extract(adapter, images, img_size=64)
-    monkeypatch.setattr(extract_mod, "open_cache_dir", lambda d: "read-only file system")  # as root, chmod cannot do it
+    monkeypatch.setattr(cache_mod, "open_cache_dir", lambda d: "read-only file system")  # as root, chmod cannot do it
     assert extract(adapter, images, img_size=64).meta["cache"]["reused"] is True
     missed = extract(adapter, images, img_size=72)  # a miss in a read-only cache: computed, not cached
     assert missed.meta["cache"] == {"path": None, "reused": False, "images_key": None}

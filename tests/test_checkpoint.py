@@ -63,7 +63,7 @@ def test_checkpoint_errors_are_one_line(tmp_path: Path, resnet_sd) -> None:
     with pytest.raises(CSRAError, match="no such file"):
         load_model("resnet10t", checkpoint=tmp_path / "missing.pth")
     torch.save(resnet_sd, tmp_path / "r.pth")
-    with pytest.raises(CSRAError, match="does not fit --model efficientnet_lite0|no classifier weight"):
+    with pytest.raises(CSRAError, match="does not fit model efficientnet_lite0|no classifier weight"):
         load_model("efficientnet_lite0", checkpoint=tmp_path / "r.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CSRAError) as info:
@@ -151,3 +151,23 @@ def test_unknown_timm_model_with_checkpoint_is_one_line(tmp_path: Path, resnet_s
     torch.save(resnet_sd, tmp_path / "r.pth")
     res = CliRunner().invoke(app, ["sweep", "--model", name, "--checkpoint", str(tmp_path / "r.pth"), "--dataset", "voc2007", "--data-dir", str(voc_dir)])
     one_line_error(res, f"--model {name}", fragment)
+
+
+@pytest.mark.parametrize("ema_key", ["state_dict_ema", "model_ema"])
+def test_ema_weights_are_preferred_and_reported(tmp_path: Path, resnet_sd, ema_key: str) -> None:
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in resnet_sd.items()}
+    path = tmp_path / "train.pth"
+    torch.save({"state_dict": resnet_sd, ema_key: {f"module.{k}": v for k, v in ema.items()}, "epoch": 9}, path)
+    adapter = load_model("resnet10t", checkpoint=path)
+    assert torch.equal(adapter.head.weight, ema["fc.weight"])  # EMA, its DDP prefix removed (timm's clean_state_dict)
+    assert any("EMA weights" in n and ema_key in n for n in adapter.info.notes), adapter.info.notes
+
+
+def test_raw_weights_are_reported_when_there_is_no_ema(tmp_path: Path, resnet_sd) -> None:
+    from csra_posthoc.checkpoint import read_checkpoint
+
+    torch.save({"state_dict": resnet_sd, "epoch": 3}, tmp_path / "w.pth")
+    torch.save(resnet_sd, tmp_path / "bare.pth")
+    assert read_checkpoint(tmp_path / "w.pth")[1] == "state_dict" and read_checkpoint(tmp_path / "bare.pth")[1] is None
+    assert load_model("resnet10t", checkpoint=tmp_path / "w.pth").info.notes == ["checkpoint: weights from its 'state_dict' entry"]
+    assert load_model("resnet10t", checkpoint=tmp_path / "bare.pth").info.notes == []

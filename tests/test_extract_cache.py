@@ -82,7 +82,7 @@ def test_damaged_cache_is_refused(voc_dir: Path, adapter, isolated_cache) -> Non
     extract(adapter, images, img_size=64)
     (path,) = isolated_cache.glob("*.safetensors")
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(CSRAError, match="stale or damaged.*--recompute"):
+    with pytest.raises(CSRAError, match=r"stale or damaged.*recompute=True"):
         extract(adapter, images, img_size=64)
     assert extract(adapter, images, img_size=64, recompute=True).meta["cache"]["reused"] is False
 
@@ -135,6 +135,52 @@ def test_backbone_failure_is_one_line(voc_dir: Path, adapter, monkeypatch) -> No
         raise RuntimeError("Given groups=1, weight of size [24, 3, 3, 3], expected input to have 3 channels\nmore detail")
 
     monkeypatch.setattr(adapter, "forward_backbone", broken)
-    with pytest.raises(CSRAError, match=r"model resnet10t failed on a \(3, 64, 64\) input \(Given groups=1.*\); try another --img-size") as info:
+    with pytest.raises(CSRAError, match=r"model resnet10t failed on a \(3, 64, 64\) input \(Given groups=1.*\); try another img_size") as info:
         extract(adapter, load_dataset("voc2007", voc_dir), img_size=64, use_cache=False)
     assert "\n" not in str(info.value)
+
+
+def test_cache_file_of_another_format_version_is_refused(voc_dir: Path, adapter, isolated_cache) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    images = load_dataset("voc2007", voc_dir)
+    path = Path(extract(adapter, images, img_size=64).meta["cache"]["path"])
+    with safe_open(str(path), framework="pt") as fh:
+        metadata, tensors = dict(fh.metadata()), {k: fh.get_tensor(k) for k in fh.keys()}
+    for version in (None, "1", "99"):  # None: a file from before the version field
+        md = {k: v for k, v in metadata.items() if k != cache_mod.VERSION_FIELD}
+        save_file(tensors, str(path), metadata=md if version is None else {**md, cache_mod.VERSION_FIELD: version})
+        with pytest.raises(CSRAError, match=r"format.*recompute=True") as info:
+            extract(adapter, images, img_size=64)
+        assert info.value.param == "recompute" and "\n" not in str(info.value)
+    again = extract(adapter, images, img_size=64, recompute=True)
+    assert again.meta["cache"]["reused"] is False and extract(adapter, images, img_size=64).meta["cache"]["reused"] is True
+
+
+def test_extract_leaves_the_callers_model_and_rng_as_they_were(voc_dir: Path, adapter) -> None:
+    images = load_dataset("voc2007", voc_dir)
+    adapter.train()
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    extract(adapter, images, img_size=64, use_cache=False, device="cpu")
+    assert torch.equal(torch.rand(3), expected)
+    assert adapter.training and next(adapter.parameters()).device.type == "cpu"
+
+
+def test_quiet_prints_nothing_and_the_logger_still_hears(voc_dir: Path, adapter, isolated_cache, caplog) -> None:
+    import logging
+
+    from rich.console import Console
+
+    images = load_dataset("voc2007", voc_dir)
+    console = Console(record=True, width=200)
+    with caplog.at_level(logging.INFO, logger="csra_posthoc"):
+        extract(adapter, images, img_size=64, console=console, quiet=True)
+        extract(adapter, images, img_size=64, console=console, quiet=True)
+    assert console.export_text() == ""
+    logged = [r.getMessage() for r in caplog.records if r.name == "csra_posthoc"]
+    assert any(m.startswith("identity: max |mean_k s - logits|") for m in logged) and any(m.startswith("reused cache") for m in logged)
+    extract(adapter, images, img_size=64, console=console)
+    assert "reused cache" in console.export_text()

@@ -13,8 +13,9 @@ import torch.nn as nn
 
 from ..checkpoint import state_dict_fingerprint
 from ..errors import CSRAError
-from . import TORCHVISION_PREFIX, _create_timm, _create_torchvision, verify_identity
 from .base import ModelAdapter
+from .factory import TORCHVISION_PREFIX, _create_timm, _create_torchvision
+from .identity import verify_identity
 from .timm_models import build_timm_adapter
 from .torchvision_models import build_torchvision_adapter
 

@@ -34,9 +34,9 @@ def find_coco_paths(data_dir: Path, split: str, year: str, ann_file: Path | None
         candidates = (data_dir / f"{split}{year}", data_dir / "images" / f"{split}{year}")
         image_dir = next((c for c in candidates if c.is_dir()), None)
         if image_dir is None:
-            raise CSRAError(f"--data-dir {data_dir}: no image folder {split}{year}/ or images/{split}{year}/; pass --image-dir")
+            raise CSRAError(f"data_dir {data_dir}: no image folder {split}{year}/ or images/{split}{year}/; pass image_dir", param="data_dir")
     elif not image_dir.is_dir():
-        raise CSRAError(f"--image-dir {image_dir}: no such directory")
+        raise CSRAError(f"image_dir {image_dir}: no such directory", param="image_dir")
     return ann_file, image_dir
 
 
@@ -79,7 +79,7 @@ def load_coco(
 ) -> LabelledImages:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise CSRAError(f"--data-dir {data_dir}: no such directory")
+        raise CSRAError(f"data_dir {data_dir}: no such directory", param="data_dir")
     ann_path, images_root = find_coco_paths(
         data_dir, split, year, Path(ann_file) if ann_file else None, Path(image_dir) if image_dir else None
     )

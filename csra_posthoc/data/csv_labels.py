@@ -19,16 +19,16 @@ from .base import LabelledImages
 def load_csv(data_dir: str | Path, labels_file: str | Path, split: str = "test") -> LabelledImages:
     data_dir, labels_file = Path(data_dir), Path(labels_file)
     if not data_dir.is_dir():
-        raise CSRAError(f"--data-dir {data_dir}: no such directory")
+        raise CSRAError(f"data_dir {data_dir}: no such directory", param="data_dir")
     if not labels_file.is_file():
-        raise CSRAError(f"--labels {labels_file}: no such file")
+        raise CSRAError(f"labels {labels_file}: no such file", param="labels")
     try:
         with labels_file.open(newline="", encoding="utf-8-sig") as fh:
             ids, paths, rows, classes = _read_rows(csv.reader(fh), data_dir, labels_file)
     except UnicodeDecodeError:
-        raise CSRAError(f"--labels {labels_file}: not UTF-8 text; save it as CSV UTF-8") from None
+        raise CSRAError(f"labels {labels_file}: not UTF-8 text; save it as CSV UTF-8", param="labels") from None
     if not ids:
-        raise CSRAError(f"--labels {labels_file}: no rows")
+        raise CSRAError(f"labels {labels_file}: no rows", param="labels")
     return LabelledImages(
         dataset="csv",
         split=split,
@@ -44,12 +44,12 @@ def load_csv(data_dir: str | Path, labels_file: str | Path, split: str = "test")
 def _read_rows(reader, data_dir: Path, labels_file: Path) -> tuple[list[str], list[Path], list[list[int]], list[str]]:
     header = next(reader, None)
     if not header or header[0].strip() != "path" or len(header) < 2:
-        raise CSRAError(f"--labels {labels_file}: the header must be 'path,<class>,<class>,...'")
+        raise CSRAError(f"labels {labels_file}: the header must be 'path,<class>,<class>,...'", param="labels")
     classes = [c.strip() for c in header[1:]]
     seen_class: dict[str, int] = {}
     for column, name in enumerate(classes, start=2):
         if not name:
-            raise CSRAError(f"--labels {labels_file}:1: column {column} has no class name")
+            raise CSRAError(f"labels {labels_file}:1: column {column} has no class name", param="labels")
         if name in seen_class:
             raise CSRAError(
                 f"--labels {labels_file}:1: class {name!r} is in columns {seen_class[name]} and {column}; class names must be unique"
@@ -61,16 +61,16 @@ def _read_rows(reader, data_dir: Path, labels_file: Path) -> tuple[list[str], li
         if not row:
             continue
         if len(row) != len(header):
-            raise CSRAError(f"--labels {labels_file}:{line_no}: {len(row)} fields, the header has {len(header)}")
+            raise CSRAError(f"labels {labels_file}:{line_no}: {len(row)} fields, the header has {len(header)}", param="labels")
         try:
             values = [int(v) for v in row[1:]]
         except ValueError:
-            raise CSRAError(f"--labels {labels_file}:{line_no}: labels must be 1, 0 or -1") from None
+            raise CSRAError(f"labels {labels_file}:{line_no}: labels must be 1, 0 or -1", param="labels") from None
         if any(v not in (1, 0, -1) for v in values):
-            raise CSRAError(f"--labels {labels_file}:{line_no}: labels must be 1, 0 or -1")
+            raise CSRAError(f"labels {labels_file}:{line_no}: labels must be 1, 0 or -1", param="labels")
         path = data_dir / row[0].strip()
         if not path.is_file():
-            raise CSRAError(f"--labels {labels_file}:{line_no}: image {path} does not exist")
+            raise CSRAError(f"labels {labels_file}:{line_no}: image {path} does not exist", param="labels")
         same = path.resolve()
         if same in seen_image:
             raise CSRAError(

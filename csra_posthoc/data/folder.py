@@ -13,11 +13,11 @@ from .base import LabelledImages
 def split_root(data_dir: Path, split: str | None, default: str = "val") -> tuple[Path, str]:
     """``D/<split>`` when ``--split`` is given; else ``D/val`` if there is one, else ``D`` itself."""
     if not data_dir.is_dir():
-        raise CSRAError(f"--data-dir {data_dir}: no such directory")
+        raise CSRAError(f"data_dir {data_dir}: no such directory", param="data_dir")
     if split is not None:
         root = data_dir / split
         if not root.is_dir():
-            raise CSRAError(f"--split {split}: no folder {root}; check --split or --data-dir")
+            raise CSRAError(f"--split {split}: no folder {root}; check --split or --data-dir", param="split")
         return root, split
     if (data_dir / default).is_dir():
         return data_dir / default, default

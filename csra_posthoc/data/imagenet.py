@@ -43,11 +43,11 @@ def read_loc_solution(path: Path, known: set[str]) -> list[tuple[str, str]]:
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames or not {"ImageId", "PredictionString"} <= set(reader.fieldnames):
-            raise CSRAError(f"--labels {path}: the header must be ImageId,PredictionString")
+            raise CSRAError(f"labels {path}: the header must be ImageId,PredictionString", param="labels")
         for line_no, row in enumerate(reader, start=2):
             words = (row["PredictionString"] or "").split()
             if not words or words[0] not in known:
-                raise CSRAError(f"--labels {path}:{line_no}: unknown wnid {words[0] if words else '(empty)'!r} for {row['ImageId']}")
+                raise CSRAError(f"labels {path}:{line_no}: unknown wnid {words[0] if words else '(empty)'!r} for {row['ImageId']}", param="labels")
             rows.append((row["ImageId"], words[0]))
     return rows
 
@@ -73,9 +73,9 @@ def read_ground_truth(path: Path, known: set[str]) -> list[tuple[str, str]]:
         try:
             wnid = id_to_wnid[int(text)]
         except (ValueError, KeyError):
-            raise CSRAError(f"--labels {path}:{line_no}: {text!r} is not an ILSVRC2012_ID in meta.mat") from None
+            raise CSRAError(f"labels {path}:{line_no}: {text!r} is not an ILSVRC2012_ID in meta.mat", param="labels") from None
         if wnid not in known:
-            raise CSRAError(f"--labels {path}:{line_no}: unknown wnid {wnid!r}")
+            raise CSRAError(f"labels {path}:{line_no}: unknown wnid {wnid!r}", param="labels")
         rows.append((f"ILSVRC2012_val_{line_no:08d}", wnid))
     return rows
 
@@ -109,11 +109,11 @@ def load_imagenet(
     else:
         label_file = Path(labels) if labels else find_label_file(data_dir, root)
         if not label_file.is_file():
-            raise CSRAError(f"--labels {label_file}: no such file")
+            raise CSRAError(f"labels {label_file}: no such file", param="labels")
         reader = read_loc_solution if label_file.suffix == ".csv" else read_ground_truth
         rows = reader(label_file, set(index))
         if not rows:
-            raise CSRAError(f"--labels {label_file}: no rows")
+            raise CSRAError(f"labels {label_file}: no rows", param="labels")
         paths = [flat_image_path(root, image_id) for image_id, _ in rows]
         present, missing_notes = existing_files(paths, skip_missing, label_file)
         rows, paths = list(compress(rows, present)), list(compress(paths, present))

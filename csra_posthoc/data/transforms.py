@@ -11,6 +11,8 @@ builds the transform from the same description.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
@@ -38,7 +40,7 @@ def transform_description(
 ) -> dict[str, Any]:
     """The plain-dict description of :func:`eval_transform`'s choice (cache key and report), torch-free."""
     if choice not in TRANSFORM_CHOICES:
-        raise CSRAError(f"--transform {choice}: choose auto, square or crop")
+        raise CSRAError(f"--transform {choice}: choose auto, square or crop", param="transform")
     size = int(img_size or cfg.input_size)
     if choice == "crop" or (choice == "auto" and single_label):
         return {
@@ -61,7 +63,14 @@ def transform_description(
 
 
 def build_transform(desc: dict[str, Any]) -> Callable[..., torch.Tensor]:
-    """The transform a description stands for.
+    """The transform a description stands for, built once per description (transforms hold no
+    state, so the probe's pass and the statistics' pass of one run share one)."""
+    return _built(json.dumps(desc, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=16)
+def _built(key: str) -> Callable[..., torch.Tensor]:
+    """The transform behind a description's JSON.
 
     Centre crop: short side to ``floor(size / crop_pct)``, centre crop ``size``, normalise (what
     timm's ``create_transform`` builds for crop_mode 'center'; spelt out here so torchvision's
@@ -70,6 +79,7 @@ def build_transform(desc: dict[str, Any]) -> Callable[..., torch.Tensor]:
     import torchvision.transforms as T
     from torchvision.transforms import InterpolationMode
 
+    desc = json.loads(key)
     interpolation = InterpolationMode(desc["interpolation"])
     size = desc["size"]
     if desc["kind"] == "square-resize":

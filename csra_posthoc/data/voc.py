@@ -65,11 +65,11 @@ def load_voc(
     unknown for that class under ``difficult='ignore'``, as the VOC devkit does)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise CSRAError(f"--data-dir {data_dir}: no such directory")
+        raise CSRAError(f"--data-dir {data_dir}: no such directory", param="data_dir")
     root = find_voc_root(data_dir, year)
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
-        raise CSRAError(f"--split {split}: no split file {split_file}; check --split or --data-dir")
+        raise CSRAError(f"--split {split}: no split file {split_file}; check --split or --data-dir", param="split")
     ids = [ln.split()[0] for ln in split_file.read_text().splitlines() if ln.strip()]
     if not ids:
         raise CSRAError(f"{split_file}: lists no images")

@@ -70,11 +70,11 @@ def load_wider(
 ) -> LabelledImages:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise CSRAError(f"--data-dir {data_dir}: no such directory")
+        raise CSRAError(f"data_dir {data_dir}: no such directory", param="data_dir")
     ann_path = Path(ann_file) if ann_file else data_dir / "Annotations" / f"wider_attribute_{split}.json"
     images_root = Path(image_dir) if image_dir else data_dir / "Image"
     if not images_root.is_dir():
-        raise CSRAError(f"--image-dir {images_root}: no such directory (WIDER-Attribute keeps its images in Image/)")
+        raise CSRAError(f"image_dir {images_root}: no such directory (WIDER-Attribute keeps its images in Image/)", param="image_dir")
     data = read_json(ann_path, "--ann-file")
     entries = require(data, "images", "the file", ann_path, list)
 

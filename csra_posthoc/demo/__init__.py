@@ -14,15 +14,16 @@ from typing import Any
 
 from rich.console import Console
 
-from .api import run_sweep
-from .cache import resolve_cache_dir
-from .data.mosaics import GET_FASHION_MNIST, locate_item_source, mosaic_voc_written, read_item_source, write_mosaic_voc
-from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS
-from .errors import CSRAError
-from .offline_weights import has_offline_weights
-from .options import DataOptions, ExtractOptions
-from .report import report_console, write_json
-from .validate import validate_sweep_args
+from ..api import run_sweep
+from ..cache import resolve_cache_dir
+from ..defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS
+from ..errors import CSRAError
+from ..offline_weights import has_offline_weights
+from ..options import DataOptions, ExtractOptions
+from ..report import report_console, write_json
+from ..validate import validate_sweep_args
+from .mosaics import mosaic_voc_written, write_mosaic_voc
+from .sources import GET_FASHION_MNIST, locate_item_source, read_item_source
 
 DEMO_MODEL = "efficientnet_lite0"
 
