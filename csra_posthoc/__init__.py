@@ -28,7 +28,8 @@ _EXPORTS: dict[str, str] = {
     "attention_pool": ".scoring",
     "score_from_locations": ".scoring",
     "LocationHead": ".location_head",
-    "ClassStatistics": ".statistics",
+    "ClassStatistics": ".class_statistics",
+    "StatisticsInfo": ".class_statistics",
     "CSRAError": ".errors",
     "patch": ".patched",
     "load_patched": ".patched",
@@ -56,6 +57,7 @@ __all__ = [
     "LocationHead",
     "LabelledImages",
     "ClassStatistics",
+    "StatisticsInfo",
     "SweepResult",
     "CSRAError",
     "patch",
@@ -99,4 +101,4 @@ if TYPE_CHECKING:  # static analysers see the real names
     from .location_head import LocationHead
     from .options import ExtractOptions
     from .scoring import attention_pool, csra_score, score_from_locations
-    from .statistics import ClassStatistics
+    from .class_statistics import ClassStatistics, StatisticsInfo

@@ -14,13 +14,13 @@ from .defaults import METRIC_NAMES  # noqa: F401 (re-exported)
 from .errors import CSRAError
 from .extraction import extract
 from .options import DataOptions, ExtractOptions
-from .lam_sweep import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, sweep
+from .lam_sweep import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, paper_fixed_lam, sweep
 from .probe import fit_probe
 from .report import print_table, report_console, results_dict, save_scores, write_json
 from .resolution import (
     probe_settings, read_memo, resolution_key, resolution_of, statistics_location, weights_source_stamp, write_memo,
 )  # fmt: skip
-from .statistics import ClassStatistics
+from .class_statistics import ClassStatistics
 from .validate import validate_sweep_args
 
 
@@ -177,7 +177,8 @@ def run_sweep(
         stats = extract(adapter, images, opts, console=console)
         if memo_key is not None:
             write_memo(resolve_cache_dir(opts.cache_dir), memo_key, resolution_of(adapter))
-    result = sweep(stats, lams=lams, temps=temps, heads=heads)
+    fixed_lam = paper_fixed_lam(stats.info.model)
+    result = sweep(stats, task=stats.info.task, fixed_lam=fixed_lam, lams=lams, temps=temps, heads=heads)
     print_table(console, result, stats, list(metrics))
     data = results_dict(result, stats, extra)
     if out is not None:

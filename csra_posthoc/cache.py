@@ -26,7 +26,7 @@ import torch
 
 from .atomic import atomic_write
 from .errors import CSRAError, first_line
-from .statistics import ClassStatistics
+from .class_statistics import ClassStatistics, StatisticsInfo
 
 CACHE_FORMAT = 1
 _TENSORS = ("labels", "avg", "max", "attn", "logits")
@@ -147,7 +147,7 @@ def save_statistics(stats: ClassStatistics, path: Path) -> None:
     if stats.maps is not None:
         tensors["maps"] = stats.maps.contiguous()
     metadata = {
-        "meta": json.dumps(stats.meta),
+        "meta": json.dumps(stats.info.to_json()),
         "ids": json.dumps(stats.ids),
         "classes": json.dumps(stats.classes),
     }
@@ -164,18 +164,18 @@ def load_statistics(path: Path, key: str | None = None, ids: list[str] | None = 
         with safe_open(str(path), framework="pt") as fh:
             md = fh.metadata() or {}
             tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-        meta = json.loads(md["meta"])
+        info = StatisticsInfo.from_json(json.loads(md["meta"]))
         stats = ClassStatistics(
             ids=json.loads(md["ids"]),
             classes=json.loads(md["classes"]),
             temperatures=tuple(float(t) for t in tensors.pop("temperatures").tolist()),
             maps=tensors.pop("maps", None),
-            meta=meta,
+            info=info,
             **{name: tensors[name] for name in _TENSORS},
         )
     except Exception as exc:  # any corruption: safetensors header, JSON, missing tensor
         raise CSRAError(f"{stale} ({type(exc).__name__}); {fix}") from None
-    if key is not None and meta.get("key") != key:
+    if key is not None and info.key != key:
         raise CSRAError(f"{stale} (its key does not match the run); {fix}")
     n, c = len(stats.ids), len(stats.classes)
     shapes_ok = all(getattr(stats, name).shape[:2] == (n, c) for name in _TENSORS)

@@ -28,7 +28,7 @@ from .keys import statistics_key
 from .options import ExtractOptions
 from .progress import progress_bar
 from .scoring import CACHED_TEMPERATURES, location_statistics
-from .statistics import ClassStatistics
+from .class_statistics import CacheInfo, ClassStatistics, StatisticsInfo
 
 
 def resolve_device(device: str) -> torch.device:
@@ -186,7 +186,7 @@ def extract(
     use_cache = opts.use_cache and usable_cache_dir(cache_dir, console)
     if not use_cache:
         stats = _compute(adapter, images, transform, size, transform_desc, key, opts, console)
-        stats.meta["cache"] = {"path": None, "reused": False, "images_key": None}
+        stats.info.cache = CacheInfo()
         return stats
 
     def waiting(lock: Path) -> None:
@@ -200,9 +200,9 @@ def extract(
             save_statistics(stats, path)
         except OSError as exc:
             console.print(f"[yellow]warning:[/] could not write the cache file {path} ({first_line(exc, 120)}): going on without caching", soft_wrap=True)
-            stats.meta["cache"] = {"path": None, "reused": False, "images_key": None}
+            stats.info.cache = CacheInfo()
             return stats
-    stats.meta["cache"] = {"path": str(path), "reused": False, "images_key": images_key_name(opts.verify_images)}
+    stats.info.cache = CacheInfo(str(path), reused=False, images_key=images_key_name(opts.verify_images))
     return stats
 
 
@@ -234,10 +234,10 @@ def read_cached_statistics(
     """Statistics from the cache file (refused in one line if stale or damaged). ``fingerprints``
     (weights, head) are part of ``key``, so they also hold for a file written before they were recorded."""
     stats = load_statistics(path, key=key, ids=list(images.ids))
-    stats.meta.setdefault("weights_fingerprint", fingerprints[0])
-    stats.meta.setdefault("head_fingerprint", fingerprints[1])
+    stats.info.weights_fingerprint = stats.info.weights_fingerprint or fingerprints[0]
+    stats.info.head_fingerprint = stats.info.head_fingerprint or fingerprints[1]
     console.print(f"[green]reused cache[/] {path} (no forward pass{'' if model_built else ', no model built'})")
-    stats.meta["cache"] = {"path": str(path), "reused": True, "images_key": images_key_name(verify_images)}
+    stats.info.cache = CacheInfo(str(path), reused=True, images_key=images_key_name(verify_images))
     return stats
 
 
@@ -254,28 +254,28 @@ def _compute(
     """The forward pass and the statistics' metadata (the caller decides about caching)."""
     dev = resolve_device(opts.device)
     stats, max_diff, rel_diff = compute_statistics(adapter, images, transform, size, opts, dev, console)
-    stats.meta = {
-        "key": key,
-        "model": adapter.info.name,
-        "family": adapter.info.family,
-        "weights": adapter.info.weights,
-        "weights_fingerprint": adapter.info.weights_fingerprint,
-        "head_fingerprint": state_dict_fingerprint(adapter.head.state_dict()),
-        "head": adapter.info.head,
-        "baseline_source": adapter.info.baseline_source,
-        "notes": adapter.info.notes,
-        "identity_max_abs_diff": max_diff,
-        "identity_max_rel_diff": rel_diff,
-        "dataset": images.dataset,
-        "split": images.split,
-        "single_label": images.single_label,
-        "unknown": images.unknown,
-        "transform": transform_desc,
-        "data_notes": list(images.notes),
-        "data_options": images.options,
-        "amp": opts.amp,
-        "device": str(dev),
-    }
+    stats.info = StatisticsInfo(
+        key=key,
+        model=adapter.info.name,
+        family=adapter.info.family,
+        weights=adapter.info.weights,
+        weights_fingerprint=adapter.info.weights_fingerprint,
+        head_fingerprint=state_dict_fingerprint(adapter.head.state_dict()),
+        head=adapter.info.head,
+        baseline_source=adapter.info.baseline_source,
+        notes=list(adapter.info.notes),
+        identity_max_abs_diff=max_diff,
+        identity_max_rel_diff=rel_diff,
+        dataset=images.dataset,
+        split=images.split,
+        task="single_label" if images.single_label else "multi_label",
+        unknown=images.unknown,
+        transform=transform_desc,
+        data_notes=list(images.notes),
+        data_options=images.options,
+        amp=opts.amp,
+        device=str(dev),
+    )
     source = "model's logits" if adapter.info.baseline_source == "model_logits" else "model's own logits (patch-average baseline, not enforced)"
     console.print(f"identity: max |mean_k s - logits| = {max_diff:.2e} ({rel_diff:.2e} of the logits' scale) vs {source}")
     return stats

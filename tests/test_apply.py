@@ -94,11 +94,11 @@ def test_every_variant_matches_the_sweeps_statistics(voc_dir: Path, tmp_path: Pa
     adapter = load_model("resnet10t", random_init=True, num_classes=20)
     images = load_dataset("voc2007", voc_dir)
     stats = extract(adapter, images, img_size=64, use_cache=False)
-    x = torch.stack([build_transform(stats.meta["transform"])(load_rgb(p)) for p in images.paths])
+    x = torch.stack([build_transform(stats.info.transform)(load_rgb(p)) for p in images.paths])
     for variant, kwargs in ((Variant("softmax", temperature=3.0), {"temperature": 3.0}), (Variant("heads", heads=6), {"heads": 6}), (Variant("max"), {})):
         expected = row_scores(stats, SweepRow(variant, 0.7, {}, torch.zeros(0)))
         with torch.no_grad():
-            got = patch(adapter, lam=0.7, preprocessing=stats.meta["transform"], **kwargs)(x)
+            got = patch(adapter, lam=0.7, preprocessing=stats.info.transform, **kwargs)(x)
         assert torch.allclose(got, expected, atol=1e-5), variant
 
 

@@ -16,7 +16,7 @@ from csra_posthoc.lam_sweep import Variant, attended_scores
 from csra_posthoc.location_head import LocationHead
 from csra_posthoc.patched import load_patched, save_patched
 from csra_posthoc.scoring import csra_score, location_statistics
-from csra_posthoc.statistics import ClassStatistics
+from csra_posthoc.class_statistics import ClassStatistics
 
 
 def _x(batch: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
