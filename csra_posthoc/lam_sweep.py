@@ -8,16 +8,18 @@ lam = 0 is the baseline, the same for every variant.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
+from .class_statistics import ClassStatistics, Task
+from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, HEAD_COUNTS  # noqa: F401 (re-exported; defined torch-free for the CLI)
 from .errors import CSRAError
 from .metrics import multilabel_metrics, singlelabel_metrics
+from .options import SweepOptions
 from .scoring import csra_score, head_temperatures, multihead_attended
-from .class_statistics import ClassStatistics, Task
-from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, HEAD_COUNTS  # defaults re-exported; defined torch-free for the CLI
 
 VariantKind = Literal["max", "softmax", "heads"]
 
@@ -97,7 +99,7 @@ def attended_scores(stats: ClassStatistics, variant: Variant) -> torch.Tensor:
     try:
         return multihead_attended([stats.attended(t) for t in variant.temperatures])
     except KeyError as exc:
-        raise CSRAError(f"--temps: {exc.args[0]}") from None
+        raise CSRAError(f"temps: {exc.args[0]}", param="temps") from None
 
 
 def evaluate(stats: ClassStatistics, scores: torch.Tensor, task: Task) -> tuple[dict[str, float], torch.Tensor]:
@@ -124,13 +126,7 @@ def sweep(
 
     Pure: the task (``stats.info.task`` for extracted statistics) and the fixed lam (the paper's is
     :func:`paper_fixed_lam` of the model) are the caller's, not read from ``stats``."""
-    if any(not math.isfinite(lam) or lam < 0 for lam in lams):
-        raise CSRAError("--lams: every lam must be a finite number >= 0")
-    for h in heads:
-        if h not in HEAD_COUNTS:
-            raise CSRAError(f"--heads {h}: the paper's head counts are {', '.join(map(str, HEAD_COUNTS))}")
-    if any(t <= 0 for t in temps):
-        raise CSRAError("--temps: temperatures must be > 0 (inf for the max)")
+    SweepOptions(lams=tuple(lams), temps=tuple(temps), heads=tuple(heads), fixed_lam=fixed_lam)  # checks each value
     primary = "top1" if task == "single_label" else "mAP"
     grid = sorted(set(float(lam) for lam in lams) | {0.0, float(fixed_lam)})
 

@@ -11,12 +11,12 @@ import torch
 import torchvision
 
 from csra_posthoc import CSRAError, patch
+from csra_posthoc.class_statistics import ClassStatistics
 from csra_posthoc.csra_head import CSRAHead, csra_head
 from csra_posthoc.lam_sweep import Variant, attended_scores
 from csra_posthoc.location_head import LocationHead
 from csra_posthoc.patched import load_patched, save_patched
 from csra_posthoc.scoring import csra_score, location_statistics
-from csra_posthoc.class_statistics import ClassStatistics
 
 
 def _x(batch: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -100,12 +100,13 @@ def test_head_module_and_sweep_statistics_score_alike(kwargs, variant) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
-    [({"lam": -0.1}, "--lam"), ({"lam": math.nan}, "--lam"), ({"lam": math.inf}, "--lam"), ({"temperature": 0.0}, "--temperature"), ({"temperature": -2.0}, "--temperature"), ({"temperature": math.nan}, "--temperature"), ({"heads": 3}, "--heads 3")],
+    [({"lam": -0.1}, "lam"), ({"lam": math.nan}, "lam"), ({"lam": math.inf}, "lam"), ({"temperature": 0.0}, "temperature"), ({"temperature": -2.0}, "temperature"), ({"temperature": math.nan}, "temperature"), ({"heads": 3}, "heads 3")],
 )
 def test_bad_settings_are_refused(kwargs, fragment) -> None:
     model = timm.create_model("resnet10t", num_classes=3).eval()
-    with pytest.raises(CSRAError, match=fragment):
+    with pytest.raises(CSRAError, match=f"^{fragment}") as info:  # library terms: the parameter, not the CLI flag
         patch(model, **{"lam": 0.2, **kwargs})
+    assert info.value.param == fragment.split()[0]
 
 
 def test_unsupported_families_are_refused_with_the_reason() -> None:
