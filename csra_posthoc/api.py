@@ -19,7 +19,13 @@ from .options import DataOptions, ExtractOptions, ModelSource, OutputOptions, Pr
 from .probe import fit_probe
 from .report import print_table, report_console, results_dict, save_scores, write_json
 from .resolution import (
-    probe_settings, read_memo, resolution_key, resolution_of, statistics_location, weights_source_stamp, write_memo,
+    probe_settings,
+    read_memo,
+    resolution_key,
+    resolution_of,
+    statistics_location,
+    weights_source_stamp,
+    write_memo,
 )  # fmt: skip
 from .validate import validate_sweep_args
 

@@ -66,7 +66,7 @@ def pick_settings(results: dict[str, Any], pick: str, path: str | Path) -> CSRAS
         raise CSRAError(f"pick {pick}: choose {', '.join(PICKS)}", param="pick")
     row = results.get(PICKS[pick])
     try:
-        return CSRASettings.from_row(row)
+        return CSRASettings.from_row(row)  # type: ignore[arg-type]  # a missing row (None) is the TypeError below
     except (KeyError, TypeError, ValueError) as exc:
         raise CSRAError(f"from_results {path}: its {PICKS[pick]!r} row is unreadable ({exc})", param="from_results") from None
 
@@ -162,7 +162,7 @@ def apply_patch(
             raise CSRAError("temperature and --heads: give one of them (heads use the paper's temperature sets)", param="temperature")
         settings = CSRASettings(check_lam(lam), math.inf if temperature is None else float(temperature), heads)
         resolve_temperatures(settings.temperature, settings.heads)
-    head_meta = None
+    head_meta: tuple[Any, dict[str, Any]] | None = None
     if head_file is not None:
         path = Path(head_file)
         if not path.is_file():
@@ -170,7 +170,7 @@ def apply_patch(
         head_meta = load_head(path)
 
     swept_own_head = results is not None and not str(results.get("head", "")).startswith("linear probe")
-    if random_init and num_classes is None and swept_own_head:
+    if random_init and num_classes is None and results is not None and swept_own_head:
         num_classes = len(results["classes"])  # as sweep --random-init built it: a head for the dataset's classes
     adapter = load_model(model, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init, num_classes=num_classes)
     if results is not None and img_size is None and transform == "auto" and results.get("transform"):
@@ -181,6 +181,7 @@ def apply_patch(
         adapter, settings.lam, settings.temperature, settings.heads, head=head_meta, classes=classes, preprocessing=preprocessing
     )
     if results is not None:
+        assert from_results is not None  # results are read from it
         check_results_match(results, patched.config, from_results)
         if patched.config["classes"] is None:  # the dataset's names, in the head's order (just checked)
             patched.config["classes"] = list(results["classes"])

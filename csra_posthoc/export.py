@@ -142,6 +142,7 @@ def load_exported(path: str | Path, fmt: str | None = None) -> Callable[[torch.T
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda x: torch.from_numpy(session.run(None, {name: x.detach().cpu().float().numpy()})[0])
+    module: torch.nn.Module
     if fmt == "safetensors":
         module = load_patched(path)
     elif fmt == "torchscript":

@@ -41,7 +41,9 @@ class Variant:
         if self.kind == "max":
             return (math.inf,)
         if self.kind == "softmax":
+            assert self.temperature is not None, "a softmax variant has a temperature"
             return (float(self.temperature),)
+        assert self.heads is not None, "a multi-head variant has a head count"
         return head_temperatures(int(self.heads))
 
     @property
@@ -153,12 +155,12 @@ def sweep(
         best=best_of(max_rows),
         fixed=next(r for r in max_rows if r.lam == float(fixed_lam)),
         best_variant=best_of(rows),
-        excluded_classes=[] if primary == "top1" else [c for c, ap in zip(stats.classes, base_ap.tolist()) if math.isnan(ap)],
+        excluded_classes=[] if primary == "top1" else [c for c, ap in zip(stats.classes, base_ap.tolist(), strict=True) if math.isnan(ap)],
     )
     if primary == "mAP":
         always = all_positive(stats.labels)
         if always.any():
-            result.all_positive_classes = [c for c, a in zip(stats.classes, always.tolist()) if a]
+            result.all_positive_classes = [c for c, a in zip(stats.classes, always.tolist(), strict=True) if a]
             result.mAP_without_all_positive = {
                 name: map_without(row.per_class_ap, always) for name, row in (("baseline", baseline), ("best", result.best), ("fixed", result.fixed))
             }

@@ -57,6 +57,8 @@ class PatchedModel(nn.Module):
     ``head.classifier.*`` (the classifier applied per location).
     """
 
+    _adapter: ModelAdapter  # set with object.__setattr__: outside the module tree
+
     def __init__(self, adapter: ModelAdapter, head: CSRAHead, config: dict[str, Any]) -> None:
         super().__init__()
         self.model = adapter.model

@@ -100,6 +100,7 @@ def _entry(image: Path, scores: torch.Tensor, baseline: torch.Tensor | None, nam
             )
     entry: dict[str, Any] = {"image": str(image), "predictions": preds}
     if compare:
+        assert baseline is not None, "compare needs the baseline scores"
         top, base_top = set(order[:k].tolist()), set(base_order[:k].tolist())
         entry["moved_in"] = [names[c] for c in order[:k].tolist() if c not in base_top]
         entry["moved_out"] = [names[c] for c in base_order[:k].tolist() if c not in top]

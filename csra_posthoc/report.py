@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .atomic import atomic_write
-from .data.transforms import describe_transform
 from .class_statistics import ClassStatistics
+from .data.transforms import describe_transform
 from .lam_sweep import SweepResult, SweepRow, row_scores
 
 
@@ -23,7 +23,7 @@ def report_console() -> Console:
 
 
 def _per_class(stats: ClassStatistics, row: SweepRow) -> dict[str, float | None]:
-    return {c: (None if math.isnan(v) else v * 100.0) for c, v in zip(stats.classes, row.per_class_ap.tolist())}
+    return {c: (None if math.isnan(v) else v * 100.0) for c, v in zip(stats.classes, row.per_class_ap.tolist(), strict=True)}
 
 
 def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
     return out
 
 
-def write_json(path: str | Path, data: dict[str, Any]) -> None:
+def write_json(path: str | Path, data: dict[str, Any] | list[Any]) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w") as fh:
             json.dump(data, fh, indent=2, allow_nan=False)
@@ -92,7 +92,7 @@ def save_scores(path: str | Path, result: SweepResult, stats: ClassStatistics) -
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub reads **kwds as allow_pickle
 
     atomic_write(Path(path), write)
 

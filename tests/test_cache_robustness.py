@@ -55,7 +55,7 @@ def test_failing_cache_write_is_a_warning(voc_dir: Path, adapter, monkeypatch, i
 
 
 def test_unwritable_cache_with_probe_warns_once(tmp_path: Path) -> None:
-    from tests.conftest import random_voc_annotations, write_voc
+    from csra_posthoc.testing import random_voc_annotations, write_voc
 
     annotations = random_voc_annotations(40, seed=1)
     ids = list(annotations)

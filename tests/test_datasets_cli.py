@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from csra_posthoc.cli import app
-from tests.formats import write_coco, write_image_folder, write_wider
+from csra_posthoc.testing import write_coco, write_image_folder, write_wider
 from tests.test_coco import ANNOTATIONS, CATEGORIES, IMAGES
 from tests.test_wider import IMAGES as WIDER_IMAGES
 

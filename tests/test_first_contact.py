@@ -8,11 +8,11 @@ import os
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
 import timm
+import tomllib
 import torch
 from typer.testing import CliRunner
 
@@ -264,7 +264,7 @@ def test_hub_probe_gives_up_at_once_on_a_closed_port() -> None:
 
 
 def test_warm_probe_run_gives_the_cold_results_and_a_new_training_split_refits(tmp_path: Path, monkeypatch) -> None:
-    from tests.conftest import random_voc_annotations, write_voc
+    from csra_posthoc.testing import random_voc_annotations, write_voc
 
     test_ann = random_voc_annotations(24, seed=0)
     train_ann = {f"t{k}": v for k, v in random_voc_annotations(24, seed=1).items()}

@@ -20,7 +20,8 @@ def applied(tmp_path_factory) -> tuple[Path, Path, Path]:
     """A sweep's results + scores and the safetensors applied from its fixed row (built once)."""
     import timm
     import torch
-    from conftest import random_voc_annotations, write_voc
+
+    from csra_posthoc.testing import random_voc_annotations, write_voc
 
     tmp_path = tmp_path_factory.mktemp("predict")
     voc_dir = tmp_path / "data"
@@ -164,9 +165,9 @@ def test_an_exported_file_predicts_the_same_scores_without_a_baseline(applied, t
         res = runner.invoke(app, ["predict", "--patched", str(path), str(images), "--threshold", "0", "--json", str(out)])
         assert res.exit_code == 0, res.output
         outs[name] = json.loads(out.read_text())
-    for a, b in zip(outs["safetensors"], outs["ts"]):
+    for a, b in zip(outs["safetensors"], outs["ts"], strict=True):
         assert [p["class"] for p in a["predictions"]] == [p["class"] for p in b["predictions"]]
-        assert all(math.isclose(p["score"], q["score"], abs_tol=1e-5) for p, q in zip(a["predictions"], b["predictions"]))
+        assert all(math.isclose(p["score"], q["score"], abs_tol=1e-5) for p, q in zip(a["predictions"], b["predictions"], strict=True))
         assert all(q["baseline_score"] is None for q in b["predictions"])  # the file holds the CSRA scores only
     res = runner.invoke(app, ["predict", "--patched", str(ts), str(images), "--compare"])
     assert res.exit_code == 2 and "--compare" in res.output and ".safetensors" in res.output

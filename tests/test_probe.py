@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from csra_posthoc import CSRAError, ExtractOptions, extract, load_dataset, load_model
 from csra_posthoc.api import load_training_split
 from csra_posthoc.probe import fit_linear_probe, fit_probe, load_head
-from tests.conftest import random_voc_annotations, write_voc
+from csra_posthoc.testing import random_voc_annotations, write_voc
 
 
 def test_fit_linear_probe_folds_standardisation_exactly() -> None:
