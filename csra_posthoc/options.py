@@ -35,7 +35,7 @@ HeadChoice = Literal["model", "probe"]
 def _choice(param: str, value: Any, literal: Any) -> None:
     choices = get_args(literal)
     if value not in choices:
-        raise CSRAError(f"{param} {value}: choose {', '.join(choices)}", param=param)
+        raise CSRAError(f"{param} {value}: choose {', '.join(choices[:-1])} or {choices[-1]}", param=param)
 
 
 def check_img_size(img_size: int | None) -> None:

@@ -144,6 +144,7 @@ def test_second_run_waits_for_the_lock_and_reuses(voc_dir: Path, adapter, monkey
     assert calls == [] and result["stats"].info.cache.reused is True
 
 
+@pytest.mark.slow  # end to end (sweep, export or subprocess): the full suite runs it
 def test_report_says_which_image_key_was_used(voc_dir: Path, tmp_path: Path) -> None:
     for flag, key in (([], "size+mtime"), (["--verify-images"], "content hash")):
         out = tmp_path / "r.json"

@@ -39,7 +39,12 @@ IDENTITY_MODELS = {
 }
 
 
-@pytest.mark.parametrize("build", IDENTITY_MODELS.values(), ids=IDENTITY_MODELS.keys())
+SLOW_IDENTITY = {"torchvision mobilenet_v2"}  # torchvision's family is covered fast by resnet18
+
+
+@pytest.mark.parametrize(
+    "build", [pytest.param(b, id=k, marks=[pytest.mark.slow] if k in SLOW_IDENTITY else []) for k, b in IDENTITY_MODELS.items()]
+)
 def test_lam_zero_returns_the_models_own_logits(build) -> None:
     torch.manual_seed(0)
     model = build().eval()
@@ -118,7 +123,7 @@ def test_unsupported_families_are_refused_with_the_reason() -> None:
         patch(torchvision.models.squeezenet1_0(num_classes=3))
 
 
-@pytest.mark.parametrize("name", ["resnet10t", "vit_tiny_patch16_224"])
+@pytest.mark.parametrize("name", ["resnet10t", pytest.param("vit_tiny_patch16_224", marks=pytest.mark.slow)])
 def test_safetensors_round_trip_is_weights_only_and_exact(tmp_path: Path, name: str) -> None:
     torch.manual_seed(0)
     kwargs = {"img_size": 64} if name.startswith("vit") else {}

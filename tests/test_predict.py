@@ -111,6 +111,7 @@ def test_a_broken_image_is_named_and_the_others_still_predicted(applied, tmp_pat
     assert "error" in data[1] and data[1]["predictions"] == [] and "error" not in data[0]
 
 
+@pytest.mark.slow  # end to end (sweep, export or subprocess): the full suite runs it
 def test_imagenet_heads_get_imagenet_names_offline(tmp_path: Path) -> None:
     from PIL import Image
 
@@ -152,6 +153,7 @@ def test_missing_image_and_wrong_patched_file(tmp_path: Path) -> None:
     assert res.exit_code == 2 and ".safetensors" in res.output
 
 
+@pytest.mark.slow  # end to end (sweep, export or subprocess): the full suite runs it
 def test_an_exported_file_predicts_the_same_scores_without_a_baseline(applied, tmp_path: Path) -> None:
     patched, _, images = applied
     ts = tmp_path / "p.ts"
