@@ -15,7 +15,7 @@ import torch
 from csra_posthoc.cache import load_statistics, save_statistics
 from csra_posthoc.lam_sweep import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, sweep, variants
 from csra_posthoc.scoring import CACHED_TEMPERATURES, location_statistics
-from csra_posthoc.statistics import ClassStatistics
+from csra_posthoc.class_statistics import ClassStatistics, StatisticsInfo
 
 
 def synthetic(n: int, c: int, k: int = 49) -> ClassStatistics:
@@ -29,7 +29,7 @@ def synthetic(n: int, c: int, k: int = 49) -> ClassStatistics:
     cat = {key: torch.cat([p[key] for p in parts]) for key in ("avg", "max", "attn")}
     return ClassStatistics(
         ids=[str(i) for i in range(n)], classes=[f"c{i}" for i in range(c)], labels=labels,
-        temperatures=CACHED_TEMPERATURES, logits=cat["avg"].clone(), meta={"model": "bench", "key": "k"}, **cat,
+        temperatures=CACHED_TEMPERATURES, logits=cat["avg"].clone(), info=StatisticsInfo(model="bench", key="k"), **cat,
     )
 
 
@@ -44,7 +44,7 @@ def main() -> None:
             loaded = load_statistics(path, key="k")
             t_load = time.perf_counter() - t0
         t0 = time.perf_counter()
-        sweep(loaded)
+        sweep(loaded, task="multi_label", fixed_lam=0.2)
         t_sweep = time.perf_counter() - t0
         print(f"{name} ({n} x {c}): load {t_load:.2f} s, full default sweep ({n_rows} rows) {t_sweep:.1f} s = {1000 * t_sweep / n_rows:.0f} ms/row")
 

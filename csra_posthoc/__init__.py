@@ -21,6 +21,11 @@ _EXPORTS: dict[str, str] = {
     "LabelledImages": ".data",
     "extract": ".extraction",
     "ExtractOptions": ".options",
+    "DataOptions": ".options",
+    "SweepOptions": ".options",
+    "ModelSource": ".options",
+    "ProbeOptions": ".options",
+    "OutputOptions": ".options",
     "sweep": ".lam_sweep",
     "SweepResult": ".lam_sweep",
     "run_sweep": ".api",
@@ -28,7 +33,8 @@ _EXPORTS: dict[str, str] = {
     "attention_pool": ".scoring",
     "score_from_locations": ".scoring",
     "LocationHead": ".location_head",
-    "ClassStatistics": ".statistics",
+    "ClassStatistics": ".class_statistics",
+    "StatisticsInfo": ".class_statistics",
     "CSRAError": ".errors",
     "patch": ".patched",
     "load_patched": ".patched",
@@ -47,6 +53,11 @@ __all__ = [
     "load_dataset",
     "extract",
     "ExtractOptions",
+    "DataOptions",
+    "SweepOptions",
+    "ModelSource",
+    "ProbeOptions",
+    "OutputOptions",
     "sweep",
     "run_sweep",
     "csra_score",
@@ -56,6 +67,7 @@ __all__ = [
     "LocationHead",
     "LabelledImages",
     "ClassStatistics",
+    "StatisticsInfo",
     "SweepResult",
     "CSRAError",
     "patch",
@@ -97,6 +109,6 @@ if TYPE_CHECKING:  # static analysers see the real names
     from .extraction import extract
     from .lam_sweep import SweepResult, sweep
     from .location_head import LocationHead
-    from .options import ExtractOptions
+    from .options import DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
     from .scoring import attention_pool, csra_score, score_from_locations
-    from .statistics import ClassStatistics
+    from .class_statistics import ClassStatistics, StatisticsInfo

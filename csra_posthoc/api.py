@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rich.console import Console
 
 from .adapters import ModelAdapter, load_model
 from .cache import remove_orphans, resolve_cache_dir
+from .class_statistics import ClassStatistics
 from .data import LabelledImages, dataset_entry, load_dataset
 from .defaults import METRIC_NAMES  # noqa: F401 (re-exported)
 from .errors import CSRAError
 from .extraction import extract
-from .options import DataOptions, ExtractOptions
-from .lam_sweep import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, sweep
+from .lam_sweep import paper_fixed_lam, sweep
+from .options import DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
 from .probe import fit_probe
 from .report import print_table, report_console, results_dict, save_scores, write_json
 from .resolution import (
-    probe_settings, read_memo, resolution_key, resolution_of, statistics_location, weights_source_stamp, write_memo,
+    probe_settings,
+    read_memo,
+    resolution_key,
+    resolution_of,
+    statistics_location,
+    weights_source_stamp,
+    write_memo,
 )  # fmt: skip
-from .statistics import ClassStatistics
 from .validate import validate_sweep_args
 
 
@@ -117,40 +123,31 @@ def build_adapter(
 
 
 def run_sweep(
-    model: str,
+    source: ModelSource,
     dataset: str,
     data_dir: str | Path,
     *,
-    checkpoint: str | Path | None = None,
-    pretrained: bool = False,
-    random_init: bool = False,
-    head: str = "model",
-    train_split: str | None = None,
-    train_labels: str | Path | None = None,
-    probe_c: float = 0.01,
-    save_head: str | Path | None = None,
     data: DataOptions | None = None,
     options: ExtractOptions | None = None,
-    lams: Sequence[float] = DEFAULT_LAMS,
-    temps: Sequence[float] = DEFAULT_TEMPS,
-    heads: Sequence[int] = DEFAULT_HEADS,
-    metrics: Sequence[str] = (),
-    out: str | Path | None = None,
-    save_scores_to: str | Path | None = None,
-    extra: dict[str, Any] | None = None,
+    sweep_options: SweepOptions | None = None,
+    probe: ProbeOptions | None = None,
+    outputs: OutputOptions | None = None,
     dataset_label: str | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Check the arguments, load the data, then either reuse cached statistics (the memo of an
     earlier build says where they are) or build the model and extract; sweep, print the table,
-    write JSON / NPZ; returns the JSON dict."""
+    write JSON / NPZ; returns the JSON dict.
+
+    ``probe`` None: the model's own head; else a linear probe fitted on the training split.
+    ``sweep_options.fixed_lam`` None: the paper's fixed lam for the model (:func:`paper_fixed_lam`).
+    """
     console = console or report_console()
     opts = options or ExtractOptions()
-    validate_sweep_args(
-        checkpoint=checkpoint, pretrained=pretrained, random_init=random_init, head=head, probe_c=probe_c,
-        save_head=save_head, options=opts, lams=lams, temps=temps, heads=heads, metrics=metrics,
-        out=out, save_scores_to=save_scores_to,
-    )  # fmt: skip
+    grid = sweep_options or SweepOptions()
+    outputs = outputs or OutputOptions()
+    validate_sweep_args(opts, grid, probe, outputs)
+    model, checkpoint, pretrained, random_init = source.model, source.checkpoint, source.pretrained, source.random_init
     if pretrained:  # before the data is read: no network and no local copy is one line, not a minute of retries
         from .hub import require_reachable_weights
 
@@ -159,18 +156,21 @@ def run_sweep(
     if dataset_label:  # a VOC-layout dataset that is not VOC (the demo's mosaics, say)
         images.dataset = dataset_label
     train = None
-    if head == "probe":
-        train = load_training_split(dataset, data_dir, train_split, train_labels, images, data)
+    if probe is not None:
+        train = load_training_split(dataset, data_dir, probe.train_split, probe.train_labels, images, data)
         train.dataset = images.dataset
     if random_init:
         console.print("[yellow]warning:[/] --random-init: the numbers below measure nothing but the code")
 
+    head = "model" if probe is None else "probe"
+    probe_c = probe.probe_c if probe is not None else ProbeOptions().probe_c
+    save_head = probe.save_head if probe is not None else None
     memo_key = None
-    num_classes = len(images.classes) if random_init and head == "model" else None
+    num_classes = len(images.classes) if random_init and probe is None else None
     stamp = weights_source_stamp(model, checkpoint, pretrained, random_init, num_classes) if opts.use_cache else None
     if stamp is not None:
-        probe = probe_settings(probe_c, train.fingerprint(), opts) if train is not None else None
-        memo_key = resolution_key(model, stamp, head, probe)
+        probe_key = probe_settings(probe_c, train.fingerprint(), opts) if train is not None else None
+        memo_key = resolution_key(model, stamp, head, probe_key)
     stats = None
     if memo_key is not None and not opts.recompute and save_head is None:
         stats = reuse_statistics(memo_key, images, opts, console)
@@ -182,13 +182,14 @@ def run_sweep(
         stats = extract(adapter, images, opts, console=console)
         if memo_key is not None:
             write_memo(resolve_cache_dir(opts.cache_dir), memo_key, resolution_of(adapter))
-    result = sweep(stats, lams=lams, temps=temps, heads=heads)
-    print_table(console, result, stats, list(metrics))
-    data = results_dict(result, stats, extra)
-    if out is not None:
-        write_json(out, data)
-        console.print(f"wrote {out}")
-    if save_scores_to is not None:
-        save_scores(save_scores_to, result, stats)
-        console.print(f"wrote {save_scores_to}")
-    return data
+    fixed_lam = paper_fixed_lam(stats.info.model) if grid.fixed_lam is None else grid.fixed_lam
+    result = sweep(stats, task=stats.info.task, fixed_lam=fixed_lam, lams=grid.lams, temps=grid.temps, heads=grid.heads)
+    print_table(console, result, stats, list(grid.metrics))
+    data_json = results_dict(result, stats, outputs.extra)
+    if outputs.out is not None:
+        write_json(outputs.out, data_json)
+        console.print(f"wrote {outputs.out}")
+    if outputs.save_scores_to is not None:
+        save_scores(outputs.save_scores_to, result, stats)
+        console.print(f"wrote {outputs.save_scores_to}")
+    return data_json

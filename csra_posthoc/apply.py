@@ -31,7 +31,7 @@ class CSRASettings:
     heads: int | None = None
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "CSRASettings":
+    def from_row(cls, row: dict[str, Any]) -> CSRASettings:
         kind = row.get("variant")
         if kind == "heads":
             return cls(float(row["lam"]), heads=int(row["heads"]))
@@ -51,24 +51,24 @@ class CSRASettings:
 def read_results(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise CSRAError(f"--from-results {path}: no such file")
+        raise CSRAError(f"from_results {path}: no such file", param="from_results")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CSRAError(f"--from-results {path}: not JSON ({exc}); pass the file written by sweep --out") from None
+        raise CSRAError(f"from_results {path}: not JSON ({exc}); pass the file written by sweep --out", param="from_results") from None
     if not isinstance(data, dict) or not all(k in data for k in ("model", "best", "fixed", "classes")):
-        raise CSRAError(f"--from-results {path}: not a sweep results file (no model / best / fixed / classes); pass sweep --out's file")
+        raise CSRAError(f"from_results {path}: not a sweep results file (no model / best / fixed / classes); pass sweep --out's file", param="from_results")
     return data
 
 
 def pick_settings(results: dict[str, Any], pick: str, path: str | Path) -> CSRASettings:
     if pick not in PICKS:
-        raise CSRAError(f"--pick {pick}: choose {', '.join(PICKS)}")
+        raise CSRAError(f"pick {pick}: choose {', '.join(PICKS)}", param="pick")
     row = results.get(PICKS[pick])
     try:
-        return CSRASettings.from_row(row)
+        return CSRASettings.from_row(row)  # type: ignore[arg-type]  # a missing row (None) is the TypeError below
     except (KeyError, TypeError, ValueError) as exc:
-        raise CSRAError(f"--from-results {path}: its {PICKS[pick]!r} row is unreadable ({exc})") from None
+        raise CSRAError(f"from_results {path}: its {PICKS[pick]!r} row is unreadable ({exc})", param="from_results") from None
 
 
 def check_results_match(results: dict[str, Any], patched_config: dict[str, Any], path: str | Path) -> None:
@@ -138,7 +138,6 @@ def apply_patch(
     from .patched import patch
     from .probe import load_head
     from .report import report_console
-
     from .validate import check_img_size, check_weight_source
 
     console = console or report_console()
@@ -146,32 +145,32 @@ def apply_patch(
     check_weight_source(checkpoint, pretrained, random_init)
     check_out_path(out, force)
     if pick not in PICKS:
-        raise CSRAError(f"--pick {pick}: choose {', '.join(PICKS)}")
+        raise CSRAError(f"pick {pick}: choose {', '.join(PICKS)}", param="pick")
     check_img_size(img_size)
     if transform not in ("auto", "square", "crop"):
-        raise CSRAError(f"--transform {transform}: choose auto, square or crop")
+        raise CSRAError(f"transform {transform}: choose auto, square or crop", param="transform")
     results = None
     if from_results is not None:
         if lam is not None or temperature is not None or heads is not None:
-            raise CSRAError("--from-results sets lam / temperature / heads: drop --lam, --temperature and --heads, or drop --from-results")
+            raise CSRAError("from_results sets lam / temperature / heads: drop --lam, --temperature and --heads, or drop --from-results", param="from_results")
         results = read_results(from_results)
         settings = pick_settings(results, pick, from_results)
     else:
         if lam is None:
             raise CSRAError("apply needs --lam (or --from-results results.json)")
         if temperature is not None and heads is not None:
-            raise CSRAError("--temperature and --heads: give one of them (heads use the paper's temperature sets)")
+            raise CSRAError("temperature and --heads: give one of them (heads use the paper's temperature sets)", param="temperature")
         settings = CSRASettings(check_lam(lam), math.inf if temperature is None else float(temperature), heads)
         resolve_temperatures(settings.temperature, settings.heads)
-    head_meta = None
+    head_meta: tuple[Any, dict[str, Any]] | None = None
     if head_file is not None:
         path = Path(head_file)
         if not path.is_file():
-            raise CSRAError(f"--head-file {path}: no such file")
+            raise CSRAError(f"head_file {path}: no such file", param="head_file")
         head_meta = load_head(path)
 
     swept_own_head = results is not None and not str(results.get("head", "")).startswith("linear probe")
-    if random_init and num_classes is None and swept_own_head:
+    if random_init and num_classes is None and results is not None and swept_own_head:
         num_classes = len(results["classes"])  # as sweep --random-init built it: a head for the dataset's classes
     adapter = load_model(model, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init, num_classes=num_classes)
     if results is not None and img_size is None and transform == "auto" and results.get("transform"):
@@ -182,6 +181,7 @@ def apply_patch(
         adapter, settings.lam, settings.temperature, settings.heads, head=head_meta, classes=classes, preprocessing=preprocessing
     )
     if results is not None:
+        assert from_results is not None  # results are read from it
         check_results_match(results, patched.config, from_results)
         if patched.config["classes"] is None:  # the dataset's names, in the head's order (just checked)
             patched.config["classes"] = list(results["classes"])

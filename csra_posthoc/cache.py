@@ -29,8 +29,8 @@ from rich.console import Console
 
 from .atomic import atomic_write
 from .errors import CSRAError, first_line
+from .class_statistics import ClassStatistics, StatisticsInfo
 from .log import say
-from .statistics import ClassStatistics
 
 CACHE_FORMAT = 1  # enters every cache key (bump it to re-key every entry)
 CACHE_VERSION = 2  # the file layout, stored in each file and checked on reading (1: files without the field)
@@ -186,7 +186,7 @@ def save_statistics(stats: ClassStatistics, path: Path) -> None:
     if stats.maps is not None:
         tensors["maps"] = stats.maps
     metadata = {
-        "meta": json.dumps(stats.meta),
+        "meta": json.dumps(stats.info.to_json()),
         "ids": json.dumps(stats.ids),
         "classes": json.dumps(stats.classes),
     }
@@ -198,18 +198,18 @@ def load_statistics(path: Path, key: str | None = None, ids: list[str] | None = 
     stale = f"cache file {path} is stale or damaged"
     tensors, md = read_entry(path)
     try:
-        meta = json.loads(md["meta"])
+        info = StatisticsInfo.from_json(json.loads(md["meta"]))
         stats = ClassStatistics(
             ids=json.loads(md["ids"]),
             classes=json.loads(md["classes"]),
             temperatures=tuple(float(t) for t in tensors.pop("temperatures").tolist()),
             maps=tensors.pop("maps", None),
-            meta=meta,
+            info=info,
             **{name: tensors[name] for name in _TENSORS},
         )
     except Exception as exc:  # any corruption: JSON, missing tensor
         raise CSRAError(f"{stale} ({type(exc).__name__}); {RECOMPUTE_FIX}", param="recompute") from None
-    if key is not None and meta.get("key") != key:
+    if key is not None and info.key != key:
         raise CSRAError(f"{stale} (its key does not match the run); {RECOMPUTE_FIX}", param="recompute")
     n, c = len(stats.ids), len(stats.classes)
     shapes_ok = all(getattr(stats, name).shape[:2] == (n, c) for name in _TENSORS)

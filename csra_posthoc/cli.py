@@ -18,7 +18,7 @@ from . import __version__
 from .data.registry import DATASET_NAMES
 from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS
 from .errors import CSRAError
-from .options import DataOptions, ExtractOptions
+from .options import DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -70,7 +70,11 @@ def run_cli(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except CSRAError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        from .flags import cli_message
+
+        err.print(f"[bold red]error:[/] {escape(cli_message(str(exc), exc.param))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print(INTERRUPTED)
@@ -117,6 +121,7 @@ def sweep_cmd(
     temps: str = typer.Option(_csv(DEFAULT_TEMPS), "--temps", help="softmax temperatures (inf = max); empty: no softmax variant"),
     heads: str = typer.Option(_csv(DEFAULT_HEADS), "--heads", help="multi-head sets of the paper; empty: no multi-head variant"),
     metrics: str = typer.Option("", "--metrics", help="extra columns, e.g. CF1,OF1,CF1_top3"),
+    fixed_lam: Optional[float] = typer.Option(None, "--fixed-lam", help="lam of the 'fixed' row (default: the paper's, 0.02 for ResNets, 0.2 others)"),
     out: Optional[Path] = typer.Option(None, "--out", help="results JSON"),
     save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="NPZ with ids, labels, classes, baseline/best/fixed scores"),
 ) -> None:
@@ -126,29 +131,33 @@ def sweep_cmd(
         from .api import run_sweep  # imported here (inside run_cli): torch takes seconds to import
         from .data import read_classes
 
+        if head not in ("model", "probe"):
+            raise CSRAError(f"--head {head}: choose model (the model's own classifier) or probe")
+        if save_head is not None and head != "probe":
+            raise CSRAError("--save-head needs --head probe (the model's own head is already in its weights)")
         run_sweep(
-            model,
+            ModelSource(model=model, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init),
             dataset,
             data_dir,
-            checkpoint=checkpoint,
-            pretrained=pretrained,
-            random_init=random_init,
-            head=head,
-            train_split=train_split,
-            train_labels=train_labels,
-            probe_c=probe_c,
-            save_head=save_head,
             data=DataOptions(
-                split, labels, read_classes(classes, classes_file), difficult, ann_file, image_dir,
-                keep_empty, skip_missing, max_images, subset_seed,
-            ),  # fmt: skip
-            options=ExtractOptions(img_size, batch_size, workers, device, amp, keep_maps, cache_dir, not no_cache, recompute, transform, verify_images, quiet=quiet),
-            lams=_floats("--lams", lams),
-            temps=_floats("--temps", temps, allow_empty=True),
-            heads=_ints("--heads", heads),
-            metrics=[m.strip() for m in metrics.split(",") if m.strip()],
-            out=out,
-            save_scores_to=save_scores,
+                split=split, labels=labels, classes=read_classes(classes, classes_file), difficult=difficult,  # type: ignore[arg-type]
+                ann_file=ann_file, image_dir=image_dir, keep_empty=keep_empty, skip_missing=skip_missing,
+                max_images=max_images, subset_seed=subset_seed,
+            ),
+            options=ExtractOptions(
+                img_size=img_size, batch_size=batch_size, workers=workers, device=device, amp=amp, keep_maps=keep_maps,
+                cache_dir=cache_dir, use_cache=not no_cache, recompute=recompute, transform=transform,  # type: ignore[arg-type]
+                verify_images=verify_images, quiet=quiet,
+            ),
+            sweep_options=SweepOptions(
+                lams=tuple(_floats("--lams", lams)),
+                temps=tuple(_floats("--temps", temps, allow_empty=True)),
+                heads=tuple(_ints("--heads", heads)),
+                metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
+                fixed_lam=fixed_lam,
+            ),
+            probe=ProbeOptions(train_split=train_split, train_labels=train_labels, probe_c=probe_c, save_head=save_head) if head == "probe" else None,
+            outputs=OutputOptions(out=out, save_scores_to=save_scores),
         )
 
     run_cli(go)
@@ -180,7 +189,7 @@ def demo_cmd(
             num_test=num_test,
             img_size=img_size,
             seed=seed,
-            options=ExtractOptions(img_size, batch_size, workers, device, cache_dir=cache_dir, use_cache=not no_cache),
+            options=ExtractOptions(img_size=img_size, batch_size=batch_size, workers=workers, device=device, cache_dir=cache_dir, use_cache=not no_cache),
             out=out,
             save_scores_to=save_scores,
         )
@@ -326,4 +335,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

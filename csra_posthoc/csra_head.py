@@ -13,14 +13,14 @@ of the attended terms over the paper's temperature set for H heads).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 
+from .defaults import HEAD_COUNTS
 from .errors import CSRAError
 from .location_head import LocationHead
-from .defaults import HEAD_COUNTS
 from .scoring import head_temperatures, score_from_locations
 
 
@@ -30,17 +30,17 @@ def resolve_temperatures(temperature: float = math.inf, heads: int | None = None
         try:
             return head_temperatures(heads)
         except ValueError:
-            raise CSRAError(f"--heads {heads}: the paper's head counts are {', '.join(map(str, HEAD_COUNTS))}") from None
+            raise CSRAError(f"heads {heads}: the paper's head counts are {', '.join(map(str, HEAD_COUNTS))}", param="heads") from None
     t = float(temperature)
     if math.isnan(t) or t <= 0:
-        raise CSRAError(f"--temperature {temperature}: must be > 0 (inf for the max)")
+        raise CSRAError(f"temperature {temperature}: must be > 0 (inf for the max)", param="temperature")
     return (t,)
 
 
 def check_lam(lam: float) -> float:
     lam = float(lam)
     if not math.isfinite(lam) or lam < 0:
-        raise CSRAError(f"--lam {lam}: must be a finite number >= 0")
+        raise CSRAError(f"lam {lam}: must be a finite number >= 0", param="lam")
     return lam
 
 

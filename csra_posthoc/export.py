@@ -22,9 +22,9 @@ import io
 import json
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ def export_format(path: str | Path) -> str:
     """The format for ``path``'s suffix, or a one-line refusal listing the suffixes."""
     suffix = Path(path).suffix.lower()
     if suffix not in EXPORT_FORMATS:
-        raise CSRAError(f"--out {path}: unknown suffix {suffix or '(none)'!r}; use {', '.join(EXPORT_FORMATS)}")
+        raise CSRAError(f"out {path}: unknown suffix {suffix or '(none)'!r}; use {', '.join(EXPORT_FORMATS)}", param="out")
     return EXPORT_FORMATS[suffix]
 
 
@@ -65,10 +65,10 @@ def check_out_path(path: str | Path, force: bool = False) -> Path:
     from .validate import check_output_path
 
     path = Path(path)
-    check_output_path(path, "--out")
+    check_output_path(path, "out")
     export_format(path)
     if path.exists() and not force:
-        raise CSRAError(f"--out {path}: already exists; pass --force to overwrite it")
+        raise CSRAError(f"out {path}: already exists; pass force=True to overwrite it", param="out")
     return path
 
 
@@ -125,7 +125,7 @@ def _write_onnx(patched: PatchedModel, tmp: str, example: torch.Tensor, config: 
         import onnx
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError:
-        raise CSRAError("--out *.onnx needs the export extra: pip install 'csra-posthoc[export]'") from None
+        raise CSRAError("out *.onnx needs the export extra: pip install 'csra-posthoc[export]'", param="out") from None
     onnx_export(patched, example, tmp, opset)
     model = onnx.load(tmp)
     onnx.helper.set_model_props(model, {CONFIG_KEY: config})
@@ -142,6 +142,7 @@ def load_exported(path: str | Path, fmt: str | None = None) -> Callable[[torch.T
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda x: torch.from_numpy(session.run(None, {name: x.detach().cpu().float().numpy()})[0])
+    module: torch.nn.Module
     if fmt == "safetensors":
         module = load_patched(path)
     elif fmt == "torchscript":
@@ -176,14 +177,14 @@ class ExportedModel:
             self.config = exported_config(path)
             self._run = load_exported(path, self.format)
         except Exception as exc:
-            raise CSRAError(f"--patched {path}: cannot be read as a csra-posthoc {self.format} file ({type(exc).__name__}: {first_line(exc)}); write it with apply --out") from None
+            raise CSRAError(f"patched_file {path}: cannot be read as a csra-posthoc {self.format} file ({type(exc).__name__}: {first_line(exc)}); write it with apply --out", param="patched_file") from None
         self.num_classes = int(self.config["num_classes"])
         self.classes = self.config.get("classes")
 
-    def to(self, device: torch.device) -> "ExportedModel":
+    def to(self, device: torch.device) -> ExportedModel:
         return self  # runs on CPU, as loaded
 
-    def eval(self) -> "ExportedModel":
+    def eval(self) -> ExportedModel:
         return self
 
     def forward_with_baseline(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -248,11 +249,11 @@ def _export(patched: PatchedModel, path: Path, fmt: str, opset: int) -> ExportRe
         except CSRAError:
             raise
         except Exception as exc:
-            raise CSRAError(f"--out {path}: {fmt} export of {patched.config['model']} failed ({type(exc).__name__}: {first_line(exc)})") from None
+            raise CSRAError(f"out {path}: {fmt} export of {patched.config['model']} failed ({type(exc).__name__}: {first_line(exc)})", param="out") from None
         diff = float((got.float() - expected).abs().max())
         scale = max(1.0, float(expected.abs().max()))
         if not np.isfinite(diff) or diff > CHECK_TOLERANCE * scale:
-            raise CSRAError(f"--out {path}: the exported {fmt} model differs from eager by {diff:.3g} (scores up to {scale:.3g}); not written")
+            raise CSRAError(f"out {path}: the exported {fmt} model differs from eager by {diff:.3g} (scores up to {scale:.3g}); not written", param="out")
         result["diff"] = diff
 
     atomic_write(path, write)

@@ -37,7 +37,7 @@ from .log import output_console, say
 from .options import ExtractOptions
 from .progress import progress_bar
 from .scoring import CACHED_TEMPERATURES, location_statistics
-from .statistics import ClassStatistics
+from .class_statistics import CacheInfo, ClassStatistics, StatisticsInfo
 
 
 def resolve_device(device: str) -> torch.device:
@@ -245,7 +245,7 @@ def extract(
     stats = outcome.value
     if not outcome.reused:
         cached_at = str(outcome.path) if outcome.path is not None else None
-        stats.meta["cache"] = {"path": cached_at, "reused": False, "images_key": images_key_name(opts.verify_images) if cached_at else None}
+        stats.info.cache = CacheInfo(cached_at, reused=False, images_key=images_key_name(opts.verify_images) if cached_at else None)
     return stats
 
 
@@ -260,10 +260,10 @@ def read_cached_statistics(
     """Statistics from the cache file (refused in one line if stale or damaged). ``fingerprints``
     (weights, head) are part of ``key``, so they also hold for a file written before they were recorded."""
     stats = load_statistics(path, key=key, ids=list(images.ids))
-    stats.meta.setdefault("weights_fingerprint", fingerprints[0])
-    stats.meta.setdefault("head_fingerprint", fingerprints[1])
+    stats.info.weights_fingerprint = stats.info.weights_fingerprint or fingerprints[0]
+    stats.info.head_fingerprint = stats.info.head_fingerprint or fingerprints[1]
     say(console, f"[green]reused cache[/] {path} (no forward pass{'' if model_built else ', no model built'})")
-    stats.meta["cache"] = {"path": str(path), "reused": True, "images_key": images_key_name(verify_images)}
+    stats.info.cache = CacheInfo(str(path), reused=True, images_key=images_key_name(verify_images))
     return stats
 
 
@@ -271,28 +271,28 @@ def _compute(fp: ForwardPass, images: LabelledImages, key: str, head_fingerprint
     """The forward pass and the statistics' metadata (the caller decides about caching)."""
     adapter, opts = fp.adapter, fp.options
     stats, max_diff, rel_diff = compute_statistics(fp, images)
-    stats.meta = {
-        "key": key,
-        "model": adapter.info.name,
-        "family": adapter.info.family,
-        "weights": adapter.info.weights,
-        "weights_fingerprint": adapter.info.weights_fingerprint,
-        "head_fingerprint": head_fingerprint,
-        "head": adapter.info.head,
-        "baseline_source": adapter.info.baseline_source,
-        "notes": adapter.info.notes,
-        "identity_max_abs_diff": max_diff,
-        "identity_max_rel_diff": rel_diff,
-        "dataset": images.dataset,
-        "split": images.split,
-        "single_label": images.single_label,
-        "unknown": images.unknown,
-        "transform": fp.desc,
-        "data_notes": list(images.notes),
-        "data_options": images.options,
-        "amp": opts.amp,
-        "device": str(fp.device),
-    }
+    stats.info = StatisticsInfo(
+        key=key,
+        model=adapter.info.name,
+        family=adapter.info.family,
+        weights=adapter.info.weights,
+        weights_fingerprint=adapter.info.weights_fingerprint,
+        head_fingerprint=head_fingerprint,
+        head=adapter.info.head,
+        baseline_source=adapter.info.baseline_source,
+        notes=list(adapter.info.notes),
+        identity_max_abs_diff=max_diff,
+        identity_max_rel_diff=rel_diff,
+        dataset=images.dataset,
+        split=images.split,
+        task="single_label" if images.single_label else "multi_label",
+        unknown=images.unknown,
+        transform=fp.desc,
+        data_notes=list(images.notes),
+        data_options=images.options,
+        amp=opts.amp,
+        device=str(fp.device),
+    )
     source = "model's logits" if adapter.info.baseline_source == "model_logits" else "model's own logits (patch-average baseline, not enforced)"
     say(fp.console, f"identity: max |mean_k s - logits| = {max_diff:.2e} ({rel_diff:.2e} of the logits' scale) vs {source}")
     return stats

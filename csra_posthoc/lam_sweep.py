@@ -8,16 +8,18 @@ lam = 0 is the baseline, the same for every variant.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
+from .class_statistics import ClassStatistics, Task
+from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, HEAD_COUNTS  # noqa: F401 (re-exported; defined torch-free for the CLI)
 from .errors import CSRAError
 from .metrics import multilabel_metrics, singlelabel_metrics
+from .options import SweepOptions
 from .scoring import csra_score, head_temperatures, multihead_attended
-from .statistics import ClassStatistics
-from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, HEAD_COUNTS  # defaults re-exported; defined torch-free for the CLI
 
 VariantKind = Literal["max", "softmax", "heads"]
 
@@ -39,7 +41,9 @@ class Variant:
         if self.kind == "max":
             return (math.inf,)
         if self.kind == "softmax":
+            assert self.temperature is not None, "a softmax variant has a temperature"
             return (float(self.temperature),)
+        assert self.heads is not None, "a multi-head variant has a head count"
         return head_temperatures(int(self.heads))
 
     @property
@@ -97,40 +101,38 @@ def attended_scores(stats: ClassStatistics, variant: Variant) -> torch.Tensor:
     try:
         return multihead_attended([stats.attended(t) for t in variant.temperatures])
     except KeyError as exc:
-        raise CSRAError(f"--temps: {exc.args[0]}") from None
+        raise CSRAError(f"temps: {exc.args[0]}", param="temps") from None
 
 
-def evaluate(stats: ClassStatistics, scores: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+def evaluate(stats: ClassStatistics, scores: torch.Tensor, task: Task) -> tuple[dict[str, float], torch.Tensor]:
     """The dataset's metrics for one score matrix (multi-label or single-label)."""
     try:
-        if stats.meta.get("single_label"):
+        if task == "single_label":
             return singlelabel_metrics(scores, stats.labels)
-        return multilabel_metrics(scores, stats.labels, unknown=stats.meta.get("unknown", "exclude"))
+        return multilabel_metrics(scores, stats.labels, unknown=stats.info.unknown)
     except ValueError as exc:
         hint = "the cache may be damaged: re-run with --recompute" if "NaN" in str(exc) else "check the labels"
-        raise CSRAError(f"cannot score {stats.meta.get('model')} on {stats.meta.get('dataset')}: {exc}; {hint}") from None
+        raise CSRAError(f"cannot score {stats.info.model} on {stats.info.dataset}: {exc}; {hint}") from None
 
 
 def sweep(
     stats: ClassStatistics,
+    *,
+    task: Task,
+    fixed_lam: float,
     lams: Sequence[float] = DEFAULT_LAMS,
     temps: Sequence[float] = DEFAULT_TEMPS,
     heads: Sequence[int] = DEFAULT_HEADS,
-    fixed_lam: float | None = None,
 ) -> SweepResult:
-    """Evaluate ``avg + lam * a`` for every variant and lam; lam = 0 is scored once as the baseline."""
-    if any(not math.isfinite(lam) or lam < 0 for lam in lams):
-        raise CSRAError("--lams: every lam must be a finite number >= 0")
-    for h in heads:
-        if h not in HEAD_COUNTS:
-            raise CSRAError(f"--heads {h}: the paper's head counts are {', '.join(map(str, HEAD_COUNTS))}")
-    if any(t <= 0 for t in temps):
-        raise CSRAError("--temps: temperatures must be > 0 (inf for the max)")
-    primary = "top1" if stats.meta.get("single_label") else "mAP"
-    fixed_lam = paper_fixed_lam(stats.meta.get("model", "")) if fixed_lam is None else fixed_lam
+    """Evaluate ``avg + lam * a`` for every variant and lam; lam = 0 is scored once as the baseline.
+
+    Pure: the task (``stats.info.task`` for extracted statistics) and the fixed lam (the paper's is
+    :func:`paper_fixed_lam` of the model) are the caller's, not read from ``stats``."""
+    SweepOptions(lams=tuple(lams), temps=tuple(temps), heads=tuple(heads), fixed_lam=fixed_lam)  # checks each value
+    primary = "top1" if task == "single_label" else "mAP"
     grid = sorted(set(float(lam) for lam in lams) | {0.0, float(fixed_lam)})
 
-    base_metrics, base_ap = evaluate(stats, stats.avg)
+    base_metrics, base_ap = evaluate(stats, stats.avg, task)
     baseline = SweepRow(Variant("max"), 0.0, base_metrics, base_ap)
     rows: list[SweepRow] = []
     for variant in variants(temps, heads):
@@ -139,7 +141,7 @@ def sweep(
             if lam == 0.0:
                 rows.append(SweepRow(variant, 0.0, base_metrics, base_ap))
                 continue
-            metrics, ap = evaluate(stats, csra_score(stats.avg, attended, lam))
+            metrics, ap = evaluate(stats, csra_score(stats.avg, attended, lam), task)
             rows.append(SweepRow(variant, lam, metrics, ap))
 
     def best_of(candidates: list[SweepRow]) -> SweepRow:
@@ -153,17 +155,17 @@ def sweep(
         best=best_of(max_rows),
         fixed=next(r for r in max_rows if r.lam == float(fixed_lam)),
         best_variant=best_of(rows),
-        excluded_classes=[] if primary == "top1" else [c for c, ap in zip(stats.classes, base_ap.tolist()) if math.isnan(ap)],
+        excluded_classes=[] if primary == "top1" else [c for c, ap in zip(stats.classes, base_ap.tolist(), strict=True) if math.isnan(ap)],
     )
     if primary == "mAP":
         always = all_positive(stats.labels)
         if always.any():
-            result.all_positive_classes = [c for c, a in zip(stats.classes, always.tolist()) if a]
+            result.all_positive_classes = [c for c, a in zip(stats.classes, always.tolist(), strict=True) if a]
             result.mAP_without_all_positive = {
                 name: map_without(row.per_class_ap, always) for name, row in (("baseline", baseline), ("best", result.best), ("fixed", result.fixed))
             }
-    if stats.meta.get("baseline_source") == "patch_average":
-        result.model_logits = evaluate(stats, stats.logits)[0]
+    if stats.info.baseline_source == "patch_average":
+        result.model_logits = evaluate(stats, stats.logits, task)[0]
     return result
 
 

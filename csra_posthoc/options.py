@@ -1,41 +1,209 @@
-"""How extraction runs: one object threaded through extract, the probe, the CLI and the demo."""
+"""Run settings as typed option objects, each checked once when built (``__post_init__``).
+
+Torch-free: the CLI builds these by keyword before it imports anything heavy. A bad value raises
+:class:`~csra_posthoc.errors.CSRAError` naming the Python parameter (``img_size 5: ...``,
+``param="img_size"``); the CLI maps the parameter to its flag (:mod:`csra_posthoc.flags`).
+Checks that need two option objects at once (an uncached temperature needs ``keep_maps``) or
+torch (does cuda exist?) live in :mod:`csra_posthoc.validate`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal, get_args
+
+from .defaults import (
+    DEFAULT_HEADS,
+    DEFAULT_LAMS,
+    DEFAULT_TEMPS,
+    HEAD_COUNTS,
+    MAX_IMG_SIZE,
+    METRIC_NAMES,
+    MIN_IMG_SIZE,
+)  # fmt: skip
+from .errors import CSRAError
+
+Transform = Literal["auto", "square", "crop"]  # auto: centre crop for single-label data, else square resize
+Difficult = Literal["ignore", "positive", "negative"]  # VOC difficult objects
+HeadChoice = Literal["model", "probe"]
+
+
+def _choice(param: str, value: Any, literal: Any) -> None:
+    choices = get_args(literal)
+    if value not in choices:
+        raise CSRAError(f"{param} {value}: choose {', '.join(choices[:-1])} or {choices[-1]}", param=param)
+
+
+def check_img_size(img_size: int | None) -> None:
+    """``img_size``: bounded, so 100000 is a clear line and not an out-of-memory kill."""
+    if img_size is not None and not MIN_IMG_SIZE <= img_size <= MAX_IMG_SIZE:
+        raise CSRAError(f"img_size {img_size}: must be between {MIN_IMG_SIZE} and {MAX_IMG_SIZE} pixels", param="img_size")
 
 
 @dataclass(frozen=True)
 class ExtractOptions:
-    """Settings of a forward pass over a dataset (``--img-size``, ``--batch-size``, ...)."""
+    """Settings of a forward pass over a dataset (image size, batch size, device, cache, ...)."""
 
     img_size: int | None = None  # square input side; None: the model's own input size
     batch_size: int = 32
     workers: int = 0  # DataLoader worker processes
-    device: str = "auto"  # auto | cpu | cuda[:N]
+    device: str = "auto"  # auto | cpu | cuda[:N] (whether cuda exists is checked by validate.check_device)
     amp: bool = False  # backbone under autocast; the head always runs in fp32
     keep_maps: bool = False  # also cache full per-location scores
     cache_dir: str | Path | None = None  # None: $CSRA_POSTHOC_CACHE or the user cache dir
     use_cache: bool = True
     recompute: bool = False  # ignore (and overwrite) an existing cache entry
-    transform: str = "auto"  # auto (centre crop for single-label data, else square resize) | square | crop
+    transform: Transform = "auto"
     verify_images: bool = False  # cache key hashes image contents, not size + mtime
     quiet: bool = False  # no progress bars or lines from extraction and the probe (the csra_posthoc logger still gets them)
+
+    def __post_init__(self) -> None:
+        check_img_size(self.img_size)
+        if self.batch_size < 1:
+            raise CSRAError(f"batch_size {self.batch_size}: must be >= 1", param="batch_size")
+        if self.workers < 0:
+            raise CSRAError(f"workers {self.workers}: must be >= 0", param="workers")
+        _choice("transform", self.transform, Transform)
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise CSRAError(f"device {self.device}: choose auto, cpu or cuda", param="device")
 
 
 @dataclass(frozen=True)
 class DataOptions:
-    """How a dataset is read (``--split``, ``--ann-file``, ``--max-images``, ...): everything here
-    can change the samples or their labels, so the loaders record it for the cache key."""
+    """How a dataset is read (split, label file, subset, ...): everything here can change the
+    samples or their labels, so the loaders record it for the cache key."""
 
     split: str | None = None  # None: the dataset's evaluation split (VOC2007 test, VOC2012 val, COCO val, ...)
     labels: str | Path | None = None  # csv: the label CSV; imagenet: a flat val's label file
     classes: list[str] | None = None  # VOC-layout / folder class names, in the head's order
-    difficult: str = "ignore"  # VOC difficult objects: ignore | positive | negative
+    difficult: Difficult = "ignore"  # VOC difficult objects
     ann_file: str | Path | None = None  # COCO / WIDER annotation JSON outside the standard layout
     image_dir: str | Path | None = None  # COCO / WIDER image folder outside the standard layout
     keep_empty: bool = False  # COCO: keep images with no annotation (all negative)
     skip_missing: bool = False  # go on without images the annotations list but the disk lacks
     max_images: int | None = None  # seeded stratified subset
     subset_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("difficult", self.difficult, Difficult)
+        if self.max_images is not None and self.max_images < 1:
+            raise CSRAError(f"max_images {self.max_images}: must be >= 1", param="max_images")
+
+
+def check_metric_name(name: str) -> None:
+    base = name[: -len("_top3")] if name.endswith("_top3") else name
+    if base not in METRIC_NAMES:
+        raise CSRAError(f"metrics {name}: unknown; choose from {', '.join(METRIC_NAMES)} (add _top3 for top-3)", param="metrics")
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """The grid of a sweep: lams, softmax temperatures, multi-head sets, extra metric columns, and
+    the fixed lam reported beside the best (None: the paper's, 0.02 for ResNets and 0.2 otherwise)."""
+
+    lams: tuple[float, ...] = DEFAULT_LAMS
+    temps: tuple[float, ...] = DEFAULT_TEMPS  # inf: the max; empty: no softmax variant
+    heads: tuple[int, ...] = DEFAULT_HEADS  # empty: no multi-head variant
+    metrics: tuple[str, ...] = ()
+    fixed_lam: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("lams", "temps", "heads", "metrics"):  # lists are accepted; stored as tuples (frozen, hashable)
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not self.lams:
+            raise CSRAError("lams: give at least one value", param="lams")
+        check_lams(self.lams)
+        for t in self.temps:
+            if math.isnan(t) or t <= 0:
+                raise CSRAError(f"temps {t:g}: temperatures must be > 0 (inf for the max)", param="temps")
+        for h in self.heads:
+            if h not in HEAD_COUNTS:
+                raise CSRAError(f"heads {h}: the paper's head counts are {', '.join(map(str, HEAD_COUNTS))}", param="heads")
+        for m in self.metrics:
+            check_metric_name(m)
+        if self.fixed_lam is not None and not (math.isfinite(self.fixed_lam) and self.fixed_lam >= 0):
+            raise CSRAError(f"fixed_lam {self.fixed_lam:g}: must be a finite number >= 0", param="fixed_lam")
+
+
+def check_lams(lams: Sequence[float]) -> None:
+    bad = [lam for lam in lams if not math.isfinite(lam) or lam < 0]
+    if bad:
+        raise CSRAError(f"lams {bad[0]:g}: every lam must be a finite number >= 0", param="lams")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Which model and where its weights come from: exactly one of a checkpoint, the pretrained
+    weights (hub or packaged offline copy) or a random initialisation."""
+
+    model: str
+    checkpoint: str | Path | None = None
+    pretrained: bool = False
+    random_init: bool = False
+
+    def __post_init__(self) -> None:
+        check_weight_source(self.checkpoint, self.pretrained, self.random_init)
+
+
+def check_weight_source(checkpoint: str | Path | None, pretrained: bool, random_init: bool) -> None:
+    if sum([checkpoint is not None, pretrained, random_init]) != 1:
+        raise CSRAError(
+            "model needs exactly one weight source: checkpoint=PATH, pretrained=True or random_init=True", param="model"
+        )
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if path.is_dir():
+            raise CSRAError(f"checkpoint {path}: is a directory; pass the weights file (.pth, .pt or .safetensors) in it", param="checkpoint")
+        if not path.is_file():
+            raise CSRAError(f"checkpoint {path}: no such file", param="checkpoint")
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """A linear probe fitted on the training split instead of the model's own head."""
+
+    train_split: str | None = None  # None: the dataset's training split
+    train_labels: str | Path | None = None  # csv: the training CSV
+    probe_c: float = 0.01  # inverse L2 strength of the logistic regression
+    save_head: str | Path | None = None  # write the fitted head (.safetensors)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.probe_c) and self.probe_c > 0):
+            raise CSRAError(f"probe_c {self.probe_c:g}: must be a finite number > 0", param="probe_c")
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Files a sweep writes besides its table (written atomically; checked writable up front)."""
+
+    out: str | Path | None = None  # results JSON
+    save_scores_to: str | Path | None = None  # NPZ with ids, labels, classes, baseline/best/fixed scores
+    extra: dict[str, Any] = field(default_factory=dict)  # merged into the results JSON (the demo's 'demo' block)
+
+    def __post_init__(self) -> None:
+        check_output_path(self.out, "out")
+        check_output_path(self.save_scores_to, "save_scores_to")
+
+
+def check_output_path(path: str | Path | None, param: str) -> None:
+    """Refuse an output file that cannot be written, before the work that produces it starts.
+
+    The file is written atomically (temporary file beside it, then rename), so what matters is the
+    folder: the nearest existing ancestor must be a writable folder, and the target not a folder.
+    """
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise CSRAError(f"{param} {target}: is a directory; give a file name inside it, e.g. {target / 'results.json'}", param=param)
+    ancestor = target.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CSRAError(f"{param} {target}: {ancestor} is a file, not a folder; choose another path", param=param)
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CSRAError(f"{param} {target}: folder {ancestor} is not writable; choose another path", param=param)

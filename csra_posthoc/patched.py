@@ -57,6 +57,8 @@ class PatchedModel(nn.Module):
     ``head.classifier.*`` (the classifier applied per location).
     """
 
+    _adapter: ModelAdapter  # set with object.__setattr__: outside the module tree
+
     def __init__(self, adapter: ModelAdapter, head: CSRAHead, config: dict[str, Any]) -> None:
         super().__init__()
         self.model = adapter.model
@@ -83,7 +85,7 @@ class PatchedModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.feature_map(x))
 
-    def set_settings(self, lam: float | None = None, temperature: float | None = None, heads: int | None = None) -> "PatchedModel":
+    def set_settings(self, lam: float | None = None, temperature: float | None = None, heads: int | None = None) -> PatchedModel:
         """The same classifier with other CSRA settings; what is not given keeps its current value
         (lam alone keeps the variant)."""
         if temperature is None and heads is None:
@@ -108,7 +110,7 @@ def _classifier_from_probe(adapter: ModelAdapter, head: Any) -> tuple[LocationHe
     if isinstance(head, (str, Path)):
         path = Path(head)
         if not path.is_file():
-            raise CSRAError(f"--head-file {path}: no such file")
+            raise CSRAError(f"head_file {path}: no such file", param="head_file")
         classifier, meta = load_head(path)
         where = f"--head-file {path}"
     elif isinstance(head, LocationHead):
@@ -152,7 +154,6 @@ def patch(
     """
     from .adapters.instance import adapter_for_module, architecture_kwargs
     from .data.transforms import transform_description
-
     from .probe import ProbeHeadAdapter
 
     described = None
@@ -165,7 +166,7 @@ def patch(
     if classes is None:
         classes = (head_meta.get("probe") or {}).get("classes")
     if classes is not None and len(classes) != csra.num_classes:
-        raise CSRAError(f"--classes: {len(classes)} names for a head with {csra.num_classes} classes")
+        raise CSRAError(f"classes: {len(classes)} names for a head with {csra.num_classes} classes", param="classes")
     if preprocessing is None:
         preprocessing = transform_description(adapter.data_config, img_size, single_label=True, choice="crop")
     probe = head_meta.get("probe")
@@ -210,17 +211,17 @@ def read_config(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise CSRAError(f"--patched {path}: no such file")
+        raise CSRAError(f"patched_file {path}: no such file", param="patched_file")
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get(CONFIG_KEY)
     except Exception as exc:
-        raise CSRAError(f"--patched {path}: not a readable safetensors file ({type(exc).__name__}); write it with csra-posthoc apply --out FILE.safetensors") from None
+        raise CSRAError(f"patched_file {path}: not a readable safetensors file ({type(exc).__name__}); write it with csra-posthoc apply --out FILE.safetensors", param="patched_file") from None
     if raw is None:
-        raise CSRAError(f"--patched {path}: a safetensors file without a csra-posthoc config; write it with csra-posthoc apply --out FILE.safetensors")
+        raise CSRAError(f"patched_file {path}: a safetensors file without a csra-posthoc config; write it with csra-posthoc apply --out FILE.safetensors", param="patched_file")
     config = json.loads(raw)
     if config.get("format") != FORMAT or int(config.get("format_version", 0)) > FORMAT_VERSION:
-        raise CSRAError(f"--patched {path}: format {config.get('format')} v{config.get('format_version')} is not one this version reads")
+        raise CSRAError(f"patched_file {path}: format {config.get('format')} v{config.get('format_version')} is not one this version reads", param="patched_file")
     return config
 
 
@@ -237,7 +238,7 @@ def load_patched(path: str | Path) -> PatchedModel:
     model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(model_sd, strict=False)
     if missing or unexpected:
-        raise CSRAError(f"--patched {path}: its tensors do not fit {config['model']} ({len(missing)} missing, {len(unexpected)} unexpected)")
+        raise CSRAError(f"patched_file {path}: its tensors do not fit {config['model']} ({len(missing)} missing, {len(unexpected)} unexpected)", param="patched_file")
     adapter = adapter_for_module(model.eval(), config["model"], weights=config.get("weights", "patched"))
     head_t = {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}
     norm = config.get("head_norm", {})
@@ -248,5 +249,5 @@ def load_patched(path: str | Path) -> PatchedModel:
     csra = CSRAHead(classifier, config["lam"], temperature=temps[0] if config.get("heads") is None else math.inf, heads=config.get("heads"))
     expected = config.get("weights_fingerprint")
     if expected and adapter.info.weights_fingerprint != expected:
-        raise CSRAError(f"--patched {path}: its weights do not hash to the fingerprint in its config (damaged file?); export it again")
+        raise CSRAError(f"patched_file {path}: its weights do not hash to the fingerprint in its config (damaged file?); export it again", param="patched_file")
     return PatchedModel(adapter, csra, config).eval()

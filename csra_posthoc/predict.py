@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -49,7 +50,7 @@ def class_names(num_classes: int, given: Sequence[str] | None = None) -> list[st
     (timm ships them, so this works offline), else ``class_<i>``."""
     if given is not None:
         if len(given) != num_classes:
-            raise CSRAError(f"--classes: {len(given)} names for a head with {num_classes} classes")
+            raise CSRAError(f"classes: {len(given)} names for a head with {num_classes} classes", param="classes")
         return list(given)
     if num_classes == 1000:
         from timm.data import ImageNetInfo
@@ -61,11 +62,11 @@ def class_names(num_classes: int, given: Sequence[str] | None = None) -> list[st
 
 def check_predict_args(threshold: float, top_k: int, batch_size: int) -> None:
     if not (0.0 <= threshold <= 1.0) or math.isnan(threshold):
-        raise CSRAError(f"--threshold {threshold}: must be a probability in [0, 1] (applied to sigmoid(score))")
+        raise CSRAError(f"threshold {threshold}: must be a probability in [0, 1] (applied to sigmoid(score))", param="threshold")
     if top_k < 1:
-        raise CSRAError(f"--top-k {top_k}: must be >= 1")
+        raise CSRAError(f"top_k {top_k}: must be >= 1", param="top_k")
     if batch_size < 1:
-        raise CSRAError(f"--batch-size {batch_size}: must be >= 1")
+        raise CSRAError(f"batch_size {batch_size}: must be >= 1", param="batch_size")
 
 
 def _ranks(order: torch.Tensor) -> torch.Tensor:
@@ -99,6 +100,7 @@ def _entry(image: Path, scores: torch.Tensor, baseline: torch.Tensor | None, nam
             )
     entry: dict[str, Any] = {"image": str(image), "predictions": preds}
     if compare:
+        assert baseline is not None, "compare needs the baseline scores"
         top, base_top = set(order[:k].tolist()), set(base_order[:k].tolist())
         entry["moved_in"] = [names[c] for c in order[:k].tolist() if c not in base_top]
         entry["moved_out"] = [names[c] for c in base_order[:k].tolist() if c not in top]
@@ -225,9 +227,9 @@ def run_predict(
     check_img_size(img_size)
     resolve_device(device)
     if json_out is not None and Path(json_out).is_dir():
-        raise CSRAError(f"--json {json_out}: is a directory; give a file name")
+        raise CSRAError(f"json_out {json_out}: is a directory; give a file name", param="json_out")
     if temperature is not None and heads is not None:
-        raise CSRAError("--temperature and --heads: give one of them")
+        raise CSRAError("temperature and --heads: give one of them", param="temperature")
     if lam is not None:
         check_lam(lam)
     if temperature is not None or heads is not None:
@@ -235,13 +237,13 @@ def run_predict(
     expand_images(images)  # missing paths fail before any model is built
     if patched_file is not None:
         if transform != "auto":
-            raise CSRAError("--transform with --patched: the file stores the preprocessing it was applied with; drop --transform")
+            raise CSRAError("transform with --patched: the file stores the preprocessing it was applied with; drop --transform", param="transform")
         patched = load_patched_for_predict(patched_file, model, checkpoint, pretrained, random_init, head_file, img_size)
         if not isinstance(patched, PatchedModel) and (compare or lam is not None or temperature is not None or heads is not None):
             raise CSRAError(
-                f"--patched {patched_file}: an exported {patched.format} file has lam fixed and no baseline; "
+                f"patched_file {patched_file}: an exported {patched.format} file has lam fixed and no baseline; "
                 "use the .safetensors file apply writes for --compare / --lam / --temperature / --heads"
-            )
+            , param="patched_file")
         if lam is not None or temperature is not None or heads is not None:  # the file's classifier, other settings
             patched.set_settings(lam, temperature, heads)
             console.print(f"[yellow]note:[/] settings of {patched_file} overridden: {patched.head.extra_repr()}")
@@ -280,19 +282,18 @@ def run_predict(
 
 def load_patched_for_predict(path, model, checkpoint, pretrained, random_init, head_file, img_size):
     """``--patched FILE.safetensors``; weight and head flags would be ignored, so they are refused."""
-    from .patched import load_patched
-
     from .export import ExportedModel, export_format
+    from .patched import load_patched
 
     path = Path(path)
     if not path.is_file():
-        raise CSRAError(f"--patched {path}: no such file")
+        raise CSRAError(f"patched_file {path}: no such file", param="patched_file")
     fmt = export_format(path) if path.suffix.lower() in (".onnx", ".pt2", ".ts", ".safetensors") else None
     if fmt is None:
-        raise CSRAError(f"--patched {path}: give a file written by apply (.safetensors, .onnx, .pt2 or .ts)")
+        raise CSRAError(f"patched_file {path}: give a file written by apply (.safetensors, .onnx, .pt2 or .ts)", param="patched_file")
     if checkpoint is not None or pretrained or random_init or head_file is not None or img_size is not None:
-        raise CSRAError("--patched FILE holds the weights, head and input size: drop --checkpoint / --pretrained / --random-init / --head-file / --img-size")
+        raise CSRAError("patched_file FILE holds the weights, head and input size: drop --checkpoint / --pretrained / --random-init / --head-file / --img-size", param="patched_file")
     patched = load_patched(path) if fmt == "safetensors" else ExportedModel(path)
     if model is not None and model != patched.config["model"]:
-        raise CSRAError(f"--patched {path} holds {patched.config['model']}, not --model {model}")
+        raise CSRAError(f"patched_file {path} holds {patched.config['model']}, not --model {model}", param="patched_file")
     return patched

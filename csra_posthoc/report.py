@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .atomic import atomic_write
+from .class_statistics import ClassStatistics
 from .data.transforms import describe_transform
-from .statistics import ClassStatistics
 from .lam_sweep import SweepResult, SweepRow, row_scores
 
 
@@ -23,32 +23,32 @@ def report_console() -> Console:
 
 
 def _per_class(stats: ClassStatistics, row: SweepRow) -> dict[str, float | None]:
-    return {c: (None if math.isnan(v) else v * 100.0) for c, v in zip(stats.classes, row.per_class_ap.tolist())}
+    return {c: (None if math.isnan(v) else v * 100.0) for c, v in zip(stats.classes, row.per_class_ap.tolist(), strict=True)}
 
 
 def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything a paper table or a script needs (mAP and accuracies in percent)."""
-    meta = stats.meta
+    info = stats.info
     out: dict[str, Any] = {
-        "model": meta.get("model"),
-        "dataset": meta.get("dataset"),
-        "split": meta.get("split"),
+        "model": info.model,
+        "dataset": info.dataset,
+        "split": info.split,
         "num_images": stats.num_images,
         "num_classes": len(stats.classes),
         "classes": stats.classes,
         "primary_metric": result.primary,
-        "baseline_source": meta.get("baseline_source"),
-        "identity_max_abs_diff": meta.get("identity_max_abs_diff"),
-        "identity_max_rel_diff": meta.get("identity_max_rel_diff"),
-        "weights": meta.get("weights"),
-        "weights_fingerprint": meta.get("weights_fingerprint"),
-        "head_fingerprint": meta.get("head_fingerprint"),
-        "head": meta.get("head"),
-        "transform": meta.get("transform"),
-        "transform_description": describe_transform(meta.get("transform") or {}),
-        "data_options": meta.get("data_options", {}),
-        "data_notes": meta.get("data_notes", []),
-        "notes": meta.get("notes", []),
+        "baseline_source": info.baseline_source,
+        "identity_max_abs_diff": info.identity_max_abs_diff,
+        "identity_max_rel_diff": info.identity_max_rel_diff,
+        "weights": info.weights,
+        "weights_fingerprint": info.weights_fingerprint,
+        "head_fingerprint": info.head_fingerprint,
+        "head": info.head,
+        "transform": info.transform,
+        "transform_description": describe_transform(info.transform),
+        "data_options": info.data_options,
+        "data_notes": info.data_notes,
+        "notes": info.notes,
         "baseline": result.baseline.metrics,
         "rows": [r.to_json() for r in result.rows],
         "best": result.best.to_json(),
@@ -57,7 +57,7 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
         "classes_left_out_of_mAP": result.excluded_classes,
         "classes_all_positive": result.all_positive_classes,
         "mAP_without_all_positive": result.mAP_without_all_positive,
-        "cache_key_images": (meta.get("cache") or {}).get("images_key"),
+        "cache_key_images": info.cache.images_key,
         "per_class_metric": "top1" if result.primary == "top1" else "AP",
         "per_class": {
             "baseline": _per_class(stats, result.baseline),
@@ -71,7 +71,7 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
     return out
 
 
-def write_json(path: str | Path, data: dict[str, Any]) -> None:
+def write_json(path: str | Path, data: dict[str, Any] | list[Any]) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w") as fh:
             json.dump(data, fh, indent=2, allow_nan=False)
@@ -92,7 +92,7 @@ def save_scores(path: str | Path, result: SweepResult, stats: ClassStatistics) -
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub reads **kwds as allow_pickle
 
     atomic_write(Path(path), write)
 
@@ -109,12 +109,12 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
     Rows: the baseline (lam = 0), the best lam of avg + lam * max ("Varying lam"), the paper's
     fixed lam, and the best softmax / multi-head variant; extra ``metrics`` become columns.
     """
-    meta, p = stats.meta, result.primary
+    info, p = stats.info, result.primary
     metrics = list(metrics or (["top5"] if p == "top1" else []))
     metrics = [m for m in dict.fromkeys(metrics) if m != p]
     base = result.baseline.metrics[p]
     table = Table(
-        title=f"{meta.get('model')} on {meta.get('dataset')} {meta.get('split')} ({stats.num_images} images)",
+        title=f"{info.model} on {info.dataset} {info.split} ({stats.num_images} images)",
         title_justify="left",
     )
     table.add_column("setting")
@@ -140,9 +140,9 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
             *[f"{row.metrics[m]:.2f}" if m in row.metrics else "-" for m in metrics],
         )
     console.print(table)
-    source = meta.get("baseline_source")
-    diff = meta.get("identity_max_abs_diff")
-    rel = meta.get("identity_max_rel_diff")
+    source = info.baseline_source
+    diff = info.identity_max_abs_diff
+    rel = info.identity_max_rel_diff
     if source == "model_logits":
         relative = f", {rel:.2e} of the logits' scale" if rel is not None else ""
         console.print(f"baseline = the model's own logits (identity checked: max abs diff {diff:.2e}{relative})")
@@ -162,12 +162,12 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
             f"mAP without them: {figures or 'no class left'}",
             soft_wrap=True,
         )
-    console.print(f"head: {meta.get('head')}; weights: {meta.get('weights')}")
-    console.print(f"transform: {describe_transform(meta.get('transform') or {})}")
-    images_key = (meta.get("cache") or {}).get("images_key")
+    console.print(f"head: {info.head}; weights: {info.weights}")
+    console.print(f"transform: {describe_transform(info.transform)}")
+    images_key = info.cache.images_key
     if images_key == "size+mtime":
         console.print("cache key: image files by size+mtime (--verify-images hashes their contents)")
     elif images_key:
         console.print(f"cache key: image files by {images_key}")
-    for note in [*meta.get("data_notes", []), *meta.get("notes", [])]:
+    for note in [*info.data_notes, *info.notes]:
         console.print(f"note: {note}")

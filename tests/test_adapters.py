@@ -94,6 +94,7 @@ def test_torchvision_cnn_identity(arch: str) -> None:
         assert torch.allclose(adapter(x)[1], model(x), atol=1e-5)  # logits are the model's own
 
 
+@pytest.mark.slow  # end to end (sweep, export or subprocess): the full suite runs it
 def test_torchvision_vit_patch_average() -> None:
     torch.manual_seed(0)
     model = tvm.vit_b_16(weights=None, num_classes=4, image_size=32).eval()

@@ -10,7 +10,7 @@ from sklearn.metrics import average_precision_score
 from typer.testing import CliRunner
 
 from csra_posthoc.cli import app
-from tests.conftest import random_voc_annotations, write_voc
+from csra_posthoc.testing import random_voc_annotations, write_voc
 
 runner = CliRunner()
 

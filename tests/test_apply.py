@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from csra_posthoc.cli import app
 from csra_posthoc.data import load_dataset, load_rgb
-from csra_posthoc.export import exported_config, run_exported
 from csra_posthoc.data.transforms import build_transform
+from csra_posthoc.export import exported_config, run_exported
 
 runner = CliRunner()
 FAMILIES = {"timm-cnn": "resnet10t", "timm-vit": "vit_tiny_patch16_224", "torchvision": "torchvision:resnet18"}
@@ -37,26 +37,32 @@ def one_line_error(res, *fragments: str) -> None:
         assert f in text, (f, res.output)
 
 
+class _Sweeps(dict):
+    """One sweep per family on a 24-image VOC fixture, run when a test first asks for the family
+    (so `-m "not slow"` pays only for the families it tests): (data dir, results.json, scores.npz)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, family: str) -> tuple[Path, Path, Path]:
+        from csra_posthoc.testing import random_voc_annotations, write_voc
+
+        data = self.root / "data"
+        if not data.exists():
+            write_voc(data, random_voc_annotations(24))
+        results, scores = self.root / f"{family}.json", self.root / f"{family}.npz"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("CSRA_POSTHOC_CACHE", str(self.root / "cache"))
+            res = runner.invoke(app, ["sweep", "--model", FAMILIES[family], "--random-init", "--dataset", "voc2007", "--data-dir", str(data), "--img-size", "64", "--lams", "0,0.3,0.9", "--temps", "", "--heads", "", "--out", str(results), "--save-scores", str(scores)])
+        assert res.exit_code == 0, res.output
+        self[family] = (data, results, scores)
+        return self[family]
+
+
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory) -> dict[str, tuple[Path, Path, Path]]:
-    """One sweep per family on a 24-image VOC fixture: (data dir, results.json, scores.npz)."""
-    from conftest import random_voc_annotations, write_voc
-
-    root = tmp_path_factory.mktemp("apply")
-    data = root / "data"
-    write_voc(data, random_voc_annotations(24))
-    out = {}
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CSRA_POSTHOC_CACHE", str(root / "cache"))
-    try:
-        for family, model in FAMILIES.items():
-            results, scores = root / f"{family}.json", root / f"{family}.npz"
-            res = runner.invoke(app, ["sweep", "--model", model, "--random-init", "--dataset", "voc2007", "--data-dir", str(data), "--img-size", "64", "--lams", "0,0.3,0.9", "--temps", "", "--heads", "", "--out", str(results), "--save-scores", str(scores)])
-            assert res.exit_code == 0, res.output
-            out[family] = (data, results, scores)
-    finally:
-        mp.undo()
-    return out
+    return _Sweeps(tmp_path_factory.mktemp("apply"))
 
 
 def _dataset_batch(data: Path, preprocessing: dict) -> tuple[list[str], torch.Tensor]:
@@ -66,7 +72,7 @@ def _dataset_batch(data: Path, preprocessing: dict) -> tuple[list[str], torch.Te
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ["timm-cnn", pytest.param("timm-vit", marks=pytest.mark.slow), pytest.param("torchvision", marks=pytest.mark.slow)])
 def test_exported_file_reproduces_the_sweep_row(swept, tmp_path: Path, family: str, fmt: str) -> None:
     data, results, scores = swept[family]
     arrays = np.load(scores, allow_pickle=False)
@@ -88,17 +94,17 @@ def test_exported_file_reproduces_the_sweep_row(swept, tmp_path: Path, family: s
 def test_every_variant_matches_the_sweeps_statistics(voc_dir: Path, tmp_path: Path) -> None:
     """softmax and multi-head rows too: the patched head and the cached statistics score alike."""
     from csra_posthoc import extract, load_model
-    from csra_posthoc.lam_sweep import Variant, row_scores, SweepRow
+    from csra_posthoc.lam_sweep import SweepRow, Variant, row_scores
     from csra_posthoc.patched import patch
 
     adapter = load_model("resnet10t", random_init=True, num_classes=20)
     images = load_dataset("voc2007", voc_dir)
     stats = extract(adapter, images, img_size=64, use_cache=False)
-    x = torch.stack([build_transform(stats.meta["transform"])(load_rgb(p)) for p in images.paths])
+    x = torch.stack([build_transform(stats.info.transform)(load_rgb(p)) for p in images.paths])
     for variant, kwargs in ((Variant("softmax", temperature=3.0), {"temperature": 3.0}), (Variant("heads", heads=6), {"heads": 6}), (Variant("max"), {})):
         expected = row_scores(stats, SweepRow(variant, 0.7, {}, torch.zeros(0)))
         with torch.no_grad():
-            got = patch(adapter, lam=0.7, preprocessing=stats.meta["transform"], **kwargs)(x)
+            got = patch(adapter, lam=0.7, preprocessing=stats.info.transform, **kwargs)(x)
         assert torch.allclose(got, expected, atol=1e-5), variant
 
 
@@ -162,8 +168,9 @@ def test_from_results_of_another_model_weights_or_class_list_is_refused(swept, t
     assert not Path(out).exists()
 
 
+@pytest.mark.slow  # end to end (sweep, export or subprocess): the full suite runs it
 def test_results_from_a_probe_need_its_head(tmp_path: Path, voc_dir: Path) -> None:
-    from conftest import random_voc_annotations, write_voc
+    from csra_posthoc.testing import random_voc_annotations, write_voc
 
     train = {f"t{k}": v for k, v in random_voc_annotations(24, seed=1).items()}  # other images than the test split's
     write_voc(voc_dir, train, split="trainval", seed=1)

@@ -7,6 +7,7 @@ import os
 import stat
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import csra_posthoc.extraction as extract_mod
 from csra_posthoc import extract, load_dataset, load_model
 from csra_posthoc.atomic import atomic_write
 from csra_posthoc.cache import key_lock, open_cache_dir
+from csra_posthoc.class_statistics import CacheInfo
 from csra_posthoc.cli import app
 
 runner = CliRunner()
@@ -49,12 +51,12 @@ def test_failing_cache_write_is_a_warning(voc_dir: Path, adapter, monkeypatch, i
 
     monkeypatch.setattr(extract_mod, "save_statistics", refuse)
     stats = extract(adapter, load_dataset("voc2007", voc_dir), img_size=64)
-    assert stats.num_images == 24 and stats.meta["cache"]["path"] is None
+    assert stats.num_images == 24 and stats.info.cache.path is None
     assert list(isolated_cache.glob("*.safetensors")) == []
 
 
 def test_unwritable_cache_with_probe_warns_once(tmp_path: Path) -> None:
-    from tests.conftest import random_voc_annotations, write_voc
+    from csra_posthoc.testing import random_voc_annotations, write_voc
 
     annotations = random_voc_annotations(40, seed=1)
     ids = list(annotations)
@@ -93,15 +95,15 @@ def test_relative_and_absolute_data_dir_share_the_cache(voc_dir: Path, adapter, 
     monkeypatch.chdir(voc_dir.parent)
     first = extract(adapter, load_dataset("voc2007", voc_dir.name), img_size=64)
     second = extract(adapter, load_dataset("voc2007", voc_dir.resolve()), img_size=64)
-    assert first.meta["cache"]["reused"] is False and second.meta["cache"]["reused"] is True
-    assert first.meta["cache"]["path"] == second.meta["cache"]["path"]
+    assert first.info.cache.reused is False and second.info.cache.reused is True
+    assert first.info.cache.path == second.info.cache.path
 
 
 def test_verify_images_notices_same_size_same_mtime_change(voc_dir: Path, adapter) -> None:
     images = load_dataset("voc2007", voc_dir)
     by_stamp, by_content = images.fingerprint(), images.fingerprint(content=True)
     first = extract(adapter, images, img_size=64, verify_images=True)
-    assert first.meta["cache"] == {**first.meta["cache"], "reused": False, "images_key": "content hash"}
+    assert first.info.cache == replace(first.info.cache, reused=False, images_key="content hash")
     victim = images.paths[0]
     st = victim.stat()
     data = bytearray(victim.read_bytes())
@@ -111,15 +113,15 @@ def test_verify_images_notices_same_size_same_mtime_change(voc_dir: Path, adapte
     assert images.fingerprint() == by_stamp  # the documented blind spot of size+mtime
     assert images.fingerprint(content=True) != by_content
     again = extract(adapter, images, img_size=64, verify_images=True)
-    assert again.meta["cache"]["reused"] is False
+    assert again.info.cache.reused is False
     plain = extract(adapter, images, img_size=64)
-    assert plain.meta["cache"]["images_key"] == "size+mtime"
+    assert plain.info.cache.images_key == "size+mtime"
 
 
 def test_second_run_waits_for_the_lock_and_reuses(voc_dir: Path, adapter, monkeypatch, isolated_cache) -> None:
     images = load_dataset("voc2007", voc_dir)
     reference = extract(adapter, images, img_size=64)  # the file "another run" will write
-    path = Path(reference.meta["cache"]["path"])
+    path = Path(reference.info.cache.path)
     saved = path.read_bytes()
     path.unlink()
     calls = []
@@ -140,9 +142,10 @@ def test_second_run_waits_for_the_lock_and_reuses(voc_dir: Path, adapter, monkey
     worker.join(60)
     text = console.export_text()
     assert f"waiting for another run extracting the same statistics (lock {path.with_suffix('.lock')})" in text
-    assert calls == [] and result["stats"].meta["cache"]["reused"] is True
+    assert calls == [] and result["stats"].info.cache.reused is True
 
 
+@pytest.mark.slow  # end to end (sweep, export or subprocess): the full suite runs it
 def test_report_says_which_image_key_was_used(voc_dir: Path, tmp_path: Path) -> None:
     for flag, key in (([], "size+mtime"), (["--verify-images"], "content hash")):
         out = tmp_path / "r.json"
@@ -158,6 +161,6 @@ def test_read_only_cache_is_still_read(voc_dir: Path, adapter, monkeypatch, isol
     images = load_dataset("voc2007", voc_dir)
     extract(adapter, images, img_size=64)
     monkeypatch.setattr(cache_mod, "open_cache_dir", lambda d: "read-only file system")  # as root, chmod cannot do it
-    assert extract(adapter, images, img_size=64).meta["cache"]["reused"] is True
+    assert extract(adapter, images, img_size=64).info.cache.reused is True
     missed = extract(adapter, images, img_size=72)  # a miss in a read-only cache: computed, not cached
-    assert missed.meta["cache"] == {"path": None, "reused": False, "images_key": None}
+    assert missed.info.cache == CacheInfo(path=None, reused=False, images_key=None)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from csra_posthoc import CSRAError, load_dataset
-from tests.formats import write_coco
+from csra_posthoc.testing import write_coco
 
 # non-contiguous ids listed out of order: columns must follow ascending id (1, 3, 90)
 CATEGORIES = [{"id": 90, "name": "toothbrush", "supercategory": "x"}, {"id": 1, "name": "person", "supercategory": "x"},
@@ -76,27 +76,36 @@ def test_missing_image_is_named_or_skipped_and_counted(coco: Path) -> None:
     assert any("1 images listed in instances_val2014.json are missing" in n for n in images.notes)
 
 
-def test_bad_annotation_files_are_one_line_errors(coco: Path, tmp_path: Path) -> None:
+def _truncated(data: dict) -> str:
+    return json.dumps(data)[:-20]
+
+
+def _no_categories(data: dict) -> str:
+    return json.dumps({k: v for k, v in data.items() if k != "categories"})
+
+
+def _annotations(annotations: list[dict]):
+    return lambda data: json.dumps({"images": IMAGES, "annotations": annotations, "categories": CATEGORIES})
+
+
+@pytest.mark.parametrize(
+    ("rewrite", "kwargs", "match"),
+    [
+        (None, {"split": "train"}, "no annotations/instances_train2014.json for --split train"),
+        (None, {"ann_file": "nope.json"}, "--ann-file .*nope.json: no such annotation file"),
+        (_truncated, {}, "not valid JSON \\(line 1"),
+        (_no_categories, {}, "the file has no 'categories' key"),
+        (_annotations([{"image_id": 42}]), {}, "annotations\\[0\\] has no 'category_id' key"),
+        (_annotations([{"image_id": 5, "category_id": 1}]), {}, "points at image_id 5"),
+        (None, {"difficult": "positive"}, "--difficult does not apply to --dataset coco2014"),
+    ],
+    ids=["no-split-file", "no-ann-file", "truncated-json", "no-categories", "no-category-id", "unknown-image-id", "difficult"],
+)
+def test_bad_annotation_files_are_one_line_errors(coco: Path, tmp_path: Path, rewrite, kwargs: dict, match: str) -> None:
     ann = coco / "annotations" / "instances_val2014.json"
-    with pytest.raises(CSRAError, match="no annotations/instances_train2014.json for --split train"):
-        load_dataset("coco2014", coco, split="train")
-    with pytest.raises(CSRAError, match="--ann-file .*nope.json: no such annotation file"):
-        load_dataset("coco2014", coco, ann_file=tmp_path / "nope.json")
-    data = json.loads(ann.read_text())
-    ann.write_text(json.dumps(data)[:-20])
-    with pytest.raises(CSRAError, match="not valid JSON \\(line 1"):
-        load_dataset("coco2014", coco)
-    del data["categories"]
-    ann.write_text(json.dumps(data))
-    with pytest.raises(CSRAError, match="the file has no 'categories' key"):
-        load_dataset("coco2014", coco)
-    data = json.loads(json.dumps({"images": IMAGES, "annotations": [{"image_id": 42}], "categories": CATEGORIES}))
-    ann.write_text(json.dumps(data))
-    with pytest.raises(CSRAError, match="annotations\\[0\\] has no 'category_id' key"):
-        load_dataset("coco2014", coco)
-    data["annotations"] = [{"image_id": 5, "category_id": 1}]
-    ann.write_text(json.dumps(data))
-    with pytest.raises(CSRAError, match="points at image_id 5"):
-        load_dataset("coco2014", coco)
-    with pytest.raises(CSRAError, match="--difficult does not apply to --dataset coco2014"):
-        load_dataset("coco2014", coco, difficult="positive")
+    if rewrite is not None:
+        ann.write_text(rewrite(json.loads(ann.read_text())))
+    if "ann_file" in kwargs:
+        kwargs = {**kwargs, "ann_file": tmp_path / kwargs["ann_file"]}
+    with pytest.raises(CSRAError, match=match):
+        load_dataset("coco2014", coco, **kwargs)

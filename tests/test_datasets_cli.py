@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from csra_posthoc.cli import app
-from tests.formats import write_coco, write_image_folder, write_wider
+from csra_posthoc.testing import write_coco, write_image_folder, write_wider
 from tests.test_coco import ANNOTATIONS, CATEGORIES, IMAGES
 from tests.test_wider import IMAGES as WIDER_IMAGES
 
@@ -93,7 +93,7 @@ def test_bad_dataset_flags_are_one_line(tmp_path: Path, voc_dir: Path, args: lis
 
 def test_probe_fits_on_each_datasets_training_split(tmp_path: Path) -> None:
     from csra_posthoc import run_sweep
-    from csra_posthoc.options import DataOptions, ExtractOptions
+    from csra_posthoc.options import DataOptions, ExtractOptions, ModelSource, ProbeOptions, SweepOptions
 
     write_coco(tmp_path / "coco", IMAGES, ANNOTATIONS, CATEGORIES)
     train_images = [{"id": 1000 + k, "file_name": f"t{k}.jpg"} for k in range(6)]
@@ -104,9 +104,10 @@ def test_probe_fits_on_each_datasets_training_split(tmp_path: Path) -> None:
     write_image_folder(tmp_path / "f" / "train", {"a": 3, "b": 3})
     write_image_folder(tmp_path / "f" / "val", {"a": 2, "b": 2})
     opts = ExtractOptions(img_size=64, use_cache=False)
+    source, grid = ModelSource("resnet10t", random_init=True), SweepOptions(lams=(0, 0.2), temps=(), heads=())
     for dataset, root, n_train in (("coco2014", "coco", 6), ("wider", "w", 3), ("folder", "f", 6)):
-        data = run_sweep("resnet10t", dataset, tmp_path / root, random_init=True, head="probe", options=opts, lams=(0, 0.2), temps=(), heads=())
+        data = run_sweep(source, dataset, tmp_path / root, probe=ProbeOptions(), options=opts, sweep_options=grid)
         assert f"linear probe on {dataset} " in data["head"] and f", {n_train} images" in data["head"], data["head"]
     with pytest.raises(Exception, match="training split's files cannot be inferred"):
-        run_sweep("resnet10t", "coco2014", tmp_path / "coco", random_init=True, head="probe", options=opts,
+        run_sweep(source, "coco2014", tmp_path / "coco", probe=ProbeOptions(), options=opts,
                   data=DataOptions(ann_file=tmp_path / "coco" / "annotations" / "instances_val2014.json"))  # fmt: skip

@@ -62,7 +62,7 @@ def test_fallback_to_digits_is_one_highlighted_line_with_the_fix(tmp_path: Path,
     monkeypatch.delenv("FASHION_MNIST", raising=False)
     monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
     swept = []
-    monkeypatch.setattr(demo, "run_sweep", lambda *a, **k: swept.append(k["dataset_label"]) or {"demo": dict(k["extra"]["demo"])})
+    monkeypatch.setattr(demo, "run_sweep", lambda *a, **k: swept.append(k["dataset_label"]) or {"demo": dict(k["outputs"].extra["demo"])})
     res = CliRunner().invoke(app, ["demo", "--num-train", "20", "--num-test", "20", "--img-size", "64", "--cache-dir", str(tmp_path / "c")], terminal_width=80)
     assert res.exit_code == 0, res.output
     assert swept == ["sklearn-digits-mosaics"]

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-import dist_scenarios
+from tests import dist_scenarios
 import pytest
 import torch
 from hypothesis import given, settings

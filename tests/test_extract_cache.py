@@ -20,7 +20,7 @@ def adapter():
 def test_extraction_identity_and_statistics(voc_dir: Path, adapter) -> None:
     images = load_dataset("voc2007", voc_dir)
     stats = extract(adapter, images, img_size=64, batch_size=5, use_cache=False)
-    assert stats.meta["identity_max_abs_diff"] < 1e-4
+    assert stats.info.identity_max_abs_diff < 1e-4
     assert torch.allclose(stats.avg, stats.logits, atol=1e-4)
     assert stats.attn.shape == (24, 20, 7)
     # softmax averages lie between the mean and the max, increasing with T
@@ -32,12 +32,12 @@ def test_extraction_identity_and_statistics(voc_dir: Path, adapter) -> None:
 def test_second_run_reuses_cache_and_key_changes_recompute(voc_dir: Path, adapter, monkeypatch, isolated_cache) -> None:
     images = load_dataset("voc2007", voc_dir)
     first = extract(adapter, images, img_size=64)
-    assert first.meta["cache"]["reused"] is False
+    assert first.info.cache.reused is False
     calls = []
     real = extract_mod.compute_statistics
     monkeypatch.setattr(extract_mod, "compute_statistics", lambda *a, **k: calls.append(1) or real(*a, **k))
     second = extract(adapter, images, img_size=64)
-    assert calls == [] and second.meta["cache"]["reused"] is True
+    assert calls == [] and second.info.cache.reused is True
     assert torch.equal(first.attn, second.attn) and second.ids == first.ids
     extract(adapter, images, img_size=72)  # transform changed -> new key
     assert calls == [1]
@@ -84,14 +84,14 @@ def test_damaged_cache_is_refused(voc_dir: Path, adapter, isolated_cache) -> Non
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CSRAError, match=r"stale or damaged.*recompute=True"):
         extract(adapter, images, img_size=64)
-    assert extract(adapter, images, img_size=64, recompute=True).meta["cache"]["reused"] is False
+    assert extract(adapter, images, img_size=64, recompute=True).info.cache.reused is False
 
 
 def test_cache_with_other_key_inside_is_refused(voc_dir: Path, adapter, isolated_cache) -> None:
     images = load_dataset("voc2007", voc_dir)
     stats = extract(adapter, images, img_size=64)
-    path = Path(stats.meta["cache"]["path"])
-    stats.meta["key"] = "something-else"
+    path = Path(stats.info.cache.path)
+    stats.info.key = "something-else"
     cache_mod.save_statistics(stats, path)
     with pytest.raises(CSRAError, match="key does not match"):
         extract(adapter, images, img_size=64)
@@ -124,10 +124,10 @@ def test_nan_in_cached_statistics_is_an_error_not_a_number(voc_dir: Path, adapte
     stats = extract(adapter, load_dataset("voc2007", voc_dir), img_size=64)
     stats.max[0, 0] = float("nan")
     with pytest.raises(CSRAError, match="NaN.*--recompute"):
-        sweep(stats, lams=[0, 0.2], temps=[], heads=[])
+        sweep(stats, task=stats.info.task, fixed_lam=0.2, lams=[0, 0.2], temps=[], heads=[])
     stats.labels.zero_()
     with pytest.raises(CSRAError, match="no class has a positive label.*check the labels"):
-        sweep(stats, lams=[0], temps=[], heads=[])
+        sweep(stats, task=stats.info.task, fixed_lam=0.2, lams=[0], temps=[], heads=[])
 
 
 def test_backbone_failure_is_one_line(voc_dir: Path, adapter, monkeypatch) -> None:
@@ -145,7 +145,7 @@ def test_cache_file_of_another_format_version_is_refused(voc_dir: Path, adapter,
     from safetensors.torch import save_file
 
     images = load_dataset("voc2007", voc_dir)
-    path = Path(extract(adapter, images, img_size=64).meta["cache"]["path"])
+    path = Path(extract(adapter, images, img_size=64).info.cache.path)
     with safe_open(str(path), framework="pt") as fh:
         metadata, tensors = dict(fh.metadata()), {k: fh.get_tensor(k) for k in fh.keys()}
     for version in (None, "1", "99"):  # None: a file from before the version field
@@ -155,7 +155,7 @@ def test_cache_file_of_another_format_version_is_refused(voc_dir: Path, adapter,
             extract(adapter, images, img_size=64)
         assert info.value.param == "recompute" and "\n" not in str(info.value)
     again = extract(adapter, images, img_size=64, recompute=True)
-    assert again.meta["cache"]["reused"] is False and extract(adapter, images, img_size=64).meta["cache"]["reused"] is True
+    assert again.info.cache.reused is False and extract(adapter, images, img_size=64).info.cache.reused is True
 
 
 def test_extract_leaves_the_callers_model_and_rng_as_they_were(voc_dir: Path, adapter) -> None:

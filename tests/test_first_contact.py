@@ -8,11 +8,11 @@ import os
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
 import timm
+import tomllib
 import torch
 from typer.testing import CliRunner
 
@@ -226,6 +226,7 @@ def test_a_changed_checkpoint_builds_the_model_again(change: str, voc_dir: Path,
     assert calls == ["resnet10t", "resnet10t"] and "no model built" not in res.output
 
 
+@pytest.mark.slow  # end to end (sweep, export or subprocess): the full suite runs it
 def test_recompute_and_no_cache_always_build(voc_dir: Path, checkpoint: Path, monkeypatch) -> None:
     calls = counting_load_model(monkeypatch)
     args = [*SWEEP, "--checkpoint", str(checkpoint), "--data-dir", str(voc_dir)]
@@ -234,6 +235,7 @@ def test_recompute_and_no_cache_always_build(voc_dir: Path, checkpoint: Path, mo
     assert len(calls) == 3
 
 
+@pytest.mark.slow  # end to end (sweep, export or subprocess): the full suite runs it
 def test_warm_run_imports_no_timm_torchvision_or_sklearn(voc_dir: Path, isolated_cache: Path) -> None:
     args = [*SWEEP, "--random-init", "--data-dir", str(voc_dir)]
     assert runner.invoke(app, args).exit_code == 0
@@ -263,8 +265,9 @@ def test_hub_probe_gives_up_at_once_on_a_closed_port() -> None:
     assert time.perf_counter() - start < 3
 
 
+@pytest.mark.slow  # end to end (sweep, export or subprocess): the full suite runs it
 def test_warm_probe_run_gives_the_cold_results_and_a_new_training_split_refits(tmp_path: Path, monkeypatch) -> None:
-    from tests.conftest import random_voc_annotations, write_voc
+    from csra_posthoc.testing import random_voc_annotations, write_voc
 
     test_ann = random_voc_annotations(24, seed=0)
     train_ann = {f"t{k}": v for k, v in random_voc_annotations(24, seed=1).items()}

@@ -43,11 +43,11 @@ def test_head_scaled_by_1e30_keeps_the_identity(tmp_path: Path, voc_dir: Path) -
     plain = extract(load_model("resnet10t", checkpoint=tmp_path / "plain.pth"), images, img_size=64, use_cache=False)
     scaled = extract(load_model("resnet10t", checkpoint=tmp_path / "big.pth"), images, img_size=64, use_cache=False)
     assert scaled.logits.abs().max() > 1e28 and torch.isfinite(scaled.logits).all()
-    assert scaled.meta["identity_max_abs_diff"] > 1e-3  # an absolute tolerance would have refused it
-    assert scaled.meta["identity_max_rel_diff"] < 1e-6
+    assert scaled.info.identity_max_abs_diff > 1e-3  # an absolute tolerance would have refused it
+    assert scaled.info.identity_max_rel_diff < 1e-6
     # scaling every logit by a positive constant changes no ranking: the same APs as the plain head
-    a = sweep(plain, lams=[0], temps=[], heads=[]).baseline.per_class_ap
-    b = sweep(scaled, lams=[0], temps=[], heads=[]).baseline.per_class_ap
+    a = sweep(plain, task=plain.info.task, fixed_lam=0.02, lams=[0], temps=[], heads=[]).baseline.per_class_ap
+    b = sweep(scaled, task=scaled.info.task, fixed_lam=0.02, lams=[0], temps=[], heads=[]).baseline.per_class_ap
     assert torch.allclose(a, b, equal_nan=True)
 
 

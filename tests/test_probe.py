@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from csra_posthoc import CSRAError, ExtractOptions, extract, load_dataset, load_model
 from csra_posthoc.api import load_training_split
 from csra_posthoc.probe import fit_linear_probe, fit_probe, load_head
-from tests.conftest import random_voc_annotations, write_voc
+from csra_posthoc.testing import random_voc_annotations, write_voc
 
 
 def test_fit_linear_probe_folds_standardisation_exactly() -> None:
@@ -47,7 +47,7 @@ def test_probe_head_identity_cache_and_saved_head(split_voc: Path, isolated_cach
     adapter = fit_probe(base, train, options=ExtractOptions(img_size=64), save_head_to=tmp_path / "head.safetensors")
     assert adapter.num_classes == 20 and "probe on voc2007 trainval, 20 images" in adapter.info.head
     stats = extract(adapter, test, img_size=64)
-    assert stats.meta["identity_max_abs_diff"] < 1e-4  # probe logits on pooled features == mean of its location scores
+    assert stats.info.identity_max_abs_diff < 1e-4  # probe logits on pooled features == mean of its location scores
     head, meta = load_head(tmp_path / "head.safetensors")
     assert torch.equal(head.weight, adapter.head.weight) and meta["probe"]["num_images"] == 20
     again = fit_probe(base, train, options=ExtractOptions(img_size=64))  # cached

@@ -88,7 +88,7 @@ def test_coco_and_wider_formats_on_real_photos(tmp_path: Path) -> None:
     import json
 
     from csra_posthoc.data.imagenet import imagenet_wnids
-    from tests.formats import write_coco
+    from csra_posthoc.testing import write_coco
 
     wnids = imagenet_wnids()
     cat, cup = Image.fromarray(skdata.chelsea()).convert("RGB"), Image.fromarray(skdata.coffee()).convert("RGB")

@@ -8,7 +8,7 @@ import torch
 
 from csra_posthoc import load_dataset
 from csra_posthoc.data.subset import stratified_indices
-from tests.conftest import random_voc_annotations, write_voc
+from csra_posthoc.testing import random_voc_annotations, write_voc
 
 
 def test_multilabel_subset_keeps_a_positive_of_every_class() -> None:
@@ -29,7 +29,7 @@ def test_single_label_subset_keeps_class_shares() -> None:
     labels = torch.nn.functional.one_hot(targets).to(torch.int8)
     keep = stratified_indices(labels, 20, seed=3, single_label=True)
     counts = torch.bincount(targets[keep], minlength=3).tolist()
-    assert len(keep) == 20 and all(abs(c - e) <= 1 for c, e in zip(counts, [12, 6, 2]))
+    assert len(keep) == 20 and all(abs(c - e) <= 1 for c, e in zip(counts, [12, 6, 2], strict=True))
 
 
 def test_subset_changes_the_fingerprint_and_the_report(tmp_path: Path) -> None:

