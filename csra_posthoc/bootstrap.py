@@ -204,3 +204,21 @@ def bootstrap_deltas(
 def bootstrap_json(intervals: Mapping[str, Interval], n: int, seed: int) -> dict[str, Any]:
     """The results-JSON ``"bootstrap"`` object: ``{"n", "seed", name: {"delta", "low", "high"}, ...}``."""
     return {"n": int(n), "seed": int(seed), **{name: iv.to_json() for name, iv in intervals.items()}}
+
+
+def lam_band(
+    avg: torch.Tensor,
+    attended: torch.Tensor,
+    labels: torch.Tensor,
+    lams: Sequence[float],
+    *,
+    single_label: bool = False,
+    n: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> dict[float, Interval]:
+    """Bootstrap interval of the delta of ``avg + lam * attended`` at each lam (the lam curve's band)."""
+    from .scoring import csra_score
+
+    grid = sorted(set(float(lam) for lam in lams))
+    found = bootstrap_deltas(avg, {str(lam): csra_score(avg, attended, lam) for lam in grid}, labels, single_label=single_label, n=n, seed=seed)
+    return {lam: found[str(lam)] for lam in grid}
