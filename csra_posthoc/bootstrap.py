@@ -17,6 +17,7 @@ out; a class with no positive in a resample is left out of that resample's mean,
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence, Union
 
@@ -128,7 +129,9 @@ def weighted_metric(scores: torch.Tensor, labels: torch.Tensor, single_label: bo
 def _csr(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int) -> torch.Tensor:
     values = torch.ones(len(rows), dtype=torch.float32)
     index = torch.from_numpy(np.stack([rows, cols])) if len(rows) else torch.zeros(2, 0, dtype=torch.int64)
-    return torch.sparse_coo_tensor(index, values, (num_rows, num_cols), check_invariants=False).coalesce().to_sparse_csr()
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is stable
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_coo_tensor(index, values, (num_rows, num_cols), check_invariants=False).coalesce().to_sparse_csr()
 
 
 def _segment_cumsum(x: torch.Tensor, bounds: list[tuple[int, int]]) -> torch.Tensor:

@@ -68,13 +68,21 @@ def plot_lam_curve(
     for row in result.rows:
         lines[row.variant.label].append((row.lam, row.metrics[p]))
     base = result.baseline.metrics[p]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for i, (label, points) in enumerate(lines.items()):
+    fig, ax = plt.subplots(figsize=(7.6, 4.2))
+    softmax = [label for label in lines if label.startswith("softmax")]
+    multi = [label for label in lines if label.startswith("heads")]
+    for label, points in lines.items():
         lam, value = zip(*sorted(points))
-        ax.plot(lam, value, marker="o", markersize=3, linewidth=2.2 if label == "max" else 1.2, label=label, zorder=3 if label == "max" else 2)
+        if label == "max":
+            style = dict(color="C0", linewidth=2.4, marker="o", markersize=3.5, zorder=3)
+        elif label in softmax:  # one colour ramp per family: many variants stay tellable apart
+            style = dict(color=plt.cm.Greens(0.35 + 0.6 * softmax.index(label) / max(len(softmax) - 1, 1)), linewidth=1.0, zorder=2)
+        else:
+            style = dict(color=plt.cm.Oranges(0.35 + 0.6 * multi.index(label) / max(len(multi) - 1, 1)), linewidth=1.0, linestyle="--", zorder=2)
+        ax.plot(lam, value, label=label, **style)
     if band:
         lam = sorted(band)
-        ax.fill_between(lam, [base + band[x].low for x in lam], [base + band[x].high for x in lam], color="C0", alpha=0.18, label="max: 95 % bootstrap", zorder=1)
+        ax.fill_between(lam, [base + band[x].low for x in lam], [base + band[x].high for x in lam], color="C0", alpha=0.18, label="max: baseline + 95 % bootstrap Δ", zorder=1)
     ax.axhline(base, color="0.3", linestyle="--", linewidth=1, label=f"baseline {base:.2f}")
     ax.plot([result.best.lam], [result.best.metrics[p]], marker="*", markersize=14, color="C3", linestyle="none", label=f"best λ={result.best.lam:g} (optimistic)", zorder=4)
     ax.plot([result.fixed.lam], [result.fixed.metrics[p]], marker="D", markersize=7, color="k", linestyle="none", label=f"fixed λ={result.fixed.lam:g}", zorder=4)
@@ -83,7 +91,7 @@ def plot_lam_curve(
     if title:
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, path)
 
 
