@@ -9,9 +9,9 @@ score, ``mean + lam * attended`` the CSRA score shown beside it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ def attention_maps(patched, image: str | Path, top_k: int = 3, classes: Sequence
         raise CSRAError(f"{path}: no such image file", param="image")
     try:
         pil = load_rgb(path)
-    except Exception as exc:  # any decoder failure is the file's fault
+    except Exception as exc:  # noqa: BLE001  any decoder failure is the file's fault
         raise CSRAError(f"{path}: cannot decode image ({first_line(exc, 120)})", param="image") from None
     names = class_names(patched.num_classes, classes if classes is not None else patched.classes)
     prep = patched.config["preprocessing"]

@@ -18,8 +18,9 @@ out; a class with no positive in a resample is left out of that resample's mean,
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from .errors import CSRAError
 DEFAULT_RESAMPLES = 1000
 CHUNK_CELLS = 16_000_000  # resamples per chunk * runs: bounds the (chunk, runs) float64 buffers (~128 MB)
 
-Part = tuple[Union[torch.Tensor, None], torch.Tensor]  # (image mask or None for all images, scores (N, C))
+Part = tuple[torch.Tensor | None, torch.Tensor]  # (image mask or None for all images, scores (N, C))
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,6 @@ def lam_band(
     """Bootstrap interval of the delta of ``avg + lam * attended`` at each lam (the lam curve's band)."""
     from .scoring import csra_score
 
-    grid = sorted(set(float(lam) for lam in lams))
+    grid = sorted({float(lam) for lam in lams})
     found = bootstrap_deltas(avg, {str(lam): csra_score(avg, attended, lam) for lam in grid}, labels, single_label=single_label, n=n, seed=seed)
     return {lam: found[str(lam)] for lam in grid}

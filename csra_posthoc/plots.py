@@ -7,8 +7,9 @@ a display (a headless server, CI) and importing this module costs nothing.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,10 +53,10 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def plot_lam_curve(
-    result: "SweepResult",
+    result: SweepResult,
     path: str | Path,
     *,
-    band: "Mapping[float, Interval] | None" = None,
+    band: Mapping[float, Interval] | None = None,
     title: str | None = None,
 ) -> Path:
     """Primary metric vs lam, one line per variant, the baseline as a horizontal line, the best lam
@@ -74,11 +75,11 @@ def plot_lam_curve(
     for label, points in lines.items():
         lam, value = zip(*sorted(points))
         if label == "max":
-            style = dict(color="C0", linewidth=2.4, marker="o", markersize=3.5, zorder=3)
+            style = {"color": "C0", "linewidth": 2.4, "marker": "o", "markersize": 3.5, "zorder": 3}
         elif label in softmax:  # one colour ramp per family: many variants stay tellable apart
-            style = dict(color=plt.cm.Greens(0.35 + 0.6 * softmax.index(label) / max(len(softmax) - 1, 1)), linewidth=1.0, zorder=2)
+            style = {"color": plt.cm.Greens(0.35 + 0.6 * softmax.index(label) / max(len(softmax) - 1, 1)), "linewidth": 1.0, "zorder": 2}
         else:
-            style = dict(color=plt.cm.Oranges(0.35 + 0.6 * multi.index(label) / max(len(multi) - 1, 1)), linewidth=1.0, linestyle="--", zorder=2)
+            style = {"color": plt.cm.Oranges(0.35 + 0.6 * multi.index(label) / max(len(multi) - 1, 1)), "linewidth": 1.0, "linestyle": "--", "zorder": 2}
         ax.plot(lam, value, label=label, **style)
     if band:
         lam = sorted(band)

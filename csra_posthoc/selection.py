@@ -14,8 +14,9 @@ and :func:`csra_posthoc.scoring.csra_score`, so a chosen setting scores exactly 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -41,7 +42,7 @@ def candidates(
     stats: ClassStatistics, lams: Sequence[float], temps: Sequence[float], heads: Sequence[int]
 ) -> Iterator[tuple[Variant, float, torch.Tensor]]:
     """``(variant, lam, scores (N, C))`` for every setting the sweep scores; lam = 0 once (the baseline)."""
-    grid = sorted(set(float(lam) for lam in lams) | {0.0})
+    grid = sorted({float(lam) for lam in lams} | {0.0})
     yield Variant("max"), 0.0, stats.avg
     for variant in variants(temps, heads):
         attended = attended_scores(stats, variant)

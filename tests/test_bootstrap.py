@@ -7,7 +7,14 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from csra_posthoc.bootstrap import WeightedAP, WeightedTop1, bootstrap_deltas, bootstrap_json, lam_band, resample_weights
+from csra_posthoc.bootstrap import (
+    WeightedAP,
+    WeightedTop1,
+    bootstrap_deltas,
+    bootstrap_json,
+    lam_band,
+    resample_weights,
+)
 from csra_posthoc.errors import CSRAError
 from csra_posthoc.metrics import mean_average_precision
 
