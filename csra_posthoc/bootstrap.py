@@ -1,4 +1,4 @@
-"""Paired bootstrap over images: is a CSRA gain larger than the noise of the evaluated set?
+"""Paired bootstrap over images: is a CSRA gain larger than the noise of the evaluated set? (docs/uncertainty.md)
 
 A resample draws N images with replacement; it is a vector of multiplicities ``w`` (multinomial
 counts, summing to N) over the evaluated images. The same ``w`` scores the variant and the
@@ -90,6 +90,8 @@ class WeightedAP:
         counts = torch.bincount(self.run_class, minlength=c).tolist() if runs else [0] * c
         ends = np.cumsum(counts).tolist()
         self.class_bounds = [(e - k, e) for e, k in zip(ends, counts) if k]
+        self.last_run = torch.tensor([e - 1 for e, k in zip(ends, counts) if k], dtype=torch.int64)
+        self.last_run_class = torch.tensor([i for i, k in enumerate(counts) if k], dtype=torch.int64)
 
     def __call__(self, weights: torch.Tensor) -> torch.Tensor:
         """AP ``(B, C)`` (float64, NaN for a class with no positive of weight > 0) for weights ``(B, N)``."""
@@ -100,10 +102,12 @@ class WeightedAP:
         wt = weights.t().to(torch.float32).contiguous()  # integer sums < 2**24 are exact in float32
         tp = self.positive @ wt  # (runs, B): runs-major, so the per-class steps move whole rows
         cum_total = _segment_cumsum(self.labelled @ wt, self.class_bounds)
-        cum_tp = _segment_cumsum(tp.clone(), self.class_bounds)
-        credit = tp.double().mul_(cum_tp).div_(cum_total.clamp_min_(1.0))  # float64 only for the division
+        tp64 = tp.double()
+        cum_tp = _segment_cumsum(tp, self.class_bounds)  # in place: tp64 keeps the per-run counts
+        credit = tp64.mul_(cum_tp).div_(cum_total.clamp_min_(1.0))  # float64 only for the division
         num = torch.zeros(self.num_classes, b, dtype=torch.float64).index_add_(0, self.run_class, credit)
-        den = torch.zeros(self.num_classes, b, dtype=torch.float64).index_add_(0, self.run_class, tp.double())
+        den = torch.zeros(self.num_classes, b, dtype=torch.float64)
+        den[self.last_run_class] = cum_tp[self.last_run].double()  # a class's positives: its last cumulative count
         return torch.where(den > 0, num / den.clamp_min(1e-300), ap.t()).t()
 
     def mean(self, weights: torch.Tensor) -> torch.Tensor:

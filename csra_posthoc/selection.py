@@ -1,4 +1,4 @@
-"""Held-out lam selection: the gain of a setting chosen without looking at the images it is scored on.
+"""Held-out lam selection (docs/uncertainty.md): a setting chosen without looking at the images it is scored on.
 
 The paper's "varying lam" picks lam on the evaluated images themselves, which flatters the gain.
 Here the (variant, lam) with the best primary metric is chosen on one set of images and scored
