@@ -325,6 +325,71 @@ def predict_cmd(
         raise typer.Exit(code)
 
 
+@app.command("compare")
+def compare_cmd(
+    results: list[Path] = typer.Argument(..., help="results JSON files written by sweep --out / demo --out"),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="write the table as CSV (plain numbers)"),
+    markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="write the table as Markdown"),
+    latex_out: Optional[Path] = typer.Option(None, "--latex", help="write the table as a LaTeX booktabs tabular"),
+) -> None:
+    """One Table-1 style table across models and datasets (rows by dataset, then model)."""
+
+    def go() -> None:
+        from .compare import run_compare
+
+        run_compare(results, csv_out=csv_out, markdown_out=markdown_out, latex_out=latex_out)
+
+    run_cli(go)
+
+
+@app.command("attention")
+def attention_cmd(
+    image: Path = typer.Argument(..., help="one image file"),
+    out: Path = typer.Option(..., "--out", "-o", help="figure file: .png, .svg or .pdf (its folder must exist)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="timm name or torchvision:<arch>"),
+    checkpoint: CheckpointOpt = None,
+    pretrained: PretrainedOpt = False,
+    random_init: RandomInitOpt = False,
+    patched: Optional[Path] = typer.Option(None, "--patched", help="a .safetensors file written by apply"),
+    head_file: HeadFileOpt = None,
+    lam: Optional[str] = typer.Option(None, "--lam", help="default: the file's, else the paper's fixed lam (0.02 ResNets, 0.2 others)"),
+    temperature: TemperatureOpt = None,
+    heads: HeadsOpt = None,
+    img_size: Optional[int] = typer.Option(None, "--img-size"),
+    transform: str = typer.Option("auto", "--transform", help="auto | square | crop (not with --patched)"),
+    classes: ClassesOpt = None,
+    classes_file: ClassesFileOpt = None,
+    top_k: int = typer.Option(3, "--top-k", help="classes shown (the highest CSRA scores)"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+) -> None:
+    """Per-location class scores of the top classes as heat maps over the image (the paper's Fig. 4)."""
+
+    def go() -> None:
+        from .attention import run_attention
+        from .data import read_classes
+
+        run_attention(
+            image,
+            out,
+            model=model,
+            checkpoint=checkpoint,
+            pretrained=pretrained,
+            random_init=random_init,
+            patched_file=patched,
+            head_file=head_file,
+            lam=_optional_float("--lam", lam),
+            temperature=_optional_float("--temperature", temperature),
+            heads=heads,
+            img_size=img_size,
+            transform=transform,
+            classes=read_classes(classes, classes_file),
+            top_k=top_k,
+            device=device,
+        )
+
+    run_cli(go)
+
+
 def main() -> None:
     """Console entry point; Ctrl-C before a command body starts is one line and exit 130 too."""
     try:

@@ -70,6 +70,15 @@ FLAGS: dict[str, str] = {
     "top_k": "--top-k",
     "json_out": "--json",
     "images": "IMAGES",
+    # uncertainty, figures, compare
+    "n": "--bootstrap",  # bootstrap.check_resamples(n)
+    "select_on": "--select-on",
+    "plot": "--plot",
+    "image": "IMAGE",
+    "paths": "RESULTS",
+    "csv_out": "--csv",
+    "markdown_out": "--markdown",
+    "latex_out": "--latex",
     # demo
     "num_train": "--num-train",
     "num_test": "--num-test",

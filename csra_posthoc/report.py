@@ -30,6 +30,7 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
     """Everything a paper table or a script needs (mAP and accuracies in percent)."""
     info = stats.info
     out: dict[str, Any] = {
+        "schema": 1,  # results-file version: compare refuses other versions (bump on incompatible changes)
         "model": info.model,
         "dataset": info.dataset,
         "split": info.split,

@@ -1,0 +1,130 @@
+"""Figures: the lam curve of a sweep and the per-location class scores of one image (the paper's Fig. 4).
+
+matplotlib is imported inside the functions with the Agg backend forced, so a figure never needs
+a display (a headless server, CI) and importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import CSRAError
+
+if TYPE_CHECKING:
+    from .bootstrap import Interval
+    from .lam_sweep import SweepResult
+
+FORMATS = (".png", ".svg", ".pdf")
+
+
+def check_plot_path(path: str | Path, param: str = "path") -> Path:
+    """A writable figure path: a known suffix and an existing folder (no folder is created)."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise CSRAError(f"figure {path}: give a file ending in {', '.join(FORMATS)}", param=param)
+    if not path.parent.is_dir():
+        raise CSRAError(f"figure {path}: folder {path.parent} does not exist; create it first", param=param)
+    if path.is_dir():
+        raise CSRAError(f"figure {path}: is a directory; give a file name", param=param)
+    return path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # never a display: works on a headless machine
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    from .atomic import atomic_write
+
+    fmt = path.suffix.lower().lstrip(".")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight"))
+    _pyplot().close(fig)
+    return path
+
+
+def plot_lam_curve(
+    result: SweepResult,
+    path: str | Path,
+    *,
+    band: Mapping[float, Interval] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Primary metric vs lam, one line per variant, the baseline as a horizontal line, the best lam
+    and the fixed lam of the max variant marked. ``band`` (lam -> bootstrap interval of the max
+    variant's delta, see :func:`csra_posthoc.bootstrap.lam_band`) is shaded around the max line."""
+    path = check_plot_path(path)
+    plt = _pyplot()
+    p = result.primary
+    lines: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for row in result.rows:
+        lines[row.variant.label].append((row.lam, row.metrics[p]))
+    base = result.baseline.metrics[p]
+    fig, ax = plt.subplots(figsize=(7.6, 4.2))
+    softmax = [label for label in lines if label.startswith("softmax")]
+    multi = [label for label in lines if label.startswith("heads")]
+    for label, points in lines.items():
+        lam, value = zip(*sorted(points))
+        if label == "max":
+            style = {"color": "C0", "linewidth": 2.4, "marker": "o", "markersize": 3.5, "zorder": 3}
+        elif label in softmax:  # one colour ramp per family: many variants stay tellable apart
+            style = {"color": plt.cm.Greens(0.35 + 0.6 * softmax.index(label) / max(len(softmax) - 1, 1)), "linewidth": 1.0, "zorder": 2}
+        else:
+            style = {"color": plt.cm.Oranges(0.35 + 0.6 * multi.index(label) / max(len(multi) - 1, 1)), "linewidth": 1.0, "linestyle": "--", "zorder": 2}
+        ax.plot(lam, value, label=label, **style)
+    if band:
+        lam = sorted(band)
+        ax.fill_between(lam, [base + band[x].low for x in lam], [base + band[x].high for x in lam], color="C0", alpha=0.18, label="max: baseline + 95 % bootstrap Δ", zorder=1)
+    ax.axhline(base, color="0.3", linestyle="--", linewidth=1, label=f"baseline {base:.2f}")
+    ax.plot([result.best.lam], [result.best.metrics[p]], marker="*", markersize=14, color="C3", linestyle="none", label=f"best λ={result.best.lam:g} (optimistic)", zorder=4)
+    ax.plot([result.fixed.lam], [result.fixed.metrics[p]], marker="D", markersize=7, color="k", linestyle="none", label=f"fixed λ={result.fixed.lam:g}", zorder=4)
+    ax.set_xlabel("λ")
+    ax.set_ylabel(f"{p} (%)")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return _save(fig, path)
+
+
+def plot_attention(
+    image: np.ndarray,
+    maps: np.ndarray,
+    names: Sequence[str],
+    baseline: Sequence[float],
+    patched: Sequence[float],
+    path: str | Path,
+    *,
+    title: str | None = None,
+) -> Path:
+    """The image and, per class, its per-location scores ``maps`` ``(k, h, w)`` as a heat map over
+    it; each panel's title gives the class, its baseline (average) score and its CSRA score.
+    ``image`` is ``(H, W, 3)`` in [0, 1]."""
+    path = check_plot_path(path)
+    plt = _pyplot()
+    k = len(names)
+    fig, axes = plt.subplots(1, k + 1, figsize=(3.0 * (k + 1), 3.4), squeeze=False)
+    axes = axes[0]
+    height, width = image.shape[:2]
+    axes[0].imshow(image)
+    axes[0].set_title("input", fontsize=9)
+    for ax, name, m, b, s in zip(axes[1:], names, maps, baseline, patched):
+        ax.imshow(image)
+        shown = ax.imshow(m, cmap="jet", alpha=0.5, extent=(0, width, height, 0), interpolation="bilinear")
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+        ax.set_title(f"{name}\nbaseline {b:.2f} → CSRA {s:.2f}", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

@@ -1,0 +1,96 @@
+"""Held-out lam selection: each direction's choice is what the sweep would choose on that half."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from csra_posthoc.defaults import CACHED_TEMPERATURES
+from csra_posthoc.errors import CSRAError
+from csra_posthoc.lam_sweep import row_scores, sweep
+from csra_posthoc.metrics import mean_average_precision
+from csra_posthoc.scoring import location_statistics
+from csra_posthoc.selection import half_masks, select_half, select_on_split
+from csra_posthoc.class_statistics import ClassStatistics, StatisticsInfo
+
+
+def make_stats(n: int = 80, c: int = 5, k: int = 9, seed: int = 0, classes: list[str] | None = None) -> ClassStatistics:
+    g = torch.Generator().manual_seed(seed)
+    labels = (torch.rand(n, c, generator=g) < 0.3).long()
+    labels[:4] = 1  # every class has positives in both halves (almost surely)
+    s = torch.randn(n, c, k, generator=g)
+    s[..., 0] += 2.5 * labels  # one location lights up for present classes: the max helps
+    st = location_statistics(s, CACHED_TEMPERATURES)
+    return ClassStatistics(
+        ids=[str(i) for i in range(n)], classes=classes or [f"c{i}" for i in range(c)], labels=labels,
+        avg=st["avg"], max=st["max"], attn=st["attn"], temperatures=tuple(CACHED_TEMPERATURES), logits=st["avg"], info=StatisticsInfo(model="m"),
+    )  # fmt: skip
+
+
+def subset(stats: ClassStatistics, mask: torch.Tensor) -> ClassStatistics:
+    idx = mask.nonzero().flatten()
+    return ClassStatistics(
+        ids=[stats.ids[i] for i in idx], classes=stats.classes, labels=stats.labels[idx], avg=stats.avg[idx], max=stats.max[idx],
+        attn=stats.attn[idx], temperatures=stats.temperatures, logits=stats.logits[idx], info=stats.info,
+    )  # fmt: skip
+
+
+def test_half_masks_are_a_seeded_partition() -> None:
+    a, b = half_masks(11, seed=3)
+    assert int(a.sum()) == 5 and torch.equal(a, ~b)
+    assert torch.equal(a, half_masks(11, seed=3)[0]) and not torch.equal(a, half_masks(11, seed=4)[0])
+
+
+def test_each_direction_chooses_what_the_sweep_chooses_on_that_half() -> None:
+    stats = make_stats()
+    held = select_half(stats, single_label=False, seed=1)
+    masks = half_masks(stats.num_images, 1)
+    for (chosen_on, scored_on), choice, (mask, scores) in zip(((0, 1), (1, 0)), held.choices, held.parts):
+        on_select = sweep(subset(stats, masks[chosen_on]), task="multi_label", fixed_lam=0.2)
+        assert (choice.variant, choice.lam) == (on_select.best_variant.variant, on_select.best_variant.lam)
+        scored = subset(stats, masks[scored_on])
+        on_other = sweep(scored, task="multi_label", fixed_lam=0.2)
+        expected = next(r for r in on_other.rows if (r.variant, r.lam) == (choice.variant, choice.lam)).metrics["mAP"]
+        assert abs(choice.score - expected) < 1e-9
+        assert abs(choice.delta - (expected - on_other.baseline.metrics["mAP"])) < 1e-9
+        assert torch.equal(mask, masks[scored_on])
+        assert abs(mean_average_precision(scores[mask], stats.labels[mask])[0] - expected) < 1e-9
+    js = held.to_json()
+    assert js["select_on"] == "half" and js["seed"] == 1 and len(js["choices"]) == 2
+    assert abs(js["score"] - (held.choices[0].score + held.choices[1].score) / 2) < 1e-12
+    if held.agreed is None:
+        assert js["lam"] is None and js["variant"] is None
+    else:
+        assert js["lam"] == held.choices[0].lam
+
+
+def test_another_split_chooses_there_and_scores_here() -> None:
+    select, evaluated = make_stats(seed=1), make_stats(seed=2)
+    held = select_on_split(select, evaluated, "trainval", single_label=False)
+    best = sweep(select, task="multi_label", fixed_lam=0.2).best_variant
+    (choice,) = held.choices
+    assert (choice.variant, choice.lam) == (best.variant, best.lam)
+    expected = mean_average_precision(row_scores(evaluated, best), evaluated.labels)[0]
+    assert abs(held.score - expected) < 1e-9
+    assert held.to_json()["lam"] == best.lam and held.to_json()["select_on"] == "trainval"
+
+
+def test_split_with_other_classes_is_refused() -> None:
+    with pytest.raises(CSRAError, match="classes differ") as info:
+        select_on_split(make_stats(classes=list("abcde")), make_stats(), "train", single_label=False)
+    assert info.value.param == "select_on"
+
+
+def test_single_label_selection_uses_top1() -> None:
+    stats = make_stats()
+    targets = stats.labels.float().argmax(1)
+    stats.labels = torch.nn.functional.one_hot(targets, 5)
+    held = select_half(stats, single_label=True, seed=0)
+    mask, scores = held.parts[0]
+    top1 = float((scores[mask].argmax(1) == targets[mask]).double().mean() * 100)
+    assert abs(held.choices[0].score - top1) < 1e-9
+
+
+def test_too_few_images_for_halves() -> None:
+    with pytest.raises(CSRAError, match="at least 4 images"):
+        select_half(make_stats(n=3), single_label=False)
