@@ -27,6 +27,7 @@ from .resolution import (
     weights_source_stamp,
     write_memo,
 )  # fmt: skip
+from .uncertainty import assess, max_band
 from .validate import validate_sweep_args
 
 
@@ -74,6 +75,35 @@ def load_training_split(
             f"split ({evaluated.split}), e.g. {sorted(shared, key=str)[0][0]}; the probe must not see evaluated images"
         )
     return train
+
+
+def load_selection_split(
+    dataset: str, data_dir: str | Path, select_on: str | None, evaluated: LabelledImages, data: DataOptions | None = None
+) -> LabelledImages | None:
+    """The split lam is chosen on for ``select_on=SPLIT`` (None for ``half`` or no held-out row):
+    same loader options and classes as ``evaluated``, no image of it. Read before any model is built,
+    so a split that does not exist is one line naming ``select_on``."""
+    if select_on is None or select_on == "half":
+        return None
+    if select_on == evaluated.split:
+        raise CSRAError(f"select_on {select_on}: is the evaluated split; choose lam on another split, or on half", param="select_on")
+    entry = dataset_entry(dataset)
+    try:
+        chosen = load_dataset(dataset, data_dir, data, split=select_on, **({"classes": evaluated.classes} if entry.shares_classes else {}))
+    except CSRAError as exc:
+        reason = str(exc).split(": ", 1)[1].split("; check")[0] if str(exc).startswith(("--split", "split")) else str(exc)
+        raise CSRAError(f"select_on {select_on}: cannot read that split of {dataset} ({reason}); use half or a split that exists", param="select_on") from None
+    if chosen.classes != evaluated.classes:
+        raise CSRAError(f"select_on {select_on}: its classes differ from the evaluated split's; choose on a split of the same dataset", param="select_on")
+    shared = set(zip(chosen.paths, chosen.boxes or [None] * len(chosen))) & set(zip(evaluated.paths, evaluated.boxes or [None] * len(evaluated)))
+    if shared:
+        raise CSRAError(
+            f"select_on {select_on}: {len(shared)} samples are also in the evaluated split ({evaluated.split}), e.g. {sorted(shared, key=str)[0][0]}; "
+            "choose on a split with none of them, or on half",
+            param="select_on",
+        )
+    chosen.dataset = evaluated.dataset
+    return chosen
 
 
 def reuse_statistics(memo_key: str, images: LabelledImages, options: ExtractOptions, console: Console) -> ClassStatistics | None:
@@ -155,6 +185,7 @@ def run_sweep(
     images = load_dataset(dataset, data_dir, data)
     if dataset_label:  # a VOC-layout dataset that is not VOC (the demo's mosaics, say)
         images.dataset = dataset_label
+    select_images = load_selection_split(dataset, data_dir, grid.select_on, images, data)
     train = None
     if probe is not None:
         train = load_training_split(dataset, data_dir, probe.train_split, probe.train_labels, images, data)
@@ -172,6 +203,7 @@ def run_sweep(
         probe_key = probe_settings(probe_c, train.fingerprint(), opts) if train is not None else None
         memo_key = resolution_key(model, stamp, head, probe_key)
     stats = None
+    adapter: ModelAdapter | None = None
     if memo_key is not None and not opts.recompute and save_head is None:
         stats = reuse_statistics(memo_key, images, opts, console)
     if stats is None:
@@ -182,10 +214,30 @@ def run_sweep(
         stats = extract(adapter, images, opts, console=console)
         if memo_key is not None:
             write_memo(resolve_cache_dir(opts.cache_dir), memo_key, resolution_of(adapter))
+    select_stats = None
+    if select_images is not None:  # the split lam is chosen on: cached like the evaluated one, same model
+        if memo_key is not None and not opts.recompute and adapter is None:
+            select_stats = reuse_statistics(memo_key, select_images, opts, console)
+        if select_stats is None:
+            if adapter is None:
+                adapter = build_adapter(
+                    model, images, train, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init,
+                    head=head, probe_c=probe_c, save_head=save_head, options=opts, console=console,
+                )  # fmt: skip
+            select_stats = extract(adapter, select_images, opts, console=console)
     fixed_lam = paper_fixed_lam(stats.info.model) if grid.fixed_lam is None else grid.fixed_lam
     result = sweep(stats, task=stats.info.task, fixed_lam=fixed_lam, lams=grid.lams, temps=grid.temps, heads=grid.heads)
+    assess(result, stats, grid, select_stats)
     print_table(console, result, stats, list(grid.metrics))
+    if train is not None and grid.select_on == train.split:
+        console.print(f"[yellow]note:[/] λ chosen on {train.split}, the split the probe was fitted on: its scores are fitted, so the held-out λ may favour the probe")
     data_json = results_dict(result, stats, outputs.extra)
+    if outputs.plot is not None:
+        from .plots import plot_lam_curve
+
+        title = f"{stats.info.model} on {stats.info.dataset} {stats.info.split} ({stats.num_images} images)"
+        plot_lam_curve(result, outputs.plot, band=max_band(result, stats, grid), title=title)
+        console.print(f"wrote {outputs.plot}")
     if outputs.out is not None:
         write_json(outputs.out, data_json)
         console.print(f"wrote {outputs.out}")

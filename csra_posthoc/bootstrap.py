@@ -189,9 +189,16 @@ def bootstrap_deltas(
     chunk = max(1, min(n, CHUNK_CELLS // max(runs, num_images)))
 
     def deltas(w: torch.Tensor) -> dict[str, torch.Tensor]:
+        base_of: dict[int, torch.Tensor] = {}  # the baseline once per mask (every plain variant shares mask None)
+
+        def baseline_on(mask: torch.Tensor | None) -> torch.Tensor:
+            if id(mask) not in base_of:
+                base_of[id(mask)] = base.mean(w if mask is None else w * mask)
+            return base_of[id(mask)]
+
         out = {}
         for name, ps in metrics.items():
-            per_part = [m.mean(w if mask is None else w * mask) - base.mean(w if mask is None else w * mask) for mask, m in ps]
+            per_part = [m.mean(w if mask is None else w * mask) - baseline_on(mask) for mask, m in ps]
             out[name] = torch.stack(per_part).mean(dim=0)
         return out
 

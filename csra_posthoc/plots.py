@@ -13,25 +13,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import CSRAError
+from .defaults import FIGURE_FORMATS
+from .options import check_figure_path
 
 if TYPE_CHECKING:
     from .bootstrap import Interval
     from .lam_sweep import SweepResult
 
-FORMATS = (".png", ".svg", ".pdf")
+FORMATS = FIGURE_FORMATS
 
 
 def check_plot_path(path: str | Path, param: str = "path") -> Path:
     """A writable figure path: a known suffix and an existing folder (no folder is created)."""
-    path = Path(path)
-    if path.suffix.lower() not in FORMATS:
-        raise CSRAError(f"figure {path}: give a file ending in {', '.join(FORMATS)}", param=param)
-    if not path.parent.is_dir():
-        raise CSRAError(f"figure {path}: folder {path.parent} does not exist; create it first", param=param)
-    if path.is_dir():
-        raise CSRAError(f"figure {path}: is a directory; give a file name", param=param)
-    return path
+    check_figure_path(path, param)
+    return Path(path)
 
 
 def _pyplot() -> Any:
