@@ -95,7 +95,8 @@ def load_selection_split(
         raise CSRAError(f"select_on {select_on}: cannot read that split of {dataset} ({reason}); use half or a split that exists", param="select_on") from None
     if chosen.classes != evaluated.classes:
         raise CSRAError(f"select_on {select_on}: its classes differ from the evaluated split's; choose on a split of the same dataset", param="select_on")
-    shared = set(zip(chosen.paths, chosen.boxes or [None] * len(chosen))) & set(zip(evaluated.paths, evaluated.boxes or [None] * len(evaluated)))
+    chosen_samples = set(zip(chosen.paths, chosen.boxes or [None] * len(chosen), strict=True))
+    shared = chosen_samples & set(zip(evaluated.paths, evaluated.boxes or [None] * len(evaluated), strict=True))
     if shared:
         raise CSRAError(
             f"select_on {select_on}: {len(shared)} samples are also in the evaluated split ({evaluated.split}), e.g. {sorted(shared, key=str)[0][0]}; "
@@ -230,7 +231,7 @@ def run_sweep(
     assess(result, stats, grid, select_stats)
     print_table(console, result, stats, list(grid.metrics))
     if train is not None and grid.select_on == train.split:
-        console.print(f"[yellow]note:[/] λ chosen on {train.split}, the split the probe was fitted on: its scores are fitted, so the held-out λ may favour the probe")
+        console.print(f"[yellow]note:[/] λ chosen on {train.split}, the probe's training split: its scores are fitted, the held-out λ may favour it")
     data_json = results_dict(result, stats, outputs.extra)
     if outputs.plot is not None:
         from .plots import plot_lam_curve

@@ -136,17 +136,6 @@ def _patched(model, checkpoint, pretrained, random_init, patched_file, head_file
         return patched
     if model is None:
         raise CSRAError("attention needs a model with its weights, or a patched .safetensors file", param="model")
-    from .adapters import load_model
-    from .apply import default_preprocessing
-    from .lam_sweep import paper_fixed_lam
-    from .patched import patch
-    from .probe import load_head
-    from .validate import check_img_size, check_weight_source
+    from .predict import patched_from_model
 
-    check_img_size(img_size)
-    check_weight_source(checkpoint, pretrained, random_init)
-    head = load_head(head_file) if head_file is not None and Path(head_file).is_file() else head_file
-    adapter = load_model(model, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init)
-    preprocessing = default_preprocessing(adapter, transform, img_size, head[1] if isinstance(head, tuple) else None)
-    lam = paper_fixed_lam(model) if lam is None else lam
-    return patch(adapter, lam, math.inf if temperature is None else temperature, heads, head=head, preprocessing=preprocessing)
+    return patched_from_model(model, checkpoint, pretrained, random_init, head_file, lam, temperature, heads, img_size, transform)

@@ -122,7 +122,7 @@ def sweep_cmd(
     heads: str = typer.Option(_csv(DEFAULT_HEADS), "--heads", help="multi-head sets of the paper; empty: no multi-head variant"),
     metrics: str = typer.Option("", "--metrics", help="extra columns, e.g. CF1,OF1,CF1_top3"),
     fixed_lam: Optional[float] = typer.Option(None, "--fixed-lam", help="lam of the 'fixed' row (default: the paper's, 0.02 for ResNets, 0.2 others)"),
-    select_on: str = typer.Option(DEFAULT_SELECT_ON, "--select-on", help="held-out row: choose lam on half (a seeded half of the images, scored on the other, both ways) or on another SPLIT (e.g. trainval); none: no held-out row"),
+    select_on: str = typer.Option(DEFAULT_SELECT_ON, "--select-on", help="held-out row: lam chosen on half (of the images) or on another SPLIT; none: no row"),
     bootstrap: int = typer.Option(DEFAULT_BOOTSTRAP, "--bootstrap", help="paired bootstrap resamples for the 95 % intervals of the deltas"),
     no_bootstrap: bool = typer.Option(False, "--no-bootstrap", help="no intervals (a COCO-size bootstrap takes about a minute of CPU)"),
     seed: int = typer.Option(0, "--seed", help="seed of the --select-on half split and the bootstrap resamples"),
