@@ -103,6 +103,7 @@ class SweepResult:
     bootstrap: dict[str, Interval] | None = None  # "best", "fixed", "held_out": 95 % interval of the delta
     bootstrap_n: int | None = None  # resamples behind ``bootstrap``
     bootstrap_seed: int | None = None
+    uncertainty_notes: list[str] = field(default_factory=list)  # e.g. why there is no held-out row
 
 
 def attended_scores(stats: ClassStatistics, variant: Variant) -> torch.Tensor:

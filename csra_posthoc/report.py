@@ -74,6 +74,8 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
     # docs/uncertainty.md: lam chosen where it is not scored, and 95 % intervals of the deltas (null when off)
     out["held_out"] = result.held_out.to_json() if result.held_out is not None else None
     out["bootstrap"] = None
+    if result.uncertainty_notes:
+        out["uncertainty_notes"] = result.uncertainty_notes
     if result.bootstrap is not None:
         from .bootstrap import bootstrap_json
 
@@ -113,10 +115,15 @@ def _print_honesty_notes(console: Console, result: SweepResult) -> None:
     held = result.held_out
     if held is not None:
         if held.select_on == "half":
-            how = f"chosen on one random half of the images and scored on the other, both ways, averaged (seed {held.seed})"
+            how = (
+                f"chosen on one random half of the images and scored on the other, both ways, averaged (seed {held.seed}; "
+                "its score is the mean of the halves' scores, so compare its Δ)"
+            )
         else:
             how = f"chosen on split {held.select_on} and scored on this one"
         console.print(f"optimistic: λ chosen on the scored images themselves (the paper's 'varying λ'); held-out: {how}", soft_wrap=True)
+    for note in result.uncertainty_notes:
+        console.print(f"note: {note}", soft_wrap=True)
     if result.bootstrap is not None:
         console.print(
             f"95 % CI: paired bootstrap over images ({result.bootstrap_n} resamples, seed {result.bootstrap_seed}); n.s.: the interval contains 0",

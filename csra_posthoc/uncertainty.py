@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .bootstrap import Interval, bootstrap_deltas, lam_band
 from .class_statistics import ClassStatistics
+from .errors import CSRAError
 from .lam_sweep import SweepResult, row_scores
 from .options import SweepOptions
 from .selection import select_half, select_on_split
@@ -24,11 +25,15 @@ def assess(
 ) -> SweepResult:
     """Fill ``result.held_out`` (``grid.select_on``: ``half``, or the split ``select_stats`` was
     extracted from) and ``result.bootstrap`` (``grid.bootstrap`` resamples, seeded by ``grid.seed``).
-    The held-out choice uses the sweep's own grid, so it picks among the same settings."""
+    The held-out choice uses the sweep's own grid, so it picks among the same settings. Halves too
+    small to score leave no held-out row and a note (``result.uncertainty_notes``) instead of an error."""
     single = result.primary == "top1"
     kwargs = {"single_label": single, "lams": grid.lams, "temps": grid.temps, "heads": grid.heads}
     if grid.select_on == "half":
-        result.held_out = select_half(stats, seed=grid.seed, **kwargs)  # type: ignore[arg-type]
+        try:
+            result.held_out = select_half(stats, seed=grid.seed, **kwargs)  # type: ignore[arg-type]
+        except CSRAError as exc:  # a handful of images, or a half without a positive: the rest of the report stands
+            result.uncertainty_notes.append(f"no held-out row: {exc}")
     elif grid.select_on is not None:
         if select_stats is None:
             raise ValueError(f"select_on {grid.select_on}: the statistics of that split are needed")

@@ -119,3 +119,15 @@ def test_options_check_in_library_terms() -> None:
         OutputOptions(plot="/nonexistent-folder/c.svg")
     assert exc.value.param == "plot"
     assert SweepOptions().select_on == "half" and SweepOptions().bootstrap == 1000 and SweepOptions().seed == 0
+
+
+def test_too_few_images_for_halves_is_a_note_not_an_error(tmp_path: Path) -> None:
+    """The default --select-on half on three images: no held-out row, a note saying why, the rest of the report."""
+    root = tmp_path / "tiny"
+    write_voc(root, {"a": [("cat", 0)], "b": [("dog", 0)], "c": [("cat", 0), ("dog", 0)]})
+    out = tmp_path / "r.json"
+    res = sweep(root, "--bootstrap", "50", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["held_out"] is None and data["bootstrap"]["n"] == 50 and "held_out" not in data["bootstrap"]
+    assert "no held-out row" in res.output and "at least 4 images" in data["uncertainty_notes"][0]
