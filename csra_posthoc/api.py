@@ -95,8 +95,9 @@ def load_selection_split(
         raise CSRAError(f"select_on {select_on}: cannot read that split of {dataset} ({reason}); use half or a split that exists", param="select_on") from None
     if chosen.classes != evaluated.classes:
         raise CSRAError(f"select_on {select_on}: its classes differ from the evaluated split's; choose on a split of the same dataset", param="select_on")
-    chosen_samples = set(zip(chosen.paths, chosen.boxes or [None] * len(chosen), strict=True))
-    shared = chosen_samples & set(zip(evaluated.paths, evaluated.boxes or [None] * len(evaluated), strict=True))
+    chosen_boxes: list[Any] = chosen.boxes or [None] * len(chosen)
+    evaluated_boxes: list[Any] = evaluated.boxes or [None] * len(evaluated)
+    shared = set(zip(chosen.paths, chosen_boxes, strict=True)) & set(zip(evaluated.paths, evaluated_boxes, strict=True))
     if shared:
         raise CSRAError(
             f"select_on {select_on}: {len(shared)} samples are also in the evaluated split ({evaluated.split}), e.g. {sorted(shared, key=str)[0][0]}; "

@@ -227,7 +227,9 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
         console.print(f"[yellow]left out of mAP (no positive):[/] {', '.join(result.excluded_classes)}")
     if result.all_positive_classes:
         without = result.mAP_without_all_positive or {}
-        figures = ", ".join(f"{label} {without[k]:.2f}" for k, label in (("baseline", "baseline"), ("best", "best λ"), ("fixed", "fixed λ")) if without.get(k) is not None)
+        figures = ", ".join(
+            f"{label} {without[k]:.2f}" for k, label in (("baseline", "baseline"), ("best", "best λ"), ("fixed", "fixed λ")) if without.get(k) is not None
+        )
         console.print(
             f"[yellow]positive in every image (AP is 100 whatever the scores):[/] {', '.join(result.all_positive_classes)}; "
             f"mAP without them: {figures or 'no class left'}",

@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
+from .class_statistics import ClassStatistics
 from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS
 from .errors import CSRAError
 from .lam_sweep import Variant, attended_scores, variants
 from .metrics import mean_average_precision, topk_accuracy
 from .scoring import csra_score
-from .class_statistics import ClassStatistics
 
 
 def primary_metric(scores: torch.Tensor, labels: torch.Tensor, single_label: bool) -> float:
