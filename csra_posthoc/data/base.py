@@ -142,7 +142,7 @@ def existing_files(paths: list[Path], skip_missing: bool, listed_in: Path) -> tu
         first = paths[present.index(False)]
         raise CSRAError(
             f"{first}: image listed in {listed_in} does not exist ({missing} of {len(paths)} missing); "
-            "check --data-dir / --image-dir, or pass --skip-missing to go on without them"
+            "check `data_dir` / `image_dir`, or pass skip_missing=True to go on without them"
         )
     notes = [f"{missing} images listed in {listed_in.name} are missing on disk and were skipped (--skip-missing)"] if missing else []
     return present, notes
