@@ -14,7 +14,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from .errors import CSRAError
-from .metrics import multilabel_metrics, singlelabel_metrics
+from .metrics import Evaluator, evaluator
 from .scoring import csra_score, head_temperatures, multihead_attended
 from .statistics import ClassStatistics
 from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, HEAD_COUNTS  # defaults re-exported; defined torch-free for the CLI
@@ -100,12 +100,23 @@ def attended_scores(stats: ClassStatistics, variant: Variant) -> torch.Tensor:
         raise CSRAError(f"--temps: {exc.args[0]}") from None
 
 
-def evaluate(stats: ClassStatistics, scores: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
-    """The dataset's metrics for one score matrix (multi-label or single-label)."""
+def evaluate(stats: ClassStatistics, scores: torch.Tensor, scorer: Evaluator | None = None) -> tuple[dict[str, float], torch.Tensor]:
+    """The dataset's metrics for one score matrix (multi-label or single-label); ``scorer`` (from
+    :func:`stats_evaluator`) reuses the label work across a sweep's rows."""
+    scorer = stats_evaluator(stats) if scorer is None else scorer
+    return evaluate_prepared(stats, scorer, scorer.prepare(scores))
+
+
+def stats_evaluator(stats: ClassStatistics) -> Evaluator:
+    """The metric evaluator for ``stats``' labels: numpy on CPU, torch where the statistics are on a GPU."""
+    single = bool(stats.meta.get("single_label"))
+    return evaluator(stats.labels, single, stats.meta.get("unknown", "exclude"), device=stats.avg.device)
+
+
+def evaluate_prepared(stats: ClassStatistics, scorer: Evaluator, prepared: Any) -> tuple[dict[str, float], torch.Tensor]:
+    """:func:`evaluate` for scores already in ``scorer``'s layout; library errors become one CSRAError line."""
     try:
-        if stats.meta.get("single_label"):
-            return singlelabel_metrics(scores, stats.labels)
-        return multilabel_metrics(scores, stats.labels, unknown=stats.meta.get("unknown", "exclude"))
+        return scorer.evaluate(prepared)
     except ValueError as exc:
         hint = "the cache may be damaged: re-run with --recompute" if "NaN" in str(exc) else "check the labels"
         raise CSRAError(f"cannot score {stats.meta.get('model')} on {stats.meta.get('dataset')}: {exc}; {hint}") from None
@@ -130,16 +141,20 @@ def sweep(
     fixed_lam = paper_fixed_lam(stats.meta.get("model", "")) if fixed_lam is None else fixed_lam
     grid = sorted(set(float(lam) for lam in lams) | {0.0, float(fixed_lam)})
 
-    base_metrics, base_ap = evaluate(stats, stats.avg)
+    # labels' work once; avg and each attended term converted to the evaluator's layout once, then
+    # combined per lam by the one scoring function (elementwise, so any layout gives the same numbers)
+    scorer = stats_evaluator(stats)
+    avg = scorer.prepare(stats.avg)
+    base_metrics, base_ap = evaluate_prepared(stats, scorer, avg)
     baseline = SweepRow(Variant("max"), 0.0, base_metrics, base_ap)
     rows: list[SweepRow] = []
     for variant in variants(temps, heads):
-        attended = attended_scores(stats, variant)
+        attended = scorer.prepare(attended_scores(stats, variant))
         for lam in grid:
             if lam == 0.0:
                 rows.append(SweepRow(variant, 0.0, base_metrics, base_ap))
                 continue
-            metrics, ap = evaluate(stats, csra_score(stats.avg, attended, lam))
+            metrics, ap = evaluate_prepared(stats, scorer, csra_score(avg, attended, lam))
             rows.append(SweepRow(variant, lam, metrics, ap))
 
     def best_of(candidates: list[SweepRow]) -> SweepRow:
