@@ -60,10 +60,10 @@ def top_k_mask(scores_cn: Array, k: int) -> Array:
     other columns (ties at the k-th place, or fewer than k distinct scores) take ``torch.topk``'s
     choice, as :func:`csra_posthoc.metrics.thresholded.predicted_positive` does.
     """
-    work = scores_cn
+    work, floor = scores_cn, scores_cn.dtype.type(-np.inf)
     kth = scores_cn.max(axis=0)
     for _ in range(k - 1):
-        work = np.where(work < kth, work, -np.inf).astype(scores_cn.dtype, copy=False)
+        work = np.where(work < kth, work, floor)
         kth = work.max(axis=0)
     mask = scores_cn >= kth
     tied = np.flatnonzero(np.count_nonzero(mask, axis=0) != k)
@@ -153,11 +153,16 @@ class MultilabelEvaluator:
             "n_gt": self.n_gt,
         }
 
-    def thresholded(self, scores_cn: Array, top_k: int | None = None) -> dict[str, float]:
-        """CP..OF1 (percent), restricted to each image's top-k when given."""
-        pred = at_least_threshold(scores_cn, self.threshold)
+    def thresholded(self, scores_cn: Array, top_k: int | None = None, pred: Array | None = None) -> dict[str, float]:
+        """CP..OF1 (percent), restricted to each image's top-k when given; ``pred`` is
+        :func:`at_least_threshold` of the scores when already computed."""
+        pred = at_least_threshold(scores_cn, self.threshold) if pred is None else pred
         if top_k is not None and top_k < scores_cn.shape[0]:
-            pred &= top_k_mask(scores_cn, top_k)
+            # only images with more than k predicted labels lose some to the top-k cut
+            crowded = np.flatnonzero(np.count_nonzero(pred, axis=0) > top_k)
+            if crowded.size:
+                pred = pred.copy()
+                pred[:, crowded] &= top_k_mask(np.ascontiguousarray(scores_cn[:, crowded]), top_k)
         return metrics_from_counts(**{k: torch.from_numpy(v) for k, v in self.counts(pred).items()})
 
     def evaluate(self, scores_cn: Array, check: bool = True) -> tuple[dict[str, float], torch.Tensor]:
@@ -169,8 +174,9 @@ class MultilabelEvaluator:
         if not valid.any():
             raise ValueError("no class has a positive label: mAP is undefined")
         out = {"mAP": float(ap[valid].mean() * 100.0)}
-        out.update(self.thresholded(scores_cn))
-        out.update({f"{k}_top{self.top_k}": v for k, v in self.thresholded(scores_cn, self.top_k).items()})
+        pred = at_least_threshold(scores_cn, self.threshold)
+        out.update(self.thresholded(scores_cn, pred=pred))
+        out.update({f"{k}_top{self.top_k}": v for k, v in self.thresholded(scores_cn, self.top_k, pred).items()})
         return out, torch.from_numpy(ap)
 
 
