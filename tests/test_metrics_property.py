@@ -19,8 +19,8 @@ from csra_posthoc.metrics import (
     multilabel_metrics,
     singlelabel_metrics,
     thresholded_metrics,
+    torch_reference,
 )
-from csra_posthoc.metrics import torch_reference
 from csra_posthoc.metrics.batched import at_least_threshold, top_k_mask
 from csra_posthoc.metrics.thresholded import thresholded_metrics_torch
 from csra_posthoc.scoring import csra_score
@@ -76,7 +76,7 @@ def reference_thresholded(scores: torch.Tensor, labels: torch.Tensor, unknown: s
     cp = sum(tp[k] / max(npred[k], 1) for k in classes) / len(classes)
     cr = sum(tp[k] / ngt[k] for k in classes) / len(classes)
     op, or_ = sum(tp) / max(sum(npred), 1), sum(tp) / sum(ngt)
-    f1 = lambda p, r: 2 * p * r / (p + r) if p + r else 0.0  # noqa: E731
+    f1 = lambda p, r: 2 * p * r / (p + r) if p + r else 0.0
     return {k: v * 100 for k, v in {"CP": cp, "CR": cr, "CF1": f1(cp, cr), "OP": op, "OR": or_, "OF1": f1(op, or_)}.items()}
 
 

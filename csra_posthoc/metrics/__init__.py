@@ -10,18 +10,18 @@ from .batched import Evaluator, MultilabelEvaluator, SinglelabelEvaluator, evalu
 from .thresholded import UnknownPolicy, predicted_positive, thresholded_metrics
 
 __all__ = [
-    "average_precision",
-    "mean_average_precision",
-    "thresholded_metrics",
-    "predicted_positive",
-    "topk_accuracy",
-    "multilabel_metrics",
-    "singlelabel_metrics",
-    "UnknownPolicy",
+    "Evaluator",
     "MultilabelEvaluator",
     "SinglelabelEvaluator",
+    "UnknownPolicy",
+    "average_precision",
     "evaluator",
-    "Evaluator",
+    "mean_average_precision",
+    "multilabel_metrics",
+    "predicted_positive",
+    "singlelabel_metrics",
+    "thresholded_metrics",
+    "topk_accuracy",
 ]
 
 
