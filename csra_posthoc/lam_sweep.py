@@ -142,19 +142,22 @@ def sweep(
     grid = sorted(set(float(lam) for lam in lams) | {0.0, float(fixed_lam)})
 
     # labels' work once; avg and each attended term converted to the evaluator's layout once, then
-    # combined per lam by the one scoring function (elementwise, so any layout gives the same numbers)
+    # combined per lam by the one scoring function (elementwise: any layout or subset, same numbers)
     scorer = stats_evaluator(stats)
     avg = scorer.prepare(stats.avg)
     base_metrics, base_ap = evaluate_prepared(stats, scorer, avg)
     baseline = SweepRow(Variant("max"), 0.0, base_metrics, base_ap)
     rows: list[SweepRow] = []
     for variant in variants(temps, heads):
-        attended = scorer.prepare(attended_scores(stats, variant))
+        try:  # per lam, the evaluator asks csra_score for the scores it needs (all, or candidates)
+            pair = scorer.pair(avg, scorer.prepare(attended_scores(stats, variant)), grid, csra_score)
+        except ValueError as exc:
+            raise CSRAError(f"cannot score {stats.meta.get('model')} on {stats.meta.get('dataset')}: {exc}; the cache may be damaged: re-run with --recompute") from None
         for lam in grid:
             if lam == 0.0:
                 rows.append(SweepRow(variant, 0.0, base_metrics, base_ap))
                 continue
-            metrics, ap = evaluate_prepared(stats, scorer, csra_score(avg, attended, lam))
+            metrics, ap = evaluate_prepared(stats, scorer, pair.at(lam))
             rows.append(SweepRow(variant, lam, metrics, ap))
 
     def best_of(candidates: list[SweepRow]) -> SweepRow:

@@ -182,8 +182,8 @@ def tiny_stats(single_label: bool) -> ClassStatistics:
         labels = (torch.rand(n, c, generator=g) < 0.3).to(torch.int8)
         labels[torch.rand(n, c, generator=g) < 0.05] = -1
     avg = torch.randint(-8, 8, (n, c), generator=g).float() / 4  # ties survive some lams
-    mx = avg + torch.rand(n, c, generator=g)
-    attn = avg[..., None] + torch.rand(n, c, len(temps), generator=g)
+    mx = avg + torch.randint(0, 3, (n, c), generator=g).float() / 4
+    attn = avg[..., None] + torch.randint(0, 3, (n, c, len(temps)), generator=g).float() / 4
     meta = {"model": "tiny", "single_label": single_label}
     return ClassStatistics(ids=[str(i) for i in range(n)], classes=[f"c{i}" for i in range(c)], labels=labels, avg=avg, max=mx, attn=attn, temperatures=temps, logits=avg.clone(), meta=meta)
 

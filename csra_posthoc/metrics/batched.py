@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -126,6 +128,10 @@ class MultilabelEvaluator:
             array = array.astype(np.float64 if not np.issubdtype(array.dtype, np.floating) else np.float32)
         return np.ascontiguousarray(array.T)
 
+    def pair(self, avg: Array, attended: Array, lams: Sequence[float], score: ScoreFn) -> Pair:
+        """``score(avg, attended, lam)`` per lam (every row needs its full sort)."""
+        return DensePair(avg, attended, score)
+
     def average_precision(self, scores_cn: Array) -> Array:
         """Per-class AP (float64, NaN for a class without a positive)."""
         segments = scores_cn.reshape(-1).take(self.gather)
@@ -202,22 +208,31 @@ class SinglelabelEvaluator:
             array = array.astype(np.float64)
         return np.ascontiguousarray(array)
 
-    def evaluate(self, scores: Array, check: bool = True) -> tuple[dict[str, float], torch.Tensor]:
+    def evaluate(self, scores: Array | CandidateScores, check: bool = True) -> tuple[dict[str, float], torch.Tensor]:
+        if isinstance(scores, CandidateScores):
+            return self._from_counts(scores.beaten, scores.tied, scores.dense_rows)
         if check:
             check_finite(scores)
         n = scores.shape[0]
         target_score = scores[np.arange(n), self.targets][:, None]
         beaten = np.count_nonzero(scores > target_score, axis=1)
         tied = np.count_nonzero(scores == target_score, axis=1)  # the target itself included
+        return self._from_counts(beaten, tied, lambda rows: scores[rows])
+
+    def _from_counts(self, beaten: Array, tied: Array, dense_rows: Callable[[Array], Array]) -> tuple[dict[str, float], torch.Tensor]:
+        """Metrics from, per image, how many classes beat the target and how many tie it (itself included)."""
         kmax = min(max(self.ks), self.num_classes)
         hits = {}
         for k in self.ks:
             k = min(k, kmax)
             hits[k] = beaten + tied <= k
         correct = (beaten == 0) & (tied == 1)
-        unsure = np.flatnonzero((beaten < kmax) & (beaten + tied > min(min(self.ks), kmax)) | ((beaten == 0) & (tied > 1)))
+        unsure_mask = (beaten == 0) & (tied > 1)  # argmax's first index decides
+        for k in hits:
+            unsure_mask |= (beaten < k) & (beaten + tied > k)  # the target's tie run straddles the k-th place
+        unsure = np.flatnonzero(unsure_mask)
         if unsure.size:  # a tie decides: the reference definition's own order on those rows
-            sub = torch.from_numpy(np.ascontiguousarray(scores[unsure]))
+            sub = torch.from_numpy(np.ascontiguousarray(dense_rows(unsure)))
             sub_targets = torch.from_numpy(self.targets[unsure])
             top = sub.topk(kmax, dim=1).indices == sub_targets[:, None]
             for k in self.ks:
@@ -228,10 +243,82 @@ class SinglelabelEvaluator:
         per_class = np.where(self.class_counts > 0, per_hits / np.maximum(self.class_counts, 1), np.nan)
         return out, torch.from_numpy(per_class)
 
+    def pair(self, avg: Array, attended: Array, lams: Sequence[float], score: ScoreFn) -> Pair:
+        """``avg + lam * attended`` for every lam of a sweep, evaluated on candidates only.
+
+        ``score(avg, attended, lam)`` is linear in lam, so a class can beat or tie the target at
+        some lam in [0, max(lams)] only if it does (up to rounding, which a margin covers) at one of
+        the two ends. The other classes are left out once per variant; each row then compares the
+        few candidates (gathered once; elementwise scoring gives the same numbers on any subset).
+        """
+        check_finite(avg)
+        check_finite(attended)
+        top = max(lams, default=0.0)
+        scale = float(np.abs(avg).max(initial=0.0)) + top * float(np.abs(attended).max(initial=0.0))
+        if not math.isfinite(top) or scale > 1e30:
+            return DensePair(avg, attended, score)
+        margin = 1e-5 * scale + 1e-30
+        n = avg.shape[0]
+        rows = np.arange(n)
+        a_t, b_t = avg[rows, self.targets], attended[rows, self.targets]
+        d0 = avg - a_t[:, None]
+        near = d0 >= -margin
+        near |= d0 + top * (attended - b_t[:, None]) >= -margin
+        near[rows, self.targets] = False
+        image, klass = np.nonzero(near)
+        return CandidatePair(avg, attended, score, image, klass, a_t, b_t)
+
+
+ScoreFn = Callable[[Any, Any, float], Any]
+
+
+class Pair(Protocol):
+    def at(self, lam: float) -> Any: ...
+
+
+class DensePair:
+    """``score(avg, attended, lam)`` as a full matrix, in the evaluator's layout."""
+
+    def __init__(self, avg: Any, attended: Any, score: ScoreFn) -> None:
+        self.avg, self.attended, self.score = avg, attended, score
+
+    def at(self, lam: float) -> Any:
+        return self.score(self.avg, self.attended, lam)
+
+
+@dataclass
+class CandidateScores:
+    """Per image, classes beating / tying the target at one lam, and the way to any full row."""
+
+    beaten: Array
+    tied: Array
+    dense_rows: Callable[[Array], Array]
+
+
+class CandidatePair:
+    """See :meth:`SinglelabelEvaluator.pair`: per lam, only the candidate entries are scored."""
+
+    def __init__(self, avg: Array, attended: Array, score: ScoreFn, image: Array, klass: Array, a_t: Array, b_t: Array) -> None:
+        self.avg, self.attended, self.score = avg, attended, score
+        self.image, self.n = image, avg.shape[0]
+        self.a_c, self.b_c = avg[image, klass], attended[image, klass]
+        self.a_t, self.b_t = a_t, b_t
+
+    def at(self, lam: float) -> CandidateScores:
+        s_t = self.score(self.a_t, self.b_t, lam)
+        s_c = self.score(self.a_c, self.b_c, lam)
+        if not (np.isfinite(s_t).all() and np.isfinite(s_c).all()):
+            raise ValueError("scores contain NaN or inf")
+        target = s_t[self.image]
+        beaten = np.bincount(self.image[s_c > target], minlength=self.n)
+        tied = np.bincount(self.image[s_c == target], minlength=self.n) + 1
+        return CandidateScores(beaten, tied, lambda rows: self.score(self.avg[rows], self.attended[rows], lam))
+
 
 class Evaluator(Protocol):
     def prepare(self, scores: torch.Tensor) -> Any: ...
     def evaluate(self, prepared: Any, check: bool = True) -> tuple[dict[str, float], torch.Tensor]: ...
+    def pair(self, avg: Any, attended: Any, lams: Sequence[float], score: ScoreFn) -> Pair: ...
 
 
 class TorchEvaluator:
@@ -242,6 +329,9 @@ class TorchEvaluator:
 
     def prepare(self, scores: torch.Tensor) -> torch.Tensor:
         return scores
+
+    def pair(self, avg: torch.Tensor, attended: torch.Tensor, lams: Sequence[float], score: ScoreFn) -> Pair:
+        return DensePair(avg, attended, score)
 
     def evaluate(self, scores: torch.Tensor, check: bool = True) -> tuple[dict[str, float], torch.Tensor]:
         from . import torch_reference
