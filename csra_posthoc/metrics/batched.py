@@ -99,22 +99,24 @@ class MultilabelEvaluator:
     ) -> None:
         if labels.dim() != 2:
             raise ValueError(f"labels {tuple(labels.shape)} must be (N, C)")
-        lab = np.ascontiguousarray(labels.cpu().numpy().T)
+        lab = labels.cpu().numpy()
+        lab = np.ascontiguousarray((lab if lab.dtype == np.int8 else lab.astype(np.int8)).T)  # {1, 0, -1}: int8 moves 8x less than int64
         self.shape = tuple(labels.shape)
         self.threshold, self.top_k, self.unknown = threshold, top_k, unknown
-        n = lab.shape[1]
         self.positive = lab == 1
         self.counted = lab != -1 if unknown == "exclude" else np.ones_like(self.positive)
-        self.n_gt = self.positive.sum(axis=1).astype(np.float64)
+        negative = lab == 0
+        n_pos, n_neg = np.count_nonzero(self.positive, axis=1), np.count_nonzero(negative, axis=1)
+        self.n_gt = n_pos.astype(np.float64)
         # one flat gather puts every class's positives, then its negatives, side by side
-        pieces, self.bounds = [], []
-        start = 0
+        pos, neg = np.flatnonzero(self.positive), np.flatnonzero(negative)
+        pos_end, neg_end = np.cumsum(n_pos), np.cumsum(n_neg)
+        pieces = []
         for k in range(lab.shape[0]):
-            pos, neg = np.flatnonzero(lab[k] == 1), np.flatnonzero(lab[k] == 0)
-            pieces += [pos + k * n, neg + k * n]
-            self.bounds.append((start, start + pos.size, start + pos.size + neg.size))
-            start += pos.size + neg.size
+            pieces += [pos[pos_end[k] - n_pos[k] : pos_end[k]], neg[neg_end[k] - n_neg[k] : neg_end[k]]]
         self.gather = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+        ends = np.cumsum(n_pos + n_neg)
+        self.bounds = [(int(e - p - q), int(e - q), int(e)) for e, p, q in zip(ends, n_pos, n_neg)]
         threads = torch.get_num_threads() if threads is None else threads
         self.chunks = [range(i, len(self.bounds), max(1, threads)) for i in range(min(max(1, threads), len(self.bounds)))]
         self.pool = ThreadPoolExecutor(len(self.chunks)) if len(self.chunks) > 1 else None
