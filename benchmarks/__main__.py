@@ -66,9 +66,11 @@ def write_results(path: Path, info: dict[str, str], figures: list[Figure], args:
     lines = [
         "# Benchmark results",
         "",
-        f"Written by `python -m benchmarks{' --quick' if args.quick else ''}{''.join(f' --only {o}' for o in args.only or [])}` "
-        f"in {seconds:.0f} s. Ratios are measured within one run (warm-up, then the median of repeats); "
-        "\"previous\" is the implementation before issue 15 (the torch metrics, kept as `csra_posthoc.metrics.torch_reference`).",
+        (
+            f"Written by `python -m benchmarks{' --quick' if args.quick else ''}{''.join(f' --only {o}' for o in args.only or [])}` "
+            f"in {seconds:.0f} s. Ratios are measured within one run (warm-up, then the median of repeats); "
+            "\"previous\" is the implementation before issue 15 (the torch metrics, kept as `csra_posthoc.metrics.torch_reference`)."
+        ),
         "",
         "| machine | |",
         "|---|---|",
