@@ -49,6 +49,7 @@ def in_process(module: str) -> Callable[[bool], list[Figure]]:
 
 BENCHMARKS: dict[str, Callable[[bool], list[Figure]]] = {
     "metrics_vs_sklearn": in_process("metrics_vs_sklearn"),
+    "ap_ideas": in_process("ap_ideas"),
     "sweep_from_cache": in_process("sweep_from_cache"),
     "extraction_overhead": script("extraction_overhead", ["efficientnet_lite0", "224", "16"], ["efficientnet_lite0", "160", "8"]),
     "patched_overhead": script(

@@ -15,9 +15,9 @@ fall back to ``torch.topk``), which ``tests/test_metrics_property.py`` checks.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -76,6 +76,12 @@ def top_k_mask(scores_cn: Array, k: int) -> Array:
     return mask
 
 
+@lru_cache(maxsize=None)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One pool per thread count for the process (numpy's sort releases the GIL)."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="csra-ap")
+
+
 def _segment_ap(pos: Array, neg: Array) -> float:
     """AP of one class from its sorted (ascending) positive and negative scores.
 
@@ -119,7 +125,7 @@ class MultilabelEvaluator:
         self.bounds = [(int(e - p - q), int(e - q), int(e)) for e, p, q in zip(ends, n_pos, n_neg)]
         threads = torch.get_num_threads() if threads is None else threads
         self.chunks = [range(i, len(self.bounds), max(1, threads)) for i in range(min(max(1, threads), len(self.bounds)))]
-        self.pool = ThreadPoolExecutor(len(self.chunks)) if len(self.chunks) > 1 else None
+        self.pool = _pool(len(self.chunks)) if len(self.chunks) > 1 else None
 
     def prepare(self, scores: torch.Tensor) -> Array:
         """``(N, C)`` scores as this evaluator's ``(C, N)`` contiguous array (float kept, ints to float64)."""
@@ -350,7 +356,3 @@ def evaluator(labels: torch.Tensor, single_label: bool, unknown: UnknownPolicy =
     if single_label:
         return SinglelabelEvaluator(labels)
     return MultilabelEvaluator(labels, unknown)
-
-
-def default_threads() -> int:
-    return min(torch.get_num_threads(), os.cpu_count() or 1)
