@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Protocol
 
 import numpy as np
@@ -76,7 +76,7 @@ def top_k_mask(scores_cn: Array, k: int) -> Array:
     return mask
 
 
-@lru_cache(maxsize=None)
+@cache
 def _pool(threads: int) -> ThreadPoolExecutor:
     """One pool per thread count for the process (numpy's sort releases the GIL)."""
     return ThreadPoolExecutor(threads, thread_name_prefix="csra-ap")
