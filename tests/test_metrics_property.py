@@ -211,3 +211,12 @@ def test_sweep_on_cuda_equals_the_cpu_sweep(single_label: bool) -> None:
     gpu = sweep(stats, lams=(0.0, 0.1, 0.5))
     for a, b in zip(cpu.rows, gpu.rows):
         assert a.metrics == pytest.approx(b.metrics, abs=1e-6)
+
+
+@pytest.mark.parametrize("shift", [-2.5, -1.0, 0.0, 2.0])  # few to all images with more than 3 predicted labels
+def test_top3_metrics_equal_torch_whether_few_or_most_images_are_crowded(shift: float) -> None:
+    g = torch.Generator().manual_seed(11)
+    scores = torch.randn(400, 20, generator=g) + shift
+    scores[:50] = torch.randint(-2, 3, (50, 20), generator=g).float()  # ties at the cut too
+    labels = (torch.rand(400, 20, generator=g) < 0.2).long()
+    assert thresholded_metrics(scores, labels, top_k=3) == pytest.approx(thresholded_metrics_torch(scores, labels, top_k=3), abs=1e-9)
