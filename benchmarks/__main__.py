@@ -63,6 +63,16 @@ BENCHMARKS: dict[str, Callable[[bool], list[Figure]]] = {
 }
 
 
+def discovered() -> dict[str, Callable[[bool], list[Figure]]]:
+    """Modules of benchmarks/ missing from the table: run as scripts (``--quick`` passed in quick mode),
+    so a new benchmark is never silently left out."""
+    import pkgutil
+
+    helpers = {"harness", "__main__"}
+    names = sorted(m.name for m in pkgutil.iter_modules([str(HERE)]) if m.name not in BENCHMARKS and m.name not in helpers)
+    return {name: script(name, [], ["--quick"]) for name in names}
+
+
 def write_results(path: Path, info: dict[str, str], figures: list[Figure], args: argparse.Namespace, seconds: float) -> None:
     lines = [
         "# Benchmark results",
@@ -88,18 +98,22 @@ def write_results(path: Path, info: dict[str, str], figures: list[Figure], args:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description="Run the benchmarks and write benchmarks/RESULTS.md.")
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (about a minute)")
-    p.add_argument("--only", action="append", choices=sorted(BENCHMARKS), help="run only this benchmark (repeatable)")
+    p.add_argument("--only", action="append", metavar="NAME", help="run only this benchmark (repeatable; see --list)")
     p.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="where to write the table (default: benchmarks/RESULTS.md)")
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = p.parse_args(argv)
+    everything = {**BENCHMARKS, **discovered()}
     if args.list:
-        print("\n".join(BENCHMARKS))
+        print("\n".join(everything))
         return
+    unknown = sorted(set(args.only or []) - set(everything))
+    if unknown:
+        p.error(f"--only {unknown[0]}: not a benchmark; choose from {', '.join(everything)}")
     info = machine()
     print(" | ".join(f"{k}: {v}" for k, v in info.items()), flush=True)
     figures: list[Figure] = []
     t0 = time.perf_counter()
-    for name, run in BENCHMARKS.items():
+    for name, run in everything.items():
         if args.only and name not in args.only:
             continue
         print(f"{name}:", flush=True)
