@@ -37,6 +37,19 @@ def packed_keys_ap(scores_cn: np.ndarray, labels_cn: np.ndarray) -> np.ndarray:
     return np.where(n_pos > 0, (precision * (code == 2)).sum(1) / np.maximum(n_pos, 1), np.nan)
 
 
+def split_sort_ap(scores_cn: np.ndarray, labels_cn: np.ndarray) -> np.ndarray:
+    """Tried second: gather each class's positives and negatives apart (one flat take), sort each,
+    count negatives at or above each positive by ``searchsorted``."""
+    ap = np.full(scores_cn.shape[0], np.nan)
+    for k in range(scores_cn.shape[0]):
+        pos, neg = np.sort(scores_cn[k][labels_cn[k] == 1]), np.sort(scores_cn[k][labels_cn[k] == 0])
+        if pos.size:
+            pos_ge = pos.size - np.searchsorted(pos, pos, side="left")
+            neg_ge = neg.size - np.searchsorted(neg, pos, side="left")
+            ap[k] = np.sum(pos_ge / (pos_ge + neg_ge)) / pos.size
+    return ap
+
+
 def run(quick: bool = False, n: int = 40_137, c: int = 80) -> list[Figure]:
     g = torch.Generator().manual_seed(0)
     labels = (torch.rand(n, c, generator=g) < 0.1).long()
@@ -48,14 +61,16 @@ def run(quick: bool = False, n: int = 40_137, c: int = 80) -> list[Figure]:
     t_split1, ap = median_time(lambda: ev1.average_precision(a), repeats)
     t_split2, _ = median_time(lambda: ev2.average_precision(a), repeats)
     t_packed, ap_packed = median_time(lambda: packed_keys_ap(a, lab_cn), repeats)
+    t_split, ap_split = median_time(lambda: split_sort_ap(a, lab_cn), repeats)
     t_sort32, _ = median_time(lambda: np.sort(a, axis=1), repeats)
     t_torch_sort, _ = median_time(lambda: torch.sort(torch.from_numpy(a), dim=1), repeats)
     t_np_finite, _ = median_time(lambda: bool(np.isfinite(a).all()), repeats)
     t_torch_finite, _ = median_time(lambda: bool(torch.isfinite(torch.from_numpy(a)).all()), repeats)
-    assert np.allclose(ap, ap_packed, atol=1e-9, equal_nan=True)
+    assert np.allclose(ap, ap_packed, atol=1e-9, equal_nan=True) and np.allclose(ap, ap_split, atol=1e-9, equal_nan=True)
     lines = [
-        ("AP, positives and negatives sorted apart in float32 (kept)", f"1 thread {t_split1 * 1e3:.0f} ms, 2 threads {t_split2 * 1e3:.0f} ms"),
+        ("AP, each class row sorted whole in float32, positives apart (kept)", f"1 thread {t_split1 * 1e3:.0f} ms, 2 threads {t_split2 * 1e3:.0f} ms"),
         ("AP, packed int64 keys, one sort (dropped)", f"{t_packed * 1e3:.0f} ms = {t_packed / t_split1:.1f}x the kept one (1 thread)"),
+        ("AP, positives and negatives gathered and sorted apart (dropped)", f"{t_split * 1e3:.0f} ms = {t_split / t_split1:.1f}x the kept one (1 thread)"),
         ("floor: np.sort of the (80, N) float32 matrix", f"{t_sort32 * 1e3:.0f} ms; torch.sort {t_torch_sort * 1e3:.0f} ms"),
         ("finiteness check of one score matrix", f"numpy {t_np_finite * 1e3:.1f} ms, torch {t_torch_finite * 1e3:.1f} ms (kept per row: numpy)"),
     ]

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
+from itertools import pairwise
 from typing import Any, Protocol
 
 import numpy as np
@@ -82,17 +83,6 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="csra-ap")
 
 
-def _segment_ap(pos: Array, neg: Array) -> float:
-    """AP of one class from its sorted (ascending) positive and negative scores.
-
-    Each positive is credited with the precision at its own score taken as threshold (its tie run
-    counted whole), as scikit-learn does: #pos >= s / #(pos and neg) >= s.
-    """
-    pos_ge = pos.size - np.searchsorted(pos, pos, side="left")
-    neg_ge = neg.size - np.searchsorted(neg, pos, side="left")
-    return float(np.sum(pos_ge / (pos_ge + neg_ge).astype(np.float64)) / pos.size)
-
-
 class MultilabelEvaluator:
     """AP per class, mAP, CP..OF1 and their top-k versions for score matrices against fixed labels.
 
@@ -111,20 +101,19 @@ class MultilabelEvaluator:
         self.threshold, self.top_k, self.unknown = threshold, top_k, unknown
         self.positive = lab == 1
         self.counted = lab != -1 if unknown == "exclude" else np.ones_like(self.positive)
-        negative = lab == 0
-        n_pos, n_neg = np.count_nonzero(self.positive, axis=1), np.count_nonzero(negative, axis=1)
+        n_pos = np.count_nonzero(self.positive, axis=1)
         self.n_gt = n_pos.astype(np.float64)
-        # one flat gather puts every class's positives, then its negatives, side by side
-        pos, neg = np.flatnonzero(self.positive), np.flatnonzero(negative)
-        pos_end, neg_end = np.cumsum(n_pos), np.cumsum(n_neg)
-        pieces = []
-        for k in range(lab.shape[0]):
-            pieces += [pos[pos_end[k] - n_pos[k] : pos_end[k]], neg[neg_end[k] - n_neg[k] : neg_end[k]]]
-        self.gather = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
-        ends = np.cumsum(n_pos + n_neg)
-        self.bounds = [(int(e - p - q), int(e - q), int(e)) for e, p, q in zip(ends, n_pos, n_neg)]
+        # per class, the images of its positives and of its unknowns (each row is sorted whole)
+        unknown_mask = lab == -1
+        pos, unk = np.flatnonzero(self.positive), np.flatnonzero(unknown_mask)
+        n_unk = np.count_nonzero(unknown_mask, axis=1)
+        n = lab.shape[1]
+        self.pos_index = np.split(pos - np.repeat(np.arange(lab.shape[0]) * n, n_pos), np.cumsum(n_pos)[:-1])
+        self.unk_index = np.split(unk - np.repeat(np.arange(lab.shape[0]) * n, n_unk), np.cumsum(n_unk)[:-1])
         threads = torch.get_num_threads() if threads is None else threads
-        self.chunks = [range(i, len(self.bounds), max(1, threads)) for i in range(min(max(1, threads), len(self.bounds)))]
+        classes = lab.shape[0]
+        edges = np.linspace(0, classes, min(max(1, threads), max(classes, 1)) + 1).astype(int)
+        self.chunks = [range(a, b) for a, b in pairwise(edges.tolist()) if b > a]
         self.pool = _pool(len(self.chunks)) if len(self.chunks) > 1 else None
 
     def prepare(self, scores: torch.Tensor) -> Array:
@@ -141,21 +130,30 @@ class MultilabelEvaluator:
         return DensePair(avg, attended, score)
 
     def average_precision(self, scores_cn: Array) -> Array:
-        """Per-class AP (float64, NaN for a class without a positive)."""
-        segments = scores_cn.reshape(-1).take(self.gather)
-        ap = np.full(len(self.bounds), np.nan)
+        """Per-class AP (float64, NaN for a class without a positive).
+
+        Each class row is sorted whole (numpy's SIMD sort, the scores' own dtype, no argsort),
+        its positives and unknowns apart (small); negatives at or above a score are then all
+        minus positives minus unknowns there, each count one ``searchsorted``.
+        """
+        ap = np.full(scores_cn.shape[0], np.nan)
+        n = scores_cn.shape[1]
 
         def run(classes: range) -> None:
+            rows = np.sort(scores_cn[classes.start : classes.stop], axis=1)
             for k in classes:
-                a, b, c = self.bounds[k]
-                if b > a:
-                    pos, neg = segments[a:b], segments[b:c]
-                    pos.sort()  # in place: numpy's SIMD sort, in the scores' dtype
-                    neg.sort()
-                    ap[k] = _segment_ap(pos, neg)
+                if not self.pos_index[k].size:
+                    continue
+                pos = np.sort(scores_cn[k].take(self.pos_index[k]))
+                known_ge = n - np.searchsorted(rows[k - classes.start], pos, side="left")
+                if self.unk_index[k].size:
+                    known_ge = known_ge - (self.unk_index[k].size - np.searchsorted(np.sort(scores_cn[k].take(self.unk_index[k])), pos, side="left"))
+                pos_ge = pos.size - np.searchsorted(pos, pos, side="left")
+                ap[k] = float(np.sum(pos_ge / known_ge.astype(np.float64)) / pos.size)
 
         if self.pool is None:
-            run(range(len(self.bounds)))
+            for chunk in self.chunks:
+                run(chunk)
         else:
             list(self.pool.map(run, self.chunks))
         return ap
