@@ -220,3 +220,12 @@ def test_top3_metrics_equal_torch_whether_few_or_most_images_are_crowded(shift: 
     scores[:50] = torch.randint(-2, 3, (50, 20), generator=g).float()  # ties at the cut too
     labels = (torch.rand(400, 20, generator=g) < 0.2).long()
     assert thresholded_metrics(scores, labels, top_k=3) == pytest.approx(thresholded_metrics_torch(scores, labels, top_k=3), abs=1e-9)
+
+
+def test_tie_run_starts_match_a_brute_force_scan() -> None:
+    from csra_posthoc.metrics.batched import tie_run_starts
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 50):
+        row = np.sort(rng.integers(0, 4, n).astype(np.float32))
+        assert tie_run_starts(row).tolist() == [min(j for j in range(n) if row[j] == row[i]) for i in range(n)]

@@ -77,6 +77,14 @@ def top_k_mask(scores_cn: Array, k: int) -> Array:
     return mask
 
 
+def tie_run_starts(ascending: Array) -> Array:
+    """For a sorted array, the index of the first element of each element's run of equal values:
+    one linear pass (``searchsorted`` of the array into itself cost ~15x more here)."""
+    start = np.ones(ascending.size, dtype=bool)
+    start[1:] = ascending[1:] != ascending[:-1]
+    return np.maximum.accumulate(np.where(start, np.arange(ascending.size), 0))
+
+
 @cache
 def _pool(threads: int) -> ThreadPoolExecutor:
     """One pool per thread count for the process (numpy's sort releases the GIL)."""
@@ -148,7 +156,7 @@ class MultilabelEvaluator:
                 known_ge = n - np.searchsorted(rows[k - classes.start], pos, side="left")
                 if self.unk_index[k].size:
                     known_ge = known_ge - (self.unk_index[k].size - np.searchsorted(np.sort(scores_cn[k].take(self.unk_index[k])), pos, side="left"))
-                pos_ge = pos.size - np.searchsorted(pos, pos, side="left")
+                pos_ge = pos.size - tie_run_starts(pos)
                 ap[k] = float(np.sum(pos_ge / known_ge.astype(np.float64)) / pos.size)
 
         if self.pool is None:
