@@ -73,6 +73,17 @@ def discovered() -> dict[str, Callable[[bool], list[Figure]]]:
     return {name: script(name, [], ["--quick"]) for name in names}
 
 
+def busy_note(info: dict[str, str]) -> list[str]:
+    """A line saying so when the machine ran other work (1-minute load above the core count)."""
+    try:
+        load, cores = float(info["load average at start (1, 5, 15 min)"].split(",")[0]), int(info["cores (os.cpu_count)"])
+    except (KeyError, ValueError):
+        return []
+    if load <= cores:
+        return []
+    return ["", f"**The machine was busy** (load {load:.1f} on {cores} cores): absolute times are inflated and noisy; compare the ratios, and re-measure on a quiet machine."]
+
+
 def write_results(path: Path, info: dict[str, str], figures: list[Figure], args: argparse.Namespace, seconds: float) -> None:
     lines = [
         "# Benchmark results",
@@ -82,6 +93,7 @@ def write_results(path: Path, info: dict[str, str], figures: list[Figure], args:
             f"in {seconds:.0f} s. Ratios are measured within one run (warm-up, then the median of repeats); "
             "\"previous\" is the implementation before issue 15 (the torch metrics, kept as `csra_posthoc.metrics.torch_reference`)."
         ),
+        *busy_note(info),
         "",
         "| machine | |",
         "|---|---|",

@@ -32,3 +32,11 @@ def test_median_time_warms_up_then_takes_the_median() -> None:
     calls = []
     seconds, out = median_time(lambda: calls.append(1) or len(calls), repeats=3, warmup=2)
     assert len(calls) == 5 and out == 5 and seconds >= 0
+
+
+def test_busy_machine_is_flagged_in_the_results() -> None:
+    from benchmarks.__main__ import busy_note
+
+    info = {"load average at start (1, 5, 15 min)": "9.5, 8.0, 7.0", "cores (os.cpu_count)": "2"}
+    assert "busy" in " ".join(busy_note(info))
+    assert busy_note({**info, "load average at start (1, 5, 15 min)": "0.3, 0.2, 0.1"}) == []
