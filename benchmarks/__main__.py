@@ -17,6 +17,7 @@ from pathlib import Path
 from benchmarks.harness import Figure, machine
 
 HERE = Path(__file__).resolve().parent
+PIPE = "\\|"  # a "|" inside a Markdown table cell
 
 
 def script(name: str, full: list[str], quick: list[str]) -> Callable[[bool], list[Figure]]:
@@ -101,7 +102,7 @@ def write_results(path: Path, info: dict[str, str], figures: list[Figure], args:
         "",
         "| benchmark | case | figure |",
         "|---|---|---|",
-        *[f"| {f.benchmark} | {f.name} | {f.value.replace('|', '/')} |" for f in figures],
+        *[f"| {f.benchmark} | {f.name} | {f.value.replace('|', PIPE)} |" for f in figures],
         "",
     ]
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -25,7 +25,7 @@ def test_results_table_names_the_machine_and_each_figure(tmp_path: Path) -> None
     text = out.read_text()
     assert "python -m benchmarks --quick --only ap_ideas" in text
     assert f"| CPU | {info['CPU']} |" in text
-    assert "| sweep_from_cache | COCO-size default grid | 7.5 s / 40 ms/row |" in text  # a '|' would break the table
+    assert "| sweep_from_cache | COCO-size default grid | 7.5 s \\| 40 ms/row |" in text  # escaped: a bare "|" would break the table
 
 
 def test_median_time_warms_up_then_takes_the_median() -> None:
