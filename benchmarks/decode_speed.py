@@ -20,8 +20,9 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,8 +112,8 @@ class TvIo:
         self.desc = desc
 
     def __call__(self, path: Path) -> torch.Tensor:
-        import torchvision.io as io
         import torchvision.transforms.v2.functional as F
+        from torchvision import io
 
         x = io.decode_jpeg(io.read_file(str(path)), mode=io.ImageReadMode.RGB)
         d = self.desc

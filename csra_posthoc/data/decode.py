@@ -20,9 +20,10 @@ values are bit-equal), optionally straight into ``channels_last`` without a copy
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
