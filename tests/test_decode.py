@@ -12,7 +12,14 @@ from PIL import Image
 
 from csra_posthoc.adapters.base import DataConfig
 from csra_posthoc.data.base import ImageDataset, LabelledImages, load_rgb
-from csra_posthoc.data.decode import check_decode, decode_key, draft_request, image_loader, normalize_batch, pil_stage
+from csra_posthoc.data.decode import (
+    check_decode,
+    decode_key,
+    draft_request,
+    image_loader,
+    normalize_batch,
+    pil_stage,
+)
 from csra_posthoc.data.transforms import build_transform, transform_description
 from csra_posthoc.errors import CSRAError
 
