@@ -19,12 +19,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from csra_posthoc import load_dataset
-from csra_posthoc.adapters.base import DataConfig
-from csra_posthoc.data import ImageDataset
-from csra_posthoc.data.transforms import eval_transform
-from tests.conftest import random_voc_annotations
-from tests.formats import write_coco, write_wider
+from csra_posthoc import load_dataset  # noqa: E402
+from csra_posthoc.adapters.base import DataConfig  # noqa: E402
+from csra_posthoc.data import ImageDataset  # noqa: E402
+from csra_posthoc.data.transforms import eval_transform  # noqa: E402
+from tests.conftest import random_voc_annotations  # noqa: E402
+from tests.formats import write_coco, write_wider  # noqa: E402
 
 
 def photos() -> list[Image.Image]:

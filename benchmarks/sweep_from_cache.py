@@ -13,13 +13,7 @@ from pathlib import Path
 import torch
 
 from csra_posthoc.cache import load_statistics, save_statistics
-from csra_posthoc.lam_sweep import (
-    DEFAULT_HEADS,
-    DEFAULT_LAMS,
-    DEFAULT_TEMPS,
-    sweep,
-    variants,
-)
+from csra_posthoc.lam_sweep import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, sweep, variants
 from csra_posthoc.scoring import CACHED_TEMPERATURES, location_statistics
 from csra_posthoc.statistics import ClassStatistics
 

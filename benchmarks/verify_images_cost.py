@@ -18,8 +18,8 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from csra_posthoc import load_dataset
-from csra_posthoc.data.base import load_rgb
+from csra_posthoc import load_dataset  # noqa: E402
+from csra_posthoc.data.base import load_rgb  # noqa: E402
 
 
 def best_of(fn, repeats: int = 3) -> float:
