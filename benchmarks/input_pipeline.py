@@ -76,11 +76,22 @@ def profile(paths: list[Path], desc: dict, forward: Callable, batch: int) -> dic
 class Loop:
     """One extraction loop variant: a loader factory, a forward and how to finish a batch."""
 
-    def __init__(self, make_loader: Callable[[], DataLoader], forward: Callable, u8: bool, channels_last: bool, inference: bool, desc: dict) -> None:
+    def __init__(
+        self, make_loader: Callable[[], DataLoader], forward: Callable, u8: bool, channels_last: bool, inference: bool, desc: dict, threads: int | None = None
+    ) -> None:
         self.make_loader, self.forward, self.u8, self.cl, self.inference, self.desc = make_loader, forward, u8, channels_last, inference, desc
+        self.threads = threads  # the main process's torch threads while the loop runs (None: unchanged)
         self.loader: DataLoader | None = None
 
     def run(self) -> torch.Tensor:
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads or before)
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(before)
+
+    def _run(self) -> torch.Tensor:
         loader = self.make_loader() if self.loader is None else self.loader
         if loader.persistent_workers:
             self.loader = loader
@@ -137,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
             "channels_last+inference_mode": Loop(loader(today_ds), cl_forward, False, True, True, desc),
             "all: u8+cl+inf+persistent": Loop(loader(u8_ds, persistent=True, prefetch=4), cl_forward, True, True, True, desc),
             "all, 1 worker": Loop(loader(u8_ds, workers=1, persistent=True, prefetch=4), cl_forward, True, True, True, desc),
+            "all, 1 worker, 1 torch thread": Loop(loader(u8_ds, workers=1, persistent=True, prefetch=4), cl_forward, True, True, True, desc, threads=1),
+            "all, 2 workers, 1 torch thread": Loop(loader(u8_ds, persistent=True, prefetch=4), cl_forward, True, True, True, desc, threads=1),
             "all + draft (if it applies)": Loop(loader(draft_ds, persistent=True, prefetch=4), cl_forward, True, True, True, desc),
         }
         ready = torch.stack([full(load_rgb(q)) for q in paths[: args.batch]])
