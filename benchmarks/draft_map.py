@@ -56,6 +56,12 @@ def run(voc: Path, classes: list[str], decode: str, img_size: int, workers: int,
         extraction.ImageDataset = original
 
 
+def mean_ap(data: dict, which: str) -> float:
+    """mAP (percent) of the baseline (a metrics dict) or of a sweep row (metrics under "metrics")."""
+    entry = data[which]
+    return float(entry["metrics"]["mAP"] if "metrics" in entry else entry["mAP"])
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="200 + 200 images")
@@ -73,9 +79,9 @@ def main(argv: list[str] | None = None) -> None:
         for decode in ("pil", "draft"):
             data, seconds = run(voc, list(source.classes), decode, args.img_size, args.workers, Path(tmp) / f"cache-{decode}")
             results[decode] = data
-            print(f"{decode:6s} baseline mAP {data['baseline']['mAP']:.3f}  fixed-lam mAP {data['fixed']['mAP']:.3f} "
-                  f"(lam {data['fixed'].get('lam')})  best mAP {data['best']['mAP']:.3f}  wall {seconds:.0f} s")  # fmt: skip
-        d = {k: results["draft"][k]["mAP"] - results["pil"][k]["mAP"] for k in ("baseline", "fixed", "best")}
+            print(f"{decode:6s} baseline mAP {mean_ap(data, 'baseline'):.3f}  fixed-lam mAP {mean_ap(data, 'fixed'):.3f} "
+                  f"(lam {data['fixed'].get('lam')})  best mAP {mean_ap(data, 'best'):.3f}  wall {seconds:.0f} s", flush=True)  # fmt: skip
+        d = {k: mean_ap(results["draft"], k) - mean_ap(results["pil"], k) for k in ("baseline", "fixed", "best")}
         print(f"{source.name} mosaics at {args.canvas} px, {n_train} trainval / {n_test} test, {args.img_size} px input: "
               f"delta mAP (draft - pil): baseline {d['baseline']:+.3f}, fixed {d['fixed']:+.3f}, best {d['best']:+.3f} (mAP in percent)")  # fmt: skip
 
