@@ -2,7 +2,7 @@
 
 Extraction = backbone + per-location head + avg/max/softmax statistics for 7 temperatures +
 the identity check; the plain forward is ``model(x)``. Usage:
-python benchmarks/extraction_overhead.py [model] [img_size] [batch]
+python -m benchmarks.extraction_overhead [model] [img_size] [batch]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ original and patched interleaved so drift hits both. Runtimes: eager PyTorch, To
 is the classifier at every location: about ``2 * C * d * H * W`` FLOPs, so the overhead grows
 with the class count C (the paper's trained 8-head CSRA cost +8 % test time).
 
-    python benchmarks/patched_overhead.py --models resnet50,efficientnet_b0 --sizes 224,448 --classes 20,80,1000
+    python -m benchmarks.patched_overhead --models resnet50,efficientnet_b0 --sizes 224,448 --classes 20,80,1000
 """
 
 from __future__ import annotations

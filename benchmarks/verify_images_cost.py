@@ -4,22 +4,20 @@ Writes N copies of scikit-image's astronaut photo as JPEG (512x512, quality 90) 
 ``csv`` dataset, then times ``LabelledImages.fingerprint()`` both ways (best of 3; the files are in
 the page cache, as on a second run) and, for scale, decoding the same images once (``load_rgb``),
 which every uncached run pays. Prints ms per 1,000 images. Usage:
-python benchmarks/verify_images_cost.py [--n 1000]
+python -m benchmarks.verify_images_cost [--n 1000]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from csra_posthoc import load_dataset  # noqa: E402
-from csra_posthoc.data.base import load_rgb  # noqa: E402
+from csra_posthoc import load_dataset
+from csra_posthoc.data.base import load_rgb
 
 
 def best_of(fn, repeats: int = 3) -> float:

@@ -4,7 +4,7 @@ torch is the floor (the cache is safetensors, the metrics are torch); everything
 a warm run costs. Builds a small demo once (its own temporary cache), then times the warm run and
 the bare torch import in the same process tree, median of ``--repeat`` runs each.
 
-Usage: python benchmarks/warm_run.py [--num 40] [--repeat 5]
+Usage: python -m benchmarks.warm_run [--num 40] [--repeat 5]
 """
 
 from __future__ import annotations

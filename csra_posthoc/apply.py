@@ -55,9 +55,9 @@ def read_results(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CSRAError(f"from_results {path}: not JSON ({exc}); pass the file written by sweep --out", param="from_results") from None
+        raise CSRAError(f"from_results {path}: not JSON ({exc}); pass the results file a sweep wrote (run_sweep's `out`)", param="from_results") from None
     if not isinstance(data, dict) or not all(k in data for k in ("model", "best", "fixed", "classes")):
-        raise CSRAError(f"from_results {path}: not a sweep results file (no model / best / fixed / classes); pass sweep --out's file", param="from_results")
+        raise CSRAError(f"from_results {path}: not a sweep results file (no model / best / fixed / classes); pass the results file a sweep wrote (run_sweep's `out`)", param="from_results")
     return data
 
 
@@ -73,7 +73,7 @@ def pick_settings(results: dict[str, Any], pick: str, path: str | Path) -> CSRAS
 
 def check_results_match(results: dict[str, Any], patched_config: dict[str, Any], path: str | Path) -> None:
     """Refuse settings measured on another model, weights, head or class list, saying which."""
-    where = f"--from-results {path}"
+    where = f"from_results {path}"
     if results["model"] != patched_config["model"]:
         raise CSRAError(f"{where}: measured on model {results['model']}, not {patched_config['model']}")
     measured = results.get("weights_fingerprint")
@@ -86,7 +86,7 @@ def check_results_match(results: dict[str, Any], patched_config: dict[str, Any],
         )
     head = results.get("head_fingerprint")
     if head and head != patched_config["head_fingerprint"]:
-        hint = "pass the probe it fitted with --head-file (sweep --save-head)" if patched_config["head"] == "model" else "pass the head file the sweep saved"
+        hint = "pass the probe it fitted as `head_file` (the sweep's `save_head`)" if patched_config["head"] == "model" else "pass the head file the sweep saved"
         raise CSRAError(f"{where}: measured with another head ({results.get('head')}); {hint}")
     classes = results["classes"]
     mine = patched_config.get("classes")
@@ -152,14 +152,14 @@ def apply_patch(
     results = None
     if from_results is not None:
         if lam is not None or temperature is not None or heads is not None:
-            raise CSRAError("from_results sets lam / temperature / heads: drop --lam, --temperature and --heads, or drop --from-results", param="from_results")
+            raise CSRAError("from_results sets lam / temperature / heads: drop `lam`, `temperature` and `heads`, or drop `from_results`", param="from_results")
         results = read_results(from_results)
         settings = pick_settings(results, pick, from_results)
     else:
         if lam is None:
-            raise CSRAError("apply needs --lam (or --from-results results.json)")
+            raise CSRAError("apply needs `lam` (or `from_results`, a sweep's results file)", param="lam")
         if temperature is not None and heads is not None:
-            raise CSRAError("temperature and --heads: give one of them (heads use the paper's temperature sets)", param="temperature")
+            raise CSRAError("temperature and `heads`: give one of them (heads use the paper's temperature sets)", param="temperature")
         settings = CSRASettings(check_lam(lam), math.inf if temperature is None else float(temperature), heads)
         resolve_temperatures(settings.temperature, settings.heads)
     head_meta: tuple[Any, dict[str, Any]] | None = None

@@ -35,7 +35,7 @@ from .log import say
 CACHE_FORMAT = 1  # enters every cache key (bump it to re-key every entry)
 CACHE_VERSION = 2  # the file layout, stored in each file and checked on reading (1: files without the field)
 VERSION_FIELD = "csra_cache_version"
-RECOMPUTE_FIX = "delete it or recompute it (recompute=True)"
+RECOMPUTE_FIX = "delete it or re-run with recompute=True"
 T = TypeVar("T")
 _TENSORS = ("labels", "avg", "max", "attn", "logits")
 ORPHAN_AGE_S = 24 * 3600  # a temporary file this old belongs to no live run

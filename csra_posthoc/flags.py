@@ -68,6 +68,7 @@ FLAGS: dict[str, str] = {
     "patched_file": "--patched",
     "threshold": "--threshold",
     "top_k": "--top-k",
+    "compare": "--compare",
     "json_out": "--json",
     "images": "IMAGES",
     # uncertainty, figures, compare
@@ -86,12 +87,14 @@ FLAGS: dict[str, str] = {
     "num_test": "--num-test",
 }
 
+_QUOTED = re.compile(r"`([a-z_]+)`")  # a parameter named mid-message: `skip_missing`
 _ASSIGNMENT = re.compile(r"(?<![\w-])([a-z_]+)=('[^']*'|\"[^\"]*\"|[^\s,;:)]+)")
 
 
 def cli_message(message: str, param: str | None) -> str:
-    """``message`` in CLI terms: its first mention of ``param`` becomes the flag, and every
-    ``name=value`` of a known parameter becomes ``--flag value`` (``--flag`` for ``=True``)."""
+    """``message`` in CLI terms: its first mention of ``param`` becomes the flag, every
+    ``name=value`` of a known parameter becomes ``--flag value`` (``--flag`` for ``=True``), and
+    every known parameter in backquotes (`` `split` ``) becomes its flag."""
     if param in FLAGS and FLAGS[param] not in message:  # a message may already name the flag
         message = re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w=])", FLAGS[param], message, count=1)
 
@@ -101,4 +104,5 @@ def cli_message(message: str, param: str | None) -> str:
             return match.group(0)
         return FLAGS[name] if value == "True" else f"{FLAGS[name]} {value}"
 
-    return _ASSIGNMENT.sub(flag, message)
+    message = _ASSIGNMENT.sub(flag, message)
+    return _QUOTED.sub(lambda m: FLAGS.get(m.group(1), m.group(0)), message)

@@ -132,7 +132,7 @@ def require_hub_weights(arch: str) -> None:
     from huggingface_hub import constants
 
     raise CSRAError(
-        f"--model {arch} --pretrained: no network ({reason}) and its weights are in no local cache; "
-        f"pass --checkpoint PATH to a weights file, or fetch them once with a network into the Hugging Face cache ({constants.HF_HUB_CACHE})",
-        param="pretrained",
+        f"model {arch} pretrained=True: no network ({reason}) and its weights are in no local cache; "
+        f"pass `checkpoint` (a weights file), or fetch them once with a network into the Hugging Face cache ({constants.HF_HUB_CACHE})",
+        param="model",
     )

@@ -17,7 +17,7 @@ import torch
 from .class_statistics import ClassStatistics, Task
 from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, HEAD_COUNTS  # noqa: F401 (re-exported; defined torch-free for the CLI)
 from .errors import CSRAError
-from .metrics import multilabel_metrics, singlelabel_metrics
+from .metrics import Evaluator, evaluator
 from .options import SweepOptions
 from .scoring import csra_score, head_temperatures, multihead_attended
 
@@ -114,14 +114,24 @@ def attended_scores(stats: ClassStatistics, variant: Variant) -> torch.Tensor:
         raise CSRAError(f"temps: {exc.args[0]}", param="temps") from None
 
 
-def evaluate(stats: ClassStatistics, scores: torch.Tensor, task: Task) -> tuple[dict[str, float], torch.Tensor]:
-    """The dataset's metrics for one score matrix (multi-label or single-label)."""
+def evaluate(stats: ClassStatistics, scores: torch.Tensor, task: Task, scorer: Evaluator | None = None) -> tuple[dict[str, float], torch.Tensor]:
+    """The dataset's metrics for one score matrix (multi-label or single-label); ``scorer`` (from
+    :func:`stats_evaluator`) reuses the label work across a sweep's rows."""
+    scorer = stats_evaluator(stats, task) if scorer is None else scorer
+    return evaluate_prepared(stats, scorer, scorer.prepare(scores))
+
+
+def stats_evaluator(stats: ClassStatistics, task: Task) -> Evaluator:
+    """The metric evaluator for ``stats``' labels: numpy on CPU, torch where the statistics are on a GPU."""
+    return evaluator(stats.labels, task == "single_label", stats.info.unknown, device=stats.avg.device)
+
+
+def evaluate_prepared(stats: ClassStatistics, scorer: Evaluator, prepared: Any) -> tuple[dict[str, float], torch.Tensor]:
+    """:func:`evaluate` for scores already in ``scorer``'s layout; library errors become one CSRAError line."""
     try:
-        if task == "single_label":
-            return singlelabel_metrics(scores, stats.labels)
-        return multilabel_metrics(scores, stats.labels, unknown=stats.info.unknown)
+        return scorer.evaluate(prepared)
     except ValueError as exc:
-        hint = "the cache may be damaged: re-run with --recompute" if "NaN" in str(exc) else "check the labels"
+        hint = "the cache may be damaged: re-run with recompute=True" if "NaN" in str(exc) else "check the labels"
         raise CSRAError(f"cannot score {stats.info.model} on {stats.info.dataset}: {exc}; {hint}") from None
 
 
@@ -142,16 +152,23 @@ def sweep(
     primary = "top1" if task == "single_label" else "mAP"
     grid = sorted(set(float(lam) for lam in lams) | {0.0, float(fixed_lam)})
 
-    base_metrics, base_ap = evaluate(stats, stats.avg, task)
+    # labels' work once; avg and each attended term converted to the evaluator's layout once, then
+    # combined per lam by the one scoring function (elementwise: any layout or subset, same numbers)
+    scorer = stats_evaluator(stats, task)
+    avg = scorer.prepare(stats.avg)
+    base_metrics, base_ap = evaluate_prepared(stats, scorer, avg)
     baseline = SweepRow(Variant("max"), 0.0, base_metrics, base_ap)
     rows: list[SweepRow] = []
     for variant in variants(temps, heads):
-        attended = attended_scores(stats, variant)
+        try:  # per lam, the evaluator asks csra_score for the scores it needs (all, or candidates)
+            pair = scorer.pair(avg, scorer.prepare(attended_scores(stats, variant)), grid, csra_score)
+        except ValueError as exc:
+            raise CSRAError(f"cannot score {stats.info.model} on {stats.info.dataset}: {exc}; the cache may be damaged: re-run with recompute=True") from None
         for lam in grid:
             if lam == 0.0:
                 rows.append(SweepRow(variant, 0.0, base_metrics, base_ap))
                 continue
-            metrics, ap = evaluate(stats, csra_score(stats.avg, attended, lam), task)
+            metrics, ap = evaluate_prepared(stats, scorer, pair.at(lam))
             rows.append(SweepRow(variant, lam, metrics, ap))
 
     def best_of(candidates: list[SweepRow]) -> SweepRow:

@@ -112,7 +112,7 @@ def _classifier_from_probe(adapter: ModelAdapter, head: Any) -> tuple[LocationHe
         if not path.is_file():
             raise CSRAError(f"head_file {path}: no such file", param="head_file")
         classifier, meta = load_head(path)
-        where = f"--head-file {path}"
+        where = f"head_file {path}"
     elif isinstance(head, LocationHead):
         classifier, meta, where = head, {}, "head"
     else:
@@ -125,7 +125,7 @@ def _classifier_from_probe(adapter: ModelAdapter, head: Any) -> tuple[LocationHe
         raise CSRAError(f"{where}: fitted for a model {'with' if classifier.pooled_norm else 'without'} a pooled norm; {adapter.info.name} differs")
     fitted_on = meta.get("model")
     if fitted_on and fitted_on != adapter.info.name:
-        raise CSRAError(f"{where}: fitted on {fitted_on}, not {adapter.info.name}; pass the head fitted with this --model")
+        raise CSRAError(f"{where}: fitted on {fitted_on}, not {adapter.info.name}; pass the head fitted with this `model`")
     return classifier, meta
 
 
@@ -216,9 +216,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get(CONFIG_KEY)
     except Exception as exc:
-        raise CSRAError(f"patched_file {path}: not a readable safetensors file ({type(exc).__name__}); write it with csra-posthoc apply --out FILE.safetensors", param="patched_file") from None
+        raise CSRAError(f"patched_file {path}: not a readable safetensors file ({type(exc).__name__}); write it with save_patched (CLI: apply --out FILE.safetensors)", param="patched_file") from None
     if raw is None:
-        raise CSRAError(f"patched_file {path}: a safetensors file without a csra-posthoc config; write it with csra-posthoc apply --out FILE.safetensors", param="patched_file")
+        raise CSRAError(f"patched_file {path}: a safetensors file without a csra-posthoc config; write it with save_patched (CLI: apply --out FILE.safetensors)", param="patched_file")
     config = json.loads(raw)
     if config.get("format") != FORMAT or int(config.get("format_version", 0)) > FORMAT_VERSION:
         raise CSRAError(f"patched_file {path}: format {config.get('format')} v{config.get('format_version')} is not one this version reads", param="patched_file")

@@ -228,7 +228,7 @@ def run_predict(
     if json_out is not None and Path(json_out).is_dir():
         raise CSRAError(f"json_out {json_out}: is a directory; give a file name", param="json_out")
     if temperature is not None and heads is not None:
-        raise CSRAError("temperature and --heads: give one of them", param="temperature")
+        raise CSRAError("temperature and `heads`: give one of them", param="temperature")
     if lam is not None:
         check_lam(lam)
     if temperature is not None or heads is not None:
@@ -236,19 +236,19 @@ def run_predict(
     expand_images(images)  # missing paths fail before any model is built
     if patched_file is not None:
         if transform != "auto":
-            raise CSRAError("transform with --patched: the file stores the preprocessing it was applied with; drop --transform", param="transform")
+            raise CSRAError("transform with --patched: the file stores the preprocessing it was applied with; drop `transform`", param="transform")
         patched = load_patched_for_predict(patched_file, model, checkpoint, pretrained, random_init, head_file, img_size)
         if not isinstance(patched, PatchedModel) and (compare or lam is not None or temperature is not None or heads is not None):
             raise CSRAError(
                 f"patched_file {patched_file}: an exported {patched.format} file has lam fixed and no baseline; "
-                "use the .safetensors file apply writes for --compare / --lam / --temperature / --heads"
+                "use the .safetensors file apply writes for `compare` / `lam` / `temperature` / `heads`"
             , param="patched_file")
         if lam is not None or temperature is not None or heads is not None:  # the file's classifier, other settings
             patched.set_settings(lam, temperature, heads)
             console.print(f"[yellow]note:[/] settings of {patched_file} overridden: {patched.head.extra_repr()}")
     else:
         if model is None:
-            raise CSRAError("predict needs --model ARCH with --checkpoint / --pretrained, or --patched FILE.safetensors")
+            raise CSRAError("predict needs `model` with `checkpoint` / `pretrained`, or `patched_file` (a .safetensors file)", param="model")
         patched = patched_from_model(model, checkpoint, pretrained, random_init, head_file, lam, temperature, heads, img_size, transform)
     results = predict_images(
         patched, images, threshold=threshold, top_k=top_k, classes=classes, batch_size=batch_size, device=device, compare=compare, console=console
@@ -295,8 +295,8 @@ def load_patched_for_predict(path, model, checkpoint, pretrained, random_init, h
     if fmt is None:
         raise CSRAError(f"patched_file {path}: give a file written by apply (.safetensors, .onnx, .pt2 or .ts)", param="patched_file")
     if checkpoint is not None or pretrained or random_init or head_file is not None or img_size is not None:
-        raise CSRAError("patched_file FILE holds the weights, head and input size: drop --checkpoint / --pretrained / --random-init / --head-file / --img-size", param="patched_file")
+        raise CSRAError("patched_file FILE holds the weights, head and input size: drop `checkpoint` / `pretrained` / `random_init` / `head_file` / `img_size`", param="patched_file")
     patched = load_patched(path) if fmt == "safetensors" else ExportedModel(path)
     if model is not None and model != patched.config["model"]:
-        raise CSRAError(f"patched_file {path} holds {patched.config['model']}, not --model {model}", param="patched_file")
+        raise CSRAError(f"patched_file {path} holds {patched.config['model']}, not model={model}", param="patched_file")
     return patched

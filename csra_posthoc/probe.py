@@ -135,7 +135,7 @@ def _load_cached_head(path: Path) -> tuple[LocationHead, ProbeInfo]:
         head, meta = _head_from(tensors, metadata)
         return head, ProbeInfo(**meta["probe"])
     except Exception as exc:
-        raise CSRAError(f"probe cache file {path} is stale or damaged ({type(exc).__name__}); delete it or recompute it (recompute=True)", param="recompute") from None
+        raise CSRAError(f"probe cache file {path} is stale or damaged ({type(exc).__name__}); delete it or re-run with recompute=True", param="recompute") from None
 
 
 def fit_probe(

@@ -69,7 +69,7 @@ def test_other_layouts_through_ann_file_and_image_dir(tmp_path: Path) -> None:
 
 def test_missing_image_is_named_or_skipped_and_counted(coco: Path) -> None:
     (coco / "val2014" / "COCO_val2014_000000000009.jpg").unlink()
-    with pytest.raises(CSRAError, match="COCO_val2014_000000000009.jpg: image listed in .*--skip-missing"):
+    with pytest.raises(CSRAError, match="COCO_val2014_000000000009.jpg: image listed in .*skip_missing=True"):
         load_dataset("coco2014", coco)
     images = load_dataset("coco2014", coco, skip_missing=True)
     assert images.ids == ["7", "42"]
@@ -91,13 +91,13 @@ def _annotations(annotations: list[dict]):
 @pytest.mark.parametrize(
     ("rewrite", "kwargs", "match"),
     [
-        (None, {"split": "train"}, "no annotations/instances_train2014.json for --split train"),
-        (None, {"ann_file": "nope.json"}, "--ann-file .*nope.json: no such annotation file"),
+        (None, {"split": "train"}, "no annotations/instances_train2014.json for split=train"),
+        (None, {"ann_file": "nope.json"}, "ann_file .*nope.json: no such annotation file"),
         (_truncated, {}, "not valid JSON \\(line 1"),
         (_no_categories, {}, "the file has no 'categories' key"),
         (_annotations([{"image_id": 42}]), {}, "annotations\\[0\\] has no 'category_id' key"),
         (_annotations([{"image_id": 5, "category_id": 1}]), {}, "points at image_id 5"),
-        (None, {"difficult": "positive"}, "--difficult does not apply to --dataset coco2014"),
+        (None, {"difficult": "positive"}, "difficult does not apply to dataset=coco2014"),
     ],
     ids=["no-split-file", "no-ann-file", "truncated-json", "no-categories", "no-category-id", "unknown-image-id", "difficult"],
 )

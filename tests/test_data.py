@@ -47,16 +47,16 @@ def test_voc_accepts_three_layouts(tmp_path: Path, layout: str) -> None:
 
 def test_voc_custom_classes_and_errors(tmp_path: Path) -> None:
     write_voc(tmp_path, {"x": [("sneaker", 0)], "y": [("bag", 0), ("sneaker", 1)]})
-    with pytest.raises(CSRAError, match="class 'sneaker' is not in the class list; pass --classes"):
+    with pytest.raises(CSRAError, match="class 'sneaker' is not in the class list; pass `classes`"):
         load_dataset("voc2007", tmp_path)
     images = load_dataset("voc2007", tmp_path, classes=["bag", "sneaker"])
     assert images.labels.tolist() == [[0, 1], [1, -1]]
-    with pytest.raises(CSRAError, match="--split trainval: no split file"):
+    with pytest.raises(CSRAError, match="split trainval: no split file"):
         load_dataset("voc2007", tmp_path, split="trainval", classes=["bag", "sneaker"])
     with pytest.raises(CSRAError, match="no such directory"):
         load_dataset("voc2007", tmp_path / "nope")
     (tmp_path / "VOCdevkit/VOC2007/JPEGImages/x.jpg").unlink()
-    with pytest.raises(CSRAError, match="x.jpg: image listed in .*test.txt does not exist .*--skip-missing"):
+    with pytest.raises(CSRAError, match="x.jpg: image listed in .*test.txt does not exist .*skip_missing=True"):
         load_dataset("voc2007", tmp_path, classes=["bag", "sneaker"])
     kept = load_dataset("voc2007", tmp_path, classes=["bag", "sneaker"], skip_missing=True)
     assert kept.ids == ["y"] and any("1 images listed in test.txt are missing" in n for n in kept.notes)

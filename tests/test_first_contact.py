@@ -252,7 +252,7 @@ def test_pretrained_without_network_fails_fast_in_one_line(voc_dir: Path, tmp_pa
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     start = time.perf_counter()
     res = runner.invoke(app, ["sweep", "--model", "resnet10t", "--pretrained", "--dataset", "voc2007", "--data-dir", str(voc_dir)])
-    one_line_error(res, "--model resnet10t --pretrained", "HF_HUB_OFFLINE", "--checkpoint PATH")
+    one_line_error(res, "--model resnet10t --pretrained", "HF_HUB_OFFLINE", "pass --checkpoint")
     assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1
     assert time.perf_counter() - start < 15
 

@@ -77,9 +77,9 @@ def test_generic_folder_and_split_selection(tmp_path: Path) -> None:
     assert load_dataset("folder", tmp_path, split="train").split == "train"
     wide = load_dataset("folder", tmp_path, classes=["x", "b", "a"])  # a head's class order, a superset
     assert wide.labels.argmax(1).tolist() == [2, 2, 1]
-    with pytest.raises(CSRAError, match="folder 'a' is not in --classes"):
+    with pytest.raises(CSRAError, match="folder 'a' is not in `classes`"):
         load_dataset("folder", tmp_path, classes=["b"])
-    with pytest.raises(CSRAError, match="--split test: no folder"):
+    with pytest.raises(CSRAError, match="split test: no folder"):
         load_dataset("folder", tmp_path, split="test")
     (tmp_path / "val" / "c").mkdir()
     with pytest.raises(CSRAError, match="Found no valid file for the classes c"):

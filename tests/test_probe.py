@@ -57,7 +57,7 @@ def test_probe_head_identity_cache_and_saved_head(split_voc: Path, isolated_cach
 
 def test_probe_errors(split_voc: Path, voc_dir: Path) -> None:
     test = load_dataset("voc2007", voc_dir)  # this fixture has no trainval.txt
-    with pytest.raises(CSRAError, match="head='probe' needs a training split: --split trainval"):
+    with pytest.raises(CSRAError, match="head='probe' needs a training split: split trainval"):
         load_training_split("voc2007", voc_dir, None, None, test)
     with pytest.raises(CSRAError, match="train_labels=FILE.csv"):
         load_training_split("csv", voc_dir, None, None, test)

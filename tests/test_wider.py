@@ -91,11 +91,11 @@ def test_bad_input(wider: Path, tmp_path: Path) -> None:
     with pytest.raises(CSRAError, match="must be 14 values of 1, -1 or 0"):
         load_dataset("wider", wider)
     (wider / "Image" / "1--Handshaking" / "1_Handshaking_2.jpg").unlink()
-    with pytest.raises(CSRAError, match="1_Handshaking_2.jpg: image listed in .*--skip-missing"):
+    with pytest.raises(CSRAError, match="1_Handshaking_2.jpg: image listed in .*skip_missing=True"):
         load_dataset("wider", wider)
     images = load_dataset("wider", wider, skip_missing=True)
     assert len(images) == 2 and any("1 images listed" in n for n in images.notes)
     with pytest.raises(CSRAError, match="no such annotation file"):
         load_dataset("wider", wider, split="trainval")
-    with pytest.raises(CSRAError, match="--keep-empty does not apply to --dataset wider"):
+    with pytest.raises(CSRAError, match="keep_empty does not apply to dataset=wider"):
         load_dataset("wider", wider, keep_empty=True)

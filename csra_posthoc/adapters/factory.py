@@ -59,13 +59,13 @@ def _check_timm_name(arch: str) -> None:
 
         close = timm.list_models(f"*{arch}*")[:5] or difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.75)
         hint = f"; did you mean {', '.join(close)}?" if close else "; list them with python -c 'import timm; print(timm.list_models())'"
-        raise CSRAError(f"--model {arch}: unknown timm model{hint}", param="model")
+        raise CSRAError(f"model {arch}: unknown timm model{hint}", param="model")
     if "." in arch:  # arch.tag: timm knows the arch, but the tag must be one of its pretrained tags
         base, tag = arch.split(".", 1)
         known = timm.list_pretrained(f"{base}.*")
         if arch not in known:
             shown = ", ".join(known[:5]) + (", ..." if len(known) > 5 else "")
-            raise CSRAError(f"--model {arch}: timm has no pretrained tag {tag!r} for {base}; known: {shown or 'none'}", param="model")
+            raise CSRAError(f"model {arch}: timm has no pretrained tag {tag!r} for {base}; known: {shown or 'none'}", param="model")
 
 
 def _create_timm(arch: str, pretrained: bool, num_classes: int | None) -> nn.Module:
@@ -110,7 +110,7 @@ def load_model(
     benchmarks only: numbers from it mean nothing).
     """
     if sum([checkpoint is not None, pretrained, random_init]) != 1:
-        raise CSRAError("--model needs exactly one weight source: --checkpoint PATH, --pretrained or --random-init")
+        raise CSRAError("model needs exactly one weight source: `checkpoint` (a path), pretrained=True or random_init=True", param="model")
     is_tv = name.startswith(TORCHVISION_PREFIX)
     arch = name[len(TORCHVISION_PREFIX) :] if is_tv else name
     create = _create_torchvision if is_tv else _create_timm

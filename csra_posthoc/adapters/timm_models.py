@@ -61,7 +61,7 @@ def _linear(module: nn.Module, name: str) -> nn.Module:
         return module
     raise CSRAError(
         f"model {name}: classifier is {type(module).__name__}, not a linear layer, so it cannot be applied "
-        "per location (num_classes=0 models have no head: load one with --checkpoint)"
+        "per location (num_classes=0 models have no head: load one with `checkpoint`)"
     )
 
 

@@ -80,7 +80,7 @@ def load_dataset(dataset: str, data_dir: str | Path, options: DataOptions | None
         raise AssertionError(f"loader of {dataset} disagrees with its registry entry (single_label, unknown)")
     if opts.max_images is not None:
         if opts.max_images < 1:
-            raise CSRAError(f"--max-images {opts.max_images}: must be >= 1", param="max_images")
+            raise CSRAError(f"max_images {opts.max_images}: must be >= 1", param="max_images")
         from .subset import subset
 
         images = subset(images, opts.max_images, opts.subset_seed)

@@ -103,9 +103,13 @@ def _content_stamp(path: Path, chunk: int = 1 << 20) -> str:
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
-def load_rgb(path: Path) -> Image.Image:
+def load_rgb(path: Path, draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode an image as 8-bit RGB (raises OSError / UnidentifiedImageError for broken files,
     ``Image.DecompressionBombError`` above PIL's limit).
+
+    ``draft`` ``(w, h)``: let a JPEG decode at 1/2, 1/4 or 1/8 scale (DCT domain) while both sides
+    stay >= ``(w, h)``; no effect on other formats or when the image is under twice that size.
+    Changes the pixels: see :mod:`csra_posthoc.data.decode`, which picks ``(w, h)``.
 
     High-bit-depth images are scaled, not clipped (``convert("RGB")`` would saturate a 16-bit PNG):
     16-bit integers (modes ``I;16*``, and ``I`` holding values above 255) map 0..65535 to 0..255;
@@ -115,6 +119,8 @@ def load_rgb(path: Path) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(path) as im:
+            if draft is not None and im.format == "JPEG":
+                im.draft("RGB", draft)
             if im.mode in _SIXTEEN_BIT or im.mode in ("I", "F"):
                 return _high_bit_depth_to_rgb(im)
             return im.convert("RGB")
@@ -142,7 +148,7 @@ def existing_files(paths: list[Path], skip_missing: bool, listed_in: Path) -> tu
         first = paths[present.index(False)]
         raise CSRAError(
             f"{first}: image listed in {listed_in} does not exist ({missing} of {len(paths)} missing); "
-            "check --data-dir / --image-dir, or pass --skip-missing to go on without them"
+            "check `data_dir` / `image_dir`, or pass skip_missing=True to go on without them"
         )
     notes = [f"{missing} images listed in {listed_in.name} are missing on disk and were skipped (--skip-missing)"] if missing else []
     return present, notes
@@ -158,10 +164,17 @@ class ImageDataset(Dataset):
     (An exception inside a DataLoader worker would reach the user as a wrapped traceback.)
     """
 
-    def __init__(self, images: LabelledImages, transform: Callable[[Image.Image], torch.Tensor], size: int) -> None:
+    def __init__(
+        self,
+        images: LabelledImages,
+        transform: Callable[[Image.Image], torch.Tensor],
+        size: int,
+        loader: Callable[[Path], Image.Image] = load_rgb,
+    ) -> None:
         self.images = images
         self.transform = transform
         self.size = size
+        self.loader = loader  # whole images only: a box is in the full-size image's pixels, so boxes use load_rgb
         self._last: tuple[Path, Image.Image] | None = None  # boxes of one image are consecutive samples
 
     def __len__(self) -> int:
@@ -172,7 +185,7 @@ class ImageDataset(Dataset):
         box = self.images.boxes[index] if self.images.boxes is not None else None
         try:
             if box is None:
-                return index, self.transform(load_rgb(path)), ""
+                return index, self.transform(self.loader(path)), ""
             if self._last is None or self._last[0] != path:
                 self._last = (path, load_rgb(path))
             return index, self.transform(self._last[1].crop(box)), ""

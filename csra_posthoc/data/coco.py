@@ -27,8 +27,8 @@ def find_coco_paths(data_dir: Path, split: str, year: str, ann_file: Path | None
         ann_file = data_dir / "annotations" / f"instances_{split}{year}.json"
         if not ann_file.is_file():
             raise CSRAError(
-                f"--data-dir {data_dir}: no {ann_file.relative_to(data_dir)} for --split {split}; "
-                "check --data-dir / --split, or pass --ann-file"
+                f"data_dir {data_dir}: no {ann_file.relative_to(data_dir)} for split={split}; "
+                "check `data_dir` / `split`, or pass `ann_file`"
             )
     if image_dir is None:
         candidates = (data_dir / f"{split}{year}", data_dir / "images" / f"{split}{year}")
@@ -83,7 +83,7 @@ def load_coco(
     ann_path, images_root = find_coco_paths(
         data_dir, split, year, Path(ann_file) if ann_file else None, Path(image_dir) if image_dir else None
     )
-    coco = _index(read_json(ann_path, "--ann-file"), ann_path)
+    coco = _index(read_json(ann_path, "ann_file"), ann_path)
     cat_ids = sorted(coco.getCatIds())
     column = {cat_id: k for k, cat_id in enumerate(cat_ids)}
     classes = [coco.cats[cat_id]["name"] for cat_id in cat_ids]
@@ -94,7 +94,7 @@ def load_coco(
     kept = [i for i in all_ids if keep_empty or coco.imgToAnns[i]]
     empty = len(all_ids) - len(kept)
     if not kept:
-        raise CSRAError(f"{ann_path}: no image has an annotation (pass --keep-empty to score them anyway)")
+        raise CSRAError(f"{ann_path}: no image has an annotation (pass keep_empty=True to score them anyway)")
     paths = [images_root / coco.imgs[i]["file_name"] for i in kept]
     present, missing_notes = existing_files(paths, skip_missing, ann_path)
     kept, paths = list(compress(kept, present)), list(compress(paths, present))

@@ -17,7 +17,7 @@ def split_root(data_dir: Path, split: str | None, default: str = "val") -> tuple
     if split is not None:
         root = data_dir / split
         if not root.is_dir():
-            raise CSRAError(f"--split {split}: no folder {root}; check --split or --data-dir", param="split")
+            raise CSRAError(f"split {split}: no folder {root}; check `split` or `data_dir`", param="split")
         return root, split
     if (data_dir / default).is_dir():
         return data_dir / default, default
@@ -62,7 +62,7 @@ def load_image_folder(data_dir: str | Path, split: str | None = None, classes: l
     index = {c: k for k, c in enumerate(classes)}
     unknown = [f for f in folders if f not in index]
     if unknown:
-        raise CSRAError(f"{root}: folder '{unknown[0]}' is not in --classes ({len(unknown)} such folders)")
+        raise CSRAError(f"{root}: folder '{unknown[0]}' is not in `classes` ({len(unknown)} such folders)")
     samples = folder_samples(root, {f: index[f] for f in folders})
     return LabelledImages(
         dataset="folder",

@@ -33,7 +33,7 @@ def find_label_file(data_dir: Path, root: Path) -> Path:
                 return candidate
     raise CSRAError(
         f"{root}: a flat ImageNet folder needs its labels: put LOC_val_solution.csv or the devkit "
-        f"({DEVKIT_DATA}/) in {data_dir}, or pass --labels FILE"
+        f"({DEVKIT_DATA}/) in {data_dir}, or pass `labels` (a label file)"
     )
 
 
@@ -101,7 +101,7 @@ def load_imagenet(
         unknown = [f for f in folders if f not in index]
         if unknown:
             raise CSRAError(f"{root}: folder '{unknown[0]}' is not an ImageNet-1k wnid ({len(unknown)} such folders); "
-                "the layout is <split>/<wnid>/<image>, or a flat <split>/ with --labels")
+                "the layout is <split>/<wnid>/<image>, or a flat <split>/ with `labels`")
         samples = folder_samples(root, {f: index[f] for f in folders})
         ids = [str(p.relative_to(root)) for p, _ in samples]
         paths, targets = [p for p, _ in samples], [k for _, k in samples]

@@ -9,17 +9,17 @@ from typing import Any
 from ..errors import CSRAError
 
 
-def read_json(path: Path, flag: str) -> Any:
+def read_json(path: Path, param: str) -> Any:
     """Parse ``path``; a missing or malformed file is one line naming it (and where JSON broke)."""
     if not path.is_file():
-        raise CSRAError(f"{flag} {path}: no such annotation file; check --data-dir or pass {flag}")
+        raise CSRAError(f"{param} {path}: no such annotation file; check `data_dir` or pass `{param}`", param=param)
     try:
         with path.open("rb") as fh:
             return json.load(fh)
     except json.JSONDecodeError as exc:
-        raise CSRAError(f"{flag} {path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        raise CSRAError(f"{param} {path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", param=param) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise CSRAError(f"{flag} {path}: cannot be read ({exc})") from None
+        raise CSRAError(f"{param} {path}: cannot be read ({exc})", param=param) from None
 
 
 def require(obj: Any, key: str, where: str, path: Path, kind: type | tuple[type, ...] | None = None) -> Any:

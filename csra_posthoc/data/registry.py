@@ -110,7 +110,7 @@ def dataset_entry(dataset: str) -> DatasetEntry:
     """The registry entry of ``dataset``; an unknown name is refused in one line."""
     entry = REGISTRY.get(dataset)
     if entry is None:
-        raise CSRAError(f"--dataset {dataset}: unknown; choose one of {', '.join(DATASET_NAMES)}", param="dataset")
+        raise CSRAError(f"dataset {dataset}: unknown; choose one of {', '.join(DATASET_NAMES)}", param="dataset")
     return entry
 
 
@@ -132,9 +132,6 @@ def check_options(entry: DatasetEntry, opts: DataOptions) -> None:
     """Refuse options the dataset would silently ignore."""
     for name in options_given(opts):
         if name not in entry.options:
-            takes = ", ".join(sorted(_flag(o) for o in entry.options)) or "none of them"
-            raise CSRAError(f"{_flag(name)} does not apply to --dataset {entry.name} (it takes {takes})", param=name)
+            takes = ", ".join(f"`{o}`" for o in sorted(entry.options)) or "none of them"
+            raise CSRAError(f"{name} does not apply to dataset={entry.name} (it takes {takes})", param=name)
 
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")

@@ -40,7 +40,7 @@ def transform_description(
 ) -> dict[str, Any]:
     """The plain-dict description of :func:`eval_transform`'s choice (cache key and report), torch-free."""
     if choice not in TRANSFORM_CHOICES:
-        raise CSRAError(f"--transform {choice}: choose auto, square or crop", param="transform")
+        raise CSRAError(f"transform {choice}: choose auto, square or crop", param="transform")
     size = int(img_size or cfg.input_size)
     if choice == "crop" or (choice == "auto" and single_label):
         return {

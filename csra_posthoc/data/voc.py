@@ -26,7 +26,7 @@ def find_voc_root(data_dir: Path, year: str) -> Path:
         if (candidate / "Annotations").is_dir() and (candidate / "JPEGImages").is_dir():
             return candidate
     raise CSRAError(
-        f"--data-dir {data_dir}: no VOC{year} folder with Annotations/ and JPEGImages/ "
+        f"data_dir {data_dir}: no VOC{year} folder with Annotations/ and JPEGImages/ "
         f"(looked in {data_dir}/VOCdevkit/VOC{year}, {data_dir}/VOC{year} and {data_dir})"
     )
 
@@ -41,7 +41,7 @@ def _image_labels(xml_path: Path, index: dict[str, int], difficult: DifficultPol
         name = (obj.findtext("name") or "").strip()
         if name not in index:
             raise CSRAError(
-                f"{xml_path}: class {name!r} is not in the class list; pass --classes / --classes-file with it"
+                f"{xml_path}: class {name!r} is not in the class list; pass `classes` / `classes_file` with it"
             )
         is_difficult = (obj.findtext("difficult") or "0").strip() == "1"
         (hard if is_difficult else plain).add(index[name])
@@ -65,11 +65,11 @@ def load_voc(
     unknown for that class under ``difficult='ignore'``, as the VOC devkit does)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise CSRAError(f"--data-dir {data_dir}: no such directory", param="data_dir")
+        raise CSRAError(f"data_dir {data_dir}: no such directory", param="data_dir")
     root = find_voc_root(data_dir, year)
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
-        raise CSRAError(f"--split {split}: no split file {split_file}; check --split or --data-dir", param="split")
+        raise CSRAError(f"split {split}: no split file {split_file}; check `split` or `data_dir`", param="split")
     ids = [ln.split()[0] for ln in split_file.read_text().splitlines() if ln.strip()]
     if not ids:
         raise CSRAError(f"{split_file}: lists no images")

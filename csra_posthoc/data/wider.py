@@ -75,7 +75,7 @@ def load_wider(
     images_root = Path(image_dir) if image_dir else data_dir / "Image"
     if not images_root.is_dir():
         raise CSRAError(f"image_dir {images_root}: no such directory (WIDER-Attribute keeps its images in Image/)", param="image_dir")
-    data = read_json(ann_path, "--ann-file")
+    data = read_json(ann_path, "ann_file")
     entries = require(data, "images", "the file", ann_path, list)
 
     files = [require(e, "file_name", f"images[{i}]", ann_path, str) for i, e in enumerate(entries)]

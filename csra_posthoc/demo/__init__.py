@@ -46,7 +46,7 @@ def run_demo(
     console = console or report_console()
     start = time.perf_counter()
     if num_train < 20 or num_test < 20 or img_size < 64:
-        raise CSRAError("demo: --num-train and --num-test must be >= 20 and --img-size >= 64")
+        raise CSRAError("demo: `num_train` and `num_test` must be >= 20 and `img_size` >= 64")
     options = replace(options or ExtractOptions(), img_size=img_size)
     grid, probe = SweepOptions(metrics=tuple(metrics)), ProbeOptions()
     validate_sweep_args(options, grid, probe, OutputOptions(out=out, save_scores_to=save_scores_to, plot=plot))

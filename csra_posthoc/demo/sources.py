@@ -93,7 +93,7 @@ def locate_item_source(data_dir: str | Path | None = None) -> SourceLocation:
     if data_dir is not None:
         folder = Path(data_dir)
         if not _has_idx(folder):
-            raise CSRAError(f"--data-dir {folder}: no Fashion-MNIST idx files (t10k-images-idx3-ubyte[.gz], ...) there")
+            raise CSRAError(f"data_dir {folder}: no Fashion-MNIST idx files (t10k-images-idx3-ubyte[.gz], ...) there")
         return SourceLocation("fashion-mnist", str(folder), FASHION_CLASSES, folder)
     env = os.environ.get("FASHION_MNIST")
     for folder in filter(None, [env, str(DEBIAN_FASHION_MNIST)]):

@@ -27,6 +27,27 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     """AP per class of ``scores`` ``(N, C)`` against ``labels`` ``(N, C)`` in {1, 0, -1}.
 
     Returns a float64 tensor ``(C,)``; classes with no positive get NaN (undefined, left out of
+    the mean by :func:`mean_average_precision`). On CPU: one numpy sort per class
+    (:class:`~csra_posthoc.metrics.batched.MultilabelEvaluator`); elsewhere torch ops.
+    """
+    if scores.shape != labels.shape or scores.dim() != 2:
+        raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(labels.shape)} must both be (N, C)")
+    if scores.device.type != "cpu":
+        return average_precision_torch(scores, labels)
+    from .batched import MultilabelEvaluator, check_finite
+
+    ev = MultilabelEvaluator(labels)
+    prepared = ev.prepare(scores)
+    check_finite(prepared)
+    return torch.from_numpy(ev.average_precision(prepared))
+
+
+def average_precision_torch(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """:func:`average_precision` in torch ops (any device): the reference and the GPU path.
+
+    AP per class of ``scores`` ``(N, C)`` against ``labels`` ``(N, C)`` in {1, 0, -1}.
+
+    Returns a float64 tensor ``(C,)``; classes with no positive get NaN (undefined, left out of
     the mean by :func:`mean_average_precision`).
     """
     if scores.shape != labels.shape or scores.dim() != 2:

@@ -32,20 +32,9 @@ def predicted_positive(scores: torch.Tensor, threshold: float = 0.5, top_k: int 
     return pred
 
 
-def thresholded_metrics(
-    scores: torch.Tensor,
-    labels: torch.Tensor,
-    threshold: float = 0.5,
-    top_k: int | None = None,
-    unknown: UnknownPolicy = "exclude",
-) -> dict[str, float]:
-    """CP, CR, CF1, OP, OR, OF1 in percent for ``scores`` and ``labels`` ``(N, C)``."""
-    pred = predicted_positive(scores, threshold, top_k)
-    positive = labels == 1
-    counted = labels != -1 if unknown == "exclude" else torch.ones_like(positive)
-    tp = (pred & positive).sum(0).double()
-    n_pred = (pred & counted).sum(0).double()
-    n_gt = positive.sum(0).double()
+def metrics_from_counts(tp: torch.Tensor, n_pred: torch.Tensor, n_gt: torch.Tensor) -> dict[str, float]:
+    """CP, CR, CF1, OP, OR, OF1 in percent from per-class counts ``(C,)`` (float64): the one formula
+    both the torch and the numpy evaluation use."""
     classes = n_gt > 0
     if not classes.any():
         raise ValueError("no class has a positive label: CP/CR are undefined")
@@ -56,3 +45,36 @@ def thresholded_metrics(
     or_ = tp.sum() / n_gt.sum()
     out = {"CP": cp, "CR": cr, "CF1": _f1(cp, cr), "OP": op, "OR": or_, "OF1": _f1(op, or_)}
     return {k: float(v) * 100.0 for k, v in out.items()}
+
+
+def thresholded_metrics_torch(
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    threshold: float = 0.5,
+    top_k: int | None = None,
+    unknown: UnknownPolicy = "exclude",
+) -> dict[str, float]:
+    """:func:`thresholded_metrics` in torch ops (any device): the reference and the GPU path."""
+    pred = predicted_positive(scores, threshold, top_k)
+    positive = labels == 1
+    counted = labels != -1 if unknown == "exclude" else torch.ones_like(positive)
+    tp = (pred & positive).sum(0).double()
+    n_pred = (pred & counted).sum(0).double()
+    n_gt = positive.sum(0).double()
+    return metrics_from_counts(tp, n_pred, n_gt)
+
+
+def thresholded_metrics(
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    threshold: float = 0.5,
+    top_k: int | None = None,
+    unknown: UnknownPolicy = "exclude",
+) -> dict[str, float]:
+    """CP, CR, CF1, OP, OR, OF1 in percent for ``scores`` and ``labels`` ``(N, C)`` (numpy on CPU)."""
+    if scores.device.type != "cpu":
+        return thresholded_metrics_torch(scores, labels, threshold, top_k, unknown)
+    from .batched import MultilabelEvaluator
+
+    ev = MultilabelEvaluator(labels, unknown=unknown, threshold=threshold, threads=1)
+    return ev.thresholded(ev.prepare(scores), top_k)

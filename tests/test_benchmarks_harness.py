@@ -1,0 +1,42 @@
+"""`python -m benchmarks`: every module of benchmarks/ is run, and RESULTS.md states machine and figures."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from benchmarks.__main__ import BENCHMARKS, discovered, main, write_results
+from benchmarks.harness import Figure, machine, median_time
+
+
+def test_every_benchmark_module_is_run(capsys) -> None:
+    modules = {p.stem for p in Path("benchmarks").glob("*.py")} - {"__init__", "__main__", "harness"}
+    assert modules <= set(BENCHMARKS) | set(discovered())
+    main(["--list"])
+    assert set(capsys.readouterr().out.split()) == modules
+
+
+def test_results_table_names_the_machine_and_each_figure(tmp_path: Path) -> None:
+    info = machine()
+    assert {"CPU", "cores (os.cpu_count)", "torch threads", "torch", "numpy", "scikit-learn", "date (UTC)"} <= set(info)
+    out = tmp_path / "RESULTS.md"
+    figures = [Figure("sweep_from_cache", "COCO-size default grid", "7.5 s | 40 ms/row"), Figure("ap_ideas", "floor", "28 ms")]
+    write_results(out, info, figures, argparse.Namespace(quick=True, only=["ap_ideas"]), 12.0)
+    text = out.read_text()
+    assert "python -m benchmarks --quick --only ap_ideas" in text
+    assert f"| CPU | {info['CPU']} |" in text
+    assert "| sweep_from_cache | COCO-size default grid | 7.5 s \\| 40 ms/row |" in text  # escaped: a bare "|" would break the table
+
+
+def test_median_time_warms_up_then_takes_the_median() -> None:
+    calls = []
+    seconds, out = median_time(lambda: calls.append(1) or len(calls), repeats=3, warmup=2)
+    assert len(calls) == 5 and out == 5 and seconds >= 0
+
+
+def test_busy_machine_is_flagged_in_the_results() -> None:
+    from benchmarks.__main__ import busy_note
+
+    info = {"load average at start (1, 5, 15 min)": "9.5, 8.0, 7.0", "cores (os.cpu_count)": "2"}
+    assert "busy" in " ".join(busy_note(info))
+    assert busy_note({**info, "load average at start (1, 5, 15 min)": "0.3, 0.2, 0.1"}) == []
