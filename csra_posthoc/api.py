@@ -68,7 +68,9 @@ def load_training_split(
             f"head='probe': the training split's classes differ from the evaluated split's "
             f"({len(train.classes)} vs {len(evaluated.classes)}; same names, same order needed)"
         )
-    shared = set(zip(train.paths, train.boxes or [None] * len(train))) & set(zip(evaluated.paths, evaluated.boxes or [None] * len(evaluated)))
+    train_boxes: list[Any] = train.boxes or [None] * len(train)
+    evaluated_boxes: list[Any] = evaluated.boxes or [None] * len(evaluated)
+    shared = set(zip(train.paths, train_boxes, strict=True)) & set(zip(evaluated.paths, evaluated_boxes, strict=True))
     if shared:
         raise CSRAError(
             f"head='probe': {len(shared)} samples are in both the training split ({train.split}) and the evaluated "

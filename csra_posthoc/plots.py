@@ -68,7 +68,7 @@ def plot_lam_curve(
     softmax = [label for label in lines if label.startswith("softmax")]
     multi = [label for label in lines if label.startswith("heads")]
     for label, points in lines.items():
-        lam, value = zip(*sorted(points))
+        lam, value = zip(*sorted(points), strict=True)
         if label == "max":
             style = {"color": "C0", "linewidth": 2.4, "marker": "o", "markersize": 3.5, "zorder": 3}
         elif label in softmax:  # one colour ramp per family: many variants stay tellable apart
@@ -77,8 +77,8 @@ def plot_lam_curve(
             style = {"color": plt.cm.Oranges(0.35 + 0.6 * multi.index(label) / max(len(multi) - 1, 1)), "linewidth": 1.0, "linestyle": "--", "zorder": 2}
         ax.plot(lam, value, label=label, **style)
     if band:
-        lam = sorted(band)
-        ax.fill_between(lam, [base + band[x].low for x in lam], [base + band[x].high for x in lam], color="C0", alpha=0.18, label="max: baseline + 95 % bootstrap Δ", zorder=1)
+        band_lams = sorted(band)
+        ax.fill_between(band_lams, [base + band[x].low for x in band_lams], [base + band[x].high for x in band_lams], color="C0", alpha=0.18, label="max: baseline + 95 % bootstrap Δ", zorder=1)
     ax.axhline(base, color="0.3", linestyle="--", linewidth=1, label=f"baseline {base:.2f}")
     ax.plot([result.best.lam], [result.best.metrics[p]], marker="*", markersize=14, color="C3", linestyle="none", label=f"best λ={result.best.lam:g} (optimistic)", zorder=4)
     ax.plot([result.fixed.lam], [result.fixed.metrics[p]], marker="D", markersize=7, color="k", linestyle="none", label=f"fixed λ={result.fixed.lam:g}", zorder=4)
@@ -112,7 +112,7 @@ def plot_attention(
     height, width = image.shape[:2]
     axes[0].imshow(image)
     axes[0].set_title("input", fontsize=9)
-    for ax, name, m, b, s in zip(axes[1:], names, maps, baseline, patched):
+    for ax, name, m, b, s in zip(axes[1:], names, maps, baseline, patched, strict=True):
         ax.imshow(image)
         shown = ax.imshow(m, cmap="jet", alpha=0.5, extent=(0, width, height, 0), interpolation="bilinear")
         fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)

@@ -156,7 +156,8 @@ def select_half(
         half = take_images(stats, mask)
         on_half[h] = [(variant, lam, primary_metric(scores, half.labels, single_label)) for variant, lam, scores in candidates(half, lams, temps, heads)]
     base = [next(m for v, lam, m in on_half[h] if lam == 0.0) for h in range(2)]
-    choices, parts = [], []
+    choices: list[Choice] = []
+    parts: list[tuple[torch.Tensor | None, torch.Tensor]] = []
     for chosen, scored in ((0, 1), (1, 0)):
         variant, lam = _best(on_half[chosen])
         score = next(m for v, l2, m in on_half[scored] if v == variant and l2 == lam)
