@@ -131,3 +131,19 @@ def test_too_few_images_for_halves_is_a_note_not_an_error(tmp_path: Path) -> Non
     data = json.loads(out.read_text())
     assert data["held_out"] is None and data["bootstrap"]["n"] == 50 and "held_out" not in data["bootstrap"]
     assert "no held-out row" in res.output and "at least 4 images" in data["uncertainty_notes"][0]
+
+
+def test_compare_reads_what_sweep_writes(voc_dir: Path, tmp_path: Path) -> None:
+    """sweep --out -> compare --csv: the intervals and the held-out figure reach the paper table."""
+    import csv
+
+    out, table = tmp_path / "r.json", tmp_path / "t.csv"
+    assert sweep(voc_dir, "--bootstrap", "100", "--out", str(out)).exit_code == 0
+    res = runner.invoke(app, ["compare", str(out), "--csv", str(table)])
+    assert res.exit_code == 0, res.output
+    (row,) = list(csv.DictReader(table.open()))
+    data = json.loads(out.read_text())
+    assert row["held_out_on"] == "half" and float(row["held_out_delta"]) == pytest.approx(data["held_out"]["delta"])
+    for name in ("best", "fixed", "held_out"):
+        assert float(row[f"{name}_low"]) == pytest.approx(data["bootstrap"][name]["low"])
+        assert float(row[f"{name}_high"]) == pytest.approx(data["bootstrap"][name]["high"])
