@@ -67,7 +67,11 @@ def load_training_split(
             f"head='probe': the training split's classes differ from the evaluated split's "
             f"({len(train.classes)} vs {len(evaluated.classes)}; same names, same order needed)"
         )
-    shared = set(zip(train.paths, train.boxes or [None] * len(train))) & set(zip(evaluated.paths, evaluated.boxes or [None] * len(evaluated)))
+    def samples(images: LabelledImages) -> set[tuple[Path, object]]:
+        boxes: list = images.boxes or [None] * len(images)
+        return set(zip(images.paths, boxes))
+
+    shared = samples(train) & samples(evaluated)
     if shared:
         raise CSRAError(
             f"head='probe': {len(shared)} samples are in both the training split ({train.split}) and the evaluated "

@@ -202,9 +202,9 @@ def bootstrap_deltas(
             draws[name].append(d)
     out = {}
     for name in metrics:
-        d = torch.cat(draws[name]).numpy()
-        d = d[~np.isnan(d)]  # a resample where a held-out half has no positive at all
-        low, high = (np.percentile(d, [2.5, 97.5]).tolist()) if d.size else (float("nan"), float("nan"))
+        values = torch.cat(draws[name]).numpy()
+        values = values[~np.isnan(values)]  # a resample where a held-out half has no positive at all
+        low, high = (np.percentile(values, [2.5, 97.5]).tolist()) if values.size else (float("nan"), float("nan"))
         out[name] = Interval(float(point[name][0]), float(low), float(high))
     return out
 

@@ -110,7 +110,7 @@ def forward_pass(adapter: ModelAdapter, single_label: bool, options: ExtractOpti
         raise CSRAError(f"workers {options.workers}: must be >= 0", param="workers")
     if options.img_size is not None and options.img_size < 16:
         raise CSRAError(f"img_size {options.img_size}: too small (at least 16)", param="img_size")
-    transform, desc = eval_transform(adapter.data_config, options.img_size, single_label, options.transform)  # type: ignore[arg-type]
+    transform, desc = eval_transform(adapter.data_config, options.img_size, single_label, options.transform)
     return ForwardPass(adapter, transform, desc, resolve_device(options.device), options, console)
 
 

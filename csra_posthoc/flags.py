@@ -50,6 +50,8 @@ FLAGS: dict[str, str] = {
     "recompute": "--recompute",
     "transform": "--transform",
     "verify_images": "--verify-images",
+    "decode": "--decode",
+    "backend": "--backend",
     # sweep
     "lams": "--lams",
     "temps": "--temps",

@@ -82,8 +82,8 @@ def plot_lam_curve(
             style = {"color": plt.cm.Oranges(0.35 + 0.6 * multi.index(label) / max(len(multi) - 1, 1)), "linewidth": 1.0, "linestyle": "--", "zorder": 2}
         ax.plot(lam, value, label=label, **style)
     if band:
-        lam = sorted(band)
-        ax.fill_between(lam, [base + band[x].low for x in lam], [base + band[x].high for x in lam], color="C0", alpha=0.18, label="max: baseline + 95 % bootstrap Δ", zorder=1)
+        band_lams = sorted(band)
+        ax.fill_between(band_lams, [base + band[x].low for x in band_lams], [base + band[x].high for x in band_lams], color="C0", alpha=0.18, label="max: baseline + 95 % bootstrap Δ", zorder=1)
     ax.axhline(base, color="0.3", linestyle="--", linewidth=1, label=f"baseline {base:.2f}")
     ax.plot([result.best.lam], [result.best.metrics[p]], marker="*", markersize=14, color="C3", linestyle="none", label=f"best λ={result.best.lam:g} (optimistic)", zorder=4)
     ax.plot([result.fixed.lam], [result.fixed.metrics[p]], marker="D", markersize=7, color="k", linestyle="none", label=f"fixed λ={result.fixed.lam:g}", zorder=4)

@@ -149,7 +149,7 @@ def statistics_location(resolution: Resolution, images, options: ExtractOptions,
 
     cfg = resolution.data_config
     config = DataConfig(**{**cfg, "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])})
-    transform = transform_description(config, options.img_size, images.single_label, options.transform)  # type: ignore[arg-type]
+    transform = transform_description(config, options.img_size, images.single_label, options.transform)
     key = statistics_key(
         model=resolution.name,
         weights_fingerprint=resolution.weights_fingerprint,

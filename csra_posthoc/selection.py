@@ -141,7 +141,8 @@ def select_half(
         for h, mask in enumerate(masks):
             on_half[h].append((variant, lam, primary_metric(scores[mask], labels[mask], single_label)))
     base = [next(m for v, lam, m in on_half[h] if lam == 0.0) for h in range(2)]
-    choices, parts = [], []
+    choices: list[Choice] = []
+    parts: list[tuple[torch.Tensor | None, torch.Tensor]] = []
     for chosen, scored in ((0, 1), (1, 0)):
         variant, lam = _best(on_half[chosen])
         score = next(m for v, l2, m in on_half[scored] if v == variant and l2 == lam)
