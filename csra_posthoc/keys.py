@@ -21,10 +21,10 @@ def statistics_key(
     split: str,
     data_fingerprint: str,
     temperatures: Sequence[float],
-    amp: bool,
+    amp: bool | str,
     keep_maps: bool,
 ) -> str:
-    """Hash of everything that changes the cached statistics."""
+    """Hash of everything that changes the cached statistics (``amp``: False, or the autocast dtype, fp16 / bf16)."""
     from .cache import cache_key
 
     return cache_key(
