@@ -160,7 +160,7 @@ def backbone_batches(
     """
     opts, device, adapter = fp.options, fp.device, fp.adapter
     ctx = ctx or current()
-    part = shard_for(ctx, len(images)) if ctx.active else Shard(0, 1, 0, len(images), len(images))
+    part = shard_for(ctx, len(images), align=fp.options.batch_size) if ctx.active else Shard(0, 1, 0, len(images), len(images))
     dataset: Dataset = ImageDataset(images, fp.transform, fp.size)
     if ctx.active:
         dataset = Subset(dataset, part.indices)
@@ -306,7 +306,7 @@ def compute_statistics(
                 "linear after average pooling on these inputs and CSRA's identity does not hold"
             )
     fields: dict[str, torch.Tensor | None] = {**mine, "maps": torch.cat(maps) if keep_maps else None}
-    part = shard_for(ctx, len(images)) if ctx.active else Shard(0, 1, 0, len(images), len(images))
+    part = shard_for(ctx, len(images), align=fp.options.batch_size) if ctx.active else Shard(0, 1, 0, len(images), len(images))
     gathered = gather_tensors(fields, part, ctx)  # rank order = image order
     if gathered is None:
         return None, max_diff, rel_diff

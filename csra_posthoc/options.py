@@ -71,6 +71,8 @@ class ExtractOptions:
             raise CSRAError(f"workers {self.workers}: must be >= 0", param="workers")
         _choice("transform", self.transform, Transform)
         _choice("amp_dtype", self.amp_dtype, AmpDtype)
+        if self.amp_dtype != "auto" and not self.amp:
+            raise CSRAError(f"amp_dtype {self.amp_dtype} needs amp=True (mixed precision is off)", param="amp_dtype")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise CSRAError(f"device {self.device}: choose auto, cpu or cuda", param="device")
 

@@ -213,7 +213,7 @@ def fit_probe(
         mine = pooled_features(fp, train, ctx)
         if not ctx.active:
             return mine
-        gathered = gather_tensors({"features": mine}, shard_for(ctx, len(train)), ctx)
+        gathered = gather_tensors({"features": mine}, shard_for(ctx, len(train), align=opts.batch_size), ctx)
         return None if gathered is None else gathered["features"]
 
     def fit() -> tuple[LocationHead, ProbeInfo]:

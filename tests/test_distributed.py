@@ -42,6 +42,19 @@ def test_shards_are_disjoint_contiguous_and_cover_every_item(total: int, world: 
     assert max(parts[0].sizes) - min(parts[0].sizes) <= 1
 
 
+@settings(max_examples=200, deadline=None)
+@given(total=st.integers(1, 300), world=st.integers(1, 9), align=st.integers(1, 40))
+def test_aligned_shards_are_whole_batches_and_cover_every_item(total: int, world: int, align: int) -> None:
+    if world > total:
+        return
+    parts = [D.shard(total, r, world, align=align) for r in range(world)]
+    assert [i for p in parts for i in p.indices] == list(range(total))
+    assert [p.count for p in parts] == parts[0].sizes and all(p.count >= 1 for p in parts)
+    if -(-total // align) >= world:  # enough batches: every block starts on a batch boundary
+        assert all(p.start % align == 0 for p in parts)
+    assert {D.lockstep_steps(p, align) for p in parts} == {max(-(-p.count // align) for p in parts)}
+
+
 @pytest.mark.parametrize("total, world, batch, steps", [(7, 2, 2, 2), (8, 2, 4, 1), (9, 4, 2, 2), (5, 1, 5, 1)])
 def test_lockstep_steps_cover_the_largest_shard(total: int, world: int, batch: int, steps: int) -> None:
     parts = [D.shard(total, r, world) for r in range(world)]
