@@ -322,7 +322,7 @@ def gather_tensor(tensor: torch.Tensor, part: Shard, ctx: DistContext, name: str
     _collective(f"gather {name}", ctx, dist.gather, padded, buffers, dst=0)
     if buffers is None:
         return None
-    return torch.cat([buf[:n].cpu() for buf, n in zip(buffers, sizes)])
+    return torch.cat([buf[:n].cpu() for buf, n in zip(buffers, sizes, strict=True)])
 
 
 def gather_tensors(
@@ -522,6 +522,6 @@ def stage(name: str, ctx: DistContext) -> Iterator[None]:
     error: Exception | None = None
     try:
         yield
-    except Exception as exc:  # noqa: BLE001 -- reported to every rank, then re-raised as one line
+    except Exception as exc:
         error = exc
     check_status(name, ctx, error)

@@ -46,7 +46,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CSRAError(f"device {device}: CUDA is not available here (this PyTorch sees no GPU); use device='cpu' or 'auto'", param="device")
+        raise CSRAError(f"device {device}: CUDA is not available here (this PyTorch sees no GPU); use device='cpu' (or device='auto')", param="device")
     if device != "cpu" and not device.startswith("cuda"):
         raise CSRAError(f"--device {device}: choose auto, cpu or cuda", param="device")
     return torch.device(device)

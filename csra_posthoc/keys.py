@@ -7,7 +7,8 @@ the two can never disagree about which cache file holds a run's statistics.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def statistics_key(

@@ -140,7 +140,7 @@ def _child(rank: int, world: int, port: int, timeout_s: float, name: str, out: P
     code = 1
     try:
         code = run(name, out, counts)
-    except BaseException:  # noqa: BLE001 -- a bug's traceback goes to stderr; the exit code says it failed
+    except BaseException:
         import traceback
 
         traceback.print_exc()
@@ -190,8 +190,8 @@ def _cli_child(rank: int, world: int, port: int, timeout_s: float, argv: list[st
         for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
             os.environ.pop(var, None)
     torch.set_num_threads(1)
-    sys.stdout = open(out / f"rank{rank}.stdout", "w")  # noqa: SIM115 -- closed by os._exit's flush below
-    sys.stderr = open(out / f"rank{rank}.stderr", "w")  # noqa: SIM115
+    sys.stdout = open(out / f"rank{rank}.stdout", "w")
+    sys.stderr = open(out / f"rank{rank}.stderr", "w")
     sys.argv = ["csra-posthoc", *argv]
     code = 1
     try:
@@ -201,7 +201,7 @@ def _cli_child(rank: int, world: int, port: int, timeout_s: float, argv: list[st
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # noqa: BLE001 -- a bug: its traceback in the rank's stderr file
+    except BaseException:
         import traceback
 
         traceback.print_exc()

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-from tests import dist_scenarios
 import pytest
 import torch
 from hypothesis import given, settings
@@ -21,6 +20,7 @@ from hypothesis import strategies as st
 
 from csra_posthoc import distributed as D
 from csra_posthoc.errors import CSRAError
+from tests import dist_scenarios
 
 REPO = Path(__file__).resolve().parents[1]
 
