@@ -362,7 +362,7 @@ def extract(
         recompute=recompute,
         load=lambda p: read_cached_statistics(p, key, images, opts.verify_images, fingerprints, out),
         compute=lambda: _compute(fp, images, key, head_fingerprint, ctx),
-        save=lambda stats, p: save_statistics(stats, p),  # looked up at call time (tests replace it)
+        save=lambda stats, p: save_statistics(stats, p) if stats is not None else None,  # looked up at call time (tests replace it)
         console=out,
         waiting_for="extracting the same statistics",
         file_label="cache file",
