@@ -44,6 +44,7 @@ FLAGS: dict[str, str] = {
     "workers": "--workers",
     "device": "--device",
     "amp": "--amp",
+    "amp_dtype": "--amp-dtype",
     "keep_maps": "--keep-maps",
     "cache_dir": "--cache-dir",
     "use_cache": "--no-cache",
