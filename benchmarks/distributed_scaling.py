@@ -99,6 +99,37 @@ def worker(args: argparse.Namespace) -> None:
             Path(args.out).write_text(json.dumps({"wall_s": done - start, "gather_s": done - computed, "status_s": status_s, "threads": torch.get_num_threads()}))
 
 
+def real_worker(args: argparse.Namespace) -> None:
+    """The shipped loop: ``compute_statistics`` (DataLoader decoding JPEGs of a VOC fixture, the
+    shards of whole batches, the per-batch status check, the gather) under this launch."""
+    import torch
+    from rich.console import Console
+
+    from csra_posthoc import load_dataset, load_model
+    from csra_posthoc.distributed import distributed
+    from csra_posthoc.extraction import compute_statistics, forward_pass
+    from csra_posthoc.options import ExtractOptions
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
+    with distributed("cpu") as ctx:
+        images = load_dataset("voc2007", args.data_dir)
+        adapter = load_model(args.model, random_init=True, num_classes=len(images.classes))
+        opts = ExtractOptions(img_size=args.img_size, batch_size=args.batch_size, device="cpu", quiet=True, use_cache=False)
+        fp = forward_pass(adapter, images.single_label, opts, Console(quiet=True))
+        with torch.no_grad():
+            adapter.forward_backbone(torch.zeros(2, 3, args.img_size, args.img_size))  # warm-up, not timed
+        if ctx.active:
+            torch.distributed.barrier()
+        start = time.perf_counter()
+        stats, _, _ = compute_statistics(fp, images, ctx)
+        done = time.perf_counter()
+        if ctx.is_main:
+            assert stats is not None
+            torch.save({k: getattr(stats, k) for k in ("avg", "max", "attn", "logits")}, Path(args.out).with_suffix(".pt"))
+            Path(args.out).write_text(json.dumps({"wall_s": done - start, "gather_s": float("nan"), "status_s": float("nan"), "threads": torch.get_num_threads()}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", default="1,2", help="comma-separated world sizes to compare")
@@ -110,11 +141,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads per rank (0: cores // ranks)")
     parser.add_argument("--status", choices=("batch", "end"), default="batch", help="status collective after every batch or once")
     parser.add_argument("--repeats", type=int, default=2, help="runs per setting; the fastest counts")
+    parser.add_argument("--loop", choices=("synthetic", "real"), default="synthetic",
+                        help="synthetic: in-memory photos, gather / status shares timed; real: the shipped compute_statistics on a VOC fixture of JPEGs")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args)
+        (real_worker if args.loop == "real" else worker)(args)
         return
 
     import torch
@@ -122,12 +156,16 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     rows, reference = [], None
     with tempfile.TemporaryDirectory() as tmp:
+        if args.loop == "real":
+            from csra_posthoc.testing import random_voc_annotations, write_voc
+
+            write_voc(Path(tmp) / "voc", random_voc_annotations(args.images), size=(2 * args.img_size, 2 * args.img_size))
         for world in [int(w) for w in args.ranks.split(",")]:
             best = None
             for rep in range(args.repeats):
                 out = Path(tmp) / f"w{world}_{rep}.json"
                 cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}", __file__, "--worker", f"--out={out}"]
-                cmd += [f"--images={args.images}", f"--img-size={args.img_size}", f"--batch-size={args.batch_size}", f"--model={args.model}", f"--classes={args.classes}", f"--threads={args.threads}", f"--status={args.status}"]
+                cmd += [f"--images={args.images}", f"--img-size={args.img_size}", f"--batch-size={args.batch_size}", f"--model={args.model}", f"--classes={args.classes}", f"--threads={args.threads}", f"--status={args.status}", f"--loop={args.loop}", f"--data-dir={Path(tmp) / 'voc'}"]
                 subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 result = json.loads(out.read_text())
                 if best is None or result["wall_s"] < best["wall_s"]:
@@ -141,7 +179,7 @@ def main() -> None:
             rows.append({"ranks": world, **best, "images_per_s": args.images / best["wall_s"]})
     base = rows[0]["images_per_s"]
     print(f"{args.model} at {args.img_size} px, {args.images} images, batch {args.batch_size}, CPU gloo, {os.cpu_count()} cores (shared machine: noisy)")
-    print(f"status check: {'every batch' if args.status == 'batch' else 'once, after the loop'}")
+    print(f"loop: {args.loop}; status check: {'every batch' if args.status == 'batch' or args.loop == 'real' else 'once, after the loop'}")
     print(f"{'ranks':>5} {'threads/rank':>12} {'img/s':>8} {'speed-up':>8} {'gather %':>8} {'status %':>8} {'max |diff|':>10}")
     for r in rows:
         gather, status = (100 * r[k] / r["wall_s"] for k in ("gather_s", "status_s"))

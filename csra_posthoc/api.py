@@ -68,9 +68,11 @@ def load_training_split(
             f"head='probe': the training split's classes differ from the evaluated split's "
             f"({len(train.classes)} vs {len(evaluated.classes)}; same names, same order needed)"
         )
-    train_boxes: list[Any] = train.boxes or [None] * len(train)
-    evaluated_boxes: list[Any] = evaluated.boxes or [None] * len(evaluated)
-    shared = set(zip(train.paths, train_boxes, strict=True)) & set(zip(evaluated.paths, evaluated_boxes, strict=True))
+    def samples(images: LabelledImages) -> set[tuple[Path, object]]:
+        boxes: list = images.boxes or [None] * len(images)
+        return set(zip(images.paths, boxes, strict=True))
+
+    shared = samples(train) & samples(evaluated)
     if shared:
         raise CSRAError(
             f"head='probe': {len(shared)} samples are in both the training split ({train.split}) and the evaluated "
@@ -97,9 +99,7 @@ def load_selection_split(
         raise CSRAError(f"select_on {select_on}: cannot read that split of {dataset} ({reason}); use half or a split that exists", param="select_on") from None
     if chosen.classes != evaluated.classes:
         raise CSRAError(f"select_on {select_on}: its classes differ from the evaluated split's; choose on a split of the same dataset", param="select_on")
-    chosen_boxes: list[Any] = chosen.boxes or [None] * len(chosen)
-    evaluated_boxes: list[Any] = evaluated.boxes or [None] * len(evaluated)
-    shared = set(zip(chosen.paths, chosen_boxes, strict=True)) & set(zip(evaluated.paths, evaluated_boxes, strict=True))
+    shared = _samples(chosen) & _samples(evaluated)
     if shared:
         raise CSRAError(
             f"select_on {select_on}: {len(shared)} samples are also in the evaluated split ({evaluated.split}), e.g. {sorted(shared, key=str)[0][0]}; "
@@ -108,6 +108,18 @@ def load_selection_split(
         )
     chosen.dataset = evaluated.dataset
     return chosen
+
+
+def _samples(images: LabelledImages) -> set[tuple[Path, object]]:
+    boxes: list = images.boxes or [None] * len(images)
+    return set(zip(images.paths, boxes, strict=True))
+
+
+def statistics_cached(memo_key: str, images: LabelledImages, options: ExtractOptions) -> bool:
+    """Whether :func:`reuse_statistics` would find ``images``' statistics (nothing read, nothing printed)."""
+    cache_dir = resolve_cache_dir(options.cache_dir)
+    memo = read_memo(cache_dir, memo_key)
+    return memo is not None and statistics_location(memo, images, options, cache_dir)[1].is_file()
 
 
 def reuse_statistics(memo_key: str, images: LabelledImages, options: ExtractOptions, console: Console) -> ClassStatistics | None:
@@ -144,7 +156,7 @@ def build_adapter(
     console: Console,
 ) -> ModelAdapter:
     """The model with its own head, or with a probe fitted on ``train``."""
-    adapter = load_model(
+    adapter = _load_model_on_every_rank(
         model,
         checkpoint=checkpoint,
         pretrained=pretrained,
@@ -154,6 +166,44 @@ def build_adapter(
     if train is not None:
         adapter = fit_probe(adapter, train, c=probe_c, options=options, save_head_to=save_head, console=console)
     return adapter
+
+
+def _load_model_on_every_rank(model: str, **kwargs: Any) -> ModelAdapter:
+    """:func:`load_model`; under torchrun rank 0 first (hub weights are downloaded once, the
+    others then read the local copy), and a random init is rank 0's, broadcast bit for bit."""
+    from .distributed import broadcast_state_dict, check_status, current, stage
+
+    ctx = current()
+    if not ctx.active:
+        return load_model(model, **kwargs)
+    adapter: ModelAdapter | None = None
+    if ctx.is_main:
+        with stage("load model", ctx):
+            adapter = load_model(model, **kwargs)
+    else:
+        check_status("load model", ctx)  # rank 0 has the weights in the local cache now
+    with stage("load model", ctx):
+        if adapter is None:
+            adapter = load_model(model, **kwargs)
+    if kwargs.get("random_init"):
+        state = broadcast_state_dict(dict(adapter.state_dict()) if ctx.is_main else None, ctx)
+        adapter.load_state_dict(state)
+    return adapter
+
+
+def sweep_config(
+    source: ModelSource, dataset: str, data_dir: str | Path, parts: dict[str, Any], dataset_label: str | None
+) -> dict[str, Any]:
+    """What every rank of a torchrun launch must agree on (its hash is compared across ranks)."""
+    from dataclasses import asdict, is_dataclass
+
+    from . import __version__
+
+    config: dict[str, Any] = {"version": __version__, "dataset": dataset, "data_dir": str(data_dir), "dataset_label": dataset_label}
+    for name, value in {"source": source, **parts}.items():  # flat keys: a refusal names options.img_size, not a dict
+        fields = asdict(value) if is_dataclass(value) else {"": value}  # type: ignore[arg-type]
+        config.update({f"{name}.{k}" if k else name: v for k, v in fields.items()})
+    return config
 
 
 def run_sweep(
@@ -175,25 +225,47 @@ def run_sweep(
 
     ``probe`` None: the model's own head; else a linear probe fitted on the training split.
     ``sweep_options.fixed_lam`` None: the paper's fixed lam for the model (:func:`paper_fixed_lam`).
+
+    Under torchrun (README: Scaling) every rank calls it with the same arguments (checked): each
+    extracts its shard of the images, rank 0 alone decides cache reuse, writes the cache, sweeps,
+    prints and writes the outputs and returns the JSON dict; the other ranks print nothing and
+    return an empty dict.
     """
+    from .distributed import broadcast_object, current, main_console, shard_for, stage
+
+    ctx = current()
     console = console or report_console()
+    if ctx.active:
+        console = main_console(console)  # rank 0's table only
     opts = options or ExtractOptions()
     grid = sweep_options or SweepOptions()
     outputs = outputs or OutputOptions()
     validate_sweep_args(opts, grid, probe, outputs)
+    if ctx.active:
+        from .distributed import check_config_agreement
+
+        parts = {"data": data, "options": opts, "sweep": grid, "probe": probe, "outputs": outputs}
+        check_config_agreement(sweep_config(source, dataset, data_dir, parts, dataset_label), ctx)
     model, checkpoint, pretrained, random_init = source.model, source.checkpoint, source.pretrained, source.random_init
     if pretrained:  # before the data is read: no network and no local copy is one line, not a minute of retries
         from .hub import require_reachable_weights
 
         require_reachable_weights(model)
-    images = load_dataset(dataset, data_dir, data)
-    if dataset_label:  # a VOC-layout dataset that is not VOC (the demo's mosaics, say)
-        images.dataset = dataset_label
-    select_images = load_selection_split(dataset, data_dir, grid.select_on, images, data)
     train = None
-    if probe is not None:
-        train = load_training_split(dataset, data_dir, probe.train_split, probe.train_labels, images, data)
-        train.dataset = images.dataset
+    with stage("load data", ctx):  # every rank reads the whole list (a shard is a range of it)
+        images = load_dataset(dataset, data_dir, data)
+        if dataset_label:  # a VOC-layout dataset that is not VOC (the demo's mosaics, say)
+            images.dataset = dataset_label
+        select_images = load_selection_split(dataset, data_dir, grid.select_on, images, data)  # before any model work
+        if probe is not None:
+            train = load_training_split(dataset, data_dir, probe.train_split, probe.train_labels, images, data)
+            train.dataset = images.dataset
+    if ctx.active:
+        shard_for(ctx, len(images))  # more ranks than images: refused on every rank, before any work
+        if train is not None:
+            shard_for(ctx, len(train), "training images")
+        if select_images is not None:
+            shard_for(ctx, len(select_images), f"images of select_on {select_images.split}")
     if random_init:
         console.print("[yellow]warning:[/] --random-init: the numbers below measure nothing but the code")
 
@@ -206,29 +278,30 @@ def run_sweep(
     if stamp is not None:
         probe_key = probe_settings(probe_c, train.fingerprint(), opts) if train is not None else None
         memo_key = resolution_key(model, stamp, head, probe_key)
-    stats = None
-    adapter: ModelAdapter | None = None
-    if memo_key is not None and not opts.recompute and save_head is None:
-        stats = reuse_statistics(memo_key, images, opts, console)
-    if stats is None:
+    stats = select_stats = None  # select_stats: the split lam is chosen on (select_on=SPLIT), same model, cached alike
+    with stage("read cache", ctx):
+        if memo_key is not None and not opts.recompute and save_head is None and ctx.is_main:
+            if select_images is None or statistics_cached(memo_key, select_images, opts):  # no model is built only if both are cached
+                stats = reuse_statistics(memo_key, images, opts, console)  # rank 0 decides; the others follow
+                if stats is not None and select_images is not None:
+                    select_stats = reuse_statistics(memo_key, select_images, opts, console)
+                    stats = stats if select_stats is not None else None
+    if broadcast_object(stats is not None, ctx):
+        if not ctx.is_main:
+            return {}
+    else:
         adapter = build_adapter(
             model, images, train, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init,
             head=head, probe_c=probe_c, save_head=save_head, options=opts, console=console,
         )  # fmt: skip
-        stats = extract(adapter, images, opts, console=console)
+        extracted = extract(adapter, images, opts, console=console)
+        select_stats = extract(adapter, select_images, opts, console=console) if select_images is not None else None
+        if extracted is None:  # another rank than 0: its shard is with rank 0 now
+            return {}
+        stats = extracted
         if memo_key is not None:
             write_memo(resolve_cache_dir(opts.cache_dir), memo_key, resolution_of(adapter))
-    select_stats = None
-    if select_images is not None:  # the split lam is chosen on: cached like the evaluated one, same model
-        if memo_key is not None and not opts.recompute and adapter is None:
-            select_stats = reuse_statistics(memo_key, select_images, opts, console)
-        if select_stats is None:
-            if adapter is None:
-                adapter = build_adapter(
-                    model, images, train, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init,
-                    head=head, probe_c=probe_c, save_head=save_head, options=opts, console=console,
-                )  # fmt: skip
-            select_stats = extract(adapter, select_images, opts, console=console)
+    assert stats is not None
     fixed_lam = paper_fixed_lam(stats.info.model) if grid.fixed_lam is None else grid.fixed_lam
     result = sweep(stats, task=stats.info.task, fixed_lam=fixed_lam, lams=grid.lams, temps=grid.temps, heads=grid.heads)
     assess(result, stats, grid, select_stats)

@@ -89,8 +89,8 @@ class WeightedAP:
         self.positive = _csr(cat(pos_cols, np.int64), cat(pos_rows, np.int64), runs, n)
         counts = torch.bincount(self.run_class, minlength=c).tolist() if runs else [0] * c
         ends = np.cumsum(counts).tolist()
-        self.class_bounds = [(e - k, e) for e, k in zip(ends, counts, strict=True) if k]
-        self.last_run = torch.tensor([e - 1 for e, k in zip(ends, counts, strict=True) if k], dtype=torch.int64)
+        self.class_bounds = [(e - k, e) for e, k in zip(ends, counts) if k]
+        self.last_run = torch.tensor([e - 1 for e, k in zip(ends, counts) if k], dtype=torch.int64)
         self.last_run_class = torch.tensor([i for i, k in enumerate(counts) if k], dtype=torch.int64)
 
     def __call__(self, weights: torch.Tensor) -> torch.Tensor:
@@ -189,16 +189,9 @@ def bootstrap_deltas(
     chunk = max(1, min(n, CHUNK_CELLS // max(runs, num_images)))
 
     def deltas(w: torch.Tensor) -> dict[str, torch.Tensor]:
-        base_of: dict[int, torch.Tensor] = {}  # the baseline once per mask (every plain variant shares mask None)
-
-        def baseline_on(mask: torch.Tensor | None) -> torch.Tensor:
-            if id(mask) not in base_of:
-                base_of[id(mask)] = base.mean(w if mask is None else w * mask)
-            return base_of[id(mask)]
-
         out = {}
         for name, ps in metrics.items():
-            per_part = [m.mean(w if mask is None else w * mask) - baseline_on(mask) for mask, m in ps]
+            per_part = [m.mean(w if mask is None else w * mask) - base.mean(w if mask is None else w * mask) for mask, m in ps]
             out[name] = torch.stack(per_part).mean(dim=0)
         return out
 
@@ -209,9 +202,9 @@ def bootstrap_deltas(
             draws[name].append(d)
     out = {}
     for name in metrics:
-        found = torch.cat(draws[name]).numpy()
-        found = found[~np.isnan(found)]  # a resample where a held-out half has no positive at all
-        low, high = (np.percentile(found, [2.5, 97.5]).tolist()) if found.size > 0 else (float("nan"), float("nan"))
+        values = torch.cat(draws[name]).numpy()
+        values = values[~np.isnan(values)]  # a resample where a held-out half has no positive at all
+        low, high = (np.percentile(values, [2.5, 97.5]).tolist()) if values.size else (float("nan"), float("nan"))
         out[name] = Interval(float(point[name][0]), float(low), float(high))
     return out
 

@@ -51,6 +51,7 @@ class StatisticsInfo:
     data_options: dict[str, Any] = field(default_factory=dict)  # the loader's options (LabelledImages.options)
     data_notes: list[str] = field(default_factory=list)
     amp: bool = False
+    amp_dtype: str | None = None  # fp16 | bf16 when amp (options.amp_precision); None without
     device: str | None = None
     cache: CacheInfo = field(default_factory=CacheInfo)  # this run only: not part of to_json
 

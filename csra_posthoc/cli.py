@@ -7,6 +7,7 @@ inside the commands, so ``--help``, ``--version`` and usage errors answer at onc
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -65,20 +66,53 @@ def _ints(flag: str, text: str) -> list[int]:
         raise CSRAError(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,2,4") from None
 
 
-def run_cli(fn, *args, **kwargs):
-    """Turn user errors into one red line and exit code 2; Ctrl-C into exit 130 (nothing half-written)."""
+_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _launched() -> bool:
+    """Whether a launcher (torchrun) set the distributed variables; checked without importing torch."""
+    return any(v in os.environ for v in _LAUNCH_VARS)
+
+
+def run_cli(fn, *args, distributed_device: str | None = None, **kwargs):
+    """Turn user errors into one red line and exit code 2; Ctrl-C into exit 130 (nothing half-written).
+
+    Under torchrun (README: Scaling) a command that supports it (``distributed_device``: its
+    ``--device``) runs inside the process group; every rank exits non-zero on a failure, and
+    only rank 0 prints an error that every rank shares (:func:`~csra_posthoc.distributed.should_print_error`).
+    """
+    main = True
     try:
-        return fn(*args, **kwargs)
+        if not _launched():
+            return fn(*args, **kwargs)
+        from .distributed import distributed, is_main_process, launch_env
+
+        info = launch_env()
+        main = is_main_process()
+        if info is None or info["world_size"] == 1:
+            return fn(*args, **kwargs)
+        if distributed_device is None:
+            raise CSRAError(f"this command runs in one process; under torchrun only sweep splits its work; launch it with python, not torchrun (WORLD_SIZE {info['world_size']})")
+        with distributed(distributed_device):
+            return fn(*args, **kwargs)
     except CSRAError as exc:
         from rich.markup import escape
 
         from .flags import cli_message
 
-        err.print(f"[bold red]error:[/] {escape(cli_message(str(exc), exc.param))}", highlight=False, soft_wrap=True)
+        if not _launched() or _should_print(exc):
+            err.print(f"[bold red]error:[/] {escape(cli_message(str(exc), exc.param))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        err.print(INTERRUPTED)
+        if main:
+            err.print(INTERRUPTED)
         raise typer.Exit(130) from None
+
+
+def _should_print(exc: BaseException) -> bool:
+    from .distributed import should_print_error
+
+    return should_print_error(exc)
 
 
 @app.command("sweep")
@@ -110,7 +144,8 @@ def sweep_cmd(
     batch_size: int = typer.Option(32, "--batch-size"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    amp: bool = typer.Option(False, "--amp", help="mixed precision backbone (the head stays fp32)"),
+    amp: bool = typer.Option(False, "--amp", help="mixed precision backbone (the head stays fp32); dtype: --amp-dtype"),
+    amp_dtype: str = typer.Option("auto", "--amp-dtype", help="autocast dtype: auto (fp16 on CUDA, bf16 on CPU) | fp16 | bf16 (fp16 / bf16 imply --amp)"),
     keep_maps: bool = typer.Option(False, "--keep-maps", help="also cache full per-location scores in float16 (any --temps then works)"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="default: $CSRA_POSTHOC_CACHE or the user cache dir"),
     no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the cache"),
@@ -150,7 +185,7 @@ def sweep_cmd(
                 max_images=max_images, subset_seed=subset_seed,
             ),
             options=ExtractOptions(
-                img_size=img_size, batch_size=batch_size, workers=workers, device=device, amp=amp, keep_maps=keep_maps,
+                img_size=img_size, batch_size=batch_size, workers=workers, device=device, amp=amp or amp_dtype != "auto", amp_dtype=amp_dtype, keep_maps=keep_maps,  # type: ignore[arg-type]
                 cache_dir=cache_dir, use_cache=not no_cache, recompute=recompute, transform=transform,  # type: ignore[arg-type]
                 verify_images=verify_images, quiet=quiet,
             ),
@@ -168,7 +203,7 @@ def sweep_cmd(
             outputs=OutputOptions(out=out, save_scores_to=save_scores, plot=plot),
         )
 
-    run_cli(go)
+    run_cli(go, distributed_device=device)
 
 
 @app.command("demo")

@@ -226,6 +226,10 @@ def run_compare(
     for out, render in ((csv_out, to_csv), (markdown_out, to_markdown), (latex_out, to_latex)):
         if out is not None:
             text = render(rows)
-            atomic_write(Path(out), lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
+
+            def write(tmp: str, text: str = text) -> None:
+                Path(tmp).write_text(text, encoding="utf-8")
+
+            atomic_write(Path(out), write)
             console.print(f"wrote {out}")
     return rows

@@ -229,13 +229,17 @@ def should_print_error(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class Shard:
-    """Rank ``rank``'s block ``[start, stop)`` of ``total`` items; ``sizes`` are every rank's block sizes."""
+    """Rank ``rank``'s block ``[start, stop)`` of ``total`` items; ``sizes`` are every rank's block sizes.
+
+    ``align``: blocks are whole runs of ``align`` items (batches), but the last.
+    """
 
     rank: int
     world_size: int
     start: int
     stop: int
     total: int
+    align: int = 1
 
     @property
     def count(self) -> int:
@@ -247,26 +251,38 @@ class Shard:
 
     @property
     def sizes(self) -> list[int]:
-        base, extra = divmod(self.total, self.world_size)
-        return [base + (r < extra) for r in range(self.world_size)]
+        return [_block(self.total, r, self.world_size, self.align)[1] - _block(self.total, r, self.world_size, self.align)[0] for r in range(self.world_size)]
 
 
-def shard(total: int, rank: int = 0, world_size: int = 1, what: str = "images") -> Shard:
+def _block(total: int, rank: int, world_size: int, align: int) -> tuple[int, int]:
+    units = -(-total // align)
+    base, extra = divmod(units, world_size)
+    first = rank * base + min(rank, extra)
+    return min(first * align, total), min((first + base + (rank < extra)) * align, total)
+
+
+def shard(total: int, rank: int = 0, world_size: int = 1, what: str = "images", align: int = 1) -> Shard:
     """Rank ``rank``'s contiguous block of ``total`` items: the first ``total % world_size``
-    ranks take one extra, so no item is dropped or repeated, and rank order is item order."""
+    ranks take one extra, so no item is dropped or repeated, and rank order is item order.
+
+    ``align`` (the batch size): blocks of whole batches, so that every rank's batches are the
+    single process's batches and batch-dependent kernels give bit-identical rows; used when
+    there are at least ``world_size`` batches, else items are spread one by one.
+    """
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} of world size {world_size}")
     if world_size > total:
         most = f"at most {total} process{'es' if total > 1 else ''}" if total else "a single process"
         raise CSRAError(f"world size {world_size} is larger than the {total} {what}; launch {most} (torchrun --nproc-per-node)")
-    base, extra = divmod(total, world_size)
-    start = rank * base + min(rank, extra)
-    return Shard(rank, world_size, start, start + base + (rank < extra), total)
+    if align < 1 or -(-total // align) < world_size:
+        align = 1
+    start, stop = _block(total, rank, world_size, align)
+    return Shard(rank, world_size, start, stop, total, align)
 
 
-def shard_for(ctx: DistContext, total: int, what: str = "images") -> Shard:
+def shard_for(ctx: DistContext, total: int, what: str = "images", align: int = 1) -> Shard:
     """:func:`shard` for this process."""
-    return shard(total, ctx.rank, ctx.world_size, what)
+    return shard(total, ctx.rank, ctx.world_size, what, align)
 
 
 def lockstep_steps(part: Shard, batch_size: int) -> int:
@@ -306,7 +322,7 @@ def gather_tensor(tensor: torch.Tensor, part: Shard, ctx: DistContext, name: str
     _collective(f"gather {name}", ctx, dist.gather, padded, buffers, dst=0)
     if buffers is None:
         return None
-    return torch.cat([buf[:n].cpu() for buf, n in zip(buffers, sizes)])
+    return torch.cat([buf[:n].cpu() for buf, n in zip(buffers, sizes, strict=True)])
 
 
 def gather_tensors(
@@ -506,6 +522,6 @@ def stage(name: str, ctx: DistContext) -> Iterator[None]:
     error: Exception | None = None
     try:
         yield
-    except Exception as exc:  # noqa: BLE001 -- reported to every rank, then re-raised as one line
+    except Exception as exc:
         error = exc
     check_status(name, ctx, error)

@@ -12,7 +12,7 @@ features (:func:`csra_posthoc.probe.pooled_features`) both consume it, through a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,33 +21,44 @@ from typing import Any
 import torch
 import torch.nn as nn
 from rich.console import Console
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .adapters import ModelAdapter
 from .adapters.base import IDENTITY_TOLERANCE, identity_scale
 from .cache import cache_path, cached, resolve_cache_dir, save_statistics
 from .cache import load_statistics as load_statistics
-from .cache import usable_cache_dir as usable_cache_dir  # noqa: F401 (re-exported)
+from .cache import usable_cache_dir as usable_cache_dir
 from .checkpoint import state_dict_fingerprint
+from .class_statistics import CacheInfo, ClassStatistics, StatisticsInfo
 from .data import ImageDataset, LabelledImages
 from .data.transforms import eval_transform
+from .distributed import DistContext, Shard, all_reduce_max, broadcast_object, check_status, current, gather_tensors, lockstep_steps, shard_for, stage
 from .errors import CSRAError, first_line
 from .keys import statistics_key
 from .log import output_console, say
-from .options import ExtractOptions
+from .options import ExtractOptions, amp_precision
 from .progress import progress_bar
 from .scoring import CACHED_TEMPERATURES, location_statistics
-from .class_statistics import CacheInfo, ClassStatistics, StatisticsInfo
 
 
 def resolve_device(device: str) -> torch.device:
+    """``device`` as a torch device; ``cuda`` where CUDA does not exist is one line (no silent CPU fallback)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CSRAError(f"device {device}: CUDA is not available here; use device='cpu' or 'auto'", param="device")
+        raise CSRAError(f"device {device}: CUDA is not available here (this PyTorch sees no GPU); use device='cpu' (or device='auto')", param="device")
     if device != "cpu" and not device.startswith("cuda"):
         raise CSRAError(f"--device {device}: choose auto, cpu or cuda", param="device")
     return torch.device(device)
+
+
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def amp_dtype(options: ExtractOptions, device: torch.device) -> torch.dtype | None:
+    """The backbone's autocast dtype, None without amp (see :func:`csra_posthoc.options.amp_precision`)."""
+    name = amp_precision(options, device.type)
+    return None if name is None else AMP_DTYPES[name]
 
 
 def check_class_count(adapter: ModelAdapter, images: LabelledImages) -> None:
@@ -64,7 +75,7 @@ def extraction_key(
     adapter: ModelAdapter,
     images: LabelledImages,
     transform: dict,
-    amp: bool,
+    amp: bool | str,
     keep_maps: bool,
     verify_images: bool = False,
     head_fingerprint: str | None = None,
@@ -110,7 +121,7 @@ def forward_pass(adapter: ModelAdapter, single_label: bool, options: ExtractOpti
         raise CSRAError(f"workers {options.workers}: must be >= 0", param="workers")
     if options.img_size is not None and options.img_size < 16:
         raise CSRAError(f"img_size {options.img_size}: too small (at least 16)", param="img_size")
-    transform, desc = eval_transform(adapter.data_config, options.img_size, single_label, options.transform)  # type: ignore[arg-type]
+    transform, desc = eval_transform(adapter.data_config, options.img_size, single_label, options.transform)
     return ForwardPass(adapter, transform, desc, resolve_device(options.device), options, console)
 
 
@@ -134,79 +145,181 @@ def on_device(module: nn.Module, device: torch.device) -> Iterator[nn.Module]:
         module.train(training)
 
 
-def backbone_batches(fp: ForwardPass, images: LabelledImages, description: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def backbone_batches(
+    fp: ForwardPass, images: LabelledImages, description: str, stage_name: str = "extract", ctx: DistContext | None = None
+) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
     """``(indices, backbone output in fp32)`` per batch, with a progress bar; a broken image is an error.
 
     The one loop over a dataset; the model is on ``fp.device`` (in eval mode) while it runs.
+    Under torchrun each rank loops over its own :func:`~csra_posthoc.distributed.shard` of the
+    images (a ``Subset``: no image padded in twice, unlike ``DistributedSampler``), all ranks the
+    same number of steps, and meets the others in a status check after every batch, so one
+    rank's error (a bad image, out of memory) stops every rank at once as one line. A consumer
+    whose own per-batch work fails throws the error back in (:func:`for_each_batch`) so that it
+    reaches that check too. Indices are positions in ``images`` (the full dataset's).
     """
     opts, device, adapter = fp.options, fp.device, fp.adapter
+    ctx = ctx or current()
+    part = shard_for(ctx, len(images), align=fp.options.batch_size) if ctx.active else Shard(0, 1, 0, len(images), len(images))
+    dataset: Dataset = ImageDataset(images, fp.transform, fp.size)
+    if ctx.active:
+        dataset = Subset(dataset, part.indices)
     loader = DataLoader(
-        ImageDataset(images, fp.transform, fp.size),
+        dataset,
         batch_size=opts.batch_size,
         num_workers=opts.workers,
         shuffle=False,
-        pin_memory=device.type == "cuda",
+        pin_memory=device.type == "cuda",  # page-locked host batches: the copy below overlaps compute
         generator=torch.Generator(),  # the loader draws its workers' base seed from this, not the caller's RNG
     )
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    amp_ctx = torch.autocast(device_type=device.type, dtype=amp_dtype) if opts.amp else nullcontext()
-    with on_device(adapter, device), progress_bar(fp.console, description, total=len(images)) as advance:
-        for index, x, errors in loader:
-            bad = [e for e in errors if e]
-            if bad:
-                raise CSRAError(bad[0])  # names the file and the fix
+    dtype = amp_dtype(opts, device)
+    amp_ctx = torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
+    label = description if not ctx.active else f"{description} [rank 0 of {ctx.world_size}]"
+    with on_device(adapter, device), progress_bar(fp.console, label, total=part.count) as advance:
+        batches = iter(loader)
+        for _ in range(lockstep_steps(part, opts.batch_size)):
+            error: Exception | None = None
             try:
-                with amp_ctx:
-                    raw = adapter.forward_backbone(x.to(device, non_blocking=True))
-            except (RuntimeError, AssertionError, ValueError) as exc:
-                raise CSRAError(
-                    f"model {adapter.info.name} failed on a {tuple(x.shape[1:])} input ({first_line(exc)}); try another img_size",
-                    param="img_size",
-                ) from None
-            yield index, raw.float()
-            advance(len(index))
+                batch = next(batches, None)  # None: this rank's shard is done (it is one image short)
+                if batch is not None:
+                    index, x, errors = batch
+                    bad = [e for e in errors if e]
+                    if bad:
+                        raise CSRAError(bad[0])  # names the file and the fix
+                    try:
+                        with amp_ctx:
+                            raw = adapter.forward_backbone(x.to(device, non_blocking=True))
+                    except (RuntimeError, AssertionError, ValueError) as exc:
+                        if isinstance(exc, torch.OutOfMemoryError):
+                            raise
+                        raise CSRAError(
+                            f"model {adapter.info.name} failed on a {tuple(x.shape[1:])} input ({first_line(exc)}); try another img_size",
+                            param="img_size",
+                        ) from None
+                    yield index, raw.float()
+                    advance(len(index))
+            except Exception as exc:
+                error = exc
+            check_status(stage_name, ctx, error)  # single process: re-raises ``error`` as is
+
+
+def for_each_batch(
+    batches: Generator[tuple[torch.Tensor, torch.Tensor], None, None], fn: Callable[[torch.Tensor, torch.Tensor], None]
+) -> None:
+    """Feed every batch of :func:`backbone_batches` to ``fn``; an error in ``fn`` is thrown back
+    into the loop, so under torchrun the other ranks stop at once instead of at the timeout."""
+    for index, raw in batches:
+        try:
+            fn(index, raw)
+        except Exception as exc:
+            batches.throw(exc)
+            raise  # not reached: the loop re-raises what it is thrown
+
+
+FLUSH_EVERY = 8  # batches of statistics kept on the device between two copies to the host
+
+
+class _Rows:
+    """Per-batch statistics gathered on the compute device and moved to the host every
+    :data:`FLUSH_EVERY` batches with non-blocking copies: no host sync per batch, and the device
+    holds a few batches of statistics (small: ``B x C x 10`` floats each), never the whole split.
+    The non-finite check runs at each flush, on the device, naming the first bad image."""
+
+    def __init__(self, names: tuple[str, ...], device: torch.device, on_bad: Callable[[int], None]) -> None:
+        self.names, self.device, self.on_bad = names, device, on_bad
+        self.pending: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        self.host: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        self.indices: list[torch.Tensor] = []  # positions in the dataset of the pending rows
+
+    def add(self, index: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
+        for n in self.names:
+            self.pending[n].append(values[n])
+        self.indices.append(index)
+        if len(self.indices) >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.indices:
+            return
+        block = {n: torch.cat(self.pending[n]) for n in self.names}
+        finite = torch.isfinite(block["avg"]).all(1) & torch.isfinite(block["max"]).all(1) & torch.isfinite(block["logits"]).all(1)
+        if not bool(finite.all()):  # one sync per flush, not per batch
+            self.on_bad(int(torch.cat(self.indices)[int((~finite).nonzero()[0])]))
+        for n in self.names:
+            self.host[n].append(block[n].to("cpu", non_blocking=True))
+            self.pending[n].clear()
+        self.indices.clear()
+
+    def result(self) -> dict[str, torch.Tensor]:
+        self.flush()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the non-blocking copies have landed
+        return {n: torch.cat(self.host[n]) if self.host[n] else torch.empty(0) for n in self.names}
 
 
 @torch.no_grad()
-def compute_statistics(fp: ForwardPass, images: LabelledImages) -> tuple[ClassStatistics, float, float]:
-    """Run the model over ``images``; returns the statistics and the identity's max abs and relative diffs (no caching)."""
+def compute_statistics(
+    fp: ForwardPass, images: LabelledImages, ctx: DistContext | None = None
+) -> tuple[ClassStatistics | None, float, float]:
+    """Run the model over ``images``; returns the statistics and the identity's max abs and relative diffs (no caching).
+
+    Under torchrun each rank computes its shard and rank 0 receives every rank's rows in the
+    original image order (the statistics equal a single process's); the other ranks get None.
+    """
     adapter, size = fp.adapter, fp.size
-    parts: dict[str, list[torch.Tensor]] = {"avg": [], "max": [], "attn": [], "logits": [], "maps": []}
-    max_diff, max_logit = 0.0, 0.0
-    for index, raw in backbone_batches(fp, images, f"extract {adapter.info.name}"):
-        s, logits = adapter.scores_from_backbone(raw)
-        if not torch.isfinite(s).all() or not torch.isfinite(logits).all():
-            row = int((~torch.isfinite(s)).flatten(1).any(1).nonzero()[0]) if not torch.isfinite(s).all() else 0
-            raise CSRAError(
-                f"model {adapter.info.name} produced NaN/inf scores on {images.paths[int(index[row])]} "
-                f"at input size {size}; check the weights, the input size, or run without amp (amp=False)",
-                param="amp" if fp.options.amp else None,
-            )
-        stats = location_statistics(s)
-        max_diff = max(max_diff, float((stats["avg"] - logits).abs().max()))
-        max_logit = max(max_logit, float(logits.abs().max()))
-        for name in ("avg", "max", "attn"):
-            parts[name].append(stats[name].cpu())
-        parts["logits"].append(logits.cpu())
-        if fp.options.keep_maps:
-            parts["maps"].append(s.half().cpu())
-    rel_diff = max_diff / identity_scale(max_logit)
-    if adapter.info.baseline_source == "model_logits" and rel_diff > IDENTITY_TOLERANCE:
+    ctx = ctx or current()
+    keep_maps = fp.options.keep_maps
+    diff = torch.zeros((), device=fp.device)
+    scale = torch.zeros((), device=fp.device)
+    maps: list[torch.Tensor] = []
+
+    def non_finite(index: int) -> None:
         raise CSRAError(
-            f"model {adapter.info.name}: mean of per-location scores differs from the model's logits by "
-            f"{max_diff:.3g} ({rel_diff:.2g} of the logits' scale, > {IDENTITY_TOLERANCE:g}), so its head is not "
-            "linear after average pooling on these inputs and CSRA's identity does not hold"
+            f"model {adapter.info.name} produced NaN/inf scores on {images.paths[index]} "
+            f"at input size {size}; check the weights, the input size, or run without amp (amp=False)",
+            param="amp" if fp.options.amp else None,
         )
+
+    rows = _Rows(("avg", "max", "attn", "logits"), fp.device, non_finite)
+
+    def one_batch(index: torch.Tensor, raw: torch.Tensor) -> None:
+        nonlocal diff, scale
+        s, logits = adapter.scores_from_backbone(raw)
+        stats = location_statistics(s)
+        diff = torch.maximum(diff, (stats["avg"] - logits).abs().amax())  # on the device: no sync per batch
+        scale = torch.maximum(scale, logits.abs().amax())
+        rows.add(index, {**stats, "logits": logits})
+        if keep_maps:  # the largest tensor: to the host every batch
+            maps.append(s.half().cpu())
+
+    batches = backbone_batches(fp, images, f"extract {adapter.info.name}", "extract", ctx)
+    for_each_batch(batches, one_batch)
+    with stage("extract", ctx):  # the last flush's non-finite check
+        mine = rows.result()
+    max_diff, max_logit = all_reduce_max([float(diff), float(scale)], ctx)  # the whole split's, on every rank
+    rel_diff = max_diff / identity_scale(max_logit)
+    with stage("identity check", ctx):  # the same verdict on every rank: said once
+        if adapter.info.baseline_source == "model_logits" and rel_diff > IDENTITY_TOLERANCE:
+            raise CSRAError(
+                f"model {adapter.info.name}: mean of per-location scores differs from the model's logits by "
+                f"{max_diff:.3g} ({rel_diff:.2g} of the logits' scale, > {IDENTITY_TOLERANCE:g}), so its head is not "
+                "linear after average pooling on these inputs and CSRA's identity does not hold"
+            )
+    fields: dict[str, torch.Tensor | None] = {**mine, "maps": torch.cat(maps) if keep_maps else None}
+    part = shard_for(ctx, len(images), align=fp.options.batch_size) if ctx.active else Shard(0, 1, 0, len(images), len(images))
+    gathered = gather_tensors(fields, part, ctx)  # rank order = image order
+    if gathered is None:
+        return None, max_diff, rel_diff
     result = ClassStatistics(
         ids=list(images.ids),
         classes=list(images.classes),
         labels=images.labels.clone(),
-        avg=torch.cat(parts["avg"]),
-        max=torch.cat(parts["max"]),
-        attn=torch.cat(parts["attn"]),
+        avg=gathered["avg"],  # type: ignore[arg-type]
+        max=gathered["max"],  # type: ignore[arg-type]
+        attn=gathered["attn"],  # type: ignore[arg-type]
         temperatures=CACHED_TEMPERATURES,
-        logits=torch.cat(parts["logits"]),
-        maps=torch.cat(parts["maps"]) if fp.options.keep_maps else None,
+        logits=gathered["logits"],  # type: ignore[arg-type]
+        maps=gathered["maps"],
     )
     return result, max_diff, rel_diff
 
@@ -218,31 +331,44 @@ def extract(
     *,
     console: Console | None = None,
     **overrides,
-) -> ClassStatistics:
+) -> ClassStatistics | None:
     """Statistics for ``adapter`` on ``images``, from the cache when the key matches.
 
     ``overrides`` are :class:`ExtractOptions` fields (``extract(adapter, images, img_size=448)``).
+    Under torchrun every rank calls it; rank 0 alone reads, locks and writes the cache (under the
+    full dataset's key, the single-process one) and returns the statistics; the other ranks
+    extract their shard and return None.
     """
     opts = replace(options or ExtractOptions(), **overrides)
     out = output_console(console, opts.quiet)
     check_class_count(adapter, images)
     fp = forward_pass(adapter, images.single_label, opts, out)
     head_fingerprint = state_dict_fingerprint(adapter.head.state_dict())
-    key = extraction_key(adapter, images, fp.desc, opts.amp, opts.keep_maps, opts.verify_images, head_fingerprint)
+    key = extraction_key(adapter, images, fp.desc, amp_precision(opts, fp.device.type) or False, opts.keep_maps, opts.verify_images, head_fingerprint)
     path = cache_path(resolve_cache_dir(opts.cache_dir), adapter.info.name, images.dataset, images.split, key)
     fingerprints = (adapter.info.weights_fingerprint, head_fingerprint)
+    ctx = current()
+    recompute = opts.recompute
+    if ctx.active:  # rank 0 decides reuse; the others follow (no rank reads or locks the cache but rank 0)
+        reuse = broadcast_object(ctx.is_main and opts.use_cache and not opts.recompute and path.is_file(), ctx)
+        if not ctx.is_main:
+            if not reuse:
+                _compute(fp, images, key, head_fingerprint, ctx)
+            return None
+        recompute = recompute or not reuse  # decided: a file written meanwhile is overwritten, not half-joined
     outcome = cached(
         path,
         use_cache=opts.use_cache,
-        recompute=opts.recompute,
+        recompute=recompute,
         load=lambda p: read_cached_statistics(p, key, images, opts.verify_images, fingerprints, out),
-        compute=lambda: _compute(fp, images, key, head_fingerprint),
-        save=lambda stats, p: save_statistics(stats, p),  # looked up at call time (tests replace it)
+        compute=lambda: _compute(fp, images, key, head_fingerprint, ctx),
+        save=lambda stats, p: save_statistics(stats, p) if stats is not None else None,  # looked up at call time (tests replace it)
         console=out,
         waiting_for="extracting the same statistics",
         file_label="cache file",
     )
     stats = outcome.value
+    assert stats is not None  # rank 0 or a single process
     if not outcome.reused:
         cached_at = str(outcome.path) if outcome.path is not None else None
         stats.info.cache = CacheInfo(cached_at, reused=False, images_key=images_key_name(opts.verify_images) if cached_at else None)
@@ -267,10 +393,12 @@ def read_cached_statistics(
     return stats
 
 
-def _compute(fp: ForwardPass, images: LabelledImages, key: str, head_fingerprint: str) -> ClassStatistics:
-    """The forward pass and the statistics' metadata (the caller decides about caching)."""
+def _compute(fp: ForwardPass, images: LabelledImages, key: str, head_fingerprint: str, ctx: DistContext | None = None) -> ClassStatistics | None:
+    """The forward pass and the statistics' metadata (the caller decides about caching); None on ranks but 0."""
     adapter, opts = fp.adapter, fp.options
-    stats, max_diff, rel_diff = compute_statistics(fp, images)
+    stats, max_diff, rel_diff = compute_statistics(fp, images, ctx)
+    if stats is None:
+        return None
     stats.info = StatisticsInfo(
         key=key,
         model=adapter.info.name,
@@ -291,6 +419,7 @@ def _compute(fp: ForwardPass, images: LabelledImages, key: str, head_fingerprint
         data_notes=list(images.notes),
         data_options=images.options,
         amp=opts.amp,
+        amp_dtype=amp_precision(opts, fp.device.type),
         device=str(fp.device),
     )
     source = "model's logits" if adapter.info.baseline_source == "model_logits" else "model's own logits (patch-average baseline, not enforced)"

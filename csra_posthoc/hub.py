@@ -104,7 +104,7 @@ def cached_weights(arch: str) -> Path | None:
     if cfg.url:
         import torch.hub
 
-        local = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
+        local = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(str(cfg.url)).path).name
         if local.is_file():
             return local
     return None

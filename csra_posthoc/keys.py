@@ -7,7 +7,8 @@ the two can never disagree about which cache file holds a run's statistics.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def statistics_key(
@@ -21,10 +22,10 @@ def statistics_key(
     split: str,
     data_fingerprint: str,
     temperatures: Sequence[float],
-    amp: bool,
+    amp: bool | str,
     keep_maps: bool,
 ) -> str:
-    """Hash of everything that changes the cached statistics."""
+    """Hash of everything that changes the cached statistics (``amp``: False, or the autocast dtype, fp16 / bf16)."""
     from .cache import cache_key
 
     return cache_key(

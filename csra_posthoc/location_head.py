@@ -67,7 +67,7 @@ class LocationHead(nn.Module):
         return LocationHead(weight, bias, self.norm_weight, self.norm_bias, self.norm_eps, self.pooled_norm)
 
     @classmethod
-    def from_linear(cls, linear: nn.Module, norm: nn.Module | None = None) -> "LocationHead":
+    def from_linear(cls, linear: nn.Linear | nn.Conv2d, norm: nn.LayerNorm | nn.Identity | None = None) -> "LocationHead":
         """Build from a ``nn.Linear`` (or 1x1 conv) and an optional pooled ``nn.LayerNorm``."""
         weight = linear.weight.reshape(linear.weight.shape[0], -1)
         if norm is None or isinstance(norm, nn.Identity):

@@ -33,6 +33,7 @@ from .errors import CSRAError
 Transform = Literal["auto", "square", "crop"]  # auto: centre crop for single-label data, else square resize
 Difficult = Literal["ignore", "positive", "negative"]  # VOC difficult objects
 HeadChoice = Literal["model", "probe"]
+AmpDtype = Literal["auto", "fp16", "bf16"]  # auto: fp16 on CUDA, bf16 on CPU
 
 
 def _choice(param: str, value: Any, literal: Any) -> None:
@@ -56,6 +57,7 @@ class ExtractOptions:
     workers: int = 0  # DataLoader worker processes
     device: str = "auto"  # auto | cpu | cuda[:N] (whether cuda exists is checked by validate.check_device)
     amp: bool = False  # backbone under autocast; the head always runs in fp32
+    amp_dtype: AmpDtype = "auto"  # the autocast dtype when amp: fp16, bf16, or auto (fp16 on CUDA, bf16 on CPU)
     keep_maps: bool = False  # also cache full per-location scores
     cache_dir: str | Path | None = None  # None: $CSRA_POSTHOC_CACHE or the user cache dir
     use_cache: bool = True
@@ -71,8 +73,24 @@ class ExtractOptions:
         if self.workers < 0:
             raise CSRAError(f"workers {self.workers}: must be >= 0", param="workers")
         _choice("transform", self.transform, Transform)
+        _choice("amp_dtype", self.amp_dtype, AmpDtype)
+        if self.amp_dtype != "auto" and not self.amp:
+            raise CSRAError(f"amp_dtype {self.amp_dtype} needs amp=True (mixed precision is off)", param="amp_dtype")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise CSRAError(f"device {self.device}: choose auto, cpu or cuda", param="device")
+
+
+def amp_precision(options: ExtractOptions, device_type: str) -> str | None:
+    """The autocast dtype a run uses, ``fp16`` or ``bf16``; None without ``amp``.
+
+    ``auto`` is fp16 on CUDA (tensor cores, the usual choice) and bf16 on CPU (CPU autocast's
+    dtype). The resolved name enters the cache key: fp16 and bf16 statistics differ.
+    """
+    if not options.amp:
+        return None
+    if options.amp_dtype != "auto":
+        return options.amp_dtype
+    return "fp16" if device_type == "cuda" else "bf16"
 
 
 @dataclass(frozen=True)

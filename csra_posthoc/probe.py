@@ -29,11 +29,12 @@ from .adapters import AdapterInfo, ModelAdapter, ProbeHeadAdapter
 from .cache import cache_key, cached, read_entry, resolve_cache_dir, write_entry
 from .checkpoint import state_dict_fingerprint
 from .data import LabelledImages
+from .distributed import DistContext, broadcast_object, broadcast_state_dict, check_status, current, gather_tensors, shard_for, stage
 from .errors import CSRAError
-from .extraction import ForwardPass, backbone_batches, forward_pass
+from .extraction import ForwardPass, backbone_batches, for_each_batch, forward_pass
 from .location_head import LocationHead
 from .log import output_console, say
-from .options import ExtractOptions
+from .options import ExtractOptions, amp_precision
 
 PROBE_FORMAT = 1
 
@@ -55,10 +56,14 @@ class ProbeInfo:
 
 
 @torch.no_grad()
-def pooled_features(fp: ForwardPass, images: LabelledImages) -> torch.Tensor:
-    """``(N, d)`` pooled head-input features, from the same backbone loop as the statistics; maps are never kept."""
+def pooled_features(fp: ForwardPass, images: LabelledImages, ctx: DistContext | None = None) -> torch.Tensor:
+    """``(N, d)`` pooled head-input features, from the same backbone loop as the statistics; maps are never kept.
+
+    Under torchrun: this rank's shard of the images (``gather_tensors`` puts them back in order).
+    """
     adapter, out = fp.adapter, []
-    for index, raw in backbone_batches(fp, images, f"probe features ({images.split})"):
+
+    def one_batch(index: torch.Tensor, raw: torch.Tensor) -> None:
         feats = adapter.head.pooled_features(adapter.feature_map(raw)).cpu()
         if not torch.isfinite(feats).all():
             raise CSRAError(
@@ -67,6 +72,8 @@ def pooled_features(fp: ForwardPass, images: LabelledImages) -> torch.Tensor:
                 param="amp" if fp.options.amp else None,
             )
         out.append(feats)
+
+    for_each_batch(backbone_batches(fp, images, f"probe features ({images.split})", "probe features", ctx), one_batch)
     return torch.cat(out)
 
 
@@ -138,6 +145,36 @@ def _load_cached_head(path: Path) -> tuple[LocationHead, ProbeInfo]:
         raise CSRAError(f"probe cache file {path} is stale or damaged ({type(exc).__name__}); delete it or re-run with recompute=True", param="recompute") from None
 
 
+def _fit_distributed(
+    ctx: DistContext, path: Path, opts: ExtractOptions, base: LocationHead, features, reuse, fit, model: str
+) -> tuple[LocationHead, ProbeInfo]:
+    """The probe under torchrun: rank 0 decides reuse and reads / fits / writes the cache; every
+    rank extracts its shard of the features when it is fitted; rank 0's head reaches every rank
+    bit for bit (so the statistics' head fingerprint, and the cache key, are the single run's)."""
+    hit = broadcast_object(ctx.is_main and opts.use_cache and not opts.recompute and path.is_file(), ctx)
+    fitted: tuple[LocationHead, ProbeInfo] | None = None
+    if ctx.is_main:
+        if hit:
+            with stage("probe cache", ctx):
+                fitted = reuse(path)
+        else:
+            outcome = cached(
+                path, use_cache=opts.use_cache, recompute=True, load=reuse, compute=fit,
+                save=lambda f, p: save_head(f[0], p, {"probe": asdict(f[1]), "model": model}),
+                console=None, waiting_for="fitting the same probe", file_label="probe cache file",
+            )  # fmt: skip
+            fitted = outcome.value
+    elif hit:
+        check_status("probe cache", ctx)
+    else:
+        features()  # this rank's shard, gathered on rank 0
+        check_status("probe fit", ctx)
+    state = broadcast_state_dict(dict(fitted[0].state_dict()) if fitted is not None else None, ctx)
+    meta = broadcast_object(asdict(fitted[1]) if fitted is not None else None, ctx)
+    head = LocationHead(state["weight"], state["bias"], state["norm_weight"], state["norm_bias"], base.norm_eps, base.pooled_norm)
+    return head, ProbeInfo(**meta)
+
+
 def fit_probe(
     adapter: ModelAdapter,
     train: LabelledImages,
@@ -163,14 +200,27 @@ def fit_probe(
             "transform": fp.desc,
             "train": train.fingerprint(content=opts.verify_images),
             "c": c,
-            "amp": opts.amp,
+            "amp": amp_precision(opts, fp.device.type) or False,
         }
     )
 
+    if train.labels.shape[1] == 0 or not (train.labels == 1).any():  # before any rank starts the loop
+        raise CSRAError(f"probe: the training split {train.split} of {train.dataset} has no positive label")
+    ctx = current()
+
+    def features() -> torch.Tensor | None:
+        """The whole split's features on rank 0 (gathered in image order), None on the others."""
+        mine = pooled_features(fp, train, ctx)
+        if not ctx.active:
+            return mine
+        gathered = gather_tensors({"features": mine}, shard_for(ctx, len(train), align=opts.batch_size), ctx)
+        return None if gathered is None else gathered["features"]
+
     def fit() -> tuple[LocationHead, ProbeInfo]:
-        if train.labels.shape[1] == 0 or not (train.labels == 1).any():
-            raise CSRAError(f"probe: the training split {train.split} of {train.dataset} has no positive label")
-        weight, bias, skipped = fit_linear_probe(pooled_features(fp, train), train.labels, c)
+        feats = features()
+        with stage("probe fit", ctx):  # rank 0 fits; the others wait for its head (or its error)
+            assert feats is not None
+            weight, bias, skipped = fit_linear_probe(feats, train.labels, c)
         info = ProbeInfo(train.dataset, train.split, len(train), c, list(train.classes), [train.classes[k] for k in skipped])
         return adapter.head.with_linear(weight, bias), info
 
@@ -179,23 +229,27 @@ def fit_probe(
         say(out, f"[green]reused probe[/] {path}")
         return fitted
 
-    outcome = cached(
-        resolve_cache_dir(opts.cache_dir) / f"probe-{key}.safetensors",
-        use_cache=opts.use_cache,
-        recompute=opts.recompute,
-        load=reuse,
-        compute=fit,
-        save=lambda fitted, path: save_head(fitted[0], path, {"probe": asdict(fitted[1]), "model": adapter.info.name}),
-        console=out,
-        waiting_for="fitting the same probe",
-        file_label="probe cache file",
-    )
-    head, info = outcome.value
+    path = resolve_cache_dir(opts.cache_dir) / f"probe-{key}.safetensors"
+    if ctx.active:
+        head, info = _fit_distributed(ctx, path, opts, adapter.head, features, reuse, fit, adapter.info.name)
+    else:
+        outcome = cached(
+            path,
+            use_cache=opts.use_cache,
+            recompute=opts.recompute,
+            load=reuse,
+            compute=fit,
+            save=lambda fitted, path: save_head(fitted[0], path, {"probe": asdict(fitted[1]), "model": adapter.info.name}),
+            console=out,
+            waiting_for="fitting the same probe",
+            file_label="probe cache file",
+        )
+        head, info = outcome.value
     unfitted = ""
     if info.skipped_classes:
         unfitted = f"probe: no positive (or no negative) in {train.split} for {', '.join(info.skipped_classes)}: not fitted"
         say(out, f"[yellow]{unfitted}[/]", logging.WARNING)
-    if save_head_to is not None:
+    if save_head_to is not None and ctx.is_main:  # every rank holds the same head: rank 0 writes it
         save_head(head, save_head_to, {"probe": asdict(info), "model": adapter.info.name})
         say(out, f"wrote head {save_head_to}")
     base = adapter.info

@@ -23,7 +23,7 @@ from . import __version__
 from .atomic import atomic_write
 from .defaults import CACHED_TEMPERATURES
 from .keys import statistics_key
-from .options import ExtractOptions
+from .options import ExtractOptions, amp_precision
 
 MEMO_FORMAT = 1
 
@@ -92,7 +92,7 @@ def resolution_key(model: str, stamp: dict[str, Any], head: str, probe: dict[str
 
 def probe_settings(c: float, train_fingerprint: str, options: ExtractOptions) -> dict[str, Any]:
     """What a probe fit depends on besides the backbone (it sees the training split's transform)."""
-    return {"c": c, "train": train_fingerprint, "img_size": options.img_size, "transform": options.transform, "amp": options.amp}
+    return {"c": c, "train": train_fingerprint, "img_size": options.img_size, "transform": options.transform, "amp": options.amp, "amp_dtype": options.amp_dtype}
 
 
 def memo_path(cache_dir: Path, key: str) -> Path:
@@ -141,6 +141,15 @@ def resolution_of(adapter) -> Resolution:  # adapter: ModelAdapter (not imported
     )
 
 
+def _device_type(device: str) -> str:
+    """cpu or cuda, as the extraction would resolve ``device`` (the amp dtype depends on it)."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
 def statistics_location(resolution: Resolution, images, options: ExtractOptions, cache_dir: Path) -> tuple[str, Path]:
     """The statistics key and cache file a build with this resolution would use (no model needed)."""
     from .adapters.base import DataConfig
@@ -149,7 +158,7 @@ def statistics_location(resolution: Resolution, images, options: ExtractOptions,
 
     cfg = resolution.data_config
     config = DataConfig(**{**cfg, "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])})
-    transform = transform_description(config, options.img_size, images.single_label, options.transform)  # type: ignore[arg-type]
+    transform = transform_description(config, options.img_size, images.single_label, options.transform)
     key = statistics_key(
         model=resolution.name,
         weights_fingerprint=resolution.weights_fingerprint,
@@ -160,7 +169,7 @@ def statistics_location(resolution: Resolution, images, options: ExtractOptions,
         split=images.split,
         data_fingerprint=images.fingerprint(content=options.verify_images),
         temperatures=CACHED_TEMPERATURES,
-        amp=options.amp,
+        amp=amp_precision(options, _device_type(options.device)) or False,
         keep_maps=options.keep_maps,
     )
     return key, cache_path(cache_dir, resolution.name, images.dataset, images.split, key)

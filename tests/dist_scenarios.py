@@ -12,7 +12,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -140,7 +140,7 @@ def _child(rank: int, world: int, port: int, timeout_s: float, name: str, out: P
     code = 1
     try:
         code = run(name, out, counts)
-    except BaseException:  # noqa: BLE001 -- a bug's traceback goes to stderr; the exit code says it failed
+    except BaseException:
         import traceback
 
         traceback.print_exc()
@@ -177,6 +177,64 @@ def launch(
             p.kill()
             p.join()
     return [None if c is None or c < 0 else c for c in codes], wall
+
+
+def _cli_child(rank: int, world: int, port: int, timeout_s: float, argv: list[str], out: Path) -> None:
+    """One rank of the real CLI (world 1: a plain single process, no launcher variables)."""
+    if world > 1:
+        os.environ.update(
+            RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+            CSRA_POSTHOC_DIST_TIMEOUT=str(timeout_s),
+        )  # fmt: skip
+    else:
+        for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            os.environ.pop(var, None)
+    torch.set_num_threads(1)
+    sys.stdout = open(out / f"rank{rank}.stdout", "w")
+    sys.stderr = open(out / f"rank{rank}.stderr", "w")
+    sys.argv = ["csra-posthoc", *argv]
+    code = 1
+    try:
+        from csra_posthoc.cli import main as cli_main
+
+        cli_main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def launch_cli(
+    argv: Sequence[str] | Callable[[int], Sequence[str]], out: Path, world: int = 2, timeout_s: float = 30.0, limit_s: float = 120.0
+) -> tuple[list[int | None], float, dict[int, tuple[str, str]]]:
+    """Run the real CLI (``csra-posthoc ARGV``) as ``world`` forked ranks, as torchrun would
+    (``argv`` may depend on the rank); returns exit codes, wall time and each rank's (stdout, stderr)."""
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = multiprocessing.get_context("fork")
+    port = free_port()
+    args = [list(argv(r)) if callable(argv) else list(argv) for r in range(world)]
+    procs = [ctx.Process(target=_cli_child, args=(r, world, port, timeout_s, args[r], out)) for r in range(world)]
+    start = time.perf_counter()
+    for p in procs:
+        p.start()
+    deadline = start + limit_s
+    while time.perf_counter() < deadline and any(p.exitcode is None for p in procs):
+        time.sleep(0.02)
+    wall = time.perf_counter() - start
+    codes = [p.exitcode for p in procs]
+    for p in procs:
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+    printed = {r: ((out / f"rank{r}.stdout").read_text(), (out / f"rank{r}.stderr").read_text()) for r in range(world)}
+    return [None if c is None or c < 0 else c for c in codes], wall, printed
 
 
 def main() -> int:

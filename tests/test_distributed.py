@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-from tests import dist_scenarios
 import pytest
 import torch
 from hypothesis import given, settings
@@ -21,6 +20,7 @@ from hypothesis import strategies as st
 
 from csra_posthoc import distributed as D
 from csra_posthoc.errors import CSRAError
+from tests import dist_scenarios
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,6 +40,19 @@ def test_shards_are_disjoint_contiguous_and_cover_every_item(total: int, world: 
     assert flat == list(range(total))  # none twice, none dropped, rank order = item order
     assert [p.count for p in parts] == parts[0].sizes
     assert max(parts[0].sizes) - min(parts[0].sizes) <= 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(total=st.integers(1, 300), world=st.integers(1, 9), align=st.integers(1, 40))
+def test_aligned_shards_are_whole_batches_and_cover_every_item(total: int, world: int, align: int) -> None:
+    if world > total:
+        return
+    parts = [D.shard(total, r, world, align=align) for r in range(world)]
+    assert [i for p in parts for i in p.indices] == list(range(total))
+    assert [p.count for p in parts] == parts[0].sizes and all(p.count >= 1 for p in parts)
+    if -(-total // align) >= world:  # enough batches: every block starts on a batch boundary
+        assert all(p.start % align == 0 for p in parts)
+    assert {D.lockstep_steps(p, align) for p in parts} == {max(-(-p.count // align) for p in parts)}
 
 
 @pytest.mark.parametrize("total, world, batch, steps", [(7, 2, 2, 2), (8, 2, 4, 1), (9, 4, 2, 2), (5, 1, 5, 1)])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -67,6 +67,12 @@ class ModelAdapter(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.head.num_classes
+
+    @property
+    def wrapped(self) -> Any:
+        """The wrapped model, for its architecture's own attributes (``forward_features``, ``layer4``,
+        ...): ``nn.Module``'s typing cannot know them, so this is ``Any`` on purpose."""
+        return self.model
 
     @abstractmethod
     def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:

@@ -128,7 +128,9 @@ def load_model(
         note = checkpoint_note(entry)
     elif pretrained and not is_tv and has_offline_weights(arch):
         model = create(arch, False, None)
-        model.load_state_dict(offline_state_dict(arch, model))
+        packaged = offline_state_dict(arch, model)
+        assert packaged is not None  # has_offline_weights said so
+        model.load_state_dict(packaged)
         weights = "pretrained:packaged"
     else:
         if pretrained and not is_tv:

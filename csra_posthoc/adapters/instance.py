@@ -7,6 +7,8 @@ comes from), and the same builders decide whether the head can be applied per lo
 
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import replace
 
 import torch.nn as nn
@@ -69,7 +71,7 @@ def adapter_for_module(model: nn.Module | ModelAdapter, name: str | None = None,
 
 def architecture_kwargs(model: nn.Module) -> dict:
     """Constructor arguments beyond the name that change a timm model's tensors (a ViT's input size)."""
-    embed = getattr(model, "patch_embed", None)
+    embed: Any = getattr(model, "patch_embed", None)
     if model_family(model) != "timm" or getattr(embed, "img_size", None) is None:
         return {}
     return {"img_size": [int(v) for v in embed.img_size], "dynamic_img_size": bool(getattr(model, "dynamic_img_size", False))}

@@ -2,39 +2,41 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 
 from ..errors import CSRAError
 from ..location_head import LocationHead
-from .base import AdapterInfo, DataConfig, ModelAdapter, tokens_to_grid
+from .base import AdapterInfo, BaselineSource, DataConfig, ModelAdapter, tokens_to_grid
 
 
 class TimmCNNAdapter(ModelAdapter):
     """timm CNN: ``forward_features`` is the pre-pool map, ``forward_head`` the model's head."""
 
     def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(x)
+        return self.wrapped.forward_features(x)
 
     def feature_map(self, raw: torch.Tensor) -> torch.Tensor:
         return raw
 
     def model_logits(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(raw)
+        return self.wrapped.forward_head(raw)
 
 
 class TimmViTAdapter(ModelAdapter):
     """timm VisionTransformer: tokens after the final norm, prefix tokens dropped, patches on a grid."""
 
     def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(x)
+        return self.wrapped.forward_features(x)
 
     def feature_map(self, raw: torch.Tensor) -> torch.Tensor:
         grid = getattr(getattr(self.model, "patch_embed", None), "grid_size", None)
-        return tokens_to_grid(raw[:, self.model.num_prefix_tokens :], tuple(grid) if grid else None)
+        return tokens_to_grid(raw[:, self.wrapped.num_prefix_tokens :], tuple(grid) if grid else None)
 
     def model_logits(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(raw)
+        return self.wrapped.forward_head(raw)
 
 
 def timm_data_config(model: nn.Module) -> DataConfig:
@@ -55,7 +57,7 @@ def _pool_type(pool: nn.Module | None) -> str | None:
     return getattr(pool, "pool_type", None) if pool is not None else None
 
 
-def _linear(module: nn.Module, name: str) -> nn.Module:
+def _linear(module: Any, name: str) -> nn.Linear | nn.Conv2d:
     """The classifier as a linear layer, or a clear refusal."""
     if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)):
         return module
@@ -65,7 +67,7 @@ def _linear(module: nn.Module, name: str) -> nn.Module:
     )
 
 
-def _cnn_head(model: nn.Module, name: str) -> LocationHead:
+def _cnn_head(model: Any, name: str) -> LocationHead:  # Any: timm's attributes vary by architecture
     from timm.layers import NormMlpClassifierHead
 
     # timm's head width: num_features (the pre-pool map) vs head_hidden_size (the classifier's input);
@@ -84,7 +86,8 @@ def _cnn_head(model: nn.Module, name: str) -> LocationHead:
                 f"model {name}: its head has a pre-logits MLP with tanh after pooling (non-linear), "
                 "so it cannot be applied per location"
             )
-        pool, norm = head.global_pool, head.norm
+        pool: Any = head.global_pool
+        norm = head.norm
         if not isinstance(norm, (nn.LayerNorm, nn.Identity)):
             raise CSRAError(f"model {name}: head norm {type(norm).__name__} after pooling is not supported")
     else:
@@ -102,7 +105,7 @@ def _cnn_head(model: nn.Module, name: str) -> LocationHead:
     return LocationHead.from_linear(_linear(model.get_classifier(), name), norm)
 
 
-def _vit_head(model: nn.Module, name: str) -> tuple[LocationHead, str]:
+def _vit_head(model: Any, name: str) -> tuple[LocationHead, BaselineSource]:
     pool = getattr(model, "global_pool", None)
     if getattr(model, "attn_pool", None) is not None or pool not in ("token", "avg"):
         raise CSRAError(
@@ -112,7 +115,7 @@ def _vit_head(model: nn.Module, name: str) -> tuple[LocationHead, str]:
     linear = _linear(model.head, name)
     weight, bias = linear.weight, linear.bias
     dist = getattr(model, "head_dist", None)
-    if isinstance(dist, nn.Linear):  # distilled DeiT averages its two heads at inference
+    if isinstance(dist, nn.Linear) and bias is not None and dist.bias is not None:  # distilled DeiT averages its two heads
         weight, bias = (weight + dist.weight) / 2, (bias + dist.bias) / 2
     norm = getattr(model, "fc_norm", None)
     if isinstance(norm, nn.LayerNorm):

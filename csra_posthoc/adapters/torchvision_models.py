@@ -8,12 +8,12 @@ import torch.nn.functional as F
 
 from ..errors import CSRAError
 from ..location_head import LocationHead
-from .base import AdapterInfo, DataConfig, ModelAdapter, tokens_to_grid
+from .base import AdapterInfo, BaselineSource, DataConfig, ModelAdapter, tokens_to_grid
 
 
 class TorchvisionResNetAdapter(ModelAdapter):
     def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
+        m = self.wrapped
         x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
         return m.layer4(m.layer3(m.layer2(m.layer1(x))))
 
@@ -21,27 +21,27 @@ class TorchvisionResNetAdapter(ModelAdapter):
         return raw
 
     def model_logits(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.model.fc(torch.flatten(self.model.avgpool(raw), 1))
+        return self.wrapped.fc(torch.flatten(self.wrapped.avgpool(raw), 1))
 
 
 class TorchvisionFeaturesAdapter(ModelAdapter):
     """MobileNetV2 / EfficientNet: ``features`` -> average pool -> ``classifier`` (dropout, linear)."""
 
     def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.features(x)
+        return self.wrapped.features(x)
 
     def feature_map(self, raw: torch.Tensor) -> torch.Tensor:
         return raw
 
     def model_logits(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.model.classifier(torch.flatten(F.adaptive_avg_pool2d(raw, 1), 1))
+        return self.wrapped.classifier(torch.flatten(F.adaptive_avg_pool2d(raw, 1), 1))
 
 
 class TorchvisionViTAdapter(ModelAdapter):
     """vit_b_16 and friends: encoder output (after its final LayerNorm), class token at index 0."""
 
     def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
+        m = self.wrapped
         x = m._process_input(x)
         cls = m.class_token.expand(x.shape[0], -1, -1)
         return m.encoder(torch.cat([cls, x], dim=1))
@@ -50,7 +50,7 @@ class TorchvisionViTAdapter(ModelAdapter):
         return tokens_to_grid(raw[:, 1:])
 
     def model_logits(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.model.heads(raw[:, 0])
+        return self.wrapped.heads(raw[:, 0])
 
 
 def _data_config(arch: str) -> DataConfig:
@@ -89,7 +89,8 @@ def build_torchvision_adapter(model: nn.Module, name: str, arch: str, weights: s
     if isinstance(model, tvm.ResNet):
         head = LocationHead.from_linear(model.fc)
         cls: type[ModelAdapter] = TorchvisionResNetAdapter
-        source, family = "model_logits", "torchvision-resnet"
+        source: BaselineSource = "model_logits"
+        family = "torchvision-resnet"
     elif isinstance(model, (tvm.MobileNetV2, tvm.EfficientNet)):
         head = LocationHead.from_linear(_last_linear(model.classifier, name))
         cls, source, family = TorchvisionFeaturesAdapter, "model_logits", "torchvision-features"

@@ -25,8 +25,8 @@ def stratified_indices(labels: torch.Tensor, n: int, seed: int = 0, single_label
             members = (target == c).nonzero().flatten()
             # the r-th member of a class of size m sits at quantile (r + u) / m: equal shares per class
             key[members] = (torch.arange(len(members), dtype=torch.float64) + torch.rand(1, generator=gen, dtype=torch.float64)) / len(members)
-        chosen = order[key.argsort(stable=True)[:n]]
-        return sorted(chosen.tolist())
+        picked = order[key.argsort(stable=True)[:n]]
+        return sorted(picked.tolist())
     positive = labels[order] == 1
     chosen: list[int] = []
     taken = torch.zeros(total, dtype=torch.bool)

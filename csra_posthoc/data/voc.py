@@ -36,7 +36,8 @@ def _image_labels(xml_path: Path, index: dict[str, int], difficult: DifficultPol
         root = ET.parse(xml_path).getroot()
     except (ET.ParseError, OSError) as exc:
         raise CSRAError(f"{xml_path}: cannot parse annotation ({exc})") from None
-    plain, hard = set(), set()
+    plain: set[int] = set()
+    hard: set[int] = set()
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()
         if name not in index:

@@ -29,7 +29,7 @@ def _mosaic(
     boxes = []
     for item in items:
         side = int(rng.uniform(*scale) * canvas)
-        patch = np.asarray(Image.fromarray(item).resize((side, side), Image.BILINEAR))
+        patch = np.asarray(Image.fromarray(item).resize((side, side), Image.Resampling.BILINEAR))
         x, y = (int(v) for v in rng.integers(0, canvas - side + 1, size=2))
         out[y : y + side, x : x + side] = np.maximum(out[y : y + side, x : x + side], patch)
         boxes.append((x, y, x + side, y + side))

@@ -64,7 +64,7 @@ def read_digits() -> ItemSource:
 
     d = load_digits()
     grey = (d.images / 16.0 * 255).astype(np.uint8)
-    big = np.stack([np.asarray(Image.fromarray(g).resize((28, 28), Image.BILINEAR)) for g in grey])
+    big = np.stack([np.asarray(Image.fromarray(g).resize((28, 28), Image.Resampling.BILINEAR)) for g in grey])
     rng = np.random.default_rng(0)
     order = rng.permutation(len(big))
     cut = len(big) * 2 // 3
@@ -96,9 +96,9 @@ def locate_item_source(data_dir: str | Path | None = None) -> SourceLocation:
             raise CSRAError(f"data_dir {folder}: no Fashion-MNIST idx files (t10k-images-idx3-ubyte[.gz], ...) there")
         return SourceLocation("fashion-mnist", str(folder), FASHION_CLASSES, folder)
     env = os.environ.get("FASHION_MNIST")
-    for folder in filter(None, [env, str(DEBIAN_FASHION_MNIST)]):
-        if _has_idx(Path(folder)):
-            return SourceLocation("fashion-mnist", folder, FASHION_CLASSES, Path(folder))
+    for candidate in filter(None, [env, str(DEBIAN_FASHION_MNIST)]):
+        if _has_idx(Path(candidate)):
+            return SourceLocation("fashion-mnist", candidate, FASHION_CLASSES, Path(candidate))
     looked = ", ".join([*(f"$FASHION_MNIST={env}" for _ in [env] if env), str(DEBIAN_FASHION_MNIST)])
     reason = f"Fashion-MNIST not found (no --data-dir; looked in {looked})"
     return SourceLocation("sklearn-digits", "sklearn.datasets.load_digits", DIGIT_CLASSES, fallback_reason=reason)
