@@ -48,7 +48,7 @@ def attention_maps(patched, image: str | Path, top_k: int = 3, classes: Sequence
         raise CSRAError(f"{path}: no such image file", param="image")
     try:
         pil = load_rgb(path)
-    except Exception as exc:  # noqa: BLE001  any decoder failure is the file's fault
+    except Exception as exc:  # any decoder failure is the file's fault
         raise CSRAError(f"{path}: cannot decode image ({first_line(exc, 120)})", param="image") from None
     names = class_names(patched.num_classes, classes if classes is not None else patched.classes)
     prep = patched.config["preprocessing"]
@@ -114,7 +114,7 @@ def run_attention(
     cfg = patched.config
     title = f"{Path(image).name}: {cfg['model']}, mean + {cfg['lam']:g} * {cfg['variant']}"
     plot_attention(result.image, result.maps, result.names, result.baseline, result.patched, out, title=title)
-    for name, b, s in zip(result.names, result.baseline, result.patched):
+    for name, b, s in zip(result.names, result.baseline, result.patched, strict=True):
         console.print(f"{name}: baseline {b:.3f}, CSRA {s:.3f}")
     console.print(f"wrote {out}")
     return result
