@@ -27,6 +27,7 @@ from .resolution import (
     weights_source_stamp,
     write_memo,
 )  # fmt: skip
+from .uncertainty import assess, max_band
 from .validate import validate_sweep_args
 
 
@@ -78,6 +79,47 @@ def load_training_split(
             f"split ({evaluated.split}), e.g. {sorted(shared, key=str)[0][0]}; the probe must not see evaluated images"
         )
     return train
+
+
+def load_selection_split(
+    dataset: str, data_dir: str | Path, select_on: str | None, evaluated: LabelledImages, data: DataOptions | None = None
+) -> LabelledImages | None:
+    """The split lam is chosen on for ``select_on=SPLIT`` (None for ``half`` or no held-out row):
+    same loader options and classes as ``evaluated``, no image of it. Read before any model is built,
+    so a split that does not exist is one line naming ``select_on``."""
+    if select_on is None or select_on == "half":
+        return None
+    if select_on == evaluated.split:
+        raise CSRAError(f"select_on {select_on}: is the evaluated split; choose lam on another split, or on half", param="select_on")
+    entry = dataset_entry(dataset)
+    try:
+        chosen = load_dataset(dataset, data_dir, data, split=select_on, **({"classes": evaluated.classes} if entry.shares_classes else {}))
+    except CSRAError as exc:
+        reason = str(exc).split(": ", 1)[1].split("; check")[0] if str(exc).startswith(("--split", "split")) else str(exc)
+        raise CSRAError(f"select_on {select_on}: cannot read that split of {dataset} ({reason}); use half or a split that exists", param="select_on") from None
+    if chosen.classes != evaluated.classes:
+        raise CSRAError(f"select_on {select_on}: its classes differ from the evaluated split's; choose on a split of the same dataset", param="select_on")
+    shared = _samples(chosen) & _samples(evaluated)
+    if shared:
+        raise CSRAError(
+            f"select_on {select_on}: {len(shared)} samples are also in the evaluated split ({evaluated.split}), e.g. {sorted(shared, key=str)[0][0]}; "
+            "choose on a split with none of them, or on half",
+            param="select_on",
+        )
+    chosen.dataset = evaluated.dataset
+    return chosen
+
+
+def _samples(images: LabelledImages) -> set[tuple[Path, object]]:
+    boxes: list = images.boxes or [None] * len(images)
+    return set(zip(images.paths, boxes, strict=True))
+
+
+def statistics_cached(memo_key: str, images: LabelledImages, options: ExtractOptions) -> bool:
+    """Whether :func:`reuse_statistics` would find ``images``' statistics (nothing read, nothing printed)."""
+    cache_dir = resolve_cache_dir(options.cache_dir)
+    memo = read_memo(cache_dir, memo_key)
+    return memo is not None and statistics_location(memo, images, options, cache_dir)[1].is_file()
 
 
 def reuse_statistics(memo_key: str, images: LabelledImages, options: ExtractOptions, console: Console) -> ClassStatistics | None:
@@ -214,6 +256,7 @@ def run_sweep(
         images = load_dataset(dataset, data_dir, data)
         if dataset_label:  # a VOC-layout dataset that is not VOC (the demo's mosaics, say)
             images.dataset = dataset_label
+        select_images = load_selection_split(dataset, data_dir, grid.select_on, images, data)  # before any model work
         if probe is not None:
             train = load_training_split(dataset, data_dir, probe.train_split, probe.train_labels, images, data)
             train.dataset = images.dataset
@@ -221,6 +264,8 @@ def run_sweep(
         shard_for(ctx, len(images))  # more ranks than images: refused on every rank, before any work
         if train is not None:
             shard_for(ctx, len(train), "training images")
+        if select_images is not None:
+            shard_for(ctx, len(select_images), f"images of select_on {select_images.split}")
     if random_init:
         console.print("[yellow]warning:[/] --random-init: the numbers below measure nothing but the code")
 
@@ -233,10 +278,14 @@ def run_sweep(
     if stamp is not None:
         probe_key = probe_settings(probe_c, train.fingerprint(), opts) if train is not None else None
         memo_key = resolution_key(model, stamp, head, probe_key)
-    stats = None
+    stats = select_stats = None  # select_stats: the split lam is chosen on (select_on=SPLIT), same model, cached alike
     with stage("read cache", ctx):
         if memo_key is not None and not opts.recompute and save_head is None and ctx.is_main:
-            stats = reuse_statistics(memo_key, images, opts, console)  # rank 0 decides; the others follow
+            if select_images is None or statistics_cached(memo_key, select_images, opts):  # no model is built only if both are cached
+                stats = reuse_statistics(memo_key, images, opts, console)  # rank 0 decides; the others follow
+                if stats is not None and select_images is not None:
+                    select_stats = reuse_statistics(memo_key, select_images, opts, console)
+                    stats = stats if select_stats is not None else None
     if broadcast_object(stats is not None, ctx):
         if not ctx.is_main:
             return {}
@@ -246,6 +295,7 @@ def run_sweep(
             head=head, probe_c=probe_c, save_head=save_head, options=opts, console=console,
         )  # fmt: skip
         extracted = extract(adapter, images, opts, console=console)
+        select_stats = extract(adapter, select_images, opts, console=console) if select_images is not None else None
         if extracted is None:  # another rank than 0: its shard is with rank 0 now
             return {}
         stats = extracted
@@ -254,8 +304,17 @@ def run_sweep(
     assert stats is not None
     fixed_lam = paper_fixed_lam(stats.info.model) if grid.fixed_lam is None else grid.fixed_lam
     result = sweep(stats, task=stats.info.task, fixed_lam=fixed_lam, lams=grid.lams, temps=grid.temps, heads=grid.heads)
+    assess(result, stats, grid, select_stats)
     print_table(console, result, stats, list(grid.metrics))
+    if train is not None and grid.select_on == train.split:
+        console.print(f"[yellow]note:[/] λ chosen on {train.split}, the probe's training split: its scores are fitted, the held-out λ may favour it")
     data_json = results_dict(result, stats, outputs.extra)
+    if outputs.plot is not None:
+        from .plots import plot_lam_curve
+
+        title = f"{stats.info.model} on {stats.info.dataset} {stats.info.split} ({stats.num_images} images)"
+        plot_lam_curve(result, outputs.plot, band=max_band(result, stats, grid), title=title)
+        console.print(f"wrote {outputs.plot}")
     if outputs.out is not None:
         write_json(outputs.out, data_json)
         console.print(f"wrote {outputs.out}")

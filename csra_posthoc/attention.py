@@ -48,7 +48,7 @@ def attention_maps(patched, image: str | Path, top_k: int = 3, classes: Sequence
         raise CSRAError(f"{path}: no such image file", param="image")
     try:
         pil = load_rgb(path)
-    except Exception as exc:  # noqa: BLE001  any decoder failure is the file's fault
+    except Exception as exc:  # any decoder failure is the file's fault
         raise CSRAError(f"{path}: cannot decode image ({first_line(exc, 120)})", param="image") from None
     names = class_names(patched.num_classes, classes if classes is not None else patched.classes)
     prep = patched.config["preprocessing"]
@@ -114,7 +114,7 @@ def run_attention(
     cfg = patched.config
     title = f"{Path(image).name}: {cfg['model']}, mean + {cfg['lam']:g} * {cfg['variant']}"
     plot_attention(result.image, result.maps, result.names, result.baseline, result.patched, out, title=title)
-    for name, b, s in zip(result.names, result.baseline, result.patched):
+    for name, b, s in zip(result.names, result.baseline, result.patched, strict=True):
         console.print(f"{name}: baseline {b:.3f}, CSRA {s:.3f}")
     console.print(f"wrote {out}")
     return result
@@ -136,17 +136,6 @@ def _patched(model, checkpoint, pretrained, random_init, patched_file, head_file
         return patched
     if model is None:
         raise CSRAError("attention needs a model with its weights, or a patched .safetensors file", param="model")
-    from .adapters import load_model
-    from .apply import default_preprocessing
-    from .lam_sweep import paper_fixed_lam
-    from .patched import patch
-    from .probe import load_head
-    from .validate import check_img_size, check_weight_source
+    from .predict import patched_from_model
 
-    check_img_size(img_size)
-    check_weight_source(checkpoint, pretrained, random_init)
-    head = load_head(head_file) if head_file is not None and Path(head_file).is_file() else head_file
-    adapter = load_model(model, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init)
-    preprocessing = default_preprocessing(adapter, transform, img_size, head[1] if isinstance(head, tuple) else None)
-    lam = paper_fixed_lam(model) if lam is None else lam
-    return patch(adapter, lam, math.inf if temperature is None else temperature, heads, head=head, preprocessing=preprocessing)
+    return patched_from_model(model, checkpoint, pretrained, random_init, head_file, lam, temperature, heads, img_size, transform)

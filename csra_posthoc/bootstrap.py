@@ -89,8 +89,8 @@ class WeightedAP:
         self.positive = _csr(cat(pos_cols, np.int64), cat(pos_rows, np.int64), runs, n)
         counts = torch.bincount(self.run_class, minlength=c).tolist() if runs else [0] * c
         ends = np.cumsum(counts).tolist()
-        self.class_bounds = [(e - k, e) for e, k in zip(ends, counts) if k]
-        self.last_run = torch.tensor([e - 1 for e, k in zip(ends, counts) if k], dtype=torch.int64)
+        self.class_bounds = [(e - k, e) for e, k in zip(ends, counts, strict=True) if k]
+        self.last_run = torch.tensor([e - 1 for e, k in zip(ends, counts, strict=True) if k], dtype=torch.int64)
         self.last_run_class = torch.tensor([i for i, k in enumerate(counts) if k], dtype=torch.int64)
 
     def __call__(self, weights: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from . import __version__
 from .data.registry import DATASET_NAMES
-from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS
+from .defaults import DEFAULT_BOOTSTRAP, DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_SELECT_ON, DEFAULT_TEMPS
 from .errors import CSRAError
 from .options import DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
 
@@ -157,6 +157,11 @@ def sweep_cmd(
     heads: str = typer.Option(_csv(DEFAULT_HEADS), "--heads", help="multi-head sets of the paper; empty: no multi-head variant"),
     metrics: str = typer.Option("", "--metrics", help="extra columns, e.g. CF1,OF1,CF1_top3"),
     fixed_lam: Optional[float] = typer.Option(None, "--fixed-lam", help="lam of the 'fixed' row (default: the paper's, 0.02 for ResNets, 0.2 others)"),
+    select_on: str = typer.Option(DEFAULT_SELECT_ON, "--select-on", help="held-out row: lam chosen on half (of the images) or on another SPLIT; none: no row"),
+    bootstrap: int = typer.Option(DEFAULT_BOOTSTRAP, "--bootstrap", help="paired bootstrap resamples for the 95 % intervals of the deltas"),
+    no_bootstrap: bool = typer.Option(False, "--no-bootstrap", help="no intervals (a COCO-size bootstrap takes about a minute of CPU)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the --select-on half split and the bootstrap resamples"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="lam curve figure: .png, .svg or .pdf (its folder must exist)"),
     out: Optional[Path] = typer.Option(None, "--out", help="results JSON"),
     save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="NPZ with ids, labels, classes, baseline/best/fixed scores"),
 ) -> None:
@@ -190,9 +195,12 @@ def sweep_cmd(
                 heads=tuple(_ints("--heads", heads)),
                 metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
                 fixed_lam=fixed_lam,
+                select_on=None if select_on == "none" else select_on,
+                bootstrap=None if no_bootstrap else bootstrap,
+                seed=seed,
             ),
             probe=ProbeOptions(train_split=train_split, train_labels=train_labels, probe_c=probe_c, save_head=save_head) if head == "probe" else None,
-            outputs=OutputOptions(out=out, save_scores_to=save_scores),
+            outputs=OutputOptions(out=out, save_scores_to=save_scores, plot=plot),
         )
 
     run_cli(go, distributed_device=device)
@@ -212,6 +220,7 @@ def demo_cmd(
     no_cache: bool = typer.Option(False, "--no-cache"),
     out: Optional[Path] = typer.Option(None, "--out", help="results JSON (same schema as sweep, plus 'demo')"),
     save_scores: Optional[Path] = typer.Option(None, "--save-scores"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="lam curve figure: .png, .svg or .pdf (its folder must exist)"),
 ) -> None:
     """Offline end-to-end demo: real ImageNet EfficientNet-Lite0, probe head, Fashion-MNIST mosaics."""
 
@@ -227,6 +236,7 @@ def demo_cmd(
             options=ExtractOptions(img_size=img_size, batch_size=batch_size, workers=workers, device=device, cache_dir=cache_dir, use_cache=not no_cache),
             out=out,
             save_scores_to=save_scores,
+            plot=plot,
         )
 
     run_cli(go)

@@ -28,5 +28,11 @@ METRIC_NAMES: tuple[str, ...] = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "t
 TRANSFORM_CHOICES: tuple[str, ...] = ("auto", "square", "crop")
 HEAD_CHOICES: tuple[str, ...] = ("model", "probe")
 
+# How honest a sweep's report is about its gain (docs/uncertainty.md): lam chosen on one half of
+# the images and scored on the other (about one more sweep of work), and a paired bootstrap.
+DEFAULT_SELECT_ON = "half"
+DEFAULT_BOOTSTRAP = 1000  # resamples: a few seconds on a VOC-size set (docs/uncertainty.md has timings)
+FIGURE_FORMATS: tuple[str, ...] = (".png", ".svg", ".pdf")
+
 MIN_IMG_SIZE = 16
 MAX_IMG_SIZE = 4096  # a 4096 px square is already ~200 MB of activations per image in a ResNet's stem

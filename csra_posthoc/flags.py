@@ -76,6 +76,8 @@ FLAGS: dict[str, str] = {
     "images": "IMAGES",
     # uncertainty, figures, compare
     "n": "--bootstrap",  # bootstrap.check_resamples(n)
+    "bootstrap": "--bootstrap",  # SweepOptions.bootstrap
+    "seed": "--seed",
     "select_on": "--select-on",
     "plot": "--plot",
     "image": "IMAGE",

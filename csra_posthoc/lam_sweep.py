@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -20,6 +20,10 @@ from .errors import CSRAError
 from .metrics import Evaluator, evaluator
 from .options import SweepOptions
 from .scoring import csra_score, head_temperatures, multihead_attended
+
+if TYPE_CHECKING:  # selection and bootstrap import this module
+    from .bootstrap import Interval
+    from .selection import HeldOut
 
 VariantKind = Literal["max", "softmax", "heads"]
 
@@ -94,6 +98,12 @@ class SweepResult:
     all_positive_classes: list[str] = field(default_factory=list)
     mAP_without_all_positive: dict[str, float | None] | None = None
     model_logits: dict[str, float] | None = None  # metrics of the model's own logits when not the baseline
+    # Is the gain real? (csra_posthoc.uncertainty.assess fills these; docs/uncertainty.md)
+    held_out: HeldOut | None = None  # lam chosen where it is not scored (select_on half / another split)
+    bootstrap: dict[str, Interval] | None = None  # "best", "fixed", "held_out": 95 % interval of the delta
+    bootstrap_n: int | None = None  # resamples behind ``bootstrap``
+    bootstrap_seed: int | None = None
+    uncertainty_notes: list[str] = field(default_factory=list)  # e.g. why there is no held-out row
 
 
 def attended_scores(stats: ClassStatistics, variant: Variant) -> torch.Tensor:

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from .defaults import (
+    DEFAULT_BOOTSTRAP,
     DEFAULT_HEADS,
     DEFAULT_LAMS,
+    DEFAULT_SELECT_ON,
     DEFAULT_TEMPS,
+    FIGURE_FORMATS,
     HEAD_COUNTS,
     MAX_IMG_SIZE,
     METRIC_NAMES,
@@ -121,13 +124,19 @@ def check_metric_name(name: str) -> None:
 @dataclass(frozen=True)
 class SweepOptions:
     """The grid of a sweep: lams, softmax temperatures, multi-head sets, extra metric columns, and
-    the fixed lam reported beside the best (None: the paper's, 0.02 for ResNets and 0.2 otherwise)."""
+    the fixed lam reported beside the best (None: the paper's, 0.02 for ResNets and 0.2 otherwise);
+    and how honest the report is about the gain (docs/uncertainty.md): where lam is chosen for the
+    held-out row (``select_on``: ``"half"``, another split's name, or None for no held-out row),
+    the paired-bootstrap resamples (``bootstrap``) and the seed of both."""
 
     lams: tuple[float, ...] = DEFAULT_LAMS
     temps: tuple[float, ...] = DEFAULT_TEMPS  # inf: the max; empty: no softmax variant
     heads: tuple[int, ...] = DEFAULT_HEADS  # empty: no multi-head variant
     metrics: tuple[str, ...] = ()
     fixed_lam: float | None = None
+    select_on: str | None = DEFAULT_SELECT_ON  # half | a split of the dataset | None (no held-out row)
+    bootstrap: int | None = DEFAULT_BOOTSTRAP  # resamples; None: no intervals
+    seed: int = 0  # the half split and the bootstrap resamples
 
     def __post_init__(self) -> None:
         for name in ("lams", "temps", "heads", "metrics"):  # lists are accepted; stored as tuples (frozen, hashable)
@@ -145,6 +154,19 @@ class SweepOptions:
             check_metric_name(m)
         if self.fixed_lam is not None and not (math.isfinite(self.fixed_lam) and self.fixed_lam >= 0):
             raise CSRAError(f"fixed_lam {self.fixed_lam:g}: must be a finite number >= 0", param="fixed_lam")
+        check_select_on(self.select_on)
+        if self.bootstrap is not None and (isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 1):
+            raise CSRAError(f"bootstrap {self.bootstrap!r}: the number of resamples must be an integer >= 1 (1000 is the usual choice)", param="bootstrap")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise CSRAError(f"seed {self.seed!r}: must be an integer >= 0", param="seed")
+
+
+def check_select_on(select_on: str | None) -> None:
+    """``half`` or a split name (whether the split exists is the loader's to say, see api.run_sweep)."""
+    if select_on is None:
+        return
+    if not isinstance(select_on, str) or not select_on.strip() or any(c in select_on for c in "/\\"):
+        raise CSRAError(f"select_on {select_on!r}: give half or the name of another split of the dataset (e.g. trainval)", param="select_on")
 
 
 def check_lams(lams: Sequence[float]) -> None:
@@ -200,11 +222,27 @@ class OutputOptions:
 
     out: str | Path | None = None  # results JSON
     save_scores_to: str | Path | None = None  # NPZ with ids, labels, classes, baseline/best/fixed scores
+    plot: str | Path | None = None  # lam curve figure (.png, .svg or .pdf; its folder must exist)
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the results JSON (the demo's 'demo' block)
 
     def __post_init__(self) -> None:
         check_output_path(self.out, "out")
         check_output_path(self.save_scores_to, "save_scores_to")
+        check_figure_path(self.plot, "plot")
+
+
+def check_figure_path(path: str | Path | None, param: str = "path") -> None:
+    """A figure file: a suffix matplotlib writes and an existing, writable folder (none is created)."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.suffix.lower() not in FIGURE_FORMATS:
+        raise CSRAError(f"{param} {target}: give a file ending in {', '.join(FIGURE_FORMATS)}", param=param)
+    if target.is_dir():
+        raise CSRAError(f"{param} {target}: is a directory; give a file name", param=param)
+    if not target.absolute().parent.is_dir():
+        raise CSRAError(f"{param} {target}: folder {target.parent} does not exist; create it first", param=param)
+    check_output_path(target, param)
 
 
 def check_output_path(path: str | Path | None, param: str) -> None:

@@ -13,25 +13,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import CSRAError
+from .defaults import FIGURE_FORMATS
+from .options import check_figure_path
 
 if TYPE_CHECKING:
     from .bootstrap import Interval
     from .lam_sweep import SweepResult
 
-FORMATS = (".png", ".svg", ".pdf")
+FORMATS = FIGURE_FORMATS
 
 
 def check_plot_path(path: str | Path, param: str = "path") -> Path:
     """A writable figure path: a known suffix and an existing folder (no folder is created)."""
-    path = Path(path)
-    if path.suffix.lower() not in FORMATS:
-        raise CSRAError(f"figure {path}: give a file ending in {', '.join(FORMATS)}", param=param)
-    if not path.parent.is_dir():
-        raise CSRAError(f"figure {path}: folder {path.parent} does not exist; create it first", param=param)
-    if path.is_dir():
-        raise CSRAError(f"figure {path}: is a directory; give a file name", param=param)
-    return path
+    check_figure_path(path, param)
+    return Path(path)
 
 
 def _pyplot() -> Any:
@@ -73,7 +68,7 @@ def plot_lam_curve(
     softmax = [label for label in lines if label.startswith("softmax")]
     multi = [label for label in lines if label.startswith("heads")]
     for label, points in lines.items():
-        lam, value = zip(*sorted(points))
+        lam, value = zip(*sorted(points), strict=True)
         if label == "max":
             style = {"color": "C0", "linewidth": 2.4, "marker": "o", "markersize": 3.5, "zorder": 3}
         elif label in softmax:  # one colour ramp per family: many variants stay tellable apart
@@ -117,7 +112,7 @@ def plot_attention(
     height, width = image.shape[:2]
     axes[0].imshow(image)
     axes[0].set_title("input", fontsize=9)
-    for ax, name, m, b, s in zip(axes[1:], names, maps, baseline, patched):
+    for ax, name, m, b, s in zip(axes[1:], names, maps, baseline, patched, strict=True):
         ax.imshow(image)
         shown = ax.imshow(m, cmap="jet", alpha=0.5, extent=(0, width, height, 0), interpolation="bilinear")
         fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)

@@ -215,12 +215,11 @@ def run_predict(
     console: Console | None = None,
 ) -> list[dict[str, Any]]:
     """Build the patched model (from ``patched_file`` or ``model`` + weights + settings), predict, print, write JSON."""
-    from .apply import default_preprocessing
     from .csra_head import check_lam, resolve_temperatures
     from .extraction import resolve_device
     from .patched import PatchedModel
     from .report import report_console, write_json
-    from .validate import check_img_size, check_weight_source
+    from .validate import check_img_size
 
     console = console or report_console()
     check_predict_args(threshold, top_k, batch_size)
@@ -250,23 +249,7 @@ def run_predict(
     else:
         if model is None:
             raise CSRAError("predict needs `model` with `checkpoint` / `pretrained`, or `patched_file` (a .safetensors file)", param="model")
-        check_weight_source(checkpoint, pretrained, random_init)
-        from .adapters import load_model
-        from .lam_sweep import paper_fixed_lam
-        from .patched import patch
-        from .probe import load_head
-
-        head = load_head(head_file) if head_file is not None and Path(head_file).is_file() else head_file
-        adapter = load_model(model, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init)
-        preprocessing = default_preprocessing(adapter, transform, img_size, head[1] if isinstance(head, tuple) else None)
-        patched = patch(
-            adapter,
-            paper_fixed_lam(model) if lam is None else lam,
-            math.inf if temperature is None else temperature,
-            heads,
-            head=head,
-            preprocessing=preprocessing,
-        )
+        patched = patched_from_model(model, checkpoint, pretrained, random_init, head_file, lam, temperature, heads, img_size, transform)
     results = predict_images(
         patched, images, threshold=threshold, top_k=top_k, classes=classes, batch_size=batch_size, device=device, compare=compare, console=console
     )
@@ -278,6 +261,26 @@ def run_predict(
         write_json(json_out, results)
         console.print(f"wrote {json_out}")
     return results
+
+
+def patched_from_model(model, checkpoint, pretrained, random_init, head_file, lam, temperature, heads, img_size, transform):
+    """The patched model from a model name and its weights (``predict`` and ``attention``): the
+    model's own head or ``head_file`` (a probe written by sweep --save-head), lam None: the paper's
+    fixed lam, temperature None: the max."""
+    from .adapters import load_model
+    from .apply import default_preprocessing
+    from .lam_sweep import paper_fixed_lam
+    from .patched import patch
+    from .probe import load_head
+    from .validate import check_img_size, check_weight_source
+
+    check_img_size(img_size)
+    check_weight_source(checkpoint, pretrained, random_init)
+    head = load_head(head_file) if head_file is not None and Path(head_file).is_file() else head_file
+    adapter = load_model(model, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init)
+    preprocessing = default_preprocessing(adapter, transform, img_size, head[1] if isinstance(head, tuple) else None)
+    lam = paper_fixed_lam(model) if lam is None else lam
+    return patch(adapter, lam, math.inf if temperature is None else temperature, heads, head=head, preprocessing=preprocessing)
 
 
 def load_patched_for_predict(path, model, checkpoint, pretrained, random_init, head_file, img_size):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
@@ -15,6 +15,9 @@ from .atomic import atomic_write
 from .class_statistics import ClassStatistics
 from .data.transforms import describe_transform
 from .lam_sweep import SweepResult, SweepRow, row_scores
+
+if TYPE_CHECKING:
+    from .selection import HeldOut
 
 
 def report_console() -> Console:
@@ -68,6 +71,15 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
     }
     if result.model_logits is not None:
         out["model_logits"] = result.model_logits
+    # docs/uncertainty.md: lam chosen where it is not scored, and 95 % intervals of the deltas (null when off)
+    out["held_out"] = result.held_out.to_json() if result.held_out is not None else None
+    out["bootstrap"] = None
+    if result.uncertainty_notes:
+        out["uncertainty_notes"] = result.uncertainty_notes
+    if result.bootstrap is not None:
+        from .bootstrap import bootstrap_json
+
+        out["bootstrap"] = bootstrap_json(result.bootstrap, result.bootstrap_n or 0, result.bootstrap_seed or 0)
     out.update(extra or {})
     return out
 
@@ -98,17 +110,58 @@ def save_scores(path: str | Path, result: SweepResult, stats: ClassStatistics) -
     atomic_write(Path(path), write)
 
 
+def _print_honesty_notes(console: Console, result: SweepResult) -> None:
+    """What "optimistic", "held-out" and the interval mean, in one or two lines under the table."""
+    held = result.held_out
+    if held is not None:
+        if held.select_on == "half":
+            how = (
+                f"chosen on one random half of the images and scored on the other, both ways, averaged (seed {held.seed}; "
+                "its score is the mean of the halves' scores, so compare its Δ)"
+            )
+        else:
+            how = f"chosen on split {held.select_on} and scored on this one"
+        console.print(f"optimistic: λ chosen on the scored images themselves (the paper's 'varying λ'); held-out: {how}", soft_wrap=True)
+    for note in result.uncertainty_notes:
+        console.print(f"note: {note}", soft_wrap=True)
+    if result.bootstrap is not None:
+        console.print(
+            f"95 % CI: paired bootstrap over images ({result.bootstrap_n} resamples, seed {result.bootstrap_seed}); n.s.: the interval contains 0",
+            soft_wrap=True,
+        )
+
+
 def _delta(value: float, base: float) -> str:
     d = value - base
     colour = "green" if d > 0 else ("red" if d < 0 else "white")
     return f"[{colour}]{d:+.2f}[/]"
 
 
-def print_table(console: Console, result: SweepResult, stats: ClassStatistics, metrics: list[str] | None = None) -> None:
-    """The paper's Table 1 for this run, one row per setting (fits an 80-column terminal).
+def _interval(result: SweepResult, name: str) -> str:
+    """``[low, high]`` of the delta's 95 % bootstrap interval, ``n.s.`` when it holds 0."""
+    iv = (result.bootstrap or {}).get(name)
+    if iv is None:
+        return ""
+    return f"[{iv.low:+.2f}, {iv.high:+.2f}]" + ("" if iv.significant else " [yellow]n.s.[/]")
 
-    Rows: the baseline (lam = 0), the best lam of avg + lam * max ("Varying lam"), the paper's
-    fixed lam, and the best softmax / multi-head variant; extra ``metrics`` become columns.
+
+def _held_out_setting(held: HeldOut) -> tuple[str, str]:
+    """Variant and lam of the held-out row; ``a/b`` (half A's choice / half B's) when they differ."""
+    variants = list(dict.fromkeys(c.variant.label for c in held.choices))
+    lams = list(dict.fromkeys(f"{c.lam:g}" for c in held.choices))
+    if held.agreed is not None:
+        return variants[0], lams[0]
+    return " / ".join(c.variant.label for c in held.choices) if len(variants) > 1 else variants[0], "/".join(f"{c.lam:g}" for c in held.choices)
+
+
+def print_table(console: Console, result: SweepResult, stats: ClassStatistics, metrics: list[str] | None = None) -> None:
+    """The paper's Table 1 for this run, one row per setting.
+
+    Rows: the baseline (lam = 0), the best lam of avg + lam * max ("Varying lam", chosen on the
+    scored images: labelled optimistic), the held-out lam (chosen where it is not scored) when the
+    result has one, the paper's fixed lam, and the best softmax / multi-head variant (optimistic
+    too); extra ``metrics`` become columns. With bootstrap intervals, a "95 % CI" column gives the
+    interval of each delta and marks ``n.s.`` where it contains 0.
     """
     info, p = stats.info, result.primary
     metrics = list(metrics or (["top5"] if p == "top1" else []))
@@ -123,24 +176,41 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
     table.add_column("λ", justify="right")
     table.add_column(f"{p} %", justify="right", no_wrap=True)
     table.add_column("Δ", justify="right", no_wrap=True)
+    intervals = result.bootstrap is not None
+    if intervals:
+        table.add_column("95 % CI of Δ", justify="right", no_wrap=True)
     for m in metrics:
         table.add_column(m, justify="right", no_wrap=True)
     rows = (
-        ("baseline", result.baseline, "-"),
-        ("best λ", result.best, None),
-        ("fixed λ (paper)", result.fixed, None),
-        ("best variant", result.best_variant, None),
+        ("baseline", result.baseline, "-", ""),
+        ("best λ (optimistic)", result.best, None, "best"),
+        ("fixed λ (paper)", result.fixed, None, "fixed"),
+        ("best variant (optimistic)", result.best_variant, None, ""),
     )
-    for label, row, variant in rows:
+    for label, row, variant, name in rows:
         table.add_row(
             label,
             variant or row.variant.label,
             f"{row.lam:g}",
             f"{row.metrics[p]:.2f}",
             "" if row is result.baseline else _delta(row.metrics[p], base),
+            *([_interval(result, name)] if intervals else []),
             *[f"{row.metrics[m]:.2f}" if m in row.metrics else "-" for m in metrics],
         )
+        held = result.held_out
+        if name == "best" and held is not None:  # the honest figure right under the optimistic one
+            held_variant, held_lam = _held_out_setting(held)
+            table.add_row(
+                f"held-out λ ({held.select_on})",
+                held_variant,
+                held_lam,
+                f"{held.score:.2f}",
+                _delta(held.score, held.score - held.delta),
+                *([_interval(result, "held_out")] if intervals else []),
+                *["" for _ in metrics],
+            )
     console.print(table)
+    _print_honesty_notes(console, result)
     source = info.baseline_source
     diff = info.identity_max_abs_diff
     rel = info.identity_max_rel_diff
@@ -157,7 +227,9 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
         console.print(f"[yellow]left out of mAP (no positive):[/] {', '.join(result.excluded_classes)}")
     if result.all_positive_classes:
         without = result.mAP_without_all_positive or {}
-        figures = ", ".join(f"{label} {without[k]:.2f}" for k, label in (("baseline", "baseline"), ("best", "best λ"), ("fixed", "fixed λ")) if without.get(k) is not None)
+        figures = ", ".join(
+            f"{label} {without[k]:.2f}" for k, label in (("baseline", "baseline"), ("best", "best λ"), ("fixed", "fixed λ")) if without.get(k) is not None
+        )
         console.print(
             f"[yellow]positive in every image (AP is 100 whatever the scores):[/] {', '.join(result.all_positive_classes)}; "
             f"mAP without them: {figures or 'no class left'}",

@@ -15,17 +15,17 @@ and :func:`csra_posthoc.scoring.csra_score`, so a chosen setting scores exactly 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
+from .class_statistics import ClassStatistics
 from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS
 from .errors import CSRAError
 from .lam_sweep import Variant, attended_scores, variants
 from .metrics import mean_average_precision, topk_accuracy
 from .scoring import csra_score
-from .class_statistics import ClassStatistics
 
 
 def primary_metric(scores: torch.Tensor, labels: torch.Tensor, single_label: bool) -> float:
@@ -118,6 +118,22 @@ def half_masks(num_images: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return first, ~first
 
 
+def take_images(stats: ClassStatistics, mask: torch.Tensor) -> ClassStatistics:
+    """The statistics of the images in ``mask`` (one gather per tensor, instead of one per scored setting:
+    on a busy machine each small indexing op costs milliseconds)."""
+    idx = mask.nonzero().flatten()
+    return replace(
+        stats,
+        ids=[stats.ids[i] for i in idx.tolist()],
+        labels=stats.labels[idx],
+        avg=stats.avg[idx],
+        max=stats.max[idx],
+        attn=stats.attn[idx],
+        logits=stats.logits[idx],
+        maps=None if stats.maps is None else stats.maps[idx],
+    )
+
+
 def _best(scored: list[tuple[Variant, float, float]]) -> tuple[Variant, float]:
     """The sweep's rule: highest metric, the smaller lam on a tie, the first variant after that."""
     variant, lam, _ = max(scored, key=lambda r: (r[2], -r[1]))
@@ -135,11 +151,10 @@ def select_half(
 ) -> HeldOut:
     """Choose (variant, lam) on one seeded half of the evaluated images, score on the other, both ways."""
     masks = half_masks(stats.num_images, seed)
-    labels = stats.labels
     on_half: list[list[tuple[Variant, float, float]]] = [[], []]
-    for variant, lam, scores in candidates(stats, lams, temps, heads):
-        for h, mask in enumerate(masks):
-            on_half[h].append((variant, lam, primary_metric(scores[mask], labels[mask], single_label)))
+    for h, mask in enumerate(masks):  # each half's statistics taken once: scoring is per image, so this is exact
+        half = take_images(stats, mask)
+        on_half[h] = [(variant, lam, primary_metric(scores, half.labels, single_label)) for variant, lam, scores in candidates(half, lams, temps, heads)]
     base = [next(m for v, lam, m in on_half[h] if lam == 0.0) for h in range(2)]
     choices: list[Choice] = []
     parts: list[tuple[torch.Tensor | None, torch.Tensor]] = []

@@ -1,8 +1,9 @@
 """The lam curve (with its bootstrap band), the held-out figure and an attention figure of the demo.
 
 Run ``csra-posthoc demo`` first (it caches the statistics and the probe), then
-``python examples/demo_figures.py [OUT_DIR]``. Library calls only; the sweep's own flags for these
-figures are a later step.
+``python examples/demo_figures.py [OUT_DIR]``. Library calls only; from the command line,
+``csra-posthoc demo --plot curve.png`` (or ``sweep ... --plot``) draws the same curve, with the band
+from at most 200 resamples, and prints the held-out row and the intervals.
 """
 
 from __future__ import annotations

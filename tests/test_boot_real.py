@@ -23,7 +23,13 @@ def test_bootstrap_selection_and_figures_on_the_demo(tmp_path: Path) -> None:
     from csra_posthoc.selection import select_half
 
     cache = tmp_path / "cache"
-    data = run_demo(num_train=120, num_test=120, work_dir=tmp_path / "voc", options=ExtractOptions(cache_dir=cache))
+    data = run_demo(num_train=120, num_test=120, work_dir=tmp_path / "voc", options=ExtractOptions(cache_dir=cache), plot=tmp_path / "demo.png")
+    # the demo's report carries the held-out row and the intervals (sweep's defaults: half, 1000 resamples, seed 0)
+    assert data["held_out"]["select_on"] == "half" and (data["bootstrap"]["n"], data["bootstrap"]["seed"]) == (1000, 0)
+    assert set(data["bootstrap"]) == {"n", "seed", "best", "fixed", "held_out"}
+    assert abs(data["bootstrap"]["held_out"]["delta"] - data["held_out"]["delta"]) < 1e-9
+    with Image.open(tmp_path / "demo.png") as im:
+        assert im.format == "PNG"
     (stats_file,) = [p for p in cache.glob("efficientnet_lite0-*-test-*.safetensors")]
     (probe,) = cache.glob("probe-*.safetensors")
     stats = load_statistics(stats_file)

@@ -45,6 +45,10 @@ def test_demo_shows_a_csra_gain_on_real_data(tmp_path: Path) -> None:
     base = data["baseline"]["mAP"]
     assert data["fixed"]["lam"] == 0.2
     assert data["best"]["metrics"]["mAP"] >= data["fixed"]["metrics"]["mAP"]
+    # is the gain real? the demo's table has the held-out row and the intervals (sweep's defaults)
+    assert "held-out λ (half)" in res.output and "95 % CI of Δ" in res.output and "best λ (optimistic)" in res.output
+    assert data["held_out"]["select_on"] == "half" and data["bootstrap"]["n"] == 1000
+    assert data["bootstrap"]["fixed"]["delta"] == pytest.approx(data["fixed"]["metrics"]["mAP"] - data["baseline"]["mAP"], abs=1e-9)
     if data["demo"]["source"] == "fashion-mnist":
         # measured on this machine (seeds 0-2, 300/300 mosaics at 224 px, C=0.01): fixed-lam delta +1.39..+1.95 mAP
         assert data["fixed"]["metrics"]["mAP"] > base

@@ -151,3 +151,28 @@ def test_torchrun_sweep_equals_single_process(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     _assert_close(json.loads((out / "results.json").read_text()), single)
     assert run.stdout.count("wrote ") == 1 and "baseline" in run.stdout  # one table and one "wrote", from rank 0
+
+
+def test_select_on_another_split_under_two_ranks(tmp_path: Path) -> None:
+    """--select-on trainval under 2 ranks: extracted on every rank when either split is not cached
+    (the evaluated one cached, the other not: the model is built and both go through extract),
+    reused when both are; the results equal the single-process run's."""
+    annotations = random_voc_annotations(40, seed=2)
+    ids = list(annotations)
+    root = tmp_path / "data"
+    write_voc(root, {i: annotations[i] for i in ids[:21]}, split="test")
+    write_voc(root, {i: annotations[i] for i in ids[21:]}, split="trainval", seed=1)
+    args = ["--data-dir", str(root), "--batch-size", "4", "--bootstrap", "50"]
+    codes, _, _, printed = _run(tmp_path, "two", 2, [*args, "--select-on", "none"])  # caches the evaluated split only
+    assert codes == [0, 0], printed
+    codes, mixed, files, printed = _run(tmp_path, "two", 2, [*args, "--select-on", "trainval"])
+    assert codes == [0, 0] and len(files) == 2, printed
+    out = tmp_path / "two"  # the same cache, without --quiet: rank 0 says what it reused
+    argv = [*BASE[:-1], *args, "--select-on", "trainval", "--cache-dir", str(out / "cache"), "--out", str(out / "results.json")]
+    codes, _, printed = dist_scenarios.launch_cli(argv, out / "logs-warm", world=2)
+    warm = json.loads((out / "results.json").read_text())
+    assert codes == [0, 0] and printed[0][0].count("no model built") == 2, printed
+    codes, single, _, _ = _run(tmp_path, "single", 1, [*args, "--select-on", "trainval"])
+    assert codes == [0]
+    assert single["held_out"]["select_on"] == "trainval" and "held_out" in single["bootstrap"]
+    assert mixed == single and warm == single

