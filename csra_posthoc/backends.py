@@ -98,7 +98,11 @@ class OrtBackend:
             import onnxruntime as ort
             import onnxscript  # noqa: F401  (the dynamo exporter needs it)
         except ImportError:
-            raise CSRAError("backend 'onnxruntime' needs the export extra: pip install 'csra-posthoc[export]'", param="backend") from None
+            raise CSRAError(
+                "backend 'onnxruntime' needs onnxruntime and onnxscript: pip install 'csra-posthoc[export]' "
+                "(or pip install onnxruntime onnxscript)",
+                param="backend",
+            ) from None
         self._tmp = None
         if path is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="csra-ort-")
@@ -142,13 +146,21 @@ def export_scores(adapter: ModelAdapter, img_size: int, path: str | Path) -> Non
 
 
 def make_backend(
-    adapter: ModelAdapter, backend: str = "eager", *, img_size: int, channels_last: bool = False, compile: bool = False, bf16: bool = False
+    adapter: ModelAdapter,
+    backend: str = "eager",
+    *,
+    img_size: int,
+    channels_last: bool = False,
+    compile: bool = False,
+    bf16: bool = False,
+    threads: int | None = None,
 ) -> Forward:
-    """The forward extraction calls per batch, by name (``eager`` | ``onnxruntime``)."""
+    """The forward extraction calls per batch, by name (``eager`` | ``onnxruntime``; ``threads``:
+    ONNX Runtime's intra-op threads, default torch's count)."""
     if backend == "eager":
         return prepare_backbone(adapter, channels_last=channels_last, compile=compile, bf16=bf16)
     if backend == "onnxruntime":
         if channels_last or compile or bf16:
             raise CSRAError("backend 'onnxruntime' takes no channels_last / compile / bf16", param="backend")
-        return OrtBackend(adapter, img_size)
+        return OrtBackend(adapter, img_size, threads=threads)
     raise CSRAError(f"backend {backend!r}: choose {' or '.join(BACKENDS)}", param="backend")

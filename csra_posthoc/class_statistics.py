@@ -52,6 +52,7 @@ class StatisticsInfo:
     data_notes: list[str] = field(default_factory=list)
     amp: bool = False
     device: str | None = None
+    cache_dtype: str = "float32"  # float16: the statistics were rounded to fp16 (cache --cache-dtype); in memory always float32
     cache: CacheInfo = field(default_factory=CacheInfo)  # this run only: not part of to_json
 
     @property

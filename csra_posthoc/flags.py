@@ -50,6 +50,11 @@ FLAGS: dict[str, str] = {
     "recompute": "--recompute",
     "transform": "--transform",
     "verify_images": "--verify-images",
+    "decode": "--decode",
+    "backend": "--backend",
+    "compile": "--compile",
+    "threads": "--threads",
+    "cache_dtype": "--cache-dtype",
     # sweep
     "lams": "--lams",
     "temps": "--temps",
