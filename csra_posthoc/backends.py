@@ -9,7 +9,11 @@ Every backend returns what :meth:`ModelAdapter.forward` returns: per-location sc
   backbone (NOT within 1e-4: opt-in, and only useful on CPUs with native bf16).
 - :class:`OrtBackend`: ONNX Runtime on an exported backbone + location head + model head.
 
-The caller runs backends under ``torch.inference_mode()``.
+The caller runs backends under ``torch.inference_mode()``. Extraction
+(:func:`csra_posthoc.extraction.compute_statistics`) takes :class:`OrtBackend` through
+:func:`make_backend` for ``backend="onnxruntime"``; its eager default runs the adapter's own
+backbone in :func:`~csra_posthoc.extraction.backbone_batches` (channels_last, optional compile,
+``--amp``), and the head in float32, so the probe's feature pass shares that loop.
 """
 
 from __future__ import annotations
