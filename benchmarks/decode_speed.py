@@ -59,7 +59,8 @@ def write_photos(folder: Path, n: int) -> list[Path]:
 
 def write_mosaics(folder: Path, n: int, canvas: int) -> list[Path]:
     """``n`` demo mosaics (Fashion-MNIST, else scikit-learn digits) at ``canvas`` px, as the demo writes them."""
-    from csra_posthoc.data.mosaics import find_item_source, write_mosaic_voc
+    from csra_posthoc.demo.mosaics import write_mosaic_voc
+    from csra_posthoc.demo.sources import find_item_source
 
     voc = write_mosaic_voc(find_item_source(), folder, 0, n, canvas, seed=0)
     return sorted((voc / "JPEGImages").glob("*.jpg"))

@@ -9,7 +9,11 @@ Every backend returns what :meth:`ModelAdapter.forward` returns: per-location sc
   backbone (NOT within 1e-4: opt-in, and only useful on CPUs with native bf16).
 - :class:`OrtBackend`: ONNX Runtime on an exported backbone + location head + model head.
 
-The caller runs backends under ``torch.inference_mode()``.
+The caller runs backends under ``torch.inference_mode()``. Extraction
+(:func:`csra_posthoc.extraction.compute_statistics`) takes :class:`OrtBackend` through
+:func:`make_backend` for ``backend="onnxruntime"``; its eager default runs the adapter's own
+backbone in :func:`~csra_posthoc.extraction.backbone_batches` (channels_last, optional compile,
+``--amp``), and the head in float32, so the probe's feature pass shares that loop.
 """
 
 from __future__ import annotations
@@ -98,7 +102,11 @@ class OrtBackend:
             import onnxruntime as ort
             import onnxscript  # noqa: F401  (the dynamo exporter needs it)
         except ImportError:
-            raise CSRAError("backend 'onnxruntime' needs the export extra: pip install 'csra-posthoc[export]'", param="backend") from None
+            raise CSRAError(
+                "backend 'onnxruntime' needs onnxruntime and onnxscript: pip install 'csra-posthoc[export]' "
+                "(or pip install onnxruntime onnxscript)",
+                param="backend",
+            ) from None
         self._tmp = None
         if path is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="csra-ort-")
@@ -142,13 +150,21 @@ def export_scores(adapter: ModelAdapter, img_size: int, path: str | Path) -> Non
 
 
 def make_backend(
-    adapter: ModelAdapter, backend: str = "eager", *, img_size: int, channels_last: bool = False, compile: bool = False, bf16: bool = False
+    adapter: ModelAdapter,
+    backend: str = "eager",
+    *,
+    img_size: int,
+    channels_last: bool = False,
+    compile: bool = False,
+    bf16: bool = False,
+    threads: int | None = None,
 ) -> Forward:
-    """The forward extraction calls per batch, by name (``eager`` | ``onnxruntime``)."""
+    """The forward extraction calls per batch, by name (``eager`` | ``onnxruntime``; ``threads``:
+    ONNX Runtime's intra-op threads, default torch's count)."""
     if backend == "eager":
         return prepare_backbone(adapter, channels_last=channels_last, compile=compile, bf16=bf16)
     if backend == "onnxruntime":
         if channels_last or compile or bf16:
             raise CSRAError("backend 'onnxruntime' takes no channels_last / compile / bf16", param="backend")
-        return OrtBackend(adapter, img_size)
+        return OrtBackend(adapter, img_size, threads=threads)
     raise CSRAError(f"backend {backend!r}: choose {' or '.join(BACKENDS)}", param="backend")

@@ -38,6 +38,7 @@ VERSION_FIELD = "csra_cache_version"
 RECOMPUTE_FIX = "delete it or re-run with recompute=True"
 T = TypeVar("T")
 _TENSORS = ("labels", "avg", "max", "attn", "logits")
+_FLOATS = ("avg", "max", "attn", "logits")  # stored in ``info.cache_dtype``, read back as float32
 ORPHAN_AGE_S = 24 * 3600  # a temporary file this old belongs to no live run
 
 
@@ -180,8 +181,11 @@ def read_entry(path: Path, what: str = "cache file") -> tuple[dict[str, torch.Te
 
 
 def save_statistics(stats: ClassStatistics, path: Path) -> None:
-    """Statistics as a cache entry (see :func:`write_entry`)."""
+    """Statistics as a cache entry (see :func:`write_entry`); the float statistics in
+    ``stats.info.cache_dtype`` (float16: half the file; maps are float16 always)."""
     tensors = {name: getattr(stats, name) for name in _TENSORS}
+    if stats.info.cache_dtype == "float16":
+        tensors.update({name: tensors[name].half() for name in _FLOATS})
     tensors["temperatures"] = torch.tensor(stats.temperatures, dtype=torch.float64)
     if stats.maps is not None:
         tensors["maps"] = stats.maps
@@ -205,7 +209,7 @@ def load_statistics(path: Path, key: str | None = None, ids: list[str] | None = 
             temperatures=tuple(float(t) for t in tensors.pop("temperatures").tolist()),
             maps=tensors.pop("maps", None),
             info=info,
-            **{name: tensors[name] for name in _TENSORS},
+            **{name: tensors[name].float() if name in _FLOATS else tensors[name] for name in _TENSORS},
         )
     except Exception as exc:  # any corruption: JSON, missing tensor
         raise CSRAError(f"{stale} ({type(exc).__name__}); {RECOMPUTE_FIX}", param="recompute") from None

@@ -53,6 +53,7 @@ class StatisticsInfo:
     amp: bool = False
     amp_dtype: str | None = None  # fp16 | bf16 when amp (options.amp_precision); None without
     device: str | None = None
+    cache_dtype: str = "float32"  # float16: the statistics were rounded to fp16 (cache --cache-dtype); in memory always float32
     cache: CacheInfo = field(default_factory=CacheInfo)  # this run only: not part of to_json
 
     @property

@@ -152,6 +152,11 @@ def sweep_cmd(
     recompute: bool = typer.Option(False, "--recompute", help="ignore an existing cache entry and overwrite it"),
     verify_images: bool = typer.Option(False, "--verify-images", help="cache key hashes image contents, not size + mtime (slower)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars or extraction lines (the table and errors still print)"),
+    decode: str = typer.Option("pil", "--decode", help="pil (exact) | draft: JPEG decoded at 1/2-1/8 scale when the input is at most half the image (faster, pixels differ slightly; own cache key)"),
+    backend: str = typer.Option("eager", "--backend", help="eager | onnxruntime: the statistics pass on ONNX Runtime (CPU; pip install 'csra-posthoc[export]')"),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (start-up cost: pays on thousands of images)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads during extraction (default on CPU: cores - --workers; restored afterwards)"),
+    cache_dtype: str = typer.Option("float32", "--cache-dtype", help="float32 | float16: statistics cached in half precision (half the file; own cache key)"),
     lams: str = typer.Option(_csv(DEFAULT_LAMS), "--lams"),
     temps: str = typer.Option(_csv(DEFAULT_TEMPS), "--temps", help="softmax temperatures (inf = max); empty: no softmax variant"),
     heads: str = typer.Option(_csv(DEFAULT_HEADS), "--heads", help="multi-head sets of the paper; empty: no multi-head variant"),
@@ -187,7 +192,8 @@ def sweep_cmd(
             options=ExtractOptions(
                 img_size=img_size, batch_size=batch_size, workers=workers, device=device, amp=amp or amp_dtype != "auto", amp_dtype=amp_dtype, keep_maps=keep_maps,  # type: ignore[arg-type]
                 cache_dir=cache_dir, use_cache=not no_cache, recompute=recompute, transform=transform,  # type: ignore[arg-type]
-                verify_images=verify_images, quiet=quiet,
+                verify_images=verify_images, quiet=quiet, decode=decode, backend=backend, compile=compile,  # type: ignore[arg-type]
+                threads=threads, cache_dtype=cache_dtype,  # type: ignore[arg-type]
             ),
             sweep_options=SweepOptions(
                 lams=tuple(_floats("--lams", lams)),

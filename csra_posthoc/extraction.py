@@ -8,11 +8,19 @@ is relative, as in :func:`~csra_posthoc.adapters.verify_identity`.
 :func:`backbone_batches` is the one loop over a dataset: the statistics here and the probe's
 features (:func:`csra_posthoc.probe.pooled_features`) both consume it, through a
 :class:`ForwardPass` (model, device, transform and options, prepared once).
+
+The loop's input pipeline (:func:`input_batches`): workers decode (``decode``: pil, or JPEG draft)
+and resize, and hand back uint8 ``(H, W, 3)`` images; the main process normalises each batch at
+once into ``channels_last`` (bit-equal to the model's transform: :mod:`csra_posthoc.data.decode`).
+The forward runs under ``torch.inference_mode`` with ``channels_last`` weights (eager backend), on
+CPU with the caller's torch threads less one per worker (the workers decode on those cores); the
+caller's thread count and weight layout are restored afterwards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator
+import os
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +39,7 @@ from .cache import usable_cache_dir as usable_cache_dir
 from .checkpoint import state_dict_fingerprint
 from .class_statistics import CacheInfo, ClassStatistics, StatisticsInfo
 from .data import ImageDataset, LabelledImages
+from .data.decode import decode_key, image_loader, normalize_batch, pil_stage
 from .data.transforms import eval_transform
 from .distributed import DistContext, Shard, all_reduce_max, broadcast_object, check_status, current, gather_tensors, lockstep_steps, shard_for, stage
 from .errors import CSRAError, first_line
@@ -79,8 +88,10 @@ def extraction_key(
     keep_maps: bool,
     verify_images: bool = False,
     head_fingerprint: str | None = None,
+    cache_dtype: str = "float32",
 ) -> str:
-    """The statistics key of a built model (``head_fingerprint``: when the caller has it already)."""
+    """The statistics key of a built model (``head_fingerprint``: when the caller has it already;
+    ``transform``: :attr:`ForwardPass.desc`, the decode policy folded in)."""
     return statistics_key(
         model=adapter.info.name,
         weights_fingerprint=adapter.info.weights_fingerprint,
@@ -93,6 +104,7 @@ def extraction_key(
         temperatures=CACHED_TEMPERATURES,
         amp=amp,
         keep_maps=keep_maps,
+        cache_dtype=cache_dtype,
     )
 
 
@@ -112,6 +124,12 @@ class ForwardPass:
     def size(self) -> int:
         return int(self.desc["size"])
 
+    @property
+    def channels_last(self) -> bool:
+        """Eager PyTorch runs convolutions in channels_last (same numbers to float32 rounding, faster
+        on CPU); ONNX Runtime takes plain NCHW."""
+        return self.options.backend == "eager"
+
 
 def forward_pass(adapter: ModelAdapter, single_label: bool, options: ExtractOptions, console: Console) -> ForwardPass:
     """Check the loop's options and build the transform and the device, once per run."""
@@ -122,7 +140,10 @@ def forward_pass(adapter: ModelAdapter, single_label: bool, options: ExtractOpti
     if options.img_size is not None and options.img_size < 16:
         raise CSRAError(f"img_size {options.img_size}: too small (at least 16)", param="img_size")
     transform, desc = eval_transform(adapter.data_config, options.img_size, single_label, options.transform)
-    return ForwardPass(adapter, transform, desc, resolve_device(options.device), options, console)
+    device = resolve_device(options.device)
+    if options.backend == "onnxruntime" and device.type != "cpu":
+        raise CSRAError(f"backend onnxruntime runs on the CPU here, not {device}; pass device='cpu' or use the eager backend", param="backend")
+    return ForwardPass(adapter, transform, decode_key(options.decode, desc), device, options, console)  # draft decoding enters the cache keys
 
 
 @contextmanager
@@ -145,9 +166,103 @@ def on_device(module: nn.Module, device: torch.device) -> Iterator[nn.Module]:
         module.train(training)
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def loop_threads(options: ExtractOptions, device: torch.device) -> int | None:
+    """Torch threads for the loop: ``threads`` when given; on CPU with workers, the caller's count
+    capped at one per core the workers leave free (they decode there; oversubscribed cores slowed
+    the forward); else None (unchanged)."""
+    if options.threads is not None:
+        return options.threads
+    if device.type != "cpu" or options.workers == 0:
+        return None
+    return max(1, min(torch.get_num_threads(), available_cores() - options.workers))
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(threads)`` for the block, then the caller's count again (no global side effect)."""
+    before = torch.get_num_threads()
+    if threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def weights_channels_last(module: nn.Module, enabled: bool) -> Iterator[None]:
+    """4-D weights in channels_last for the block, then back to the layout they had (the caller's
+    model is converted in place rather than copied, as :func:`on_device` moves it)."""
+    four_d = [p for p in module.parameters() if p.dim() == 4]
+    if not enabled or not four_d or all(p.is_contiguous(memory_format=torch.channels_last) for p in four_d):
+        yield
+        return
+    module.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        module.to(memory_format=torch.contiguous_format)
+
+
+def image_dataset(fp: ForwardPass, images: LabelledImages) -> ImageDataset:
+    """The dataset the loop's workers read: decode (``fp.options.decode``) and the transform's
+    resize / crop to uint8 ``(H, W, 3)`` (the full float transform for timm's own crop modes)."""
+    stage = pil_stage(fp.desc)
+    loader = image_loader(fp.options.decode, fp.desc)
+    return ImageDataset(images, stage or fp.transform, fp.size, loader=loader, uint8=stage is not None)
+
+
+def input_batches(fp: ForwardPass, images: LabelledImages, indices: Sequence[int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(indices, normalised float32 inputs on fp.device)`` per batch; a broken image is an error.
+
+    Values bit-equal to ``fp.transform`` per image (with ``decode="pil"``); ``channels_last``
+    layout for the eager backend. uint8 batches cross the workers' shared memory and the
+    host-to-device copy (a quarter of float32's bytes) and are normalised where they land.
+    """
+    opts, device = fp.options, fp.device
+    dataset: Dataset = image_dataset(fp, images)
+    if indices is not None:  # this rank's shard (torchrun)
+        dataset = Subset(dataset, list(indices))
+    loader = DataLoader(
+        dataset,
+        batch_size=opts.batch_size,
+        num_workers=opts.workers,
+        shuffle=False,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if opts.workers > 0 else None,  # decoded batches queued ahead of a slow batch
+        generator=torch.Generator(),  # the loader draws its workers' base seed from this, not the caller's RNG
+    )
+    mean, std = tuple(fp.desc["mean"]), tuple(fp.desc["std"])
+    for index, x, errors in loader:
+        bad = [e for e in errors if e]
+        if bad:
+            raise CSRAError(bad[0])  # names the file and the fix
+        x = x.to(device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = normalize_batch(x, mean, std, channels_last=fp.channels_last)
+        elif fp.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield index, x
+
+
 def backbone_batches(
-    fp: ForwardPass, images: LabelledImages, description: str, stage_name: str = "extract", ctx: DistContext | None = None
-) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
+    fp: ForwardPass,
+    images: LabelledImages,
+    description: str,
+    stage_name: str = "extract",
+    ctx: DistContext | None = None,
+    forward: Callable[[torch.Tensor], Any] | None = None,
+) -> Generator[tuple[torch.Tensor, Any], None, None]:
     """``(indices, backbone output in fp32)`` per batch, with a progress bar; a broken image is an error.
 
     The one loop over a dataset; the model is on ``fp.device`` (in eval mode) while it runs.
@@ -157,46 +272,42 @@ def backbone_batches(
     rank's error (a bad image, out of memory) stops every rank at once as one line. A consumer
     whose own per-batch work fails throws the error back in (:func:`for_each_batch`) so that it
     reaches that check too. Indices are positions in ``images`` (the full dataset's).
+    ``forward``: what to run per batch instead of the backbone (an ONNX Runtime backend's
+    ``x -> (s, logits)``, yielded as it returns it). Inputs come from :func:`input_batches`.
     """
     opts, device, adapter = fp.options, fp.device, fp.adapter
     ctx = ctx or current()
     part = shard_for(ctx, len(images), align=fp.options.batch_size) if ctx.active else Shard(0, 1, 0, len(images), len(images))
-    dataset: Dataset = ImageDataset(images, fp.transform, fp.size)
-    if ctx.active:
-        dataset = Subset(dataset, part.indices)
-    loader = DataLoader(
-        dataset,
-        batch_size=opts.batch_size,
-        num_workers=opts.workers,
-        shuffle=False,
-        pin_memory=device.type == "cuda",  # page-locked host batches: the copy below overlaps compute
-        generator=torch.Generator(),  # the loader draws its workers' base seed from this, not the caller's RNG
-    )
     dtype = amp_dtype(opts, device)
     amp_ctx = torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
     label = description if not ctx.active else f"{description} [rank 0 of {ctx.world_size}]"
-    with on_device(adapter, device), progress_bar(fp.console, label, total=part.count) as advance:
-        batches = iter(loader)
+    run = forward or (torch.compile(adapter.forward_backbone, dynamic=False) if opts.compile else adapter.forward_backbone)
+    with (
+        torch_threads(loop_threads(opts, device)),
+        on_device(adapter, device),
+        weights_channels_last(adapter, fp.channels_last and forward is None),
+        progress_bar(fp.console, label, total=part.count) as advance,
+    ):
+        batches = input_batches(fp, images, part.indices if ctx.active else None)
         for _ in range(lockstep_steps(part, opts.batch_size)):
             error: Exception | None = None
             try:
                 batch = next(batches, None)  # None: this rank's shard is done (it is one image short)
                 if batch is not None:
-                    index, x, errors = batch
-                    bad = [e for e in errors if e]
-                    if bad:
-                        raise CSRAError(bad[0])  # names the file and the fix
+                    index, x = batch
                     try:
-                        with amp_ctx:
-                            raw = adapter.forward_backbone(x.to(device, non_blocking=True))
+                        with torch.inference_mode(), amp_ctx:
+                            out = run(x)
                     except (RuntimeError, AssertionError, ValueError) as exc:
                         if isinstance(exc, torch.OutOfMemoryError):
                             raise
+                        if opts.compile and forward is None and _compiler_failed(exc):
+                            raise CSRAError(f"compile: torch.compile failed ({first_line(exc)}); run without compile", param="compile") from None
                         raise CSRAError(
                             f"model {adapter.info.name} failed on a {tuple(x.shape[1:])} input ({first_line(exc)}); try another img_size",
                             param="img_size",
                         ) from None
-                    yield index, raw.float()
+                    yield index, out.float() if isinstance(out, torch.Tensor) else out
                     advance(len(index))
             except Exception as exc:
                 error = exc
@@ -257,6 +368,11 @@ class _Rows:
         return {n: torch.cat(self.host[n]) if self.host[n] else torch.empty(0) for n in self.names}
 
 
+def _compiler_failed(exc: BaseException) -> bool:
+    """An error raised by torch.compile's machinery (dynamo / inductor), not by the model."""
+    return type(exc).__module__.startswith(("torch._dynamo", "torch._inductor"))
+
+
 @torch.no_grad()
 def compute_statistics(
     fp: ForwardPass, images: LabelledImages, ctx: DistContext | None = None
@@ -272,6 +388,12 @@ def compute_statistics(
     diff = torch.zeros((), device=fp.device)
     scale = torch.zeros((), device=fp.device)
     maps: list[torch.Tensor] = []
+    backend = None
+    if fp.options.backend != "eager":  # eager: the adapter's own backbone and head, below
+        from .backends import make_backend
+
+        with on_device(adapter, fp.device):  # export needs eval mode; the caller's mode comes back
+            backend = make_backend(adapter, fp.options.backend, img_size=size, threads=loop_threads(fp.options, fp.device))
 
     def non_finite(index: int) -> None:
         raise CSRAError(
@@ -282,9 +404,9 @@ def compute_statistics(
 
     rows = _Rows(("avg", "max", "attn", "logits"), fp.device, non_finite)
 
-    def one_batch(index: torch.Tensor, raw: torch.Tensor) -> None:
+    def one_batch(index: torch.Tensor, out: Any) -> None:
         nonlocal diff, scale
-        s, logits = adapter.scores_from_backbone(raw)
+        s, logits = out if backend is not None else adapter.scores_from_backbone(out)
         stats = location_statistics(s)
         diff = torch.maximum(diff, (stats["avg"] - logits).abs().amax())  # on the device: no sync per batch
         scale = torch.maximum(scale, logits.abs().amax())
@@ -292,7 +414,7 @@ def compute_statistics(
         if keep_maps:  # the largest tensor: to the host every batch
             maps.append(s.half().cpu())
 
-    batches = backbone_batches(fp, images, f"extract {adapter.info.name}", "extract", ctx)
+    batches = backbone_batches(fp, images, f"extract {adapter.info.name}", "extract", ctx, forward=backend)
     for_each_batch(batches, one_batch)
     with stage("extract", ctx):  # the last flush's non-finite check
         mine = rows.result()
@@ -344,7 +466,9 @@ def extract(
     check_class_count(adapter, images)
     fp = forward_pass(adapter, images.single_label, opts, out)
     head_fingerprint = state_dict_fingerprint(adapter.head.state_dict())
-    key = extraction_key(adapter, images, fp.desc, amp_precision(opts, fp.device.type) or False, opts.keep_maps, opts.verify_images, head_fingerprint)
+    key = extraction_key(
+        adapter, images, fp.desc, amp_precision(opts, fp.device.type) or False, opts.keep_maps, opts.verify_images, head_fingerprint, opts.cache_dtype
+    )
     path = cache_path(resolve_cache_dir(opts.cache_dir), adapter.info.name, images.dataset, images.split, key)
     fingerprints = (adapter.info.weights_fingerprint, head_fingerprint)
     ctx = current()
@@ -393,12 +517,24 @@ def read_cached_statistics(
     return stats
 
 
+def round_to_half(stats: ClassStatistics, model: str) -> None:
+    """The float statistics rounded to float16 in place (kept as float32 tensors): this run sweeps
+    exactly what a later run reads back from a float16 cache file."""
+    for name in ("avg", "max", "attn", "logits"):
+        rounded = getattr(stats, name).half()
+        if not torch.isfinite(rounded).all():
+            raise CSRAError(f"cache_dtype float16: {model}'s {name} statistics exceed float16's range (65504); use float32", param="cache_dtype")
+        setattr(stats, name, rounded.float())
+
+
 def _compute(fp: ForwardPass, images: LabelledImages, key: str, head_fingerprint: str, ctx: DistContext | None = None) -> ClassStatistics | None:
     """The forward pass and the statistics' metadata (the caller decides about caching); None on ranks but 0."""
     adapter, opts = fp.adapter, fp.options
     stats, max_diff, rel_diff = compute_statistics(fp, images, ctx)
     if stats is None:
         return None
+    if opts.cache_dtype == "float16":
+        round_to_half(stats, adapter.info.name)
     stats.info = StatisticsInfo(
         key=key,
         model=adapter.info.name,
@@ -421,6 +557,7 @@ def _compute(fp: ForwardPass, images: LabelledImages, key: str, head_fingerprint
         amp=opts.amp,
         amp_dtype=amp_precision(opts, fp.device.type),
         device=str(fp.device),
+        cache_dtype=opts.cache_dtype,
     )
     source = "model's logits" if adapter.info.baseline_source == "model_logits" else "model's own logits (patch-average baseline, not enforced)"
     say(fp.console, f"identity: max |mean_k s - logits| = {max_diff:.2e} ({rel_diff:.2e} of the logits' scale) vs {source}")

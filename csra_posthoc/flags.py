@@ -53,6 +53,9 @@ FLAGS: dict[str, str] = {
     "verify_images": "--verify-images",
     "decode": "--decode",
     "backend": "--backend",
+    "compile": "--compile",
+    "threads": "--threads",
+    "cache_dtype": "--cache-dtype",
     # sweep
     "lams": "--lams",
     "temps": "--temps",

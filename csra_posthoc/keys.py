@@ -24,12 +24,18 @@ def statistics_key(
     temperatures: Sequence[float],
     amp: bool | str,
     keep_maps: bool,
+    cache_dtype: str = "float32",
 ) -> str:
-    """Hash of everything that changes the cached statistics (``amp``: False, or the autocast dtype, fp16 / bf16)."""
+    """Hash of everything that changes the cached statistics. ``amp``: False, or the autocast dtype
+    (fp16 / bf16). ``transform``: with the decode policy folded in
+    (:func:`csra_posthoc.data.decode.decode_key`). ``cache_dtype`` enters only when it is not
+    float32, so keys written before it existed stay valid."""
     from .cache import cache_key
 
+    dtype = {} if cache_dtype == "float32" else {"cache_dtype": cache_dtype}
     return cache_key(
         {
+            **dtype,
             "model": model,
             "weights": weights_fingerprint,
             "head": head_fingerprint,

@@ -34,6 +34,9 @@ Transform = Literal["auto", "square", "crop"]  # auto: centre crop for single-la
 Difficult = Literal["ignore", "positive", "negative"]  # VOC difficult objects
 HeadChoice = Literal["model", "probe"]
 AmpDtype = Literal["auto", "fp16", "bf16"]  # auto: fp16 on CUDA, bf16 on CPU
+Decode = Literal["pil", "draft"]  # data.decode: pil exact; draft: JPEG DCT-domain downscale (changes pixels)
+Backend = Literal["eager", "onnxruntime"]  # backends: how the statistics pass runs the model
+CacheDtype = Literal["float32", "float16"]  # dtype of the statistics in the cache file
 
 
 def _choice(param: str, value: Any, literal: Any) -> None:
@@ -65,6 +68,11 @@ class ExtractOptions:
     transform: Transform = "auto"
     verify_images: bool = False  # cache key hashes image contents, not size + mtime
     quiet: bool = False  # no progress bars or lines from extraction and the probe (the csra_posthoc logger still gets them)
+    decode: Decode = "pil"  # draft: faster JPEG decode, slightly different pixels (enters the cache key)
+    backend: Backend = "eager"  # onnxruntime: the statistics pass on ONNX Runtime (CPU; needs the export extra)
+    compile: bool = False  # torch.compile the backbone (start-up cost; pays on large sets)
+    threads: int | None = None  # torch threads during the loop; None: cores - workers on CPU (caller's count restored)
+    cache_dtype: CacheDtype = "float32"  # float16: half the cache file (enters the cache key)
 
     def __post_init__(self) -> None:
         check_img_size(self.img_size)
@@ -76,6 +84,13 @@ class ExtractOptions:
         _choice("amp_dtype", self.amp_dtype, AmpDtype)
         if self.amp_dtype != "auto" and not self.amp:
             raise CSRAError(f"amp_dtype {self.amp_dtype} needs amp=True (mixed precision is off)", param="amp_dtype")
+        _choice("decode", self.decode, Decode)
+        _choice("backend", self.backend, Backend)
+        _choice("cache_dtype", self.cache_dtype, CacheDtype)
+        if self.threads is not None and self.threads < 1:
+            raise CSRAError(f"threads {self.threads}: must be >= 1 (or leave it unset: cores - workers)", param="threads")
+        if self.backend == "onnxruntime" and (self.compile or self.amp):
+            raise CSRAError(f"backend onnxruntime: runs the exported fp32 graph; drop {'`compile`' if self.compile else '`amp`'}", param="backend")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise CSRAError(f"device {self.device}: choose auto, cpu or cuda", param="device")
 

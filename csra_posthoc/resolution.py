@@ -92,7 +92,8 @@ def resolution_key(model: str, stamp: dict[str, Any], head: str, probe: dict[str
 
 def probe_settings(c: float, train_fingerprint: str, options: ExtractOptions) -> dict[str, Any]:
     """What a probe fit depends on besides the backbone (it sees the training split's transform)."""
-    return {"c": c, "train": train_fingerprint, "img_size": options.img_size, "transform": options.transform, "amp": options.amp, "amp_dtype": options.amp_dtype}
+    decode = {} if options.decode == "pil" else {"decode": options.decode}  # pil: memo keys written before decode existed stay valid
+    return {"c": c, "train": train_fingerprint, "img_size": options.img_size, "transform": options.transform, "amp": options.amp, "amp_dtype": options.amp_dtype, **decode}
 
 
 def memo_path(cache_dir: Path, key: str) -> Path:
@@ -154,11 +155,13 @@ def statistics_location(resolution: Resolution, images, options: ExtractOptions,
     """The statistics key and cache file a build with this resolution would use (no model needed)."""
     from .adapters.base import DataConfig
     from .cache import cache_path
+    from .data.decode import decode_key
     from .data.transforms import transform_description
 
     cfg = resolution.data_config
     config = DataConfig(**{**cfg, "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])})
     transform = transform_description(config, options.img_size, images.single_label, options.transform)
+    transform = decode_key(options.decode, transform)
     key = statistics_key(
         model=resolution.name,
         weights_fingerprint=resolution.weights_fingerprint,
@@ -171,5 +174,6 @@ def statistics_location(resolution: Resolution, images, options: ExtractOptions,
         temperatures=CACHED_TEMPERATURES,
         amp=amp_precision(options, _device_type(options.device)) or False,
         keep_maps=options.keep_maps,
+        cache_dtype=options.cache_dtype,
     )
     return key, cache_path(cache_dir, resolution.name, images.dataset, images.split, key)

@@ -170,12 +170,19 @@ class ImageDataset(Dataset):
         transform: Callable[[Image.Image], torch.Tensor],
         size: int,
         loader: Callable[[Path], Image.Image] = load_rgb,
+        uint8: bool = False,
     ) -> None:
         self.images = images
         self.transform = transform
         self.size = size
         self.loader = loader  # whole images only: a box is in the full-size image's pixels, so boxes use load_rgb
+        self.uint8 = uint8  # transform ends in uint8 (H, W, 3) (data.decode.pil_stage): a broken image's placeholder matches
         self._last: tuple[Path, Image.Image] | None = None  # boxes of one image are consecutive samples
+
+    def _placeholder(self) -> torch.Tensor:
+        if self.uint8:
+            return torch.zeros(self.size, self.size, 3, dtype=torch.uint8)
+        return torch.zeros(3, self.size, self.size)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -190,9 +197,9 @@ class ImageDataset(Dataset):
                 self._last = (path, load_rgb(path))
             return index, self.transform(self._last[1].crop(box)), ""
         except Image.DecompressionBombError as exc:
-            return index, torch.zeros(3, self.size, self.size), f"{path}: {_bomb_detail(exc)}"
+            return index, self._placeholder(), f"{path}: {_bomb_detail(exc)}"
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-            return index, torch.zeros(3, self.size, self.size), f"{path}: cannot decode image ({first_line(exc, 120)}); fix or remove the file"
+            return index, self._placeholder(), f"{path}: cannot decode image ({first_line(exc, 120)}); fix or remove the file"
 
 
 def _bomb_detail(exc: Exception) -> str:

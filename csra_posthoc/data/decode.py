@@ -23,14 +23,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
-import torch
-from PIL import Image
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import CSRAError
-from .base import load_rgb
+
+if TYPE_CHECKING:  # the policy and key functions are imported by the warm (cached) path: no torch / PIL there
+    import torch
+    from PIL import Image
 
 DecodePolicy = Literal["pil", "draft"]
 DECODE_POLICIES: tuple[str, ...] = ("pil", "draft")
@@ -60,6 +59,8 @@ def draft_request(desc: dict[str, Any]) -> tuple[int, int] | None:
 def image_loader(decode: str, desc: dict[str, Any]) -> Callable[[Path], Image.Image]:
     """What :class:`~csra_posthoc.data.base.ImageDataset` decodes whole images with (picklable,
     so DataLoader workers get it)."""
+    from .base import load_rgb
+
     policy = check_decode(decode)
     request = draft_request(desc) if policy == "draft" else None
     return partial(load_rgb, draft=request) if request is not None else load_rgb
@@ -95,6 +96,9 @@ def pil_stage(desc: dict[str, Any]) -> Callable[[Image.Image], torch.Tensor] | N
 
 def to_uint8_hwc(img: Image.Image) -> torch.Tensor:
     """An RGB PIL image as a uint8 ``(H, W, 3)`` tensor (one copy, out of PIL's buffer)."""
+    import numpy as np
+    import torch
+
     return torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8, copy=True))
 
 
@@ -103,10 +107,12 @@ def normalize_batch(
 ) -> torch.Tensor:
     """uint8 ``(B, H, W, 3)`` -> normalised float32 ``(B, 3, H, W)``, bit-equal to ``ToTensor`` +
     ``Normalize`` per image. ``channels_last``: keep the HWC layout (no copy) as a channels_last
-    tensor, else one contiguous NCHW copy."""
+    tensor, else one contiguous NCHW copy. Runs on ``batch``'s device (after a uint8 transfer)."""
+    import torch
+
     x = batch.permute(0, 3, 1, 2)
     x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     x = x.to(torch.float32).div_(255)
-    m = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     return x.sub_(m).div_(s)
