@@ -82,7 +82,10 @@ def busy_note(info: dict[str, str]) -> list[str]:
         return []
     if load <= cores:
         return []
-    return ["", f"**The machine was busy** (load {load:.1f} on {cores} cores): absolute times are inflated and noisy; compare the ratios, and re-measure on a quiet machine."]
+    return [
+        "",
+        f"**The machine was busy** (load {load:.1f} on {cores} cores): absolute times are inflated and noisy; compare the ratios, and re-measure on a quiet machine.",
+    ]
 
 
 def write_results(path: Path, info: dict[str, str], figures: list[Figure], args: argparse.Namespace, seconds: float) -> None:
@@ -92,7 +95,7 @@ def write_results(path: Path, info: dict[str, str], figures: list[Figure], args:
         (
             f"Written by `python -m benchmarks{' --quick' if args.quick else ''}{''.join(f' --only {o}' for o in args.only or [])}` "
             f"in {seconds:.0f} s. Ratios are measured within one run (warm-up, then the median of repeats); "
-            "\"previous\" is the implementation before issue 15 (the torch metrics, kept as `csra_posthoc.metrics.torch_reference`)."
+            '"previous" is the implementation before issue 15 (the torch metrics, kept as `csra_posthoc.metrics.torch_reference`).'
         ),
         *busy_note(info),
         "",

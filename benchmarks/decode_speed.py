@@ -41,7 +41,10 @@ def write_photos(folder: Path, n: int) -> list[Path]:
     """``n`` JPEGs (quality 90) cut from scikit-image's photos at COCO-like sizes."""
     from skimage import data
 
-    pool = [Image.fromarray(f()).convert("RGB") for f in (data.astronaut, data.chelsea, data.coffee, data.rocket, data.immunohistochemistry, data.hubble_deep_field, data.retina)]
+    pool = [
+        Image.fromarray(f()).convert("RGB")
+        for f in (data.astronaut, data.chelsea, data.coffee, data.rocket, data.immunohistochemistry, data.hubble_deep_field, data.retina)
+    ]
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     paths = []

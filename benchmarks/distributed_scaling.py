@@ -37,7 +37,12 @@ def fixture(n: int, size: int):
     from skimage import data
 
     photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.immunohistochemistry(), data.hubble_deep_field()]
-    base = torch.stack([F.interpolate(torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1)[None].float() / 255, size=(size, size), mode="bilinear", antialias=True)[0] for p in photos])
+    base = torch.stack(
+        [
+            F.interpolate(torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1)[None].float() / 255, size=(size, size), mode="bilinear", antialias=True)[0]
+            for p in photos
+        ]
+    )
     base = (base - base.mean()) / base.std()
     return base[torch.arange(n) % len(photos)].contiguous()
 
@@ -82,7 +87,7 @@ def worker(args: argparse.Namespace) -> None:
                         for name in ("avg", "max", "attn"):
                             parts[name].append(stats[name])
                         parts["logits"].append(fc(fmap.mean((2, 3))))
-                except Exception as exc:  # noqa: BLE001 -- every rank learns of it in check_status
+                except Exception as exc:
                     error = exc
                 if args.status == "batch" or step == lockstep_steps(part, args.batch_size) - 1:
                     tick = time.perf_counter()
@@ -96,7 +101,9 @@ def worker(args: argparse.Namespace) -> None:
         if ctx.is_main:
             assert gathered is not None
             torch.save(gathered, Path(args.out).with_suffix(".pt"))
-            Path(args.out).write_text(json.dumps({"wall_s": done - start, "gather_s": done - computed, "status_s": status_s, "threads": torch.get_num_threads()}))
+            Path(args.out).write_text(
+                json.dumps({"wall_s": done - start, "gather_s": done - computed, "status_s": status_s, "threads": torch.get_num_threads()})
+            )
 
 
 def real_worker(args: argparse.Namespace) -> None:
@@ -127,7 +134,9 @@ def real_worker(args: argparse.Namespace) -> None:
         if ctx.is_main:
             assert stats is not None
             torch.save({k: getattr(stats, k) for k in ("avg", "max", "attn", "logits")}, Path(args.out).with_suffix(".pt"))
-            Path(args.out).write_text(json.dumps({"wall_s": done - start, "gather_s": float("nan"), "status_s": float("nan"), "threads": torch.get_num_threads()}))
+            Path(args.out).write_text(
+                json.dumps({"wall_s": done - start, "gather_s": float("nan"), "status_s": float("nan"), "threads": torch.get_num_threads()})
+            )
 
 
 def main() -> None:
@@ -141,8 +150,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads per rank (0: cores // ranks)")
     parser.add_argument("--status", choices=("batch", "end"), default="batch", help="status collective after every batch or once")
     parser.add_argument("--repeats", type=int, default=2, help="runs per setting; the fastest counts")
-    parser.add_argument("--loop", choices=("synthetic", "real"), default="synthetic",
-                        help="synthetic: in-memory photos, gather / status shares timed; real: the shipped compute_statistics on a VOC fixture of JPEGs")
+    parser.add_argument(
+        "--loop",
+        choices=("synthetic", "real"),
+        default="synthetic",
+        help="synthetic: in-memory photos, gather / status shares timed; real: the shipped compute_statistics on a VOC fixture of JPEGs",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -165,7 +178,17 @@ def main() -> None:
             for rep in range(args.repeats):
                 out = Path(tmp) / f"w{world}_{rep}.json"
                 cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}", __file__, "--worker", f"--out={out}"]
-                cmd += [f"--images={args.images}", f"--img-size={args.img_size}", f"--batch-size={args.batch_size}", f"--model={args.model}", f"--classes={args.classes}", f"--threads={args.threads}", f"--status={args.status}", f"--loop={args.loop}", f"--data-dir={Path(tmp) / 'voc'}"]
+                cmd += [
+                    f"--images={args.images}",
+                    f"--img-size={args.img_size}",
+                    f"--batch-size={args.batch_size}",
+                    f"--model={args.model}",
+                    f"--classes={args.classes}",
+                    f"--threads={args.threads}",
+                    f"--status={args.status}",
+                    f"--loop={args.loop}",
+                    f"--data-dir={Path(tmp) / 'voc'}",
+                ]
                 subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 result = json.loads(out.read_text())
                 if best is None or result["wall_s"] < best["wall_s"]:

@@ -69,5 +69,6 @@ def main(argv: list[str] | None = None) -> None:
             d = {k: mean_ap(results[name], k) - mean_ap(results["pil"], k) for k in ("baseline", "fixed", "best")}
             print(f"  delta mAP ({name} - pil): baseline {d['baseline']:+.4f}, fixed {d['fixed']:+.4f}, best {d['best']:+.4f}")
 
+
 if __name__ == "__main__":
     main()

@@ -43,8 +43,13 @@ def synthetic(n: int, c: int, k: int = 49) -> ClassStatistics:
         parts.append(location_statistics(s))
     cat = {key: torch.cat([p[key] for p in parts]) for key in ("avg", "max", "attn")}
     return ClassStatistics(
-        ids=[str(i) for i in range(n)], classes=[f"c{i}" for i in range(c)], labels=labels,
-        temperatures=CACHED_TEMPERATURES, logits=cat["avg"].clone(), info=StatisticsInfo(model="bench", key="k"), **cat,
+        ids=[str(i) for i in range(n)],
+        classes=[f"c{i}" for i in range(c)],
+        labels=labels,
+        temperatures=CACHED_TEMPERATURES,
+        logits=cat["avg"].clone(),
+        info=StatisticsInfo(model="bench", key="k"),
+        **cat,
     )
 
 
@@ -60,8 +65,14 @@ def synthetic_single_label(n: int, c: int) -> ClassStatistics:
     labels[np.arange(n), targets] = 1
     t = torch.from_numpy
     return ClassStatistics(
-        ids=[str(i) for i in range(n)], classes=[f"c{i}" for i in range(c)], labels=t(labels), avg=t(avg),
-        max=t(avg + spread), attn=t(attn), temperatures=CACHED_TEMPERATURES, logits=t(avg).clone(),
+        ids=[str(i) for i in range(n)],
+        classes=[f"c{i}" for i in range(c)],
+        labels=t(labels),
+        avg=t(avg),
+        max=t(avg + spread),
+        attn=t(attn),
+        temperatures=CACHED_TEMPERATURES,
+        logits=t(avg).clone(),
         info=StatisticsInfo(model="bench", key="k", task="single_label"),
     )
 

@@ -49,37 +49,37 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
-    "load_model",
-    "load_dataset",
-    "extract",
-    "ExtractOptions",
-    "DataOptions",
-    "SweepOptions",
-    "ModelSource",
-    "ProbeOptions",
-    "OutputOptions",
-    "sweep",
-    "run_sweep",
-    "csra_score",
-    "attention_pool",
-    "score_from_locations",
-    "ModelAdapter",
-    "LocationHead",
-    "LabelledImages",
-    "ClassStatistics",
-    "StatisticsInfo",
-    "SweepResult",
     "CSRAError",
-    "patch",
-    "load_patched",
-    "save_patched",
-    "export_patched",
     "CSRAHead",
-    "csra_head",
+    "ClassStatistics",
+    "DataOptions",
+    "ExtractOptions",
+    "LabelledImages",
+    "LocationHead",
+    "ModelAdapter",
+    "ModelSource",
+    "OutputOptions",
     "PatchedModel",
+    "ProbeOptions",
+    "StatisticsInfo",
+    "SweepOptions",
+    "SweepResult",
     "apply_patch",
-    "run_predict",
+    "attention_pool",
+    "csra_head",
+    "csra_score",
+    "export_patched",
+    "extract",
+    "load_dataset",
+    "load_model",
+    "load_patched",
+    "patch",
     "predict_images",
+    "run_predict",
+    "run_sweep",
+    "save_patched",
+    "score_from_locations",
+    "sweep",
 ]
 
 
@@ -100,15 +100,15 @@ if TYPE_CHECKING:  # static analysers see the real names
     from .adapters import ModelAdapter, load_model
     from .api import run_sweep
     from .apply import apply_patch
+    from .class_statistics import ClassStatistics, StatisticsInfo
     from .csra_head import CSRAHead, csra_head
-    from .export import export_patched
-    from .patched import PatchedModel, load_patched, patch, save_patched
-    from .predict import predict_images, run_predict
     from .data import LabelledImages, load_dataset
     from .errors import CSRAError
+    from .export import export_patched
     from .extraction import extract
     from .lam_sweep import SweepResult, sweep
     from .location_head import LocationHead
     from .options import DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
+    from .patched import PatchedModel, load_patched, patch, save_patched
+    from .predict import predict_images, run_predict
     from .scoring import attention_pool, csra_score, score_from_locations
-    from .class_statistics import ClassStatistics, StatisticsInfo

@@ -54,8 +54,7 @@ def load_training_split(
             raise CSRAError(f"head='probe': {dataset} has no training split; pass train_split", param="train_split")
         if data.ann_file is not None or data.image_dir is not None:
             raise CSRAError(
-                "head='probe' with ann_file / image_dir: the training split's files cannot be inferred; "
-                "use the standard layout under data_dir",
+                "head='probe' with ann_file / image_dir: the training split's files cannot be inferred; use the standard layout under data_dir",
                 param="ann_file" if data.ann_file is not None else "image_dir",
             )
         classes = evaluated.classes if entry.shares_classes else None
@@ -68,6 +67,7 @@ def load_training_split(
             f"head='probe': the training split's classes differ from the evaluated split's "
             f"({len(train.classes)} vs {len(evaluated.classes)}; same names, same order needed)"
         )
+
     def samples(images: LabelledImages) -> set[tuple[Path, object]]:
         boxes: list = images.boxes or [None] * len(images)
         return set(zip(images.paths, boxes, strict=True))
@@ -191,9 +191,7 @@ def _load_model_on_every_rank(model: str, **kwargs: Any) -> ModelAdapter:
     return adapter
 
 
-def sweep_config(
-    source: ModelSource, dataset: str, data_dir: str | Path, parts: dict[str, Any], dataset_label: str | None
-) -> dict[str, Any]:
+def sweep_config(source: ModelSource, dataset: str, data_dir: str | Path, parts: dict[str, Any], dataset_label: str | None) -> dict[str, Any]:
     """What every rank of a torchrun launch must agree on (its hash is compared across ranks)."""
     from dataclasses import asdict, is_dataclass
 

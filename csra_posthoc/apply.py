@@ -57,7 +57,10 @@ def read_results(path: str | Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CSRAError(f"from_results {path}: not JSON ({exc}); pass the results file a sweep wrote (run_sweep's `out`)", param="from_results") from None
     if not isinstance(data, dict) or not all(k in data for k in ("model", "best", "fixed", "classes")):
-        raise CSRAError(f"from_results {path}: not a sweep results file (no model / best / fixed / classes); pass the results file a sweep wrote (run_sweep's `out`)", param="from_results")
+        raise CSRAError(
+            f"from_results {path}: not a sweep results file (no model / best / fixed / classes); pass the results file a sweep wrote (run_sweep's `out`)",
+            param="from_results",
+        )
     return data
 
 
@@ -86,7 +89,9 @@ def check_results_match(results: dict[str, Any], patched_config: dict[str, Any],
         )
     head = results.get("head_fingerprint")
     if head and head != patched_config["head_fingerprint"]:
-        hint = "pass the probe it fitted as `head_file` (the sweep's `save_head`)" if patched_config["head"] == "model" else "pass the head file the sweep saved"
+        hint = (
+            "pass the probe it fitted as `head_file` (the sweep's `save_head`)" if patched_config["head"] == "model" else "pass the head file the sweep saved"
+        )
         raise CSRAError(f"{where}: measured with another head ({results.get('head')}); {hint}")
     classes = results["classes"]
     mine = patched_config.get("classes")
@@ -177,15 +182,18 @@ def apply_patch(
         preprocessing = results["transform"]
     else:
         preprocessing = default_preprocessing(adapter, transform, img_size, head_meta[1] if head_meta else None)
-    patched = patch(
-        adapter, settings.lam, settings.temperature, settings.heads, head=head_meta, classes=classes, preprocessing=preprocessing
-    )
+    patched = patch(adapter, settings.lam, settings.temperature, settings.heads, head=head_meta, classes=classes, preprocessing=preprocessing)
     if results is not None:
         assert from_results is not None  # results are read from it
         check_results_match(results, patched.config, from_results)
         if patched.config["classes"] is None:  # the dataset's names, in the head's order (just checked)
             patched.config["classes"] = list(results["classes"])
-        patched.config["from_results"] = {"path": str(Path(from_results).resolve()), "pick": pick, "dataset": results.get("dataset"), "split": results.get("split")}
+        patched.config["from_results"] = {
+            "path": str(Path(from_results).resolve()),
+            "pick": pick,
+            "dataset": results.get("dataset"),
+            "split": results.get("split"),
+        }
     identity = lam_zero_difference(patched)
     patched.config["identity_max_abs_diff"] = identity
     report = export_patched(patched, out, force=force)

@@ -62,9 +62,7 @@ class EagerBackend(nn.Module):
         return self.adapter.scores_from_backbone(raw)
 
 
-def prepare_backbone(
-    adapter: ModelAdapter, *, channels_last: bool = False, compile: bool = False, bf16: bool = False
-) -> Forward:
+def prepare_backbone(adapter: ModelAdapter, *, channels_last: bool = False, compile: bool = False, bf16: bool = False) -> Forward:
     """A forward ``x -> (s, logits)`` for extraction. ``channels_last`` converts the model's
     weights in place (feed it channels_last inputs too: :func:`~csra_posthoc.data.decode.normalize_batch`);
     ``compile`` wraps it in ``torch.compile`` (compiles on the first batch, and again for a new
@@ -103,8 +101,7 @@ class OrtBackend:
             import onnxscript  # noqa: F401  (the dynamo exporter needs it)
         except ImportError:
             raise CSRAError(
-                "backend 'onnxruntime' needs onnxruntime and onnxscript: pip install 'csra-posthoc[export]' "
-                "(or pip install onnxruntime onnxscript)",
+                "backend 'onnxruntime' needs onnxruntime and onnxscript: pip install 'csra-posthoc[export]' (or pip install onnxruntime onnxscript)",
                 param="backend",
             ) from None
         self._tmp = None

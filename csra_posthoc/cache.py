@@ -28,8 +28,8 @@ import torch
 from rich.console import Console
 
 from .atomic import atomic_write
-from .errors import CSRAError, first_line
 from .class_statistics import ClassStatistics, StatisticsInfo
+from .errors import CSRAError, first_line
 from .log import say
 
 CACHE_FORMAT = 1  # enters every cache key (bump it to re-key every entry)
@@ -174,9 +174,7 @@ def read_entry(path: Path, what: str = "cache file") -> tuple[dict[str, torch.Te
     version = metadata.get(VERSION_FIELD)
     if version != str(CACHE_VERSION):
         written = f"format version {version}" if version else "an older format (no version)"
-        raise CSRAError(
-            f"{what} {path} is in {written}, this release reads version {CACHE_VERSION}; {RECOMPUTE_FIX}", param="recompute"
-        )
+        raise CSRAError(f"{what} {path} is in {written}, this release reads version {CACHE_VERSION}; {RECOMPUTE_FIX}", param="recompute")
     return tensors, metadata
 
 

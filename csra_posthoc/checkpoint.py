@@ -47,8 +47,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str | No
             obj: object = load_file(str(path))
         except (SafetensorError, OSError) as exc:
             raise CSRAError(
-                f"checkpoint {path}: not a readable .safetensors file ({first_line(exc)}); "
-                "it is damaged or truncated: download or save it again",
+                f"checkpoint {path}: not a readable .safetensors file ({first_line(exc)}); it is damaged or truncated: download or save it again",
                 param="checkpoint",
             ) from None
     else:
@@ -60,14 +59,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str | No
             model_class = pickled_module_class(path)
             if model_class is not None:
                 raise CSRAError(
-                    f"checkpoint {path}: holds a pickled model object ({model_class}), not a state_dict: "
-                    "save model.state_dict() or .safetensors",
+                    f"checkpoint {path}: holds a pickled model object ({model_class}), not a state_dict: save model.state_dict() or .safetensors",
                     param="checkpoint",
                 ) from None
             if isinstance(exc, EOFError) or any(m in str(exc) for m in _DAMAGED):
-                raise CSRAError(
-                    f"checkpoint {path}: damaged or truncated ({first_line(exc)}); download or save it again", param="checkpoint"
-                ) from None
+                raise CSRAError(f"checkpoint {path}: damaged or truncated ({first_line(exc)}); download or save it again", param="checkpoint") from None
             raise CSRAError(f"checkpoint {path}: cannot be read as weights only ({first_line(exc)}); {resave}", param="checkpoint") from None
     used: list[str] = []
     for _ in range(3):

@@ -92,7 +92,9 @@ def run_cli(fn, *args, distributed_device: str | None = None, **kwargs):
         if info is None or info["world_size"] == 1:
             return fn(*args, **kwargs)
         if distributed_device is None:
-            raise CSRAError(f"this command runs in one process; under torchrun only sweep splits its work; launch it with python, not torchrun (WORLD_SIZE {info['world_size']})")
+            raise CSRAError(
+                f"this command runs in one process; under torchrun only sweep splits its work; launch it with python, not torchrun (WORLD_SIZE {info['world_size']})"
+            )
         with distributed(distributed_device):
             return fn(*args, **kwargs)
     except CSRAError as exc:
@@ -129,7 +131,9 @@ def sweep_cmd(
     probe_c: float = typer.Option(0.01, "--probe-c", help="--head probe: inverse L2 strength of the logistic regression"),
     save_head: Optional[Path] = typer.Option(None, "--save-head", help="--head probe: write the fitted head (.safetensors)"),
     split: Optional[str] = typer.Option(None, "--split", help="split to evaluate (VOC2007: test; VOC2012, COCO, ImageNet: val; WIDER: test)"),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="csv: CSV with header path,<class>,...; imagenet: flat val's LOC_val_solution.csv or devkit ground truth"),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", help="csv: CSV with header path,<class>,...; imagenet: flat val's LOC_val_solution.csv or devkit ground truth"
+    ),
     ann_file: Optional[Path] = typer.Option(None, "--ann-file", help="COCO / WIDER annotation JSON outside the standard layout"),
     image_dir: Optional[Path] = typer.Option(None, "--image-dir", help="COCO / WIDER image folder outside the standard layout"),
     keep_empty: bool = typer.Option(False, "--keep-empty", help="COCO: keep images with no annotation (all negative)"),
@@ -152,8 +156,14 @@ def sweep_cmd(
     recompute: bool = typer.Option(False, "--recompute", help="ignore an existing cache entry and overwrite it"),
     verify_images: bool = typer.Option(False, "--verify-images", help="cache key hashes image contents, not size + mtime (slower)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars or extraction lines (the table and errors still print)"),
-    decode: str = typer.Option("pil", "--decode", help="pil (exact) | draft: JPEG decoded at 1/2-1/8 scale when the input is at most half the image (faster, pixels differ slightly; own cache key)"),
-    backend: str = typer.Option("eager", "--backend", help="eager | onnxruntime: the statistics pass on ONNX Runtime (CPU; pip install 'csra-posthoc[export]')"),
+    decode: str = typer.Option(
+        "pil",
+        "--decode",
+        help="pil (exact) | draft: JPEG decoded at 1/2-1/8 scale when the input is at most half the image (faster, pixels differ slightly; own cache key)",
+    ),
+    backend: str = typer.Option(
+        "eager", "--backend", help="eager | onnxruntime: the statistics pass on ONNX Runtime (CPU; pip install 'csra-posthoc[export]')"
+    ),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (start-up cost: pays on thousands of images)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads during extraction (default on CPU: cores - --workers; restored afterwards)"),
     cache_dtype: str = typer.Option("float32", "--cache-dtype", help="float32 | float16: statistics cached in half precision (half the file; own cache key)"),
@@ -185,15 +195,36 @@ def sweep_cmd(
             dataset,
             data_dir,
             data=DataOptions(
-                split=split, labels=labels, classes=read_classes(classes, classes_file), difficult=difficult,  # type: ignore[arg-type]
-                ann_file=ann_file, image_dir=image_dir, keep_empty=keep_empty, skip_missing=skip_missing,
-                max_images=max_images, subset_seed=subset_seed,
+                split=split,
+                labels=labels,
+                classes=read_classes(classes, classes_file),
+                difficult=difficult,  # type: ignore[arg-type]
+                ann_file=ann_file,
+                image_dir=image_dir,
+                keep_empty=keep_empty,
+                skip_missing=skip_missing,
+                max_images=max_images,
+                subset_seed=subset_seed,
             ),
             options=ExtractOptions(
-                img_size=img_size, batch_size=batch_size, workers=workers, device=device, amp=amp or amp_dtype != "auto", amp_dtype=amp_dtype, keep_maps=keep_maps,  # type: ignore[arg-type]
-                cache_dir=cache_dir, use_cache=not no_cache, recompute=recompute, transform=transform,  # type: ignore[arg-type]
-                verify_images=verify_images, quiet=quiet, decode=decode, backend=backend, compile=compile,  # type: ignore[arg-type]
-                threads=threads, cache_dtype=cache_dtype,  # type: ignore[arg-type]
+                img_size=img_size,
+                batch_size=batch_size,
+                workers=workers,
+                device=device,
+                amp=amp or amp_dtype != "auto",
+                amp_dtype=amp_dtype,  # type: ignore[arg-type]  # a str checked by ExtractOptions
+                keep_maps=keep_maps,
+                cache_dir=cache_dir,
+                use_cache=not no_cache,
+                recompute=recompute,
+                transform=transform,  # type: ignore[arg-type]
+                verify_images=verify_images,
+                quiet=quiet,
+                decode=decode,  # type: ignore[arg-type]
+                backend=backend,  # type: ignore[arg-type]
+                compile=compile,
+                threads=threads,
+                cache_dtype=cache_dtype,  # type: ignore[arg-type]
             ),
             sweep_options=SweepOptions(
                 lams=tuple(_floats("--lams", lams)),
@@ -214,7 +245,9 @@ def sweep_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with Fashion-MNIST idx files (default: $FASHION_MNIST, else Debian's dataset-fashion-mnist, else sklearn digits)"),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="folder with Fashion-MNIST idx files (default: $FASHION_MNIST, else Debian's dataset-fashion-mnist, else sklearn digits)"
+    ),
     num_train: int = typer.Option(800, "--num-train", help="trainval mosaics (the probe's training split)"),
     num_test: int = typer.Option(800, "--num-test", help="test mosaics (the evaluated split)"),
     img_size: int = typer.Option(224, "--img-size", help="mosaic canvas and model input size"),
@@ -275,7 +308,9 @@ def apply_cmd(
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
     random_init: RandomInitOpt = False,
-    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="--random-init: classes of the random head (default: --from-results' class count, else the model's)"),
+    num_classes: Optional[int] = typer.Option(
+        None, "--num-classes", help="--random-init: classes of the random head (default: --from-results' class count, else the model's)"
+    ),
     head_file: HeadFileOpt = None,
     lam: Optional[str] = typer.Option(None, "--lam", help="the residual weight lam >= 0 (0 gives the model back)"),
     temperature: TemperatureOpt = None,
@@ -368,7 +403,11 @@ def predict_cmd(
         )
         failed = [r for r in results if "error" in r]
         if failed:
-            err.print(f"[bold red]error:[/] {len(failed)} of {len(results)} images could not be decoded (first: {failed[0]['image']}); the others were predicted", highlight=False, soft_wrap=True)
+            err.print(
+                f"[bold red]error:[/] {len(failed)} of {len(results)} images could not be decoded (first: {failed[0]['image']}); the others were predicted",
+                highlight=False,
+                soft_wrap=True,
+            )
         return 1 if failed else 0
 
     code = run_cli(go)

@@ -325,9 +325,7 @@ def gather_tensor(tensor: torch.Tensor, part: Shard, ctx: DistContext, name: str
     return torch.cat([buf[:n].cpu() for buf, n in zip(buffers, sizes, strict=True)])
 
 
-def gather_tensors(
-    tensors: Mapping[str, torch.Tensor | None], part: Shard, ctx: DistContext
-) -> dict[str, torch.Tensor | None] | None:
+def gather_tensors(tensors: Mapping[str, torch.Tensor | None], part: Shard, ctx: DistContext) -> dict[str, torch.Tensor | None] | None:
     """:func:`gather_tensor` for each field (the statistics' ``avg``, ``max``, ``attn``, ...), one
     at a time to bound rank 0's memory; a None field (``maps`` not kept) stays None on every rank."""
     names = sorted(tensors)

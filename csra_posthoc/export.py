@@ -177,7 +177,10 @@ class ExportedModel:
             self.config = exported_config(path)
             self._run = load_exported(path, self.format)
         except Exception as exc:
-            raise CSRAError(f"patched_file {path}: cannot be read as a csra-posthoc {self.format} file ({type(exc).__name__}: {first_line(exc)}); write it with export_patched (CLI: apply --out)", param="patched_file") from None
+            raise CSRAError(
+                f"patched_file {path}: cannot be read as a csra-posthoc {self.format} file ({type(exc).__name__}: {first_line(exc)}); write it with export_patched (CLI: apply --out)",
+                param="patched_file",
+            ) from None
         self.num_classes = int(self.config["num_classes"])
         self.classes = self.config.get("classes")
 

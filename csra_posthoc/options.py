@@ -206,9 +206,7 @@ class ModelSource:
 
 def check_weight_source(checkpoint: str | Path | None, pretrained: bool, random_init: bool) -> None:
     if sum([checkpoint is not None, pretrained, random_init]) != 1:
-        raise CSRAError(
-            "model needs exactly one weight source: checkpoint=PATH, pretrained=True or random_init=True", param="model"
-        )
+        raise CSRAError("model needs exactly one weight source: checkpoint=PATH, pretrained=True or random_init=True", param="model")
     if checkpoint is not None:
         path = Path(checkpoint)
         if path.is_dir():

@@ -216,12 +216,20 @@ def read_config(path: str | Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get(CONFIG_KEY)
     except Exception as exc:
-        raise CSRAError(f"patched_file {path}: not a readable safetensors file ({type(exc).__name__}); write it with save_patched (CLI: apply --out FILE.safetensors)", param="patched_file") from None
+        raise CSRAError(
+            f"patched_file {path}: not a readable safetensors file ({type(exc).__name__}); write it with save_patched (CLI: apply --out FILE.safetensors)",
+            param="patched_file",
+        ) from None
     if raw is None:
-        raise CSRAError(f"patched_file {path}: a safetensors file without a csra-posthoc config; write it with save_patched (CLI: apply --out FILE.safetensors)", param="patched_file")
+        raise CSRAError(
+            f"patched_file {path}: a safetensors file without a csra-posthoc config; write it with save_patched (CLI: apply --out FILE.safetensors)",
+            param="patched_file",
+        )
     config = json.loads(raw)
     if config.get("format") != FORMAT or int(config.get("format_version", 0)) > FORMAT_VERSION:
-        raise CSRAError(f"patched_file {path}: format {config.get('format')} v{config.get('format_version')} is not one this version reads", param="patched_file")
+        raise CSRAError(
+            f"patched_file {path}: format {config.get('format')} v{config.get('format_version')} is not one this version reads", param="patched_file"
+        )
     return config
 
 
@@ -238,7 +246,9 @@ def load_patched(path: str | Path) -> PatchedModel:
     model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(model_sd, strict=False)
     if missing or unexpected:
-        raise CSRAError(f"patched_file {path}: its tensors do not fit {config['model']} ({len(missing)} missing, {len(unexpected)} unexpected)", param="patched_file")
+        raise CSRAError(
+            f"patched_file {path}: its tensors do not fit {config['model']} ({len(missing)} missing, {len(unexpected)} unexpected)", param="patched_file"
+        )
     adapter = adapter_for_module(model.eval(), config["model"], weights=config.get("weights", "patched"))
     head_t = {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}
     norm = config.get("head_norm", {})

@@ -78,10 +78,29 @@ def plot_lam_curve(
         ax.plot(lam, value, label=label, **style)
     if band:
         band_lams = sorted(band)
-        ax.fill_between(band_lams, [base + band[x].low for x in band_lams], [base + band[x].high for x in band_lams], color="C0", alpha=0.18, label="max: baseline + 95 % bootstrap Δ", zorder=1)
+        ax.fill_between(
+            band_lams,
+            [base + band[x].low for x in band_lams],
+            [base + band[x].high for x in band_lams],
+            color="C0",
+            alpha=0.18,
+            label="max: baseline + 95 % bootstrap Δ",
+            zorder=1,
+        )
     ax.axhline(base, color="0.3", linestyle="--", linewidth=1, label=f"baseline {base:.2f}")
-    ax.plot([result.best.lam], [result.best.metrics[p]], marker="*", markersize=14, color="C3", linestyle="none", label=f"best λ={result.best.lam:g} (optimistic)", zorder=4)
-    ax.plot([result.fixed.lam], [result.fixed.metrics[p]], marker="D", markersize=7, color="k", linestyle="none", label=f"fixed λ={result.fixed.lam:g}", zorder=4)
+    ax.plot(
+        [result.best.lam],
+        [result.best.metrics[p]],
+        marker="*",
+        markersize=14,
+        color="C3",
+        linestyle="none",
+        label=f"best λ={result.best.lam:g} (optimistic)",
+        zorder=4,
+    )
+    ax.plot(
+        [result.fixed.lam], [result.fixed.metrics[p]], marker="D", markersize=7, color="k", linestyle="none", label=f"fixed λ={result.fixed.lam:g}", zorder=4
+    )
     ax.set_xlabel("λ")
     ax.set_ylabel(f"{p} (%)")
     if title:

@@ -171,9 +171,12 @@ def print_predictions(console: Console, results: list[dict[str, Any]], compare: 
             if "error" in r:
                 table.add_row(Path(r["image"]).name, f"[red]{r['error']}[/]")
                 continue
-            text = "\n".join(
-                f"{p['class']}  {p['score']:.3f}" + ("" if p["baseline_score"] is None else f" ({p['baseline_score']:.3f})") for p in r["predictions"]
-            ) or "[dim](none above threshold)[/]"
+            text = (
+                "\n".join(
+                    f"{p['class']}  {p['score']:.3f}" + ("" if p["baseline_score"] is None else f" ({p['baseline_score']:.3f})") for p in r["predictions"]
+                )
+                or "[dim](none above threshold)[/]"
+            )
             table.add_row(Path(r["image"]).name, text)
         console.print(table)
         return
@@ -241,8 +244,9 @@ def run_predict(
         if not isinstance(patched, PatchedModel) and (compare or lam is not None or temperature is not None or heads is not None):
             raise CSRAError(
                 f"patched_file {patched_file}: an exported {patched.format} file has lam fixed and no baseline; "
-                "use the .safetensors file apply writes for `compare` / `lam` / `temperature` / `heads`"
-            , param="patched_file")
+                "use the .safetensors file apply writes for `compare` / `lam` / `temperature` / `heads`",
+                param="patched_file",
+            )
         if lam is not None or temperature is not None or heads is not None:  # the file's classifier, other settings
             patched.set_settings(lam, temperature, heads)
             console.print(f"[yellow]note:[/] settings of {patched_file} overridden: {patched.head.extra_repr()}")
@@ -295,7 +299,10 @@ def load_patched_for_predict(path, model, checkpoint, pretrained, random_init, h
     if fmt is None:
         raise CSRAError(f"patched_file {path}: give a file written by apply (.safetensors, .onnx, .pt2 or .ts)", param="patched_file")
     if checkpoint is not None or pretrained or random_init or head_file is not None or img_size is not None:
-        raise CSRAError("patched_file FILE holds the weights, head and input size: drop `checkpoint` / `pretrained` / `random_init` / `head_file` / `img_size`", param="patched_file")
+        raise CSRAError(
+            "patched_file FILE holds the weights, head and input size: drop `checkpoint` / `pretrained` / `random_init` / `head_file` / `img_size`",
+            param="patched_file",
+        )
     patched = load_patched(path) if fmt == "safetensors" else ExportedModel(path)
     if model is not None and model != patched.config["model"]:
         raise CSRAError(f"patched_file {path} holds {patched.config['model']}, not model={model}", param="patched_file")

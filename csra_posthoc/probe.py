@@ -77,9 +77,7 @@ def pooled_features(fp: ForwardPass, images: LabelledImages, ctx: DistContext | 
     return torch.cat(out)
 
 
-def fit_linear_probe(
-    features: torch.Tensor, labels: torch.Tensor, c: float = 0.01
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, c: float = 0.01) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """One L2 logistic regression per class on standardised features; returns ``W (C, d)``, ``b (C,)``
     in the original feature space and the indices of classes that could not be fitted (all one
     label in training): those get W = 0 and a bias predicting the one label seen."""
@@ -142,7 +140,9 @@ def _load_cached_head(path: Path) -> tuple[LocationHead, ProbeInfo]:
         head, meta = _head_from(tensors, metadata)
         return head, ProbeInfo(**meta["probe"])
     except Exception as exc:
-        raise CSRAError(f"probe cache file {path} is stale or damaged ({type(exc).__name__}); delete it or re-run with recompute=True", param="recompute") from None
+        raise CSRAError(
+            f"probe cache file {path} is stale or damaged ({type(exc).__name__}); delete it or re-run with recompute=True", param="recompute"
+        ) from None
 
 
 def _fit_distributed(

@@ -55,9 +55,7 @@ def _version(dist: str) -> str:
         return "none"
 
 
-def weights_source_stamp(
-    model: str, checkpoint: str | Path | None, pretrained: bool, random_init: bool, num_classes: int | None
-) -> dict[str, Any] | None:
+def weights_source_stamp(model: str, checkpoint: str | Path | None, pretrained: bool, random_init: bool, num_classes: int | None) -> dict[str, Any] | None:
     """A cheap identity of the weights a build would load, or None when there is none (hub weights)."""
     if checkpoint is not None:
         return {"checkpoint": _stamp(Path(checkpoint))}
@@ -93,7 +91,15 @@ def resolution_key(model: str, stamp: dict[str, Any], head: str, probe: dict[str
 def probe_settings(c: float, train_fingerprint: str, options: ExtractOptions) -> dict[str, Any]:
     """What a probe fit depends on besides the backbone (it sees the training split's transform)."""
     decode = {} if options.decode == "pil" else {"decode": options.decode}  # pil: memo keys written before decode existed stay valid
-    return {"c": c, "train": train_fingerprint, "img_size": options.img_size, "transform": options.transform, "amp": options.amp, "amp_dtype": options.amp_dtype, **decode}
+    return {
+        "c": c,
+        "train": train_fingerprint,
+        "img_size": options.img_size,
+        "transform": options.transform,
+        "amp": options.amp,
+        "amp_dtype": options.amp_dtype,
+        **decode,
+    }
 
 
 def memo_path(cache_dir: Path, key: str) -> Path:

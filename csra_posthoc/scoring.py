@@ -10,7 +10,7 @@ Shapes: per-location scores ``s`` are ``(B, C, K)`` with ``K = H * W`` locations
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -27,9 +27,7 @@ def attention_pool(s: torch.Tensor, temperature: float) -> torch.Tensor:
     return (weights * s).sum(dim=-1)
 
 
-def location_statistics(
-    s: torch.Tensor, temperatures: Sequence[float] = CACHED_TEMPERATURES
-) -> dict[str, torch.Tensor]:
+def location_statistics(s: torch.Tensor, temperatures: Sequence[float] = CACHED_TEMPERATURES) -> dict[str, torch.Tensor]:
     """Per-class sufficient statistics of per-location scores ``(B, C, K)``.
 
     Returns ``avg`` and ``max`` of shape ``(B, C)`` and ``attn`` of shape ``(B, C, len(T))``:
@@ -50,9 +48,7 @@ def head_temperatures(heads: int) -> tuple[float, ...]:
     try:
         return HEAD_TEMPERATURES[heads]
     except KeyError:
-        raise ValueError(
-            f"{heads} heads is not one of the paper's sets {sorted(HEAD_TEMPERATURES)}"
-        ) from None
+        raise ValueError(f"{heads} heads is not one of the paper's sets {sorted(HEAD_TEMPERATURES)}") from None
 
 
 def multihead_attended(per_temperature: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -63,9 +59,7 @@ def multihead_attended(per_temperature: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(per_temperature, dim=0).mean(dim=0)
 
 
-def score_from_locations(
-    s: torch.Tensor, lam: float, temperatures: Sequence[float] = (INF,)
-) -> torch.Tensor:
+def score_from_locations(s: torch.Tensor, lam: float, temperatures: Sequence[float] = (INF,)) -> torch.Tensor:
     """CSRA logits straight from per-location scores ``(B, C, K)``: what a patched model computes.
 
     One temperature is the single-head variant (``(inf,)``: avg + lam * max); several are the

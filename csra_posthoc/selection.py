@@ -38,9 +38,7 @@ def primary_metric(scores: torch.Tensor, labels: torch.Tensor, single_label: boo
         raise CSRAError(f"held-out selection: cannot score a part of the images ({exc}); use more images or another split") from None
 
 
-def candidates(
-    stats: ClassStatistics, lams: Sequence[float], temps: Sequence[float], heads: Sequence[int]
-) -> Iterator[tuple[Variant, float, torch.Tensor]]:
+def candidates(stats: ClassStatistics, lams: Sequence[float], temps: Sequence[float], heads: Sequence[int]) -> Iterator[tuple[Variant, float, torch.Tensor]]:
     """``(variant, lam, scores (N, C))`` for every setting the sweep scores; lam = 0 once (the baseline)."""
     grid = sorted({float(lam) for lam in lams} | {0.0})
     yield Variant("max"), 0.0, stats.avg
@@ -63,7 +61,15 @@ class Choice:
 
     def to_json(self) -> dict[str, Any]:
         v = self.variant
-        return {"chosen_on": self.chosen_on, "variant": v.kind, "temperature": v.temperature, "heads": v.heads, "lam": self.lam, "score": self.score, "delta": self.delta}
+        return {
+            "chosen_on": self.chosen_on,
+            "variant": v.kind,
+            "temperature": v.temperature,
+            "heads": v.heads,
+            "lam": self.lam,
+            "score": self.score,
+            "delta": self.delta,
+        }
 
 
 @dataclass

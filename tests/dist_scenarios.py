@@ -109,7 +109,16 @@ def too_many(ctx, out: Path, n: list[int]) -> None:
     shard_for(ctx, n[0])  # deterministic: every rank refuses at once, no collective needed
 
 
-SCENARIOS = {"gather": gather, "mismatch": mismatch, "raise": raise_in_loop, "bug": raise_bug, "hang": hang, "die": die, "all_fail": all_fail, "too_many": too_many}
+SCENARIOS = {
+    "gather": gather,
+    "mismatch": mismatch,
+    "raise": raise_in_loop,
+    "bug": raise_bug,
+    "hang": hang,
+    "die": die,
+    "all_fail": all_fail,
+    "too_many": too_many,
+}
 
 
 def run(name: str, out: Path, counts: list[int]) -> int:

@@ -22,7 +22,31 @@ def test_class_positive_everywhere_is_noted_and_excluded_from_the_extra_map(tmp_
             objects.append(("person", 0))
     write_voc(tmp_path / "data", annotations)
     out, npz = tmp_path / "r.json", tmp_path / "s.npz"
-    res = runner.invoke(app, ["sweep", "--model", "resnet10t", "--random-init", "--dataset", "voc2007", "--img-size", "64", "--data-dir", str(tmp_path / "data"), "--lams", "0,0.5", "--temps", "", "--heads", "", "--out", str(out), "--save-scores", str(npz)])
+    res = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--model",
+            "resnet10t",
+            "--random-init",
+            "--dataset",
+            "voc2007",
+            "--img-size",
+            "64",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--lams",
+            "0,0.5",
+            "--temps",
+            "",
+            "--heads",
+            "",
+            "--out",
+            str(out),
+            "--save-scores",
+            str(npz),
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     assert data["classes_all_positive"] == ["person"]
@@ -46,7 +70,29 @@ def test_class_positive_everywhere_is_noted_and_excluded_from_the_extra_map(tmp_
 
 def test_no_note_without_such_class(voc_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    res = runner.invoke(app, ["sweep", "--model", "resnet10t", "--random-init", "--dataset", "voc2007", "--img-size", "64", "--data-dir", str(voc_dir), "--lams", "0", "--temps", "", "--heads", "", "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--model",
+            "resnet10t",
+            "--random-init",
+            "--dataset",
+            "voc2007",
+            "--img-size",
+            "64",
+            "--data-dir",
+            str(voc_dir),
+            "--lams",
+            "0",
+            "--temps",
+            "",
+            "--heads",
+            "",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     assert data["classes_all_positive"] == [] and data["mAP_without_all_positive"] is None

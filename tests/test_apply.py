@@ -54,7 +54,31 @@ class _Sweeps(dict):
         results, scores = self.root / f"{family}.json", self.root / f"{family}.npz"
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("CSRA_POSTHOC_CACHE", str(self.root / "cache"))
-            res = runner.invoke(app, ["sweep", "--model", FAMILIES[family], "--random-init", "--dataset", "voc2007", "--data-dir", str(data), "--img-size", "64", "--lams", "0,0.3,0.9", "--temps", "", "--heads", "", "--out", str(results), "--save-scores", str(scores)])
+            res = runner.invoke(
+                app,
+                [
+                    "sweep",
+                    "--model",
+                    FAMILIES[family],
+                    "--random-init",
+                    "--dataset",
+                    "voc2007",
+                    "--data-dir",
+                    str(data),
+                    "--img-size",
+                    "64",
+                    "--lams",
+                    "0,0.3,0.9",
+                    "--temps",
+                    "",
+                    "--heads",
+                    "",
+                    "--out",
+                    str(results),
+                    "--save-scores",
+                    str(scores),
+                ],
+            )
         assert res.exit_code == 0, res.output
         self[family] = (data, results, scores)
         return self[family]
@@ -110,7 +134,27 @@ def test_every_variant_matches_the_sweeps_statistics(voc_dir: Path, tmp_path: Pa
 
 def test_apply_with_explicit_settings_writes_the_config(tmp_path: Path) -> None:
     out = tmp_path / "p.safetensors"
-    res = runner.invoke(app, ["apply", "--model", "resnet10t", "--random-init", "--num-classes", "3", "--lam", "0.3", "--heads", "4", "--img-size", "96", "--classes", "cat,dog,cow", "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "apply",
+            "--model",
+            "resnet10t",
+            "--random-init",
+            "--num-classes",
+            "3",
+            "--lam",
+            "0.3",
+            "--heads",
+            "4",
+            "--img-size",
+            "96",
+            "--classes",
+            "cat,dog,cow",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     config = exported_config(out)
     assert config["heads"] == 4 and config["temperatures"] == [1.0, 2.0, 4.0, "inf"] and config["lam"] == 0.3
@@ -161,9 +205,27 @@ def test_from_results_of_another_model_weights_or_class_list_is_refused(swept, t
     torch.save(timm.create_model("resnet10t", num_classes=20).state_dict(), tmp_path / "other.pth")
     res = runner.invoke(app, ["apply", "--model", "resnet10t", "--checkpoint", str(tmp_path / "other.pth"), "--from-results", str(results), "--out", out])
     one_line_error(res, "other weights", "fingerprint")
-    res = runner.invoke(app, ["apply", "--model", "resnet10t", "--random-init", "--num-classes", "20", "--from-results", str(results), "--classes", ",".join(f"c{i}" for i in range(20)), "--out", out])
+    res = runner.invoke(
+        app,
+        [
+            "apply",
+            "--model",
+            "resnet10t",
+            "--random-init",
+            "--num-classes",
+            "20",
+            "--from-results",
+            str(results),
+            "--classes",
+            ",".join(f"c{i}" for i in range(20)),
+            "--out",
+            out,
+        ],
+    )
     one_line_error(res, "class list")
-    res = runner.invoke(app, ["apply", "--model", "resnet10t", "--random-init", "--num-classes", "20", "--from-results", str(results), "--lam", "0.3", "--out", out])
+    res = runner.invoke(
+        app, ["apply", "--model", "resnet10t", "--random-init", "--num-classes", "20", "--from-results", str(results), "--lam", "0.3", "--out", out]
+    )
     one_line_error(res, "--from-results", "--lam")
     assert not Path(out).exists()
 
@@ -175,11 +237,41 @@ def test_results_from_a_probe_need_its_head(tmp_path: Path, voc_dir: Path) -> No
     train = {f"t{k}": v for k, v in random_voc_annotations(24, seed=1).items()}  # other images than the test split's
     write_voc(voc_dir, train, split="trainval", seed=1)
     results, head = tmp_path / "r.json", tmp_path / "head.safetensors"
-    res = runner.invoke(app, ["sweep", "--model", "resnet10t", "--random-init", "--head", "probe", "--dataset", "voc2007", "--data-dir", str(voc_dir), "--img-size", "64", "--lams", "0,0.5", "--temps", "", "--heads", "", "--out", str(results), "--save-head", str(head)])
+    res = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--model",
+            "resnet10t",
+            "--random-init",
+            "--head",
+            "probe",
+            "--dataset",
+            "voc2007",
+            "--data-dir",
+            str(voc_dir),
+            "--img-size",
+            "64",
+            "--lams",
+            "0,0.5",
+            "--temps",
+            "",
+            "--heads",
+            "",
+            "--out",
+            str(results),
+            "--save-head",
+            str(head),
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = tmp_path / "p.safetensors"
-    one_line_error(runner.invoke(app, ["apply", "--model", "resnet10t", "--random-init", "--from-results", str(results), "--out", str(out)]), "another head", "--head-file")
-    res = runner.invoke(app, ["apply", "--model", "resnet10t", "--random-init", "--head-file", str(head), "--from-results", str(results), "--pick", "fixed", "--out", str(out)])
+    one_line_error(
+        runner.invoke(app, ["apply", "--model", "resnet10t", "--random-init", "--from-results", str(results), "--out", str(out)]), "another head", "--head-file"
+    )
+    res = runner.invoke(
+        app, ["apply", "--model", "resnet10t", "--random-init", "--head-file", str(head), "--from-results", str(results), "--pick", "fixed", "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     config = exported_config(out)
     assert config["head"] == "probe" and config["preprocessing"]["kind"] == "square-resize" and len(config["classes"]) == 20

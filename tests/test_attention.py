@@ -52,7 +52,9 @@ def test_top_classes_match_predict(tmp_path: Path, photo: Path) -> None:
 
 def test_cli_attention_and_its_refusals(tmp_path: Path, photo: Path) -> None:
     runner = CliRunner()
-    ok = runner.invoke(app, ["attention", str(photo), "--model", "resnet10t", "--random-init", "--img-size", "64", "--top-k", "2", "--out", str(tmp_path / "f.svg")])
+    ok = runner.invoke(
+        app, ["attention", str(photo), "--model", "resnet10t", "--random-init", "--img-size", "64", "--top-k", "2", "--out", str(tmp_path / "f.svg")]
+    )
     assert ok.exit_code == 0, ok.output
     assert "<svg" in (tmp_path / "f.svg").read_text()
     missing_dir = runner.invoke(app, ["attention", str(photo), "--model", "resnet10t", "--random-init", "--out", str(tmp_path / "no" / "f.png")])

@@ -140,7 +140,11 @@ def test_pickled_model_is_named_as_such(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name, fragment",
-    [("resnet_nope", "unknown timm model; list them with"), ("resnt10t", "unknown timm model; did you mean resnet10t"), ("resnet10t.nope", "no pretrained tag 'nope' for resnet10t; known: resnet10t.c3_in1k")],
+    [
+        ("resnet_nope", "unknown timm model; list them with"),
+        ("resnt10t", "unknown timm model; did you mean resnet10t"),
+        ("resnet10t.nope", "no pretrained tag 'nope' for resnet10t; known: resnet10t.c3_in1k"),
+    ],
 )
 def test_unknown_timm_model_with_checkpoint_is_one_line(tmp_path: Path, resnet_sd, voc_dir: Path, name: str, fragment: str) -> None:
     from typer.testing import CliRunner

@@ -24,11 +24,38 @@ def run(*args: str):
 
 def test_sweep_writes_json_and_npz(voc_dir: Path, tmp_path: Path) -> None:
     out, npz = tmp_path / "r.json", tmp_path / "s.npz"
-    res = run("--data-dir", str(voc_dir), "--lams", "0,0.1,0.5", "--temps", "1,inf", "--heads", "2", "--out", str(out), "--save-scores", str(npz), "--metrics", "CF1,OF1_top3")
+    res = run(
+        "--data-dir",
+        str(voc_dir),
+        "--lams",
+        "0,0.1,0.5",
+        "--temps",
+        "1,inf",
+        "--heads",
+        "2",
+        "--out",
+        str(out),
+        "--save-scores",
+        str(npz),
+        "--metrics",
+        "CF1,OF1_top3",
+    )
     assert res.exit_code == 0, res.output
     assert "best λ" in res.output and "fixed λ (paper)" in res.output and "CF1" in res.output
     data = json.loads(out.read_text())
-    for key in ("model", "dataset", "num_images", "identity_max_abs_diff", "baseline", "rows", "best", "fixed", "baseline_source", "per_class", "classes_left_out_of_mAP"):
+    for key in (
+        "model",
+        "dataset",
+        "num_images",
+        "identity_max_abs_diff",
+        "baseline",
+        "rows",
+        "best",
+        "fixed",
+        "baseline_source",
+        "per_class",
+        "classes_left_out_of_mAP",
+    ):
         assert key in data
     assert data["num_images"] == 24 and data["baseline_source"] == "model_logits"
     assert data["identity_max_abs_diff"] < 1e-3
@@ -105,7 +132,29 @@ def test_no_weight_source_is_an_error(voc_dir: Path) -> None:
 
 def test_class_token_vit_at_another_size_reports_both_baselines(voc_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "vit.json"
-    res = runner.invoke(app, ["sweep", "--model", "vit_tiny_patch16_224", "--random-init", "--dataset", "voc2007", "--data-dir", str(voc_dir), "--img-size", "64", "--lams", "0,0.2", "--temps", "", "--heads", "", "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--model",
+            "vit_tiny_patch16_224",
+            "--random-init",
+            "--dataset",
+            "voc2007",
+            "--data-dir",
+            str(voc_dir),
+            "--img-size",
+            "64",
+            "--lams",
+            "0,0.2",
+            "--temps",
+            "",
+            "--heads",
+            "",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     assert data["baseline_source"] == "patch_average"

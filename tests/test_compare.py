@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from csra_posthoc.class_statistics import StatisticsInfo
 from csra_posthoc.cli import app
 from csra_posthoc.compare import (
     compare_rows,
@@ -19,7 +20,6 @@ from csra_posthoc.compare import (
     to_markdown,
 )
 from csra_posthoc.errors import CSRAError
-from csra_posthoc.class_statistics import StatisticsInfo
 from csra_posthoc.lam_sweep import paper_fixed_lam, sweep
 from csra_posthoc.report import results_dict
 from tests.test_selection import make_stats

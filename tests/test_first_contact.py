@@ -284,6 +284,10 @@ def test_warm_probe_run_gives_the_cold_results_and_a_new_training_split_refits(t
     assert warm_json == cold_json and warm_json["head"].startswith("linear probe on")
     # a training label changes: the probe (and so the head and the statistics) must be redone
     xml = voc / "Annotations" / "t000001.xml"
-    xml.write_text(xml.read_text().replace("</annotation>", "<object><name>sofa</name><difficult>0</difficult></object><object><name>cat</name><difficult>0</difficult></object></annotation>"))
+    xml.write_text(
+        xml.read_text().replace(
+            "</annotation>", "<object><name>sofa</name><difficult>0</difficult></object><object><name>cat</name><difficult>0</difficult></object></annotation>"
+        )
+    )
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and len(calls) == 2 and "no model built" not in again.output

@@ -56,7 +56,12 @@ def test_every_param_has_a_flag() -> None:
             "model needs exactly one weight source: checkpoint=PATH, pretrained=True or random_init=True",
             "--model needs exactly one weight source: --checkpoint PATH, --pretrained or --random-init",
         ),
-        (lambda: ModelSource("resnet10t", checkpoint="/no/such.pth"), "checkpoint", "checkpoint /no/such.pth: no such file", "--checkpoint /no/such.pth: no such file"),
+        (
+            lambda: ModelSource("resnet10t", checkpoint="/no/such.pth"),
+            "checkpoint",
+            "checkpoint /no/such.pth: no such file",
+            "--checkpoint /no/such.pth: no such file",
+        ),
         (lambda: OutputOptions(out="/"), "out", "out /: is a directory", "--out /: is a directory"),
     ],
 )

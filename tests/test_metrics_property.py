@@ -11,6 +11,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, top_k_accuracy_score
 
+from csra_posthoc.class_statistics import ClassStatistics, StatisticsInfo
 from csra_posthoc.lam_sweep import sweep
 from csra_posthoc.metrics import (
     MultilabelEvaluator,
@@ -24,9 +25,14 @@ from csra_posthoc.metrics import (
 from csra_posthoc.metrics.batched import at_least_threshold, top_k_mask
 from csra_posthoc.metrics.thresholded import thresholded_metrics_torch
 from csra_posthoc.scoring import csra_score
-from csra_posthoc.class_statistics import ClassStatistics, StatisticsInfo
 
-CASES = [(n, c, ties, unknown, dtype) for n, c in ((1, 4), (2, 3), (37, 5), (300, 12)) for ties in (False, True) for unknown in (0.0, 0.2) for dtype in (torch.float32, torch.float64)]
+CASES = [
+    (n, c, ties, unknown, dtype)
+    for n, c in ((1, 4), (2, 3), (37, 5), (300, 12))
+    for ties in (False, True)
+    for unknown in (0.0, 0.2)
+    for dtype in (torch.float32, torch.float64)
+]
 
 
 def random_case(n: int, c: int, ties: bool, unknown: float, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +50,7 @@ def reference_ap(scores: torch.Tensor, labels: torch.Tensor) -> list[float]:
     """Per class: mean over positives of the precision at that positive's score as threshold."""
     out = []
     for k in range(scores.shape[1]):
-        known = [(float(s), int(y)) for s, y in zip(scores[:, k], labels[:, k]) if y != -1]
+        known = [(float(s), int(y)) for s, y in zip(scores[:, k], labels[:, k], strict=True) if y != -1]
         positives = [s for s, y in known if y == 1]
         if not positives:
             out.append(math.nan)
@@ -76,7 +82,10 @@ def reference_thresholded(scores: torch.Tensor, labels: torch.Tensor, unknown: s
     cp = sum(tp[k] / max(npred[k], 1) for k in classes) / len(classes)
     cr = sum(tp[k] / ngt[k] for k in classes) / len(classes)
     op, or_ = sum(tp) / max(sum(npred), 1), sum(tp) / sum(ngt)
-    f1 = lambda p, r: 2 * p * r / (p + r) if p + r else 0.0
+
+    def f1(p: float, r: float) -> float:
+        return 2 * p * r / (p + r) if p + r else 0.0
+
     return {k: v * 100 for k, v in {"CP": cp, "CR": cr, "CF1": f1(cp, cr), "OP": op, "OR": or_, "OF1": f1(op, or_)}.items()}
 
 
@@ -185,7 +194,17 @@ def tiny_stats(single_label: bool) -> ClassStatistics:
     mx = avg + torch.randint(0, 3, (n, c), generator=g).float() / 4
     attn = avg[..., None] + torch.randint(0, 3, (n, c, len(temps)), generator=g).float() / 4
     info = StatisticsInfo(model="tiny", task="single_label" if single_label else "multi_label")
-    return ClassStatistics(ids=[str(i) for i in range(n)], classes=[f"c{i}" for i in range(c)], labels=labels, avg=avg, max=mx, attn=attn, temperatures=temps, logits=avg.clone(), info=info)
+    return ClassStatistics(
+        ids=[str(i) for i in range(n)],
+        classes=[f"c{i}" for i in range(c)],
+        labels=labels,
+        avg=avg,
+        max=mx,
+        attn=attn,
+        temperatures=temps,
+        logits=avg.clone(),
+        info=info,
+    )
 
 
 @pytest.mark.parametrize("single_label", [False, True])
@@ -209,7 +228,7 @@ def test_sweep_on_cuda_equals_the_cpu_sweep(single_label: bool) -> None:
     for name in ("labels", "avg", "max", "attn", "logits"):
         setattr(stats, name, getattr(stats, name).cuda())
     gpu = sweep(stats, task=stats.info.task, fixed_lam=0.1, lams=(0.0, 0.1, 0.5))
-    for a, b in zip(cpu.rows, gpu.rows):
+    for a, b in zip(cpu.rows, gpu.rows, strict=True):
         assert a.metrics == pytest.approx(b.metrics, abs=1e-6)
 
 

@@ -42,9 +42,7 @@ IDENTITY_MODELS = {
 SLOW_IDENTITY = {"torchvision mobilenet_v2"}  # torchvision's family is covered fast by resnet18
 
 
-@pytest.mark.parametrize(
-    "build", [pytest.param(b, id=k, marks=[pytest.mark.slow] if k in SLOW_IDENTITY else []) for k, b in IDENTITY_MODELS.items()]
-)
+@pytest.mark.parametrize("build", [pytest.param(b, id=k, marks=[pytest.mark.slow] if k in SLOW_IDENTITY else []) for k, b in IDENTITY_MODELS.items()])
 def test_lam_zero_returns_the_models_own_logits(build) -> None:
     torch.manual_seed(0)
     model = build().eval()
@@ -83,7 +81,12 @@ def test_patch_shares_the_backbone_instead_of_copying_it() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "variant"),
-    [({"temperature": math.inf}, Variant("max")), ({"temperature": 2.0}, Variant("softmax", temperature=2.0)), ({"heads": 4}, Variant("heads", heads=4)), ({"heads": 1}, Variant("heads", heads=1))],
+    [
+        ({"temperature": math.inf}, Variant("max")),
+        ({"temperature": 2.0}, Variant("softmax", temperature=2.0)),
+        ({"heads": 4}, Variant("heads", heads=4)),
+        ({"heads": 1}, Variant("heads", heads=1)),
+    ],
     ids=["max", "softmax T=2", "heads H=4", "heads H=1"],
 )
 def test_head_module_and_sweep_statistics_score_alike(kwargs, variant) -> None:
@@ -95,7 +98,12 @@ def test_head_module_and_sweep_statistics_score_alike(kwargs, variant) -> None:
     s = classifier(fmap)
     stats_parts = location_statistics(s)
     stats = ClassStatistics(
-        ids=[str(i) for i in range(4)], classes=[str(c) for c in range(6)], labels=torch.zeros(4, 6), temperatures=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0), logits=stats_parts["avg"], **stats_parts
+        ids=[str(i) for i in range(4)],
+        classes=[str(c) for c in range(6)],
+        labels=torch.zeros(4, 6),
+        temperatures=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0),
+        logits=stats_parts["avg"],
+        **stats_parts,
     )
     from_stats = csra_score(stats.avg, attended_scores(stats, variant), 0.3)
     assert torch.allclose(head(fmap), from_stats, atol=1e-6)
@@ -105,7 +113,15 @@ def test_head_module_and_sweep_statistics_score_alike(kwargs, variant) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
-    [({"lam": -0.1}, "lam"), ({"lam": math.nan}, "lam"), ({"lam": math.inf}, "lam"), ({"temperature": 0.0}, "temperature"), ({"temperature": -2.0}, "temperature"), ({"temperature": math.nan}, "temperature"), ({"heads": 3}, "heads 3")],
+    [
+        ({"lam": -0.1}, "lam"),
+        ({"lam": math.nan}, "lam"),
+        ({"lam": math.inf}, "lam"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"temperature": -2.0}, "temperature"),
+        ({"temperature": math.nan}, "temperature"),
+        ({"heads": 3}, "heads 3"),
+    ],
 )
 def test_bad_settings_are_refused(kwargs, fragment) -> None:
     model = timm.create_model("resnet10t", num_classes=3).eval()
@@ -146,7 +162,14 @@ def test_probe_head_replaces_the_classifier(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = timm.create_model("resnet10t", num_classes=1000).eval()
     probe = LocationHead(torch.randn(3, model.num_features), torch.randn(3))
-    save_head(probe, tmp_path / "head.safetensors", {"probe": {"dataset": "voc2007", "split": "trainval", "num_images": 5, "c": 0.01, "classes": ["x", "y", "z"], "skipped_classes": []}, "model": "resnet10t"})
+    save_head(
+        probe,
+        tmp_path / "head.safetensors",
+        {
+            "probe": {"dataset": "voc2007", "split": "trainval", "num_images": 5, "c": 0.01, "classes": ["x", "y", "z"], "skipped_classes": []},
+            "model": "resnet10t",
+        },
+    )
     patched = patch(model, lam=0.0, head=tmp_path / "head.safetensors")
     x = _x()
     with torch.no_grad():

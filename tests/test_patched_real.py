@@ -38,7 +38,31 @@ def test_exports_of_efficientnet_lite0_reproduce_the_sweep_on_photos(tmp_path: P
     rows = [f"{n}.png," + ",".join("1" if i in (CATS if n == "chelsea" else COFFEE if n == "coffee" else ()) else "0" for i in range(1000)) for n in photos]
     (tmp_path / "labels.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
     results, npz = tmp_path / "r.json", tmp_path / "s.npz"
-    res = runner.invoke(app, ["sweep", "--model", "efficientnet_lite0", "--pretrained", "--dataset", "csv", "--data-dir", str(tmp_path), "--labels", str(tmp_path / "labels.csv"), "--lams", "0,0.2", "--temps", "", "--heads", "", "--out", str(results), "--save-scores", str(npz)])
+    res = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--model",
+            "efficientnet_lite0",
+            "--pretrained",
+            "--dataset",
+            "csv",
+            "--data-dir",
+            str(tmp_path),
+            "--labels",
+            str(tmp_path / "labels.csv"),
+            "--lams",
+            "0,0.2",
+            "--temps",
+            "",
+            "--heads",
+            "",
+            "--out",
+            str(results),
+            "--save-scores",
+            str(npz),
+        ],
+    )
     assert res.exit_code == 0, res.output
     arrays = np.load(npz, allow_pickle=False)
     ids = list(arrays["ids"])
@@ -46,7 +70,9 @@ def test_exports_of_efficientnet_lite0_reproduce_the_sweep_on_photos(tmp_path: P
     outputs = {}
     for fmt in ("onnx", "ts", "pt2", "safetensors"):
         out = tmp_path / f"lite0.{fmt}"
-        res = runner.invoke(app, ["apply", "--model", "efficientnet_lite0", "--pretrained", "--from-results", str(results), "--pick", "fixed", "--out", str(out)])
+        res = runner.invoke(
+            app, ["apply", "--model", "efficientnet_lite0", "--pretrained", "--from-results", str(results), "--pick", "fixed", "--out", str(out)]
+        )
         assert res.exit_code == 0, res.output
         config = exported_config(out)
         assert config["lam"] == 0.2 and config["identity_max_abs_diff"] < 1e-3

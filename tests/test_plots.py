@@ -38,9 +38,7 @@ def test_attention_png(tmp_path: Path) -> None:
         assert im.format == "PNG"
 
 
-@pytest.mark.parametrize(
-    "name, message", [("missing/c.png", "does not exist"), ("c.jpg", "ending in .png"), ("adir.png", "is a directory")]
-)
+@pytest.mark.parametrize("name, message", [("missing/c.png", "does not exist"), ("c.jpg", "ending in .png"), ("adir.png", "is a directory")])
 def test_bad_plot_paths(tmp_path: Path, name: str, message: str) -> None:
     (tmp_path / "adir.png").mkdir()
     with pytest.raises(CSRAError, match=message) as info:

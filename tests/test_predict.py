@@ -37,9 +37,36 @@ def applied(tmp_path_factory) -> tuple[Path, Path, Path]:
     ckpt = tmp_path / "voc_resnet10t.pth"
     torch.save(model.state_dict(), ckpt)
     results, scores, patched = tmp_path / "r.json", tmp_path / "s.npz", tmp_path / "p.safetensors"
-    res = runner.invoke(app, ["sweep", "--model", "resnet10t", "--checkpoint", str(ckpt), "--dataset", "voc2007", "--data-dir", str(voc_dir), "--img-size", "64", "--lams", "0,0.5", "--temps", "", "--heads", "", "--out", str(results), "--save-scores", str(scores)])
+    res = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--model",
+            "resnet10t",
+            "--checkpoint",
+            str(ckpt),
+            "--dataset",
+            "voc2007",
+            "--data-dir",
+            str(voc_dir),
+            "--img-size",
+            "64",
+            "--lams",
+            "0,0.5",
+            "--temps",
+            "",
+            "--heads",
+            "",
+            "--out",
+            str(results),
+            "--save-scores",
+            str(scores),
+        ],
+    )
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["apply", "--model", "resnet10t", "--checkpoint", str(ckpt), "--from-results", str(results), "--pick", "fixed", "--out", str(patched)])
+    res = runner.invoke(
+        app, ["apply", "--model", "resnet10t", "--checkpoint", str(ckpt), "--from-results", str(results), "--pick", "fixed", "--out", str(patched)]
+    )
     assert res.exit_code == 0, res.output
     mp.undo()
     return patched, scores, voc_dir / "VOCdevkit" / "VOC2007" / "JPEGImages"
@@ -85,7 +112,9 @@ def test_threshold_keeps_only_confident_top_k(applied, tmp_path: Path) -> None:
 def test_compare_marks_classes_moved_by_the_patch(applied, tmp_path: Path) -> None:
     patched, _, images = applied
     out = tmp_path / "pred.json"
-    res = runner.invoke(app, ["predict", "--patched", str(patched), str(images), "--lam", "5", "--top-k", "3", "--threshold", "0", "--compare", "--json", str(out)])
+    res = runner.invoke(
+        app, ["predict", "--patched", str(patched), str(images), "--lam", "5", "--top-k", "3", "--threshold", "0", "--compare", "--json", str(out)]
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     for entry in data:
@@ -117,7 +146,9 @@ def test_imagenet_heads_get_imagenet_names_offline(tmp_path: Path) -> None:
 
     Image.fromarray(np.full((40, 40, 3), 127, np.uint8)).save(tmp_path / "grey.png")
     out = tmp_path / "p.json"
-    res = runner.invoke(app, ["predict", "--model", "resnet10t", "--random-init", "--img-size", "64", str(tmp_path / "grey.png"), "--threshold", "0", "--json", str(out)])
+    res = runner.invoke(
+        app, ["predict", "--model", "resnet10t", "--random-init", "--img-size", "64", str(tmp_path / "grey.png"), "--threshold", "0", "--json", str(out)]
+    )
     assert res.exit_code == 0, res.output
     from timm.data import ImageNetInfo
 

@@ -67,7 +67,11 @@ def test_probe_errors(split_voc: Path, voc_dir: Path) -> None:
     with torch.no_grad():
         base.model.layer4[0].conv1.weight.fill_(float("nan"))
     with pytest.raises(CSRAError, match="NaN/inf features at input size 64"):
-        fit_probe(base, load_training_split("voc2007", split_voc, None, None, load_dataset("voc2007", split_voc)), options=ExtractOptions(img_size=64, use_cache=False))
+        fit_probe(
+            base,
+            load_training_split("voc2007", split_voc, None, None, load_dataset("voc2007", split_voc)),
+            options=ExtractOptions(img_size=64, use_cache=False),
+        )
 
 
 def test_unfitted_probe_classes_reach_the_notes(split_voc: Path) -> None:

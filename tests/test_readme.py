@@ -55,9 +55,7 @@ def test_demo_command_goes_on_when_apt_fails(tmp_path: Path) -> None:
     for tool in ("apt-get", "sudo"):
         (tmp_path / tool).write_text("#!/bin/sh\nexit 100\n")
         (tmp_path / tool).chmod(0o755)
-    run = subprocess.run(
-        ["/bin/bash", "-c", f"{data_step()} && echo next-step"], env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True
-    )
+    run = subprocess.run(["/bin/bash", "-c", f"{data_step()} && echo next-step"], env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "next-step", run.stderr
 
 

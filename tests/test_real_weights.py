@@ -34,8 +34,24 @@ def test_efficientnet_lite0_on_skimage_photos(tmp_path: Path) -> None:
     out, npz = tmp_path / "r.json", tmp_path / "s.npz"
     res = CliRunner().invoke(
         app,
-        ["sweep", "--model", "efficientnet_lite0", "--pretrained", "--dataset", "csv", "--data-dir", str(tmp_path),
-         "--labels", str(tmp_path / "labels.csv"), "--out", str(out), "--save-scores", str(npz), "--lams", "0,0.2"],
+        [
+            "sweep",
+            "--model",
+            "efficientnet_lite0",
+            "--pretrained",
+            "--dataset",
+            "csv",
+            "--data-dir",
+            str(tmp_path),
+            "--labels",
+            str(tmp_path / "labels.csv"),
+            "--out",
+            str(out),
+            "--save-scores",
+            str(npz),
+            "--lams",
+            "0,0.2",
+        ],
     )
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())

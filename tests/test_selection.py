@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from csra_posthoc.class_statistics import ClassStatistics, StatisticsInfo
 from csra_posthoc.defaults import CACHED_TEMPERATURES
 from csra_posthoc.errors import CSRAError
 from csra_posthoc.lam_sweep import row_scores, sweep
 from csra_posthoc.metrics import mean_average_precision
 from csra_posthoc.scoring import location_statistics
 from csra_posthoc.selection import half_masks, select_half, select_on_split
-from csra_posthoc.class_statistics import ClassStatistics, StatisticsInfo
 
 
 def make_stats(n: int = 80, c: int = 5, k: int = 9, seed: int = 0, classes: list[str] | None = None) -> ClassStatistics:
@@ -45,7 +45,7 @@ def test_each_direction_chooses_what_the_sweep_chooses_on_that_half() -> None:
     stats = make_stats()
     held = select_half(stats, single_label=False, seed=1)
     masks = half_masks(stats.num_images, 1)
-    for (chosen_on, scored_on), choice, (mask, scores) in zip(((0, 1), (1, 0)), held.choices, held.parts):
+    for (chosen_on, scored_on), choice, (mask, scores) in zip(((0, 1), (1, 0)), held.choices, held.parts, strict=True):
         on_select = sweep(subset(stats, masks[chosen_on]), task="multi_label", fixed_lam=0.2)
         assert (choice.variant, choice.lam) == (on_select.best_variant.variant, on_select.best_variant.lam)
         scored = subset(stats, masks[scored_on])

@@ -12,6 +12,12 @@ from .identity import verify_identity
 from .probe_head import ProbeHeadAdapter
 
 __all__ = [
-    "load_model", "ModelAdapter", "AdapterInfo", "DataConfig", "BaselineSource", "verify_identity",
-    "ProbeHeadAdapter", "TORCHVISION_PREFIX",
+    "TORCHVISION_PREFIX",
+    "AdapterInfo",
+    "BaselineSource",
+    "DataConfig",
+    "ModelAdapter",
+    "ProbeHeadAdapter",
+    "load_model",
+    "verify_identity",
 ]  # fmt: skip

@@ -29,8 +29,7 @@ def _infer_num_classes(sd: dict[str, torch.Tensor], keys: tuple[str, ...], check
         if key in sd and sd[key].dim() >= 2:
             return int(sd[key].shape[0])
     raise CSRAError(
-        f"checkpoint {checkpoint}: no classifier weight found (looked for {', '.join(keys)}); "
-        "is it a checkpoint of this model?",
+        f"checkpoint {checkpoint}: no classifier weight found (looked for {', '.join(keys)}); is it a checkpoint of this model?",
         param="checkpoint",
     )
 
@@ -145,9 +144,7 @@ def load_model(
             model = create(arch, pretrained, num_classes)
         weights = "pretrained:hub" if pretrained else "random-init"
     model.eval()
-    adapter = (
-        build_torchvision_adapter(model, name, arch, weights) if is_tv else build_timm_adapter(model, name, weights)
-    )
+    adapter = build_torchvision_adapter(model, name, arch, weights) if is_tv else build_timm_adapter(model, name, weights)
     if note is not None:
         adapter.info.notes.append(note)
     adapter.info.weights_fingerprint = state_dict_fingerprint(model.state_dict())

@@ -7,9 +7,8 @@ comes from), and the same builders decide whether the head can be applied per lo
 
 from __future__ import annotations
 
-from typing import Any
-
 from dataclasses import replace
+from typing import Any
 
 import torch.nn as nn
 

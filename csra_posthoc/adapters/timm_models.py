@@ -82,10 +82,7 @@ def _cnn_head(model: Any, name: str) -> LocationHead:  # Any: timm's attributes 
     head = getattr(model, "head", None)
     if isinstance(head, NormMlpClassifierHead):
         if getattr(head, "hidden_size", None):
-            raise CSRAError(
-                f"model {name}: its head has a pre-logits MLP with tanh after pooling (non-linear), "
-                "so it cannot be applied per location"
-            )
+            raise CSRAError(f"model {name}: its head has a pre-logits MLP with tanh after pooling (non-linear), so it cannot be applied per location")
         pool: Any = head.global_pool
         norm = head.norm
         if not isinstance(norm, (nn.LayerNorm, nn.Identity)):
@@ -99,19 +96,14 @@ def _cnn_head(model: Any, name: str) -> LocationHead:  # Any: timm's attributes 
             "(a layer after pooling), so it cannot be applied per location; pick a model whose head is pool -> linear"
         )
     if _pool_type(pool) != "avg":
-        raise CSRAError(
-            f"model {name}: global pool is {_pool_type(pool)!r}, not 'avg'; CSRA's identity needs average pooling"
-        )
+        raise CSRAError(f"model {name}: global pool is {_pool_type(pool)!r}, not 'avg'; CSRA's identity needs average pooling")
     return LocationHead.from_linear(_linear(model.get_classifier(), name), norm)
 
 
 def _vit_head(model: Any, name: str) -> tuple[LocationHead, BaselineSource]:
     pool = getattr(model, "global_pool", None)
     if getattr(model, "attn_pool", None) is not None or pool not in ("token", "avg"):
-        raise CSRAError(
-            f"model {name}: pooling {pool!r} (attention or max pooling) cannot be applied per patch; "
-            "supported are class-token and 'avg' pooling"
-        )
+        raise CSRAError(f"model {name}: pooling {pool!r} (attention or max pooling) cannot be applied per patch; supported are class-token and 'avg' pooling")
     linear = _linear(model.head, name)
     weight, bias = linear.weight, linear.bias
     dist = getattr(model, "head_dist", None)
@@ -137,10 +129,7 @@ def build_timm_adapter(model: nn.Module, name: str, weights: str) -> ModelAdapte
         head, source = _vit_head(model, name)
         info = AdapterInfo(name=name, family="timm-vit", baseline_source=source, weights=weights)
         if source == "patch_average":
-            info.notes.append(
-                "class-token ViT: the baseline is the average of per-patch logits, not the model's own "
-                "class-token logits (reported separately)"
-            )
+            info.notes.append("class-token ViT: the baseline is the average of per-patch logits, not the model's own class-token logits (reported separately)")
         return TimmViTAdapter(model, head, info, data_config)
     if not hasattr(model, "forward_features") or not hasattr(model, "forward_head"):
         raise CSRAError(f"model {name}: timm model without forward_features/forward_head is not supported")

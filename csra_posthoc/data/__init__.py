@@ -33,9 +33,25 @@ _LAZY: dict[str, str] = {
 }  # fmt: skip
 
 __all__ = [
-    "LabelledImages", "ImageDataset", "load_rgb", "load_voc", "VOC_CLASSES", "load_csv", "load_coco", "load_wider",
-    "WIDER_ATTRIBUTES", "load_imagenet", "load_image_folder", "subset", "load_dataset", "read_classes",
-    "REGISTRY", "DATASET_NAMES", "SINGLE_LABEL_DATASETS", "DatasetEntry", "dataset_entry",
+    "DATASET_NAMES",
+    "REGISTRY",
+    "SINGLE_LABEL_DATASETS",
+    "VOC_CLASSES",
+    "WIDER_ATTRIBUTES",
+    "DatasetEntry",
+    "ImageDataset",
+    "LabelledImages",
+    "dataset_entry",
+    "load_coco",
+    "load_csv",
+    "load_dataset",
+    "load_image_folder",
+    "load_imagenet",
+    "load_rgb",
+    "load_voc",
+    "load_wider",
+    "read_classes",
+    "subset",
 ]  # fmt: skip
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ class LabelledImages:
         h.update(json.dumps([self.dataset, self.split, self.classes, self.options, self.unknown], sort_keys=True).encode())
         for source in self.sources:
             h.update(f"source\0{_resolved(source)}\0{stamp(source)}\n".encode())
-        for image_id, path in zip(self.ids, self.paths):
+        for image_id, path in zip(self.ids, self.paths, strict=True):
             h.update(f"{image_id}\0{_resolved(path)}\0{stamp(path)}\n".encode())
         if self.boxes is not None:
             h.update(json.dumps(self.boxes).encode())

@@ -26,10 +26,7 @@ def find_coco_paths(data_dir: Path, split: str, year: str, ann_file: Path | None
     if ann_file is None:
         ann_file = data_dir / "annotations" / f"instances_{split}{year}.json"
         if not ann_file.is_file():
-            raise CSRAError(
-                f"data_dir {data_dir}: no {ann_file.relative_to(data_dir)} for split={split}; "
-                "check `data_dir` / `split`, or pass `ann_file`"
-            )
+            raise CSRAError(f"data_dir {data_dir}: no {ann_file.relative_to(data_dir)} for split={split}; check `data_dir` / `split`, or pass `ann_file`")
     if image_dir is None:
         candidates = (data_dir / f"{split}{year}", data_dir / "images" / f"{split}{year}")
         image_dir = next((c for c in candidates if c.is_dir()), None)
@@ -80,9 +77,7 @@ def load_coco(
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise CSRAError(f"data_dir {data_dir}: no such directory", param="data_dir")
-    ann_path, images_root = find_coco_paths(
-        data_dir, split, year, Path(ann_file) if ann_file else None, Path(image_dir) if image_dir else None
-    )
+    ann_path, images_root = find_coco_paths(data_dir, split, year, Path(ann_file) if ann_file else None, Path(image_dir) if image_dir else None)
     coco = _index(read_json(ann_path, "ann_file"), ann_path)
     cat_ids = sorted(coco.getCatIds())
     column = {cat_id: k for k, cat_id in enumerate(cat_ids)}

@@ -28,7 +28,11 @@ def imagenet_wnids() -> list[str]:
 
 def find_label_file(data_dir: Path, root: Path) -> Path:
     for folder in dict.fromkeys((data_dir, root, root.parent)):
-        for candidate in (folder / "LOC_val_solution.csv", folder / DEVKIT_DATA / "ILSVRC2012_validation_ground_truth.txt", folder / "ILSVRC2012_validation_ground_truth.txt"):
+        for candidate in (
+            folder / "LOC_val_solution.csv",
+            folder / DEVKIT_DATA / "ILSVRC2012_validation_ground_truth.txt",
+            folder / "ILSVRC2012_validation_ground_truth.txt",
+        ):
             if candidate.is_file():
                 return candidate
     raise CSRAError(
@@ -87,9 +91,7 @@ def flat_image_path(root: Path, image_id: str) -> Path:
     return root / (image_id + ".JPEG")
 
 
-def load_imagenet(
-    data_dir: str | Path, split: str | None = None, labels: str | Path | None = None, skip_missing: bool = False
-) -> LabelledImages:
+def load_imagenet(data_dir: str | Path, split: str | None = None, labels: str | Path | None = None, skip_missing: bool = False) -> LabelledImages:
     data_dir = Path(data_dir)
     kaggle = data_dir / "ILSVRC" / "Data" / "CLS-LOC"
     root, split_name = split_root(kaggle if kaggle.is_dir() else data_dir, split)
@@ -100,8 +102,10 @@ def load_imagenet(
     if folders and labels is None:
         unknown = [f for f in folders if f not in index]
         if unknown:
-            raise CSRAError(f"{root}: folder '{unknown[0]}' is not an ImageNet-1k wnid ({len(unknown)} such folders); "
-                "the layout is <split>/<wnid>/<image>, or a flat <split>/ with `labels`")
+            raise CSRAError(
+                f"{root}: folder '{unknown[0]}' is not an ImageNet-1k wnid ({len(unknown)} such folders); "
+                "the layout is <split>/<wnid>/<image>, or a flat <split>/ with `labels`"
+            )
         samples = folder_samples(root, {f: index[f] for f in folders})
         ids = [str(p.relative_to(root)) for p, _ in samples]
         paths, targets = [p for p, _ in samples], [k for _, k in samples]

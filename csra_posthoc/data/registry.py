@@ -7,9 +7,10 @@ this module imports neither torch nor torchvision: the CLI lists :data:`DATASET_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import CSRAError
 from ..options import DataOptions
@@ -134,4 +135,3 @@ def check_options(entry: DatasetEntry, opts: DataOptions) -> None:
         if name not in entry.options:
             takes = ", ".join(f"`{o}`" for o in sorted(entry.options)) or "none of them"
             raise CSRAError(f"{name} does not apply to dataset={entry.name} (it takes {takes})", param=name)
-

@@ -14,7 +14,8 @@ from __future__ import annotations
 import functools
 import json
 import math
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..defaults import TRANSFORM_CHOICES
 from ..errors import CSRAError
@@ -35,9 +36,7 @@ def _interpolation(cfg: DataConfig) -> str:
     return cfg.interpolation
 
 
-def transform_description(
-    cfg: DataConfig, img_size: int | None, single_label: bool, choice: TransformChoice = "auto"
-) -> dict[str, Any]:
+def transform_description(cfg: DataConfig, img_size: int | None, single_label: bool, choice: TransformChoice = "auto") -> dict[str, Any]:
     """The plain-dict description of :func:`eval_transform`'s choice (cache key and report), torch-free."""
     if choice not in TRANSFORM_CHOICES:
         raise CSRAError(f"transform {choice}: choose auto, square or crop", param="transform")
@@ -85,9 +84,7 @@ def _built(key: str) -> Callable[..., torch.Tensor]:
     if desc["kind"] == "square-resize":
         return T.Compose([T.Resize((size, size), interpolation=interpolation), T.ToTensor(), T.Normalize(desc["mean"], desc["std"])])
     if desc["crop_mode"] == "center":
-        return T.Compose(
-            [T.Resize(desc["resize"], interpolation=interpolation), T.CenterCrop(size), T.ToTensor(), T.Normalize(desc["mean"], desc["std"])]
-        )
+        return T.Compose([T.Resize(desc["resize"], interpolation=interpolation), T.CenterCrop(size), T.ToTensor(), T.Normalize(desc["mean"], desc["std"])])
     from timm.data import create_transform  # 'squash' / 'border': timm's own implementation
 
     return create_transform(

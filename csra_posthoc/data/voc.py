@@ -41,9 +41,7 @@ def _image_labels(xml_path: Path, index: dict[str, int], difficult: DifficultPol
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()
         if name not in index:
-            raise CSRAError(
-                f"{xml_path}: class {name!r} is not in the class list; pass `classes` / `classes_file` with it"
-            )
+            raise CSRAError(f"{xml_path}: class {name!r} is not in the class list; pass `classes` / `classes_file` with it")
         is_difficult = (obj.findtext("difficult") or "0").strip() == "1"
         (hard if is_difficult else plain).add(index[name])
     labels = [0] * len(index)

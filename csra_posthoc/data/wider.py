@@ -82,7 +82,7 @@ def load_wider(
     present, missing_notes = existing_files([images_root / f for f in files], skip_missing, ann_path)
     ids, paths, boxes, rows = [], [], [], []
     degenerate, total_boxes, num_attrs = 0, 0, None
-    for i, (entry, file_name, ok) in enumerate(zip(entries, files, present)):
+    for i, (entry, file_name, ok) in enumerate(zip(entries, files, present, strict=True)):
         targets = require(entry, "targets", f"images[{i}]", ann_path, list)
         if not ok:
             continue
@@ -100,9 +100,7 @@ def load_wider(
             total_boxes += 1
             x, y, w, h = bbox
             if w > 0 and h > 0 and (x >= width or y >= height or x + w <= 0 or y + h <= 0):
-                raise CSRAError(
-                    f"{ann_path}: {where} box {bbox} lies outside its {width}x{height} image {file_name}; fix the annotation"
-                )
+                raise CSRAError(f"{ann_path}: {where} box {bbox} lies outside its {width}x{height} image {file_name}; fix the annotation")
             box = clip_box(bbox, width, height)
             if box is None:
                 degenerate += 1

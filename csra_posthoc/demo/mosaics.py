@@ -42,9 +42,7 @@ def mosaic_voc_written(root: Path) -> Path | None:
     return final if (final / "ImageSets" / "Main" / "test.txt").is_file() else None
 
 
-def write_mosaic_voc(
-    source: ItemSource, root: Path, num_trainval: int, num_test: int, canvas: int, seed: int = 0
-) -> Path:
+def write_mosaic_voc(source: ItemSource, root: Path, num_trainval: int, num_test: int, canvas: int, seed: int = 0) -> Path:
     """Write ``root/VOC2007`` (JPEGImages, Annotations, ImageSets/Main/{trainval,test}.txt) atomically."""
     final = root / "VOC2007"
     if mosaic_voc_written(root):
@@ -66,7 +64,7 @@ def write_mosaic_voc(
                 objects = "".join(
                     f"<object><name>{source.classes[pool_labels[p]]}</name><difficult>0</difficult>"
                     f"<bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
-                    for p, b in zip(picks, boxes)
+                    for p, b in zip(picks, boxes, strict=True)
                 )
                 (tmp / "Annotations" / f"{image_id}.xml").write_text(
                     f"<annotation><filename>{image_id}.jpg</filename><source>{source.name}</source>{objects}</annotation>"

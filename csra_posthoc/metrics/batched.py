@@ -98,9 +98,7 @@ class MultilabelEvaluator:
     so a sweep converts ``avg`` and each attended term once and combines them per lam.
     """
 
-    def __init__(
-        self, labels: torch.Tensor, unknown: UnknownPolicy = "exclude", threshold: float = 0.5, top_k: int = 3, threads: int | None = None
-    ) -> None:
+    def __init__(self, labels: torch.Tensor, unknown: UnknownPolicy = "exclude", threshold: float = 0.5, top_k: int = 3, threads: int | None = None) -> None:
         if labels.dim() != 2:
             raise ValueError(f"labels {tuple(labels.shape)} must be (N, C)")
         lab = labels.cpu().numpy()
