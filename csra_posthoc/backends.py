@@ -127,23 +127,13 @@ def export_scores(adapter: ModelAdapter, img_size: int, path: str | Path) -> Non
     import contextlib
     import io
 
-    from .export import ONNX_OPSET, dynamic_batch
+    from .export import onnx_export
 
     module = ScoresModule(adapter.eval()).eval()
     example = torch.randn(2, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (example,),
-            str(path),
-            dynamo=True,
-            input_names=["input"],
-            output_names=["scores", "logits"],
-            dynamic_shapes=dynamic_batch(),
-            opset_version=ONNX_OPSET,
-            external_data=False,
-        )
+        onnx_export(module, example, path, outputs=("scores", "logits"))
 
 
 def make_backend(

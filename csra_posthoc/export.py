@@ -22,7 +22,7 @@ import io
 import json
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,15 +93,16 @@ def dynamic_batch() -> dict:
     return {"x": {0: Dim("batch", min=1, max=4096)}}
 
 
-def onnx_export(module: torch.nn.Module, example: torch.Tensor, path: str | Path, opset: int = ONNX_OPSET) -> None:
-    """``module`` as ONNX (dynamo exporter, input ``input``, output ``scores``, dynamic batch)."""
+def onnx_export(module: torch.nn.Module, example: torch.Tensor, path: str | Path, opset: int = ONNX_OPSET, outputs: Sequence[str] = ("scores",)) -> None:
+    """``module`` as ONNX (dynamo exporter, input ``input``, outputs named ``outputs``, dynamic batch):
+    the one export call of the patched-model exporter and the ONNX Runtime extraction backend."""
     torch.onnx.export(
         module,
         (example,),
         str(path),
         dynamo=True,
         input_names=["input"],
-        output_names=["scores"],
+        output_names=list(outputs),
         dynamic_shapes=dynamic_batch(),
         opset_version=opset,
         external_data=False,
