@@ -7,7 +7,6 @@ head or another class list: a lam tuned for one model says nothing about another
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from .compare import read_results_json
 from .data.registry import SINGLE_LABEL_DATASETS
 from .errors import CSRAError
 
@@ -49,19 +49,8 @@ class CSRASettings:
 
 
 def read_results(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CSRAError(f"from_results {path}: no such file", param="from_results")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CSRAError(f"from_results {path}: not JSON ({exc}); pass the results file a sweep wrote (run_sweep's `out`)", param="from_results") from None
-    if not isinstance(data, dict) or not all(k in data for k in ("model", "best", "fixed", "classes")):
-        raise CSRAError(
-            f"from_results {path}: not a sweep results file (no model / best / fixed / classes); pass the results file a sweep wrote (run_sweep's `out`)",
-            param="from_results",
-        )
-    return data
+    """``from_results``: a sweep's results JSON with the rows apply picks from."""
+    return read_results_json(path, required=("model", "best", "fixed", "classes"), param="from_results", label="from_results")
 
 
 def pick_settings(results: dict[str, Any], pick: str, path: str | Path) -> CSRASettings:

@@ -55,20 +55,30 @@ class CompareRow:
         return self.fixed - self.baseline
 
 
-def read_results_file(path: str | Path) -> dict[str, Any]:
-    """A results JSON of this schema version, else one line naming the file and what is wrong."""
+def read_results_json(path: str | Path, *, required: Sequence[str], param: str, label: str = "") -> dict[str, Any]:
+    """A sweep's results JSON with the ``required`` keys, else one line naming the file and what is
+    wrong: the one reader behind ``compare`` and ``apply``'s ``from_results``. ``label`` prefixes
+    the path in messages (e.g. ``"from_results"``)."""
     path = Path(path)
+    where = f"{label} {path}" if label else str(path)
+    hint = "pass the results file a sweep wrote (run_sweep's `out`)"
     if not path.is_file():
-        raise CSRAError(f"{path}: no such results file", param="paths")
+        raise CSRAError(f"{where}: no such results file", param=param)
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CSRAError(f"{path}: not JSON ({exc}); pass files written by sweep --out", param="paths") from None
-    if not isinstance(data, dict) or not all(k in data for k in REQUIRED):
-        raise CSRAError(f"{path}: not a csra-posthoc results file (no {' / '.join(REQUIRED)}); pass files written by sweep --out", param="paths")
+        raise CSRAError(f"{where}: not JSON ({exc}); {hint}", param=param) from None
+    if not isinstance(data, dict) or not all(k in data for k in required):
+        raise CSRAError(f"{where}: not a csra-posthoc results file (no {' / '.join(required)}); {hint}", param=param)
+    return data
+
+
+def read_results_file(path: str | Path) -> dict[str, Any]:
+    """A results JSON of this schema version, else one line naming the file and what is wrong."""
+    data = read_results_json(path, required=REQUIRED, param="paths")
     if data.get("schema") != SCHEMA:
         found = "no schema field (written before schema 1)" if "schema" not in data else f"schema {data['schema']!r}"
-        raise CSRAError(f"{path}: {found}, this version reads schema {SCHEMA}; re-run sweep --out with this version", param="paths")
+        raise CSRAError(f"{path}: {found}, this version reads schema {SCHEMA}; re-run the sweep with this version", param="paths")
     return data
 
 
