@@ -290,6 +290,10 @@ TemperatureOpt = Annotated[Optional[str], typer.Option("--temperature", help="in
 HeadsOpt = Annotated[Optional[int], typer.Option("--heads", help="multi-head: 1, 2, 4, 6 or 8 (the paper's temperature sets)")]
 ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="comma-separated class names in the head's order")]
 ClassesFileOpt = Annotated[Optional[Path], typer.Option("--classes-file", help="class names, one per line")]
+OptionalModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="timm name or torchvision:<arch>")]
+PatchedLamOpt = Annotated[Optional[str], typer.Option("--lam", help="default: the file's, else the paper's fixed lam (0.02 ResNets, 0.2 others)")]
+OptionalImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 
 
 def _optional_float(flag: str, text: str | None) -> float | None:
@@ -354,16 +358,16 @@ def apply_cmd(
 @app.command("predict")
 def predict_cmd(
     images: list[Path] = typer.Argument(..., help="image files and/or directories (searched recursively)"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="timm name or torchvision:<arch>"),
+    model: OptionalModelOpt = None,
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
     random_init: RandomInitOpt = False,
     patched: Optional[Path] = typer.Option(None, "--patched", help="a file written by apply: .safetensors (all options), or .onnx / .pt2 / .ts (scores only)"),
     head_file: HeadFileOpt = None,
-    lam: Optional[str] = typer.Option(None, "--lam", help="default: the file's, else the paper's fixed lam (0.02 ResNets, 0.2 others)"),
+    lam: PatchedLamOpt = None,
     temperature: TemperatureOpt = None,
     heads: HeadsOpt = None,
-    img_size: Optional[int] = typer.Option(None, "--img-size"),
+    img_size: OptionalImgSizeOpt = None,
     transform: str = typer.Option("auto", "--transform", help="auto | square | crop (not with --patched: the file stores its preprocessing)"),
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
@@ -372,7 +376,7 @@ def predict_cmd(
     compare: bool = typer.Option(False, "--compare", help="baseline (lam 0) and patched ranks side by side"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the predictions as JSON"),
     batch_size: int = typer.Option(16, "--batch-size"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    device: DeviceOpt = "auto",
 ) -> None:
     """Top classes per image from the CSRA-patched model (with --compare: beside the baseline's)."""
 
@@ -436,21 +440,21 @@ def compare_cmd(
 def attention_cmd(
     image: Path = typer.Argument(..., help="one image file"),
     out: Path = typer.Option(..., "--out", "-o", help="figure file: .png, .svg or .pdf (its folder must exist)"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="timm name or torchvision:<arch>"),
+    model: OptionalModelOpt = None,
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
     random_init: RandomInitOpt = False,
     patched: Optional[Path] = typer.Option(None, "--patched", help="a .safetensors file written by apply"),
     head_file: HeadFileOpt = None,
-    lam: Optional[str] = typer.Option(None, "--lam", help="default: the file's, else the paper's fixed lam (0.02 ResNets, 0.2 others)"),
+    lam: PatchedLamOpt = None,
     temperature: TemperatureOpt = None,
     heads: HeadsOpt = None,
-    img_size: Optional[int] = typer.Option(None, "--img-size"),
+    img_size: OptionalImgSizeOpt = None,
     transform: str = typer.Option("auto", "--transform", help="auto | square | crop (not with --patched)"),
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
     top_k: int = typer.Option(3, "--top-k", help="classes shown (the highest CSRA scores)"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    device: DeviceOpt = "auto",
 ) -> None:
     """Per-location class scores of the top classes as heat maps over the image (the paper's Fig. 4)."""
 
