@@ -257,6 +257,7 @@ def demo_cmd(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
     no_cache: bool = typer.Option(False, "--no-cache"),
+    recompute: bool = typer.Option(False, "--recompute", help="ignore (and overwrite) cached statistics and probes, e.g. from an older release"),
     out: Optional[Path] = typer.Option(None, "--out", help="results JSON (same schema as sweep, plus 'demo')"),
     save_scores: Optional[Path] = typer.Option(None, "--save-scores"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="lam curve figure: .png, .svg or .pdf (its folder must exist)"),
@@ -272,7 +273,9 @@ def demo_cmd(
             num_test=num_test,
             img_size=img_size,
             seed=seed,
-            options=ExtractOptions(img_size=img_size, batch_size=batch_size, workers=workers, device=device, cache_dir=cache_dir, use_cache=not no_cache),
+            options=ExtractOptions(
+                img_size=img_size, batch_size=batch_size, workers=workers, device=device, cache_dir=cache_dir, use_cache=not no_cache, recompute=recompute
+            ),
             out=out,
             save_scores_to=save_scores,
             plot=plot,
