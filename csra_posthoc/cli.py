@@ -165,7 +165,11 @@ def sweep_cmd(
         "eager", "--backend", help="eager | onnxruntime: the statistics pass on ONNX Runtime (CPU; pip install 'csra-posthoc[export]')"
     ),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (start-up cost: pays on thousands of images)"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads during extraction (default on CPU: cores - --workers; restored afterwards)"),
+    threads: Optional[int] = typer.Option(
+        None,
+        "--threads",
+        help="torch threads during extraction (default: the current count, capped at the cores other processes leave free when they keep the CPU busy; restored afterwards)",
+    ),
     cache_dtype: str = typer.Option("float32", "--cache-dtype", help="float32 | float16: statistics cached in half precision (half the file; own cache key)"),
     lams: str = typer.Option(_csv(DEFAULT_LAMS), "--lams"),
     temps: str = typer.Option(_csv(DEFAULT_TEMPS), "--temps", help="softmax temperatures (inf = max); empty: no softmax variant"),

@@ -19,7 +19,6 @@ caller's thread count and weight layout are restored afterwards.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -45,6 +44,7 @@ from .distributed import DistContext, Shard, all_reduce_max, broadcast_object, c
 from .errors import CSRAError, first_line
 from .keys import statistics_key
 from .log import output_console, say
+from .machine import available_cores, other_processes_load
 from .options import ExtractOptions, amp_precision
 from .progress import progress_bar
 from .scoring import CACHED_TEMPERATURES, location_statistics
@@ -166,23 +166,22 @@ def on_device(module: nn.Module, device: torch.device) -> Iterator[nn.Module]:
         module.train(training)
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+BUSY_CORES = 0.5  # other processes' load (in cores) above which the loop caps its torch threads
 
 
-def loop_threads(options: ExtractOptions, device: torch.device) -> int | None:
-    """Torch threads for the loop: ``threads`` when given; on CPU with workers, the caller's count
-    capped at one per core the workers leave free (they decode there; oversubscribed cores slowed
-    the forward); else None (unchanged)."""
+def loop_threads(options: ExtractOptions, device: torch.device, other_load: Callable[[], float | None] | None = None) -> int | None:
+    """Torch threads for the loop: ``threads`` when given; else, on CPU with workers, the caller's
+    count while other processes leave the cores free (the workers' decoding and the forward share
+    them well), capped at the cores nobody else uses when others keep them busy (oversubscribed
+    cores slowed the forward about 3x: :mod:`csra_posthoc.machine`); None: unchanged."""
     if options.threads is not None:
         return options.threads
     if device.type != "cpu" or options.workers == 0:
         return None
-    return max(1, min(torch.get_num_threads(), available_cores() - options.workers))
+    load = (other_load or other_processes_load)()
+    if load is None or load < BUSY_CORES:
+        return None
+    return max(1, min(torch.get_num_threads(), available_cores() - options.workers - round(load)))
 
 
 @contextmanager

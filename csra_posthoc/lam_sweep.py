@@ -18,6 +18,7 @@ from .class_statistics import ClassStatistics, Task
 from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, HEAD_COUNTS  # noqa: F401 (re-exported; defined torch-free for the CLI)
 from .errors import CSRAError
 from .metrics import Evaluator, evaluator
+from .metrics.batched import Pair, parallel_map
 from .options import SweepOptions
 from .scoring import csra_score, head_temperatures, multihead_attended
 
@@ -121,9 +122,10 @@ def evaluate(stats: ClassStatistics, scores: torch.Tensor, task: Task, scorer: E
     return evaluate_prepared(stats, scorer, scorer.prepare(scores))
 
 
-def stats_evaluator(stats: ClassStatistics, task: Task) -> Evaluator:
-    """The metric evaluator for ``stats``' labels: numpy on CPU, torch where the statistics are on a GPU."""
-    return evaluator(stats.labels, task == "single_label", stats.info.unknown, device=stats.avg.device)
+def stats_evaluator(stats: ClassStatistics, task: Task, threads: int | None = None) -> Evaluator:
+    """The metric evaluator for ``stats``' labels: numpy on CPU, torch where the statistics are on a GPU
+    (``threads``: see :func:`csra_posthoc.metrics.evaluator`)."""
+    return evaluator(stats.labels, task == "single_label", stats.info.unknown, device=stats.avg.device, threads=threads)
 
 
 def evaluate_prepared(stats: ClassStatistics, scorer: Evaluator, prepared: Any) -> tuple[dict[str, float], torch.Tensor]:
@@ -153,8 +155,10 @@ def sweep(
     grid = sorted(set(float(lam) for lam in lams) | {0.0, float(fixed_lam)})
 
     # labels' work once; avg and each attended term converted to the evaluator's layout once, then
-    # combined per lam by the one scoring function (elementwise: any layout or subset, same numbers)
-    scorer = stats_evaluator(stats, task)
+    # combined per lam by the one scoring function (elementwise: any layout or subset, same numbers).
+    # On CPU a variant's rows run side by side on torch's thread count, each on one thread.
+    threads = torch.get_num_threads() if stats.avg.device.type == "cpu" else 1
+    scorer = stats_evaluator(stats, task, threads=1)
     avg = scorer.prepare(stats.avg)
     base_metrics, base_ap = evaluate_prepared(stats, scorer, avg)
     baseline = SweepRow(Variant("max"), 0.0, base_metrics, base_ap)
@@ -164,11 +168,13 @@ def sweep(
             pair = scorer.pair(avg, scorer.prepare(attended_scores(stats, variant)), grid, csra_score)
         except ValueError as exc:
             raise CSRAError(f"cannot score {stats.info.model} on {stats.info.dataset}: {exc}; the cache may be damaged: re-run with recompute=True") from None
+
+        def score_row(lam: float, pair: Pair = pair) -> tuple[dict[str, float], torch.Tensor]:
+            return evaluate_prepared(stats, scorer, pair.at(lam))
+
+        results = iter(parallel_map(score_row, [lam for lam in grid if lam != 0.0], threads))
         for lam in grid:
-            if lam == 0.0:
-                rows.append(SweepRow(variant, 0.0, base_metrics, base_ap))
-                continue
-            metrics, ap = evaluate_prepared(stats, scorer, pair.at(lam))
+            metrics, ap = (base_metrics, base_ap) if lam == 0.0 else next(results)
             rows.append(SweepRow(variant, lam, metrics, ap))
 
     def best_of(candidates: list[SweepRow]) -> SweepRow:

@@ -71,7 +71,7 @@ class ExtractOptions:
     decode: Decode = "pil"  # draft: faster JPEG decode, slightly different pixels (enters the cache key)
     backend: Backend = "eager"  # onnxruntime: the statistics pass on ONNX Runtime (CPU; needs the export extra)
     compile: bool = False  # torch.compile the backbone (start-up cost; pays on large sets)
-    threads: int | None = None  # torch threads during the loop; None: cores - workers on CPU (caller's count restored)
+    threads: int | None = None  # torch threads during the loop; None: the caller's, capped on a busy CPU (restored after)
     cache_dtype: CacheDtype = "float32"  # float16: half the cache file (enters the cache key)
 
     def __post_init__(self) -> None:
@@ -88,7 +88,7 @@ class ExtractOptions:
         _choice("backend", self.backend, Backend)
         _choice("cache_dtype", self.cache_dtype, CacheDtype)
         if self.threads is not None and self.threads < 1:
-            raise CSRAError(f"threads {self.threads}: must be >= 1 (or leave it unset: cores - workers)", param="threads")
+            raise CSRAError(f"threads {self.threads}: must be >= 1 (or leave it unset: the caller's count)", param="threads")
         if self.backend == "onnxruntime" and (self.compile or self.amp):
             raise CSRAError(f"backend onnxruntime: runs the exported fp32 graph; drop {'`compile`' if self.compile else '`amp`'}", param="backend")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):

@@ -8,6 +8,9 @@ its own key; draft decoding has its own key; bad option values are one line nami
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,13 +97,47 @@ def test_loop_threads_restored_and_used(photo_dir: Path, adapter, monkeypatch) -
         assert set(seen) == {1} and torch.get_num_threads() == 2
         seen.clear()
         monkeypatch.setattr(extract_mod, "available_cores", lambda: 2)
+        monkeypatch.setattr(extract_mod, "other_processes_load", lambda: 1.7)  # a busy machine
         extract(adapter, images, img_size=64, batch_size=2, device="cpu", workers=1, use_cache=False, quiet=True)
-        assert set(seen) == {1} and torch.get_num_threads() == 2  # cores - workers during the loop, then the caller's
-        assert loop_threads(ExtractOptions(workers=0), torch.device("cpu")) is None
-        assert loop_threads(ExtractOptions(workers=3), torch.device("cpu")) == 1
+        assert set(seen) == {1} and torch.get_num_threads() == 2  # capped during the loop, then the caller's
     finally:
         handle.remove()
         torch.set_num_threads(before)
+
+
+def test_loop_threads_cap_only_when_other_processes_keep_the_cpu_busy(monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(extract_mod, "available_cores", lambda: 8)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(8)
+        quiet, busy, unknown = (lambda: 0.1), (lambda: 3.2), (lambda: None)
+        assert loop_threads(ExtractOptions(workers=2), cpu, quiet) is None  # the caller's 8
+        assert loop_threads(ExtractOptions(workers=2), cpu, unknown) is None  # no /proc/stat: unchanged
+        assert loop_threads(ExtractOptions(workers=2), cpu, busy) == 3  # 8 cores - 2 workers - 3 busy
+        assert loop_threads(ExtractOptions(workers=6), cpu, busy) == 1
+        assert loop_threads(ExtractOptions(workers=0), cpu, busy) is None  # no workers to make room for
+        assert loop_threads(ExtractOptions(workers=2, threads=5), cpu, busy) == 5
+        assert loop_threads(ExtractOptions(workers=2), torch.device("meta"), busy) is None
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_other_processes_load_sees_a_busy_core() -> None:
+    from csra_posthoc.machine import available_cores, other_processes_load
+
+    idle = other_processes_load(0.2)
+    if idle is None:
+        pytest.skip("no /proc/stat here")
+    assert 0.0 <= idle <= available_cores() + 0.1
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        busy = other_processes_load(0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy is not None and busy > 0.6, (idle, busy)  # one spinning process is about a core
 
 
 def test_threads_and_layout_restored_when_the_loop_fails(photo_dir: Path, adapter, tmp_path: Path) -> None:

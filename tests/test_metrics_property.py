@@ -248,3 +248,31 @@ def test_tie_run_starts_match_a_brute_force_scan() -> None:
     for n in (1, 2, 7, 50):
         row = np.sort(rng.integers(0, 4, n).astype(np.float32))
         assert tie_run_starts(row).tolist() == [min(j for j in range(n) if row[j] == row[i]) for i in range(n)]
+
+
+def test_top_k_values_are_the_k_largest_with_multiplicity() -> None:
+    from csra_posthoc.metrics.batched import top_k_values
+
+    rng = np.random.default_rng(1)
+    for rows, k in ((1, 3), (2, 3), (3, 3), (9, 3), (20, 5)):
+        values = rng.integers(-3, 3, (rows, 40)).astype(np.float32)  # many ties
+        expected = -np.sort(-values, axis=0)[:k]  # descending, repeats kept
+        ours = np.stack(top_k_values(values, k))
+        np.testing.assert_array_equal(ours[: min(rows, k)], expected[: min(rows, k)])
+        assert np.isneginf(ours[rows:]).all()  # fewer rows than k: -inf pads
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_evaluation_is_the_same_for_any_split_of_the_classes_across_threads(ties: bool) -> None:
+    """Blocks of classes are evaluated apart and their top-k lists merged; blocks smaller than k
+    (5 blocks of 12 classes), all-negative and all-positive classes and unknowns included."""
+    scores, labels = random_case(300, 12, ties, 0.1, torch.float32, seed=5)
+    results = []
+    for threads in (1, 2, 3, 5):
+        ev = MultilabelEvaluator(labels, threads=threads)
+        assert len(ev.chunks) == threads
+        results.append(ev.evaluate(ev.prepare(scores)))
+    ref_metrics, ref_ap = torch_reference.multilabel_metrics(scores, labels)
+    for metrics, ap in results:
+        assert metrics == results[0][0] and metrics == pytest.approx(ref_metrics, abs=1e-9)
+        torch.testing.assert_close(ap, ref_ap, atol=1e-12, rtol=0, equal_nan=True)
