@@ -41,7 +41,7 @@ def _core_times(cores: set[int] | None) -> tuple[int, int] | None:
     return (busy, total) if total else None
 
 
-def other_processes_load(seconds: float = 0.25) -> float | None:
+def other_processes_load(seconds: float = 0.1) -> float | None:
     """Cores' worth of CPU that other processes use, sampled over ``seconds`` while this one sleeps
     (Linux ``/proc/stat``, over this process's cores); None where there is no such file.
 
