@@ -56,6 +56,15 @@ def at_least_threshold(scores: Array, threshold: float) -> Array:
     return pred
 
 
+def transposed(a: Array, dtype: Any = None) -> Array:
+    """``a.T`` as a new C-contiguous array (cast to ``dtype`` on the way), copied in blocks of 256
+    rows: 2-3x faster than ``np.ascontiguousarray(a.T)``'s strided copy at (40,137, 80)."""
+    out = np.empty(a.shape[::-1], dtype=a.dtype if dtype is None else dtype)
+    for start in range(0, a.shape[0], 256):
+        out[:, start : start + 256] = a[start : start + 256].T
+    return out
+
+
 def row_counts(mask: Array) -> Array:
     """``count_nonzero(mask, axis=1)`` as float64: one whole-row count per row, which was 8x faster
     than numpy's axis reduction (a sum of bools) here."""
@@ -148,8 +157,7 @@ class MultilabelEvaluator:
     def __init__(self, labels: torch.Tensor, unknown: UnknownPolicy = "exclude", threshold: float = 0.5, top_k: int = 3, threads: int | None = None) -> None:
         if labels.dim() != 2:
             raise ValueError(f"labels {tuple(labels.shape)} must be (N, C)")
-        lab = labels.cpu().numpy()
-        lab = np.ascontiguousarray((lab if lab.dtype == np.int8 else lab.astype(np.int8)).T)  # {1, 0, -1}: int8 moves 8x less than int64
+        lab = transposed(labels.cpu().numpy(), np.int8)  # {1, 0, -1}: int8 moves 8x less than int64
         self.shape = tuple(labels.shape)
         self.threshold, self.top_k, self.unknown = threshold, top_k, unknown
         self.positive = lab == 1
@@ -157,13 +165,14 @@ class MultilabelEvaluator:
         self.all_counted = bool(self.counted.all())
         n_pos = np.count_nonzero(self.positive, axis=1)
         self.n_gt = n_pos.astype(np.float64)
-        # per class, the images of its positives and of its unknowns (each row is sorted whole)
+        # per class, the images of its positives; the unknowns' flat (class, image) positions and
+        # per-class counts (AP sorts them below every score: see _block_ap)
         unknown_mask = lab == -1
-        pos, unk = np.flatnonzero(self.positive), np.flatnonzero(unknown_mask)
-        n_unk = np.count_nonzero(unknown_mask, axis=1)
         n = lab.shape[1]
+        pos = np.flatnonzero(self.positive)
         self.pos_index = np.split(pos - np.repeat(np.arange(lab.shape[0]) * n, n_pos), np.cumsum(n_pos)[:-1])
-        self.unk_index = np.split(unk - np.repeat(np.arange(lab.shape[0]) * n, n_unk), np.cumsum(n_unk)[:-1])
+        self.n_unknown = row_counts(unknown_mask).astype(np.intp)
+        self.unknown_flat = np.flatnonzero(unknown_mask) if self.n_unknown.any() else None
         threads = torch.get_num_threads() if threads is None else threads
         classes = lab.shape[0]
         edges = np.linspace(0, classes, min(max(1, threads), max(classes, 1)) + 1).astype(int)
@@ -174,9 +183,9 @@ class MultilabelEvaluator:
         if tuple(scores.shape) != self.shape:
             raise ValueError(f"scores {tuple(scores.shape)} and labels {self.shape} must both be (N, C)")
         array = scores.detach().cpu().numpy()
-        if not np.issubdtype(array.dtype, np.floating) or array.dtype == np.float16:
-            array = array.astype(np.float64 if not np.issubdtype(array.dtype, np.floating) else np.float32)
-        return np.ascontiguousarray(array.T)
+        if not np.issubdtype(array.dtype, np.floating):
+            return transposed(array, np.float64)
+        return transposed(array, np.float32 if array.dtype == np.float16 else None)
 
     def pair(self, avg: Array, attended: Array, lams: Sequence[float], score: ScoreFn) -> Pair:
         """``score(avg, attended, lam)`` per lam (every row needs its full sort)."""
@@ -280,21 +289,27 @@ class MultilabelEvaluator:
 
     def _block_ap(self, block: Array, classes: range, check: bool) -> Array:
         """AP of a block of class rows: each row sorted whole (numpy's SIMD sort, the scores' own
-        dtype, no argsort), its positives and unknowns apart (small); the known scores at or above
-        a positive are then all minus those below it minus the unknowns there, one
-        ``searchsorted`` each, and the positives at or above it come from their own tie runs."""
+        dtype, no argsort) with its unknowns set to -inf first, so that they sort below every
+        (finite) score and drop out of every count; its positives sorted apart (small). The known
+        scores at or above a positive are then all those from its ``searchsorted`` place up, and
+        the positives at or above it come from their own tie runs."""
         ap = np.full(len(classes), np.nan)
         n = block.shape[1]
-        rows = np.sort(block, axis=1)
-        if check and n:  # NaN sorts last, -inf first and +inf last (before NaN)
-            check_finite(rows[:, [0, -1]])
+        rows = block.copy()
+        n_unknown = self.n_unknown[classes.start : classes.stop]
+        if self.unknown_flat is not None:
+            first, last = np.searchsorted(self.unknown_flat, [classes.start * n, classes.stop * n])
+            rows.reshape(-1)[self.unknown_flat[first:last] - classes.start * n] = -np.inf
+        rows.sort(axis=1)
+        if check and n:  # NaN and +inf sort last; a known -inf would come right after the unknowns
+            known = np.flatnonzero(n_unknown < n)
+            check_finite(rows[:, -1])
+            check_finite(rows[known, n_unknown[known]])
         for i, k in enumerate(classes):
             if not self.pos_index[k].size:
                 continue
             pos = np.sort(block[i].take(self.pos_index[k]))
             known_ge = n - np.searchsorted(rows[i], pos, side="left")
-            if self.unk_index[k].size:
-                known_ge = known_ge - (self.unk_index[k].size - np.searchsorted(np.sort(block[i].take(self.unk_index[k])), pos, side="left"))
             pos_ge = pos.size - tie_run_starts(pos)
             ap[i] = float(np.sum(pos_ge / known_ge.astype(np.float64)) / pos.size)
         return ap
