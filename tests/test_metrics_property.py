@@ -173,6 +173,23 @@ def test_evaluators_refuse_nan_and_inf() -> None:
             single.evaluate(single.prepare(scores))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("where", ["known", "unknown", "all-unknown class"])
+def test_non_finite_scores_are_refused_next_to_unknown_labels(where: str, threads: int) -> None:
+    """AP sorts unknowns below every score; a NaN / inf is refused wherever it is."""
+    labels = torch.tensor([[1, -1, 0, -1], [0, 1, -1, -1], [1, 0, 1, -1], [0, -1, 1, -1]])
+    row, col = {"known": (2, 1), "unknown": (0, 1), "all-unknown class": (1, 3)}[where]
+    for bad in (math.nan, math.inf, -math.inf):
+        scores = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+        scores[row, col] = bad
+        ev = MultilabelEvaluator(labels, threads=threads)
+        for run in (ev.evaluate, ev.thresholded):
+            with pytest.raises(ValueError, match="NaN or inf"):
+                run(ev.prepare(scores))
+        with pytest.raises(ValueError, match="NaN or inf"):
+            average_precision(scores, labels)
+
+
 @pytest.mark.parametrize("lam", [0.01, 0.1, 0.3, 0.7, 1.0])
 def test_csra_score_on_prepared_arrays_is_bitwise_the_torch_score(lam: float) -> None:
     g = torch.Generator().manual_seed(1)

@@ -299,7 +299,10 @@ class MultilabelEvaluator:
         n_unknown = self.n_unknown[classes.start : classes.stop]
         if self.unknown_flat is not None:
             first, last = np.searchsorted(self.unknown_flat, [classes.start * n, classes.stop * n])
-            rows.reshape(-1)[self.unknown_flat[first:last] - classes.start * n] = -np.inf
+            unknown = self.unknown_flat[first:last] - classes.start * n
+            if check:  # a NaN where the label is unknown is still a broken score
+                check_finite(block.reshape(-1)[unknown])
+            rows.reshape(-1)[unknown] = -np.inf
         rows.sort(axis=1)
         if check and n:  # NaN and +inf sort last; a known -inf would come right after the unknowns
             known = np.flatnonzero(n_unknown < n)
