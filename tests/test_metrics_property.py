@@ -178,6 +178,11 @@ def test_evaluators_refuse_nan_and_inf() -> None:
 def test_non_finite_scores_are_refused_next_to_unknown_labels(where: str, threads: int) -> None:
     """AP sorts unknowns below every score; a NaN / inf is refused wherever it is."""
     labels = torch.tensor([[1, -1, 0, -1], [0, 1, -1, -1], [1, 0, 1, -1], [0, -1, 1, -1]])
+    clean = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    ours, ours_ap = MultilabelEvaluator(labels, threads=threads).evaluate(MultilabelEvaluator(labels).prepare(clean))
+    ref, ref_ap = torch_reference.multilabel_metrics(clean, labels)
+    assert ours == pytest.approx(ref, abs=1e-9)  # an all-unknown class is no error
+    torch.testing.assert_close(ours_ap, ref_ap, atol=1e-12, rtol=0, equal_nan=True)
     row, col = {"known": (2, 1), "unknown": (0, 1), "all-unknown class": (1, 3)}[where]
     for bad in (math.nan, math.inf, -math.inf):
         scores = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))

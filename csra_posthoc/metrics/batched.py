@@ -304,9 +304,9 @@ class MultilabelEvaluator:
                 check_finite(block.reshape(-1)[unknown])
             rows.reshape(-1)[unknown] = -np.inf
         rows.sort(axis=1)
-        if check and n:  # NaN and +inf sort last; a known -inf would come right after the unknowns
-            known = np.flatnonzero(n_unknown < n)
-            check_finite(rows[:, -1])
+        if check:  # NaN and +inf sort last; a known -inf would come right after the unknowns
+            known = np.flatnonzero(n_unknown < n)  # rows with a known label (all-unknown: all -inf)
+            check_finite(rows[known, -1])
             check_finite(rows[known, n_unknown[known]])
         for i, k in enumerate(classes):
             if not self.pos_index[k].size:
