@@ -8,12 +8,13 @@ writes them); model: EfficientNet-Lite0 with its packaged ImageNet weights, 224 
 - ``before``: the previous loop, rebuilt here: workers run the model's full float32 transform,
   a default-collated float32 batch, ``no_grad``, NCHW weights, the caller's torch threads.
 - ``after``: :func:`compute_statistics` with default options (uint8 batches normalised in the
-  main process into channels_last, inference_mode, prefetch 4, torch threads = cores - workers).
+  main process into channels_last, inference_mode, prefetch 4; torch keeps the caller's thread
+  count unless a 0.1 s sample shows other processes busy, then cores - workers - their load).
 - ``after, caller's threads``: the same with ``threads`` = the caller's count (isolates the
-  thread cap); ``after, decode=draft`` and, with flags, ``--compile`` / ``--onnxruntime``.
+  thread policy); ``after, decode=draft`` and, with flags, ``--compile`` / ``--onnxruntime``.
 - ``plain forward``: ``model(x)`` on a ready batch (no data loading, no statistics), with the
-  caller's torch threads and with the loop's (cores - workers): on a loaded machine the thread
-  count alone moves the forward a lot, so the second is the fair ceiling for ``after``.
+  caller's torch threads and with the loop's default: on a loaded machine the thread count
+  alone moves the forward a lot, so the second is the fair ceiling for ``after``.
 
 Every loop computes the statistics (``compute_statistics``: per-location scores, avg / max /
 softmax averages, identity check). Repeats are interleaved; medians; images/s, ratio to the
