@@ -298,3 +298,18 @@ def test_evaluation_is_the_same_for_any_split_of_the_classes_across_threads(ties
     for metrics, ap in results:
         assert metrics == results[0][0] and metrics == pytest.approx(ref_metrics, abs=1e-9)
         torch.testing.assert_close(ap, ref_ap, atol=1e-12, rtol=0, equal_nan=True)
+
+
+def test_parallel_map_keeps_order_and_runs_nested_calls_inline() -> None:
+    import threading
+
+    from csra_posthoc.metrics.batched import parallel_map
+
+    def inner(i: int) -> list[tuple[int, int]]:  # a pool task that maps again: inline, not a deadlock
+        return parallel_map(lambda j: (i, j), list(range(3)), 2)
+
+    out: list = []
+    runner = threading.Thread(target=lambda: out.append(parallel_map(inner, list(range(5)), 2)), daemon=True)
+    runner.start()
+    runner.join(timeout=20)
+    assert out == [[[(i, j) for j in range(3)] for i in range(5)]]

@@ -18,6 +18,7 @@ fall back to ``torch.topk``), which ``tests/test_metrics_property.py`` checks.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -133,10 +134,13 @@ def tie_run_starts(ascending: Array) -> Array:
     return np.maximum.accumulate(np.where(start, np.arange(ascending.size), 0))
 
 
+POOL_PREFIX = "csra-metrics"
+
+
 @cache
 def _pool(threads: int) -> ThreadPoolExecutor:
     """One pool per thread count for the process (numpy's sorts and loops release the GIL)."""
-    return ThreadPoolExecutor(threads, thread_name_prefix="csra-metrics")
+    return ThreadPoolExecutor(threads, thread_name_prefix=POOL_PREFIX)
 
 
 def parallel_map(work: Callable[[Any], Any], items: Sequence[Any], threads: int) -> list[Any]:
@@ -145,7 +149,8 @@ def parallel_map(work: Callable[[Any], Any], items: Sequence[Any], threads: int)
     A sweep's rows are independent score matrices: evaluating whole rows side by side (each on a
     one-thread evaluator) kept both cores busier than splitting each row's classes (31 vs 36 ms a
     row on 2 cores, COCO size), as there is no barrier inside a row."""
-    if threads <= 1 or len(items) <= 1:
+    nested = threading.current_thread().name.startswith(POOL_PREFIX)  # a pool task waiting on its own pool could deadlock
+    if threads <= 1 or len(items) <= 1 or nested:
         return [work(item) for item in items]
     return list(_pool(threads).map(work, items))
 
