@@ -14,9 +14,11 @@ from .data import LabelledImages, dataset_entry, load_dataset
 from .defaults import METRIC_NAMES  # noqa: F401 (re-exported)
 from .errors import CSRAError
 from .extraction import extract
-from .lam_sweep import paper_fixed_lam, sweep
+from .lam_sweep import grid_rows, paper_fixed_lam, sweep
+from .log import output_console
 from .options import DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
 from .probe import fit_probe
+from .progress import console_bar
 from .report import print_table, report_console, results_dict, save_scores, write_json
 from .resolution import (
     probe_settings,
@@ -133,7 +135,6 @@ def reuse_statistics(memo_key: str, images: LabelledImages, options: ExtractOpti
     if not path.is_file():
         return None
     from .extraction import read_cached_statistics
-    from .log import output_console
 
     remove_orphans(cache_dir)
     fingerprints = (memo.weights_fingerprint, memo.head_fingerprint)
@@ -301,8 +302,10 @@ def run_sweep(
             write_memo(resolve_cache_dir(opts.cache_dir), memo_key, resolution_of(adapter))
     assert stats is not None
     fixed_lam = paper_fixed_lam(stats.info.model) if grid.fixed_lam is None else grid.fixed_lam
-    result = sweep(stats, task=stats.info.task, fixed_lam=fixed_lam, lams=grid.lams, temps=grid.temps, heads=grid.heads)
-    assess(result, stats, grid, select_stats)
+    bar = console_bar(output_console(console, opts.quiet))
+    with bar("sweep", grid_rows(grid.lams, grid.temps, grid.heads, fixed_lam), "row") as advance:
+        result = sweep(stats, task=stats.info.task, fixed_lam=fixed_lam, lams=grid.lams, temps=grid.temps, heads=grid.heads, progress=advance)
+    assess(result, stats, grid, select_stats, bar=bar)
     print_table(console, result, stats, list(grid.metrics))
     if train is not None and grid.select_on == train.split:
         console.print(f"[yellow]note:[/] λ chosen on {train.split}, the probe's training split: its scores are fitted, the held-out λ may favour it")
@@ -311,7 +314,7 @@ def run_sweep(
         from .plots import plot_lam_curve
 
         title = f"{stats.info.model} on {stats.info.dataset} {stats.info.split} ({stats.num_images} images)"
-        plot_lam_curve(result, outputs.plot, band=max_band(result, stats, grid), title=title)
+        plot_lam_curve(result, outputs.plot, band=max_band(result, stats, grid, bar), title=title)
         console.print(f"wrote {outputs.plot}")
     if outputs.out is not None:
         write_json(outputs.out, data_json)

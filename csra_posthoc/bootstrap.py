@@ -18,7 +18,7 @@ out; a class with no positive in a resample is left out of that resample's mean,
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,8 +171,10 @@ def bootstrap_deltas(
     single_label: bool = False,
     n: int = DEFAULT_RESAMPLES,
     seed: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Interval]:
-    """Paired bootstrap of ``metric(variant) - metric(baseline)`` for each named variant.
+    """Paired bootstrap of ``metric(variant) - metric(baseline)`` for each named variant
+    (``progress(b)`` is told of every b resamples done).
 
     A variant is a score matrix ``(N, C)`` over all evaluated images, or a list of parts
     ``(mask, scores)`` whose deltas (each on the images in ``mask``, scores still ``(N, C)``)
@@ -200,6 +202,8 @@ def bootstrap_deltas(
     for w in resample_weights(num_images, n, seed, chunk):
         for name, d in deltas(w).items():
             draws[name].append(d)
+        if progress is not None:
+            progress(w.shape[0])
     out = {}
     for name in metrics:
         values = torch.cat(draws[name]).numpy()
@@ -223,10 +227,13 @@ def lam_band(
     single_label: bool = False,
     n: int = DEFAULT_RESAMPLES,
     seed: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[float, Interval]:
     """Bootstrap interval of the delta of ``avg + lam * attended`` at each lam (the lam curve's band)."""
     from .scoring import csra_score
 
     grid = sorted({float(lam) for lam in lams})
-    found = bootstrap_deltas(avg, {str(lam): csra_score(avg, attended, lam) for lam in grid}, labels, single_label=single_label, n=n, seed=seed)
+    found = bootstrap_deltas(
+        avg, {str(lam): csra_score(avg, attended, lam) for lam in grid}, labels, single_label=single_label, n=n, seed=seed, progress=progress
+    )
     return {lam: found[str(lam)] for lam in grid}

@@ -8,9 +8,9 @@ lam = 0 is the baseline, the same for every variant.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # selection and bootstrap import this module
     from .selection import HeldOut
 
 VariantKind = Literal["max", "softmax", "heads"]
+T = TypeVar("T")
 
 
 def paper_fixed_lam(model_name: str) -> float:
@@ -145,37 +146,21 @@ def sweep(
     lams: Sequence[float] = DEFAULT_LAMS,
     temps: Sequence[float] = DEFAULT_TEMPS,
     heads: Sequence[int] = DEFAULT_HEADS,
+    progress: Callable[[int], None] | None = None,
 ) -> SweepResult:
     """Evaluate ``avg + lam * a`` for every variant and lam; lam = 0 is scored once as the baseline.
 
     Pure: the task (``stats.info.task`` for extracted statistics) and the fixed lam (the paper's is
-    :func:`paper_fixed_lam` of the model) are the caller's, not read from ``stats``."""
+    :func:`paper_fixed_lam` of the model) are the caller's, not read from ``stats``. ``progress(n)``
+    is told of every n rows scored (:func:`grid_rows` in all)."""
     SweepOptions(lams=tuple(lams), temps=tuple(temps), heads=tuple(heads), fixed_lam=fixed_lam)  # checks each value
     primary = "top1" if task == "single_label" else "mAP"
     grid = sorted(set(float(lam) for lam in lams) | {0.0, float(fixed_lam)})
 
-    # labels' work once; avg and each attended term converted to the evaluator's layout once, then
-    # combined per lam by the one scoring function (elementwise: any layout or subset, same numbers).
-    # On CPU a variant's rows run side by side on torch's thread count, each on one thread.
-    threads = torch.get_num_threads() if stats.avg.device.type == "cpu" else 1
-    scorer = stats_evaluator(stats, task, threads=1)
-    avg = scorer.prepare(stats.avg)
-    base_metrics, base_ap = evaluate_prepared(stats, scorer, avg)
+    scored = score_grid(stats, task, grid, temps, heads, evaluate_prepared, progress)
+    base_metrics, base_ap = scored[0][2]
     baseline = SweepRow(Variant("max"), 0.0, base_metrics, base_ap)
-    rows: list[SweepRow] = []
-    for variant in variants(temps, heads):
-        try:  # per lam, the evaluator asks csra_score for the scores it needs (all, or candidates)
-            pair = scorer.pair(avg, scorer.prepare(attended_scores(stats, variant)), grid, csra_score)
-        except ValueError as exc:
-            raise CSRAError(f"cannot score {stats.info.model} on {stats.info.dataset}: {exc}; the cache may be damaged: re-run with recompute=True") from None
-
-        def score_row(lam: float, pair: Pair = pair) -> tuple[dict[str, float], torch.Tensor]:
-            return evaluate_prepared(stats, scorer, pair.at(lam))
-
-        results = iter(parallel_map(score_row, [lam for lam in grid if lam != 0.0], threads))
-        for lam in grid:
-            metrics, ap = (base_metrics, base_ap) if lam == 0.0 else next(results)
-            rows.append(SweepRow(variant, lam, metrics, ap))
+    rows = [SweepRow(variant, lam, *found) for variant, lam, found in scored[1:]]
 
     def best_of(candidates: list[SweepRow]) -> SweepRow:
         return max(candidates, key=lambda r: (r.metrics[primary], -r.lam))
@@ -200,6 +185,52 @@ def sweep(
     if stats.info.baseline_source == "patch_average":
         result.model_logits = evaluate(stats, stats.logits, task)[0]
     return result
+
+
+def grid_rows(lams: Sequence[float], temps: Sequence[float], heads: Sequence[int], fixed_lam: float | None = None) -> int:
+    """How many score matrices a sweep evaluates: the baseline, then every variant at every lam > 0."""
+    grid = {float(lam) for lam in lams} | ({float(fixed_lam)} if fixed_lam is not None else set())
+    return 1 + len(variants(temps, heads)) * len(grid - {0.0})
+
+
+def score_grid(
+    stats: ClassStatistics,
+    task: Task,
+    lams: Sequence[float],
+    temps: Sequence[float],
+    heads: Sequence[int],
+    score: Callable[[ClassStatistics, Evaluator, Any], T],
+    progress: Callable[[int], None] | None = None,
+) -> list[tuple[Variant, float, T]]:
+    """``score(stats, evaluator, prepared scores)`` of the baseline (first, as ``("max", 0.0)``), then
+    of every variant at every lam of ``lams`` in order (lam = 0 of each variant reuses the baseline's).
+
+    The labels' work is done once; avg and each attended term go to the evaluator's layout once and
+    are combined per lam by the one scoring function (elementwise: any layout or subset, same
+    numbers). On CPU a variant's rows run side by side on torch's thread count, each on one thread.
+    The sweep scores every metric this way, a held-out choice only the primary one."""
+    grid = sorted({float(lam) for lam in lams} | {0.0})
+    threads = torch.get_num_threads() if stats.avg.device.type == "cpu" else 1
+    scorer = stats_evaluator(stats, task, threads=1)
+    tick = progress or (lambda n: None)
+    avg = scorer.prepare(stats.avg)
+    base = score(stats, scorer, avg)
+    tick(1)
+    out: list[tuple[Variant, float, T]] = [(Variant("max"), 0.0, base)]
+    for variant in variants(temps, heads):
+        try:  # per lam, the evaluator asks csra_score for the scores it needs (all, or candidates)
+            pair = scorer.pair(avg, scorer.prepare(attended_scores(stats, variant)), grid, csra_score)
+        except ValueError as exc:
+            raise CSRAError(f"cannot score {stats.info.model} on {stats.info.dataset}: {exc}; the cache may be damaged: re-run with recompute=True") from None
+
+        def score_row(lam: float, pair: Pair = pair) -> T:
+            found = score(stats, scorer, pair.at(lam))
+            tick(1)
+            return found
+
+        found = iter(parallel_map(score_row, [lam for lam in grid if lam != 0.0], threads))
+        out += [(variant, lam, base if lam == 0.0 else next(found)) for lam in grid]
+    return out
 
 
 def all_positive(labels: torch.Tensor) -> torch.Tensor:

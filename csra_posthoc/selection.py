@@ -14,7 +14,7 @@ and :func:`csra_posthoc.scoring.csra_score`, so a chosen setting scores exactly 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,8 +23,8 @@ import torch
 from .class_statistics import ClassStatistics
 from .defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS
 from .errors import CSRAError
-from .lam_sweep import Variant, attended_scores, variants
-from .metrics import mean_average_precision, topk_accuracy
+from .lam_sweep import Variant, attended_scores, score_grid
+from .metrics import Evaluator, mean_average_precision, topk_accuracy
 from .scoring import csra_score
 
 
@@ -38,15 +38,25 @@ def primary_metric(scores: torch.Tensor, labels: torch.Tensor, single_label: boo
         raise CSRAError(f"held-out selection: cannot score a part of the images ({exc}); use more images or another split") from None
 
 
-def candidates(stats: ClassStatistics, lams: Sequence[float], temps: Sequence[float], heads: Sequence[int]) -> Iterator[tuple[Variant, float, torch.Tensor]]:
-    """``(variant, lam, scores (N, C))`` for every setting the sweep scores; lam = 0 once (the baseline)."""
-    grid = sorted({float(lam) for lam in lams} | {0.0})
-    yield Variant("max"), 0.0, stats.avg
-    for variant in variants(temps, heads):
-        attended = attended_scores(stats, variant)
-        for lam in grid:
-            if lam != 0.0:
-                yield variant, lam, csra_score(stats.avg, attended, lam)
+def scored_candidates(
+    stats: ClassStatistics,
+    single_label: bool,
+    lams: Sequence[float],
+    temps: Sequence[float],
+    heads: Sequence[int],
+    progress: Callable[[int], None] | None = None,
+) -> list[tuple[Variant, float, float]]:
+    """``(variant, lam, primary metric)`` for every setting the sweep scores (lam = 0 first, once),
+    scored as the sweep scores them (:func:`csra_posthoc.lam_sweep.score_grid`), primary metric only."""
+
+    def primary(stats: ClassStatistics, scorer: Evaluator, prepared: Any) -> float:
+        try:
+            return scorer.primary(prepared)
+        except ValueError as exc:
+            raise CSRAError(f"held-out selection: cannot score a part of the images ({exc}); use more images or another split") from None
+
+    found = score_grid(stats, "single_label" if single_label else "multi_label", lams, temps, heads, primary, progress)
+    return [found[0], *(row for row in found[1:] if row[1] != 0.0)]
 
 
 @dataclass
@@ -154,13 +164,13 @@ def select_half(
     temps: Sequence[float] = DEFAULT_TEMPS,
     heads: Sequence[int] = DEFAULT_HEADS,
     seed: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> HeldOut:
     """Choose (variant, lam) on one seeded half of the evaluated images, score on the other, both ways."""
     masks = half_masks(stats.num_images, seed)
     on_half: list[list[tuple[Variant, float, float]]] = [[], []]
     for h, mask in enumerate(masks):  # each half's statistics taken once: scoring is per image, so this is exact
-        half = take_images(stats, mask)
-        on_half[h] = [(variant, lam, primary_metric(scores, half.labels, single_label)) for variant, lam, scores in candidates(half, lams, temps, heads)]
+        on_half[h] = scored_candidates(take_images(stats, mask), single_label, lams, temps, heads, progress)
     base = [next(m for v, lam, m in on_half[h] if lam == 0.0) for h in range(2)]
     choices: list[Choice] = []
     parts: list[tuple[torch.Tensor | None, torch.Tensor]] = []
@@ -181,11 +191,12 @@ def select_on_split(
     lams: Sequence[float] = DEFAULT_LAMS,
     temps: Sequence[float] = DEFAULT_TEMPS,
     heads: Sequence[int] = DEFAULT_HEADS,
+    progress: Callable[[int], None] | None = None,
 ) -> HeldOut:
     """Choose (variant, lam) on all images of another split (``select_name``), score on the evaluated one."""
     if list(select_stats.classes) != list(eval_stats.classes):
         raise CSRAError(f"select_on {select_name}: its classes differ from the evaluated split's; choose on a split of the same dataset", param="select_on")
-    scored = [(v, lam, primary_metric(s, select_stats.labels, single_label)) for v, lam, s in candidates(select_stats, lams, temps, heads)]
+    scored = scored_candidates(select_stats, single_label, lams, temps, heads, progress)
     variant, lam = _best(scored)
     scores = _scores(eval_stats, variant, lam)
     score = primary_metric(scores, eval_stats.labels, single_label)

@@ -12,8 +12,9 @@ from __future__ import annotations
 from .bootstrap import Interval, bootstrap_deltas, lam_band
 from .class_statistics import ClassStatistics
 from .errors import CSRAError
-from .lam_sweep import SweepResult, row_scores
+from .lam_sweep import SweepResult, grid_rows, row_scores
 from .options import SweepOptions
+from .progress import ProgressBar, no_bar
 from .selection import select_half, select_on_split
 
 
@@ -22,27 +23,33 @@ def assess(
     stats: ClassStatistics,
     grid: SweepOptions,
     select_stats: ClassStatistics | None = None,
+    bar: ProgressBar = no_bar,
 ) -> SweepResult:
     """Fill ``result.held_out`` (``grid.select_on``: ``half``, or the split ``select_stats`` was
     extracted from) and ``result.bootstrap`` (``grid.bootstrap`` resamples, seeded by ``grid.seed``).
     The held-out choice uses the sweep's own grid, so it picks among the same settings. Halves too
-    small to score leave no held-out row and a note (``result.uncertainty_notes``) instead of an error."""
+    small to score leave no held-out row and a note (``result.uncertainty_notes``) instead of an error.
+    ``bar``: how each stage shows its progress (:func:`csra_posthoc.progress.console_bar`)."""
     single = result.primary == "top1"
     kwargs = {"single_label": single, "lams": grid.lams, "temps": grid.temps, "heads": grid.heads}
+    rows = grid_rows(grid.lams, grid.temps, grid.heads)
     if grid.select_on == "half":
         try:
-            result.held_out = select_half(stats, seed=grid.seed, **kwargs)  # type: ignore[arg-type]
+            with bar("held-out λ: choose on each half", 2 * rows, "row") as advance:
+                result.held_out = select_half(stats, seed=grid.seed, progress=advance, **kwargs)  # type: ignore[arg-type]
         except CSRAError as exc:  # a handful of images, or a half without a positive: the rest of the report stands
             result.uncertainty_notes.append(f"no held-out row: {exc}")
     elif grid.select_on is not None:
         if select_stats is None:
             raise ValueError(f"select_on {grid.select_on}: the statistics of that split are needed")
-        result.held_out = select_on_split(select_stats, stats, grid.select_on, **kwargs)  # type: ignore[arg-type]
+        with bar(f"held-out λ: choose on {grid.select_on}", rows, "row") as advance:
+            result.held_out = select_on_split(select_stats, stats, grid.select_on, progress=advance, **kwargs)  # type: ignore[arg-type]
     if grid.bootstrap is not None:
         variants = {"best": row_scores(stats, result.best), "fixed": row_scores(stats, result.fixed)}
         if result.held_out is not None:
             variants["held_out"] = result.held_out.parts  # type: ignore[assignment]
-        result.bootstrap = bootstrap_deltas(stats.avg, variants, stats.labels, single_label=single, n=grid.bootstrap, seed=grid.seed)
+        with bar("bootstrap intervals", grid.bootstrap, "resample") as advance:
+            result.bootstrap = bootstrap_deltas(stats.avg, variants, stats.labels, single_label=single, n=grid.bootstrap, seed=grid.seed, progress=advance)
         result.bootstrap_n, result.bootstrap_seed = grid.bootstrap, grid.seed
     return result
 
@@ -50,11 +57,12 @@ def assess(
 BAND_RESAMPLES = 200  # the curve's band costs one bootstrap per lam: capped, it is a picture (docs/uncertainty.md)
 
 
-def max_band(result: SweepResult, stats: ClassStatistics, grid: SweepOptions) -> dict[float, Interval] | None:
+def max_band(result: SweepResult, stats: ClassStatistics, grid: SweepOptions, bar: ProgressBar = no_bar) -> dict[float, Interval] | None:
     """The lam curve's shaded band: the bootstrap interval of the max variant's delta at each lam,
     from at most :data:`BAND_RESAMPLES` resamples (None without ``grid.bootstrap``)."""
     if grid.bootstrap is None:
         return None
     lams = sorted({r.lam for r in result.rows if r.variant.kind == "max"})
     n = min(grid.bootstrap, BAND_RESAMPLES)
-    return lam_band(stats.avg, stats.max, stats.labels, lams, single_label=result.primary == "top1", n=n, seed=grid.seed)
+    with bar("plot band", n, "resample") as advance:
+        return lam_band(stats.avg, stats.max, stats.labels, lams, single_label=result.primary == "top1", n=n, seed=grid.seed, progress=advance)

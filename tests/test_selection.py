@@ -94,3 +94,41 @@ def test_single_label_selection_uses_top1() -> None:
 def test_too_few_images_for_halves() -> None:
     with pytest.raises(CSRAError, match="at least 4 images"):
         select_half(make_stats(n=3), single_label=False)
+
+
+def test_each_scoring_stage_reports_all_of_its_work_to_its_progress_bar() -> None:
+    from csra_posthoc.bootstrap import bootstrap_deltas
+    from csra_posthoc.lam_sweep import grid_rows
+    from csra_posthoc.options import SweepOptions
+    from csra_posthoc.uncertainty import assess
+
+    stats = make_stats()
+    lams, temps, heads = (0.1, 0.3), (1.0, 4.0), (2,)
+    seen: list[int] = []
+    result = sweep(stats, task="multi_label", fixed_lam=0.2, lams=lams, temps=temps, heads=heads, progress=seen.append)
+    assert sum(seen) == grid_rows(lams, temps, heads, 0.2) == 1 + 4 * 3 == len(result.rows) - 4 + 1
+    seen.clear()
+    select_half(stats, single_label=False, lams=lams, temps=temps, heads=heads, progress=seen.append)
+    assert sum(seen) == 2 * grid_rows(lams, temps, heads)
+    seen.clear()
+    bootstrap_deltas(stats.avg, {"best": row_scores(stats, result.best)}, stats.labels, n=37, progress=seen.append)
+    assert sum(seen) == 37
+    stages: dict[str, tuple[int, int]] = {}
+
+    class Bar:  # records each stage's total and what it was told
+        def __init__(self, description: str, total: int, unit: str) -> None:
+            self.description, self.total, self.done = description, total, 0
+
+        def __enter__(self):
+            return self.advance
+
+        def advance(self, n: int) -> None:
+            self.done += n
+
+        def __exit__(self, *exc: object) -> None:
+            stages[self.description] = (self.total, self.done)
+
+    grid = SweepOptions(lams=lams, temps=temps, heads=heads, bootstrap=25)
+    assess(result, stats, grid, bar=Bar)
+    assert stages and all(total == done for total, done in stages.values()), stages
+    assert {"bootstrap intervals", "held-out λ: choose on each half"} <= set(stages)

@@ -226,6 +226,15 @@ class MultilabelEvaluator:
         out.update({f"{k}_top{self.top_k}": v for k, v in self._metrics(in_top).items()})
         return out, torch.from_numpy(ap)
 
+    def primary(self, scores_cn: Array) -> float:
+        """mAP in percent alone (what a held-out choice compares): AP without the thresholded counts."""
+        ap, _, _ = self._passes(scores_cn, want_ap=True, want_counts=False, top_k=None, check=True)
+        assert ap is not None
+        valid = ~np.isnan(ap)
+        if not valid.any():
+            raise ValueError("no class has a positive label: mAP is undefined")
+        return float(ap[valid].mean() * 100.0)  # as evaluate() computes it
+
     def _metrics(self, counts: Counts) -> dict[str, float]:
         tp, n_pred = counts
         return metrics_from_counts(torch.from_numpy(tp), torch.from_numpy(n_pred), torch.from_numpy(self.n_gt))
@@ -373,6 +382,10 @@ class SinglelabelEvaluator:
         tied = np.count_nonzero(scores == target_score, axis=1)  # the target itself included
         return self._from_counts(beaten, tied, lambda rows: scores[rows])
 
+    def primary(self, scores: Array | CandidateScores) -> float:
+        """Top-1 in percent (what a held-out choice compares)."""
+        return self.evaluate(scores)[0]["top1"]
+
     def _from_counts(self, beaten: Array, tied: Array, dense_rows: Callable[[Array], Array]) -> tuple[dict[str, float], torch.Tensor]:
         """Metrics from, per image, how many classes beat the target and how many tie it (itself included)."""
         kmax = min(max(self.ks), self.num_classes)
@@ -472,6 +485,7 @@ class CandidatePair:
 class Evaluator(Protocol):
     def prepare(self, scores: torch.Tensor) -> Any: ...
     def evaluate(self, prepared: Any, check: bool = True) -> tuple[dict[str, float], torch.Tensor]: ...
+    def primary(self, prepared: Any) -> float: ...
     def pair(self, avg: Any, attended: Any, lams: Sequence[float], score: ScoreFn) -> Pair: ...
 
 
@@ -493,6 +507,9 @@ class TorchEvaluator:
         if self.single_label:
             return torch_reference.singlelabel_metrics(scores, self.labels.to(scores.device))
         return torch_reference.multilabel_metrics(scores, self.labels.to(scores.device), unknown=self.unknown)
+
+    def primary(self, scores: torch.Tensor) -> float:
+        return self.evaluate(scores)[0]["top1" if self.single_label else "mAP"]
 
 
 def evaluator(
