@@ -24,9 +24,11 @@ import torch
 from benchmarks.harness import Figure
 from csra_posthoc.cache import load_statistics, save_statistics
 from csra_posthoc.class_statistics import ClassStatistics, StatisticsInfo
-from csra_posthoc.lam_sweep import attended_scores, sweep, variants
+from csra_posthoc.defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS
+from csra_posthoc.lam_sweep import attended_scores, grid_rows, sweep, variants
 from csra_posthoc.metrics import torch_reference
 from csra_posthoc.scoring import CACHED_TEMPERATURES, csra_score, location_statistics
+from csra_posthoc.selection import select_half
 
 FINE_LAMS = tuple(round(i / 100, 2) for i in range(101))
 FINE_TEMPS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0)
@@ -121,6 +123,12 @@ def run(quick: bool = False) -> list[Figure]:
     )
     print(f"  {name} ({n} x {c}) default grid, {rows} rows: {line}", flush=True)
     figures.append(Figure("sweep_from_cache", f"{name} {n} x {c}, default grid ({rows} rows)", line))
+    t0 = time.perf_counter()
+    select_half(stats, single_label=False)
+    t_half = time.perf_counter() - t0
+    line = f"{t_half:.1f} s for 2 x {grid_rows(DEFAULT_LAMS, DEFAULT_TEMPS, DEFAULT_HEADS)} rows on half the images each (mAP only)"
+    print(f"  {name} held-out choice on halves, default grid: {line}", flush=True)
+    figures.append(Figure("sweep_from_cache", f"{name} {n} x {c}, held-out choice on halves (--select-on half)", line))
     if not quick:
         t_fine, rows = timed_sweep(stats, lams=FINE_LAMS, temps=FINE_TEMPS, heads=())
         evaluated = rows - 8 + 1
