@@ -254,6 +254,36 @@ def test_sweep_on_cuda_equals_the_cpu_sweep(single_label: bool) -> None:
         assert a.metrics == pytest.approx(b.metrics, abs=1e-6)
 
 
+@pytest.mark.parametrize("single_label", [False, True])
+def test_the_gpu_evaluation_path_runs_the_sweep_and_the_held_out_choice_on_cpu_too(single_label: bool, monkeypatch) -> None:
+    """The torch evaluator (what statistics on a GPU get) through the same loop as numpy's, here on
+    CPU tensors: same rows, same held-out choice (the CUDA test above needs a GPU)."""
+    import csra_posthoc.lam_sweep as lam_sweep_mod
+    from csra_posthoc.metrics.batched import TorchEvaluator
+    from csra_posthoc.selection import select_half
+
+    stats = tiny_stats(single_label)
+    lams = (0.0, 0.1, 0.5)
+    numpy_rows = sweep(stats, task=stats.info.task, fixed_lam=0.1, lams=lams)
+    numpy_half = select_half(stats, single_label=single_label, lams=lams)
+    used: list[int] = []
+
+    class Counting(TorchEvaluator):
+        def evaluate(self, scores: torch.Tensor, check: bool = True) -> tuple[dict[str, float], torch.Tensor]:
+            used.append(1)
+            return super().evaluate(scores, check)
+
+    monkeypatch.setattr(lam_sweep_mod, "stats_evaluator", lambda s, task, threads=None: Counting(s.labels, task == "single_label", s.info.unknown))
+    torch_rows = sweep(stats, task=stats.info.task, fixed_lam=0.1, lams=lams)
+    torch_half = select_half(stats, single_label=single_label, lams=lams)
+    evaluated = 1 + len(lam_sweep_mod.variants()) * 2  # the baseline, then every variant at 0.1 and 0.5
+    assert len(used) == 3 * evaluated  # in the sweep and on each half
+    for a, b in zip(numpy_rows.rows, torch_rows.rows, strict=True):
+        assert a.metrics == pytest.approx(b.metrics, abs=1e-9)
+    assert [(c.variant, c.lam) for c in numpy_half.choices] == [(c.variant, c.lam) for c in torch_half.choices]
+    assert numpy_half.score == pytest.approx(torch_half.score, abs=1e-9)
+
+
 @pytest.mark.parametrize("shift", [-2.5, -1.0, 0.0, 2.0])  # few to all images with more than 3 predicted labels
 def test_top3_metrics_equal_torch_whether_few_or_most_images_are_crowded(shift: float) -> None:
     g = torch.Generator().manual_seed(11)
