@@ -156,10 +156,13 @@ def main() -> None:
         default="synthetic",
         help="synthetic: in-memory photos, gather / status shares timed; real: the shipped compute_statistics on a VOC fixture of JPEGs",
     )
+    parser.add_argument("--quick", action="store_true", help="48 images, one run per setting")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.images, args.repeats = 48, 1
     if args.worker:
         (real_worker if args.loop == "real" else worker)(args)
         return

@@ -16,6 +16,14 @@ def test_every_benchmark_module_is_run(capsys) -> None:
     assert set(capsys.readouterr().out.split()) == modules
 
 
+def test_every_discovered_script_takes_quick() -> None:
+    """``python -m benchmarks --quick`` passes ``--quick`` to the scripts it discovers: each must
+    accept it through argparse (two did not, and their quick run failed)."""
+    for name in discovered():
+        source = (Path("benchmarks") / f"{name}.py").read_text(encoding="utf-8")
+        assert "argparse" in source and '"--quick"' in source, name
+
+
 def test_results_table_names_the_machine_and_each_figure(tmp_path: Path) -> None:
     info = machine()
     assert {"CPU", "cores (os.cpu_count)", "torch threads", "torch", "numpy", "scikit-learn", "date (UTC)"} <= set(info)
