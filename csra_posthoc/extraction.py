@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,12 @@ class ForwardPass:
         """Eager PyTorch runs convolutions in channels_last (same numbers to float32 rounding, faster
         on CPU); ONNX Runtime takes plain NCHW."""
         return self.options.backend == "eager"
+
+    @cached_property
+    def threads(self) -> int | None:
+        """:func:`loop_threads`, decided once per run: one CPU-load sample, and an ONNX Runtime
+        session and the loop around it agree."""
+        return loop_threads(self.options, self.device)
 
 
 def forward_pass(adapter: ModelAdapter, single_label: bool, options: ExtractOptions, console: Console) -> ForwardPass:
@@ -282,7 +289,7 @@ def backbone_batches(
     label = description if not ctx.active else f"{description} [rank 0 of {ctx.world_size}]"
     run = forward or (torch.compile(adapter.forward_backbone, dynamic=False) if opts.compile else adapter.forward_backbone)
     with (
-        torch_threads(loop_threads(opts, device)),
+        torch_threads(fp.threads),
         on_device(adapter, device),
         weights_channels_last(adapter, fp.channels_last and forward is None),
         progress_bar(fp.console, label, total=part.count) as advance,
@@ -388,7 +395,7 @@ def compute_statistics(fp: ForwardPass, images: LabelledImages, ctx: DistContext
         from .backends import make_backend
 
         with on_device(adapter, fp.device):  # export needs eval mode; the caller's mode comes back
-            backend = make_backend(adapter, fp.options.backend, img_size=size, threads=loop_threads(fp.options, fp.device))
+            backend = make_backend(adapter, fp.options.backend, img_size=size, threads=fp.threads)
 
     def non_finite(index: int) -> None:
         raise CSRAError(

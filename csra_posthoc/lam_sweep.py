@@ -224,9 +224,9 @@ def score_grid(
             raise CSRAError(f"cannot score {stats.info.model} on {stats.info.dataset}: {exc}; the cache may be damaged: re-run with recompute=True") from None
 
         def score_row(lam: float, pair: Pair = pair) -> T:
-            found = score(stats, scorer, pair.at(lam))
+            result = score(stats, scorer, pair.at(lam))
             tick(1)
-            return found
+            return result
 
         found = iter(parallel_map(score_row, [lam for lam in grid if lam != 0.0], threads))
         out += [(variant, lam, base if lam == 0.0 else next(found)) for lam in grid]

@@ -16,12 +16,18 @@ from pathlib import Path
 PROC_STAT = Path("/proc/stat")
 
 
+def _affinity() -> set[int] | None:
+    """The cores this process may run on; None where the OS has no affinity mask (macOS, Windows)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:
+        return None
+
+
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask, where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+    cores = _affinity()
+    return len(cores) if cores is not None else (os.cpu_count() or 1)
 
 
 def _core_times(cores: set[int] | None) -> tuple[int, int] | None:
@@ -47,10 +53,7 @@ def other_processes_load(seconds: float = 0.1) -> float | None:
 
     Instantaneous rather than the load average, which lags a minute behind (a run that follows a
     finished heavy job would still read as busy)."""
-    try:
-        cores: set[int] | None = set(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = None
+    cores = _affinity()
     first = _core_times(cores)
     if first is None:
         return None
@@ -58,5 +61,4 @@ def other_processes_load(seconds: float = 0.1) -> float | None:
     second = _core_times(cores)
     if second is None or second[1] <= first[1]:
         return None
-    n = len(cores) if cores is not None else (os.cpu_count() or 1)
-    return n * (second[0] - first[0]) / (second[1] - first[1])
+    return available_cores() * (second[0] - first[0]) / (second[1] - first[1])

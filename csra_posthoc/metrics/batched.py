@@ -287,8 +287,8 @@ class MultilabelEvaluator:
         if not (want_counts or top_k):
             return Block(ap, None, None, None, None)
         pred = at_least_threshold(block, self.threshold)
-        rows = slice(classes.start, classes.stop)
-        return Block(ap, pred, *self._counts(pred, rows), top_k_values(block, top_k) if top_k else None)
+        tp, n_pred = self._counts(pred, slice(classes.start, classes.stop)) if want_counts else (None, None)  # top-k alone: pred only
+        return Block(ap, pred, tp, n_pred, top_k_values(block, top_k) if top_k else None)
 
     def _counts(self, pred: Array, rows: slice) -> Counts:
         """Per class of ``rows``: true positives and predicted positives (unknowns left out or not)."""
