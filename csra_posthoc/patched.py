@@ -104,12 +104,14 @@ def _check_preprocessing(desc: Any, bad: Any) -> None:
             bad("preprocessing", f"crop_mode {desc.get('crop_mode')!r} is not center, squash or border")
 
 
-def check_config(config: Any, path: str | Path | None = None) -> dict[str, Any]:
+def check_config(config: Any, path: str | Path | None = None, *, rebuild: bool = True) -> dict[str, Any]:
     """The one reader of a patched model's config: every field the loaders use is checked.
 
     Returns ``config`` (a dict) when it is one this version reads and builds from; else raises a
-    one-line :class:`CSRAError` naming the file and the field. Fields other engineers' versions add
-    and this one does not use are passed through unchecked.
+    one-line :class:`CSRAError` naming the file and the field. ``rebuild``: the config of a
+    safetensors file, which :func:`load_patched` rebuilds the head from (it must have
+    ``head_norm``); False for the configs inside ``.onnx`` / ``.pt2`` / ``.ts`` files. Fields this
+    version does not use are passed through unchecked.
     """
     from .adapters.instance import check_architecture_kwargs, known_architecture
     from .scoring import head_temperatures
@@ -169,7 +171,8 @@ def check_config(config: Any, path: str | Path | None = None) -> dict[str, Any]:
         if [_from_json_float(t) for t in temps] != list(expected):
             bad("temperatures", f"are not the paper's set for heads {heads}")
     norm = config.get("head_norm")
-    if not isinstance(norm, dict) or not isinstance(norm.get("pooled_norm"), bool) or not (_is_number(norm.get("eps")) and 0 < norm["eps"] < 1):
+    norm_ok = isinstance(norm, dict) and isinstance(norm.get("pooled_norm"), bool) and _is_number(norm.get("eps")) and 0 < norm["eps"] < 1
+    if (rebuild or norm is not None) and not norm_ok:
         bad("head_norm", "is not {pooled_norm: bool, eps: number in (0, 1)}")
     _check_preprocessing(config.get("preprocessing"), bad)
     for field in ("data_config", "input", "output", "export"):
@@ -185,7 +188,7 @@ def check_config(config: Any, path: str | Path | None = None) -> dict[str, Any]:
     return config
 
 
-def parse_config(text: str | bytes, path: str | Path | None = None) -> dict[str, Any]:
+def parse_config(text: str | bytes, path: str | Path | None = None, *, rebuild: bool = True) -> dict[str, Any]:
     """A config's JSON text (NaN / Infinity refused), checked by :func:`check_config`."""
 
     def no_constant(name: str) -> Any:
@@ -198,7 +201,7 @@ def parse_config(text: str | bytes, path: str | Path | None = None) -> dict[str,
             f"{_where(path)}: its config is not valid JSON ({str(exc).splitlines()[0][:120]}); the file is damaged: export it again (CLI: apply --out)",
             param="patched_file",
         ) from None
-    return check_config(config, path)
+    return check_config(config, path, rebuild=rebuild)
 
 
 def verify_fingerprints(
@@ -211,6 +214,14 @@ def verify_fingerprints(
                 f"{_where(path)}: its {label} tensors do not hash to the {field} in its config (damaged or edited file); export it again (CLI: apply --out)",
                 param="patched_file",
             )
+
+
+def verify_state_dict(config: dict[str, Any], state: dict[str, torch.Tensor], path: str | Path | None = None) -> None:
+    """:func:`verify_fingerprints` for a whole ``PatchedModel`` state dict (``model.*`` and
+    ``head.classifier.*``), as a TorchScript or ``torch.export`` file holds it."""
+    model_t = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    head_t = {k[len("head.classifier.") :]: v for k, v in state.items() if k.startswith("head.classifier.")}
+    verify_fingerprints(config, model_t, head_t, path)
 
 
 class PatchedModel(nn.Module):

@@ -309,3 +309,28 @@ def test_real_weights_edited_head_is_refused_intact_file_predicts(tmp_path: Path
     assert "tabby" in (tmp_path / "pred.json").read_text().lower() or "cat" in (tmp_path / "pred.json").read_text().lower()
     bad = rewrite(path, tmp_path / "edited.safetensors", tensors=_bump("head.bias"))
     one_line_error(runner.invoke(app, ["predict", "--patched", str(bad), str(img)], terminal_width=400), "head tensors do not hash")
+
+
+# --- exported formats carry the same config and (where the tensors are there) the same checks ----
+
+
+def test_exported_torchscript_with_edited_head_or_config_is_refused(image: Path, tmp_path: Path) -> None:
+    from csra_posthoc.export import ExportedModel, export_patched
+
+    torch.manual_seed(0)
+    patched = cp.patch(timm.create_model("resnet10t", num_classes=5).eval(), lam=0.3, img_size=SIZE)
+    good = tmp_path / "p.ts"
+    export_patched(patched, good)
+    assert ExportedModel(good).config["model"] == "resnet10t"
+    extra = {"csra_config.json": ""}
+    module = torch.jit.load(str(good), _extra_files=extra)
+    config = json.loads(extra["csra_config.json"])
+    with torch.no_grad():
+        module.head.classifier.weight.add_(0.01)
+    torch.jit.save(module, str(tmp_path / "edited.ts"), _extra_files=extra)
+    with pytest.raises(CSRAError, match="head tensors do not hash"):
+        ExportedModel(tmp_path / "edited.ts")
+    one_line_error(runner.invoke(app, ["predict", "--patched", str(tmp_path / "edited.ts"), str(image)], terminal_width=400), "head tensors do not hash")
+    module = torch.jit.load(str(good))
+    torch.jit.save(module, str(tmp_path / "badcfg.ts"), _extra_files={"csra_config.json": json.dumps({**config, "num_classes": "5"})})
+    one_line_error(runner.invoke(app, ["predict", "--patched", str(tmp_path / "badcfg.ts"), str(image)], terminal_width=400), "'num_classes'")
