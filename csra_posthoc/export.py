@@ -229,6 +229,7 @@ def export_patched(patched: PatchedModel, path: str | Path, *, force: bool = Fal
     """Write ``patched`` to ``path`` (format from the suffix), reload it, compare with eager, rename into place."""
     path = check_out_path(path, force)
     fmt = export_format(path)
+    patched.check_unchanged()  # the config's fingerprints must describe the tensors written
     device = next(patched.parameters()).device
     patched = patched.cpu().eval()  # a portable file: traced on CPU (the modules go back afterwards)
     try:

@@ -285,6 +285,16 @@ class PatchedModel(nn.Module):
         self.config.update(settings_config(self.head))
         return self
 
+    def check_unchanged(self) -> None:
+        """Refuse to save or export a model whose tensors no longer hash to the config's fingerprints
+        (the shared model was trained or edited after ``patch``): the file would carry a config
+        describing other weights than its own."""
+        for label, field, module in (("weights", "weights_fingerprint", self.model), ("head", "head_fingerprint", self.head.classifier)):
+            if state_dict_fingerprint(module.state_dict()) != self.config[field]:
+                raise CSRAError(
+                    f"patched model {self.config['model']}: its {label} changed after patch() (no longer the {field} in its config); patch the model again before saving"
+                )
+
     @torch.no_grad()
     def forward_with_baseline(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CSRA scores and the baseline (lam = 0: the average of per-location scores), one forward pass."""
@@ -392,11 +402,7 @@ def save_patched(patched: PatchedModel, path: str | Path) -> None:
     tensors = {f"model.{k}": v for k, v in patched.model.state_dict().items()}
     tensors.update({f"head.{k}": v for k, v in patched.head.classifier.state_dict().items()})
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}  # no shared storage
-    model_t = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    if state_dict_fingerprint(model_t) != patched.config["weights_fingerprint"]:
-        raise CSRAError(
-            f"patched model {patched.config['model']}: its weights changed after patch() (they no longer hash to its weights_fingerprint); patch the model again before saving"
-        )
+    patched.check_unchanged()
     config = {**patched.config, "head_norm": {"pooled_norm": patched.head.classifier.pooled_norm, "eps": patched.head.classifier.norm_eps}}
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={CONFIG_KEY: json.dumps(config)}))
 

@@ -334,3 +334,17 @@ def test_exported_torchscript_with_edited_head_or_config_is_refused(image: Path,
     module = torch.jit.load(str(good))
     torch.jit.save(module, str(tmp_path / "badcfg.ts"), _extra_files={"csra_config.json": json.dumps({**config, "num_classes": "5"})})
     one_line_error(runner.invoke(app, ["predict", "--patched", str(tmp_path / "badcfg.ts"), str(image)], terminal_width=400), "'num_classes'")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ts"])
+def test_weights_changed_after_patch_are_refused_at_save(tmp_path: Path, suffix: str) -> None:
+    from csra_posthoc.export import export_patched
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=5).eval()
+    patched = cp.patch(model, lam=0.3, img_size=SIZE)
+    with torch.no_grad():
+        model.fc.bias.add_(1.0)  # the caller fine-tunes its model after patching: the config's fingerprint is stale
+    with pytest.raises(CSRAError, match="changed after patch"):
+        export_patched(patched, tmp_path / f"p{suffix}")
+    assert not (tmp_path / f"p{suffix}").exists()
