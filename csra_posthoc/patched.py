@@ -222,6 +222,11 @@ def verify_state_dict(config: dict[str, Any], state: dict[str, torch.Tensor], pa
     model_t = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     head_t = {k[len("head.classifier.") :]: v for k, v in state.items() if k.startswith("head.classifier.")}
     verify_fingerprints(config, model_t, head_t, path)
+    rows = head_t["weight"].shape[0] if "weight" in head_t else None
+    if rows != config["num_classes"]:
+        raise CSRAError(
+            f"{_where(path)}: config field 'num_classes' says {config['num_classes']}, its head has {rows} classes; export it again", param="patched_file"
+        )
 
 
 class PatchedModel(nn.Module):

@@ -348,3 +348,13 @@ def test_weights_changed_after_patch_are_refused_at_save(tmp_path: Path, suffix:
     with pytest.raises(CSRAError, match="changed after patch"):
         export_patched(patched, tmp_path / f"p{suffix}")
     assert not (tmp_path / f"p{suffix}").exists()
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99])
+def test_truncated_safetensors_file_is_one_line(saved: Path, image: Path, tmp_path: Path, keep: float) -> None:
+    raw = saved.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(raw[: int(len(raw) * keep)])
+    with pytest.raises(CSRAError, match="patched_file"):
+        cp.load_patched(cut)
+    one_line_error(runner.invoke(app, ["predict", "--patched", str(cut), str(image)], terminal_width=400), "--patched", str(cut))
