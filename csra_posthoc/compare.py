@@ -55,31 +55,47 @@ class CompareRow:
         return self.fixed - self.baseline
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} overflows to {value}")
+    return value
+
+
 def read_results_json(path: str | Path, *, required: Sequence[str], param: str, label: str = "") -> dict[str, Any]:
-    """A sweep's results JSON with the ``required`` keys, else one line naming the file and what is
-    wrong: the one reader behind ``compare`` and ``apply``'s ``from_results``. ``label`` prefixes
-    the path in messages (e.g. ``"from_results"``)."""
+    """A sweep's results JSON of schema :data:`SCHEMA` with the ``required`` keys, else one line
+    naming the file and what is wrong: the one reader (and the one schema rule) behind ``compare``
+    and ``apply``'s ``from_results``. NaN / Infinity (which Python's json would accept) and numbers
+    that overflow to infinity are refused: a figure that is not a number is never shown or written.
+    ``label`` prefixes the path in messages (e.g. ``"from_results"``)."""
     path = Path(path)
     where = f"{label} {path}" if label else str(path)
     hint = "pass the results file a sweep wrote (run_sweep's `out`)"
     if not path.is_file():
         raise CSRAError(f"{where}: no such results file", param=param)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(), parse_constant=_refuse_constant, parse_float=_finite_float)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CSRAError(f"{where}: not JSON ({exc}); {hint}", param=param) from None
+    except ValueError as exc:  # NaN / Infinity / overflow
+        raise CSRAError(
+            f"{where}: holds a value that is not a finite number ({exc}); the file is damaged or was edited: re-run the sweep", param=param
+        ) from None
     if not isinstance(data, dict) or not all(k in data for k in required):
         raise CSRAError(f"{where}: not a csra-posthoc results file (no {' / '.join(required)}); {hint}", param=param)
+    if data.get("schema") != SCHEMA:
+        found = "no schema field (written before schema 1)" if "schema" not in data else f"schema {data['schema']!r}"
+        raise CSRAError(f"{where}: {found}, this version reads schema {SCHEMA}; re-run the sweep with this version", param=param)
     return data
 
 
 def read_results_file(path: str | Path) -> dict[str, Any]:
     """A results JSON of this schema version, else one line naming the file and what is wrong."""
-    data = read_results_json(path, required=REQUIRED, param="paths")
-    if data.get("schema") != SCHEMA:
-        found = "no schema field (written before schema 1)" if "schema" not in data else f"schema {data['schema']!r}"
-        raise CSRAError(f"{path}: {found}, this version reads schema {SCHEMA}; re-run the sweep with this version", param="paths")
-    return data
+    return read_results_json(path, required=REQUIRED, param="paths")
 
 
 def _interval(block: Any) -> tuple[float, float] | None:

@@ -31,7 +31,7 @@ import torch
 
 from .atomic import atomic_write
 from .errors import CSRAError, first_line
-from .patched import CONFIG_KEY, PatchedModel, load_patched, save_patched
+from .patched import CONFIG_KEY, PatchedModel, load_patched, parse_config, save_patched
 
 ONNX_OPSET = 18
 CONFIG_FILE = "csra_config.json"  # extra file inside .pt2 / .ts archives
@@ -152,6 +152,10 @@ def load_exported(path: str | Path, fmt: str | None = None) -> Callable[[torch.T
             module = torch.jit.load(str(path), map_location="cpu")
     else:
         module = torch.export.load(io.BytesIO(Path(path).read_bytes())).module()
+    if fmt != "safetensors":  # the tensors are there to check: both fingerprints, as load_patched does
+        from .patched import verify_state_dict
+
+        verify_state_dict(exported_config(path, fmt), module.state_dict(), path)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -177,6 +181,8 @@ class ExportedModel:
         try:
             self.config = exported_config(path)
             self._run = load_exported(path, self.format)
+        except CSRAError:
+            raise
         except Exception as exc:
             raise CSRAError(
                 f"patched_file {path}: cannot be read as a csra-posthoc {self.format} file ({type(exc).__name__}: {first_line(exc)}); write it with export_patched (CLI: apply --out)",
@@ -195,9 +201,9 @@ class ExportedModel:
         return self._run(x), None
 
 
-def exported_config(path: str | Path) -> dict:
-    """The config embedded in an exported file of any format."""
-    fmt = export_format(path)
+def exported_config(path: str | Path, fmt: str | None = None) -> dict:
+    """The config embedded in an exported file of any format (checked by ``patched.check_config``)."""
+    fmt = fmt or export_format(path)
     if fmt == "safetensors":
         from .patched import read_config
 
@@ -206,7 +212,7 @@ def exported_config(path: str | Path) -> dict:
         import onnx
 
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        return json.loads(props[CONFIG_KEY])
+        return parse_config(props[CONFIG_KEY], path, rebuild=False)
     extra = {CONFIG_FILE: ""}
     if fmt == "torchscript":
         with warnings.catch_warnings():
@@ -215,7 +221,7 @@ def exported_config(path: str | Path) -> dict:
     else:
         torch.export.load(io.BytesIO(Path(path).read_bytes()), extra_files=extra)
     text = extra[CONFIG_FILE]
-    return json.loads(text.decode() if isinstance(text, bytes) else text)
+    return parse_config(text, path, rebuild=False)
 
 
 @torch.no_grad()
@@ -223,6 +229,7 @@ def export_patched(patched: PatchedModel, path: str | Path, *, force: bool = Fal
     """Write ``patched`` to ``path`` (format from the suffix), reload it, compare with eager, rename into place."""
     path = check_out_path(path, force)
     fmt = export_format(path)
+    patched.check_unchanged()  # the config's fingerprints must describe the tensors written
     device = next(patched.parameters()).device
     patched = patched.cpu().eval()  # a portable file: traced on CPU (the modules go back afterwards)
     try:

@@ -79,6 +79,7 @@ def test_fallback_to_digits_is_one_highlighted_line_with_the_fix(tmp_path: Path,
 
 def test_fashion_mnist_in_data_dir_is_used_without_a_fallback_line(tmp_path: Path) -> None:
     import gzip
+    import struct
 
     from csra_posthoc.demo.sources import locate_item_source, read_item_source
 
@@ -87,9 +88,9 @@ def test_fashion_mnist_in_data_dir_is_used_without_a_fallback_line(tmp_path: Pat
     for split, n in (("train", 5), ("t10k", 3)):
         pixels = np.arange(n * 28 * 28, dtype=np.uint64).astype(np.uint8)
         with gzip.open(folder / f"{split}-images-idx3-ubyte.gz", "wb") as fh:
-            fh.write(b"\0" * 16 + pixels.tobytes())
+            fh.write(struct.pack(">4I", 0x803, n, 28, 28) + pixels.tobytes())  # idx header: magic, count, rows, cols
         with gzip.open(folder / f"{split}-labels-idx1-ubyte.gz", "wb") as fh:
-            fh.write(b"\0" * 8 + bytes(range(n)))
+            fh.write(struct.pack(">2I", 0x801, n) + bytes(range(n)))
     where = locate_item_source(folder)
     assert where.name == "fashion-mnist" and where.fallback_reason is None
     items = read_item_source(where)

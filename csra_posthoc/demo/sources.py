@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,20 +39,54 @@ class ItemSource:
     labels: dict[str, np.ndarray]
 
 
-def _read_idx(folder: Path, stem: str, header: int) -> np.ndarray:
+_IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned bytes, 3 dims (images) / 1 dim (labels)
+
+
+def _damaged(path: Path, why: str) -> CSRAError:
+    return CSRAError(
+        f"data_dir {path}: not a readable Fashion-MNIST idx file ({why}); it is truncated or damaged: "
+        f"reinstall it ({GET_FASHION_MNIST.replace('install', 'install --reinstall')}) or pass `data_dir` with intact files",
+        param="data_dir",
+    )
+
+
+def _read_idx(folder: Path, stem: str, dims: int) -> np.ndarray:
+    """An idx file (``stem`` or ``stem.gz``) of unsigned bytes with ``dims`` dimensions, its header
+    checked against its length; a truncated or garbled file is one line naming it."""
     for path in (folder / f"{stem}.gz", folder / stem):
         if path.is_file():
-            opener = gzip.open if path.suffix == ".gz" else open
-            with opener(path, "rb") as fh:
-                return np.frombuffer(fh.read(), dtype=np.uint8, offset=header)
-    raise FileNotFoundError(folder / stem)
+            try:
+                opener = gzip.open if path.suffix == ".gz" else open
+                with opener(path, "rb") as fh:
+                    raw = fh.read()
+            except (OSError, EOFError, zlib.error) as exc:  # gzip: bad magic / CRC / cut stream
+                raise _damaged(path, f"{type(exc).__name__}: {exc}") from None
+            header = 4 + 4 * dims
+            if len(raw) < header:
+                raise _damaged(path, f"{len(raw)} bytes, shorter than its header")
+            magic, *shape = struct.unpack(f">{1 + dims}I", raw[:header])
+            if magic != _IDX_MAGIC[dims]:
+                raise _damaged(path, f"magic number {magic:#010x}, expected {_IDX_MAGIC[dims]:#010x}")
+            if dims == 3 and tuple(shape[1:]) != (28, 28):
+                raise _damaged(path, f"images of {shape[1]}x{shape[2]}, expected 28x28")
+            expected = header + int(np.prod(shape))
+            if len(raw) != expected:
+                raise _damaged(path, f"{len(raw)} bytes where its header promises {expected}")
+            return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    raise CSRAError(
+        f"data_dir {folder}: {stem}[.gz] is missing; reinstall Fashion-MNIST ({GET_FASHION_MNIST}) or pass `data_dir` with all four idx files", param="data_dir"
+    )
 
 
 def read_fashion_mnist(folder: Path) -> ItemSource:
     images, labels = {}, {}
     for split, (img_stem, lbl_stem) in _IDX.items():
-        images[split] = _read_idx(folder, img_stem, 16).reshape(-1, 28, 28)
-        labels[split] = _read_idx(folder, lbl_stem, 8).astype(np.int64)
+        images[split] = _read_idx(folder, img_stem, 3)
+        labels[split] = _read_idx(folder, lbl_stem, 1).astype(np.int64)
+        if len(labels[split]) != len(images[split]):
+            raise _damaged(folder / lbl_stem, f"{len(labels[split])} labels for {len(images[split])} images in {img_stem}")
+        if len(labels[split]) and labels[split].max() >= len(FASHION_CLASSES):
+            raise _damaged(folder / lbl_stem, f"label {labels[split].max()} outside 0..{len(FASHION_CLASSES) - 1}")
     return ItemSource("fashion-mnist", str(folder), FASHION_CLASSES, images, labels)
 
 
