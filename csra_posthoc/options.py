@@ -195,7 +195,7 @@ class SweepOptions:
             raise CSRAError(f"seed {self.seed!r}: must be an integer >= 0", param="seed")
 
 
-MAX_BOOTSTRAP = 1_000_000  # resamples: each keeps ~130 bytes (float64 deltas of 4 variants + percentile copies), ~130 MB at the bound
+MAX_BOOTSTRAP = 1_000_000  # resamples: memory grows with them (deltas per variant + chunk buffers): ~320 MB measured at the bound on 8 images
 
 
 def check_bootstrap(bootstrap: int | None) -> None:
@@ -206,7 +206,7 @@ def check_bootstrap(bootstrap: int | None) -> None:
         raise CSRAError(f"bootstrap {bootstrap!r}: the number of resamples must be an integer >= 1 (1000 is the usual choice)", param="bootstrap")
     if bootstrap > MAX_BOOTSTRAP:
         raise CSRAError(
-            f"bootstrap {bootstrap}: at most {MAX_BOOTSTRAP} resamples (each keeps ~130 bytes: ~130 MB at the limit; 1000 is the usual choice)",
+            f"bootstrap {bootstrap}: at most {MAX_BOOTSTRAP} resamples (memory grows with them: ~320 MB at the limit; 1000 is the usual choice)",
             param="bootstrap",
         )
 
