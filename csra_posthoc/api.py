@@ -17,6 +17,7 @@ from .extraction import extract
 from .lam_sweep import grid_rows, paper_fixed_lam, sweep
 from .log import output_console
 from .options import DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
+from .outputs import check_outputs_not_read
 from .probe import fit_probe
 from .progress import console_bar
 from .report import print_table, report_console, results_dict, save_scores, write_json
@@ -30,7 +31,7 @@ from .resolution import (
     write_memo,
 )  # fmt: skip
 from .uncertainty import assess, max_band
-from .validate import validate_sweep_args
+from .validate import sweep_output_paths, validate_sweep_args
 
 
 def load_training_split(
@@ -110,6 +111,11 @@ def load_selection_split(
         )
     chosen.dataset = evaluated.dataset
     return chosen
+
+
+def files_read(**splits: LabelledImages | None) -> dict[str, list[Path]]:
+    """The image and annotation files each loaded split reads, by the parameter that chose it."""
+    return {param: [*images.paths, *images.sources] for param, images in splits.items() if images is not None}
 
 
 def _samples(images: LabelledImages) -> set[tuple[Path, object]]:
@@ -239,7 +245,7 @@ def run_sweep(
     opts = options or ExtractOptions()
     grid = sweep_options or SweepOptions()
     outputs = outputs or OutputOptions()
-    validate_sweep_args(opts, grid, probe, outputs)
+    validate_sweep_args(opts, grid, probe, outputs, source=source, data=data, data_dir=data_dir)  # outputs: README, Outputs
     if ctx.active:
         from .distributed import check_config_agreement
 
@@ -259,6 +265,7 @@ def run_sweep(
         if probe is not None:
             train = load_training_split(dataset, data_dir, probe.train_split, probe.train_labels, images, data)
             train.dataset = images.dataset
+        check_outputs_not_read(sweep_output_paths(probe, outputs), files_read(data_dir=images, select_on=select_images, train_split=train))
     if ctx.active:
         shard_for(ctx, len(images))  # more ranks than images: refused on every rank, before any work
         if train is not None:

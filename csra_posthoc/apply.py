@@ -129,6 +129,7 @@ def apply_patch(
     from .adapters import load_model
     from .csra_head import check_lam, resolve_temperatures
     from .export import check_out_path, export_patched
+    from .outputs import check_outputs
     from .patched import patch
     from .probe import load_head
     from .report import report_console
@@ -138,6 +139,7 @@ def apply_patch(
     # every flag is checked before any model is built
     check_weight_source(checkpoint, pretrained, random_init)
     check_out_path(out, force)
+    check_outputs({"out": out}, {"checkpoint": checkpoint, "head_file": head_file, "from_results": from_results})  # README: Outputs
     if pick not in PICKS:
         raise CSRAError(f"pick {pick}: choose {', '.join(PICKS)}", param="pick")
     check_img_size(img_size)

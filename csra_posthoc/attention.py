@@ -94,6 +94,7 @@ def run_attention(
 ) -> AttentionMaps:
     """Build the patched model as ``predict`` does, compute the top-k maps, write the figure ``out``."""
     from .csra_head import check_lam, resolve_temperatures
+    from .outputs import check_outputs
     from .plots import check_plot_path, plot_attention
     from .report import report_console
 
@@ -103,6 +104,7 @@ def run_attention(
         raise CSRAError(f"top_k {top_k}: must be >= 1", param="top_k")
     if not Path(image).is_file():
         raise CSRAError(f"{image}: no such image file", param="image")
+    check_outputs({"out": out}, {"image": image, "checkpoint": checkpoint, "patched_file": patched_file, "head_file": head_file})  # README: Outputs
     if temperature is not None and heads is not None:
         raise CSRAError("temperature and heads: give one of them", param="temperature")
     if lam is not None:

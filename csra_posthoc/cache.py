@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from rich.console import Console
 
-from .atomic import atomic_write
+from .atomic import atomic_write, remove_stale_temps
 from .class_statistics import ClassStatistics, StatisticsInfo
 from .errors import CSRAError, first_line
 from .log import say
@@ -78,7 +78,7 @@ def open_cache_dir(cache_dir: Path) -> str | None:
 def remove_orphans(cache_dir: Path, max_age_s: float = ORPHAN_AGE_S) -> list[Path]:
     """Delete ``.<name>.<random>.tmp`` files (atomic_write's) older than ``max_age_s``: a run
     killed hard (SIGKILL, power loss) leaves one behind; a live run's is younger."""
-    removed = []
+    removed = remove_stale_temps(cache_dir)  # temporaries whose writing process is gone: at once, not after max_age_s
     now = time.time()
     for tmp in Path(cache_dir).glob(".*.tmp"):
         try:

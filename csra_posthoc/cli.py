@@ -194,6 +194,7 @@ def sweep_cmd(
             raise CSRAError(f"--head {head}: choose model (the model's own classifier) or probe")
         if save_head is not None and head != "probe":
             raise CSRAError("--save-head needs --head probe (the model's own head is already in its weights)")
+        _classes_file_not_written(classes_file, out=out, save_scores_to=save_scores, plot=plot, save_head=save_head)
         run_sweep(
             ModelSource(model=model, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init),
             dataset,
@@ -303,6 +304,14 @@ OptionalImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 
 
+def _classes_file_not_written(classes_file: Path | None, **outputs: Path | None) -> None:
+    """--classes-file is read here, not by the library: the one output policy (README: Outputs) for it."""
+    if classes_file is not None:
+        from .outputs import check_outputs
+
+        check_outputs(outputs, {"classes_file": classes_file})
+
+
 def _optional_float(flag: str, text: str | None) -> float | None:
     if text is None:
         return None
@@ -332,7 +341,7 @@ def apply_cmd(
     transform: str = typer.Option("auto", "--transform", help="preprocessing stored for predict: auto | square | crop"),
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
-    force: bool = typer.Option(False, "--force", help="overwrite an existing --out file"),
+    force: bool = typer.Option(False, "--force", help="accepted, no longer needed: every command replaces an existing output (README: Outputs)"),
 ) -> None:
     """Export the CSRA-patched model (same input as the original, (B, C) scores out)."""
 
@@ -340,6 +349,7 @@ def apply_cmd(
         from .apply import apply_patch
         from .data import read_classes
 
+        _classes_file_not_written(classes_file, out=out)
         apply_patch(
             model,
             out,
@@ -391,6 +401,7 @@ def predict_cmd(
         from .data import read_classes
         from .predict import run_predict
 
+        _classes_file_not_written(classes_file, json_out=json_out)
         results = run_predict(
             images,
             model=model,
@@ -469,6 +480,7 @@ def attention_cmd(
         from .attention import run_attention
         from .data import read_classes
 
+        _classes_file_not_written(classes_file, out=out)
         run_attention(
             image,
             out,

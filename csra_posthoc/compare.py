@@ -253,11 +253,13 @@ def run_compare(
 ) -> list[CompareRow]:
     """Read, print and write the comparison table; returns its rows."""
     from .atomic import atomic_write
+    from .outputs import check_outputs
     from .report import report_console
 
     console = console or report_console()
     for out, param in ((csv_out, "csv_out"), (markdown_out, "markdown_out"), (latex_out, "latex_out")):
         _check_out(out, param)
+    check_outputs({"csv_out": csv_out, "markdown_out": markdown_out, "latex_out": latex_out}, {"paths": list(paths)})  # README: Outputs
     rows = compare_rows(paths)
     print_compare(console, rows)
     for out, render in ((csv_out, to_csv), (markdown_out, to_markdown), (latex_out, to_latex)):

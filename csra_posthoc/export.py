@@ -61,14 +61,13 @@ def export_format(path: str | Path) -> str:
 
 
 def check_out_path(path: str | Path, force: bool = False) -> Path:
-    """A known suffix, a writable folder, and no existing file unless ``force`` (checked before any work)."""
+    """A known suffix and a writable folder (checked before any work). An existing file is replaced
+    atomically, as by every command (README: Outputs); ``force`` is accepted and no longer needed."""
     from .validate import check_output_path
 
     path = Path(path)
     check_output_path(path, "out")
     export_format(path)
-    if path.exists() and not force:
-        raise CSRAError(f"out {path}: already exists; pass force=True to overwrite it", param="out")
     return path
 
 

@@ -51,6 +51,27 @@ def check_img_size(img_size: int | None) -> None:
         raise CSRAError(f"img_size {img_size}: must be between {MIN_IMG_SIZE} and {MAX_IMG_SIZE} pixels", param="img_size")
 
 
+MIN_MAX_THREADS = 64  # the bound on ``threads`` is max(this, 4 x the cores): more only oversubscribes
+
+
+def max_threads() -> int:
+    """The most torch threads a run may ask for: 4 x the machine's cores, at least 64 (torch
+    itself crashes, without a message, on a count like 100000)."""
+    return max(MIN_MAX_THREADS, 4 * (os.cpu_count() or 1))
+
+
+def check_threads(threads: int | None) -> None:
+    """``threads``: None (the caller's count) or 1 .. :func:`max_threads`."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise CSRAError(f"threads {threads!r}: must be >= 1 (or leave it unset: the caller's count)", param="threads")
+    if threads > max_threads():
+        raise CSRAError(
+            f"threads {threads}: at most {max_threads()} (4 x this machine's {os.cpu_count() or 1} cores, at least {MIN_MAX_THREADS})", param="threads"
+        )
+
+
 @dataclass(frozen=True)
 class ExtractOptions:
     """Settings of a forward pass over a dataset (image size, batch size, device, cache, ...)."""
@@ -87,8 +108,7 @@ class ExtractOptions:
         _choice("decode", self.decode, Decode)
         _choice("backend", self.backend, Backend)
         _choice("cache_dtype", self.cache_dtype, CacheDtype)
-        if self.threads is not None and self.threads < 1:
-            raise CSRAError(f"threads {self.threads}: must be >= 1 (or leave it unset: the caller's count)", param="threads")
+        check_threads(self.threads)
         if self.backend == "onnxruntime" and (self.compile or self.amp):
             raise CSRAError(f"backend onnxruntime: runs the exported fp32 graph; drop {'`compile`' if self.compile else '`amp`'}", param="backend")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
@@ -170,10 +190,25 @@ class SweepOptions:
         if self.fixed_lam is not None and not (math.isfinite(self.fixed_lam) and self.fixed_lam >= 0):
             raise CSRAError(f"fixed_lam {self.fixed_lam:g}: must be a finite number >= 0", param="fixed_lam")
         check_select_on(self.select_on)
-        if self.bootstrap is not None and (isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 1):
-            raise CSRAError(f"bootstrap {self.bootstrap!r}: the number of resamples must be an integer >= 1 (1000 is the usual choice)", param="bootstrap")
+        check_bootstrap(self.bootstrap)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise CSRAError(f"seed {self.seed!r}: must be an integer >= 0", param="seed")
+
+
+MAX_BOOTSTRAP = 1_000_000  # resamples: memory grows with them (deltas per variant + chunk buffers): ~320 MB measured at the bound on 8 images
+
+
+def check_bootstrap(bootstrap: int | None) -> None:
+    """``bootstrap``: None (no intervals) or 1 .. :data:`MAX_BOOTSTRAP` resamples, so memory stays bounded."""
+    if bootstrap is None:
+        return
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 1:
+        raise CSRAError(f"bootstrap {bootstrap!r}: the number of resamples must be an integer >= 1 (1000 is the usual choice)", param="bootstrap")
+    if bootstrap > MAX_BOOTSTRAP:
+        raise CSRAError(
+            f"bootstrap {bootstrap}: at most {MAX_BOOTSTRAP} resamples (memory grows with them: ~320 MB at the limit; 1000 is the usual choice)",
+            param="bootstrap",
+        )
 
 
 def check_select_on(select_on: str | None) -> None:
@@ -239,9 +274,16 @@ class OutputOptions:
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the results JSON (the demo's 'demo' block)
 
     def __post_init__(self) -> None:
+        from .outputs import check_outputs  # the one output policy (README: Outputs); suffixes and inputs: validate_sweep_args
+
         check_output_path(self.out, "out")
         check_output_path(self.save_scores_to, "save_scores_to")
         check_figure_path(self.plot, "plot")
+        check_outputs(self.paths(), require_suffixes=False)
+
+    def paths(self) -> dict[str, str | Path | None]:
+        """The output files by parameter name (None: not written)."""
+        return {"out": self.out, "save_scores_to": self.save_scores_to, "plot": self.plot}
 
 
 def check_figure_path(path: str | Path | None, param: str = "path") -> None:

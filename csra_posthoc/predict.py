@@ -220,6 +220,7 @@ def run_predict(
     """Build the patched model (from ``patched_file`` or ``model`` + weights + settings), predict, print, write JSON."""
     from .csra_head import check_lam, resolve_temperatures
     from .extraction import resolve_device
+    from .outputs import check_outputs
     from .patched import PatchedModel
     from .report import report_console, write_json
     from .validate import check_img_size
@@ -236,7 +237,9 @@ def run_predict(
         check_lam(lam)
     if temperature is not None or heads is not None:
         resolve_temperatures(math.inf if temperature is None else temperature, heads)
-    expand_images(images)  # missing paths fail before any model is built
+    image_files, _ = expand_images(images)  # missing paths fail before any model is built
+    inputs = {"images": image_files, "checkpoint": checkpoint, "patched_file": patched_file, "head_file": head_file}
+    check_outputs({"json_out": json_out}, inputs)  # README: Outputs (a writable folder, not an input, .json)
     if patched_file is not None:
         if transform != "auto":
             raise CSRAError("transform with --patched: the file stores the preprocessing it was applied with; drop `transform`", param="transform")

