@@ -18,7 +18,7 @@ from ..api import run_sweep
 from ..cache import resolve_cache_dir
 from ..errors import CSRAError
 from ..offline_weights import has_offline_weights
-from ..options import DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
+from ..options import AnalysisOptions, DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
 from ..report import report_console, write_json
 from ..validate import validate_sweep_args
 from .mosaics import mosaic_voc_written, write_mosaic_voc
@@ -41,6 +41,7 @@ def run_demo(
     save_scores_to: str | Path | None = None,
     plot: str | Path | None = None,
     console: Console | None = None,
+    analysis: AnalysisOptions | None = None,
 ) -> dict[str, Any]:
     """Build (once) the mosaic dataset, fit the probe, sweep, report; returns the results dict."""
     console = console or report_console()
@@ -86,6 +87,7 @@ def run_demo(
         outputs=OutputOptions(save_scores_to=save_scores_to, plot=plot, extra=extra),
         console=console,
         dataset_label=f"{source.name}-mosaics",
+        analysis=analysis,
     )
     seconds = time.perf_counter() - start
     data["demo"]["wall_seconds"] = round(seconds, 1)
