@@ -154,7 +154,7 @@ def real_metrics(
         "best": entry(result.best.variant, result.best.lam, of(result.best)),
         "fixed": entry(result.fixed.variant, result.fixed.lam, of(result.fixed)),
         "best_variant": entry(result.best_variant.variant, result.best_variant.lam, of(result.best_variant)),
-        "rows": [entry(v, lam, m) for v, lam, m in scored[1:] if lam != 0.0],
+        "rows": [entry(v, lam, m) for v, lam, m in scored[1:]],  # as the results' "rows": each variant at each lam, lam 0 included
     }
 
 
