@@ -119,42 +119,48 @@ def real_topk(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = 
 def real_metrics(
     stats: ClassStatistics, result: SweepResult, real: RealLabels, lams: Sequence[float], temps: Sequence[float], heads: Sequence[int]
 ) -> dict[str, Any]:
-    """ReaL top-1 / top-5 and mAP (percent) of the baseline and every row of the sweep, from the cached
-    statistics: the results-JSON ``"real_labels"`` object (docs/method.md §9)."""
-    from ..lam_sweep import Variant, score_grid
+    """ReaL top-1 / top-5 (percent) of the baseline and every row of the sweep, and ReaL mAP of the
+    baseline, best, fixed and best-variant rows, from the cached statistics: the results-JSON
+    ``"real_labels"`` object (docs/method.md §9). mAP over 1000 classes costs about 100x a row's
+    top-k at ImageNet size (3 s vs 0.04 s), so it is not computed for every row."""
+    from ..lam_sweep import Variant, row_scores, score_grid, stats_evaluator
     from ..selection import take_images
 
     sub = replace(take_images(stats, real.keep), labels=real.labels)  # the kept images, ReaL sets as labels
 
-    def score(_: ClassStatistics, scorer: Any, prepared: Any) -> dict[str, float]:
+    def topk(_: ClassStatistics, scorer: Any, prepared: Any) -> dict[str, float]:
         scores = torch.from_numpy(np.ascontiguousarray(prepared.T)) if isinstance(prepared, np.ndarray) else prepared  # numpy (C, N); torch (N, C)
-        found = real_topk(scores, real.labels, (1, 5))
-        try:
-            found["mAP"] = scorer.primary(prepared)
-        except ValueError as exc:
-            raise CSRAError(f"real_labels {real.file}: cannot score the ReaL sets ({exc})", param="real_labels") from None
-        return found
+        return real_topk(scores, real.labels, (1, 5))
 
     grid = sorted({float(lam) for lam in lams} | {0.0, result.fixed.lam})
-    scored = score_grid(sub, "multi_label", grid, temps, heads, score)
-    base = scored[0][2]
+    scored = score_grid(sub, "multi_label", grid, temps, heads, topk)
     by_setting = {(v, lam): m for v, lam, m in scored[1:]}
+    scorer = stats_evaluator(sub, "multi_label")
+
+    def with_map(metrics: dict[str, float], scores: torch.Tensor) -> dict[str, float]:
+        try:
+            return {**metrics, "mAP": scorer.primary(scorer.prepare(scores))}
+        except ValueError as exc:
+            raise CSRAError(f"real_labels {real.file}: cannot score the ReaL sets ({exc})", param="real_labels") from None
+
+    base = with_map(scored[0][2], sub.avg)
 
     def entry(variant: Variant, lam: float, metrics: dict[str, float]) -> dict[str, Any]:
         return {"variant": variant.kind, "temperature": variant.temperature, "heads": variant.heads, "lam": lam, "metrics": metrics}
 
-    def of(row: Any) -> dict[str, float]:
-        return base if row.lam == 0.0 else by_setting[(row.variant, row.lam)]
+    def headline(row: Any) -> dict[str, Any]:
+        metrics = base if row.lam == 0.0 else with_map(by_setting[(row.variant, row.lam)], row_scores(sub, row))
+        return entry(row.variant, row.lam, metrics)
 
     return {
         "file": real.file,
         "images": int(real.keep.sum()),
         "images_without_labels": int((~real.keep).sum()),
         "baseline": base,
-        "best": entry(result.best.variant, result.best.lam, of(result.best)),
-        "fixed": entry(result.fixed.variant, result.fixed.lam, of(result.fixed)),
-        "best_variant": entry(result.best_variant.variant, result.best_variant.lam, of(result.best_variant)),
-        "rows": [entry(v, lam, m) for v, lam, m in scored[1:]],  # as the results' "rows": each variant at each lam, lam 0 included
+        "best": headline(result.best),
+        "fixed": headline(result.fixed),
+        "best_variant": headline(result.best_variant),
+        "rows": [entry(v, lam, m) for v, lam, m in scored[1:]],  # as the results' "rows" (lam 0 included): top-1 / top-5
     }
 
 
