@@ -210,9 +210,11 @@ def print_per_class_table(console: Console, result: SweepResult, limit: int | No
         return
     names = [name for name in ROW_NAMES if name in found]
     metric = "top-1" if result.primary == "top1" else "AP"
-    order = ranked(found["best"])
-    total = len(order)
-    if limit is not None and total > 2 * limit + 10:
+    total = len(found["best"].classes)
+    undefined = np.all([np.isnan(found[name].delta) for name in names], axis=0)  # no positive (no image) of the class
+    order = [k for k in ranked(found["best"]) if not undefined[k]]
+    shown = len(order)
+    if limit is not None and shown > 2 * limit + 10:
         order = [*order[:limit], -1, *order[-limit:]]
     table = Table(title=f"per-class Δ{metric} (percent points), sorted by the best λ's; * : its 95 % CI excludes 0", title_justify="left")
     table.add_column("class")
@@ -221,7 +223,7 @@ def print_per_class_table(console: Console, result: SweepResult, limit: int | No
         table.add_column("95 % CI", justify="right", no_wrap=True)
     for k in order:
         if k < 0:
-            table.add_row(Text(f"… {total - 2 * (limit or 0)} classes"), *["" for _ in range(2 * len(names))])
+            table.add_row(Text(f"… {shown - 2 * (limit or 0)} classes"), *["" for _ in range(2 * len(names))])
             continue
         cells: list[Any] = [Text(plain(found["best"].classes[k]))]
         for name in names:
@@ -238,7 +240,9 @@ def print_per_class_table(console: Console, result: SweepResult, limit: int | No
         gains = [safe(c) for c, s, d in zip(deltas.classes, sig.tolist(), deltas.delta.tolist(), strict=True) if s and d > 0]
         losses = [safe(c) for c, s, d in zip(deltas.classes, sig.tolist(), deltas.delta.tolist(), strict=True) if s and d < 0]
         counts.append(f"{ROW_LABELS[name]}: {len(gains)} up, {len(losses)} down")
-    console.print(f"classes whose 95 % CI excludes 0, of {total}: " + "; ".join(counts) + " (all classes: per_class_delta in --out)", soft_wrap=True)
+    unit = "an image" if result.primary == "top1" else "a positive"
+    left_out = f"; {total - shown} classes without {unit} have no Δ" if shown < total else ""
+    console.print(f"classes whose 95 % CI excludes 0, of {total}: " + "; ".join(counts) + f"{left_out} (all classes: per_class_delta in --out)", soft_wrap=True)
 
 
 def plot_per_class(result: SweepResult, path: str | Path, title: str | None = None) -> Path:

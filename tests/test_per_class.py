@@ -136,9 +136,9 @@ def test_significance_marking_in_table_and_json() -> None:
     text = console.export_text()
     lines = text.splitlines()
     body = [ln for ln in lines if ln.startswith("│")]
-    assert [ln.split("│")[1].strip() for ln in body] == ["up [bold]", "flat", "down", "none"]  # sorted by Δ, markup printed as text
+    assert [ln.split("│")[1].strip() for ln in body] == ["up [bold]", "flat", "down"]  # sorted by Δ, markup printed as text, no-Δ class left out
     assert "+2.00*" in body[0] and "+0.50 " in body[1] and "-1.50*" in body[2] and "*" not in body[1]
-    assert "best λ: 1 up, 1 down" in text
+    assert "best λ: 1 up, 1 down" in text and "1 classes without a positive have no Δ" in text
 
 
 def test_class_figure_is_written(tmp_path: Path) -> None:

