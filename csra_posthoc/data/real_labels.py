@@ -112,7 +112,7 @@ class RealLabels:
 def real_topk(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
     """Top-k in percent: ``scores.topk(k)`` (timm's call: largest, sorted) holds a class of the image's set (``labels`` 0/1)."""
     pred = scores.topk(min(max(ks), scores.shape[1]), 1, True, True).indices
-    hit = labels.gather(1, pred) == 1  # (N, k): is each predicted class in the set
+    hit = labels.to(pred.device).gather(1, pred) == 1  # (N, k): is each predicted class in the set
     return {f"top{k}": float(hit[:, :k].any(dim=1).double().mean() * 100.0) for k in ks}
 
 
@@ -126,7 +126,7 @@ def real_metrics(
     from ..lam_sweep import Variant, row_scores, score_grid, stats_evaluator
     from ..selection import take_images
 
-    sub = replace(take_images(stats, real.keep), labels=real.labels)  # the kept images, ReaL sets as labels
+    sub = replace(take_images(stats, real.keep.to(stats.avg.device)), labels=real.labels.to(stats.labels.device))  # the kept images, ReaL sets as labels
 
     def topk(_: ClassStatistics, scorer: Any, prepared: Any) -> dict[str, float]:
         scores = torch.from_numpy(np.ascontiguousarray(prepared.T)) if isinstance(prepared, np.ndarray) else prepared  # numpy (C, N); torch (N, C)
