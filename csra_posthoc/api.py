@@ -16,7 +16,7 @@ from .errors import CSRAError
 from .extraction import extract
 from .lam_sweep import grid_rows, paper_fixed_lam, sweep
 from .log import output_console
-from .options import DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
+from .options import AnalysisOptions, DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
 from .outputs import check_outputs_not_read
 from .probe import fit_probe
 from .progress import console_bar
@@ -198,6 +198,37 @@ def _load_model_on_every_rank(model: str, **kwargs: Any) -> ModelAdapter:
     return adapter
 
 
+def real_labels_for(analysis: AnalysisOptions, images: LabelledImages, data: DataOptions | None) -> Any:
+    """The evaluated images' ReaL sets (None without ``analysis.real_labels``); checked against the images."""
+    if analysis.real_labels is None:
+        return None
+    from .data.real_labels import RealLabels
+
+    whole = data is None or (data.max_images is None and not data.skip_missing)
+    return RealLabels.for_images(analysis.real_labels, images.ids, len(images.classes), whole_split=whole)
+
+
+def analyse(console: Console, result: Any, stats: ClassStatistics, grid: SweepOptions, analysis: AnalysisOptions, real: Any, data_json: dict[str, Any]) -> None:
+    """The per-class table and figure, and the ReaL table and ``data_json["real_labels"]`` (docs/method.md §8-9)."""
+    if analysis.per_class:
+        from .per_class import print_per_class_table
+
+        print_per_class_table(console, result)
+    if analysis.plot_classes is not None:
+        from .per_class import plot_per_class
+
+        title = f"{stats.info.model} on {stats.info.dataset} {stats.info.split}: per-class Δ with 95 % bootstrap intervals"
+        plot_per_class(result, analysis.plot_classes, title=title)
+        console.print(f"wrote {analysis.plot_classes}")
+    if real is not None:
+        from .data.real_labels import RealLabels, print_real_table, real_metrics
+
+        if list(real.ids) != list(stats.ids):
+            real = RealLabels.for_images(real.file, stats.ids, len(stats.classes))
+        data_json["real_labels"] = real_metrics(stats, result, real, grid.lams, grid.temps, grid.heads)
+        print_real_table(console, data_json["real_labels"])
+
+
 def sweep_config(source: ModelSource, dataset: str, data_dir: str | Path, parts: dict[str, Any], dataset_label: str | None) -> dict[str, Any]:
     """What every rank of a torchrun launch must agree on (its hash is compared across ranks)."""
     from dataclasses import asdict, is_dataclass
@@ -223,6 +254,7 @@ def run_sweep(
     outputs: OutputOptions | None = None,
     dataset_label: str | None = None,
     console: Console | None = None,
+    analysis: AnalysisOptions | None = None,
 ) -> dict[str, Any]:
     """Check the arguments, load the data, then either reuse cached statistics (the memo of an
     earlier build says where they are) or build the model and extract; sweep, print the table,
@@ -230,6 +262,7 @@ def run_sweep(
 
     ``probe`` None: the model's own head; else a linear probe fitted on the training split.
     ``sweep_options.fixed_lam`` None: the paper's fixed lam for the model (:func:`paper_fixed_lam`).
+    ``analysis``: the per-class Δ table / figure and ImageNet-ReaL metrics (from the statistics, no new pass).
 
     Under torchrun (README: Scaling) every rank calls it with the same arguments (checked): each
     extracts its shard of the images, rank 0 alone decides cache reuse, writes the cache, sweeps,
@@ -245,7 +278,10 @@ def run_sweep(
     opts = options or ExtractOptions()
     grid = sweep_options or SweepOptions()
     outputs = outputs or OutputOptions()
-    validate_sweep_args(opts, grid, probe, outputs, source=source, data=data, data_dir=data_dir)  # outputs: README, Outputs
+    analysis = analysis or AnalysisOptions()
+    validate_sweep_args(opts, grid, probe, outputs, source=source, data=data, data_dir=data_dir, analysis=analysis)  # outputs: README, Outputs
+    if analysis.real_labels is not None and dataset != "imagenet":
+        raise CSRAError(f"real_labels: ReaL labels the ImageNet validation set; use dataset imagenet, not {dataset}", param="real_labels")
     if ctx.active:
         from .distributed import check_config_agreement
 
@@ -262,10 +298,11 @@ def run_sweep(
         if dataset_label:  # a VOC-layout dataset that is not VOC (the demo's mosaics, say)
             images.dataset = dataset_label
         select_images = load_selection_split(dataset, data_dir, grid.select_on, images, data)  # before any model work
+        real = real_labels_for(analysis, images, data)  # a bad real.json is one line before any model work
         if probe is not None:
             train = load_training_split(dataset, data_dir, probe.train_split, probe.train_labels, images, data)
             train.dataset = images.dataset
-        check_outputs_not_read(sweep_output_paths(probe, outputs), files_read(data_dir=images, select_on=select_images, train_split=train))
+        check_outputs_not_read(sweep_output_paths(probe, outputs, analysis), files_read(data_dir=images, select_on=select_images, train_split=train))
     if ctx.active:
         shard_for(ctx, len(images))  # more ranks than images: refused on every rank, before any work
         if train is not None:
@@ -317,6 +354,7 @@ def run_sweep(
     if train is not None and grid.select_on == train.split:
         console.print(f"[yellow]note:[/] λ chosen on {train.split}, the probe's training split: its scores are fitted, the held-out λ may favour it")
     data_json = results_dict(result, stats, outputs.extra)
+    analyse(console, result, stats, grid, analysis, real, data_json)
     if outputs.plot is not None:
         from .plots import plot_lam_curve
 

@@ -19,7 +19,7 @@ from . import __version__
 from .data.registry import DATASET_NAMES
 from .defaults import DEFAULT_BOOTSTRAP, DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_SELECT_ON, DEFAULT_TEMPS
 from .errors import CSRAError
-from .options import DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
+from .options import AnalysisOptions, DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -183,6 +183,9 @@ def sweep_cmd(
     plot: Optional[Path] = typer.Option(None, "--plot", help="lam curve figure: .png, .svg or .pdf (its folder must exist)"),
     out: Optional[Path] = typer.Option(None, "--out", help="results JSON"),
     save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="NPZ with ids, labels, classes, baseline/best/fixed scores"),
+    per_class: bool = typer.Option(False, "--per-class", help="table of per-class Δ with 95 % bootstrap intervals (best, fixed, held-out rows)"),
+    plot_classes: Optional[Path] = typer.Option(None, "--plot-classes", help="per-class Δ figure: sorted bars with interval whiskers (.png, .svg or .pdf)"),
+    real_labels: Optional[Path] = typer.Option(None, "--real-labels", help="--dataset imagenet: ReaL labels (real.json): ReaL top-1/top-5 and multi-label mAP"),
 ) -> None:
     """Sweep score = avg + lam * max (and softmax / multi-head variants) and print a Table-1 row."""
 
@@ -243,6 +246,7 @@ def sweep_cmd(
             ),
             probe=ProbeOptions(train_split=train_split, train_labels=train_labels, probe_c=probe_c, save_head=save_head) if head == "probe" else None,
             outputs=OutputOptions(out=out, save_scores_to=save_scores, plot=plot),
+            analysis=AnalysisOptions(per_class=per_class, plot_classes=plot_classes, real_labels=real_labels),
         )
 
     run_cli(go, distributed_device=device)
@@ -266,6 +270,8 @@ def demo_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="results JSON (same schema as sweep, plus 'demo')"),
     save_scores: Optional[Path] = typer.Option(None, "--save-scores"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="lam curve figure: .png, .svg or .pdf (its folder must exist)"),
+    per_class: bool = typer.Option(False, "--per-class", help="table of per-class Δ with 95 % bootstrap intervals"),
+    plot_classes: Optional[Path] = typer.Option(None, "--plot-classes", help="per-class Δ figure (.png, .svg or .pdf)"),
 ) -> None:
     """Offline end-to-end demo: real ImageNet EfficientNet-Lite0, probe head, Fashion-MNIST mosaics."""
 
@@ -284,6 +290,7 @@ def demo_cmd(
             out=out,
             save_scores_to=save_scores,
             plot=plot,
+            analysis=AnalysisOptions(per_class=per_class, plot_classes=plot_classes),
         )
 
     run_cli(go)

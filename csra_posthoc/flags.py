@@ -88,6 +88,10 @@ FLAGS: dict[str, str] = {
     "csv_out": "--csv",
     "markdown_out": "--markdown",
     "latex_out": "--latex",
+    # per-class effect, ImageNet-ReaL (csra_posthoc.per_class, csra_posthoc.data.real_labels)
+    "per_class": "--per-class",
+    "plot_classes": "--plot-classes",
+    "real_labels": "--real-labels",
     # demo
     "num_train": "--num-train",
     "num_test": "--num-test",

@@ -24,6 +24,7 @@ from .scoring import csra_score, head_temperatures, multihead_attended
 
 if TYPE_CHECKING:  # selection and bootstrap import this module
     from .bootstrap import Interval
+    from .per_class import ClassDeltas
     from .selection import HeldOut
 
 VariantKind = Literal["max", "softmax", "heads"]
@@ -106,6 +107,7 @@ class SweepResult:
     bootstrap_n: int | None = None  # resamples behind ``bootstrap``
     bootstrap_seed: int | None = None
     uncertainty_notes: list[str] = field(default_factory=list)  # e.g. why there is no held-out row
+    per_class_delta: dict[str, ClassDeltas] | None = None  # "best", "fixed", "held_out": per-class Δ and intervals (csra_posthoc.per_class)
 
 
 def attended_scores(stats: ClassStatistics, variant: Variant) -> torch.Tensor:

@@ -318,3 +318,19 @@ def check_output_path(path: str | Path | None, param: str) -> None:
         raise CSRAError(f"{param} {target}: {ancestor} is a file, not a folder; choose another path", param=param)
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise CSRAError(f"{param} {target}: folder {ancestor} is not writable; choose another path", param=param)
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """Reports read from the cached statistics without a new forward pass (docs/method.md §8-9):
+    the per-class Δ table (``per_class``) and figure (``plot_classes``, .png / .svg / .pdf), and
+    ImageNet-ReaL metrics (``real_labels``: the official ``real.json``; ``dataset`` imagenet only)."""
+
+    per_class: bool = False
+    plot_classes: str | Path | None = None
+    real_labels: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        check_figure_path(self.plot_classes, "plot_classes")
+        if self.real_labels is not None and not Path(self.real_labels).is_file():
+            raise CSRAError(f"real_labels {self.real_labels}: no such file (the ReaL labels, real.json)", param="real_labels")

@@ -32,6 +32,7 @@ OUTPUT_SUFFIXES: dict[str, tuple[str, ...]] = {
     "save_scores_to": (".npz",),
     "save_head": (".safetensors",),
     "plot": FIGURE_FORMATS,
+    "plot_classes": FIGURE_FORMATS,
     "json_out": (".json",),
     "csv_out": (".csv",),
     "markdown_out": (".md",),

@@ -142,3 +142,50 @@ def plot_attention(
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def plot_class_deltas(panels: Mapping[str, Any], path: str | Path, *, ylabel: str = "Δ (pp)", title: str | None = None) -> Path:
+    """Per-class deltas, one panel per row (``panels``: label -> :class:`csra_posthoc.per_class.ClassDeltas`),
+    each sorted largest gain first, as bars with their 95 % interval as whiskers; bars whose interval
+    excludes 0 are coloured (green gain, red loss), the others grey. Classes without a delta are left out."""
+    from matplotlib.patches import Patch
+
+    from .per_class import ranked
+
+    path = check_plot_path(path, "plot_classes")
+    plt = _pyplot()
+    count = max(len(d.classes) for d in panels.values())
+    width = min(max(6.0, 0.2 * count + 1.5), 40.0)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.6 * len(panels)), squeeze=False)
+    for ax, (label, deltas) in zip(axes[:, 0], panels.items(), strict=True):
+        order = [k for k in ranked(deltas) if not np.isnan(deltas.delta[k])]
+        d, low, high = (np.asarray(a, dtype=float)[order] for a in (deltas.delta, deltas.low, deltas.high))
+        sig = np.asarray(deltas.significant)[order]
+        x = np.arange(len(order))
+        colours = ["C2" if s and v > 0 else ("C3" if s and v < 0 else "0.65") for s, v in zip(sig, d, strict=True)]
+        ax.bar(x, d, color=colours, width=0.8, zorder=2)
+        has_iv = ~np.isnan(low) & ~np.isnan(high)
+        if has_iv.any():
+            err = np.clip(np.vstack([d - low, high - d])[:, has_iv], 0, None)
+            ax.errorbar(x[has_iv], d[has_iv], yerr=err, fmt="none", ecolor="0.2", elinewidth=0.8, capsize=1.5, zorder=3)
+        ax.axhline(0.0, color="0.3", linewidth=0.8)
+        if len(order) <= 120:
+            ax.set_xticks(x)
+            names = [deltas.classes[k].replace("$", r"\$") for k in order]  # no mathtext from a class name
+            ax.set_xticklabels(names, rotation=90, fontsize=6 if len(order) > 40 else 8)
+        else:
+            ax.set_xticks([])
+            ax.set_xlabel(f"{len(order)} classes, sorted by Δ")
+        ax.set_xlim(-0.8, max(len(order), 1) - 0.2)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{label}: {int((sig & (d > 0)).sum())} classes up, {int((sig & (d < 0)).sum())} down (95 % CI excludes 0)", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(
+        handles=[Patch(color="C2", label="gain, 95 % CI > 0"), Patch(color="C3", label="loss, 95 % CI < 0"), Patch(color="0.65", label="CI contains 0")],
+        fontsize=7,
+        loc="upper right",
+    )
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

