@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import CSRAError, first_line
+from .text import safe
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -169,28 +170,28 @@ def print_predictions(console: Console, results: list[dict[str, Any]], compare: 
         table.add_column("predicted classes")
         for r in results:
             if "error" in r:
-                table.add_row(Path(r["image"]).name, f"[red]{r['error']}[/]")
+                table.add_row(safe(Path(r["image"]).name), f"[red]{safe(r['error'])}[/]")
                 continue
             text = (
                 "\n".join(
-                    f"{p['class']}  {p['score']:.3f}" + ("" if p["baseline_score"] is None else f" ({p['baseline_score']:.3f})") for p in r["predictions"]
+                    f"{safe(p['class'])}  {p['score']:.3f}" + ("" if p["baseline_score"] is None else f" ({p['baseline_score']:.3f})") for p in r["predictions"]
                 )
                 or "[dim](none above threshold)[/]"
             )
-            table.add_row(Path(r["image"]).name, text)
+            table.add_row(safe(Path(r["image"]).name), text)
         console.print(table)
         return
     for r in results:
         if "error" in r:
-            console.print(f"[red]{r['image']}: {r['error']}[/]")
+            console.print(f"[red]{safe(r['image'])}: {safe(r['error'])}[/]", soft_wrap=True)
             continue
-        table = Table(title=f"{r['image']}  (top-{top_k}: baseline λ=0 vs patched)", title_justify="left")
+        table = Table(title=f"{safe(r['image'])}  (top-{top_k}: baseline λ=0 vs patched)", title_justify="left")
         for col in ("class", "baseline rank", "baseline score", "patched rank", "patched score", ""):
             table.add_column(col, justify="left" if col == "class" else "right")
         for p in sorted(r["top_k"], key=lambda p: p["rank"]):
             name = p["class"]
             mark = "[green]moved in[/]" if name in r["moved_in"] else ("[red]moved out[/]" if name in r["moved_out"] else "")
-            table.add_row(name, str(p["baseline_rank"]), f"{p['baseline_score']:.3f}", str(p["rank"]), f"{p['score']:.3f}", mark)
+            table.add_row(safe(name), str(p["baseline_rank"]), f"{p['baseline_score']:.3f}", str(p["rank"]), f"{p['score']:.3f}", mark)
         console.print(table)
 
 
@@ -249,7 +250,7 @@ def run_predict(
             )
         if lam is not None or temperature is not None or heads is not None:  # the file's classifier, other settings
             patched.set_settings(lam, temperature, heads)
-            console.print(f"[yellow]note:[/] settings of {patched_file} overridden: {patched.head.extra_repr()}")
+            console.print(f"[yellow]note:[/] settings of {safe(patched_file)} overridden: {safe(patched.head.extra_repr())}")
     else:
         if model is None:
             raise CSRAError("predict needs `model` with `checkpoint` / `pretrained`, or `patched_file` (a .safetensors file)", param="model")
@@ -259,11 +260,11 @@ def run_predict(
     )
     cfg = patched.config
     temps = ", ".join(str(t) for t in cfg["temperatures"])
-    console.print(f"{cfg['model']}: mean + {cfg['lam']:g} * {cfg['variant']} (temperatures {temps}); head: {cfg['head_description']}")
+    console.print(f"{safe(cfg['model'])}: mean + {cfg['lam']:g} * {safe(cfg['variant'])} (temperatures {safe(temps)}); head: {safe(cfg['head_description'])}")
     print_predictions(console, results, compare, top_k)
     if json_out is not None:
         write_json(json_out, results)
-        console.print(f"wrote {json_out}")
+        console.print(f"wrote {safe(json_out)}")
     return results
 
 
