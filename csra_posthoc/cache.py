@@ -274,6 +274,10 @@ def cached(
         try:
             save(value, path)
         except OSError as exc:
-            say(console, f"[yellow]warning:[/] could not write the {file_label} {safe(path)} ({safe(first_line(exc, 120))}): going on without caching", logging.WARNING)
+            say(
+                console,
+                f"[yellow]warning:[/] could not write the {file_label} {safe(path)} ({safe(first_line(exc, 120))}): going on without caching",
+                logging.WARNING,
+            )
             return CacheOutcome(value, None, False)
     return CacheOutcome(value, path, False)

@@ -34,6 +34,7 @@ def expand_images(inputs: Sequence[str | Path]) -> tuple[list[Path], bool]:
         if p.is_dir():
             any_dir = True
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            _warn_unresolvable_links(p)
             if not found:
                 raise CSRAError(f"{p}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this directory")
             paths += found
@@ -44,6 +45,48 @@ def expand_images(inputs: Sequence[str | Path]) -> tuple[list[Path], bool]:
     if not paths:
         raise CSRAError("predict: give at least one image file or directory")
     return paths, any_dir
+
+
+def _warn_unresolvable_links(folder: Path) -> None:
+    """One warning line per link in ``folder`` that leads nowhere (a loop, or a broken image link):
+    skipped, but said, not silently."""
+    import errno
+    import logging
+
+    from rich.console import Console
+
+    from .log import say
+
+    for f in sorted(folder.rglob("*")):
+        if not f.is_symlink() or f.exists():
+            continue
+        try:
+            f.resolve(strict=True)
+            problem = "cannot be followed"
+        except RuntimeError:  # Python < 3.13: "Symlink loop from ..."
+            problem = "is a symlink loop"
+        except OSError as exc:
+            problem = "is a symlink loop" if exc.errno == errno.ELOOP else "is a broken link"
+        if problem != "is a broken link" or f.suffix.lower() in IMAGE_SUFFIXES:
+            say(Console(stderr=True), f"[yellow]warning:[/] {safe(f)} {problem}: skipped", logging.WARNING)
+
+
+def usable_transform(desc: Any, where: str) -> Any:
+    """The transform a config's ``preprocessing`` describes, tried once on a small image: a bad
+    description is one error naming the config, not a "cannot decode image" per image."""
+    from PIL import Image
+
+    from .data.transforms import build_transform
+
+    try:
+        transform = build_transform(desc)
+        x = transform(Image.new("RGB", (37, 29), (128, 64, 32)))
+        size = desc["size"]
+        if not isinstance(x, torch.Tensor) or tuple(x.shape) != (3, size, size) or not bool(torch.isfinite(x).all()):
+            raise ValueError(f"it makes a {tuple(getattr(x, 'shape', ()))} input, not a finite (3, {size}, {size}) one")
+    except Exception as exc:
+        raise CSRAError(f"{where}: its preprocessing {desc!r} is unusable ({first_line(exc, 120)})", param="patched_file") from None
+    return transform
 
 
 def class_names(num_classes: int, given: Sequence[str] | None = None) -> list[str]:
@@ -135,9 +178,8 @@ def predict_images(
     check_predict_args(threshold, top_k, batch_size)
     paths, any_dir = expand_images(images)
     names = class_names(patched.num_classes, classes if classes is not None else patched.classes)
-    from .data.transforms import build_transform
 
-    transform = build_transform(patched.config["preprocessing"])
+    transform = usable_transform(patched.config.get("preprocessing"), "the patched model's config")
     dev = resolve_device(device)
     patched = patched.to(dev).eval()
     out: list[dict[str, Any]] = [{} for _ in paths]
@@ -242,6 +284,7 @@ def run_predict(
         if transform != "auto":
             raise CSRAError("transform with --patched: the file stores the preprocessing it was applied with; drop `transform`", param="transform")
         patched = load_patched_for_predict(patched_file, model, checkpoint, pretrained, random_init, head_file, img_size)
+        usable_transform(patched.config.get("preprocessing"), f"patched_file {patched_file}: its config")
         if not isinstance(patched, PatchedModel) and (compare or lam is not None or temperature is not None or heads is not None):
             raise CSRAError(
                 f"patched_file {patched_file}: an exported {patched.format} file has lam fixed and no baseline; "
