@@ -25,8 +25,9 @@ from .text import safe
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-def expand_images(inputs: Sequence[str | Path]) -> tuple[list[Path], bool]:
-    """Files as given, directories as their image files (recursive, sorted); True if a directory was given."""
+def expand_images(inputs: Sequence[str | Path], warn_links: bool = True) -> tuple[list[Path], bool]:
+    """Files as given, directories as their image files (recursive, sorted); True if a directory was given.
+    ``warn_links``: a warning per link in a directory that leads nowhere (a loop, a broken image link)."""
     paths: list[Path] = []
     any_dir = False
     for item in inputs:
@@ -34,7 +35,8 @@ def expand_images(inputs: Sequence[str | Path]) -> tuple[list[Path], bool]:
         if p.is_dir():
             any_dir = True
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            _warn_unresolvable_links(p)
+            if warn_links:
+                _warn_unresolvable_links(p)
             if not found:
                 raise CSRAError(f"{p}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this directory")
             paths += found
@@ -279,7 +281,7 @@ def run_predict(
         check_lam(lam)
     if temperature is not None or heads is not None:
         resolve_temperatures(math.inf if temperature is None else temperature, heads)
-    expand_images(images)  # missing paths fail before any model is built
+    expand_images(images, warn_links=False)  # missing paths fail before any model is built (links: warned once, below)
     if patched_file is not None:
         if transform != "auto":
             raise CSRAError("transform with --patched: the file stores the preprocessing it was applied with; drop `transform`", param="transform")
