@@ -32,7 +32,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("msgs")
     voc = write_voc(root / "voc", random_voc_annotations(8))
     results = root / "r.json"
-    res = runner.invoke(app, ["sweep", *MODEL, "--dataset", "voc2007", "--data-dir", str(root / "voc"), "--img-size", "64", "--no-bootstrap", "--out", str(results)])
+    res = runner.invoke(
+        app, ["sweep", *MODEL, "--dataset", "voc2007", "--data-dir", str(root / "voc"), "--img-size", "64", "--no-bootstrap", "--out", str(results)]
+    )
     assert res.exit_code == 0, res.output
     patched = root / "p.safetensors"
     res = runner.invoke(app, ["apply", *MODEL, "--lam", "0.1", "--img-size", "64", "--out", str(patched)])
@@ -81,9 +83,11 @@ def test_a_bad_train_labels_file_is_named_as_train_labels(tmp_path: Path) -> Non
 
 
 def test_no_python_parameter_name_reaches_the_cli(files, tmp_path: Path) -> None:
-    missing = tmp_path / "missing"
+    missing, empty = tmp_path / "missing", tmp_path / "empty"
+    empty.mkdir()
     invocations = [
         ["sweep", *MODEL, "--dataset", "coco2014", "--data-dir", str(missing)],
+        ["sweep", *MODEL, "--dataset", "coco2014", "--data-dir", str(empty)],  # was "data_dir ...: no annotations/..."
         ["sweep", *MODEL, "--dataset", "voc2007", "--data-dir", str(files["voc"]), "--head", "probe", "--ann-file", str(files["results"])],
         ["apply", *MODEL, "--from-results", str(files["results"]), "--lam", "0.1", "--out", str(tmp_path / "p.safetensors")],
         ["apply", *MODEL, "--from-results", str(missing), "--out", str(tmp_path / "p.safetensors")],
@@ -117,7 +121,23 @@ def test_coco_file_name_outside_the_image_folder_is_refused(tmp_path: Path) -> N
 def test_quiet_keeps_the_warning_that_the_cache_is_off(files, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    res = runner.invoke(app, ["sweep", *MODEL, "--dataset", "voc2007", "--data-dir", str(files["voc"]), "--img-size", "64", "--no-bootstrap", "--quiet", "--cache-dir", str(blocker / "cache")])
+    res = runner.invoke(
+        app,
+        [
+            "sweep",
+            *MODEL,
+            "--dataset",
+            "voc2007",
+            "--data-dir",
+            str(files["voc"]),
+            "--img-size",
+            "64",
+            "--no-bootstrap",
+            "--quiet",
+            "--cache-dir",
+            str(blocker / "cache"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "warning:" in res.output and "going on without caching" in res.output
     assert "baseline" in res.output  # the table: a result, not chatter
@@ -137,7 +157,7 @@ def test_a_symlink_loop_in_a_predicted_folder_is_said(files, tmp_path: Path) -> 
 
 def test_bad_preprocessing_in_a_patched_file_is_one_error_naming_it(files, tmp_path: Path) -> None:
     with safe_open(str(files["patched"]), framework="pt") as fh:
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is no dict)
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         config = json.loads(fh.metadata()[CONFIG_KEY])
     config["preprocessing"]["mean"] = [0.5, 0.5]  # two channels for an RGB image
     bad = tmp_path / "bad.safetensors"

@@ -116,3 +116,17 @@ def test_an_error_naming_a_hostile_file_prints_it_as_written(tmp_path: Path) -> 
     assert res.exit_code == 2
     text = _visible(res.output)
     assert f"[link=x]{STYLE}{SHOWN[1]}.jpg" in text.replace("\n", "")
+
+
+def test_real_weights_on_a_real_photo_with_a_markup_file_name(tmp_path: Path) -> None:
+    """efficientnet_lite0's packaged ImageNet weights on skimage's astronaut saved as ``[bold red]cat[-].jpg``:
+    the name prints as written, the real top class beside it."""
+    skdata = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    image = tmp_path / f"{STYLE}.jpg"
+    Image.fromarray(skdata.astronaut()).save(image)
+    res = _invoke(["predict", "--model", "efficientnet_lite0", "--pretrained", str(image), "--top-k", "3", "--threshold", "0", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    text = _visible(res.output)
+    assert f"{STYLE}.jpg" in text
