@@ -185,7 +185,7 @@ def predict_images(
     dev = resolve_device(device)
     patched = patched.to(dev).eval()
     out: list[dict[str, Any]] = [{} for _ in paths]
-    bar = progress_bar(console, f"predict {patched.config['model']}", total=len(paths))
+    bar = progress_bar(console, f"predict {safe(patched.config['model'])}", total=len(paths))
     with bar if (any_dir or len(paths) > batch_size) else contextlib.nullcontext(lambda n: None) as advance:
         for start in range(0, len(paths), batch_size):
             chunk = range(start, min(start + batch_size, len(paths)))

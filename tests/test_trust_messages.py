@@ -118,6 +118,16 @@ def test_coco_file_name_outside_the_image_folder_is_refused(tmp_path: Path) -> N
         assert str(ann) in message and f"images[1].file_name {name!r}" in message and "outside the image folder" in message
 
 
+def test_wider_file_name_outside_the_image_folder_is_refused(tmp_path: Path) -> None:
+    from csra_posthoc.testing import write_wider
+
+    target = {"bbox": [1, 1, 5, 5], "attribute": [1] * 14}
+    ann = write_wider(tmp_path / "w", [{"file_name": "a.png", "size": (20, 24), "targets": [target]}, {"file_name": "../../x.png", "targets": [target]}])
+    with pytest.raises(CSRAError) as err:
+        load_dataset("wider", tmp_path / "w")
+    assert str(ann) in str(err.value) and "images[1].file_name '../../x.png'" in str(err.value)
+
+
 def test_quiet_keeps_the_warning_that_the_cache_is_off(files, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
