@@ -30,6 +30,7 @@ from .resolution import (
     weights_source_stamp,
     write_memo,
 )  # fmt: skip
+from .text import safe
 from .uncertainty import assess, max_band
 from .validate import sweep_output_paths, validate_sweep_args
 
@@ -50,7 +51,14 @@ def load_training_split(
     if entry.train_needs_labels:
         if train_labels is None:
             raise CSRAError(f"head='probe' on dataset {dataset} needs train_labels=FILE.csv (the training split)", param="train_labels")
-        train = load_dataset(dataset, data_dir, data, split="train", labels=train_labels)
+        try:
+            train = load_dataset(dataset, data_dir, data, split="train", labels=train_labels)
+        except CSRAError as exc:  # the loader names its `labels`: here that file is train_labels
+            if exc.param != "labels":
+                raise
+            message = str(exc)
+            message = "train_labels" + message[len("labels") :] if message.startswith("labels ") else f"train_labels {train_labels}: {message}"
+            raise CSRAError(message, param="train_labels") from None
     else:
         split = train_split or entry.train_split
         if split is None:
@@ -352,7 +360,7 @@ def run_sweep(
     assess(result, stats, grid, select_stats, bar=bar)
     print_table(console, result, stats, list(grid.metrics))
     if train is not None and grid.select_on == train.split:
-        console.print(f"[yellow]note:[/] λ chosen on {train.split}, the probe's training split: its scores are fitted, the held-out λ may favour it")
+        console.print(f"[yellow]note:[/] λ chosen on {safe(train.split)}, the probe's training split: its scores are fitted, the held-out λ may favour it")
     data_json = results_dict(result, stats, outputs.extra)
     analyse(console, result, stats, grid, analysis, real, data_json)
     if outputs.plot is not None:
@@ -360,11 +368,11 @@ def run_sweep(
 
         title = f"{stats.info.model} on {stats.info.dataset} {stats.info.split} ({stats.num_images} images)"
         plot_lam_curve(result, outputs.plot, band=max_band(result, stats, grid, bar), title=title)
-        console.print(f"wrote {outputs.plot}")
+        console.print(f"wrote {safe(outputs.plot)}", soft_wrap=True)
     if outputs.out is not None:
         write_json(outputs.out, data_json)
-        console.print(f"wrote {outputs.out}")
+        console.print(f"wrote {safe(outputs.out)}", soft_wrap=True)
     if outputs.save_scores_to is not None:
         save_scores(outputs.save_scores_to, result, stats)
-        console.print(f"wrote {outputs.save_scores_to}")
+        console.print(f"wrote {safe(outputs.save_scores_to)}", soft_wrap=True)
     return data_json

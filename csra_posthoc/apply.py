@@ -56,11 +56,27 @@ def read_results(path: str | Path) -> dict[str, Any]:
 def pick_settings(results: dict[str, Any], pick: str, path: str | Path) -> CSRASettings:
     if pick not in PICKS:
         raise CSRAError(f"pick {pick}: choose {', '.join(PICKS)}", param="pick")
+    from .csra_head import resolve_temperatures
+
     row = results.get(PICKS[pick])
+    where = f"from_results {path}: its {PICKS[pick]!r} row"
+    if isinstance(row, dict) and "lam" in row:  # a bad value names the file and its row, not `lam` (the user gave none)
+        value = row["lam"]
+        try:
+            lam = float(value)
+        except (TypeError, ValueError):
+            lam = math.nan
+        if isinstance(value, bool) or not math.isfinite(lam) or lam < 0:
+            raise CSRAError(f"{where} has lam {value!r}: it must be a finite number >= 0", param="from_results")
     try:
-        return CSRASettings.from_row(row)  # type: ignore[arg-type]  # a missing row (None) is the TypeError below
+        settings = CSRASettings.from_row(row)  # type: ignore[arg-type]  # a missing row (None) is the TypeError below
     except (KeyError, TypeError, ValueError) as exc:
-        raise CSRAError(f"from_results {path}: its {PICKS[pick]!r} row is unreadable ({exc})", param="from_results") from None
+        raise CSRAError(f"{where} is unreadable ({exc})", param="from_results") from None
+    try:
+        resolve_temperatures(settings.temperature, settings.heads)
+    except CSRAError as exc:
+        raise CSRAError(f"{where} has an unusable variant ({exc})", param="from_results") from None
+    return settings
 
 
 def check_results_match(results: dict[str, Any], patched_config: dict[str, Any], path: str | Path) -> None:
@@ -217,17 +233,18 @@ def print_apply_summary(console: Console, patched, report, identity: float) -> N
     from rich.table import Table
 
     from .data.transforms import describe_transform
+    from .text import safe
 
     cfg = patched.config
-    table = Table(title=f"patched {cfg['model']} -> {report.path}", title_justify="left", show_header=False)
+    table = Table(title=f"patched {safe(cfg['model'])} -> {safe(report.path)}", title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value")
     temps = ", ".join(str(t) for t in cfg["temperatures"])
-    table.add_row("score", f"mean + {cfg['lam']:g} * {cfg['variant']} (temperatures {temps})")
-    table.add_row("head", f"{cfg['head_description']} ({cfg['num_classes']} classes)")
-    table.add_row("weights", f"{cfg['weights']} ({cfg['weights_fingerprint'][:12]})")
+    table.add_row("score", f"mean + {cfg['lam']:g} * {safe(cfg['variant'])} (temperatures {safe(temps)})")
+    table.add_row("head", f"{safe(cfg['head_description'])} ({cfg['num_classes']} classes)")
+    table.add_row("weights", f"{safe(cfg['weights'])} ({safe(cfg['weights_fingerprint'][:12])})")
     table.add_row("input", f"(B, 3, {cfg['preprocessing']['size']}, {cfg['preprocessing']['size']}) normalised float32")
-    table.add_row("preprocessing", describe_transform(cfg["preprocessing"]))
+    table.add_row("preprocessing", safe(describe_transform(cfg["preprocessing"])))
     table.add_row("format", f"{report.format} ({report.seconds:.1f} s)")
     table.add_row("check", f"reloaded file vs eager, batch 3: max abs diff {report.max_abs_diff:.2e}")
     if cfg["head"] != "model":
@@ -239,5 +256,5 @@ def print_apply_summary(console: Console, patched, report, identity: float) -> N
     table.add_row("identity", f"lam 0 vs {source}: max abs diff {identity:.2e}")
     if cfg.get("from_results"):
         fr = cfg["from_results"]
-        table.add_row("settings from", f"{fr['path']} ({fr['pick']}, measured on {fr['dataset']} {fr['split']})")
+        table.add_row("settings from", safe(f"{fr['path']} ({fr['pick']}, measured on {fr['dataset']} {fr['split']})"))
     console.print(table)

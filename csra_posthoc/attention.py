@@ -18,6 +18,7 @@ import torch
 from rich.console import Console
 
 from .errors import CSRAError, first_line
+from .text import safe
 
 
 @dataclass
@@ -117,8 +118,8 @@ def run_attention(
     title = f"{Path(image).name}: {cfg['model']}, mean + {cfg['lam']:g} * {cfg['variant']}"
     plot_attention(result.image, result.maps, result.names, result.baseline, result.patched, out, title=title)
     for name, b, s in zip(result.names, result.baseline, result.patched, strict=True):
-        console.print(f"{name}: baseline {b:.3f}, CSRA {s:.3f}")
-    console.print(f"wrote {out}")
+        console.print(f"{safe(name)}: baseline {b:.3f}, CSRA {s:.3f}", soft_wrap=True)
+    console.print(f"wrote {safe(out)}", soft_wrap=True)
     return result
 
 

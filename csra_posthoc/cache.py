@@ -31,6 +31,7 @@ from .atomic import atomic_write, remove_stale_temps
 from .class_statistics import ClassStatistics, StatisticsInfo
 from .errors import CSRAError, first_line
 from .log import say
+from .text import safe
 
 CACHE_FORMAT = 1  # enters every cache key (bump it to re-key every entry)
 CACHE_VERSION = 2  # the file layout, stored in each file and checked on reading (1: files without the field)
@@ -228,7 +229,7 @@ def usable_cache_dir(cache_dir: Path, console: Console | None) -> bool:
     problem = open_cache_dir(cache_dir)
     if problem is not None and str(cache_dir) not in _warned_cache_dirs:
         _warned_cache_dirs.add(str(cache_dir))
-        say(console, f"[yellow]warning:[/] cache dir {cache_dir} is not writable ({problem}): going on without caching", logging.WARNING)
+        say(console, f"[yellow]warning:[/] cache dir {safe(cache_dir)} is not writable ({safe(problem)}): going on without caching", logging.WARNING)
     return problem is None
 
 
@@ -264,7 +265,7 @@ def cached(
         return CacheOutcome(compute(), None, False)
 
     def waiting(lock: Path) -> None:
-        say(console, f"[yellow]waiting for another run {waiting_for}[/] (lock {lock})")
+        say(console, f"[yellow]waiting for another run {safe(waiting_for)}[/] (lock {safe(lock)})")
 
     with key_lock(path, waiting):
         if not recompute and path.is_file():
@@ -273,6 +274,10 @@ def cached(
         try:
             save(value, path)
         except OSError as exc:
-            say(console, f"[yellow]warning:[/] could not write the {file_label} {path} ({first_line(exc, 120)}): going on without caching", logging.WARNING)
+            say(
+                console,
+                f"[yellow]warning:[/] could not write the {file_label} {safe(path)} ({safe(first_line(exc, 120))}): going on without caching",
+                logging.WARNING,
+            )
             return CacheOutcome(value, None, False)
     return CacheOutcome(value, path, False)

@@ -98,12 +98,11 @@ def run_cli(fn, *args, distributed_device: str | None = None, **kwargs):
         with distributed(distributed_device):
             return fn(*args, **kwargs)
     except CSRAError as exc:
-        from rich.markup import escape
-
         from .flags import cli_message
+        from .text import safe
 
         if not _launched() or _should_print(exc):
-            err.print(f"[bold red]error:[/] {escape(cli_message(str(exc), exc.param))}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {safe(cli_message(str(exc), exc.param))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         if main:
@@ -430,10 +429,12 @@ def predict_cmd(
             compare=compare,
             json_out=json_out,
         )
+        from .text import safe
+
         failed = [r for r in results if "error" in r]
         if failed:
             err.print(
-                f"[bold red]error:[/] {len(failed)} of {len(results)} images could not be decoded (first: {failed[0]['image']}); the others were predicted",
+                f"[bold red]error:[/] {len(failed)} of {len(results)} images could not be decoded (first: {safe(failed[0]['image'])}); the others were predicted",
                 highlight=False,
                 soft_wrap=True,
             )

@@ -17,8 +17,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .errors import CSRAError
+from .text import plain, safe
 
 SCHEMA = 1
 REQUIRED = ("model", "dataset", "primary_metric", "baseline", "best", "fixed")
@@ -177,7 +179,7 @@ def print_compare(console: Console, rows: Sequence[CompareRow]) -> None:
     for col in COLUMNS:
         table.add_column(col, justify="left" if col in ("model", "dataset", "metric") else "right")
     for row in rows:
-        table.add_row(*table_cells(row))
+        table.add_row(*(Text(plain(cell)) for cell in table_cells(row)))
     console.print(table)
     console.print("best λ is chosen on the evaluated images themselves (optimistic, as in the paper); held-out chooses it elsewhere")
 
@@ -270,5 +272,5 @@ def run_compare(
                 Path(tmp).write_text(text, encoding="utf-8")
 
             atomic_write(Path(out), write)
-            console.print(f"wrote {out}")
+            console.print(f"wrote {safe(out)}", soft_wrap=True)
     return rows

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -39,6 +39,7 @@ from .errors import CSRAError, first_line
 TIMEOUT_ENV = "CSRA_POSTHOC_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0  # long enough for a slow rank's last batch, short enough that a hang is noticed
 _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+CSRAErrorT = TypeVar("CSRAErrorT", bound=CSRAError)
 
 
 class RankFailed(CSRAError):
@@ -127,10 +128,12 @@ def rank_device(device: str | torch.device, local_rank: int) -> torch.device:
         if not torch.cuda.is_available():
             raise CSRAError(f"device {device}: CUDA is not available here; use device cpu or auto", param="device")
         if local_rank >= torch.cuda.device_count():
-            raise CSRAError(
-                f"device cuda: LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} GPUs; "
-                "launch at most one process per GPU (torchrun --nproc-per-node)",
-                param="device",
+            raise rank_specific(
+                CSRAError(
+                    f"device cuda: LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} GPUs; "
+                    "launch at most one process per GPU (torchrun --nproc-per-node)",
+                    param="device",
+                )
             )
         return torch.device("cuda", local_rank)
     if dev.startswith("cuda:"):
@@ -178,9 +181,11 @@ def distributed(device: str | torch.device = "auto", timeout_s: float | None = N
     try:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout), **kwargs)
     except (RuntimeError, ValueError) as exc:
-        raise CSRAError(
-            f"rank {ctx.rank}: could not join the other {ctx.world_size - 1} ranks within {timeout:g} s "
-            f"({first_line(exc, 120)}); check MASTER_ADDR/MASTER_PORT or the torchrun rendezvous flags"
+        raise rank_specific(
+            CSRAError(
+                f"rank {ctx.rank}: could not join the other {ctx.world_size - 1} ranks within {timeout:g} s "
+                f"({first_line(exc, 120)}); check MASTER_ADDR/MASTER_PORT or the torchrun rendezvous flags"
+            )
         ) from None
     try:
         yield ctx
@@ -218,10 +223,19 @@ def main_console(console: Console | None = None) -> Console:
     return Console(file=io.StringIO(), quiet=True)
 
 
+def rank_specific(exc: CSRAErrorT) -> CSRAErrorT:
+    """Mark ``exc`` as this rank's own (lost contact, could not join, no GPU for its LOCAL_RANK):
+    the other ranks do not share it, so every rank that has one prints it."""
+    exc.rank_specific = True  # type: ignore[attr-defined]
+    return exc
+
+
 def should_print_error(exc: BaseException) -> bool:
-    """Whether this rank prints ``exc``: rank 0 prints everything; the others only their own
-    errors, not the :class:`RankFailed` that rank 0 already prints for all."""
-    return is_main_process() or not isinstance(exc, RankFailed)
+    """Whether this rank prints ``exc``: rank 0 prints everything; the others only errors marked
+    :func:`rank_specific`. Any other error is one every rank shares (the same arguments, files and
+    data on each; a failure inside a stage arrives as the same :class:`RankFailed` on all), so
+    rank 0's line says it once instead of once per rank."""
+    return is_main_process() or bool(getattr(exc, "rank_specific", False))
 
 
 # --------------------------------------------------------------------------- sharding
@@ -455,9 +469,11 @@ def _collective(stage_name: str, ctx: DistContext, fn, *args, **kwargs) -> Any:
     try:
         return fn(*args, **kwargs)
     except RuntimeError as exc:  # DistBackendError, gloo's timeout / connection errors
-        raise CSRAError(
-            f"rank {ctx.rank}: lost the other ranks at '{stage_name}' (one died, hung, or took longer than "
-            f"{ctx.timeout_s:g} s; raise {TIMEOUT_ENV} if it is merely slow): {_backend_line(exc)}"
+        raise rank_specific(
+            CSRAError(
+                f"rank {ctx.rank}: lost the other ranks at '{stage_name}' (one died, hung, or took longer than "
+                f"{ctx.timeout_s:g} s; raise {TIMEOUT_ENV} if it is merely slow): {_backend_line(exc)}"
+            )
         ) from None
 
 
@@ -492,7 +508,7 @@ def check_status(stage_name: str, ctx: DistContext, error: BaseException | None 
         _collective(stage_name, ctx, dist.all_reduce, flags)
     except CSRAError:
         if error is not None:  # its own failure says more than "lost the others"
-            raise error from None
+            raise (rank_specific(error) if isinstance(error, CSRAError) else error) from None
         raise
     failed = [r for r, f in enumerate(flags.tolist()) if f]
     if not failed:

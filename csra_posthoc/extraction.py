@@ -49,6 +49,7 @@ from .machine import available_cores, other_processes_load
 from .options import ExtractOptions, amp_precision
 from .progress import progress_bar
 from .scoring import CACHED_TEMPERATURES, location_statistics
+from .text import safe
 
 
 def resolve_device(device: str) -> torch.device:
@@ -286,16 +287,16 @@ def backbone_batches(
     part = shard_for(ctx, len(images), align=fp.options.batch_size) if ctx.active else Shard(0, 1, 0, len(images), len(images))
     dtype = amp_dtype(opts, device)
     amp_ctx = torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
-    label = description if not ctx.active else f"{description} [rank 0 of {ctx.world_size}]"
+    label = safe(description) if not ctx.active else f"{safe(description)} ({ctx.world_size} ranks)"
     run = forward or (torch.compile(adapter.forward_backbone, dynamic=False) if opts.compile else adapter.forward_backbone)
     with (
         torch_threads(fp.threads),
         on_device(adapter, device),
         weights_channels_last(adapter, fp.channels_last and forward is None),
-        progress_bar(fp.console, label, total=part.count) as advance,
+        progress_bar(fp.console, label, total=part.total) as advance,  # the whole split: rank 0 counts every rank's images
     ):
         batches = input_batches(fp, images, part.indices if ctx.active else None)
-        for _ in range(lockstep_steps(part, opts.batch_size)):
+        for step in range(lockstep_steps(part, opts.batch_size)):
             error: Exception | None = None
             try:
                 batch = next(batches, None)  # None: this rank's shard is done (it is one image short)
@@ -314,10 +315,13 @@ def backbone_batches(
                             param="img_size",
                         ) from None
                     yield index, out.float() if isinstance(out, torch.Tensor) else out
-                    advance(len(index))
+                    if not ctx.active:
+                        advance(len(index))
             except Exception as exc:
                 error = exc
             check_status(stage_name, ctx, error)  # single process: re-raises ``error`` as is
+            if ctx.active:  # every rank finished this step: its images on all of them
+                advance(sum(min(opts.batch_size, max(0, size - step * opts.batch_size)) for size in part.sizes))
 
 
 def for_each_batch(batches: Generator[tuple[torch.Tensor, torch.Tensor], None, None], fn: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
@@ -514,7 +518,7 @@ def read_cached_statistics(
     stats = load_statistics(path, key=key, ids=list(images.ids))
     stats.info.weights_fingerprint = stats.info.weights_fingerprint or fingerprints[0]
     stats.info.head_fingerprint = stats.info.head_fingerprint or fingerprints[1]
-    say(console, f"[green]reused cache[/] {path} (no forward pass{'' if model_built else ', no model built'})")
+    say(console, f"[green]reused cache[/] {safe(path)} (no forward pass{'' if model_built else ', no model built'})")
     stats.info.cache = CacheInfo(str(path), reused=True, images_key=images_key_name(verify_images))
     return stats
 
@@ -562,5 +566,7 @@ def _compute(fp: ForwardPass, images: LabelledImages, key: str, head_fingerprint
         cache_dtype=opts.cache_dtype,
     )
     source = "model's logits" if adapter.info.baseline_source == "model_logits" else "model's own logits (patch-average baseline, not enforced)"
-    say(fp.console, f"identity: max |mean_k s - logits| = {max_diff:.2e} ({rel_diff:.2e} of the logits' scale) vs {source}")
+    ranks = (ctx or current()).world_size
+    over = f", max over {ranks} ranks" if ranks > 1 else ""
+    say(fp.console, f"identity: max |mean_k s - logits| = {max_diff:.2e} ({rel_diff:.2e} of the logits' scale{over}) vs {source}")
     return stats

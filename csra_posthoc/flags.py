@@ -98,6 +98,8 @@ FLAGS: dict[str, str] = {
 }
 
 _QUOTED = re.compile(r"`([a-z_]+)`")  # a parameter named mid-message: `skip_missing`
+# names with an underscore are no English words: every bare one outside a path or identifier is a parameter
+_BARE = re.compile(r"(?<![\w\-/.\\'\"])(" + "|".join(sorted((re.escape(k) for k in FLAGS if "_" in k), key=len, reverse=True)) + r")(?![\w\-/'\"])")
 _ASSIGNMENT = re.compile(r"(?<![\w-])([a-z_]+)=('[^']*'|\"[^\"]*\"|[^\s,;:)]+)")
 
 
@@ -115,4 +117,6 @@ def cli_message(message: str, param: str | None) -> str:
         return FLAGS[name] if value == "True" else f"{FLAGS[name]} {value}"
 
     message = _ASSIGNMENT.sub(flag, message)
-    return _QUOTED.sub(lambda m: FLAGS.get(m.group(1), m.group(0)), message)
+    message = _QUOTED.sub(lambda m: FLAGS.get(m.group(1), m.group(0)), message)
+    # a Python parameter named bare (`from_results FILE: ...`, "under data_dir") never reaches the CLI
+    return _BARE.sub(lambda m: FLAGS[m.group(1)], message)

@@ -20,12 +20,14 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import CSRAError, first_line
+from .text import safe
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-def expand_images(inputs: Sequence[str | Path]) -> tuple[list[Path], bool]:
-    """Files as given, directories as their image files (recursive, sorted); True if a directory was given."""
+def expand_images(inputs: Sequence[str | Path], warn_links: bool = True) -> tuple[list[Path], bool]:
+    """Files as given, directories as their image files (recursive, sorted); True if a directory was given.
+    ``warn_links``: a warning per link in a directory that leads nowhere (a loop, a broken image link)."""
     paths: list[Path] = []
     any_dir = False
     for item in inputs:
@@ -33,6 +35,8 @@ def expand_images(inputs: Sequence[str | Path]) -> tuple[list[Path], bool]:
         if p.is_dir():
             any_dir = True
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if warn_links:
+                _warn_unresolvable_links(p)
             if not found:
                 raise CSRAError(f"{p}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this directory")
             paths += found
@@ -43,6 +47,48 @@ def expand_images(inputs: Sequence[str | Path]) -> tuple[list[Path], bool]:
     if not paths:
         raise CSRAError("predict: give at least one image file or directory")
     return paths, any_dir
+
+
+def _warn_unresolvable_links(folder: Path) -> None:
+    """One warning line per link in ``folder`` that leads nowhere (a loop, or a broken image link):
+    skipped, but said, not silently."""
+    import errno
+    import logging
+
+    from rich.console import Console
+
+    from .log import say
+
+    for f in sorted(folder.rglob("*")):
+        if not f.is_symlink() or f.exists():
+            continue
+        try:
+            f.resolve(strict=True)
+            problem = "cannot be followed"
+        except RuntimeError:  # Python < 3.13: "Symlink loop from ..."
+            problem = "is a symlink loop"
+        except OSError as exc:
+            problem = "is a symlink loop" if exc.errno == errno.ELOOP else "is a broken link"
+        if problem != "is a broken link" or f.suffix.lower() in IMAGE_SUFFIXES:
+            say(Console(stderr=True), f"[yellow]warning:[/] {safe(f)} {problem}: skipped", logging.WARNING)
+
+
+def usable_transform(desc: Any, where: str) -> Any:
+    """The transform a config's ``preprocessing`` describes, tried once on a small image: a bad
+    description is one error naming the config, not a "cannot decode image" per image."""
+    from PIL import Image
+
+    from .data.transforms import build_transform
+
+    try:
+        transform = build_transform(desc)
+        x = transform(Image.new("RGB", (37, 29), (128, 64, 32)))
+        size = desc["size"]
+        if not isinstance(x, torch.Tensor) or tuple(x.shape) != (3, size, size) or not bool(torch.isfinite(x).all()):
+            raise ValueError(f"it makes a {tuple(getattr(x, 'shape', ()))} input, not a finite (3, {size}, {size}) one")
+    except Exception as exc:
+        raise CSRAError(f"{where}: its preprocessing {desc!r} is unusable ({first_line(exc, 120)})", param="patched_file") from None
+    return transform
 
 
 def class_names(num_classes: int, given: Sequence[str] | None = None) -> list[str]:
@@ -134,13 +180,12 @@ def predict_images(
     check_predict_args(threshold, top_k, batch_size)
     paths, any_dir = expand_images(images)
     names = class_names(patched.num_classes, classes if classes is not None else patched.classes)
-    from .data.transforms import build_transform
 
-    transform = build_transform(patched.config["preprocessing"])
+    transform = usable_transform(patched.config.get("preprocessing"), "the patched model's config")
     dev = resolve_device(device)
     patched = patched.to(dev).eval()
     out: list[dict[str, Any]] = [{} for _ in paths]
-    bar = progress_bar(console, f"predict {patched.config['model']}", total=len(paths))
+    bar = progress_bar(console, f"predict {safe(patched.config['model'])}", total=len(paths))
     with bar if (any_dir or len(paths) > batch_size) else contextlib.nullcontext(lambda n: None) as advance:
         for start in range(0, len(paths), batch_size):
             chunk = range(start, min(start + batch_size, len(paths)))
@@ -169,28 +214,28 @@ def print_predictions(console: Console, results: list[dict[str, Any]], compare: 
         table.add_column("predicted classes")
         for r in results:
             if "error" in r:
-                table.add_row(Path(r["image"]).name, f"[red]{r['error']}[/]")
+                table.add_row(safe(Path(r["image"]).name), f"[red]{safe(r['error'])}[/]")
                 continue
             text = (
                 "\n".join(
-                    f"{p['class']}  {p['score']:.3f}" + ("" if p["baseline_score"] is None else f" ({p['baseline_score']:.3f})") for p in r["predictions"]
+                    f"{safe(p['class'])}  {p['score']:.3f}" + ("" if p["baseline_score"] is None else f" ({p['baseline_score']:.3f})") for p in r["predictions"]
                 )
                 or "[dim](none above threshold)[/]"
             )
-            table.add_row(Path(r["image"]).name, text)
+            table.add_row(safe(Path(r["image"]).name), text)
         console.print(table)
         return
     for r in results:
         if "error" in r:
-            console.print(f"[red]{r['image']}: {r['error']}[/]")
+            console.print(f"[red]{safe(r['image'])}: {safe(r['error'])}[/]", soft_wrap=True)
             continue
-        table = Table(title=f"{r['image']}  (top-{top_k}: baseline λ=0 vs patched)", title_justify="left")
+        table = Table(title=f"{safe(r['image'])}  (top-{top_k}: baseline λ=0 vs patched)", title_justify="left")
         for col in ("class", "baseline rank", "baseline score", "patched rank", "patched score", ""):
             table.add_column(col, justify="left" if col == "class" else "right")
         for p in sorted(r["top_k"], key=lambda p: p["rank"]):
             name = p["class"]
             mark = "[green]moved in[/]" if name in r["moved_in"] else ("[red]moved out[/]" if name in r["moved_out"] else "")
-            table.add_row(name, str(p["baseline_rank"]), f"{p['baseline_score']:.3f}", str(p["rank"]), f"{p['score']:.3f}", mark)
+            table.add_row(safe(name), str(p["baseline_rank"]), f"{p['baseline_score']:.3f}", str(p["rank"]), f"{p['score']:.3f}", mark)
         console.print(table)
 
 
@@ -237,13 +282,14 @@ def run_predict(
         check_lam(lam)
     if temperature is not None or heads is not None:
         resolve_temperatures(math.inf if temperature is None else temperature, heads)
-    image_files, _ = expand_images(images)  # missing paths fail before any model is built
+    image_files, _ = expand_images(images, warn_links=False)  # missing paths fail before any model is built (links: warned once, below)
     inputs = {"images": image_files, "checkpoint": checkpoint, "patched_file": patched_file, "head_file": head_file}
     check_outputs({"json_out": json_out}, inputs)  # README: Outputs (a writable folder, not an input, .json)
     if patched_file is not None:
         if transform != "auto":
             raise CSRAError("transform with --patched: the file stores the preprocessing it was applied with; drop `transform`", param="transform")
         patched = load_patched_for_predict(patched_file, model, checkpoint, pretrained, random_init, head_file, img_size)
+        usable_transform(patched.config.get("preprocessing"), f"patched_file {patched_file}: its config")
         if not isinstance(patched, PatchedModel) and (compare or lam is not None or temperature is not None or heads is not None):
             raise CSRAError(
                 f"patched_file {patched_file}: an exported {patched.format} file has lam fixed and no baseline; "
@@ -252,7 +298,7 @@ def run_predict(
             )
         if lam is not None or temperature is not None or heads is not None:  # the file's classifier, other settings
             patched.set_settings(lam, temperature, heads)
-            console.print(f"[yellow]note:[/] settings of {patched_file} overridden: {patched.head.extra_repr()}")
+            console.print(f"[yellow]note:[/] settings of {safe(patched_file)} overridden: {safe(patched.head.extra_repr())}")
     else:
         if model is None:
             raise CSRAError("predict needs `model` with `checkpoint` / `pretrained`, or `patched_file` (a .safetensors file)", param="model")
@@ -262,11 +308,11 @@ def run_predict(
     )
     cfg = patched.config
     temps = ", ".join(str(t) for t in cfg["temperatures"])
-    console.print(f"{cfg['model']}: mean + {cfg['lam']:g} * {cfg['variant']} (temperatures {temps}); head: {cfg['head_description']}")
+    console.print(f"{safe(cfg['model'])}: mean + {cfg['lam']:g} * {safe(cfg['variant'])} (temperatures {safe(temps)}); head: {safe(cfg['head_description'])}")
     print_predictions(console, results, compare, top_k)
     if json_out is not None:
         write_json(json_out, results)
-        console.print(f"wrote {json_out}")
+        console.print(f"wrote {safe(json_out)}")
     return results
 
 

@@ -35,6 +35,7 @@ from .extraction import ForwardPass, backbone_batches, for_each_batch, forward_p
 from .location_head import LocationHead
 from .log import output_console, say
 from .options import ExtractOptions, amp_precision
+from .text import safe
 
 PROBE_FORMAT = 1
 
@@ -226,7 +227,7 @@ def fit_probe(
 
     def reuse(path: Path) -> tuple[LocationHead, ProbeInfo]:
         fitted = _load_cached_head(path)
-        say(out, f"[green]reused probe[/] {path}")
+        say(out, f"[green]reused probe[/] {safe(path)}")
         return fitted
 
     path = resolve_cache_dir(opts.cache_dir) / f"probe-{key}.safetensors"
@@ -248,10 +249,10 @@ def fit_probe(
     unfitted = ""
     if info.skipped_classes:
         unfitted = f"probe: no positive (or no negative) in {train.split} for {', '.join(info.skipped_classes)}: not fitted"
-        say(out, f"[yellow]{unfitted}[/]", logging.WARNING)
+        say(out, f"[yellow]{safe(unfitted)}[/]", logging.WARNING)
     if save_head_to is not None and ctx.is_main:  # every rank holds the same head: rank 0 writes it
         save_head(head, save_head_to, {"probe": asdict(info), "model": adapter.info.name})
-        say(out, f"wrote head {save_head_to}")
+        say(out, f"wrote head {safe(save_head_to)}")
     base = adapter.info
     probe_info = AdapterInfo(
         name=base.name,

@@ -15,6 +15,7 @@ from .atomic import atomic_write
 from .class_statistics import ClassStatistics
 from .data.transforms import describe_transform
 from .lam_sweep import SweepResult, SweepRow, row_scores
+from .text import safe
 
 if TYPE_CHECKING:
     from .selection import HeldOut
@@ -123,10 +124,10 @@ def _print_honesty_notes(console: Console, result: SweepResult) -> None:
                 "its score is the mean of the halves' scores, so compare its Δ)"
             )
         else:
-            how = f"chosen on split {held.select_on} and scored on this one"
+            how = f"chosen on split {safe(held.select_on)} and scored on this one"
         console.print(f"optimistic: λ chosen on the scored images themselves (the paper's 'varying λ'); held-out: {how}", soft_wrap=True)
     for note in result.uncertainty_notes:
-        console.print(f"note: {note}", soft_wrap=True)
+        console.print(f"note: {safe(note)}", soft_wrap=True)
     if result.bootstrap is not None:
         console.print(
             f"95 % CI: paired bootstrap over images ({result.bootstrap_n} resamples, seed {result.bootstrap_seed}); n.s.: the interval contains 0",
@@ -171,7 +172,7 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
     metrics = [m for m in dict.fromkeys(metrics) if m != p]
     base = result.baseline.metrics[p]
     table = Table(
-        title=f"{info.model} on {info.dataset} {info.split} ({stats.num_images} images)",
+        title=f"{safe(info.model)} on {safe(info.dataset)} {safe(info.split)} ({stats.num_images} images)",
         title_justify="left",
     )
     table.add_column("setting")
@@ -193,7 +194,7 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
     for label, row, variant, name in rows:
         table.add_row(
             label,
-            variant or row.variant.label,
+            safe(variant or row.variant.label),
             f"{row.lam:g}",
             f"{row.metrics[p]:.2f}",
             "" if row is result.baseline else _delta(row.metrics[p], base),
@@ -204,8 +205,8 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
         if name == "best" and held is not None:  # the honest figure right under the optimistic one
             held_variant, held_lam = _held_out_setting(held)
             table.add_row(
-                f"held-out λ ({held.select_on})",
-                held_variant,
+                f"held-out λ ({safe(held.select_on)})",
+                safe(held_variant),
                 held_lam,
                 f"{held.score:.2f}",
                 _delta(held.score, held.score - held.delta),
@@ -227,23 +228,23 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
             f"{own.get(p, float('nan')):.2f} {p} (max abs diff to patch average {diff:.2e})"
         )
     if result.excluded_classes:
-        console.print(f"[yellow]left out of mAP (no positive):[/] {', '.join(result.excluded_classes)}")
+        console.print(f"[yellow]left out of mAP (no positive):[/] {safe(', '.join(result.excluded_classes))}")
     if result.all_positive_classes:
         without = result.mAP_without_all_positive or {}
         figures = ", ".join(
             f"{label} {without[k]:.2f}" for k, label in (("baseline", "baseline"), ("best", "best λ"), ("fixed", "fixed λ")) if without.get(k) is not None
         )
         console.print(
-            f"[yellow]positive in every image (AP is 100 whatever the scores):[/] {', '.join(result.all_positive_classes)}; "
+            f"[yellow]positive in every image (AP is 100 whatever the scores):[/] {safe(', '.join(result.all_positive_classes))}; "
             f"mAP without them: {figures or 'no class left'}",
             soft_wrap=True,
         )
-    console.print(f"head: {info.head}; weights: {info.weights}")
-    console.print(f"transform: {describe_transform(info.transform)}")
+    console.print(f"head: {safe(info.head)}; weights: {safe(info.weights)}", soft_wrap=True)
+    console.print(f"transform: {safe(describe_transform(info.transform))}", soft_wrap=True)
     images_key = info.cache.images_key
     if images_key == "size+mtime":
         console.print("cache key: image files by size+mtime (--verify-images hashes their contents)")
     elif images_key:
-        console.print(f"cache key: image files by {images_key}")
+        console.print(f"cache key: image files by {safe(images_key)}")
     for note in [*info.data_notes, *info.notes]:
-        console.print(f"note: {note}")
+        console.print(f"note: {safe(note)}", soft_wrap=True)

@@ -130,7 +130,8 @@ def test_other_ranks_print_nothing_but_their_own_errors(monkeypatch: pytest.Monk
     silent.print("a table")
     assert silent is not console and silent.file.getvalue() == ""  # type: ignore[attr-defined]
     assert not D.should_print_error(D.RankFailed("rank 0 failed at 'x': y", [0]))
-    assert D.should_print_error(CSRAError("its own failure"))
+    assert not D.should_print_error(CSRAError("the same arguments, the same refusal on every rank"))  # rank 0 says it
+    assert D.should_print_error(D.rank_specific(CSRAError("rank 1: lost the other ranks")))
 
 
 # ------------------------------------------------------------------ two gloo ranks
@@ -178,8 +179,9 @@ def test_ranks_with_different_arguments_are_refused_on_every_rank(tmp_path: Path
     assert codes == [2, 2]
     errors = _errors(tmp_path)
     assert set(errors) == {0, 1}
-    for kind, printed, _, message in errors.values():
-        assert kind == "CSRAError" and printed == "True"
+    assert [errors[r][1] for r in (0, 1)] == ["True", "False"]  # the same refusal everywhere: rank 0 says it once
+    for kind, _, _, message in errors.values():
+        assert kind == "CSRAError"
         assert message == (
             "ranks were launched with different arguments: rank 1 differs from rank 0 (img_size: 64 vs 96); launch every rank with the same command line"
         )

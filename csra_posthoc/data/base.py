@@ -140,6 +140,20 @@ def _high_bit_depth_to_rgb(im: Image.Image) -> Image.Image:
     return Image.fromarray(gray).convert("RGB")
 
 
+def inside_image_dir(names: list[str], listed_in: Path, where: str = "images[{i}].file_name") -> None:
+    """Refuse an image name from an annotation file that leaves the image folder: an absolute path
+    or one with a ``..`` part would read a file outside it (a crafted file could point anywhere)."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    for i, name in enumerate(names):
+        parts = {*PurePosixPath(name).parts, *PureWindowsPath(name).parts}
+        if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive or ".." in parts:
+            raise CSRAError(
+                f"{listed_in}: {where.format(i=i)} {name!r} points outside the image folder (absolute or with '..'); "
+                "names in an annotation file must be relative to the image folder"
+            )
+
+
 def existing_files(paths: list[Path], skip_missing: bool, listed_in: Path) -> tuple[list[bool], list[str]]:
     """Which of ``paths`` exist, and the report's note on those skipped (none, or one line);
     a missing one is an error naming it unless ``skip_missing``."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CSRAError
-from .base import LabelledImages, existing_files
+from .base import LabelledImages, existing_files, inside_image_dir
 from .json_files import read_json, require
 
 
@@ -48,6 +48,7 @@ def _index(data: dict, path: Path):
     for i, image in enumerate(data["images"]):
         require(image, "id", f"images[{i}]", path, int)
         require(image, "file_name", f"images[{i}]", path, str)
+    inside_image_dir([image["file_name"] for image in data["images"]], path)
     for i, cat in enumerate(data["categories"]):
         require(cat, "id", f"categories[{i}]", path, int)
         require(cat, "name", f"categories[{i}]", path, str)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import CSRAError
-from .base import Box, LabelledImages, existing_files
+from .base import Box, LabelledImages, existing_files, inside_image_dir
 from .json_files import read_json, require
 
 WIDER_ATTRIBUTES = [
@@ -79,6 +79,7 @@ def load_wider(
     entries = require(data, "images", "the file", ann_path, list)
 
     files = [require(e, "file_name", f"images[{i}]", ann_path, str) for i, e in enumerate(entries)]
+    inside_image_dir(files, ann_path)
     present, missing_notes = existing_files([images_root / f for f in files], skip_missing, ann_path)
     ids, paths, boxes, rows = [], [], [], []
     degenerate, total_boxes, num_attrs = 0, 0, None

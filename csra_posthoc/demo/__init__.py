@@ -20,6 +20,7 @@ from ..errors import CSRAError
 from ..offline_weights import has_offline_weights
 from ..options import AnalysisOptions, DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
 from ..report import report_console, write_json
+from ..text import safe
 from ..validate import validate_sweep_args
 from .mosaics import mosaic_voc_written, write_mosaic_voc
 from .sources import GET_FASHION_MNIST, locate_item_source, read_item_source
@@ -57,12 +58,12 @@ def run_demo(
     source = locate_item_source(data_dir)
     if source.fallback_reason:
         console.print(
-            f"[bold yellow]fell back to scikit-learn's digits:[/] [yellow]{source.fallback_reason}; "
+            f"[bold yellow]fell back to scikit-learn's digits:[/] [yellow]{safe(source.fallback_reason)}; "
             f"for the real demo data run: {GET_FASHION_MNIST} (or pass --data-dir FOLDER)[/]",
             soft_wrap=True,
             highlight=False,
         )
-    console.print(f"demo data: {source.name} from {source.where}")
+    console.print(f"demo data: {safe(source.name)} from {safe(source.where)}", soft_wrap=True)
     root = Path(work_dir) if work_dir else cache_root / "demo-data" / f"{source.name}-s{seed}-n{num_train}-{num_test}-{img_size}"
     voc = mosaic_voc_written(root) or write_mosaic_voc(read_item_source(source), root, num_train, num_test, img_size, seed)
     extra = {
@@ -93,6 +94,6 @@ def run_demo(
     data["demo"]["wall_seconds"] = round(seconds, 1)
     if out is not None:
         write_json(out, data)
-        console.print(f"wrote {out}")
+        console.print(f"wrote {safe(out)}", soft_wrap=True)
     console.print(f"demo finished in {seconds:.0f} s")
     return data
