@@ -400,7 +400,7 @@ def predict_cmd(
 
     def go() -> int:
         from .data import read_classes
-        from .predict import run_predict
+        from .predict import parse_threshold, run_predict
 
         results = run_predict(
             images,
@@ -418,7 +418,7 @@ def predict_cmd(
             img_size=img_size,
             transform=transform,
             classes=read_classes(classes, classes_file),
-            threshold="calibrated" if threshold == "calibrated" else _optional_float("--threshold", threshold),
+            threshold=parse_threshold(threshold),
             top_k=top_k,
             batch_size=batch_size,
             device=device,

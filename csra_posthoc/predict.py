@@ -83,6 +83,16 @@ def check_predict_args(threshold: float | str | None, top_k: int, batch_size: in
         raise CSRAError(f"batch_size {batch_size}: must be >= 1", param="batch_size")
 
 
+def parse_threshold(text: str | None) -> float | Literal["calibrated"] | None:
+    """``--threshold`` as typed: ``calibrated`` or a probability (checked by :func:`check_predict_args`)."""
+    if text is None or text == "calibrated":
+        return text  # type: ignore[return-value]  # None or the literal
+    try:
+        return float(text)
+    except ValueError:
+        raise CSRAError(f"threshold {text!r}: give calibrated or a probability in [0, 1]", param="threshold") from None
+
+
 ThresholdMode = Literal["calibrated", "probability", "rank"]
 
 

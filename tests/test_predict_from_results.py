@@ -218,3 +218,10 @@ def test_patched_config_thresholds_are_used_unless_its_settings_are_overridden(t
     assert other["threshold_mode"] != "calibrated"
     res = runner.invoke(app, ["predict", *args, "--lam", "0.5", "--threshold", "calibrated"])
     assert res.exit_code == 2 and "--threshold" in res.output
+
+
+@pytest.mark.parametrize("value", ["calibratd", "1.5", "nan"])
+def test_threshold_typos_are_refused_in_one_line(tmp_path: Path, value: str) -> None:
+    Image.fromarray(skdata.chelsea()).convert("RGB").save(tmp_path / "chelsea.png")
+    res = runner.invoke(app, ["predict", "--model", "resnet10t", "--random-init", str(tmp_path / "chelsea.png"), "--threshold", value])
+    assert res.exit_code == 2 and "--threshold" in res.output and len(res.output.strip().splitlines()) == 1
