@@ -67,6 +67,7 @@ def _all_scores(entries: list[dict], classes: list[str]) -> dict[str, np.ndarray
     return out
 
 
+@pytest.mark.slow  # real weights and photos: a sweep, then predict
 @pytest.mark.parametrize("pick", ["best", "fixed"])
 def test_from_results_equals_the_sweeps_saved_scores(swept, tmp_path: Path, pick: str) -> None:
     images, results, npz = swept
@@ -84,6 +85,7 @@ def test_from_results_equals_the_sweeps_saved_scores(swept, tmp_path: Path, pick
     assert "1000 classes:" in output
 
 
+@pytest.mark.slow  # real weights and photos: a sweep, then predict
 def test_the_old_default_transform_scored_otherwise(swept, tmp_path: Path) -> None:
     """The bug: predict with the sweep's lam but without the results file centre-crops, so its scores
     are not the sweep's (and it says so: the transform line names the crop)."""
@@ -110,6 +112,7 @@ def _with_thresholds(results: Path, out: Path, values: list[float]) -> Path:
     return out
 
 
+@pytest.mark.slow  # real weights and photos: a sweep, then predict
 def test_calibrated_thresholds_are_the_default_and_applied_per_class(swept, tmp_path: Path) -> None:
     images, results, npz = swept
     arrays = np.load(npz, allow_pickle=False)
@@ -141,6 +144,7 @@ def test_calibrated_thresholds_are_the_default_and_applied_per_class(swept, tmp_
     assert {e["threshold_mode"] for e in entries} == {"probability"}
 
 
+@pytest.mark.slow  # real weights and photos: a sweep, then predict
 def test_single_label_heads_predict_by_rank(swept, tmp_path: Path) -> None:
     images, results, _ = swept
     data = json.loads(results.read_text())
@@ -161,6 +165,7 @@ def test_single_label_heads_predict_by_rank(swept, tmp_path: Path) -> None:
     assert chelsea["predictions"][0]["class"] in {"tabby, tabby cat", "tiger cat", "Persian cat", "Siamese cat, Siamese", "Egyptian cat"}
 
 
+@pytest.mark.slow  # real weights and photos: a sweep, then predict
 @pytest.mark.parametrize(
     ("extra", "flag"),
     [(["--lam", "0.3"], "--lam"), (["--img-size", "128"], "--img-size"), (["--transform", "crop"], "--transform"), (["--classes", "a,b"], "--classes")],
@@ -172,6 +177,7 @@ def test_from_results_refuses_flags_it_sets(swept, extra: list[str], flag: str) 
     assert len(res.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # real weights and photos: a sweep, then predict
 def test_from_results_refuses_other_weights(swept, tmp_path: Path) -> None:
     images, results, _ = swept
     res = runner.invoke(app, ["predict", "--model", "efficientnet_lite0", "--random-init", "--from-results", str(results), str(images)])
