@@ -387,14 +387,25 @@ def predict_cmd(
     random_init: RandomInitOpt = False,
     patched: Optional[Path] = typer.Option(None, "--patched", help="a file written by apply: .safetensors (all options), or .onnx / .pt2 / .ts (scores only)"),
     head_file: HeadFileOpt = None,
+    from_results: Optional[Path] = typer.Option(
+        None, "--from-results", help="a sweep's --out JSON: lam / variant, transform and class names from it (scores as the sweep did)"
+    ),
+    pick: str = typer.Option("best", "--pick", help="--from-results row: best | fixed | best-variant"),
     lam: PatchedLamOpt = None,
     temperature: TemperatureOpt = None,
     heads: HeadsOpt = None,
     img_size: OptionalImgSizeOpt = None,
-    transform: str = typer.Option("auto", "--transform", help="auto | square | crop (not with --patched: the file stores its preprocessing)"),
+    transform: str = typer.Option(
+        "auto", "--transform", help="auto (square for a multi-label probe, else the model's centre crop) | square | crop; not with --patched / --from-results"
+    ),
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
-    threshold: float = typer.Option(0.5, "--threshold", help="predicted: in the top-k and sigmoid(score) >= this (0: the whole top-k)"),
+    threshold: Optional[str] = typer.Option(
+        None,
+        "--threshold",
+        help="calibrated (per-class, from --from-results / --patched; the default there) | a probability on sigmoid(score) "
+        "(default 0.5; 0: the whole top-k); single-label heads: top-k by rank",
+    ),
     top_k: int = typer.Option(5, "--top-k"),
     compare: bool = typer.Option(False, "--compare", help="baseline (lam 0) and patched ranks side by side"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the predictions as JSON"),
@@ -405,7 +416,7 @@ def predict_cmd(
 
     def go() -> int:
         from .data import read_classes
-        from .predict import run_predict
+        from .predict import parse_threshold, run_predict
 
         _classes_file_not_written(classes_file, json_out=json_out)
         results = run_predict(
@@ -416,13 +427,15 @@ def predict_cmd(
             random_init=random_init,
             patched_file=patched,
             head_file=head_file,
+            from_results=from_results,
+            pick=pick,
             lam=_optional_float("--lam", lam),
             temperature=_optional_float("--temperature", temperature),
             heads=heads,
             img_size=img_size,
             transform=transform,
             classes=read_classes(classes, classes_file),
-            threshold=threshold,
+            threshold=parse_threshold(threshold),
             top_k=top_k,
             batch_size=batch_size,
             device=device,

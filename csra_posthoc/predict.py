@@ -2,9 +2,18 @@
 
 One forward pass per image gives both the CSRA scores and the baseline (lam = 0) scores
 (:meth:`PatchedModel.forward_with_baseline`). A class is *predicted* when it is among the ``top_k``
-highest CSRA scores and ``sigmoid(score) >= threshold`` (the multi-label metrics' rule;
-``threshold=0`` keeps the whole top-k). An image that fails to decode is reported by name and the
-others are still predicted.
+highest CSRA scores and passes the threshold rule (:class:`ThresholdRule`):
+
+- ``calibrated``: ``score_c >= thresholds[c]``, per-class thresholds on the raw score scale chosen on
+  the sweep's data (a results file's row, or the patched config); the default when present;
+- ``probability``: ``sigmoid(score) >= threshold`` (a float in [0, 1]; 0 keeps the whole top-k); the
+  default (0.5) for multi-label heads without calibrated thresholds;
+- ``rank``: the top-k, no threshold; the default for single-label heads (a single-label sweep's
+  results, or a model's own softmax head), whose scores are not per-class probabilities.
+
+``from_results`` (a sweep's results JSON) takes lam / variant, the transform and the class names
+from the sweep, so predict scores the images as the sweep did. An image that fails to decode is
+reported by name and the others are still predicted.
 """
 
 from __future__ import annotations
@@ -12,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from rich.console import Console
@@ -106,13 +116,98 @@ def class_names(num_classes: int, given: Sequence[str] | None = None) -> list[st
     return [f"class_{i}" for i in range(num_classes)]
 
 
-def check_predict_args(threshold: float, top_k: int, batch_size: int) -> None:
-    if not (0.0 <= threshold <= 1.0) or math.isnan(threshold):
+def check_predict_args(threshold: float | str | None, top_k: int, batch_size: int) -> None:
+    if isinstance(threshold, str):
+        if threshold != "calibrated":
+            raise CSRAError(f"threshold {threshold}: give calibrated or a probability in [0, 1]", param="threshold")
+    elif threshold is not None and (not (0.0 <= threshold <= 1.0) or math.isnan(threshold)):
         raise CSRAError(f"threshold {threshold}: must be a probability in [0, 1] (applied to sigmoid(score))", param="threshold")
     if top_k < 1:
         raise CSRAError(f"top_k {top_k}: must be >= 1", param="top_k")
     if batch_size < 1:
         raise CSRAError(f"batch_size {batch_size}: must be >= 1", param="batch_size")
+
+
+def parse_threshold(text: str | None) -> float | Literal["calibrated"] | None:
+    """``--threshold`` as typed: ``calibrated`` or a probability (checked by :func:`check_predict_args`)."""
+    if text is None or text == "calibrated":
+        return text  # type: ignore[return-value]  # None or the literal
+    try:
+        return float(text)
+    except ValueError:
+        raise CSRAError(f"threshold {text!r}: give calibrated or a probability in [0, 1]", param="threshold") from None
+
+
+ThresholdMode = Literal["calibrated", "probability", "rank"]
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """Which of the top-k classes count as predicted: ``calibrated`` (``score_c >= values[c]``, raw
+    score scale; a null value: never), ``probability`` (``sigmoid(score) >= probability``) or
+    ``rank`` (the whole top-k)."""
+
+    mode: ThresholdMode
+    values: tuple[float | None, ...] | None = None
+    probability: float | None = None
+    source: str = ""
+
+    def threshold(self, c: int) -> float | None:
+        """The threshold class ``c`` is held to (raw score for calibrated, probability, None for rank)."""
+        if self.mode == "calibrated":
+            assert self.values is not None
+            return self.values[c]
+        return self.probability if self.mode == "probability" else None
+
+    def passes(self, c: int, score: float, prob: float) -> bool:
+        if self.mode == "rank":
+            return True
+        if self.mode == "probability":
+            assert self.probability is not None
+            return prob >= self.probability
+        value = self.threshold(c)
+        return value is not None and score >= value
+
+    def describe(self, top_k: int) -> str:
+        if self.mode == "rank":
+            return f"top-{top_k} by rank ({self.source}; no sigmoid threshold)"
+        if self.mode == "probability":
+            return f"top-{top_k} with sigmoid(score) >= {self.probability:g}"
+        return f"top-{top_k} with score >= its class's calibrated threshold ({self.source})"
+
+
+def calibrated_values(values: Any, num_classes: int, where: str) -> tuple[float | None, ...]:
+    """Per-class thresholds as stored (results JSON ``thresholds.<row>.values`` / config ``thresholds``)."""
+    if not isinstance(values, list) or len(values) != num_classes:
+        count = len(values) if isinstance(values, list) else type(values).__name__
+        raise CSRAError(f"{where}: its thresholds are unreadable ({count} values for {num_classes} classes)")
+    out: list[float | None] = []
+    for v in values:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v)):
+            raise CSRAError(f"{where}: its thresholds are unreadable (value {v!r})")
+        out.append(None if v is None else float(v))
+    return tuple(out)
+
+
+def threshold_rule(
+    threshold: float | str | None, *, single_label: bool, calibrated: tuple[float | None, ...] | None, source: str, why_none: str = ""
+) -> ThresholdRule:
+    """``threshold`` as given (None: the default) -> the rule; ``calibrated`` are the thresholds at
+    hand (None: none), ``source`` says where they (or the single-label task) come from."""
+    if isinstance(threshold, str):
+        if calibrated is None:
+            raise CSRAError(
+                f"threshold calibrated: {why_none or 'no calibrated thresholds here'}; give a probability, or a results file / patched file that has them",
+                param="threshold",
+            )
+        return ThresholdRule("calibrated", values=calibrated, source=source)
+    if threshold is not None:
+        return ThresholdRule("probability", probability=float(threshold))
+    if single_label:
+        return ThresholdRule("rank", source=source)
+    if calibrated is not None:
+        return ThresholdRule("calibrated", values=calibrated, source=source)
+    return ThresholdRule("probability", probability=0.5)
 
 
 def _ranks(order: torch.Tensor) -> torch.Tensor:
@@ -121,7 +216,9 @@ def _ranks(order: torch.Tensor) -> torch.Tensor:
     return rank
 
 
-def _entry(image: Path, scores: torch.Tensor, baseline: torch.Tensor | None, names: list[str], threshold: float, top_k: int, compare: bool) -> dict[str, Any]:
+def _entry(
+    image: Path, scores: torch.Tensor, baseline: torch.Tensor | None, names: list[str], rule: ThresholdRule, top_k: int, compare: bool
+) -> dict[str, Any]:
     """One image's JSON object; ``baseline`` is None for an exported file (it only holds the CSRA scores)."""
     k = min(top_k, scores.numel())
     order = torch.argsort(scores, descending=True, stable=True)
@@ -133,7 +230,7 @@ def _entry(image: Path, scores: torch.Tensor, baseline: torch.Tensor | None, nam
     for c in order[:k].tolist():
         s = float(scores[c])
         prob = 1.0 / (1.0 + math.exp(-s)) if s > -700 else 0.0
-        if prob >= threshold:
+        if rule.passes(c, s, prob):
             preds.append(
                 {
                     "class": names[c],
@@ -142,9 +239,11 @@ def _entry(image: Path, scores: torch.Tensor, baseline: torch.Tensor | None, nam
                     "probability": prob,
                     "rank": int(rank[c]),
                     "baseline_rank": None if baseline is None else int(base_rank[c]),
+                    "threshold": rule.threshold(c),
+                    "threshold_mode": rule.mode,
                 }
             )
-    entry: dict[str, Any] = {"image": str(image), "predictions": preds}
+    entry: dict[str, Any] = {"image": str(image), "threshold_mode": rule.mode, "predictions": preds}
     if compare:
         assert baseline is not None, "compare needs the baseline scores"
         top, base_top = set(order[:k].tolist()), set(base_order[:k].tolist())
@@ -163,7 +262,7 @@ def predict_images(
     patched,
     images: Sequence[str | Path],
     *,
-    threshold: float = 0.5,
+    threshold: float | ThresholdRule = 0.5,
     top_k: int = 5,
     classes: Sequence[str] | None = None,
     batch_size: int = 16,
@@ -171,13 +270,15 @@ def predict_images(
     compare: bool = False,
     console: Console | None = None,
 ) -> list[dict[str, Any]]:
-    """One JSON-ready object per image, in input order: ``{"image", "predictions": [...]}``, or
-    ``{"image", "error", "predictions": []}`` for an image that cannot be decoded."""
+    """One JSON-ready object per image, in input order: ``{"image", "threshold_mode", "predictions": [...]}``,
+    or ``{"image", "error", "predictions": []}`` for an image that cannot be decoded. ``threshold``: a
+    probability on sigmoid(score), or a :class:`ThresholdRule`."""
     from .data.base import load_rgb
     from .extraction import resolve_device
     from .progress import progress_bar
 
-    check_predict_args(threshold, top_k, batch_size)
+    rule = threshold if isinstance(threshold, ThresholdRule) else ThresholdRule("probability", probability=float(threshold))
+    check_predict_args(rule.probability, top_k, batch_size)
     paths, any_dir = expand_images(images)
     names = class_names(patched.num_classes, classes if classes is not None else patched.classes)
 
@@ -200,7 +301,7 @@ def predict_images(
                 scores, baseline = patched.forward_with_baseline(torch.stack(tensors).to(dev))
                 for row, i in enumerate(good):
                     base = None if baseline is None else baseline[row].float().cpu()
-                    out[i] = _entry(paths[i], scores[row].float().cpu(), base, names, threshold, top_k, compare)
+                    out[i] = _entry(paths[i], scores[row].float().cpu(), base, names, rule, top_k, compare)
             advance(len(chunk))
     return out
 
@@ -209,7 +310,9 @@ def print_predictions(console: Console, results: list[dict[str, Any]], compare: 
     """One table row per image (top classes with scores); with ``compare`` one table per image with
     the baseline's and the patched ranks side by side, classes moved into / out of the top-k marked."""
     if not compare:
-        table = Table(title_justify="left", title="predictions (CSRA score; baseline in brackets)")
+        has_baseline = any(p["baseline_score"] is not None for r in results for p in r["predictions"])
+        title = "predictions (CSRA score; baseline in brackets)" if has_baseline else "predictions (CSRA score)"
+        table = Table(title_justify="left", title=title)
         table.add_column("image")
         table.add_column("predicted classes")
         for r in results:
@@ -248,13 +351,15 @@ def run_predict(
     random_init: bool = False,
     patched_file: str | Path | None = None,
     head_file: str | Path | None = None,
+    from_results: str | Path | None = None,
+    pick: str = "best",
     lam: float | None = None,
     temperature: float | None = None,
     heads: int | None = None,
     img_size: int | None = None,
     transform: str = "auto",
     classes: Sequence[str] | None = None,
-    threshold: float = 0.5,
+    threshold: float | Literal["calibrated"] | None = None,
     top_k: int = 5,
     batch_size: int = 16,
     device: str = "auto",
@@ -262,8 +367,15 @@ def run_predict(
     json_out: str | Path | None = None,
     console: Console | None = None,
 ) -> list[dict[str, Any]]:
-    """Build the patched model (from ``patched_file`` or ``model`` + weights + settings), predict, print, write JSON."""
+    """Build the patched model (from ``patched_file``, or ``model`` + weights + settings, or ``model``
+    + weights + ``from_results``: a sweep's results JSON and its ``pick`` row), predict, print, write JSON.
+
+    ``threshold``: a probability on sigmoid(score), ``"calibrated"`` (the per-class thresholds of the
+    results row / patched config), or None: calibrated when present, else rank (top-k) for a
+    single-label head, else 0.5."""
+    from .apply import PICKS, pick_settings, read_results
     from .csra_head import check_lam, resolve_temperatures
+    from .data.transforms import describe_transform
     from .extraction import resolve_device
     from .outputs import check_outputs
     from .patched import PatchedModel
@@ -282,10 +394,23 @@ def run_predict(
         check_lam(lam)
     if temperature is not None or heads is not None:
         resolve_temperatures(math.inf if temperature is None else temperature, heads)
+    if pick not in PICKS:
+        raise CSRAError(f"pick {pick}: choose {', '.join(PICKS)}", param="pick")
+    if from_results is not None:
+        check_from_results_args(from_results, patched_file, lam, temperature, heads, img_size, transform, classes)
     image_files, _ = expand_images(images, warn_links=False)  # missing paths fail before any model is built (links: warned once, below)
-    inputs = {"images": image_files, "checkpoint": checkpoint, "patched_file": patched_file, "head_file": head_file}
+    inputs = {"images": image_files, "checkpoint": checkpoint, "patched_file": patched_file, "head_file": head_file, "from_results": from_results}
     check_outputs({"json_out": json_out}, inputs)  # README: Outputs (a writable folder, not an input, .json)
-    if patched_file is not None:
+    results: dict[str, Any] | None = None
+    overridden = False
+    if from_results is not None:
+        if model is None:
+            raise CSRAError("from_results needs `model` with the sweep's weights (`checkpoint` / `pretrained`)", param="model")
+        results = read_results(from_results)
+        settings = pick_settings(results, pick, from_results)
+        head_file = results_head_file(head_file, results, from_results, console)
+        patched = patched_from_results(model, checkpoint, pretrained, random_init, head_file, results, settings, from_results)
+    elif patched_file is not None:
         if transform != "auto":
             raise CSRAError("transform with --patched: the file stores the preprocessing it was applied with; drop `transform`", param="transform")
         patched = load_patched_for_predict(patched_file, model, checkpoint, pretrained, random_init, head_file, img_size)
@@ -298,22 +423,132 @@ def run_predict(
             )
         if lam is not None or temperature is not None or heads is not None:  # the file's classifier, other settings
             patched.set_settings(lam, temperature, heads)
+            overridden = True
             console.print(f"[yellow]note:[/] settings of {safe(patched_file)} overridden: {safe(patched.head.extra_repr())}")
     else:
         if model is None:
             raise CSRAError("predict needs `model` with `checkpoint` / `pretrained`, or `patched_file` (a .safetensors file)", param="model")
         patched = patched_from_model(model, checkpoint, pretrained, random_init, head_file, lam, temperature, heads, img_size, transform)
-    results = predict_images(
-        patched, images, threshold=threshold, top_k=top_k, classes=classes, batch_size=batch_size, device=device, compare=compare, console=console
+    rule = predict_threshold_rule(threshold, patched.config, results, from_results, pick, overridden)
+    predictions = predict_images(
+        patched, images, threshold=rule, top_k=top_k, classes=classes, batch_size=batch_size, device=device, compare=compare, console=console
     )
     cfg = patched.config
     temps = ", ".join(str(t) for t in cfg["temperatures"])
-    console.print(f"{safe(cfg['model'])}: mean + {cfg['lam']:g} * {safe(cfg['variant'])} (temperatures {safe(temps)}); head: {safe(cfg['head_description'])}")
-    print_predictions(console, results, compare, top_k)
+    console.print(f"{safe(cfg['model'])}: mean + {cfg['lam']:g} * {safe(cfg['variant'])} (temperatures {safe(temps)})", soft_wrap=True)
+    console.print(head_line(cfg, results, from_results, pick), soft_wrap=True, highlight=False)
+    console.print(f"transform: {safe(describe_transform(cfg['preprocessing']))}", soft_wrap=True, highlight=False)
+    console.print(f"predicted: {safe(rule.describe(top_k))}", soft_wrap=True, highlight=False)
+    print_predictions(console, predictions, compare, top_k)
     if json_out is not None:
-        write_json(json_out, results)
+        write_json(json_out, predictions)
         console.print(f"wrote {safe(json_out)}")
-    return results
+    return predictions
+
+
+def check_from_results_args(from_results, patched_file, lam, temperature, heads, img_size, transform, classes) -> None:
+    """``from_results`` sets lam / variant / transform / class names: a flag that would set them too is refused."""
+    if patched_file is not None:
+        raise CSRAError("from_results with `patched_file`: the patched file already holds its settings; give one of them", param="from_results")
+    given = [
+        name
+        for name, value in (("lam", lam), ("temperature", temperature), ("heads", heads), ("img_size", img_size), ("classes", classes))
+        if value is not None
+    ] + (["transform"] if transform != "auto" else [])
+    if given:
+        listed = " / ".join(f"`{n}`" for n in given)
+        raise CSRAError(
+            f"from_results sets lam / variant / transform / class names from the sweep: drop {listed}, or drop `from_results`", param="from_results"
+        )
+
+
+def results_head_file(head_file, results: dict[str, Any], results_path, console: Console):
+    """The head a results file was measured with: ``head_file`` as given. (The one place to look one
+    up beside the results file / in the cache when it is not given.)"""
+    return head_file
+
+
+def patched_from_results(model, checkpoint, pretrained, random_init, head_file, results: dict[str, Any], settings, path):
+    """The patched model a sweep's row stands for: its settings, its transform (``results["transform"]``),
+    its class names; refused when the weights, head or classes are not the sweep's."""
+    from .adapters import load_model
+    from .apply import check_results_match
+    from .patched import patch
+    from .probe import load_head
+    from .validate import check_weight_source
+
+    check_weight_source(checkpoint, pretrained, random_init)
+    preprocessing = results.get("transform")
+    if not isinstance(preprocessing, dict) or "size" not in preprocessing or "kind" not in preprocessing:
+        raise CSRAError(f"from_results {path}: records no transform (an older sweep); run the sweep again with this version", param="from_results")
+    head = None
+    if head_file is not None:
+        if not Path(head_file).is_file():
+            raise CSRAError(f"head_file {head_file}: no such file", param="head_file")
+        head = load_head(head_file)
+    num_classes = None
+    if random_init and not str(results.get("head", "")).startswith("linear probe"):
+        num_classes = len(results["classes"])  # as sweep --random-init built it (see apply)
+    adapter = load_model(model, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init, num_classes=num_classes)
+    patched = patch(adapter, settings.lam, settings.temperature, settings.heads, head=head, preprocessing=preprocessing)
+    check_results_match(results, patched.config, path)
+    patched.config["classes"] = list(results["classes"])  # the sweep's names, in the head's order (just checked)
+    patched.config["from_results"] = {"path": str(Path(path).resolve()), "dataset": results.get("dataset"), "split": results.get("split")}
+    return patched
+
+
+def _single_label(config: dict[str, Any], results: dict[str, Any] | None) -> tuple[bool, str]:
+    """Whether the head is single-label (predict by rank), and why, in a few words."""
+    from .data.registry import SINGLE_LABEL_DATASETS
+
+    if results is not None:
+        single = results.get("primary_metric") == "top1" or results.get("dataset") in SINGLE_LABEL_DATASETS
+        return single, f"single-label sweep on {results.get('dataset')}"
+    measured = config.get("from_results") or {}
+    if measured.get("dataset"):
+        return measured["dataset"] in SINGLE_LABEL_DATASETS, f"single-label dataset {measured['dataset']}"
+    if config.get("head") == "model":
+        return True, "the model's own softmax head"
+    return False, ""
+
+
+def predict_threshold_rule(threshold, config: dict[str, Any], results: dict[str, Any] | None, results_path, pick: str, overridden: bool) -> ThresholdRule:
+    """Contract: calibrated thresholds from the results row (``thresholds.<row>.values``) or the
+    patched config (``thresholds``), default when present; else rank for single-label heads, else 0.5."""
+    from .apply import PICKS
+
+    single, why = _single_label(config, results)
+    values, source, why_none = None, why, ""
+    if results is not None:
+        row = PICKS[pick]
+        entry = (results.get("thresholds") or {}).get(row)
+        if entry is not None and entry.get("values") is not None:
+            values = calibrated_values(entry["values"], int(config["num_classes"]), f"from_results {results_path}")
+            source = f"{entry.get('method') or 'calibrated'}; {Path(results_path).name}, row {row}"
+        else:
+            why_none = f"from_results {results_path} has no thresholds for its {row!r} row"
+    elif config.get("thresholds") is not None:
+        if overridden:
+            why_none = "the patched file's thresholds were chosen for its own settings, not the `lam` / `temperature` / `heads` given"
+        else:
+            values = calibrated_values(config["thresholds"], int(config["num_classes"]), "patched_file")
+            source = config.get("threshold_source") or "the patched file's thresholds"
+    else:
+        why_none = "no calibrated thresholds (no results file, and no thresholds in a patched file)"
+    return threshold_rule(threshold, single_label=single and values is None, calibrated=values, source=source, why_none=why_none)
+
+
+def head_line(config: dict[str, Any], results: dict[str, Any] | None, results_path, pick: str) -> str:
+    """One line: how many classes the head knows and where they come from (so an off-domain image's
+    "bag 0.99997" is read for what it is)."""
+    n = int(config["num_classes"])
+    source = str(config["head_description"])
+    if config.get("head") == "model" and n == 1000 and "ImageNet" not in source:
+        source += " (ImageNet)"
+    line = f"{n} classes: {safe(source)}"
+    if results is not None:
+        line += f"; settings from {safe(results_path)} (row {safe(pick)}, measured on {safe(results.get('dataset'))} {safe(results.get('split'))})"
+    return line
 
 
 def patched_from_model(model, checkpoint, pretrained, random_init, head_file, lam, temperature, heads, img_size, transform):

@@ -106,7 +106,9 @@ def test_threshold_keeps_only_confident_top_k(applied, tmp_path: Path) -> None:
     res0 = runner.invoke(app, ["predict", "--patched", str(patched), str(first), "--top-k", "20", "--threshold", "0", "--json", str(out)])
     assert res0.exit_code == 0
     everything = json.loads(out.read_text())[0]["predictions"]
-    assert len(everything) == 20 and [p for p in everything if p["score"] >= 0] == preds
+    assert all(p["threshold"] == 0.5 and p["threshold_mode"] == "probability" for p in preds)
+    drop = lambda p: {k: v for k, v in p.items() if k != "threshold"}  # noqa: E731
+    assert len(everything) == 20 and [drop(p) for p in everything if p["score"] >= 0] == [drop(p) for p in preds]
 
 
 def test_compare_marks_classes_moved_by_the_patch(applied, tmp_path: Path) -> None:
