@@ -175,7 +175,8 @@ def test_bad_preprocessing_in_a_patched_file_is_one_error_naming_it(files, tmp_p
     res = runner.invoke(app, ["predict", "--patched", str(bad), str(files["images"])])
     assert res.exit_code == 2, res.output
     assert res.output.count("error:") == 1 and "cannot decode" not in res.output, res.output
-    assert res.output.replace("\n", "").startswith(f"error: --patched {bad}: its config: its preprocessing "), res.output
+    one = res.output.replace("\n", "")
+    assert one.startswith(f"error: --patched {bad}:") and "preprocessing" in one, res.output  # named once, by the config check
 
 
 def test_under_two_ranks_a_shared_error_is_said_once_and_the_bar_counts_every_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
