@@ -177,6 +177,8 @@ class ExportedModel:
         try:
             self.config = exported_config(path)
             self._run = load_exported(path, self.format)
+            self.num_classes = int(self.config["num_classes"])
+            self.classes = self.config.get("classes")
             if self.format == "onnx":
                 self._check_onnx_size()
         except CSRAError:
@@ -186,14 +188,15 @@ class ExportedModel:
                 f"patched_file {path}: cannot be read as a csra-posthoc {self.format} file ({type(exc).__name__}: {first_line(exc)}); write it with export_patched (CLI: apply --out)",
                 param="patched_file",
             ) from None
-        self.num_classes = int(self.config["num_classes"])
-        self.classes = self.config.get("classes")
 
     def _check_onnx_size(self) -> None:
         """The graph's fixed input size must be the config's preprocessing size (else ONNX Runtime fails per batch)."""
-        _, ort = _onnx_modules()
-        shape = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
-        size = self.config.get("preprocessing", {}).get("size") if isinstance(self.config.get("preprocessing"), dict) else None
+        onnx, _ = _onnx_modules()
+        graph = onnx.load(str(self.path), load_external_data=False).graph
+        dims = graph.input[0].type.tensor_type.shape.dim if graph.input else []
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+        prep = self.config.get("preprocessing")
+        size = prep.get("size") if isinstance(prep, dict) else None
         fixed = [d for d in shape[2:] if isinstance(d, int)]
         if size is not None and fixed and any(d != size for d in fixed):
             raise CSRAError(
@@ -227,16 +230,37 @@ def exported_config(path: str | Path) -> dict:
     if fmt == "onnx":
         onnx, _ = _onnx_modules()
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        return json.loads(props[CONFIG_KEY])
-    extra = {CONFIG_FILE: ""}
-    if fmt == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        text = props.get(CONFIG_KEY)
     else:
-        _load_pt2(path, extra)
-    text = extra[CONFIG_FILE]
-    return json.loads(text.decode() if isinstance(text, bytes) else text)
+        text = _archive_member(path, f"extra/{CONFIG_FILE}")
+    if text is None:
+        raise CSRAError(f"patched_file {path}: holds no csra-posthoc config; write it with export_patched (CLI: apply --out)", param="patched_file")
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise CSRAError(f"patched_file {path}: its embedded config is not JSON ({first_line(exc)})", param="patched_file") from None
+    if not isinstance(config, dict):
+        raise CSRAError(f"patched_file {path}: its embedded config is a JSON {type(config).__name__}, not an object", param="patched_file")
+    return config
+
+
+def _archive_member(path: str | Path, name: str) -> bytes | None:
+    """A ``.pt2`` / ``.ts`` zip member below the archive's one top-level folder, read as bytes
+    (no program loaded, nothing unpickled); None when absent."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            tops = {n.split("/", 1)[0] for n in names}
+            if len(tops) != 1:
+                return None
+            member = f"{tops.pop()}/{name}"
+            return zf.read(member) if member in names else None
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CSRAError(
+            f"patched_file {path}: not a zip archive ({first_line(exc)}); write it with export_patched (CLI: apply --out)", param="patched_file"
+        ) from None
 
 
 @contextlib.contextmanager

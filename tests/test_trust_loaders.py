@@ -171,6 +171,18 @@ def test_pt2_written_without_sample_inputs_still_runs(exported) -> None:
     assert scores.shape == (2, 3) and torch.isfinite(scores).all()
 
 
+@pytest.mark.parametrize("suffix", ["pt2", "ts"])
+@pytest.mark.parametrize("config", [b"not json {", b"[1, 2]", b'{"no": "num_classes"}'])
+def test_an_embedded_config_that_is_not_an_object_is_one_line(exported, tmp_path: Path, suffix: str, config: bytes) -> None:
+    from csra_posthoc.export import ExportedModel
+
+    bad = tmp_path / f"bad.{suffix}"
+    rewrite(exported[suffix], bad, lambda name, data, extra: config if name == "extra/csra_config.json" else None)
+    with pytest.raises(CSRAError, match=f"bad.{suffix}") as info:
+        ExportedModel(bad)
+    assert "\n" not in str(info.value)
+
+
 def test_a_non_archive_pt2_is_one_line(exported, tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt2"
     bad.write_bytes(b"not a zip at all")
@@ -247,6 +259,12 @@ def test_onnx_with_another_input_size_is_one_line(tmp_path: Path) -> None:
     res = runner.invoke(app, ["predict", "--patched", str(path), str(image)])
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert res.exit_code == 2 and len(lines) == 1 and "m.onnx" in lines[0] and "48" in lines[0], res.output
+    for text in ("not json {", "[1, 2]"):  # ONNX metadata is parsed as JSON only
+        onnx.helper.set_model_props(proto, {CONFIG_KEY: text})
+        onnx.save(proto, str(path))
+        res = runner.invoke(app, ["predict", "--patched", str(path), str(image)])
+        lines = [line for line in res.output.splitlines() if line.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and "m.onnx" in lines[0], res.output
 
 
 @pytest.mark.slow
@@ -270,3 +288,20 @@ def test_real_weights_pt2_round_trip_without_sample_inputs(tmp_path: Path) -> No
     with torch.no_grad():
         want = patched(x)
     assert torch.equal(got.topk(5).indices, want.topk(5).indices)
+
+
+def test_a_planted_torchvision_download_is_read_weights_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchvision reads ``$TORCH_HOME/hub/checkpoints/<file>`` with torch.hub's default ``weights_only=False``."""
+    import torchvision.models as tvm
+
+    from csra_posthoc import load_model
+
+    marker = tmp_path / "MARKER"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    url = tvm.get_model_weights("resnet18").DEFAULT.url
+    planted = tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes(evil_torch_save(marker))
+    with pytest.raises(CSRAError, match="resnet18"):
+        load_model("torchvision:resnet18", pretrained=True)
+    assert not marker.exists(), "the planted download ran code"
