@@ -46,7 +46,7 @@ _FIXED = {
     f"data/sample_inputs/{MODEL}.pt",
 }
 _MEMBER_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
-_TARGET = re.compile(r"torch\.ops\.(aten|prims)\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+")
+_TARGET = re.compile(r"torch\.ops\.(aten|prims)\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+|torch\.sym_(max|min|not|float|int|ite|sqrt|sum)|math\.(ceil|floor|trunc|sqrt)")
 _OPERATOR_TARGETS = {
     f"_operator.{name}"
     for name in ("getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "neg", "pow", "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_")

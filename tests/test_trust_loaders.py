@@ -161,6 +161,24 @@ def test_a_graph_target_outside_torch_ops_is_refused(exported, tmp_path: Path) -
         ExportedModel(evil)
 
 
+@pytest.mark.parametrize("expr", ["s77", "Symbol('s77', positive=True, integer=True)", "2*s0 + 1", "Max(1, s0)", "FloorDiv(s0, 2)", "-u0 <= 3"])
+def test_plain_size_expressions_pass(expr: str) -> None:
+    from csra_posthoc.safe_archive import check_sym_expr
+
+    check_sym_expr(expr)
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["__import__('os').system('x')", "eval(chr(49))", "s0.__class__", "Symbol('x; rm')", "(lambda: 1)()", "open", "Max(1, s0)[0]", "Symbol(**{'a': 1})"],
+)
+def test_code_in_size_expressions_is_refused(expr: str) -> None:
+    from csra_posthoc.safe_archive import UnsafeArchive, check_sym_expr
+
+    with pytest.raises(UnsafeArchive):
+        check_sym_expr(expr)
+
+
 def test_pt2_written_without_sample_inputs_still_runs(exported) -> None:
     from csra_posthoc.export import ExportedModel
 
