@@ -8,9 +8,12 @@ used is returned, so the report can say it.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import pickle
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -79,6 +82,21 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str | No
         if all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd, "/".join(used) or None
+
+
+@contextlib.contextmanager
+def weights_only_downloads() -> Iterator[None]:
+    """torchvision's ``weights.get_state_dict`` reads its cached download (``$TORCH_HOME/hub/checkpoints``)
+    with ``torch.hub.load_state_dict_from_url``, whose default is ``weights_only=False``: a file
+    planted there would run code. Within this block torchvision loads weights only."""
+    from torchvision.models import _api
+
+    original = _api.load_state_dict_from_url
+    _api.load_state_dict_from_url = functools.partial(original, weights_only=True)
+    try:
+        yield
+    finally:
+        _api.load_state_dict_from_url = original
 
 
 def checkpoint_note(entry: str | None) -> str | None:

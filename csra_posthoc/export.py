@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -110,6 +111,7 @@ def onnx_export(module: torch.nn.Module, example: torch.Tensor, path: str | Path
 
 def _write_torch_export(patched: PatchedModel, tmp: str, example: torch.Tensor, config: str) -> None:
     ep = torch.export.export(patched, (example,), dynamic_shapes=dynamic_batch())
+    ep.example_inputs = None  # no pickled sample inputs in the file: the program runs without them
     buffer = io.BytesIO()  # torch.export wants a .pt2 name or a buffer; the temporary file has neither
     torch.export.save(ep, buffer, extra_files={CONFIG_FILE: config})
     Path(tmp).write_bytes(buffer.getvalue())
@@ -137,9 +139,7 @@ def load_exported(path: str | Path, fmt: str | None = None) -> Callable[[torch.T
     this package would load it (safetensors through :func:`load_patched`)."""
     fmt = fmt or export_format(path)
     if fmt == "onnx":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = _ort_session(path)
         name = session.get_inputs()[0].name
         return lambda x: torch.from_numpy(session.run(None, {name: x.detach().cpu().float().numpy()})[0])
     module: torch.nn.Module
@@ -150,7 +150,7 @@ def load_exported(path: str | Path, fmt: str | None = None) -> Callable[[torch.T
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
             module = torch.jit.load(str(path), map_location="cpu")
     else:
-        module = torch.export.load(io.BytesIO(Path(path).read_bytes())).module()
+        module = _load_pt2(path).module()
     if fmt != "safetensors":  # the tensors are there to check: both fingerprints, as load_patched does
         from .patched import verify_state_dict
 
@@ -180,6 +180,10 @@ class ExportedModel:
         try:
             self.config = exported_config(path)
             self._run = load_exported(path, self.format)
+            self.num_classes = int(self.config["num_classes"])
+            self.classes = self.config.get("classes")
+            if self.format == "onnx":
+                self._check_onnx_size()
         except CSRAError:
             raise
         except Exception as exc:
@@ -187,8 +191,21 @@ class ExportedModel:
                 f"patched_file {path}: cannot be read as a csra-posthoc {self.format} file ({type(exc).__name__}: {first_line(exc)}); write it with export_patched (CLI: apply --out)",
                 param="patched_file",
             ) from None
-        self.num_classes = int(self.config["num_classes"])
-        self.classes = self.config.get("classes")
+
+    def _check_onnx_size(self) -> None:
+        """The graph's fixed input size must be the config's preprocessing size (else ONNX Runtime fails per batch)."""
+        onnx, _ = _onnx_modules()
+        graph = onnx.load(str(self.path), load_external_data=False).graph
+        dims = graph.input[0].type.tensor_type.shape.dim if graph.input else []
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+        prep = self.config.get("preprocessing")
+        size = prep.get("size") if isinstance(prep, dict) else None
+        fixed = [d for d in shape[2:] if isinstance(d, int)]
+        if size is not None and fixed and any(d != size for d in fixed):
+            raise CSRAError(
+                f"patched_file {self.path}: its graph takes {'x'.join(str(d) for d in shape[2:])} images but its config says size {size}; write it again with export_patched (CLI: apply --out)",
+                param="patched_file",
+            )
 
     def to(self, device: torch.device) -> ExportedModel:
         return self  # runs on CPU, as loaded
@@ -197,7 +214,13 @@ class ExportedModel:
         return self
 
     def forward_with_baseline(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return self._run(x), None
+        try:
+            return self._run(x), None
+        except Exception as exc:
+            raise CSRAError(
+                f"patched_file {self.path}: the {self.format} program failed on a batch of shape {tuple(x.shape)} ({type(exc).__name__}: {first_line(exc)})",
+                param="patched_file",
+            ) from None
 
 
 def exported_config(path: str | Path, fmt: str | None = None) -> dict:
@@ -208,24 +231,84 @@ def exported_config(path: str | Path, fmt: str | None = None) -> dict:
 
         return read_config(path)
     if fmt == "onnx":
-        import onnx
-
+        onnx, _ = _onnx_modules()
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        return parse_config(props[CONFIG_KEY], path, rebuild=False)
-    extra = {CONFIG_FILE: ""}
-    if fmt == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        text = props.get(CONFIG_KEY)
     else:
-        torch.export.load(io.BytesIO(Path(path).read_bytes()), extra_files=extra)
-    text = extra[CONFIG_FILE]
-    return parse_config(text, path, rebuild=False)
+        text = _archive_member(path, f"extra/{CONFIG_FILE}")
+    if text is None:
+        raise CSRAError(f"patched_file {path}: holds no csra-posthoc config; write it with export_patched (CLI: apply --out)", param="patched_file")
+    return parse_config(text, path, rebuild=False)  # JSON only (NaN / Infinity refused), every field checked
+
+
+def _archive_member(path: str | Path, name: str) -> bytes | None:
+    """A ``.pt2`` / ``.ts`` zip member below the archive's one top-level folder, read as bytes
+    (no program loaded, nothing unpickled); None when absent."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            tops = {n.split("/", 1)[0] for n in names}
+            if len(tops) != 1:
+                return None
+            member = f"{tops.pop()}/{name}"
+            return zf.read(member) if member in names else None
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CSRAError(
+            f"patched_file {path}: not a zip archive ({first_line(exc)}); write it with export_patched (CLI: apply --out)", param="patched_file"
+        ) from None
+
+
+@contextlib.contextmanager
+def _torch_export_quiet():
+    """``torch.export.load`` logs a traceback (``log.warning(..., exc_info=True)``) before its own error."""
+    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export", "torch.export.pt2_archive._package")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _load_pt2(path: str | Path, extra_files: dict | None = None) -> torch.export.ExportedProgram:
+    """``torch.export.load`` on bytes :func:`~csra_posthoc.safe_archive.check_pt2` has checked
+    (no pickle that is not weights-only, no compiled code, no ``eval``-parsed expression)."""
+    from .safe_archive import check_pt2
+
+    data = check_pt2(path)
+    with _torch_export_quiet(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.export.load(io.BytesIO(data), extra_files=extra_files)
+
+
+def _onnx_modules():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise CSRAError("reading an .onnx file needs onnx and onnxruntime: pip install 'csra-posthoc[export]'", param="patched_file") from None
+    return onnx, onnxruntime
+
+
+def _ort_session(path: str | Path):
+    """An ONNX Runtime session (CPU, no custom-op libraries) on a file that keeps all its weights inside."""
+    onnx, ort = _onnx_modules()
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            raise CSRAError(f"patched_file {path}: refers to external weight files; only files written by export_patched are read", param="patched_file")
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 @torch.no_grad()
 def export_patched(patched: PatchedModel, path: str | Path, *, force: bool = False, opset: int = ONNX_OPSET) -> ExportReport:
     """Write ``patched`` to ``path`` (format from the suffix), reload it, compare with eager, rename into place."""
+    if not isinstance(patched, PatchedModel):
+        raise CSRAError(f"patched: export_patched takes a PatchedModel (from patch() or load_patched()), not {type(patched).__name__}", param="patched")
     path = check_out_path(path, force)
     fmt = export_format(path)
     patched.check_unchanged()  # the config's fingerprints must describe the tensors written

@@ -89,8 +89,11 @@ def _create_torchvision(arch: str, pretrained: bool, num_classes: int | None) ->
     if arch not in tvm.list_models(module=tvm):
         raise CSRAError(f"model torchvision:{arch}: unknown torchvision classification model", param="model")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    from ..checkpoint import weights_only_downloads
+
     try:
-        return tvm.get_model(arch, weights="DEFAULT" if pretrained else None, **kwargs)
+        with weights_only_downloads():  # torchvision's cached download is read weights-only
+            return tvm.get_model(arch, weights="DEFAULT" if pretrained else None, **kwargs)
     except Exception as exc:
         raise CSRAError(f"model torchvision:{arch}: could not build it ({first_line(exc)})", param="model") from None
 
