@@ -8,6 +8,7 @@ package adds only a ``NullHandler``); the CLI shows them on its console. ``quiet
 from __future__ import annotations
 
 import logging
+import os
 
 from rich.console import Console
 from rich.text import Text
@@ -27,6 +28,11 @@ def say(console: Console | None, markup: str, level: int = logging.INFO) -> None
     """Log ``markup``'s plain text, and print it on ``console`` (rich markup) when there is one."""
     LOGGER.log(level, Text.from_markup(markup).plain)
     if console is not None:
-        if console.quiet and level >= logging.WARNING:  # quiet drops chatter, never a warning (the cache is off, ...)
+        if console.quiet and level >= logging.WARNING and _main_rank():  # quiet drops chatter, never a warning (the cache is off, ...)
             console = Console(stderr=True)
         console.print(markup, soft_wrap=True)
+
+
+def _main_rank() -> bool:
+    """Not a torchrun rank other than 0 (those print nothing but their own errors; read without torch)."""
+    return os.environ.get("RANK", "0") == "0"
