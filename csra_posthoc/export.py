@@ -308,7 +308,7 @@ def _ort_session(path: str | Path):
 def export_patched(patched: PatchedModel, path: str | Path, *, force: bool = False, opset: int = ONNX_OPSET) -> ExportReport:
     """Write ``patched`` to ``path`` (format from the suffix), reload it, compare with eager, rename into place."""
     if not isinstance(patched, PatchedModel):
-        raise CSRAError(f"patched: export_patched takes a PatchedModel (from patch() or load_patched()), not {type(patched).__name__}", param="patched")
+        raise CSRAError(f"patched: export_patched takes a PatchedModel (from patch() or load_patched()), not {type(patched).__name__}")
     path = check_out_path(path, force)
     fmt = export_format(path)
     patched.check_unchanged()  # the config's fingerprints must describe the tensors written
