@@ -134,7 +134,9 @@ def plot_attention(
     for ax, name, m, b, s in zip(axes[1:], names, maps, baseline, patched, strict=True):
         ax.imshow(image)
         shown = ax.imshow(m, cmap="jet", alpha=0.5, extent=(0, width, height, 0), interpolation="bilinear")
-        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+        bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label("per-location class score", fontsize=6)
         ax.set_title(f"{name}\nbaseline {b:.2f} → CSRA {s:.2f}", fontsize=9)
     for ax in axes:
         ax.set_xticks([])
