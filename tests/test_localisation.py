@@ -85,3 +85,17 @@ def test_voc_boxes_follow_the_difficult_policy(tmp_path):
     index = {"cat": 0, "dog": 1}
     assert image_boxes(xml, index) == {0: [(1.0, 2.0, 30.0, 40.0), (50.0, 5.0, 60.0, 9.0)]}
     assert image_boxes(xml, index, "positive")[1] == [(3.0, 3.0, 4.0, 4.0)]
+
+
+def test_coco_boxes_convert_xywh_to_corners():
+    from csra_posthoc.data.coco import coco_boxes
+
+    data = {
+        "annotations": [
+            {"image_id": 7, "category_id": 3, "bbox": [10, 20, 5, 6]},
+            {"image_id": 7, "category_id": 3, "bbox": [0, 0, 1, 1], "iscrowd": 1},
+            {"image_id": 8, "category_id": 9, "bbox": [1, 1, 1, 1]},  # category not in the class list
+            {"image_id": 8, "category_id": 3, "segmentation": []},  # no bbox
+        ]
+    }
+    assert coco_boxes(data, {3: 0}) == {7: {0: [(10.0, 20.0, 15.0, 26.0), (0.0, 0.0, 1.0, 1.0)]}}
