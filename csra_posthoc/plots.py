@@ -67,15 +67,29 @@ def plot_lam_curve(
     fig, ax = plt.subplots(figsize=(7.6, 4.2))
     softmax = [label for label in lines if label.startswith("softmax")]
     multi = [label for label in lines if label.startswith("heads")]
+    # the legend names the max line, each family once (its colour ramp) and each family's best line:
+    # a dozen variant entries would hide the plot
+    best_of = {fam: max(members, key=lambda lab: max(v for _, v in lines[lab])) for fam, members in (("softmax", softmax), ("heads", multi)) if members}
     for label, points in lines.items():
         lam, value = zip(*sorted(points), strict=True)
         if label == "max":
             style = {"color": "C0", "linewidth": 2.4, "marker": "o", "markersize": 3.5, "zorder": 3}
-        elif label in softmax:  # one colour ramp per family: many variants stay tellable apart
-            style = {"color": plt.cm.Greens(0.35 + 0.6 * softmax.index(label) / max(len(softmax) - 1, 1)), "linewidth": 1.0, "zorder": 2}
+            name = label
         else:
-            style = {"color": plt.cm.Oranges(0.35 + 0.6 * multi.index(label) / max(len(multi) - 1, 1)), "linewidth": 1.0, "linestyle": "--", "zorder": 2}
-        ax.plot(lam, value, label=label, **style)
+            fam, members, cmap, dash = ("softmax", softmax, plt.cm.Greens, "-") if label in softmax else ("heads", multi, plt.cm.Oranges, "--")
+            # one colour ramp per family, light -> dark in the family's order
+            style = {"color": cmap(0.35 + 0.6 * members.index(label) / max(len(members) - 1, 1)), "linewidth": 1.0, "linestyle": dash, "zorder": 2}
+            if label == best_of[fam]:
+                style["linewidth"] = 1.8
+                name = f"{label} (best {fam})"
+            else:
+                name = "_nolegend_"
+        ax.plot(lam, value, label=name, **style)
+    for fam, members, cmap, dash in (("softmax", softmax, plt.cm.Greens, "-"), ("heads", multi, plt.cm.Oranges, "--")):
+        if len(members) > 1:  # one legend entry for the whole family (an empty proxy line)
+            ax.plot(
+                [], [], color=cmap(0.65), linestyle=dash, linewidth=1.0, label=f"{fam}: {len(members)} variants, {members[0]} … {members[-1]} (light → dark)"
+            )
     if band:
         band_lams = sorted(band)
         ax.fill_between(
@@ -134,7 +148,9 @@ def plot_attention(
     for ax, name, m, b, s in zip(axes[1:], names, maps, baseline, patched, strict=True):
         ax.imshow(image)
         shown = ax.imshow(m, cmap="jet", alpha=0.5, extent=(0, width, height, 0), interpolation="bilinear")
-        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+        bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label("per-location class score", fontsize=6)
         ax.set_title(f"{name}\nbaseline {b:.2f} → CSRA {s:.2f}", fontsize=9)
     for ax in axes:
         ax.set_xticks([])

@@ -119,3 +119,18 @@ def load_coco(
         sources=[ann_path],
         notes=notes,
     )
+
+
+def coco_boxes(data: dict, column: dict[int, int]) -> dict[int, dict[int, list[tuple[float, float, float, float]]]]:
+    """Image id -> class index -> ``(xmin, ymin, xmax, ymax)`` boxes (original pixels) from COCO
+    ``bbox`` ``[x, y, width, height]``, for the pointing game (:mod:`csra_posthoc.localisation`).
+    ``column`` maps category id -> class index. iscrowd boxes count, as they count as labels;
+    annotations without a 4-number bbox are skipped."""
+    out: dict[int, dict[int, list[tuple[float, float, float, float]]]] = {}
+    for ann in data.get("annotations", []):
+        bbox, cat = ann.get("bbox"), ann.get("category_id")
+        if cat not in column or not isinstance(bbox, list | tuple) or len(bbox) != 4:
+            continue
+        x, y, w, h = (float(v) for v in bbox)
+        out.setdefault(ann["image_id"], {}).setdefault(column[cat], []).append((x, y, x + w, y + h))
+    return out

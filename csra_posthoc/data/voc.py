@@ -52,6 +52,31 @@ def _image_labels(xml_path: Path, index: dict[str, int], difficult: DifficultPol
     return labels
 
 
+def image_boxes(xml_path: Path, index: dict[str, int], difficult: DifficultPolicy = "ignore") -> dict[int, list[tuple[float, float, float, float]]]:
+    """Class index -> ``(xmin, ymin, xmax, ymax)`` boxes (original pixels) of one annotation, for the
+    pointing game (:mod:`csra_posthoc.localisation`). Consistent with the labels: difficult boxes
+    count only under ``difficult='positive'`` (under 'ignore' a class seen only as difficult is
+    unknown and left out; under 'negative' it is a negative). Objects without a box are skipped."""
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise CSRAError(f"{xml_path}: cannot parse annotation ({exc})") from None
+    out: dict[int, list[tuple[float, float, float, float]]] = {}
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        box = obj.find("bndbox")
+        if name not in index or box is None:
+            continue
+        if (obj.findtext("difficult") or "0").strip() == "1" and difficult != "positive":
+            continue
+        try:
+            coords = tuple(float(box.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax"))
+        except ValueError:
+            raise CSRAError(f"{xml_path}: object {name!r} has a non-numeric bndbox") from None
+        out.setdefault(index[name], []).append((coords[0], coords[1], coords[2], coords[3]))
+    return out
+
+
 def load_voc(
     data_dir: str | Path,
     year: str = "2007",
