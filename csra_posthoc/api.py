@@ -249,7 +249,7 @@ def report_localisation(console: Console, stats: ClassStatistics, images: Labell
         section = None
     if section is not None:
         data_json["localisation"] = section
-        console.print(f"{safe(summary_line(section))} (arg-max of s_k, the same for every λ)", soft_wrap=True)
+        console.print(f"{safe(summary_line(section))}; arg-max of s_k, the same for every λ", soft_wrap=True)
 
 
 def sweep_config(source: ModelSource, dataset: str, data_dir: str | Path, parts: dict[str, Any], dataset_label: str | None) -> dict[str, Any]:
