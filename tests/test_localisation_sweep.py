@@ -161,3 +161,19 @@ def test_demo_json_has_localisation(tmp_path: Path) -> None:
     assert game["pairs"] > 20 and 0 <= game["hits"] <= game["pairs"]
     assert 0 < game["chance_rate"] < 1 and section["grid"] == [3, 3]
     assert set(game["per_class"]) <= set(data["classes"])
+
+
+def test_coco_loader_exposes_boxes_and_sizes_without_decoding(tmp_path: Path) -> None:
+    from csra_posthoc.testing import write_coco
+
+    images = [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 32}, {"id": 2, "file_name": "b.jpg", "width": 50, "height": 40}]
+    annotations = [
+        {"id": 10, "image_id": 1, "category_id": 7, "bbox": [4, 2, 10, 20]},
+        {"id": 11, "image_id": 2, "category_id": 3, "bbox": [0, 0, 50, 40]},
+        {"id": 12, "image_id": 2, "category_id": 7, "bbox": [1, 2, 3, 4]},
+    ]
+    write_coco(tmp_path / "coco", images, annotations, [{"id": 3, "name": "car"}, {"id": 7, "name": "dog"}])
+    loaded = load_dataset("coco2014", tmp_path / "coco")
+    assert loaded.classes == ["car", "dog"] and loaded.ids == ["1", "2"]
+    assert loaded.image_sizes == [(64, 32), (50, 40)]  # images[].width / height, as written
+    assert loaded.object_boxes == [{1: [(4.0, 2.0, 14.0, 22.0)]}, {0: [(0.0, 0.0, 50.0, 40.0)], 1: [(1.0, 2.0, 4.0, 6.0)]}]
