@@ -237,6 +237,21 @@ def analyse(console: Console, result: Any, stats: ClassStatistics, grid: SweepOp
         print_real_table(console, data_json["real_labels"])
 
 
+def report_localisation(console: Console, stats: ClassStatistics, images: LabelledImages, data_json: dict[str, Any]) -> None:
+    """The pointing game under the table and in ``data_json["localisation"]`` when the images have boxes
+    (VOC layouts, the demo's mosaics, COCO); the field is absent otherwise (docs/method.md, pointing game)."""
+    from .localisation import statistics_pointing_game, summary_line
+
+    try:
+        section = statistics_pointing_game(stats, images)
+    except CSRAError as exc:  # a transform whose grid can not be mapped back to the image
+        console.print(f"[yellow]note:[/] no pointing game: {safe(exc)}", soft_wrap=True)
+        section = None
+    if section is not None:
+        data_json["localisation"] = section
+        console.print(f"{safe(summary_line(section))}; arg-max of s_k, the same for every λ", soft_wrap=True)
+
+
 def sweep_config(source: ModelSource, dataset: str, data_dir: str | Path, parts: dict[str, Any], dataset_label: str | None) -> dict[str, Any]:
     """What every rank of a torchrun launch must agree on (its hash is compared across ranks)."""
     from dataclasses import asdict, is_dataclass
@@ -362,6 +377,7 @@ def run_sweep(
     if train is not None and grid.select_on == train.split:
         console.print(f"[yellow]note:[/] λ chosen on {safe(train.split)}, the probe's training split: its scores are fitted, the held-out λ may favour it")
     data_json = results_dict(result, stats, outputs.extra)
+    report_localisation(console, stats, images, data_json)
     analyse(console, result, stats, grid, analysis, real, data_json)
     if outputs.plot is not None:
         from .plots import plot_lam_curve

@@ -34,7 +34,7 @@ from .log import say
 from .text import safe
 
 CACHE_FORMAT = 1  # enters every cache key (bump it to re-key every entry)
-CACHE_VERSION = 2  # the file layout, stored in each file and checked on reading (1: files without the field)
+CACHE_VERSION = 3  # the file layout, stored in each file and checked on reading (1: files without the field; 2: no argmax)
 VERSION_FIELD = "csra_cache_version"
 RECOMPUTE_FIX = "delete it or re-run with recompute=True"
 T = TypeVar("T")
@@ -188,6 +188,8 @@ def save_statistics(stats: ClassStatistics, path: Path) -> None:
     tensors["temperatures"] = torch.tensor(stats.temperatures, dtype=torch.float64)
     if stats.maps is not None:
         tensors["maps"] = stats.maps
+    if stats.argmax is not None:
+        tensors["argmax"] = stats.argmax
     metadata = {
         "meta": json.dumps(stats.info.to_json()),
         "ids": json.dumps(stats.ids),
@@ -207,6 +209,7 @@ def load_statistics(path: Path, key: str | None = None, ids: list[str] | None = 
             classes=json.loads(md["classes"]),
             temperatures=tuple(float(t) for t in tensors.pop("temperatures").tolist()),
             maps=tensors.pop("maps", None),
+            argmax=tensors.pop("argmax", None),
             info=info,
             **{name: tensors[name].float() if name in _FLOATS else tensors[name] for name in _TENSORS},
         )
@@ -216,6 +219,7 @@ def load_statistics(path: Path, key: str | None = None, ids: list[str] | None = 
         raise CSRAError(f"{stale} (its key does not match the run); {RECOMPUTE_FIX}", param="recompute")
     n, c = len(stats.ids), len(stats.classes)
     shapes_ok = all(getattr(stats, name).shape[:2] == (n, c) for name in _TENSORS)
+    shapes_ok = shapes_ok and (stats.argmax is None or tuple(stats.argmax.shape) == (n, c))
     if not shapes_ok or (ids is not None and stats.ids != ids):
         raise CSRAError(f"{stale} (its images or shapes differ from the dataset's); {RECOMPUTE_FIX}", param="recompute")
     return stats

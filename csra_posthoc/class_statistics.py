@@ -53,6 +53,7 @@ class StatisticsInfo:
     amp: bool = False
     amp_dtype: str | None = None  # fp16 | bf16 when amp (options.amp_precision); None without
     device: str | None = None
+    grid: list[int] | None = None  # (h, w) of the per-location scores: ClassStatistics.argmax indexes it row-major
     cache_dtype: str = "float32"  # float16: the statistics were rounded to fp16 (cache --cache-dtype); in memory always float32
     cache: CacheInfo = field(default_factory=CacheInfo)  # this run only: not part of to_json
 
@@ -82,7 +83,10 @@ class ClassStatistics:
 
     ``avg`` and ``max`` ``(N, C)``; ``attn`` ``(N, C, T)`` softmax-weighted averages at
     ``temperatures``; ``logits`` the model's own output (equal to ``avg`` where the identity
-    holds); ``maps`` the full per-location scores ``(N, C, K)`` when kept.
+    holds); ``maps`` the full per-location scores ``(N, C, K)`` when kept. ``argmax``
+    ``(N, C)`` int32: the flat location ``row * w + col`` (``info.grid`` = (h, w)) where each class's
+    per-location score ``s_k`` peaks, the max term's location: one per image and class, the same
+    for every lam (None for statistics built without it).
     """
 
     ids: list[str]
@@ -94,6 +98,7 @@ class ClassStatistics:
     temperatures: tuple[float, ...]
     logits: torch.Tensor
     maps: torch.Tensor | None = None
+    argmax: torch.Tensor | None = None
     info: StatisticsInfo = field(default_factory=StatisticsInfo)
 
     @property

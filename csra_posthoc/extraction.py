@@ -19,6 +19,7 @@ caller's thread count and weight layout are restored afterwards.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -376,6 +377,18 @@ class _Rows:
         return {n: torch.cat(self.host[n]) if self.host[n] else torch.empty(0) for n in self.names}
 
 
+def score_grid(adapter: ModelAdapter, raw: torch.Tensor | None, locations: int) -> list[int] | None:
+    """``[h, w]`` of the per-location scores' ``locations`` = h * w: from the adapter's feature map
+    (``raw``: the backbone's output, eager), else (an exported backend hands back flat scores) the
+    square grid when ``locations`` is a square; None when unknown (no pointing game then)."""
+    if raw is not None:
+        with torch.autocast(device_type=raw.device.type, enabled=False):
+            h, w = (int(v) for v in adapter.feature_map(raw.float()).shape[-2:])
+        return [h, w] if h * w == locations else None
+    side = math.isqrt(locations)
+    return [side, side] if side * side == locations else None
+
+
 def _compiler_failed(exc: BaseException) -> bool:
     """An error raised by torch.compile's machinery (dynamo / inductor), not by the model."""
     return type(exc).__module__.startswith(("torch._dynamo", "torch._inductor"))
@@ -408,15 +421,18 @@ def compute_statistics(fp: ForwardPass, images: LabelledImages, ctx: DistContext
             param="amp" if fp.options.amp else None,
         )
 
-    rows = _Rows(("avg", "max", "attn", "logits"), fp.device, non_finite)
+    rows = _Rows(("avg", "max", "attn", "logits", "argmax"), fp.device, non_finite)
+    grid: list[int] | None = None
 
     def one_batch(index: torch.Tensor, out: Any) -> None:
-        nonlocal diff, scale
+        nonlocal diff, scale, grid
         s, logits = out if backend is not None else adapter.scores_from_backbone(out)
+        if grid is None:  # once: the feature map's (h, w), which the flat argmax indexes row-major
+            grid = score_grid(adapter, out if backend is None else None, int(s.shape[-1]))
         stats = location_statistics(s)
         diff = torch.maximum(diff, (stats["avg"] - logits).abs().amax())  # on the device: no sync per batch
         scale = torch.maximum(scale, logits.abs().amax())
-        rows.add(index, {**stats, "logits": logits})
+        rows.add(index, {**stats, "logits": logits, "argmax": s.argmax(dim=-1).to(torch.int32)})  # the max term's location
         if keep_maps:  # the largest tensor: to the host every batch
             maps.append(s.half().cpu())
 
@@ -439,6 +455,8 @@ def compute_statistics(fp: ForwardPass, images: LabelledImages, ctx: DistContext
     if gathered is None:
         return None, max_diff, rel_diff
     result = ClassStatistics(
+        info=StatisticsInfo(grid=grid),
+        argmax=gathered["argmax"],
         ids=list(images.ids),
         classes=list(images.classes),
         labels=images.labels.clone(),
@@ -563,6 +581,7 @@ def _compute(fp: ForwardPass, images: LabelledImages, key: str, head_fingerprint
         amp=opts.amp,
         amp_dtype=amp_precision(opts, fp.device.type),
         device=str(fp.device),
+        grid=stats.info.grid,
         cache_dtype=opts.cache_dtype,
     )
     source = "model's logits" if adapter.info.baseline_source == "model_logits" else "model's own logits (patch-average baseline, not enforced)"

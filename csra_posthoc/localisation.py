@@ -122,3 +122,23 @@ def summary_line(section: Mapping[str, Any]) -> str:
     if not g["pairs"]:
         return "pointing game: no positive (image, class) pair with a box"
     return f"pointing game: {100 * g['hit_rate']:.1f} % of {g['pairs']:,} positive (image, class) pairs hit a box (chance {100 * g['chance_rate']:.1f} %)"
+
+
+ARGMAX_OF = "the per-location class score s_k (the max term's location): one location per (image, class), the same for every lam"
+
+
+def statistics_pointing_game(stats: Any, images: Any) -> dict[str, Any] | None:
+    """The pointing game of a sweep's statistics (:class:`~csra_posthoc.class_statistics.ClassStatistics`)
+    on its images (:class:`~csra_posthoc.data.LabelledImages`, same ids in the same order): the
+    section :func:`pointing_game` returns plus ``grid`` and ``argmax_of``, or None when the images
+    have no boxes or the statistics no arg-max. A transform that can not be mapped back to the
+    image raises :class:`CSRAError` (the caller reports it)."""
+    if images.object_boxes is None or images.image_sizes is None or stats.argmax is None or not stats.info.grid:
+        return None
+    if list(stats.ids) != list(images.ids):
+        raise CSRAError("statistics and images disagree on the image ids", param="images")
+    h, w = (int(v) for v in stats.info.grid)
+    section = pointing_game(
+        stats.labels.tolist(), stats.argmax.tolist(), (h, w), images.object_boxes, images.image_sizes, stats.info.transform, list(stats.classes)
+    )
+    return {**section, "grid": [h, w], "argmax_of": ARGMAX_OF}

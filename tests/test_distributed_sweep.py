@@ -69,7 +69,7 @@ def test_two_rank_sweep_equals_single_process(tmp_path: Path, batch_size: str) -
     assert [f.name for f in files2] == [f.name for f in files1] and len(files1) == 1  # same cache key
     a, b = load_statistics(files1[0]), load_statistics(files2[0])
     assert a.ids == b.ids and a.info.key == b.info.key and a.info.to_json() == b.info.to_json()
-    for name in ("avg", "max", "attn", "logits", "labels"):
+    for name in ("avg", "max", "attn", "logits", "labels", "argmax"):  # argmax: the pointing game's locations, gathered alike
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert printed2[1] == ("", "")  # rank 1 prints nothing
     assert "baseline" in printed2[0][0] and "wrote" in printed2[0][0]  # rank 0 prints the table

@@ -19,6 +19,7 @@ from ..errors import CSRAError, first_line
 from ..metrics import UnknownPolicy
 
 Box = tuple[int, int, int, int]  # left, upper, right, lower (PIL crop order), in pixels
+ObjectBoxes = dict[int, list[tuple[float, float, float, float]]]  # class index -> (xmin, ymin, xmax, ymax) boxes, original pixels
 
 
 @dataclass
@@ -28,6 +29,11 @@ class LabelledImages:
     ``boxes`` crop a sample out of its image (WIDER-Attribute's person boxes); ``sources`` are the
     annotation files the labels came from (their size and mtime go into the cache key); ``notes``
     are what the loader wants the report to say (skipped images, counting conventions).
+
+    ``object_boxes`` (per sample: class index -> object boxes) and ``image_sizes`` (per sample: the
+    original ``(width, height)``, read from the annotations, never by decoding) are known for VOC
+    layouts (and the demo's mosaics) and COCO, None elsewhere; they feed the pointing game
+    (:mod:`csra_posthoc.localisation`) and change no pixel or label, so they stay out of the key.
     """
 
     dataset: str
@@ -43,6 +49,8 @@ class LabelledImages:
     boxes: list[Box] | None = None
     sources: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    object_boxes: list[ObjectBoxes] | None = None
+    image_sizes: list[tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
         self.labels = self.labels.to(torch.int8)
@@ -50,6 +58,10 @@ class LabelledImages:
             raise ValueError("ids, paths, labels and classes disagree in size")
         if self.boxes is not None and len(self.boxes) != len(self.ids):
             raise ValueError("boxes and ids disagree in size")
+        for name in ("object_boxes", "image_sizes"):
+            value = getattr(self, name)
+            if value is not None and len(value) != len(self.ids):
+                raise ValueError(f"{name} and ids disagree in size")
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -107,6 +107,9 @@ def load_coco(
     notes += missing_notes
     if crowd:
         notes.append(f"{crowd} iscrowd annotations count as labels, as in the multi-label protocol")
+    boxes = coco_boxes(coco.dataset, column)
+    sizes = [_image_size(coco.imgs[i]) for i in kept]
+    pointable = any(boxes.get(i) for i in kept) and all(size is not None for size in sizes)  # boxes, and every image's size
     return LabelledImages(
         dataset=f"coco{year}",
         split=split,
@@ -118,7 +121,17 @@ def load_coco(
         options={"keep_empty": keep_empty, "skip_missing": skip_missing, "ann_file": str(ann_path.resolve())},
         sources=[ann_path],
         notes=notes,
+        object_boxes=[boxes.get(i, {}) for i in kept] if pointable else None,
+        image_sizes=[s for s in sizes if s is not None] if pointable else None,
     )
+
+
+def _image_size(image: dict) -> tuple[int, int] | None:
+    """``images[].width`` / ``height`` (no decoding); None when absent or not positive."""
+    width, height = image.get("width"), image.get("height")
+    if isinstance(width, int | float) and isinstance(height, int | float) and width > 0 and height > 0:
+        return int(width), int(height)
+    return None
 
 
 def coco_boxes(data: dict, column: dict[int, int]) -> dict[int, dict[int, list[tuple[float, float, float, float]]]]:

@@ -55,6 +55,8 @@ def subset(images: LabelledImages, max_images: int, seed: int = 0) -> LabelledIm
         paths=[images.paths[i] for i in keep],
         labels=images.labels[keep],
         boxes=[images.boxes[i] for i in keep] if images.boxes is not None else None,
+        object_boxes=[images.object_boxes[i] for i in keep] if images.object_boxes is not None else None,
+        image_sizes=[images.image_sizes[i] for i in keep] if images.image_sizes is not None else None,
         options={**images.options, "max_images": max_images, "subset_seed": seed, "subset_of": len(images)},
         notes=[*images.notes, f"subset: {len(keep)} of {len(images)} samples (--max-images {max_images}, seed {seed}, stratified)"],
     )

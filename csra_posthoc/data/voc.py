@@ -77,6 +77,26 @@ def image_boxes(xml_path: Path, index: dict[str, int], difficult: DifficultPolic
     return out
 
 
+def image_size(xml_path: Path, image_path: Path) -> tuple[int, int]:
+    """The original ``(width, height)``: the annotation's ``<size>``, else the image file's header
+    (PIL reads the size without decoding the pixels)."""
+    try:
+        size = ET.parse(xml_path).getroot().find("size")
+        if size is not None:
+            width, height = int(float(size.findtext("width") or "0")), int(float(size.findtext("height") or "0"))
+            if width > 0 and height > 0:
+                return width, height
+    except (ET.ParseError, OSError, ValueError):
+        pass
+    from PIL import Image
+
+    try:
+        with Image.open(image_path) as im:
+            return int(im.size[0]), int(im.size[1])
+    except Exception as exc:
+        raise CSRAError(f"{image_path}: cannot read the image size ({type(exc).__name__}) for the pointing game") from None
+
+
 def load_voc(
     data_dir: str | Path,
     year: str = "2007",
@@ -104,12 +124,15 @@ def load_voc(
     ids, paths = list(compress(ids, present)), list(compress(paths, present))
     if not ids:
         raise CSRAError(f"{split_file}: none of its images is in {root / 'JPEGImages'}")
-    rows = []
+    rows, object_boxes = [], []
     for image_id in ids:
         xml_path = root / "Annotations" / f"{image_id}.xml"
         if not xml_path.is_file():
             raise CSRAError(f"{xml_path}: missing annotation for image {image_id} listed in {split_file}")
         rows.append(_image_labels(xml_path, index, difficult))
+        object_boxes.append(image_boxes(xml_path, index, difficult))
+    has_boxes = any(object_boxes)  # no <bndbox> anywhere: no pointing game
+    sizes = [image_size(root / "Annotations" / f"{i}.xml", p) for i, p in zip(ids, paths, strict=True)] if has_boxes else None
     return LabelledImages(
         dataset=f"voc{year}",
         split=split,
@@ -121,4 +144,6 @@ def load_voc(
         options={"difficult": difficult, "skip_missing": skip_missing},
         sources=[split_file],
         notes=notes,
+        object_boxes=object_boxes if has_boxes else None,
+        image_sizes=sizes,
     )

@@ -67,7 +67,8 @@ def write_mosaic_voc(source: ItemSource, root: Path, num_trainval: int, num_test
                     for p, b in zip(picks, boxes, strict=True)
                 )
                 (tmp / "Annotations" / f"{image_id}.xml").write_text(
-                    f"<annotation><filename>{image_id}.jpg</filename><source>{source.name}</source>{objects}</annotation>"
+                    f"<annotation><filename>{image_id}.jpg</filename><source>{source.name}</source>"
+                    f"<size><width>{canvas}</width><height>{canvas}</height><depth>3</depth></size>{objects}</annotation>"
                 )
                 ids.append(image_id)
             (tmp / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
