@@ -40,7 +40,7 @@ def cell_centre(transform: Mapping[str, Any], grid: tuple[int, int], cell: tuple
     row, col = cell
     width, height = image_size
     if not (0 <= row < h and 0 <= col < w):
-        raise CSRAError(f"cell {cell} outside a {h}x{w} grid", param="cell")
+        raise CSRAError(f"cell {cell} outside a {h}x{w} grid")
     u, v = (col + 0.5) / w, (row + 0.5) / h  # fraction of the network input
     kind = transform.get("kind")
     if kind == "square-resize":
@@ -91,7 +91,7 @@ def pointing_game(
     (width, height). Returns the JSON section ``{"pointing_game": {...}, "definition": ...}``."""
     h, w = grid
     if len(labels) != len(argmax) or len(labels) != len(boxes) or len(labels) != len(image_sizes):
-        raise CSRAError("labels, argmax, boxes and image_sizes must have one entry per image", param="argmax")
+        raise CSRAError("labels, argmax, boxes and image_sizes must have one entry per image")
     per_class = {c: [0, 0.0, 0] for c in range(len(classes))}
     for lab, top, img_boxes, size in zip(labels, argmax, boxes, image_sizes, strict=True):
         centres = [cell_centre(transform, grid, (r, q), size) for r in range(h) for q in range(w)]
@@ -101,7 +101,7 @@ def pointing_game(
                 continue
             flat = int(top[c])
             if not 0 <= flat < h * w:
-                raise CSRAError(f"arg-max index {flat} outside a {h}x{w} grid", param="argmax")
+                raise CSRAError(f"arg-max index {flat} outside a {h}x{w} grid")
             acc = per_class[c]
             acc[0] += int(_inside(centres[flat], cb))
             acc[1] += sum(_inside(p, cb) for p in centres) / (h * w)
