@@ -14,7 +14,8 @@ labelled data; here on the sweep's own images:
   seeded half of the images and applied to the other, both ways, averaged; next to the fixed
   ``sigmoid(score) >= 0.5`` on the same halves.
 
-One sort of the (N, C) matrix along the images does all classes at once (as metrics/batched.py).
+One sort of the (C, N) score matrix does all classes at once (as metrics/batched.py): about 1 s for
+COCO's 40,000 x 80 on one shared CPU core, so a sweep's four rows add a few seconds.
 """
 
 from __future__ import annotations
@@ -50,20 +51,19 @@ def f1_thresholds(scores: torch.Tensor, labels: torch.Tensor, unknown: UnknownPo
     out = torch.full((c,), NO_POSITIVE_THRESHOLD, dtype=torch.float64)
     if n == 0:
         return out
-    s = scores.detach().double().cpu()
-    positive, counted = _known(labels.cpu(), unknown)
-    order = s.argsort(dim=0, descending=True, stable=True)  # the one sort
-    s_sorted = s.gather(0, order)
-    tp = positive.gather(0, order).double().cumsum(0)  # (N, C): TP when the top k+1 are predicted
-    n_pred = counted.gather(0, order).double().cumsum(0)
-    n_gt = positive.sum(0).double()
-    f1 = 2.0 * tp / (n_pred + n_gt).clamp_min(1.0)
+    s = scores.detach().cpu().t().double().contiguous()  # (C, N): each class's scores contiguous for the sort
+    positive, counted = _known(labels.cpu().t(), unknown)
+    s_sorted, order = s.sort(dim=1, descending=True, stable=True)  # the one sort
+    tp = positive.gather(1, order).cumsum(1)  # (C, N) int64: TP when the top k+1 are predicted
+    n_pred = counted.gather(1, order).cumsum(1)
+    n_gt = positive.sum(1)
+    f1 = (2 * tp).double() / (n_pred + n_gt.unsqueeze(1)).clamp_min(1).double()  # exact ratios: equal F1s compare equal
     # a threshold equal to s_sorted[k] predicts every tied score too: only the last of a tie group is reachable
     last_of_group = torch.ones_like(s_sorted, dtype=torch.bool)
-    last_of_group[:-1] = s_sorted[:-1] != s_sorted[1:]
-    f1 = torch.where(last_of_group, f1, torch.full_like(f1, -1.0))
-    best = f1.argmax(dim=0)  # first maximum in descending order: the highest threshold on ties
-    chosen = s_sorted.gather(0, best.unsqueeze(0)).squeeze(0)
+    last_of_group[:, :-1] = s_sorted[:, :-1] != s_sorted[:, 1:]
+    f1.masked_fill_(~last_of_group, -1.0)
+    best = f1.argmax(dim=1)  # first maximum in descending order: the highest threshold on ties
+    chosen = s_sorted.gather(1, best.unsqueeze(1)).squeeze(1)
     return torch.where(n_gt > 0, chosen, out)
 
 
@@ -134,7 +134,11 @@ def sweep_thresholds(result: Any, stats: Any, seed: int = 0) -> dict[str, dict[s
     unknown = stats.info.unknown
     rows = {"baseline": result.baseline, "best": result.best, "fixed": result.fixed, "best_variant": result.best_variant}
     out: dict[str, dict[str, Any]] = {}
+    done: dict[tuple[Any, float], dict[str, Any]] = {}  # best_variant is often best itself: scored once
     for key, row in rows.items():
-        scores = stats.avg if row is result.baseline else row_scores(stats, row)
-        out[key] = row_thresholds_json(scores, stats.labels, masks, unknown, seed)
+        setting = ("baseline", 0.0) if row.lam == 0.0 else (row.variant, row.lam)
+        if setting not in done:
+            scores = stats.avg if row.lam == 0.0 else row_scores(stats, row)
+            done[setting] = row_thresholds_json(scores, stats.labels, masks, unknown, seed)
+        out[key] = dict(done[setting])
     return out

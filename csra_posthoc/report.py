@@ -143,12 +143,15 @@ def _print_thresholds(console: Console, result: SweepResult) -> None:
     scored = {k: v for k, v in found.items() if v.get("cf1") is not None}
     if not scored:
         if found:
-            console.print("thresholds: per-class F1 thresholds stored; too few images for held-out halves to score them", soft_wrap=True)
+            console.print("thresholds: per-class F1 thresholds stored; too few images to score them on halves", soft_wrap=True)
         return
     labels = {"baseline": "baseline", "best": "best λ", "fixed": "fixed λ", "best_variant": "best variant"}
     seed = next(iter(scored.values())).get("seed")
     parts = [f"{labels.get(k, k)} CF1 {v['cf1_at_0.5']:.2f} -> {v['cf1']:.2f}, OF1 {v['of1_at_0.5']:.2f} -> {v['of1']:.2f}" for k, v in scored.items()]
-    console.print(f"thresholds (held-out halves, seed {seed}; sigmoid 0.5 -> calibrated per-class F1): " + "; ".join(parts), soft_wrap=True)
+    console.print(
+        f"thresholds (per-class F1, chosen on one seeded half, scored on the other, both ways; seed {seed}; sigmoid 0.5 -> calibrated): " + "; ".join(parts),
+        soft_wrap=True,
+    )
 
 
 def _delta(value: float, base: float) -> str:

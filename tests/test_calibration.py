@@ -133,7 +133,7 @@ def test_sweep_json_has_each_rows_thresholds_and_the_table_reports_them() -> Non
     print_table(console, result, stats)
     text = console.export_text()
     b = th["best"]
-    assert "thresholds (held-out halves" in text and f"CF1 {b['cf1_at_0.5']:.2f} -> {b['cf1']:.2f}" in text
+    assert "thresholds (per-class F1, chosen on one seeded half" in text and f"CF1 {b['cf1_at_0.5']:.2f} -> {b['cf1']:.2f}" in text
 
 
 def test_single_label_sweeps_have_no_thresholds() -> None:
@@ -229,7 +229,7 @@ def test_demo_stores_brute_force_thresholds_for_its_rows(tmp_path: Path) -> None
     )
     assert res.exit_code == 0, res.output
     data, arrays = json.loads(out.read_text()), np.load(npz)
-    assert data["weights"] == "pretrained:packaged" and "thresholds (held-out halves" in res.output
+    assert data["weights"] == "pretrained:packaged" and "thresholds (per-class F1, chosen on one seeded half" in res.output
     for key in ("baseline", "best", "fixed"):
         entry = data["thresholds"][key]
         want = brute_thresholds(arrays[key].astype(np.float64), arrays["labels"].astype(np.int64), "exclude")
