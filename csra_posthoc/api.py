@@ -9,6 +9,7 @@ from rich.console import Console
 
 from .adapters import ModelAdapter, load_model
 from .cache import remove_orphans, resolve_cache_dir
+from .calibration import sweep_thresholds
 from .class_statistics import ClassStatistics
 from .data import LabelledImages, dataset_entry, load_dataset
 from .defaults import METRIC_NAMES  # noqa: F401 (re-exported)
@@ -373,6 +374,7 @@ def run_sweep(
     with bar("sweep", grid_rows(grid.lams, grid.temps, grid.heads, fixed_lam), "row") as advance:
         result = sweep(stats, task=stats.info.task, fixed_lam=fixed_lam, lams=grid.lams, temps=grid.temps, heads=grid.heads, progress=advance)
     assess(result, stats, grid, select_stats, bar=bar)
+    result.thresholds = sweep_thresholds(result, stats, grid.seed)  # per-class F1 thresholds (multi-label; docs/method.md)
     print_table(console, result, stats, list(grid.metrics))
     if train is not None and grid.select_on == train.split:
         console.print(f"[yellow]note:[/] λ chosen on {safe(train.split)}, the probe's training split: its scores are fitted, the held-out λ may favour it")

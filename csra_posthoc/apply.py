@@ -118,6 +118,26 @@ def default_preprocessing(adapter, transform: str, img_size: int | None, head_me
     return transform_description(adapter.data_config, img_size, single_label=False, choice=transform)  # type: ignore[arg-type]
 
 
+def picked_thresholds(results: dict[str, Any], pick: str, path: str | Path) -> tuple[list[float] | None, str | None]:
+    """The picked row's calibrated per-class thresholds (results ``thresholds.<row>.values``, raw score
+    scale) and a one-line source for the patched config; ``(None, None)`` when the file has none
+    (single-label tasks, older files)."""
+    row = PICKS[pick]
+    entry = (results.get("thresholds") or {}).get(row)
+    if entry is None:
+        return None, None
+    values = entry.get("values") if isinstance(entry, dict) else None
+    count = len(results["classes"]) if isinstance(results.get("classes"), list) else -1
+    if (
+        not isinstance(values, list)
+        or len(values) != count
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    ):
+        raise CSRAError(f"from_results {path}: its {row!r} thresholds are unreadable (not {count} finite numbers)", param="from_results")
+    source = f"per-class F1 on {results.get('dataset')} {results.get('split')} ({results.get('num_images')} images), row {row} of {Path(path).name}"
+    return [float(v) for v in values], " ".join(source.split())  # one line
+
+
 def apply_patch(
     model: str,
     out: str | Path,
@@ -195,6 +215,9 @@ def apply_patch(
         check_results_match(results, patched.config, from_results)
         if patched.config["classes"] is None:  # the dataset's names, in the head's order (just checked)
             patched.config["classes"] = list(results["classes"])
+        # the picked row's calibrated thresholds (contract C2), once the head's classes are known to match
+        values, source = picked_thresholds(results, pick, from_results)
+        patched.config["thresholds"], patched.config["threshold_source"] = values, source
         patched.config["from_results"] = {
             "path": str(Path(from_results).resolve()),
             "pick": pick,
@@ -257,4 +280,6 @@ def print_apply_summary(console: Console, patched, report, identity: float) -> N
     if cfg.get("from_results"):
         fr = cfg["from_results"]
         table.add_row("settings from", safe(f"{fr['path']} ({fr['pick']}, measured on {fr['dataset']} {fr['split']})"))
+    if cfg.get("thresholds") is not None:
+        table.add_row("thresholds", f"calibrated, {len(cfg['thresholds'])} classes: {safe(cfg.get('threshold_source') or '')}")
     console.print(table)

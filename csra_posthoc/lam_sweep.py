@@ -108,6 +108,7 @@ class SweepResult:
     bootstrap_seed: int | None = None
     uncertainty_notes: list[str] = field(default_factory=list)  # e.g. why there is no held-out row
     per_class_delta: dict[str, ClassDeltas] | None = None  # "best", "fixed", "held_out": per-class Δ and intervals (csra_posthoc.per_class)
+    thresholds: dict[str, dict[str, Any]] | None = None  # per-class F1 thresholds by row (csra_posthoc.calibration; multi-label only)
 
 
 def attended_scores(stats: ClassStatistics, variant: Variant) -> torch.Tensor:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -333,6 +334,15 @@ def _classifier_from_probe(adapter: ModelAdapter, head: Any) -> tuple[LocationHe
     return classifier, meta
 
 
+def _checked_thresholds(thresholds: Sequence[float] | None, num_classes: int) -> list[float] | None:
+    if thresholds is None:
+        return None
+    values = list(thresholds)
+    if len(values) != num_classes or not all(_is_number(t) and math.isfinite(t) for t in values):
+        raise CSRAError(f"thresholds: not {num_classes} finite numbers (one per class)", param="thresholds")
+    return [float(t) for t in values]
+
+
 def patch(
     model: nn.Module | ModelAdapter,
     lam: float = 0.2,
@@ -344,6 +354,8 @@ def patch(
     classes: list[str] | None = None,
     preprocessing: dict[str, Any] | None = None,
     img_size: int | None = None,
+    thresholds: Sequence[float] | None = None,
+    threshold_source: str | None = None,
 ) -> PatchedModel:
     """CSRA-patch a timm / torchvision classifier (or a :func:`csra_posthoc.load_model` adapter).
 
@@ -357,6 +369,9 @@ def patch(
     mode the original is later put in.
     ``preprocessing`` (a transform description) defaults to the model's own eval transform at
     ``img_size`` (default: the model's input size); exports and ``predict`` use it.
+    ``thresholds``: per-class decision thresholds on the score scale (``score_c >= thresholds[c]``,
+    e.g. a sweep's calibrated ones) and ``threshold_source`` (one line saying how they were chosen),
+    stored in the config for ``predict --threshold calibrated``.
     """
     from .adapters.instance import adapter_for_module, architecture_kwargs
     from .data.transforms import transform_description
@@ -396,6 +411,8 @@ def patch(
         "data_config": asdict(adapter.data_config),
         "input": {"shape": ["batch", 3, preprocessing["size"], preprocessing["size"]], "dtype": "float32", "normalised": True},
         "output": {"shape": ["batch", csra.num_classes], "meaning": "CSRA scores (logits scale): mean + lam * attended"},
+        "thresholds": _checked_thresholds(thresholds, csra.num_classes),
+        "threshold_source": None if thresholds is None else (threshold_source or "given to patch()"),
     }
     return PatchedModel(adapter, csra, config)
 

@@ -81,6 +81,8 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
         from .bootstrap import bootstrap_json
 
         out["bootstrap"] = bootstrap_json(result.bootstrap, result.bootstrap_n or 0, result.bootstrap_seed or 0)
+    if result.thresholds is not None:  # per-class F1 thresholds by row (multi-label only; single-label predicts by rank)
+        out["thresholds"] = result.thresholds
     from .per_class import per_class_json  # per-class Δ with intervals (null without the bootstrap)
 
     out["per_class_delta"] = per_class_json(result.per_class_delta)
@@ -121,7 +123,7 @@ def _print_honesty_notes(console: Console, result: SweepResult) -> None:
         if held.select_on == "half":
             how = (
                 f"chosen on one random half of the images and scored on the other, both ways, averaged (seed {held.seed}; "
-                "its score is the mean of the halves' scores, so compare its Δ)"
+                "its score and the 'baseline (same halves)' row are means over the halves; its Δ is against that baseline)"
             )
         else:
             how = f"chosen on split {safe(held.select_on)} and scored on this one"
@@ -133,6 +135,23 @@ def _print_honesty_notes(console: Console, result: SweepResult) -> None:
             f"95 % CI: paired bootstrap over images ({result.bootstrap_n} resamples, seed {result.bootstrap_seed}); n.s.: the interval contains 0",
             soft_wrap=True,
         )
+
+
+def _print_thresholds(console: Console, result: SweepResult) -> None:
+    """One line per row: held-out CF1 / OF1 at sigmoid 0.5 -> at the calibrated per-class thresholds."""
+    found = result.thresholds or {}
+    scored = {k: v for k, v in found.items() if v.get("cf1") is not None}
+    if not scored:
+        if found:
+            console.print("thresholds: per-class F1 thresholds stored; too few images to score them on halves", soft_wrap=True)
+        return
+    labels = {"baseline": "baseline", "best": "best λ", "fixed": "fixed λ", "best_variant": "best variant"}
+    seed = next(iter(scored.values())).get("seed")
+    parts = [f"{labels.get(k, k)} CF1 {v['cf1_at_0.5']:.2f} -> {v['cf1']:.2f}, OF1 {v['of1_at_0.5']:.2f} -> {v['of1']:.2f}" for k, v in scored.items()]
+    console.print(
+        f"thresholds (per-class F1, chosen on one seeded half, scored on the other, both ways; seed {seed}; sigmoid 0.5 -> calibrated): " + "; ".join(parts),
+        soft_wrap=True,
+    )
 
 
 def _delta(value: float, base: float) -> str:
@@ -204,17 +223,20 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
         held = result.held_out
         if name == "best" and held is not None:  # the honest figure right under the optimistic one
             held_variant, held_lam = _held_out_setting(held)
+            if held.select_on == "half":  # the halves' own baseline: the held-out Δ is measured against it
+                table.add_row("baseline (same halves)", "-", "0", f"{held.baseline:.2f}", "", *([""] if intervals else []), *["" for _ in metrics])
             table.add_row(
                 f"held-out λ ({safe(held.select_on)})",
                 safe(held_variant),
                 held_lam,
                 f"{held.score:.2f}",
-                _delta(held.score, held.score - held.delta),
+                _delta(held.score, held.baseline),
                 *([_interval(result, "held_out")] if intervals else []),
                 *["" for _ in metrics],
             )
     console.print(table)
     _print_honesty_notes(console, result)
+    _print_thresholds(console, result)
     source = info.baseline_source
     diff = info.identity_max_abs_diff
     rel = info.identity_max_rel_diff

@@ -68,6 +68,7 @@ class Choice:
     lam: float
     score: float
     delta: float
+    baseline: float | None = None  # the baseline (lam = 0) on the same images the choice is scored on
 
     def to_json(self) -> dict[str, Any]:
         v = self.variant
@@ -79,6 +80,7 @@ class Choice:
             "lam": self.lam,
             "score": self.score,
             "delta": self.delta,
+            "baseline": self.score - self.delta if self.baseline is None else self.baseline,
         }
 
 
@@ -100,6 +102,12 @@ class HeldOut:
         return sum(c.delta for c in self.choices) / len(self.choices)
 
     @property
+    def baseline(self) -> float:
+        """The baseline over the same images the score is over (the mean of the halves' baselines for
+        ``half``): ``score - baseline == delta``, so the row is self-consistent."""
+        return self.score - self.delta
+
+    @property
     def agreed(self) -> Choice | None:
         """The common choice when every direction chose the same setting, else None."""
         first = self.choices[0]
@@ -117,6 +125,7 @@ class HeldOut:
             "heads": agreed.variant.heads if agreed else None,
             "score": self.score,
             "delta": self.delta,
+            "baseline": self.baseline,
             "choices": [c.to_json() for c in self.choices],
         }
         if self.seed is not None:
@@ -177,7 +186,7 @@ def select_half(
     for chosen, scored in ((0, 1), (1, 0)):
         variant, lam = _best(on_half[chosen])
         score = next(m for v, l2, m in on_half[scored] if v == variant and l2 == lam)
-        choices.append(Choice(f"half {'AB'[chosen]}", variant, lam, score, score - base[scored]))
+        choices.append(Choice(f"half {'AB'[chosen]}", variant, lam, score, score - base[scored], base[scored]))
         parts.append((masks[scored], _scores(stats, variant, lam)))
     return HeldOut("half", choices, parts, seed=int(seed))
 
@@ -201,7 +210,7 @@ def select_on_split(
     scores = _scores(eval_stats, variant, lam)
     score = primary_metric(scores, eval_stats.labels, single_label)
     base = primary_metric(eval_stats.avg, eval_stats.labels, single_label)
-    return HeldOut(select_name, [Choice(select_name, variant, lam, score, score - base)], [(None, scores)])
+    return HeldOut(select_name, [Choice(select_name, variant, lam, score, score - base, base)], [(None, scores)])
 
 
 def _scores(stats: ClassStatistics, variant: Variant, lam: float) -> torch.Tensor:
