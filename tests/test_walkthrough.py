@@ -56,3 +56,20 @@ def test_walkthrough_runs_as_printed(tmp_path: Path) -> None:
     for command, text in outputs.items():
         if "--from-results" in command:
             assert found in " ".join(text.split()), f"{command} did not say which head it used:\n{text[-2000:]}"
+
+
+def test_save_examples_copies_the_first_test_mosaics(tmp_path: Path) -> None:
+    from csra_posthoc.demo import check_examples_dir, write_examples
+    from csra_posthoc.errors import CSRAError
+    from csra_posthoc.testing import random_voc_annotations, write_voc
+
+    voc = write_voc(tmp_path / "voc", random_voc_annotations(4), split="test")
+    voc = voc if (voc / "ImageSets").is_dir() else voc / "VOC2007"
+    first = (voc / "ImageSets" / "Main" / "test.txt").read_text().split()[:2]
+    written = write_examples(voc, tmp_path / "ex")
+    assert [p.name for p in written] == ["example-1.jpg", "example-2.jpg"]
+    for path, image_id in zip(written, first, strict=True):
+        assert path.read_bytes() == (voc / "JPEGImages" / f"{image_id}.jpg").read_bytes()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CSRAError, match="not a folder"):
+        check_examples_dir(tmp_path / "file")
