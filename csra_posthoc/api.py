@@ -380,6 +380,7 @@ def run_sweep(
         console.print(f"[yellow]note:[/] λ chosen on {safe(train.split)}, the probe's training split: its scores are fitted, the held-out λ may favour it")
     data_json = results_dict(result, stats, outputs.extra)
     report_localisation(console, stats, images, data_json)
+    data_json["head_file"] = str(Path(save_head).resolve()) if save_head is not None else None  # found by apply --from-results
     analyse(console, result, stats, grid, analysis, real, data_json)
     if outputs.plot is not None:
         from .plots import plot_lam_curve

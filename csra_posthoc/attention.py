@@ -92,6 +92,8 @@ def run_attention(
     top_k: int = 3,
     device: str = "auto",
     console: Console | None = None,
+    from_results: str | Path | None = None,
+    pick: str = "best",
 ) -> AttentionMaps:
     """Build the patched model as ``predict`` does, compute the top-k maps, write the figure ``out``."""
     from .csra_head import check_lam, resolve_temperatures
@@ -105,14 +107,21 @@ def run_attention(
         raise CSRAError(f"top_k {top_k}: must be >= 1", param="top_k")
     if not Path(image).is_file():
         raise CSRAError(f"{image}: no such image file", param="image")
-    check_outputs({"out": out}, {"image": image, "checkpoint": checkpoint, "patched_file": patched_file, "head_file": head_file})  # README: Outputs
+    check_outputs(
+        {"out": out}, {"image": image, "checkpoint": checkpoint, "patched_file": patched_file, "head_file": head_file, "from_results": from_results}
+    )  # README: Outputs
     if temperature is not None and heads is not None:
         raise CSRAError("temperature and heads: give one of them", param="temperature")
     if lam is not None:
         check_lam(lam)
     if temperature is not None or heads is not None:
         resolve_temperatures(math.inf if temperature is None else temperature, heads)
-    patched = _patched(model, checkpoint, pretrained, random_init, patched_file, head_file, lam, temperature, heads, img_size, transform)
+    if from_results is not None:
+        patched = _patched_from_results(
+            model, checkpoint, pretrained, random_init, patched_file, head_file, lam, temperature, heads, img_size, transform, from_results, pick, out, console
+        )
+    else:
+        patched = _patched(model, checkpoint, pretrained, random_init, patched_file, head_file, lam, temperature, heads, img_size, transform)
     result = attention_maps(patched, image, top_k, classes, device)
     cfg = patched.config
     title = f"{Path(image).name}: {cfg['model']}, mean + {cfg['lam']:g} * {cfg['variant']}"
@@ -121,6 +130,30 @@ def run_attention(
         console.print(f"{safe(name)}: baseline {b:.3f}, CSRA {s:.3f}", soft_wrap=True)
     console.print(f"wrote {safe(out)}", soft_wrap=True)
     return result
+
+
+def _patched_from_results(
+    model, checkpoint, pretrained, random_init, patched_file, head_file, lam, temperature, heads, img_size, transform, from_results, pick, out, console
+):
+    """The sweep row ``pick`` of ``from_results``: its settings, transform and classes (as apply / predict
+    build it); its probe found by the results' head fingerprint when ``head_file`` is not given."""
+    from .apply import pick_settings, read_results
+    from .outputs import check_outputs
+    from .predict import patched_from_results, results_head_file
+
+    if patched_file is not None or lam is not None or temperature is not None or heads is not None or img_size is not None or transform != "auto":
+        raise CSRAError(
+            "from_results sets the model's settings and transform: drop `patched_file`, `lam`, `temperature`, `heads`, `img_size` and `transform`",
+            param="from_results",
+        )
+    if model is None:
+        raise CSRAError("from_results needs `model` with its weights (the sweep's)", param="model")
+    results = read_results(from_results)
+    settings = pick_settings(results, pick, from_results)
+    head_file = results_head_file(head_file, results, from_results, console)
+    if head_file is not None:
+        check_outputs({"out": out}, {"head_file": head_file, "from_results": from_results})
+    return patched_from_results(model, checkpoint, pretrained, random_init, head_file, results, settings, from_results)
 
 
 def _patched(model, checkpoint, pretrained, random_init, patched_file, head_file, lam, temperature, heads, img_size, transform):

@@ -271,6 +271,8 @@ def demo_cmd(
     plot: Optional[Path] = typer.Option(None, "--plot", help="lam curve figure: .png, .svg or .pdf (its folder must exist)"),
     per_class: bool = typer.Option(False, "--per-class", help="table of per-class Δ with 95 % bootstrap intervals"),
     plot_classes: Optional[Path] = typer.Option(None, "--plot-classes", help="per-class Δ figure (.png, .svg or .pdf)"),
+    save_head: Optional[Path] = typer.Option(None, "--save-head", help="write the fitted probe (.safetensors), as sweep --save-head"),
+    save_examples: Optional[Path] = typer.Option(None, "--save-examples", help="folder: copy two test mosaics there (example-1.jpg, example-2.jpg)"),
 ) -> None:
     """Offline end-to-end demo: real ImageNet EfficientNet-Lite0, probe head, Fashion-MNIST mosaics."""
 
@@ -290,6 +292,8 @@ def demo_cmd(
             save_scores_to=save_scores,
             plot=plot,
             analysis=AnalysisOptions(per_class=per_class, plot_classes=plot_classes),
+            save_head=save_head,
+            save_examples=save_examples,
         )
 
     run_cli(go)
@@ -494,6 +498,8 @@ def attention_cmd(
     classes_file: ClassesFileOpt = None,
     top_k: int = typer.Option(3, "--top-k", help="classes shown (the highest CSRA scores)"),
     device: DeviceOpt = "auto",
+    from_results: Optional[Path] = typer.Option(None, "--from-results", help="a sweep's / the demo's results JSON: its settings, transform, classes and probe"),
+    pick: str = typer.Option("best", "--pick", help="the results row: best | fixed | best-variant"),
 ) -> None:
     """Per-location class scores of the top classes as heat maps over the image (the paper's Fig. 4)."""
 
@@ -519,6 +525,8 @@ def attention_cmd(
             classes=read_classes(classes, classes_file),
             top_k=top_k,
             device=device,
+            from_results=from_results,
+            pick=pick,
         )
 
     run_cli(go)

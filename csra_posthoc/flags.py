@@ -24,6 +24,7 @@ FLAGS: dict[str, str] = {
     "c": "--probe-c",  # fit_probe(c=...)
     "save_head": "--save-head",
     "head_file": "--head-file",
+    "save_examples": "--save-examples",
     # data
     "dataset": "--dataset",
     "data_dir": "--data-dir",

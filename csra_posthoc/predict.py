@@ -464,8 +464,16 @@ def check_from_results_args(from_results, patched_file, lam, temperature, heads,
 
 def results_head_file(head_file, results: dict[str, Any], results_path, console: Console):
     """The head a results file was measured with: ``head_file`` as given. (The one place to look one
-    up beside the results file / in the cache when it is not given.)"""
-    return head_file
+    up beside the results file / in the cache when it is not given: :func:`head_lookup.find_results_head`.)"""
+    if head_file is not None:
+        return head_file
+    from .cache import resolve_cache_dir
+    from .head_lookup import find_results_head, found_head_line
+
+    found = find_results_head(results, Path(str(results_path)), resolve_cache_dir(None))
+    if found is not None:
+        console.print(found_head_line(found), soft_wrap=True, highlight=False)
+    return found
 
 
 def patched_from_results(model, checkpoint, pretrained, random_init, head_file, results: dict[str, Any], settings, path):

