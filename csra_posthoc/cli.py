@@ -327,7 +327,7 @@ ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="comma-sepa
 ClassesFileOpt = Annotated[Optional[Path], typer.Option("--classes-file", help="class names, one per line")]
 OptionalModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="timm name or torchvision:<arch>")]
 PatchedLamOpt = Annotated[Optional[str], typer.Option("--lam", help="default: the file's, else the paper's fixed lam (0.02 ResNets, 0.2 others)")]
-OptionalImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", help="square input size (default: the patched file's or the sweep's, else the model's own)")]
+OptionalImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", help="square input size (default: the patched file's, else the model's own)")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 
 
