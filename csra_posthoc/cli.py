@@ -280,7 +280,7 @@ def demo_cmd(
     num_train: int = typer.Option(800, "--num-train", help="trainval mosaics (the probe's training split)"),
     num_test: int = typer.Option(800, "--num-test", help="test mosaics (the evaluated split)"),
     img_size: int = typer.Option(224, "--img-size", help="mosaic canvas and model input size"),
-    seed: int = typer.Option(0, "--seed", help="seed of the mosaics, the held-out half split and the bootstrap resamples"),
+    seed: int = typer.Option(0, "--seed", help="seed of the generated mosaics (the held-out split and the bootstrap use seed 0)"),
     batch_size: int = typer.Option(32, "--batch-size", help="images per forward pass"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
