@@ -77,6 +77,19 @@ def rendered_table() -> tuple[list[str], list[str]]:
     return cells[0], [row[0] for row in cells[1:] if row[0]]
 
 
+def readme_demo_rows() -> list[list[str]]:
+    section = README.split("## The demo", 1)[1].split("\n## ", 1)[0]
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in section.splitlines() if ln.startswith("|")][2:]
+
+
+def test_readme_demo_table_variants_are_the_codes_labels() -> None:
+    stats = make_stats()
+    result = sweep(stats, task="multilabel", fixed_lam=0.2)  # the default grid: every variant the demo sweeps
+    labels = {r.variant.label for r in result.rows} | {"-"}
+    variants = [v for row in readme_demo_rows() for v in row[1].split(" / ")]
+    assert variants and set(variants) <= labels, (variants, sorted(labels))
+
+
 def readme_demo_table() -> tuple[list[str], list[str]]:
     section = README.split("## The demo", 1)[1].split("\n## ", 1)[0]
     rows = [ln for ln in section.splitlines() if ln.startswith("|")]
