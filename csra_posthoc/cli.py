@@ -35,8 +35,8 @@ def _word_metavars() -> None:
     """Typer labels list arguments with the Python type (``<list[Path]>``); show the word (``<path>``)."""
     from typer.core import TyperArgument
 
-    python_label = TyperArgument.display_type
-    if getattr(python_label, "_csra_words", False):
+    python_label = getattr(TyperArgument, "display_type", None)  # typer >= 0.2x; older ones show no type
+    if python_label is None or getattr(python_label, "_csra_words", False):
         return
 
     def display_type(self, ctx):
