@@ -339,7 +339,7 @@ def _checked_thresholds(thresholds: Sequence[float] | None, num_classes: int) ->
         return None
     values = list(thresholds)
     if len(values) != num_classes or not all(_is_number(t) and math.isfinite(t) for t in values):
-        raise CSRAError(f"thresholds: not {num_classes} finite numbers (one per class)", param="thresholds")
+        raise CSRAError(f"thresholds: not {num_classes} finite numbers (one per class)")
     return [float(t) for t in values]
 
 

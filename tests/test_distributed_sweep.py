@@ -121,6 +121,7 @@ def test_probe_under_two_ranks_equals_single_process(tmp_path: Path) -> None:
     codes1, single, files1, _ = _run(tmp_path, "single", 1, [*args, "--save-head", str(tmp_path / "h1.safetensors")])
     codes2, multi, files2, printed = _run(tmp_path, "two", 2, [*args, "--save-head", str(tmp_path / "h2.safetensors")])
     assert codes1 == [0] and codes2 == [0, 0], printed
+    assert (single.pop("head_file"), multi.pop("head_file")) == (str(tmp_path / "h1.safetensors"), str(tmp_path / "h2.safetensors"))  # each run's own file
     assert multi == single  # shards of whole batches: the features, the fitted head, everything bit for bit
     assert single["head_fingerprint"] == multi["head_fingerprint"]
     assert [f.name for f in files1] == [f.name for f in files2] and len(files1) == 2  # probe + statistics, same keys
