@@ -308,7 +308,7 @@ class PatchedModel(nn.Module):
         return self.head.pool(s), s.mean(dim=-1)
 
 
-def _classifier_from_probe(adapter: ModelAdapter, head: Any) -> tuple[LocationHead, dict]:
+def classifier_from_probe(adapter: ModelAdapter, head: Any) -> tuple[LocationHead, dict]:
     """A probe saved by ``sweep --save-head`` (path, or ``(LocationHead, meta)``), checked against the model."""
     from .probe import load_head
 
@@ -382,7 +382,7 @@ def patch(
         described = model.info.head if head is None else None
         model, head = model.base, (model.head if head is None else head)
     adapter = adapter_for_module(model, name)
-    classifier, head_meta = (adapter.head, {}) if head is None else _classifier_from_probe(adapter, head)
+    classifier, head_meta = (adapter.head, {}) if head is None else classifier_from_probe(adapter, head)
     csra = CSRAHead(classifier, lam=lam, temperature=temperature, heads=heads)
     if classes is None:
         classes = (head_meta.get("probe") or {}).get("classes")

@@ -104,12 +104,14 @@ def load_model(
     pretrained: bool = False,
     random_init: bool = False,
     num_classes: int | None = None,
+    head: str | Path | None = None,
 ) -> ModelAdapter:
     """Build an adapter for a timm model name or ``torchvision:<arch>``.
 
     Exactly one weight source: ``checkpoint`` (num_classes inferred from its head), ``pretrained``
     (hub weights, or packaged offline weights where installed), or ``random_init`` (tests and
-    benchmarks only: numbers from it mean nothing).
+    benchmarks only: numbers from it mean nothing). ``head``: a probe head file (``sweep`` / ``demo
+    --save-head``) that replaces the classifier; it must have been fitted on this model.
     """
     if sum([checkpoint is not None, pretrained, random_init]) != 1:
         raise CSRAError("model needs exactly one weight source: `checkpoint` (a path), pretrained=True or random_init=True", param="model")
@@ -152,4 +154,20 @@ def load_model(
         adapter.info.notes.append(note)
     adapter.info.weights_fingerprint = state_dict_fingerprint(model.state_dict())
     verify_identity(adapter)
+    if head is not None:
+        return with_probe_head(adapter, head).eval()
     return adapter.eval()
+
+
+def with_probe_head(adapter: ModelAdapter, head_file: str | Path) -> ModelAdapter:
+    """``adapter`` with a saved probe as its classifier (checked against the model: features, norm, name)."""
+    from dataclasses import replace
+
+    from ..patched import classifier_from_probe
+    from .probe_head import ProbeHeadAdapter
+
+    classifier, meta = classifier_from_probe(adapter, head_file)
+    probe = meta.get("probe") or {}
+    described = f"linear probe on {probe['dataset']} {probe['split']}" if probe.get("dataset") else f"probe head {Path(head_file).name}"
+    info = replace(adapter.info, baseline_source="model_logits", head=described, notes=list(adapter.info.notes))
+    return ProbeHeadAdapter(adapter, classifier, info)
