@@ -94,6 +94,8 @@ def scan_pt2(data: bytes) -> None:
         names = zf.namelist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise UnsafeArchive(f"not a torch.export archive ({exc})") from None
+    if len(names) != len(set(names)):  # zipfile reads the last of two same-named members, torch's reader may read the first
+        raise UnsafeArchive("not a torch.export archive (a member name occurs twice)")
     tops = {n.split("/", 1)[0] for n in names}
     if len(tops) != 1 or any("/" not in n for n in names):
         raise UnsafeArchive("not a torch.export archive (members outside one top-level folder)")

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -142,6 +143,28 @@ def test_a_tampered_pt2_runs_no_code(exported, tmp_path: Path, attack: str) -> N
         ExportedModel(evil)
     with pytest.raises(CSRAError, match="evil.pt2"):
         load_exported(evil)
+    assert not marker.exists()
+
+
+def test_a_member_named_twice_is_refused(exported, tmp_path: Path) -> None:
+    """Two members of one name: Python's zipfile reads the last, torch's reader may read the first.
+    A scan of one and a load of the other would let a pickle through, so such an archive is refused."""
+    from csra_posthoc.export import ExportedModel
+
+    marker = tmp_path / "MARKER"
+    evil = tmp_path / "evil.pt2"
+    with zipfile.ZipFile(exported["pt2"]) as zin, zipfile.ZipFile(evil, "w") as zout, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name: that is the attack
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith("data/sample_inputs/model.pt"):
+                zout.writestr(info.filename, evil_torch_save(marker))  # first: what a first-match reader gets
+            zout.writestr(info.filename, data)  # last: what zipfile's read() gets
+    res = runner.invoke(app, ["predict", "--patched", str(evil), str(exported["image"])])
+    assert not marker.exists(), "the archive ran code"
+    assert res.exit_code == 2 and "occurs twice" in res.output, res.output
+    with pytest.raises(CSRAError, match="occurs twice"):
+        ExportedModel(evil)
     assert not marker.exists()
 
 
