@@ -144,11 +144,11 @@ ThresholdMode = Literal["calibrated", "probability", "rank"]
 @dataclass(frozen=True)
 class ThresholdRule:
     """Which of the top-k classes count as predicted: ``calibrated`` (``score_c >= values[c]``, raw
-    score scale; a null value: never), ``probability`` (``sigmoid(score) >= probability``) or
+    score scale), ``probability`` (``sigmoid(score) >= probability``) or
     ``rank`` (the whole top-k)."""
 
     mode: ThresholdMode
-    values: tuple[float | None, ...] | None = None
+    values: tuple[float, ...] | None = None
     probability: float | None = None
     source: str = ""
 
@@ -166,7 +166,8 @@ class ThresholdRule:
             assert self.probability is not None
             return prob >= self.probability
         value = self.threshold(c)
-        return value is not None and score >= value
+        assert value is not None
+        return score >= value
 
     def describe(self, top_k: int) -> str:
         if self.mode == "rank":
@@ -176,21 +177,8 @@ class ThresholdRule:
         return f"top-{top_k} with score >= its class's calibrated threshold ({self.source})"
 
 
-def calibrated_values(values: Any, num_classes: int, where: str) -> tuple[float | None, ...]:
-    """Per-class thresholds as stored (results JSON ``thresholds.<row>.values`` / config ``thresholds``)."""
-    if not isinstance(values, list) or len(values) != num_classes:
-        count = len(values) if isinstance(values, list) else type(values).__name__
-        raise CSRAError(f"{where}: its thresholds are unreadable ({count} values for {num_classes} classes)")
-    out: list[float | None] = []
-    for v in values:
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v)):
-            raise CSRAError(f"{where}: its thresholds are unreadable (value {v!r})")
-        out.append(None if v is None else float(v))
-    return tuple(out)
-
-
 def threshold_rule(
-    threshold: float | str | None, *, single_label: bool, calibrated: tuple[float | None, ...] | None, source: str, why_none: str = ""
+    threshold: float | str | None, *, single_label: bool, calibrated: tuple[float, ...] | None, source: str, why_none: str = ""
 ) -> ThresholdRule:
     """``threshold`` as given (None: the default) -> the rule; ``calibrated`` are the thresholds at
     hand (None: none), ``source`` says where they (or the single-label task) come from."""
@@ -523,23 +511,24 @@ def _single_label(config: dict[str, Any], results: dict[str, Any] | None) -> tup
 def predict_threshold_rule(threshold, config: dict[str, Any], results: dict[str, Any] | None, results_path, pick: str, overridden: bool) -> ThresholdRule:
     """Contract: calibrated thresholds from the results row (``thresholds.<row>.values``) or the
     patched config (``thresholds``), default when present; else rank for single-label heads, else 0.5."""
-    from .apply import PICKS
+    from .apply import PICKS, picked_thresholds
 
     single, why = _single_label(config, results)
-    values, source, why_none = None, why, ""
-    if results is not None:
+    values: tuple[float, ...] | None = None
+    source, why_none = why, ""
+    if results is not None:  # apply's reader of the row's thresholds: one rule (finite, one per class) for both
         row = PICKS[pick]
-        entry = (results.get("thresholds") or {}).get(row)
-        if entry is not None and entry.get("values") is not None:
-            values = calibrated_values(entry["values"], int(config["num_classes"]), f"from_results {results_path}")
-            source = f"{entry.get('method') or 'calibrated'}; {Path(results_path).name}, row {row}"
+        found, _ = picked_thresholds(results, pick, results_path)
+        if found is not None:
+            method = results["thresholds"][row].get("method") or "calibrated"
+            values, source = tuple(found), f"{method}; {Path(results_path).name}, row {row}"
         else:
             why_none = f"from_results {results_path} has no thresholds for its {row!r} row"
     elif config.get("thresholds") is not None:
         if overridden:
             why_none = "the patched file's thresholds were chosen for its own settings, not the `lam` / `temperature` / `heads` given"
         else:
-            values = calibrated_values(config["thresholds"], int(config["num_classes"]), "patched_file")
+            values = tuple(float(t) for t in config["thresholds"])  # checked by patched.check_config when the file was read
             source = config.get("threshold_source") or "the patched file's thresholds"
     else:
         why_none = "no calibrated thresholds (no results file, and no thresholds in a patched file)"
