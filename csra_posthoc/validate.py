@@ -61,34 +61,11 @@ def validate_sweep_args(
 
     Outputs (README: Outputs): no output is an input of the run (``source``'s checkpoint, ``data``'s
     label / annotation files, the probe's training CSV, cache files) or another output."""
-    check_temps_cached(sweep.temps, options.keep_maps)
-    check_device(options)
-    check_sweep_outputs(options, probe, outputs, source=source, data=data, data_dir=data_dir, analysis=analysis)
-
-
-def sweep_output_paths(probe: ProbeOptions | None, outputs: OutputOptions, analysis: AnalysisOptions | None = None) -> dict[str, str | Path | None]:
-    """Every file a sweep writes, by parameter name."""
-    return {
-        **outputs.paths(),
-        "save_head": probe.save_head if probe is not None else None,
-        "plot_classes": analysis.plot_classes if analysis is not None else None,
-    }
-
-
-def check_sweep_outputs(
-    options: ExtractOptions,
-    probe: ProbeOptions | None,
-    outputs: OutputOptions,
-    *,
-    source: ModelSource | None = None,
-    data: DataOptions | None = None,
-    data_dir: str | Path | None = None,
-    analysis: AnalysisOptions | None = None,
-) -> None:
-    """:func:`csra_posthoc.outputs.check_outputs` for a sweep's (or the demo's) outputs and inputs."""
     from .cache import resolve_cache_dir
     from .outputs import RESULTS_SUFFIXES, check_outputs
 
+    check_temps_cached(sweep.temps, options.keep_maps)
+    check_device(options)
     inputs: dict[str, str | Path | None] = {"data_dir": data_dir}
     if source is not None:
         inputs["checkpoint"] = source.checkpoint
@@ -100,3 +77,12 @@ def check_sweep_outputs(
         inputs["real_labels"] = analysis.real_labels
     cache_dir = resolve_cache_dir(options.cache_dir) if options.use_cache else None
     check_outputs(sweep_output_paths(probe, outputs, analysis), inputs, suffixes={"out": RESULTS_SUFFIXES}, cache_dir=cache_dir)
+
+
+def sweep_output_paths(probe: ProbeOptions | None, outputs: OutputOptions, analysis: AnalysisOptions | None = None) -> dict[str, str | Path | None]:
+    """Every file a sweep writes, by parameter name."""
+    return {
+        **outputs.paths(),
+        "save_head": probe.save_head if probe is not None else None,
+        "plot_classes": analysis.plot_classes if analysis is not None else None,
+    }
