@@ -163,7 +163,6 @@ def apply_patch(
     Returns a summary (JSON-ready): the settings, the config written, and the export check.
     """
     from .adapters import load_model
-    from .cache import resolve_cache_dir
     from .csra_head import check_lam, resolve_temperatures
     from .export import check_out_path, export_patched
     from .outputs import check_outputs
@@ -196,12 +195,11 @@ def apply_patch(
         settings = CSRASettings(check_lam(lam), math.inf if temperature is None else float(temperature), heads)
         resolve_temperatures(settings.temperature, settings.heads)
     if results is not None and head_file is None:  # the probe the results name (issue 24): beside them or in the cache
-        from .head_lookup import find_results_head, found_head_line
+        from .head_lookup import results_head_file
 
-        head_file = find_results_head(results, Path(str(from_results)), resolve_cache_dir(None))
+        head_file = results_head_file(None, results, str(from_results), console)
         if head_file is not None:
             check_outputs({"out": out}, {"head_file": head_file, "from_results": from_results})
-            console.print(found_head_line(head_file), soft_wrap=True, highlight=False)
     head_meta: tuple[Any, dict[str, Any]] | None = None
     if head_file is not None:
         path = Path(head_file)

@@ -138,8 +138,9 @@ def _patched_from_results(
     """The sweep row ``pick`` of ``from_results``: its settings, transform and classes (as apply / predict
     build it); its probe found by the results' head fingerprint when ``head_file`` is not given."""
     from .apply import pick_settings, read_results
+    from .head_lookup import results_head_file
     from .outputs import check_outputs
-    from .predict import patched_from_results, results_head_file
+    from .predict import patched_from_results
 
     if patched_file is not None or lam is not None or temperature is not None or heads is not None or img_size is not None or transform != "auto":
         raise CSRAError(

@@ -88,3 +88,16 @@ def found_head_line(path: Path) -> str:
     from .text import safe
 
     return f"head: {safe(path)} (found by the results' head fingerprint)"
+
+
+def results_head_file(head_file: str | Path | None, results: dict[str, Any], results_path: str | Path, console: Any) -> str | Path | None:
+    """The head a results file was measured with: ``head_file`` as given, else the one
+    :func:`find_results_head` finds (in the default cache too), announced on ``console``."""
+    if head_file is not None:
+        return head_file
+    from .cache import resolve_cache_dir
+
+    found = find_results_head(results, Path(str(results_path)), resolve_cache_dir(None))
+    if found is not None:
+        console.print(found_head_line(found), soft_wrap=True, highlight=False)
+    return found

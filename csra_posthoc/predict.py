@@ -365,6 +365,7 @@ def run_predict(
     from .csra_head import check_lam, resolve_temperatures
     from .data.transforms import describe_transform
     from .extraction import resolve_device
+    from .head_lookup import results_head_file
     from .outputs import check_outputs
     from .patched import PatchedModel
     from .report import report_console, write_json
@@ -448,20 +449,6 @@ def check_from_results_args(from_results, patched_file, lam, temperature, heads,
         raise CSRAError(
             f"from_results sets lam / variant / transform / class names from the sweep: drop {listed}, or drop `from_results`", param="from_results"
         )
-
-
-def results_head_file(head_file, results: dict[str, Any], results_path, console: Console):
-    """The head a results file was measured with: ``head_file`` as given. (The one place to look one
-    up beside the results file / in the cache when it is not given: :func:`head_lookup.find_results_head`.)"""
-    if head_file is not None:
-        return head_file
-    from .cache import resolve_cache_dir
-    from .head_lookup import find_results_head, found_head_line
-
-    found = find_results_head(results, Path(str(results_path)), resolve_cache_dir(None))
-    if found is not None:
-        console.print(found_head_line(found), soft_wrap=True, highlight=False)
-    return found
 
 
 def patched_from_results(model, checkpoint, pretrained, random_init, head_file, results: dict[str, Any], settings, path):
