@@ -24,6 +24,8 @@ _EXPORTS: dict[str, str] = {
     "DataOptions": ".options",
     "SweepOptions": ".options",
     "ModelSource": ".options",
+    "PatchedFile": ".options",
+    "CSRASettings": ".options",
     "ProbeOptions": ".options",
     "OutputOptions": ".options",
     "sweep": ".evaluation.grid",
@@ -34,8 +36,8 @@ _EXPORTS: dict[str, str] = {
     "attention_pool": ".heads.scoring",
     "score_from_locations": ".heads.scoring",
     "LocationHead": ".heads.location",
-    "ClassStatistics": ".extract.statistics",
-    "StatisticsInfo": ".extract.statistics",
+    "ClassStatistics": ".extraction.statistics",
+    "StatisticsInfo": ".extraction.statistics",
     "CSRAError": ".errors",
     "patch": ".patched.model",
     "load_patched": ".patched.model",
@@ -47,11 +49,14 @@ _EXPORTS: dict[str, str] = {
     "apply_patch": ".patched.apply",
     "run_predict": ".patched.predict",
     "predict_images": ".patched.predict",
+    "run_attention": ".patched.attention",
+    "attention_maps": ".patched.attention",
 }
 
 __all__ = [
     "CSRAError",
     "CSRAHead",
+    "CSRASettings",
     "ClassStatistics",
     "DataOptions",
     "ExtractOptions",
@@ -60,12 +65,14 @@ __all__ = [
     "ModelAdapter",
     "ModelSource",
     "OutputOptions",
+    "PatchedFile",
     "PatchedModel",
     "ProbeOptions",
     "StatisticsInfo",
     "SweepOptions",
     "SweepResult",
     "apply_patch",
+    "attention_maps",
     "attention_pool",
     "csra_head",
     "csra_score",
@@ -77,6 +84,7 @@ __all__ = [
     "paper_fixed_lam",
     "patch",
     "predict_images",
+    "run_attention",
     "run_predict",
     "run_sweep",
     "save_patched",
@@ -109,8 +117,9 @@ if TYPE_CHECKING:  # static analysers see the real names
     from .heads.location import LocationHead
     from .heads.scoring import attention_pool, csra_score, score_from_locations
     from .models import ModelAdapter, load_model
-    from .options import DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
+    from .options import CSRASettings, DataOptions, ExtractOptions, ModelSource, OutputOptions, PatchedFile, ProbeOptions, SweepOptions
     from .patched.apply import apply_patch
+    from .patched.attention import attention_maps, run_attention
     from .patched.export import export_patched
     from .patched.model import PatchedModel, load_patched, patch, save_patched
     from .patched.predict import predict_images, run_predict

@@ -228,15 +228,134 @@ def check_lams(lams: Sequence[float]) -> None:
 @dataclass(frozen=True)
 class ModelSource:
     """Which model and where its weights come from: exactly one of a checkpoint, the pretrained
-    weights (hub or packaged offline copy) or a random initialisation."""
+    weights (hub or packaged offline copy) or a random initialisation. ``apply`` / ``predict`` /
+    ``attention`` also read ``head_file`` (a probe written by the sweep's ``save_head``, used
+    instead of the model's own classifier) and, for ``apply`` with ``random_init``,
+    ``num_classes`` (the random head's classes); the sweep fits or uses its own head
+    (:class:`ProbeOptions`) and leaves both unset."""
 
     model: str
     checkpoint: str | Path | None = None
     pretrained: bool = False
     random_init: bool = False
+    head_file: str | Path | None = None
+    num_classes: int | None = None
 
     def __post_init__(self) -> None:
         check_weight_source(self.checkpoint, self.pretrained, self.random_init)
+        if self.head_file is not None and not Path(self.head_file).is_file():
+            raise CSRAError(f"head_file {self.head_file}: no such file", param="head_file")
+        if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1):
+            raise CSRAError(f"num_classes {self.num_classes!r}: must be an integer >= 1", param="num_classes")
+
+
+@dataclass(frozen=True)
+class PatchedFile:
+    """The other model source of ``predict`` / ``attention``: a file written by ``apply`` (it holds
+    the weights, the head, the settings and the preprocessing); ``model``, when given, must be the
+    file's."""
+
+    path: str | Path
+    model: str | None = None
+
+
+def model_source(
+    model: str | None,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = False,
+    random_init: bool = False,
+    *,
+    head_file: str | Path | None = None,
+    num_classes: int | None = None,
+    patched_file: str | Path | None = None,
+) -> ModelSource | PatchedFile:
+    """The source the given parameters name: a patched file (no weights or head besides it), or a
+    model with exactly one weight source (and optionally a head file)."""
+    if patched_file is not None:
+        given = [n for n, v in (("checkpoint", checkpoint), ("head_file", head_file), ("num_classes", num_classes)) if v is not None]
+        given += [n for n, v in (("pretrained", pretrained), ("random_init", random_init)) if v]
+        if given:
+            listed = " / ".join(f"`{n}`" for n in given)
+            raise CSRAError(f"patched_file {patched_file} holds the weights and the head: drop {listed}", param="patched_file")
+        return PatchedFile(patched_file, model)
+    if model is None:
+        raise CSRAError("model: give a model name with its weights (`checkpoint`, `pretrained` or `random_init`), or `patched_file`", param="model")
+    return ModelSource(model, checkpoint, pretrained, random_init, head_file=head_file, num_classes=num_classes)
+
+
+PICKS: dict[str, str] = {"best": "best", "fixed": "fixed", "best-variant": "best_variant"}  # pick -> the results file's row
+
+
+def check_lam(lam: float, param: str = "lam") -> float:
+    """``lam``: a finite number >= 0 (returned as a float)."""
+    try:
+        value = float(lam)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(lam, bool) or not math.isfinite(value) or value < 0:
+        raise CSRAError(f"{param} {lam}: must be a finite number >= 0", param=param)
+    return value
+
+
+def check_variant(temperature: float | None, heads: int | None) -> None:
+    """One temperature (> 0; inf: the max) or one of the paper's head counts, not both."""
+    if temperature is not None and heads is not None:
+        raise CSRAError("temperature and `heads`: give one of them (heads use the paper's temperature sets)", param="temperature")
+    if heads is not None and (isinstance(heads, bool) or heads not in HEAD_COUNTS):
+        raise CSRAError(f"heads {heads}: the paper's head counts are {', '.join(map(str, HEAD_COUNTS))}", param="heads")
+    if temperature is not None and (math.isnan(float(temperature)) or float(temperature) <= 0):
+        raise CSRAError(f"temperature {temperature}: must be > 0 (inf for the max)", param="temperature")
+
+
+@dataclass(frozen=True)
+class CSRASettings:
+    """The CSRA settings of a patched model (``apply``, ``predict``, ``attention``): ``lam`` and one
+    ``temperature`` (inf: the max) or ``heads`` H (the paper's temperature set); or a sweep's
+    results file (``from_results``) whose row ``pick`` (best, fixed, best-variant) sets all three.
+
+    What is not given is None; :func:`csra_posthoc.patched.settings.resolve_settings` (the one
+    resolver) fills it in from the results row, the patched file's config or the defaults, and
+    returns a resolved copy (``lam`` set; ``temperature`` set, inf for the max, unless ``heads`` is)."""
+
+    lam: float | None = None
+    temperature: float | None = None
+    heads: int | None = None
+    from_results: str | Path | None = None
+    pick: str = "best"
+
+    def __post_init__(self) -> None:
+        if self.pick not in PICKS:
+            raise CSRAError(f"pick {self.pick}: choose {', '.join(PICKS)}", param="pick")
+        if self.lam is not None:
+            object.__setattr__(self, "lam", check_lam(self.lam))
+        check_variant(self.temperature, self.heads)
+        if self.from_results is not None and self.given:
+            listed = ", ".join(f"`{n}`" for n in self.given)
+            raise CSRAError(f"from_results sets lam / temperature / heads: drop {listed}, or drop `from_results`", param="from_results")
+
+    @property
+    def given(self) -> tuple[str, ...]:
+        """The settings given directly (not from a results file)."""
+        return tuple(n for n in ("lam", "temperature", "heads") if getattr(self, n) is not None)
+
+    @property
+    def row(self) -> str:
+        """The results file's row ``pick`` names (``best``, ``fixed``, ``best_variant``)."""
+        return PICKS[self.pick]
+
+    @property
+    def pool_temperature(self) -> float:
+        """The single-head temperature a head is built with (inf: the max; ignored with ``heads``)."""
+        return math.inf if self.temperature is None else float(self.temperature)
+
+    @property
+    def label(self) -> str:
+        """``max, λ=0.2`` / ``softmax T=2, λ=0.2`` / ``heads H=4, λ=0.2`` (resolved settings)."""
+        lam = "?" if self.lam is None else f"{self.lam:g}"
+        if self.heads is not None:
+            return f"heads H={self.heads}, λ={lam}"
+        t = math.inf if self.temperature is None else self.temperature
+        return f"{'max' if math.isinf(t) else f'softmax T={t:g}'}, λ={lam}"
 
 
 def check_weight_source(checkpoint: str | Path | None, pretrained: bool, random_init: bool) -> None:

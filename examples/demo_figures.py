@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from csra_posthoc.evaluation.bootstrap import bootstrap_deltas, bootstrap_json, lam_band
     from csra_posthoc.evaluation.grid import row_scores
     from csra_posthoc.evaluation.selection import select_half
+    from csra_posthoc.options import CSRASettings, ModelSource
     from csra_posthoc.patched.attention import run_attention
     from csra_posthoc.report.compare import read_results_json
     from csra_posthoc.report.plots import plot_lam_curve
@@ -126,10 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     run_attention(
         image,
         args.out_dir / ATTENTION,
-        model=results["model"],
-        pretrained=True,
-        head_file=probe,
-        lam=result.fixed.lam,
+        ModelSource(results["model"], pretrained=True, head_file=probe),
+        CSRASettings(lam=result.fixed.lam),
         img_size=results["demo"]["img_size"],
         transform="square",
         classes=list(results["classes"]),

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from csra_posthoc.cli.app import app
 from csra_posthoc.errors import CSRAError
+from csra_posthoc.options import CSRASettings, ModelSource
 from csra_posthoc.patched.attention import attention_maps, run_attention
 
 
@@ -24,7 +25,7 @@ def photo(tmp_path: Path) -> Path:
 
 def test_maps_pool_to_the_patched_scores(tmp_path: Path, photo: Path) -> None:
     torch.manual_seed(0)
-    res = run_attention(photo, tmp_path / "a.png", model="resnet10t", random_init=True, img_size=64, lam=0.3, top_k=4, device="cpu")
+    res = run_attention(photo, tmp_path / "a.png", ModelSource("resnet10t", random_init=True), CSRASettings(lam=0.3), img_size=64, top_k=4, device="cpu")
     assert res.maps.shape == (4, 2, 2) and res.image.shape == (64, 64, 3) and 0 <= res.image.min() <= res.image.max() <= 1
     flat = torch.from_numpy(res.maps).flatten(1)
     assert np.allclose(res.baseline, flat.mean(1).numpy(), atol=1e-5)
@@ -67,6 +68,6 @@ def test_undecodable_image_and_bad_top_k(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     with pytest.raises(CSRAError, match="cannot decode"):
-        run_attention(bad, tmp_path / "a.png", model="resnet10t", random_init=True, img_size=64)
+        run_attention(bad, tmp_path / "a.png", ModelSource("resnet10t", random_init=True), img_size=64)
     with pytest.raises(CSRAError, match="top_k 0"):
-        run_attention(bad, tmp_path / "a.png", model="resnet10t", random_init=True, top_k=0)
+        run_attention(bad, tmp_path / "a.png", ModelSource("resnet10t", random_init=True), top_k=0)

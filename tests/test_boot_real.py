@@ -18,7 +18,7 @@ def test_bootstrap_selection_and_figures_on_the_demo(tmp_path: Path) -> None:
     from csra_posthoc.evaluation.bootstrap import bootstrap_deltas, lam_band
     from csra_posthoc.evaluation.grid import row_scores, sweep
     from csra_posthoc.evaluation.selection import select_half
-    from csra_posthoc.options import ExtractOptions
+    from csra_posthoc.options import ExtractOptions, ModelSource
     from csra_posthoc.patched.attention import run_attention
     from csra_posthoc.report.plots import plot_lam_curve
 
@@ -50,7 +50,7 @@ def test_bootstrap_selection_and_figures_on_the_demo(tmp_path: Path) -> None:
     # the attention figure's scores are the cached statistics of that image (same model, head, transform)
     image_id = stats.ids[0]
     image = tmp_path / "voc" / "VOC2007" / "JPEGImages" / f"{image_id}.jpg"
-    maps = run_attention(image, tmp_path / "att.png", model="efficientnet_lite0", pretrained=True, head_file=probe, top_k=3, device="cpu")
+    maps = run_attention(image, tmp_path / "att.png", ModelSource("efficientnet_lite0", pretrained=True, head_file=probe), top_k=3, device="cpu")
     idx = [stats.classes.index(n) for n in maps.names]
     assert np.allclose(maps.baseline, stats.avg[0, idx].numpy(), atol=1e-3)
     assert np.allclose(maps.patched, (stats.avg[0, idx] + 0.2 * stats.max[0, idx]).numpy(), atol=1e-3)

@@ -19,7 +19,7 @@ from .. import __version__
 from ..data.registry import DATASET_NAMES
 from ..defaults import DEFAULT_BOOTSTRAP, DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_SELECT_ON, DEFAULT_TEMPS
 from ..errors import CSRAError
-from ..options import AnalysisOptions, DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
+from ..options import AnalysisOptions, CSRASettings, DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions, model_source
 
 app = typer.Typer(
     add_completion=False,
@@ -382,18 +382,9 @@ def apply_cmd(
 
         _classes_file_not_written(classes_file, out=out)
         apply_patch(
-            model,
+            ModelSource(model, checkpoint, pretrained, random_init, head_file=head_file, num_classes=num_classes),
+            CSRASettings(_optional_float("--lam", lam), _optional_float("--temperature", temperature), heads, from_results=from_results, pick=pick),
             out,
-            checkpoint=checkpoint,
-            pretrained=pretrained,
-            random_init=random_init,
-            num_classes=num_classes,
-            head_file=head_file,
-            lam=_optional_float("--lam", lam),
-            temperature=_optional_float("--temperature", temperature),
-            heads=heads,
-            from_results=from_results,
-            pick=pick,
             img_size=img_size,
             transform=transform,
             classes=read_classes(classes, classes_file),
@@ -446,17 +437,8 @@ def predict_cmd(
         _classes_file_not_written(classes_file, json_out=json_out)
         results = run_predict(
             images,
-            model=model,
-            checkpoint=checkpoint,
-            pretrained=pretrained,
-            random_init=random_init,
-            patched_file=patched,
-            head_file=head_file,
-            from_results=from_results,
-            pick=pick,
-            lam=_optional_float("--lam", lam),
-            temperature=_optional_float("--temperature", temperature),
-            heads=heads,
+            model_source(model, checkpoint, pretrained, random_init, head_file=head_file, patched_file=patched),
+            CSRASettings(_optional_float("--lam", lam), _optional_float("--temperature", temperature), heads, from_results=from_results, pick=pick),
             img_size=img_size,
             transform=transform,
             classes=read_classes(classes, classes_file),
@@ -532,22 +514,13 @@ def attention_cmd(
         run_attention(
             image,
             out,
-            model=model,
-            checkpoint=checkpoint,
-            pretrained=pretrained,
-            random_init=random_init,
-            patched_file=patched,
-            head_file=head_file,
-            lam=_optional_float("--lam", lam),
-            temperature=_optional_float("--temperature", temperature),
-            heads=heads,
+            model_source(model, checkpoint, pretrained, random_init, head_file=head_file, patched_file=patched),
+            CSRASettings(_optional_float("--lam", lam), _optional_float("--temperature", temperature), heads, from_results=from_results, pick=pick),
             img_size=img_size,
             transform=transform,
             classes=read_classes(classes, classes_file),
             top_k=top_k,
             device=device,
-            from_results=from_results,
-            pick=pick,
         )
 
     run_cli(go)

@@ -1,14 +1,13 @@
 """``csra-posthoc apply``: build the patched model from a weight source and settings, export it.
 
-Settings come from the caller (``lam``, ``temperature`` / ``heads``) or from a sweep's results JSON
-(``from_results`` + ``pick``), which is refused when it was measured on other weights, another
+Settings (:class:`~csra_posthoc.options.CSRASettings`) come from the caller (``lam``, ``temperature`` /
+``heads``) or from a sweep's results JSON (``from_results`` + ``pick``), which is refused when it was measured on other weights, another
 head or another class list: a lam tuned for one model says nothing about another.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,66 +16,14 @@ from rich.console import Console
 
 from ..data.registry import SINGLE_LABEL_DATASETS
 from ..errors import CSRAError
+from ..options import PICKS, CSRASettings, ModelSource
 from ..report.compare import read_results_json
-
-PICKS = {"best": "best", "fixed": "fixed", "best-variant": "best_variant"}
-
-
-@dataclass(frozen=True)
-class CSRASettings:
-    """One sweep row's settings: what a patched model needs to reproduce that row."""
-
-    lam: float
-    temperature: float = math.inf
-    heads: int | None = None
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> CSRASettings:
-        kind = row.get("variant")
-        if kind == "heads":
-            return cls(float(row["lam"]), heads=int(row["heads"]))
-        if kind == "softmax":
-            return cls(float(row["lam"]), temperature=float(row["temperature"]))
-        if kind == "max":
-            return cls(float(row["lam"]))
-        raise ValueError(f"unknown variant {kind!r}")
-
-    @property
-    def label(self) -> str:
-        if self.heads is not None:
-            return f"heads H={self.heads}, λ={self.lam:g}"
-        return f"{'max' if math.isinf(self.temperature) else f'softmax T={self.temperature:g}'}, λ={self.lam:g}"
+from .settings import resolve_settings
 
 
 def read_results(path: str | Path) -> dict[str, Any]:
     """``from_results``: a sweep's results JSON with the rows apply picks from."""
     return read_results_json(path, required=("model", "best", "fixed", "classes"), param="from_results", label="from_results")
-
-
-def pick_settings(results: dict[str, Any], pick: str, path: str | Path) -> CSRASettings:
-    if pick not in PICKS:
-        raise CSRAError(f"pick {pick}: choose {', '.join(PICKS)}", param="pick")
-    from ..heads.csra_head import resolve_temperatures
-
-    row = results.get(PICKS[pick])
-    where = f"from_results {path}: its {PICKS[pick]!r} row"
-    if isinstance(row, dict) and "lam" in row:  # a bad value names the file and its row, not `lam` (the user gave none)
-        value = row["lam"]
-        try:
-            lam = float(value)
-        except (TypeError, ValueError):
-            lam = math.nan
-        if isinstance(value, bool) or not math.isfinite(lam) or lam < 0:
-            raise CSRAError(f"{where} has lam {value!r}: it must be a finite number >= 0", param="from_results")
-    try:
-        settings = CSRASettings.from_row(row)  # type: ignore[arg-type]  # a missing row (None) is the TypeError below
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CSRAError(f"{where} is unreadable ({exc})", param="from_results") from None
-    try:
-        resolve_temperatures(settings.temperature, settings.heads)
-    except CSRAError as exc:
-        raise CSRAError(f"{where} has an unusable variant ({exc})", param="from_results") from None
-    return settings
 
 
 def check_results_match(results: dict[str, Any], patched_config: dict[str, Any], path: str | Path) -> None:
@@ -139,32 +86,23 @@ def picked_thresholds(results: dict[str, Any], pick: str, path: str | Path) -> t
 
 
 def apply_patch(
-    model: str,
+    source: ModelSource,
+    settings: CSRASettings,
     out: str | Path,
     *,
-    checkpoint: str | Path | None = None,
-    pretrained: bool = False,
-    random_init: bool = False,
-    head_file: str | Path | None = None,
-    lam: float | None = None,
-    temperature: float | None = None,
-    heads: int | None = None,
-    from_results: str | Path | None = None,
-    pick: str = "best",
     img_size: int | None = None,
     transform: str = "auto",
     classes: list[str] | None = None,
-    num_classes: int | None = None,
     force: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Load ``model``, patch it with the given (or the results file's) settings, export to ``out``.
+    """Load ``source``'s model, patch it with ``settings`` (given, or a results file's row), export to ``out``.
 
-    Returns a summary (JSON-ready): the settings, the config written, and the export check.
+    ``settings.lam`` is required unless ``settings.from_results`` is given. Returns a summary
+    (JSON-ready): the settings, the config written, and the export check.
     """
-    from ..evaluation.validate import check_img_size, check_weight_source
+    from ..evaluation.validate import check_img_size
     from ..extraction.probe import load_head
-    from ..heads.csra_head import check_lam, resolve_temperatures
     from ..models import load_model
     from ..outputs import check_outputs
     from ..report.tables import report_console
@@ -172,70 +110,61 @@ def apply_patch(
     from .model import patch
 
     console = console or report_console()
-    # every flag is checked before any model is built
-    check_weight_source(checkpoint, pretrained, random_init)
+    # every parameter is checked before any model is built (the option objects checked themselves)
     check_out_path(out, force)
-    check_outputs({"out": out}, {"checkpoint": checkpoint, "head_file": head_file, "from_results": from_results})  # README: Outputs
-    if pick not in PICKS:
-        raise CSRAError(f"pick {pick}: choose {', '.join(PICKS)}", param="pick")
+    from_results = settings.from_results
+    check_outputs({"out": out}, {"checkpoint": source.checkpoint, "head_file": source.head_file, "from_results": from_results})  # README: Outputs
     check_img_size(img_size)
-    if transform not in ("auto", "square", "crop"):
-        raise CSRAError(f"transform {transform}: choose auto, square or crop", param="transform")
-    results = None
-    if from_results is not None:
-        if lam is not None or temperature is not None or heads is not None:
-            raise CSRAError("from_results sets lam / temperature / heads: drop `lam`, `temperature` and `heads`, or drop `from_results`", param="from_results")
-        results = read_results(from_results)
-        settings = pick_settings(results, pick, from_results)
-    else:
-        if lam is None:
-            raise CSRAError("apply needs `lam` (or `from_results`, a sweep's results file)", param="lam")
-        if temperature is not None and heads is not None:
-            raise CSRAError("temperature and `heads`: give one of them (heads use the paper's temperature sets)", param="temperature")
-        settings = CSRASettings(check_lam(lam), math.inf if temperature is None else float(temperature), heads)
-        resolve_temperatures(settings.temperature, settings.heads)
+    check_transform_choice(transform)
+    results = read_results(from_results) if from_results is not None else None
+    resolved = resolve_settings(settings, results=results)
+    head_file = source.head_file
     if results is not None and head_file is None:  # the probe the results name (issue 24): beside them or in the cache
         from ..heads.lookup import results_head_file
 
         head_file = results_head_file(None, results, str(from_results), console)
         if head_file is not None:
             check_outputs({"out": out}, {"head_file": head_file, "from_results": from_results})
-    head_meta: tuple[Any, dict[str, Any]] | None = None
-    if head_file is not None:
-        path = Path(head_file)
-        if not path.is_file():
-            raise CSRAError(f"head_file {path}: no such file", param="head_file")
-        head_meta = load_head(path)
+    head_meta: tuple[Any, dict[str, Any]] | None = load_head(Path(head_file)) if head_file is not None else None
 
+    num_classes = source.num_classes
     swept_own_head = results is not None and not str(results.get("head", "")).startswith("linear probe")
-    if random_init and num_classes is None and results is not None and swept_own_head:
+    if source.random_init and num_classes is None and results is not None and swept_own_head:
         num_classes = len(results["classes"])  # as sweep --random-init built it: a head for the dataset's classes
-    adapter = load_model(model, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init, num_classes=num_classes)
+    adapter = load_model(source.model, checkpoint=source.checkpoint, pretrained=source.pretrained, random_init=source.random_init, num_classes=num_classes)
     if results is not None and img_size is None and transform == "auto" and results.get("transform"):
         preprocessing = results["transform"]
     else:
         preprocessing = default_preprocessing(adapter, transform, img_size, head_meta[1] if head_meta else None)
-    patched = patch(adapter, settings.lam, settings.temperature, settings.heads, head=head_meta, classes=classes, preprocessing=preprocessing)
+    patched = patch(adapter, resolved.lam, resolved.pool_temperature, resolved.heads, head=head_meta, classes=classes, preprocessing=preprocessing)  # type: ignore[arg-type]
     if results is not None:
         assert from_results is not None  # results are read from it
         check_results_match(results, patched.config, from_results)
         if patched.config["classes"] is None:  # the dataset's names, in the head's order (just checked)
             patched.config["classes"] = list(results["classes"])
         # the picked row's calibrated thresholds (contract C2), once the head's classes are known to match
-        values, source = picked_thresholds(results, pick, from_results)
-        patched.config["thresholds"], patched.config["threshold_source"] = values, source
+        values, threshold_source = picked_thresholds(results, settings.pick, from_results)
+        patched.config["thresholds"], patched.config["threshold_source"] = values, threshold_source
         patched.config["from_results"] = {
             "path": str(Path(from_results).resolve()),
-            "pick": pick,
+            "pick": settings.pick,
             "dataset": results.get("dataset"),
             "split": results.get("split"),
         }
     identity = lam_zero_difference(patched)
     patched.config["identity_max_abs_diff"] = identity
     report = export_patched(patched, out, force=force)
-    summary = {"settings": settings.label, "identity_max_abs_diff": identity, "export": report.to_json(), "config": patched.config}
+    summary = {"settings": resolved.label, "identity_max_abs_diff": identity, "export": report.to_json(), "config": patched.config}
     print_apply_summary(console, patched, report, identity)
     return summary
+
+
+def check_transform_choice(transform: str) -> None:
+    """``transform``: one of :data:`~csra_posthoc.defaults.TRANSFORM_CHOICES`."""
+    from ..defaults import TRANSFORM_CHOICES
+
+    if transform not in TRANSFORM_CHOICES:
+        raise CSRAError(f"transform {transform}: choose {', '.join(TRANSFORM_CHOICES[:-1])} or {TRANSFORM_CHOICES[-1]}", param="transform")
 
 
 @torch.no_grad()

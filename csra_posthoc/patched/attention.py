@@ -8,7 +8,6 @@ score, ``mean + lam * attended`` the CSRA score shown beside it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,9 @@ import torch
 from rich.console import Console
 
 from ..errors import CSRAError, first_line
+from ..options import CSRASettings, ModelSource, PatchedFile
 from ..text import safe
+from .settings import resolve_settings
 
 
 @dataclass
@@ -76,52 +77,54 @@ def attention_maps(patched, image: str | Path, top_k: int = 3, classes: Sequence
 def run_attention(
     image: str | Path,
     out: str | Path,
+    source: ModelSource | PatchedFile,
+    settings: CSRASettings | None = None,
     *,
-    model: str | None = None,
-    checkpoint: str | Path | None = None,
-    pretrained: bool = False,
-    random_init: bool = False,
-    patched_file: str | Path | None = None,
-    head_file: str | Path | None = None,
-    lam: float | None = None,
-    temperature: float | None = None,
-    heads: int | None = None,
     img_size: int | None = None,
     transform: str = "auto",
     classes: Sequence[str] | None = None,
     top_k: int = 3,
     device: str = "auto",
     console: Console | None = None,
-    from_results: str | Path | None = None,
-    pick: str = "best",
 ) -> AttentionMaps:
-    """Build the patched model as ``predict`` does, compute the top-k maps, write the figure ``out``."""
-    from ..heads.csra_head import check_lam, resolve_temperatures
+    """Build the patched model as ``predict`` does (the same ``source`` and ``settings``, resolved by
+    :func:`~csra_posthoc.patched.settings.resolve_settings`), compute the top-k maps, write the figure ``out``."""
+    from ..heads.lookup import results_head_file
     from ..outputs import check_outputs
     from ..report.plots import check_plot_path, plot_attention
     from ..report.tables import report_console
+    from .apply import check_transform_choice, read_results
+    from .model import PatchedModel
+    from .predict import check_from_results_args, load_patched_source, patched_from_model, patched_from_results, source_inputs
 
+    settings = settings or CSRASettings()
     console = console or report_console()
     check_plot_path(out, param="out")
     if top_k < 1:
         raise CSRAError(f"top_k {top_k}: must be >= 1", param="top_k")
+    check_transform_choice(transform)
     if not Path(image).is_file():
         raise CSRAError(f"{image}: no such image file", param="image")
-    check_outputs(
-        {"out": out}, {"image": image, "checkpoint": checkpoint, "patched_file": patched_file, "head_file": head_file, "from_results": from_results}
-    )  # README: Outputs
-    if temperature is not None and heads is not None:
-        raise CSRAError("temperature and heads: give one of them", param="temperature")
-    if lam is not None:
-        check_lam(lam)
-    if temperature is not None or heads is not None:
-        resolve_temperatures(math.inf if temperature is None else temperature, heads)
-    if from_results is not None:
-        patched = _patched_from_results(
-            model, checkpoint, pretrained, random_init, patched_file, head_file, lam, temperature, heads, img_size, transform, from_results, pick, out, console
-        )
+    from_results = settings.from_results
+    check_outputs({"out": out}, {"image": image, **source_inputs(source), "from_results": from_results})  # README: Outputs
+    if from_results is not None:  # the sweep row's settings, transform and classes (as apply / predict build it)
+        check_from_results_args(source, img_size, transform, classes)
+        assert isinstance(source, ModelSource)  # a patched file was just refused
+        results = read_results(from_results)
+        resolved = resolve_settings(settings, results=results)
+        head_file = results_head_file(source.head_file, results, from_results, console)
+        if head_file is not None:
+            check_outputs({"out": out}, {"head_file": head_file, "from_results": from_results})
+        patched = patched_from_results(source, head_file, results, resolved, from_results)
+    elif isinstance(source, PatchedFile):
+        patched = load_patched_source(source, img_size, transform)
+        if not isinstance(patched, PatchedModel):
+            raise CSRAError(f"patched_file {source.path}: an exported file holds no per-location scores; use the .safetensors file apply writes", param="patched_file")
+        if settings.given:
+            resolved = resolve_settings(settings, config=patched.config)
+            patched.set_settings(resolved.lam, resolved.pool_temperature, resolved.heads)
     else:
-        patched = _patched(model, checkpoint, pretrained, random_init, patched_file, head_file, lam, temperature, heads, img_size, transform)
+        patched = patched_from_model(source, settings, img_size, transform)
     result = attention_maps(patched, image, top_k, classes, device)
     cfg = patched.config
     title = f"{Path(image).name}: {cfg['model']}, mean + {cfg['lam']:g} * {cfg['variant']}"
@@ -130,49 +133,3 @@ def run_attention(
         console.print(f"{safe(name)}: baseline {b:.3f}, CSRA {s:.3f}", soft_wrap=True)
     console.print(f"wrote {safe(out)}", soft_wrap=True)
     return result
-
-
-def _patched_from_results(
-    model, checkpoint, pretrained, random_init, patched_file, head_file, lam, temperature, heads, img_size, transform, from_results, pick, out, console
-):
-    """The sweep row ``pick`` of ``from_results``: its settings, transform and classes (as apply / predict
-    build it); its probe found by the results' head fingerprint when ``head_file`` is not given."""
-    from ..heads.lookup import results_head_file
-    from ..outputs import check_outputs
-    from .apply import pick_settings, read_results
-    from .predict import patched_from_results
-
-    if patched_file is not None or lam is not None or temperature is not None or heads is not None or img_size is not None or transform != "auto":
-        raise CSRAError(
-            "from_results sets the model's settings and transform: drop `patched_file`, `lam`, `temperature`, `heads`, `img_size` and `transform`",
-            param="from_results",
-        )
-    if model is None:
-        raise CSRAError("from_results needs `model` with its weights (the sweep's)", param="model")
-    results = read_results(from_results)
-    settings = pick_settings(results, pick, from_results)
-    head_file = results_head_file(head_file, results, from_results, console)
-    if head_file is not None:
-        check_outputs({"out": out}, {"head_file": head_file, "from_results": from_results})
-    return patched_from_results(model, checkpoint, pretrained, random_init, head_file, results, settings, from_results)
-
-
-def _patched(model, checkpoint, pretrained, random_init, patched_file, head_file, lam, temperature, heads, img_size, transform):
-    """The patched model from a file written by apply, or from a model and its weights (predict's rules)."""
-    from .model import PatchedModel
-    from .predict import load_patched_for_predict
-
-    if patched_file is not None:
-        if transform != "auto":
-            raise CSRAError("transform with a patched file: the file stores its preprocessing; drop it", param="transform")
-        patched = load_patched_for_predict(patched_file, model, checkpoint, pretrained, random_init, head_file, img_size)
-        if not isinstance(patched, PatchedModel):
-            raise CSRAError(f"{patched_file}: an exported file holds no per-location scores; use the .safetensors file apply writes", param="patched_file")
-        if lam is not None or temperature is not None or heads is not None:
-            patched.set_settings(lam, temperature, heads)
-        return patched
-    if model is None:
-        raise CSRAError("attention needs a model with its weights, or a patched .safetensors file", param="model")
-    from .predict import patched_from_model
-
-    return patched_from_model(model, checkpoint, pretrained, random_init, head_file, lam, temperature, heads, img_size, transform)

@@ -11,7 +11,7 @@ highest CSRA scores and passes the threshold rule (:class:`ThresholdRule`):
 - ``rank``: the top-k, no threshold; the default for single-label heads (a single-label sweep's
   results, or a model's own softmax head), whose scores are not per-class probabilities.
 
-``from_results`` (a sweep's results JSON) takes lam / variant, the transform and the class names
+``from_results`` (a sweep's results JSON, in :class:`~csra_posthoc.options.CSRASettings`) takes lam / variant, the transform and the class names
 from the sweep, so predict scores the images as the sweep did. An image that fails to decode is
 reported by name and the others are still predicted.
 """
@@ -30,7 +30,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import CSRAError, first_line
+from ..options import PICKS, CSRASettings, ModelSource, PatchedFile
 from ..text import safe
+from .settings import resolve_settings
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -332,18 +334,9 @@ def print_predictions(console: Console, results: list[dict[str, Any]], compare: 
 
 def run_predict(
     images: Sequence[str | Path],
+    source: ModelSource | PatchedFile,
+    settings: CSRASettings | None = None,
     *,
-    model: str | None = None,
-    checkpoint: str | Path | None = None,
-    pretrained: bool = False,
-    random_init: bool = False,
-    patched_file: str | Path | None = None,
-    head_file: str | Path | None = None,
-    from_results: str | Path | None = None,
-    pick: str = "best",
-    lam: float | None = None,
-    temperature: float | None = None,
-    heads: int | None = None,
     img_size: int | None = None,
     transform: str = "auto",
     classes: Sequence[str] | None = None,
@@ -355,8 +348,9 @@ def run_predict(
     json_out: str | Path | None = None,
     console: Console | None = None,
 ) -> list[dict[str, Any]]:
-    """Build the patched model (from ``patched_file``, or ``model`` + weights + settings, or ``model``
-    + weights + ``from_results``: a sweep's results JSON and its ``pick`` row), predict, print, write JSON.
+    """Build the patched model (from a :class:`~csra_posthoc.options.PatchedFile`, or a
+    :class:`~csra_posthoc.options.ModelSource` with ``settings``: given, the paper's fixed lam by
+    default, or a sweep's results JSON and its ``pick`` row), predict, print, write JSON.
 
     ``threshold``: a probability on sigmoid(score), ``"calibrated"`` (the per-class thresholds of the
     results row / patched config), or None: calibrated when present, else rank (top-k) for a
@@ -364,68 +358,56 @@ def run_predict(
     from ..data.transforms import describe_transform
     from ..evaluation.validate import check_img_size
     from ..extraction.run import resolve_device
-    from ..heads.csra_head import check_lam, resolve_temperatures
     from ..heads.lookup import results_head_file
     from ..outputs import check_outputs
     from ..report.tables import report_console, write_json
-    from .apply import PICKS, pick_settings, read_results
+    from .apply import check_transform_choice, read_results
     from .model import PatchedModel
 
+    settings = settings or CSRASettings()
     console = console or report_console()
     check_predict_args(threshold, top_k, batch_size)
     check_img_size(img_size)
+    check_transform_choice(transform)
     resolve_device(device)
     if json_out is not None and Path(json_out).is_dir():
         raise CSRAError(f"json_out {json_out}: is a directory; give a file name", param="json_out")
-    if temperature is not None and heads is not None:
-        raise CSRAError("temperature and `heads`: give one of them", param="temperature")
-    if lam is not None:
-        check_lam(lam)
-    if temperature is not None or heads is not None:
-        resolve_temperatures(math.inf if temperature is None else temperature, heads)
-    if pick not in PICKS:
-        raise CSRAError(f"pick {pick}: choose {', '.join(PICKS)}", param="pick")
+    from_results = settings.from_results
     if from_results is not None:
-        check_from_results_args(from_results, patched_file, lam, temperature, heads, img_size, transform, classes)
+        check_from_results_args(source, img_size, transform, classes)
     image_files, _ = expand_images(images, warn_links=False)  # missing paths fail before any model is built (links: warned once, below)
-    inputs = {"images": image_files, "checkpoint": checkpoint, "patched_file": patched_file, "head_file": head_file, "from_results": from_results}
-    check_outputs({"json_out": json_out}, inputs)  # README: Outputs (a writable folder, not an input, .json)
+    check_outputs({"json_out": json_out}, {"images": image_files, **source_inputs(source), "from_results": from_results})  # README: Outputs
     results: dict[str, Any] | None = None
     overridden = False
-    if from_results is not None:
-        if model is None:
-            raise CSRAError("from_results needs `model` with the sweep's weights (`checkpoint` / `pretrained`)", param="model")
-        results = read_results(from_results)
-        settings = pick_settings(results, pick, from_results)
-        head_file = results_head_file(head_file, results, from_results, console)
-        patched = patched_from_results(model, checkpoint, pretrained, random_init, head_file, results, settings, from_results)
-    elif patched_file is not None:
-        if transform != "auto":
-            raise CSRAError("transform with --patched: the file stores the preprocessing it was applied with; drop `transform`", param="transform")
-        patched = load_patched_for_predict(patched_file, model, checkpoint, pretrained, random_init, head_file, img_size)
-        usable_transform(patched.config.get("preprocessing"), f"patched_file {patched_file}: its config")
-        if not isinstance(patched, PatchedModel) and (compare or lam is not None or temperature is not None or heads is not None):
+    if isinstance(source, PatchedFile):
+        patched = load_patched_source(source, img_size, transform)
+        usable_transform(patched.config.get("preprocessing"), f"patched_file {source.path}: its config")
+        if not isinstance(patched, PatchedModel) and (compare or settings.given):
             raise CSRAError(
-                f"patched_file {patched_file}: an exported {patched.format} file has lam fixed and no baseline; "
+                f"patched_file {source.path}: an exported {patched.format} file has lam fixed and no baseline; "
                 "use the .safetensors file apply writes for `compare` / `lam` / `temperature` / `heads`",
                 param="patched_file",
             )
-        if lam is not None or temperature is not None or heads is not None:  # the file's classifier, other settings
-            patched.set_settings(lam, temperature, heads)
+        if settings.given:  # the file's classifier, other settings
+            resolved = resolve_settings(settings, config=patched.config)
+            patched.set_settings(resolved.lam, resolved.pool_temperature, resolved.heads)
             overridden = True
-            console.print(f"[yellow]note:[/] settings of {safe(patched_file)} overridden: {safe(patched.head.extra_repr())}")
+            console.print(f"[yellow]note:[/] settings of {safe(source.path)} overridden: {safe(patched.head.extra_repr())}")
+    elif from_results is not None:
+        results = read_results(from_results)
+        resolved = resolve_settings(settings, results=results)
+        head_file = results_head_file(source.head_file, results, from_results, console)
+        patched = patched_from_results(source, head_file, results, resolved, from_results)
     else:
-        if model is None:
-            raise CSRAError("predict needs `model` with `checkpoint` / `pretrained`, or `patched_file` (a .safetensors file)", param="model")
-        patched = patched_from_model(model, checkpoint, pretrained, random_init, head_file, lam, temperature, heads, img_size, transform)
-    rule = predict_threshold_rule(threshold, patched.config, results, from_results, pick, overridden)
+        patched = patched_from_model(source, settings, img_size, transform)
+    rule = predict_threshold_rule(threshold, patched.config, results, from_results, settings.pick, overridden)
     predictions = predict_images(
         patched, images, threshold=rule, top_k=top_k, classes=classes, batch_size=batch_size, device=device, compare=compare, console=console
     )
     cfg = patched.config
     temps = ", ".join(str(t) for t in cfg["temperatures"])
     console.print(f"{safe(cfg['model'])}: mean + {cfg['lam']:g} * {safe(cfg['variant'])} (temperatures {safe(temps)})", soft_wrap=True)
-    console.print(head_line(cfg, results, from_results, pick), soft_wrap=True, highlight=False)
+    console.print(head_line(cfg, results, from_results, settings.pick), soft_wrap=True, highlight=False)
     console.print(f"transform: {safe(describe_transform(cfg['preprocessing']))}", soft_wrap=True, highlight=False)
     console.print(f"predicted: {safe(rule.describe(top_k))}", soft_wrap=True, highlight=False)
     print_predictions(console, predictions, compare, top_k)
@@ -435,32 +417,32 @@ def run_predict(
     return predictions
 
 
-def check_from_results_args(from_results, patched_file, lam, temperature, heads, img_size, transform, classes) -> None:
-    """``from_results`` sets lam / variant / transform / class names: a flag that would set them too is refused."""
-    if patched_file is not None:
+def source_inputs(source: ModelSource | PatchedFile) -> dict[str, Any]:
+    """The input files a source reads, by parameter name (for the output policy)."""
+    if isinstance(source, PatchedFile):
+        return {"patched_file": source.path}
+    return {"checkpoint": source.checkpoint, "head_file": source.head_file}
+
+
+def check_from_results_args(source: ModelSource | PatchedFile, img_size, transform: str, classes) -> None:
+    """``from_results`` sets the transform and the class names too (its settings: :class:`CSRASettings`):
+    a parameter that would set them, or a patched file (it holds its own), is refused."""
+    if isinstance(source, PatchedFile):
         raise CSRAError("from_results with `patched_file`: the patched file already holds its settings; give one of them", param="from_results")
-    given = [
-        name
-        for name, value in (("lam", lam), ("temperature", temperature), ("heads", heads), ("img_size", img_size), ("classes", classes))
-        if value is not None
-    ] + (["transform"] if transform != "auto" else [])
+    given = [name for name, value in (("img_size", img_size), ("classes", classes)) if value is not None] + (["transform"] if transform != "auto" else [])
     if given:
-        listed = " / ".join(f"`{n}`" for n in given)
-        raise CSRAError(
-            f"from_results sets lam / variant / transform / class names from the sweep: drop {listed}, or drop `from_results`", param="from_results"
-        )
+        listed = ", ".join(f"`{n}`" for n in given)
+        raise CSRAError(f"from_results sets the transform and the class names from the sweep: drop {listed}, or drop `from_results`", param="from_results")
 
 
-def patched_from_results(model, checkpoint, pretrained, random_init, head_file, results: dict[str, Any], settings, path):
-    """The patched model a sweep's row stands for: its settings, its transform (``results["transform"]``),
-    its class names; refused when the weights, head or classes are not the sweep's."""
-    from ..evaluation.validate import check_weight_source
+def patched_from_results(source: ModelSource, head_file, results: dict[str, Any], settings: CSRASettings, path):
+    """The patched model a sweep's row stands for: its (resolved) settings, its transform
+    (``results["transform"]``), its class names; refused when the weights, head or classes are not the sweep's."""
     from ..extraction.probe import load_head
     from ..models import load_model
     from .apply import check_results_match
     from .model import patch
 
-    check_weight_source(checkpoint, pretrained, random_init)
     preprocessing = results.get("transform")
     if not isinstance(preprocessing, dict) or "size" not in preprocessing or "kind" not in preprocessing:
         raise CSRAError(f"from_results {path}: records no transform (an older sweep); run the sweep again with this version", param="from_results")
@@ -470,10 +452,10 @@ def patched_from_results(model, checkpoint, pretrained, random_init, head_file, 
             raise CSRAError(f"head_file {head_file}: no such file", param="head_file")
         head = load_head(head_file)
     num_classes = None
-    if random_init and not str(results.get("head", "")).startswith("linear probe"):
+    if source.random_init and not str(results.get("head", "")).startswith("linear probe"):
         num_classes = len(results["classes"])  # as sweep --random-init built it (see apply)
-    adapter = load_model(model, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init, num_classes=num_classes)
-    patched = patch(adapter, settings.lam, settings.temperature, settings.heads, head=head, preprocessing=preprocessing)
+    adapter = load_model(source.model, checkpoint=source.checkpoint, pretrained=source.pretrained, random_init=source.random_init, num_classes=num_classes)
+    patched = patch(adapter, settings.lam, settings.pool_temperature, settings.heads, head=head, preprocessing=preprocessing)  # type: ignore[arg-type]
     check_results_match(results, patched.config, path)
     patched.config["classes"] = list(results["classes"])  # the sweep's names, in the head's order (just checked)
     patched.config["from_results"] = {"path": str(Path(path).resolve()), "dataset": results.get("dataset"), "split": results.get("split")}
@@ -498,7 +480,7 @@ def _single_label(config: dict[str, Any], results: dict[str, Any] | None) -> tup
 def predict_threshold_rule(threshold, config: dict[str, Any], results: dict[str, Any] | None, results_path, pick: str, overridden: bool) -> ThresholdRule:
     """Contract: calibrated thresholds from the results row (``thresholds.<row>.values``) or the
     patched config (``thresholds``), default when present; else rank for single-label heads, else 0.5."""
-    from .apply import PICKS, picked_thresholds
+    from .apply import picked_thresholds
 
     single, why = _single_label(config, results)
     values: tuple[float, ...] | None = None
@@ -535,43 +517,40 @@ def head_line(config: dict[str, Any], results: dict[str, Any] | None, results_pa
     return line
 
 
-def patched_from_model(model, checkpoint, pretrained, random_init, head_file, lam, temperature, heads, img_size, transform):
-    """The patched model from a model name and its weights (``predict`` and ``attention``): the
-    model's own head or ``head_file`` (a probe written by sweep --save-head), lam None: the paper's
-    fixed lam, temperature None: the max."""
+def patched_from_model(source: ModelSource, settings: CSRASettings, img_size: int | None, transform: str):
+    """The patched model from a model and its weights (``predict`` and ``attention``): the model's
+    own head or ``source.head_file`` (a probe written by sweep --save-head); ``settings`` resolved
+    with the paper's fixed lam as the default lam."""
     from ..evaluation.grid import paper_fixed_lam
-    from ..evaluation.validate import check_img_size, check_weight_source
     from ..extraction.probe import load_head
     from ..models import load_model
     from .apply import default_preprocessing
     from .model import patch
 
-    check_img_size(img_size)
-    check_weight_source(checkpoint, pretrained, random_init)
-    head = load_head(head_file) if head_file is not None and Path(head_file).is_file() else head_file
-    adapter = load_model(model, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init)
-    preprocessing = default_preprocessing(adapter, transform, img_size, head[1] if isinstance(head, tuple) else None)
-    lam = paper_fixed_lam(model) if lam is None else lam
-    return patch(adapter, lam, math.inf if temperature is None else temperature, heads, head=head, preprocessing=preprocessing)
+    resolved = resolve_settings(settings, default_lam=paper_fixed_lam(source.model))
+    head = load_head(source.head_file) if source.head_file is not None else None
+    adapter = load_model(source.model, checkpoint=source.checkpoint, pretrained=source.pretrained, random_init=source.random_init)
+    preprocessing = default_preprocessing(adapter, transform, img_size, head[1] if head is not None else None)
+    return patch(adapter, resolved.lam, resolved.pool_temperature, resolved.heads, head=head, preprocessing=preprocessing)  # type: ignore[arg-type]
 
 
-def load_patched_for_predict(path, model, checkpoint, pretrained, random_init, head_file, img_size):
-    """``--patched FILE.safetensors``; weight and head flags would be ignored, so they are refused."""
+def load_patched_source(source: PatchedFile, img_size: int | None, transform: str):
+    """A :class:`PatchedFile` as a model: ``.safetensors`` (a :class:`PatchedModel`), or an exported
+    ``.onnx`` / ``.pt2`` / ``.ts`` file (scores only). The file holds its input size and preprocessing,
+    so ``img_size`` and ``transform`` are refused."""
     from .export import ExportedModel, export_format
     from .model import load_patched
 
-    path = Path(path)
+    path = Path(source.path)
     if not path.is_file():
         raise CSRAError(f"patched_file {path}: no such file", param="patched_file")
     fmt = export_format(path) if path.suffix.lower() in (".onnx", ".pt2", ".ts", ".safetensors") else None
     if fmt is None:
         raise CSRAError(f"patched_file {path}: give a file written by apply (.safetensors, .onnx, .pt2 or .ts)", param="patched_file")
-    if checkpoint is not None or pretrained or random_init or head_file is not None or img_size is not None:
-        raise CSRAError(
-            "patched_file FILE holds the weights, head and input size: drop `checkpoint` / `pretrained` / `random_init` / `head_file` / `img_size`",
-            param="patched_file",
-        )
+    if img_size is not None or transform != "auto":
+        listed = ", ".join(f"`{n}`" for n, v in (("img_size", img_size is not None), ("transform", transform != "auto")) if v)
+        raise CSRAError(f"patched_file {path} holds its input size and preprocessing: drop {listed}", param="patched_file")
     patched = load_patched(path) if fmt == "safetensors" else ExportedModel(path)
-    if model is not None and model != patched.config["model"]:
-        raise CSRAError(f"patched_file {path} holds {patched.config['model']}, not model={model}", param="patched_file")
+    if source.model is not None and source.model != patched.config["model"]:
+        raise CSRAError(f"patched_file {path} holds {patched.config['model']}, not model={source.model}", param="patched_file")
     return patched
