@@ -6,6 +6,7 @@ The CLI builds its ``--help`` text from these, so they live apart from the torch
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 DEFAULT_LAMS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DEFAULT_TEMPS: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0)
@@ -25,7 +26,9 @@ HEAD_TEMPERATURES: dict[int, tuple[float, ...]] = {
 HEAD_COUNTS: tuple[int, ...] = tuple(HEAD_TEMPERATURES)  # the paper's multi-head sets
 
 METRIC_NAMES: tuple[str, ...] = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "top1", "top5")
-TRANSFORM_CHOICES: tuple[str, ...] = ("auto", "square", "crop")
+# the evaluation transform a run asks for; auto: centre crop for single-label data, else square resize
+TransformChoice = Literal["auto", "square", "crop"]
+TRANSFORM_CHOICES: tuple[str, ...] = get_args(TransformChoice)
 HEAD_CHOICES: tuple[str, ...] = ("model", "probe")
 
 # How honest a sweep's report is about its gain (docs/uncertainty.md): lam chosen on one half of

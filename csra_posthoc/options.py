@@ -27,10 +27,11 @@ from .defaults import (
     MAX_IMG_SIZE,
     METRIC_NAMES,
     MIN_IMG_SIZE,
+    TransformChoice,
 )  # fmt: skip
 from .errors import CSRAError
 
-Transform = Literal["auto", "square", "crop"]  # auto: centre crop for single-label data, else square resize
+Transform = TransformChoice  # defaults.TransformChoice: auto (centre crop for single-label data, else square resize) | square | crop
 Difficult = Literal["ignore", "positive", "negative"]  # VOC difficult objects
 HeadChoice = Literal["model", "probe"]
 AmpDtype = Literal["auto", "fp16", "bf16"]  # auto: fp16 on CUDA, bf16 on CPU

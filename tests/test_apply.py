@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from csra_posthoc.cli.app import app
 from csra_posthoc.data import load_dataset, load_rgb
-from csra_posthoc.data.transforms import build_transform
+from csra_posthoc.data.transforms import TransformSpec, build_transform
 from csra_posthoc.patched.export import exported_config, run_exported
 
 runner = CliRunner()
@@ -89,7 +89,7 @@ def swept(tmp_path_factory) -> dict[str, tuple[Path, Path, Path]]:
     return _Sweeps(tmp_path_factory.mktemp("apply"))
 
 
-def _dataset_batch(data: Path, preprocessing: dict) -> tuple[list[str], torch.Tensor]:
+def _dataset_batch(data: Path, preprocessing: TransformSpec) -> tuple[list[str], torch.Tensor]:
     images = load_dataset("voc2007", data)
     transform = build_transform(preprocessing)
     return images.ids, torch.stack([transform(load_rgb(p)) for p in images.paths])
@@ -105,9 +105,9 @@ def test_exported_file_reproduces_the_sweep_row(swept, tmp_path: Path, family: s
         res = runner.invoke(app, ["apply", "--model", FAMILIES[family], "--random-init", "--from-results", str(results), "--pick", pick, "--out", str(out)])
         assert res.exit_code == 0, res.output
         config = exported_config(out)
-        assert config["lam"] == json.loads(results.read_text())[pick]["lam"]
-        assert config["classes"] == list(arrays["classes"])
-        ids, x = _dataset_batch(data, config["preprocessing"])
+        assert config.lam == json.loads(results.read_text())[pick]["lam"]
+        assert config.classes == list(arrays["classes"])
+        ids, x = _dataset_batch(data, config.preprocessing)
         assert ids == list(arrays["ids"])
         got = run_exported(out, x).numpy()
         assert got.shape == arrays[pick].shape
@@ -157,9 +157,9 @@ def test_apply_with_explicit_settings_writes_the_config(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     config = exported_config(out)
-    assert config["heads"] == 4 and config["temperatures"] == [1.0, 2.0, 4.0, "inf"] and config["lam"] == 0.3
-    assert config["preprocessing"]["size"] == 96 and config["classes"] == ["cat", "dog", "cow"]
-    assert config["identity_max_abs_diff"] < 1e-4
+    assert config.heads == 4 and config.temperatures == (1.0, 2.0, 4.0, math.inf) and config.lam == 0.3
+    assert config.preprocessing.size == 96 and config.classes == ["cat", "dog", "cow"]
+    assert config.identity_max_abs_diff < 1e-4
     assert "max abs diff" in res.output
 
 
@@ -276,5 +276,5 @@ def test_results_from_a_probe_need_its_head(tmp_path: Path, voc_dir: Path) -> No
     )
     assert res.exit_code == 0, res.output
     config = exported_config(out)
-    assert config["head"] == "probe" and config["preprocessing"]["kind"] == "square-resize" and len(config["classes"]) == 20
-    assert math.isclose(config["lam"], 0.02)
+    assert config.head == "probe" and config.preprocessing.kind == "square-resize" and len(config.classes) == 20
+    assert math.isclose(config.lam, 0.02)

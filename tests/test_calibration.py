@@ -197,13 +197,13 @@ def test_apply_copies_the_picked_rows_thresholds_into_the_config(tmp_path: Path,
     res = runner.invoke(app, ["apply", *common[:3], "--from-results", str(results), "--pick", "fixed", "--out", str(out)])
     assert res.exit_code == 0, res.output
     config = exported_config(out)
-    assert config["thresholds"] == pytest.approx(saved["thresholds"]["fixed"]["values"])
-    assert "fixed" in config["threshold_source"] and "\n" not in config["threshold_source"]
-    assert load_patched(out).config["thresholds"] == pytest.approx(saved["thresholds"]["fixed"]["values"])
+    assert config.thresholds == pytest.approx(saved["thresholds"]["fixed"]["values"])
+    assert "fixed" in config.threshold_source and "\n" not in config.threshold_source
+    assert load_patched(out).config.thresholds == pytest.approx(saved["thresholds"]["fixed"]["values"])
     plain = tmp_path / "q.safetensors"
     res = runner.invoke(app, ["apply", *common[:3], "--num-classes", "3", "--lam", "0.2", "--out", str(plain)])
     assert res.exit_code == 0, res.output
-    assert exported_config(plain)["thresholds"] is None and exported_config(plain)["threshold_source"] is None
+    assert exported_config(plain).thresholds is None and exported_config(plain).threshold_source is None
 
 
 def test_patch_keyword_stores_and_checks_thresholds() -> None:
@@ -214,7 +214,7 @@ def test_patch_keyword_stores_and_checks_thresholds() -> None:
 
     model = timm.create_model("resnet10t", pretrained=False, num_classes=3)
     patched = patch(model, 0.2, thresholds=[0.1, -0.2, 0.3], threshold_source="given")
-    assert patched.config["thresholds"] == [0.1, -0.2, 0.3] and patched.config["threshold_source"] == "given"
+    assert patched.config.thresholds == [0.1, -0.2, 0.3] and patched.config.threshold_source == "given"
     with pytest.raises(CSRAError, match="thresholds"):
         patch(model, 0.2, thresholds=[0.1, 0.2])
 

@@ -12,6 +12,7 @@ from csra_posthoc.errors import CSRAError
 from csra_posthoc.extraction.probe import save_head
 from csra_posthoc.heads.location import LocationHead
 from csra_posthoc.heads.lookup import find_results_head
+from csra_posthoc.report.results_file import ResultsFile
 
 
 def tiny_head(seed: int, classes: int = 3, dim: int = 5) -> LocationHead:
@@ -38,8 +39,8 @@ def write(head: LocationHead, path: Path) -> Path:
     return path
 
 
-def results_for(head: LocationHead, **extra) -> dict:
-    return {"head": "linear probe on toy trainval, 10 images (C=0.01)", "head_fingerprint": fingerprint(head), **extra}
+def results_for(head: LocationHead, **extra) -> ResultsFile:
+    return ResultsFile.from_json({"model": "tiny", "head": "linear probe on toy trainval, 10 images (C=0.01)", "head_fingerprint": fingerprint(head), **extra})
 
 
 def test_found_beside_the_results_file_not_the_other_head(tmp_path):
@@ -84,7 +85,7 @@ def test_stale_recorded_path_falls_back(tmp_path):
 def test_model_head_needs_no_file(tmp_path):
     head = tiny_head(7)
     write(head, tmp_path / "h.safetensors")
-    results = {"head": "model", "head_fingerprint": fingerprint(head)}
+    results = ResultsFile.from_json({"model": "tiny", "head": "model", "head_fingerprint": fingerprint(head)})
     assert find_results_head(results, tmp_path / "r.json", tmp_path) is None
 
 

@@ -35,7 +35,7 @@ def test_a_probe_head_file_becomes_the_classifier(tmp_path: Path) -> None:
         assert torch.allclose(logits, expected, atol=1e-4)
         assert torch.allclose(locations.mean(dim=-1), expected, atol=1e-4)  # per-location probe scores average to its logits
         assert torch.allclose(patched(x), expected, atol=1e-4)  # lam = 0: the probe's own logits
-        assert patched.config["head"] == "probe" and patched.config["num_classes"] == 3
+        assert patched.config.head == "probe" and patched.config.num_classes == 3
 
 
 def test_a_head_fitted_on_another_model_is_refused(tmp_path: Path) -> None:

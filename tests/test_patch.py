@@ -176,7 +176,7 @@ def test_probe_head_replaces_the_classifier(tmp_path: Path) -> None:
         pooled = model.forward_head(model.forward_features(x), pre_logits=True)
         expected = torch.nn.functional.linear(pooled, probe.weight, probe.bias)
         assert torch.allclose(patched(x), expected, atol=1e-4)
-    assert patched.classes == ["x", "y", "z"] and patched.config["head"] == "probe"
+    assert patched.classes == ["x", "y", "z"] and patched.config.head == "probe"
     with pytest.raises(CSRAError, match="fitted on resnet10t"):
         patch(timm.create_model("resnet18", num_classes=10), head=tmp_path / "head.safetensors")  # 512 features too
 
@@ -196,8 +196,8 @@ def test_a_fitted_probe_adapter_patches_with_its_probe() -> None:
         patched = patch(fitted, lam=0.3)
         assert torch.allclose(patch(fitted, lam=0.0)(x), logits, atol=1e-5)  # lam 0: the probe's own logits
         assert torch.allclose(patched(x), s.mean(-1) + 0.3 * s.amax(-1), atol=1e-5)
-    assert patched.config["head"] == "probe" and patched.config["model_num_classes"] == 1000
-    assert patched.config["head_description"].startswith("linear probe")
+    assert patched.config.head == "probe" and patched.config.model_num_classes == 1000
+    assert patched.config.head_description.startswith("linear probe")
 
 
 def test_new_settings_score_and_describe_like_a_fresh_patch() -> None:
@@ -208,6 +208,6 @@ def test_new_settings_score_and_describe_like_a_fresh_patch() -> None:
     with torch.no_grad():
         assert torch.equal(changed(x), fresh(x))
     keys = ("variant", "lam", "temperature", "heads", "temperatures")
-    assert {k: changed.config[k] for k in keys} == {k: fresh.config[k] for k in keys}
+    assert {k: getattr(changed.config, k) for k in keys} == {k: getattr(fresh.config, k) for k in keys}
     softmax = patch(model, lam=0.2).set_settings(temperature=2.0)
-    assert softmax.config["temperature"] == 2.0 and softmax.config["variant"] == "softmax" and softmax.config["lam"] == 0.2
+    assert softmax.config.temperature == 2.0 and softmax.config.variant == "softmax" and softmax.config.lam == 0.2

@@ -75,8 +75,8 @@ def test_exports_of_efficientnet_lite0_reproduce_the_sweep_on_photos(tmp_path: P
         )
         assert res.exit_code == 0, res.output
         config = exported_config(out)
-        assert config["lam"] == 0.2 and config["identity_max_abs_diff"] < 1e-3
-        x = torch.stack([build_transform(config["preprocessing"])(load_rgb(tmp_path / i)) for i in ids])
+        assert config.lam == 0.2 and config.identity_max_abs_diff < 1e-3
+        x = torch.stack([build_transform(config.preprocessing)(load_rgb(tmp_path / i)) for i in ids])
         outputs[fmt] = run_exported(out, x).numpy()
         scale = np.abs(arrays["fixed"]).max()
         assert np.abs(outputs[fmt] - arrays["fixed"]).max() <= 1e-4 * scale, fmt

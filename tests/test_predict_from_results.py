@@ -212,8 +212,8 @@ def test_patched_config_thresholds_are_used_unless_its_settings_are_overridden(t
     (everything,), _ = _predict(["--patched", str(plain), *common, "--threshold", "0"], tmp_path / "all.json")
     scores = np.array([p["score"] for p in everything["predictions"]])
     values = np.random.default_rng(0).uniform(scores.min(), scores.max(), size=1000).round(4).tolist()
-    patched.config["thresholds"] = values
-    patched.config["threshold_source"] = "per-class F1 on a test split"
+    patched.config.thresholds = values
+    patched.config.threshold_source = "per-class F1 on a test split"
     path = tmp_path / "p.safetensors"
     save_patched(patched, path)
     args = ["--patched", str(path), *common]

@@ -322,8 +322,8 @@ def test_real_weights_pt2_round_trip_without_sample_inputs(tmp_path: Path) -> No
     path = tmp_path / "lite0.pt2"
     export_patched(patched, path)
     x = torch.from_numpy(np.asarray(Image.fromarray(data.astronaut()).resize((128, 128)), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-    mean = torch.tensor(patched.config["preprocessing"]["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(patched.config["preprocessing"]["std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(patched.config.preprocessing.mean).view(1, 3, 1, 1)
+    std = torch.tensor(patched.config.preprocessing.std).view(1, 3, 1, 1)
     x = (x - mean) / std
     got, _ = ExportedModel(path).forward_with_baseline(x)
     with torch.no_grad():

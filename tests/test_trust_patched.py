@@ -321,7 +321,7 @@ def test_exported_torchscript_with_edited_head_or_config_is_refused(image: Path,
     patched = cp.patch(timm.create_model("resnet10t", num_classes=5).eval(), lam=0.3, img_size=SIZE)
     good = tmp_path / "p.ts"
     export_patched(patched, good)
-    assert ExportedModel(good).config["model"] == "resnet10t"
+    assert ExportedModel(good).config.model == "resnet10t"
     extra = {"csra_config.json": ""}
     module = torch.jit.load(str(good), _extra_files=extra)
     config = json.loads(extra["csra_config.json"])

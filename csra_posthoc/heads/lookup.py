@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CSRAError
+
+if TYPE_CHECKING:
+    from ..report.results_file import ResultsFile
 
 HEAD_TENSORS = frozenset({"weight", "bias", "norm_weight", "norm_bias"})
 
@@ -39,29 +42,23 @@ def head_file_fingerprint(path: Path) -> str | None:
         return None
 
 
-def _candidates(results: dict[str, Any], results_path: Path, cache_dir: Path | None) -> Iterator[Path]:
-    recorded = results.get("head_file")
-    if isinstance(recorded, str) and recorded:
-        yield Path(recorded)
+def _candidates(results: ResultsFile, results_path: Path, cache_dir: Path | None) -> Iterator[Path]:
+    if results.head_file:
+        yield Path(results.head_file)
     beside = Path(results_path).resolve().parent
     yield from sorted(beside.glob("*.safetensors"))
     if cache_dir is not None:
         yield from sorted(Path(cache_dir).glob("probe-*.safetensors"), key=lambda p: -p.stat().st_mtime)
 
 
-def results_use_probe(results: dict[str, Any]) -> bool:
-    """Whether the results were measured with a fitted probe (not the model's own head)."""
-    return str(results.get("head", "")).startswith("linear probe") and bool(results.get("head_fingerprint"))
-
-
-def find_results_head(results: dict[str, Any], results_path: Path, cache_dir: Path | None = None) -> Path | None:
+def find_results_head(results: ResultsFile, results_path: Path, cache_dir: Path | None = None) -> Path | None:
     """The probe head file ``results`` (read from ``results_path``) was measured with; None for the model's own head.
 
     Raises one line saying where it looked when the probe is nowhere to be found.
     """
-    if not results_use_probe(results):
+    if not results.uses_probe:
         return None
-    wanted = results["head_fingerprint"]
+    wanted = results.head_fingerprint
     seen: set[Path] = set()
     for path in _candidates(results, Path(results_path), cache_dir):
         try:
@@ -73,11 +70,11 @@ def find_results_head(results: dict[str, Any], results_path: Path, cache_dir: Pa
         seen.add(key)
         if head_file_fingerprint(key) == wanted:
             return key
-    places = ["its recorded head_file" if results.get("head_file") else None, f"*.safetensors beside it ({Path(results_path).resolve().parent})"]
+    places = ["its recorded head_file" if results.head_file else None, f"*.safetensors beside it ({Path(results_path).resolve().parent})"]
     if cache_dir is not None:
         places.append(f"the probe cache ({cache_dir})")
     raise CSRAError(
-        f"from_results {results_path}: measured with a probe ({results.get('head')}, fingerprint {str(wanted)[:12]}) found in none of "
+        f"from_results {results_path}: measured with a probe ({results.head}, fingerprint {str(wanted)[:12]}) found in none of "
         f"{', '.join(p for p in places if p)}; pass it as `head_file`, or run the demo / sweep again with `save_head`",
         param="from_results",
     )
@@ -90,7 +87,7 @@ def found_head_line(path: Path) -> str:
     return f"head: {safe(path)} (found by the results' head fingerprint)"
 
 
-def results_head_file(head_file: str | Path | None, results: dict[str, Any], results_path: str | Path, console: Any) -> str | Path | None:
+def results_head_file(head_file: str | Path | None, results: ResultsFile, results_path: str | Path, console: Any) -> str | Path | None:
     """The head a results file was measured with: ``head_file`` as given, else the one
     :func:`find_results_head` finds (in the default cache too), announced on ``console``."""
     if head_file is not None:

@@ -7,7 +7,6 @@ head or another class list: a lam tuned for one model says nothing about another
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -15,74 +14,53 @@ import torch
 from rich.console import Console
 
 from ..data.registry import SINGLE_LABEL_DATASETS
+from ..data.transforms import TransformSpec
 from ..errors import CSRAError
-from ..options import PICKS, CSRASettings, ModelSource
-from ..report.compare import read_results_json
+from ..options import CSRASettings, ModelSource
+from ..report.results_file import ResultsFile
+from .config import PatchedConfig
 from .settings import resolve_settings
 
 
-def read_results(path: str | Path) -> dict[str, Any]:
-    """``from_results``: a sweep's results JSON with the rows apply picks from."""
-    return read_results_json(path, required=("model", "best", "fixed", "classes"), param="from_results", label="from_results")
+def read_results(path: str | Path) -> ResultsFile:
+    """``from_results``: a sweep's results JSON with the rows apply / predict / attention pick from."""
+    return ResultsFile.read(path, required=("model", "best", "fixed", "classes"), param="from_results", label="from_results")
 
 
-def check_results_match(results: dict[str, Any], patched_config: dict[str, Any], path: str | Path) -> None:
+def check_results_match(results: ResultsFile, config: PatchedConfig) -> None:
     """Refuse settings measured on another model, weights, head or class list, saying which."""
-    where = f"from_results {path}"
-    if results["model"] != patched_config["model"]:
-        raise CSRAError(f"{where}: measured on model {results['model']}, not {patched_config['model']}")
-    measured = results.get("weights_fingerprint")
+    where = results.where
+    if results.model != config.model:
+        raise CSRAError(f"{where}: measured on model {results.model}, not {config.model}")
+    measured = results.weights_fingerprint
     if not measured:
         raise CSRAError(f"{where}: records no weights fingerprint (an older sweep); run the sweep again with this version")
-    if measured != patched_config["weights_fingerprint"]:
+    if measured != config.weights_fingerprint:
         raise CSRAError(
-            f"{where}: measured on other weights ({results.get('weights')}, fingerprint {measured[:12]}) than "
-            f"{patched_config['weights']} (fingerprint {patched_config['weights_fingerprint'][:12]}); pass the sweep's weights"
+            f"{where}: measured on other weights ({results.weights}, fingerprint {measured[:12]}) than "
+            f"{config.weights} (fingerprint {config.weights_fingerprint[:12]}); pass the sweep's weights"
         )
-    head = results.get("head_fingerprint")
-    if head and head != patched_config["head_fingerprint"]:
-        hint = (
-            "pass the probe it fitted as `head_file` (the sweep's `save_head`)" if patched_config["head"] == "model" else "pass the head file the sweep saved"
-        )
-        raise CSRAError(f"{where}: measured with another head ({results.get('head')}); {hint}")
-    classes = results["classes"]
-    mine = patched_config.get("classes")
-    if len(classes) != patched_config["num_classes"] or (mine is not None and list(mine) != list(classes)):
+    head = results.head_fingerprint
+    if head and head != config.head_fingerprint:
+        hint = "pass the probe it fitted as `head_file` (the sweep's `save_head`)" if config.head == "model" else "pass the head file the sweep saved"
+        raise CSRAError(f"{where}: measured with another head ({results.head}); {hint}")
+    classes = results.classes or []
+    mine = config.classes
+    if len(classes) != config.num_classes or (mine is not None and list(mine) != list(classes)):
         raise CSRAError(
-            f"{where}: measured on {len(classes)} classes ({', '.join(classes[:3])}, ...), which is not this head's class list "
-            f"({patched_config['num_classes']} classes)"
+            f"{where}: measured on {len(classes)} classes ({', '.join(classes[:3])}, ...), which is not this head's class list ({config.num_classes} classes)"
         )
 
 
-def default_preprocessing(adapter, transform: str, img_size: int | None, head_meta: dict | None) -> dict[str, Any]:
+def default_preprocessing(adapter, transform: str, img_size: int | None, head_meta: dict | None) -> TransformSpec:
     """The transform ``predict`` uses: ``crop`` (the model's eval transform) or ``square`` (the
     multi-label protocol); ``auto`` is square for a probe fitted on a multi-label dataset, else crop."""
-    from ..data.transforms import transform_description
+    from ..data.transforms import transform_spec
 
     if transform == "auto":
         probe = (head_meta or {}).get("probe")
         transform = "square" if probe and probe.get("dataset") not in SINGLE_LABEL_DATASETS else "crop"
-    return transform_description(adapter.data_config, img_size, single_label=False, choice=transform)  # type: ignore[arg-type]
-
-
-def picked_thresholds(results: dict[str, Any], pick: str, path: str | Path) -> tuple[list[float] | None, str | None]:
-    """The picked row's calibrated per-class thresholds (results ``thresholds.<row>.values``, raw score
-    scale) and a one-line source for the patched config; ``(None, None)`` when the file has none
-    (single-label tasks, older files)."""
-    row = PICKS[pick]
-    entry = (results.get("thresholds") or {}).get(row)
-    if entry is None:
-        return None, None
-    values = entry.get("values") if isinstance(entry, dict) else None
-    count = len(results["classes"]) if isinstance(results.get("classes"), list) else -1
-    if (
-        not isinstance(values, list)
-        or len(values) != count
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
-    ):
-        raise CSRAError(f"from_results {path}: its {row!r} thresholds are unreadable (not {count} finite numbers)", param="from_results")
-    source = f"per-class F1 on {results.get('dataset')} {results.get('split')} ({results.get('num_images')} images), row {row} of {Path(path).name}"
-    return [float(v) for v in values], " ".join(source.split())  # one line
+    return transform_spec(adapter.data_config, img_size, single_label=False, choice=transform)  # type: ignore[arg-type]
 
 
 def apply_patch(
@@ -128,33 +106,29 @@ def apply_patch(
     head_meta: tuple[Any, dict[str, Any]] | None = load_head(Path(head_file)) if head_file is not None else None
 
     num_classes = source.num_classes
-    swept_own_head = results is not None and not str(results.get("head", "")).startswith("linear probe")
+    swept_own_head = results is not None and not str(results.head or "").startswith("linear probe")
     if source.random_init and num_classes is None and results is not None and swept_own_head:
-        num_classes = len(results["classes"])  # as sweep --random-init built it: a head for the dataset's classes
+        num_classes = len(results.classes or [])  # as sweep --random-init built it: a head for the dataset's classes
     adapter = load_model(source.model, checkpoint=source.checkpoint, pretrained=source.pretrained, random_init=source.random_init, num_classes=num_classes)
-    if results is not None and img_size is None and transform == "auto" and results.get("transform"):
-        preprocessing = results["transform"]
+    preprocessing: TransformSpec
+    if results is not None and img_size is None and transform == "auto" and results.transform is not None:
+        preprocessing = results.transform
     else:
         preprocessing = default_preprocessing(adapter, transform, img_size, head_meta[1] if head_meta else None)
     patched = patch(adapter, resolved.lam, resolved.pool_temperature, resolved.heads, head=head_meta, classes=classes, preprocessing=preprocessing)  # type: ignore[arg-type]
     if results is not None:
         assert from_results is not None  # results are read from it
-        check_results_match(results, patched.config, from_results)
-        if patched.config["classes"] is None:  # the dataset's names, in the head's order (just checked)
-            patched.config["classes"] = list(results["classes"])
+        check_results_match(results, patched.config)
+        if patched.config.classes is None:  # the dataset's names, in the head's order (just checked)
+            patched.config.classes = list(results.classes or [])
         # the picked row's calibrated thresholds (contract C2), once the head's classes are known to match
-        values, threshold_source = picked_thresholds(results, settings.pick, from_results)
-        patched.config["thresholds"], patched.config["threshold_source"] = values, threshold_source
-        patched.config["from_results"] = {
-            "path": str(Path(from_results).resolve()),
-            "pick": settings.pick,
-            "dataset": results.get("dataset"),
-            "split": results.get("split"),
-        }
+        found = results.thresholds(settings.pick)
+        patched.config.thresholds, patched.config.threshold_source = (found[0], found[2]) if found is not None else (None, None)
+        patched.config.from_results = {"path": str(Path(from_results).resolve()), "pick": settings.pick, "dataset": results.dataset, "split": results.split}
     identity = lam_zero_difference(patched)
-    patched.config["identity_max_abs_diff"] = identity
+    patched.config.identity_max_abs_diff = identity
     report = export_patched(patched, out, force=force)
-    summary = {"settings": resolved.label, "identity_max_abs_diff": identity, "export": report.to_json(), "config": patched.config}
+    summary = {"settings": resolved.label, "identity_max_abs_diff": identity, "export": report.to_json(), "config": patched.config.to_json()}
     print_apply_summary(console, patched, report, identity)
     return summary
 
@@ -173,14 +147,14 @@ def lam_zero_difference(patched) -> float:
     the model's logits for its own head, ``W · pooled + b`` for a probe."""
     import torch.nn.functional as F
 
-    size = int(patched.config["preprocessing"]["size"])
+    size = patched.config.preprocessing.size
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     x = x.to(next(patched.parameters()).device)
     adapter, classifier = patched.adapter, patched.head.classifier
     raw = adapter.forward_backbone(x).float()
     fmap = adapter.feature_map(raw)
     baseline = classifier(fmap).mean(dim=-1)
-    if patched.config["head"] == "model":
+    if patched.config.head == "model":
         own = adapter.model_logits(raw).float()
     else:
         own = F.linear(classifier.pooled_features(fmap), classifier.weight, classifier.bias)
@@ -190,31 +164,31 @@ def lam_zero_difference(patched) -> float:
 def print_apply_summary(console: Console, patched, report, identity: float) -> None:
     from rich.table import Table
 
-    from ..data.transforms import describe_transform
     from ..text import safe
 
     cfg = patched.config
-    table = Table(title=f"patched {safe(cfg['model'])} -> {safe(report.path)}", title_justify="left", show_header=False)
+    size = cfg.preprocessing.size
+    table = Table(title=f"patched {safe(cfg.model)} -> {safe(report.path)}", title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value")
-    temps = ", ".join(str(t) for t in cfg["temperatures"])
-    table.add_row("score", f"mean + {cfg['lam']:g} * {safe(cfg['variant'])} (temperatures {safe(temps)})")
-    table.add_row("head", f"{safe(cfg['head_description'])} ({cfg['num_classes']} classes)")
-    table.add_row("weights", f"{safe(cfg['weights'])} ({safe(cfg['weights_fingerprint'][:12])})")
-    table.add_row("input", f"(B, 3, {cfg['preprocessing']['size']}, {cfg['preprocessing']['size']}) normalised float32")
-    table.add_row("preprocessing", safe(describe_transform(cfg["preprocessing"])))
+    temps = ", ".join(str(t) for t in cfg.temperatures)
+    table.add_row("score", f"mean + {cfg.lam:g} * {safe(cfg.variant)} (temperatures {safe(temps)})")
+    table.add_row("head", f"{safe(cfg.head_description)} ({cfg.num_classes} classes)")
+    table.add_row("weights", f"{safe(cfg.weights)} ({safe(cfg.weights_fingerprint[:12])})")
+    table.add_row("input", f"(B, 3, {size}, {size}) normalised float32")
+    table.add_row("preprocessing", safe(cfg.preprocessing.describe()))
     table.add_row("format", f"{report.format} ({report.seconds:.1f} s)")
     table.add_row("check", f"reloaded file vs eager, batch 3: max abs diff {report.max_abs_diff:.2e}")
-    if cfg["head"] != "model":
+    if cfg.head != "model":
         source = "the probe on pooled features"
-    elif cfg["baseline_source"] == "model_logits":
+    elif cfg.baseline_source == "model_logits":
         source = "the model's logits"
     else:
         source = "the model's class-token logits (the baseline is the patch average: not expected to match)"
     table.add_row("identity", f"lam 0 vs {source}: max abs diff {identity:.2e}")
-    if cfg.get("from_results"):
-        fr = cfg["from_results"]
+    if cfg.from_results:
+        fr = cfg.from_results
         table.add_row("settings from", safe(f"{fr['path']} ({fr['pick']}, measured on {fr['dataset']} {fr['split']})"))
-    if cfg.get("thresholds") is not None:
-        table.add_row("thresholds", f"calibrated, {len(cfg['thresholds'])} classes: {safe(cfg.get('threshold_source') or '')}")
+    if cfg.thresholds is not None:
+        table.add_row("thresholds", f"calibrated, {len(cfg.thresholds)} classes: {safe(cfg.threshold_source or '')}")
     console.print(table)

@@ -53,7 +53,7 @@ def attention_maps(patched, image: str | Path, top_k: int = 3, classes: Sequence
     except Exception as exc:  # any decoder failure is the file's fault
         raise CSRAError(f"{path}: cannot decode image ({first_line(exc, 120)})", param="image") from None
     names = class_names(patched.num_classes, classes if classes is not None else patched.classes)
-    prep = patched.config["preprocessing"]
+    prep = patched.config.preprocessing
     x = build_transform(prep)(pil)[None]
     dev = resolve_device(device)
     patched = patched.to(dev).eval()
@@ -62,7 +62,7 @@ def attention_maps(patched, image: str | Path, top_k: int = 3, classes: Sequence
     h, w = fmap.shape[-2:]
     scores, baseline = patched.head.pool(s[None])[0], s.mean(dim=-1)
     top = torch.argsort(scores, descending=True, stable=True)[: min(top_k, scores.numel())].tolist()
-    mean, std = torch.tensor(prep["mean"])[:, None, None], torch.tensor(prep["std"])[:, None, None]
+    mean, std = torch.tensor(prep.mean)[:, None, None], torch.tensor(prep.std)[:, None, None]
     shown = (x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
     return AttentionMaps(
         image=shown,
@@ -119,7 +119,9 @@ def run_attention(
     elif isinstance(source, PatchedFile):
         patched = load_patched_source(source, img_size, transform)
         if not isinstance(patched, PatchedModel):
-            raise CSRAError(f"patched_file {source.path}: an exported file holds no per-location scores; use the .safetensors file apply writes", param="patched_file")
+            raise CSRAError(
+                f"patched_file {source.path}: an exported file holds no per-location scores; use the .safetensors file apply writes", param="patched_file"
+            )
         if settings.given:
             resolved = resolve_settings(settings, config=patched.config)
             patched.set_settings(resolved.lam, resolved.pool_temperature, resolved.heads)
@@ -127,7 +129,7 @@ def run_attention(
         patched = patched_from_model(source, settings, img_size, transform)
     result = attention_maps(patched, image, top_k, classes, device)
     cfg = patched.config
-    title = f"{Path(image).name}: {cfg['model']}, mean + {cfg['lam']:g} * {cfg['variant']}"
+    title = f"{Path(image).name}: {cfg.model}, mean + {cfg.lam:g} * {cfg.variant}"
     plot_attention(result.image, result.maps, result.names, result.baseline, result.patched, out, title=title)
     for name, b, s in zip(result.names, result.baseline, result.patched, strict=True):
         console.print(f"{safe(name)}: baseline {b:.3f}, CSRA {s:.3f}", soft_wrap=True)

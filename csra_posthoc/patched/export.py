@@ -32,7 +32,8 @@ import torch
 
 from ..atomic import atomic_write
 from ..errors import CSRAError, first_line
-from .model import CONFIG_KEY, PatchedModel, load_patched, parse_config, save_patched
+from .config import PatchedConfig
+from .model import CONFIG_KEY, PatchedModel, load_patched, save_patched
 
 ONNX_OPSET = 18
 CONFIG_FILE = "csra_config.json"  # extra file inside .pt2 / .ts archives
@@ -73,7 +74,7 @@ def check_out_path(path: str | Path, force: bool = False) -> Path:
 
 
 def _example(patched: PatchedModel, batch: int, seed: int) -> torch.Tensor:
-    size = int(patched.config["preprocessing"]["size"])
+    size = patched.config.preprocessing.size
     device = next(patched.parameters()).device
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
 
@@ -180,8 +181,8 @@ class ExportedModel:
         try:
             self.config = exported_config(path)
             self._run = load_exported(path, self.format)
-            self.num_classes = int(self.config["num_classes"])
-            self.classes = self.config.get("classes")
+            self.num_classes = self.config.num_classes
+            self.classes = self.config.classes
             if self.format == "onnx":
                 self._check_onnx_size()
         except CSRAError:
@@ -198,10 +199,9 @@ class ExportedModel:
         graph = onnx.load(str(self.path), load_external_data=False).graph
         dims = graph.input[0].type.tensor_type.shape.dim if graph.input else []
         shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
-        prep = self.config.get("preprocessing")
-        size = prep.get("size") if isinstance(prep, dict) else None
+        size = self.config.preprocessing.size
         fixed = [d for d in shape[2:] if isinstance(d, int)]
-        if size is not None and fixed and any(d != size for d in fixed):
+        if fixed and any(d != size for d in fixed):
             raise CSRAError(
                 f"patched_file {self.path}: its graph takes {'x'.join(str(d) for d in shape[2:])} images but its config says size {size}; write it again with export_patched (CLI: apply --out)",
                 param="patched_file",
@@ -223,8 +223,8 @@ class ExportedModel:
             ) from None
 
 
-def exported_config(path: str | Path, fmt: str | None = None) -> dict:
-    """The config embedded in an exported file of any format (checked by ``patched.check_config``)."""
+def exported_config(path: str | Path, fmt: str | None = None) -> PatchedConfig:
+    """The config embedded in an exported file of any format (read by :meth:`PatchedConfig.parse`, every field checked)."""
     fmt = fmt or export_format(path)
     if fmt == "safetensors":
         from .model import read_config
@@ -238,7 +238,7 @@ def exported_config(path: str | Path, fmt: str | None = None) -> dict:
         text = _archive_member(path, f"extra/{CONFIG_FILE}")
     if text is None:
         raise CSRAError(f"patched_file {path}: holds no csra-posthoc config; write it with export_patched (CLI: apply --out)", param="patched_file")
-    return parse_config(text, path, rebuild=False)  # JSON only (NaN / Infinity refused), every field checked
+    return PatchedConfig.parse(text, path, rebuild=False)  # JSON only (NaN / Infinity refused), every field checked
 
 
 def _archive_member(path: str | Path, name: str) -> bytes | None:
@@ -321,7 +321,7 @@ def export_patched(patched: PatchedModel, path: str | Path, *, force: bool = Fal
 
 
 def _export(patched: PatchedModel, path: Path, fmt: str, opset: int) -> ExportReport:
-    config = json.dumps({**patched.config, "export": {"format": fmt, "onnx_opset": opset if fmt == "onnx" else None, "dynamic_batch": True}})
+    config = json.dumps({**patched.config.to_json(), "export": {"format": fmt, "onnx_opset": opset if fmt == "onnx" else None, "dynamic_batch": True}})
     example, check = _example(patched, 2, 0), _example(patched, 3, 1)
     expected = patched(check).float().cpu()
     start = time.perf_counter()
@@ -342,7 +342,7 @@ def _export(patched: PatchedModel, path: Path, fmt: str, opset: int) -> ExportRe
         except CSRAError:
             raise
         except Exception as exc:
-            raise CSRAError(f"out {path}: {fmt} export of {patched.config['model']} failed ({type(exc).__name__}: {first_line(exc)})", param="out") from None
+            raise CSRAError(f"out {path}: {fmt} export of {patched.config.model} failed ({type(exc).__name__}: {first_line(exc)})", param="out") from None
         diff = float((got.float() - expected).abs().max())
         scale = max(1.0, float(expected.abs().max()))
         if not np.isfinite(diff) or diff > CHECK_TOLERANCE * scale:

@@ -23,16 +23,21 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from ..data.transforms import TransformSpec
 from ..errors import CSRAError, first_line
 from ..options import PICKS, CSRASettings, ModelSource, PatchedFile
 from ..text import safe
 from .settings import resolve_settings
+
+if TYPE_CHECKING:
+    from ..report.results_file import ResultsFile
+    from .config import PatchedConfig
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -85,7 +90,7 @@ def _warn_unresolvable_links(folder: Path) -> None:
             say(Console(stderr=True), f"[yellow]warning:[/] {safe(f)} {problem}: skipped", logging.WARNING)
 
 
-def usable_transform(desc: Any, where: str) -> Any:
+def usable_transform(desc: TransformSpec, where: str) -> Any:
     """The transform a config's ``preprocessing`` describes, tried once on a small image: a bad
     description is one error naming the config, not a "cannot decode image" per image."""
     from PIL import Image
@@ -95,11 +100,11 @@ def usable_transform(desc: Any, where: str) -> Any:
     try:
         transform = build_transform(desc)
         x = transform(Image.new("RGB", (37, 29), (128, 64, 32)))
-        size = desc["size"]
+        size = desc.size
         if not isinstance(x, torch.Tensor) or tuple(x.shape) != (3, size, size) or not bool(torch.isfinite(x).all()):
             raise ValueError(f"it makes a {tuple(getattr(x, 'shape', ()))} input, not a finite (3, {size}, {size}) one")
     except Exception as exc:
-        raise CSRAError(f"{where}: its preprocessing {desc!r} is unusable ({first_line(exc, 120)})", param="patched_file") from None
+        raise CSRAError(f"{where}: its preprocessing {desc.to_json()!r} is unusable ({first_line(exc, 120)})", param="patched_file") from None
     return transform
 
 
@@ -272,11 +277,11 @@ def predict_images(
     paths, any_dir = expand_images(images)
     names = class_names(patched.num_classes, classes if classes is not None else patched.classes)
 
-    transform = usable_transform(patched.config.get("preprocessing"), "the patched model's config")
+    transform = usable_transform(patched.config.preprocessing, "the patched model's config")
     dev = resolve_device(device)
     patched = patched.to(dev).eval()
     out: list[dict[str, Any]] = [{} for _ in paths]
-    bar = progress_bar(console, f"predict {safe(patched.config['model'])}", total=len(paths))
+    bar = progress_bar(console, f"predict {safe(patched.config.model)}", total=len(paths))
     with bar if (any_dir or len(paths) > batch_size) else contextlib.nullcontext(lambda n: None) as advance:
         for start in range(0, len(paths), batch_size):
             chunk = range(start, min(start + batch_size, len(paths)))
@@ -355,7 +360,6 @@ def run_predict(
     ``threshold``: a probability on sigmoid(score), ``"calibrated"`` (the per-class thresholds of the
     results row / patched config), or None: calibrated when present, else rank (top-k) for a
     single-label head, else 0.5."""
-    from ..data.transforms import describe_transform
     from ..evaluation.validate import check_img_size
     from ..extraction.run import resolve_device
     from ..heads.lookup import results_head_file
@@ -377,11 +381,11 @@ def run_predict(
         check_from_results_args(source, img_size, transform, classes)
     image_files, _ = expand_images(images, warn_links=False)  # missing paths fail before any model is built (links: warned once, below)
     check_outputs({"json_out": json_out}, {"images": image_files, **source_inputs(source), "from_results": from_results})  # README: Outputs
-    results: dict[str, Any] | None = None
+    results: ResultsFile | None = None
     overridden = False
     if isinstance(source, PatchedFile):
         patched = load_patched_source(source, img_size, transform)
-        usable_transform(patched.config.get("preprocessing"), f"patched_file {source.path}: its config")
+        usable_transform(patched.config.preprocessing, f"patched_file {source.path}: its config")
         if not isinstance(patched, PatchedModel) and (compare or settings.given):
             raise CSRAError(
                 f"patched_file {source.path}: an exported {patched.format} file has lam fixed and no baseline; "
@@ -405,10 +409,10 @@ def run_predict(
         patched, images, threshold=rule, top_k=top_k, classes=classes, batch_size=batch_size, device=device, compare=compare, console=console
     )
     cfg = patched.config
-    temps = ", ".join(str(t) for t in cfg["temperatures"])
-    console.print(f"{safe(cfg['model'])}: mean + {cfg['lam']:g} * {safe(cfg['variant'])} (temperatures {safe(temps)})", soft_wrap=True)
+    temps = ", ".join(str(t) for t in cfg.temperatures)
+    console.print(f"{safe(cfg.model)}: mean + {cfg.lam:g} * {safe(cfg.variant)} (temperatures {safe(temps)})", soft_wrap=True)
     console.print(head_line(cfg, results, from_results, settings.pick), soft_wrap=True, highlight=False)
-    console.print(f"transform: {safe(describe_transform(cfg['preprocessing']))}", soft_wrap=True, highlight=False)
+    console.print(f"transform: {safe(cfg.preprocessing.describe())}", soft_wrap=True, highlight=False)
     console.print(f"predicted: {safe(rule.describe(top_k))}", soft_wrap=True, highlight=False)
     print_predictions(console, predictions, compare, top_k)
     if json_out is not None:
@@ -435,16 +439,16 @@ def check_from_results_args(source: ModelSource | PatchedFile, img_size, transfo
         raise CSRAError(f"from_results sets the transform and the class names from the sweep: drop {listed}, or drop `from_results`", param="from_results")
 
 
-def patched_from_results(source: ModelSource, head_file, results: dict[str, Any], settings: CSRASettings, path):
+def patched_from_results(source: ModelSource, head_file, results: ResultsFile, settings: CSRASettings, path):
     """The patched model a sweep's row stands for: its (resolved) settings, its transform
-    (``results["transform"]``), its class names; refused when the weights, head or classes are not the sweep's."""
+    (``results.transform``), its class names; refused when the weights, head or classes are not the sweep's."""
     from ..extraction.probe import load_head
     from ..models import load_model
     from .apply import check_results_match
     from .model import patch
 
-    preprocessing = results.get("transform")
-    if not isinstance(preprocessing, dict) or "size" not in preprocessing or "kind" not in preprocessing:
+    preprocessing = results.transform
+    if preprocessing is None:
         raise CSRAError(f"from_results {path}: records no transform (an older sweep); run the sweep again with this version", param="from_results")
     head = None
     if head_file is not None:
@@ -452,68 +456,65 @@ def patched_from_results(source: ModelSource, head_file, results: dict[str, Any]
             raise CSRAError(f"head_file {head_file}: no such file", param="head_file")
         head = load_head(head_file)
     num_classes = None
-    if source.random_init and not str(results.get("head", "")).startswith("linear probe"):
-        num_classes = len(results["classes"])  # as sweep --random-init built it (see apply)
+    if source.random_init and not str(results.head or "").startswith("linear probe"):
+        num_classes = len(results.classes or [])  # as sweep --random-init built it (see apply)
     adapter = load_model(source.model, checkpoint=source.checkpoint, pretrained=source.pretrained, random_init=source.random_init, num_classes=num_classes)
     patched = patch(adapter, settings.lam, settings.pool_temperature, settings.heads, head=head, preprocessing=preprocessing)  # type: ignore[arg-type]
-    check_results_match(results, patched.config, path)
-    patched.config["classes"] = list(results["classes"])  # the sweep's names, in the head's order (just checked)
-    patched.config["from_results"] = {"path": str(Path(path).resolve()), "dataset": results.get("dataset"), "split": results.get("split")}
+    check_results_match(results, patched.config)
+    patched.config.classes = list(results.classes or [])  # the sweep's names, in the head's order (just checked)
+    patched.config.from_results = {"path": str(Path(path).resolve()), "dataset": results.dataset, "split": results.split}
     return patched
 
 
-def _single_label(config: dict[str, Any], results: dict[str, Any] | None) -> tuple[bool, str]:
+def _single_label(config: PatchedConfig, results: ResultsFile | None) -> tuple[bool, str]:
     """Whether the head is single-label (predict by rank), and why, in a few words."""
     from ..data.registry import SINGLE_LABEL_DATASETS
 
     if results is not None:
-        single = results.get("primary_metric") == "top1" or results.get("dataset") in SINGLE_LABEL_DATASETS
-        return single, f"single-label sweep on {results.get('dataset')}"
-    measured = config.get("from_results") or {}
+        single = results.primary_metric == "top1" or results.dataset in SINGLE_LABEL_DATASETS
+        return single, f"single-label sweep on {results.dataset}"
+    measured = config.from_results or {}
     if measured.get("dataset"):
         return measured["dataset"] in SINGLE_LABEL_DATASETS, f"single-label dataset {measured['dataset']}"
-    if config.get("head") == "model":
+    if config.head == "model":
         return True, "the model's own softmax head"
     return False, ""
 
 
-def predict_threshold_rule(threshold, config: dict[str, Any], results: dict[str, Any] | None, results_path, pick: str, overridden: bool) -> ThresholdRule:
+def predict_threshold_rule(threshold, config: PatchedConfig, results: ResultsFile | None, results_path, pick: str, overridden: bool) -> ThresholdRule:
     """Contract: calibrated thresholds from the results row (``thresholds.<row>.values``) or the
     patched config (``thresholds``), default when present; else rank for single-label heads, else 0.5."""
-    from .apply import picked_thresholds
-
     single, why = _single_label(config, results)
     values: tuple[float, ...] | None = None
     source, why_none = why, ""
     if results is not None:  # apply's reader of the row's thresholds: one rule (finite, one per class) for both
         row = PICKS[pick]
-        found, _ = picked_thresholds(results, pick, results_path)
+        found = results.thresholds(pick)
         if found is not None:
-            method = results["thresholds"][row].get("method") or "calibrated"
-            values, source = tuple(found), f"{method}; {Path(results_path).name}, row {row}"
+            values, source = tuple(found[0]), f"{found[1]}; {Path(results_path).name}, row {row}"
         else:
             why_none = f"from_results {results_path} has no thresholds for its {row!r} row"
-    elif config.get("thresholds") is not None:
+    elif config.thresholds is not None:
         if overridden:
             why_none = "the patched file's thresholds were chosen for its own settings, not the `lam` / `temperature` / `heads` given"
         else:
-            values = tuple(float(t) for t in config["thresholds"])  # checked by patched.check_config when the file was read
-            source = config.get("threshold_source") or "the patched file's thresholds"
+            values = tuple(config.thresholds)  # checked by PatchedConfig.from_json when the file was read
+            source = config.threshold_source or "the patched file's thresholds"
     else:
         why_none = "no calibrated thresholds (no results file, and no thresholds in a patched file)"
     return threshold_rule(threshold, single_label=single and values is None, calibrated=values, source=source, why_none=why_none)
 
 
-def head_line(config: dict[str, Any], results: dict[str, Any] | None, results_path, pick: str) -> str:
+def head_line(config: PatchedConfig, results: ResultsFile | None, results_path, pick: str) -> str:
     """One line: how many classes the head knows and where they come from (so an off-domain image's
     "bag 0.99997" is read for what it is)."""
-    n = int(config["num_classes"])
-    source = str(config["head_description"])
-    if config.get("head") == "model" and n == 1000 and "ImageNet" not in source:
+    n = config.num_classes
+    source = str(config.head_description)
+    if config.head == "model" and n == 1000 and "ImageNet" not in source:
         source += " (ImageNet)"
     line = f"{n} classes: {safe(source)}"
     if results is not None:
-        line += f"; settings from {safe(results_path)} (row {safe(pick)}, measured on {safe(results.get('dataset'))} {safe(results.get('split'))})"
+        line += f"; settings from {safe(results_path)} (row {safe(pick)}, measured on {safe(results.dataset)} {safe(results.split)})"
     return line
 
 
@@ -551,6 +552,6 @@ def load_patched_source(source: PatchedFile, img_size: int | None, transform: st
         listed = ", ".join(f"`{n}`" for n, v in (("img_size", img_size is not None), ("transform", transform != "auto")) if v)
         raise CSRAError(f"patched_file {path} holds its input size and preprocessing: drop {listed}", param="patched_file")
     patched = load_patched(path) if fmt == "safetensors" else ExportedModel(path)
-    if source.model is not None and source.model != patched.config["model"]:
-        raise CSRAError(f"patched_file {path} holds {patched.config['model']}, not model={source.model}", param="patched_file")
+    if source.model is not None and source.model != patched.config.model:
+        raise CSRAError(f"patched_file {path} holds {patched.config.model}, not model={source.model}", param="patched_file")
     return patched

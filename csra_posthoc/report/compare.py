@@ -1,6 +1,6 @@
 """``csra-posthoc compare``: many results files, one Table-1 style table (terminal, CSV, Markdown, LaTeX).
 
-Reads the JSON that ``sweep --out`` writes (``"schema": 1``); the bootstrap interval and the
+Reads the JSON that ``sweep --out`` writes (:class:`~csra_posthoc.report.results_file.ResultsFile`); the bootstrap interval and the
 held-out figure are shown where the file has them. Rows are sorted by dataset, then model.
 """
 
@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -21,8 +19,8 @@ from rich.text import Text
 
 from ..errors import CSRAError
 from ..text import plain, safe
+from .results_file import ResultsFile, ResultsRow
 
-SCHEMA = 1
 REQUIRED = ("model", "dataset", "primary_metric", "baseline", "best", "fixed")
 
 
@@ -57,78 +55,34 @@ class CompareRow:
         return self.fixed - self.baseline
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON allows")
+def read_results_file(path: str | Path) -> ResultsFile:
+    """A results JSON of this schema version (:meth:`ResultsFile.read`), else one line naming the file and what is wrong."""
+    return ResultsFile.read(path, required=REQUIRED, param="paths")
 
 
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} overflows to {value}")
-    return value
-
-
-def read_results_json(path: str | Path, *, required: Sequence[str], param: str, label: str = "") -> dict[str, Any]:
-    """A sweep's results JSON of schema :data:`SCHEMA` with the ``required`` keys, else one line
-    naming the file and what is wrong: the one reader (and the one schema rule) behind ``compare``
-    and ``apply``'s ``from_results``. NaN / Infinity (which Python's json would accept) and numbers
-    that overflow to infinity are refused: a figure that is not a number is never shown or written.
-    ``label`` prefixes the path in messages (e.g. ``"from_results"``)."""
-    path = Path(path)
-    where = f"{label} {path}" if label else str(path)
-    hint = "pass the results file a sweep wrote (run_sweep's `out`)"
-    if not path.is_file():
-        raise CSRAError(f"{where}: no such results file", param=param)
+def compare_row(results: ResultsFile, source: str = "") -> CompareRow:
+    """The table row of one results file."""
+    p = str(results.primary_metric)
+    held = results.extra.get("held_out") or None
     try:
-        data = json.loads(path.read_text(), parse_constant=_refuse_constant, parse_float=_finite_float)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CSRAError(f"{where}: not JSON ({exc}); {hint}", param=param) from None
-    except ValueError as exc:  # NaN / Infinity / overflow
-        raise CSRAError(
-            f"{where}: holds a value that is not a finite number ({exc}); the file is damaged or was edited: re-run the sweep", param=param
-        ) from None
-    if not isinstance(data, dict) or not all(k in data for k in required):
-        raise CSRAError(f"{where}: not a csra-posthoc results file (no {' / '.join(required)}); {hint}", param=param)
-    if data.get("schema") != SCHEMA:
-        found = "no schema field (written before schema 1)" if "schema" not in data else f"schema {data['schema']!r}"
-        raise CSRAError(f"{where}: {found}, this version reads schema {SCHEMA}; re-run the sweep with this version", param=param)
-    return data
-
-
-def read_results_file(path: str | Path) -> dict[str, Any]:
-    """A results JSON of this schema version, else one line naming the file and what is wrong."""
-    return read_results_json(path, required=REQUIRED, param="paths")
-
-
-def _interval(block: Any) -> tuple[float, float] | None:
-    if isinstance(block, dict) and "low" in block and "high" in block:
-        return float(block["low"]), float(block["high"])
-    return None
-
-
-def compare_row(data: dict[str, Any], source: str = "") -> CompareRow:
-    """The table row of one results dict (as :func:`read_results_file` returns it)."""
-    p = data["primary_metric"]
-    boot = data.get("bootstrap") or {}
-    held = data.get("held_out") or None
-    try:
+        best, fixed = ResultsRow.from_json(results.extra["best"]), ResultsRow.from_json(results.extra["fixed"])
         return CompareRow(
-            model=str(data["model"]),
-            dataset=str(data["dataset"]),
-            split=data.get("split"),
+            model=results.model,
+            dataset=str(results.dataset),
+            split=results.split,
             metric=p,
-            num_images=data.get("num_images"),
-            baseline=float(data["baseline"][p]),
-            best_lam=float(data["best"]["lam"]),
-            best=float(data["best"]["metrics"][p]),
-            fixed_lam=float(data["fixed"]["lam"]),
-            fixed=float(data["fixed"]["metrics"][p]),
-            best_interval=_interval(boot.get("best")),
-            fixed_interval=_interval(boot.get("fixed")),
+            num_images=results.num_images,
+            baseline=float(results.baseline[p]),
+            best_lam=best.lam,
+            best=best.metric(p),
+            fixed_lam=fixed.lam,
+            fixed=fixed.metric(p),
+            best_interval=results.interval("best"),
+            fixed_interval=results.interval("fixed"),
             held_out=None if held is None else float(held["score"]),
             held_out_delta=None if held is None else float(held["delta"]),
             held_out_on=None if held is None else str(held.get("select_on")),
-            held_out_interval=_interval(boot.get("held_out")),
+            held_out_interval=results.interval("held_out"),
             source=source,
         )
     except (KeyError, TypeError, ValueError) as exc:

@@ -16,6 +16,7 @@ from ..data.transforms import describe_transform
 from ..evaluation.grid import SweepResult, SweepRow, row_scores
 from ..extraction.statistics import ClassStatistics
 from ..text import safe
+from .results_file import SCHEMA
 
 if TYPE_CHECKING:
     from ..evaluation.selection import HeldOut
@@ -34,7 +35,7 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
     """Everything a paper table or a script needs (mAP and accuracies in percent)."""
     info = stats.info
     out: dict[str, Any] = {
-        "schema": 1,  # results-file version: compare refuses other versions (bump on incompatible changes)
+        "schema": SCHEMA,  # results_file.ResultsFile reads it back (the one reader)
         "model": info.model,
         "dataset": info.dataset,
         "split": info.split,
