@@ -6,11 +6,12 @@ inside the commands, so ``--help``, ``--version`` and usage errors answer at onc
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -20,6 +21,35 @@ from ..data.registry import DATASET_NAMES
 from ..defaults import DEFAULT_BOOTSTRAP, DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_SELECT_ON, DEFAULT_TEMPS
 from ..errors import CSRAError
 from ..options import AnalysisOptions, CSRASettings, DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions, model_source
+from .params import (
+    BatchSizeOpt,
+    CacheDirOpt,
+    CheckpointOpt,
+    ClassesFileOpt,
+    ClassesOpt,
+    DeviceOpt,
+    FromResultsOpt,
+    HeadFileOpt,
+    HeadsOpt,
+    ImgSizeOpt,
+    LamOpt,
+    ModelOpt,
+    NoCacheOpt,
+    OptionalModelOpt,
+    PatchedFileOpt,
+    PerClassOpt,
+    PickOpt,
+    PlotClassesOpt,
+    PlotOpt,
+    PretrainedOpt,
+    RandomInitOpt,
+    RecomputeOpt,
+    SaveHeadOpt,
+    SaveScoresOpt,
+    TemperatureOpt,
+    TransformOpt,
+    WorkersOpt,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -120,10 +150,10 @@ def run_cli(fn, *args, distributed_device: str | None = None, **kwargs):
             return fn(*args, **kwargs)
     except CSRAError as exc:
         from ..text import safe
-        from .flags import cli_message
+        from .messages import render
 
         if not _launched() or _should_print(exc):
-            err.print(f"[bold red]error:[/] {safe(cli_message(str(exc), exc.param))}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {safe(render(str(exc), exc.param, cli_flags()))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         if main:
@@ -139,17 +169,17 @@ def _should_print(exc: BaseException) -> bool:
 
 @app.command("sweep", short_help="Sweep lam on a dataset and print a Table-1 row.")
 def sweep_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="timm name (resnet50, vit_base_patch16_224, ...) or torchvision:<arch>"),
+    model: ModelOpt,
     dataset: str = typer.Option(..., "--dataset", "-d", help=" | ".join(DATASET_NAMES)),
     data_dir: Path = typer.Option(..., "--data-dir", help="dataset root in its standard layout (README: Datasets)"),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="local state_dict (.pth/.pt/.safetensors), loaded weights-only"),
-    pretrained: bool = typer.Option(False, "--pretrained", help="hub weights (needs a network), or packaged offline weights where installed"),
-    random_init: bool = typer.Option(False, "--random-init", help="random weights: smoke tests and benchmarks only"),
+    checkpoint: CheckpointOpt = None,
+    pretrained: PretrainedOpt = False,
+    random_init: RandomInitOpt = False,
     head: str = typer.Option("model", "--head", help="model: the model's own classifier | probe: fit a linear probe on the training split"),
     train_split: Optional[str] = typer.Option(None, "--train-split", help="--head probe: split to fit on (VOC2007: trainval)"),
     train_labels: Optional[Path] = typer.Option(None, "--train-labels", help="--head probe on --dataset csv: training CSV"),
     probe_c: float = typer.Option(0.01, "--probe-c", help="--head probe: inverse L2 strength of the logistic regression"),
-    save_head: Optional[Path] = typer.Option(None, "--save-head", help="--head probe: write the fitted head (.safetensors)"),
+    save_head: SaveHeadOpt = None,
     split: Optional[str] = typer.Option(None, "--split", help="split to evaluate (VOC2007: test; VOC2012, COCO, ImageNet: val; WIDER: test)"),
     labels: Optional[Path] = typer.Option(
         None, "--labels", help="csv: CSV with header path,<class>,...; imagenet: flat val's LOC_val_solution.csv or devkit ground truth"
@@ -160,20 +190,20 @@ def sweep_cmd(
     skip_missing: bool = typer.Option(False, "--skip-missing", help="go on without annotated images missing on disk (counted in the report)"),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="seeded stratified subset of N samples, for quick runs"),
     subset_seed: int = typer.Option(0, "--subset-seed", help="seed of the --max-images subset"),
-    classes: Optional[str] = typer.Option(None, "--classes", help="comma-separated class names for a VOC-layout dataset"),
-    classes_file: Optional[Path] = typer.Option(None, "--classes-file", help="class names, one per line"),
+    classes: ClassesOpt = None,
+    classes_file: ClassesFileOpt = None,
     difficult: str = typer.Option("ignore", "--difficult", help="VOC difficult objects: ignore | positive | negative"),
-    img_size: Optional[int] = typer.Option(None, "--img-size", help="square input size (default: the model's own)"),
-    transform: str = typer.Option("auto", "--transform", help="auto (single-label: the model's centre crop; multi-label: square resize) | square | crop"),
-    batch_size: int = typer.Option(32, "--batch-size", help="images per forward pass"),
-    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    img_size: ImgSizeOpt = None,
+    transform: TransformOpt = "auto",
+    batch_size: BatchSizeOpt = 32,
+    workers: WorkersOpt = 0,
+    device: DeviceOpt = "auto",
     amp: bool = typer.Option(False, "--amp", help="mixed precision backbone (the head stays fp32); dtype: --amp-dtype"),
     amp_dtype: str = typer.Option("auto", "--amp-dtype", help="autocast dtype: auto (fp16 on CUDA, bf16 on CPU) | fp16 | bf16 (fp16 / bf16 imply --amp)"),
     keep_maps: bool = typer.Option(False, "--keep-maps", help="also cache full per-location scores in float16 (any --temps then works)"),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="default: $CSRA_POSTHOC_CACHE or the user cache dir"),
-    no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the cache"),
-    recompute: bool = typer.Option(False, "--recompute", help="ignore an existing cache entry and overwrite it"),
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    recompute: RecomputeOpt = False,
     verify_images: bool = typer.Option(False, "--verify-images", help="cache key hashes image contents, not size + mtime (slower)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars or extraction lines (the table and errors still print)"),
     decode: str = typer.Option(
@@ -200,11 +230,11 @@ def sweep_cmd(
     bootstrap: int = typer.Option(DEFAULT_BOOTSTRAP, "--bootstrap", help="paired bootstrap resamples for the 95 % intervals of the deltas"),
     no_bootstrap: bool = typer.Option(False, "--no-bootstrap", help="no intervals (a COCO-size bootstrap takes about 20 s on 2 cores)"),
     seed: int = typer.Option(0, "--seed", help="seed of the --select-on half split and the bootstrap resamples"),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="lam curve figure: .png, .svg or .pdf (its folder must exist)"),
+    plot: PlotOpt = None,
     out: Optional[Path] = typer.Option(None, "--out", help="results JSON"),
-    save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="NPZ with ids, labels, classes, baseline/best/fixed scores"),
-    per_class: bool = typer.Option(False, "--per-class", help="table of per-class Δ with 95 % bootstrap intervals (best, fixed, held-out rows)"),
-    plot_classes: Optional[Path] = typer.Option(None, "--plot-classes", help="per-class Δ figure: sorted bars with interval whiskers (.png, .svg or .pdf)"),
+    save_scores_to: SaveScoresOpt = None,
+    per_class: PerClassOpt = False,
+    plot_classes: PlotClassesOpt = None,
     real_labels: Optional[Path] = typer.Option(None, "--real-labels", help="--dataset imagenet: ReaL labels (real.json): ReaL top-1/top-5 and multi-label mAP"),
 ) -> None:
     """Sweep score = avg + lam * max (and softmax / multi-head variants) and print a Table-1 row."""
@@ -217,7 +247,7 @@ def sweep_cmd(
             raise CSRAError(f"--head {head}: choose model (the model's own classifier) or probe")
         if save_head is not None and head != "probe":
             raise CSRAError("--save-head needs --head probe (the model's own head is already in its weights)")
-        _classes_file_not_written(classes_file, out=out, save_scores_to=save_scores, plot=plot, save_head=save_head)
+        _classes_file_not_written(classes_file, out=out, save_scores_to=save_scores_to, plot=plot, save_head=save_head)
         run_sweep(
             ModelSource(model=model, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init),
             dataset,
@@ -265,7 +295,7 @@ def sweep_cmd(
                 seed=seed,
             ),
             probe=ProbeOptions(train_split=train_split, train_labels=train_labels, probe_c=probe_c, save_head=save_head) if head == "probe" else None,
-            outputs=OutputOptions(out=out, save_scores_to=save_scores, plot=plot),
+            outputs=OutputOptions(out=out, save_scores_to=save_scores_to, plot=plot),
             analysis=AnalysisOptions(per_class=per_class, plot_classes=plot_classes, real_labels=real_labels),
         )
 
@@ -281,18 +311,18 @@ def demo_cmd(
     num_test: int = typer.Option(800, "--num-test", help="test mosaics (the evaluated split)"),
     img_size: int = typer.Option(224, "--img-size", help="mosaic canvas and model input size"),
     seed: int = typer.Option(0, "--seed", help="seed of the generated mosaics (the held-out split and the bootstrap use seed 0)"),
-    batch_size: int = typer.Option(32, "--batch-size", help="images per forward pass"),
-    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="default: $CSRA_POSTHOC_CACHE or the user cache dir"),
-    no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the cache"),
-    recompute: bool = typer.Option(False, "--recompute", help="ignore (and overwrite) cached statistics and probes, e.g. from an older release"),
+    batch_size: BatchSizeOpt = 32,
+    workers: WorkersOpt = 0,
+    device: DeviceOpt = "auto",
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    recompute: RecomputeOpt = False,
     out: Optional[Path] = typer.Option(None, "--out", help="results JSON (same schema as sweep, plus 'demo')"),
-    save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="NPZ with ids, labels, classes, baseline/best/fixed scores"),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="lam curve figure: .png, .svg or .pdf (its folder must exist)"),
-    per_class: bool = typer.Option(False, "--per-class", help="table of per-class Δ with 95 % bootstrap intervals"),
-    plot_classes: Optional[Path] = typer.Option(None, "--plot-classes", help="per-class Δ figure (.png, .svg or .pdf)"),
-    save_head: Optional[Path] = typer.Option(None, "--save-head", help="write the fitted probe (.safetensors), as sweep --save-head"),
+    save_scores_to: SaveScoresOpt = None,
+    plot: PlotOpt = None,
+    per_class: PerClassOpt = False,
+    plot_classes: PlotClassesOpt = None,
+    save_head: SaveHeadOpt = None,
     save_examples: Optional[Path] = typer.Option(None, "--save-examples", help="folder: copy two test mosaics there (example-1.jpg, example-2.jpg)"),
 ) -> None:
     """Offline end-to-end demo: real ImageNet EfficientNet-Lite0, probe head, Fashion-MNIST mosaics."""
@@ -310,7 +340,7 @@ def demo_cmd(
                 img_size=img_size, batch_size=batch_size, workers=workers, device=device, cache_dir=cache_dir, use_cache=not no_cache, recompute=recompute
             ),
             out=out,
-            save_scores_to=save_scores,
+            save_scores_to=save_scores_to,
             plot=plot,
             analysis=AnalysisOptions(per_class=per_class, plot_classes=plot_classes),
             save_head=save_head,
@@ -318,21 +348,6 @@ def demo_cmd(
         )
 
     run_cli(go)
-
-
-# Options shared by apply and predict (one declaration each, so their flags cannot drift apart).
-CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="local state_dict (.pth/.pt/.safetensors), loaded weights-only")]
-PretrainedOpt = Annotated[bool, typer.Option("--pretrained", help="hub weights, or packaged offline weights where installed")]
-RandomInitOpt = Annotated[bool, typer.Option("--random-init", help="random weights: smoke tests only")]
-HeadFileOpt = Annotated[Optional[Path], typer.Option("--head-file", help="a probe written by sweep --save-head")]
-TemperatureOpt = Annotated[Optional[str], typer.Option("--temperature", help="inf (default): avg + lam * max; T > 0: softmax(T s)-weighted average")]
-HeadsOpt = Annotated[Optional[int], typer.Option("--heads", help="multi-head: 1, 2, 4, 6 or 8 (the paper's temperature sets)")]
-ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="comma-separated class names in the head's order")]
-ClassesFileOpt = Annotated[Optional[Path], typer.Option("--classes-file", help="class names, one per line")]
-OptionalModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="timm name or torchvision:<arch>")]
-PatchedLamOpt = Annotated[Optional[str], typer.Option("--lam", help="default: the file's, else the paper's fixed lam (0.02 ResNets, 0.2 others)")]
-OptionalImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", help="square input size (default: the patched file's, else the model's own)")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 
 
 def _classes_file_not_written(classes_file: Path | None, **outputs: Path | None) -> None:
@@ -354,7 +369,7 @@ def _optional_float(flag: str, text: str | None) -> float | None:
 
 @app.command("apply", short_help="Export the CSRA-patched model to a file.")
 def apply_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="timm name or torchvision:<arch> (as in sweep)"),
+    model: ModelOpt,
     out: Path = typer.Option(..., "--out", "-o", help="FILE.safetensors | .pt2 (torch.export) | .ts (TorchScript) | .onnx"),
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
@@ -363,13 +378,13 @@ def apply_cmd(
         None, "--num-classes", help="--random-init: classes of the random head (default: --from-results' class count, else the model's)"
     ),
     head_file: HeadFileOpt = None,
-    lam: Optional[str] = typer.Option(None, "--lam", help="the residual weight lam >= 0 (0 gives the model back)"),
+    lam: LamOpt = None,
     temperature: TemperatureOpt = None,
     heads: HeadsOpt = None,
-    from_results: Optional[Path] = typer.Option(None, "--from-results", help="take lam / temperature / heads from a sweep's --out JSON"),
-    pick: str = typer.Option("best", "--pick", help="--from-results row: best | fixed | best-variant"),
-    img_size: Optional[int] = typer.Option(None, "--img-size", help="input side of the exported model (default: the sweep's, else the model's)"),
-    transform: str = typer.Option("auto", "--transform", help="preprocessing stored for predict: auto | square | crop"),
+    from_results: FromResultsOpt = None,
+    pick: PickOpt = "best",
+    img_size: ImgSizeOpt = None,
+    transform: TransformOpt = "auto",
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
     force: bool = typer.Option(False, "--force", help="accepted, no longer needed: every command replaces an existing output (README: Outputs)"),
@@ -401,19 +416,15 @@ def predict_cmd(
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
     random_init: RandomInitOpt = False,
-    patched: Optional[Path] = typer.Option(None, "--patched", help="a file written by apply: .safetensors (all options), or .onnx / .pt2 / .ts (scores only)"),
+    patched_file: PatchedFileOpt = None,
     head_file: HeadFileOpt = None,
-    from_results: Optional[Path] = typer.Option(
-        None, "--from-results", help="a sweep's --out JSON: lam / variant, transform and class names from it (scores as the sweep did)"
-    ),
-    pick: str = typer.Option("best", "--pick", help="--from-results row: best | fixed | best-variant"),
-    lam: PatchedLamOpt = None,
+    from_results: FromResultsOpt = None,
+    pick: PickOpt = "best",
+    lam: LamOpt = None,
     temperature: TemperatureOpt = None,
     heads: HeadsOpt = None,
-    img_size: OptionalImgSizeOpt = None,
-    transform: str = typer.Option(
-        "auto", "--transform", help="auto (square for a multi-label probe, else the model's centre crop) | square | crop; not with --patched / --from-results"
-    ),
+    img_size: ImgSizeOpt = None,
+    transform: TransformOpt = "auto",
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
     threshold: Optional[str] = typer.Option(
@@ -425,7 +436,7 @@ def predict_cmd(
     top_k: int = typer.Option(5, "--top-k", help="classes listed per image, highest CSRA score first (multi-label heads: those passing --threshold)"),
     compare: bool = typer.Option(False, "--compare", help="baseline (lam 0) and patched ranks side by side"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the predictions as JSON"),
-    batch_size: int = typer.Option(16, "--batch-size", help="images per forward pass"),
+    batch_size: BatchSizeOpt = 16,
     device: DeviceOpt = "auto",
 ) -> None:
     """Top classes per image from the CSRA-patched model (with --compare: beside the baseline's)."""
@@ -437,7 +448,7 @@ def predict_cmd(
         _classes_file_not_written(classes_file, json_out=json_out)
         results = run_predict(
             images,
-            model_source(model, checkpoint, pretrained, random_init, head_file=head_file, patched_file=patched),
+            model_source(model, checkpoint, pretrained, random_init, head_file=head_file, patched_file=patched_file),
             CSRASettings(_optional_float("--lam", lam), _optional_float("--temperature", temperature), heads, from_results=from_results, pick=pick),
             img_size=img_size,
             transform=transform,
@@ -467,7 +478,7 @@ def predict_cmd(
 
 @app.command("compare", short_help="One table across sweep / demo results files.")
 def compare_cmd(
-    results: list[Path] = typer.Argument(..., metavar="RESULTS_JSON", help="results JSON files written by sweep --out / demo --out"),
+    paths: list[Path] = typer.Argument(..., metavar="RESULTS_JSON", help="results JSON files written by sweep --out / demo --out"),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="write the table as CSV (plain numbers)"),
     markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="write the table as Markdown"),
     latex_out: Optional[Path] = typer.Option(None, "--latex", help="write the table as a LaTeX booktabs tabular"),
@@ -477,7 +488,7 @@ def compare_cmd(
     def go() -> None:
         from ..report.compare import run_compare
 
-        run_compare(results, csv_out=csv_out, markdown_out=markdown_out, latex_out=latex_out)
+        run_compare(paths, csv_out=csv_out, markdown_out=markdown_out, latex_out=latex_out)
 
     run_cli(go)
 
@@ -490,19 +501,19 @@ def attention_cmd(
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
     random_init: RandomInitOpt = False,
-    patched: Optional[Path] = typer.Option(None, "--patched", help="a .safetensors file written by apply"),
+    patched_file: PatchedFileOpt = None,
     head_file: HeadFileOpt = None,
-    lam: PatchedLamOpt = None,
+    lam: LamOpt = None,
     temperature: TemperatureOpt = None,
     heads: HeadsOpt = None,
-    img_size: OptionalImgSizeOpt = None,
-    transform: str = typer.Option("auto", "--transform", help="auto | square | crop (not with --patched)"),
+    img_size: ImgSizeOpt = None,
+    transform: TransformOpt = "auto",
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
     top_k: int = typer.Option(3, "--top-k", help="classes shown (the highest CSRA scores)"),
     device: DeviceOpt = "auto",
-    from_results: Optional[Path] = typer.Option(None, "--from-results", help="a sweep's / the demo's results JSON: its settings, transform, classes and probe"),
-    pick: str = typer.Option("best", "--pick", help="the results row: best | fixed | best-variant"),
+    from_results: FromResultsOpt = None,
+    pick: PickOpt = "best",
 ) -> None:
     """Per-location class scores of the top classes as heat maps over the image (the paper's Fig. 4)."""
 
@@ -514,7 +525,7 @@ def attention_cmd(
         run_attention(
             image,
             out,
-            model_source(model, checkpoint, pretrained, random_init, head_file=head_file, patched_file=patched),
+            model_source(model, checkpoint, pretrained, random_init, head_file=head_file, patched_file=patched_file),
             CSRASettings(_optional_float("--lam", lam), _optional_float("--temperature", temperature), heads, from_results=from_results, pick=pick),
             img_size=img_size,
             transform=transform,
@@ -524,6 +535,15 @@ def attention_cmd(
         )
 
     run_cli(go)
+
+
+@functools.cache
+def cli_flags() -> dict[str, str]:
+    """Python parameter -> flag, read off this app's commands (:func:`~csra_posthoc.cli.messages.command_flags`)
+    plus :data:`~csra_posthoc.cli.messages.LIBRARY_FLAGS` (library parameters with no CLI option of that name)."""
+    from .messages import LIBRARY_FLAGS, command_flags
+
+    return {**command_flags(typer.main.get_command(app)), **LIBRARY_FLAGS}
 
 
 def main() -> None:
