@@ -1,4 +1,4 @@
-"""Δ by object size and by clutter (issue #23 part 2; docs/method.md §10): bin assignment from
+"""Δ by object size and by clutter (issue #23 part 2; docs/method.md §11): bin assignment from
 hand-built boxes, every split's AP against the plain AP of relabelled / resampled matrices, the
 bootstrap's resamples shared with the sweep's, and the sweep's JSON and table."""
 

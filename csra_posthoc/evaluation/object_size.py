@@ -1,5 +1,5 @@
 """Does CSRA help small objects and cluttered images? Splits of the evaluation by object size and
-by clutter, from the loader's boxes (docs/method.md §10).
+by clutter, from the loader's boxes (docs/method.md §11).
 
 * size: each positive (image, class) pair gets the relative area of its LARGEST instance of the
   class (box area / image area). The bins are the tertiles of those areas over every positive pair
@@ -374,7 +374,7 @@ def print_split_table(console: Console, found: SplitResult) -> None:
     note = f"; {found.splits.without_box} positive pairs without a box are in no size / instance bin" if found.splits.without_box else ""
     console.print(
         f"n: positive (image, class) pairs (size, instances) or images (labels); * : 95 % CI excludes 0; "
-        f"every size / instance bin keeps all negatives (docs/method.md §10){safe(note)}",
+        f"every size / instance bin keeps all negatives (docs/method.md §11){safe(note)}",
         soft_wrap=True,
     )
 

@@ -255,7 +255,7 @@ def report_localisation(console: Console, stats: ClassStatistics, images: Labell
 
 def report_size_splits(console: Console, result: Any, stats: ClassStatistics, images: LabelledImages, grid: SweepOptions, data_json: dict[str, Any], bar: Any) -> None:
     """Δ by object size and by clutter (``data_json["by_object_size"]`` / ``["by_label_count"]``), automatic
-    when a multi-label dataset has boxes; intervals from the sweep's resamples (docs/method.md §10)."""
+    when a multi-label dataset has boxes; intervals from the sweep's resamples (docs/method.md §11)."""
     from .grid import row_scores
     from .object_size import report_splits
 
