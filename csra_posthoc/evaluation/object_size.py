@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 SIZE_BINS = ("small", "medium", "large")
 LABEL_GROUPS = ("1", "2", "3+")
 INSTANCE_BINS = ("1 instance", "2+ instances")
-ROW_NAMES = ("best", "fixed", "held_out")
+ROW_NAMES = ("best", "fixed", "held_out", "test_pool")
 
 DEFINITION_SIZE = (
     "size of a positive (image, class) pair: area of its largest box of the class / image area; bins: tertiles of those "
@@ -341,7 +341,7 @@ def label_count_json(found: SplitResult) -> dict[str, Any]:
     return out
 
 
-ROW_LABELS = {"best": "best λ", "fixed": "fixed λ", "held_out": "held-out λ"}
+ROW_LABELS = {"best": "best λ", "fixed": "fixed λ", "held_out": "held-out λ", "test_pool": "test-pool"}
 
 
 def print_split_table(console: Console, found: SplitResult) -> None:
@@ -357,8 +357,7 @@ def print_split_table(console: Console, found: SplitResult) -> None:
     table.add_column("split", no_wrap=True)
     table.add_column("n", justify="right", no_wrap=True)
     for name in names:
-        table.add_column(f"Δ {ROW_LABELS[name]}", justify="right", no_wrap=True)
-        table.add_column("95 % CI", justify="right", no_wrap=True)
+        table.add_column(f"Δ {ROW_LABELS[name]} [95 % CI]", justify="right", no_wrap=True)
     labels = {"size": "size: {}", "labels": "labels: {}", "instances": "instances: {}"}
     for split, bins in SPLIT_BINS.items():
         for bin_ in bins:
@@ -367,8 +366,8 @@ def print_split_table(console: Console, found: SplitResult) -> None:
                 d, lo, hi = found.mean[name][split][bin_]
                 sig = not math.isnan(lo) and (lo > 0 or hi < 0)
                 colour = "green" if d > 0 else ("red" if d < 0 else "white")
-                cells.append("-" if math.isnan(d) else f"[{colour}]{d:+.2f}[/]" + ("*" if sig else " "))
-                cells.append("" if math.isnan(lo) else f"[{lo:+.2f}, {hi:+.2f}]")
+                interval = "" if math.isnan(lo) else f" [{lo:+.2f}, {hi:+.2f}]"
+                cells.append("-" if math.isnan(d) else f"[{colour}]{d:+.2f}[/]" + ("*" if sig else " ") + interval)
             table.add_row(*cells)
     console.print(table)
     note = f"; {found.splits.without_box} positive pairs without a box are in no size / instance bin" if found.splits.without_box else ""

@@ -264,6 +264,8 @@ def report_size_splits(console: Console, result: Any, stats: ClassStatistics, im
     variants: dict[str, Any] = {"best": row_scores(stats, result.best), "fixed": row_scores(stats, result.fixed)}
     if result.held_out is not None:
         variants["held_out"] = result.held_out.parts
+    if result.test_pool is not None and stats.test_pool is not None:
+        variants["test_pool"] = stats.test_pool
     with bar("size / clutter splits", grid.bootstrap or 1, "resample") as advance:
         report_splits(console, stats, images, variants, data_json, n=grid.bootstrap, seed=grid.seed, progress=advance)
 
