@@ -253,7 +253,9 @@ def report_localisation(console: Console, stats: ClassStatistics, images: Labell
         console.print(f"{safe(summary_line(section))}; arg-max of s_k, the same for every λ", soft_wrap=True)
 
 
-def report_size_splits(console: Console, result: Any, stats: ClassStatistics, images: LabelledImages, grid: SweepOptions, data_json: dict[str, Any], bar: Any) -> None:
+def report_size_splits(
+    console: Console, result: Any, stats: ClassStatistics, images: LabelledImages, grid: SweepOptions, data_json: dict[str, Any], bar: Any
+) -> None:
     """Δ by object size and by clutter (``data_json["by_object_size"]`` / ``["by_label_count"]``), automatic
     when a multi-label dataset has boxes; intervals from the sweep's resamples (docs/method.md §11)."""
     from .grid import row_scores

@@ -449,7 +449,9 @@ def compute_statistics(fp: ForwardPass, images: LabelledImages, ctx: DistContext
         extra = {}
         if pool_window is not None:  # timm's test-time pooling, from the same scores (extraction.test_pool)
             if grid is None:
-                raise CSRAError(f"test_pool: {adapter.info.name}'s per-location scores have no known (h, w) grid here; run with test_pool=False", param="test_pool")
+                raise CSRAError(
+                    f"test_pool: {adapter.info.name}'s per-location scores have no known (h, w) grid here; run with test_pool=False", param="test_pool"
+                )
             extra["test_pool"] = pool_scores(s, grid, pool_window)
         rows.add(index, {**stats, **extra, "logits": logits, "argmax": s.argmax(dim=-1).to(torch.int32)})  # the max term's location
         if keep_maps:  # the largest tensor: to the host every batch
