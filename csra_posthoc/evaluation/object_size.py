@@ -113,8 +113,11 @@ class SplitAP:
     As :class:`~csra_posthoc.evaluation.bootstrap.WeightedAP`: scores sorted once per class, runs of
     tied scores holding a positive are the key runs, each known image is counted at the first key
     run at or after its place, each positive is credited with the precision at its run's end.
-    Counted per (key run, image group): known images (negatives shared by every positive bin) and
-    positives; per (key run, bin) for each positive partition."""
+    Known images are counted per (key run, image group); a split's positives per *entry*, a
+    (key run, bin) pair holding one of its positives (about one per positive), so every split costs
+    about one pass over the positives. Precision at an entry: the bin's positives so far over those
+    plus ALL negatives so far (size and instance bins), or over the group's known images so far
+    (label-count groups, whose bins are the images' groups)."""
 
     def __init__(
         self, scores: torch.Tensor, labels: torch.Tensor, groups: np.ndarray, num_groups: int, partitions: Mapping[str, tuple[np.ndarray, int]]
@@ -123,82 +126,100 @@ class SplitAP:
         self.num_images, self.num_classes, self.num_groups = n, c, num_groups
         sorted_scores, order = torch.sort(scores.double().t().contiguous(), dim=1, descending=True)
         lab_t = labels.t().contiguous().gather(1, order).numpy()
-        order_np = order.numpy()
-        s_np = sorted_scores.numpy()
-        rows, cols, prow, pcol = [], [], [], []
-        part_rows: dict[str, list[np.ndarray]] = {name: [] for name in partitions}
-        part_cols: dict[str, list[np.ndarray]] = {name: [] for name in partitions}
-        counts = []
+        order_np, s_np = order.numpy(), sorted_scores.numpy()
+        g = np.where(groups < 0, num_groups, groups).astype(np.int64)  # images with no positive: a group of their own (negatives only)
+        ga = self.groups_all = num_groups + 1
+        group_bins = np.where(labels.numpy() == 1, np.where(groups < 0, -1, groups)[:, None], -1)  # the "groups" split: a positive's bin is its image's group
+        parts = {"groups": (group_bins, num_groups), **partitions}
+        rows, cols, prow, pcol, run_class, run_first = [], [], [], [], [], []
+        entries: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {name: [] for name in parts}  # (image, run, bin) of positives
         runs = 0
-        g = np.where(groups < 0, num_groups, groups)  # images with no positive: their own group (negatives only)
-        self.groups_all = num_groups + 1
         for k in range(c):
             s, lab, idx = s_np[k], lab_t[k], order_np[k]
             new_run = np.ones(n, dtype=bool)
             new_run[1:] = s[1:] != s[:-1]
             run_id = np.cumsum(new_run) - 1
             key_runs = np.unique(run_id[lab == 1])
-            counts.append(key_runs.size)
             if key_runs.size == 0:
                 continue
             at = np.searchsorted(key_runs, run_id) + runs  # global key run of each place
             keep = (at < runs + key_runs.size) & (lab != -1)
             rows.append(idx[keep])
-            cols.append(at[keep] * self.groups_all + g[idx[keep]])
+            cols.append(at[keep] * ga + g[idx[keep]])
             pos = keep & (lab == 1)
             prow.append(idx[pos])
-            pcol.append(at[pos] * self.groups_all + g[idx[pos]])
-            for name, (bins, nb) in partitions.items():
+            pcol.append(at[pos])
+            for name, (bins, _) in parts.items():
                 b = bins[idx, k]
                 inb = pos & (b >= 0)
-                part_rows[name].append(idx[inb])
-                part_cols[name].append(at[inb] * nb + b[inb])
+                entries[name].append((idx[inb], at[inb], b[inb]))
+            run_class.append(np.full(key_runs.size, k))
+            run_first.append(np.array([runs, runs + key_runs.size]))
             runs += key_runs.size
         self.num_runs = runs
 
-        def cat(parts: list[np.ndarray]) -> np.ndarray:
-            return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        def cat(items: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate(items).astype(np.int64) if items else np.zeros(0, np.int64)
 
-        ga = self.groups_all
-        self.labelled = _csr(cat(cols), cat(rows), runs * ga, n)
-        self.positive = _csr(cat(pcol), cat(prow), runs * ga, n)
-        self.partitions = {name: (_csr(cat(part_cols[name]), cat(part_rows[name]), runs * nb, n), nb) for name, (_, nb) in partitions.items()}
-        self.run_class = torch.from_numpy(np.repeat(np.arange(c), counts).astype(np.int64))
-        ends = np.cumsum(counts).tolist()
-        self.class_bounds = [(e - k, e) for e, k in zip(ends, counts, strict=True) if k]
+        self.labelled = _csr(cat(cols), cat(rows), runs * ga, n)  # (runs * groups, N)
+        self.positive = _csr(cat(pcol), cat(prow), runs, n)
+        self.class_bounds = [(int(a), int(b)) for a, b in run_first]  # each class's key runs
+        self.run_class = cat(run_class)
+        self.parts: dict[str, dict[str, Any]] = {}
+        for name, (_, nb) in parts.items():
+            image = cat([e[0] for e in entries[name]])
+            run = cat([e[1] for e in entries[name]])
+            bin_ = cat([e[2] for e in entries[name]])
+            seg = self.run_class[run] * nb + bin_ if run.size else run  # (class, bin) of each positive
+            pairs, entry = np.unique(np.stack([seg, run]), axis=1, return_inverse=True) if run.size else (np.zeros((2, 0), np.int64), run)
+            entry = np.asarray(entry).reshape(-1)  # entries sorted by (class, bin, run): segments are contiguous
+            e_seg, e_run = pairs[0], pairs[1]
+            starts = np.flatnonzero(np.r_[True, e_seg[1:] != e_seg[:-1]]) if e_seg.size else np.zeros(0, np.int64)
+            ends = np.r_[starts[1:], e_seg.size] if e_seg.size else starts
+            self.parts[name] = {
+                "bins": nb,
+                "matrix": _csr(entry, image, int(e_seg.size), n),  # (entries, N): the entry's positives
+                "run": torch.from_numpy(e_run.astype(np.int64)),
+                "bin": torch.from_numpy((e_seg % nb).astype(np.int64)) if e_seg.size else torch.zeros(0, dtype=torch.int64),
+                "bounds": [(int(a), int(b)) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)],
+                "starts": torch.from_numpy(starts.astype(np.int64)),
+                "ends": torch.from_numpy(ends.astype(np.int64)),
+                "segments": torch.from_numpy(e_seg[starts].astype(np.int64)) if e_seg.size else torch.zeros(0, dtype=torch.int64),
+            }
 
     def __call__(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"groups": (B, G, C), name: (B, bins, C)}`` float64 AP, NaN where a split has no positive of weight > 0."""
         b = weights.shape[0]
-        runs, ga = self.num_runs, self.groups_all
-        nan = float("nan")
         out: dict[str, torch.Tensor] = {}
-        if runs == 0:
-            out["groups"] = torch.full((b, self.num_groups, self.num_classes), nan, dtype=torch.float64)
-            for name, (_, nb) in self.partitions.items():
-                out[name] = torch.full((b, nb, self.num_classes), nan, dtype=torch.float64)
-            return out
         wt = weights.t().to(torch.float32).contiguous()
-        total_g = (self.labelled @ wt).reshape(runs, ga * b)  # (runs, groups * B)
-        tp_g = (self.positive @ wt).reshape(runs, ga * b)
-        cum_total_g = _segment_cumsum(total_g.clone(), self.class_bounds).double()
-        cum_tp_g = _segment_cumsum(tp_g.clone(), self.class_bounds).double()
-        cum_neg = (cum_total_g - cum_tp_g).reshape(runs, ga, b).sum(dim=1)  # (runs, B): negatives so far, every group
-        out["groups"] = self._ap(tp_g.double(), cum_tp_g, cum_total_g, ga, b)[:, : self.num_groups]
-        for name, (matrix, nb) in self.partitions.items():
-            tp = (matrix @ wt).reshape(runs, nb * b)
-            cum_tp = _segment_cumsum(tp.clone(), self.class_bounds).double()
-            seen = cum_tp.reshape(runs, nb, b) + cum_neg.unsqueeze(1)
-            out[name] = self._ap(tp.double(), cum_tp, seen.reshape(runs, nb * b), nb, b)
+        runs, ga = self.num_runs, self.groups_all
+        if runs:  # float32 counts: integer sums within a class stay below N (exact below 2**24)
+            cum_group = _segment_cumsum((self.labelled @ wt).reshape(runs, ga, b), self.class_bounds)  # known images so far, per group
+            cum_pos = _segment_cumsum(self.positive @ wt, self.class_bounds)
+            cum_neg = cum_group.sum(dim=1).sub_(cum_pos)  # (runs, B): negatives so far, every group
+        for name, part in self.parts.items():
+            nb = part["bins"]
+            ap = torch.full((self.num_classes * nb, b), float("nan"), dtype=torch.float64)
+            if part["run"].numel():
+                tp = part["matrix"] @ wt  # (entries, B)
+                cum_tp = _segment_cumsum(tp.clone(), part["bounds"])  # the bin's positives so far, within its (class, bin)
+                if name == "groups":
+                    seen = cum_group[part["run"], part["bin"]]
+                else:
+                    seen = cum_tp + cum_neg[part["run"]]
+                credit = tp.double().mul_(cum_tp).div_(seen.clamp_min(1.0))
+                num = _segment_sums(credit, part["starts"], part["ends"])
+                den = cum_tp[part["ends"] - 1].double()
+                ap[part["segments"]] = torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan")))
+            key = "groups" if name == "groups" else name
+            out[key] = ap.reshape(self.num_classes, nb, b).permute(2, 1, 0)
         return out
 
-    def _ap(self, tp: torch.Tensor, cum_tp: torch.Tensor, seen: torch.Tensor, nb: int, b: int) -> torch.Tensor:
-        """``(B, nb, C)`` AP from per-run positives, cumulative positives and cumulative counted images (runs, nb * B)."""
-        credit = tp * cum_tp / seen.clamp_min(1.0)
-        num = torch.zeros(self.num_classes, nb * b, dtype=torch.float64).index_add_(0, self.run_class, credit)
-        den = torch.zeros(self.num_classes, nb * b, dtype=torch.float64).index_add_(0, self.run_class, tp)
-        ap = torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan")))
-        return ap.reshape(self.num_classes, nb, b).permute(2, 1, 0)
+
+def _segment_sums(x: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """Sums of contiguous row segments ``[starts, ends)`` along dim 0."""
+    total = torch.cat([torch.zeros_like(x[:1]), x.cumsum(dim=0)])
+    return total[ends] - total[starts]
 
 
 @dataclass
