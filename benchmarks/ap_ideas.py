@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from benchmarks.harness import Figure, median_time
+from csra_posthoc.heads.scoring import csra_score
 from csra_posthoc.metrics import MultilabelEvaluator
 from csra_posthoc.metrics.batched import parallel_map, row_counts, top_k_values, transposed
-from csra_posthoc.scoring import csra_score
 
 
 def packed_keys_ap(scores_cn: np.ndarray, labels_cn: np.ndarray) -> np.ndarray:

@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from csra_posthoc.bootstrap import bootstrap_deltas
+from csra_posthoc.evaluation.bootstrap import bootstrap_deltas
+from csra_posthoc.evaluation.selection import half_masks
 from csra_posthoc.metrics import mean_average_precision
-from csra_posthoc.selection import half_masks
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,10 +29,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from csra_posthoc.adapters.base import DataConfig
 from csra_posthoc.data.base import load_rgb
 from csra_posthoc.data.decode import image_loader, normalize_batch, pil_stage
 from csra_posthoc.data.transforms import build_transform, transform_description
+from csra_posthoc.models.base import DataConfig
 
 COCO_SIZES = [(640, 480), (480, 640), (640, 427), (612, 612)]
 

@@ -3,12 +3,12 @@
     python benchmarks/distributed_scaling.py --ranks 1,2 --images 96 --img-size 64
 
 Each setting runs under ``torchrun --standalone --nproc-per-node W``: every rank takes its
-:func:`~csra_posthoc.distributed.shard` of the same fixture (scikit-image photos resized to
+:func:`~csra_posthoc.extraction.distributed.shard` of the same fixture (scikit-image photos resized to
 ``--img-size``, cycled to ``--images``), runs a tiny timm model's backbone, turns the feature
 map into per-location class scores and their avg / max statistics (as the extraction does),
 with a status collective after every batch (``--status batch``, the loop phase 2 wires into the
 extraction; the share it takes is printed), and
-:func:`~csra_posthoc.distributed.gather_tensors` them to rank 0. Rank 0 times the loop from
+:func:`~csra_posthoc.extraction.distributed.gather_tensors` them to rank 0. Rank 0 times the loop from
 a barrier to the end of the gather, so the launcher's start-up is not counted, and checks that
 the gathered statistics equal the 1-rank run's. Ranks share the machine's cores
 (``--threads``, default cores // W each): on a loaded or small machine the ratio says more
@@ -51,14 +51,14 @@ def worker(args: argparse.Namespace) -> None:
     import timm
     import torch
 
-    from csra_posthoc.distributed import (
+    from csra_posthoc.extraction.distributed import (
         check_status,
         distributed,
         gather_tensors,
         lockstep_steps,
         shard_for,
     )
-    from csra_posthoc.scoring import location_statistics
+    from csra_posthoc.heads.scoring import location_statistics
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
@@ -113,8 +113,8 @@ def real_worker(args: argparse.Namespace) -> None:
     from rich.console import Console
 
     from csra_posthoc import load_dataset, load_model
-    from csra_posthoc.distributed import distributed
-    from csra_posthoc.extraction import compute_statistics, forward_pass
+    from csra_posthoc.extraction.distributed import distributed
+    from csra_posthoc.extraction.run import compute_statistics, forward_pass
     from csra_posthoc.options import ExtractOptions
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -173,7 +173,7 @@ def main() -> None:
     rows, reference = [], None
     with tempfile.TemporaryDirectory() as tmp:
         if args.loop == "real":
-            from csra_posthoc.testing import random_voc_annotations, write_voc
+            from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 
             write_voc(Path(tmp) / "voc", random_voc_annotations(args.images), size=(2 * args.img_size, 2 * args.img_size))
         for world in [int(w) for w in args.ranks.split(",")]:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from csra_posthoc.api import run_sweep
 from csra_posthoc.demo import DEMO_MODEL
 from csra_posthoc.demo.mosaics import write_mosaic_voc
 from csra_posthoc.demo.sources import find_item_source
+from csra_posthoc.evaluation.run import run_sweep
 from csra_posthoc.options import DataOptions, ExtractOptions, ModelSource, ProbeOptions, SweepOptions
 
 RUNS = {"pil": {}, "draft": {"decode": "draft"}, "fp16 cache": {"cache_dtype": "float16"}}

@@ -13,7 +13,7 @@ import time
 import torch
 
 from csra_posthoc import load_model
-from csra_posthoc.scoring import location_statistics
+from csra_posthoc.heads.scoring import location_statistics
 
 
 def timed(fn, repeats: int = 5) -> float:

@@ -27,9 +27,9 @@ import torch
 
 from benchmarks.decode_speed import write_photos
 from csra_posthoc import load_model
-from csra_posthoc.backends import OrtBackend, cpu_has_native_bf16, prepare_backbone
 from csra_posthoc.data.base import load_rgb
 from csra_posthoc.data.transforms import build_transform, transform_description
+from csra_posthoc.extraction.backends import OrtBackend, cpu_has_native_bf16, prepare_backbone
 
 
 def photo_batch(adapter, batch: int, size: int) -> torch.Tensor:

@@ -15,8 +15,8 @@ import argparse
 import copy
 
 from benchmarks.sweep_from_cache import synthetic_single_label
-from csra_posthoc.extraction import round_to_half
-from csra_posthoc.lam_sweep import sweep
+from csra_posthoc.evaluation.grid import sweep
+from csra_posthoc.extraction.run import round_to_half
 
 
 def main(argv: list[str] | None = None) -> None:

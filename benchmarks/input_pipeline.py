@@ -1,5 +1,5 @@
 """The real extraction loop end to end, before (main's loop at the start of issue 15 phase 2) and
-after (``csra_posthoc.extraction.compute_statistics`` with its options), vs the plain forward.
+after (``csra_posthoc.extraction.run.compute_statistics`` with its options), vs the plain forward.
 
 Data: the demo's mosaics (Fashion-MNIST items, JPEG, ``--canvas`` px, default 224 as the demo
 writes them); model: EfficientNet-Lite0 with its packaged ImageNet weights, 224 px input,
@@ -43,8 +43,8 @@ from torch.utils.data import DataLoader
 from benchmarks.decode_speed import write_mosaics
 from csra_posthoc import ExtractOptions, load_model
 from csra_posthoc.data.base import ImageDataset, LabelledImages, load_rgb
-from csra_posthoc.extraction import ForwardPass, compute_statistics, forward_pass, loop_threads, torch_threads
-from csra_posthoc.scoring import location_statistics
+from csra_posthoc.extraction.run import ForwardPass, compute_statistics, forward_pass, loop_threads, torch_threads
+from csra_posthoc.heads.scoring import location_statistics
 
 
 @torch.no_grad()

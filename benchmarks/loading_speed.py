@@ -18,10 +18,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from csra_posthoc import load_dataset
-from csra_posthoc.adapters.base import DataConfig
 from csra_posthoc.data import ImageDataset
+from csra_posthoc.data.fixtures import random_voc_annotations, write_coco, write_wider
 from csra_posthoc.data.transforms import eval_transform
-from csra_posthoc.testing import random_voc_annotations, write_coco, write_wider
+from csra_posthoc.models.base import DataConfig
 
 
 def photos() -> list[Image.Image]:

@@ -2,8 +2,8 @@
 
 Usage: python -m benchmarks.per_class_timing [N] [--quick]
 
-``sweep`` runs :func:`csra_posthoc.per_class.bootstrap_with_classes` in place of
-:func:`csra_posthoc.bootstrap.bootstrap_deltas`: one resampling gives the mAP intervals and every
+``sweep`` runs :func:`csra_posthoc.evaluation.per_class.bootstrap_with_classes` in place of
+:func:`csra_posthoc.evaluation.bootstrap.bootstrap_deltas`: one resampling gives the mAP intervals and every
 class's. Both on the sweep's default set (``best``, ``fixed`` and the held-out row of
 ``--select-on half``, two parts); the ratio is what per-class intervals add (below 1: the shared
 resampling also computes each mask's baseline AP once, where ``bootstrap_deltas`` recomputes it
@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from csra_posthoc.bootstrap import bootstrap_deltas
-from csra_posthoc.per_class import bootstrap_with_classes
-from csra_posthoc.selection import half_masks
+from csra_posthoc.evaluation.bootstrap import bootstrap_deltas
+from csra_posthoc.evaluation.per_class import bootstrap_with_classes
+from csra_posthoc.evaluation.selection import half_masks
 
 
 def main(argv: list[str] | None = None) -> None:

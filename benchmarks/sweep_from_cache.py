@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from benchmarks.harness import Figure
-from csra_posthoc.cache import load_statistics, save_statistics
-from csra_posthoc.class_statistics import ClassStatistics, StatisticsInfo
+from csra_posthoc.cache.store import load_statistics, save_statistics
 from csra_posthoc.defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS
-from csra_posthoc.lam_sweep import attended_scores, grid_rows, sweep, variants
+from csra_posthoc.evaluation.grid import attended_scores, grid_rows, sweep, variants
+from csra_posthoc.evaluation.selection import select_half
+from csra_posthoc.extraction.statistics import ClassStatistics, StatisticsInfo
+from csra_posthoc.heads.scoring import CACHED_TEMPERATURES, csra_score, location_statistics
 from csra_posthoc.metrics import torch_reference
-from csra_posthoc.scoring import CACHED_TEMPERATURES, csra_score, location_statistics
-from csra_posthoc.selection import select_half
 
 FINE_LAMS = tuple(round(i / 100, 2) for i in range(101))
 FINE_TEMPS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0)

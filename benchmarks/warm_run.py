@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory() as cache:
-        demo = [sys.executable, "-m", "csra_posthoc.cli", "demo", "--num-train", str(args.num), "--num-test", str(args.num), "--cache-dir", cache]
+        demo = [sys.executable, "-m", "csra_posthoc.cli.app", "demo", "--num-train", str(args.num), "--num-test", str(args.num), "--cache-dir", cache]
         cold = wall(demo, env)
         warm = [wall(demo, env) for _ in range(args.repeat)]
         torch_only = [wall([sys.executable, "-c", "import torch"], env) for _ in range(args.repeat)]

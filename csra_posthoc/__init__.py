@@ -15,38 +15,38 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
-    "load_model": ".adapters",
-    "ModelAdapter": ".adapters",
+    "load_model": ".models.factory",
+    "ModelAdapter": ".models.base",
     "load_dataset": ".data",
     "LabelledImages": ".data",
-    "extract": ".extraction",
+    "extract": ".extraction.run",
     "ExtractOptions": ".options",
     "DataOptions": ".options",
     "SweepOptions": ".options",
     "ModelSource": ".options",
     "ProbeOptions": ".options",
     "OutputOptions": ".options",
-    "sweep": ".lam_sweep",
-    "paper_fixed_lam": ".lam_sweep",
-    "SweepResult": ".lam_sweep",
-    "run_sweep": ".api",
-    "csra_score": ".scoring",
-    "attention_pool": ".scoring",
-    "score_from_locations": ".scoring",
-    "LocationHead": ".location_head",
-    "ClassStatistics": ".class_statistics",
-    "StatisticsInfo": ".class_statistics",
+    "sweep": ".evaluation.grid",
+    "paper_fixed_lam": ".evaluation.grid",
+    "SweepResult": ".evaluation.grid",
+    "run_sweep": ".evaluation.run",
+    "csra_score": ".heads.scoring",
+    "attention_pool": ".heads.scoring",
+    "score_from_locations": ".heads.scoring",
+    "LocationHead": ".heads.location",
+    "ClassStatistics": ".extract.statistics",
+    "StatisticsInfo": ".extract.statistics",
     "CSRAError": ".errors",
-    "patch": ".patched",
-    "load_patched": ".patched",
-    "save_patched": ".patched",
-    "PatchedModel": ".patched",
-    "export_patched": ".export",
-    "CSRAHead": ".csra_head",
-    "csra_head": ".csra_head",
-    "apply_patch": ".apply",
-    "run_predict": ".predict",
-    "predict_images": ".predict",
+    "patch": ".patched.model",
+    "load_patched": ".patched.model",
+    "save_patched": ".patched.model",
+    "PatchedModel": ".patched.model",
+    "export_patched": ".patched.export",
+    "CSRAHead": ".heads.csra_head",
+    "csra_head": ".heads.csra_head",
+    "apply_patch": ".patched.apply",
+    "run_predict": ".patched.predict",
+    "predict_images": ".patched.predict",
 }
 
 __all__ = [
@@ -99,18 +99,18 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers see the real names
-    from .adapters import ModelAdapter, load_model
-    from .api import run_sweep
-    from .apply import apply_patch
-    from .class_statistics import ClassStatistics, StatisticsInfo
-    from .csra_head import CSRAHead, csra_head
     from .data import LabelledImages, load_dataset
     from .errors import CSRAError
-    from .export import export_patched
-    from .extraction import extract
-    from .lam_sweep import SweepResult, sweep
-    from .location_head import LocationHead
+    from .evaluation.grid import SweepResult, sweep
+    from .evaluation.run import run_sweep
+    from .extraction.run import extract
+    from .extraction.statistics import ClassStatistics, StatisticsInfo
+    from .heads.csra_head import CSRAHead, csra_head
+    from .heads.location import LocationHead
+    from .heads.scoring import attention_pool, csra_score, score_from_locations
+    from .models import ModelAdapter, load_model
     from .options import DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
-    from .patched import PatchedModel, load_patched, patch, save_patched
-    from .predict import predict_images, run_predict
-    from .scoring import attention_pool, csra_score, score_from_locations
+    from .patched.apply import apply_patch
+    from .patched.export import export_patched
+    from .patched.model import PatchedModel, load_patched, patch, save_patched
+    from .patched.predict import predict_images, run_predict

@@ -2,7 +2,7 @@
 
 
 def _main() -> None:
-    from .cli import main  # lazily: ``--help`` stays as fast as the console script's
+    from .cli.app import main  # lazily: ``--help`` stays as fast as the console script's
 
     main()
 

@@ -2,9 +2,9 @@
 
 Torch-free: the CLI builds these by keyword before it imports anything heavy. A bad value raises
 :class:`~csra_posthoc.errors.CSRAError` naming the Python parameter (``img_size 5: ...``,
-``param="img_size"``); the CLI maps the parameter to its flag (:mod:`csra_posthoc.flags`).
+``param="img_size"``); the CLI maps the parameter to its flag (:mod:`csra_posthoc.cli.flags`).
 Checks that need two option objects at once (an uncached temperature needs ``keep_maps``) or
-torch (does cuda exist?) live in :mod:`csra_posthoc.validate`.
+torch (does cuda exist?) live in :mod:`csra_posthoc.evaluation.validate`.
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ CURVE, ATTENTION = "demo_lam_curve.png", "demo_attention.png"
 def find_statistics(results: dict[str, Any], cache: Path):
     """The cached statistics the results file was measured with (same model, split, images, weights,
     head and classes, and the same baseline mAP), or None."""
-    from csra_posthoc.cache import load_statistics
-    from csra_posthoc.lam_sweep import paper_fixed_lam, sweep
+    from csra_posthoc.cache.store import load_statistics
+    from csra_posthoc.evaluation.grid import paper_fixed_lam, sweep
 
     for path in sorted(cache.glob(f"{results['model']}-*.safetensors")):
         try:
@@ -54,8 +54,8 @@ def find_statistics(results: dict[str, Any], cache: Path):
 
 def find_probe(results: dict[str, Any], cache: Path) -> Path | None:
     """The probe head file whose weights hash to the results file's head fingerprint, or None."""
-    from csra_posthoc.checkpoint import state_dict_fingerprint
-    from csra_posthoc.probe import load_head
+    from csra_posthoc.extraction.probe import load_head
+    from csra_posthoc.models.checkpoint import state_dict_fingerprint
 
     for path in sorted(cache.glob("probe-*.safetensors")):
         try:
@@ -78,14 +78,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console
 
-    from csra_posthoc.attention import run_attention
-    from csra_posthoc.bootstrap import bootstrap_deltas, bootstrap_json, lam_band
-    from csra_posthoc.cache import resolve_cache_dir
-    from csra_posthoc.compare import read_results_json
+    from csra_posthoc.cache.store import resolve_cache_dir
     from csra_posthoc.errors import CSRAError
-    from csra_posthoc.lam_sweep import row_scores
-    from csra_posthoc.plots import plot_lam_curve
-    from csra_posthoc.selection import select_half
+    from csra_posthoc.evaluation.bootstrap import bootstrap_deltas, bootstrap_json, lam_band
+    from csra_posthoc.evaluation.grid import row_scores
+    from csra_posthoc.evaluation.selection import select_half
+    from csra_posthoc.patched.attention import run_attention
+    from csra_posthoc.report.compare import read_results_json
+    from csra_posthoc.report.plots import plot_lam_curve
     from csra_posthoc.text import plain
 
     try:

@@ -18,7 +18,7 @@ import torch
 
 import csra_posthoc as cp
 from csra_posthoc.data.transforms import build_transform
-from csra_posthoc.predict import class_names
+from csra_posthoc.patched.predict import class_names
 
 
 def photo():

@@ -1,4 +1,4 @@
-"""Shared fixtures: small VOC-layout datasets made on the fly (csra_posthoc.testing), an isolated cache directory."""
+"""Shared fixtures: small VOC-layout datasets made on the fly (csra_posthoc.data.fixtures), an isolated cache directory."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from csra_posthoc.testing import random_voc_annotations, write_voc
+from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from csra_posthoc.distributed import (
+from csra_posthoc.errors import CSRAError
+from csra_posthoc.extraction.distributed import (
     all_reduce_max,
     broadcast_object,
     broadcast_state_dict,
@@ -30,7 +31,6 @@ from csra_posthoc.distributed import (
     should_print_error,
     stage,
 )  # fmt: skip
-from csra_posthoc.errors import CSRAError
 
 
 def full_fields(n: int) -> tuple[dict[str, torch.Tensor | None], list[str]]:
@@ -204,7 +204,7 @@ def _cli_child(rank: int, world: int, port: int, timeout_s: float, argv: list[st
     sys.argv = ["csra-posthoc", *argv]
     code = 1
     try:
-        from csra_posthoc.cli import main as cli_main
+        from csra_posthoc.cli.app import main as cli_main
 
         cli_main()
         code = 0

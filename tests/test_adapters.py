@@ -9,8 +9,8 @@ import torch.nn as nn
 import torchvision.models as tvm
 
 from csra_posthoc import CSRAError, load_model
-from csra_posthoc.adapters.timm_models import build_timm_adapter
-from csra_posthoc.adapters.torchvision_models import build_torchvision_adapter
+from csra_posthoc.models.timm_models import build_timm_adapter
+from csra_posthoc.models.torchvision_models import build_torchvision_adapter
 
 
 def randomise_linear_heads(model: nn.Module) -> None:

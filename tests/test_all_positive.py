@@ -9,8 +9,8 @@ import numpy as np
 from sklearn.metrics import average_precision_score
 from typer.testing import CliRunner
 
-from csra_posthoc.cli import app
-from csra_posthoc.testing import random_voc_annotations, write_voc
+from csra_posthoc.cli.app import app
+from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 
 runner = CliRunner()
 

@@ -18,10 +18,10 @@ import timm
 import torch
 from typer.testing import CliRunner
 
-from csra_posthoc.cli import app
+from csra_posthoc.cli.app import app
 from csra_posthoc.data import load_dataset, load_rgb
 from csra_posthoc.data.transforms import build_transform
-from csra_posthoc.export import exported_config, run_exported
+from csra_posthoc.patched.export import exported_config, run_exported
 
 runner = CliRunner()
 FAMILIES = {"timm-cnn": "resnet10t", "timm-vit": "vit_tiny_patch16_224", "torchvision": "torchvision:resnet18"}
@@ -46,7 +46,7 @@ class _Sweeps(dict):
         self.root = root
 
     def __missing__(self, family: str) -> tuple[Path, Path, Path]:
-        from csra_posthoc.testing import random_voc_annotations, write_voc
+        from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 
         data = self.root / "data"
         if not data.exists():
@@ -118,8 +118,8 @@ def test_exported_file_reproduces_the_sweep_row(swept, tmp_path: Path, family: s
 def test_every_variant_matches_the_sweeps_statistics(voc_dir: Path, tmp_path: Path) -> None:
     """softmax and multi-head rows too: the patched head and the cached statistics score alike."""
     from csra_posthoc import extract, load_model
-    from csra_posthoc.lam_sweep import SweepRow, Variant, row_scores
-    from csra_posthoc.patched import patch
+    from csra_posthoc.evaluation.grid import SweepRow, Variant, row_scores
+    from csra_posthoc.patched.model import patch
 
     adapter = load_model("resnet10t", random_init=True, num_classes=20)
     images = load_dataset("voc2007", voc_dir)
@@ -233,7 +233,7 @@ def test_from_results_of_another_model_weights_or_class_list_is_refused(swept, t
 
 @pytest.mark.slow  # end to end (sweep, export or subprocess): the full suite runs it
 def test_results_from_a_probe_need_its_head(tmp_path: Path, voc_dir: Path) -> None:
-    from csra_posthoc.testing import random_voc_annotations, write_voc
+    from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 
     train = {f"t{k}": v for k, v in random_voc_annotations(24, seed=1).items()}  # other images than the test split's
     write_voc(voc_dir, train, split="trainval", seed=1)

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from csra_posthoc.attention import attention_maps, run_attention
-from csra_posthoc.cli import app
+from csra_posthoc.cli.app import app
 from csra_posthoc.errors import CSRAError
+from csra_posthoc.patched.attention import attention_maps, run_attention
 
 
 @pytest.fixture
@@ -35,10 +35,10 @@ def test_maps_pool_to_the_patched_scores(tmp_path: Path, photo: Path) -> None:
 
 
 def test_top_classes_match_predict(tmp_path: Path, photo: Path) -> None:
-    from csra_posthoc.adapters import load_model
-    from csra_posthoc.apply import default_preprocessing
-    from csra_posthoc.patched import patch
-    from csra_posthoc.predict import predict_images
+    from csra_posthoc.models import load_model
+    from csra_posthoc.patched.apply import default_preprocessing
+    from csra_posthoc.patched.model import patch
+    from csra_posthoc.patched.predict import predict_images
 
     torch.manual_seed(1)
     adapter = load_model("resnet10t", random_init=True)

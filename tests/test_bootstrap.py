@@ -7,7 +7,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from csra_posthoc.bootstrap import (
+from csra_posthoc.errors import CSRAError
+from csra_posthoc.evaluation.bootstrap import (
     WeightedAP,
     WeightedTop1,
     bootstrap_deltas,
@@ -15,7 +16,6 @@ from csra_posthoc.bootstrap import (
     lam_band,
     resample_weights,
 )
-from csra_posthoc.errors import CSRAError
 from csra_posthoc.metrics import mean_average_precision
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import csra_posthoc.cache as cache_mod
-import csra_posthoc.extraction as extract_mod
+import csra_posthoc.cache.store as cache_mod
+import csra_posthoc.extraction.run as extract_mod
 from csra_posthoc import extract, load_dataset, load_model
 from csra_posthoc.atomic import atomic_write
-from csra_posthoc.cache import key_lock, open_cache_dir
-from csra_posthoc.class_statistics import CacheInfo
-from csra_posthoc.cli import app
+from csra_posthoc.cache.store import key_lock, open_cache_dir
+from csra_posthoc.cli.app import app
+from csra_posthoc.extraction.statistics import CacheInfo
 
 runner = CliRunner()
 BASE = ["sweep", "--model", "resnet10t", "--random-init", "--dataset", "voc2007", "--img-size", "64", "--lams", "0,0.1", "--temps", "", "--heads", ""]
@@ -56,7 +56,7 @@ def test_failing_cache_write_is_a_warning(voc_dir: Path, adapter, monkeypatch, i
 
 
 def test_unwritable_cache_with_probe_warns_once(tmp_path: Path) -> None:
-    from csra_posthoc.testing import random_voc_annotations, write_voc
+    from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 
     annotations = random_voc_annotations(40, seed=1)
     ids = list(annotations)

@@ -17,12 +17,12 @@ from rich.console import Console
 from sklearn.metrics import f1_score
 from typer.testing import CliRunner
 
-from csra_posthoc.calibration import NO_POSITIVE_THRESHOLD, f1_thresholds, held_out_f1, sweep_thresholds
-from csra_posthoc.cli import app
-from csra_posthoc.lam_sweep import row_scores, sweep
+from csra_posthoc.cli.app import app
+from csra_posthoc.evaluation.calibration import NO_POSITIVE_THRESHOLD, f1_thresholds, held_out_f1, sweep_thresholds
+from csra_posthoc.evaluation.grid import row_scores, sweep
+from csra_posthoc.evaluation.selection import half_masks, select_half
 from csra_posthoc.metrics import mean_average_precision
-from csra_posthoc.report import print_table, results_dict
-from csra_posthoc.selection import half_masks, select_half
+from csra_posthoc.report.tables import print_table, results_dict
 from tests.test_selection import make_stats as _make_stats
 
 
@@ -163,9 +163,9 @@ def test_held_out_row_shows_its_own_baseline_over_the_same_halves() -> None:
 
 
 def test_apply_copies_the_picked_rows_thresholds_into_the_config(tmp_path: Path, monkeypatch) -> None:
-    from csra_posthoc.export import exported_config
-    from csra_posthoc.patched import load_patched
-    from csra_posthoc.testing import random_voc_annotations, write_voc
+    from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
+    from csra_posthoc.patched.export import exported_config
+    from csra_posthoc.patched.model import load_patched
 
     monkeypatch.setenv("CSRA_POSTHOC_CACHE", str(tmp_path / "cache"))
     data, results = tmp_path / "data", tmp_path / "r.json"
@@ -210,7 +210,7 @@ def test_patch_keyword_stores_and_checks_thresholds() -> None:
     import timm
 
     from csra_posthoc.errors import CSRAError
-    from csra_posthoc.patched import patch
+    from csra_posthoc.patched.model import patch
 
     model = timm.create_model("resnet10t", pretrained=False, num_classes=3)
     patched = patch(model, 0.2, thresholds=[0.1, -0.2, 0.3], threshold_source="given")

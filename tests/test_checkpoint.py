@@ -12,7 +12,7 @@ import torchvision.models as tvm
 from safetensors.torch import save_file
 
 from csra_posthoc import CSRAError, load_model
-from csra_posthoc.checkpoint import read_state_dict
+from csra_posthoc.models.checkpoint import read_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def test_pickled_model_is_named_as_such(tmp_path: Path) -> None:
 def test_unknown_timm_model_with_checkpoint_is_one_line(tmp_path: Path, resnet_sd, voc_dir: Path, name: str, fragment: str) -> None:
     from typer.testing import CliRunner
 
-    from csra_posthoc.cli import app
+    from csra_posthoc.cli.app import app
     from tests.test_cli import one_line_error
 
     torch.save(resnet_sd, tmp_path / "r.pth")
@@ -168,7 +168,7 @@ def test_ema_weights_are_preferred_and_reported(tmp_path: Path, resnet_sd, ema_k
 
 
 def test_raw_weights_are_reported_when_there_is_no_ema(tmp_path: Path, resnet_sd) -> None:
-    from csra_posthoc.checkpoint import read_checkpoint
+    from csra_posthoc.models.checkpoint import read_checkpoint
 
     torch.save({"state_dict": resnet_sd, "epoch": 3}, tmp_path / "w.pth")
     torch.save(resnet_sd, tmp_path / "bare.pth")

@@ -12,7 +12,7 @@ import torch
 from sklearn.metrics import average_precision_score
 from typer.testing import CliRunner
 
-from csra_posthoc.cli import app
+from csra_posthoc.cli.app import app
 
 runner = CliRunner()
 BASE = ["sweep", "--model", "resnet10t", "--random-init", "--dataset", "voc2007", "--img-size", "64"]

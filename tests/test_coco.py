@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from csra_posthoc import CSRAError, load_dataset
-from csra_posthoc.testing import write_coco
+from csra_posthoc.data.fixtures import write_coco
 
 # non-contiguous ids listed out of order: columns must follow ascending id (1, 3, 90)
 CATEGORIES = [{"id": 90, "name": "toothbrush", "supercategory": "x"}, {"id": 1, "name": "person", "supercategory": "x"},

@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from csra_posthoc.class_statistics import StatisticsInfo
-from csra_posthoc.cli import app
-from csra_posthoc.compare import (
+from csra_posthoc.cli.app import app
+from csra_posthoc.errors import CSRAError
+from csra_posthoc.evaluation.grid import paper_fixed_lam, sweep
+from csra_posthoc.extraction.statistics import StatisticsInfo
+from csra_posthoc.report.compare import (
     compare_rows,
     read_results_file,
     to_csv,
     to_latex,
     to_markdown,
 )
-from csra_posthoc.errors import CSRAError
-from csra_posthoc.lam_sweep import paper_fixed_lam, sweep
-from csra_posthoc.report import results_dict
+from csra_posthoc.report.tables import results_dict
 from tests.test_selection import make_stats
 
 
@@ -106,6 +106,6 @@ def test_cli_module_imports_neither_torch_nor_matplotlib() -> None:
     import subprocess
     import sys
 
-    code = "import sys, csra_posthoc.cli; assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules"
+    code = "import sys, csra_posthoc.cli.app; assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr

@@ -10,7 +10,7 @@ from PIL import Image
 
 from csra_posthoc import CSRAError, load_dataset
 from csra_posthoc.data import read_classes
-from csra_posthoc.testing import write_voc
+from csra_posthoc.data.fixtures import write_voc
 
 ANNOTATIONS = {
     "a": [("cat", 0), ("dog", 1)],  # dog only difficult

@@ -11,8 +11,8 @@ import timm
 import torch
 from typer.testing import CliRunner
 
-from csra_posthoc.cli import app
-from csra_posthoc.testing import write_coco, write_image_folder, write_wider
+from csra_posthoc.cli.app import app
+from csra_posthoc.data.fixtures import write_coco, write_image_folder, write_wider
 from tests.test_coco import ANNOTATIONS, CATEGORIES, IMAGES
 from tests.test_wider import IMAGES as WIDER_IMAGES
 

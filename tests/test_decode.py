@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from csra_posthoc.adapters.base import DataConfig
 from csra_posthoc.data.base import ImageDataset, LabelledImages, load_rgb
 from csra_posthoc.data.decode import (
     check_decode,
@@ -22,6 +21,7 @@ from csra_posthoc.data.decode import (
 )
 from csra_posthoc.data.transforms import build_transform, transform_description
 from csra_posthoc.errors import CSRAError
+from csra_posthoc.models.base import DataConfig
 
 skdata = pytest.importorskip("skimage.data")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from csra_posthoc.cli import app
+from csra_posthoc.cli.app import app
 from csra_posthoc.demo.mosaics import write_mosaic_voc
 from csra_posthoc.demo.sources import find_item_source
 from csra_posthoc.metrics import mean_average_precision

@@ -18,8 +18,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from csra_posthoc import distributed as D
 from csra_posthoc.errors import CSRAError
+from csra_posthoc.extraction import distributed as D
 from tests import dist_scenarios
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from csra_posthoc.cache import load_statistics
-from csra_posthoc.testing import random_voc_annotations, write_voc
+from csra_posthoc.cache.store import load_statistics
+from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 from tests import dist_scenarios
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import csra_posthoc.cache as cache_mod
-import csra_posthoc.extraction as extract_mod
+import csra_posthoc.cache.store as cache_mod
+import csra_posthoc.extraction.run as extract_mod
 from csra_posthoc import CSRAError, extract, load_dataset, load_model
 
 

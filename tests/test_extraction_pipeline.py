@@ -20,11 +20,11 @@ from rich.console import Console
 from safetensors import safe_open
 from torch.utils.data import DataLoader
 
-import csra_posthoc.extraction as extract_mod
+import csra_posthoc.extraction.run as extract_mod
 from csra_posthoc import CSRAError, ExtractOptions, extract, load_model
+from csra_posthoc.cli.flags import cli_message
 from csra_posthoc.data.base import ImageDataset, LabelledImages
-from csra_posthoc.extraction import forward_pass, input_batches, loop_threads
-from csra_posthoc.flags import cli_message
+from csra_posthoc.extraction.run import forward_pass, input_batches, loop_threads
 
 skdata = pytest.importorskip("skimage.data")
 PHOTOS = ("coffee", "astronaut", "chelsea", "rocket", "camera")  # camera: grayscale, converted to RGB
@@ -190,7 +190,7 @@ def test_float16_cache_round_trip_and_key(photo_dir: Path, adapter, isolated_cac
 
 def test_warm_key_matches_the_built_key(photo_dir: Path, adapter, isolated_cache: Path) -> None:
     """The memo path (resolution.statistics_location) keys decode and cache_dtype as extraction does."""
-    from csra_posthoc.resolution import resolution_of, statistics_location
+    from csra_posthoc.cache.resolution import resolution_of, statistics_location
 
     images = photos(photo_dir)
     for opts in (

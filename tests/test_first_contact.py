@@ -17,9 +17,9 @@ import torch
 from typer.testing import CliRunner
 
 import csra_posthoc
-import csra_posthoc.api as api
-import csra_posthoc.cli as cli
-from csra_posthoc.cli import app
+import csra_posthoc.cli.app as cli
+import csra_posthoc.evaluation.run as api
+from csra_posthoc.cli.app import app
 from tests.test_cli import one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,12 +43,12 @@ def loaded_after(code: str, env: dict[str, str] | None = None) -> list[str]:
 
 
 def test_importing_the_cli_imports_no_heavy_library() -> None:
-    assert loaded_after("import csra_posthoc.cli") == []
+    assert loaded_after("import csra_posthoc.cli.app") == []
 
 
 def test_package_names_load_lazily() -> None:
     assert loaded_after("import csra_posthoc") == []
-    from csra_posthoc.lam_sweep import sweep
+    from csra_posthoc.evaluation.grid import sweep
 
     assert csra_posthoc.sweep is sweep and set(csra_posthoc.__all__) <= set(dir(csra_posthoc))
     with pytest.raises(AttributeError):
@@ -239,7 +239,7 @@ def test_recompute_and_no_cache_always_build(voc_dir: Path, checkpoint: Path, mo
 def test_warm_run_imports_no_timm_torchvision_or_sklearn(voc_dir: Path, isolated_cache: Path) -> None:
     args = [*SWEEP, "--random-init", "--data-dir", str(voc_dir)]
     assert runner.invoke(app, args).exit_code == 0
-    code = f"import sys\nfrom csra_posthoc.cli import main\nsys.argv = ['csra-posthoc', *{args!r}]\ntry:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code"
+    code = f"import sys\nfrom csra_posthoc.cli.app import main\nsys.argv = ['csra-posthoc', *{args!r}]\ntry:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code"
     assert loaded_after(code, {"CSRA_POSTHOC_CACHE": str(isolated_cache)}) == ["torch"]
 
 
@@ -258,7 +258,7 @@ def test_pretrained_without_network_fails_fast_in_one_line(voc_dir: Path, tmp_pa
 
 
 def test_hub_probe_gives_up_at_once_on_a_closed_port() -> None:
-    from csra_posthoc.hub import hub_answers
+    from csra_posthoc.models.hub import hub_answers
 
     start = time.perf_counter()
     assert hub_answers("http://127.0.0.1:9", timeout=2) is False
@@ -267,7 +267,7 @@ def test_hub_probe_gives_up_at_once_on_a_closed_port() -> None:
 
 @pytest.mark.slow  # end to end (sweep, export or subprocess): the full suite runs it
 def test_warm_probe_run_gives_the_cold_results_and_a_new_training_split_refits(tmp_path: Path, monkeypatch) -> None:
-    from csra_posthoc.testing import random_voc_annotations, write_voc
+    from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 
     test_ann = random_voc_annotations(24, seed=0)
     train_ann = {f"t{k}": v for k, v in random_voc_annotations(24, seed=1).items()}

@@ -1,4 +1,4 @@
-"""Library errors name parameters; the CLI names flags through one table (csra_posthoc.flags)."""
+"""Library errors name parameters; the CLI names flags through one table (csra_posthoc.cli.flags)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import csra_posthoc
+from csra_posthoc.cli.flags import FLAGS, cli_message
 from csra_posthoc.errors import CSRAError
-from csra_posthoc.flags import FLAGS, cli_message
 from csra_posthoc.options import DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
 
 PACKAGE = Path(csra_posthoc.__file__).parent
@@ -31,7 +31,7 @@ def test_every_param_has_a_flag() -> None:
     used = params_used()
     assert "img_size" in used and "lams" in used  # the scan finds the package's errors
     missing = {name: where for name, where in used.items() if name not in FLAGS}
-    assert not missing, f"add these parameters to csra_posthoc/flags.py FLAGS: {missing}"
+    assert not missing, f"add these parameters to csra_posthoc/cli/flags.py FLAGS: {missing}"
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import csra_posthoc.extraction as extract_mod
+import csra_posthoc.extraction.run as extract_mod
 from csra_posthoc import CSRAError, extract, load_dataset, load_model
-from csra_posthoc.cli import app
+from csra_posthoc.cli.app import app
 from csra_posthoc.options import ExtractOptions, amp_precision
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from csra_posthoc.errors import CSRAError
-from csra_posthoc.head_lookup import find_results_head
-from csra_posthoc.location_head import LocationHead
-from csra_posthoc.probe import save_head
+from csra_posthoc.extraction.probe import save_head
+from csra_posthoc.heads.location import LocationHead
+from csra_posthoc.heads.lookup import find_results_head
 
 
 def tiny_head(seed: int, classes: int = 3, dim: int = 5) -> LocationHead:

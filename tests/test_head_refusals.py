@@ -9,8 +9,8 @@ import timm
 import torch
 
 from csra_posthoc import CSRAError, extract, load_dataset, load_model, sweep
-from csra_posthoc.adapters import verify_identity
-from csra_posthoc.location_head import LocationHead
+from csra_posthoc.heads.location import LocationHead
+from csra_posthoc.models import verify_identity
 
 
 @pytest.mark.parametrize("name", ["ghostnet_100", "mobilenetv3_small_100"])

@@ -9,7 +9,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from csra_posthoc.cli import app
+from csra_posthoc.cli.app import app
 
 ROOT_COMMAND = typer.main.get_command(app)
 COMMANDS = sorted(ROOT_COMMAND.commands)  # type: ignore[attr-defined]

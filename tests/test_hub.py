@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-import csra_posthoc.hub as hub
+import csra_posthoc.models.hub as hub
 
 
 def test_unreachable_hub_switches_offline_only_inside_the_block(monkeypatch) -> None:

@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from csra_posthoc import CSRAError, load_dataset
-from csra_posthoc.adapters.base import DataConfig
+from csra_posthoc.data.fixtures import write_devkit, write_image, write_image_folder, write_loc_solution
 from csra_posthoc.data.imagenet import imagenet_wnids
 from csra_posthoc.data.transforms import eval_transform
-from csra_posthoc.testing import write_devkit, write_image, write_image_folder, write_loc_solution
+from csra_posthoc.models.base import DataConfig
 
 TENCH, CAT, ESPRESSO = "n01440764", "n02124075", "n07920052"  # indices 0, 285, 967
 

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from csra_posthoc.errors import CSRAError
-from csra_posthoc.localisation import cell_centre, pointing_game, summary_line
+from csra_posthoc.evaluation.localisation import cell_centre, pointing_game, summary_line
 
 SQUARE = {"kind": "square-resize", "size": 4}
 CROP = {"kind": "center-crop", "size": 4, "resize": 4, "crop_pct": 1.0, "crop_mode": "center"}

@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import csra_posthoc.cache as cache_mod
+import csra_posthoc.cache.store as cache_mod
 from csra_posthoc import CSRAError, extract, load_dataset, load_model
-from csra_posthoc.cli import app
+from csra_posthoc.cli.app import app
 from csra_posthoc.data.transforms import build_transform
 from csra_posthoc.data.voc import VOC_CLASSES
-from csra_posthoc.patched import patch
+from csra_posthoc.patched.model import patch
 
 SWEEP = ["sweep", "--model", "resnet10t", "--random-init", "--img-size", "64", "--lams", "0,0.2", "--temps", "2", "--heads", "2", "--no-bootstrap"]
 
@@ -164,7 +164,7 @@ def test_demo_json_has_localisation(tmp_path: Path) -> None:
 
 
 def test_coco_loader_exposes_boxes_and_sizes_without_decoding(tmp_path: Path) -> None:
-    from csra_posthoc.testing import write_coco
+    from csra_posthoc.data.fixtures import write_coco
 
     images = [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 32}, {"id": 2, "file_name": "b.jpg", "width": 50, "height": 40}]
     annotations = [

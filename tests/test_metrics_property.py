@@ -11,8 +11,9 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, top_k_accuracy_score
 
-from csra_posthoc.class_statistics import ClassStatistics, StatisticsInfo
-from csra_posthoc.lam_sweep import sweep
+from csra_posthoc.evaluation.grid import sweep
+from csra_posthoc.extraction.statistics import ClassStatistics, StatisticsInfo
+from csra_posthoc.heads.scoring import csra_score
 from csra_posthoc.metrics import (
     MultilabelEvaluator,
     SinglelabelEvaluator,
@@ -24,7 +25,6 @@ from csra_posthoc.metrics import (
 )
 from csra_posthoc.metrics.batched import at_least_threshold, top_k_mask
 from csra_posthoc.metrics.thresholded import thresholded_metrics_torch
-from csra_posthoc.scoring import csra_score
 
 CASES = [
     (n, c, ties, unknown, dtype)
@@ -231,7 +231,7 @@ def tiny_stats(single_label: bool) -> ClassStatistics:
 
 @pytest.mark.parametrize("single_label", [False, True])
 def test_sweep_rows_equal_the_torch_evaluation_of_each_score_matrix(single_label: bool) -> None:
-    from csra_posthoc.lam_sweep import row_scores
+    from csra_posthoc.evaluation.grid import row_scores
 
     stats = tiny_stats(single_label)
     result = sweep(stats, task=stats.info.task, fixed_lam=0.1, lams=(0.0, 0.02, 0.3, 1.0))
@@ -258,9 +258,9 @@ def test_sweep_on_cuda_equals_the_cpu_sweep(single_label: bool) -> None:
 def test_the_gpu_evaluation_path_runs_the_sweep_and_the_held_out_choice_on_cpu_too(single_label: bool, monkeypatch) -> None:
     """The torch evaluator (what statistics on a GPU get) through the same loop as numpy's, here on
     CPU tensors: same rows, same held-out choice (the CUDA test above needs a GPU)."""
-    import csra_posthoc.lam_sweep as lam_sweep_mod
+    import csra_posthoc.evaluation.grid as lam_sweep_mod
+    from csra_posthoc.evaluation.selection import select_half
     from csra_posthoc.metrics.batched import TorchEvaluator
-    from csra_posthoc.selection import select_half
 
     stats = tiny_stats(single_label)
     lams = (0.0, 0.1, 0.5)

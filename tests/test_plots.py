@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from csra_posthoc.bootstrap import lam_band
 from csra_posthoc.errors import CSRAError
-from csra_posthoc.lam_sweep import sweep
-from csra_posthoc.plots import check_plot_path, plot_attention, plot_lam_curve
+from csra_posthoc.evaluation.bootstrap import lam_band
+from csra_posthoc.evaluation.grid import sweep
+from csra_posthoc.report.plots import check_plot_path, plot_attention, plot_lam_curve
 from tests.test_selection import make_stats
 
 
@@ -49,7 +49,7 @@ def test_bad_plot_paths(tmp_path: Path, name: str, message: str) -> None:
 def test_headless_machine_needs_no_display(tmp_path: Path) -> None:
     """A fresh interpreter with no DISPLAY and an interactive backend requested still writes the figure."""
     code = (
-        "import numpy as np; from csra_posthoc.plots import plot_attention;"
+        "import numpy as np; from csra_posthoc.report.plots import plot_attention;"
         f"plot_attention(np.zeros((8, 8, 3)), np.ones((1, 2, 2)), ['a'], [0.0], [1.0], r'{tmp_path / 'h.png'}')"
     )
     env = {"PATH": "/usr/bin:/bin", "MPLBACKEND": "TkAgg", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from csra_posthoc.cli import app
+from csra_posthoc.cli.app import app
 
 runner = CliRunner()
 
@@ -21,7 +21,7 @@ def applied(tmp_path_factory) -> tuple[Path, Path, Path]:
     import timm
     import torch
 
-    from csra_posthoc.testing import random_voc_annotations, write_voc
+    from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 
     tmp_path = tmp_path_factory.mktemp("predict")
     voc_dir = tmp_path / "data"
@@ -190,8 +190,8 @@ def test_missing_image_and_wrong_patched_file(tmp_path: Path) -> None:
 def test_an_exported_file_predicts_the_same_scores_without_a_baseline(applied, tmp_path: Path) -> None:
     patched, _, images = applied
     ts = tmp_path / "p.ts"
-    from csra_posthoc.export import export_patched
-    from csra_posthoc.patched import load_patched
+    from csra_posthoc.patched.export import export_patched
+    from csra_posthoc.patched.model import load_patched
 
     export_patched(load_patched(patched), ts)
     outs = {}

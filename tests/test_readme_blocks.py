@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from csra_posthoc.bootstrap import bootstrap_deltas
-from csra_posthoc.lam_sweep import row_scores, sweep
-from csra_posthoc.report import print_table
-from csra_posthoc.selection import select_half
+from csra_posthoc.evaluation.bootstrap import bootstrap_deltas
+from csra_posthoc.evaluation.grid import row_scores, sweep
+from csra_posthoc.evaluation.selection import select_half
+from csra_posthoc.report.tables import print_table
 from tests.test_selection import make_stats
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,11 +12,11 @@ from sklearn.metrics import average_precision_score
 from timm.data import RealLabelsImagenet
 from typer.testing import CliRunner
 
-from csra_posthoc.cli import app
+from csra_posthoc.cli.app import app
+from csra_posthoc.data.fixtures import write_image, write_loc_solution
 from csra_posthoc.data.imagenet import imagenet_wnids
 from csra_posthoc.data.real_labels import RealLabels
 from csra_posthoc.errors import CSRAError
-from csra_posthoc.testing import write_image, write_loc_solution
 from tests.test_cli import one_line_error
 
 runner = CliRunner()

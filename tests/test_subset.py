@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from csra_posthoc import load_dataset
+from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 from csra_posthoc.data.subset import stratified_indices
-from csra_posthoc.testing import random_voc_annotations, write_voc
 
 
 def test_multilabel_subset_keeps_a_positive_of_every_class() -> None:

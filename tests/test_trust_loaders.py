@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from csra_posthoc.cli import app
+from csra_posthoc.cli.app import app
 from csra_posthoc.errors import CSRAError
 
 runner = CliRunner()
@@ -49,7 +49,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     import timm
 
     from csra_posthoc import patch
-    from csra_posthoc.export import export_patched
+    from csra_posthoc.patched.export import export_patched
 
     root = tmp_path_factory.mktemp("exported")
     model = timm.create_model("resnet10t", num_classes=3, pretrained=False)
@@ -129,7 +129,7 @@ ATTACKS = {
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_a_tampered_pt2_runs_no_code(exported, tmp_path: Path, attack: str) -> None:
-    from csra_posthoc.export import ExportedModel, load_exported
+    from csra_posthoc.patched.export import ExportedModel, load_exported
 
     marker = tmp_path / "MARKER"
     evil = tmp_path / "evil.pt2"
@@ -149,7 +149,7 @@ def test_a_tampered_pt2_runs_no_code(exported, tmp_path: Path, attack: str) -> N
 def test_a_member_named_twice_is_refused(exported, tmp_path: Path) -> None:
     """Two members of one name: Python's zipfile reads the last, torch's reader may read the first.
     A scan of one and a load of the other would let a pickle through, so such an archive is refused."""
-    from csra_posthoc.export import ExportedModel
+    from csra_posthoc.patched.export import ExportedModel
 
     marker = tmp_path / "MARKER"
     evil = tmp_path / "evil.pt2"
@@ -170,7 +170,7 @@ def test_a_member_named_twice_is_refused(exported, tmp_path: Path) -> None:
 
 def test_a_graph_target_outside_torch_ops_is_refused(exported, tmp_path: Path) -> None:
     """``torch.os.system`` resolves by attribute walk from ``torch``; only aten / prims operators pass."""
-    from csra_posthoc.export import ExportedModel
+    from csra_posthoc.patched.export import ExportedModel
 
     evil = tmp_path / "evil.pt2"
 
@@ -186,7 +186,7 @@ def test_a_graph_target_outside_torch_ops_is_refused(exported, tmp_path: Path) -
 
 @pytest.mark.parametrize("expr", ["s77", "Symbol('s77', positive=True, integer=True)", "2*s0 + 1", "Max(1, s0)", "FloorDiv(s0, 2)", "-u0 <= 3"])
 def test_plain_size_expressions_pass(expr: str) -> None:
-    from csra_posthoc.safe_archive import check_sym_expr
+    from csra_posthoc.patched.safe_archive import check_sym_expr
 
     check_sym_expr(expr)
 
@@ -196,14 +196,14 @@ def test_plain_size_expressions_pass(expr: str) -> None:
     ["__import__('os').system('x')", "eval(chr(49))", "s0.__class__", "Symbol('x; rm')", "(lambda: 1)()", "open", "Max(1, s0)[0]", "Symbol(**{'a': 1})"],
 )
 def test_code_in_size_expressions_is_refused(expr: str) -> None:
-    from csra_posthoc.safe_archive import UnsafeArchive, check_sym_expr
+    from csra_posthoc.patched.safe_archive import UnsafeArchive, check_sym_expr
 
     with pytest.raises(UnsafeArchive):
         check_sym_expr(expr)
 
 
 def test_pt2_written_without_sample_inputs_still_runs(exported) -> None:
-    from csra_posthoc.export import ExportedModel
+    from csra_posthoc.patched.export import ExportedModel
 
     with zipfile.ZipFile(exported["pt2"]) as zf:
         sizes = {n.split("/", 1)[1]: zf.getinfo(n).file_size for n in zf.namelist()}
@@ -215,7 +215,7 @@ def test_pt2_written_without_sample_inputs_still_runs(exported) -> None:
 @pytest.mark.parametrize("suffix", ["pt2", "ts"])
 @pytest.mark.parametrize("config", [b"not json {", b"[1, 2]", b'{"no": "num_classes"}'])
 def test_an_embedded_config_that_is_not_an_object_is_one_line(exported, tmp_path: Path, suffix: str, config: bytes) -> None:
-    from csra_posthoc.export import ExportedModel
+    from csra_posthoc.patched.export import ExportedModel
 
     bad = tmp_path / f"bad.{suffix}"
     rewrite(exported[suffix], bad, lambda name, data, extra: config if name == "extra/csra_config.json" else None)
@@ -234,7 +234,7 @@ def test_a_non_archive_pt2_is_one_line(exported, tmp_path: Path) -> None:
 
 def test_a_tampered_torchscript_runs_no_code(exported, tmp_path: Path) -> None:
     """TorchScript's constants / data pickles are read by the C++ unpickler, which resolves no Python global."""
-    from csra_posthoc.export import ExportedModel
+    from csra_posthoc.patched.export import ExportedModel
 
     marker = tmp_path / "MARKER"
     evil = tmp_path / "evil.ts"
@@ -249,7 +249,7 @@ def test_a_tampered_torchscript_runs_no_code(exported, tmp_path: Path) -> None:
 
 
 def test_a_pickled_checkpoint_is_not_unpickled(tmp_path: Path) -> None:
-    from csra_posthoc.checkpoint import read_checkpoint
+    from csra_posthoc.models.checkpoint import read_checkpoint
 
     marker = tmp_path / "MARKER"
     ckpt = tmp_path / "evil.pth"
@@ -260,14 +260,14 @@ def test_a_pickled_checkpoint_is_not_unpickled(tmp_path: Path) -> None:
 
 
 def test_export_patched_takes_a_patched_model(tmp_path: Path) -> None:
-    from csra_posthoc.export import export_patched
+    from csra_posthoc.patched.export import export_patched
 
     with pytest.raises(CSRAError, match="PatchedModel .*patch\\(\\).*load_patched\\(\\).*Linear"):
         export_patched(torch.nn.Linear(3, 2), tmp_path / "x.pt2")  # type: ignore[arg-type]
 
 
 def test_onnx_without_onnxruntime_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from csra_posthoc.export import ExportedModel
+    from csra_posthoc.patched.export import ExportedModel
 
     path = tmp_path / "m.onnx"
     path.write_bytes(b"\x08\x07")  # a tiny ModelProto: never reached without the modules
@@ -283,8 +283,8 @@ def test_onnx_with_another_input_size_is_one_line(tmp_path: Path) -> None:
     import timm
 
     from csra_posthoc import patch
-    from csra_posthoc.export import CONFIG_FILE, export_patched  # noqa: F401
-    from csra_posthoc.patched import CONFIG_KEY
+    from csra_posthoc.patched.export import CONFIG_FILE, export_patched  # noqa: F401
+    from csra_posthoc.patched.model import CONFIG_KEY
 
     model = timm.create_model("resnet10t", num_classes=3, pretrained=False)
     path = tmp_path / "m.onnx"
@@ -315,7 +315,7 @@ def test_real_weights_pt2_round_trip_without_sample_inputs(tmp_path: Path) -> No
     from skimage import data
 
     from csra_posthoc import load_model, patch
-    from csra_posthoc.export import ExportedModel, export_patched
+    from csra_posthoc.patched.export import ExportedModel, export_patched
 
     adapter = load_model("efficientnet_lite0", pretrained=True)
     patched = patch(adapter, img_size=128)

@@ -13,12 +13,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from csra_posthoc.cli import app
+from csra_posthoc.cli.app import app
+from csra_posthoc.cli.flags import FLAGS
 from csra_posthoc.data import load_dataset
+from csra_posthoc.data.fixtures import random_voc_annotations, write_coco, write_image, write_voc
 from csra_posthoc.errors import CSRAError
-from csra_posthoc.flags import FLAGS
-from csra_posthoc.patched import CONFIG_KEY
-from csra_posthoc.testing import random_voc_annotations, write_coco, write_image, write_voc
+from csra_posthoc.patched.model import CONFIG_KEY
 from tests import dist_scenarios
 
 runner = CliRunner()
@@ -119,7 +119,7 @@ def test_coco_file_name_outside_the_image_folder_is_refused(tmp_path: Path) -> N
 
 
 def test_wider_file_name_outside_the_image_folder_is_refused(tmp_path: Path) -> None:
-    from csra_posthoc.testing import write_wider
+    from csra_posthoc.data.fixtures import write_wider
 
     target = {"bbox": [1, 1, 5, 5], "attribute": [1] * 14}
     ann = write_wider(tmp_path / "w", [{"file_name": "a.png", "size": (20, 24), "targets": [target]}, {"file_name": "../../x.png", "targets": [target]}])

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import csra_posthoc.api as api
-import csra_posthoc.compare as compare_module
-import csra_posthoc.predict as predict_module
+import csra_posthoc.evaluation.run as api
+import csra_posthoc.patched.predict as predict_module
+import csra_posthoc.report.compare as compare_module
 from csra_posthoc.atomic import atomic_write
-from csra_posthoc.cli import app
+from csra_posthoc.cli.app import app
+from csra_posthoc.data.fixtures import write_image
 from csra_posthoc.errors import CSRAError
 from csra_posthoc.options import ExtractOptions, SweepOptions
-from csra_posthoc.testing import write_image
 from tests.test_cli import one_line_error
 from tests.test_compare import write_results
 

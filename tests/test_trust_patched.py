@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import csra_posthoc as cp
-from csra_posthoc.cli import app
+from csra_posthoc.cli.app import app
 from csra_posthoc.errors import CSRAError
-from csra_posthoc.patched import CONFIG_KEY
+from csra_posthoc.patched.model import CONFIG_KEY
 
 runner = CliRunner()
 SIZE = 64
@@ -214,7 +214,7 @@ def test_compare_refuses_non_finite_numbers_by_name(tmp_path: Path, bad: str) ->
     res = runner.invoke(app, ["compare", str(path), "--latex", str(tex)], terminal_width=400)
     one_line_error(res, str(path), "not a finite number")
     assert not tex.exists()
-    from csra_posthoc.apply import read_results
+    from csra_posthoc.patched.apply import read_results
 
     with pytest.raises(CSRAError, match="not a finite number"):
         read_results(path)
@@ -222,8 +222,8 @@ def test_compare_refuses_non_finite_numbers_by_name(tmp_path: Path, bad: str) ->
 
 @pytest.mark.parametrize("schema", [2, None, "1"])
 def test_apply_from_results_and_compare_share_the_schema_rule(tmp_path: Path, schema) -> None:
-    from csra_posthoc.apply import read_results
-    from csra_posthoc.compare import read_results_file
+    from csra_posthoc.patched.apply import read_results
+    from csra_posthoc.report.compare import read_results_file
 
     path, data = _results(tmp_path)
     data["classes"] = data.get("classes") or list("abcde")
@@ -315,7 +315,7 @@ def test_real_weights_edited_head_is_refused_intact_file_predicts(tmp_path: Path
 
 
 def test_exported_torchscript_with_edited_head_or_config_is_refused(image: Path, tmp_path: Path) -> None:
-    from csra_posthoc.export import ExportedModel, export_patched
+    from csra_posthoc.patched.export import ExportedModel, export_patched
 
     torch.manual_seed(0)
     patched = cp.patch(timm.create_model("resnet10t", num_classes=5).eval(), lam=0.3, img_size=SIZE)
@@ -338,7 +338,7 @@ def test_exported_torchscript_with_edited_head_or_config_is_refused(image: Path,
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".ts"])
 def test_weights_changed_after_patch_are_refused_at_save(tmp_path: Path, suffix: str) -> None:
-    from csra_posthoc.export import export_patched
+    from csra_posthoc.patched.export import export_patched
 
     torch.manual_seed(0)
     model = timm.create_model("resnet10t", num_classes=5).eval()

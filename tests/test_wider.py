@@ -11,8 +11,8 @@ import torchvision.transforms.functional as TF
 
 from csra_posthoc import CSRAError, load_dataset
 from csra_posthoc.data import WIDER_ATTRIBUTES, ImageDataset
+from csra_posthoc.data.fixtures import write_wider
 from csra_posthoc.metrics import thresholded_metrics
-from csra_posthoc.testing import write_wider
 
 A = [1, -1, 0, 1, -1, -1, 0, 1, -1, 1, -1, -1, 0, 1]
 B = [-1, 1, 1, 0, 0, -1, -1, -1, 1, -1, -1, 1, -1, -1]

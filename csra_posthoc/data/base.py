@@ -33,7 +33,7 @@ class LabelledImages:
     ``object_boxes`` (per sample: class index -> object boxes) and ``image_sizes`` (per sample: the
     original ``(width, height)``, read from the annotations, never by decoding) are known for VOC
     layouts (and the demo's mosaics) and COCO, None elsewhere; they feed the pointing game
-    (:mod:`csra_posthoc.localisation`) and change no pixel or label, so they stay out of the key.
+    (:mod:`csra_posthoc.evaluation.localisation`) and change no pixel or label, so they stay out of the key.
     """
 
     dataset: str

@@ -136,7 +136,7 @@ def _image_size(image: dict) -> tuple[int, int] | None:
 
 def coco_boxes(data: dict, column: dict[int, int]) -> dict[int, dict[int, list[tuple[float, float, float, float]]]]:
     """Image id -> class index -> ``(xmin, ymin, xmax, ymax)`` boxes (original pixels) from COCO
-    ``bbox`` ``[x, y, width, height]``, for the pointing game (:mod:`csra_posthoc.localisation`).
+    ``bbox`` ``[x, y, width, height]``, for the pointing game (:mod:`csra_posthoc.evaluation.localisation`).
     ``column`` maps category id -> class index. iscrowd boxes count, as they count as labels;
     annotations without a 4-number bbox are skipped."""
     out: dict[int, dict[int, list[tuple[float, float, float, float]]]] = {}

@@ -29,8 +29,8 @@ from ..errors import CSRAError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ..class_statistics import ClassStatistics
-    from ..lam_sweep import SweepResult
+    from ..evaluation.grid import SweepResult
+    from ..extraction.statistics import ClassStatistics
 
 NUM_CLASSES = 1000
 _NAME = re.compile(r"ILSVRC2012_val_(\d{8})")
@@ -123,8 +123,8 @@ def real_metrics(
     baseline, best, fixed and best-variant rows, from the cached statistics: the results-JSON
     ``"real_labels"`` object (docs/method.md §9). mAP over 1000 classes costs about 100x a row's
     top-k at ImageNet size (3 s vs 0.04 s), so it is not computed for every row."""
-    from ..lam_sweep import Variant, row_scores, score_grid, stats_evaluator
-    from ..selection import take_images
+    from ..evaluation.grid import Variant, row_scores, score_grid, stats_evaluator
+    from ..evaluation.selection import take_images
 
     sub = replace(take_images(stats, real.keep.to(stats.avg.device)), labels=real.labels.to(stats.labels.device))  # the kept images, ReaL sets as labels
 

@@ -23,7 +23,7 @@ from ..errors import CSRAError
 if TYPE_CHECKING:
     import torch
 
-    from ..adapters.base import DataConfig
+    from ..models.base import DataConfig
 
 TransformChoice = Literal["auto", "square", "crop"]
 # torchvision's InterpolationMode values, so a description never needs torchvision to be written

@@ -54,7 +54,7 @@ def _image_labels(xml_path: Path, index: dict[str, int], difficult: DifficultPol
 
 def image_boxes(xml_path: Path, index: dict[str, int], difficult: DifficultPolicy = "ignore") -> dict[int, list[tuple[float, float, float, float]]]:
     """Class index -> ``(xmin, ymin, xmax, ymax)`` boxes (original pixels) of one annotation, for the
-    pointing game (:mod:`csra_posthoc.localisation`). Consistent with the labels: difficult boxes
+    pointing game (:mod:`csra_posthoc.evaluation.localisation`). Consistent with the labels: difficult boxes
     count only under ``difficult='positive'`` (under 'ignore' a class seen only as difficult is
     unknown and left out; under 'negative' it is a negative). Objects without a box are skipped."""
     try:

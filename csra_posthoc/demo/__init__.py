@@ -16,14 +16,14 @@ from typing import Any
 
 from rich.console import Console
 
-from ..api import run_sweep
-from ..cache import resolve_cache_dir
+from ..cache.store import resolve_cache_dir
 from ..errors import CSRAError
-from ..offline_weights import has_offline_weights
+from ..evaluation.run import run_sweep
+from ..evaluation.validate import validate_sweep_args
+from ..models.offline_weights import has_offline_weights
 from ..options import AnalysisOptions, DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
-from ..report import report_console, write_json
+from ..report.tables import report_console, write_json
 from ..text import safe
-from ..validate import validate_sweep_args
 from .mosaics import mosaic_voc_written, write_mosaic_voc
 from .sources import GET_FASHION_MNIST, locate_item_source, read_item_source
 

@@ -1,0 +1,107 @@
+"""The one interface every model family implements.
+
+An adapter turns an image batch into two things from a single forward pass: the per-location
+class scores ``s`` ``(B, C, H*W)`` (the model's classifier applied at every location of the
+pre-pool feature map) and the model's own logits ``(B, C)``, so the identity
+``mean_k s == logits`` can be checked on every batch.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+
+from ..heads.location import LocationHead
+
+BaselineSource = Literal["model_logits", "patch_average"]
+
+IDENTITY_TOLERANCE = 1e-3  # relative: |mean_k s - logits| <= tolerance * identity_scale(logits)
+
+
+def identity_scale(max_abs_logit: float) -> float:
+    """What the identity's difference is measured against: float32 rounding grows with the logits'
+    magnitude, so an absolute tolerance would refuse a correct head whose logits are large."""
+    return max(1.0, max_abs_logit)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the model expects of its input (from timm's data config or torchvision's weights)."""
+
+    input_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+    crop_mode: str = "center"  # timm: center | squash | border
+
+
+@dataclass
+class AdapterInfo:
+    """How the adapter was built: goes into the cache key and the report."""
+
+    name: str
+    family: str
+    baseline_source: BaselineSource
+    weights: str  # "checkpoint:<path>", "pretrained", "random-init", ...
+    weights_fingerprint: str = ""
+    head: str = "the model's own classifier"
+    notes: list[str] = field(default_factory=list)
+
+
+class ModelAdapter(nn.Module):
+    """A backbone plus its classifier applied per location."""
+
+    def __init__(self, model: nn.Module, head: LocationHead, info: AdapterInfo, data_config: DataConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+        self.info = info
+        self.data_config = data_config
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.num_classes
+
+    @property
+    def wrapped(self) -> Any:
+        """The wrapped model, for its architecture's own attributes (``forward_features``, ``layer4``,
+        ...): ``nn.Module``'s typing cannot know them, so this is ``Any`` on purpose."""
+        return self.model
+
+    @abstractmethod
+    def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's output (feature map or tokens): the part that may run under AMP."""
+
+    @abstractmethod
+    def feature_map(self, raw: torch.Tensor) -> torch.Tensor:
+        """The pre-pool feature map ``(B, d, H, W)`` from the backbone's output."""
+
+    @abstractmethod
+    def model_logits(self, raw: torch.Tensor) -> torch.Tensor:
+        """The model's own logits from the backbone's output (its own head, unmodified)."""
+
+    def scores_from_backbone(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-location scores ``(B, C, K)`` and the model's logits ``(B, C)``, both in fp32."""
+        with torch.autocast(device_type=raw.device.type, enabled=False):
+            raw = raw.float()
+            return self.head(self.feature_map(raw)), self.model_logits(raw).float()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scores_from_backbone(self.forward_backbone(x))
+
+
+def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """Patch tokens ``(B, K, D)`` to a feature map ``(B, D, H, W)``."""
+    k = int(tokens.shape[1])  # a plain int even while tracing (the batch axis stays free)
+    if grid is None or grid[0] * grid[1] != k:
+        side = math.isqrt(k)
+        if side * side != k:
+            raise ValueError(f"cannot arrange {k} patch tokens on a grid")
+        grid = (side, side)
+    return tokens.transpose(1, 2).unflatten(2, (int(grid[0]), int(grid[1])))

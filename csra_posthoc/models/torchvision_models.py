@@ -1,0 +1,110 @@
+"""torchvision adapters (``--model torchvision:resnet50``), built from the module tree."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import CSRAError
+from ..heads.location import LocationHead
+from .base import AdapterInfo, BaselineSource, DataConfig, ModelAdapter, tokens_to_grid
+
+
+class TorchvisionResNetAdapter(ModelAdapter):
+    def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.wrapped
+        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        return m.layer4(m.layer3(m.layer2(m.layer1(x))))
+
+    def feature_map(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw
+
+    def model_logits(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.wrapped.fc(torch.flatten(self.wrapped.avgpool(raw), 1))
+
+
+class TorchvisionFeaturesAdapter(ModelAdapter):
+    """MobileNetV2 / EfficientNet: ``features`` -> average pool -> ``classifier`` (dropout, linear)."""
+
+    def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wrapped.features(x)
+
+    def feature_map(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw
+
+    def model_logits(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.wrapped.classifier(torch.flatten(F.adaptive_avg_pool2d(raw, 1), 1))
+
+
+class TorchvisionViTAdapter(ModelAdapter):
+    """vit_b_16 and friends: encoder output (after its final LayerNorm), class token at index 0."""
+
+    def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.wrapped
+        x = m._process_input(x)
+        cls = m.class_token.expand(x.shape[0], -1, -1)
+        return m.encoder(torch.cat([cls, x], dim=1))
+
+    def feature_map(self, raw: torch.Tensor) -> torch.Tensor:
+        return tokens_to_grid(raw[:, 1:])
+
+    def model_logits(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.wrapped.heads(raw[:, 0])
+
+
+def _data_config(arch: str) -> DataConfig:
+    """Input size / normalisation from torchvision's weights metadata when the arch has weights."""
+    import torchvision.models as tvm
+
+    try:
+        tf = tvm.get_model_weights(arch).DEFAULT.transforms()
+        crop = int(tf.crop_size[0])
+        return DataConfig(
+            input_size=crop,
+            mean=tuple(tf.mean),
+            std=tuple(tf.std),
+            interpolation=str(tf.interpolation.value),
+            crop_pct=crop / int(tf.resize_size[0]),
+        )
+    except Exception:  # no weights registered for this arch: ImageNet defaults
+        return DataConfig(interpolation="bilinear")
+
+
+def _last_linear(classifier: nn.Module, name: str) -> nn.Linear:
+    layers = list(classifier) if isinstance(classifier, nn.Sequential) else [classifier]
+    *rest, last = layers
+    if not isinstance(last, nn.Linear) or not all(isinstance(m, (nn.Dropout, nn.Identity)) for m in rest):
+        raise CSRAError(f"model {name}: classifier {classifier.__class__.__name__} is not (dropout ->) linear, so it cannot be applied per location")
+    return last
+
+
+def build_torchvision_adapter(model: nn.Module, name: str, arch: str, weights: str) -> ModelAdapter:
+    import torchvision.models as tvm
+
+    cfg = _data_config(arch)
+    if isinstance(model, tvm.ResNet):
+        head = LocationHead.from_linear(model.fc)
+        cls: type[ModelAdapter] = TorchvisionResNetAdapter
+        source: BaselineSource = "model_logits"
+        family = "torchvision-resnet"
+    elif isinstance(model, (tvm.MobileNetV2, tvm.EfficientNet)):
+        head = LocationHead.from_linear(_last_linear(model.classifier, name))
+        cls, source, family = TorchvisionFeaturesAdapter, "model_logits", "torchvision-features"
+    elif isinstance(model, tvm.VisionTransformer):
+        if hasattr(model.heads, "pre_logits"):
+            raise CSRAError(f"model {name}: its head has a tanh pre-logits layer, so it cannot be applied per patch")
+        head = LocationHead.from_linear(model.heads.head)
+        cls, source, family = TorchvisionViTAdapter, "patch_average", "torchvision-vit"
+    else:
+        raise CSRAError(
+            f"model {name}: torchvision {type(model).__name__} is not supported (its head is not pool -> linear); "
+            "supported: resnet*, resnext*, wide_resnet*, mobilenet_v2, efficientnet_*, vit_*"
+        )
+    info = AdapterInfo(name=name, family=family, baseline_source=source, weights=weights)
+    if source == "patch_average":
+        info.notes.append("class-token ViT: the baseline is the average of per-patch logits")
+    return cls(model, head, info, cfg)
+
+
+TORCHVISION_CLASSIFIER_KEYS = ("fc.weight", "classifier.1.weight", "classifier.weight", "heads.head.weight")

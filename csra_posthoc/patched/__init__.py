@@ -1,0 +1,1 @@
+"""The patched model and what users do with it: build, export, apply, predict, attention maps."""

@@ -1,0 +1,178 @@
+"""``csra-posthoc attention``: where in the image each top class scores (the paper's Fig. 4).
+
+The per-location class scores are the patched model's: the adapter's pre-pool feature map through
+the classifier applied per location (:class:`csra_posthoc.heads.location.LocationHead`, as
+extraction and :class:`csra_posthoc.heads.csra_head.CSRAHead` compute them). Their mean is the baseline
+score, ``mean + lam * attended`` the CSRA score shown beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from ..errors import CSRAError, first_line
+from ..text import safe
+
+
+@dataclass
+class AttentionMaps:
+    """The top-k classes of one image: names, class indices, per-location scores ``(k, h, w)``,
+    baseline and CSRA scores, and the model's input image ``(H, W, 3)`` in [0, 1]."""
+
+    image: np.ndarray
+    names: list[str]
+    indices: list[int]
+    maps: np.ndarray
+    baseline: list[float]
+    patched: list[float]
+
+
+@torch.no_grad()
+def attention_maps(patched, image: str | Path, top_k: int = 3, classes: Sequence[str] | None = None, device: str = "auto") -> AttentionMaps:
+    """Per-location scores of the ``top_k`` classes (by CSRA score) of ``patched`` on ``image``."""
+    from ..data.base import load_rgb
+    from ..data.transforms import build_transform
+    from ..extraction.run import resolve_device
+    from .predict import class_names
+
+    if top_k < 1:
+        raise CSRAError(f"top_k {top_k}: must be >= 1", param="top_k")
+    path = Path(image)
+    if not path.is_file():
+        raise CSRAError(f"{path}: no such image file", param="image")
+    try:
+        pil = load_rgb(path)
+    except Exception as exc:  # any decoder failure is the file's fault
+        raise CSRAError(f"{path}: cannot decode image ({first_line(exc, 120)})", param="image") from None
+    names = class_names(patched.num_classes, classes if classes is not None else patched.classes)
+    prep = patched.config["preprocessing"]
+    x = build_transform(prep)(pil)[None]
+    dev = resolve_device(device)
+    patched = patched.to(dev).eval()
+    fmap = patched.feature_map(x.to(dev))
+    s = patched.head.location_scores(fmap).float().cpu()[0]  # (C, h * w)
+    h, w = fmap.shape[-2:]
+    scores, baseline = patched.head.pool(s[None])[0], s.mean(dim=-1)
+    top = torch.argsort(scores, descending=True, stable=True)[: min(top_k, scores.numel())].tolist()
+    mean, std = torch.tensor(prep["mean"])[:, None, None], torch.tensor(prep["std"])[:, None, None]
+    shown = (x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+    return AttentionMaps(
+        image=shown,
+        names=[names[c] for c in top],
+        indices=top,
+        maps=s[top].reshape(len(top), h, w).numpy(),
+        baseline=[float(baseline[c]) for c in top],
+        patched=[float(scores[c]) for c in top],
+    )
+
+
+def run_attention(
+    image: str | Path,
+    out: str | Path,
+    *,
+    model: str | None = None,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = False,
+    random_init: bool = False,
+    patched_file: str | Path | None = None,
+    head_file: str | Path | None = None,
+    lam: float | None = None,
+    temperature: float | None = None,
+    heads: int | None = None,
+    img_size: int | None = None,
+    transform: str = "auto",
+    classes: Sequence[str] | None = None,
+    top_k: int = 3,
+    device: str = "auto",
+    console: Console | None = None,
+    from_results: str | Path | None = None,
+    pick: str = "best",
+) -> AttentionMaps:
+    """Build the patched model as ``predict`` does, compute the top-k maps, write the figure ``out``."""
+    from ..heads.csra_head import check_lam, resolve_temperatures
+    from ..outputs import check_outputs
+    from ..report.plots import check_plot_path, plot_attention
+    from ..report.tables import report_console
+
+    console = console or report_console()
+    check_plot_path(out, param="out")
+    if top_k < 1:
+        raise CSRAError(f"top_k {top_k}: must be >= 1", param="top_k")
+    if not Path(image).is_file():
+        raise CSRAError(f"{image}: no such image file", param="image")
+    check_outputs(
+        {"out": out}, {"image": image, "checkpoint": checkpoint, "patched_file": patched_file, "head_file": head_file, "from_results": from_results}
+    )  # README: Outputs
+    if temperature is not None and heads is not None:
+        raise CSRAError("temperature and heads: give one of them", param="temperature")
+    if lam is not None:
+        check_lam(lam)
+    if temperature is not None or heads is not None:
+        resolve_temperatures(math.inf if temperature is None else temperature, heads)
+    if from_results is not None:
+        patched = _patched_from_results(
+            model, checkpoint, pretrained, random_init, patched_file, head_file, lam, temperature, heads, img_size, transform, from_results, pick, out, console
+        )
+    else:
+        patched = _patched(model, checkpoint, pretrained, random_init, patched_file, head_file, lam, temperature, heads, img_size, transform)
+    result = attention_maps(patched, image, top_k, classes, device)
+    cfg = patched.config
+    title = f"{Path(image).name}: {cfg['model']}, mean + {cfg['lam']:g} * {cfg['variant']}"
+    plot_attention(result.image, result.maps, result.names, result.baseline, result.patched, out, title=title)
+    for name, b, s in zip(result.names, result.baseline, result.patched, strict=True):
+        console.print(f"{safe(name)}: baseline {b:.3f}, CSRA {s:.3f}", soft_wrap=True)
+    console.print(f"wrote {safe(out)}", soft_wrap=True)
+    return result
+
+
+def _patched_from_results(
+    model, checkpoint, pretrained, random_init, patched_file, head_file, lam, temperature, heads, img_size, transform, from_results, pick, out, console
+):
+    """The sweep row ``pick`` of ``from_results``: its settings, transform and classes (as apply / predict
+    build it); its probe found by the results' head fingerprint when ``head_file`` is not given."""
+    from ..heads.lookup import results_head_file
+    from ..outputs import check_outputs
+    from .apply import pick_settings, read_results
+    from .predict import patched_from_results
+
+    if patched_file is not None or lam is not None or temperature is not None or heads is not None or img_size is not None or transform != "auto":
+        raise CSRAError(
+            "from_results sets the model's settings and transform: drop `patched_file`, `lam`, `temperature`, `heads`, `img_size` and `transform`",
+            param="from_results",
+        )
+    if model is None:
+        raise CSRAError("from_results needs `model` with its weights (the sweep's)", param="model")
+    results = read_results(from_results)
+    settings = pick_settings(results, pick, from_results)
+    head_file = results_head_file(head_file, results, from_results, console)
+    if head_file is not None:
+        check_outputs({"out": out}, {"head_file": head_file, "from_results": from_results})
+    return patched_from_results(model, checkpoint, pretrained, random_init, head_file, results, settings, from_results)
+
+
+def _patched(model, checkpoint, pretrained, random_init, patched_file, head_file, lam, temperature, heads, img_size, transform):
+    """The patched model from a file written by apply, or from a model and its weights (predict's rules)."""
+    from .model import PatchedModel
+    from .predict import load_patched_for_predict
+
+    if patched_file is not None:
+        if transform != "auto":
+            raise CSRAError("transform with a patched file: the file stores its preprocessing; drop it", param="transform")
+        patched = load_patched_for_predict(patched_file, model, checkpoint, pretrained, random_init, head_file, img_size)
+        if not isinstance(patched, PatchedModel):
+            raise CSRAError(f"{patched_file}: an exported file holds no per-location scores; use the .safetensors file apply writes", param="patched_file")
+        if lam is not None or temperature is not None or heads is not None:
+            patched.set_settings(lam, temperature, heads)
+        return patched
+    if model is None:
+        raise CSRAError("attention needs a model with its weights, or a patched .safetensors file", param="model")
+    from .predict import patched_from_model
+
+    return patched_from_model(model, checkpoint, pretrained, random_init, head_file, lam, temperature, heads, img_size, transform)

@@ -1,0 +1,1 @@
+"""Results for people and scripts: terminal tables, JSON, comparisons across runs, figures."""
