@@ -164,7 +164,7 @@ def load_model(
 
 def _load_hf(name: str, checkpoint: str | Path | None, random_init: bool, head: str | Path | None) -> ModelAdapter:
     """``hf:PATH_OR_NAME``: its folder's weights (``pretrained`` or no weight source at all)."""
-    from ..models.hf_models import load_hf_adapter
+    from .hf_models import load_hf_adapter
 
     if checkpoint is not None or random_init:
         raise CSRAError(f"model {name}: a Hugging Face folder carries its own weights; drop `checkpoint` / `random_init`", param="model")

@@ -34,9 +34,9 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
-from ..adapters.base import AdapterInfo, BaselineSource, DataConfig, ModelAdapter, tokens_to_grid
 from ..errors import CSRAError, first_line
-from ..location_head import LocationHead
+from ..heads.location import LocationHead
+from .base import AdapterInfo, BaselineSource, DataConfig, ModelAdapter, tokens_to_grid
 
 HF_PREFIX = "hf:"
 

@@ -59,7 +59,7 @@ def instance_name(model: nn.Module, name: str | None = None) -> str:
         return name
     family = model_family(model)
     if family == "hf":
-        from ..models.hf_models import hf_instance_name
+        from .hf_models import hf_instance_name
 
         return hf_instance_name(model)
     if family == "timm":
@@ -84,7 +84,7 @@ def adapter_for_module(model: nn.Module | ModelAdapter, name: str | None = None,
         if fixed and not getattr(model, "dynamic_img_size", False):  # a ViT built for one input size
             adapter.data_config = replace(adapter.data_config, input_size=int(fixed[0]))
     elif family == "hf":
-        from ..models.hf_models import build_hf_adapter
+        from .hf_models import build_hf_adapter
 
         adapter = build_hf_adapter(model, name, weights)
     else:
@@ -105,7 +105,7 @@ def architecture_kwargs(model: nn.Module) -> dict:
     only keys of :data:`ARCHITECTURE_KWARGS` (what :func:`check_architecture_kwargs` accepts back)."""
     embed: Any = getattr(model, "patch_embed", None)
     if model_family(model) == "hf":  # rebuilt from its class and config, never from the folder
-        from ..models.hf_models import hf_architecture_kwargs
+        from .hf_models import hf_architecture_kwargs
 
         return hf_architecture_kwargs(model)
     if model_family(model) != "timm" or getattr(embed, "img_size", None) is None:
@@ -133,7 +133,7 @@ def check_architecture_kwargs(name: str, kwargs: Any) -> dict:
     keys :func:`architecture_kwargs` writes, with their types (img_size: 2 positive ints up to
     4096, dynamic_img_size: bool), and none for torchvision models."""
     if name.startswith("hf:"):
-        from ..models.hf_models import check_hf_architecture_kwargs
+        from .hf_models import check_hf_architecture_kwargs
 
         return check_hf_architecture_kwargs(name, kwargs)
     if kwargs is None or kwargs == {}:
@@ -166,7 +166,7 @@ def build_architecture(name: str, num_classes: int, kwargs: dict | None = None, 
     except ValueError as exc:
         raise CSRAError(f"{where}: model_kwargs {exc}", param="patched_file") from None
     if name.startswith("hf:"):
-        from ..models.hf_models import build_hf_model
+        from .hf_models import build_hf_model
 
         model = build_hf_model(kwargs["hf_config"], kwargs["hf_class"], name, param="patched_file")
         labels = int(getattr(model.config, "num_labels", -1))
