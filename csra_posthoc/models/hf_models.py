@@ -90,6 +90,22 @@ def _transformers(name: str) -> Any:
 
 
 @contextlib.contextmanager
+def _quiet(transformers: Any) -> Iterator[None]:
+    """transformers' own warnings and progress bars off while the block runs (then as they were):
+    the tool says what matters in its own words."""
+    logging = transformers.utils.logging
+    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
 def _offline() -> Iterator[None]:
     """The Hugging Face clients in offline mode while the block runs (nothing is downloaded)."""
     saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
@@ -172,7 +188,7 @@ def build_hf_model(cfg: dict[str, Any], cls_name: str, name: str, param: str = "
     _, model_type = check_hf_config({**cfg, "architectures": [cls_name]}, name, param)
     try:
         config = transformers.CONFIG_MAPPING[model_type].from_dict(dict(cfg))
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _quiet(transformers):
             torch.manual_seed(0)
             return getattr(transformers, cls_name)(config).eval()
     except CSRAError:
@@ -189,17 +205,11 @@ def load_hf_model(name: str) -> tuple[nn.Module, Path]:
     cls_name, _ = check_hf_config(cfg, name)
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
         raise CSRAError(f"model {name}: {folder} has config.json but no weights ({' or '.join(WEIGHT_FILES[::2])})", param="model")
-    logging = transformers.utils.logging
-    bars = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()  # no "Loading weights" bar in the middle of the tool's own output
     try:
-        with _offline():
+        with _offline(), _quiet(transformers):
             model, info = getattr(transformers, cls_name).from_pretrained(str(folder), local_files_only=True, trust_remote_code=False, output_loading_info=True)
     except Exception as exc:
         raise CSRAError(f"model {name}: its weights cannot be read ({type(exc).__name__}: {first_line(exc)})", param="model") from None
-    finally:
-        if bars:
-            logging.enable_progress_bar()
     missing, bad = list(info.get("missing_keys") or []), list(info.get("mismatched_keys") or [])
     if missing or bad:
         shown = ", ".join(str(k) for k in (missing + bad)[:2])

@@ -1,0 +1,280 @@
+"""Hugging Face image classifiers: ``--model hf:FOLDER`` and ``patch(hf_model)``.
+
+Tiny random-init ``transformers`` models, written with ``save_pretrained`` to a tmp folder (no
+download). Every number is checked against the model's own forward pass or its hidden states read
+directly through ``transformers`` (not through the adapter).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from csra_posthoc import load_model, patch  # noqa: E402
+from csra_posthoc.cli.app import app  # noqa: E402
+from csra_posthoc.data import load_dataset, load_rgb  # noqa: E402
+from csra_posthoc.data.transforms import build_transform, transform_description  # noqa: E402
+from csra_posthoc.errors import CSRAError  # noqa: E402
+from csra_posthoc.patched.export import exported_config, run_exported  # noqa: E402
+
+runner = CliRunner()
+VOC = 20
+T = transformers
+
+
+def _configs(num_labels: int) -> dict:
+    vit = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 64, "patch_size": 16}
+    return {
+        "vit": (T.ViTConfig(**vit, num_labels=num_labels), T.ViTForImageClassification),
+        "deit": (T.DeiTConfig(**vit, num_labels=num_labels), T.DeiTForImageClassificationWithTeacher),
+        "beit": (T.BeitConfig(**vit, num_labels=num_labels, use_mean_pooling=True), T.BeitForImageClassification),
+        "swin": (
+            T.SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4, num_labels=num_labels),
+            T.SwinForImageClassification,
+        ),
+        "convnext": (T.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=num_labels), T.ConvNextForImageClassification),
+        "convnextv2": (T.ConvNextV2Config(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=num_labels), T.ConvNextV2ForImageClassification),
+        "resnet": (
+            T.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=num_labels),
+            T.ResNetForImageClassification,
+        ),
+        "regnet": (
+            T.RegNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], groups_width=8, num_labels=num_labels),
+            T.RegNetForImageClassification,
+        ),
+        "efficientnet": (
+            T.EfficientNetConfig(image_size=64, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=128, num_labels=num_labels),
+            T.EfficientNetForImageClassification,
+        ),
+        "mobilenet_v2": (T.MobileNetV2Config(image_size=64, depth_multiplier=0.25, num_labels=num_labels), T.MobileNetV2ForImageClassification),
+    }
+
+
+FAMILIES = list(_configs(2))
+CLASS_TOKEN = {"vit", "deit"}  # baseline: the patch average
+
+
+def make_model(family: str, num_labels: int = 5, seed: int = 0) -> torch.nn.Module:
+    """A random-init model whose classifier is not the near-zero init transformers gives it (so the
+    identity and the class ranking mean something)."""
+    config, cls = _configs(num_labels)[family]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls(config).eval()
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "classifier" in name:
+                    p.normal_(0, 0.5)
+    return model
+
+
+def save(model: torch.nn.Module, folder: Path, processor: object | None = None) -> Path:
+    model.save_pretrained(folder)
+    if processor is not None:
+        processor.save_pretrained(folder)  # type: ignore[attr-defined]
+    return folder
+
+
+def _hidden(model, x: torch.Tensor) -> torch.Tensor:
+    return model.base_model(pixel_values=x, return_dict=True).last_hidden_state
+
+
+def reference_location_scores(family: str, model, x: torch.Tensor) -> torch.Tensor:
+    """Per-location class scores ``(B, C, K)`` written out by hand from transformers' hidden states."""
+    h = _hidden(model, x)
+    if family in ("vit",):
+        return (h[:, 1:] @ model.classifier.weight.T + model.classifier.bias).transpose(1, 2)
+    if family == "deit":
+        w = (model.cls_classifier.weight + model.distillation_classifier.weight) / 2
+        b = (model.cls_classifier.bias + model.distillation_classifier.bias) / 2
+        return (h[:, 2:] @ w.T + b).transpose(1, 2)
+    if family == "beit":  # mean pooling -> LayerNorm: per patch, with the pooled vector's statistics
+        tokens, ln = h[:, 1:], model.beit.pooler.layernorm
+        pooled = tokens.mean(1, keepdim=True)
+        mu, var = pooled.mean(-1, keepdim=True), pooled.var(-1, unbiased=False, keepdim=True)
+        normed = (tokens - mu) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
+        return (normed @ model.classifier.weight.T + model.classifier.bias).transpose(1, 2)
+    if family == "swin":
+        return (h @ model.classifier.weight.T + model.classifier.bias).transpose(1, 2)
+    tokens = h.flatten(2).transpose(1, 2)  # (B, K, D) from a (B, D, H, W) map
+    if family.startswith("convnext"):
+        ln = model.base_model.layernorm
+        pooled = tokens.mean(1, keepdim=True)
+        mu, var = pooled.mean(-1, keepdim=True), pooled.var(-1, unbiased=False, keepdim=True)
+        tokens = (tokens - mu) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
+    linear = model.classifier[-1] if isinstance(model.classifier, torch.nn.Sequential) else model.classifier
+    return (tokens @ linear.weight.T + linear.bias).transpose(1, 2)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_loads_from_its_folder_and_scores_per_location(family: str, tmp_path: Path) -> None:
+    model = make_model(family)
+    folder = save(model, tmp_path / family)
+    adapter = load_model(f"hf:{folder}")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        s, logits = adapter(x)
+        own = model(pixel_values=x).logits
+        ref = reference_location_scores(family, model, x)
+    assert torch.allclose(logits, own, atol=1e-5), "the adapter's logits are the model's own"
+    assert s.shape == ref.shape
+    assert torch.allclose(s, ref, atol=1e-4, rtol=1e-4)
+    scale = max(1.0, float(own.abs().max()))
+    if family in CLASS_TOKEN:
+        assert adapter.info.baseline_source == "patch_average"
+    else:
+        assert adapter.info.baseline_source == "model_logits"
+        assert float((s.mean(-1) - own).abs().max()) <= 1e-4 * scale  # CSRA's identity, against transformers' forward
+    assert adapter.info.family == f"hf-{family}"
+
+
+@pytest.mark.parametrize("family", ["swin", "convnext", "vit"])
+def test_patch_on_a_transformers_instance(family: str) -> None:
+    model = make_model(family)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    patched = patch(model, lam=0.3)
+    with torch.no_grad():
+        ref = reference_location_scores(family, model, x)
+        expected = ref.mean(-1) + 0.3 * ref.amax(-1)
+        got = patched(x)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    assert patched.config["model_kwargs"]["hf_class"] == type(model).__name__
+    assert patched.config["model_kwargs"]["hf_config"]["model_type"] == family
+
+
+def test_preprocessing_comes_from_preprocessor_config(tmp_path: Path) -> None:
+    from csra_posthoc.models.hf_models import hf_data_config
+
+    model = make_model("convnext")
+    convnext = save(model, tmp_path / "convnext", T.ConvNextImageProcessor(size={"shortest_edge": 64}, crop_pct=0.875, resample=3))
+    cfg, _ = hf_data_config(model, convnext)
+    assert (cfg.input_size, cfg.crop_pct, cfg.crop_mode, cfg.interpolation) == (64, 0.875, "center", "bicubic")
+    deit = save(model, tmp_path / "deit", T.DeiTImageProcessor(size={"height": 80, "width": 80}, crop_size={"height": 64, "width": 64}, image_mean=[0.5] * 3))
+    cfg, _ = hf_data_config(model, deit)
+    assert (cfg.input_size, cfg.crop_pct, cfg.crop_mode, cfg.mean) == (64, 0.8, "squash", (0.5, 0.5, 0.5))
+    vit = save(model, tmp_path / "vit", T.ViTImageProcessor(size={"height": 64, "width": 64}, do_normalize=False, resample=2))
+    cfg, _ = hf_data_config(model, vit)
+    assert (cfg.input_size, cfg.crop_pct, cfg.crop_mode, cfg.interpolation, cfg.std) == (64, 1.0, "squash", "bilinear", (1.0, 1.0, 1.0))
+
+
+def _sweep(folder: Path, data: Path, out: Path, extra: list[str] | None = None):
+    grid = ["--lams", "0,0.3,0.9", "--temps", "", "--heads", ""]
+    outputs = ["--out", str(out / "r.json"), "--save-scores", str(out / "s.npz")]
+    return runner.invoke(app, ["sweep", "--model", f"hf:{folder}", "--dataset", "voc2007", "--data-dir", str(data), *grid, *outputs, *(extra or [])])
+
+
+@pytest.mark.parametrize(
+    "family,fmt",
+    [("swin", "safetensors"), ("vit", "ts"), pytest.param("convnext", "onnx", marks=pytest.mark.slow), pytest.param("vit", "pt2", marks=pytest.mark.slow)],
+)
+def test_sweep_apply_predict_through_hf_folder(family: str, fmt: str, voc_dir: Path, tmp_path: Path) -> None:
+    model = make_model(family, VOC)
+    folder = save(model, tmp_path / "model", T.ViTImageProcessor(size={"height": 64, "width": 64}))
+    res = _sweep(folder, voc_dir, tmp_path)
+    assert res.exit_code == 0, res.output
+    arrays = np.load(tmp_path / "s.npz", allow_pickle=False)
+    out = tmp_path / f"patched.{fmt}"
+    res = runner.invoke(app, ["apply", "--model", f"hf:{folder}", "--from-results", str(tmp_path / "r.json"), "--pick", "fixed", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    config = exported_config(out)
+    assert config["model_kwargs"]["hf_class"] == type(model).__name__
+    images = load_dataset("voc2007", voc_dir)
+    transform = build_transform(config["preprocessing"])
+    x = torch.stack([transform(load_rgb(p)) for p in images.paths])
+    shutil.rmtree(folder)  # the exported file is rebuilt from its own config, never from the folder
+    got = run_exported(out, x).numpy()
+    fixed = arrays["fixed"]
+    assert np.abs(got - fixed).max() <= 1e-4 * max(1.0, np.abs(fixed).max())
+    # the same scores by hand: the model's hidden states, its classifier per location, mean + lam * max
+    lam = json.loads((tmp_path / "r.json").read_text())["fixed"]["lam"]
+    with torch.no_grad():
+        ref = reference_location_scores(family, model, x)
+    by_hand = (ref.mean(-1) + lam * ref.amax(-1)).numpy()
+    assert np.abs(by_hand - fixed).max() <= 1e-4 * max(1.0, np.abs(fixed).max())
+
+
+def test_predict_through_hf_folder(voc_dir: Path, tmp_path: Path) -> None:
+    model = make_model("resnet", VOC)
+    folder = save(model, tmp_path / "model", T.ViTImageProcessor(size={"height": 64, "width": 64}))
+    image = sorted((voc_dir / "VOCdevkit" / "VOC2007" / "JPEGImages").glob("*.jpg"))[0]
+    res = runner.invoke(
+        app, ["predict", "--model", f"hf:{folder}", "--lam", "0.5", "--threshold", "0", "--top-k", "3", str(image), "--json", str(tmp_path / "p.json")]
+    )
+    assert res.exit_code == 0, res.output
+    preds = json.loads((tmp_path / "p.json").read_text())[0]["predictions"]
+    # predict on a lone image uses the model's eval transform: resize straight to 64x64 (preprocessor_config.json)
+    x = build_transform({**transform_description(load_model(f"hf:{folder}").data_config, None, single_label=True, choice="crop")})(load_rgb(image))[None]
+    with torch.no_grad():
+        ref = reference_location_scores("resnet", model, x)[0]
+        scores = ref.mean(-1) + 0.5 * ref.amax(-1)
+    top = torch.topk(scores, 3)
+    names = [f"class_{int(i)}" for i in top.indices]
+    assert [p["class"] for p in preds] == names
+    assert np.allclose([p["score"] for p in preds], top.values.numpy(), atol=1e-4)
+
+
+def one_line_error(res, *fragments: str) -> None:
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    text = " ".join(res.output.split())
+    for f in fragments:
+        assert f in text, (f, res.output)
+
+
+def test_bad_hf_input_is_one_line(voc_dir: Path, tmp_path: Path) -> None:
+    apply = ["apply", "--lam", "0.2", "--out", str(tmp_path / "p.safetensors")]
+    # a folder without weights
+    empty = tmp_path / "noweights"
+    make_model("resnet").config.save_pretrained(empty)
+    one_line_error(runner.invoke(app, [*apply, "--model", f"hf:{empty}"]), f"model hf:{empty}", "no weights")
+    # a non-image model
+    bert = tmp_path / "bert"
+    T.BertModel(T.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=50)).save_pretrained(bert)
+    one_line_error(runner.invoke(app, [*apply, "--model", f"hf:{bert}"]), f"model hf:{bert}", "'bert' model", "not an image classifier")
+    # custom code is never run
+    remote = save(make_model("resnet"), tmp_path / "remote")
+    cfg = json.loads((remote / "config.json").read_text())
+    (remote / "config.json").write_text(json.dumps({**cfg, "auto_map": {"AutoModelForImageClassification": "modeling.Evil"}}))
+    one_line_error(runner.invoke(app, [*apply, "--model", f"hf:{remote}"]), "custom code", "never runs code")
+    # neither a folder nor a cached hub model (nothing is downloaded)
+    one_line_error(
+        runner.invoke(app, [*apply, "--model", "hf:nobody/no-such-model-h22c"]), "no hub model 'nobody/no-such-model-h22c' in the local Hugging Face cache"
+    )
+    # an input size the patch grid cannot tile
+    vit = save(make_model("vit", VOC), tmp_path / "vit")
+    res = _sweep(vit, voc_dir, tmp_path, ["--img-size", "70"])
+    one_line_error(res, f"model hf:{vit}", "--img-size 70x70 is not divisible by its patch size 16")
+    # its own weights: a checkpoint is refused, not silently ignored
+    one_line_error(runner.invoke(app, [*apply, "--model", f"hf:{vit}", "--checkpoint", str(remote / "model.safetensors")]), "carries its own weights")
+
+
+def test_library_refusals_name_parameters(tmp_path: Path) -> None:
+    from csra_posthoc.models.instance import check_architecture_kwargs
+
+    with pytest.raises(CSRAError, match="not an image classifier"):
+        load_model(f"hf:{save(T.BertModel(T.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)), tmp_path / 'b')}")
+    with pytest.raises(ValueError, match="hf_class"):
+        check_architecture_kwargs("hf:x", {"hf_class": "BertModel", "hf_config": {"model_type": "bert"}})
+    with pytest.raises(ValueError, match="custom code"):
+        check_architecture_kwargs("hf:x", {"hf_class": "ViTForImageClassification", "hf_config": {"model_type": "vit", "auto_map": {"x": "y"}}})
+
+
+def test_larger_input_than_the_training_size(tmp_path: Path) -> None:
+    """A ViT saved at 64 px runs at 96 (position embeddings interpolated, as transformers does)."""
+    model = make_model("vit")
+    adapter = load_model(f"hf:{save(model, tmp_path / 'vit')}")
+    x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        s, logits = adapter(x)
+        own = model(pixel_values=x, interpolate_pos_encoding=True).logits
+    assert s.shape[-1] == 36
+    assert torch.allclose(logits, own, atol=1e-5)
