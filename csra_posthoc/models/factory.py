@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ..errors import CSRAError, first_line
 from .base import ModelAdapter
-from .checkpoint import checkpoint_note, read_checkpoint, state_dict_fingerprint
+from .checkpoint import checkpoint_note, published_layout, read_checkpoint, state_dict_fingerprint
 from .identity import verify_identity
 from .offline_weights import has_offline_weights, offline_state_dict
 from .timm_models import build_timm_adapter, classifier_key
@@ -124,10 +124,12 @@ def load_model(
 
     if not is_tv:
         _check_timm_name(arch)
-    note = None  # which entry of a training checkpoint was used (EMA or raw weights)
+    note = layout = None  # which entry of a training checkpoint was used (EMA or raw weights); a renamed layout
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         sd, entry = read_checkpoint(checkpoint)
+        if not is_tv:
+            sd, layout = published_layout(arch, sd, checkpoint)  # e.g. ASL's TResNet, renamed as timm renames it
         keys = TORCHVISION_CLASSIFIER_KEYS if is_tv else (classifier_key(arch),)
         model = create(arch, False, _infer_num_classes(sd, keys, checkpoint))
         _load_strict(model, sd, name, checkpoint)
@@ -153,8 +155,7 @@ def load_model(
         weights = "pretrained:hub" if pretrained else "random-init"
     model.eval()
     adapter = build_torchvision_adapter(model, name, arch, weights) if is_tv else build_timm_adapter(model, name, weights)
-    if note is not None:
-        adapter.info.notes.append(note)
+    adapter.info.notes.extend(n for n in (note, layout) if n is not None)
     adapter.info.weights_fingerprint = state_dict_fingerprint(model.state_dict())
     verify_identity(adapter)
     if head is not None:
