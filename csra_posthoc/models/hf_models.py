@@ -24,6 +24,7 @@ and is rebuilt from them, never from the folder.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -273,6 +274,9 @@ class HFAdapter(ModelAdapter):
     def __init__(self, model: nn.Module, head: LocationHead, info: AdapterInfo, data_config: DataConfig, rule: Rule, prefix: int, patch: int) -> None:
         super().__init__(model, head, info, data_config)
         self.rule, self.prefix, self.patch = rule, prefix, patch
+        # position embeddings resampled to the input size, where this transformers version offers it
+        takes = inspect.signature(self.wrapped.base_model.forward).parameters
+        self.backbone_kwargs = {"interpolate_pos_encoding": True} if rule in ("cls", "beit") and "interpolate_pos_encoding" in takes else {}
 
     def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
         if self.patch:
@@ -283,8 +287,7 @@ class HFAdapter(ModelAdapter):
                     f"use a multiple of {self.patch} (e.g. {max(1, round(size[0] / self.patch)) * self.patch})",
                     param="img_size",
                 )
-        kwargs = {"interpolate_pos_encoding": True} if self.rule in ("cls", "beit") else {}
-        return self.wrapped.base_model(pixel_values=x, return_dict=True, **kwargs).last_hidden_state
+        return self.wrapped.base_model(pixel_values=x, return_dict=True, **self.backbone_kwargs).last_hidden_state
 
     def feature_map(self, raw: torch.Tensor) -> torch.Tensor:
         if raw.dim() == 4:
