@@ -48,7 +48,7 @@ def model_family(model: nn.Module) -> str:
         return "hf"
     raise CSRAError(
         f"model {type(model).__name__} (from {module}) is not a timm or torchvision classifier; "
-        "supported are timm CNNs / ConvNeXt / ViTs and torchvision resnet*, mobilenet_v2, efficientnet_*, vit_*"
+        "supported are timm CNNs / ConvNeXt / ViTs and torchvision resnet*, mobilenet_v2, efficientnet_*, vit_*, and Hugging Face transformers *ForImageClassification"
     )
 
 
