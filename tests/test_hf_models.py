@@ -204,6 +204,8 @@ def test_sweep_apply_predict_through_hf_folder(family: str, fmt: str, voc_dir: P
 
 def test_predict_through_hf_folder(voc_dir: Path, tmp_path: Path) -> None:
     model = make_model("resnet", VOC)
+    model.config.id2label = {i: f"thing-{i}" for i in range(VOC)}  # the config's class names are the ones predict prints
+    model.config.label2id = {f"thing-{i}": i for i in range(VOC)}
     folder = save(model, tmp_path / "model", T.ViTImageProcessor(size={"height": 64, "width": 64}))
     image = sorted((voc_dir / "VOCdevkit" / "VOC2007" / "JPEGImages").glob("*.jpg"))[0]
     res = runner.invoke(
@@ -217,7 +219,7 @@ def test_predict_through_hf_folder(voc_dir: Path, tmp_path: Path) -> None:
         ref = reference_location_scores("resnet", model, x)[0]
         scores = ref.mean(-1) + 0.5 * ref.amax(-1)
     top = torch.topk(scores, 3)
-    names = [f"class_{int(i)}" for i in top.indices]
+    names = [f"thing-{int(i)}" for i in top.indices]
     assert [p["class"] for p in preds] == names
     assert np.allclose([p["score"] for p in preds], top.values.numpy(), atol=1e-4)
 

@@ -319,6 +319,20 @@ def _linear(module: Any, name: str) -> nn.Linear:
     raise CSRAError(f"model {name}: classifier is {type(module).__name__}, not a linear layer (num_labels=0 has no head), so it cannot be applied per location")
 
 
+def hf_label_names(model: nn.Module) -> list[str] | None:
+    """The class names of a ``transformers`` model's config (``id2label``), or None for any other
+    model and for transformers' placeholder names (``LABEL_0``, ...)."""
+    if not is_hf_module(model):
+        return None
+    config: Any = getattr(model, "config", None)
+    labels = getattr(config, "id2label", None) or {}
+    n = int(getattr(config, "num_labels", 0) or 0)
+    names = [labels.get(i, labels.get(str(i))) for i in range(n)]
+    if not n or not all(isinstance(v, str) for v in names) or names == [f"LABEL_{i}" for i in range(n)]:
+        return None
+    return [str(v) for v in names]
+
+
 def hf_instance_name(model: nn.Module) -> str:
     config = getattr(model, "config", None)
     return HF_PREFIX + str(getattr(config, "_name_or_path", "") or getattr(config, "model_type", "") or type(model).__name__)

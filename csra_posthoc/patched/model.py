@@ -386,6 +386,10 @@ def patch(
     csra = CSRAHead(classifier, lam=lam, temperature=temperature, heads=heads)
     if classes is None:
         classes = (head_meta.get("probe") or {}).get("classes")
+    if classes is None and head is None:  # a Hugging Face model names its classes in its config
+        from ..models.hf_models import hf_label_names
+
+        classes = hf_label_names(adapter.model)
     if classes is not None and len(classes) != csra.num_classes:
         raise CSRAError(f"classes: {len(classes)} names for a head with {csra.num_classes} classes", param="classes")
     if preprocessing is None:
