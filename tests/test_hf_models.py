@@ -270,13 +270,40 @@ def test_library_refusals_name_parameters(tmp_path: Path) -> None:
         check_architecture_kwargs("hf:x", {"hf_class": "ViTForImageClassification", "hf_config": {"model_type": "vit", "auto_map": {"x": "y"}}})
 
 
-def test_larger_input_than_the_training_size(tmp_path: Path) -> None:
-    """A ViT saved at 64 px runs at 96 (position embeddings interpolated, as transformers does)."""
-    model = make_model("vit")
-    adapter = load_model(f"hf:{save(model, tmp_path / 'vit')}")
+@pytest.mark.parametrize("family", ["vit", "deit", "beit", "swin"])
+def test_larger_input_than_the_training_size(family: str, tmp_path: Path) -> None:
+    """A model saved at 64 px runs at 96: ViT / DeiT / BEiT resample their position embeddings (as
+    transformers' interpolate_pos_encoding does), Swin pads its windows; the logits are the model's own."""
+    model = make_model(family)
+    adapter = load_model(f"hf:{save(model, tmp_path / family)}")
     x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(3))
+    kwargs = {} if family == "swin" else {"interpolate_pos_encoding": True}
     with torch.no_grad():
         s, logits = adapter(x)
-        own = model(pixel_values=x, interpolate_pos_encoding=True).logits
-    assert s.shape[-1] == 36
+        own = model(pixel_values=x, **kwargs).logits
+        ref = reference_location_scores(family, model, x) if family == "swin" else None
+    assert s.shape[-1] == (12 * 12 if family == "swin" else 6 * 6)  # swin: 96 / 4, one merge; the others: 96 / 16
     assert torch.allclose(logits, own, atol=1e-5)
+    if ref is not None:
+        assert torch.allclose(s, ref, atol=1e-4)
+
+
+def test_hub_name_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``hf:OWNER/NAME`` reads the snapshot already in the Hugging Face cache (laid out by hand as the
+    hub client writes it: refs/main -> snapshots/<commit>/), with no network."""
+    from huggingface_hub import constants
+
+    model = make_model("convnext")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-convnext"
+    save(model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    adapter = load_model("hf:someone/tiny-convnext")
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        _, logits = adapter(x)
+        assert torch.allclose(logits, model(pixel_values=x).logits, atol=1e-5)
+    with pytest.raises(CSRAError, match="no hub model 'someone/other' in the local Hugging Face cache"):
+        load_model("hf:someone/other")
