@@ -74,6 +74,12 @@ def make_model(family: str, num_labels: int = 5, seed: int = 0) -> torch.nn.Modu
             for name, p in model.named_parameters():
                 if "classifier" in name:
                     p.normal_(0, 0.5)
+            for m in model.modules():  # tiny EfficientNet / MobileNetV2 come out of their init with all-zero features
+                if isinstance(m, torch.nn.Conv2d):
+                    torch.nn.init.kaiming_normal_(m.weight)
+                elif isinstance(m, torch.nn.BatchNorm2d):
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.normal_(0, 0.1)
     return model
 
 
