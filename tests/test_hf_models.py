@@ -313,3 +313,25 @@ def test_hub_name_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.Monke
         assert torch.allclose(logits, model(pixel_values=x).logits, atol=1e-5)
     with pytest.raises(CSRAError, match="no hub model 'someone/other' in the local Hugging Face cache"):
         load_model("hf:someone/other")
+
+
+def test_second_sweep_reuses_the_cache_without_loading_the_model(voc_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folder's files (config, preprocessing, weights) key the cache's memo, as a checkpoint's do:
+    a second sweep reads the statistics without building the model; a changed weights file builds it again."""
+    import os
+
+    import csra_posthoc.models.hf_models as hf
+
+    folder = save(make_model("resnet", VOC), tmp_path / "model")
+    assert _sweep(folder, voc_dir, tmp_path).exit_code == 0
+
+    def no_build(name: str):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(hf, "load_hf_model", no_build)
+    res = _sweep(folder, voc_dir, tmp_path)
+    assert res.exit_code == 0, res.output
+    weights = folder / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    res = _sweep(folder, voc_dir, tmp_path)
+    assert isinstance(res.exception, AssertionError) and "the model was built" in str(res.exception)

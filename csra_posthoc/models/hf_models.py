@@ -171,6 +171,13 @@ def check_hf_config(cfg: Any, name: str, param: str = "model") -> tuple[str, str
     return cls, model_type
 
 
+def source_files(name: str) -> list[Path]:
+    """The files of ``hf:PATH_OR_NAME``'s folder a build reads (config, preprocessing, weights and
+    their indexes): their sizes and times key the cache's memo of the built model."""
+    folder = resolve_folder(name)
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix in (".json", ".safetensors", ".bin"))
+
+
 def read_hf_config(folder: Path, name: str) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
