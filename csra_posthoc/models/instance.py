@@ -114,11 +114,12 @@ def architecture_kwargs(model: nn.Module) -> dict:
 
 
 def known_architecture(name: str) -> bool:
-    """Whether ``name`` is a timm model, ``torchvision:<arch>`` or ``hf:...`` (with transformers installed) this version can build (no download)."""
-    if name.startswith("hf:"):
-        import importlib.util
+    """Whether ``name`` is a timm model, ``torchvision:<arch>`` or ``hf:...`` this version can build (no download).
 
-        return importlib.util.find_spec("transformers") is not None
+    ``hf:`` names say where the model came from; it is rebuilt from ``model_kwargs`` (checked by
+    :func:`check_architecture_kwargs`), which needs transformers only when it is rebuilt."""
+    if name.startswith("hf:"):
+        return True
     if name.startswith(TORCHVISION_PREFIX):
         import torchvision.models as tvm
 
