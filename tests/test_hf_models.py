@@ -335,3 +335,30 @@ def test_second_sweep_reuses_the_cache_without_loading_the_model(voc_dir: Path, 
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     res = _sweep(folder, voc_dir, tmp_path)
     assert isinstance(res.exception, AssertionError) and "the model was built" in str(res.exception)
+
+
+@pytest.mark.parametrize(
+    "processor",
+    [
+        lambda: T.ViTImageProcessor(size={"height": 64, "width": 64}, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.3, 0.4]),
+        lambda: T.ViTImageProcessor(size={"height": 64, "width": 64}, rescale_factor=1 / 127.5, do_normalize=False),
+        lambda: T.EfficientNetImageProcessor(size={"height": 64, "width": 64}),  # include_top: divided by std twice
+        lambda: T.EfficientNetImageProcessor(size={"height": 64, "width": 64}, rescale_factor=1 / 127.5, rescale_offset=True, include_top=False),
+    ],
+    ids=["normalise", "rescale-only", "include-top", "rescale-offset"],
+)
+def test_pixel_arithmetic_is_the_processors(processor, tmp_path: Path) -> None:
+    """Our transform of a 64x64 photo equals the transformers processor's own output (same size: no
+    resampling, so only the rescale / offset / normalise arithmetic is compared)."""
+    from PIL import Image
+
+    from csra_posthoc.models.hf_models import hf_data_config
+
+    proc = processor()
+    folder = save(make_model("efficientnet"), tmp_path / "m", proc)
+    cfg, _ = hf_data_config(make_model("efficientnet"), folder)
+    image = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    ours = build_transform(transform_description(cfg, None, single_label=True, choice="crop"))(image)
+    theirs = proc(images=image, return_tensors="pt")["pixel_values"][0]
+    assert ours.shape == theirs.shape
+    assert torch.allclose(ours, theirs.float(), atol=1e-4)

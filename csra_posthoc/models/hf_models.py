@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -262,16 +261,33 @@ def hf_data_config(model: nn.Module, folder: Path | None = None) -> tuple[DataCo
         input_size, crop_pct, mode = crop, crop / resize, "center" if shortest else "squash"
     else:  # resize straight to the size
         input_size, crop_pct, mode = resize, 1.0, "center" if shortest else "squash"
-    normalise = pre.get("do_normalize", True)
-    mean = tuple(float(v) for v in pre.get("image_mean", base.mean)) if normalise else (0.0, 0.0, 0.0)
-    std = tuple(float(v) for v in pre.get("image_std", base.std)) if normalise else (1.0, 1.0, 1.0)
-    if len(mean) != 3 or len(std) != 3:
-        raise CSRAError(f"preprocessor_config.json in {folder}: image_mean / image_std are not 3 values each", param="model")
+    mean, std = _normalisation(pre, folder, base)
     interpolation = _PIL_RESAMPLE.get(pre.get("resample"), "bilinear") if isinstance(pre.get("resample"), int) else "bilinear"
     note = None
-    if pre.get("do_rescale", True) and not math.isclose(float(pre.get("rescale_factor", 1 / 255)), 1 / 255):
-        note = f"preprocessor_config.json rescales by {pre['rescale_factor']}, read here as 1/255"
     return DataConfig(input_size, mean, std, interpolation, crop_pct, mode), note
+
+
+Triple = tuple[float, float, float]
+
+
+def _normalisation(pre: dict[str, Any], folder: Path | None, base: DataConfig) -> tuple[Triple, Triple]:
+    """The processor's pixel arithmetic as one ``(t - mean') / std'`` on ``t = pixels / 255`` (what
+    our transforms feed the normalisation): rescale by ``rescale_factor`` (``do_rescale``), minus 1
+    (EfficientNet's ``rescale_offset``), ``(x - image_mean) / image_std`` (``do_normalize``), and a
+    second division by ``image_std`` (EfficientNet's ``include_top``)."""
+    try:
+        image_mean = [float(v) for v in pre.get("image_mean", base.mean)]
+        image_std = [float(v) for v in pre.get("image_std", base.std)]
+        scale = 255 * float(pre.get("rescale_factor", 1 / 255)) if pre.get("do_rescale", True) else 255.0
+    except (TypeError, ValueError):
+        raise CSRAError(f"preprocessor_config.json in {folder}: image_mean / image_std / rescale_factor are not numbers", param="model") from None
+    if len(image_mean) != 3 or len(image_std) != 3 or not all(v > 0 for v in image_std) or not scale > 0:
+        raise CSRAError(f"preprocessor_config.json in {folder}: image_mean / image_std are not 3 values each (std > 0)", param="model")
+    offset = 1.0 if pre.get("rescale_offset") else 0.0
+    normalise = pre.get("do_normalize", True)
+    mean = [offset + (m if normalise else 0.0) for m in image_mean]
+    div = [(d if normalise else 1.0) * (d if pre.get("include_top") else 1.0) for d in image_std]
+    return (mean[0] / scale, mean[1] / scale, mean[2] / scale), (div[0] / scale, div[1] / scale, div[2] / scale)
 
 
 class HFAdapter(ModelAdapter):
