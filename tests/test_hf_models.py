@@ -337,6 +337,17 @@ def test_second_sweep_reuses_the_cache_without_loading_the_model(voc_dir: Path, 
     assert isinstance(res.exception, AssertionError) and "the model was built" in str(res.exception)
 
 
+def _compare_with_processor(proc, image, tmp_path: Path) -> None:
+    from csra_posthoc.models.hf_models import hf_data_config
+
+    model = make_model("resnet")
+    cfg, _ = hf_data_config(model, save(model, tmp_path / "m", proc))
+    ours = build_transform(transform_description(cfg, None, single_label=True, choice="crop"))(image)
+    theirs = proc(images=image, return_tensors="pt")["pixel_values"][0]
+    assert ours.shape == theirs.shape
+    assert torch.allclose(ours, theirs.float(), atol=1e-4), float((ours - theirs).abs().max())
+
+
 @pytest.mark.parametrize(
     "processor",
     [
@@ -348,17 +359,28 @@ def test_second_sweep_reuses_the_cache_without_loading_the_model(voc_dir: Path, 
     ids=["normalise", "rescale-only", "include-top", "rescale-offset"],
 )
 def test_pixel_arithmetic_is_the_processors(processor, tmp_path: Path) -> None:
-    """Our transform of a 64x64 photo equals the transformers processor's own output (same size: no
-    resampling, so only the rescale / offset / normalise arithmetic is compared)."""
+    """Our transform of a random 64x64 image equals the transformers processor's own output (same
+    size: no resampling, so the rescale / offset / normalise arithmetic is compared exactly)."""
     from PIL import Image
 
-    from csra_posthoc.models.hf_models import hf_data_config
+    _compare_with_processor(processor(), Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)), tmp_path)
 
-    proc = processor()
-    folder = save(make_model("efficientnet"), tmp_path / "m", proc)
-    cfg, _ = hf_data_config(make_model("efficientnet"), folder)
-    image = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
-    ours = build_transform(transform_description(cfg, None, single_label=True, choice="crop"))(image)
-    theirs = proc(images=image, return_tensors="pt")["pixel_values"][0]
-    assert ours.shape == theirs.shape
-    assert torch.allclose(ours, theirs.float(), atol=1e-4)
+
+@pytest.mark.parametrize(
+    "processor",
+    [
+        lambda: T.ConvNextImageProcessor(size={"shortest_edge": 64}, crop_pct=0.875),  # short side to 73, centre crop
+        lambda: T.ConvNextImageProcessor(size={"shortest_edge": 384}),  # >= 384: warped to a square, no crop
+        lambda: T.DeiTImageProcessor(size={"height": 80, "width": 80}, crop_size={"height": 64, "width": 64}),  # warp, then crop
+        lambda: T.MobileNetV2ImageProcessor(size={"shortest_edge": 72}, crop_size={"height": 64, "width": 64}),
+        lambda: T.ViTImageProcessor(size={"height": 64, "width": 64}),  # warp
+    ],
+    ids=["convnext-crop-pct", "convnext-384", "deit-warp-crop", "mobilenet-short-side", "vit-warp"],
+)
+def test_resize_and_crop_are_the_processors(processor, tmp_path: Path) -> None:
+    """Resize and crop of a 120x90 image match the processor's: a smooth ramp, so the two resamplers
+    agree and a wrong size, crop or warp shows as a shifted ramp."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:90, 0:120]
+    _compare_with_processor(processor(), Image.fromarray(np.stack([2 * x, 2 * y, x + y], -1).astype(np.uint8)), tmp_path)
