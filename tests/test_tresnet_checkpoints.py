@@ -4,7 +4,8 @@ The synthetic checkpoint is a timm ``tresnet_m`` renamed the way the ASL code na
 (the inverse of timm's ``tresnet.checkpoint_filter_fn``, written out here by hand): a conv and its
 inplace-ABN are ``conv1.0`` / ``conv1.1``, with anti-aliasing ``conv2.0.0`` / ``conv2.0.1``, a
 downsample's ``downsample.1.0`` / ``downsample.1.1``; inplace-ABN keeps no ``num_batches_tracked``
-and stores norm weights that timm reads as ``|w| + 1e-5``. Saved as ``{'model': state_dict}``.
+and stores norm weights that timm reads as ``|w| + 1e-5``; the non-JIT anti-alias stores its blur filter
+(``conv2.1.op.filt``), which timm computes instead. Saved as ``{'model': state_dict}``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ def _timm_tresnet(num_classes: int = 80) -> nn.Module:
     return model
 
 
+def _blur(channels: int) -> torch.Tensor:
+    """ASL's non-JIT ``Downsample.filt`` buffer: the 3x3 binomial filter, one per channel."""
+    a = torch.tensor([1.0, 2.0, 1.0])
+    filt = a[:, None] * a[None, :]
+    return (filt / filt.sum())[None, None].repeat(channels, 1, 1, 1)
+
+
 def asl_layout(model: nn.Module) -> dict[str, torch.Tensor]:
     """timm's TResNet state dict in the ASL code's names (by hand, independent of timm's mapping)."""
     with_aa = {name for name, m in model.named_modules() if isinstance(m, ConvNormAct) and m.aa is not None and not isinstance(m.aa, nn.Identity)}
@@ -56,6 +64,9 @@ def asl_layout(model: nn.Module) -> dict[str, torch.Tensor]:
         else:  # Sequential(conv2d_ABN(...), anti-alias)
             new = f"{prefix}.0.{index}.{leaf}"
         out[new] = value - 1e-5 if (part == "bn" and leaf == "weight") else value.clone()
+    for name, m in model.named_modules():  # the anti-alias module's stored filter (ASL's remove_aa_jit=True)
+        if name in with_aa:
+            out[f"{name}.1.op.filt"] = _blur(m.conv.out_channels)
     return out
 
 

@@ -174,5 +174,8 @@ def published_layout(arch: str, sd: dict[str, torch.Tensor], path: Path) -> tupl
         )
     from timm.models.tresnet import checkpoint_filter_fn
 
-    renamed = checkpoint_filter_fn(sd, None)
+    # the anti-alias blur of their non-JIT Downsample is a stored buffer ('.filt'); timm's BlurPool2d
+    # computes the same fixed binomial filter and does not store it
+    learned = {k: v for k, v in sd.items() if not k.endswith(".filt")}
+    renamed = checkpoint_filter_fn(learned, None)
     return renamed, "checkpoint: TResNet weights in the ASL code's layout, renamed by timm's tresnet checkpoint_filter_fn (inplace-ABN weights as |w| + 1e-5)"
