@@ -384,3 +384,8 @@ def test_resize_and_crop_are_the_processors(processor, tmp_path: Path) -> None:
 
     y, x = np.mgrid[0:90, 0:120]
     _compare_with_processor(processor(), Image.fromarray(np.stack([2 * x, 2 * y, x + y], -1).astype(np.uint8)), tmp_path)
+
+
+def test_a_missing_folder_is_named_as_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(CSRAError, match=r"no such folder .*nothere \(hf: takes the folder"):
+        load_model(f"hf:{tmp_path / 'nothere'}")

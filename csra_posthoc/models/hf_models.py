@@ -140,6 +140,8 @@ def resolve_folder(name: str) -> Path:
                 return Path(snapshot_download(spec, local_files_only=True))
         except Exception:
             pass
+    else:
+        raise CSRAError(f"model {name}: no such folder {spec} (hf: takes the folder save_pretrained wrote, or a cached hub name)", param="model")
     raise CSRAError(
         f"model {name}: no such folder, and no hub model {spec!r} in the local Hugging Face cache (nothing is downloaded: "
         "fetch it once with huggingface-cli download, or pass the folder save_pretrained wrote)",
