@@ -180,7 +180,14 @@ def _sweep(folder: Path, data: Path, out: Path, extra: list[str] | None = None):
 
 @pytest.mark.parametrize(
     "family,fmt",
-    [("swin", "safetensors"), ("vit", "ts"), pytest.param("convnext", "onnx", marks=pytest.mark.slow), pytest.param("vit", "pt2", marks=pytest.mark.slow)],
+    [
+        ("swin", "safetensors"),
+        ("swin", "ts"),  # TorchScript holds Swin's unsaved relative-position buffers: the fingerprint check skips them
+        ("vit", "ts"),
+        pytest.param("swin", "pt2", marks=pytest.mark.slow),  # size expressions with Mul(...)
+        pytest.param("convnext", "onnx", marks=pytest.mark.slow),
+        pytest.param("vit", "pt2", marks=pytest.mark.slow),
+    ],
 )
 def test_sweep_apply_predict_through_hf_folder(family: str, fmt: str, voc_dir: Path, tmp_path: Path) -> None:
     model = make_model(family, VOC)

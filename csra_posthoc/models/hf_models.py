@@ -196,8 +196,8 @@ def build_hf_model(cfg: dict[str, Any], cls_name: str, name: str, param: str = "
     transformers = _transformers(name)
     _, model_type = check_hf_config({**cfg, "architectures": [cls_name]}, name, param)
     try:
-        config = transformers.CONFIG_MAPPING[model_type].from_dict(dict(cfg))
         with torch.random.fork_rng(devices=[]), _quiet(transformers):
+            config = transformers.CONFIG_MAPPING[model_type].from_dict(dict(cfg))
             torch.manual_seed(0)
             return getattr(transformers, cls_name)(config).eval()
     except CSRAError:
