@@ -396,3 +396,24 @@ def test_resize_and_crop_are_the_processors(processor, tmp_path: Path) -> None:
 def test_a_missing_folder_is_named_as_a_folder(tmp_path: Path) -> None:
     with pytest.raises(CSRAError, match=r"no such folder .*nothere \(hf: takes the folder"):
         load_model(f"hf:{tmp_path / 'nothere'}")
+
+
+def test_unsaved_buffers_are_listed_and_cannot_hide_weights() -> None:
+    """Swin's relative-position indexes are outside its state dict: the config lists them (a
+    TorchScript file holds them, the fingerprint does not); listing a real weight there does not
+    get it past the fingerprint check."""
+    from csra_posthoc.patched.model import check_config, verify_state_dict
+
+    model = make_model("swin")
+    patched = patch(model, lam=0.2)
+    unsaved = patched.config["model_unsaved_buffers"]
+    assert unsaved and all(name.endswith("relative_position_index") for name in unsaved)
+    assert not set(unsaved) & set(model.state_dict())
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state.update({f"model.{k}": dict(model.named_buffers())[k] for k in unsaved})
+    state.update({f"head.classifier.{k}": v for k, v in patched.head.classifier.state_dict().items()})
+    verify_state_dict(patched.config, state)  # the TorchScript layout passes
+    with pytest.raises(CSRAError, match="do not hash"):
+        verify_state_dict({**patched.config, "model_unsaved_buffers": [*unsaved, "classifier.weight"]}, state)
+    with pytest.raises(CSRAError, match="'model_unsaved_buffers' is not a list"):
+        check_config({**patched.config, "head_norm": {"pooled_norm": False, "eps": 1e-6}, "model_unsaved_buffers": "x"})
