@@ -21,7 +21,7 @@ TRANSFORM_HELP = (
 )
 
 # model and weights (ModelSource)
-MODEL_HELP = "timm name (resnet50, vit_base_patch16_224, ...) or torchvision:<arch>"
+MODEL_HELP = "timm name (resnet50, vit_base_patch16_224, ...), torchvision:<arch> or hf:<folder>"
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
 OptionalModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=MODEL_HELP)]  # predict / attention: not with --patched
 CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="local state_dict (.pth/.pt/.safetensors), loaded weights-only")]
@@ -42,7 +42,7 @@ HeadsOpt = Annotated[Optional[int], typer.Option("--heads", help="multi-head: 1,
 FromResultsOpt = Annotated[
     Optional[Path], typer.Option("--from-results", help="a sweep's / the demo's --out JSON: lam / variant, transform, class names and probe from it")
 ]
-PickOpt = Annotated[str, typer.Option("--pick", help="--from-results row: best | fixed | best-variant")]
+PickOpt = Annotated[str, typer.Option("--pick", help="--from-results row: best | fixed | best-variant (apply also: test-pool)")]
 
 # input and classes
 ImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", help="square input size (default: the results' / patched file's, else the model's own)")]

@@ -7,6 +7,7 @@ head or another class list: a lam tuned for one model says nothing about another
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from rich.console import Console
 from ..data.registry import SINGLE_LABEL_DATASETS
 from ..data.transforms import TransformSpec
 from ..errors import CSRAError
-from ..options import CSRASettings, ModelSource
+from ..options import PICKS, TEST_POOL_PICK, CSRASettings, ModelSource
 from ..report.results_file import ResultsFile
 from .config import PatchedConfig
 from .settings import resolve_settings
@@ -73,11 +74,16 @@ def apply_patch(
     classes: list[str] | None = None,
     force: bool = False,
     console: Console | None = None,
+    test_pool: bool = False,
+    train_size: int | None = None,
 ) -> dict[str, Any]:
     """Load ``source``'s model, patch it with ``settings`` (given, or a results file's row), export to ``out``.
 
-    ``settings.lam`` is required unless ``settings.from_results`` is given. Returns a summary
-    (JSON-ready): the settings, the config written, and the export check.
+    ``settings.lam`` is required unless ``settings.from_results`` is given. ``test_pool`` (or
+    ``settings.pick="test-pool"`` with ``from_results``): timm's test-time pooling instead of CSRA,
+    its window the feature map at ``train_size`` (default: the results' test-pool row's, else the
+    model's own input size). Returns a summary (JSON-ready): the settings, the config written, and
+    the export check.
     """
     from ..evaluation.validate import check_img_size
     from ..extraction.probe import load_head
@@ -94,8 +100,21 @@ def apply_patch(
     check_outputs({"out": out}, {"checkpoint": source.checkpoint, "head_file": source.head_file, "from_results": from_results})  # README: Outputs
     check_img_size(img_size)
     check_transform_choice(transform)
+    test_pool = test_pool or (settings.pick == TEST_POOL_PICK and from_results is not None)
+    if settings.pick == TEST_POOL_PICK and from_results is None:
+        raise CSRAError(f"pick {settings.pick}: choose {', '.join(PICKS)} (test-pool picks a row of `from_results`)", param="pick")
+    if train_size is not None and not test_pool:
+        raise CSRAError(f"train_size {train_size}: sets the window of test-time pooling; add test_pool", param="train_size")
+    check_img_size(train_size)
     results = read_results(from_results) if from_results is not None else None
-    resolved = resolve_settings(settings, results=results)
+    if test_pool:
+        if settings.given:
+            raise CSRAError("test_pool replaces CSRA's pooling: drop `lam`, `temperature` and `heads`", param="test_pool")
+        resolved = CSRASettings(0.0, math.inf)
+        if results is not None:
+            train_size = train_size or results.train_size()
+    else:
+        resolved = resolve_settings(settings, results=results)
     head_file = source.head_file
     if results is not None and head_file is None:  # the probe the results name (issue 24): beside them or in the cache
         from ..heads.lookup import results_head_file
@@ -110,25 +129,29 @@ def apply_patch(
     if source.random_init and num_classes is None and results is not None and swept_own_head:
         num_classes = len(results.classes or [])  # as sweep --random-init built it: a head for the dataset's classes
     adapter = load_model(source.model, checkpoint=source.checkpoint, pretrained=source.pretrained, random_init=source.random_init, num_classes=num_classes)
+    pool = pool_config(adapter, train_size) if test_pool else None
     preprocessing: TransformSpec
     if results is not None and img_size is None and transform == "auto" and results.transform is not None:
         preprocessing = results.transform
     else:
         preprocessing = default_preprocessing(adapter, transform, img_size, head_meta[1] if head_meta else None)
-    patched = patch(adapter, resolved.lam, resolved.pool_temperature, resolved.heads, head=head_meta, classes=classes, preprocessing=preprocessing)  # type: ignore[arg-type]
+    patched = patch(
+        adapter, resolved.lam, resolved.pool_temperature, resolved.heads, head=head_meta, classes=classes, preprocessing=preprocessing, test_pool=pool
+    )  # type: ignore[arg-type]
     if results is not None:
         assert from_results is not None  # results are read from it
         check_results_match(results, patched.config)
         if patched.config.classes is None:  # the dataset's names, in the head's order (just checked)
             patched.config.classes = list(results.classes or [])
         # the picked row's calibrated thresholds (contract C2), once the head's classes are known to match
-        found = results.thresholds(settings.pick)
+        found = results.thresholds(settings.pick) if not test_pool else None  # CSRA rows' thresholds only
         patched.config.thresholds, patched.config.threshold_source = (found[0], found[2]) if found is not None else (None, None)
         patched.config.from_results = {"path": str(Path(from_results).resolve()), "pick": settings.pick, "dataset": results.dataset, "split": results.split}
     identity = lam_zero_difference(patched)
     patched.config.identity_max_abs_diff = identity
     report = export_patched(patched, out, force=force)
-    summary = {"settings": resolved.label, "identity_max_abs_diff": identity, "export": report.to_json(), "config": patched.config.to_json()}
+    label = f"test-pool, window {pool['window'][0]}x{pool['window'][1]} (train size {pool['train_size']})" if pool is not None else resolved.label
+    summary = {"settings": label, "identity_max_abs_diff": identity, "export": report.to_json(), "config": patched.config.to_json()}
     print_apply_summary(console, patched, report, identity)
     return summary
 
@@ -139,6 +162,17 @@ def check_transform_choice(transform: str) -> None:
 
     if transform not in TRANSFORM_CHOICES:
         raise CSRAError(f"transform {transform}: choose {', '.join(TRANSFORM_CHOICES[:-1])} or {TRANSFORM_CHOICES[-1]}", param="transform")
+
+
+def pool_config(adapter, train_size: int | None) -> dict[str, Any]:
+    """``{"train_size", "window"}`` of timm's test-time pooling for ``adapter`` (refused for heads where it does not apply)."""
+    from ..extraction.test_pool import train_grid, unsupported
+
+    reason = unsupported(adapter.head, adapter.info.baseline_source)
+    if reason is not None:
+        raise CSRAError(f"test_pool: {adapter.info.name}: {reason}", param="test_pool")
+    size = int(train_size or adapter.data_config.input_size)
+    return {"train_size": size, "window": list(train_grid(adapter.eval(), size, torch.device("cpu")))}
 
 
 @torch.no_grad()
@@ -172,7 +206,14 @@ def print_apply_summary(console: Console, patched, report, identity: float) -> N
     table.add_column("what")
     table.add_column("value")
     temps = ", ".join(str(t) for t in cfg.temperatures)
-    table.add_row("score", f"mean + {cfg.lam:g} * {safe(cfg.variant)} (temperatures {safe(temps)})")
+    if cfg.test_pool:
+        window = cfg.test_pool["window"]
+        table.add_row(
+            "score",
+            f"0.5 * (mean + max) of the score map averaged over {window[0]}x{window[1]} windows (timm's test-time pooling, train size {cfg.test_pool['train_size']})",
+        )
+    else:
+        table.add_row("score", f"mean + {cfg.lam:g} * {safe(cfg.variant)} (temperatures {safe(temps)})")
     table.add_row("head", f"{safe(cfg.head_description)} ({cfg.num_classes} classes)")
     table.add_row("weights", f"{safe(cfg.weights)} ({safe(cfg.weights_fingerprint[:12])})")
     table.add_row("input", f"(B, 3, {size}, {size}) normalised float32")

@@ -47,7 +47,7 @@ _FIELDS = (
     "format", "format_version", "model", "family", "model_num_classes", "model_kwargs", "num_classes", "classes", "weights",
     "weights_fingerprint", "head", "head_description", "head_fingerprint", "baseline_source", "variant", "lam", "temperature", "heads",
     "temperatures", "preprocessing", "data_config", "input", "output", "thresholds", "threshold_source", "from_results",
-    "identity_max_abs_diff", "head_norm", "export",
+    "identity_max_abs_diff", "head_norm", "export", "model_unsaved_buffers", "test_pool",
 )  # fmt: skip
 
 
@@ -84,6 +84,8 @@ class PatchedConfig:
     identity_max_abs_diff: float | None = None
     head_norm: dict[str, Any] | None = None  # {pooled_norm, eps}: written by save_patched, needed to rebuild the head
     export: dict[str, Any] | None = None  # format, onnx_opset, dynamic_batch: written into exported files
+    model_unsaved_buffers: list[str] | None = None  # buffers outside the state dict (not fingerprinted; a TorchScript file holds them)
+    test_pool: dict[str, Any] | None = None  # {train_size, window: [h, w]}: timm's test-time pooling instead of CSRA
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know, kept as read
 
@@ -103,7 +105,7 @@ class PatchedConfig:
                 value = [json_float(t) for t in value]
             elif name == "preprocessing":
                 value = value.to_json()
-            elif name in ("identity_max_abs_diff", "head_norm", "export", "from_results") and value is None:
+            elif name in ("identity_max_abs_diff", "head_norm", "export", "from_results", "model_unsaved_buffers", "test_pool") and value is None:
                 continue  # written once known
             out[name] = value
         out.update(self.extra)
@@ -184,6 +186,9 @@ class PatchedConfig:
             preprocessing = TransformSpec.from_json(config.get("preprocessing"))
         except ValueError as exc:
             bad("preprocessing", str(exc))
+        unsaved = config.get("model_unsaved_buffers")
+        if unsaved is not None and (not isinstance(unsaved, list) or not all(isinstance(b, str) for b in unsaved)):
+            bad("model_unsaved_buffers", "is not a list of buffer names")
         for key in ("data_config", "input", "output", "export", "from_results"):
             if config.get(key) is not None and not isinstance(config[key], dict):
                 bad(key, "is not an object")
@@ -194,6 +199,15 @@ class PatchedConfig:
             bad("thresholds", f"is not null or a list of {config['num_classes']} finite numbers")
         if config.get("threshold_source") is not None and not isinstance(config["threshold_source"], str):
             bad("threshold_source", "is not null or a string")
+        pool = config.get("test_pool")
+        if pool is not None and not (
+            isinstance(pool, dict)
+            and _is_count(pool.get("train_size"))
+            and isinstance(pool.get("window"), list)
+            and len(pool["window"]) == 2
+            and all(_is_count(v) for v in pool["window"])
+        ):
+            bad("test_pool", "is not null or {train_size: integer > 0, window: [h, w] integers > 0}")
         identity = config.get("identity_max_abs_diff")
         if identity is not None and not _is_number(identity):
             bad("identity_max_abs_diff", "is not null or a number")
@@ -224,6 +238,8 @@ class PatchedConfig:
             identity_max_abs_diff=identity,
             head_norm=norm,
             export=config.get("export"),
+            model_unsaved_buffers=unsaved,
+            test_pool=pool,
             format_version=config["format_version"],
             extra={k: v for k, v in config.items() if k not in _FIELDS},
         )

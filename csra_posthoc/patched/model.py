@@ -69,7 +69,8 @@ def verify_fingerprints(
 def verify_state_dict(config: PatchedConfig, state: dict[str, torch.Tensor], path: str | Path | None = None) -> None:
     """:func:`verify_fingerprints` for a whole ``PatchedModel`` state dict (``model.*`` and
     ``head.classifier.*``), as a TorchScript or ``torch.export`` file holds it."""
-    model_t = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    unsaved = set(config.model_unsaved_buffers or [])  # TorchScript keeps them; the fingerprint never saw them
+    model_t = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.") and k[len("model.") :] not in unsaved}
     head_t = {k[len("head.classifier.") :]: v for k, v in state.items() if k.startswith("head.classifier.")}
     verify_fingerprints(config, model_t, head_t, path)
     rows = head_t["weight"].shape[0] if "weight" in head_t else None
@@ -139,6 +140,7 @@ class PatchedModel(nn.Module):
         self.head = CSRAHead(self.head.classifier, lam, math.inf if temperature is None else temperature, heads)
         for name, value in settings_fields(self.head).items():
             setattr(self.config, name, value)
+        self.config.test_pool = None  # CSRA settings replace a test-pool head
         return self
 
     def check_unchanged(self) -> None:
@@ -206,6 +208,7 @@ def patch(
     img_size: int | None = None,
     thresholds: Sequence[float] | None = None,
     threshold_source: str | None = None,
+    test_pool: dict[str, Any] | None = None,
 ) -> PatchedModel:
     """CSRA-patch a timm / torchvision classifier (or a :func:`csra_posthoc.load_model` adapter).
 
@@ -222,6 +225,8 @@ def patch(
     ``thresholds``: per-class decision thresholds on the score scale (``score_c >= thresholds[c]``,
     e.g. a sweep's calibrated ones) and ``threshold_source`` (one line saying how they were chosen),
     stored in the config for ``predict --threshold calibrated``.
+    ``test_pool`` (``{"train_size", "window": [h, w]}``): timm's test-time pooling instead of CSRA
+    (:class:`csra_posthoc.extraction.test_pool.TimmPoolHead`; lam and the variant are then unused).
     """
     from ..data.transforms import transform_description
     from ..extraction.probe import ProbeHeadAdapter
@@ -234,8 +239,17 @@ def patch(
     adapter = adapter_for_module(model, name)
     classifier, head_meta = (adapter.head, {}) if head is None else classifier_from_probe(adapter, head)
     csra = CSRAHead(classifier, lam=lam, temperature=temperature, heads=heads)
+    settings = settings_fields(csra)
+    if test_pool is not None:  # timm's test-time pooling row (docs/method.md §12)
+        from ..extraction.test_pool import TimmPoolHead
+
+        csra = TimmPoolHead(classifier, test_pool["window"], test_pool["train_size"])
     if classes is None:
         classes = (head_meta.get("probe") or {}).get("classes")
+    if classes is None and head is None:  # a Hugging Face model names its classes in its config
+        from ..models.hf_models import hf_label_names
+
+        classes = hf_label_names(adapter.model)
     if classes is not None and len(classes) != csra.num_classes:
         raise CSRAError(f"classes: {len(classes)} names for a head with {csra.num_classes} classes", param="classes")
     if preprocessing is None:
@@ -258,14 +272,21 @@ def patch(
         head_description=(f"linear probe on {probe['dataset']} {probe['split']}" if probe else described or adapter.info.head),
         head_fingerprint=state_dict_fingerprint(classifier.state_dict()),
         baseline_source=adapter.info.baseline_source,
-        **settings_fields(csra),
+        **settings,
         preprocessing=spec,
         data_config=asdict(adapter.data_config),
         input={"shape": ["batch", 3, spec.size, spec.size], "dtype": "float32", "normalised": True},
         output={"shape": ["batch", csra.num_classes], "meaning": "CSRA scores (logits scale): mean + lam * attended"},
         thresholds=_checked_thresholds(thresholds, csra.num_classes),
         threshold_source=None if thresholds is None else (threshold_source or "given to patch()"),
+        # buffers outside the state dict (Swin's relative position index): not in weights_fingerprint, but a TorchScript file holds them
+        model_unsaved_buffers=sorted(
+            f"{prefix}.{name}".lstrip(".") for prefix, module in adapter.model.named_modules() for name in getattr(module, "_non_persistent_buffers_set", ())
+        ),
     )
+    if test_pool is not None:
+        config.test_pool = csra.config()  # type: ignore[operator]
+        config.output = {**(config.output or {}), "meaning": "test-time pooling scores (logits scale): 0.5 * (mean + max) of the window-averaged score map"}
     return PatchedModel(adapter, csra, config)
 
 
@@ -355,4 +376,8 @@ def load_patched(path: str | Path) -> PatchedModel:
     assert norm is not None  # from_json(rebuild=True) checked it
     classifier = LocationHead(head_t["weight"], head_t["bias"], head_t["norm_weight"], head_t["norm_bias"], norm["eps"], norm["pooled_norm"])
     csra = CSRAHead(classifier, config.lam, temperature=config.temperatures[0] if config.heads is None else math.inf, heads=config.heads)
+    if config.test_pool is not None:
+        from ..extraction.test_pool import TimmPoolHead
+
+        csra = TimmPoolHead(classifier, config.test_pool["window"], config.test_pool["train_size"])
     return PatchedModel(adapter, csra, config)

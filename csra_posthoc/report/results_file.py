@@ -22,7 +22,7 @@ from typing import Any
 
 from ..data.transforms import TransformSpec
 from ..errors import CSRAError
-from ..options import PICKS, CSRASettings, check_variant
+from ..options import PICKS, TEST_POOL_PICK, CSRASettings, check_variant
 
 SCHEMA = 1  # results-file version: readers refuse other versions (bump on incompatible changes)
 ROW_NAMES = ("best", "fixed", "best_variant")  # the rows a pick names (options.PICKS)
@@ -230,6 +230,8 @@ class ResultsFile:
 
     def settings(self, pick: str) -> CSRASettings:
         """The settings of the row ``pick`` names (best, fixed, best-variant), as a patched model reproduces it."""
+        if pick == TEST_POOL_PICK:
+            raise CSRAError("pick test-pool: timm's test-time pooling is built by apply only (its `test_pool`); give best, fixed or best-variant", param="pick")
         name = CSRASettings(pick=pick).row
         row = self.row(name)
         try:
@@ -262,6 +264,14 @@ class ResultsFile:
         source = f"per-class F1 on {self.dataset} {self.split} ({self.num_images} images), row {name} of {file_name}"
         method = entry.get("method") or "calibrated"
         return [float(v) for v in values], str(method), " ".join(source.split())  # one line
+
+    def train_size(self) -> int:
+        """The training size of the file's test-pool row (refused when it has none)."""
+        rows = [r for r in self.extra.get("rows") or [] if isinstance(r, dict) and r.get("variant") == "test-pool"]
+        size = rows[0].get("train_size") if rows else None
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise CSRAError(f"{self.where}: has no test-pool row (sweep with --test-pool, or an --img-size above the model's)", param=self.param)
+        return size
 
     def interval(self, name: str) -> tuple[float, float] | None:
         """The bootstrap's 95 % interval of row ``name``'s delta (``best``, ``fixed``, ``held_out``); None without one."""
