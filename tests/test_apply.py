@@ -182,8 +182,8 @@ def test_bad_apply_flags_fail_in_one_line(tmp_path: Path, args: list[str], fragm
 
 
 def test_unsupported_family_is_named(tmp_path: Path) -> None:
-    res = runner.invoke(app, ["apply", "--model", "mobilenetv3_small_050", "--random-init", "--lam", "0.2", "--out", str(tmp_path / "p.onnx")])
-    one_line_error(res, "mobilenetv3_small_050", "non-linear after pooling")
+    res = runner.invoke(app, ["apply", "--model", "torchvision:vgg11", "--random-init", "--lam", "0.2", "--out", str(tmp_path / "p.onnx")])
+    one_line_error(res, "torchvision:vgg11", "no per-location form")
 
 
 def test_existing_out_is_replaced_force_still_accepted(tmp_path: Path) -> None:

@@ -14,11 +14,17 @@ from csra_posthoc.models import verify_identity
 
 
 @pytest.mark.parametrize("name", ["ghostnet_100", "mobilenetv3_small_100"])
-def test_conv_head_after_pooling_is_refused_by_what_it_does(name: str) -> None:
+def test_conv_head_after_pooling_is_the_labelled_nonlinear_variant(name: str) -> None:
+    """pool -> conv_head -> activation -> linear: no longer refused (issue #22 part 2), labelled."""
+    adapter = load_model(name, random_init=True, num_classes=20)
+    assert adapter.info.location_head == "nonlinear" and "conv_head" in adapter.info.head
+
+
+def test_head_without_a_per_location_form_is_refused_by_what_it_does() -> None:
     with pytest.raises(CSRAError) as info:
-        load_model(name, random_init=True, num_classes=20)
+        load_model("torchvision:vgg11", random_init=True, num_classes=20)
     msg = str(info.value)
-    assert f"model {name}: its head is pool -> conv_head (1x1 conv) -> activation -> linear (non-linear after pooling)" in msg
+    assert "model torchvision:vgg11: torchvision VGG's classifier reads the whole 7x7 grid" in msg and "no per-location form" in msg
     assert "einsum" not in msg and "\n" not in msg
 
 

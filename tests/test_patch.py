@@ -131,8 +131,8 @@ def test_bad_settings_are_refused(kwargs, fragment) -> None:
 
 
 def test_unsupported_families_are_refused_with_the_reason() -> None:
-    with pytest.raises(CSRAError, match="non-linear after pooling"):
-        patch(timm.create_model("mobilenetv3_small_050", num_classes=3))
+    with pytest.raises(CSRAError, match="no per-location form"):
+        patch(torchvision.models.vgg11(num_classes=3))
     with pytest.raises(CSRAError, match="not a timm or torchvision classifier"):
         patch(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2)))
     with pytest.raises(CSRAError, match="not supported"):

@@ -41,6 +41,7 @@ class Resolution:
     head: str
     data_config: dict[str, Any]  # input_size, mean, std, interpolation, crop_pct, crop_mode
     notes: list[str] = field(default_factory=list)
+    location_head: str = "linear"
 
 
 def _stamp(path: Path) -> dict[str, Any]:
@@ -145,6 +146,7 @@ def resolution_of(adapter) -> Resolution:  # adapter: ModelAdapter (not imported
         head=info.head,
         data_config=asdict(adapter.data_config),
         notes=list(info.notes),
+        location_head=info.location_head,
     )
 
 
@@ -181,5 +183,6 @@ def statistics_location(resolution: Resolution, images, options: ExtractOptions,
         amp=amp_precision(options, _device_type(options.device)) or False,
         keep_maps=options.keep_maps,
         cache_dtype=options.cache_dtype,
+        location_head=resolution.location_head,
     )
     return key, cache_path(cache_dir, resolution.name, images.dataset, images.split, key)
