@@ -68,13 +68,24 @@ def _case(kind: str):
     if kind == "torchvision-mobilenet_v3":
         model = torchvision.models.mobilenet_v3_small(num_classes=5).eval()
         return model, adapter_for_module(model, "torchvision:mobilenet_v3_small"), model.features, _cells_torchvision, 96
+    if kind == "timm-maxvit-tanh":  # MaxViT's own head: LayerNorm -> linear -> tanh -> linear (a tiny MaxxVit config)
+        from dataclasses import replace
+
+        from timm.models import maxxvit
+
+        cfg = replace(maxxvit.model_cfgs["maxvit_tiny_tf"], embed_dim=(32, 32, 32, 32), depths=(1, 1, 1, 1), stem_width=16, head_hidden_size=16)
+        model = maxxvit.MaxxVit(cfg, num_classes=5, img_size=224).eval()
+        assert type(model.head.pre_logits.act).__name__ == "Tanh"  # timm's own Tanh layer
+        adapter = nonlinear_adapter(model, "maxvit-tiny", "random-init")
+        check_pooled_head(adapter)
+        return model, adapter, model.forward_features, _cells_timm, 224
     model = _tiny_vgg()  # 9x9 conv map at 288: 3x3 windows
     adapter = nonlinear_adapter(model, "vgg-tiny", "random-init")
     check_pooled_head(adapter)
     return model, adapter, model.forward_features, _windows_vgg, 288
 
 
-KINDS = ["timm-mobilenetv3", "timm-norm-mlp-head", "timm-hgnetv2", "torchvision-mobilenet_v3", "timm-vgg"]
+KINDS = ["timm-mobilenetv3", "timm-norm-mlp-head", "timm-maxvit-tanh", "timm-hgnetv2", "torchvision-mobilenet_v3", "timm-vgg"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -123,6 +134,21 @@ def test_cache_key_differs_from_a_linear_head_of_the_same_statistics() -> None:
     )  # fmt: skip
     assert statistics_key(**common, location_head="nonlinear") != statistics_key(**common)
     assert statistics_key(**common, location_head="linear") == statistics_key(**common)  # old linear keys stay valid
+
+
+def test_warm_run_key_is_the_extraction_key(voc_dir: Path) -> None:
+    """A warm run (model memo, no build) must find the non-linear statistics under the same key."""
+    from csra_posthoc.cache.resolution import resolution_of, statistics_location
+    from csra_posthoc.extraction.run import extraction_key, forward_pass
+    from csra_posthoc.log import output_console
+    from csra_posthoc.options import ExtractOptions
+
+    adapter = adapter_for_module(timm.create_model("mobilenetv3_small_050", num_classes=20).eval())
+    images = load_dataset("voc2007", voc_dir)
+    opts = ExtractOptions(img_size=96)
+    fp = forward_pass(adapter, images.single_label, opts, output_console(None, True))
+    key, _ = statistics_location(resolution_of(adapter), images, opts, voc_dir)
+    assert key == extraction_key(adapter, images, fp.desc, False, False)
 
 
 def test_heads_that_do_not_start_with_average_pooling_are_refused() -> None:
