@@ -54,7 +54,7 @@ _OPERATOR_TARGETS = {
 _SYMBOL = re.compile(r"[a-z]{1,4}[0-9]+")
 _SYMPY_NAMES = {
     # what torch.export writes in size expressions: sympy's own classes and torch's sympy functions
-    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Max", "Min", "Mod", "Abs", "Eq", "Ne", "Lt", "Le", "Gt", "Ge",
+    "Symbol", "Integer", "Rational", "Float", "Max", "Min", "Mod", "Abs", "Eq", "Ne", "Lt", "Le", "Gt", "Ge",
     "And", "Or", "Not", "Piecewise", "floor", "ceiling", "sqrt", "oo", "zoo", "nan", "pi", "E", "true", "false",
     "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt", "FloorToInt", "CeilDiv",
     "Add", "Mul", "Pow", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
