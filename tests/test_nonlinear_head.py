@@ -161,6 +161,15 @@ def test_heads_that_do_not_start_with_average_pooling_are_refused() -> None:
         patch(timm.create_model("mobilenetv3_small_050", num_classes=5), head=(_linear_probe(), {}))
 
 
+def test_a_probe_is_refused_before_any_image_is_read(voc_dir: Path) -> None:
+    from csra_posthoc.extraction.probe import fit_probe
+
+    adapter = adapter_for_module(timm.create_model("mobilenetv3_small_050", num_classes=20).eval())
+    with pytest.raises(CSRAError, match="non-linear after pooling; a linear probe cannot replace it") as info:
+        fit_probe(adapter, load_dataset("voc2007", voc_dir))
+    assert info.value.param == "head"
+
+
 def _linear_probe():
     from csra_posthoc.heads.location import LocationHead
 
