@@ -163,6 +163,13 @@ def _device_type(device: str) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
+def _test_pool_key(options: ExtractOptions, input_size: int, model_input_size: int) -> int | None:
+    from ..extraction.test_pool import resolve_test_pool
+
+    setting = resolve_test_pool(options.test_pool, options.train_size, input_size, model_input_size)
+    return setting.key() if setting is not None else None
+
+
 def statistics_location(resolution: Resolution, images, options: ExtractOptions, cache_dir: Path) -> tuple[str, Path]:
     """The statistics key and cache file a build with this resolution would use (no model needed)."""
     from ..data.decode import decode_key
@@ -188,5 +195,6 @@ def statistics_location(resolution: Resolution, images, options: ExtractOptions,
         keep_maps=options.keep_maps,
         cache_dtype=options.cache_dtype,
         location_head=resolution.location_head,
+        test_pool=_test_pool_key(options, int(transform["size"]), int(cfg["input_size"])),
     )
     return key, cache_path(cache_dir, resolution.name, images.dataset, images.split, key)
