@@ -59,7 +59,9 @@ def _cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def markdown(checks: list[ModelCheck], *, every: int, total_timm: int, max_params: float, seconds: float, versions: str) -> str:
+def markdown(
+    checks: list[ModelCheck], *, every: int, total_timm: int, max_params: float, seconds: float, versions: str, not_run: list[str] | None = None
+) -> str:
     timm_checks = [c for c in checks if c.family != "torchvision"]
     tv_checks = [c for c in checks if c.family == "torchvision"]
     lines = [
@@ -87,6 +89,8 @@ def markdown(checks: list[ModelCheck], *, every: int, total_timm: int, max_param
             f"(each module's counts scaled by its size over its sample size).",
             "",
         ]
+    if not_run:
+        lines += [f"**Stopped early**: {len(not_run)} names of the run were not checked and are not counted: " + ", ".join(f"`{n}`" for n in not_run) + ".", ""]
     lines += ["## Counts", "", "| status | timm" + (" (sample)" if sampled else "") + (" | timm (estimate, all)" if sampled else "") + " | torchvision |"]
     lines += ["|---|---|" + ("---|" if sampled else "") + "---|"]
     estimate = _estimate(timm_checks, every) if sampled else {}
@@ -152,6 +156,7 @@ def main() -> None:
     parser.add_argument("--no-torchvision", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("docs/models.md"))
     parser.add_argument("--jsonl", type=Path, default=None)
+    parser.add_argument("--report-only", action="store_true", help="write the report from --jsonl's rows alone (a run stopped early)")
     parser.add_argument("--params-cache", type=Path, default=None, help="JSON {name: parameters at num_classes=10} from an earlier meta-device count")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -165,13 +170,24 @@ def main() -> None:
         names += list_models(timm_models=False)
     counts = json.loads(args.params_cache.read_text()) if args.params_cache else {}
     counts = counts.get("counts", counts)
-    checks = run(names, args.max_params, args.jsonl, counts)
+    if args.report_only and args.jsonl is not None:
+        rows = {r["name"]: ModelCheck(**r) for r in map(json.loads, args.jsonl.read_text().splitlines())}
+        checks = [rows[n] for n in names if n in rows]
+        print(f"{len(checks)} of {len(names)} names checked before the run stopped; the rest are not in the report")
+    else:
+        checks = run(names, args.max_params, args.jsonl, counts)
     seconds = time.perf_counter() - start
     if args.jsonl is not None:  # a resumed run: the time is the sum of the models' own times
-        seconds = max(seconds, sum(c.seconds for c in checks))
+        seconds = sum(c.seconds for c in checks)
     versions = f"timm {timm.__version__}, torch {torch.__version__}, torchvision {torchvision.__version__}"
     text = markdown(
-        checks, every=args.sample_every, total_timm=len(list_models(torchvision=False)), max_params=args.max_params, seconds=seconds, versions=versions
+        checks,
+        every=args.sample_every,
+        total_timm=len(list_models(torchvision=False)),
+        max_params=args.max_params,
+        seconds=seconds,
+        versions=versions,
+        not_run=[n for n in names if n not in {c.name for c in checks}],
     )
     atomic_write(args.out, lambda tmp: Path(tmp).write_text(text + "\n"))
     print(f"wrote {args.out} ({len(checks)} models, {seconds / 60:.1f} min)")
