@@ -95,6 +95,7 @@ FLAGS: dict[str, str] = {
     "real_labels": "--real-labels",
     # models (csra_posthoc.models.catalog)
     "pattern": "PATTERN",
+    "check": "--check",
     "all_models": "--all",
     "max_params": "--max-params",
     # demo

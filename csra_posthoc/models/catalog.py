@@ -347,9 +347,9 @@ def run_models(
         raise CSRAError(f"max_params {max_params}: must be >= 1", param="max_params")
     check_img_size(img_size)
     if json_out is not None and not check:
-        raise CSRAError("json_out needs check (the listing is plain names)", param="json_out")
+        raise CSRAError("json_out needs `check` (the listing is plain names)", param="json_out")
     if check and pattern is None and not check_all:
-        raise CSRAError("check needs a pattern (e.g. 'resnet*') or all_models (every architecture, up to 30 M parameters by default)", param="pattern")
+        raise CSRAError("`check` needs a pattern (e.g. 'resnet*') or all_models (every architecture, up to 30 M parameters by default)", param="pattern")
     check_outputs({"json_out": json_out})
     names = list_models(pattern)
     if not names:
