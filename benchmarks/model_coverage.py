@@ -174,7 +174,8 @@ def main() -> None:
     if args.report_only and args.jsonl is not None:
         rows = {r["name"]: ModelCheck(**r) for r in map(json.loads, args.jsonl.read_text().splitlines())}
         checks = [rows[n] for n in names if n in rows]
-        print(f"{len(checks)} of {len(names)} names checked before the run stopped; the rest are not in the report")
+        if len(checks) < len(names):
+            print(f"{len(checks)} of {len(names)} names checked before the run stopped; the rest are not in the report")
     else:
         checks = run(names, args.max_params, args.jsonl, counts)
     seconds = time.perf_counter() - start
