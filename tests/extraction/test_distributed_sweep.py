@@ -22,7 +22,7 @@ from csra_posthoc.cache.store import load_statistics
 from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 from tests import dist_scenarios
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BASE = ["sweep", "--model", "resnet10t", "--random-init", "--dataset", "voc2007", "--img-size", "64", "--device", "cpu", "--quiet"]
 
 

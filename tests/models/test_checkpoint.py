@@ -150,7 +150,7 @@ def test_unknown_timm_model_with_checkpoint_is_one_line(tmp_path: Path, resnet_s
     from typer.testing import CliRunner
 
     from csra_posthoc.cli.app import app
-    from tests.test_cli import one_line_error
+    from tests.cli.test_cli import one_line_error
 
     torch.save(resnet_sd, tmp_path / "r.pth")
     res = CliRunner().invoke(app, ["sweep", "--model", name, "--checkpoint", str(tmp_path / "r.pth"), "--dataset", "voc2007", "--data-dir", str(voc_dir)])

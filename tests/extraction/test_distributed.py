@@ -22,7 +22,7 @@ from csra_posthoc.errors import CSRAError
 from csra_posthoc.extraction import distributed as D
 from tests import dist_scenarios
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------ single process: pure functions

@@ -18,7 +18,7 @@ from csra_posthoc.cli.app import app
 from csra_posthoc.evaluation.bootstrap import bootstrap_deltas
 from csra_posthoc.evaluation.per_class import ClassDeltas, bootstrap_with_classes, print_per_class_table
 from csra_posthoc.report.plots import plot_class_deltas
-from tests.test_cli import one_line_error
+from tests.cli.test_cli import one_line_error
 
 runner = CliRunner()
 

@@ -20,9 +20,9 @@ import csra_posthoc
 import csra_posthoc.cli.app as cli
 import csra_posthoc.evaluation.run as api
 from csra_posthoc.cli.app import app
-from tests.test_cli import one_line_error
+from tests.cli.test_cli import one_line_error
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "timm", "torchvision", "sklearn")
 runner = CliRunner()
 SWEEP = ["sweep", "--model", "resnet10t", "--dataset", "voc2007", "--img-size", "64", "--lams", "0,0.2", "--temps", "2", "--heads", "2"]

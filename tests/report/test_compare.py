@@ -22,7 +22,7 @@ from csra_posthoc.report.compare import (
     to_markdown,
 )
 from csra_posthoc.report.tables import results_dict
-from tests.test_selection import make_stats
+from tests.evaluation.test_selection import make_stats
 
 
 def write_results(path: Path, model: str, dataset: str, seed: int, extra: dict | None = None) -> dict:

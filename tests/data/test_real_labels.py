@@ -17,7 +17,7 @@ from csra_posthoc.data.fixtures import write_image, write_loc_solution
 from csra_posthoc.data.imagenet import imagenet_wnids
 from csra_posthoc.data.real_labels import RealLabels
 from csra_posthoc.errors import CSRAError
-from tests.test_cli import one_line_error
+from tests.cli.test_cli import one_line_error
 
 runner = CliRunner()
 N = 8

@@ -14,7 +14,7 @@ from csra_posthoc.errors import CSRAError
 from csra_posthoc.evaluation.bootstrap import lam_band
 from csra_posthoc.evaluation.grid import sweep
 from csra_posthoc.report.plots import check_plot_path, plot_attention, plot_lam_curve
-from tests.test_selection import make_stats
+from tests.evaluation.test_selection import make_stats
 
 
 def test_lam_curve_png_and_svg(tmp_path: Path) -> None:
@@ -52,7 +52,7 @@ def test_headless_machine_needs_no_display(tmp_path: Path) -> None:
         "import numpy as np; from csra_posthoc.report.plots import plot_attention;"
         f"plot_attention(np.zeros((8, 8, 3)), np.ones((1, 2, 2)), ['a'], [0.0], [1.0], r'{tmp_path / 'h.png'}')"
     )
-    env = {"PATH": "/usr/bin:/bin", "MPLBACKEND": "TkAgg", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {"PATH": "/usr/bin:/bin", "MPLBACKEND": "TkAgg", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "h.png").stat().st_size > 0

@@ -23,7 +23,7 @@ from csra_posthoc.evaluation.grid import row_scores, sweep
 from csra_posthoc.evaluation.selection import half_masks, select_half
 from csra_posthoc.metrics import mean_average_precision
 from csra_posthoc.report.tables import print_table, results_dict
-from tests.test_selection import make_stats as _make_stats
+from tests.evaluation.test_selection import make_stats as _make_stats
 
 
 def make_stats(**kwargs):

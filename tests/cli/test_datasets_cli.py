@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from csra_posthoc.cli.app import app
 from csra_posthoc.data.fixtures import write_coco, write_image_folder, write_wider
-from tests.test_coco import ANNOTATIONS, CATEGORIES, IMAGES
-from tests.test_wider import IMAGES as WIDER_IMAGES
+from tests.data.test_coco import ANNOTATIONS, CATEGORIES, IMAGES
+from tests.data.test_wider import IMAGES as WIDER_IMAGES
 
 runner = CliRunner()
 FAST = ["--model", "resnet10t", "--random-init", "--img-size", "64", "--lams", "0,0.2,0.5", "--temps", "2", "--heads", "2"]
