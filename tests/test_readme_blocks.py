@@ -17,7 +17,7 @@ from csra_posthoc.evaluation.bootstrap import bootstrap_deltas
 from csra_posthoc.evaluation.grid import row_scores, sweep
 from csra_posthoc.evaluation.selection import select_half
 from csra_posthoc.report.tables import print_table
-from tests.evaluation.test_selection import make_stats
+from tests.helpers import make_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -20,9 +20,10 @@ from csra_posthoc.atomic import atomic_write
 from csra_posthoc.cache.store import key_lock, open_cache_dir
 from csra_posthoc.cli.app import app
 from csra_posthoc.extraction.statistics import CacheInfo
+from tests.helpers import sweep_argv
 
 runner = CliRunner()
-BASE = ["sweep", "--model", "resnet10t", "--random-init", "--dataset", "voc2007", "--img-size", "64", "--lams", "0,0.1", "--temps", "", "--heads", ""]
+BASE = sweep_argv(lams="0,0.1", temps="", heads="")
 
 
 @pytest.fixture

@@ -13,9 +13,10 @@ from sklearn.metrics import average_precision_score
 from typer.testing import CliRunner
 
 from csra_posthoc.cli.app import app
+from tests.helpers import one_line_error, sweep_argv
 
 runner = CliRunner()
-BASE = ["sweep", "--model", "resnet10t", "--random-init", "--dataset", "voc2007", "--img-size", "64"]
+BASE = sweep_argv()
 
 
 def run(*args: str):
@@ -92,21 +93,11 @@ def test_keep_maps_allows_uncached_temperatures(voc_dir: Path) -> None:
     assert res.exit_code == 0, res.output
 
 
-def one_line_error(res, *fragments: str) -> None:
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert any(ln.startswith("error:") for ln in lines), res.output
-    assert "Traceback" not in res.output
-    text = " ".join(lines)
-    for f in fragments:
-        assert f in text, (f, res.output)
-
-
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
         (["--data-dir", "{tmp}/nowhere"], ["--data-dir", "no such directory"]),
-        (["sweep", "--model", "resnet_nope", "--random-init", "--dataset", "voc2007", "--data-dir", "{voc}"], ["unknown timm model"]),
+        (sweep_argv(img_size=None, model="resnet_nope", data_dir="{voc}"), ["unknown timm model"]),
         (["--data-dir", "{voc}", "--lams", "0,abc"], ["--lams"]),
         (["--data-dir", "{voc}", "--heads", "3"], ["--heads 3"]),
         (["--data-dir", "{voc}", "--split", "val"], ["--split val"]),
@@ -121,12 +112,12 @@ def test_errors(voc_dir: Path, tmp_path: Path, args: list[str], fragments: list[
 def test_checkpoint_with_other_classes_is_an_error(voc_dir: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     torch.save(timm.create_model("resnet10t", num_classes=1000).state_dict(), tmp_path / "in1k.pth")
-    res = runner.invoke(app, ["sweep", "--model", "resnet10t", "--checkpoint", str(tmp_path / "in1k.pth"), "--dataset", "voc2007", "--data-dir", str(voc_dir)])
+    res = runner.invoke(app, sweep_argv(img_size=None, checkpoint=tmp_path / "in1k.pth", data_dir=voc_dir))
     one_line_error(res, "1000 classes", "has 20", "--checkpoint")
 
 
 def test_no_weight_source_is_an_error(voc_dir: Path) -> None:
-    res = runner.invoke(app, ["sweep", "--model", "resnet10t", "--dataset", "voc2007", "--data-dir", str(voc_dir)])
+    res = runner.invoke(app, sweep_argv(img_size=None, random_init=None, data_dir=voc_dir))
     one_line_error(res, "--pretrained", "--random-init")
 
 
@@ -134,26 +125,7 @@ def test_class_token_vit_at_another_size_reports_both_baselines(voc_dir: Path, t
     out = tmp_path / "vit.json"
     res = runner.invoke(
         app,
-        [
-            "sweep",
-            "--model",
-            "vit_tiny_patch16_224",
-            "--random-init",
-            "--dataset",
-            "voc2007",
-            "--data-dir",
-            str(voc_dir),
-            "--img-size",
-            "64",
-            "--lams",
-            "0,0.2",
-            "--temps",
-            "",
-            "--heads",
-            "",
-            "--out",
-            str(out),
-        ],
+        sweep_argv(model="vit_tiny_patch16_224", data_dir=voc_dir, lams="0,0.2", temps="", heads="", out=out),
     )
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())

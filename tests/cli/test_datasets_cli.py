@@ -13,15 +13,17 @@ from typer.testing import CliRunner
 
 from csra_posthoc.cli.app import app
 from csra_posthoc.data.fixtures import write_coco, write_image_folder, write_wider
-from tests.data.test_coco import ANNOTATIONS, CATEGORIES, IMAGES
-from tests.data.test_wider import IMAGES as WIDER_IMAGES
+from tests.helpers import COCO_ANNOTATIONS as ANNOTATIONS
+from tests.helpers import COCO_CATEGORIES as CATEGORIES
+from tests.helpers import COCO_IMAGES as IMAGES
+from tests.helpers import WIDER_IMAGES, sweep_argv
 
 runner = CliRunner()
-FAST = ["--model", "resnet10t", "--random-init", "--img-size", "64", "--lams", "0,0.2,0.5", "--temps", "2", "--heads", "2"]
+FAST = {"lams": "0,0.2,0.5", "temps": 2, "heads": 2}
 
 
 def sweep(*args: str, out: Path) -> dict:
-    res = runner.invoke(app, ["sweep", *FAST, *args, "--out", str(out)])
+    res = runner.invoke(app, sweep_argv(*args, dataset=None, **FAST, out=out))
     assert res.exit_code == 0, res.output
     return json.loads(out.read_text()) | {"_output": res.output}
 
@@ -67,7 +69,7 @@ def test_folder_class_count_mismatch_names_both_counts(tmp_path: Path) -> None:
     write_image_folder(tmp_path / "val", {"a": 1, "b": 1, "c": 1})
     ckpt = tmp_path / "five.pth"
     torch.save(timm.create_model("resnet10t", num_classes=5).state_dict(), ckpt)
-    res = runner.invoke(app, ["sweep", "--model", "resnet10t", "--checkpoint", str(ckpt), "--dataset", "folder", "--data-dir", str(tmp_path)])
+    res = runner.invoke(app, sweep_argv(img_size=None, checkpoint=ckpt, dataset="folder", data_dir=tmp_path))
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "has 5 classes but folder has 3" in res.output
 
@@ -86,7 +88,7 @@ def test_folder_class_count_mismatch_names_both_counts(tmp_path: Path) -> None:
 def test_bad_dataset_flags_are_one_line(tmp_path: Path, voc_dir: Path, args: list[str], message: str) -> None:
     data_dir = voc_dir if "voc2007" in args else tmp_path / "empty"
     data_dir.mkdir(exist_ok=True)
-    res = runner.invoke(app, ["sweep", *FAST, "--data-dir", str(data_dir), *args])
+    res = runner.invoke(app, sweep_argv(*args, dataset=None, **FAST, data_dir=data_dir))
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert message in res.output.replace("\n", " ")
 

@@ -20,12 +20,12 @@ import csra_posthoc
 import csra_posthoc.cli.app as cli
 import csra_posthoc.evaluation.run as api
 from csra_posthoc.cli.app import app
-from tests.cli.test_cli import one_line_error
+from tests.helpers import one_line_error, sweep_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "timm", "torchvision", "sklearn")
 runner = CliRunner()
-SWEEP = ["sweep", "--model", "resnet10t", "--dataset", "voc2007", "--img-size", "64", "--lams", "0,0.2", "--temps", "2", "--heads", "2"]
+SWEEP = sweep_argv(random_init=None, lams="0,0.2", temps=2, heads=2)
 
 
 def loaded_after(code: str, env: dict[str, str] | None = None) -> list[str]:
@@ -251,7 +251,7 @@ def test_pretrained_without_network_fails_fast_in_one_line(voc_dir: Path, tmp_pa
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     start = time.perf_counter()
-    res = runner.invoke(app, ["sweep", "--model", "resnet10t", "--pretrained", "--dataset", "voc2007", "--data-dir", str(voc_dir)])
+    res = runner.invoke(app, sweep_argv(img_size=None, pretrained=True, data_dir=voc_dir))
     one_line_error(res, "--model resnet10t --pretrained", "HF_HUB_OFFLINE", "pass --checkpoint")
     assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1
     assert time.perf_counter() - start < 15

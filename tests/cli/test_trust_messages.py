@@ -20,6 +20,7 @@ from csra_posthoc.data.fixtures import random_voc_annotations, write_coco, write
 from csra_posthoc.errors import CSRAError
 from csra_posthoc.patched.model import CONFIG_KEY
 from tests import dist_scenarios
+from tests.helpers import sweep_argv
 
 runner = CliRunner()
 MODEL = ["--model", "resnet10t", "--random-init"]
@@ -32,9 +33,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("msgs")
     voc = write_voc(root / "voc", random_voc_annotations(8))
     results = root / "r.json"
-    res = runner.invoke(
-        app, ["sweep", *MODEL, "--dataset", "voc2007", "--data-dir", str(root / "voc"), "--img-size", "64", "--no-bootstrap", "--out", str(results)]
-    )
+    res = runner.invoke(app, sweep_argv(data_dir=root / "voc", bootstrap=False, out=results))
     assert res.exit_code == 0, res.output
     patched = root / "p.safetensors"
     res = runner.invoke(app, ["apply", *MODEL, "--lam", "0.1", "--img-size", "64", "--out", str(patched)])
@@ -77,7 +76,7 @@ def test_a_bad_train_labels_file_is_named_as_train_labels(tmp_path: Path) -> Non
             writer.writerow([f"t{i}.jpg", i % 2, 1 - i % 2])
     train = tmp_path / "train.csv"
     train.write_text("path,a,b\nnope.jpg,1,0\n")
-    out = _error(["sweep", *MODEL, "--dataset", "csv", "--data-dir", str(data), "--labels", str(labels), "--head", "probe", "--train-labels", str(train)])
+    out = _error(sweep_argv(img_size=None, dataset="csv", data_dir=data, labels=labels, head="probe", train_labels=train))
     assert out.replace("\n", "").startswith(f"error: --train-labels {train}:2: image "), out
     assert "--labels" not in out
 
@@ -86,9 +85,9 @@ def test_no_python_parameter_name_reaches_the_cli(files, tmp_path: Path) -> None
     missing, empty = tmp_path / "missing", tmp_path / "empty"
     empty.mkdir()
     invocations = [
-        ["sweep", *MODEL, "--dataset", "coco2014", "--data-dir", str(missing)],
-        ["sweep", *MODEL, "--dataset", "coco2014", "--data-dir", str(empty)],  # was "data_dir ...: no annotations/..."
-        ["sweep", *MODEL, "--dataset", "voc2007", "--data-dir", str(files["voc"]), "--head", "probe", "--ann-file", str(files["results"])],
+        sweep_argv(img_size=None, dataset="coco2014", data_dir=missing),
+        sweep_argv(img_size=None, dataset="coco2014", data_dir=empty),  # was "data_dir ...: no annotations/..."
+        sweep_argv(img_size=None, data_dir=files["voc"], head="probe", ann_file=files["results"]),
         ["apply", *MODEL, "--from-results", str(files["results"]), "--lam", "0.1", "--out", str(tmp_path / "p.safetensors")],
         ["apply", *MODEL, "--from-results", str(missing), "--out", str(tmp_path / "p.safetensors")],
         ["apply", *MODEL, "--lam", "0.1", "--head-file", str(missing), "--out", str(tmp_path / "p.safetensors")],
@@ -133,20 +132,7 @@ def test_quiet_keeps_the_warning_that_the_cache_is_off(files, tmp_path: Path) ->
     blocker.write_text("")
     res = runner.invoke(
         app,
-        [
-            "sweep",
-            *MODEL,
-            "--dataset",
-            "voc2007",
-            "--data-dir",
-            str(files["voc"]),
-            "--img-size",
-            "64",
-            "--no-bootstrap",
-            "--quiet",
-            "--cache-dir",
-            str(blocker / "cache"),
-        ],
+        sweep_argv(data_dir=files["voc"], bootstrap=False, quiet=True, cache_dir=blocker / "cache"),
     )
     assert res.exit_code == 0, res.output
     assert "warning:" in res.output and "going on without caching" in res.output
@@ -181,7 +167,7 @@ def test_bad_preprocessing_in_a_patched_file_is_one_error_naming_it(files, tmp_p
 
 def test_under_two_ranks_a_shared_error_is_said_once_and_the_bar_counts_every_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_voc(tmp_path / "voc", random_voc_annotations(11))  # shards of 6 and 5 images
-    base = ["sweep", *MODEL, "--dataset", "voc2007", "--img-size", "32", "--device", "cpu", "--no-bootstrap", "--select-on", "none", "--no-cache"]
+    base = sweep_argv(img_size=32, device="cpu", bootstrap=False, select_on="none", cache=False)
     codes, _, printed = dist_scenarios.launch_cli([*base, "--data-dir", str(tmp_path / "missing")], tmp_path / "logs1")
     assert codes == [2, 2]
     assert printed[0][1].count("error:") == 1 and "--data-dir" in printed[0][1]

@@ -24,11 +24,10 @@ from csra_posthoc.cli.app import app
 from csra_posthoc.data.fixtures import write_image
 from csra_posthoc.errors import CSRAError
 from csra_posthoc.options import ExtractOptions, SweepOptions
-from tests.cli.test_cli import one_line_error
-from tests.report.test_compare import write_results
+from tests.helpers import one_line_error, sweep_argv, write_results
 
 runner = CliRunner()
-SWEEP = ["sweep", "--model", "resnet10t", "--img-size", "64", "--lams", "0,0.2", "--temps", "2", "--heads", "2", "--no-bootstrap"]
+SWEEP = sweep_argv(dataset=None, random_init=None, lams="0,0.2", temps=2, heads=2, bootstrap=False)
 ROOT = Path(__file__).resolve().parents[2]
 
 

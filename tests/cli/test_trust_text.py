@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from csra_posthoc.cli.app import app
 from csra_posthoc.data.fixtures import write_image
 from csra_posthoc.text import plain, safe
+from tests.helpers import sweep_argv
 
 LINK = "[link=http://x]cat[/link]"
 TITLE = "\x1b]0;pwned\x07dog"
@@ -68,7 +69,7 @@ def sweep_json(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         writer.writerow(["path", *NAMES])
         writer.writerows(rows)
     out = root / "r.json"
-    args = ["sweep", "--model", "resnet10t", "--random-init", "--dataset", "csv", "--data-dir", str(data), "--labels", str(labels)]
+    args = sweep_argv(img_size=None, dataset="csv", data_dir=data, labels=labels)
     res = _invoke([*args, "--img-size", "64", "--lams", "0,0.5", "--temps", "inf", "--heads", "1", "--no-bootstrap", "--out", str(out)])
     assert res.exit_code == 0, res.output
     return out, res.output

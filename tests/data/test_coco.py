@@ -10,24 +10,11 @@ import torch
 
 from csra_posthoc import CSRAError, load_dataset
 from csra_posthoc.data.fixtures import write_coco
+from tests.helpers import COCO_ANNOTATIONS as ANNOTATIONS
+from tests.helpers import COCO_CATEGORIES as CATEGORIES
+from tests.helpers import COCO_IMAGES as IMAGES
 
 # non-contiguous ids listed out of order: columns must follow ascending id (1, 3, 90)
-CATEGORIES = [{"id": 90, "name": "toothbrush", "supercategory": "x"}, {"id": 1, "name": "person", "supercategory": "x"},
-              {"id": 3, "name": "car", "supercategory": "x"}]  # fmt: skip
-IMAGES = [
-    {"id": 42, "file_name": "COCO_val2014_000000000042.jpg"},
-    {"id": 7, "file_name": "COCO_val2014_000000000007.jpg"},
-    {"id": 100, "file_name": "COCO_val2014_000000000100.jpg"},  # no annotation
-    {"id": 9, "file_name": "COCO_val2014_000000000009.jpg"},
-]
-ANNOTATIONS = [
-    {"image_id": 42, "category_id": 1},
-    {"image_id": 42, "category_id": 1},
-    {"image_id": 42, "category_id": 90},
-    {"image_id": 7, "category_id": 3, "iscrowd": 1},  # crowd counts as a label
-    {"image_id": 9, "category_id": 1},
-    {"image_id": 9, "category_id": 3},
-]
 
 
 @pytest.fixture

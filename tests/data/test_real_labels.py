@@ -17,7 +17,7 @@ from csra_posthoc.data.fixtures import write_image, write_loc_solution
 from csra_posthoc.data.imagenet import imagenet_wnids
 from csra_posthoc.data.real_labels import RealLabels
 from csra_posthoc.errors import CSRAError
-from tests.cli.test_cli import one_line_error
+from tests.helpers import one_line_error, sweep_argv
 
 runner = CliRunner()
 N = 8
@@ -75,7 +75,7 @@ def imagenet_flat(tmp_path: Path) -> Path:
     return tmp_path
 
 
-BASE = ["sweep", "--model", "resnet10t", "--random-init", "--dataset", "imagenet", "--img-size", "64", "--lams", "0,0.5,1", "--temps", "1", "--heads", "2"]
+BASE = sweep_argv(dataset="imagenet", lams="0,0.5,1", temps=1, heads=2)
 
 
 def test_sweep_real_labels_against_timm_and_sklearn(imagenet_flat: Path) -> None:
@@ -117,7 +117,7 @@ def test_sweep_real_labels_against_timm_and_sklearn(imagenet_flat: Path) -> None
 
 def test_real_labels_refusals_are_one_line(imagenet_flat: Path, voc_dir: Path) -> None:
     data = ["--data-dir", str(imagenet_flat / "data"), "--no-bootstrap", "--select-on", "none"]
-    res = runner.invoke(app, [*BASE[:5], "voc2007", *BASE[6:], "--data-dir", str(voc_dir), "--real-labels", str(imagenet_flat / "real.json")])
+    res = runner.invoke(app, sweep_argv(lams="0,0.5,1", temps=1, heads=2, data_dir=voc_dir, real_labels=imagenet_flat / "real.json"))
     one_line_error(res, "--real-labels", "imagenet")
     bad = imagenet_flat / "bad.json"
     bad.write_text("[[1], [2")
@@ -152,7 +152,7 @@ def test_real_labels_with_real_weights_on_skimage_photos(tmp_path: Path) -> None
     real_json = tmp_path / "real.json"
     real_json.write_text(json.dumps(sets))
     out, npz = tmp_path / "r.json", tmp_path / "s.npz"
-    args = ["sweep", "--model", "efficientnet_lite0", "--pretrained", "--dataset", "imagenet", "--data-dir", str(tmp_path), "--lams", "0,0.2,0.5"]
+    args = sweep_argv(img_size=None, model="efficientnet_lite0", pretrained=True, dataset="imagenet", data_dir=tmp_path, lams="0,0.2,0.5")
     res = runner.invoke(app, [*args, "--select-on", "none", "--bootstrap", "50", "--real-labels", str(real_json), "--out", str(out), "--save-scores", str(npz)])
     assert res.exit_code == 0, res.output
     found = json.loads(out.read_text())["real_labels"]

@@ -13,21 +13,9 @@ from csra_posthoc import CSRAError, load_dataset
 from csra_posthoc.data import WIDER_ATTRIBUTES, ImageDataset
 from csra_posthoc.data.fixtures import write_wider
 from csra_posthoc.metrics import thresholded_metrics
-
-A = [1, -1, 0, 1, -1, -1, 0, 1, -1, 1, -1, -1, 0, 1]
-B = [-1, 1, 1, 0, 0, -1, -1, -1, 1, -1, -1, 1, -1, -1]
-IMAGES = [
-    {
-        "file_name": "0--Parade/0_Parade_marchingband_1_1.jpg",
-        "size": (40, 30),
-        "targets": [
-            {"bbox": [2, 3, 10, 12], "attribute": A},  # inside
-            {"bbox": [30.5, 10, 20, 50], "attribute": B},  # crosses the right and bottom edges: clipped
-            {"bbox": [5, 5, 0, 8], "attribute": A},  # zero width: degenerate, skipped
-        ],
-    },
-    {"file_name": "1--Handshaking/1_Handshaking_2.jpg", "size": (20, 24), "targets": [{"bbox": [-4, -2, 10, 9], "attribute": B}]},
-]
+from tests.helpers import WIDER_A as A
+from tests.helpers import WIDER_B as B
+from tests.helpers import WIDER_IMAGES as IMAGES
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from csra_posthoc.cli.app import app
 from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
+from tests.helpers import sweep_argv
 
 runner = CliRunner()
 
@@ -24,28 +25,7 @@ def test_class_positive_everywhere_is_noted_and_excluded_from_the_extra_map(tmp_
     out, npz = tmp_path / "r.json", tmp_path / "s.npz"
     res = runner.invoke(
         app,
-        [
-            "sweep",
-            "--model",
-            "resnet10t",
-            "--random-init",
-            "--dataset",
-            "voc2007",
-            "--img-size",
-            "64",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--lams",
-            "0,0.5",
-            "--temps",
-            "",
-            "--heads",
-            "",
-            "--out",
-            str(out),
-            "--save-scores",
-            str(npz),
-        ],
+        sweep_argv(data_dir=tmp_path / "data", lams="0,0.5", temps="", heads="", out=out, save_scores=npz),
     )
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
@@ -72,26 +52,7 @@ def test_no_note_without_such_class(voc_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     res = runner.invoke(
         app,
-        [
-            "sweep",
-            "--model",
-            "resnet10t",
-            "--random-init",
-            "--dataset",
-            "voc2007",
-            "--img-size",
-            "64",
-            "--data-dir",
-            str(voc_dir),
-            "--lams",
-            "0",
-            "--temps",
-            "",
-            "--heads",
-            "",
-            "--out",
-            str(out),
-        ],
+        sweep_argv(data_dir=voc_dir, lams=0, temps="", heads="", out=out),
     )
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())

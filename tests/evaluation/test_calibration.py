@@ -23,7 +23,8 @@ from csra_posthoc.evaluation.grid import row_scores, sweep
 from csra_posthoc.evaluation.selection import half_masks, select_half
 from csra_posthoc.metrics import mean_average_precision
 from csra_posthoc.report.tables import print_table, results_dict
-from tests.evaluation.test_selection import make_stats as _make_stats
+from tests.helpers import make_stats as _make_stats
+from tests.helpers import sweep_argv
 
 
 def make_stats(**kwargs):
@@ -173,23 +174,7 @@ def test_apply_copies_the_picked_rows_thresholds_into_the_config(tmp_path: Path,
     common = ["--model", "resnet10t", "--random-init", "--img-size", "64"]
     res = runner.invoke(
         app,
-        [
-            "sweep",
-            *common,
-            "--dataset",
-            "voc2007",
-            "--data-dir",
-            str(data),
-            "--lams",
-            "0,0.3",
-            "--temps",
-            "",
-            "--heads",
-            "",
-            "--out",
-            str(results),
-            "--no-bootstrap",
-        ],
+        sweep_argv(data_dir=data, lams="0,0.3", temps="", heads="", out=results, bootstrap=False),
     )
     assert res.exit_code == 0, res.output
     saved = json.loads(results.read_text())

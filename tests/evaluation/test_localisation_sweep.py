@@ -18,8 +18,9 @@ from csra_posthoc.cli.app import app
 from csra_posthoc.data.transforms import build_transform
 from csra_posthoc.data.voc import VOC_CLASSES
 from csra_posthoc.patched.model import patch
+from tests.helpers import sweep_argv
 
-SWEEP = ["sweep", "--model", "resnet10t", "--random-init", "--img-size", "64", "--lams", "0,0.2", "--temps", "2", "--heads", "2", "--no-bootstrap"]
+SWEEP = sweep_argv(dataset=None, lams="0,0.2", temps=2, heads=2, bootstrap=False)
 
 
 def write_boxed_voc(root: Path, n: int = 6, size: tuple[int, int] = (80, 60)) -> tuple[Path, int, int]:

@@ -18,7 +18,7 @@ from csra_posthoc.cli.app import app
 from csra_posthoc.evaluation.bootstrap import bootstrap_deltas
 from csra_posthoc.evaluation.per_class import ClassDeltas, bootstrap_with_classes, print_per_class_table
 from csra_posthoc.report.plots import plot_class_deltas
-from tests.cli.test_cli import one_line_error
+from tests.helpers import one_line_error, sweep_argv
 
 runner = CliRunner()
 
@@ -149,7 +149,7 @@ def test_class_figure_is_written(tmp_path: Path) -> None:
     assert png.stat().st_size > 5000
 
 
-BASE = ["sweep", "--model", "resnet10t", "--random-init", "--dataset", "voc2007", "--img-size", "64", "--lams", "0,0.5,1", "--temps", "1", "--heads", "2"]
+BASE = sweep_argv(lams="0,0.5,1", temps=1, heads=2)
 
 
 def test_sweep_per_class_json_table_and_figure(voc_dir: Path, tmp_path: Path) -> None:

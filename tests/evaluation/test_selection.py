@@ -5,34 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from csra_posthoc.defaults import CACHED_TEMPERATURES
 from csra_posthoc.errors import CSRAError
 from csra_posthoc.evaluation.grid import row_scores, sweep
 from csra_posthoc.evaluation.selection import half_masks, select_half, select_on_split
-from csra_posthoc.extraction.statistics import ClassStatistics, StatisticsInfo
-from csra_posthoc.heads.scoring import location_statistics
 from csra_posthoc.metrics import mean_average_precision
-
-
-def make_stats(n: int = 80, c: int = 5, k: int = 9, seed: int = 0, classes: list[str] | None = None) -> ClassStatistics:
-    g = torch.Generator().manual_seed(seed)
-    labels = (torch.rand(n, c, generator=g) < 0.3).long()
-    labels[:4] = 1  # every class has positives in both halves (almost surely)
-    s = torch.randn(n, c, k, generator=g)
-    s[..., 0] += 2.5 * labels  # one location lights up for present classes: the max helps
-    st = location_statistics(s, CACHED_TEMPERATURES)
-    return ClassStatistics(
-        ids=[str(i) for i in range(n)], classes=classes or [f"c{i}" for i in range(c)], labels=labels,
-        avg=st["avg"], max=st["max"], attn=st["attn"], temperatures=tuple(CACHED_TEMPERATURES), logits=st["avg"], info=StatisticsInfo(model="m"),
-    )  # fmt: skip
-
-
-def subset(stats: ClassStatistics, mask: torch.Tensor) -> ClassStatistics:
-    idx = mask.nonzero().flatten()
-    return ClassStatistics(
-        ids=[stats.ids[i] for i in idx], classes=stats.classes, labels=stats.labels[idx], avg=stats.avg[idx], max=stats.max[idx],
-        attn=stats.attn[idx], temperatures=stats.temperatures, logits=stats.logits[idx], info=stats.info,
-    )  # fmt: skip
+from tests.helpers import make_stats, subset_stats
 
 
 def test_half_masks_are_a_seeded_partition() -> None:
@@ -46,9 +23,9 @@ def test_each_direction_chooses_what_the_sweep_chooses_on_that_half() -> None:
     held = select_half(stats, single_label=False, seed=1)
     masks = half_masks(stats.num_images, 1)
     for (chosen_on, scored_on), choice, (mask, scores) in zip(((0, 1), (1, 0)), held.choices, held.parts, strict=True):
-        on_select = sweep(subset(stats, masks[chosen_on]), task="multi_label", fixed_lam=0.2)
+        on_select = sweep(subset_stats(stats, masks[chosen_on]), task="multi_label", fixed_lam=0.2)
         assert (choice.variant, choice.lam) == (on_select.best_variant.variant, on_select.best_variant.lam)
-        scored = subset(stats, masks[scored_on])
+        scored = subset_stats(stats, masks[scored_on])
         on_other = sweep(scored, task="multi_label", fixed_lam=0.2)
         expected = next(r for r in on_other.rows if (r.variant, r.lam) == (choice.variant, choice.lam)).metrics["mAP"]
         assert abs(choice.score - expected) < 1e-9

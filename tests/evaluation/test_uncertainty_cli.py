@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 from csra_posthoc.cli.app import app
 from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 from csra_posthoc.options import OutputOptions, SweepOptions
-from tests.cli.test_cli import one_line_error
+from tests.helpers import one_line_error, sweep_argv
 
 runner = CliRunner()
-BASE = ["sweep", "--model", "resnet10t", "--random-init", "--dataset", "voc2007", "--img-size", "64", "--lams", "0,0.1,0.5,1", "--temps", "1", "--heads", "2"]
+BASE = sweep_argv(lams="0,0.1,0.5,1", temps=1, heads=2)
 
 
 def sweep(data_dir: Path, *args: str):

@@ -21,9 +21,10 @@ import torch
 from csra_posthoc.cache.store import load_statistics
 from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 from tests import dist_scenarios
+from tests.helpers import sweep_argv
 
 REPO = Path(__file__).resolve().parents[2]
-BASE = ["sweep", "--model", "resnet10t", "--random-init", "--dataset", "voc2007", "--img-size", "64", "--device", "cpu", "--quiet"]
+BASE = sweep_argv(device="cpu", quiet=True)
 
 
 def _voc(root: Path, n: int = 23) -> Path:
@@ -94,7 +95,7 @@ def test_a_bad_image_on_one_rank_stops_both_with_one_line(tmp_path: Path) -> Non
 def test_ranks_given_different_arguments_are_refused(tmp_path: Path) -> None:
     data = _voc(tmp_path / "data")
     codes, _, printed = dist_scenarios.launch_cli(
-        lambda r: [*BASE[:6], "--img-size", str(64 + 32 * r), *BASE[8:], "--data-dir", str(data), "--no-cache"], tmp_path / "logs"
+        lambda r: sweep_argv(img_size=64 + 32 * r, device="cpu", quiet=True, data_dir=data, cache=False), tmp_path / "logs"
     )
     assert codes == [2, 2]
     assert printed[0][1].strip() == (
@@ -168,7 +169,7 @@ def test_select_on_another_split_under_two_ranks(tmp_path: Path) -> None:
     codes, mixed, files, printed = _run(tmp_path, "two", 2, [*args, "--select-on", "trainval"])
     assert codes == [0, 0] and len(files) == 2, printed
     out = tmp_path / "two"  # the same cache, without --quiet: rank 0 says what it reused
-    argv = [*BASE[:-1], *args, "--select-on", "trainval", "--cache-dir", str(out / "cache"), "--out", str(out / "results.json")]
+    argv = sweep_argv(*args, device="cpu", select_on="trainval", cache_dir=out / "cache", out=out / "results.json")  # not --quiet
     codes, _, printed = dist_scenarios.launch_cli(argv, out / "logs-warm", world=2)
     warm = json.loads((out / "results.json").read_text())
     assert codes == [0, 0] and printed[0][0].count("no model built") == 2, printed

@@ -13,6 +13,7 @@ import csra_posthoc.extraction.run as extract_mod
 from csra_posthoc import CSRAError, extract, load_dataset, load_model
 from csra_posthoc.cli.app import app
 from csra_posthoc.options import ExtractOptions, amp_precision
+from tests.helpers import sweep_argv
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -24,7 +25,7 @@ def adapter():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")
 def test_device_cuda_without_cuda_is_one_line(voc_dir: Path) -> None:
-    run = CliRunner().invoke(app, ["sweep", "-m", "resnet10t", "--random-init", "-d", "voc2007", "--data-dir", str(voc_dir), "--device", "cuda"])
+    run = CliRunner().invoke(app, sweep_argv(img_size=None, data_dir=voc_dir, device="cuda"))
     assert run.exit_code == 2
     lines = run.output.strip().splitlines()
     assert lines == ["error: --device cuda: CUDA is not available here (this PyTorch sees no GPU); use --device cpu (or --device auto)"]
@@ -60,7 +61,7 @@ def test_amp_dtype_enters_the_cache_key_and_the_head_stays_fp32(voc_dir: Path, a
 
 def test_cli_amp_dtype_implies_amp(voc_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    args = ["sweep", "-m", "resnet10t", "--random-init", "-d", "voc2007", "--data-dir", str(voc_dir), "--img-size", "64", "--device", "cpu"]
+    args = sweep_argv(data_dir=voc_dir, device="cpu")
     run = CliRunner().invoke(app, [*args, "--amp-dtype", "bf16", "--quiet", "--out", str(out)])
     assert run.exit_code == 0, run.output
     run = CliRunner().invoke(app, [*args, "--amp", "--amp-dtype", "fp8"])

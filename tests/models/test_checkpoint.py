@@ -150,10 +150,10 @@ def test_unknown_timm_model_with_checkpoint_is_one_line(tmp_path: Path, resnet_s
     from typer.testing import CliRunner
 
     from csra_posthoc.cli.app import app
-    from tests.cli.test_cli import one_line_error
+    from tests.helpers import one_line_error, sweep_argv
 
     torch.save(resnet_sd, tmp_path / "r.pth")
-    res = CliRunner().invoke(app, ["sweep", "--model", name, "--checkpoint", str(tmp_path / "r.pth"), "--dataset", "voc2007", "--data-dir", str(voc_dir)])
+    res = CliRunner().invoke(app, sweep_argv(img_size=None, model=name, checkpoint=tmp_path / "r.pth", data_dir=voc_dir))
     one_line_error(res, f"--model {name}", fragment)
 
 

@@ -22,6 +22,7 @@ from csra_posthoc.cli.app import app
 from csra_posthoc.data import load_dataset, load_rgb
 from csra_posthoc.data.transforms import build_transform
 from csra_posthoc.patched.export import exported_config, run_exported
+from tests.helpers import sweep_argv
 
 runner = CliRunner()
 FAMILIES = {"timm-cnn": "resnet10t", "timm-vit": "vit_tiny_patch16_224", "torchvision": "torchvision:resnet18"}
@@ -56,28 +57,7 @@ class _Sweeps(dict):
             mp.setenv("CSRA_POSTHOC_CACHE", str(self.root / "cache"))
             res = runner.invoke(
                 app,
-                [
-                    "sweep",
-                    "--model",
-                    FAMILIES[family],
-                    "--random-init",
-                    "--dataset",
-                    "voc2007",
-                    "--data-dir",
-                    str(data),
-                    "--img-size",
-                    "64",
-                    "--lams",
-                    "0,0.3,0.9",
-                    "--temps",
-                    "",
-                    "--heads",
-                    "",
-                    "--out",
-                    str(results),
-                    "--save-scores",
-                    str(scores),
-                ],
+                sweep_argv(model=FAMILIES[family], data_dir=data, lams="0,0.3,0.9", temps="", heads="", out=results, save_scores=scores),
             )
         assert res.exit_code == 0, res.output
         self[family] = (data, results, scores)
@@ -240,30 +220,7 @@ def test_results_from_a_probe_need_its_head(tmp_path: Path, voc_dir: Path) -> No
     results, head = tmp_path / "r.json", tmp_path / "head.safetensors"
     res = runner.invoke(
         app,
-        [
-            "sweep",
-            "--model",
-            "resnet10t",
-            "--random-init",
-            "--head",
-            "probe",
-            "--dataset",
-            "voc2007",
-            "--data-dir",
-            str(voc_dir),
-            "--img-size",
-            "64",
-            "--lams",
-            "0,0.5",
-            "--temps",
-            "",
-            "--heads",
-            "",
-            "--out",
-            str(results),
-            "--save-head",
-            str(head),
-        ],
+        sweep_argv(head="probe", data_dir=voc_dir, lams="0,0.5", temps="", heads="", out=results, save_head=head),
     )
     assert res.exit_code == 0, res.output
     out = tmp_path / "p.safetensors"

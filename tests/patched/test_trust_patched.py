@@ -197,7 +197,7 @@ def test_loaded_model_is_for_inference_and_patch_keeps_requires_grad(saved: Path
 
 
 def _results(tmp_path: Path) -> tuple[Path, dict]:
-    from tests.report.test_compare import write_results
+    from tests.helpers import write_results
 
     path = tmp_path / "r.json"
     return path, write_results(path, "resnet10t", "voc2007", 1)

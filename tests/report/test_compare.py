@@ -12,8 +12,6 @@ from typer.testing import CliRunner
 
 from csra_posthoc.cli.app import app
 from csra_posthoc.errors import CSRAError
-from csra_posthoc.evaluation.grid import paper_fixed_lam, sweep
-from csra_posthoc.extraction.statistics import StatisticsInfo
 from csra_posthoc.report.compare import (
     compare_rows,
     read_results_file,
@@ -21,16 +19,7 @@ from csra_posthoc.report.compare import (
     to_latex,
     to_markdown,
 )
-from csra_posthoc.report.tables import results_dict
-from tests.evaluation.test_selection import make_stats
-
-
-def write_results(path: Path, model: str, dataset: str, seed: int, extra: dict | None = None) -> dict:
-    stats = make_stats(seed=seed)
-    stats.info = StatisticsInfo(model=model, dataset=dataset, split="test")
-    data = results_dict(sweep(stats, task="multi_label", fixed_lam=paper_fixed_lam(model)), stats, extra)
-    path.write_text(json.dumps(data))
-    return data
+from tests.helpers import write_results
 
 
 def test_rows_sorted_by_dataset_then_model_with_optional_figures(tmp_path: Path) -> None:

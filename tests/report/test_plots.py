@@ -14,7 +14,7 @@ from csra_posthoc.errors import CSRAError
 from csra_posthoc.evaluation.bootstrap import lam_band
 from csra_posthoc.evaluation.grid import sweep
 from csra_posthoc.report.plots import check_plot_path, plot_attention, plot_lam_curve
-from tests.evaluation.test_selection import make_stats
+from tests.helpers import make_stats
 
 
 def test_lam_curve_png_and_svg(tmp_path: Path) -> None:
