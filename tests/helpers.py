@@ -8,6 +8,7 @@ live in ``tests/conftest.py``.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,15 @@ from csra_posthoc.evaluation.grid import paper_fixed_lam, sweep
 from csra_posthoc.extraction.statistics import ClassStatistics, StatisticsInfo
 from csra_posthoc.heads.scoring import location_statistics
 from csra_posthoc.report.tables import results_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_patch_example() -> str:
+    """README's patched-model example (the first Python block of "## Patched models")."""
+    section = (ROOT / "README.md").read_text().split("## Patched models", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)[0]
+
 
 # -- the CLI --------------------------------------------------------------------------------------
 
