@@ -57,6 +57,10 @@ def _version(dist: str) -> str:
 
 def weights_source_stamp(model: str, checkpoint: str | Path | None, pretrained: bool, random_init: bool, num_classes: int | None) -> dict[str, Any] | None:
     """A cheap identity of the weights a build would load, or None when there is none (hub weights)."""
+    if model.startswith("hf:") and checkpoint is None and not random_init:  # its folder: config, preprocessing, weights
+        from ..models.hf_models import source_files
+
+        return {"hf": [_stamp(f) for f in source_files(model)], "transformers": _version("transformers")}
     if checkpoint is not None:
         return {"checkpoint": _stamp(Path(checkpoint))}
     if random_init:
