@@ -110,7 +110,7 @@ def test_torchvision_vit_patch_average() -> None:
 
 @pytest.mark.parametrize("name", ["mobilenetv3_small_050", "torchvision:mobilenet_v3_small"])
 def test_nonlinear_heads_load_as_the_labelled_variant(name: str) -> None:
-    """Issue #22 part 2: no longer refused; tests/test_nonlinear_head.py checks the scores."""
+    """Issue #22 part 2: no longer refused; tests/models/test_nonlinear_head.py checks the scores."""
     info = load_model(name, random_init=True, num_classes=3).info
     assert (info.location_head, info.baseline_source) == ("nonlinear", "model_logits")
 
