@@ -47,7 +47,7 @@ _FIELDS = (
     "format", "format_version", "model", "family", "model_num_classes", "model_kwargs", "num_classes", "classes", "weights",
     "weights_fingerprint", "head", "head_description", "head_fingerprint", "baseline_source", "variant", "lam", "temperature", "heads",
     "temperatures", "preprocessing", "data_config", "input", "output", "thresholds", "threshold_source", "from_results",
-    "identity_max_abs_diff", "head_norm", "export", "model_unsaved_buffers", "test_pool",
+    "identity_max_abs_diff", "head_norm", "export", "model_unsaved_buffers", "test_pool", "location_head",
 )  # fmt: skip
 
 
@@ -86,6 +86,7 @@ class PatchedConfig:
     export: dict[str, Any] | None = None  # format, onnx_opset, dynamic_batch: written into exported files
     model_unsaved_buffers: list[str] | None = None  # buffers outside the state dict (not fingerprinted; a TorchScript file holds them)
     test_pool: dict[str, Any] | None = None  # {train_size, window: [h, w]}: timm's test-time pooling instead of CSRA
+    location_head: str = "linear"  # "nonlinear": the model's own head applied per location (rebuilt from its modules, no head_norm)
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know, kept as read
 
@@ -178,9 +179,14 @@ class PatchedConfig:
                 bad("heads", f"{heads} heads is not one of the paper's sets {sorted(HEAD_TEMPERATURES)}")
             if [from_json_float(t) for t in temps] != list(HEAD_TEMPERATURES[heads]):
                 bad("temperatures", f"are not the paper's set for heads {heads}")
+        location_head = config.get("location_head", "linear")
+        if location_head not in ("linear", "nonlinear"):
+            bad("location_head", f"{location_head!r} is not 'linear' or 'nonlinear'")
+        if location_head == "nonlinear" and (config["head"] != "model" or config.get("baseline_source") != "model_logits"):
+            bad("location_head", "is 'nonlinear' but the head is not the model's own or the baseline is not its logits")
         norm = config.get("head_norm")
         norm_ok = isinstance(norm, dict) and isinstance(norm.get("pooled_norm"), bool) and _is_number(norm.get("eps")) and 0 < norm["eps"] < 1
-        if (rebuild or norm is not None) and not norm_ok:
+        if ((rebuild and location_head == "linear") or norm is not None) and not norm_ok:
             bad("head_norm", "is not {pooled_norm: bool, eps: number in (0, 1)}")
         try:
             preprocessing = TransformSpec.from_json(config.get("preprocessing"))
@@ -240,6 +246,7 @@ class PatchedConfig:
             export=config.get("export"),
             model_unsaved_buffers=unsaved,
             test_pool=pool,
+            location_head=location_head,
             format_version=config["format_version"],
             extra={k: v for k, v in config.items() if k not in _FIELDS},
         )

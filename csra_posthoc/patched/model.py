@@ -73,6 +73,8 @@ def verify_state_dict(config: PatchedConfig, state: dict[str, torch.Tensor], pat
     model_t = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.") and k[len("model.") :] not in unsaved}
     head_t = {k[len("head.classifier.") :]: v for k, v in state.items() if k.startswith("head.classifier.")}
     verify_fingerprints(config, model_t, head_t, path)
+    if config.location_head == "nonlinear":  # the model's own head modules: fingerprinted above
+        return
     rows = head_t["weight"].shape[0] if "weight" in head_t else None
     if rows != config.num_classes:
         raise CSRAError(
@@ -127,7 +129,25 @@ class PatchedModel(nn.Module):
             raw = self.adapter.forward_backbone(x)
             return self.adapter.feature_map(raw.float())
 
+    @property
+    def nonlinear(self) -> bool:
+        """The model's head is non-linear after pooling (:mod:`csra_posthoc.models.nonlinear`): the
+        baseline is its own logits, the attended term the whole head applied at each location."""
+        return self.adapter.info.location_head == "nonlinear"
+
+    def scores_and_baseline(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-location scores ``(B, C, K)`` and the lam = 0 scores ``(B, C)``: their mean, or the
+        model's own logits for a non-linear head (one backbone pass)."""
+        if not self.nonlinear:
+            s = self.head.location_scores(self.feature_map(x))
+            return s, s.mean(dim=-1)
+        with eval_mode(self.model):
+            raw = self.adapter.forward_backbone(x).float()
+            return self.head.location_scores(self.adapter.feature_map(raw)), self.adapter.model_logits(raw).float()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.nonlinear:
+            return self.head.pool(*self.scores_and_baseline(x))
         return self.head(self.feature_map(x))
 
     def set_settings(self, lam: float | None = None, temperature: float | None = None, heads: int | None = None) -> PatchedModel:
@@ -155,15 +175,20 @@ class PatchedModel(nn.Module):
 
     @torch.no_grad()
     def forward_with_baseline(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """CSRA scores and the baseline (lam = 0: the average of per-location scores), one forward pass."""
-        s = self.head.location_scores(self.feature_map(x))
-        return self.head.pool(s), s.mean(dim=-1)
+        """CSRA scores and the baseline (lam = 0: the average of per-location scores, or the model's
+        logits for a non-linear head), one forward pass."""
+        s, baseline = self.scores_and_baseline(x)
+        return self.head.pool(s, baseline), baseline
 
 
 def classifier_from_probe(adapter: ModelAdapter, head: Any) -> tuple[LocationHead, dict]:
     """A probe saved by ``sweep --save-head`` (path, or ``(LocationHead, meta)``), checked against the model."""
     from ..extraction.probe import load_head
 
+    if adapter.info.location_head == "nonlinear":
+        raise CSRAError(
+            f"head: {adapter.info.name}'s head is non-linear after pooling; a linear probe cannot replace it (patch it with its own head)", param="head_file"
+        )
     if isinstance(head, (str, Path)):
         path = Path(head)
         if not path.is_file():
@@ -272,11 +297,16 @@ def patch(
         head_description=(f"linear probe on {probe['dataset']} {probe['split']}" if probe else described or adapter.info.head),
         head_fingerprint=state_dict_fingerprint(classifier.state_dict()),
         baseline_source=adapter.info.baseline_source,
+        location_head=adapter.info.location_head,
         **settings,
         preprocessing=spec,
         data_config=asdict(adapter.data_config),
         input={"shape": ["batch", 3, spec.size, spec.size], "dtype": "float32", "normalised": True},
-        output={"shape": ["batch", csra.num_classes], "meaning": "CSRA scores (logits scale): mean + lam * attended"},
+        output={
+            "shape": ["batch", csra.num_classes],
+            "meaning": "CSRA scores (logits scale): "
+            + ("model logits + lam * attended(head at each location)" if adapter.info.location_head == "nonlinear" else "mean + lam * attended"),
+        },
         thresholds=_checked_thresholds(thresholds, csra.num_classes),
         threshold_source=None if thresholds is None else (threshold_source or "given to patch()"),
         # buffers outside the state dict (Swin's relative position index): not in weights_fingerprint, but a TorchScript file holds them
@@ -298,7 +328,9 @@ def save_patched(patched: PatchedModel, path: str | Path) -> None:
     tensors.update({f"head.{k}": v for k, v in patched.head.classifier.state_dict().items()})
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}  # no shared storage
     patched.check_unchanged()
-    config = {**patched.config.to_json(), "head_norm": {"pooled_norm": patched.head.classifier.pooled_norm, "eps": patched.head.classifier.norm_eps}}
+    config = patched.config.to_json()
+    if not patched.nonlinear:  # a non-linear head is rebuilt from the model's own modules, not from head_norm
+        config["head_norm"] = {"pooled_norm": patched.head.classifier.pooled_norm, "eps": patched.head.classifier.norm_eps}
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={CONFIG_KEY: json.dumps(config)}))
 
 
@@ -335,8 +367,6 @@ def load_patched(path: str | Path) -> PatchedModel:
     """
     from safetensors.torch import load_file
 
-    from ..models.instance import adapter_for_module, build_architecture
-
     path = Path(path)
     where = _where(path)
     config = read_config(path)
@@ -347,6 +377,8 @@ def load_patched(path: str | Path) -> PatchedModel:
     model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     head_t = {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}
     verify_fingerprints(config, model_sd, head_t, path)
+    if config.location_head == "nonlinear":
+        return _load_nonlinear(config, model_sd, path)
     num_classes = config.num_classes
     w = head_t.get("weight")
     shapes_ok = (
@@ -360,6 +392,26 @@ def load_patched(path: str | Path) -> PatchedModel:
         raise CSRAError(f"{where}: its head tensors are not a per-location classifier (weight, bias, norm_weight, norm_bias)", param="patched_file")
     if w.shape[0] != num_classes:  # type: ignore[union-attr]
         raise CSRAError(f"{where}: config field 'num_classes' says {num_classes}, its head has {w.shape[0]} classes; export it again", param="patched_file")  # type: ignore[union-attr]
+    adapter = _rebuilt_adapter(config, model_sd, where)
+    norm = config.head_norm
+    assert norm is not None  # from_json(rebuild=True) checked it for a linear head
+    classifier = LocationHead(head_t["weight"], head_t["bias"], head_t["norm_weight"], head_t["norm_bias"], norm["eps"], norm["pooled_norm"])
+    csra = _config_head(config, classifier)
+    if config.test_pool is not None:
+        from ..extraction.test_pool import TimmPoolHead
+
+        csra = TimmPoolHead(classifier, config.test_pool["window"], config.test_pool["train_size"])
+    return PatchedModel(adapter, csra, config)
+
+
+def _config_head(config: PatchedConfig, classifier: Any) -> CSRAHead:
+    return CSRAHead(classifier, config.lam, temperature=config.temperatures[0] if config.heads is None else math.inf, heads=config.heads)
+
+
+def _rebuilt_adapter(config: PatchedConfig, model_sd: dict[str, torch.Tensor], where: str) -> ModelAdapter:
+    """The config's architecture with the file's model tensors, wrapped (and identity-checked) again."""
+    from ..models.instance import adapter_for_module, build_architecture
+
     model = build_architecture(config.model, config.model_num_classes, config.model_kwargs, where=where)
     try:
         missing, unexpected = model.load_state_dict(model_sd, strict=False)
@@ -371,13 +423,18 @@ def load_patched(path: str | Path) -> PatchedModel:
             param="patched_file",
         )
     model.requires_grad_(False)  # an inference model (its own parameters: nobody else holds them)
-    adapter = adapter_for_module(model.eval(), config.model, weights=config.weights or "patched")
-    norm = config.head_norm
-    assert norm is not None  # from_json(rebuild=True) checked it
-    classifier = LocationHead(head_t["weight"], head_t["bias"], head_t["norm_weight"], head_t["norm_bias"], norm["eps"], norm["pooled_norm"])
-    csra = CSRAHead(classifier, config.lam, temperature=config.temperatures[0] if config.heads is None else math.inf, heads=config.heads)
-    if config.test_pool is not None:
-        from ..extraction.test_pool import TimmPoolHead
+    return adapter_for_module(model.eval(), config.model, weights=config.weights or "patched")
 
-        csra = TimmPoolHead(classifier, config.test_pool["window"], config.test_pool["train_size"])
-    return PatchedModel(adapter, csra, config)
+
+def _load_nonlinear(config: PatchedConfig, model_sd: dict[str, torch.Tensor], path: Path) -> PatchedModel:
+    """A non-linear head is the rebuilt model's own head modules: it must hash to the config's head_fingerprint."""
+    where = _where(path)
+    adapter = _rebuilt_adapter(config, model_sd, where)
+    if adapter.info.location_head != "nonlinear" or state_dict_fingerprint(adapter.head.state_dict()) != config.head_fingerprint:
+        raise CSRAError(f"{where}: its model's head is not the non-linear head its config describes (head_fingerprint); export it again", param="patched_file")
+    if adapter.num_classes != config.num_classes:
+        raise CSRAError(
+            f"{where}: config field 'num_classes' says {config.num_classes}, its head has {adapter.num_classes} classes; export it again",
+            param="patched_file",
+        )
+    return PatchedModel(adapter, _config_head(config, adapter.head), config)
