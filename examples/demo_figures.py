@@ -85,12 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     from csra_posthoc.evaluation.selection import select_half
     from csra_posthoc.options import CSRASettings, ModelSource
     from csra_posthoc.patched.attention import run_attention
-    from csra_posthoc.report.compare import read_results_json
     from csra_posthoc.report.plots import plot_lam_curve
+    from csra_posthoc.report.results_file import ResultsFile
     from csra_posthoc.text import plain
 
     try:
-        results = read_results_json(args.results, required=("demo", "weights_fingerprint", "head_fingerprint", "classes"), param="results")
+        results = ResultsFile.read(args.results, required=("demo", "weights_fingerprint", "head_fingerprint", "classes"), param="results").to_json()
     except CSRAError as exc:
         print(f"demo_figures: {plain(str(exc))}", file=sys.stderr)
         return 2
