@@ -18,7 +18,8 @@ def test_conv_head_after_pooling_is_refused_by_what_it_does(name: str) -> None:
     with pytest.raises(CSRAError) as info:
         load_model(name, random_init=True, num_classes=20)
     msg = str(info.value)
-    assert f"model {name}: its head is pool -> conv_head (1x1 conv) -> activation -> linear (non-linear after pooling)" in msg
+    # the operation is named: the activation after timm's conv_head (the pool -> conv_head -> act -> linear head)
+    assert f"model {name}: its head has 'act2' (" in msg and "after pooling (not affine), so it cannot be applied per location" in msg
     assert "einsum" not in msg and "\n" not in msg
 
 
