@@ -19,7 +19,7 @@ def test_conv_head_after_pooling_is_refused_by_what_it_does(name: str) -> None:
         load_model(name, random_init=True, num_classes=20)
     msg = str(info.value)
     # the operation is named: the activation after timm's conv_head (the pool -> conv_head -> act -> linear head)
-    assert f"model {name}: its head has 'act2' (" in msg and "after pooling (not affine), so it cannot be applied per location" in msg
+    assert f"model {name}: its head has 'act2' (" in msg and "), non-linear after pooling, so it cannot be applied per location" in msg
     assert "einsum" not in msg and "\n" not in msg
 
 

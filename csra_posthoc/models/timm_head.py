@@ -33,7 +33,7 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
-from ..errors import CSRAError
+from ..errors import CSRAError, first_line
 from ..heads.location import LocationHead
 
 Layout = Literal["nchw", "nhwc", "tokens"]
@@ -146,10 +146,15 @@ def plan_head(model: Any, name: str, size: int, nonlinear: Callable[[str], None]
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     x = x.to(next(iter(model.parameters())).device) if any(True for _ in model.parameters()) else x
     with torch.no_grad():
-        raw = model.forward_features(x)
+        try:
+            raw = model.forward_features(x)
+        except Exception as exc:  # noqa: BLE001 - any failure of the model itself, in one line
+            raise CSRAError(f"model {name}: forward_features fails on a {size}x{size} input ({type(exc).__name__}: {first_line(exc)})") from None
         if not isinstance(raw, torch.Tensor):
             raise CSRAError(f"model {name}: forward_features returns a {type(raw).__name__}, not one feature map, so its locations cannot be scored")
         raw = raw.float()
+        if not torch.isfinite(raw).all():
+            raise CSRAError(f"model {name}: forward_features gives non-finite values on a random {size}x{size} input, so its head cannot be read")
         with _recording(model) as calls:
             logits = model.forward_head(raw)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
@@ -183,6 +188,9 @@ def plan_head(model: Any, name: str, size: int, nonlinear: Callable[[str], None]
             raise CSRAError(
                 f"model {name}: forward_features' output of shape {tuple(raw.shape[1:])} cannot be put on a grid of {width}-wide locations (the pooled vector's width)"
             )
+    locations = feature_map(raw, *layout).flatten(2).shape[-1]
+    if locations < 2:
+        raise CSRAError(f"model {name}: forward_features returns {tuple(raw.shape[1:])}, a single location (its patch tokens are not in it), so there is nothing to attend over")
     post = calls[first:]
     norm = entry.module if len(roots) == 1 and _is_layer_norm(entry.module, width) else None
     after = post[1:] if norm is not None else post
@@ -283,5 +291,5 @@ def _nonlinear_reason(
     if affine:
         return ""
     if culprit is not None:
-        return f"its head has {_describe(culprit)} after pooling (not affine)"
+        return f"its head has {_describe(culprit)}, non-linear after pooling"
     return "its forward_head applies a non-linear operation after pooling"

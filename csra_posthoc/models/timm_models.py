@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from ..errors import CSRAError
 from .base import AdapterInfo, DataConfig, ModelAdapter
 from .timm_head import HeadPlan, feature_map, plan_head
 
@@ -18,8 +20,11 @@ class TimmAdapter(ModelAdapter):
         super().__init__(model, plan.head, info, data_config)
         self.layout = plan.layout
         self.prefix_tokens = plan.prefix_tokens
+        self._embed = patch_embedding(model)
 
     def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
+        if self._embed is not None:
+            check_input_size(self._embed, self.info.name, int(x.shape[-2]), int(x.shape[-1]))
         return self.wrapped.forward_features(x)
 
     def feature_map(self, raw: torch.Tensor) -> torch.Tensor:
@@ -49,12 +54,33 @@ def timm_data_config(model: nn.Module) -> DataConfig:
 
 
 def fixed_input_size(model: nn.Module) -> int | None:
-    """The one input size a model built for a fixed size takes (ViT / Swin / ... ``patch_embed.img_size``), else None."""
-    embed: Any = getattr(model, "patch_embed", None)
+    """The one input size a model built for a fixed size takes (its patch embedding's ``img_size``:
+    ViT, Swin, Mixer, ...), else None."""
+    embed = patch_embedding(model)
     fixed = getattr(embed, "img_size", None)
-    if fixed is None or getattr(model, "dynamic_img_size", False) or getattr(embed, "dynamic_img_size", False):
+    if fixed is None or not getattr(embed, "strict_img_size", False) or getattr(model, "dynamic_img_size", False):
         return None
     return int(fixed[0]) if isinstance(fixed, (tuple, list)) else int(fixed)
+
+
+def patch_embedding(model: nn.Module) -> Any:
+    """The model's patch embedding (timm's ``PatchEmbed`` or one like it), or None for a CNN."""
+    return next((m for m in model.modules() if hasattr(m, "patch_size") and hasattr(m, "strict_img_size") and hasattr(m, "img_size")), None)
+
+
+def check_input_size(embed: Any, name: str, h: int, w: int) -> None:
+    """One line instead of timm's assertion: a model built for one input size, or a size its patches do not tile."""
+    fixed = tuple(embed.img_size) if getattr(embed, "strict_img_size", False) and embed.img_size is not None else None
+    if fixed is not None and (h, w) != fixed:
+        raise CSRAError(
+            f"model {name} takes {fixed[0]}x{fixed[1]} inputs only (its position embeddings or token mixing are built for that size "
+            f"and this family cannot resample them): use img_size {fixed[0]}",
+            param="img_size",
+        )
+    ph, pw = (int(v) for v in embed.patch_size)
+    if not getattr(embed, "dynamic_img_pad", False) and (h % ph or w % pw):
+        lower, upper = (h // ph) * ph, (h // ph + 1) * ph
+        raise CSRAError(f"model {name}: img_size {h} is not a multiple of its patch size {ph} (e.g. {lower or upper} or {upper})", param="img_size")
 
 
 def build_timm_adapter(model: nn.Module, name: str, weights: str) -> ModelAdapter:
@@ -63,6 +89,7 @@ def build_timm_adapter(model: nn.Module, name: str, weights: str) -> ModelAdapte
 
     data_config = timm_data_config(model)
     size = fixed_input_size(model) or data_config.input_size
+    data_config = replace(data_config, input_size=size)
     with eval_mode(model):
         plan = plan_head(model, name, size)  # h22b hook: a non-linear head after pooling is refused in there
     tokens = plan.layout == "tokens"
