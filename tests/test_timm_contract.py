@@ -85,7 +85,7 @@ def test_identity_holds_for_every_linear_head(arch: str, kwargs: dict, size: int
 def test_nhwc_scores_are_the_classifier_at_each_location() -> None:
     """Swin: the per-location score is the head's linear layer on each NHWC location, by hand."""
     model = build("swin_tiny_patch4_window7_224", embed_dim=24, depths=(1, 1), num_heads=(1, 2), window_size=4, img_size=64)
-    adapter, s, _ = scores_and_model_logits(model, "swin", 64)
+    _, s, _ = scores_and_model_logits(model, "swin", 64)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         feats = model.forward_features(x)  # (B, H, W, C)

@@ -26,6 +26,7 @@ The runtime identity check (:func:`csra_posthoc.models.identity.verify_identity`
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -148,7 +149,7 @@ def plan_head(model: Any, name: str, size: int, nonlinear: Callable[[str], None]
     with torch.no_grad():
         try:
             raw = model.forward_features(x)
-        except Exception as exc:  # noqa: BLE001 - any failure of the model itself, in one line
+        except Exception as exc:  # any failure of the model itself, in one line
             raise CSRAError(f"model {name}: forward_features fails on a {size}x{size} input ({type(exc).__name__}: {first_line(exc)})") from None
         if not isinstance(raw, torch.Tensor):
             raise CSRAError(f"model {name}: forward_features returns a {type(raw).__name__}, not one feature map, so its locations cannot be scored")
@@ -162,19 +163,29 @@ def plan_head(model: Any, name: str, size: int, nonlinear: Callable[[str], None]
     batch = raw.shape[0]
     roots = _roots(calls, batch)
     if not roots:
-        raise CSRAError(f"model {name}: no pooled vector reaches a module in forward_head (the classifier runs before pooling), so its head cannot be read per location")
+        raise CSRAError(
+            f"model {name}: no pooled vector reaches a module in forward_head (the classifier runs before pooling), so its head cannot be read per location"
+        )
     first = calls.index(roots[0])
     entry = roots[0]
     pooled = entry.inputs[0].reshape(batch, -1).float()
     width = pooled.shape[1]
     prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
+    if raw.dim() == 3 and not prefix:  # a class token the model does not declare (CoaT-Lite): what a square grid leaves over
+        extra = raw.shape[1] - math.isqrt(raw.shape[1]) ** 2
+        prefix = extra if 0 < extra <= 8 else 0
+    # a second head on the same pooled vector (LeViT's distillation head), or on another prefix
+    # token (distilled DeiT); a module fed by a functional op after pooling is not a root
+    roots = [r for r in roots if r is entry or torch.equal(r.inputs[0], entry.inputs[0]) or (prefix > 1 and r.inputs[0].shape == entry.inputs[0].shape)]
     for call in calls[:first]:  # modules between forward_features and the pooled vector: pooling only
         if not isinstance(call.module, (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool1d, nn.AvgPool2d, *_PASSTHROUGH)) and "Pool" not in type(call.module).__name__:
-            raise CSRAError(f"model {name}: forward_head applies {_describe(call)} before pooling, so forward_features' output is not the map its classifier averages")
+            raise CSRAError(
+                f"model {name}: forward_head applies {_describe(call)} before pooling, so forward_features' output is not the map its classifier averages"
+            )
     layout: tuple[Layout, int] | None = None
     if all(r.inputs[0].reshape(batch, -1).shape == pooled.shape and torch.equal(r.inputs[0].reshape(batch, -1).float(), pooled) for r in roots):
         for lay, pre in _layouts(raw, width, prefix):
-            if _close(feature_map(raw, lay, pre).flatten(2).mean(-1), pooled):
+            if _close(feature_map(raw, lay, pre).flatten(2).mean(-1) if lay != "tokens" else raw[:, pre:].mean(1), pooled):
                 layout = (lay, pre)
                 break
     patch_average = False
@@ -183,26 +194,37 @@ def plan_head(model: Any, name: str, size: int, nonlinear: Callable[[str], None]
         if prefix > 0 and candidates and candidates[0][0] == "tokens":
             layout, patch_average = candidates[0], True  # class-token model: the paper's patch average
         elif candidates:
-            raise CSRAError(f"model {name}: {_pool_name(model)} is not an average over locations, so CSRA's identity (mean of per-location scores = logits) cannot hold")
+            raise CSRAError(
+                f"model {name}: {_pool_name(model)} is not an average over locations, so CSRA's identity (mean of per-location scores = logits) cannot hold"
+            )
         else:
             raise CSRAError(
                 f"model {name}: forward_features' output of shape {tuple(raw.shape[1:])} cannot be put on a grid of {width}-wide locations (the pooled vector's width)"
             )
-    locations = feature_map(raw, *layout).flatten(2).shape[-1]
+    try:
+        locations = feature_map(raw, *layout).flatten(2).shape[-1]
+    except ValueError as exc:
+        raise CSRAError(f"model {name}: forward_features' output {tuple(raw.shape[1:])} cannot be put on a grid ({exc})") from None
     if locations < 2:
-        raise CSRAError(f"model {name}: forward_features returns {tuple(raw.shape[1:])}, a single location (its patch tokens are not in it), so there is nothing to attend over")
+        raise CSRAError(
+            f"model {name}: forward_features returns {tuple(raw.shape[1:])}, a single location (its patch tokens are not in it), so there is nothing to attend over"
+        )
     post = calls[first:]
-    norm = entry.module if len(roots) == 1 and _is_layer_norm(entry.module, width) else None
+    norm: Any = entry.module if len(roots) == 1 and _is_layer_norm(entry.module, width) else None
     after = post[1:] if norm is not None else post
-    classifier = model.get_classifier() if callable(getattr(model, "get_classifier", None)) else None
+    classifier: Any = model.get_classifier() if callable(getattr(model, "get_classifier", None)) else None
     fast = [c for c in after if not isinstance(c.module, _PASSTHROUGH)]
+    weight: torch.Tensor
+    bias: torch.Tensor | None
     if len(roots) == 1 and len(fast) == 1 and fast[0].module is classifier and _is_linear(classifier):
-        weight, bias = classifier.weight.reshape(classifier.weight.shape[0], -1), classifier.bias
+        linear: Any = classifier
+        weight, bias = linear.weight.reshape(linear.weight.shape[0], -1), linear.bias
         folded = ""
     else:
-        weight, bias = _read_affine(model, raw, roots, norm is not None, width)
+        weight, at_zero = _read_affine(model, raw, roots, norm is not None, width)
+        bias = at_zero
         folded = ", ".join(f"{type(c.module).__name__}" for c in after if not isinstance(c.module, _PASSTHROUGH))
-        reason = _nonlinear_reason(after, model, raw, roots, norm is not None, weight, bias, pooled, None if patch_average else logits, width)
+        reason = _nonlinear_reason(after, model, raw, roots, norm is not None, weight, at_zero := bias, pooled, None if patch_average else logits, width)
         if reason:
             if nonlinear is not None:
                 nonlinear(reason)
@@ -273,7 +295,16 @@ def _read_affine(model: Any, raw: torch.Tensor, entry: list[_Call], after_norm: 
 
 
 def _nonlinear_reason(
-    after: list[_Call], model: Any, raw: torch.Tensor, entry: list[_Call], after_norm: bool, weight: torch.Tensor, bias: torch.Tensor, pooled: torch.Tensor, logits: torch.Tensor | None, width: int
+    after: list[_Call],
+    model: Any,
+    raw: torch.Tensor,
+    entry: list[_Call],
+    after_norm: bool,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    pooled: torch.Tensor,
+    logits: torch.Tensor | None,
+    width: int,
 ) -> str:
     """Why the head after pooling is not affine ("" when it is): checked on the real pooled vectors
     (through the model's own logits) and on a random direction at the same scale."""

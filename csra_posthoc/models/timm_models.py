@@ -93,7 +93,9 @@ def build_timm_adapter(model: nn.Module, name: str, weights: str) -> ModelAdapte
     with eval_mode(model):
         plan = plan_head(model, name, size)  # h22b hook: a non-linear head after pooling is refused in there
     tokens = plan.layout == "tokens"
-    family = "timm-vit" if plan.patch_average or (tokens and plan.prefix_tokens) else {"nchw": "timm-cnn", "nhwc": "timm-nhwc", "tokens": "timm-tokens"}[plan.layout]
+    family = (
+        "timm-vit" if plan.patch_average or (tokens and plan.prefix_tokens) else {"nchw": "timm-cnn", "nhwc": "timm-nhwc", "tokens": "timm-tokens"}[plan.layout]
+    )
     info = AdapterInfo(name=name, family=family, baseline_source="patch_average" if plan.patch_average else "model_logits", weights=weights)
     if plan.patch_average:
         info.notes.append("class-token model: the baseline is the average of per-patch logits, not the model's own class-token logits (reported separately)")
