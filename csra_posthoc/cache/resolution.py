@@ -57,6 +57,10 @@ def _version(dist: str) -> str:
 
 def weights_source_stamp(model: str, checkpoint: str | Path | None, pretrained: bool, random_init: bool, num_classes: int | None) -> dict[str, Any] | None:
     """A cheap identity of the weights a build would load, or None when there is none (hub weights)."""
+    if model.startswith("hf:") and checkpoint is None and not random_init:  # its folder: config, preprocessing, weights
+        from ..models.hf_models import source_files
+
+        return {"hf": [_stamp(f) for f in source_files(model)], "transformers": _version("transformers")}
     if checkpoint is not None:
         return {"checkpoint": _stamp(Path(checkpoint))}
     if random_init:
@@ -157,6 +161,13 @@ def _device_type(device: str) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
+def _test_pool_key(options: ExtractOptions, input_size: int, model_input_size: int) -> int | None:
+    from ..extraction.test_pool import resolve_test_pool
+
+    setting = resolve_test_pool(options.test_pool, options.train_size, input_size, model_input_size)
+    return setting.key() if setting is not None else None
+
+
 def statistics_location(resolution: Resolution, images, options: ExtractOptions, cache_dir: Path) -> tuple[str, Path]:
     """The statistics key and cache file a build with this resolution would use (no model needed)."""
     from ..data.decode import decode_key
@@ -181,5 +192,6 @@ def statistics_location(resolution: Resolution, images, options: ExtractOptions,
         amp=amp_precision(options, _device_type(options.device)) or False,
         keep_maps=options.keep_maps,
         cache_dtype=options.cache_dtype,
+        test_pool=_test_pool_key(options, int(transform["size"]), int(cfg["input_size"])),
     )
     return key, cache_path(cache_dir, resolution.name, images.dataset, images.split, key)

@@ -139,7 +139,7 @@ def _should_print(exc: BaseException) -> bool:
 
 @app.command("sweep", short_help="Sweep lam on a dataset and print a Table-1 row.")
 def sweep_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="timm name (resnet50, vit_base_patch16_224, ...) or torchvision:<arch>"),
+    model: str = typer.Option(..., "--model", "-m", help="timm name (resnet50, ...), torchvision:<arch> or hf:<folder>"),
     dataset: str = typer.Option(..., "--dataset", "-d", help=" | ".join(DATASET_NAMES)),
     data_dir: Path = typer.Option(..., "--data-dir", help="dataset root in its standard layout (README: Datasets)"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="local state_dict (.pth/.pt/.safetensors), loaded weights-only"),
@@ -191,6 +191,10 @@ def sweep_cmd(
         help="torch threads during extraction (default: the current count, capped at the cores other processes leave free when they keep the CPU busy; restored afterwards)",
     ),
     cache_dtype: str = typer.Option("float32", "--cache-dtype", help="float32 | float16: statistics cached in half precision (half the file; own cache key)"),
+    test_pool: Optional[bool] = typer.Option(
+        None, "--test-pool/--no-test-pool", help="timm's test-time pooling row beside CSRA's (default: on when --img-size exceeds the model's input size)"
+    ),
+    train_size: Optional[int] = typer.Option(None, "--train-size", help="test-time pooling's training size (default: the model's own input size)"),
     lams: str = typer.Option(_csv(DEFAULT_LAMS), "--lams", help="comma-separated lam values of the sweep (0 is the baseline)"),
     temps: str = typer.Option(_csv(DEFAULT_TEMPS), "--temps", help="softmax temperatures (inf = max); empty: no softmax variant"),
     heads: str = typer.Option(_csv(DEFAULT_HEADS), "--heads", help="multi-head sets of the paper; empty: no multi-head variant"),
@@ -253,6 +257,8 @@ def sweep_cmd(
                 compile=compile,
                 threads=threads,
                 cache_dtype=cache_dtype,  # type: ignore[arg-type]
+                test_pool=test_pool,
+                train_size=train_size,
             ),
             sweep_options=SweepOptions(
                 lams=tuple(_floats("--lams", lams)),
@@ -329,7 +335,7 @@ TemperatureOpt = Annotated[Optional[str], typer.Option("--temperature", help="in
 HeadsOpt = Annotated[Optional[int], typer.Option("--heads", help="multi-head: 1, 2, 4, 6 or 8 (the paper's temperature sets)")]
 ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="comma-separated class names in the head's order")]
 ClassesFileOpt = Annotated[Optional[Path], typer.Option("--classes-file", help="class names, one per line")]
-OptionalModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="timm name or torchvision:<arch>")]
+OptionalModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="timm name, torchvision:<arch> or hf:<folder>")]
 PatchedLamOpt = Annotated[Optional[str], typer.Option("--lam", help="default: the file's, else the paper's fixed lam (0.02 ResNets, 0.2 others)")]
 OptionalImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", help="square input size (default: the patched file's, else the model's own)")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
@@ -354,7 +360,7 @@ def _optional_float(flag: str, text: str | None) -> float | None:
 
 @app.command("apply", short_help="Export the CSRA-patched model to a file.")
 def apply_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="timm name or torchvision:<arch> (as in sweep)"),
+    model: str = typer.Option(..., "--model", "-m", help="timm name, torchvision:<arch> or hf:<folder> (as in sweep)"),
     out: Path = typer.Option(..., "--out", "-o", help="FILE.safetensors | .pt2 (torch.export) | .ts (TorchScript) | .onnx"),
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
@@ -367,9 +373,13 @@ def apply_cmd(
     temperature: TemperatureOpt = None,
     heads: HeadsOpt = None,
     from_results: Optional[Path] = typer.Option(None, "--from-results", help="take lam / temperature / heads from a sweep's --out JSON"),
-    pick: str = typer.Option("best", "--pick", help="--from-results row: best | fixed | best-variant"),
+    pick: str = typer.Option("best", "--pick", help="--from-results row: best | fixed | best-variant | test-pool"),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="input side of the exported model (default: the sweep's, else the model's)"),
     transform: str = typer.Option("auto", "--transform", help="preprocessing stored for predict: auto | square | crop"),
+    test_pool: bool = typer.Option(False, "--test-pool", help="timm's test-time pooling instead of CSRA (window: the feature map at --train-size)"),
+    train_size: Optional[int] = typer.Option(
+        None, "--train-size", help="--test-pool: training size (default: --from-results' test-pool row, else the model's)"
+    ),
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
     force: bool = typer.Option(False, "--force", help="accepted, no longer needed: every command replaces an existing output (README: Outputs)"),
@@ -398,6 +408,8 @@ def apply_cmd(
             transform=transform,
             classes=read_classes(classes, classes_file),
             force=force,
+            test_pool=test_pool,
+            train_size=train_size,
         )
 
     run_cli(go)
@@ -549,6 +561,29 @@ def attention_cmd(
             from_results=from_results,
             pick=pick,
         )
+
+    run_cli(go)
+
+
+@app.command("models", short_help="List architectures, or check which ones CSRA can patch.")
+def models_cmd(
+    pattern: Optional[str] = typer.Argument(
+        None, metavar="PATTERN", help="fnmatch pattern as timm.list_models ('resnet*', '*vit*', 'torchvision:*'); default: all"
+    ),
+    check: bool = typer.Option(
+        False, "--check", help="build each at random init (no download) and patch it: supported / patch average / non-linear head / refused"
+    ),
+    all_models: bool = typer.Option(False, "--all", help="--check every architecture (up to --max-params, default 30 M parameters)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="--check: write the checks as JSON"),
+    max_params: Optional[int] = typer.Option(None, "--max-params", help="--check: skip models with more parameters (default 30000000 with --all, else none)"),
+    img_size: Optional[int] = typer.Option(None, "--img-size", help="--check: square input size (default: the model's own where fixed, else 96)"),
+) -> None:
+    """List timm / torchvision architectures; with --check, patch each at random init and say whether CSRA supports it."""
+
+    def go() -> None:
+        from ..models.catalog import run_models
+
+        run_models(pattern, check=check, check_all=all_models, json_out=json_out, max_params=max_params, img_size=img_size)
 
     run_cli(go)
 

@@ -57,6 +57,8 @@ FLAGS: dict[str, str] = {
     "compile": "--compile",
     "threads": "--threads",
     "cache_dtype": "--cache-dtype",
+    "test_pool": "--test-pool",
+    "train_size": "--train-size",
     # sweep
     "lams": "--lams",
     "temps": "--temps",
@@ -93,6 +95,11 @@ FLAGS: dict[str, str] = {
     "per_class": "--per-class",
     "plot_classes": "--plot-classes",
     "real_labels": "--real-labels",
+    # models (csra_posthoc.models.catalog)
+    "pattern": "PATTERN",
+    "check": "--check",
+    "all_models": "--all",
+    "max_params": "--max-params",
     # demo
     "num_train": "--num-train",
     "num_test": "--num-test",

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # selection and bootstrap import this module
     from .per_class import ClassDeltas
     from .selection import HeldOut
 
-VariantKind = Literal["max", "softmax", "heads"]
+VariantKind = Literal["max", "softmax", "heads", "test-pool"]  # test-pool: timm's test-time pooling (extraction.test_pool), no lam
 T = TypeVar("T")
 
 
@@ -55,8 +55,8 @@ class Variant:
 
     @property
     def label(self) -> str:
-        if self.kind == "max":
-            return "max"
+        if self.kind in ("max", "test-pool"):
+            return self.kind
         if self.kind == "softmax":
             return f"softmax T={self.temperature:g}"
         return f"heads H={self.heads}"
@@ -108,6 +108,7 @@ class SweepResult:
     bootstrap_seed: int | None = None
     uncertainty_notes: list[str] = field(default_factory=list)  # e.g. why there is no held-out row
     per_class_delta: dict[str, ClassDeltas] | None = None  # "best", "fixed", "held_out": per-class Δ and intervals (csra_posthoc.evaluation.per_class)
+    test_pool: SweepRow | None = None  # timm's test-time pooling score, when the statistics have it (docs/method.md §12)
     thresholds: dict[str, dict[str, Any]] | None = None  # per-class F1 thresholds by row (csra_posthoc.evaluation.calibration; multi-label only)
 
 
@@ -187,6 +188,8 @@ def sweep(
             }
     if stats.info.baseline_source == "patch_average":
         result.model_logits = evaluate(stats, stats.logits, task)[0]
+    if stats.test_pool is not None:  # timm's test-time pooling: one more row, beside CSRA's
+        result.test_pool = SweepRow(Variant("test-pool"), 0.0, *evaluate(stats, stats.test_pool, task))
     return result
 
 

@@ -253,6 +253,25 @@ def report_localisation(console: Console, stats: ClassStatistics, images: Labell
         console.print(f"{safe(summary_line(section))}; arg-max of s_k, the same for every λ", soft_wrap=True)
 
 
+def report_size_splits(
+    console: Console, result: Any, stats: ClassStatistics, images: LabelledImages, grid: SweepOptions, data_json: dict[str, Any], bar: Any
+) -> None:
+    """Δ by object size and by clutter (``data_json["by_object_size"]`` / ``["by_label_count"]``), automatic
+    when a multi-label dataset has boxes; intervals from the sweep's resamples (docs/method.md §11)."""
+    from .grid import row_scores
+    from .object_size import report_splits
+
+    if images.object_boxes is None or stats.info.task == "single_label":
+        return
+    variants: dict[str, Any] = {"best": row_scores(stats, result.best), "fixed": row_scores(stats, result.fixed)}
+    if result.held_out is not None:
+        variants["held_out"] = result.held_out.parts
+    if result.test_pool is not None and stats.test_pool is not None:
+        variants["test_pool"] = stats.test_pool
+    with bar("size / clutter splits", grid.bootstrap or 1, "resample") as advance:
+        report_splits(console, stats, images, variants, data_json, n=grid.bootstrap, seed=grid.seed, progress=advance)
+
+
 def sweep_config(source: ModelSource, dataset: str, data_dir: str | Path, parts: dict[str, Any], dataset_label: str | None) -> dict[str, Any]:
     """What every rank of a torchrun launch must agree on (its hash is compared across ranks)."""
     from dataclasses import asdict, is_dataclass
@@ -380,6 +399,7 @@ def run_sweep(
         console.print(f"[yellow]note:[/] λ chosen on {safe(train.split)}, the probe's training split: its scores are fitted, the held-out λ may favour it")
     data_json = results_dict(result, stats, outputs.extra)
     report_localisation(console, stats, images, data_json)
+    report_size_splits(console, result, stats, images, grid, data_json, bar)
     data_json["head_file"] = str(Path(save_head).resolve()) if save_head is not None else None  # found by apply --from-results
     analyse(console, result, stats, grid, analysis, real, data_json)
     if outputs.plot is not None:

@@ -176,6 +176,9 @@ def check_config(config: Any, path: str | Path | None = None, *, rebuild: bool =
     if (rebuild or norm is not None) and not norm_ok:
         bad("head_norm", "is not {pooled_norm: bool, eps: number in (0, 1)}")
     _check_preprocessing(config.get("preprocessing"), bad)
+    unsaved = config.get("model_unsaved_buffers")
+    if unsaved is not None and (not isinstance(unsaved, list) or not all(isinstance(b, str) for b in unsaved)):
+        bad("model_unsaved_buffers", "is not a list of buffer names")
     for field in ("data_config", "input", "output", "export"):
         if field in config and not isinstance(config[field], dict):
             bad(field, "is not an object")
@@ -186,6 +189,15 @@ def check_config(config: Any, path: str | Path | None = None, *, rebuild: bool =
         bad("thresholds", f"is not null or a list of {config['num_classes']} finite numbers")
     if config.get("threshold_source") is not None and not isinstance(config["threshold_source"], str):
         bad("threshold_source", "is not null or a string")
+    pool = config.get("test_pool")
+    if pool is not None and not (
+        isinstance(pool, dict)
+        and _is_count(pool.get("train_size"))
+        and isinstance(pool.get("window"), list)
+        and len(pool["window"]) == 2
+        and all(_is_count(v) for v in pool["window"])
+    ):
+        bad("test_pool", "is not null or {train_size: integer > 0, window: [h, w] integers > 0}")
     return config
 
 
@@ -220,7 +232,8 @@ def verify_fingerprints(
 def verify_state_dict(config: dict[str, Any], state: dict[str, torch.Tensor], path: str | Path | None = None) -> None:
     """:func:`verify_fingerprints` for a whole ``PatchedModel`` state dict (``model.*`` and
     ``head.classifier.*``), as a TorchScript or ``torch.export`` file holds it."""
-    model_t = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    unsaved = set(config.get("model_unsaved_buffers") or [])  # TorchScript keeps them; the fingerprint never saw them
+    model_t = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.") and k[len("model.") :] not in unsaved}
     head_t = {k[len("head.classifier.") :]: v for k, v in state.items() if k.startswith("head.classifier.")}
     verify_fingerprints(config, model_t, head_t, path)
     rows = head_t["weight"].shape[0] if "weight" in head_t else None
@@ -289,6 +302,7 @@ class PatchedModel(nn.Module):
         lam = self.head.lam if lam is None else lam
         self.head = CSRAHead(self.head.classifier, lam, math.inf if temperature is None else temperature, heads)
         self.config.update(settings_config(self.head))
+        self.config.pop("test_pool", None)  # CSRA settings replace a test-pool head
         return self
 
     def check_unchanged(self) -> None:
@@ -356,6 +370,7 @@ def patch(
     img_size: int | None = None,
     thresholds: Sequence[float] | None = None,
     threshold_source: str | None = None,
+    test_pool: dict[str, Any] | None = None,
 ) -> PatchedModel:
     """CSRA-patch a timm / torchvision classifier (or a :func:`csra_posthoc.load_model` adapter).
 
@@ -372,6 +387,8 @@ def patch(
     ``thresholds``: per-class decision thresholds on the score scale (``score_c >= thresholds[c]``,
     e.g. a sweep's calibrated ones) and ``threshold_source`` (one line saying how they were chosen),
     stored in the config for ``predict --threshold calibrated``.
+    ``test_pool`` (``{"train_size", "window": [h, w]}``): timm's test-time pooling instead of CSRA
+    (:class:`csra_posthoc.extraction.test_pool.TimmPoolHead`; lam and the variant are then unused).
     """
     from ..data.transforms import transform_description
     from ..extraction.probe import ProbeHeadAdapter
@@ -384,8 +401,16 @@ def patch(
     adapter = adapter_for_module(model, name)
     classifier, head_meta = (adapter.head, {}) if head is None else classifier_from_probe(adapter, head)
     csra = CSRAHead(classifier, lam=lam, temperature=temperature, heads=heads)
+    if test_pool is not None:  # timm's test-time pooling row (docs/method.md §12)
+        from ..extraction.test_pool import TimmPoolHead
+
+        csra = TimmPoolHead(classifier, test_pool["window"], test_pool["train_size"])
     if classes is None:
         classes = (head_meta.get("probe") or {}).get("classes")
+    if classes is None and head is None:  # a Hugging Face model names its classes in its config
+        from ..models.hf_models import hf_label_names
+
+        classes = hf_label_names(adapter.model)
     if classes is not None and len(classes) != csra.num_classes:
         raise CSRAError(f"classes: {len(classes)} names for a head with {csra.num_classes} classes", param="classes")
     if preprocessing is None:
@@ -414,6 +439,13 @@ def patch(
         "thresholds": _checked_thresholds(thresholds, csra.num_classes),
         "threshold_source": None if thresholds is None else (threshold_source or "given to patch()"),
     }
+    # buffers outside the state dict (Swin's relative position index): not in weights_fingerprint, but a TorchScript file holds them
+    config["model_unsaved_buffers"] = sorted(
+        f"{prefix}.{name}".lstrip(".") for prefix, module in adapter.model.named_modules() for name in getattr(module, "_non_persistent_buffers_set", ())
+    )
+    if test_pool is not None:
+        config["test_pool"] = csra.config()  # type: ignore[operator]
+        config["output"] = {**config["output"], "meaning": "test-time pooling scores (logits scale): 0.5 * (mean + max) of the window-averaged score map"}
     return PatchedModel(adapter, csra, config)
 
 
@@ -503,4 +535,8 @@ def load_patched(path: str | Path) -> PatchedModel:
     classifier = LocationHead(head_t["weight"], head_t["bias"], head_t["norm_weight"], head_t["norm_bias"], norm["eps"], norm["pooled_norm"])
     temps = [_from_json_float(t) for t in config["temperatures"]]
     csra = CSRAHead(classifier, config["lam"], temperature=temps[0] if config.get("heads") is None else math.inf, heads=config.get("heads"))
+    if config.get("test_pool") is not None:
+        from ..extraction.test_pool import TimmPoolHead
+
+        csra = TimmPoolHead(classifier, config["test_pool"]["window"], config["test_pool"]["train_size"])
     return PatchedModel(adapter, csra, config)
