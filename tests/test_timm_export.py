@@ -55,26 +55,8 @@ def swept(tmp_path_factory) -> dict[str, tuple[Path, Path, Path]]:
     return _Sweeps(tmp_path_factory.mktemp("timm_export"))
 
 
-# known gaps in the export / archive checks (not in the head): TorchScript files hold the
-# non-persistent buffers (Swin's relative_position_index, TResNet's anti-alias filter), so their
-# tensors do not hash to the weights fingerprint; the .pt2 reader refuses Swin's dynamic-size
-# shape expressions (Mul). strict: these start failing the day they are fixed.
-KNOWN_GAPS = {("swin", "ts"), ("swin", "pt2"), ("tresnet", "ts")}
-
-
-def _cases() -> list:
-    cases = []
-    for key in MODELS:
-        for fmt in FORMATS:
-            value = fmt.values[0] if hasattr(fmt, "values") else fmt
-            marks = list(fmt.marks) if hasattr(fmt, "marks") else []
-            if (key, value) in KNOWN_GAPS:
-                marks.append(pytest.mark.xfail(strict=True, reason="export check gap, see KNOWN_GAPS"))
-            cases.append(pytest.param(key, value, marks=marks, id=f"{key}-{value}"))
-    return cases
-
-
-@pytest.mark.parametrize(("key", "fmt"), _cases())
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("key", list(MODELS))
 def test_exported_file_reproduces_the_sweep_row(swept, tmp_path: Path, key: str, fmt: str) -> None:
     data, results, scores = swept[key]
     summary = json.loads(results.read_text())
