@@ -144,6 +144,7 @@ def test_class_token_models_score_the_patch_tokens(arch: str, kwargs: dict, size
         ("hgnetv2_b0", {}, "its head has 'head.last_conv.1' (ReLU), non-linear after pooling"),
         ("mobilenetv3_small_050", {}, "its head has 'act2' (Hardswish), non-linear after pooling"),
         ("pit_ti_224", {}, "a single location (its patch tokens are not in it)"),
+        ("test_vit3", {}, "pooling 'map' is not an average over locations ('attn_pool.kv' (Linear) reads the whole map after it)"),
     ],
 )
 def test_genuine_refusals_name_the_operation(arch: str, kwargs: dict, fragment: str) -> None:

@@ -177,6 +177,14 @@ def plan_head(model: Any, name: str, size: int, nonlinear: Callable[[str], None]
     # a second head on the same pooled vector (LeViT's distillation head), or on another prefix
     # token (distilled DeiT); a module fed by a functional op after pooling is not a root
     roots = [r for r in roots if r is entry or torch.equal(r.inputs[0], entry.inputs[0]) or (prefix > 1 and r.inputs[0].shape == entry.inputs[0].shape)]
+    late = next(
+        (c for c in calls[first:] if c.inputs and isinstance(c.inputs[0], torch.Tensor) and c.inputs[0].dim() >= 3 and not _pooled_shaped(c.inputs[0], batch)),
+        None,
+    )
+    if late is not None:  # attention pooling: a latent query is a vector, but the keys still read the whole map
+        raise CSRAError(
+            f"model {name}: {_pool_name(model)} is not an average over locations ({_describe(late)} reads the whole map after it), so CSRA's identity cannot hold"
+        )
     for call in calls[:first]:  # modules between forward_features and the pooled vector: pooling only
         if not isinstance(call.module, (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool1d, nn.AvgPool2d, *_PASSTHROUGH)) and "Pool" not in type(call.module).__name__:
             raise CSRAError(
