@@ -37,7 +37,7 @@ SMALL_INPUT = 96  # tried first for models without a fixed input size (3x3 at st
 DEFAULT_TIME_BUDGET = 120.0  # seconds per model
 
 # A fixed sample across families (the smallest variant of each), to judge the coverage target on
-# in tests: tests/test_models_command.py checks all of it. BEiT and VGG have no variant under
+# in tests: tests/models/test_models_command.py checks all of it. BEiT and VGG have no variant under
 # 30 M parameters, so they are left to the full run.
 CHECK_SAMPLE: tuple[str, ...] = (
     "resnet10t",

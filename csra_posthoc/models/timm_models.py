@@ -88,6 +88,10 @@ def build_timm_adapter(model: nn.Module, name: str, weights: str) -> ModelAdapte
     from .instance import eval_mode
 
     data_config = timm_data_config(model)
+    from .nonlinear import nonlinear_adapter, timm_head_is_nonlinear  # h22b hook: non-linear heads
+
+    if timm_head_is_nonlinear(model):
+        return nonlinear_adapter(model, name, weights)
     size = fixed_input_size(model) or data_config.input_size
     data_config = replace(data_config, input_size=size)
     with eval_mode(model):
