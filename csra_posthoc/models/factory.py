@@ -21,7 +21,9 @@ from .timm_models import build_timm_adapter, classifier_key
 from .torchvision_models import TORCHVISION_CLASSIFIER_KEYS, build_torchvision_adapter
 
 TORCHVISION_PREFIX = "torchvision:"
-_TIMM_VIT_MODULES = {"timm.models.vision_transformer", "timm.models.deit"}
+# timm families built with dynamic_img_size=True: any --img-size, timm resamples the position
+# embeddings (ViT, DeiT, EVA) or builds the window masks (Swin, SwinV2) for it on each forward
+_TIMM_VIT_MODULES = {f"timm.models.{m}" for m in ("vision_transformer", "deit", "eva", "swin_transformer", "swin_transformer_v2", "swin_transformer_v2_cr")}
 
 
 def _infer_num_classes(sd: dict[str, torch.Tensor], keys: tuple[str, ...], checkpoint: Path) -> int:

@@ -1,42 +1,42 @@
-"""timm adapters: CNNs with a pool -> (norm) -> linear head, and Vision Transformers."""
+"""timm adapters: every architecture whose head after average pooling is (norm ->) affine (:mod:`.timm_head`)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from ..errors import CSRAError
-from ..heads.location import LocationHead
-from .base import AdapterInfo, BaselineSource, DataConfig, ModelAdapter, tokens_to_grid
+from .base import AdapterInfo, DataConfig, ModelAdapter
+from .timm_head import HeadPlan, feature_map, plan_head
 
 
-class TimmCNNAdapter(ModelAdapter):
-    """timm CNN: ``forward_features`` is the pre-pool map, ``forward_head`` the model's head."""
+class TimmAdapter(ModelAdapter):
+    """Any timm classifier: ``forward_features`` put on a grid (NCHW, NHWC or tokens), ``forward_head`` its logits."""
+
+    def __init__(self, model: nn.Module, plan: HeadPlan, info: AdapterInfo, data_config: DataConfig) -> None:
+        super().__init__(model, plan.head, info, data_config)
+        self.layout = plan.layout
+        self.prefix_tokens = plan.prefix_tokens
+        self._embed = patch_embedding(model)
 
     def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
+        if self._embed is not None:
+            check_input_size(self._embed, self.info.name, int(x.shape[-2]), int(x.shape[-1]))
         return self.wrapped.forward_features(x)
 
     def feature_map(self, raw: torch.Tensor) -> torch.Tensor:
-        return raw
+        grid = getattr(getattr(self.model, "patch_embed", None), "grid_size", None) if self.layout == "tokens" else None
+        return feature_map(raw, self.layout, self.prefix_tokens, tuple(grid) if grid else None)
 
     def model_logits(self, raw: torch.Tensor) -> torch.Tensor:
         return self.wrapped.forward_head(raw)
 
 
-class TimmViTAdapter(ModelAdapter):
-    """timm VisionTransformer: tokens after the final norm, prefix tokens dropped, patches on a grid."""
-
-    def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
-        return self.wrapped.forward_features(x)
-
-    def feature_map(self, raw: torch.Tensor) -> torch.Tensor:
-        grid = getattr(getattr(self.model, "patch_embed", None), "grid_size", None)
-        return tokens_to_grid(raw[:, self.wrapped.num_prefix_tokens :], tuple(grid) if grid else None)
-
-    def model_logits(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.wrapped.forward_head(raw)
+# the adapters' old names (one class serves every timm family now)
+TimmCNNAdapter = TimmViTAdapter = TimmAdapter
 
 
 def timm_data_config(model: nn.Module) -> DataConfig:
@@ -53,95 +53,61 @@ def timm_data_config(model: nn.Module) -> DataConfig:
     )
 
 
-def _pool_type(pool: nn.Module | None) -> str | None:
-    return getattr(pool, "pool_type", None) if pool is not None else None
+def fixed_input_size(model: nn.Module) -> int | None:
+    """The one input size a model built for a fixed size takes (its patch embedding's ``img_size``:
+    ViT, Swin, Mixer, ...), else None."""
+    embed = patch_embedding(model)
+    fixed = getattr(embed, "img_size", None)
+    if fixed is None or not getattr(embed, "strict_img_size", False) or getattr(model, "dynamic_img_size", False):
+        return None
+    return int(fixed[0]) if isinstance(fixed, (tuple, list)) else int(fixed)
 
 
-def _linear(module: Any, name: str) -> nn.Linear | nn.Conv2d:
-    """The classifier as a linear layer, or a clear refusal."""
-    if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)):
-        return module
-    raise CSRAError(
-        f"model {name}: classifier is {type(module).__name__}, not a linear layer, so it cannot be applied "
-        "per location (num_classes=0 models have no head: load one with `checkpoint`)"
-    )
+def patch_embedding(model: nn.Module) -> Any:
+    """The model's patch embedding (timm's ``PatchEmbed`` or one like it), or None for a CNN."""
+    return next((m for m in model.modules() if hasattr(m, "patch_size") and hasattr(m, "strict_img_size") and hasattr(m, "img_size")), None)
 
 
-def _cnn_head(model: Any, name: str) -> LocationHead:  # Any: timm's attributes vary by architecture
-    from timm.layers import NormMlpClassifierHead
-
-    # timm's head width: num_features (the pre-pool map) vs head_hidden_size (the classifier's input);
-    # they differ exactly when a layer sits between pooling and the classifier
-    width, hidden = getattr(model, "num_features", None), getattr(model, "head_hidden_size", None)
-    widened = bool(width and hidden and width != hidden)
-    if widened and isinstance(getattr(model, "conv_head", None), nn.Module):  # MobileNetV3/V4, GhostNet
+def check_input_size(embed: Any, name: str, h: int, w: int) -> None:
+    """One line instead of timm's assertion: a model built for one input size, or a size its patches do not tile."""
+    fixed = tuple(embed.img_size) if getattr(embed, "strict_img_size", False) and embed.img_size is not None else None
+    if fixed is not None and (h, w) != fixed:
         raise CSRAError(
-            f"model {name}: its head is pool -> conv_head (1x1 conv) -> activation -> linear (non-linear after "
-            "pooling), so it cannot be applied per location; pick a model whose head is pool -> linear"
+            f"model {name} takes {fixed[0]}x{fixed[1]} inputs only (its position embeddings or token mixing are built for that size "
+            f"and this family cannot resample them): use img_size {fixed[0]}",
+            param="img_size",
         )
-    head = getattr(model, "head", None)
-    if isinstance(head, NormMlpClassifierHead):
-        if getattr(head, "hidden_size", None):
-            raise CSRAError(f"model {name}: its head has a pre-logits MLP with tanh after pooling (non-linear), so it cannot be applied per location")
-        pool: Any = head.global_pool
-        norm = head.norm
-        if not isinstance(norm, (nn.LayerNorm, nn.Identity)):
-            raise CSRAError(f"model {name}: head norm {type(norm).__name__} after pooling is not supported")
-    else:
-        pool = getattr(model, "global_pool", None) or getattr(head, "global_pool", None)
-        norm = None
-    if widened and not isinstance(head, NormMlpClassifierHead):
-        raise CSRAError(
-            f"model {name}: its head turns the pooled {width} features into {hidden} before the classifier "
-            "(a layer after pooling), so it cannot be applied per location; pick a model whose head is pool -> linear"
-        )
-    if _pool_type(pool) != "avg":
-        raise CSRAError(f"model {name}: global pool is {_pool_type(pool)!r}, not 'avg'; CSRA's identity needs average pooling")
-    return LocationHead.from_linear(_linear(model.get_classifier(), name), norm)
-
-
-def _vit_head(model: Any, name: str) -> tuple[LocationHead, BaselineSource]:
-    pool = getattr(model, "global_pool", None)
-    if getattr(model, "attn_pool", None) is not None or pool not in ("token", "avg"):
-        raise CSRAError(f"model {name}: pooling {pool!r} (attention or max pooling) cannot be applied per patch; supported are class-token and 'avg' pooling")
-    linear = _linear(model.head, name)
-    weight, bias = linear.weight, linear.bias
-    dist = getattr(model, "head_dist", None)
-    if isinstance(dist, nn.Linear) and bias is not None and dist.bias is not None:  # distilled DeiT averages its two heads
-        weight, bias = (weight + dist.weight) / 2, (bias + dist.bias) / 2
-    norm = getattr(model, "fc_norm", None)
-    if isinstance(norm, nn.LayerNorm):
-        head = LocationHead(weight, bias, norm.weight, norm.bias, norm.eps, pooled_norm=True)
-    elif norm is None or isinstance(norm, nn.Identity):
-        head = LocationHead(weight, bias)
-    else:
-        raise CSRAError(f"model {name}: fc_norm {type(norm).__name__} is not supported")
-    identity = pool == "avg" and not getattr(model, "pool_include_prefix", False) and dist is None
-    return head, "model_logits" if identity else "patch_average"
+    ph, pw = (int(v) for v in embed.patch_size)
+    if not getattr(embed, "dynamic_img_pad", False) and (h % ph or w % pw):
+        lower, upper = (h // ph) * ph, (h // ph + 1) * ph
+        raise CSRAError(f"model {name}: img_size {h} is not a multiple of its patch size {ph} (e.g. {lower or upper} or {upper})", param="img_size")
 
 
 def build_timm_adapter(model: nn.Module, name: str, weights: str) -> ModelAdapter:
-    """Wrap a timm model; refuse (one line) heads that cannot be applied per location."""
-    from timm.models.vision_transformer import VisionTransformer
+    """Wrap a timm model; refuse (one line, naming the operation) heads that cannot be applied per location."""
+    from .instance import eval_mode
 
     data_config = timm_data_config(model)
-    if isinstance(model, VisionTransformer):
-        head, source = _vit_head(model, name)
-        info = AdapterInfo(name=name, family="timm-vit", baseline_source=source, weights=weights)
-        if source == "patch_average":
-            info.notes.append("class-token ViT: the baseline is the average of per-patch logits, not the model's own class-token logits (reported separately)")
-        return TimmViTAdapter(model, head, info, data_config)
-    if not hasattr(model, "forward_features") or not hasattr(model, "forward_head"):
-        raise CSRAError(f"model {name}: timm model without forward_features/forward_head is not supported")
     from .nonlinear import nonlinear_adapter, timm_head_is_nonlinear  # h22b hook: non-linear heads
 
     if timm_head_is_nonlinear(model):
         return nonlinear_adapter(model, name, weights)
-    head = _cnn_head(model, name)
-    info = AdapterInfo(name=name, family="timm-cnn", baseline_source="model_logits", weights=weights)
-    if head.pooled_norm:
+    size = fixed_input_size(model) or data_config.input_size
+    data_config = replace(data_config, input_size=size)
+    with eval_mode(model):
+        plan = plan_head(model, name, size)  # h22b hook: a non-linear head after pooling is refused in there
+    tokens = plan.layout == "tokens"
+    family = (
+        "timm-vit" if plan.patch_average or (tokens and plan.prefix_tokens) else {"nchw": "timm-cnn", "nhwc": "timm-nhwc", "tokens": "timm-tokens"}[plan.layout]
+    )
+    info = AdapterInfo(name=name, family=family, baseline_source="patch_average" if plan.patch_average else "model_logits", weights=weights)
+    if plan.patch_average:
+        info.notes.append("class-token model: the baseline is the average of per-patch logits, not the model's own class-token logits (reported separately)")
+    if plan.head.pooled_norm:
         info.notes.append("norm after pooling: applied per location with the pooled vector's statistics")
-    return TimmCNNAdapter(model, head, info, data_config)
+    if plan.folded:
+        info.notes.append(f"head after pooling folded into one linear map ({plan.folded})")
+    return TimmAdapter(model, plan, info, data_config)
 
 
 def classifier_key(arch: str) -> str:
