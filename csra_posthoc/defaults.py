@@ -6,6 +6,7 @@ The CLI builds its ``--help`` text from these, so they live apart from the torch
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 DEFAULT_LAMS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DEFAULT_TEMPS: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0)
@@ -25,6 +26,8 @@ HEAD_TEMPERATURES: dict[int, tuple[float, ...]] = {
 HEAD_COUNTS: tuple[int, ...] = tuple(HEAD_TEMPERATURES)  # the paper's multi-head sets
 
 METRIC_NAMES: tuple[str, ...] = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "top1", "top5")
+# How a -1 (unknown) label is scored: left out of its class (VOC) or counted as a negative (WIDER-Attribute).
+UnknownPolicy = Literal["exclude", "negative"]
 TRANSFORM_CHOICES: tuple[str, ...] = ("auto", "square", "crop")
 HEAD_CHOICES: tuple[str, ...] = ("model", "probe")
 
@@ -33,6 +36,10 @@ HEAD_CHOICES: tuple[str, ...] = ("model", "probe")
 DEFAULT_SELECT_ON = "half"
 DEFAULT_BOOTSTRAP = 1000  # resamples: a few seconds on a VOC-size set (docs/uncertainty.md has timings)
 FIGURE_FORMATS: tuple[str, ...] = (".png", ".svg", ".pdf")
+
+# The variables torchrun sets in every rank (read by the CLI without importing torch, and by extraction.distributed).
+LAUNCH_VARS: tuple[str, ...] = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+TORCHVISION_PREFIX = "torchvision:"  # a model name that is torchvision's (torchvision:resnet50), not timm's
 
 MIN_IMG_SIZE = 16
 MAX_IMG_SIZE = 4096  # a 4096 px square is already ~200 MB of activations per image in a ResNet's stem

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .store import cache_key
+
 
 def statistics_key(
     *,
@@ -30,7 +32,6 @@ def statistics_key(
     (fp16 / bf16). ``transform``: with the decode policy folded in
     (:func:`csra_posthoc.data.decode.decode_key`). ``cache_dtype`` enters only when it is not
     float32, so keys written before it existed stay valid."""
-    from .store import cache_key
 
     dtype = {} if cache_dtype == "float32" else {"cache_dtype": cache_dtype}
     return cache_key(

@@ -12,15 +12,18 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..defaults import TORCHVISION_PREFIX
 from ..errors import CSRAError, first_line
+from ..heads.head_file import classifier_from_probe
 from .base import ModelAdapter
-from .checkpoint import checkpoint_note, read_checkpoint, state_dict_fingerprint
+from .checkpoint import checkpoint_note, read_checkpoint, state_dict_fingerprint, weights_only_downloads
+from .hub import offline_if_unreachable, require_hub_weights
 from .identity import verify_identity
 from .offline_weights import has_offline_weights, offline_state_dict
+from .probe_head import ProbeHeadAdapter
 from .timm_models import build_timm_adapter, classifier_key
 from .torchvision_models import TORCHVISION_CLASSIFIER_KEYS, build_torchvision_adapter
 
-TORCHVISION_PREFIX = "torchvision:"
 _TIMM_VIT_MODULES = {"timm.models.vision_transformer", "timm.models.deit"}
 
 
@@ -74,8 +77,6 @@ def _create_timm(arch: str, pretrained: bool, num_classes: int | None) -> nn.Mod
     kwargs: dict = {} if num_classes is None else {"num_classes": num_classes}
     if timm.models.model_entrypoint(arch).__module__ in _TIMM_VIT_MODULES:
         kwargs["dynamic_img_size"] = True  # any --img-size: timm interpolates the position embeddings
-    from .hub import offline_if_unreachable
-
     try:
         with offline_if_unreachable():  # a hub found unreachable earlier is not retried
             return timm.create_model(arch, pretrained=pretrained, **kwargs)
@@ -89,8 +90,6 @@ def _create_torchvision(arch: str, pretrained: bool, num_classes: int | None) ->
     if arch not in tvm.list_models(module=tvm):
         raise CSRAError(f"model torchvision:{arch}: unknown torchvision classification model", param="model")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    from .checkpoint import weights_only_downloads
-
     try:
         with weights_only_downloads():  # torchvision's cached download is read weights-only
             return tvm.get_model(arch, weights="DEFAULT" if pretrained else None, **kwargs)
@@ -138,8 +137,6 @@ def load_model(
         weights = "pretrained:packaged"
     else:
         if pretrained and not is_tv:
-            from .hub import require_hub_weights
-
             require_hub_weights(arch)  # no network, no local copy: one line now, not a minute of retries
         # random init is seeded (so a random-init run's cache is reusable) on a forked RNG: timm and
         # torchvision initialise from the global generator, and the caller's stream must not change
@@ -162,9 +159,6 @@ def load_model(
 def with_probe_head(adapter: ModelAdapter, head_file: str | Path) -> ModelAdapter:
     """``adapter`` with a saved probe as its classifier (checked against the model: features, norm, name)."""
     from dataclasses import replace
-
-    from ..patched.model import classifier_from_probe
-    from .probe_head import ProbeHeadAdapter
 
     classifier, meta = classifier_from_probe(adapter, head_file)
     probe = meta.get("probe") or {}

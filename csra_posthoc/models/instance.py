@@ -14,10 +14,11 @@ from typing import Any
 
 import torch.nn as nn
 
+from ..defaults import TORCHVISION_PREFIX
 from ..errors import CSRAError, first_line
 from .base import ModelAdapter
 from .checkpoint import state_dict_fingerprint
-from .factory import TORCHVISION_PREFIX, _create_timm, _create_torchvision
+from .factory import _create_timm, _create_torchvision
 from .identity import verify_identity
 from .timm_models import build_timm_adapter
 from .torchvision_models import build_torchvision_adapter

@@ -16,8 +16,19 @@ import torch
 from rich.console import Console
 
 from ..data.registry import SINGLE_LABEL_DATASETS
+from ..data.transforms import describe_transform, transform_description
 from ..errors import CSRAError
+from ..evaluation.validate import check_img_size, check_weight_source
+from ..heads.csra_head import check_lam, resolve_temperatures
+from ..heads.head_file import load_head
+from ..heads.lookup import results_head_file
+from ..models import load_model
+from ..outputs import check_outputs
 from ..report.compare import read_results_json
+from ..report.tables import report_console
+from ..text import safe
+from .export import check_out_path, export_patched
+from .model import patch
 
 PICKS = {"best": "best", "fixed": "fixed", "best-variant": "best_variant"}
 
@@ -56,7 +67,6 @@ def read_results(path: str | Path) -> dict[str, Any]:
 def pick_settings(results: dict[str, Any], pick: str, path: str | Path) -> CSRASettings:
     if pick not in PICKS:
         raise CSRAError(f"pick {pick}: choose {', '.join(PICKS)}", param="pick")
-    from ..heads.csra_head import resolve_temperatures
 
     row = results.get(PICKS[pick])
     where = f"from_results {path}: its {PICKS[pick]!r} row"
@@ -110,7 +120,6 @@ def check_results_match(results: dict[str, Any], patched_config: dict[str, Any],
 def default_preprocessing(adapter, transform: str, img_size: int | None, head_meta: dict | None) -> dict[str, Any]:
     """The transform ``predict`` uses: ``crop`` (the model's eval transform) or ``square`` (the
     multi-label protocol); ``auto`` is square for a probe fitted on a multi-label dataset, else crop."""
-    from ..data.transforms import transform_description
 
     if transform == "auto":
         probe = (head_meta or {}).get("probe")
@@ -162,14 +171,6 @@ def apply_patch(
 
     Returns a summary (JSON-ready): the settings, the config written, and the export check.
     """
-    from ..evaluation.validate import check_img_size, check_weight_source
-    from ..extraction.probe import load_head
-    from ..heads.csra_head import check_lam, resolve_temperatures
-    from ..models import load_model
-    from ..outputs import check_outputs
-    from ..report.tables import report_console
-    from .export import check_out_path, export_patched
-    from .model import patch
 
     console = console or report_console()
     # every flag is checked before any model is built
@@ -195,8 +196,6 @@ def apply_patch(
         settings = CSRASettings(check_lam(lam), math.inf if temperature is None else float(temperature), heads)
         resolve_temperatures(settings.temperature, settings.heads)
     if results is not None and head_file is None:  # the probe the results name (issue 24): beside them or in the cache
-        from ..heads.lookup import results_head_file
-
         head_file = results_head_file(None, results, str(from_results), console)
         if head_file is not None:
             check_outputs({"out": out}, {"head_file": head_file, "from_results": from_results})
@@ -260,9 +259,6 @@ def lam_zero_difference(patched) -> float:
 
 def print_apply_summary(console: Console, patched, report, identity: float) -> None:
     from rich.table import Table
-
-    from ..data.transforms import describe_transform
-    from ..text import safe
 
     cfg = patched.config
     table = Table(title=f"patched {safe(cfg['model'])} -> {safe(report.path)}", title_justify="left", show_header=False)

@@ -17,8 +17,19 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from ..data.base import load_rgb
+from ..data.transforms import build_transform
 from ..errors import CSRAError, first_line
+from ..extraction.runtime import resolve_device
+from ..heads.csra_head import check_lam, resolve_temperatures
+from ..heads.lookup import results_head_file
+from ..outputs import check_outputs
+from ..report.plots import check_plot_path, plot_attention
+from ..report.tables import report_console
 from ..text import safe
+from .apply import pick_settings, read_results
+from .model import PatchedModel
+from .predict import class_names, load_patched_for_predict, patched_from_model, patched_from_results
 
 
 @dataclass
@@ -37,10 +48,6 @@ class AttentionMaps:
 @torch.no_grad()
 def attention_maps(patched, image: str | Path, top_k: int = 3, classes: Sequence[str] | None = None, device: str = "auto") -> AttentionMaps:
     """Per-location scores of the ``top_k`` classes (by CSRA score) of ``patched`` on ``image``."""
-    from ..data.base import load_rgb
-    from ..data.transforms import build_transform
-    from ..extraction.run import resolve_device
-    from .predict import class_names
 
     if top_k < 1:
         raise CSRAError(f"top_k {top_k}: must be >= 1", param="top_k")
@@ -96,10 +103,6 @@ def run_attention(
     pick: str = "best",
 ) -> AttentionMaps:
     """Build the patched model as ``predict`` does, compute the top-k maps, write the figure ``out``."""
-    from ..heads.csra_head import check_lam, resolve_temperatures
-    from ..outputs import check_outputs
-    from ..report.plots import check_plot_path, plot_attention
-    from ..report.tables import report_console
 
     console = console or report_console()
     check_plot_path(out, param="out")
@@ -137,10 +140,6 @@ def _patched_from_results(
 ):
     """The sweep row ``pick`` of ``from_results``: its settings, transform and classes (as apply / predict
     build it); its probe found by the results' head fingerprint when ``head_file`` is not given."""
-    from ..heads.lookup import results_head_file
-    from ..outputs import check_outputs
-    from .apply import pick_settings, read_results
-    from .predict import patched_from_results
 
     if patched_file is not None or lam is not None or temperature is not None or heads is not None or img_size is not None or transform != "auto":
         raise CSRAError(
@@ -159,8 +158,6 @@ def _patched_from_results(
 
 def _patched(model, checkpoint, pretrained, random_init, patched_file, head_file, lam, temperature, heads, img_size, transform):
     """The patched model from a file written by apply, or from a model and its weights (predict's rules)."""
-    from .model import PatchedModel
-    from .predict import load_patched_for_predict
 
     if patched_file is not None:
         if transform != "auto":
@@ -173,6 +170,5 @@ def _patched(model, checkpoint, pretrained, random_init, patched_file, head_file
         return patched
     if model is None:
         raise CSRAError("attention needs a model with its weights, or a patched .safetensors file", param="model")
-    from .predict import patched_from_model
 
     return patched_from_model(model, checkpoint, pretrained, random_init, head_file, lam, temperature, heads, img_size, transform)

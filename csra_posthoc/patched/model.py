@@ -33,12 +33,16 @@ import torch
 import torch.nn as nn
 
 from ..atomic import atomic_write
+from ..data.transforms import INTERPOLATIONS, transform_description
 from ..errors import CSRAError
 from ..heads.csra_head import CSRAHead
+from ..heads.head_file import classifier_from_probe
 from ..heads.location import LocationHead
+from ..heads.scoring import head_temperatures
+from ..models import ProbeHeadAdapter
 from ..models.base import ModelAdapter
 from ..models.checkpoint import state_dict_fingerprint
-from ..models.instance import eval_mode
+from ..models.instance import adapter_for_module, architecture_kwargs, build_architecture, check_architecture_kwargs, eval_mode, known_architecture
 
 CONFIG_KEY = "csra_posthoc_config"
 FORMAT = "csra-posthoc-patched"
@@ -78,7 +82,6 @@ def _is_count(v: Any) -> bool:
 
 def _check_preprocessing(desc: Any, bad: Any) -> None:
     """A transform description :func:`~csra_posthoc.data.transforms.build_transform` accepts."""
-    from ..data.transforms import INTERPOLATIONS
 
     if not isinstance(desc, dict):
         bad("preprocessing", "not an object")
@@ -114,8 +117,6 @@ def check_config(config: Any, path: str | Path | None = None, *, rebuild: bool =
     ``head_norm``); False for the configs inside ``.onnx`` / ``.pt2`` / ``.ts`` files. Fields this
     version does not use are passed through unchecked.
     """
-    from ..heads.scoring import head_temperatures
-    from ..models.instance import check_architecture_kwargs, known_architecture
 
     where = _where(path)
 
@@ -308,32 +309,6 @@ class PatchedModel(nn.Module):
         return self.head.pool(s), s.mean(dim=-1)
 
 
-def classifier_from_probe(adapter: ModelAdapter, head: Any) -> tuple[LocationHead, dict]:
-    """A probe saved by ``sweep --save-head`` (path, or ``(LocationHead, meta)``), checked against the model."""
-    from ..extraction.probe import load_head
-
-    if isinstance(head, (str, Path)):
-        path = Path(head)
-        if not path.is_file():
-            raise CSRAError(f"head_file {path}: no such file", param="head_file")
-        classifier, meta = load_head(path)
-        where = f"head_file {path}"
-    elif isinstance(head, LocationHead):
-        classifier, meta, where = head, {}, "head"
-    else:
-        classifier, meta = head
-        where = "head"
-    dim = adapter.head.weight.shape[1]
-    if classifier.weight.shape[1] != dim:
-        raise CSRAError(f"{where}: the head takes {classifier.weight.shape[1]} features but {adapter.info.name}'s feature map has {dim}")
-    if classifier.pooled_norm != adapter.head.pooled_norm:
-        raise CSRAError(f"{where}: fitted for a model {'with' if classifier.pooled_norm else 'without'} a pooled norm; {adapter.info.name} differs")
-    fitted_on = meta.get("model")
-    if fitted_on and fitted_on != adapter.info.name:
-        raise CSRAError(f"{where}: fitted on {fitted_on}, not {adapter.info.name}; pass the head fitted with this `model`")
-    return classifier, meta
-
-
 def _checked_thresholds(thresholds: Sequence[float] | None, num_classes: int) -> list[float] | None:
     if thresholds is None:
         return None
@@ -373,9 +348,6 @@ def patch(
     e.g. a sweep's calibrated ones) and ``threshold_source`` (one line saying how they were chosen),
     stored in the config for ``predict --threshold calibrated``.
     """
-    from ..data.transforms import transform_description
-    from ..extraction.probe import ProbeHeadAdapter
-    from ..models.instance import adapter_for_module, architecture_kwargs
 
     described = None
     if isinstance(model, ProbeHeadAdapter):  # fit_probe's result: its probe is the head unless another is given
@@ -461,8 +433,6 @@ def load_patched(path: str | Path) -> PatchedModel:
     for inference: its parameters do not require grad.
     """
     from safetensors.torch import load_file
-
-    from ..models.instance import adapter_for_module, build_architecture
 
     path = Path(path)
     where = _where(path)

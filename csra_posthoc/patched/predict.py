@@ -29,8 +29,25 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from ..data.base import load_rgb
+from ..data.registry import SINGLE_LABEL_DATASETS
+from ..data.transforms import build_transform, describe_transform
 from ..errors import CSRAError, first_line
+from ..evaluation.grid import paper_fixed_lam
+from ..evaluation.validate import check_img_size, check_weight_source
+from ..extraction.runtime import resolve_device
+from ..heads.csra_head import check_lam, resolve_temperatures
+from ..heads.head_file import load_head
+from ..heads.lookup import results_head_file
+from ..log import say
+from ..models import load_model
+from ..outputs import check_outputs
+from ..progress import progress_bar
+from ..report.tables import report_console, write_json
 from ..text import safe
+from .apply import PICKS, check_results_match, default_preprocessing, pick_settings, picked_thresholds, read_results
+from .export import ExportedModel, export_format
+from .model import PatchedModel, load_patched, patch
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -67,8 +84,6 @@ def _warn_unresolvable_links(folder: Path) -> None:
 
     from rich.console import Console
 
-    from ..log import say
-
     for f in sorted(folder.rglob("*")):
         if not f.is_symlink() or f.exists():
             continue
@@ -87,8 +102,6 @@ def usable_transform(desc: Any, where: str) -> Any:
     """The transform a config's ``preprocessing`` describes, tried once on a small image: a bad
     description is one error naming the config, not a "cannot decode image" per image."""
     from PIL import Image
-
-    from ..data.transforms import build_transform
 
     try:
         transform = build_transform(desc)
@@ -261,9 +274,6 @@ def predict_images(
     """One JSON-ready object per image, in input order: ``{"image", "threshold_mode", "predictions": [...]}``,
     or ``{"image", "error", "predictions": []}`` for an image that cannot be decoded. ``threshold``: a
     probability on sigmoid(score), or a :class:`ThresholdRule`."""
-    from ..data.base import load_rgb
-    from ..extraction.run import resolve_device
-    from ..progress import progress_bar
 
     rule = threshold if isinstance(threshold, ThresholdRule) else ThresholdRule("probability", probability=float(threshold))
     check_predict_args(rule.probability, top_k, batch_size)
@@ -361,15 +371,6 @@ def run_predict(
     ``threshold``: a probability on sigmoid(score), ``"calibrated"`` (the per-class thresholds of the
     results row / patched config), or None: calibrated when present, else rank (top-k) for a
     single-label head, else 0.5."""
-    from ..data.transforms import describe_transform
-    from ..evaluation.validate import check_img_size
-    from ..extraction.run import resolve_device
-    from ..heads.csra_head import check_lam, resolve_temperatures
-    from ..heads.lookup import results_head_file
-    from ..outputs import check_outputs
-    from ..report.tables import report_console, write_json
-    from .apply import PICKS, pick_settings, read_results
-    from .model import PatchedModel
 
     console = console or report_console()
     check_predict_args(threshold, top_k, batch_size)
@@ -454,11 +455,6 @@ def check_from_results_args(from_results, patched_file, lam, temperature, heads,
 def patched_from_results(model, checkpoint, pretrained, random_init, head_file, results: dict[str, Any], settings, path):
     """The patched model a sweep's row stands for: its settings, its transform (``results["transform"]``),
     its class names; refused when the weights, head or classes are not the sweep's."""
-    from ..evaluation.validate import check_weight_source
-    from ..extraction.probe import load_head
-    from ..models import load_model
-    from .apply import check_results_match
-    from .model import patch
 
     check_weight_source(checkpoint, pretrained, random_init)
     preprocessing = results.get("transform")
@@ -482,7 +478,6 @@ def patched_from_results(model, checkpoint, pretrained, random_init, head_file, 
 
 def _single_label(config: dict[str, Any], results: dict[str, Any] | None) -> tuple[bool, str]:
     """Whether the head is single-label (predict by rank), and why, in a few words."""
-    from ..data.registry import SINGLE_LABEL_DATASETS
 
     if results is not None:
         single = results.get("primary_metric") == "top1" or results.get("dataset") in SINGLE_LABEL_DATASETS
@@ -498,7 +493,6 @@ def _single_label(config: dict[str, Any], results: dict[str, Any] | None) -> tup
 def predict_threshold_rule(threshold, config: dict[str, Any], results: dict[str, Any] | None, results_path, pick: str, overridden: bool) -> ThresholdRule:
     """Contract: calibrated thresholds from the results row (``thresholds.<row>.values``) or the
     patched config (``thresholds``), default when present; else rank for single-label heads, else 0.5."""
-    from .apply import PICKS, picked_thresholds
 
     single, why = _single_label(config, results)
     values: tuple[float, ...] | None = None
@@ -539,12 +533,6 @@ def patched_from_model(model, checkpoint, pretrained, random_init, head_file, la
     """The patched model from a model name and its weights (``predict`` and ``attention``): the
     model's own head or ``head_file`` (a probe written by sweep --save-head), lam None: the paper's
     fixed lam, temperature None: the max."""
-    from ..evaluation.grid import paper_fixed_lam
-    from ..evaluation.validate import check_img_size, check_weight_source
-    from ..extraction.probe import load_head
-    from ..models import load_model
-    from .apply import default_preprocessing
-    from .model import patch
 
     check_img_size(img_size)
     check_weight_source(checkpoint, pretrained, random_init)
@@ -557,8 +545,6 @@ def patched_from_model(model, checkpoint, pretrained, random_init, head_file, la
 
 def load_patched_for_predict(path, model, checkpoint, pretrained, random_init, head_file, img_size):
     """``--patched FILE.safetensors``; weight and head flags would be ignored, so they are refused."""
-    from .export import ExportedModel, export_format
-    from .model import load_patched
 
     path = Path(path)
     if not path.is_file():

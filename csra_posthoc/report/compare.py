@@ -19,8 +19,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..atomic import atomic_write
 from ..errors import CSRAError
+from ..outputs import check_outputs
 from ..text import plain, safe
+from .tables import report_console
 
 SCHEMA = 1
 REQUIRED = ("model", "dataset", "primary_metric", "baseline", "best", "fixed")
@@ -254,9 +257,6 @@ def run_compare(
     console: Console | None = None,
 ) -> list[CompareRow]:
     """Read, print and write the comparison table; returns its rows."""
-    from ..atomic import atomic_write
-    from ..outputs import check_outputs
-    from .tables import report_console
 
     console = console or report_console()
     for out, param in ((csv_out, "csv_out"), (markdown_out, "markdown_out"), (latex_out, "latex_out")):
