@@ -237,10 +237,12 @@ class ModelSource:
     random_init: bool = False
 
     def __post_init__(self) -> None:
-        check_weight_source(self.checkpoint, self.pretrained, self.random_init)
+        check_weight_source(self.checkpoint, self.pretrained, self.random_init, model=self.model)
 
 
-def check_weight_source(checkpoint: str | Path | None, pretrained: bool, random_init: bool) -> None:
+def check_weight_source(checkpoint: str | Path | None, pretrained: bool, random_init: bool, model: str | None = None) -> None:
+    if model is not None and model.startswith("hf:") and checkpoint is None and not random_init:
+        return  # a Hugging Face folder is its own weight source (pretrained may be given or not)
     if sum([checkpoint is not None, pretrained, random_init]) != 1:
         raise CSRAError("model needs exactly one weight source: checkpoint=PATH, pretrained=True or random_init=True", param="model")
     if checkpoint is not None:

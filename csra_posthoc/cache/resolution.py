@@ -25,6 +25,7 @@ from ..data.transforms import transform_description
 from ..defaults import CACHED_TEMPERATURES
 from ..models.base import DataConfig, ModelAdapter
 from ..models.checkpoint import state_dict_fingerprint
+from ..models.hf_models import source_files
 from ..models.offline_weights import offline_weights_path
 from ..options import ExtractOptions, amp_precision
 from ..version import __version__
@@ -63,6 +64,8 @@ def _version(dist: str) -> str:
 
 def weights_source_stamp(model: str, checkpoint: str | Path | None, pretrained: bool, random_init: bool, num_classes: int | None) -> dict[str, Any] | None:
     """A cheap identity of the weights a build would load, or None when there is none (hub weights)."""
+    if model.startswith("hf:") and checkpoint is None and not random_init:  # its folder: config, preprocessing, weights
+        return {"hf": [_stamp(f) for f in source_files(model)], "transformers": _version("transformers")}
     if checkpoint is not None:
         return {"checkpoint": _stamp(Path(checkpoint))}
     if random_init:

@@ -136,7 +136,7 @@ def _should_print(exc: BaseException) -> bool:
 
 @app.command("sweep", short_help="Sweep lam on a dataset and print a Table-1 row.")
 def sweep_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="timm name (resnet50, vit_base_patch16_224, ...) or torchvision:<arch>"),
+    model: str = typer.Option(..., "--model", "-m", help="timm name (resnet50, ...), torchvision:<arch> or hf:<folder>"),
     dataset: str = typer.Option(..., "--dataset", "-d", help=" | ".join(DATASET_NAMES)),
     data_dir: Path = typer.Option(..., "--data-dir", help="dataset root in its standard layout (README: Datasets)"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="local state_dict (.pth/.pt/.safetensors), loaded weights-only"),
@@ -326,7 +326,7 @@ TemperatureOpt = Annotated[Optional[str], typer.Option("--temperature", help="in
 HeadsOpt = Annotated[Optional[int], typer.Option("--heads", help="multi-head: 1, 2, 4, 6 or 8 (the paper's temperature sets)")]
 ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="comma-separated class names in the head's order")]
 ClassesFileOpt = Annotated[Optional[Path], typer.Option("--classes-file", help="class names, one per line")]
-OptionalModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="timm name or torchvision:<arch>")]
+OptionalModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="timm name, torchvision:<arch> or hf:<folder>")]
 PatchedLamOpt = Annotated[Optional[str], typer.Option("--lam", help="default: the file's, else the paper's fixed lam (0.02 ResNets, 0.2 others)")]
 OptionalImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", help="square input size (default: the patched file's, else the model's own)")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
@@ -351,7 +351,7 @@ def _optional_float(flag: str, text: str | None) -> float | None:
 
 @app.command("apply", short_help="Export the CSRA-patched model to a file.")
 def apply_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="timm name or torchvision:<arch> (as in sweep)"),
+    model: str = typer.Option(..., "--model", "-m", help="timm name, torchvision:<arch> or hf:<folder> (as in sweep)"),
     out: Path = typer.Option(..., "--out", "-o", help="FILE.safetensors | .pt2 (torch.export) | .ts (TorchScript) | .onnx"),
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,

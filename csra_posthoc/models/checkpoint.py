@@ -144,3 +144,33 @@ def state_dict_fingerprint(state: dict[str, torch.Tensor]) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def published_layout(arch: str, sd: dict[str, torch.Tensor], path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """``sd`` renamed to timm's keys where it is in the layout of a model's original code and timm
+    ships the mapping for it, with the report line saying so (None: ``sd`` is returned as it was).
+
+    TResNet (``timm.models.tresnet.checkpoint_filter_fn``): the checkpoints of the ASL and
+    ML-Decoder projects (``{'model': state_dict}`` of their TResNet code: ``conv1.0`` / ``conv1.1``
+    for conv / inplace-ABN, ``conv2.0.0`` with anti-aliasing, ``downsample.N.0``; 80 COCO or 9605
+    Open Images classes with the ASL head ``head.fc``). ML-Decoder's own head (``head.decoder.*``,
+    cross-attention over the feature map) has no per-location linear classifier: refused in one line.
+    """
+    import timm
+
+    if timm.models.model_entrypoint(arch).__module__ != "timm.models.tresnet" or "body.conv1.conv.weight" in sd or "body.conv1.0.weight" not in sd:
+        return sd, None
+    if "head.fc.weight" not in sd and any(k.startswith("head.") for k in sd):
+        example = next(k for k in sd if k.startswith("head."))
+        raise CSRAError(
+            f"checkpoint {path}: its head ({example}, ...) is not TResNet's linear head.fc (ML-Decoder's cross-attention head?), so it has no "
+            "classifier to apply per location; the ASL checkpoints (head.fc) load",
+            param="checkpoint",
+        )
+    from timm.models.tresnet import checkpoint_filter_fn
+
+    # the anti-alias blur of their non-JIT Downsample is a stored buffer ('.filt'); timm's BlurPool2d
+    # computes the same fixed binomial filter and does not store it
+    learned = {k: v for k, v in sd.items() if not k.endswith(".filt")}
+    renamed = checkpoint_filter_fn(learned, None)
+    return renamed, "checkpoint: TResNet weights in the ASL code's layout, renamed by timm's tresnet checkpoint_filter_fn (inplace-ABN weights as |w| + 1e-5)"

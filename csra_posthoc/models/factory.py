@@ -16,7 +16,8 @@ from ..defaults import TORCHVISION_PREFIX
 from ..errors import CSRAError, first_line
 from ..heads.head_file import classifier_from_probe
 from .base import ModelAdapter
-from .checkpoint import checkpoint_note, read_checkpoint, state_dict_fingerprint, weights_only_downloads
+from .checkpoint import checkpoint_note, published_layout, read_checkpoint, state_dict_fingerprint, weights_only_downloads
+from .hf_models import load_hf_adapter
 from .hub import offline_if_unreachable, require_hub_weights
 from .identity import verify_identity
 from .offline_weights import has_offline_weights, offline_state_dict
@@ -105,13 +106,16 @@ def load_model(
     num_classes: int | None = None,
     head: str | Path | None = None,
 ) -> ModelAdapter:
-    """Build an adapter for a timm model name or ``torchvision:<arch>``.
+    """Build an adapter for a timm model name, ``torchvision:<arch>`` or ``hf:<folder or cached hub name>``.
 
     Exactly one weight source: ``checkpoint`` (num_classes inferred from its head), ``pretrained``
     (hub weights, or packaged offline weights where installed), or ``random_init`` (tests and
-    benchmarks only: numbers from it mean nothing). ``head``: a probe head file (``sweep`` / ``demo
+    benchmarks only: numbers from it mean nothing); ``hf:`` models take their folder's weights
+    (``pretrained`` or no source). ``head``: a probe head file (``sweep`` / ``demo
     --save-head``) that replaces the classifier; it must have been fitted on this model.
     """
+    if name.startswith("hf:"):  # Hugging Face: the folder (or cached hub snapshot) is the weight source
+        return _load_hf(name, checkpoint, random_init, head)
     if sum([checkpoint is not None, pretrained, random_init]) != 1:
         raise CSRAError("model needs exactly one weight source: `checkpoint` (a path), pretrained=True or random_init=True", param="model")
     is_tv = name.startswith(TORCHVISION_PREFIX)
@@ -120,10 +124,12 @@ def load_model(
 
     if not is_tv:
         _check_timm_name(arch)
-    note = None  # which entry of a training checkpoint was used (EMA or raw weights)
+    note = layout = None  # which entry of a training checkpoint was used (EMA or raw weights); a renamed layout
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         sd, entry = read_checkpoint(checkpoint)
+        if not is_tv:
+            sd, layout = published_layout(arch, sd, checkpoint)  # e.g. ASL's TResNet, renamed as timm renames it
         keys = TORCHVISION_CLASSIFIER_KEYS if is_tv else (classifier_key(arch),)
         model = create(arch, False, _infer_num_classes(sd, keys, checkpoint))
         _load_strict(model, sd, name, checkpoint)
@@ -147,13 +153,23 @@ def load_model(
         weights = "pretrained:hub" if pretrained else "random-init"
     model.eval()
     adapter = build_torchvision_adapter(model, name, arch, weights) if is_tv else build_timm_adapter(model, name, weights)
-    if note is not None:
-        adapter.info.notes.append(note)
+    adapter.info.notes.extend(n for n in (note, layout) if n is not None)
     adapter.info.weights_fingerprint = state_dict_fingerprint(model.state_dict())
     verify_identity(adapter)
     if head is not None:
         return with_probe_head(adapter, head).eval()
     return adapter.eval()
+
+
+def _load_hf(name: str, checkpoint: str | Path | None, random_init: bool, head: str | Path | None) -> ModelAdapter:
+    """``hf:PATH_OR_NAME``: its folder's weights (``pretrained`` or no weight source at all)."""
+
+    if checkpoint is not None or random_init:
+        raise CSRAError(f"model {name}: a Hugging Face folder carries its own weights; drop `checkpoint` / `random_init`", param="model")
+    adapter = load_hf_adapter(name)
+    adapter.info.weights_fingerprint = state_dict_fingerprint(adapter.model.state_dict())
+    verify_identity(adapter)
+    return with_probe_head(adapter, head).eval() if head is not None else adapter.eval()
 
 
 def with_probe_head(adapter: ModelAdapter, head_file: str | Path) -> ModelAdapter:

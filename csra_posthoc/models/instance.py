@@ -19,6 +19,7 @@ from ..errors import CSRAError, first_line
 from .base import ModelAdapter
 from .checkpoint import state_dict_fingerprint
 from .factory import _create_timm, _create_torchvision
+from .hf_models import build_hf_adapter, build_hf_model, check_hf_architecture_kwargs, hf_architecture_kwargs, hf_instance_name
 from .identity import verify_identity
 from .timm_models import build_timm_adapter
 from .torchvision_models import build_torchvision_adapter
@@ -39,15 +40,17 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 
 
 def model_family(model: nn.Module) -> str:
-    """``timm`` or ``torchvision``, from where the model's class is defined; a clear refusal otherwise."""
+    """``timm``, ``torchvision`` or ``hf``, from where the model's class is defined; a clear refusal otherwise."""
     module = type(model).__module__
     if module.startswith("timm."):
         return "timm"
     if module.startswith("torchvision.models"):
         return "torchvision"
+    if module.startswith("transformers."):
+        return "hf"
     raise CSRAError(
         f"model {type(model).__name__} (from {module}) is not a timm or torchvision classifier; "
-        "supported are timm CNNs / ConvNeXt / ViTs and torchvision resnet*, mobilenet_v2, efficientnet_*, vit_*"
+        "supported are timm CNNs / ConvNeXt / ViTs and torchvision resnet*, mobilenet_v2, efficientnet_*, vit_*, and Hugging Face transformers *ForImageClassification"
     )
 
 
@@ -56,7 +59,10 @@ def instance_name(model: nn.Module, name: str | None = None) -> str:
     ``torchvision:<arch>`` (pass ``name`` for torchvision: the class alone does not say resnet18 vs 50)."""
     if name:
         return name
-    if model_family(model) == "timm":
+    family = model_family(model)
+    if family == "hf":
+        return hf_instance_name(model)
+    if family == "timm":
         cfg = getattr(model, "pretrained_cfg", None) or {}
         arch = cfg.get("architecture")
         if not arch:
@@ -77,6 +83,8 @@ def adapter_for_module(model: nn.Module | ModelAdapter, name: str | None = None,
         fixed = getattr(embed, "img_size", None)
         if fixed and not getattr(model, "dynamic_img_size", False):  # a ViT built for one input size
             adapter.data_config = replace(adapter.data_config, input_size=int(fixed[0]))
+    elif family == "hf":
+        adapter = build_hf_adapter(model, name, weights)
     else:
         arch = name[len(TORCHVISION_PREFIX) :] if name.startswith(TORCHVISION_PREFIX) else name
         adapter = build_torchvision_adapter(model, name, arch, weights)
@@ -94,13 +102,20 @@ def architecture_kwargs(model: nn.Module) -> dict:
     """Constructor arguments beyond the name that change a timm model's tensors (a ViT's input size):
     only keys of :data:`ARCHITECTURE_KWARGS` (what :func:`check_architecture_kwargs` accepts back)."""
     embed: Any = getattr(model, "patch_embed", None)
+    if model_family(model) == "hf":  # rebuilt from its class and config, never from the folder
+        return hf_architecture_kwargs(model)
     if model_family(model) != "timm" or getattr(embed, "img_size", None) is None:
         return {}
     return {"img_size": [int(v) for v in embed.img_size], "dynamic_img_size": bool(getattr(model, "dynamic_img_size", False))}
 
 
 def known_architecture(name: str) -> bool:
-    """Whether ``name`` is a timm model or ``torchvision:<arch>`` this version can build (no download)."""
+    """Whether ``name`` is a timm model, ``torchvision:<arch>`` or ``hf:...`` this version can build (no download).
+
+    ``hf:`` names say where the model came from; it is rebuilt from ``model_kwargs`` (checked by
+    :func:`check_architecture_kwargs`), which needs transformers only when it is rebuilt."""
+    if name.startswith("hf:"):
+        return True
     if name.startswith(TORCHVISION_PREFIX):
         import torchvision.models as tvm
 
@@ -114,6 +129,8 @@ def check_architecture_kwargs(name: str, kwargs: Any) -> dict:
     """``kwargs`` for :func:`build_architecture`, or ``ValueError`` saying what is wrong: only the
     keys :func:`architecture_kwargs` writes, with their types (img_size: 2 positive ints up to
     4096, dynamic_img_size: bool), and none for torchvision models."""
+    if name.startswith("hf:"):
+        return check_hf_architecture_kwargs(name, kwargs)
     if kwargs is None or kwargs == {}:
         return {}
     if not isinstance(kwargs, dict):
@@ -143,6 +160,12 @@ def build_architecture(name: str, num_classes: int, kwargs: dict | None = None, 
         kwargs = check_architecture_kwargs(name, kwargs)
     except ValueError as exc:
         raise CSRAError(f"{where}: model_kwargs {exc}", param="patched_file") from None
+    if name.startswith("hf:"):
+        model = build_hf_model(kwargs["hf_config"], kwargs["hf_class"], name, param="patched_file")
+        labels = int(getattr(model.config, "num_labels", -1))
+        if labels != num_classes:
+            raise CSRAError(f"{where}: model_kwargs hf_config has {labels} labels, not {num_classes}", param="patched_file")
+        return model
     if name.startswith(TORCHVISION_PREFIX):
         return _create_torchvision(name[len(TORCHVISION_PREFIX) :], False, num_classes)
     if not kwargs:

@@ -174,7 +174,7 @@ def apply_patch(
 
     console = console or report_console()
     # every flag is checked before any model is built
-    check_weight_source(checkpoint, pretrained, random_init)
+    check_weight_source(checkpoint, pretrained, random_init, model=model)
     check_out_path(out, force)
     check_outputs({"out": out}, {"checkpoint": checkpoint, "head_file": head_file, "from_results": from_results})  # README: Outputs
     if pick not in PICKS:

@@ -42,6 +42,7 @@ from ..heads.scoring import head_temperatures
 from ..models import ProbeHeadAdapter
 from ..models.base import ModelAdapter
 from ..models.checkpoint import state_dict_fingerprint
+from ..models.hf_models import hf_label_names
 from ..models.instance import adapter_for_module, architecture_kwargs, build_architecture, check_architecture_kwargs, eval_mode, known_architecture
 
 CONFIG_KEY = "csra_posthoc_config"
@@ -177,6 +178,9 @@ def check_config(config: Any, path: str | Path | None = None, *, rebuild: bool =
     if (rebuild or norm is not None) and not norm_ok:
         bad("head_norm", "is not {pooled_norm: bool, eps: number in (0, 1)}")
     _check_preprocessing(config.get("preprocessing"), bad)
+    unsaved = config.get("model_unsaved_buffers")
+    if unsaved is not None and (not isinstance(unsaved, list) or not all(isinstance(b, str) for b in unsaved)):
+        bad("model_unsaved_buffers", "is not a list of buffer names")
     for field in ("data_config", "input", "output", "export"):
         if field in config and not isinstance(config[field], dict):
             bad(field, "is not an object")
@@ -221,7 +225,8 @@ def verify_fingerprints(
 def verify_state_dict(config: dict[str, Any], state: dict[str, torch.Tensor], path: str | Path | None = None) -> None:
     """:func:`verify_fingerprints` for a whole ``PatchedModel`` state dict (``model.*`` and
     ``head.classifier.*``), as a TorchScript or ``torch.export`` file holds it."""
-    model_t = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    unsaved = set(config.get("model_unsaved_buffers") or [])  # TorchScript keeps them; the fingerprint never saw them
+    model_t = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.") and k[len("model.") :] not in unsaved}
     head_t = {k[len("head.classifier.") :]: v for k, v in state.items() if k.startswith("head.classifier.")}
     verify_fingerprints(config, model_t, head_t, path)
     rows = head_t["weight"].shape[0] if "weight" in head_t else None
@@ -358,6 +363,8 @@ def patch(
     csra = CSRAHead(classifier, lam=lam, temperature=temperature, heads=heads)
     if classes is None:
         classes = (head_meta.get("probe") or {}).get("classes")
+    if classes is None and head is None:  # a Hugging Face model names its classes in its config
+        classes = hf_label_names(adapter.model)
     if classes is not None and len(classes) != csra.num_classes:
         raise CSRAError(f"classes: {len(classes)} names for a head with {csra.num_classes} classes", param="classes")
     if preprocessing is None:
@@ -386,6 +393,10 @@ def patch(
         "thresholds": _checked_thresholds(thresholds, csra.num_classes),
         "threshold_source": None if thresholds is None else (threshold_source or "given to patch()"),
     }
+    # buffers outside the state dict (Swin's relative position index): not in weights_fingerprint, but a TorchScript file holds them
+    config["model_unsaved_buffers"] = sorted(
+        f"{prefix}.{name}".lstrip(".") for prefix, module in adapter.model.named_modules() for name in getattr(module, "_non_persistent_buffers_set", ())
+    )
     return PatchedModel(adapter, csra, config)
 
 

@@ -456,7 +456,7 @@ def patched_from_results(model, checkpoint, pretrained, random_init, head_file, 
     """The patched model a sweep's row stands for: its settings, its transform (``results["transform"]``),
     its class names; refused when the weights, head or classes are not the sweep's."""
 
-    check_weight_source(checkpoint, pretrained, random_init)
+    check_weight_source(checkpoint, pretrained, random_init, model=model)
     preprocessing = results.get("transform")
     if not isinstance(preprocessing, dict) or "size" not in preprocessing or "kind" not in preprocessing:
         raise CSRAError(f"from_results {path}: records no transform (an older sweep); run the sweep again with this version", param="from_results")
@@ -535,7 +535,7 @@ def patched_from_model(model, checkpoint, pretrained, random_init, head_file, la
     fixed lam, temperature None: the max."""
 
     check_img_size(img_size)
-    check_weight_source(checkpoint, pretrained, random_init)
+    check_weight_source(checkpoint, pretrained, random_init, model=model)
     head = load_head(head_file) if head_file is not None and Path(head_file).is_file() else head_file
     adapter = load_model(model, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init)
     preprocessing = default_preprocessing(adapter, transform, img_size, head[1] if isinstance(head, tuple) else None)
