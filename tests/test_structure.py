@@ -62,3 +62,17 @@ def test_lazy_allowed_modules_are_heavy_and_their_importers_light() -> None:
     lazily_imported = {i.target for i in imports() if i.local and not i.importer.startswith("csra_posthoc.cli")}
     assert lazily_imported == LAZY_ALLOWED
     assert {i.importer for i in imports() if i.local and i.target in LAZY_ALLOWED} <= cli_loads
+
+
+def test_every_public_name_resolves() -> None:
+    """``cp.<name>`` for each name of ``__all__`` (the package move left ClassStatistics pointing at a missing module)."""
+    import importlib
+
+    cp = importlib.import_module("csra_posthoc")
+    missing = []
+    for name in cp.__all__:
+        try:
+            getattr(cp, name)
+        except (AttributeError, ImportError) as exc:
+            missing.append(f"{name}: {exc}")
+    assert missing == []
