@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,31 +38,47 @@ def module_name(root: Path, path: Path) -> str:
     return ".".join(parts)
 
 
-def _nodes_under(tree: ast.Module) -> tuple[set[int], set[int]]:
-    """ids of the nodes inside a function or lambda body, and of those under ``if TYPE_CHECKING:``."""
-    inside: set[int] = set()
-    typing_only: set[int] = set()
-    for node in ast.walk(tree):
+def _import_nodes(tree: ast.Module) -> list[tuple[ast.Import | ast.ImportFrom, bool, bool]]:
+    """Every import statement with (inside a function or lambda, under ``if TYPE_CHECKING:``), in one pass."""
+    found: list[tuple[ast.Import | ast.ImportFrom, bool, bool]] = []
+
+    def visit(node: ast.AST, local: bool, typing_only: bool) -> None:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append((node, local, typing_only))
+            return
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            inside.update(id(child) for child in ast.walk(node) if child is not node)
-        elif isinstance(node, ast.If) and ast.unparse(node.test) in {"TYPE_CHECKING", "typing.TYPE_CHECKING"}:
-            typing_only.update(id(child) for stmt in node.body for child in ast.walk(stmt))
-    return inside, typing_only
+            local = True
+        if isinstance(node, ast.If) and ast.unparse(node.test) in {"TYPE_CHECKING", "typing.TYPE_CHECKING"}:
+            for stmt in node.body:
+                visit(stmt, local, True)
+            for stmt in node.orelse:
+                visit(stmt, local, typing_only)
+            return
+        for child in ast.iter_child_nodes(node):
+            visit(child, local, typing_only)
+
+    visit(tree, False, False)
+    return found
 
 
 def imports(root: Path = PACKAGE) -> list[Import]:
     """Every import of one of the package's modules by another, resolved to the deepest module that exists."""
+    return list(_imports(root.resolve()))
+
+
+@functools.cache
+def _imports(root: Path) -> tuple[Import, ...]:
+    """:func:`imports`, parsed once per folder and process (the checks below ask several times)."""
     mods = {module_name(root, p): p for p in sorted(root.rglob("*.py"))}
     found: list[Import] = []
     for name, path in mods.items():
         pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        inside, typing_only = _nodes_under(tree)
-        for node in ast.walk(tree):
+        for node, local, typing_only in _import_nodes(tree):
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
+            else:
                 if node.level:
                     base = pkg.split(".")
                     base = base[: len(base) - node.level + 1]
@@ -70,14 +87,12 @@ def imports(root: Path = PACKAGE) -> list[Import]:
                     mod = node.module or ""
                 subs = [f"{mod}.{a.name}" for a in node.names if f"{mod}.{a.name}" in mods]
                 targets = subs if len(subs) == len(node.names) else [mod, *subs]
-            else:
-                continue
             for target in targets:
                 while target and target not in mods:
                     target = target.rpartition(".")[0]
                 if target and target != name:
-                    found.append(Import(name, target, node.lineno, id(node) in inside, id(node) in typing_only))
-    return found
+                    found.append(Import(name, target, node.lineno, local, typing_only))
+    return tuple(found)
 
 
 def graph(root: Path = PACKAGE) -> dict[str, set[str]]:
