@@ -92,6 +92,12 @@ def _imports(root: Path) -> tuple[Import, ...]:
                     target = target.rpartition(".")[0]
                 if target and target != name:
                     found.append(Import(name, target, node.lineno, local, typing_only))
+                    # importing a.b.c first runs a.b's __init__ (unless the importer is inside a.b:
+                    # then it has run already), and what that __init__ imports can close a cycle
+                    parent = target.rpartition(".")[0]
+                    while parent and parent in mods and not (name == parent or name.startswith(parent + ".")):
+                        found.append(Import(name, parent, node.lineno, local, typing_only))
+                        parent = parent.rpartition(".")[0]
     return tuple(found)
 
 

@@ -14,14 +14,13 @@ import torch.nn as nn
 
 from ..defaults import TORCHVISION_PREFIX
 from ..errors import CSRAError, first_line
-from ..heads.head_file import classifier_from_probe
 from .base import ModelAdapter
 from .checkpoint import checkpoint_note, published_layout, read_checkpoint, state_dict_fingerprint, weights_only_downloads
 from .hf_models import load_hf_adapter
 from .hub import offline_if_unreachable, require_hub_weights
 from .identity import verify_identity
 from .offline_weights import has_offline_weights, offline_state_dict
-from .probe_head import ProbeHeadAdapter
+from .probe_head import ProbeHeadAdapter, classifier_from_probe
 from .timm_models import build_timm_adapter, classifier_key
 from .torchvision_models import TORCHVISION_CLASSIFIER_KEYS, build_torchvision_adapter
 

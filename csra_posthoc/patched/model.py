@@ -36,7 +36,6 @@ from ..atomic import atomic_write
 from ..data.transforms import INTERPOLATIONS, transform_description
 from ..errors import CSRAError
 from ..heads.csra_head import CSRAHead
-from ..heads.head_file import classifier_from_probe
 from ..heads.location import LocationHead
 from ..heads.scoring import head_temperatures
 from ..models import ProbeHeadAdapter
@@ -44,6 +43,7 @@ from ..models.base import ModelAdapter
 from ..models.checkpoint import state_dict_fingerprint
 from ..models.hf_models import hf_label_names
 from ..models.instance import adapter_for_module, architecture_kwargs, build_architecture, check_architecture_kwargs, eval_mode, known_architecture
+from ..models.probe_head import classifier_from_probe
 
 CONFIG_KEY = "csra_posthoc_config"
 FORMAT = "csra-posthoc-patched"
