@@ -52,6 +52,16 @@ def check_img_size(img_size: int | None) -> None:
         raise CSRAError(f"img_size {img_size}: must be between {MIN_IMG_SIZE} and {MAX_IMG_SIZE} pixels", param="img_size")
 
 
+def check_train_size(train_size: int | None, test_pool: bool | None) -> None:
+    """``train_size``: the test-time pooling window's training resolution, bounded like ``img_size``."""
+    if train_size is None:
+        return
+    if test_pool is False:
+        raise CSRAError(f"train_size {train_size}: sets the window of test-time pooling, which is switched off here", param="train_size")
+    if isinstance(train_size, bool) or not isinstance(train_size, int) or not MIN_IMG_SIZE <= train_size <= MAX_IMG_SIZE:
+        raise CSRAError(f"train_size {train_size!r}: must be between {MIN_IMG_SIZE} and {MAX_IMG_SIZE} pixels", param="train_size")
+
+
 MIN_MAX_THREADS = 64  # the bound on ``threads`` is max(this, 4 x the cores): more only oversubscribes
 
 
@@ -95,9 +105,12 @@ class ExtractOptions:
     compile: bool = False  # torch.compile the backbone (start-up cost; pays on large sets)
     threads: int | None = None  # torch threads during the loop; None: the caller's, capped on a busy CPU (restored after)
     cache_dtype: CacheDtype = "float32"  # float16: half the cache file (enters the cache key)
+    test_pool: bool | None = None  # timm's test-time pooling statistic; None: on when the input exceeds the training size
+    train_size: int | None = None  # test-time pooling's training size; None: the model's own input size
 
     def __post_init__(self) -> None:
         check_img_size(self.img_size)
+        check_train_size(self.train_size, self.test_pool)
         if self.batch_size < 1:
             raise CSRAError(f"batch_size {self.batch_size}: must be >= 1", param="batch_size")
         if self.workers < 0:

@@ -27,16 +27,20 @@ def statistics_key(
     amp: bool | str,
     keep_maps: bool,
     cache_dtype: str = "float32",
+    test_pool: int | None = None,
 ) -> str:
     """Hash of everything that changes the cached statistics. ``amp``: False, or the autocast dtype
     (fp16 / bf16). ``transform``: with the decode policy folded in
     (:func:`csra_posthoc.data.decode.decode_key`). ``cache_dtype`` enters only when it is not
-    float32, so keys written before it existed stay valid."""
+    float32, so keys written before it existed stay valid; ``test_pool`` (the test-time pooling
+    statistic's training size) only when that statistic is extracted."""
 
     dtype = {} if cache_dtype == "float32" else {"cache_dtype": cache_dtype}
+    pool = {} if test_pool is None else {"test_pool_train_size": test_pool}  # timm's test-time pooling (extraction.test_pool): its training size
     return cache_key(
         {
             **dtype,
+            **pool,
             "model": model,
             "weights": weights_fingerprint,
             "head": head_fingerprint,

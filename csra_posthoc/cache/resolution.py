@@ -23,6 +23,7 @@ from ..atomic import atomic_write
 from ..data.decode import decode_key
 from ..data.transforms import transform_description
 from ..defaults import CACHED_TEMPERATURES
+from ..extraction.test_pool import resolve_test_pool
 from ..models.base import DataConfig, ModelAdapter
 from ..models.checkpoint import state_dict_fingerprint
 from ..models.hf_models import source_files
@@ -162,6 +163,12 @@ def _device_type(device: str) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
+def _test_pool_key(options: ExtractOptions, input_size: int, model_input_size: int) -> int | None:
+
+    setting = resolve_test_pool(options.test_pool, options.train_size, input_size, model_input_size)
+    return setting.key() if setting is not None else None
+
+
 def statistics_location(resolution: Resolution, images, options: ExtractOptions, cache_dir: Path) -> tuple[str, Path]:
     """The statistics key and cache file a build with this resolution would use (no model needed)."""
 
@@ -182,5 +189,6 @@ def statistics_location(resolution: Resolution, images, options: ExtractOptions,
         amp=amp_precision(options, _device_type(options.device)) or False,
         keep_maps=options.keep_maps,
         cache_dtype=options.cache_dtype,
+        test_pool=_test_pool_key(options, int(transform["size"]), int(cfg["input_size"])),
     )
     return key, cache_path(cache_dir, resolution.name, images.dataset, images.split, key)

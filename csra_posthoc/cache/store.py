@@ -195,6 +195,8 @@ def save_statistics(stats: ClassStatistics, path: Path) -> None:
         tensors["maps"] = stats.maps
     if stats.argmax is not None:
         tensors["argmax"] = stats.argmax
+    if stats.test_pool is not None:
+        tensors["test_pool"] = stats.test_pool.half() if stats.info.cache_dtype == "float16" else stats.test_pool
     metadata = {
         "meta": json.dumps(stats.info.to_json()),
         "ids": json.dumps(stats.ids),
@@ -215,6 +217,7 @@ def load_statistics(path: Path, key: str | None = None, ids: list[str] | None = 
             temperatures=tuple(float(t) for t in tensors.pop("temperatures").tolist()),
             maps=tensors.pop("maps", None),
             argmax=tensors.pop("argmax", None),
+            test_pool=tensors["test_pool"].float() if "test_pool" in tensors else None,
             info=info,
             **{name: tensors[name].float() if name in _FLOATS else tensors[name] for name in _TENSORS},
         )
@@ -225,6 +228,7 @@ def load_statistics(path: Path, key: str | None = None, ids: list[str] | None = 
     n, c = len(stats.ids), len(stats.classes)
     shapes_ok = all(getattr(stats, name).shape[:2] == (n, c) for name in _TENSORS)
     shapes_ok = shapes_ok and (stats.argmax is None or tuple(stats.argmax.shape) == (n, c))
+    shapes_ok = shapes_ok and (stats.test_pool is None or tuple(stats.test_pool.shape) == (n, c))
     if not shapes_ok or (ids is not None and stats.ids != ids):
         raise CSRAError(f"{stale} (its images or shapes differ from the dataset's); {RECOMPUTE_FIX}", param="recompute")
     return stats

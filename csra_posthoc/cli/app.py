@@ -188,6 +188,10 @@ def sweep_cmd(
         help="torch threads during extraction (default: the current count, capped at the cores other processes leave free when they keep the CPU busy; restored afterwards)",
     ),
     cache_dtype: str = typer.Option("float32", "--cache-dtype", help="float32 | float16: statistics cached in half precision (half the file; own cache key)"),
+    test_pool: Optional[bool] = typer.Option(
+        None, "--test-pool/--no-test-pool", help="timm's test-time pooling row beside CSRA's (default: on when --img-size exceeds the model's input size)"
+    ),
+    train_size: Optional[int] = typer.Option(None, "--train-size", help="test-time pooling's training size (default: the model's own input size)"),
     lams: str = typer.Option(_csv(DEFAULT_LAMS), "--lams", help="comma-separated lam values of the sweep (0 is the baseline)"),
     temps: str = typer.Option(_csv(DEFAULT_TEMPS), "--temps", help="softmax temperatures (inf = max); empty: no softmax variant"),
     heads: str = typer.Option(_csv(DEFAULT_HEADS), "--heads", help="multi-head sets of the paper; empty: no multi-head variant"),
@@ -250,6 +254,8 @@ def sweep_cmd(
                 compile=compile,
                 threads=threads,
                 cache_dtype=cache_dtype,  # type: ignore[arg-type]
+                test_pool=test_pool,
+                train_size=train_size,
             ),
             sweep_options=SweepOptions(
                 lams=tuple(_floats("--lams", lams)),
@@ -364,9 +370,13 @@ def apply_cmd(
     temperature: TemperatureOpt = None,
     heads: HeadsOpt = None,
     from_results: Optional[Path] = typer.Option(None, "--from-results", help="take lam / temperature / heads from a sweep's --out JSON"),
-    pick: str = typer.Option("best", "--pick", help="--from-results row: best | fixed | best-variant"),
+    pick: str = typer.Option("best", "--pick", help="--from-results row: best | fixed | best-variant | test-pool"),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="input side of the exported model (default: the sweep's, else the model's)"),
     transform: str = typer.Option("auto", "--transform", help="preprocessing stored for predict: auto | square | crop"),
+    test_pool: bool = typer.Option(False, "--test-pool", help="timm's test-time pooling instead of CSRA (window: the feature map at --train-size)"),
+    train_size: Optional[int] = typer.Option(
+        None, "--train-size", help="--test-pool: training size (default: --from-results' test-pool row, else the model's)"
+    ),
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
     force: bool = typer.Option(False, "--force", help="accepted, no longer needed: every command replaces an existing output (README: Outputs)"),
@@ -395,6 +405,8 @@ def apply_cmd(
             transform=transform,
             classes=read_classes(classes, classes_file),
             force=force,
+            test_pool=test_pool,
+            train_size=train_size,
         )
 
     run_cli(go)

@@ -57,6 +57,8 @@ FLAGS: dict[str, str] = {
     "compile": "--compile",
     "threads": "--threads",
     "cache_dtype": "--cache-dtype",
+    "test_pool": "--test-pool",
+    "train_size": "--train-size",
     # sweep
     "lams": "--lams",
     "temps": "--temps",

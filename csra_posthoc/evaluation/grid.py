@@ -115,6 +115,8 @@ def sweep(
             }
     if stats.info.baseline_source == "patch_average":
         result.model_logits = evaluate(stats, stats.logits, task)[0]
+    if stats.test_pool is not None:  # timm's test-time pooling: one more row, beside CSRA's
+        result.test_pool = SweepRow(Variant("test-pool"), 0.0, *evaluate(stats, stats.test_pool, task))
     return result
 
 

@@ -16,7 +16,7 @@ import torch
 
 from ..heads.scoring import head_temperatures
 
-VariantKind = Literal["max", "softmax", "heads"]
+VariantKind = Literal["max", "softmax", "heads", "test-pool"]  # test-pool: timm's test-time pooling (extraction.test_pool), no lam
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ class Variant:
 
     @property
     def label(self) -> str:
-        if self.kind == "max":
-            return "max"
+        if self.kind in ("max", "test-pool"):
+            return self.kind
         if self.kind == "softmax":
             return f"softmax T={self.temperature:g}"
         return f"heads H={self.heads}"
@@ -82,6 +82,7 @@ class SweepResult:
     bootstrap_seed: int | None = None
     uncertainty_notes: list[str] = field(default_factory=list)  # e.g. why there is no held-out row
     per_class_delta: dict[str, ClassDeltas] | None = None  # "best", "fixed", "held_out": per-class Δ and intervals (csra_posthoc.evaluation.per_class)
+    test_pool: SweepRow | None = None  # timm's test-time pooling score, when the statistics have it (docs/method.md §12)
     thresholds: dict[str, dict[str, Any]] | None = None  # per-class F1 thresholds by row (csra_posthoc.evaluation.calibration; multi-label only)
 
 

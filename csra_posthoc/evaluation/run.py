@@ -46,8 +46,9 @@ from ..report.tables import print_table, report_console, results_dict, save_scor
 from ..text import safe
 from ..version import __version__
 from .calibration import sweep_thresholds
-from .grid import grid_rows, paper_fixed_lam, sweep
+from .grid import grid_rows, paper_fixed_lam, row_scores, sweep
 from .localisation import statistics_pointing_game, summary_line
+from .object_size import report_splits
 from .per_class import plot_per_class, print_per_class_table
 from .results import SweepResult
 from .uncertainty import assess, max_band
@@ -267,6 +268,22 @@ def report_localisation(console: Console, stats: ClassStatistics, images: Labell
         console.print(f"{safe(summary_line(section))}; arg-max of s_k, the same for every λ", soft_wrap=True)
 
 
+def report_size_splits(
+    console: Console, result: SweepResult, stats: ClassStatistics, images: LabelledImages, grid: SweepOptions, data_json: dict[str, Any], bar: Any
+) -> None:
+    """Δ by object size and by clutter (``data_json["by_object_size"]`` / ``["by_label_count"]``), automatic
+    when a multi-label dataset has boxes; intervals from the sweep's resamples (docs/method.md §11)."""
+    if images.object_boxes is None or stats.info.task == "single_label":
+        return
+    variants: dict[str, Any] = {"best": row_scores(stats, result.best), "fixed": row_scores(stats, result.fixed)}
+    if result.held_out is not None:
+        variants["held_out"] = result.held_out.parts
+    if result.test_pool is not None and stats.test_pool is not None:
+        variants["test_pool"] = stats.test_pool
+    with bar("size / clutter splits", grid.bootstrap or 1, "resample") as advance:
+        report_splits(console, stats, images, variants, data_json, n=grid.bootstrap, seed=grid.seed, progress=advance)
+
+
 def sweep_config(source: ModelSource, dataset: str, data_dir: str | Path, parts: dict[str, Any], dataset_label: str | None) -> dict[str, Any]:
     """What every rank of a torchrun launch must agree on (its hash is compared across ranks)."""
     from dataclasses import asdict, is_dataclass
@@ -398,11 +415,12 @@ def report_sweep(
         console.print(f"[yellow]note:[/] λ chosen on {safe(train.split)}, the probe's training split: its scores are fitted, the held-out λ may favour it")
     data_json = results_dict(result, stats, outputs.extra)
     report_localisation(console, stats, sweep_data.images, data_json)
+    bar = console_bar(output_console(console, opts.quiet))
+    report_size_splits(console, result, stats, sweep_data.images, grid, data_json, bar)
     data_json["head_file"] = str(Path(save_head).resolve()) if save_head is not None else None  # found by apply --from-results
     analyse(console, result, stats, grid, analysis, sweep_data.real, data_json)
     if outputs.plot is not None:
         title = f"{stats.info.model} on {stats.info.dataset} {stats.info.split} ({stats.num_images} images)"
-        bar = console_bar(output_console(console, opts.quiet))
         plot_lam_curve(result, outputs.plot, band=max_band(result, stats, grid, bar), title=title)
         console.print(f"wrote {safe(outputs.plot)}", soft_wrap=True)
     if outputs.out is not None:

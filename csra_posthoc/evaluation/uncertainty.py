@@ -50,6 +50,8 @@ def assess(
         variants = {"best": row_scores(stats, result.best), "fixed": row_scores(stats, result.fixed)}
         if result.held_out is not None:
             variants["held_out"] = result.held_out.parts  # type: ignore[assignment]
+        if result.test_pool is not None and stats.test_pool is not None:  # timm's test-time pooling row (extraction.test_pool)
+            variants["test_pool"] = stats.test_pool
         with bar("bootstrap intervals", grid.bootstrap, "resample") as advance:
             # one resampling for the mAP / top-1 intervals and every class's (csra_posthoc.evaluation.per_class)
             result.bootstrap, result.per_class_delta = bootstrap_with_classes(

@@ -38,6 +38,7 @@ from .batches import ForwardPass, backbone_batches, for_each_batch, forward_pass
 from .distributed import DistContext, Shard, all_reduce_max, current, gather_tensors, main_decides_reuse, shard_for, stage
 from .runtime import on_device
 from .statistics import CacheInfo, ClassStatistics, StatisticsInfo
+from .test_pool import pool_scores, resolve_test_pool, train_grid, unsupported
 
 
 def check_class_count(adapter: ModelAdapter, images: LabelledImages) -> None:
@@ -59,9 +60,11 @@ def extraction_key(
     verify_images: bool = False,
     head_fingerprint: str | None = None,
     cache_dtype: str = "float32",
+    test_pool: int | None = None,
 ) -> str:
     """The statistics key of a built model (``head_fingerprint``: when the caller has it already;
-    ``transform``: :attr:`ForwardPass.desc`, the decode policy folded in)."""
+    ``transform``: :attr:`ForwardPass.desc`, the decode policy folded in; ``test_pool``: the
+    test-time pooling statistic's training size, :func:`pool_setting`)."""
     return statistics_key(
         model=adapter.info.name,
         weights_fingerprint=adapter.info.weights_fingerprint,
@@ -75,7 +78,13 @@ def extraction_key(
         amp=amp,
         keep_maps=keep_maps,
         cache_dtype=cache_dtype,
+        test_pool=test_pool,
     )
+
+
+def pool_setting(fp: ForwardPass) -> Any:
+    """timm's test-time pooling for this pass (:func:`csra_posthoc.extraction.test_pool.resolve_test_pool`), or None."""
+    return resolve_test_pool(fp.options.test_pool, fp.options.train_size, fp.size, fp.adapter.data_config.input_size)
 
 
 FLUSH_EVERY = 8  # batches of statistics kept on the device between two copies to the host
@@ -156,7 +165,9 @@ def compute_statistics(fp: ForwardPass, images: LabelledImages, ctx: DistContext
             param="amp" if fp.options.amp else None,
         )
 
-    rows = _Rows(("avg", "max", "attn", "logits", "argmax"), fp.device, non_finite)
+    pool, pool_window, pool_note = _test_pool_window(fp)
+    names = ("avg", "max", "attn", "logits", "argmax") + (("test_pool",) if pool_window is not None else ())
+    rows = _Rows(names, fp.device, non_finite)
     grid: list[int] | None = None
 
     def one_batch(index: torch.Tensor, out: Any) -> None:
@@ -167,7 +178,14 @@ def compute_statistics(fp: ForwardPass, images: LabelledImages, ctx: DistContext
         stats = location_statistics(s)
         diff = torch.maximum(diff, (stats["avg"] - logits).abs().amax())  # on the device: no sync per batch
         scale = torch.maximum(scale, logits.abs().amax())
-        rows.add(index, {**stats, "logits": logits, "argmax": s.argmax(dim=-1).to(torch.int32)})  # the max term's location
+        extra = {}
+        if pool_window is not None:  # timm's test-time pooling, from the same scores (extraction.test_pool)
+            if grid is None:
+                raise CSRAError(
+                    f"test_pool: {adapter.info.name}'s per-location scores have no known (h, w) grid here; run with test_pool=False", param="test_pool"
+                )
+            extra["test_pool"] = pool_scores(s, grid, pool_window)
+        rows.add(index, {**stats, **extra, "logits": logits, "argmax": s.argmax(dim=-1).to(torch.int32)})  # the max term's location
         if keep_maps:  # the largest tensor: to the host every batch
             maps.append(s.half().cpu())
 
@@ -189,9 +207,11 @@ def compute_statistics(fp: ForwardPass, images: LabelledImages, ctx: DistContext
     gathered = gather_tensors(fields, part, ctx)  # rank order = image order
     if gathered is None:
         return None, max_diff, rel_diff
+    pool_info = {"train_size": pool.train_size, "window": list(pool_window)} if pool is not None and pool_window is not None else None
     result = ClassStatistics(
-        info=StatisticsInfo(grid=grid),
+        info=StatisticsInfo(grid=grid, test_pool=pool_info, notes=[pool_note] if pool_note else []),
         argmax=gathered["argmax"],
+        test_pool=gathered.get("test_pool"),
         ids=list(images.ids),
         classes=list(images.classes),
         labels=images.labels.clone(),
@@ -203,6 +223,21 @@ def compute_statistics(fp: ForwardPass, images: LabelledImages, ctx: DistContext
         maps=gathered["maps"],
     )
     return result, max_diff, rel_diff
+
+
+def _test_pool_window(fp: ForwardPass) -> tuple[Any, tuple[int, int] | None, str | None]:
+    """The test-time pooling setting, its window (the feature map at the training size) and, when the
+    head cannot have it, the note that says so (an error when it was asked for explicitly)."""
+    pool = pool_setting(fp)
+    if pool is None:
+        return None, None, None
+    reason = unsupported(fp.adapter.head, fp.adapter.info.baseline_source)
+    if reason is not None:
+        if pool.explicit:
+            raise CSRAError(f"test_pool: {fp.adapter.info.name}: {reason}; run without test_pool", param="test_pool")
+        return pool, None, f"no test-pool row (timm's test-time pooling): {reason}"
+    with on_device(fp.adapter, fp.device):
+        return pool, train_grid(fp.adapter, pool.train_size, fp.device), None
 
 
 def extract(
@@ -225,9 +260,11 @@ def extract(
     check_class_count(adapter, images)
     fp = forward_pass(adapter, images.single_label, opts, out)
     head_fingerprint = state_dict_fingerprint(adapter.head.state_dict())
+    pool = pool_setting(fp)
     key = extraction_key(
-        adapter, images, fp.desc, amp_precision(opts, fp.device.type) or False, opts.keep_maps, opts.verify_images, head_fingerprint, opts.cache_dtype
-    )
+        adapter, images, fp.desc, amp_precision(opts, fp.device.type) or False, opts.keep_maps, opts.verify_images, head_fingerprint, opts.cache_dtype,
+        pool.key() if pool is not None else None,
+    )  # fmt: skip
     path = cache_path(resolve_cache_dir(opts.cache_dir), adapter.info.name, images.dataset, images.split, key)
     fingerprints = (adapter.info.weights_fingerprint, head_fingerprint)
     ctx = current()
@@ -285,7 +322,9 @@ def _save(stats: ClassStatistics | None, path: Path) -> None:
 def round_to_half(stats: ClassStatistics, model: str) -> None:
     """The float statistics rounded to float16 in place (kept as float32 tensors): this run sweeps
     exactly what a later run reads back from a float16 cache file."""
-    for name in ("avg", "max", "attn", "logits"):
+    for name in ("avg", "max", "attn", "logits", "test_pool"):
+        if getattr(stats, name) is None:
+            continue
         rounded = getattr(stats, name).half()
         if not torch.isfinite(rounded).all():
             raise CSRAError(f"cache_dtype float16: {model}'s {name} statistics exceed float16's range (65504); use float32", param="cache_dtype")
@@ -309,7 +348,7 @@ def _compute(fp: ForwardPass, images: LabelledImages, key: str, head_fingerprint
         head_fingerprint=head_fingerprint,
         head=adapter.info.head,
         baseline_source=adapter.info.baseline_source,
-        notes=list(adapter.info.notes),
+        notes=list(adapter.info.notes) + list(stats.info.notes),
         identity_max_abs_diff=max_diff,
         identity_max_rel_diff=rel_diff,
         dataset=images.dataset,
@@ -323,6 +362,7 @@ def _compute(fp: ForwardPass, images: LabelledImages, key: str, head_fingerprint
         amp_dtype=amp_precision(opts, fp.device.type),
         device=str(fp.device),
         grid=stats.info.grid,
+        test_pool=stats.info.test_pool,
         cache_dtype=opts.cache_dtype,
     )
     source = "model's logits" if adapter.info.baseline_source == "model_logits" else "model's own logits (patch-average baseline, not enforced)"

@@ -54,6 +54,7 @@ class StatisticsInfo:
     amp_dtype: str | None = None  # fp16 | bf16 when amp (options.amp_precision); None without
     device: str | None = None
     grid: list[int] | None = None  # (h, w) of the per-location scores: ClassStatistics.argmax indexes it row-major
+    test_pool: dict[str, Any] | None = None  # {"train_size", "window": [h, w]} when the test-pool statistic was extracted (extraction.test_pool)
     cache_dtype: str = "float32"  # float16: the statistics were rounded to fp16 (cache --cache-dtype); in memory always float32
     cache: CacheInfo = field(default_factory=CacheInfo)  # this run only: not part of to_json
 
@@ -99,6 +100,7 @@ class ClassStatistics:
     logits: torch.Tensor
     maps: torch.Tensor | None = None
     argmax: torch.Tensor | None = None
+    test_pool: torch.Tensor | None = None  # (N, C) timm's test-time pooling score (extraction.test_pool), when extracted
     info: StatisticsInfo = field(default_factory=StatisticsInfo)
 
     @property

@@ -19,6 +19,7 @@ from ..data.registry import SINGLE_LABEL_DATASETS
 from ..data.transforms import describe_transform, transform_description
 from ..errors import CSRAError
 from ..evaluation.validate import check_img_size, check_weight_source
+from ..extraction.test_pool import train_grid, unsupported
 from ..heads.csra_head import check_lam, resolve_temperatures
 from ..heads.head_file import load_head
 from ..heads.lookup import results_head_file
@@ -31,6 +32,7 @@ from .export import check_out_path, export_patched
 from .model import patch
 
 PICKS = {"best": "best", "fixed": "fixed", "best-variant": "best_variant"}
+TEST_POOL_PICK = "test-pool"  # apply --pick test-pool: the results' test-pool row (timm's test-time pooling, docs/method.md §12)
 
 
 @dataclass(frozen=True)
@@ -166,8 +168,14 @@ def apply_patch(
     num_classes: int | None = None,
     force: bool = False,
     console: Console | None = None,
+    test_pool: bool = False,
+    train_size: int | None = None,
 ) -> dict[str, Any]:
     """Load ``model``, patch it with the given (or the results file's) settings, export to ``out``.
+
+    ``test_pool`` (or ``pick="test-pool"`` with ``from_results``): timm's test-time pooling instead
+    of CSRA, its window the feature map at ``train_size`` (default: the results' test-pool row's,
+    else the model's own input size).
 
     Returns a summary (JSON-ready): the settings, the config written, and the export check.
     """
@@ -177,13 +185,24 @@ def apply_patch(
     check_weight_source(checkpoint, pretrained, random_init, model=model)
     check_out_path(out, force)
     check_outputs({"out": out}, {"checkpoint": checkpoint, "head_file": head_file, "from_results": from_results})  # README: Outputs
-    if pick not in PICKS:
-        raise CSRAError(f"pick {pick}: choose {', '.join(PICKS)}", param="pick")
+    test_pool = test_pool or (pick == TEST_POOL_PICK and from_results is not None)
+    if pick not in PICKS and not (pick == TEST_POOL_PICK and from_results is not None):
+        raise CSRAError(f"pick {pick}: choose {', '.join([*PICKS, TEST_POOL_PICK])}", param="pick")
     check_img_size(img_size)
+    if train_size is not None and not test_pool:
+        raise CSRAError(f"train_size {train_size}: sets the window of test-time pooling; add test_pool", param="train_size")
+    check_img_size(train_size)
     if transform not in ("auto", "square", "crop"):
         raise CSRAError(f"transform {transform}: choose auto, square or crop", param="transform")
     results = None
-    if from_results is not None:
+    if test_pool:
+        if lam is not None or temperature is not None or heads is not None:
+            raise CSRAError("test_pool replaces CSRA's pooling: drop `lam`, `temperature` and `heads`", param="test_pool")
+        settings = CSRASettings(0.0)
+        if from_results is not None:
+            results = read_results(from_results)
+            train_size = train_size or results_train_size(results, from_results)
+    elif from_results is not None:
         if lam is not None or temperature is not None or heads is not None:
             raise CSRAError("from_results sets lam / temperature / heads: drop `lam`, `temperature` and `heads`, or drop `from_results`", param="from_results")
         results = read_results(from_results)
@@ -210,18 +229,20 @@ def apply_patch(
     if random_init and num_classes is None and results is not None and swept_own_head:
         num_classes = len(results["classes"])  # as sweep --random-init built it: a head for the dataset's classes
     adapter = load_model(model, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init, num_classes=num_classes)
+    pool = pool_config(adapter, train_size) if test_pool else None
     if results is not None and img_size is None and transform == "auto" and results.get("transform"):
         preprocessing = results["transform"]
     else:
         preprocessing = default_preprocessing(adapter, transform, img_size, head_meta[1] if head_meta else None)
-    patched = patch(adapter, settings.lam, settings.temperature, settings.heads, head=head_meta, classes=classes, preprocessing=preprocessing)
+    patched = patch(adapter, settings.lam, settings.temperature, settings.heads, head=head_meta, classes=classes, preprocessing=preprocessing, test_pool=pool)
     if results is not None:
         assert from_results is not None  # results are read from it
         check_results_match(results, patched.config, from_results)
         if patched.config["classes"] is None:  # the dataset's names, in the head's order (just checked)
             patched.config["classes"] = list(results["classes"])
         # the picked row's calibrated thresholds (contract C2), once the head's classes are known to match
-        values, source = picked_thresholds(results, pick, from_results)
+        values, source = picked_thresholds(results, pick, from_results) if not test_pool else (None, None)  # CSRA rows' thresholds only
+
         patched.config["thresholds"], patched.config["threshold_source"] = values, source
         patched.config["from_results"] = {
             "path": str(Path(from_results).resolve()),
@@ -232,9 +253,29 @@ def apply_patch(
     identity = lam_zero_difference(patched)
     patched.config["identity_max_abs_diff"] = identity
     report = export_patched(patched, out, force=force)
-    summary = {"settings": settings.label, "identity_max_abs_diff": identity, "export": report.to_json(), "config": patched.config}
+    label = f"test-pool, window {pool['window'][0]}x{pool['window'][1]} (train size {pool['train_size']})" if pool is not None else settings.label
+    summary = {"settings": label, "identity_max_abs_diff": identity, "export": report.to_json(), "config": patched.config}
     print_apply_summary(console, patched, report, identity)
     return summary
+
+
+def results_train_size(results: dict[str, Any], path: str | Path) -> int:
+    """The training size of a results file's test-pool row (refused when it has none)."""
+    rows = [r for r in results.get("rows") or [] if isinstance(r, dict) and r.get("variant") == "test-pool"]
+    size = rows[0].get("train_size") if rows else None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise CSRAError(f"from_results {path}: has no test-pool row (sweep with --test-pool, or an --img-size above the model's)", param="from_results")
+    return size
+
+
+def pool_config(adapter, train_size: int | None) -> dict[str, Any]:
+    """``{"train_size", "window"}`` of timm's test-time pooling for ``adapter`` (refused for heads where it does not apply)."""
+
+    reason = unsupported(adapter.head, adapter.info.baseline_source)
+    if reason is not None:
+        raise CSRAError(f"test_pool: {adapter.info.name}: {reason}", param="test_pool")
+    size = int(train_size or adapter.data_config.input_size)
+    return {"train_size": size, "window": list(train_grid(adapter.eval(), size, torch.device("cpu")))}
 
 
 @torch.no_grad()
@@ -265,7 +306,14 @@ def print_apply_summary(console: Console, patched, report, identity: float) -> N
     table.add_column("what")
     table.add_column("value")
     temps = ", ".join(str(t) for t in cfg["temperatures"])
-    table.add_row("score", f"mean + {cfg['lam']:g} * {safe(cfg['variant'])} (temperatures {safe(temps)})")
+    if cfg.get("test_pool"):
+        window = cfg["test_pool"]["window"]
+        table.add_row(
+            "score",
+            f"0.5 * (mean + max) of the score map averaged over {window[0]}x{window[1]} windows (timm's test-time pooling, train size {cfg['test_pool']['train_size']})",
+        )
+    else:
+        table.add_row("score", f"mean + {cfg['lam']:g} * {safe(cfg['variant'])} (temperatures {safe(temps)})")
     table.add_row("head", f"{safe(cfg['head_description'])} ({cfg['num_classes']} classes)")
     table.add_row("weights", f"{safe(cfg['weights'])} ({safe(cfg['weights_fingerprint'][:12])})")
     table.add_row("input", f"(B, 3, {cfg['preprocessing']['size']}, {cfg['preprocessing']['size']}) normalised float32")

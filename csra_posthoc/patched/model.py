@@ -35,6 +35,7 @@ import torch.nn as nn
 from ..atomic import atomic_write
 from ..data.transforms import INTERPOLATIONS, transform_description
 from ..errors import CSRAError
+from ..extraction.test_pool import TimmPoolHead
 from ..heads.csra_head import CSRAHead
 from ..heads.location import LocationHead
 from ..heads.scoring import head_temperatures
@@ -191,6 +192,15 @@ def check_config(config: Any, path: str | Path | None = None, *, rebuild: bool =
         bad("thresholds", f"is not null or a list of {config['num_classes']} finite numbers")
     if config.get("threshold_source") is not None and not isinstance(config["threshold_source"], str):
         bad("threshold_source", "is not null or a string")
+    pool = config.get("test_pool")
+    if pool is not None and not (
+        isinstance(pool, dict)
+        and _is_count(pool.get("train_size"))
+        and isinstance(pool.get("window"), list)
+        and len(pool["window"]) == 2
+        and all(_is_count(v) for v in pool["window"])
+    ):
+        bad("test_pool", "is not null or {train_size: integer > 0, window: [h, w] integers > 0}")
     return config
 
 
@@ -295,6 +305,7 @@ class PatchedModel(nn.Module):
         lam = self.head.lam if lam is None else lam
         self.head = CSRAHead(self.head.classifier, lam, math.inf if temperature is None else temperature, heads)
         self.config.update(settings_config(self.head))
+        self.config.pop("test_pool", None)  # CSRA settings replace a test-pool head
         return self
 
     def check_unchanged(self) -> None:
@@ -336,6 +347,7 @@ def patch(
     img_size: int | None = None,
     thresholds: Sequence[float] | None = None,
     threshold_source: str | None = None,
+    test_pool: dict[str, Any] | None = None,
 ) -> PatchedModel:
     """CSRA-patch a timm / torchvision classifier (or a :func:`csra_posthoc.load_model` adapter).
 
@@ -352,6 +364,8 @@ def patch(
     ``thresholds``: per-class decision thresholds on the score scale (``score_c >= thresholds[c]``,
     e.g. a sweep's calibrated ones) and ``threshold_source`` (one line saying how they were chosen),
     stored in the config for ``predict --threshold calibrated``.
+    ``test_pool`` (``{"train_size", "window": [h, w]}``): timm's test-time pooling instead of CSRA
+    (:class:`csra_posthoc.extraction.test_pool.TimmPoolHead`; lam and the variant are then unused).
     """
 
     described = None
@@ -361,6 +375,8 @@ def patch(
     adapter = adapter_for_module(model, name)
     classifier, head_meta = (adapter.head, {}) if head is None else classifier_from_probe(adapter, head)
     csra = CSRAHead(classifier, lam=lam, temperature=temperature, heads=heads)
+    if test_pool is not None:  # timm's test-time pooling row (docs/method.md §12)
+        csra = TimmPoolHead(classifier, test_pool["window"], test_pool["train_size"])
     if classes is None:
         classes = (head_meta.get("probe") or {}).get("classes")
     if classes is None and head is None:  # a Hugging Face model names its classes in its config
@@ -397,6 +413,9 @@ def patch(
     config["model_unsaved_buffers"] = sorted(
         f"{prefix}.{name}".lstrip(".") for prefix, module in adapter.model.named_modules() for name in getattr(module, "_non_persistent_buffers_set", ())
     )
+    if test_pool is not None:
+        config["test_pool"] = csra.config()  # type: ignore[operator]
+        config["output"] = {**config["output"], "meaning": "test-time pooling scores (logits scale): 0.5 * (mean + max) of the window-averaged score map"}
     return PatchedModel(adapter, csra, config)
 
 
@@ -484,4 +503,6 @@ def load_patched(path: str | Path) -> PatchedModel:
     classifier = LocationHead(head_t["weight"], head_t["bias"], head_t["norm_weight"], head_t["norm_bias"], norm["eps"], norm["pooled_norm"])
     temps = [_from_json_float(t) for t in config["temperatures"]]
     csra = CSRAHead(classifier, config["lam"], temperature=temps[0] if config.get("heads") is None else math.inf, heads=config.get("heads"))
+    if config.get("test_pool") is not None:
+        csra = TimmPoolHead(classifier, config["test_pool"]["window"], config["test_pool"]["train_size"])
     return PatchedModel(adapter, csra, config)

@@ -55,7 +55,7 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
         "data_notes": info.data_notes,
         "notes": info.notes,
         "baseline": result.baseline.metrics,
-        "rows": [r.to_json() for r in result.rows],
+        "rows": [r.to_json() for r in result.rows] + ([{**result.test_pool.to_json(), "lam": None, **(info.test_pool or {})}] if result.test_pool else []),
         "best": result.best.to_json(),
         "fixed": result.fixed.to_json(),
         "best_variant": result.best_variant.to_json(),
@@ -173,6 +173,12 @@ def _held_out_setting(held: HeldOut) -> tuple[str, str]:
     return " / ".join(c.variant.label for c in held.choices) if len(variants) > 1 else variants[0], "/".join(f"{c.lam:g}" for c in held.choices)
 
 
+def _test_pool_label(setting: dict[str, Any] | None) -> str:
+    """The test-pool row's variant cell: its window and rule (docs/method.md §12)."""
+    window = (setting or {}).get("window") or ["?", "?"]
+    return f"avg-pool {window[0]}x{window[1]}, ½(mean+max)"
+
+
 def print_table(console: Console, result: SweepResult, stats: ClassStatistics, metrics: list[str] | None = None) -> None:
     """The paper's Table 1 for this run, one row per setting.
 
@@ -204,13 +210,14 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
         ("baseline", result.baseline, "-", ""),
         ("best λ (optimistic)", result.best, None, "best"),
         ("fixed λ (paper)", result.fixed, None, "fixed"),
+        *([("test-pool (timm)", result.test_pool, _test_pool_label(info.test_pool), "test_pool")] if result.test_pool is not None else []),
         ("best variant (optimistic)", result.best_variant, None, ""),
     )
     for label, row, variant, name in rows:
         table.add_row(
             label,
             safe(variant or row.variant.label),
-            f"{row.lam:g}",
+            "-" if row.variant.kind == "test-pool" else f"{row.lam:g}",
             f"{row.metrics[p]:.2f}",
             "" if row is result.baseline else _delta(row.metrics[p], base),
             *([_interval(result, name)] if intervals else []),
