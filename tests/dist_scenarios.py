@@ -1,4 +1,4 @@
-"""Worker for tests/test_distributed.py, launched by ``torchrun --nproc-per-node 2``.
+"""Worker for tests/extraction/test_distributed.py, launched by ``torchrun --nproc-per-node 2``.
 
 ``python dist_scenarios.py SCENARIO OUT_DIR [N ...]``: each rank runs SCENARIO and writes what
 it saw to ``OUT_DIR/rank<r>.pt`` (results) or ``OUT_DIR/rank<r>.txt`` (its error line and how

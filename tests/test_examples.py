@@ -5,23 +5,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import readme_patch_example
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def readme_python_example() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Patched models", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)[0]
-
-
 def test_readme_patch_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    code = readme_python_example()
+    code = readme_patch_example()
     assert len(code.strip().splitlines()) <= 12
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
@@ -64,12 +61,21 @@ def run_figures(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
     return subprocess.run([sys.executable, str(ROOT / "examples" / "demo_figures.py"), *args], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
 
 
-def test_demo_figures_needs_its_results_and_an_out_dir(tmp_path: Path) -> None:
+def run_figures_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """The script as ``python examples/demo_figures.py ARGS`` runs it, in this process (its refusals
+    come before any heavy import): exit code and stderr."""
+    monkeypatch.setattr(sys, "argv", ["demo_figures.py", *args])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(ROOT / "examples" / "demo_figures.py"), run_name="__main__")
+    return done.value.code, capsys.readouterr().err
+
+
+def test_demo_figures_needs_its_results_and_an_out_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """No default output folder (docs/figures/ is never written unless named) and no default results."""
-    res = run_figures()
-    assert res.returncode == 2 and "--results" in res.stderr and "--out-dir" in res.stderr
-    res = run_figures("--results", str(tmp_path / "missing.json"), "--out-dir", str(tmp_path / "figs"))
-    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "missing.json" in res.stderr
+    code, err = run_figures_here(monkeypatch, capsys)
+    assert code == 2 and "--results" in err and "--out-dir" in err
+    code, err = run_figures_here(monkeypatch, capsys, "--results", str(tmp_path / "missing.json"), "--out-dir", str(tmp_path / "figs"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "missing.json" in err
     assert not (tmp_path / "figs").exists()
 
 

@@ -17,7 +17,7 @@ from csra_posthoc.evaluation.bootstrap import bootstrap_deltas
 from csra_posthoc.evaluation.grid import row_scores, sweep
 from csra_posthoc.evaluation.selection import select_half
 from csra_posthoc.report.tables import print_table
-from tests.test_selection import make_stats
+from tests.helpers import make_stats, readme_patch_example
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -33,6 +33,8 @@ def test_python_block_runs_as_printed(index: int, tmp_path: Path) -> None:
     code = PYTHON_BLOCKS[index]
     if "cp.load_model(" in code:
         pytest.skip("the Python API block: run and checked by test_api_block_scores_a_real_photo")
+    if code == readme_patch_example():
+        pytest.skip("the patched-model block: run as printed, and its output checked, by tests/test_examples.py")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "CSRA_POSTHOC_CACHE": str(tmp_path / "cache")}
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, f"README python block {index + 1} failed:\n{code}\n{res.stderr[-3000:]}"

@@ -27,19 +27,23 @@ def statistics_key(
     amp: bool | str,
     keep_maps: bool,
     cache_dtype: str = "float32",
+    location_head: str = "linear",
     test_pool: int | None = None,
 ) -> str:
     """Hash of everything that changes the cached statistics. ``amp``: False, or the autocast dtype
     (fp16 / bf16). ``transform``: with the decode policy folded in
     (:func:`csra_posthoc.data.decode.decode_key`). ``cache_dtype`` enters only when it is not
-    float32, so keys written before it existed stay valid; ``test_pool`` (the test-time pooling
-    statistic's training size) only when that statistic is extracted."""
+    float32, so keys written before it existed stay valid; ``location_head`` likewise only when
+    non-linear (those statistics are another quantity: never read as a linear head's); ``test_pool``
+    (the test-time pooling statistic's training size) only when that statistic is extracted."""
 
     dtype = {} if cache_dtype == "float32" else {"cache_dtype": cache_dtype}
+    nonlinear = {} if location_head == "linear" else {"location_head": location_head}
     pool = {} if test_pool is None else {"test_pool_train_size": test_pool}  # timm's test-time pooling (extraction.test_pool): its training size
     return cache_key(
         {
             **dtype,
+            **nonlinear,
             **pool,
             "model": model,
             "weights": weights_fingerprint,

@@ -49,6 +49,7 @@ class Resolution:
     head: str
     data_config: dict[str, Any]  # input_size, mean, std, interpolation, crop_pct, crop_mode
     notes: list[str] = field(default_factory=list)
+    location_head: str = "linear"
 
 
 def _stamp(path: Path) -> dict[str, Any]:
@@ -151,6 +152,7 @@ def resolution_of(adapter: ModelAdapter) -> Resolution:
         head=info.head,
         data_config=asdict(adapter.data_config),
         notes=list(info.notes),
+        location_head=info.location_head,
     )
 
 
@@ -189,6 +191,7 @@ def statistics_location(resolution: Resolution, images, options: ExtractOptions,
         amp=amp_precision(options, _device_type(options.device)) or False,
         keep_maps=options.keep_maps,
         cache_dtype=options.cache_dtype,
+        location_head=resolution.location_head,
         test_pool=_test_pool_key(options, int(transform["size"]), int(cfg["input_size"])),
     )
     return key, cache_path(cache_dir, resolution.name, images.dataset, images.split, key)

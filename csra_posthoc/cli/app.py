@@ -562,6 +562,29 @@ def attention_cmd(
     run_cli(go)
 
 
+@app.command("models", short_help="List architectures, or check which ones CSRA can patch.")
+def models_cmd(
+    pattern: Optional[str] = typer.Argument(
+        None, metavar="PATTERN", help="fnmatch pattern as timm.list_models ('resnet*', '*vit*', 'torchvision:*'); default: all"
+    ),
+    check: bool = typer.Option(
+        False, "--check", help="build each at random init (no download) and patch it: supported / patch average / non-linear head / refused"
+    ),
+    all_models: bool = typer.Option(False, "--all", help="--check every architecture (up to --max-params, default 30 M parameters)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="--check: write the checks as JSON"),
+    max_params: Optional[int] = typer.Option(None, "--max-params", help="--check: skip models with more parameters (default 30000000 with --all, else none)"),
+    img_size: Optional[int] = typer.Option(None, "--img-size", help="--check: square input size (default: the model's own where fixed, else 96)"),
+) -> None:
+    """List timm / torchvision architectures; with --check, patch each at random init and say whether CSRA supports it."""
+
+    def go() -> None:
+        from ..models.catalog import run_models
+
+        run_models(pattern, check=check, check_all=all_models, json_out=json_out, max_params=max_params, img_size=img_size)
+
+    run_cli(go)
+
+
 def main() -> None:
     """Console entry point; Ctrl-C before a command body starts is one line and exit 130 too."""
     try:

@@ -95,6 +95,11 @@ FLAGS: dict[str, str] = {
     "per_class": "--per-class",
     "plot_classes": "--plot-classes",
     "real_labels": "--real-labels",
+    # models (csra_posthoc.models.catalog)
+    "pattern": "PATTERN",
+    "check": "--check",
+    "all_models": "--all",
+    "max_params": "--max-params",
     # demo
     "num_train": "--num-train",
     "num_test": "--num-test",

@@ -162,6 +162,8 @@ def fit_probe(
     out = output_console(console, opts.quiet)
     if c <= 0:
         raise CSRAError(f"c {c}: the probe's inverse L2 strength must be > 0", param="c")
+    if adapter.info.location_head == "nonlinear":  # models.nonlinear: the variant needs the model's own head
+        raise CSRAError(f"head probe: {adapter.info.name}'s head is non-linear after pooling; a linear probe cannot replace it", param="head")
     fp = forward_pass(adapter, train.single_label, opts, out)
     key = cache_key(
         {

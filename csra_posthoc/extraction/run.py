@@ -31,6 +31,7 @@ from ..log import output_console, say
 from ..models import ModelAdapter
 from ..models.base import IDENTITY_TOLERANCE, identity_scale
 from ..models.checkpoint import state_dict_fingerprint
+from ..models.nonlinear import NONLINEAR_TOLERANCE
 from ..options import ExtractOptions, amp_precision
 from ..text import safe
 from .backends import make_backend
@@ -78,6 +79,7 @@ def extraction_key(
         amp=amp,
         keep_maps=keep_maps,
         cache_dtype=cache_dtype,
+        location_head=adapter.info.location_head,
         test_pool=test_pool,
     )
 
@@ -169,6 +171,7 @@ def compute_statistics(fp: ForwardPass, images: LabelledImages, ctx: DistContext
     names = ("avg", "max", "attn", "logits", "argmax") + (("test_pool",) if pool_window is not None else ())
     rows = _Rows(names, fp.device, non_finite)
     grid: list[int] | None = None
+    nonlinear = adapter.info.location_head == "nonlinear"  # avg := the logits; checked: head(pooled) == logits
 
     def one_batch(index: torch.Tensor, out: Any) -> None:
         nonlocal diff, scale, grid
@@ -176,7 +179,12 @@ def compute_statistics(fp: ForwardPass, images: LabelledImages, ctx: DistContext
         if grid is None:  # once: the feature map's (h, w), which the flat argmax indexes row-major
             grid = score_grid(adapter, out if backend is None else None, int(s.shape[-1]))
         stats = location_statistics(s)
-        diff = torch.maximum(diff, (stats["avg"] - logits).abs().amax())  # on the device: no sync per batch
+        if nonlinear:  # models.nonlinear: the baseline is the logits; the self-check is the head on the pooled vector
+            check = logits if backend is not None else adapter.head.pooled(adapter.feature_map(out.float()))  # type: ignore[operator]
+            stats["avg"] = logits
+        else:
+            check = stats["avg"]
+        diff = torch.maximum(diff, (check - logits).abs().amax())  # on the device: no sync per batch
         scale = torch.maximum(scale, logits.abs().amax())
         extra = {}
         if pool_window is not None:  # timm's test-time pooling, from the same scores (extraction.test_pool)
@@ -196,7 +204,12 @@ def compute_statistics(fp: ForwardPass, images: LabelledImages, ctx: DistContext
     max_diff, max_logit = all_reduce_max([float(diff), float(scale)], ctx)  # the whole split's, on every rank
     rel_diff = max_diff / identity_scale(max_logit)
     with stage("identity check", ctx):  # the same verdict on every rank: said once
-        if adapter.info.baseline_source == "model_logits" and rel_diff > IDENTITY_TOLERANCE:
+        if nonlinear and rel_diff > NONLINEAR_TOLERANCE:
+            raise CSRAError(
+                f"model {adapter.info.name}: its non-linear head applied to the pooled features differs from the model's logits by "
+                f"{max_diff:.3g} ({rel_diff:.2g} of the logits' scale, > {NONLINEAR_TOLERANCE:g}) on these inputs, so it is not the model's head"
+            )
+        if not nonlinear and adapter.info.baseline_source == "model_logits" and rel_diff > IDENTITY_TOLERANCE:
             raise CSRAError(
                 f"model {adapter.info.name}: mean of per-location scores differs from the model's logits by "
                 f"{max_diff:.3g} ({rel_diff:.2g} of the logits' scale, > {IDENTITY_TOLERANCE:g}), so its head is not "
@@ -348,6 +361,7 @@ def _compute(fp: ForwardPass, images: LabelledImages, key: str, head_fingerprint
         head_fingerprint=head_fingerprint,
         head=adapter.info.head,
         baseline_source=adapter.info.baseline_source,
+        location_head=adapter.info.location_head,
         notes=list(adapter.info.notes) + list(stats.info.notes),
         identity_max_abs_diff=max_diff,
         identity_max_rel_diff=rel_diff,
@@ -368,5 +382,13 @@ def _compute(fp: ForwardPass, images: LabelledImages, key: str, head_fingerprint
     source = "model's logits" if adapter.info.baseline_source == "model_logits" else "model's own logits (patch-average baseline, not enforced)"
     ranks = (ctx or current()).world_size
     over = f", max over {ranks} ranks" if ranks > 1 else ""
-    say(fp.console, f"identity: max |mean_k s - logits| = {max_diff:.2e} ({rel_diff:.2e} of the logits' scale{over}) vs {source}")
+    if adapter.info.location_head == "nonlinear":
+        check = (
+            "n/a with an exported backend (checked when the model was built)"
+            if opts.backend != "eager"
+            else f"{max_diff:.2e} ({rel_diff:.2e} of the logits' scale{over})"
+        )
+        say(fp.console, f"non-linear head: baseline = the model's logits; self-check max |head(mean_k x) - logits| = {check}")
+    else:
+        say(fp.console, f"identity: max |mean_k s - logits| = {max_diff:.2e} ({rel_diff:.2e} of the logits' scale{over}) vs {source}")
     return stats

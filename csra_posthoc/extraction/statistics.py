@@ -38,6 +38,7 @@ class StatisticsInfo:
     task: Task = "multi_label"
     unknown: UnknownPolicy = "exclude"
     baseline_source: BaselineSource = "model_logits"
+    location_head: str = "linear"  # nonlinear: avg is the model's logits, max / attn from the whole head per location
     key: str | None = None  # the cache key the statistics were extracted under
     family: str | None = None
     weights: str | None = None  # "checkpoint:<path>", "pretrained", "random-init", ...

@@ -61,6 +61,8 @@ def unsupported(head: Any, baseline_source: str) -> str | None:
     """Why test-time pooling does not apply to this head (None: it does)."""
     if baseline_source != "model_logits":
         return "the model's logits are not the mean of its per-location scores (class-token / patch-average model)"
+    if getattr(head, "nonlinear", False):  # models.nonlinear
+        return "the head is non-linear after pooling, so pooling and the head do not commute"
     if getattr(head, "pooled_norm", False):
         return "the head normalises the pooled features (LayerNorm after pooling), so pooling and the classifier do not commute"
     return None
@@ -101,8 +103,9 @@ class TimmPoolHead(CSRAHead):
     def variant(self) -> str:
         return "test-pool"
 
-    def pool(self, s: torch.Tensor) -> torch.Tensor:
-        """From flat scores ``(B, C, K)`` of a square map (every preprocessing here is square)."""
+    def pool(self, s: torch.Tensor, baseline: torch.Tensor | None = None) -> torch.Tensor:
+        """From flat scores ``(B, C, K)`` of a square map (every preprocessing here is square);
+        ``baseline`` (CSRAHead's lam = 0 term for non-linear heads) plays no part here."""
         side = math.isqrt(int(s.shape[-1]))
         return pool_scores(s, (side, side), self.window)
 

@@ -74,9 +74,10 @@ class CSRAHead(nn.Module):
         """Per-location class scores ``(B, C, H*W)``."""
         return self.classifier(fmap)
 
-    def pool(self, s: torch.Tensor) -> torch.Tensor:
-        """CSRA scores ``(B, C)`` from per-location scores."""
-        return score_from_locations(s, self.lam, self.temperatures)
+    def pool(self, s: torch.Tensor, baseline: torch.Tensor | None = None) -> torch.Tensor:
+        """CSRA scores ``(B, C)`` from per-location scores (``baseline``: the lam = 0 term when it is
+        not their mean, as for a non-linear head)."""
+        return score_from_locations(s, self.lam, self.temperatures, baseline)
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
         return self.pool(self.location_scores(fmap))

@@ -59,11 +59,12 @@ def multihead_attended(per_temperature: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(per_temperature, dim=0).mean(dim=0)
 
 
-def score_from_locations(s: torch.Tensor, lam: float, temperatures: Sequence[float] = (INF,)) -> torch.Tensor:
+def score_from_locations(s: torch.Tensor, lam: float, temperatures: Sequence[float] = (INF,), baseline: torch.Tensor | None = None) -> torch.Tensor:
     """CSRA logits straight from per-location scores ``(B, C, K)``: what a patched model computes.
 
     One temperature is the single-head variant (``(inf,)``: avg + lam * max); several are the
-    multi-head variant.
+    multi-head variant. ``baseline`` ``(B, C)``: the lam = 0 term when it is not the mean of ``s``
+    (a non-linear head: the model's own logits, :mod:`csra_posthoc.models.nonlinear`).
     """
     attended = multihead_attended([attention_pool(s, t) for t in temperatures])
-    return csra_score(s.mean(dim=-1), attended, lam)
+    return csra_score(s.mean(dim=-1) if baseline is None else baseline, attended, lam)

@@ -12,7 +12,7 @@ implementations run unchanged (:class:`TorchEvaluator`).
 
 Results equal the straightforward definitions in ``average_precision.py`` / ``thresholded.py`` /
 ``accuracy.py`` exactly (same predicates, same tie rules; rows whose top-k is decided by a tie
-fall back to ``torch.topk``), which ``tests/test_metrics_property.py`` checks.
+fall back to ``torch.topk``), which ``tests/metrics/test_metrics_property.py`` checks.
 """
 
 from __future__ import annotations

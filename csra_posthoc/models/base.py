@@ -19,6 +19,7 @@ import torch.nn as nn
 from ..heads.location import LocationHead
 
 BaselineSource = Literal["model_logits", "patch_average"]
+LocationHeadKind = Literal["linear", "nonlinear"]  # nonlinear: models.nonlinear (baseline = logits, head per location)
 
 IDENTITY_TOLERANCE = 1e-3  # relative: |mean_k s - logits| <= tolerance * identity_scale(logits)
 
@@ -52,6 +53,7 @@ class AdapterInfo:
     weights_fingerprint: str = ""
     head: str = "the model's own classifier"
     notes: list[str] = field(default_factory=list)
+    location_head: LocationHeadKind = "linear"
 
 
 class ModelAdapter(nn.Module):

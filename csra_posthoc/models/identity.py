@@ -16,6 +16,10 @@ def verify_identity(adapter: ModelAdapter, tolerance: float = IDENTITY_TOLERANCE
     any data is read. Class-token ViTs are exempt (their baseline is the patch average by design).
     The tolerance is relative to the logits' scale (:func:`identity_scale`).
     """
+    if adapter.info.location_head == "nonlinear":  # baseline = the logits; its check: head(pooled) == logits
+        from .nonlinear import check_pooled_head
+
+        return check_pooled_head(adapter)
     size = adapter.data_config.input_size
     device = next(adapter.parameters()).device  # patch() may be handed a model already on a GPU
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)

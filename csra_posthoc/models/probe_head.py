@@ -34,6 +34,10 @@ class ProbeHeadAdapter(ModelAdapter):
 
 def classifier_from_probe(adapter: ModelAdapter, head: Any) -> tuple[LocationHead, dict]:
     """A probe saved by ``sweep --save-head`` (path, or ``(LocationHead, meta)``), checked against the model."""
+    if adapter.info.location_head == "nonlinear":
+        raise CSRAError(
+            f"head: {adapter.info.name}'s head is non-linear after pooling; a linear probe cannot replace it (patch it with its own head)", param="head_file"
+        )
     if isinstance(head, (str, Path)):
         path = Path(head)
         if not path.is_file():

@@ -133,6 +133,10 @@ def build_timm_adapter(model: nn.Module, name: str, weights: str) -> ModelAdapte
         return TimmViTAdapter(model, head, info, data_config)
     if not hasattr(model, "forward_features") or not hasattr(model, "forward_head"):
         raise CSRAError(f"model {name}: timm model without forward_features/forward_head is not supported")
+    from .nonlinear import nonlinear_adapter, timm_head_is_nonlinear  # h22b hook: non-linear heads
+
+    if timm_head_is_nonlinear(model):
+        return nonlinear_adapter(model, name, weights)
     head = _cnn_head(model, name)
     info = AdapterInfo(name=name, family="timm-cnn", baseline_source="model_logits", weights=weights)
     if head.pooled_norm:

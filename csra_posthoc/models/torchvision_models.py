@@ -96,10 +96,14 @@ def build_torchvision_adapter(model: nn.Module, name: str, arch: str, weights: s
             raise CSRAError(f"model {name}: its head has a tanh pre-logits layer, so it cannot be applied per patch")
         head = LocationHead.from_linear(model.heads.head)
         cls, source, family = TorchvisionViTAdapter, "patch_average", "torchvision-vit"
+    elif isinstance(model, (tvm.MobileNetV3, tvm.VGG)):  # non-linear head: the labelled variant
+        from .nonlinear import nonlinear_adapter
+
+        return nonlinear_adapter(model, name, weights)
     else:
         raise CSRAError(
             f"model {name}: torchvision {type(model).__name__} is not supported (its head is not pool -> linear); "
-            "supported: resnet*, resnext*, wide_resnet*, mobilenet_v2, efficientnet_*, vit_*"
+            "supported: resnet*, resnext*, wide_resnet*, mobilenet_v2, mobilenet_v3_* (non-linear head), efficientnet_*, vit_*"
         )
     info = AdapterInfo(name=name, family=family, baseline_source=source, weights=weights)
     if source == "patch_average":

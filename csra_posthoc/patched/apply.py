@@ -290,7 +290,8 @@ def lam_zero_difference(patched) -> float:
     adapter, classifier = patched.adapter, patched.head.classifier
     raw = adapter.forward_backbone(x).float()
     fmap = adapter.feature_map(raw)
-    baseline = classifier(fmap).mean(dim=-1)
+    # non-linear head: lam 0 is the logits by construction; checked is the head on the pooled vector
+    baseline = classifier.pooled(fmap) if getattr(classifier, "nonlinear", False) else classifier(fmap).mean(dim=-1)
     if patched.config["head"] == "model":
         own = adapter.model_logits(raw).float()
     else:
@@ -313,7 +314,8 @@ def print_apply_summary(console: Console, patched, report, identity: float) -> N
             f"0.5 * (mean + max) of the score map averaged over {window[0]}x{window[1]} windows (timm's test-time pooling, train size {cfg['test_pool']['train_size']})",
         )
     else:
-        table.add_row("score", f"mean + {cfg['lam']:g} * {safe(cfg['variant'])} (temperatures {safe(temps)})")
+        base = "model logits" if cfg.get("location_head") == "nonlinear" else "mean"
+        table.add_row("score", f"{base} + {cfg['lam']:g} * {safe(cfg['variant'])} (temperatures {safe(temps)})")
     table.add_row("head", f"{safe(cfg['head_description'])} ({cfg['num_classes']} classes)")
     table.add_row("weights", f"{safe(cfg['weights'])} ({safe(cfg['weights_fingerprint'][:12])})")
     table.add_row("input", f"(B, 3, {cfg['preprocessing']['size']}, {cfg['preprocessing']['size']}) normalised float32")
@@ -322,6 +324,8 @@ def print_apply_summary(console: Console, patched, report, identity: float) -> N
     table.add_row("check", f"reloaded file vs eager, batch 3: max abs diff {report.max_abs_diff:.2e}")
     if cfg["head"] != "model":
         source = "the probe on pooled features"
+    elif cfg.get("location_head") == "nonlinear":
+        source = "the model's logits (non-linear head: lam 0 is the logits; checked here: the head on the pooled features)"
     elif cfg["baseline_source"] == "model_logits":
         source = "the model's logits"
     else:

@@ -67,6 +67,8 @@ def attention_maps(patched, image: str | Path, top_k: int = 3, classes: Sequence
     s = patched.head.location_scores(fmap).float().cpu()[0]  # (C, h * w)
     h, w = fmap.shape[-2:]
     scores, baseline = patched.head.pool(s[None])[0], s.mean(dim=-1)
+    if getattr(patched, "nonlinear", False):  # non-linear head: the baseline is the model's logits
+        scores, baseline = (t.float().cpu()[0] for t in patched.forward_with_baseline(x.to(dev)))
     top = torch.argsort(scores, descending=True, stable=True)[: min(top_k, scores.numel())].tolist()
     mean, std = torch.tensor(prep["mean"])[:, None, None], torch.tensor(prep["std"])[:, None, None]
     shown = (x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()

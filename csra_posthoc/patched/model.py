@@ -174,9 +174,14 @@ def check_config(config: Any, path: str | Path | None = None, *, rebuild: bool =
             bad("heads", str(exc))
         if [_from_json_float(t) for t in temps] != list(expected):
             bad("temperatures", f"are not the paper's set for heads {heads}")
+    location_head = config.get("location_head", "linear")
+    if location_head not in ("linear", "nonlinear"):
+        bad("location_head", f"{location_head!r} is not 'linear' or 'nonlinear'")
+    if location_head == "nonlinear" and (config["head"] != "model" or config.get("baseline_source") != "model_logits"):
+        bad("location_head", "is 'nonlinear' but the head is not the model's own or the baseline is not its logits")
     norm = config.get("head_norm")
     norm_ok = isinstance(norm, dict) and isinstance(norm.get("pooled_norm"), bool) and _is_number(norm.get("eps")) and 0 < norm["eps"] < 1
-    if (rebuild or norm is not None) and not norm_ok:
+    if ((rebuild and location_head == "linear") or norm is not None) and not norm_ok:
         bad("head_norm", "is not {pooled_norm: bool, eps: number in (0, 1)}")
     _check_preprocessing(config.get("preprocessing"), bad)
     unsaved = config.get("model_unsaved_buffers")
@@ -239,6 +244,8 @@ def verify_state_dict(config: dict[str, Any], state: dict[str, torch.Tensor], pa
     model_t = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.") and k[len("model.") :] not in unsaved}
     head_t = {k[len("head.classifier.") :]: v for k, v in state.items() if k.startswith("head.classifier.")}
     verify_fingerprints(config, model_t, head_t, path)
+    if config.get("location_head") == "nonlinear":  # the model's own head modules: fingerprinted above
+        return
     rows = head_t["weight"].shape[0] if "weight" in head_t else None
     if rows != config["num_classes"]:
         raise CSRAError(
@@ -293,7 +300,25 @@ class PatchedModel(nn.Module):
             raw = self.adapter.forward_backbone(x)
             return self.adapter.feature_map(raw.float())
 
+    @property
+    def nonlinear(self) -> bool:
+        """The model's head is non-linear after pooling (:mod:`csra_posthoc.models.nonlinear`): the
+        baseline is its own logits, the attended term the whole head applied at each location."""
+        return self.adapter.info.location_head == "nonlinear"
+
+    def scores_and_baseline(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-location scores ``(B, C, K)`` and the lam = 0 scores ``(B, C)``: their mean, or the
+        model's own logits for a non-linear head (one backbone pass)."""
+        if not self.nonlinear:
+            s = self.head.location_scores(self.feature_map(x))
+            return s, s.mean(dim=-1)
+        with eval_mode(self.model):
+            raw = self.adapter.forward_backbone(x).float()
+            return self.head.location_scores(self.adapter.feature_map(raw)), self.adapter.model_logits(raw).float()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.nonlinear:
+            return self.head.pool(*self.scores_and_baseline(x))
         return self.head(self.feature_map(x))
 
     def set_settings(self, lam: float | None = None, temperature: float | None = None, heads: int | None = None) -> PatchedModel:
@@ -320,9 +345,10 @@ class PatchedModel(nn.Module):
 
     @torch.no_grad()
     def forward_with_baseline(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """CSRA scores and the baseline (lam = 0: the average of per-location scores), one forward pass."""
-        s = self.head.location_scores(self.feature_map(x))
-        return self.head.pool(s), s.mean(dim=-1)
+        """CSRA scores and the baseline (lam = 0: the average of per-location scores, or the model's
+        logits for a non-linear head), one forward pass."""
+        s, baseline = self.scores_and_baseline(x)
+        return self.head.pool(s, baseline), baseline
 
 
 def _checked_thresholds(thresholds: Sequence[float] | None, num_classes: int) -> list[float] | None:
@@ -401,11 +427,16 @@ def patch(
         "head_description": (f"linear probe on {probe['dataset']} {probe['split']}" if probe else described or adapter.info.head),
         "head_fingerprint": state_dict_fingerprint(classifier.state_dict()),
         "baseline_source": adapter.info.baseline_source,
+        "location_head": adapter.info.location_head,
         **settings_config(csra),
         "preprocessing": preprocessing,
         "data_config": asdict(adapter.data_config),
         "input": {"shape": ["batch", 3, preprocessing["size"], preprocessing["size"]], "dtype": "float32", "normalised": True},
-        "output": {"shape": ["batch", csra.num_classes], "meaning": "CSRA scores (logits scale): mean + lam * attended"},
+        "output": {
+            "shape": ["batch", csra.num_classes],
+            "meaning": "CSRA scores (logits scale): "
+            + ("model logits + lam * attended(head at each location)" if adapter.info.location_head == "nonlinear" else "mean + lam * attended"),
+        },
         "thresholds": _checked_thresholds(thresholds, csra.num_classes),
         "threshold_source": None if thresholds is None else (threshold_source or "given to patch()"),
     }
@@ -427,7 +458,9 @@ def save_patched(patched: PatchedModel, path: str | Path) -> None:
     tensors.update({f"head.{k}": v for k, v in patched.head.classifier.state_dict().items()})
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}  # no shared storage
     patched.check_unchanged()
-    config = {**patched.config, "head_norm": {"pooled_norm": patched.head.classifier.pooled_norm, "eps": patched.head.classifier.norm_eps}}
+    config = dict(patched.config)
+    if not patched.nonlinear:  # a non-linear head is rebuilt from the model's own modules, not from head_norm
+        config["head_norm"] = {"pooled_norm": patched.head.classifier.pooled_norm, "eps": patched.head.classifier.norm_eps}
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={CONFIG_KEY: json.dumps(config)}))
 
 
@@ -474,6 +507,8 @@ def load_patched(path: str | Path) -> PatchedModel:
     model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     head_t = {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}
     verify_fingerprints(config, model_sd, head_t, path)
+    if config.get("location_head") == "nonlinear":
+        return _load_nonlinear(config, model_sd, path)
     num_classes = config["num_classes"]
     w = head_t.get("weight")
     shapes_ok = (
@@ -487,6 +522,23 @@ def load_patched(path: str | Path) -> PatchedModel:
         raise CSRAError(f"{where}: its head tensors are not a per-location classifier (weight, bias, norm_weight, norm_bias)", param="patched_file")
     if w.shape[0] != num_classes:  # type: ignore[union-attr]
         raise CSRAError(f"{where}: config field 'num_classes' says {num_classes}, its head has {w.shape[0]} classes; export it again", param="patched_file")  # type: ignore[union-attr]
+    adapter = _rebuilt_adapter(config, model_sd, where)
+    norm = config["head_norm"]
+    classifier = LocationHead(head_t["weight"], head_t["bias"], head_t["norm_weight"], head_t["norm_bias"], norm["eps"], norm["pooled_norm"])
+    csra = _config_head(config, classifier)
+    if config.get("test_pool") is not None:
+        csra = TimmPoolHead(classifier, config["test_pool"]["window"], config["test_pool"]["train_size"])
+    return PatchedModel(adapter, csra, config)
+
+
+def _config_head(config: dict[str, Any], classifier: Any) -> CSRAHead:
+    temps = [_from_json_float(t) for t in config["temperatures"]]
+    return CSRAHead(classifier, config["lam"], temperature=temps[0] if config.get("heads") is None else math.inf, heads=config.get("heads"))
+
+
+def _rebuilt_adapter(config: dict[str, Any], model_sd: dict[str, torch.Tensor], where: str) -> ModelAdapter:
+    """The config's architecture with the file's model tensors, wrapped (and identity-checked) again."""
+
     model = build_architecture(config["model"], config["model_num_classes"], config.get("model_kwargs"), where=where)
     try:
         missing, unexpected = model.load_state_dict(model_sd, strict=False)
@@ -498,11 +550,18 @@ def load_patched(path: str | Path) -> PatchedModel:
             param="patched_file",
         )
     model.requires_grad_(False)  # an inference model (its own parameters: nobody else holds them)
-    adapter = adapter_for_module(model.eval(), config["model"], weights=config.get("weights") or "patched")
-    norm = config["head_norm"]
-    classifier = LocationHead(head_t["weight"], head_t["bias"], head_t["norm_weight"], head_t["norm_bias"], norm["eps"], norm["pooled_norm"])
-    temps = [_from_json_float(t) for t in config["temperatures"]]
-    csra = CSRAHead(classifier, config["lam"], temperature=temps[0] if config.get("heads") is None else math.inf, heads=config.get("heads"))
-    if config.get("test_pool") is not None:
-        csra = TimmPoolHead(classifier, config["test_pool"]["window"], config["test_pool"]["train_size"])
-    return PatchedModel(adapter, csra, config)
+    return adapter_for_module(model.eval(), config["model"], weights=config.get("weights") or "patched")
+
+
+def _load_nonlinear(config: dict[str, Any], model_sd: dict[str, torch.Tensor], path: Path) -> PatchedModel:
+    """A non-linear head is the rebuilt model's own head modules: it must hash to the config's head_fingerprint."""
+    where = _where(path)
+    adapter = _rebuilt_adapter(config, model_sd, where)
+    if adapter.info.location_head != "nonlinear" or state_dict_fingerprint(adapter.head.state_dict()) != config["head_fingerprint"]:
+        raise CSRAError(f"{where}: its model's head is not the non-linear head its config describes (head_fingerprint); export it again", param="patched_file")
+    if adapter.num_classes != config["num_classes"]:
+        raise CSRAError(
+            f"{where}: config field 'num_classes' says {config['num_classes']}, its head has {adapter.num_classes} classes; export it again",
+            param="patched_file",
+        )
+    return PatchedModel(adapter, _config_head(config, adapter.head), config)

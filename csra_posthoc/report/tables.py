@@ -43,6 +43,7 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
         "classes": stats.classes,
         "primary_metric": result.primary,
         "baseline_source": info.baseline_source,
+        "location_head": info.location_head,
         "identity_max_abs_diff": info.identity_max_abs_diff,
         "identity_max_rel_diff": info.identity_max_rel_diff,
         "weights": info.weights,
@@ -243,7 +244,13 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
     source = info.baseline_source
     diff = info.identity_max_abs_diff
     rel = info.identity_max_rel_diff
-    if source == "model_logits":
+    if info.location_head == "nonlinear":
+        relative = f", {rel:.2e} of the logits' scale" if rel is not None else ""
+        console.print(
+            "baseline = the model's own logits; non-linear head: the attended term applies the whole head at each location "
+            f"(self-check head(pooled features) vs logits: max abs diff {diff:.2e}{relative})"
+        )
+    elif source == "model_logits":
         relative = f", {rel:.2e} of the logits' scale" if rel is not None else ""
         console.print(f"baseline = the model's own logits (identity checked: max abs diff {diff:.2e}{relative})")
     else:
