@@ -113,8 +113,9 @@ def real_worker(args: argparse.Namespace) -> None:
     from rich.console import Console
 
     from csra_posthoc import load_dataset, load_model
+    from csra_posthoc.extraction.batches import forward_pass
     from csra_posthoc.extraction.distributed import distributed
-    from csra_posthoc.extraction.run import compute_statistics, forward_pass
+    from csra_posthoc.extraction.run import compute_statistics
     from csra_posthoc.options import ExtractOptions
 
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -29,7 +29,39 @@ from benchmarks.decode_speed import write_photos
 from csra_posthoc import load_model
 from csra_posthoc.data.base import load_rgb
 from csra_posthoc.data.transforms import build_transform, transform_description
-from csra_posthoc.extraction.backends import OrtBackend, cpu_has_native_bf16, prepare_backbone
+from csra_posthoc.extraction.backends import OrtBackend
+from csra_posthoc.models.base import ModelAdapter
+
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 instructions (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def prepare_backbone(adapter: ModelAdapter, *, channels_last: bool = False, compile: bool = False, bf16: bool = False) -> Forward:
+    """``x -> (s, logits)`` as extraction's eager loop runs it (csra_posthoc.extraction.batches.backbone_batches):
+    the backbone optionally in channels_last weights (converted in place), under bf16 autocast or
+    ``torch.compile``; the location head and the model's head in float32."""
+    adapter = adapter.eval()
+    if channels_last:
+        adapter.to(memory_format=torch.channels_last)
+    backbone = torch.compile(adapter.forward_backbone, dynamic=False) if compile else adapter.forward_backbone
+
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if bf16:
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                raw = backbone(x)
+        else:
+            raw = backbone(x)
+        return adapter.scores_from_backbone(raw.float())
+
+    return forward
 
 
 def photo_batch(adapter, batch: int, size: int) -> torch.Tensor:

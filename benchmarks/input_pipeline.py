@@ -43,7 +43,9 @@ from torch.utils.data import DataLoader
 from benchmarks.decode_speed import write_mosaics
 from csra_posthoc import ExtractOptions, load_model
 from csra_posthoc.data.base import ImageDataset, LabelledImages, load_rgb
-from csra_posthoc.extraction.run import ForwardPass, compute_statistics, forward_pass, loop_threads, torch_threads
+from csra_posthoc.extraction.batches import ForwardPass, forward_pass
+from csra_posthoc.extraction.run import compute_statistics
+from csra_posthoc.extraction.runtime import loop_threads, torch_threads
 from csra_posthoc.heads.scoring import location_statistics
 
 

@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 
 from csra_posthoc.atomic import atomic_write
-from csra_posthoc.models.catalog import STATUSES, SUPPORTED_STATUSES, ModelCheck, check_model, list_models, model_family
+from csra_posthoc.models.catalog import CHECK_SAMPLE, STATUSES, SUPPORTED_STATUSES, ModelCheck, check_model, list_models, model_family
 
 
 def sample_names(every: int) -> list[str]:
@@ -155,7 +155,8 @@ def main() -> None:
     parser.add_argument("--max-params", type=float, default=30e6)
     parser.add_argument("--sample-every", type=int, default=1)
     parser.add_argument("--no-torchvision", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("docs/models.md"))
+    parser.add_argument("--out", type=Path, default=None, help="default docs/models.md (with --quick: printed only)")
+    parser.add_argument("--quick", action="store_true", help="the first 6 names of CHECK_SAMPLE, no torchvision; writes only to --out")
     parser.add_argument("--jsonl", type=Path, default=None)
     parser.add_argument("--report-only", action="store_true", help="write the report from --jsonl's rows alone (a run stopped early)")
     parser.add_argument("--params-cache", type=Path, default=None, help="JSON {name: parameters at num_classes=10} from an earlier meta-device count")
@@ -167,7 +168,9 @@ def main() -> None:
 
     start = time.perf_counter()
     names = sample_names(args.sample_every) if args.sample_every > 1 else list_models(torchvision=False)
-    if not args.no_torchvision:
+    if args.quick:
+        names = list(CHECK_SAMPLE[:6])
+    if not args.no_torchvision and not args.quick:
         names += list_models(timm_models=False)
     counts = json.loads(args.params_cache.read_text()) if args.params_cache else {}
     counts = counts.get("counts", counts)
@@ -191,8 +194,12 @@ def main() -> None:
         versions=versions,
         not_run=[n for n in names if n not in {c.name for c in checks}],
     )
-    atomic_write(args.out, lambda tmp: Path(tmp).write_text(text + "\n"))
-    print(f"wrote {args.out} ({len(checks)} models, {seconds / 60:.1f} min)")
+    out = args.out if args.out is not None or args.quick else Path("docs/models.md")
+    if out is None:
+        print(text)
+        return
+    atomic_write(out, lambda tmp: Path(tmp).write_text(text + "\n"))
+    print(f"wrote {out} ({len(checks)} models, {seconds / 60:.1f} min)")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def onnx_session(module: torch.nn.Module, x: torch.Tensor, path: Path, threads: 
 
     import onnxruntime as ort
 
-    from csra_posthoc.patched.export import onnx_export
+    from csra_posthoc.extraction.backends import onnx_export
 
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")

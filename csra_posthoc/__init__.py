@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
@@ -30,7 +30,7 @@ _EXPORTS: dict[str, str] = {
     "OutputOptions": ".options",
     "sweep": ".evaluation.grid",
     "paper_fixed_lam": ".evaluation.grid",
-    "SweepResult": ".evaluation.grid",
+    "SweepResult": ".evaluation.results",
     "run_sweep": ".evaluation.run",
     "csra_score": ".heads.scoring",
     "attention_pool": ".heads.scoring",
@@ -109,7 +109,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static analysers see the real names
     from .data import LabelledImages, load_dataset
     from .errors import CSRAError
-    from .evaluation.grid import SweepResult, sweep
+    from .evaluation.grid import sweep
+    from .evaluation.results import SweepResult
     from .evaluation.run import run_sweep
     from .extraction.run import extract
     from .extraction.statistics import ClassStatistics, StatisticsInfo

@@ -1,9 +1,9 @@
 """``python -m csra_posthoc``: the CLI; also the module ``torchrun ... -m csra_posthoc sweep ...`` launches."""
 
+from .cli.app import main
+
 
 def _main() -> None:
-    from .cli.app import main  # lazily: ``--help`` stays as fast as the console script's
-
     main()
 
 

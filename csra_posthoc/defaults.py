@@ -29,6 +29,8 @@ METRIC_NAMES: tuple[str, ...] = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "t
 # the evaluation transform a run asks for; auto: centre crop for single-label data, else square resize
 TransformChoice = Literal["auto", "square", "crop"]
 TRANSFORM_CHOICES: tuple[str, ...] = get_args(TransformChoice)
+# How a -1 (unknown) label is scored: left out of its class (VOC) or counted as a negative (WIDER-Attribute).
+UnknownPolicy = Literal["exclude", "negative"]
 HEAD_CHOICES: tuple[str, ...] = ("model", "probe")
 
 # How honest a sweep's report is about its gain (docs/uncertainty.md): lam chosen on one half of
@@ -36,6 +38,10 @@ HEAD_CHOICES: tuple[str, ...] = ("model", "probe")
 DEFAULT_SELECT_ON = "half"
 DEFAULT_BOOTSTRAP = 1000  # resamples: a few seconds on a VOC-size set (docs/uncertainty.md has timings)
 FIGURE_FORMATS: tuple[str, ...] = (".png", ".svg", ".pdf")
+
+# The variables torchrun sets in every rank (read by the CLI without importing torch, and by extraction.distributed).
+LAUNCH_VARS: tuple[str, ...] = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+TORCHVISION_PREFIX = "torchvision:"  # a model name that is torchvision's (torchvision:resnet50), not timm's
 
 MIN_IMG_SIZE = 16
 MAX_IMG_SIZE = 4096  # a 4096 px square is already ~200 MB of activations per image in a ResNet's stem

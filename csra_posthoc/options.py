@@ -30,6 +30,7 @@ from .defaults import (
     TransformChoice,
 )  # fmt: skip
 from .errors import CSRAError
+from .outputs import check_output_path, check_outputs
 
 Transform = TransformChoice  # defaults.TransformChoice: auto (centre crop for single-label data, else square resize) | square | crop
 Difficult = Literal["ignore", "positive", "negative"]  # VOC difficult objects
@@ -410,12 +411,10 @@ class OutputOptions:
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the results JSON (the demo's 'demo' block)
 
     def __post_init__(self) -> None:
-        from .outputs import check_outputs  # the one output policy (README: Outputs); suffixes and inputs: validate_sweep_args
-
         check_output_path(self.out, "out")
         check_output_path(self.save_scores_to, "save_scores_to")
         check_figure_path(self.plot, "plot")
-        check_outputs(self.paths(), require_suffixes=False)
+        check_outputs(self.paths(), require_suffixes=False)  # the one output policy (README: Outputs); suffixes and inputs: validate_sweep_args
 
     def paths(self) -> dict[str, str | Path | None]:
         """The output files by parameter name (None: not written)."""
@@ -434,26 +433,6 @@ def check_figure_path(path: str | Path | None, param: str = "path") -> None:
     if not target.absolute().parent.is_dir():
         raise CSRAError(f"{param} {target}: folder {target.parent} does not exist; create it first", param=param)
     check_output_path(target, param)
-
-
-def check_output_path(path: str | Path | None, param: str) -> None:
-    """Refuse an output file that cannot be written, before the work that produces it starts.
-
-    The file is written atomically (temporary file beside it, then rename), so what matters is the
-    folder: the nearest existing ancestor must be a writable folder, and the target not a folder.
-    """
-    if path is None:
-        return
-    target = Path(path)
-    if target.is_dir():
-        raise CSRAError(f"{param} {target}: is a directory; give a file name inside it, e.g. {target / 'results.json'}", param=param)
-    ancestor = target.absolute().parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise CSRAError(f"{param} {target}: {ancestor} is a file, not a folder; choose another path", param=param)
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise CSRAError(f"{param} {target}: folder {ancestor} is not writable; choose another path", param=param)
 
 
 @dataclass(frozen=True)

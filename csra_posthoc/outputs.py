@@ -24,7 +24,27 @@ from pathlib import Path
 from .atomic import remove_stale_temps
 from .defaults import FIGURE_FORMATS
 from .errors import CSRAError
-from .options import check_output_path
+
+
+def check_output_path(path: str | Path | None, param: str) -> None:
+    """Refuse an output file that cannot be written, before the work that produces it starts.
+
+    The file is written atomically (temporary file beside it, then rename), so what matters is the
+    folder: the nearest existing ancestor must be a writable folder, and the target not a folder.
+    """
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise CSRAError(f"{param} {target}: is a directory; give a file name inside it, e.g. {target / 'results.json'}", param=param)
+    ancestor = target.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CSRAError(f"{param} {target}: {ancestor} is a file, not a folder; choose another path", param=param)
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CSRAError(f"{param} {target}: folder {ancestor} is not writable; choose another path", param=param)
+
 
 # The documented suffix of each output parameter. ``out`` differs by command, so it is passed
 # explicitly there (sweep / demo: .json; apply: the export formats; attention: a figure).

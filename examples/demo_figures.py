@@ -54,7 +54,7 @@ def find_statistics(results: dict[str, Any], cache: Path):
 
 def find_probe(results: dict[str, Any], cache: Path) -> Path | None:
     """The probe head file whose weights hash to the results file's head fingerprint, or None."""
-    from csra_posthoc.extraction.probe import load_head
+    from csra_posthoc.heads.head_file import load_head
     from csra_posthoc.models.checkpoint import state_dict_fingerprint
 
     for path in sorted(cache.glob("probe-*.safetensors")):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from csra_posthoc.defaults import LAUNCH_VARS
 from csra_posthoc.errors import CSRAError
 from csra_posthoc.extraction.distributed import (
     all_reduce_max,
@@ -196,7 +197,7 @@ def _cli_child(rank: int, world: int, port: int, timeout_s: float, argv: list[st
             CSRA_POSTHOC_DIST_TIMEOUT=str(timeout_s),
         )  # fmt: skip
     else:
-        for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        for var in LAUNCH_VARS:
             os.environ.pop(var, None)
     torch.set_num_threads(1)
     sys.stdout = open(out / f"rank{rank}.stdout", "w")

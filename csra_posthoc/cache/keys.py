@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .store import cache_key
+
 
 def statistics_key(
     *,
@@ -34,7 +36,6 @@ def statistics_key(
     float32, so keys written before it existed stay valid; ``location_head`` likewise only when
     non-linear (those statistics are another quantity: never read as a linear head's); ``test_pool``
     (the test-time pooling statistic's training size) only when that statistic is extracted."""
-    from .store import cache_key
 
     dtype = {} if cache_dtype == "float32" else {"cache_dtype": cache_dtype}
     nonlinear = {} if location_head == "linear" else {"location_head": location_head}

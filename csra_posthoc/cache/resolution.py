@@ -19,11 +19,19 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..atomic import atomic_write
+from ..data.decode import decode_key
+from ..data.transforms import transform_description
 from ..defaults import CACHED_TEMPERATURES
+from ..extraction.test_pool import resolve_test_pool
+from ..models.base import DataConfig, ModelAdapter
+from ..models.checkpoint import state_dict_fingerprint
+from ..models.hf_models import source_files
+from ..models.offline_weights import offline_weights_path
 from ..options import ExtractOptions, amp_precision
+from ..version import __version__
 from .keys import statistics_key
+from .store import cache_key, cache_path
 
 MEMO_FORMAT = 1
 
@@ -59,16 +67,12 @@ def _version(dist: str) -> str:
 def weights_source_stamp(model: str, checkpoint: str | Path | None, pretrained: bool, random_init: bool, num_classes: int | None) -> dict[str, Any] | None:
     """A cheap identity of the weights a build would load, or None when there is none (hub weights)."""
     if model.startswith("hf:") and checkpoint is None and not random_init:  # its folder: config, preprocessing, weights
-        from ..models.hf_models import source_files
-
         return {"hf": [_stamp(f) for f in source_files(model)], "transformers": _version("transformers")}
     if checkpoint is not None:
         return {"checkpoint": _stamp(Path(checkpoint))}
     if random_init:
         return {"random_init": True, "num_classes": num_classes}
     if pretrained and not model.startswith("torchvision:"):
-        from ..models.offline_weights import offline_weights_path
-
         packaged = offline_weights_path(model)
         if packaged is not None:
             return {"packaged": _stamp(packaged)}
@@ -78,7 +82,6 @@ def weights_source_stamp(model: str, checkpoint: str | Path | None, pretrained: 
 def resolution_key(model: str, stamp: dict[str, Any], head: str, probe: dict[str, Any] | None) -> str:
     """Memo key: the weights source, the head choice, the probe's settings, and the code versions
     that turn them into fingerprints (a new timm may build the same name differently)."""
-    from .store import cache_key
 
     return cache_key(
         {
@@ -135,9 +138,8 @@ def write_memo(cache_dir: Path, key: str, resolution: Resolution) -> None:
         pass
 
 
-def resolution_of(adapter) -> Resolution:  # adapter: ModelAdapter (not imported: torch.nn)
+def resolution_of(adapter: ModelAdapter) -> Resolution:
     """What to memo from a built (and, for a probe, fitted) adapter."""
-    from ..models.checkpoint import state_dict_fingerprint
 
     info = adapter.info
     return Resolution(
@@ -164,7 +166,6 @@ def _device_type(device: str) -> str:
 
 
 def _test_pool_key(options: ExtractOptions, input_size: int, model_input_size: int) -> int | None:
-    from ..extraction.test_pool import resolve_test_pool
 
     setting = resolve_test_pool(options.test_pool, options.train_size, input_size, model_input_size)
     return setting.key() if setting is not None else None
@@ -172,10 +173,6 @@ def _test_pool_key(options: ExtractOptions, input_size: int, model_input_size: i
 
 def statistics_location(resolution: Resolution, images, options: ExtractOptions, cache_dir: Path) -> tuple[str, Path]:
     """The statistics key and cache file a build with this resolution would use (no model needed)."""
-    from ..data.decode import decode_key
-    from ..data.transforms import transform_description
-    from ..models.base import DataConfig
-    from .store import cache_path
 
     cfg = resolution.data_config
     config = DataConfig(**{**cfg, "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])})

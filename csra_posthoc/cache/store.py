@@ -7,6 +7,11 @@ never visible under its final name (write to a temporary file, then ``os.replace
 Opening the cache (:func:`open_cache_dir`) checks that the folder can be written (a run that
 cannot cache still prints and writes its results) and removes temporary files orphaned by
 killed runs; :func:`key_lock` keeps two identical runs from extracting the same statistics.
+
+Module state: :func:`usable_cache_dir` warns about an unwritable cache folder once per folder and
+process (``_warned_cache_dirs``), so a run's probe and extraction print one warning; a library
+user who fixes the folder's permissions in the same process is not warned again, and gets
+caching back as soon as the folder can be written (the check itself is repeated every time).
 """
 
 from __future__ import annotations
@@ -233,7 +238,8 @@ _warned_cache_dirs: set[str] = set()  # the probe and the extraction of one run 
 
 
 def usable_cache_dir(cache_dir: Path, console: Console | None) -> bool:
-    """True when the cache folder can be written; otherwise one warning, and the run goes on uncached."""
+    """True when the cache folder can be written; otherwise a warning (once per folder and process:
+    see the module's docstring), and the run goes on uncached."""
     problem = open_cache_dir(cache_dir)
     if problem is not None and str(cache_dir) not in _warned_cache_dirs:
         _warned_cache_dirs.add(str(cache_dir))

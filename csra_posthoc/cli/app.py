@@ -16,11 +16,11 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from .. import __version__
 from ..data.registry import DATASET_NAMES
-from ..defaults import DEFAULT_BOOTSTRAP, DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_SELECT_ON, DEFAULT_TEMPS
+from ..defaults import DEFAULT_BOOTSTRAP, DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_SELECT_ON, DEFAULT_TEMPS, LAUNCH_VARS
 from ..errors import CSRAError
 from ..options import AnalysisOptions, CSRASettings, DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions, model_source
+from ..version import __version__
 from .params import (
     BatchSizeOpt,
     CacheDirOpt,
@@ -117,12 +117,9 @@ def _ints(flag: str, text: str) -> list[int]:
         raise CSRAError(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,2,4") from None
 
 
-_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
 def _launched() -> bool:
     """Whether a launcher (torchrun) set the distributed variables; checked without importing torch."""
-    return any(v in os.environ for v in _LAUNCH_VARS)
+    return any(v in os.environ for v in LAUNCH_VARS)
 
 
 def run_cli(fn, *args, distributed_device: str | None = None, **kwargs):

@@ -97,7 +97,7 @@ def load_dataset(dataset: str, data_dir: str | Path, options: DataOptions | None
     if opts.max_images is not None:
         if opts.max_images < 1:
             raise CSRAError(f"max_images {opts.max_images}: must be >= 1", param="max_images")
-        from .subset import subset
+        from .subset import subset  # torch: this module is imported by the CLI's --help
 
         images = subset(images, opts.max_images, opts.subset_seed)
     return images

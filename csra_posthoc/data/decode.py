@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import CSRAError
+from .base import load_rgb
 
 if TYPE_CHECKING:  # the policy and key functions are imported by the warm (cached) path: no torch / PIL there
     import torch
@@ -59,7 +60,6 @@ def draft_request(desc: dict[str, Any]) -> tuple[int, int] | None:
 def image_loader(decode: str, desc: dict[str, Any]) -> Callable[[Path], Image.Image]:
     """What :class:`~csra_posthoc.data.base.ImageDataset` decodes whole images with (picklable,
     so DataLoader workers get it)."""
-    from .base import load_rgb
 
     policy = check_decode(decode)
     request = draft_request(desc) if policy == "draft" else None

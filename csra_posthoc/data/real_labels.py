@@ -25,11 +25,14 @@ import numpy as np
 import torch
 
 from ..errors import CSRAError
+from ..evaluation.grid import row_scores, score_grid, stats_evaluator
+from ..evaluation.results import SweepResult, Variant
+from ..evaluation.selection import take_images
+from ..text import safe
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ..evaluation.grid import SweepResult
     from ..extraction.statistics import ClassStatistics
 
 NUM_CLASSES = 1000
@@ -123,9 +126,6 @@ def real_metrics(
     baseline, best, fixed and best-variant rows, from the cached statistics: the results-JSON
     ``"real_labels"`` object (docs/method.md §9). mAP over 1000 classes costs about 100x a row's
     top-k at ImageNet size (3 s vs 0.04 s), so it is not computed for every row."""
-    from ..evaluation.grid import Variant, row_scores, score_grid, stats_evaluator
-    from ..evaluation.selection import take_images
-
     sub = replace(take_images(stats, real.keep.to(stats.avg.device)), labels=real.labels.to(stats.labels.device))  # the kept images, ReaL sets as labels
 
     def topk(_: ClassStatistics, scorer: Any, prepared: Any) -> dict[str, float]:
@@ -167,8 +167,6 @@ def real_metrics(
 def print_real_table(console: Console, found: dict[str, Any]) -> None:
     """ReaL top-1 / top-5 / mAP of the sweep's baseline, best, fixed and best-variant rows, with Δ."""
     from rich.table import Table
-
-    from ..text import safe
 
     base = found["baseline"]
     table = Table(

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
+from ..defaults import UnknownPolicy
 from ..errors import CSRAError
 from ..options import DataOptions
 
@@ -35,7 +36,7 @@ class DatasetEntry:
     options: frozenset[str]  # the LOADER_OPTIONS it takes; any other one given is refused
     shares_classes: bool  # the training split is read with the evaluated split's class list (VOC, folder)
     single_label: bool  # one class per image (top-1 / crop protocol) vs multi-label
-    unknown: Literal["exclude", "negative"]  # how a -1 label is scored (see metrics.UnknownPolicy)
+    unknown: UnknownPolicy  # how a -1 label is scored
     train_needs_labels: bool = False  # its training split is a second label file (csv: train_labels)
 
 

@@ -183,18 +183,6 @@ def _built(key: str) -> Callable[..., torch.Tensor]:
     )  # fmt: skip
 
 
-def square_resize_transform(cfg: DataConfig, img_size: int | None = None) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:
-    """Multi-label protocol: resize the whole image to a square (no crop), normalise like the model."""
-    desc = transform_description(cfg, img_size, single_label=False, choice="square")
-    return build_transform(desc), desc
-
-
-def center_crop_transform(cfg: DataConfig, img_size: int | None = None) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:
-    """The model's ImageNet eval transform (see :func:`build_transform`)."""
-    desc = transform_description(cfg, img_size, single_label=True, choice="crop")
-    return build_transform(desc), desc
-
-
 def eval_transform(
     cfg: DataConfig, img_size: int | None, single_label: bool, choice: TransformChoice = "auto"
 ) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ..atomic import atomic_write
 from ..cache.store import resolve_cache_dir
 from ..errors import CSRAError
 from ..evaluation.run import run_sweep
@@ -122,7 +123,6 @@ def check_examples_dir(folder: str | Path | None) -> None:
 
 def write_examples(voc: Path, folder: Path, count: int = NUM_EXAMPLES) -> list[Path]:
     """Copy the first ``count`` test mosaics of ``voc`` to ``folder/example-<i>.jpg`` (replaced atomically)."""
-    from ..atomic import atomic_write
 
     ids = (voc / "ImageSets" / "Main" / "test.txt").read_text().split()[:count]
     folder.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,11 @@ from typing import Any
 
 import torch
 
+from ..extraction.statistics import ClassStatistics
 from ..metrics.thresholded import UnknownPolicy, metrics_from_counts, thresholded_metrics_torch
+from .grid import row_scores
+from .results import SweepResult
+from .selection import half_masks
 
 NO_POSITIVE_THRESHOLD = 0.0  # sigmoid(0) = 0.5: a class with no positive keeps the fixed rule
 METHOD = "per-class threshold maximising the class's F1 on all evaluated images (highest on ties; score 0 for a class with no positive)"
@@ -122,12 +126,10 @@ def row_thresholds_json(
     }
 
 
-def sweep_thresholds(result: Any, stats: Any, seed: int = 0) -> dict[str, dict[str, Any]] | None:
+def sweep_thresholds(result: SweepResult, stats: ClassStatistics, seed: int = 0) -> dict[str, dict[str, Any]] | None:
     """The ``thresholds`` field for a multi-label sweep (None for single-label tasks: they predict by
     rank): rows ``baseline``, ``best``, ``fixed``, ``best_variant``, scored as the sweep scores them
     (:func:`csra_posthoc.evaluation.grid.row_scores`); held-out on the halves of ``select_on half`` (``seed``)."""
-    from .grid import row_scores
-    from .selection import half_masks
 
     if result.primary != "mAP":
         return None

@@ -9,25 +9,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
 from ..defaults import DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_TEMPS, HEAD_COUNTS  # noqa: F401 (re-exported; defined torch-free for the CLI)
 from ..errors import CSRAError
 from ..extraction.statistics import ClassStatistics, Task
-from ..heads.scoring import csra_score, head_temperatures, multihead_attended
+from ..heads.scoring import csra_score, multihead_attended
 from ..metrics import Evaluator, evaluator
 from ..metrics.batched import Pair, parallel_map
 from ..options import SweepOptions
+from .results import SweepResult, SweepRow, Variant
 
-if TYPE_CHECKING:  # selection and bootstrap import this module
-    from .bootstrap import Interval
-    from .per_class import ClassDeltas
-    from .selection import HeldOut
-
-VariantKind = Literal["max", "softmax", "heads", "test-pool"]  # test-pool: timm's test-time pooling (extraction.test_pool), no lam
 T = TypeVar("T")
 
 
@@ -37,79 +31,12 @@ def paper_fixed_lam(model_name: str) -> float:
     return 0.02 if ("resnet" in name or "resnext" in name) else 0.2
 
 
-@dataclass(frozen=True)
-class Variant:
-    kind: VariantKind
-    temperature: float | None = None
-    heads: int | None = None
-
-    @property
-    def temperatures(self) -> tuple[float, ...]:
-        if self.kind == "max":
-            return (math.inf,)
-        if self.kind == "softmax":
-            assert self.temperature is not None, "a softmax variant has a temperature"
-            return (float(self.temperature),)
-        assert self.heads is not None, "a multi-head variant has a head count"
-        return head_temperatures(int(self.heads))
-
-    @property
-    def label(self) -> str:
-        if self.kind in ("max", "test-pool"):
-            return self.kind
-        if self.kind == "softmax":
-            return f"softmax T={self.temperature:g}"
-        return f"heads H={self.heads}"
-
-
 def variants(temps: Sequence[float] = DEFAULT_TEMPS, heads: Sequence[int] = DEFAULT_HEADS) -> list[Variant]:
     """The max variant, one softmax variant per finite temperature, one multi-head per H."""
     out = [Variant("max")]
     out += [Variant("softmax", temperature=float(t)) for t in dict.fromkeys(temps) if not math.isinf(t)]
     out += [Variant("heads", heads=int(h)) for h in dict.fromkeys(heads)]
     return out
-
-
-@dataclass
-class SweepRow:
-    variant: Variant
-    lam: float
-    metrics: dict[str, float]
-    per_class_ap: torch.Tensor  # (C,) AP (single-label: top-1 accuracy), NaN for classes left out
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "variant": self.variant.kind,
-            "temperature": self.variant.temperature,
-            "heads": self.variant.heads,
-            "lam": self.lam,
-            "metrics": self.metrics,
-        }
-
-
-@dataclass
-class SweepResult:
-    primary: str  # "mAP" or "top1"
-    baseline: SweepRow
-    rows: list[SweepRow]
-    best: SweepRow  # best lam of the max variant (the paper's "Varying lam")
-    fixed: SweepRow  # max variant at the paper's fixed lam
-    best_variant: SweepRow  # best over every variant and lam
-    excluded_classes: list[str] = field(default_factory=list)
-    # positive in every image that has a known label: AP is 100 whatever the scores; kept in the
-    # mean (as scikit-learn and the official evaluation do), with the mAP without them reported
-    all_positive_classes: list[str] = field(default_factory=list)
-    mAP_without_all_positive: dict[str, float | None] | None = None
-    model_logits: dict[str, float] | None = None  # metrics of the model's own logits when not the baseline
-    # Is the gain real? (csra_posthoc.evaluation.uncertainty.assess fills these; docs/uncertainty.md)
-    held_out: HeldOut | None = None  # lam chosen where it is not scored (select_on half / another split)
-    bootstrap: dict[str, Interval] | None = None  # "best", "fixed", "held_out": 95 % interval of the delta
-    bootstrap_n: int | None = None  # resamples behind ``bootstrap``
-    bootstrap_seed: int | None = None
-    uncertainty_notes: list[str] = field(default_factory=list)  # e.g. why there is no held-out row
-    per_class_delta: dict[str, ClassDeltas] | None = None  # "best", "fixed", "held_out": per-class Δ and intervals (csra_posthoc.evaluation.per_class)
-    test_pool: SweepRow | None = None  # timm's test-time pooling score, when the statistics have it (docs/method.md §12)
-    thresholds: dict[str, dict[str, Any]] | None = None  # per-class F1 thresholds by row (csra_posthoc.evaluation.calibration; multi-label only)
 
 
 def attended_scores(stats: ClassStatistics, variant: Variant) -> torch.Tensor:

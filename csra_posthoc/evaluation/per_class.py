@@ -27,49 +27,20 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from ..errors import CSRAError
+from ..report.plots import plot_class_deltas
 from ..text import plain, safe
-from .bootstrap import CHUNK_CELLS, Interval, Part, WeightedAP, WeightedTop1, _csr, check_resamples, resample_weights
+from .bootstrap import CHUNK_CELLS, Part, WeightedAP, WeightedTop1, _csr, check_resamples, resample_weights
+from .results import ROW_NAMES, ClassDeltas, Interval, SweepResult, ranked
 
 if TYPE_CHECKING:
     from rich.console import Console
-
-    from .grid import SweepResult
-
-ROW_NAMES = ("best", "fixed", "held_out")
-
-
-@dataclass
-class ClassDeltas:
-    """Per-class delta (percent points) and its 95 % interval; NaN where undefined (see module doc)."""
-
-    classes: list[str]
-    delta: np.ndarray  # (C,)
-    low: np.ndarray  # (C,)
-    high: np.ndarray  # (C,)
-
-    @property
-    def significant(self) -> np.ndarray:
-        """``(C,)`` True where the interval excludes 0."""
-        with np.errstate(invalid="ignore"):
-            return (self.low > 0.0) | (self.high < 0.0)
-
-    def to_json(self) -> dict[str, dict[str, float | None]]:
-        """``{class: {"delta", "low", "high"}}`` (null for NaN)."""
-
-        def num(x: float) -> float | None:
-            return None if math.isnan(x) else float(x)
-
-        return {
-            c: {"delta": num(d), "low": num(lo), "high": num(hi)}
-            for c, d, lo, hi in zip(self.classes, self.delta.tolist(), self.low.tolist(), self.high.tolist(), strict=True)
-        }
 
 
 class WeightedClassTop1:
@@ -188,12 +159,6 @@ def per_class_json(found: Mapping[str, ClassDeltas] | None) -> dict[str, Any] | 
     return {name: found[name].to_json() for name in ROW_NAMES if name in found}
 
 
-def ranked(deltas: ClassDeltas) -> list[int]:
-    """Class indices by delta, largest gain first; classes without a delta last."""
-    d = deltas.delta
-    return sorted(range(len(d)), key=lambda k: (math.isnan(d[k]), -d[k] if not math.isnan(d[k]) else 0.0, k))
-
-
 ROW_LABELS = {"best": "best λ", "fixed": "fixed λ", "held_out": "held-out λ"}
 
 
@@ -248,9 +213,6 @@ def print_per_class_table(console: Console, result: SweepResult, limit: int | No
 def plot_per_class(result: SweepResult, path: str | Path, title: str | None = None) -> Path:
     """The per-class deltas as sorted bars with interval whiskers, one panel per row
     (:func:`csra_posthoc.report.plots.plot_class_deltas`)."""
-    from ..errors import CSRAError
-    from ..report.plots import plot_class_deltas
-
     found = result.per_class_delta
     if not found:
         raise CSRAError("plot_classes: the per-class intervals need the bootstrap (bootstrap resamples, not None)", param="plot_classes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +19,38 @@ from ..cache.resolution import (
 )  # fmt: skip
 from ..cache.store import remove_orphans, resolve_cache_dir
 from ..data import LabelledImages, dataset_entry, load_dataset
-from ..defaults import METRIC_NAMES  # noqa: F401 (re-exported)
+from ..data.real_labels import RealLabels, print_real_table, real_metrics
 from ..errors import CSRAError
+from ..extraction.distributed import (
+    DistContext,
+    broadcast_state_dict,
+    check_config_agreement,
+    check_status,
+    current,
+    main_console,
+    main_decides_reuse,
+    shard_for,
+    stage,
+)
 from ..extraction.probe import fit_probe
-from ..extraction.run import extract
+from ..extraction.run import extract, read_cached_statistics
 from ..extraction.statistics import ClassStatistics
 from ..log import output_console
 from ..models import ModelAdapter, load_model
+from ..models.hub import require_reachable_weights
 from ..options import AnalysisOptions, DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
 from ..outputs import check_outputs_not_read
 from ..progress import console_bar
+from ..report.plots import plot_lam_curve
 from ..report.tables import print_table, report_console, results_dict, save_scores, write_json
 from ..text import safe
+from ..version import __version__
 from .calibration import sweep_thresholds
-from .grid import grid_rows, paper_fixed_lam, sweep
+from .grid import grid_rows, paper_fixed_lam, row_scores, sweep
+from .localisation import statistics_pointing_game, summary_line
+from .object_size import report_splits
+from .per_class import plot_per_class, print_per_class_table
+from .results import SweepResult
 from .uncertainty import assess, max_band
 from .validate import sweep_output_paths, validate_sweep_args
 
@@ -149,8 +168,6 @@ def reuse_statistics(memo_key: str, images: LabelledImages, options: ExtractOpti
     key, path = statistics_location(memo, images, options, cache_dir)
     if not path.is_file():
         return None
-    from ..extraction.run import read_cached_statistics
-
     remove_orphans(cache_dir)
     fingerprints = (memo.weights_fingerprint, memo.head_fingerprint)
     out = output_console(console, options.quiet)
@@ -165,7 +182,6 @@ def build_adapter(
     checkpoint: str | Path | None,
     pretrained: bool,
     random_init: bool,
-    head: str,
     probe_c: float,
     save_head: str | Path | None,
     options: ExtractOptions | None,
@@ -187,7 +203,6 @@ def build_adapter(
 def _load_model_on_every_rank(model: str, **kwargs: Any) -> ModelAdapter:
     """:func:`load_model`; under torchrun rank 0 first (hub weights are downloaded once, the
     others then read the local copy), and a random init is rank 0's, broadcast bit for bit."""
-    from ..extraction.distributed import broadcast_state_dict, check_status, current, stage
 
     ctx = current()
     if not ctx.active:
@@ -207,31 +222,32 @@ def _load_model_on_every_rank(model: str, **kwargs: Any) -> ModelAdapter:
     return adapter
 
 
-def real_labels_for(analysis: AnalysisOptions, images: LabelledImages, data: DataOptions | None) -> Any:
+def real_labels_for(analysis: AnalysisOptions, images: LabelledImages, data: DataOptions | None) -> RealLabels | None:
     """The evaluated images' ReaL sets (None without ``analysis.real_labels``); checked against the images."""
     if analysis.real_labels is None:
         return None
-    from ..data.real_labels import RealLabels
 
     whole = data is None or (data.max_images is None and not data.skip_missing)
     return RealLabels.for_images(analysis.real_labels, images.ids, len(images.classes), whole_split=whole)
 
 
-def analyse(console: Console, result: Any, stats: ClassStatistics, grid: SweepOptions, analysis: AnalysisOptions, real: Any, data_json: dict[str, Any]) -> None:
+def analyse(
+    console: Console,
+    result: SweepResult,
+    stats: ClassStatistics,
+    grid: SweepOptions,
+    analysis: AnalysisOptions,
+    real: RealLabels | None,
+    data_json: dict[str, Any],
+) -> None:
     """The per-class table and figure, and the ReaL table and ``data_json["real_labels"]`` (docs/method.md §8-9)."""
     if analysis.per_class:
-        from .per_class import print_per_class_table
-
         print_per_class_table(console, result)
     if analysis.plot_classes is not None:
-        from .per_class import plot_per_class
-
         title = f"{stats.info.model} on {stats.info.dataset} {stats.info.split}: per-class Δ with 95 % bootstrap intervals"
         plot_per_class(result, analysis.plot_classes, title=title)
         console.print(f"wrote {analysis.plot_classes}")
     if real is not None:
-        from ..data.real_labels import RealLabels, print_real_table, real_metrics
-
         if list(real.ids) != list(stats.ids):
             real = RealLabels.for_images(real.file, stats.ids, len(stats.classes))
         data_json["real_labels"] = real_metrics(stats, result, real, grid.lams, grid.temps, grid.heads)
@@ -241,7 +257,6 @@ def analyse(console: Console, result: Any, stats: ClassStatistics, grid: SweepOp
 def report_localisation(console: Console, stats: ClassStatistics, images: LabelledImages, data_json: dict[str, Any]) -> None:
     """The pointing game under the table and in ``data_json["localisation"]`` when the images have boxes
     (VOC layouts, the demo's mosaics, COCO); the field is absent otherwise (docs/method.md, pointing game)."""
-    from .localisation import statistics_pointing_game, summary_line
 
     try:
         section = statistics_pointing_game(stats, images)
@@ -254,13 +269,10 @@ def report_localisation(console: Console, stats: ClassStatistics, images: Labell
 
 
 def report_size_splits(
-    console: Console, result: Any, stats: ClassStatistics, images: LabelledImages, grid: SweepOptions, data_json: dict[str, Any], bar: Any
+    console: Console, result: SweepResult, stats: ClassStatistics, images: LabelledImages, grid: SweepOptions, data_json: dict[str, Any], bar: Any
 ) -> None:
     """Δ by object size and by clutter (``data_json["by_object_size"]`` / ``["by_label_count"]``), automatic
     when a multi-label dataset has boxes; intervals from the sweep's resamples (docs/method.md §11)."""
-    from .grid import row_scores
-    from .object_size import report_splits
-
     if images.object_boxes is None or stats.info.task == "single_label":
         return
     variants: dict[str, Any] = {"best": row_scores(stats, result.best), "fixed": row_scores(stats, result.fixed)}
@@ -276,13 +288,148 @@ def sweep_config(source: ModelSource, dataset: str, data_dir: str | Path, parts:
     """What every rank of a torchrun launch must agree on (its hash is compared across ranks)."""
     from dataclasses import asdict, is_dataclass
 
-    from .. import __version__
-
     config: dict[str, Any] = {"version": __version__, "dataset": dataset, "data_dir": str(data_dir), "dataset_label": dataset_label}
     for name, value in {"source": source, **parts}.items():  # flat keys: a refusal names options.img_size, not a dict
         fields = asdict(value) if is_dataclass(value) else {"": value}  # type: ignore[arg-type]
         config.update({f"{name}.{k}" if k else name: v for k, v in fields.items()})
     return config
+
+
+@dataclass
+class SweepData:
+    """What a sweep reads before any model work: the evaluated images, the split lam is chosen on
+    (``select_on=SPLIT``), the probe's training split, and the ReaL labels."""
+
+    images: LabelledImages
+    select_images: LabelledImages | None
+    train: LabelledImages | None
+    real: RealLabels | None
+
+
+def load_sweep_data(
+    dataset: str, data_dir: str | Path, data: DataOptions | None, grid: SweepOptions, probe: ProbeOptions | None,
+    outputs: OutputOptions, analysis: AnalysisOptions, dataset_label: str | None, ctx: DistContext,
+) -> SweepData:  # fmt: skip
+    """Read every split the sweep needs and check that no output is one of their files; under
+    torchrun every rank reads the whole lists (a shard is a range of them) and refuses more ranks than images."""
+    train = None
+    with stage("load data", ctx):
+        images = load_dataset(dataset, data_dir, data)
+        if dataset_label:  # a VOC-layout dataset that is not VOC (the demo's mosaics, say)
+            images.dataset = dataset_label
+        select_images = load_selection_split(dataset, data_dir, grid.select_on, images, data)  # before any model work
+        real = real_labels_for(analysis, images, data)  # a bad real.json is one line before any model work
+        if probe is not None:
+            train = load_training_split(dataset, data_dir, probe.train_split, probe.train_labels, images, data)
+            train.dataset = images.dataset
+        check_outputs_not_read(sweep_output_paths(probe, outputs, analysis), files_read(data_dir=images, select_on=select_images, train_split=train))
+    if ctx.active:
+        shard_for(ctx, len(images))  # more ranks than images: refused on every rank, before any work
+        if train is not None:
+            shard_for(ctx, len(train), "training images")
+        if select_images is not None:
+            shard_for(ctx, len(select_images), f"images of select_on {select_images.split}")
+    return SweepData(images, select_images, train, real)
+
+
+def sweep_memo_key(source: ModelSource, sweep_data: SweepData, probe: ProbeOptions | None, opts: ExtractOptions) -> str | None:
+    """The resolution memo's key (:mod:`csra_posthoc.cache.resolution`): None without the cache or
+    for hub weights, which have no cheap identity."""
+    if not opts.use_cache:
+        return None
+    random_init = source.random_init
+    num_classes = len(sweep_data.images.classes) if random_init and probe is None else None
+    stamp = weights_source_stamp(source.model, source.checkpoint, source.pretrained, random_init, num_classes)
+    if stamp is None:
+        return None
+    train = sweep_data.train
+    probe_key = probe_settings(probe.probe_c, train.fingerprint(), opts) if probe is not None and train is not None else None
+    return resolution_key(source.model, stamp, "model" if probe is None else "probe", probe_key)
+
+
+def cached_sweep_statistics(
+    memo_key: str | None, sweep_data: SweepData, opts: ExtractOptions, save_head: str | Path | None, console: Console, ctx: DistContext
+) -> tuple[bool, ClassStatistics | None, ClassStatistics | None]:
+    """Whether the evaluated (and ``select_on``) statistics come from the cache with no model built
+    (the memo and every statistics file exist), and on rank 0 those statistics. Rank 0 decides,
+    the others follow (they get the verdict, no statistics)."""
+    found: tuple[ClassStatistics | None, ClassStatistics | None] = (None, None)
+
+    def reuse() -> bool:
+        nonlocal found
+        if memo_key is None or opts.recompute or save_head is not None:
+            return False
+        images, select_images = sweep_data.images, sweep_data.select_images
+        if select_images is not None and not statistics_cached(memo_key, select_images, opts):  # no model is built only if both are cached
+            return False
+        stats = reuse_statistics(memo_key, images, opts, console)
+        select_stats = reuse_statistics(memo_key, select_images, opts, console) if stats is not None and select_images is not None else None
+        if select_images is None or select_stats is not None:
+            found = (stats, select_stats)
+        return found[0] is not None
+
+    reused = main_decides_reuse(ctx, reuse, "read cache")
+    return reused, *found
+
+
+def extract_sweep_statistics(
+    source: ModelSource, sweep_data: SweepData, probe: ProbeOptions | None, opts: ExtractOptions, memo_key: str | None, console: Console
+) -> tuple[ClassStatistics | None, ClassStatistics | None]:
+    """Build the model (fit the probe), extract the evaluated and ``select_on`` statistics and write
+    the resolution memo; (None, None) on the ranks but 0, whose shards are with rank 0 then."""
+    images, select_images = sweep_data.images, sweep_data.select_images
+    probe_c = probe.probe_c if probe is not None else ProbeOptions().probe_c
+    save_head = probe.save_head if probe is not None else None
+    adapter = build_adapter(
+        source.model, images, sweep_data.train, checkpoint=source.checkpoint, pretrained=source.pretrained, random_init=source.random_init,
+        probe_c=probe_c, save_head=save_head, options=opts, console=console,
+    )  # fmt: skip
+    stats = extract(adapter, images, opts, console=console)
+    select_stats = extract(adapter, select_images, opts, console=console) if select_images is not None else None
+    if stats is not None and memo_key is not None:
+        write_memo(resolve_cache_dir(opts.cache_dir), memo_key, resolution_of(adapter))
+    return stats, select_stats
+
+
+def sweep_grid(stats: ClassStatistics, select_stats: ClassStatistics | None, grid: SweepOptions, console: Console, quiet: bool) -> SweepResult:
+    """The lam grid over the statistics, then the honesty checks (held-out lam, bootstrap; docs/uncertainty.md)
+    and the per-class F1 thresholds (multi-label; docs/method.md)."""
+    fixed_lam = paper_fixed_lam(stats.info.model) if grid.fixed_lam is None else grid.fixed_lam
+    bar = console_bar(output_console(console, quiet))
+    with bar("sweep", grid_rows(grid.lams, grid.temps, grid.heads, fixed_lam), "row") as advance:
+        result = sweep(stats, task=stats.info.task, fixed_lam=fixed_lam, lams=grid.lams, temps=grid.temps, heads=grid.heads, progress=advance)
+    assess(result, stats, grid, select_stats, bar=bar)
+    result.thresholds = sweep_thresholds(result, stats, grid.seed)
+    return result
+
+
+def report_sweep(
+    result: SweepResult, stats: ClassStatistics, sweep_data: SweepData, grid: SweepOptions, probe: ProbeOptions | None,
+    outputs: OutputOptions, analysis: AnalysisOptions, opts: ExtractOptions, console: Console,
+) -> dict[str, Any]:  # fmt: skip
+    """Print the table and the analyses, write the JSON / figure / NPZ; returns the JSON dict."""
+    train = sweep_data.train
+    save_head = probe.save_head if probe is not None else None
+    print_table(console, result, stats, list(grid.metrics))
+    if train is not None and grid.select_on == train.split:
+        console.print(f"[yellow]note:[/] λ chosen on {safe(train.split)}, the probe's training split: its scores are fitted, the held-out λ may favour it")
+    data_json = results_dict(result, stats, outputs.extra)
+    report_localisation(console, stats, sweep_data.images, data_json)
+    bar = console_bar(output_console(console, opts.quiet))
+    report_size_splits(console, result, stats, sweep_data.images, grid, data_json, bar)
+    data_json["head_file"] = str(Path(save_head).resolve()) if save_head is not None else None  # found by apply --from-results
+    analyse(console, result, stats, grid, analysis, sweep_data.real, data_json)
+    if outputs.plot is not None:
+        title = f"{stats.info.model} on {stats.info.dataset} {stats.info.split} ({stats.num_images} images)"
+        plot_lam_curve(result, outputs.plot, band=max_band(result, stats, grid, bar), title=title)
+        console.print(f"wrote {safe(outputs.plot)}", soft_wrap=True)
+    if outputs.out is not None:
+        write_json(outputs.out, data_json)
+        console.print(f"wrote {safe(outputs.out)}", soft_wrap=True)
+    if outputs.save_scores_to is not None:
+        save_scores(outputs.save_scores_to, result, stats)
+        console.print(f"wrote {safe(outputs.save_scores_to)}", soft_wrap=True)
+    return data_json
 
 
 def run_sweep(
@@ -311,9 +458,10 @@ def run_sweep(
     extracts its shard of the images, rank 0 alone decides cache reuse, writes the cache, sweeps,
     prints and writes the outputs and returns the JSON dict; the other ranks print nothing and
     return an empty dict.
-    """
-    from ..extraction.distributed import broadcast_object, current, main_console, shard_for, stage
 
+    The steps: :func:`validate_sweep_args` -> :func:`load_sweep_data` -> :func:`cached_sweep_statistics`
+    or :func:`extract_sweep_statistics` -> :func:`sweep_grid` -> :func:`report_sweep`.
+    """
     ctx = current()
     console = console or report_console()
     if ctx.active:
@@ -326,92 +474,18 @@ def run_sweep(
     if analysis.real_labels is not None and dataset != "imagenet":
         raise CSRAError(f"real_labels: ReaL labels the ImageNet validation set; use dataset imagenet, not {dataset}", param="real_labels")
     if ctx.active:
-        from ..extraction.distributed import check_config_agreement
-
         parts = {"data": data, "options": opts, "sweep": grid, "probe": probe, "outputs": outputs}
         check_config_agreement(sweep_config(source, dataset, data_dir, parts, dataset_label), ctx)
-    model, checkpoint, pretrained, random_init = source.model, source.checkpoint, source.pretrained, source.random_init
-    if pretrained:  # before the data is read: no network and no local copy is one line, not a minute of retries
-        from ..models.hub import require_reachable_weights
-
-        require_reachable_weights(model)
-    train = None
-    with stage("load data", ctx):  # every rank reads the whole list (a shard is a range of it)
-        images = load_dataset(dataset, data_dir, data)
-        if dataset_label:  # a VOC-layout dataset that is not VOC (the demo's mosaics, say)
-            images.dataset = dataset_label
-        select_images = load_selection_split(dataset, data_dir, grid.select_on, images, data)  # before any model work
-        real = real_labels_for(analysis, images, data)  # a bad real.json is one line before any model work
-        if probe is not None:
-            train = load_training_split(dataset, data_dir, probe.train_split, probe.train_labels, images, data)
-            train.dataset = images.dataset
-        check_outputs_not_read(sweep_output_paths(probe, outputs, analysis), files_read(data_dir=images, select_on=select_images, train_split=train))
-    if ctx.active:
-        shard_for(ctx, len(images))  # more ranks than images: refused on every rank, before any work
-        if train is not None:
-            shard_for(ctx, len(train), "training images")
-        if select_images is not None:
-            shard_for(ctx, len(select_images), f"images of select_on {select_images.split}")
-    if random_init:
+    if source.pretrained:  # before the data is read: no network and no local copy is one line, not a minute of retries
+        require_reachable_weights(source.model)
+    sweep_data = load_sweep_data(dataset, data_dir, data, grid, probe, outputs, analysis, dataset_label, ctx)
+    if source.random_init:
         console.print("[yellow]warning:[/] --random-init: the numbers below measure nothing but the code")
-
-    head = "model" if probe is None else "probe"
-    probe_c = probe.probe_c if probe is not None else ProbeOptions().probe_c
-    save_head = probe.save_head if probe is not None else None
-    memo_key = None
-    num_classes = len(images.classes) if random_init and probe is None else None
-    stamp = weights_source_stamp(model, checkpoint, pretrained, random_init, num_classes) if opts.use_cache else None
-    if stamp is not None:
-        probe_key = probe_settings(probe_c, train.fingerprint(), opts) if train is not None else None
-        memo_key = resolution_key(model, stamp, head, probe_key)
-    stats = select_stats = None  # select_stats: the split lam is chosen on (select_on=SPLIT), same model, cached alike
-    with stage("read cache", ctx):
-        if memo_key is not None and not opts.recompute and save_head is None and ctx.is_main:
-            if select_images is None or statistics_cached(memo_key, select_images, opts):  # no model is built only if both are cached
-                stats = reuse_statistics(memo_key, images, opts, console)  # rank 0 decides; the others follow
-                if stats is not None and select_images is not None:
-                    select_stats = reuse_statistics(memo_key, select_images, opts, console)
-                    stats = stats if select_stats is not None else None
-    if broadcast_object(stats is not None, ctx):
-        if not ctx.is_main:
-            return {}
-    else:
-        adapter = build_adapter(
-            model, images, train, checkpoint=checkpoint, pretrained=pretrained, random_init=random_init,
-            head=head, probe_c=probe_c, save_head=save_head, options=opts, console=console,
-        )  # fmt: skip
-        extracted = extract(adapter, images, opts, console=console)
-        select_stats = extract(adapter, select_images, opts, console=console) if select_images is not None else None
-        if extracted is None:  # another rank than 0: its shard is with rank 0 now
-            return {}
-        stats = extracted
-        if memo_key is not None:
-            write_memo(resolve_cache_dir(opts.cache_dir), memo_key, resolution_of(adapter))
-    assert stats is not None
-    fixed_lam = paper_fixed_lam(stats.info.model) if grid.fixed_lam is None else grid.fixed_lam
-    bar = console_bar(output_console(console, opts.quiet))
-    with bar("sweep", grid_rows(grid.lams, grid.temps, grid.heads, fixed_lam), "row") as advance:
-        result = sweep(stats, task=stats.info.task, fixed_lam=fixed_lam, lams=grid.lams, temps=grid.temps, heads=grid.heads, progress=advance)
-    assess(result, stats, grid, select_stats, bar=bar)
-    result.thresholds = sweep_thresholds(result, stats, grid.seed)  # per-class F1 thresholds (multi-label; docs/method.md)
-    print_table(console, result, stats, list(grid.metrics))
-    if train is not None and grid.select_on == train.split:
-        console.print(f"[yellow]note:[/] λ chosen on {safe(train.split)}, the probe's training split: its scores are fitted, the held-out λ may favour it")
-    data_json = results_dict(result, stats, outputs.extra)
-    report_localisation(console, stats, images, data_json)
-    report_size_splits(console, result, stats, images, grid, data_json, bar)
-    data_json["head_file"] = str(Path(save_head).resolve()) if save_head is not None else None  # found by apply --from-results
-    analyse(console, result, stats, grid, analysis, real, data_json)
-    if outputs.plot is not None:
-        from ..report.plots import plot_lam_curve
-
-        title = f"{stats.info.model} on {stats.info.dataset} {stats.info.split} ({stats.num_images} images)"
-        plot_lam_curve(result, outputs.plot, band=max_band(result, stats, grid, bar), title=title)
-        console.print(f"wrote {safe(outputs.plot)}", soft_wrap=True)
-    if outputs.out is not None:
-        write_json(outputs.out, data_json)
-        console.print(f"wrote {safe(outputs.out)}", soft_wrap=True)
-    if outputs.save_scores_to is not None:
-        save_scores(outputs.save_scores_to, result, stats)
-        console.print(f"wrote {safe(outputs.save_scores_to)}", soft_wrap=True)
-    return data_json
+    memo_key = sweep_memo_key(source, sweep_data, probe, opts)
+    reused, stats, select_stats = cached_sweep_statistics(memo_key, sweep_data, opts, probe.save_head if probe is not None else None, console, ctx)
+    if not reused:
+        stats, select_stats = extract_sweep_statistics(source, sweep_data, probe, opts, memo_key, console)
+    if stats is None:  # another rank than 0: rank 0 reads the cache, or has this rank's shard now
+        return {}
+    result = sweep_grid(stats, select_stats, grid, console, opts.quiet)
+    return report_sweep(result, stats, sweep_data, grid, probe, outputs, analysis, opts, console)

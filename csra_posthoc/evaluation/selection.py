@@ -15,7 +15,7 @@ and :func:`csra_posthoc.heads.scoring.csra_score`, so a chosen setting scores ex
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -25,7 +25,8 @@ from ..errors import CSRAError
 from ..extraction.statistics import ClassStatistics
 from ..heads.scoring import csra_score
 from ..metrics import Evaluator, mean_average_precision, topk_accuracy
-from .grid import Variant, attended_scores, score_grid
+from .grid import attended_scores, score_grid
+from .results import Choice, HeldOut, Variant
 
 
 def primary_metric(scores: torch.Tensor, labels: torch.Tensor, single_label: bool) -> float:
@@ -57,80 +58,6 @@ def scored_candidates(
 
     found = score_grid(stats, "single_label" if single_label else "multi_label", lams, temps, heads, primary, progress)
     return [found[0], *(row for row in found[1:] if row[1] != 0.0)]
-
-
-@dataclass
-class Choice:
-    """One direction: the setting chosen on ``chosen_on``, its score and delta where it was scored."""
-
-    chosen_on: str
-    variant: Variant
-    lam: float
-    score: float
-    delta: float
-    baseline: float | None = None  # the baseline (lam = 0) on the same images the choice is scored on
-
-    def to_json(self) -> dict[str, Any]:
-        v = self.variant
-        return {
-            "chosen_on": self.chosen_on,
-            "variant": v.kind,
-            "temperature": v.temperature,
-            "heads": v.heads,
-            "lam": self.lam,
-            "score": self.score,
-            "delta": self.delta,
-            "baseline": self.score - self.delta if self.baseline is None else self.baseline,
-        }
-
-
-@dataclass
-class HeldOut:
-    """The held-out figure; ``parts`` are ``(image mask or None, scores (N, C))`` for :func:`bootstrap_deltas`."""
-
-    select_on: str
-    choices: list[Choice]
-    parts: list[tuple[torch.Tensor | None, torch.Tensor]]
-    seed: int | None = None
-
-    @property
-    def score(self) -> float:
-        return sum(c.score for c in self.choices) / len(self.choices)
-
-    @property
-    def delta(self) -> float:
-        return sum(c.delta for c in self.choices) / len(self.choices)
-
-    @property
-    def baseline(self) -> float:
-        """The baseline over the same images the score is over (the mean of the halves' baselines for
-        ``half``): ``score - baseline == delta``, so the row is self-consistent."""
-        return self.score - self.delta
-
-    @property
-    def agreed(self) -> Choice | None:
-        """The common choice when every direction chose the same setting, else None."""
-        first = self.choices[0]
-        return first if all((c.variant, c.lam) == (first.variant, first.lam) for c in self.choices) else None
-
-    def to_json(self) -> dict[str, Any]:
-        """``lam`` / ``variant`` / ``temperature`` / ``heads``: the setting every direction chose; None
-        when the two halves chose differently (each direction's choice is in ``choices``)."""
-        agreed = self.agreed
-        out: dict[str, Any] = {
-            "select_on": self.select_on,
-            "lam": agreed.lam if agreed else None,
-            "variant": agreed.variant.kind if agreed else None,
-            "temperature": agreed.variant.temperature if agreed else None,
-            "heads": agreed.variant.heads if agreed else None,
-            "score": self.score,
-            "delta": self.delta,
-            "baseline": self.baseline,
-            "choices": [c.to_json() for c in self.choices],
-        }
-        if self.seed is not None:
-            out["seed"] = self.seed
-        return out
 
 
 def half_masks(num_images: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,9 +13,10 @@ from ..errors import CSRAError
 from ..extraction.statistics import ClassStatistics
 from ..options import SweepOptions
 from ..progress import ProgressBar, no_bar
-from .bootstrap import Interval, lam_band
-from .grid import SweepResult, grid_rows, row_scores
+from .bootstrap import lam_band
+from .grid import grid_rows, row_scores
 from .per_class import bootstrap_with_classes
+from .results import Interval, SweepResult
 from .selection import select_half, select_on_split
 
 

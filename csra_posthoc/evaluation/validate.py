@@ -12,8 +12,10 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..cache.store import resolve_cache_dir
 from ..defaults import CACHED_TEMPERATURES
 from ..errors import CSRAError
+from ..extraction.runtime import resolve_device
 from ..options import (  # noqa: F401 (re-exported: apply and predict check single values with these)
     AnalysisOptions,
     DataOptions,
@@ -23,9 +25,9 @@ from ..options import (  # noqa: F401 (re-exported: apply and predict check sing
     ProbeOptions,
     SweepOptions,
     check_img_size,
-    check_output_path,
     check_weight_source,
 )  # fmt: skip
+from ..outputs import RESULTS_SUFFIXES, check_outputs
 
 
 def check_temps_cached(temps: Sequence[float], keep_maps: bool) -> None:
@@ -41,7 +43,6 @@ def check_temps_cached(temps: Sequence[float], keep_maps: bool) -> None:
 
 def check_device(options: ExtractOptions) -> None:
     """``device``: cuda must exist (needs torch, so not in ExtractOptions itself)."""
-    from ..extraction.run import resolve_device  # torch (no model): the one place that knows the devices
 
     resolve_device(options.device)
 
@@ -61,8 +62,6 @@ def validate_sweep_args(
 
     Outputs (README: Outputs): no output is an input of the run (``source``'s checkpoint, ``data``'s
     label / annotation files, the probe's training CSV, cache files) or another output."""
-    from ..cache.store import resolve_cache_dir
-    from ..outputs import RESULTS_SUFFIXES, check_outputs
 
     check_temps_cached(sweep.temps, options.keep_maps)
     check_device(options)

@@ -1,79 +1,61 @@
-"""Ways to run an adapter's forward pass for extraction, each ``backend(x) -> (s, logits)``.
+"""Other ways than eager PyTorch to run an adapter's forward pass for extraction: ONNX Runtime.
 
-Every backend returns what :meth:`ModelAdapter.forward` returns: per-location scores ``s``
-``(B, C, K)`` and the model's logits ``(B, C)``, in float32, so extraction's statistics
-(:func:`~csra_posthoc.heads.scoring.location_statistics`) and its identity check stay the same code.
-
-- :func:`prepare_backbone`: eager PyTorch, optionally ``channels_last`` (same numbers to float32
-  rounding), ``torch.compile`` (start-up cost; pays only on large sets) and bf16 autocast of the
-  backbone (NOT within 1e-4: opt-in, and only useful on CPUs with native bf16).
-- :class:`OrtBackend`: ONNX Runtime on an exported backbone + location head + model head.
+A backend ``backend(x) -> (s, logits)`` returns what :meth:`ModelAdapter.forward` returns:
+per-location scores ``s`` ``(B, C, K)`` and the model's logits ``(B, C)``, in float32, so
+extraction's statistics (:func:`~csra_posthoc.heads.scoring.location_statistics`) and its identity
+check stay the same code. :class:`OrtBackend` runs an exported backbone + location head + model
+head on ONNX Runtime; :func:`onnx_export` is the one ONNX export call (this backend's and the
+patched-model exporter's).
 
 The caller runs backends under ``torch.inference_mode()``. Extraction
 (:func:`csra_posthoc.extraction.run.compute_statistics`) takes :class:`OrtBackend` through
 :func:`make_backend` for ``backend="onnxruntime"``; its eager default runs the adapter's own
-backbone in :func:`~csra_posthoc.extraction.run.backbone_batches` (channels_last, optional compile,
-``--amp``), and the head in float32, so the probe's feature pass shares that loop.
+backbone in :func:`~csra_posthoc.extraction.batches.backbone_batches` (``channels_last`` weights,
+optional ``torch.compile``, ``amp`` autocast: :mod:`csra_posthoc.extraction.runtime`), and the head
+in float32, so the probe's feature pass shares that loop.
 """
 
 from __future__ import annotations
 
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import get_args
 
 import torch
 from torch import nn
 
 from ..errors import CSRAError
 from ..models.base import ModelAdapter
+from ..options import Backend
 
-BackendName = Literal["eager", "onnxruntime"]
-BACKENDS: tuple[str, ...] = ("eager", "onnxruntime")
+ONNX_OPSET = 18  # the ONNX files written here and by the patched-model exporter (csra_posthoc.patched.export)
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU has bf16 instructions (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+def dynamic_batch() -> dict:
+    """``dynamic_shapes`` for a ``forward(x)`` whose batch axis stays free in the exported program."""
+    from torch.export import Dim
+
+    return {"x": {0: Dim("batch", min=1, max=4096)}}
 
 
-class EagerBackend(nn.Module):
-    """The adapter's own forward, with its options: the backbone optionally under bf16 autocast,
-    the location head and the model's head always in float32 (as extraction's ``--amp`` does)."""
-
-    def __init__(self, adapter: ModelAdapter, bf16: bool = False) -> None:
-        super().__init__()
-        self.adapter = adapter
-        self.bf16 = bf16
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.bf16:
-            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
-                raw = self.adapter.forward_backbone(x)
-        else:
-            raw = self.adapter.forward_backbone(x)
-        return self.adapter.scores_from_backbone(raw)
-
-
-def prepare_backbone(adapter: ModelAdapter, *, channels_last: bool = False, compile: bool = False, bf16: bool = False) -> Forward:
-    """A forward ``x -> (s, logits)`` for extraction. ``channels_last`` converts the model's
-    weights in place (feed it channels_last inputs too: :func:`~csra_posthoc.data.decode.normalize_batch`);
-    ``compile`` wraps it in ``torch.compile`` (compiles on the first batch, and again for a new
-    batch size unless the last batch is padded)."""
-    adapter = adapter.eval()
-    if channels_last:
-        adapter.to(memory_format=torch.channels_last)
-    forward: Forward = EagerBackend(adapter, bf16=bf16)
-    if compile:
-        forward = torch.compile(forward, dynamic=False)
-    return forward
+def onnx_export(module: torch.nn.Module, example: torch.Tensor, path: str | Path, opset: int = ONNX_OPSET, outputs: Sequence[str] = ("scores",)) -> None:
+    """``module`` as ONNX (dynamo exporter, input ``input``, outputs named ``outputs``, dynamic batch):
+    the one export call of the ONNX Runtime extraction backend and the patched-model exporter
+    (:mod:`csra_posthoc.patched.export`)."""
+    torch.onnx.export(
+        module,
+        (example,),
+        str(path),
+        dynamo=True,
+        input_names=["input"],
+        output_names=list(outputs),
+        dynamic_shapes=dynamic_batch(),
+        opset_version=opset,
+        external_data=False,
+    )
 
 
 class ScoresModule(nn.Module):
@@ -127,8 +109,6 @@ def export_scores(adapter: ModelAdapter, img_size: int, path: str | Path) -> Non
     import contextlib
     import io
 
-    from ..patched.export import onnx_export
-
     module = ScoresModule(adapter.eval()).eval()
     example = torch.randn(2, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -136,22 +116,12 @@ def export_scores(adapter: ModelAdapter, img_size: int, path: str | Path) -> Non
         onnx_export(module, example, path, outputs=("scores", "logits"))
 
 
-def make_backend(
-    adapter: ModelAdapter,
-    backend: str = "eager",
-    *,
-    img_size: int,
-    channels_last: bool = False,
-    compile: bool = False,
-    bf16: bool = False,
-    threads: int | None = None,
-) -> Forward:
-    """The forward extraction calls per batch, by name (``eager`` | ``onnxruntime``; ``threads``:
-    ONNX Runtime's intra-op threads, default torch's count)."""
+def make_backend(adapter: ModelAdapter, backend: Backend, *, img_size: int, threads: int | None = None) -> Forward | None:
+    """What extraction runs per batch instead of the adapter's backbone, by name: None for ``eager``
+    (the loop runs the adapter itself, :func:`~csra_posthoc.extraction.batches.backbone_batches`), an
+    :class:`OrtBackend` for ``onnxruntime`` (``threads``: its intra-op threads, default torch's count)."""
     if backend == "eager":
-        return prepare_backbone(adapter, channels_last=channels_last, compile=compile, bf16=bf16)
+        return None
     if backend == "onnxruntime":
-        if channels_last or compile or bf16:
-            raise CSRAError("backend 'onnxruntime' takes no channels_last / compile / bf16", param="backend")
         return OrtBackend(adapter, img_size, threads=threads)
-    raise CSRAError(f"backend {backend!r}: choose {' or '.join(BACKENDS)}", param="backend")
+    raise CSRAError(f"backend {backend!r}: choose {' or '.join(get_args(Backend))}", param="backend")

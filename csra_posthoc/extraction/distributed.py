@@ -24,8 +24,8 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -34,11 +34,11 @@ import torch
 import torch.distributed as dist
 from rich.console import Console
 
+from ..defaults import LAUNCH_VARS
 from ..errors import CSRAError, first_line
 
 TIMEOUT_ENV = "CSRA_POSTHOC_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0  # long enough for a slow rank's last batch, short enough that a hang is noticed
-_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 CSRAErrorT = TypeVar("CSRAErrorT", bound=CSRAError)
 
 
@@ -84,10 +84,10 @@ def launch_env(env: Mapping[str, str] | None = None) -> dict[str, int] | None:
     A partial set of the variables is refused: it means a hand-made launch that would hang.
     """
     env = os.environ if env is None else env
-    present = [v for v in _LAUNCH_VARS if v in env]
+    present = [v for v in LAUNCH_VARS if v in env]
     if not present:
         return None
-    missing = [v for v in _LAUNCH_VARS if v not in env]
+    missing = [v for v in LAUNCH_VARS if v not in env]
     if missing:
         raise CSRAError(
             f"distributed launch: {', '.join(present)} set but {', '.join(missing)} missing; "
@@ -391,6 +391,19 @@ def broadcast_object(obj: Any, ctx: DistContext) -> Any:
     box = [obj if ctx.is_main else None]
     _collective("broadcast", ctx, dist.broadcast_object_list, box, src=0)
     return box[0]
+
+
+def main_decides_reuse(ctx: DistContext, decide: Callable[[], bool], stage_name: str | None = None) -> bool:
+    """Whether a run reuses its cache, as rank 0 decides: only rank 0 calls ``decide`` (it alone
+    reads, locks and writes the cache; the others never touch the folder), and every rank gets
+    its verdict, so all take the same branch (reuse, or compute their shard). ``stage_name``: run
+    ``decide`` inside :func:`stage`, for a decision that reads files and may fail. A single
+    process just calls ``decide``. Extraction, the probe and the sweep's memo lookup share it."""
+    verdict = False
+    with stage(stage_name, ctx) if stage_name is not None else nullcontext():
+        if ctx.is_main:
+            verdict = bool(decide())
+    return bool(broadcast_object(verdict, ctx))
 
 
 def broadcast_state_dict(state: Mapping[str, torch.Tensor] | None, ctx: DistContext) -> dict[str, torch.Tensor]:

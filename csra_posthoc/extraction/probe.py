@@ -15,7 +15,6 @@ their class's problem.
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -25,19 +24,18 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..cache.store import cache_key, cached, read_entry, resolve_cache_dir, write_entry
+from ..cache.store import cache_key, cached, read_entry, resolve_cache_dir
 from ..data import LabelledImages
 from ..errors import CSRAError
+from ..heads.head_file import PROBE_FORMAT, head_from, save_head
 from ..heads.location import LocationHead
 from ..log import output_console, say
 from ..models import AdapterInfo, ModelAdapter, ProbeHeadAdapter
 from ..models.checkpoint import state_dict_fingerprint
 from ..options import ExtractOptions, amp_precision
 from ..text import safe
-from .distributed import DistContext, broadcast_object, broadcast_state_dict, check_status, current, gather_tensors, shard_for, stage
-from .run import ForwardPass, backbone_batches, for_each_batch, forward_pass
-
-PROBE_FORMAT = 1
+from .batches import ForwardPass, backbone_batches, for_each_batch, forward_pass
+from .distributed import DistContext, broadcast_object, broadcast_state_dict, check_status, current, gather_tensors, main_decides_reuse, shard_for, stage
 
 
 @dataclass
@@ -109,36 +107,10 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, c: float = 0.
     return torch.from_numpy(weight).float(), torch.from_numpy(bias).float(), skipped
 
 
-def save_head(head: LocationHead, path: str | Path, meta: dict) -> None:
-    """A head as safetensors (weights + JSON metadata), loadable by :func:`load_head`; the cache's writer."""
-    tensors = dict(head.state_dict())
-    write_entry(Path(path), tensors, {"meta": json.dumps({**meta, "pooled_norm": head.pooled_norm, "norm_eps": head.norm_eps, "format": PROBE_FORMAT})})
-
-
-def _head_from(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[LocationHead, dict]:
-    meta = json.loads(metadata["meta"])
-    t = tensors
-    return LocationHead(t["weight"], t["bias"], t["norm_weight"], t["norm_bias"], meta["norm_eps"], meta["pooled_norm"]), meta
-
-
-def load_head(path: str | Path) -> tuple[LocationHead, dict]:
-    """A head file (``save_head_to``, or an older release's): any cache-format version is accepted."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            metadata = dict(fh.metadata() or {})
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        return _head_from(tensors, metadata)
-    except Exception as exc:
-        raise CSRAError(f"head file {path} cannot be read ({type(exc).__name__}); delete it or re-fit the probe") from None
-
-
 def _load_cached_head(path: Path) -> tuple[LocationHead, ProbeInfo]:
     tensors, metadata = read_entry(path, "probe cache file")  # refuses another format version
     try:
-        head, meta = _head_from(tensors, metadata)
+        head, meta = head_from(tensors, metadata)
         return head, ProbeInfo(**meta["probe"])
     except Exception as exc:
         raise CSRAError(
@@ -152,7 +124,7 @@ def _fit_distributed(
     """The probe under torchrun: rank 0 decides reuse and reads / fits / writes the cache; every
     rank extracts its shard of the features when it is fitted; rank 0's head reaches every rank
     bit for bit (so the statistics' head fingerprint, and the cache key, are the single run's)."""
-    hit = broadcast_object(ctx.is_main and opts.use_cache and not opts.recompute and path.is_file(), ctx)
+    hit = main_decides_reuse(ctx, lambda: opts.use_cache and not opts.recompute and path.is_file())
     fitted: tuple[LocationHead, ProbeInfo] | None = None
     if ctx.is_main:
         if hit:

@@ -5,73 +5,41 @@ own logits (the identity CSRA's lam = 0 rests on), reported as ``identity_max_ab
 divided by the logits' scale (``max(1, max |logits|)``), ``identity_max_rel_diff``; the check
 is relative, as in :func:`~csra_posthoc.models.verify_identity`.
 
-:func:`backbone_batches` is the one loop over a dataset: the statistics here and the probe's
-features (:func:`csra_posthoc.extraction.probe.pooled_features`) both consume it, through a
-:class:`ForwardPass` (model, device, transform and options, prepared once).
-
-The loop's input pipeline (:func:`input_batches`): workers decode (``decode``: pil, or JPEG draft)
-and resize, and hand back uint8 ``(H, W, 3)`` images; the main process normalises each batch at
-once into ``channels_last`` (bit-equal to the model's transform: :mod:`csra_posthoc.data.decode`).
-The forward runs under ``torch.inference_mode`` with ``channels_last`` weights (eager backend), on
-CPU with the caller's torch threads less one per worker (the workers decode on those cores); the
-caller's thread count and weight layout are restored afterwards.
+The stages: :mod:`.runtime` (device, amp, threads, weight layout) -> :mod:`.batches` (the loop
+over the images) -> :func:`compute_statistics` here (per-batch statistics, gathered across ranks)
+-> :func:`extract` (the cache key, reuse or compute, write).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, replace
-from functools import cached_property
+from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 from rich.console import Console
-from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..cache.keys import statistics_key
-from ..cache.store import cache_path, cached, resolve_cache_dir, save_statistics
-from ..cache.store import load_statistics as load_statistics
-from ..cache.store import usable_cache_dir as usable_cache_dir
-from ..data import ImageDataset, LabelledImages
-from ..data.decode import decode_key, image_loader, normalize_batch, pil_stage
-from ..data.transforms import eval_transform
-from ..errors import CSRAError, first_line
+from ..cache.store import cache_path, cached, load_statistics, resolve_cache_dir, save_statistics
+from ..data import LabelledImages
+from ..errors import CSRAError
 from ..heads.scoring import CACHED_TEMPERATURES, location_statistics
 from ..log import output_console, say
-from ..machine import available_cores, other_processes_load
 from ..models import ModelAdapter
 from ..models.base import IDENTITY_TOLERANCE, identity_scale
 from ..models.checkpoint import state_dict_fingerprint
 from ..models.nonlinear import NONLINEAR_TOLERANCE
 from ..options import ExtractOptions, amp_precision
-from ..progress import progress_bar
 from ..text import safe
-from .distributed import DistContext, Shard, all_reduce_max, broadcast_object, check_status, current, gather_tensors, lockstep_steps, shard_for, stage
+from .backends import make_backend
+from .batches import ForwardPass, backbone_batches, for_each_batch, forward_pass
+from .distributed import DistContext, Shard, all_reduce_max, current, gather_tensors, main_decides_reuse, shard_for, stage
+from .runtime import on_device
 from .statistics import CacheInfo, ClassStatistics, StatisticsInfo
-
-
-def resolve_device(device: str) -> torch.device:
-    """``device`` as a torch device; ``cuda`` where CUDA does not exist is one line (no silent CPU fallback)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CSRAError(f"device {device}: CUDA is not available here (this PyTorch sees no GPU); use device='cpu' (or device='auto')", param="device")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise CSRAError(f"--device {device}: choose auto, cpu or cuda", param="device")
-    return torch.device(device)
-
-
-AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def amp_dtype(options: ExtractOptions, device: torch.device) -> torch.dtype | None:
-    """The backbone's autocast dtype, None without amp (see :func:`csra_posthoc.options.amp_precision`)."""
-    name = amp_precision(options, device.type)
-    return None if name is None else AMP_DTYPES[name]
+from .test_pool import pool_scores, resolve_test_pool, train_grid, unsupported
 
 
 def check_class_count(adapter: ModelAdapter, images: LabelledImages) -> None:
@@ -118,234 +86,7 @@ def extraction_key(
 
 def pool_setting(fp: ForwardPass) -> Any:
     """timm's test-time pooling for this pass (:func:`csra_posthoc.extraction.test_pool.resolve_test_pool`), or None."""
-    from .test_pool import resolve_test_pool
-
     return resolve_test_pool(fp.options.test_pool, fp.options.train_size, fp.size, fp.adapter.data_config.input_size)
-
-
-@dataclass(frozen=True)
-class ForwardPass:
-    """What every loop over a dataset needs, prepared once: the model, the device, the input
-    transform (and its description, which enters cache keys), the options and the console."""
-
-    adapter: ModelAdapter
-    transform: Callable[..., torch.Tensor]
-    desc: dict[str, Any]
-    device: torch.device
-    options: ExtractOptions
-    console: Console
-
-    @property
-    def size(self) -> int:
-        return int(self.desc["size"])
-
-    @property
-    def channels_last(self) -> bool:
-        """Eager PyTorch runs convolutions in channels_last (same numbers to float32 rounding, faster
-        on CPU); ONNX Runtime takes plain NCHW."""
-        return self.options.backend == "eager"
-
-    @cached_property
-    def threads(self) -> int | None:
-        """:func:`loop_threads`, decided once per run: one CPU-load sample, and an ONNX Runtime
-        session and the loop around it agree."""
-        return loop_threads(self.options, self.device)
-
-
-def forward_pass(adapter: ModelAdapter, single_label: bool, options: ExtractOptions, console: Console) -> ForwardPass:
-    """Check the loop's options and build the transform and the device, once per run."""
-    if options.batch_size < 1:
-        raise CSRAError(f"batch_size {options.batch_size}: must be >= 1", param="batch_size")
-    if options.workers < 0:
-        raise CSRAError(f"workers {options.workers}: must be >= 0", param="workers")
-    if options.img_size is not None and options.img_size < 16:
-        raise CSRAError(f"img_size {options.img_size}: too small (at least 16)", param="img_size")
-    transform, desc = eval_transform(adapter.data_config, options.img_size, single_label, options.transform)
-    device = resolve_device(options.device)
-    if options.backend == "onnxruntime" and device.type != "cpu":
-        raise CSRAError(f"backend onnxruntime runs on the CPU here, not {device}; pass device='cpu' or use the eager backend", param="backend")
-    return ForwardPass(adapter, transform, decode_key(options.decode, desc), device, options, console)  # draft decoding enters the cache keys
-
-
-@contextmanager
-def on_device(module: nn.Module, device: torch.device) -> Iterator[nn.Module]:
-    """``module`` on ``device`` in eval mode for the loop, then back where and as it was.
-
-    The caller's module is moved in place and restored afterwards rather than copied: a copy would
-    double the memory of a large model on the device, and restoring leaves the caller's model as
-    it was (device and train/eval mode) once the loop ends or fails.
-    """
-    first = next(module.parameters(), None)
-    before = first.device if first is not None else None
-    training = module.training
-    module.to(device).eval()
-    try:
-        yield module
-    finally:
-        if before is not None and before != device:
-            module.to(before)
-        module.train(training)
-
-
-BUSY_CORES = 0.5  # other processes' load (in cores) above which the loop caps its torch threads
-
-
-def loop_threads(options: ExtractOptions, device: torch.device, other_load: Callable[[], float | None] | None = None) -> int | None:
-    """Torch threads for the loop: ``threads`` when given; else, on CPU with workers, the caller's
-    count while other processes leave the cores free (the workers' decoding and the forward share
-    them well), capped at the cores nobody else uses when others keep them busy (oversubscribed
-    cores slowed the forward about 3x: :mod:`csra_posthoc.machine`); None: unchanged."""
-    if options.threads is not None:
-        return options.threads
-    if device.type != "cpu" or options.workers == 0:
-        return None
-    load = (other_load or other_processes_load)()
-    if load is None or load < BUSY_CORES:
-        return None
-    return max(1, min(torch.get_num_threads(), available_cores() - options.workers - round(load)))
-
-
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """``torch.set_num_threads(threads)`` for the block, then the caller's count again (no global side effect)."""
-    before = torch.get_num_threads()
-    if threads is None or threads == before:
-        yield
-        return
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextmanager
-def weights_channels_last(module: nn.Module, enabled: bool) -> Iterator[None]:
-    """4-D weights in channels_last for the block, then back to the layout they had (the caller's
-    model is converted in place rather than copied, as :func:`on_device` moves it)."""
-    four_d = [p for p in module.parameters() if p.dim() == 4]
-    if not enabled or not four_d or all(p.is_contiguous(memory_format=torch.channels_last) for p in four_d):
-        yield
-        return
-    module.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        module.to(memory_format=torch.contiguous_format)
-
-
-def image_dataset(fp: ForwardPass, images: LabelledImages) -> ImageDataset:
-    """The dataset the loop's workers read: decode (``fp.options.decode``) and the transform's
-    resize / crop to uint8 ``(H, W, 3)`` (the full float transform for timm's own crop modes)."""
-    stage = pil_stage(fp.desc)
-    loader = image_loader(fp.options.decode, fp.desc)
-    return ImageDataset(images, stage or fp.transform, fp.size, loader=loader, uint8=stage is not None)
-
-
-def input_batches(fp: ForwardPass, images: LabelledImages, indices: Sequence[int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(indices, normalised float32 inputs on fp.device)`` per batch; a broken image is an error.
-
-    Values bit-equal to ``fp.transform`` per image (with ``decode="pil"``); ``channels_last``
-    layout for the eager backend. uint8 batches cross the workers' shared memory and the
-    host-to-device copy (a quarter of float32's bytes) and are normalised where they land.
-    """
-    opts, device = fp.options, fp.device
-    dataset: Dataset = image_dataset(fp, images)
-    if indices is not None:  # this rank's shard (torchrun)
-        dataset = Subset(dataset, list(indices))
-    loader = DataLoader(
-        dataset,
-        batch_size=opts.batch_size,
-        num_workers=opts.workers,
-        shuffle=False,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if opts.workers > 0 else None,  # decoded batches queued ahead of a slow batch
-        generator=torch.Generator(),  # the loader draws its workers' base seed from this, not the caller's RNG
-    )
-    mean, std = tuple(fp.desc["mean"]), tuple(fp.desc["std"])
-    for index, x, errors in loader:
-        bad = [e for e in errors if e]
-        if bad:
-            raise CSRAError(bad[0])  # names the file and the fix
-        x = x.to(device, non_blocking=True)
-        if x.dtype == torch.uint8:
-            x = normalize_batch(x, mean, std, channels_last=fp.channels_last)
-        elif fp.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        yield index, x
-
-
-def backbone_batches(
-    fp: ForwardPass,
-    images: LabelledImages,
-    description: str,
-    stage_name: str = "extract",
-    ctx: DistContext | None = None,
-    forward: Callable[[torch.Tensor], Any] | None = None,
-) -> Generator[tuple[torch.Tensor, Any], None, None]:
-    """``(indices, backbone output in fp32)`` per batch, with a progress bar; a broken image is an error.
-
-    The one loop over a dataset; the model is on ``fp.device`` (in eval mode) while it runs.
-    Under torchrun each rank loops over its own :func:`~csra_posthoc.extraction.distributed.shard` of the
-    images (a ``Subset``: no image padded in twice, unlike ``DistributedSampler``), all ranks the
-    same number of steps, and meets the others in a status check after every batch, so one
-    rank's error (a bad image, out of memory) stops every rank at once as one line. A consumer
-    whose own per-batch work fails throws the error back in (:func:`for_each_batch`) so that it
-    reaches that check too. Indices are positions in ``images`` (the full dataset's).
-    ``forward``: what to run per batch instead of the backbone (an ONNX Runtime backend's
-    ``x -> (s, logits)``, yielded as it returns it). Inputs come from :func:`input_batches`.
-    """
-    opts, device, adapter = fp.options, fp.device, fp.adapter
-    ctx = ctx or current()
-    part = shard_for(ctx, len(images), align=fp.options.batch_size) if ctx.active else Shard(0, 1, 0, len(images), len(images))
-    dtype = amp_dtype(opts, device)
-    amp_ctx = torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
-    label = safe(description) if not ctx.active else f"{safe(description)} ({ctx.world_size} ranks)"
-    run = forward or (torch.compile(adapter.forward_backbone, dynamic=False) if opts.compile else adapter.forward_backbone)
-    with (
-        torch_threads(fp.threads),
-        on_device(adapter, device),
-        weights_channels_last(adapter, fp.channels_last and forward is None),
-        progress_bar(fp.console, label, total=part.total) as advance,  # the whole split: rank 0 counts every rank's images
-    ):
-        batches = input_batches(fp, images, part.indices if ctx.active else None)
-        for step in range(lockstep_steps(part, opts.batch_size)):
-            error: Exception | None = None
-            try:
-                batch = next(batches, None)  # None: this rank's shard is done (it is one image short)
-                if batch is not None:
-                    index, x = batch
-                    try:
-                        with torch.inference_mode(), amp_ctx:
-                            out = run(x)
-                    except (RuntimeError, AssertionError, ValueError) as exc:
-                        if isinstance(exc, torch.OutOfMemoryError):
-                            raise
-                        if opts.compile and forward is None and _compiler_failed(exc):
-                            raise CSRAError(f"compile: torch.compile failed ({first_line(exc)}); run without compile", param="compile") from None
-                        raise CSRAError(
-                            f"model {adapter.info.name} failed on a {tuple(x.shape[1:])} input ({first_line(exc)}); try another img_size",
-                            param="img_size",
-                        ) from None
-                    yield index, out.float() if isinstance(out, torch.Tensor) else out
-                    if not ctx.active:
-                        advance(len(index))
-            except Exception as exc:
-                error = exc
-            check_status(stage_name, ctx, error)  # single process: re-raises ``error`` as is
-            if ctx.active:  # every rank finished this step: its images on all of them
-                advance(sum(min(opts.batch_size, max(0, size - step * opts.batch_size)) for size in part.sizes))
-
-
-def for_each_batch(batches: Generator[tuple[torch.Tensor, torch.Tensor], None, None], fn: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
-    """Feed every batch of :func:`backbone_batches` to ``fn``; an error in ``fn`` is thrown back
-    into the loop, so under torchrun the other ranks stop at once instead of at the timeout."""
-    for index, raw in batches:
-        try:
-            fn(index, raw)
-        except Exception as exc:
-            batches.throw(exc)
-            raise  # not reached: the loop re-raises what it is thrown
 
 
 FLUSH_EVERY = 8  # batches of statistics kept on the device between two copies to the host
@@ -401,11 +142,6 @@ def score_grid(adapter: ModelAdapter, raw: torch.Tensor | None, locations: int) 
     return [side, side] if side * side == locations else None
 
 
-def _compiler_failed(exc: BaseException) -> bool:
-    """An error raised by torch.compile's machinery (dynamo / inductor), not by the model."""
-    return type(exc).__module__.startswith(("torch._dynamo", "torch._inductor"))
-
-
 @torch.no_grad()
 def compute_statistics(fp: ForwardPass, images: LabelledImages, ctx: DistContext | None = None) -> tuple[ClassStatistics | None, float, float]:
     """Run the model over ``images``; returns the statistics and the identity's max abs and relative diffs (no caching).
@@ -421,8 +157,6 @@ def compute_statistics(fp: ForwardPass, images: LabelledImages, ctx: DistContext
     maps: list[torch.Tensor] = []
     backend = None
     if fp.options.backend != "eager":  # eager: the adapter's own backbone and head, below
-        from .backends import make_backend
-
         with on_device(adapter, fp.device):  # export needs eval mode; the caller's mode comes back
             backend = make_backend(adapter, fp.options.backend, img_size=size, threads=fp.threads)
 
@@ -438,8 +172,6 @@ def compute_statistics(fp: ForwardPass, images: LabelledImages, ctx: DistContext
     rows = _Rows(names, fp.device, non_finite)
     grid: list[int] | None = None
     nonlinear = adapter.info.location_head == "nonlinear"  # avg := the logits; checked: head(pooled) == logits
-
-    from .test_pool import pool_scores
 
     def one_batch(index: torch.Tensor, out: Any) -> None:
         nonlocal diff, scale, grid
@@ -509,8 +241,6 @@ def compute_statistics(fp: ForwardPass, images: LabelledImages, ctx: DistContext
 def _test_pool_window(fp: ForwardPass) -> tuple[Any, tuple[int, int] | None, str | None]:
     """The test-time pooling setting, its window (the feature map at the training size) and, when the
     head cannot have it, the note that says so (an error when it was asked for explicitly)."""
-    from .test_pool import train_grid, unsupported
-
     pool = pool_setting(fp)
     if pool is None:
         return None, None, None
@@ -553,7 +283,7 @@ def extract(
     ctx = current()
     recompute = opts.recompute
     if ctx.active:  # rank 0 decides reuse; the others follow (no rank reads or locks the cache but rank 0)
-        reuse = broadcast_object(ctx.is_main and opts.use_cache and not opts.recompute and path.is_file(), ctx)
+        reuse = main_decides_reuse(ctx, lambda: opts.use_cache and not opts.recompute and path.is_file())
         if not ctx.is_main:
             if not reuse:
                 _compute(fp, images, key, head_fingerprint, ctx)
@@ -563,9 +293,9 @@ def extract(
         path,
         use_cache=opts.use_cache,
         recompute=recompute,
-        load=lambda p: read_cached_statistics(p, key, images, opts.verify_images, fingerprints, out),
-        compute=lambda: _compute(fp, images, key, head_fingerprint, ctx),
-        save=lambda stats, p: save_statistics(stats, p) if stats is not None else None,  # looked up at call time (tests replace it)
+        load=partial(read_cached_statistics, key=key, images=images, verify_images=opts.verify_images, fingerprints=fingerprints, console=out),
+        compute=partial(_compute, fp, images, key, head_fingerprint, ctx),
+        save=_save,
         console=out,
         waiting_for="extracting the same statistics",
         file_label="cache file",
@@ -594,6 +324,12 @@ def read_cached_statistics(
     say(console, f"[green]reused cache[/] {safe(path)} (no forward pass{'' if model_built else ', no model built'})")
     stats.info.cache = CacheInfo(str(path), reused=True, images_key=images_key_name(verify_images))
     return stats
+
+
+def _save(stats: ClassStatistics | None, path: Path) -> None:
+    """Write computed statistics to the cache file (a single process and rank 0 always have them)."""
+    if stats is not None:
+        save_statistics(stats, path)
 
 
 def round_to_half(stats: ClassStatistics, model: str) -> None:

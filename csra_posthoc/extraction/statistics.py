@@ -9,9 +9,9 @@ from typing import Any, Literal
 import torch
 
 from ..heads.scoring import attention_pool
+from ..metrics.thresholded import UnknownPolicy
 
 Task = Literal["multi_label", "single_label"]  # mAP (multi-label) or top-1 (single-label) as the primary metric
-UnknownPolicy = Literal["exclude", "negative"]  # how a -1 label is scored (metrics.thresholded)
 BaselineSource = Literal["model_logits", "patch_average"]  # adapters.base: what lam = 0 reproduces
 
 

@@ -15,7 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..cache.store import resolve_cache_dir
 from ..errors import CSRAError
+from ..models.checkpoint import state_dict_fingerprint
+from ..text import safe
+from .head_file import head_from
 
 if TYPE_CHECKING:
     from ..report.results_file import ResultsFile
@@ -27,16 +31,13 @@ def head_file_fingerprint(path: Path) -> str | None:
     """The fingerprint of the head in ``path`` (a ``save_head`` / probe cache file), None when it is not one."""
     from safetensors import safe_open
 
-    from ..extraction.probe import _head_from
-    from ..models.checkpoint import state_dict_fingerprint
-
     try:
         with safe_open(str(path), framework="pt") as fh:
             metadata = dict(fh.metadata() or {})
             if set(fh.keys()) != HEAD_TENSORS or "meta" not in metadata:
                 return None
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        head, _ = _head_from(tensors, metadata)
+        head, _ = head_from(tensors, metadata)
         return state_dict_fingerprint(head.state_dict())
     except Exception:  # not safetensors, damaged, not a head: not the one
         return None
@@ -82,7 +83,6 @@ def find_results_head(results: ResultsFile, results_path: Path, cache_dir: Path 
 
 def found_head_line(path: Path) -> str:
     """The one line apply / predict / attention print for a head found by :func:`find_results_head`."""
-    from ..text import safe
 
     return f"head: {safe(path)} (found by the results' head fingerprint)"
 
@@ -92,7 +92,6 @@ def results_head_file(head_file: str | Path | None, results: ResultsFile, result
     :func:`find_results_head` finds (in the default cache too), announced on ``console``."""
     if head_file is not None:
         return head_file
-    from ..cache.store import resolve_cache_dir
 
     found = find_results_head(results, Path(str(results_path)), resolve_cache_dir(None))
     if found is not None:

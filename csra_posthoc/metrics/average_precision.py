@@ -1,4 +1,5 @@
-"""Per-class average precision, vectorised over classes.
+"""Per-class average precision in torch ops, vectorised over classes (the GPU path and the reference;
+on CPU :func:`csra_posthoc.metrics.average_precision` runs the numpy evaluation of ``batched.py``).
 
 Matches scikit-learn's ``average_precision_score`` (non-interpolated area under the
 precision-recall curve, tied scores forming one threshold) to float64 rounding. On tie-free
@@ -21,25 +22,6 @@ def tie_run_ends(sorted_rows: torch.Tensor) -> torch.Tensor:
     index = torch.arange(n, device=sorted_rows.device).expand_as(sorted_rows)
     ends = torch.where(is_end, index, torch.full_like(index, n))
     return ends.flip(1).cummin(dim=1).values.flip(1)
-
-
-def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """AP per class of ``scores`` ``(N, C)`` against ``labels`` ``(N, C)`` in {1, 0, -1}.
-
-    Returns a float64 tensor ``(C,)``; classes with no positive get NaN (undefined, left out of
-    the mean by :func:`mean_average_precision`). On CPU: one numpy sort per class
-    (:class:`~csra_posthoc.metrics.batched.MultilabelEvaluator`); elsewhere torch ops.
-    """
-    if scores.shape != labels.shape or scores.dim() != 2:
-        raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(labels.shape)} must both be (N, C)")
-    if scores.device.type != "cpu":
-        return average_precision_torch(scores, labels)
-    from .batched import MultilabelEvaluator, check_finite
-
-    ev = MultilabelEvaluator(labels)
-    prepared = ev.prepare(scores)
-    check_finite(prepared)
-    return torch.from_numpy(ev.average_precision(prepared))
 
 
 def average_precision_torch(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -68,12 +50,3 @@ def average_precision_torch(scores: torch.Tensor, labels: torch.Tensor) -> torch
     num_pos = tp.sum(dim=1, dtype=torch.float64)
     ap = (precision.gather(1, run_end) * tp).sum(dim=1) / num_pos
     return torch.where(num_pos > 0, ap, torch.full_like(ap, float("nan")))
-
-
-def mean_average_precision(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """mAP in percent over classes that have a positive, and the per-class AP (NaN = left out)."""
-    ap = average_precision(scores, labels)
-    valid = ~torch.isnan(ap)
-    if not valid.any():
-        raise ValueError("no class has a positive label: mAP is undefined")
-    return float(ap[valid].mean() * 100.0), ap

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from . import torch_reference
 from .thresholded import UnknownPolicy, metrics_from_counts
 
 Array = np.ndarray
@@ -101,20 +102,6 @@ def insert_value(top: list[Array], values: Array, spare: Array) -> None:
         np.minimum(top[j - 1], values, out=spare)
         np.maximum(top[j], spare, out=top[j])
     np.maximum(top[0], values, out=top[0])
-
-
-def top_k_mask(scores_cn: Array, k: int) -> Array:
-    """Boolean ``(C, N)``: the ``k`` highest scores of each image (column) of ``scores_cn``.
-
-    A column with exactly k scores at or above its k-th largest has its top-k decided without
-    ties. The other columns (ties at the k-th place) take ``torch.topk``'s choice, as
-    :func:`csra_posthoc.metrics.thresholded.predicted_positive` does.
-    """
-    mask = scores_cn >= top_k_values(scores_cn, k)[-1]
-    tied = np.flatnonzero(column_counts(mask) != k)
-    if tied.size:
-        mask[:, tied] = torch_top_k_mask(scores_cn[:, tied], k)
-    return mask
 
 
 def torch_top_k_mask(scores_cn: Array, k: int) -> Array:
@@ -502,8 +489,6 @@ class TorchEvaluator:
         return DensePair(avg, attended, score)
 
     def evaluate(self, scores: torch.Tensor, check: bool = True) -> tuple[dict[str, float], torch.Tensor]:
-        from . import torch_reference
-
         if self.single_label:
             return torch_reference.singlelabel_metrics(scores, self.labels.to(scores.device))
         return torch_reference.multilabel_metrics(scores, self.labels.to(scores.device), unknown=self.unknown)

@@ -5,16 +5,15 @@ when ``sigmoid(score) >= threshold``; top-k keeps only each image's k highest sc
 with no positive prediction has precision 0. Our choices where the official code is undefined:
 class averages run over classes with at least one positive (as mAP does); overall counts pool
 every class. Unknown labels (-1) are left out (``unknown="exclude"``, VOC) or count as
-negatives (``unknown="negative"``, WIDER-Attribute).
+negatives (``unknown="negative"``, WIDER-Attribute). This module is the torch engine; on CPU
+:func:`csra_posthoc.metrics.thresholded_metrics` runs the numpy evaluation of ``batched.py``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-UnknownPolicy = Literal["exclude", "negative"]
+from ..defaults import UnknownPolicy
 
 
 def _f1(p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -62,19 +61,3 @@ def thresholded_metrics_torch(
     n_pred = (pred & counted).sum(0).double()
     n_gt = positive.sum(0).double()
     return metrics_from_counts(tp, n_pred, n_gt)
-
-
-def thresholded_metrics(
-    scores: torch.Tensor,
-    labels: torch.Tensor,
-    threshold: float = 0.5,
-    top_k: int | None = None,
-    unknown: UnknownPolicy = "exclude",
-) -> dict[str, float]:
-    """CP, CR, CF1, OP, OR, OF1 in percent for ``scores`` and ``labels`` ``(N, C)`` (numpy on CPU)."""
-    if scores.device.type != "cpu":
-        return thresholded_metrics_torch(scores, labels, threshold, top_k, unknown)
-    from .batched import MultilabelEvaluator
-
-    ev = MultilabelEvaluator(labels, unknown=unknown, threshold=threshold, threads=1)
-    return ev.thresholded(ev.prepare(scores), top_k)

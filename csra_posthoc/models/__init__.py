@@ -6,8 +6,9 @@ wraps a backbone with a fitted linear probe.
 
 from __future__ import annotations
 
+from ..defaults import TORCHVISION_PREFIX
 from .base import AdapterInfo, BaselineSource, DataConfig, ModelAdapter
-from .factory import TORCHVISION_PREFIX, load_model
+from .factory import load_model
 from .identity import verify_identity
 from .probe_head import ProbeHeadAdapter
 

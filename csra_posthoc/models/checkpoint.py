@@ -26,11 +26,6 @@ _PREFIXES = ("model.",)  # after timm's clean_state_dict (module., _orig_mod.): 
 _DAMAGED = ("PytorchStreamReader failed", "pickle data was truncated", "Ran out of input", "unexpected EOF")  # torch.load on a cut file
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint, unwrapped from ``{'state_dict': ...}``-style dicts and ``module.`` prefixes."""
-    return read_checkpoint(path)[0]
-
-
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str | None]:
     """A checkpoint's state_dict and the entry it came from (``'state_dict_ema'``, ``'state_dict'``,
     ``'model'``, ...; nested ones joined by ``/``), or None for a bare state_dict."""

@@ -12,15 +12,18 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..defaults import TORCHVISION_PREFIX
 from ..errors import CSRAError, first_line
 from .base import ModelAdapter
-from .checkpoint import checkpoint_note, published_layout, read_checkpoint, state_dict_fingerprint
+from .checkpoint import checkpoint_note, published_layout, read_checkpoint, state_dict_fingerprint, weights_only_downloads
+from .hf_models import load_hf_adapter
+from .hub import offline_if_unreachable, require_hub_weights
 from .identity import verify_identity
 from .offline_weights import has_offline_weights, offline_state_dict
+from .probe_head import ProbeHeadAdapter, classifier_from_probe
 from .timm_models import build_timm_adapter, classifier_key
 from .torchvision_models import TORCHVISION_CLASSIFIER_KEYS, build_torchvision_adapter
 
-TORCHVISION_PREFIX = "torchvision:"
 # timm families built with dynamic_img_size=True: any --img-size, timm resamples the position
 # embeddings (ViT, DeiT, EVA) or builds the window masks (Swin, SwinV2) for it on each forward
 _TIMM_VIT_MODULES = {f"timm.models.{m}" for m in ("vision_transformer", "deit", "eva", "swin_transformer", "swin_transformer_v2", "swin_transformer_v2_cr")}
@@ -76,8 +79,6 @@ def _create_timm(arch: str, pretrained: bool, num_classes: int | None) -> nn.Mod
     kwargs: dict = {} if num_classes is None else {"num_classes": num_classes}
     if timm.models.model_entrypoint(arch).__module__ in _TIMM_VIT_MODULES:
         kwargs["dynamic_img_size"] = True  # any --img-size: timm interpolates the position embeddings
-    from .hub import offline_if_unreachable
-
     try:
         with offline_if_unreachable():  # a hub found unreachable earlier is not retried
             return timm.create_model(arch, pretrained=pretrained, **kwargs)
@@ -91,8 +92,6 @@ def _create_torchvision(arch: str, pretrained: bool, num_classes: int | None) ->
     if arch not in tvm.list_models(module=tvm):
         raise CSRAError(f"model torchvision:{arch}: unknown torchvision classification model", param="model")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    from .checkpoint import weights_only_downloads
-
     try:
         with weights_only_downloads():  # torchvision's cached download is read weights-only
             return tvm.get_model(arch, weights="DEFAULT" if pretrained else None, **kwargs)
@@ -145,8 +144,6 @@ def load_model(
         weights = "pretrained:packaged"
     else:
         if pretrained and not is_tv:
-            from .hub import require_hub_weights
-
             require_hub_weights(arch)  # no network, no local copy: one line now, not a minute of retries
         # random init is seeded (so a random-init run's cache is reusable) on a forked RNG: timm and
         # torchvision initialise from the global generator, and the caller's stream must not change
@@ -167,7 +164,6 @@ def load_model(
 
 def _load_hf(name: str, checkpoint: str | Path | None, random_init: bool, head: str | Path | None) -> ModelAdapter:
     """``hf:PATH_OR_NAME``: its folder's weights (``pretrained`` or no weight source at all)."""
-    from .hf_models import load_hf_adapter
 
     if checkpoint is not None or random_init:
         raise CSRAError(f"model {name}: a Hugging Face folder carries its own weights; drop `checkpoint` / `random_init`", param="model")
@@ -180,9 +176,6 @@ def _load_hf(name: str, checkpoint: str | Path | None, random_init: bool, head: 
 def with_probe_head(adapter: ModelAdapter, head_file: str | Path) -> ModelAdapter:
     """``adapter`` with a saved probe as its classifier (checked against the model: features, norm, name)."""
     from dataclasses import replace
-
-    from ..patched.model import classifier_from_probe
-    from .probe_head import ProbeHeadAdapter
 
     classifier, meta = classifier_from_probe(adapter, head_file)
     probe = meta.get("probe") or {}

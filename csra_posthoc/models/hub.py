@@ -6,6 +6,12 @@ network. Here the hub is asked once (one TCP connection with a short timeout, no
 are in no local cache is refused before anything is built, and the model factory builds the others
 with the Hugging Face client in offline mode (:func:`offline_if_unreachable`) -- for that call
 only: nothing process-wide (no environment variable, no socket default timeout) is left changed.
+
+Module state a library user should know of: ``_unreachable`` remembers, for the rest of the
+process, each hub endpoint that did not answer (a network that comes back later in the same
+process is not asked again: start a new process). While :func:`offline_if_unreachable`'s block
+runs, ``os.environ["HF_HUB_OFFLINE"]`` and ``huggingface_hub.constants.HF_HUB_OFFLINE`` are set
+process-wide (other threads see them) and restored when it ends.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ..defaults import TORCHVISION_PREFIX
 from ..errors import CSRAError
+from .offline_weights import has_offline_weights
 
 PROBE_TIMEOUT_S = 3.0
 _TRUE = {"1", "on", "yes", "true"}
@@ -113,9 +121,6 @@ def cached_weights(arch: str) -> Path | None:
 def require_reachable_weights(name: str) -> None:
     """``--pretrained`` for ``name``: only timm hub weights need the network (packaged weights and
     torchvision's downloader are left to :func:`csra_posthoc.load_model`); refuse them early when unreachable."""
-    from . import TORCHVISION_PREFIX
-    from .offline_weights import has_offline_weights
-
     if not name.startswith(TORCHVISION_PREFIX) and not has_offline_weights(name):
         require_hub_weights(name)
 

@@ -14,10 +14,12 @@ from typing import Any
 
 import torch.nn as nn
 
+from ..defaults import TORCHVISION_PREFIX
 from ..errors import CSRAError, first_line
 from .base import ModelAdapter
 from .checkpoint import state_dict_fingerprint
-from .factory import TORCHVISION_PREFIX, _create_timm, _create_torchvision
+from .factory import _create_timm, _create_torchvision
+from .hf_models import build_hf_adapter, build_hf_model, check_hf_architecture_kwargs, hf_architecture_kwargs, hf_instance_name
 from .identity import verify_identity
 from .timm_models import build_timm_adapter
 from .torchvision_models import build_torchvision_adapter
@@ -59,8 +61,6 @@ def instance_name(model: nn.Module, name: str | None = None) -> str:
         return name
     family = model_family(model)
     if family == "hf":
-        from .hf_models import hf_instance_name
-
         return hf_instance_name(model)
     if family == "timm":
         cfg = getattr(model, "pretrained_cfg", None) or {}
@@ -84,8 +84,6 @@ def adapter_for_module(model: nn.Module | ModelAdapter, name: str | None = None,
         if fixed and not getattr(model, "dynamic_img_size", False):  # a ViT built for one input size
             adapter.data_config = replace(adapter.data_config, input_size=int(fixed[0]))
     elif family == "hf":
-        from .hf_models import build_hf_adapter
-
         adapter = build_hf_adapter(model, name, weights)
     else:
         arch = name[len(TORCHVISION_PREFIX) :] if name.startswith(TORCHVISION_PREFIX) else name
@@ -105,8 +103,6 @@ def architecture_kwargs(model: nn.Module) -> dict:
     only keys of :data:`ARCHITECTURE_KWARGS` (what :func:`check_architecture_kwargs` accepts back)."""
     embed: Any = getattr(model, "patch_embed", None)
     if model_family(model) == "hf":  # rebuilt from its class and config, never from the folder
-        from .hf_models import hf_architecture_kwargs
-
         return hf_architecture_kwargs(model)
     if model_family(model) != "timm" or getattr(embed, "img_size", None) is None:
         return {}
@@ -134,8 +130,6 @@ def check_architecture_kwargs(name: str, kwargs: Any) -> dict:
     keys :func:`architecture_kwargs` writes, with their types (img_size: 2 positive ints up to
     4096, dynamic_img_size: bool), and none for torchvision models."""
     if name.startswith("hf:"):
-        from .hf_models import check_hf_architecture_kwargs
-
         return check_hf_architecture_kwargs(name, kwargs)
     if kwargs is None or kwargs == {}:
         return {}
@@ -167,8 +161,6 @@ def build_architecture(name: str, num_classes: int, kwargs: dict | None = None, 
     except ValueError as exc:
         raise CSRAError(f"{where}: model_kwargs {exc}", param="patched_file") from None
     if name.startswith("hf:"):
-        from .hf_models import build_hf_model
-
         model = build_hf_model(kwargs["hf_config"], kwargs["hf_class"], name, param="patched_file")
         labels = int(getattr(model.config, "num_labels", -1))
         if labels != num_classes:

@@ -36,6 +36,7 @@ import torch.nn as nn
 
 from ..errors import CSRAError, first_line
 from ..heads.location import LocationHead
+from .base import tokens_to_grid
 
 Layout = Literal["nchw", "nhwc", "tokens"]
 
@@ -67,8 +68,6 @@ class _Call:
 
 def feature_map(raw: torch.Tensor, layout: Layout, prefix_tokens: int, grid: tuple[int, int] | None = None) -> torch.Tensor:
     """``forward_features``' output as a ``(B, d, H, W)`` map in the given layout."""
-    from .base import tokens_to_grid
-
     if layout == "nchw":
         return raw
     if layout == "nhwc":

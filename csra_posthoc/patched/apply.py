@@ -15,11 +15,22 @@ import torch
 from rich.console import Console
 
 from ..data.registry import SINGLE_LABEL_DATASETS
-from ..data.transforms import TransformSpec
+from ..data.transforms import TransformSpec, transform_spec
+from ..defaults import TRANSFORM_CHOICES
 from ..errors import CSRAError
+from ..evaluation.validate import check_img_size
+from ..extraction.test_pool import train_grid, unsupported
+from ..heads.head_file import load_head
+from ..heads.lookup import results_head_file
+from ..models import load_model
 from ..options import PICKS, TEST_POOL_PICK, CSRASettings, ModelSource
+from ..outputs import check_outputs
 from ..report.results_file import ResultsFile
+from ..report.tables import report_console
+from ..text import safe
 from .config import PatchedConfig
+from .export import check_out_path, export_patched
+from .model import patch
 from .settings import resolve_settings
 
 
@@ -56,7 +67,6 @@ def check_results_match(results: ResultsFile, config: PatchedConfig) -> None:
 def default_preprocessing(adapter, transform: str, img_size: int | None, head_meta: dict | None) -> TransformSpec:
     """The transform ``predict`` uses: ``crop`` (the model's eval transform) or ``square`` (the
     multi-label protocol); ``auto`` is square for a probe fitted on a multi-label dataset, else crop."""
-    from ..data.transforms import transform_spec
 
     if transform == "auto":
         probe = (head_meta or {}).get("probe")
@@ -85,13 +95,6 @@ def apply_patch(
     model's own input size). Returns a summary (JSON-ready): the settings, the config written, and
     the export check.
     """
-    from ..evaluation.validate import check_img_size
-    from ..extraction.probe import load_head
-    from ..models import load_model
-    from ..outputs import check_outputs
-    from ..report.tables import report_console
-    from .export import check_out_path, export_patched
-    from .model import patch
 
     console = console or report_console()
     # every parameter is checked before any model is built (the option objects checked themselves)
@@ -117,8 +120,6 @@ def apply_patch(
         resolved = resolve_settings(settings, results=results)
     head_file = source.head_file
     if results is not None and head_file is None:  # the probe the results name (issue 24): beside them or in the cache
-        from ..heads.lookup import results_head_file
-
         head_file = results_head_file(None, results, str(from_results), console)
         if head_file is not None:
             check_outputs({"out": out}, {"head_file": head_file, "from_results": from_results})
@@ -159,15 +160,12 @@ def apply_patch(
 
 def check_transform_choice(transform: str) -> None:
     """``transform``: one of :data:`~csra_posthoc.defaults.TRANSFORM_CHOICES`."""
-    from ..defaults import TRANSFORM_CHOICES
-
     if transform not in TRANSFORM_CHOICES:
         raise CSRAError(f"transform {transform}: choose {', '.join(TRANSFORM_CHOICES[:-1])} or {TRANSFORM_CHOICES[-1]}", param="transform")
 
 
 def pool_config(adapter, train_size: int | None) -> dict[str, Any]:
     """``{"train_size", "window"}`` of timm's test-time pooling for ``adapter`` (refused for heads where it does not apply)."""
-    from ..extraction.test_pool import train_grid, unsupported
 
     reason = unsupported(adapter.head, adapter.info.baseline_source)
     if reason is not None:
@@ -199,8 +197,6 @@ def lam_zero_difference(patched) -> float:
 
 def print_apply_summary(console: Console, patched, report, identity: float) -> None:
     from rich.table import Table
-
-    from ..text import safe
 
     cfg = patched.config
     size = cfg.preprocessing.size

@@ -16,9 +16,26 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from ..data.base import load_rgb
+from ..data.transforms import build_transform
 from ..errors import CSRAError, first_line
+from ..extraction.runtime import resolve_device
+from ..heads.lookup import results_head_file
 from ..options import CSRASettings, ModelSource, PatchedFile
+from ..outputs import check_outputs
+from ..report.plots import check_plot_path, plot_attention
+from ..report.tables import report_console
 from ..text import safe
+from .apply import check_transform_choice, read_results
+from .model import PatchedModel
+from .predict import (
+    check_from_results_args,
+    class_names,
+    load_patched_source,
+    patched_from_model,
+    patched_from_results,
+    source_inputs,
+)
 from .settings import resolve_settings
 
 
@@ -38,10 +55,6 @@ class AttentionMaps:
 @torch.no_grad()
 def attention_maps(patched, image: str | Path, top_k: int = 3, classes: Sequence[str] | None = None, device: str = "auto") -> AttentionMaps:
     """Per-location scores of the ``top_k`` classes (by CSRA score) of ``patched`` on ``image``."""
-    from ..data.base import load_rgb
-    from ..data.transforms import build_transform
-    from ..extraction.run import resolve_device
-    from .predict import class_names
 
     if top_k < 1:
         raise CSRAError(f"top_k {top_k}: must be >= 1", param="top_k")
@@ -91,13 +104,6 @@ def run_attention(
 ) -> AttentionMaps:
     """Build the patched model as ``predict`` does (the same ``source`` and ``settings``, resolved by
     :func:`~csra_posthoc.patched.settings.resolve_settings`), compute the top-k maps, write the figure ``out``."""
-    from ..heads.lookup import results_head_file
-    from ..outputs import check_outputs
-    from ..report.plots import check_plot_path, plot_attention
-    from ..report.tables import report_console
-    from .apply import check_transform_choice, read_results
-    from .model import PatchedModel
-    from .predict import check_from_results_args, load_patched_source, patched_from_model, patched_from_results, source_inputs
 
     settings = settings or CSRASettings()
     console = console or report_console()

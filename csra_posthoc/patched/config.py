@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ..data.transforms import TransformSpec
+from ..defaults import HEAD_TEMPERATURES
 from ..errors import CSRAError
+from ..models.instance import check_architecture_kwargs, known_architecture
 
 FORMAT = "csra-posthoc-patched"
 FORMAT_VERSION = 1  # the config's schema version: files of a later version are refused
@@ -122,9 +124,6 @@ class PatchedConfig:
         ``rebuild``: the config of a safetensors file, which :func:`~csra_posthoc.patched.model.load_patched`
         rebuilds the head from (it must have ``head_norm``); False for the configs inside ``.onnx`` /
         ``.pt2`` / ``.ts`` files."""
-        from ..defaults import HEAD_TEMPERATURES
-        from ..models.instance import check_architecture_kwargs, known_architecture
-
         where = _where(path)
 
         def bad(field: str, why: str) -> Any:

@@ -23,7 +23,7 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +32,12 @@ import torch
 
 from ..atomic import atomic_write
 from ..errors import CSRAError, first_line
+from ..extraction.backends import ONNX_OPSET, dynamic_batch, onnx_export
+from ..outputs import check_output_path
 from .config import PatchedConfig
-from .model import CONFIG_KEY, PatchedModel, load_patched, save_patched
+from .model import CONFIG_KEY, PatchedModel, load_patched, read_config, save_patched, verify_state_dict
+from .safe_archive import check_pt2
 
-ONNX_OPSET = 18
 CONFIG_FILE = "csra_config.json"  # extra file inside .pt2 / .ts archives
 EXPORT_FORMATS = {".safetensors": "safetensors", ".pt2": "torch.export", ".ts": "torchscript", ".onnx": "onnx"}
 CHECK_TOLERANCE = 1e-4  # relative to the scores' scale: max |exported - eager| <= tol * max(1, max |eager|)
@@ -65,8 +67,6 @@ def export_format(path: str | Path) -> str:
 def check_out_path(path: str | Path, force: bool = False) -> Path:
     """A known suffix and a writable folder (checked before any work). An existing file is replaced
     atomically, as by every command (README: Outputs); ``force`` is accepted and no longer needed."""
-    from ..evaluation.validate import check_output_path
-
     path = Path(path)
     check_output_path(path, "out")
     export_format(path)
@@ -85,29 +85,6 @@ def _quiet():
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         yield
-
-
-def dynamic_batch() -> dict:
-    """``dynamic_shapes`` for a ``forward(x)`` whose batch axis stays free in the exported program."""
-    from torch.export import Dim
-
-    return {"x": {0: Dim("batch", min=1, max=4096)}}
-
-
-def onnx_export(module: torch.nn.Module, example: torch.Tensor, path: str | Path, opset: int = ONNX_OPSET, outputs: Sequence[str] = ("scores",)) -> None:
-    """``module`` as ONNX (dynamo exporter, input ``input``, outputs named ``outputs``, dynamic batch):
-    the one export call of the patched-model exporter and the ONNX Runtime extraction backend."""
-    torch.onnx.export(
-        module,
-        (example,),
-        str(path),
-        dynamo=True,
-        input_names=["input"],
-        output_names=list(outputs),
-        dynamic_shapes=dynamic_batch(),
-        opset_version=opset,
-        external_data=False,
-    )
 
 
 def _write_torch_export(patched: PatchedModel, tmp: str, example: torch.Tensor, config: str) -> None:
@@ -153,8 +130,6 @@ def load_exported(path: str | Path, fmt: str | None = None) -> Callable[[torch.T
     else:
         module = _load_pt2(path).module()
     if fmt != "safetensors":  # the tensors are there to check: both fingerprints, as load_patched does
-        from .model import verify_state_dict
-
         verify_state_dict(exported_config(path, fmt), module.state_dict(), path)
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -227,8 +202,6 @@ def exported_config(path: str | Path, fmt: str | None = None) -> PatchedConfig:
     """The config embedded in an exported file of any format (read by :meth:`PatchedConfig.parse`, every field checked)."""
     fmt = fmt or export_format(path)
     if fmt == "safetensors":
-        from .model import read_config
-
         return read_config(path)
     if fmt == "onnx":
         onnx, _ = _onnx_modules()
@@ -277,7 +250,6 @@ def _torch_export_quiet():
 def _load_pt2(path: str | Path, extra_files: dict | None = None) -> torch.export.ExportedProgram:
     """``torch.export.load`` on bytes :func:`~csra_posthoc.patched.safe_archive.check_pt2` has checked
     (no pickle that is not weights-only, no compiled code, no ``eval``-parsed expression)."""
-    from .safe_archive import check_pt2
 
     data = check_pt2(path)
     with _torch_export_quiet(), warnings.catch_warnings():

@@ -33,13 +33,17 @@ import torch
 import torch.nn as nn
 
 from ..atomic import atomic_write
-from ..data.transforms import TransformSpec
+from ..data.transforms import TransformSpec, transform_description
 from ..errors import CSRAError
+from ..extraction.test_pool import TimmPoolHead
 from ..heads.csra_head import CSRAHead
 from ..heads.location import LocationHead
+from ..models import ProbeHeadAdapter
 from ..models.base import ModelAdapter
 from ..models.checkpoint import state_dict_fingerprint
-from ..models.instance import eval_mode
+from ..models.hf_models import hf_label_names
+from ..models.instance import adapter_for_module, architecture_kwargs, build_architecture, eval_mode
+from ..models.probe_head import classifier_from_probe
 from .config import PatchedConfig
 
 CONFIG_KEY = "csra_posthoc_config"
@@ -181,36 +185,6 @@ class PatchedModel(nn.Module):
         return self.head.pool(s, baseline), baseline
 
 
-def classifier_from_probe(adapter: ModelAdapter, head: Any) -> tuple[LocationHead, dict]:
-    """A probe saved by ``sweep --save-head`` (path, or ``(LocationHead, meta)``), checked against the model."""
-    from ..extraction.probe import load_head
-
-    if adapter.info.location_head == "nonlinear":
-        raise CSRAError(
-            f"head: {adapter.info.name}'s head is non-linear after pooling; a linear probe cannot replace it (patch it with its own head)", param="head_file"
-        )
-    if isinstance(head, (str, Path)):
-        path = Path(head)
-        if not path.is_file():
-            raise CSRAError(f"head_file {path}: no such file", param="head_file")
-        classifier, meta = load_head(path)
-        where = f"head_file {path}"
-    elif isinstance(head, LocationHead):
-        classifier, meta, where = head, {}, "head"
-    else:
-        classifier, meta = head
-        where = "head"
-    dim = adapter.head.weight.shape[1]
-    if classifier.weight.shape[1] != dim:
-        raise CSRAError(f"{where}: the head takes {classifier.weight.shape[1]} features but {adapter.info.name}'s feature map has {dim}")
-    if classifier.pooled_norm != adapter.head.pooled_norm:
-        raise CSRAError(f"{where}: fitted for a model {'with' if classifier.pooled_norm else 'without'} a pooled norm; {adapter.info.name} differs")
-    fitted_on = meta.get("model")
-    if fitted_on and fitted_on != adapter.info.name:
-        raise CSRAError(f"{where}: fitted on {fitted_on}, not {adapter.info.name}; pass the head fitted with this `model`")
-    return classifier, meta
-
-
 def _checked_thresholds(thresholds: Sequence[float] | None, num_classes: int) -> list[float] | None:
     if thresholds is None:
         return None
@@ -253,9 +227,6 @@ def patch(
     ``test_pool`` (``{"train_size", "window": [h, w]}``): timm's test-time pooling instead of CSRA
     (:class:`csra_posthoc.extraction.test_pool.TimmPoolHead`; lam and the variant are then unused).
     """
-    from ..data.transforms import transform_description
-    from ..extraction.probe import ProbeHeadAdapter
-    from ..models.instance import adapter_for_module, architecture_kwargs
 
     described = None
     if isinstance(model, ProbeHeadAdapter):  # fit_probe's result: its probe is the head unless another is given
@@ -266,14 +237,10 @@ def patch(
     csra = CSRAHead(classifier, lam=lam, temperature=temperature, heads=heads)
     settings = settings_fields(csra)
     if test_pool is not None:  # timm's test-time pooling row (docs/method.md §12)
-        from ..extraction.test_pool import TimmPoolHead
-
         csra = TimmPoolHead(classifier, test_pool["window"], test_pool["train_size"])
     if classes is None:
         classes = (head_meta.get("probe") or {}).get("classes")
     if classes is None and head is None:  # a Hugging Face model names its classes in its config
-        from ..models.hf_models import hf_label_names
-
         classes = hf_label_names(adapter.model)
     if classes is not None and len(classes) != csra.num_classes:
         raise CSRAError(f"classes: {len(classes)} names for a head with {csra.num_classes} classes", param="classes")
@@ -398,8 +365,6 @@ def load_patched(path: str | Path) -> PatchedModel:
     classifier = LocationHead(head_t["weight"], head_t["bias"], head_t["norm_weight"], head_t["norm_bias"], norm["eps"], norm["pooled_norm"])
     csra = _config_head(config, classifier)
     if config.test_pool is not None:
-        from ..extraction.test_pool import TimmPoolHead
-
         csra = TimmPoolHead(classifier, config.test_pool["window"], config.test_pool["train_size"])
     return PatchedModel(adapter, csra, config)
 
@@ -410,7 +375,6 @@ def _config_head(config: PatchedConfig, classifier: Any) -> CSRAHead:
 
 def _rebuilt_adapter(config: PatchedConfig, model_sd: dict[str, torch.Tensor], where: str) -> ModelAdapter:
     """The config's architecture with the file's model tensors, wrapped (and identity-checked) again."""
-    from ..models.instance import adapter_for_module, build_architecture
 
     model = build_architecture(config.model, config.model_num_classes, config.model_kwargs, where=where)
     try:

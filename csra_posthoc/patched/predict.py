@@ -23,21 +23,34 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..data.transforms import TransformSpec
+from ..data.base import load_rgb
+from ..data.registry import SINGLE_LABEL_DATASETS
+from ..data.transforms import TransformSpec, build_transform
 from ..errors import CSRAError, first_line
+from ..evaluation.grid import paper_fixed_lam
+from ..evaluation.validate import check_img_size
+from ..extraction.runtime import resolve_device
+from ..heads.head_file import load_head
+from ..heads.lookup import results_head_file
+from ..log import say
+from ..models import load_model
 from ..options import PICKS, CSRASettings, ModelSource, PatchedFile
+from ..outputs import check_outputs
+from ..progress import progress_bar
+from ..report.results_file import ResultsFile
+from ..report.tables import report_console, write_json
 from ..text import safe
+from .apply import check_results_match, check_transform_choice, default_preprocessing, read_results
+from .config import PatchedConfig
+from .export import ExportedModel, export_format
+from .model import PatchedModel, load_patched, patch
 from .settings import resolve_settings
-
-if TYPE_CHECKING:
-    from ..report.results_file import ResultsFile
-    from .config import PatchedConfig
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -74,8 +87,6 @@ def _warn_unresolvable_links(folder: Path) -> None:
 
     from rich.console import Console
 
-    from ..log import say
-
     for f in sorted(folder.rglob("*")):
         if not f.is_symlink() or f.exists():
             continue
@@ -94,8 +105,6 @@ def usable_transform(desc: TransformSpec, where: str) -> Any:
     """The transform a config's ``preprocessing`` describes, tried once on a small image: a bad
     description is one error naming the config, not a "cannot decode image" per image."""
     from PIL import Image
-
-    from ..data.transforms import build_transform
 
     try:
         transform = build_transform(desc)
@@ -268,9 +277,6 @@ def predict_images(
     """One JSON-ready object per image, in input order: ``{"image", "threshold_mode", "predictions": [...]}``,
     or ``{"image", "error", "predictions": []}`` for an image that cannot be decoded. ``threshold``: a
     probability on sigmoid(score), or a :class:`ThresholdRule`."""
-    from ..data.base import load_rgb
-    from ..extraction.run import resolve_device
-    from ..progress import progress_bar
 
     rule = threshold if isinstance(threshold, ThresholdRule) else ThresholdRule("probability", probability=float(threshold))
     check_predict_args(rule.probability, top_k, batch_size)
@@ -360,13 +366,6 @@ def run_predict(
     ``threshold``: a probability on sigmoid(score), ``"calibrated"`` (the per-class thresholds of the
     results row / patched config), or None: calibrated when present, else rank (top-k) for a
     single-label head, else 0.5."""
-    from ..evaluation.validate import check_img_size
-    from ..extraction.run import resolve_device
-    from ..heads.lookup import results_head_file
-    from ..outputs import check_outputs
-    from ..report.tables import report_console, write_json
-    from .apply import check_transform_choice, read_results
-    from .model import PatchedModel
 
     settings = settings or CSRASettings()
     console = console or report_console()
@@ -442,10 +441,6 @@ def check_from_results_args(source: ModelSource | PatchedFile, img_size, transfo
 def patched_from_results(source: ModelSource, head_file, results: ResultsFile, settings: CSRASettings, path):
     """The patched model a sweep's row stands for: its (resolved) settings, its transform
     (``results.transform``), its class names; refused when the weights, head or classes are not the sweep's."""
-    from ..extraction.probe import load_head
-    from ..models import load_model
-    from .apply import check_results_match
-    from .model import patch
 
     preprocessing = results.transform
     if preprocessing is None:
@@ -468,7 +463,6 @@ def patched_from_results(source: ModelSource, head_file, results: ResultsFile, s
 
 def _single_label(config: PatchedConfig, results: ResultsFile | None) -> tuple[bool, str]:
     """Whether the head is single-label (predict by rank), and why, in a few words."""
-    from ..data.registry import SINGLE_LABEL_DATASETS
 
     if results is not None:
         single = results.primary_metric == "top1" or results.dataset in SINGLE_LABEL_DATASETS
@@ -522,11 +516,6 @@ def patched_from_model(source: ModelSource, settings: CSRASettings, img_size: in
     """The patched model from a model and its weights (``predict`` and ``attention``): the model's
     own head or ``source.head_file`` (a probe written by sweep --save-head); ``settings`` resolved
     with the paper's fixed lam as the default lam."""
-    from ..evaluation.grid import paper_fixed_lam
-    from ..extraction.probe import load_head
-    from ..models import load_model
-    from .apply import default_preprocessing
-    from .model import patch
 
     resolved = resolve_settings(settings, default_lam=paper_fixed_lam(source.model))
     head = load_head(source.head_file) if source.head_file is not None else None
@@ -539,8 +528,6 @@ def load_patched_source(source: PatchedFile, img_size: int | None, transform: st
     """A :class:`PatchedFile` as a model: ``.safetensors`` (a :class:`PatchedModel`), or an exported
     ``.onnx`` / ``.pt2`` / ``.ts`` file (scores only). The file holds its input size and preprocessing,
     so ``img_size`` and ``transform`` are refused."""
-    from .export import ExportedModel, export_format
-    from .model import load_patched
 
     path = Path(source.path)
     if not path.is_file():

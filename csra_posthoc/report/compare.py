@@ -17,9 +17,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..atomic import atomic_write
 from ..errors import CSRAError
+from ..outputs import check_outputs
 from ..text import plain, safe
 from .results_file import ResultsFile, ResultsRow
+from .tables import report_console
 
 REQUIRED = ("model", "dataset", "primary_metric", "baseline", "best", "fixed")
 
@@ -208,9 +211,6 @@ def run_compare(
     console: Console | None = None,
 ) -> list[CompareRow]:
     """Read, print and write the comparison table; returns its rows."""
-    from ..atomic import atomic_write
-    from ..outputs import check_outputs
-    from .tables import report_console
 
     console = console or report_console()
     for out, param in ((csv_out, "csv_out"), (markdown_out, "markdown_out"), (latex_out, "latex_out")):

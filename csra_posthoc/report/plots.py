@@ -9,16 +9,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..defaults import FIGURE_FORMATS
+from ..evaluation.results import Interval, SweepResult, ranked
 from ..options import check_figure_path
-
-if TYPE_CHECKING:
-    from ..evaluation.bootstrap import Interval
-    from ..evaluation.grid import SweepResult
 
 FORMATS = FIGURE_FORMATS
 
@@ -39,8 +37,6 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    from ..atomic import atomic_write
-
     fmt = path.suffix.lower().lstrip(".")
     atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight"))
     _pyplot().close(fig)
@@ -165,8 +161,6 @@ def plot_class_deltas(panels: Mapping[str, Any], path: str | Path, *, ylabel: st
     each sorted largest gain first, as bars with their 95 % interval as whiskers; bars whose interval
     excludes 0 are coloured (green gain, red loss), the others grey. Classes without a delta are left out."""
     from matplotlib.patches import Patch
-
-    from ..evaluation.per_class import ranked
 
     path = check_plot_path(path, "plot_classes")
     plt = _pyplot()

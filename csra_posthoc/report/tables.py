@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -13,13 +13,13 @@ from rich.table import Table
 
 from ..atomic import atomic_write
 from ..data.transforms import describe_transform
-from ..evaluation.grid import SweepResult, SweepRow, row_scores
+from ..evaluation.bootstrap import bootstrap_json
+from ..evaluation.grid import row_scores
+from ..evaluation.per_class import per_class_json
+from ..evaluation.results import HeldOut, SweepResult, SweepRow
 from ..extraction.statistics import ClassStatistics
 from ..text import safe
 from .results_file import SCHEMA
-
-if TYPE_CHECKING:
-    from ..evaluation.selection import HeldOut
 
 
 def report_console() -> Console:
@@ -80,14 +80,10 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
     if result.uncertainty_notes:
         out["uncertainty_notes"] = result.uncertainty_notes
     if result.bootstrap is not None:
-        from ..evaluation.bootstrap import bootstrap_json
-
         out["bootstrap"] = bootstrap_json(result.bootstrap, result.bootstrap_n or 0, result.bootstrap_seed or 0)
     if result.thresholds is not None:  # per-class F1 thresholds by row (multi-label only; single-label predicts by rank)
         out["thresholds"] = result.thresholds
-    from ..evaluation.per_class import per_class_json  # per-class Δ with intervals (null without the bootstrap)
-
-    out["per_class_delta"] = per_class_json(result.per_class_delta)
+    out["per_class_delta"] = per_class_json(result.per_class_delta)  # per-class Δ with intervals (null without the bootstrap)
     out.update(extra or {})
     return out
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from csra_posthoc.cli.app import app
 from csra_posthoc.evaluation.bootstrap import bootstrap_deltas
 from csra_posthoc.evaluation.object_size import INSTANCE_BINS, LABEL_GROUPS, SIZE_BINS, SplitAP, assign_splits, split_deltas
-from csra_posthoc.metrics.average_precision import average_precision
+from csra_posthoc.metrics import average_precision
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

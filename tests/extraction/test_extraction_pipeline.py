@@ -20,11 +20,14 @@ from rich.console import Console
 from safetensors import safe_open
 from torch.utils.data import DataLoader
 
+import csra_posthoc.extraction.batches as batches_mod
 import csra_posthoc.extraction.run as extract_mod
+import csra_posthoc.extraction.runtime as runtime_mod
 from csra_posthoc import CSRAError, ExtractOptions, extract, load_model
 from csra_posthoc.cli.flags import cli_message
 from csra_posthoc.data.base import ImageDataset, LabelledImages
-from csra_posthoc.extraction.run import forward_pass, input_batches, loop_threads
+from csra_posthoc.extraction.batches import forward_pass, input_batches
+from csra_posthoc.extraction.runtime import loop_threads
 
 skdata = pytest.importorskip("skimage.data")
 PHOTOS = ("coffee", "astronaut", "chelsea", "rocket", "camera")  # camera: grayscale, converted to RGB
@@ -96,8 +99,8 @@ def test_loop_threads_restored_and_used(photo_dir: Path, adapter, monkeypatch) -
         extract(adapter, images, img_size=64, batch_size=2, device="cpu", threads=1, use_cache=False, quiet=True)
         assert set(seen) == {1} and torch.get_num_threads() == 2
         seen.clear()
-        monkeypatch.setattr(extract_mod, "available_cores", lambda: 2)
-        monkeypatch.setattr(extract_mod, "other_processes_load", lambda: 1.7)  # a busy machine
+        monkeypatch.setattr(runtime_mod, "available_cores", lambda: 2)
+        monkeypatch.setattr(runtime_mod, "other_processes_load", lambda: 1.7)  # a busy machine
         extract(adapter, images, img_size=64, batch_size=2, device="cpu", workers=1, use_cache=False, quiet=True)
         assert set(seen) == {1} and torch.get_num_threads() == 2  # capped during the loop, then the caller's
     finally:
@@ -107,7 +110,7 @@ def test_loop_threads_restored_and_used(photo_dir: Path, adapter, monkeypatch) -
 
 def test_loop_threads_cap_only_when_other_processes_keep_the_cpu_busy(monkeypatch) -> None:
     cpu = torch.device("cpu")
-    monkeypatch.setattr(extract_mod, "available_cores", lambda: 8)
+    monkeypatch.setattr(runtime_mod, "available_cores", lambda: 8)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(8)
@@ -224,7 +227,7 @@ def test_bad_options_are_one_line_naming_the_flag(kwargs: dict, library: str, fl
 
 
 def test_onnxruntime_on_cuda_is_refused(adapter, monkeypatch) -> None:
-    monkeypatch.setattr(extract_mod, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(batches_mod, "resolve_device", lambda device: torch.device("cuda"))
     with pytest.raises(CSRAError, match="backend onnxruntime runs on the CPU") as info:
         forward_pass(adapter, False, ExtractOptions(backend="onnxruntime"), Console(quiet=True))
     assert info.value.param == "backend"

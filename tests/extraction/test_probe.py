@@ -12,7 +12,8 @@ from sklearn.linear_model import LogisticRegression
 from csra_posthoc import CSRAError, ExtractOptions, extract, load_dataset, load_model
 from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 from csra_posthoc.evaluation.run import load_training_split
-from csra_posthoc.extraction.probe import fit_linear_probe, fit_probe, load_head
+from csra_posthoc.extraction.probe import fit_linear_probe, fit_probe
+from csra_posthoc.heads.head_file import load_head
 
 
 def test_fit_linear_probe_folds_standardisation_exactly() -> None:

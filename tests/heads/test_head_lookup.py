@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from csra_posthoc.errors import CSRAError
-from csra_posthoc.extraction.probe import save_head
+from csra_posthoc.heads.head_file import save_head
 from csra_posthoc.heads.location import LocationHead
 from csra_posthoc.heads.lookup import find_results_head
 from csra_posthoc.report.results_file import ResultsFile

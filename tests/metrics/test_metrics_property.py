@@ -23,7 +23,7 @@ from csra_posthoc.metrics import (
     thresholded_metrics,
     torch_reference,
 )
-from csra_posthoc.metrics.batched import at_least_threshold, top_k_mask
+from csra_posthoc.metrics.batched import at_least_threshold
 from csra_posthoc.metrics.thresholded import thresholded_metrics_torch
 
 CASES = [
@@ -129,15 +129,6 @@ def test_threshold_predicate_is_the_float64_sigmoid_near_the_cut() -> None:
     for threshold in (0.5, 0.3, 0.9, 1e-7, 0.0, 1.0):
         expected = (torch.sigmoid(torch.from_numpy(values)) >= threshold).numpy()
         np.testing.assert_array_equal(at_least_threshold(values.reshape(3, 3), threshold).reshape(-1), expected)
-
-
-def test_top_k_mask_takes_torch_topk_choice_on_ties() -> None:
-    g = torch.Generator().manual_seed(0)
-    scores = torch.randint(0, 4, (200, 6), generator=g).float()
-    ours = top_k_mask(np.ascontiguousarray(scores.numpy().T), 3).T
-    expected = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, scores.topk(3, dim=1).indices, True)
-    np.testing.assert_array_equal(ours, expected.numpy())
-    assert ours.sum(axis=1).tolist() == [3] * 200
 
 
 @pytest.mark.parametrize("ties", [False, True])

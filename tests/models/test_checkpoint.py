@@ -12,7 +12,7 @@ import torchvision.models as tvm
 from safetensors.torch import save_file
 
 from csra_posthoc import CSRAError, load_model
-from csra_posthoc.models.checkpoint import read_state_dict
+from csra_posthoc.models.checkpoint import read_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
     with open(path, "wb") as fh:
         pickle.dump({"fc.weight": NotATensor()}, fh)
     with pytest.raises(CSRAError, match="weights only"):
-        read_state_dict(path)
+        read_checkpoint(path)
 
 
 def test_checkpoint_errors_are_one_line(tmp_path: Path, resnet_sd) -> None:
@@ -104,14 +104,14 @@ def test_corrupt_safetensors_is_one_line(tmp_path: Path, resnet_sd, damage: str)
     blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) // 2] if damage == "truncated" else bytes(range(256)) * 4)
     with pytest.raises(CSRAError) as info:
-        read_state_dict(path)
+        read_checkpoint(path)
     assert "not a readable .safetensors file" in _one_line(info) and "download or save it again" in str(info.value)
 
 
 def test_directory_checkpoint_is_called_a_directory(tmp_path: Path) -> None:
     (tmp_path / "ckpt.pth").mkdir()
     with pytest.raises(CSRAError, match=r"ckpt.pth: is a directory, not a checkpoint file"):
-        read_state_dict(tmp_path / "ckpt.pth")
+        read_checkpoint(tmp_path / "ckpt.pth")
 
 
 @pytest.mark.parametrize("zip_format", [True, False])
@@ -121,7 +121,7 @@ def test_truncated_pth_message_ends_cleanly(tmp_path: Path, resnet_sd, zip_forma
     blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(CSRAError) as info:
-        read_state_dict(path)
+        read_checkpoint(path)
     msg = _one_line(info)
     assert "damaged or truncated (" in msg and msg.endswith("); download or save it again")
     quoted = msg[msg.index("(") + 1 : msg.rindex(")")]
@@ -132,7 +132,7 @@ def test_pickled_model_is_named_as_such(tmp_path: Path) -> None:
     torch.manual_seed(0)
     torch.save(timm.create_model("resnet10t", num_classes=3), tmp_path / "full.pth")
     with pytest.raises(CSRAError) as info:
-        read_state_dict(tmp_path / "full.pth")
+        read_checkpoint(tmp_path / "full.pth")
     msg = _one_line(info)
     assert "holds a pickled model object (timm.models.resnet.ResNet), not a state_dict" in msg
     assert "save model.state_dict() or .safetensors" in msg and "add_safe_globals" not in msg
@@ -168,8 +168,6 @@ def test_ema_weights_are_preferred_and_reported(tmp_path: Path, resnet_sd, ema_k
 
 
 def test_raw_weights_are_reported_when_there_is_no_ema(tmp_path: Path, resnet_sd) -> None:
-    from csra_posthoc.models.checkpoint import read_checkpoint
-
     torch.save({"state_dict": resnet_sd, "epoch": 3}, tmp_path / "w.pth")
     torch.save(resnet_sd, tmp_path / "bare.pth")
     assert read_checkpoint(tmp_path / "w.pth")[1] == "state_dict" and read_checkpoint(tmp_path / "bare.pth")[1] is None

@@ -10,7 +10,7 @@ import torch
 
 import csra_posthoc as cp
 from csra_posthoc.errors import CSRAError
-from csra_posthoc.extraction.probe import save_head
+from csra_posthoc.heads.head_file import save_head
 
 
 def _probe_file(adapter, path: Path, classes: int, model: str) -> cp.LocationHead:

@@ -66,9 +66,9 @@ def test_exported_file_reproduces_the_sweep_row(swept, tmp_path: Path, key: str,
     res = runner.invoke(app, ["apply", "--model", MODELS[key][0], "--random-init", "--from-results", str(results), "--pick", "fixed", "--out", str(out)])
     assert res.exit_code == 0, res.output
     config = exported_config(out)
-    assert config["lam"] == summary["fixed"]["lam"] > 0
+    assert config.lam == summary["fixed"]["lam"] > 0
     images = load_dataset("voc2007", data)
-    transform = build_transform(config["preprocessing"])
+    transform = build_transform(config.preprocessing)
     x = torch.stack([transform(load_rgb(p)) for p in images.paths])
     got = run_exported(out, x).numpy()
     want = arrays["fixed"]

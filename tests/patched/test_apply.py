@@ -98,7 +98,8 @@ def test_exported_file_reproduces_the_sweep_row(swept, tmp_path: Path, family: s
 def test_every_variant_matches_the_sweeps_statistics(voc_dir: Path, tmp_path: Path) -> None:
     """softmax and multi-head rows too: the patched head and the cached statistics score alike."""
     from csra_posthoc import extract, load_model
-    from csra_posthoc.evaluation.grid import SweepRow, Variant, row_scores
+    from csra_posthoc.evaluation.grid import row_scores
+    from csra_posthoc.evaluation.results import SweepRow, Variant
     from csra_posthoc.patched.model import patch
 
     adapter = load_model("resnet10t", random_init=True, num_classes=20)

@@ -11,7 +11,8 @@ import torch
 import torchvision
 
 from csra_posthoc import CSRAError, patch
-from csra_posthoc.evaluation.grid import Variant, attended_scores
+from csra_posthoc.evaluation.grid import attended_scores
+from csra_posthoc.evaluation.results import Variant
 from csra_posthoc.extraction.statistics import ClassStatistics
 from csra_posthoc.heads.csra_head import CSRAHead, csra_head
 from csra_posthoc.heads.location import LocationHead
@@ -157,7 +158,7 @@ def test_safetensors_round_trip_is_weights_only_and_exact(tmp_path: Path, name: 
 
 
 def test_probe_head_replaces_the_classifier(tmp_path: Path) -> None:
-    from csra_posthoc.extraction.probe import save_head
+    from csra_posthoc.heads.head_file import save_head
 
     torch.manual_seed(0)
     model = timm.create_model("resnet10t", num_classes=1000).eval()
@@ -183,8 +184,7 @@ def test_probe_head_replaces_the_classifier(tmp_path: Path) -> None:
 
 def test_a_fitted_probe_adapter_patches_with_its_probe() -> None:
     from csra_posthoc import load_model
-    from csra_posthoc.extraction.probe import ProbeHeadAdapter
-    from csra_posthoc.models import AdapterInfo
+    from csra_posthoc.models import AdapterInfo, ProbeHeadAdapter
 
     torch.manual_seed(0)
     base = load_model("resnet10t", random_init=True)
