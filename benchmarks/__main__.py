@@ -25,7 +25,13 @@ def script(name: str, full: list[str], quick: list[str]) -> Callable[[bool], lis
 
     def run(is_quick: bool) -> list[Figure]:
         args = quick if is_quick else full
-        done = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *args], cwd=HERE.parent, capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", f"benchmarks.{name}", *args],
+            cwd=HERE.parent,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         lines = [line.rstrip() for line in done.stdout.splitlines() if line.strip()]
         for line in lines:
             print(f"  {line}", flush=True)
@@ -52,11 +58,35 @@ BENCHMARKS: dict[str, Callable[[bool], list[Figure]]] = {
     "metrics_vs_sklearn": in_process("metrics_vs_sklearn"),
     "ap_ideas": in_process("ap_ideas"),
     "sweep_from_cache": in_process("sweep_from_cache"),
-    "extraction_overhead": script("extraction_overhead", ["efficientnet_lite0", "224", "16"], ["efficientnet_lite0", "160", "8"]),
+    "extraction_overhead": script(
+        "extraction_overhead", ["efficientnet_lite0", "224", "16"], ["efficientnet_lite0", "160", "8"]
+    ),
     "patched_overhead": script(
         "patched_overhead",
-        ["--models", "efficientnet_lite0", "--sizes", "224", "--classes", "80,1000", "--runtimes", "eager,onnx", "--repeats", "5"],
-        ["--models", "efficientnet_lite0", "--sizes", "224", "--classes", "80", "--runtimes", "eager", "--repeats", "3"],
+        [
+            "--models",
+            "efficientnet_lite0",
+            "--sizes",
+            "224",
+            "--classes",
+            "80,1000",
+            "--runtimes",
+            "eager,onnx",
+            "--repeats",
+            "5",
+        ],
+        [
+            "--models",
+            "efficientnet_lite0",
+            "--sizes",
+            "224",
+            "--classes",
+            "80",
+            "--runtimes",
+            "eager",
+            "--repeats",
+            "3",
+        ],
     ),
     "loading_speed": script("loading_speed", ["--n", "200"], ["--n", "40"]),
     "verify_images_cost": script("verify_images_cost", ["--n", "500"], ["--n", "100"]),
@@ -70,14 +100,19 @@ def discovered() -> dict[str, Callable[[bool], list[Figure]]]:
     import pkgutil
 
     helpers = {"harness", "__main__"}
-    names = sorted(m.name for m in pkgutil.iter_modules([str(HERE)]) if m.name not in BENCHMARKS and m.name not in helpers)
+    names = sorted(
+        m.name for m in pkgutil.iter_modules([str(HERE)]) if m.name not in BENCHMARKS and m.name not in helpers
+    )
     return {name: script(name, [], ["--quick"]) for name in names}
 
 
 def busy_note(info: dict[str, str]) -> list[str]:
     """A line saying so when the machine ran other work (1-minute load above the core count)."""
     try:
-        load, cores = float(info["load average at start (1, 5, 15 min)"].split(",")[0]), int(info["cores (os.cpu_count)"])
+        load, cores = (
+            float(info["load average at start (1, 5, 15 min)"].split(",")[0]),
+            int(info["cores (os.cpu_count)"]),
+        )
     except (KeyError, ValueError):
         return []
     if load <= cores:
@@ -88,7 +123,9 @@ def busy_note(info: dict[str, str]) -> list[str]:
     ]
 
 
-def write_results(path: Path, info: dict[str, str], figures: list[Figure], args: argparse.Namespace, seconds: float) -> None:
+def write_results(
+    path: Path, info: dict[str, str], figures: list[Figure], args: argparse.Namespace, seconds: float
+) -> None:
     lines = [
         "# Benchmark results",
         "",
@@ -112,10 +149,17 @@ def write_results(path: Path, info: dict[str, str], figures: list[Figure], args:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description="Run the benchmarks and write benchmarks/RESULTS.md.")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks", description="Run the benchmarks and write benchmarks/RESULTS.md."
+    )
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (about a minute)")
     p.add_argument("--only", action="append", metavar="NAME", help="run only this benchmark (repeatable; see --list)")
-    p.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="where to write the table (default: benchmarks/RESULTS.md)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=HERE / "RESULTS.md",
+        help="where to write the table (default: benchmarks/RESULTS.md)",
+    )
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = p.parse_args(argv)
     everything = {**BENCHMARKS, **discovered()}

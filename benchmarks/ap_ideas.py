@@ -62,7 +62,9 @@ def masked_maxima_kth(scores_cn: np.ndarray, k: int) -> np.ndarray:
     return kth
 
 
-def sweep_rows(a: np.ndarray, b: np.ndarray, ev1: MultilabelEvaluator, ev2: MultilabelEvaluator, repeats: int) -> tuple[float, float]:
+def sweep_rows(
+    a: np.ndarray, b: np.ndarray, ev1: MultilabelEvaluator, ev2: MultilabelEvaluator, repeats: int
+) -> tuple[float, float]:
     """Seconds a row for 8 sweep rows: side by side on 2 threads (one-block evaluator) vs one after
     another with each row's classes split in 2 blocks."""
     lams = [0.1 * i for i in range(1, 9)]
@@ -87,7 +89,9 @@ def run(quick: bool = False, n: int = 40_137, c: int = 80) -> list[Figure]:
     t_torch_sort, _ = median_time(lambda: torch.sort(torch.from_numpy(a), dim=1), repeats)
     t_np_finite, _ = median_time(lambda: bool(np.isfinite(a).all()), repeats)
     t_torch_finite, _ = median_time(lambda: bool(torch.isfinite(torch.from_numpy(a)).all()), repeats)
-    assert np.allclose(ap, ap_packed, atol=1e-9, equal_nan=True) and np.allclose(ap, ap_split, atol=1e-9, equal_nan=True)
+    assert np.allclose(ap, ap_packed, atol=1e-9, equal_nan=True) and np.allclose(
+        ap, ap_split, atol=1e-9, equal_nan=True
+    )
     t_sort64, _ = median_time(lambda: np.sort(a.astype(np.float64), axis=1), repeats)
     rows = np.sort(a, axis=1)
     positives = [np.sort(a[k][lab_cn[k] == 1]) for k in range(c)]
@@ -103,13 +107,30 @@ def run(quick: bool = False, n: int = 40_137, c: int = 80) -> list[Figure]:
     t_blocks, _ = median_time(lambda: transposed(scores.numpy()), repeats)
     t_strided, _ = median_time(lambda: np.ascontiguousarray(scores.numpy().T), repeats)
     side, split = sweep_rows(a, ev1.prepare(torch.rand(n, c, generator=g)), ev1, ev2, 1 if quick else 3)
-    assert np.array_equal(counts, counts_before) and np.mean(kth == kth_before) > 0.999  # equal where no tie is in a top 3
+    assert (
+        np.array_equal(counts, counts_before) and np.mean(kth == kth_before) > 0.999
+    )  # equal where no tie is in a top 3
     lines = [
-        ("AP, each class row sorted whole in float32, positives apart (kept)", f"1 thread {t_split1 * 1e3:.0f} ms, 2 threads {t_split2 * 1e3:.0f} ms"),
-        ("AP, packed int64 keys, one sort (dropped)", f"{t_packed * 1e3:.0f} ms = {t_packed / t_split1:.1f}x the kept one (1 thread)"),
-        ("AP, positives and negatives gathered and sorted apart (dropped)", f"{t_split * 1e3:.0f} ms = {t_split / t_split1:.1f}x the kept one (1 thread)"),
-        ("floor: np.sort of the (80, N) float32 matrix", f"{t_sort32 * 1e3:.0f} ms; torch.sort {t_torch_sort * 1e3:.0f} ms"),
-        ("finiteness check of one score matrix", f"numpy {t_np_finite * 1e3:.1f} ms, torch {t_torch_finite * 1e3:.1f} ms (kept per row: numpy)"),
+        (
+            "AP, each class row sorted whole in float32, positives apart (kept)",
+            f"1 thread {t_split1 * 1e3:.0f} ms, 2 threads {t_split2 * 1e3:.0f} ms",
+        ),
+        (
+            "AP, packed int64 keys, one sort (dropped)",
+            f"{t_packed * 1e3:.0f} ms = {t_packed / t_split1:.1f}x the kept one (1 thread)",
+        ),
+        (
+            "AP, positives and negatives gathered and sorted apart (dropped)",
+            f"{t_split * 1e3:.0f} ms = {t_split / t_split1:.1f}x the kept one (1 thread)",
+        ),
+        (
+            "floor: np.sort of the (80, N) float32 matrix",
+            f"{t_sort32 * 1e3:.0f} ms; torch.sort {t_torch_sort * 1e3:.0f} ms",
+        ),
+        (
+            "finiteness check of one score matrix",
+            f"numpy {t_np_finite * 1e3:.1f} ms, torch {t_torch_finite * 1e3:.1f} ms (kept per row: numpy)",
+        ),
         (
             "AP via float64 keys, positives nudged one ulp up (dropped)",
             f"its sort alone {t_sort64 * 1e3:.0f} ms vs float32 {t_sort32 * 1e3:.0f} ms + searchsorted {t_np_search * 1e3:.0f} ms",
@@ -118,10 +139,22 @@ def run(quick: bool = False, n: int = 40_137, c: int = 80) -> list[Figure]:
             "positives' places in the sorted rows",
             f"numpy searchsorted per class, 1 thread {t_np_search * 1e3:.0f} ms (kept: a sweep row runs on one thread); torch.searchsorted batched over classes, {torch.get_num_threads()} threads {t_torch_search * 1e3:.0f} ms",
         ),
-        ("each image's 3rd-highest score", f"insertion network over rows {t_network * 1e3:.1f} ms (kept); 3 masked maxima {t_maxima * 1e3:.1f} ms"),
-        ("per-class counts of a bool matrix", f"count_nonzero per row {t_row_counts * 1e3:.2f} ms (kept); count_nonzero(axis=1) {t_axis_counts * 1e3:.2f} ms"),
-        ("(N, C) -> (C, N) float32", f"256-row blocks {t_blocks * 1e3:.1f} ms (kept); np.ascontiguousarray(a.T) {t_strided * 1e3:.1f} ms"),
-        ("a sweep row, 2 threads", f"rows side by side {side * 1e3:.0f} ms (kept); one row at a time, classes split in 2 {split * 1e3:.0f} ms"),
+        (
+            "each image's 3rd-highest score",
+            f"insertion network over rows {t_network * 1e3:.1f} ms (kept); 3 masked maxima {t_maxima * 1e3:.1f} ms",
+        ),
+        (
+            "per-class counts of a bool matrix",
+            f"count_nonzero per row {t_row_counts * 1e3:.2f} ms (kept); count_nonzero(axis=1) {t_axis_counts * 1e3:.2f} ms",
+        ),
+        (
+            "(N, C) -> (C, N) float32",
+            f"256-row blocks {t_blocks * 1e3:.1f} ms (kept); np.ascontiguousarray(a.T) {t_strided * 1e3:.1f} ms",
+        ),
+        (
+            "a sweep row, 2 threads",
+            f"rows side by side {side * 1e3:.0f} ms (kept); one row at a time, classes split in 2 {split * 1e3:.0f} ms",
+        ),
     ]
     for name, value in lines:
         print(f"  {name}: {value}", flush=True)

@@ -39,7 +39,10 @@ def main(argv: list[str] | None = None) -> None:
         t = time.perf_counter()
         mean_average_precision(variant, labels)
         one = time.perf_counter() - t
-        sets = {"one variant": {"fixed": variant}, "sweep's default set": {"best": other, "fixed": variant, "held_out": [(b, other), (a, variant)]}}
+        sets = {
+            "one variant": {"fixed": variant},
+            "sweep's default set": {"best": other, "fixed": variant, "held_out": [(b, other), (a, variant)]},
+        }
         for label, variants in sets.items():
             load = os.getloadavg()[0]
             t, cpu = time.perf_counter(), time.process_time()

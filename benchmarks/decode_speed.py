@@ -43,7 +43,15 @@ def write_photos(folder: Path, n: int) -> list[Path]:
 
     pool = [
         Image.fromarray(f()).convert("RGB")
-        for f in (data.astronaut, data.chelsea, data.coffee, data.rocket, data.immunohistochemistry, data.hubble_deep_field, data.retina)
+        for f in (
+            data.astronaut,
+            data.chelsea,
+            data.coffee,
+            data.rocket,
+            data.immunohistochemistry,
+            data.hubble_deep_field,
+            data.retina,
+        )
     ]
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -122,9 +130,14 @@ class TvIo:
         x = io.decode_jpeg(io.read_file(str(path)), mode=io.ImageReadMode.RGB)
         d = self.desc
         if d["kind"] == "square-resize":
-            x = F.resize(x, [d["size"], d["size"]], interpolation=F.InterpolationMode(d["interpolation"]), antialias=True)
+            x = F.resize(
+                x, [d["size"], d["size"]], interpolation=F.InterpolationMode(d["interpolation"]), antialias=True
+            )
         else:
-            x = F.center_crop(F.resize(x, d["resize"], interpolation=F.InterpolationMode(d["interpolation"]), antialias=True), d["size"])
+            x = F.center_crop(
+                F.resize(x, d["resize"], interpolation=F.InterpolationMode(d["interpolation"]), antialias=True),
+                d["size"],
+            )
         return x.permute(1, 2, 0).contiguous()  # uint8 HWC like the other u8 options
 
 
@@ -146,7 +159,9 @@ def options(desc: dict[str, Any], have_simplejpeg: bool) -> dict[str, tuple[Call
     return opts
 
 
-def run_set(name: str, paths: list[Path], desc: dict[str, Any], workers: int, repeats: int, batch: int, have_sj: bool) -> list[dict]:
+def run_set(
+    name: str, paths: list[Path], desc: dict[str, Any], workers: int, repeats: int, batch: int, have_sj: bool
+) -> list[dict]:
     opts = options(desc, have_sj)
     mean, std = desc["mean"], desc["std"]
     # exactness vs today's path on the first images (workers=0)
@@ -157,7 +172,13 @@ def run_set(name: str, paths: list[Path], desc: dict[str, Any], workers: int, re
         got = normalize_batch(got, mean, std) if u8 else got
         diffs[key] = float((got - ref).abs().max())
     loaders = {
-        key: DataLoader(Files(paths, fn), batch_size=batch, num_workers=workers, persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+        key: DataLoader(
+            Files(paths, fn),
+            batch_size=batch,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers else None,
+        )
         for key, (fn, _) in opts.items()
     }
     times: dict[str, list[float]] = {k: [] for k in opts}

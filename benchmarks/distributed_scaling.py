@@ -36,10 +36,22 @@ def fixture(n: int, size: int):
     import torch.nn.functional as F
     from skimage import data
 
-    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.immunohistochemistry(), data.hubble_deep_field()]
+    photos = [
+        data.astronaut(),
+        data.coffee(),
+        data.chelsea(),
+        data.rocket(),
+        data.immunohistochemistry(),
+        data.hubble_deep_field(),
+    ]
     base = torch.stack(
         [
-            F.interpolate(torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1)[None].float() / 255, size=(size, size), mode="bilinear", antialias=True)[0]
+            F.interpolate(
+                torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1)[None].float() / 255,
+                size=(size, size),
+                mode="bilinear",
+                antialias=True,
+            )[0]
             for p in photos
         ]
     )
@@ -102,7 +114,14 @@ def worker(args: argparse.Namespace) -> None:
             assert gathered is not None
             torch.save(gathered, Path(args.out).with_suffix(".pt"))
             Path(args.out).write_text(
-                json.dumps({"wall_s": done - start, "gather_s": done - computed, "status_s": status_s, "threads": torch.get_num_threads()})
+                json.dumps(
+                    {
+                        "wall_s": done - start,
+                        "gather_s": done - computed,
+                        "status_s": status_s,
+                        "threads": torch.get_num_threads(),
+                    }
+                )
             )
 
 
@@ -123,7 +142,9 @@ def real_worker(args: argparse.Namespace) -> None:
     with distributed("cpu") as ctx:
         images = load_dataset("voc2007", args.data_dir)
         adapter = load_model(args.model, random_init=True, num_classes=len(images.classes))
-        opts = ExtractOptions(img_size=args.img_size, batch_size=args.batch_size, device="cpu", quiet=True, use_cache=False)
+        opts = ExtractOptions(
+            img_size=args.img_size, batch_size=args.batch_size, device="cpu", quiet=True, use_cache=False
+        )
         fp = forward_pass(adapter, images.single_label, opts, Console(quiet=True))
         with torch.no_grad():
             adapter.forward_backbone(torch.zeros(2, 3, args.img_size, args.img_size))  # warm-up, not timed
@@ -134,9 +155,18 @@ def real_worker(args: argparse.Namespace) -> None:
         done = time.perf_counter()
         if ctx.is_main:
             assert stats is not None
-            torch.save({k: getattr(stats, k) for k in ("avg", "max", "attn", "logits")}, Path(args.out).with_suffix(".pt"))
+            torch.save(
+                {k: getattr(stats, k) for k in ("avg", "max", "attn", "logits")}, Path(args.out).with_suffix(".pt")
+            )
             Path(args.out).write_text(
-                json.dumps({"wall_s": done - start, "gather_s": float("nan"), "status_s": float("nan"), "threads": torch.get_num_threads()})
+                json.dumps(
+                    {
+                        "wall_s": done - start,
+                        "gather_s": float("nan"),
+                        "status_s": float("nan"),
+                        "threads": torch.get_num_threads(),
+                    }
+                )
             )
 
 
@@ -149,7 +179,9 @@ def main() -> None:
     parser.add_argument("--model", default="resnet10t")
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="torch threads per rank (0: cores // ranks)")
-    parser.add_argument("--status", choices=("batch", "end"), default="batch", help="status collective after every batch or once")
+    parser.add_argument(
+        "--status", choices=("batch", "end"), default="batch", help="status collective after every batch or once"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="runs per setting; the fastest counts")
     parser.add_argument(
         "--loop",
@@ -176,12 +208,23 @@ def main() -> None:
         if args.loop == "real":
             from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 
-            write_voc(Path(tmp) / "voc", random_voc_annotations(args.images), size=(2 * args.img_size, 2 * args.img_size))
+            write_voc(
+                Path(tmp) / "voc", random_voc_annotations(args.images), size=(2 * args.img_size, 2 * args.img_size)
+            )
         for world in [int(w) for w in args.ranks.split(",")]:
             best = None
             for rep in range(args.repeats):
                 out = Path(tmp) / f"w{world}_{rep}.json"
-                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}", __file__, "--worker", f"--out={out}"]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    f"--nproc-per-node={world}",
+                    __file__,
+                    "--worker",
+                    f"--out={out}",
+                ]
                 cmd += [
                     f"--images={args.images}",
                     f"--img-size={args.img_size}",
@@ -205,9 +248,15 @@ def main() -> None:
             assert best is not None
             rows.append({"ranks": world, **best, "images_per_s": args.images / best["wall_s"]})
     base = rows[0]["images_per_s"]
-    print(f"{args.model} at {args.img_size} px, {args.images} images, batch {args.batch_size}, CPU gloo, {os.cpu_count()} cores (shared machine: noisy)")
-    print(f"loop: {args.loop}; status check: {'every batch' if args.status == 'batch' or args.loop == 'real' else 'once, after the loop'}")
-    print(f"{'ranks':>5} {'threads/rank':>12} {'img/s':>8} {'speed-up':>8} {'gather %':>8} {'status %':>8} {'max |diff|':>10}")
+    print(
+        f"{args.model} at {args.img_size} px, {args.images} images, batch {args.batch_size}, CPU gloo, {os.cpu_count()} cores (shared machine: noisy)"
+    )
+    print(
+        f"loop: {args.loop}; status check: {'every batch' if args.status == 'batch' or args.loop == 'real' else 'once, after the loop'}"
+    )
+    print(
+        f"{'ranks':>5} {'threads/rank':>12} {'img/s':>8} {'speed-up':>8} {'gather %':>8} {'status %':>8} {'max |diff|':>10}"
+    )
     for r in rows:
         gather, status = (100 * r[k] / r["wall_s"] for k in ("gather_s", "status_s"))
         print(

@@ -60,14 +60,25 @@ def main(argv: list[str] | None = None) -> None:
         voc = write_mosaic_voc(source, Path(tmp) / "data", n_train, n_test, args.canvas, seed=0)
         results = {}
         for name, extract in RUNS.items():
-            data, seconds = run(voc, list(source.classes), args.img_size, args.workers, Path(tmp) / f"cache-{name.replace(' ', '-')}", **extract)
+            data, seconds = run(
+                voc,
+                list(source.classes),
+                args.img_size,
+                args.workers,
+                Path(tmp) / f"cache-{name.replace(' ', '-')}",
+                **extract,
+            )
             results[name] = data
             print(f"{name:10s} baseline mAP {mean_ap(data, 'baseline'):.3f}  fixed-lam mAP {mean_ap(data, 'fixed'):.3f} "
                   f"(lam {data['fixed'].get('lam')})  best mAP {mean_ap(data, 'best'):.3f}  wall {seconds:.0f} s", flush=True)  # fmt: skip
-        print(f"{source.name} mosaics at {args.canvas} px, {n_train} trainval / {n_test} test, {args.img_size} px input (mAP in percent):")
+        print(
+            f"{source.name} mosaics at {args.canvas} px, {n_train} trainval / {n_test} test, {args.img_size} px input (mAP in percent):"
+        )
         for name in ("draft", "fp16 cache"):
             d = {k: mean_ap(results[name], k) - mean_ap(results["pil"], k) for k in ("baseline", "fixed", "best")}
-            print(f"  delta mAP ({name} - pil): baseline {d['baseline']:+.4f}, fixed {d['fixed']:+.4f}, best {d['best']:+.4f}")
+            print(
+                f"  delta mAP ({name} - pil): baseline {d['baseline']:+.4f}, fixed {d['fixed']:+.4f}, best {d['best']:+.4f}"
+            )
 
 
 if __name__ == "__main__":

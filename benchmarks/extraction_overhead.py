@@ -38,7 +38,9 @@ def main(model: str = "efficientnet_lite0", img_size: int = 224, batch: int = 16
 
     plain = timed(lambda: adapter.model(x))
     ours = timed(hooked)
-    print(f"{model} @ {img_size}px, batch {batch}, 80 classes: plain {batch / plain:.1f} img/s, extraction {batch / ours:.1f} img/s")
+    print(
+        f"{model} @ {img_size}px, batch {batch}, 80 classes: plain {batch / plain:.1f} img/s, extraction {batch / ours:.1f} img/s"
+    )
     print(f"  extraction / plain forward time = {ours / plain:.3f}")
 
 

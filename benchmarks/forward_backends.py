@@ -44,7 +44,9 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def prepare_backbone(adapter: ModelAdapter, *, channels_last: bool = False, compile: bool = False, bf16: bool = False) -> Forward:
+def prepare_backbone(
+    adapter: ModelAdapter, *, channels_last: bool = False, compile: bool = False, bf16: bool = False
+) -> Forward:
     """``x -> (s, logits)`` as extraction's eager loop runs it (csra_posthoc.extraction.batches.backbone_batches):
     the backbone optionally in channels_last weights (converted in place), under bf16 autocast or
     ``torch.compile``; the location head and the model's head in float32."""
@@ -88,7 +90,11 @@ def bench_model(name: str, args: argparse.Namespace) -> None:
     cl_adapter = copy.deepcopy(adapter)
     cl = prepare_backbone(cl_adapter, channels_last=True)
     options["channels_last"] = (cl, x_cl, "inference")
-    options["bf16 autocast" + ("" if cpu_has_native_bf16() else " (emulated)")] = (prepare_backbone(adapter, bf16=True), x, "inference")
+    options["bf16 autocast" + ("" if cpu_has_native_bf16() else " (emulated)")] = (
+        prepare_backbone(adapter, bf16=True),
+        x,
+        "inference",
+    )
     setup: dict[str, float] = {}
     if not args.no_onnx:
         t0 = time.perf_counter()

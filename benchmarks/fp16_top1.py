@@ -28,9 +28,14 @@ def main(argv: list[str] | None = None) -> None:
     round_to_half(half, "bench")
     half.info.cache_dtype = "float16"
     a, b = (sweep(s, task="single_label", fixed_lam=0.2) for s in (full, half))
-    worst = {k: max(abs(ra.metrics[k] - rb.metrics[k]) for ra, rb in zip(a.rows, b.rows, strict=True)) for k in ("top1", "top5")}
+    worst = {
+        k: max(abs(ra.metrics[k] - rb.metrics[k]) for ra, rb in zip(a.rows, b.rows, strict=True))
+        for k in ("top1", "top5")
+    }
     print(f"{n} x 1000 single-label statistics, default grid ({len(a.rows)} rows): float16 cache vs float32")
-    print(f"  max |delta| over the rows: top-1 {worst['top1']:.4f}, top-5 {worst['top5']:.4f} (percent points; one image = {100 / n:.4f})")
+    print(
+        f"  max |delta| over the rows: top-1 {worst['top1']:.4f}, top-5 {worst['top5']:.4f} (percent points; one image = {100 / n:.4f})"
+    )
     top1 = f"baseline top-1 {a.baseline.metrics['top1']:.3f} vs {b.baseline.metrics['top1']:.3f}"
     print(f"  {top1} (a hard synthetic set: close calls flip more often than on a trained model's logits)")
 

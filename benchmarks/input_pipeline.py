@@ -53,7 +53,9 @@ from csra_posthoc.heads.scoring import location_statistics
 def before_loop(fp: ForwardPass, images: LabelledImages) -> torch.Tensor:
     """The loop as main ran it before phase 2 (float32 batches from the workers, no_grad, NCHW)."""
     adapter, opts = fp.adapter, fp.options
-    loader = DataLoader(ImageDataset(images, fp.transform, fp.size), batch_size=opts.batch_size, num_workers=opts.workers, shuffle=False)
+    loader = DataLoader(
+        ImageDataset(images, fp.transform, fp.size), batch_size=opts.batch_size, num_workers=opts.workers, shuffle=False
+    )
     out = []
     for _, x, _ in loader:
         s, logits = adapter.scores_from_backbone(adapter.forward_backbone(x).float())
@@ -75,13 +77,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--canvas", type=int, default=224, help="mosaic size (the demo writes them at its input size, 224)")
-    p.add_argument("--compile", action="store_true", help="also time compile=True (its compile time is part of the pass)")
-    p.add_argument("--onnxruntime", action="store_true", help="also time backend='onnxruntime' (export included in the pass)")
+    p.add_argument(
+        "--compile", action="store_true", help="also time compile=True (its compile time is part of the pass)"
+    )
+    p.add_argument(
+        "--onnxruntime", action="store_true", help="also time backend='onnxruntime' (export included in the pass)"
+    )
     args = p.parse_args(argv)
     n, repeats = (96, 1) if args.quick else (args.n, args.repeats)
     adapter = load_model("efficientnet_lite0", pretrained=True).eval()
     quiet = Console(quiet=True)
-    base = ExtractOptions(img_size=224, batch_size=args.batch, workers=args.workers, device="cpu", use_cache=False, quiet=True)
+    base = ExtractOptions(
+        img_size=224, batch_size=args.batch, workers=args.workers, device="cpu", use_cache=False, quiet=True
+    )
     caller_threads = torch.get_num_threads()
     variants: dict[str, tuple[Callable, ExtractOptions]] = {
         "before (main's loop)": (before_loop, base),
@@ -95,7 +103,9 @@ def main(argv: list[str] | None = None) -> None:
         variants["after, onnxruntime"] = (after_loop, replace(base, backend="onnxruntime"))
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_mosaics(Path(tmp), n, args.canvas)
-        images = LabelledImages("mosaics", "test", Path(tmp), [q.stem for q in paths], paths, torch.zeros(len(paths), 1), ["x"])
+        images = LabelledImages(
+            "mosaics", "test", Path(tmp), [q.stem for q in paths], paths, torch.zeros(len(paths), 1), ["x"]
+        )
         fps = {k: forward_pass(adapter, False, opts, quiet) for k, (_, opts) in variants.items()}
         ready = torch.stack([fps["before (main's loop)"].transform(load_rgb(q)) for q in paths[: args.batch]])
         ref = before_loop(fps["before (main's loop)"], images)  # also warms the page cache and the model
@@ -122,8 +132,13 @@ def main(argv: list[str] | None = None) -> None:
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"{n} demo mosaics ({args.canvas} px JPEG) -> 224 px, EfficientNet-Lite0 (packaged weights), batch {args.batch}, "
           f"{args.workers} workers, caller's torch threads {caller_threads}, {os.cpu_count()} cores, load {load}; machine shared: ratios only")  # fmt: skip
-    print("plain forward model(x) on a ready batch: " + ", ".join(f"{r:.1f} img/s with {t} thread(s)" for t, r in rates.items()))
-    print(f"{'loop':26s} {'img/s':>7s} {'x plain':>8s} {'x before':>9s} {'max rel diff':>13s}   (x plain: vs the plain forward with {loop_threads_} thread(s))")
+    print(
+        "plain forward model(x) on a ready batch: "
+        + ", ".join(f"{r:.1f} img/s with {t} thread(s)" for t, r in rates.items())
+    )
+    print(
+        f"{'loop':26s} {'img/s':>7s} {'x plain':>8s} {'x before':>9s} {'max rel diff':>13s}   (x plain: vs the plain forward with {loop_threads_} thread(s))"
+    )
     before = n / statistics.median(times["before (main's loop)"])
     for k in variants:
         rate = n / statistics.median(times[k])

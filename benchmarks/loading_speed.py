@@ -27,7 +27,10 @@ from csra_posthoc.models.base import DataConfig
 def photos() -> list[Image.Image]:
     from skimage import data
 
-    return [Image.fromarray(f()).convert("RGB") for f in (data.astronaut, data.chelsea, data.coffee, data.rocket, data.immunohistochemistry)]
+    return [
+        Image.fromarray(f()).convert("RGB")
+        for f in (data.astronaut, data.chelsea, data.coffee, data.rocket, data.immunohistochemistry)
+    ]
 
 
 def save_photo(pool: list[Image.Image], k: int, path: Path, size: tuple[int, int]) -> None:
@@ -40,7 +43,9 @@ def build(root: Path, n: int) -> dict[str, Path]:
     made: dict[str, Path] = {}
     # COCO: n annotated images + 5% empty ones (skipped)
     cats = [{"id": i, "name": f"cat{i}"} for i in (1, 2, 3, 5, 8)]
-    ims = [{"id": k, "file_name": f"COCO_val2014_{k:012d}.jpg", "width": 640, "height": 480} for k in range(n + n // 20)]
+    ims = [
+        {"id": k, "file_name": f"COCO_val2014_{k:012d}.jpg", "width": 640, "height": 480} for k in range(n + n // 20)
+    ]
     anns = [{"image_id": k, "category_id": cats[(k * 7 + j) % 5]["id"]} for k in range(n) for j in range(1 + k % 3)]
     write_coco(root / "coco", ims, anns, cats, write_images=False)
     for k, im in enumerate(ims):
@@ -99,7 +104,9 @@ def main() -> None:
     print(f"fixtures in {root}; sweep them with, e.g.")
     for dataset, data_dir in made.items():
         model = "efficientnet_lite0 --pretrained" if dataset == "imagenet" else "resnet10t --random-init --img-size 64"
-        print(f"  csra-posthoc sweep --model {model} --dataset {dataset} --data-dir {data_dir} --workers {args.workers}")
+        print(
+            f"  csra-posthoc sweep --model {model} --dataset {dataset} --data-dir {data_dir} --workers {args.workers}"
+        )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ def run(quick: bool = False, n: int = 40_137, c: int = 80, repeats: int = 3) -> 
     figures = []
     for case, (scores, labels) in matrices(n, c).items():
         t_ours, ours = median_time(lambda s=scores, y=labels: average_precision(s, y).numpy(), repeats)
-        t_ref, ref = median_time(lambda s=scores, y=labels: sklearn_ap(s, y), 1 if quick else 2, warmup=0)  # no warm-up to pay
+        t_ref, ref = median_time(
+            lambda s=scores, y=labels: sklearn_ap(s, y), 1 if quick else 2, warmup=0
+        )  # no warm-up to pay
         t_old, old = median_time(lambda s=scores, y=labels: average_precision_torch(s, y).numpy(), 1 if quick else 2)
         diff = max(np.abs(ours - ref).max(), np.abs(ours - old).max())
         line = (

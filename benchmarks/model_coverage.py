@@ -22,7 +22,15 @@ import warnings
 from pathlib import Path
 
 from csra_posthoc.atomic import atomic_write
-from csra_posthoc.models.catalog import CHECK_SAMPLE, STATUSES, SUPPORTED_STATUSES, ModelCheck, check_model, list_models, model_family
+from csra_posthoc.models.catalog import (
+    CHECK_SAMPLE,
+    STATUSES,
+    SUPPORTED_STATUSES,
+    ModelCheck,
+    check_model,
+    list_models,
+    model_family,
+)
 
 
 def sample_names(every: int) -> list[str]:
@@ -50,7 +58,10 @@ def run(names: list[str], max_params: float, jsonl: Path | None, counts: dict[st
             if jsonl is not None:
                 with jsonl.open("a") as fh:
                     fh.write(json.dumps(check.to_json()) + "\n")
-            print(f"[{i + 1}/{len(names)}] {name}: {check.status} {check.reason[:100]} ({check.seconds:.1f} s)", flush=True)
+            print(
+                f"[{i + 1}/{len(names)}] {name}: {check.status} {check.reason[:100]} ({check.seconds:.1f} s)",
+                flush=True,
+            )
         checks.append(done[name])
     return checks
 
@@ -60,7 +71,14 @@ def _cell(text: object) -> str:
 
 
 def markdown(
-    checks: list[ModelCheck], *, every: int, total_timm: int, max_params: float, seconds: float, versions: str, not_run: list[str] | None = None
+    checks: list[ModelCheck],
+    *,
+    every: int,
+    total_timm: int,
+    max_params: float,
+    seconds: float,
+    versions: str,
+    not_run: list[str] | None = None,
 ) -> str:
     timm_checks = [c for c in checks if c.family != "torchvision"]
     tv_checks = [c for c in checks if c.family == "torchvision"]
@@ -91,8 +109,20 @@ def markdown(
             "",
         ]
     if not_run:
-        lines += [f"**Stopped early**: {len(not_run)} names of the run were not checked and are not counted: " + ", ".join(f"`{n}`" for n in not_run) + ".", ""]
-    lines += ["## Counts", "", "| status | timm" + (" (sample)" if sampled else "") + (" | timm (estimate, all)" if sampled else "") + " | torchvision |"]
+        lines += [
+            f"**Stopped early**: {len(not_run)} names of the run were not checked and are not counted: "
+            + ", ".join(f"`{n}`" for n in not_run)
+            + ".",
+            "",
+        ]
+    lines += [
+        "## Counts",
+        "",
+        "| status | timm"
+        + (" (sample)" if sampled else "")
+        + (" | timm (estimate, all)" if sampled else "")
+        + " | torchvision |",
+    ]
     lines += ["|---|---|" + ("---|" if sampled else "") + "---|"]
     estimate = _estimate(timm_checks, every) if sampled else {}
     for status in STATUSES:
@@ -104,19 +134,29 @@ def markdown(
     good = sum(c.status in SUPPORTED_STATUSES for c in within)
     lines += [
         "",
-        f"timm within the bound: {good} of {len(within)} supported in one of the three forms" + (f" ({100 * good / len(within):.1f} %)." if within else "."),
+        f"timm within the bound: {good} of {len(within)} supported in one of the three forms"
+        + (f" ({100 * good / len(within):.1f} %)." if within else "."),
         "",
         "## Refusals by reason",
         "",
     ]
-    reasons = collections.Counter(_reason_kind(c) for c in checks if c.status in ("refused", "crash", "identity failure"))
-    lines += ["| reason | models |", "|---|---|"] + [f"| {_cell(r)} | {n} |" for r, n in reasons.most_common()] or ["none"]
+    reasons = collections.Counter(
+        _reason_kind(c) for c in checks if c.status in ("refused", "crash", "identity failure")
+    )
+    lines += ["| reason | models |", "|---|---|"] + [f"| {_cell(r)} | {n} |" for r, n in reasons.most_common()] or [
+        "none"
+    ]
     lines += ["", "## By family", ""]
     by_family: dict[str, list[ModelCheck]] = collections.defaultdict(list)
     for c in checks:
         by_family[c.family].append(c)
     for family in sorted(by_family):
-        lines += [f"### {family}", "", "| model | params (M) | status | input | reason / max rel diff |", "|---|---|---|---|---|"]
+        lines += [
+            f"### {family}",
+            "",
+            "| model | params (M) | status | input | reason / max rel diff |",
+            "|---|---|---|---|---|",
+        ]
         for c in sorted(by_family[family], key=lambda c: c.name):
             params = f"{c.params / 1e6:.1f}" if c.params is not None else "?"
             detail = c.reason or (f"{c.rel_diff:.1e}" if c.rel_diff is not None else "")
@@ -156,10 +196,19 @@ def main() -> None:
     parser.add_argument("--sample-every", type=int, default=1)
     parser.add_argument("--no-torchvision", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="default docs/models.md (with --quick: printed only)")
-    parser.add_argument("--quick", action="store_true", help="the first 6 names of CHECK_SAMPLE, no torchvision; writes only to --out")
+    parser.add_argument(
+        "--quick", action="store_true", help="the first 6 names of CHECK_SAMPLE, no torchvision; writes only to --out"
+    )
     parser.add_argument("--jsonl", type=Path, default=None)
-    parser.add_argument("--report-only", action="store_true", help="write the report from --jsonl's rows alone (a run stopped early)")
-    parser.add_argument("--params-cache", type=Path, default=None, help="JSON {name: parameters at num_classes=10} from an earlier meta-device count")
+    parser.add_argument(
+        "--report-only", action="store_true", help="write the report from --jsonl's rows alone (a run stopped early)"
+    )
+    parser.add_argument(
+        "--params-cache",
+        type=Path,
+        default=None,
+        help="JSON {name: parameters at num_classes=10} from an earlier meta-device count",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import timm

@@ -53,7 +53,9 @@ def onnx_session(module: torch.nn.Module, x: torch.Tensor, path: Path, threads: 
 
 
 @torch.no_grad()
-def run(model_name: str, size: int, classes: int, batch: int, repeats: int, runtimes: list[str], threads: int) -> dict[str, tuple[float, float]]:
+def run(
+    model_name: str, size: int, classes: int, batch: int, repeats: int, runtimes: list[str], threads: int
+) -> dict[str, tuple[float, float]]:
     import timm
 
     torch.manual_seed(0)
@@ -67,7 +69,10 @@ def run(model_name: str, size: int, classes: int, batch: int, repeats: int, runt
     if "ts" in runtimes:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            orig_ts, patched_ts = torch.jit.trace(model, x, check_trace=False), torch.jit.trace(patched, x, check_trace=False)
+            orig_ts, patched_ts = (
+                torch.jit.trace(model, x, check_trace=False),
+                torch.jit.trace(patched, x, check_trace=False),
+            )
         t = median_times({"orig": lambda: orig_ts(x), "patched": lambda: patched_ts(x)}, repeats)
         out["torchscript"] = (t["orig"], t["patched"])
     if "onnx" in runtimes:
@@ -91,13 +96,20 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     runtimes = args.runtimes.split(",")
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, median of {args.repeats}; ratio = patched / original")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, median of {args.repeats}; ratio = patched / original"
+    )
     print(f"{'model':<18}{'size':>5}{'C':>6}  {'runtime':<12}{'orig ms':>9}{'patched ms':>11}{'ratio':>8}")
     for name in args.models.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
             for classes in (int(c) for c in args.classes.split(",")):
-                for runtime, (orig, patched) in run(name, size, classes, args.batch, args.repeats, runtimes, args.threads).items():
-                    print(f"{name:<18}{size:>5}{classes:>6}  {runtime:<12}{orig * 1e3:>9.1f}{patched * 1e3:>11.1f}{patched / orig:>8.3f}", flush=True)
+                for runtime, (orig, patched) in run(
+                    name, size, classes, args.batch, args.repeats, runtimes, args.threads
+                ).items():
+                    print(
+                        f"{name:<18}{size:>5}{classes:>6}  {runtime:<12}{orig * 1e3:>9.1f}{patched * 1e3:>11.1f}{patched / orig:>8.3f}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -28,13 +28,17 @@ from csra_posthoc.evaluation.uncertainty import assess
 from csra_posthoc.options import SweepOptions
 
 
-def coco_like_boxes(labels: np.ndarray, seed: int = 0) -> tuple[list[dict[int, list[tuple[float, float, float, float]]]], list[tuple[int, int]]]:
+def coco_like_boxes(
+    labels: np.ndarray, seed: int = 0
+) -> tuple[list[dict[int, list[tuple[float, float, float, float]]]], list[tuple[int, int]]]:
     rng = np.random.default_rng(seed)
     boxes: list[dict[int, list[tuple[float, float, float, float]]]] = []
     for row in labels:
         image: dict[int, list[tuple[float, float, float, float]]] = {}
         for k in np.flatnonzero(row == 1):
-            sides = np.sqrt(np.exp(rng.uniform(np.log(0.001), np.log(0.6), int(rng.integers(1, 4)))))[:, None] * np.array([[640.0, 480.0]])
+            sides = np.sqrt(np.exp(rng.uniform(np.log(0.001), np.log(0.6), int(rng.integers(1, 4)))))[
+                :, None
+            ] * np.array([[640.0, 480.0]])
             image[int(k)] = [(0.0, 0.0, float(w), float(h)) for w, h in sides]
         boxes.append(image)
     return boxes, [(640, 480)] * len(labels)

@@ -41,7 +41,9 @@ def synthetic(n: int, c: int, k: int = 49) -> ClassStatistics:
     parts = []
     for start in range(0, n, 2048):
         lab = labels[start : start + 2048].float()
-        s = torch.randn(lab.shape[0], c, k, generator=g) + 2 * lab[..., None] * (torch.rand(lab.shape[0], c, k, generator=g) < 0.2)
+        s = torch.randn(lab.shape[0], c, k, generator=g) + 2 * lab[..., None] * (
+            torch.rand(lab.shape[0], c, k, generator=g) < 0.2
+        )
         parts.append(location_statistics(s))
     cat = {key: torch.cat([p[key] for p in parts]) for key in ("avg", "max", "attn")}
     return ClassStatistics(
@@ -134,7 +136,9 @@ def run(quick: bool = False) -> list[Figure]:
         evaluated = rows - 8 + 1
         line = f"{t_fine:.1f} s ({1e3 * t_fine / evaluated:.0f} ms/row); previous {old * evaluated:.0f} s est.; previous/ours {old * evaluated / t_fine:.1f}x"
         print(f"  {name} fine grid, {rows} rows: {line}", flush=True)
-        figures.append(Figure("sweep_from_cache", f"{name} {n} x {c}, fine grid 101 lams x 8 variants ({rows} rows)", line))
+        figures.append(
+            Figure("sweep_from_cache", f"{name} {n} x {c}, fine grid 101 lams x 8 variants ({rows} rows)", line)
+        )
     del stats
     n = 5000 if quick else 50_000
     stats = synthetic_single_label(n, 1000)
@@ -144,7 +148,9 @@ def run(quick: bool = False) -> list[Figure]:
     evaluated = rows - len(variants()) + 1
     line = f"{t_single:.1f} s ({1e3 * t_single / evaluated:.0f} ms/row); previous {1e3 * old:.0f} ms/row = {old * evaluated:.0f} s est.; previous/ours {old * evaluated / t_single:.1f}x"
     print(f"  ImageNet-size single-label ({n} x 1000) default grid, {rows} rows: {line}", flush=True)
-    figures.append(Figure("sweep_from_cache", f"single-label {n} x 1000, default grid ({rows} rows, top-1/top-5)", line))
+    figures.append(
+        Figure("sweep_from_cache", f"single-label {n} x 1000, default grid ({rows} rows, top-1/top-5)", line)
+    )
     return figures
 
 

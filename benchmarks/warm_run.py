@@ -34,12 +34,25 @@ def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory() as cache:
-        demo = [sys.executable, "-m", "csra_posthoc.cli.app", "demo", "--num-train", str(args.num), "--num-test", str(args.num), "--cache-dir", cache]
+        demo = [
+            sys.executable,
+            "-m",
+            "csra_posthoc.cli.app",
+            "demo",
+            "--num-train",
+            str(args.num),
+            "--num-test",
+            str(args.num),
+            "--cache-dir",
+            cache,
+        ]
         cold = wall(demo, env)
         warm = [wall(demo, env) for _ in range(args.repeat)]
         torch_only = [wall([sys.executable, "-c", "import torch"], env) for _ in range(args.repeat)]
     w, t = statistics.median(warm), statistics.median(torch_only)
-    print(f"demo {args.num}/{args.num} mosaics: cold {cold:.1f} s; warm median {w:.2f} s; python -c 'import torch' median {t:.2f} s")
+    print(
+        f"demo {args.num}/{args.num} mosaics: cold {cold:.1f} s; warm median {w:.2f} s; python -c 'import torch' median {t:.2f} s"
+    )
     print(f"warm / import torch = {w / t:.2f}")
 
 

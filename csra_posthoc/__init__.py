@@ -118,7 +118,16 @@ if TYPE_CHECKING:  # static analysers see the real names
     from .heads.location import LocationHead
     from .heads.scoring import attention_pool, csra_score, score_from_locations
     from .models import ModelAdapter, load_model
-    from .options import CSRASettings, DataOptions, ExtractOptions, ModelSource, OutputOptions, PatchedFile, ProbeOptions, SweepOptions
+    from .options import (
+        CSRASettings,
+        DataOptions,
+        ExtractOptions,
+        ModelSource,
+        OutputOptions,
+        PatchedFile,
+        ProbeOptions,
+        SweepOptions,
+    )
     from .patched.apply import apply_patch
     from .patched.attention import attention_maps, run_attention
     from .patched.export import export_patched

@@ -28,7 +28,9 @@ def say(console: Console | None, markup: str, level: int = logging.INFO) -> None
     """Log ``markup``'s plain text, and print it on ``console`` (rich markup) when there is one."""
     LOGGER.log(level, Text.from_markup(markup).plain)
     if console is not None:
-        if console.quiet and level >= logging.WARNING and _main_rank():  # quiet drops chatter, never a warning (the cache is off, ...)
+        if (
+            console.quiet and level >= logging.WARNING and _main_rank()
+        ):  # quiet drops chatter, never a warning (the cache is off, ...)
             console = Console(stderr=True)
         console.print(markup, soft_wrap=True)
 

@@ -50,7 +50,9 @@ def _choice(param: str, value: Any, literal: Any) -> None:
 def check_img_size(img_size: int | None) -> None:
     """``img_size``: bounded, so 100000 is a clear line and not an out-of-memory kill."""
     if img_size is not None and not MIN_IMG_SIZE <= img_size <= MAX_IMG_SIZE:
-        raise CSRAError(f"img_size {img_size}: must be between {MIN_IMG_SIZE} and {MAX_IMG_SIZE} pixels", param="img_size")
+        raise CSRAError(
+            f"img_size {img_size}: must be between {MIN_IMG_SIZE} and {MAX_IMG_SIZE} pixels", param="img_size"
+        )
 
 
 def check_train_size(train_size: int | None, test_pool: bool | None) -> None:
@@ -58,9 +60,18 @@ def check_train_size(train_size: int | None, test_pool: bool | None) -> None:
     if train_size is None:
         return
     if test_pool is False:
-        raise CSRAError(f"train_size {train_size}: sets the window of test-time pooling, which is switched off here", param="train_size")
-    if isinstance(train_size, bool) or not isinstance(train_size, int) or not MIN_IMG_SIZE <= train_size <= MAX_IMG_SIZE:
-        raise CSRAError(f"train_size {train_size!r}: must be between {MIN_IMG_SIZE} and {MAX_IMG_SIZE} pixels", param="train_size")
+        raise CSRAError(
+            f"train_size {train_size}: sets the window of test-time pooling, which is switched off here",
+            param="train_size",
+        )
+    if (
+        isinstance(train_size, bool)
+        or not isinstance(train_size, int)
+        or not MIN_IMG_SIZE <= train_size <= MAX_IMG_SIZE
+    ):
+        raise CSRAError(
+            f"train_size {train_size!r}: must be between {MIN_IMG_SIZE} and {MAX_IMG_SIZE} pixels", param="train_size"
+        )
 
 
 MIN_MAX_THREADS = 64  # the bound on ``threads`` is max(this, 4 x the cores): more only oversubscribes
@@ -80,7 +91,8 @@ def check_threads(threads: int | None) -> None:
         raise CSRAError(f"threads {threads!r}: must be >= 1 (or leave it unset: the caller's count)", param="threads")
     if threads > max_threads():
         raise CSRAError(
-            f"threads {threads}: at most {max_threads()} (4 x this machine's {os.cpu_count() or 1} cores, at least {MIN_MAX_THREADS})", param="threads"
+            f"threads {threads}: at most {max_threads()} (4 x this machine's {os.cpu_count() or 1} cores, at least {MIN_MAX_THREADS})",
+            param="threads",
         )
 
 
@@ -100,13 +112,19 @@ class ExtractOptions:
     recompute: bool = False  # ignore (and overwrite) an existing cache entry
     transform: Transform = "auto"
     verify_images: bool = False  # cache key hashes image contents, not size + mtime
-    quiet: bool = False  # no progress bars or lines from extraction and the probe (the csra_posthoc logger still gets them)
+    quiet: bool = (
+        False  # no progress bars or lines from extraction and the probe (the csra_posthoc logger still gets them)
+    )
     decode: Decode = "pil"  # draft: faster JPEG decode, slightly different pixels (enters the cache key)
     backend: Backend = "eager"  # onnxruntime: the statistics pass on ONNX Runtime (CPU; needs the export extra)
     compile: bool = False  # torch.compile the backbone (start-up cost; pays on large sets)
-    threads: int | None = None  # torch threads during the loop; None: the caller's, capped on a busy CPU (restored after)
+    threads: int | None = (
+        None  # torch threads during the loop; None: the caller's, capped on a busy CPU (restored after)
+    )
     cache_dtype: CacheDtype = "float32"  # float16: half the cache file (enters the cache key)
-    test_pool: bool | None = None  # timm's test-time pooling statistic; None: on when the input exceeds the training size
+    test_pool: bool | None = (
+        None  # timm's test-time pooling statistic; None: on when the input exceeds the training size
+    )
     train_size: int | None = None  # test-time pooling's training size; None: the model's own input size
 
     def __post_init__(self) -> None:
@@ -125,7 +143,10 @@ class ExtractOptions:
         _choice("cache_dtype", self.cache_dtype, CacheDtype)
         check_threads(self.threads)
         if self.backend == "onnxruntime" and (self.compile or self.amp):
-            raise CSRAError(f"backend onnxruntime: runs the exported fp32 graph; drop {'`compile`' if self.compile else '`amp`'}", param="backend")
+            raise CSRAError(
+                f"backend onnxruntime: runs the exported fp32 graph; drop {'`compile`' if self.compile else '`amp`'}",
+                param="backend",
+            )
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise CSRAError(f"device {self.device}: choose auto, cpu or cuda", param="device")
 
@@ -168,7 +189,9 @@ class DataOptions:
 def check_metric_name(name: str) -> None:
     base = name[: -len("_top3")] if name.endswith("_top3") else name
     if base not in METRIC_NAMES:
-        raise CSRAError(f"metrics {name}: unknown; choose from {', '.join(METRIC_NAMES)} (add _top3 for top-3)", param="metrics")
+        raise CSRAError(
+            f"metrics {name}: unknown; choose from {', '.join(METRIC_NAMES)} (add _top3 for top-3)", param="metrics"
+        )
 
 
 @dataclass(frozen=True)
@@ -199,7 +222,9 @@ class SweepOptions:
                 raise CSRAError(f"temps {t:g}: temperatures must be > 0 (inf for the max)", param="temps")
         for h in self.heads:
             if h not in HEAD_COUNTS:
-                raise CSRAError(f"heads {h}: the paper's head counts are {', '.join(map(str, HEAD_COUNTS))}", param="heads")
+                raise CSRAError(
+                    f"heads {h}: the paper's head counts are {', '.join(map(str, HEAD_COUNTS))}", param="heads"
+                )
         for m in self.metrics:
             check_metric_name(m)
         if self.fixed_lam is not None and not (math.isfinite(self.fixed_lam) and self.fixed_lam >= 0):
@@ -218,7 +243,10 @@ def check_bootstrap(bootstrap: int | None) -> None:
     if bootstrap is None:
         return
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 1:
-        raise CSRAError(f"bootstrap {bootstrap!r}: the number of resamples must be an integer >= 1 (1000 is the usual choice)", param="bootstrap")
+        raise CSRAError(
+            f"bootstrap {bootstrap!r}: the number of resamples must be an integer >= 1 (1000 is the usual choice)",
+            param="bootstrap",
+        )
     if bootstrap > MAX_BOOTSTRAP:
         raise CSRAError(
             f"bootstrap {bootstrap}: at most {MAX_BOOTSTRAP} resamples (memory grows with them: ~320 MB at the limit; 1000 is the usual choice)",
@@ -231,7 +259,10 @@ def check_select_on(select_on: str | None) -> None:
     if select_on is None:
         return
     if not isinstance(select_on, str) or not select_on.strip() or any(c in select_on for c in "/\\"):
-        raise CSRAError(f"select_on {select_on!r}: give half or the name of another split of the dataset (e.g. trainval)", param="select_on")
+        raise CSRAError(
+            f"select_on {select_on!r}: give half or the name of another split of the dataset (e.g. trainval)",
+            param="select_on",
+        )
 
 
 def check_lams(lams: Sequence[float]) -> None:
@@ -260,7 +291,9 @@ class ModelSource:
         check_weight_source(self.checkpoint, self.pretrained, self.random_init, model=self.model)
         if self.head_file is not None and not Path(self.head_file).is_file():
             raise CSRAError(f"head_file {self.head_file}: no such file", param="head_file")
-        if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1):
+        if self.num_classes is not None and (
+            isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1
+        ):
             raise CSRAError(f"num_classes {self.num_classes!r}: must be an integer >= 1", param="num_classes")
 
 
@@ -287,19 +320,34 @@ def model_source(
     """The source the given parameters name: a patched file (no weights or head besides it), or a
     model with exactly one weight source (and optionally a head file)."""
     if patched_file is not None:
-        given = [n for n, v in (("checkpoint", checkpoint), ("head_file", head_file), ("num_classes", num_classes)) if v is not None]
+        given = [
+            n
+            for n, v in (("checkpoint", checkpoint), ("head_file", head_file), ("num_classes", num_classes))
+            if v is not None
+        ]
         given += [n for n, v in (("pretrained", pretrained), ("random_init", random_init)) if v]
         if given:
             listed = " / ".join(f"`{n}`" for n in given)
-            raise CSRAError(f"patched_file {patched_file} holds the weights and the head: drop {listed}", param="patched_file")
+            raise CSRAError(
+                f"patched_file {patched_file} holds the weights and the head: drop {listed}", param="patched_file"
+            )
         return PatchedFile(patched_file, model)
     if model is None:
-        raise CSRAError("model: give a model name with its weights (`checkpoint`, `pretrained` or `random_init`), or `patched_file`", param="model")
+        raise CSRAError(
+            "model: give a model name with its weights (`checkpoint`, `pretrained` or `random_init`), or `patched_file`",
+            param="model",
+        )
     return ModelSource(model, checkpoint, pretrained, random_init, head_file=head_file, num_classes=num_classes)
 
 
-PICKS: dict[str, str] = {"best": "best", "fixed": "fixed", "best-variant": "best_variant"}  # pick -> the results file's row
-TEST_POOL_PICK = "test-pool"  # apply's pick of the results' test-pool row (timm's test-time pooling, docs/method.md §12)
+PICKS: dict[str, str] = {
+    "best": "best",
+    "fixed": "fixed",
+    "best-variant": "best_variant",
+}  # pick -> the results file's row
+TEST_POOL_PICK = (
+    "test-pool"  # apply's pick of the results' test-pool row (timm's test-time pooling, docs/method.md §12)
+)
 
 
 def check_lam(lam: float, param: str = "lam") -> float:
@@ -316,7 +364,9 @@ def check_lam(lam: float, param: str = "lam") -> float:
 def check_variant(temperature: float | None, heads: int | None) -> None:
     """One temperature (> 0; inf: the max) or one of the paper's head counts, not both."""
     if temperature is not None and heads is not None:
-        raise CSRAError("temperature and `heads`: give one of them (heads use the paper's temperature sets)", param="temperature")
+        raise CSRAError(
+            "temperature and `heads`: give one of them (heads use the paper's temperature sets)", param="temperature"
+        )
     if heads is not None and (isinstance(heads, bool) or heads not in HEAD_COUNTS):
         raise CSRAError(f"heads {heads}: the paper's head counts are {', '.join(map(str, HEAD_COUNTS))}", param="heads")
     if temperature is not None and (math.isnan(float(temperature)) or float(temperature) <= 0):
@@ -347,7 +397,10 @@ class CSRASettings:
         check_variant(self.temperature, self.heads)
         if self.from_results is not None and self.given:
             listed = ", ".join(f"`{n}`" for n in self.given)
-            raise CSRAError(f"from_results sets lam / temperature / heads: drop {listed}, or drop `from_results`", param="from_results")
+            raise CSRAError(
+                f"from_results sets lam / temperature / heads: drop {listed}, or drop `from_results`",
+                param="from_results",
+            )
 
     @property
     def given(self) -> tuple[str, ...]:
@@ -374,15 +427,22 @@ class CSRASettings:
         return f"{'max' if math.isinf(t) else f'softmax T={t:g}'}, λ={lam}"
 
 
-def check_weight_source(checkpoint: str | Path | None, pretrained: bool, random_init: bool, model: str | None = None) -> None:
+def check_weight_source(
+    checkpoint: str | Path | None, pretrained: bool, random_init: bool, model: str | None = None
+) -> None:
     if model is not None and model.startswith("hf:") and checkpoint is None and not random_init:
         return  # a Hugging Face folder is its own weight source (pretrained may be given or not)
     if sum([checkpoint is not None, pretrained, random_init]) != 1:
-        raise CSRAError("model needs exactly one weight source: checkpoint=PATH, pretrained=True or random_init=True", param="model")
+        raise CSRAError(
+            "model needs exactly one weight source: checkpoint=PATH, pretrained=True or random_init=True", param="model"
+        )
     if checkpoint is not None:
         path = Path(checkpoint)
         if path.is_dir():
-            raise CSRAError(f"checkpoint {path}: is a directory; pass the weights file (.pth, .pt or .safetensors) in it", param="checkpoint")
+            raise CSRAError(
+                f"checkpoint {path}: is a directory; pass the weights file (.pth, .pt or .safetensors) in it",
+                param="checkpoint",
+            )
         if not path.is_file():
             raise CSRAError(f"checkpoint {path}: no such file", param="checkpoint")
 
@@ -414,7 +474,9 @@ class OutputOptions:
         check_output_path(self.out, "out")
         check_output_path(self.save_scores_to, "save_scores_to")
         check_figure_path(self.plot, "plot")
-        check_outputs(self.paths(), require_suffixes=False)  # the one output policy (README: Outputs); suffixes and inputs: validate_sweep_args
+        check_outputs(
+            self.paths(), require_suffixes=False
+        )  # the one output policy (README: Outputs); suffixes and inputs: validate_sweep_args
 
     def paths(self) -> dict[str, str | Path | None]:
         """The output files by parameter name (None: not written)."""
@@ -448,4 +510,6 @@ class AnalysisOptions:
     def __post_init__(self) -> None:
         check_figure_path(self.plot_classes, "plot_classes")
         if self.real_labels is not None and not Path(self.real_labels).is_file():
-            raise CSRAError(f"real_labels {self.real_labels}: no such file (the ReaL labels, real.json)", param="real_labels")
+            raise CSRAError(
+                f"real_labels {self.real_labels}: no such file (the ReaL labels, real.json)", param="real_labels"
+            )

@@ -36,7 +36,9 @@ def check_output_path(path: str | Path | None, param: str) -> None:
         return
     target = Path(path)
     if target.is_dir():
-        raise CSRAError(f"{param} {target}: is a directory; give a file name inside it, e.g. {target / 'results.json'}", param=param)
+        raise CSRAError(
+            f"{param} {target}: is a directory; give a file name inside it, e.g. {target / 'results.json'}", param=param
+        )
     ancestor = target.absolute().parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
@@ -69,7 +71,9 @@ def check_suffix(path: PathLike, param: str, suffixes: Sequence[str]) -> None:
     """``path`` ends in one of ``suffixes`` (case-insensitive), else one line listing them."""
     suffix = Path(path).suffix.lower()
     if suffix not in suffixes:
-        raise CSRAError(f"{param} {path}: give a file ending in {', '.join(suffixes)} (not {suffix or 'no suffix'!r})", param=param)
+        raise CSRAError(
+            f"{param} {path}: give a file ending in {', '.join(suffixes)} (not {suffix or 'no suffix'!r})", param=param
+        )
 
 
 def _resolved(path: PathLike) -> Path:
@@ -128,14 +132,19 @@ def check_outputs(
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
             if same_file(given[first], given[second]):
-                raise CSRAError(f"{second} {given[second]}: is also {_describe(first)}; give each output its own path", param=second)
+                raise CSRAError(
+                    f"{second} {given[second]}: is also {_describe(first)}; give each output its own path", param=second
+                )
     for in_param, value in (inputs or {}).items():
         for source in _files(value):
             if source.is_dir():
                 continue  # a folder: outputs may live in it (check_outputs_not_read checks the files read)
             for param, path in given.items():
                 if same_file(path, source):
-                    raise CSRAError(f"{param} {path}: is also {_describe(in_param)} (an input of this run); choose another path", param=param)
+                    raise CSRAError(
+                        f"{param} {path}: is also {_describe(in_param)} (an input of this run); choose another path",
+                        param=param,
+                    )
     if cache_dir is not None:
         _check_not_cache_file(given, Path(cache_dir))
     for param, path in given.items():  # after the clashes: "is also `labels`" says more than a suffix would
@@ -155,8 +164,12 @@ def _check_not_cache_file(given: Mapping[str, Path], cache_dir: Path) -> None:
         inside = target.relative_to(root).parts
         if not inside:
             continue
-        if (target.suffix.lower() == ".safetensors" and len(inside) == 1) or (inside[0] in CACHE_SUBFOLDERS and len(inside) > 1):
-            raise CSRAError(f"{param} {path}: is in the cache folder {cache_dir}'s own files; choose another path", param=param)
+        if (target.suffix.lower() == ".safetensors" and len(inside) == 1) or (
+            inside[0] in CACHE_SUBFOLDERS and len(inside) > 1
+        ):
+            raise CSRAError(
+                f"{param} {path}: is in the cache folder {cache_dir}'s own files; choose another path", param=param
+            )
 
 
 def check_outputs_not_read(outputs: Mapping[str, PathLike | None], read: Mapping[str, Iterable[PathLike]]) -> None:
@@ -175,5 +188,6 @@ def check_outputs_not_read(outputs: Mapping[str, PathLike | None], read: Mapping
             for param, path in given.items():
                 if same_file(path, source):
                     raise CSRAError(
-                        f"{param} {path}: is one of the files read from {_describe(in_param)} (an input of this run); choose another path", param=param
+                        f"{param} {path}: is one of the files read from {_describe(in_param)} (an input of this run); choose another path",
+                        param=param,
                     )

@@ -6,11 +6,21 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 @contextmanager
-def progress_bar(console: Console | None, description: str, total: int, unit: str = "img", transient: bool = False) -> Iterator[Callable[[int], None]]:
+def progress_bar(
+    console: Console | None, description: str, total: int, unit: str = "img", transient: bool = False
+) -> Iterator[Callable[[int], None]]:
     """Yields ``advance(n)``; shows done/total, rate in ``unit``/s, elapsed and remaining time
     (``transient``: the bar is cleared when done)."""
     columns = (

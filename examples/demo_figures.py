@@ -68,12 +68,38 @@ def find_probe(results: dict[str, Any], cache: Path) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", type=Path, required=True, metavar="FILE", help="results JSON written by `csra-posthoc demo --out FILE`")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="results JSON written by `csra-posthoc demo --out FILE`",
+    )
     parser.add_argument("--out-dir", type=Path, required=True, metavar="DIR", help="folder for the figures (created)")
-    parser.add_argument("--cache-dir", type=Path, default=None, metavar="DIR", help="the demo's cache (default: $CSRA_POSTHOC_CACHE or the user cache dir)")
-    parser.add_argument("--image", type=Path, default=None, metavar="FILE", help="image of the attention figure (default: the first test mosaic)")
-    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="resamples of the band and the intervals (default: 1000)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the demo's cache (default: $CSRA_POSTHOC_CACHE or the user cache dir)",
+    )
+    parser.add_argument(
+        "--image",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="image of the attention figure (default: the first test mosaic)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="resamples of the band and the intervals (default: 1000)",
+    )
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -90,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     from csra_posthoc.text import plain
 
     try:
-        results = ResultsFile.read(args.results, required=("demo", "weights_fingerprint", "head_fingerprint", "classes"), param="results").to_json()
+        results = ResultsFile.read(
+            args.results, required=("demo", "weights_fingerprint", "head_fingerprint", "classes"), param="results"
+        ).to_json()
     except CSRAError as exc:
         print(f"demo_figures: {plain(str(exc))}", file=sys.stderr)
         return 2
@@ -106,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     stats, result, stats_path = found
     probe = find_probe(results, cache)
     if probe is None:
-        print(f"demo_figures: no probe head in {plain(str(cache))} has the head fingerprint of {plain(str(args.results))}", file=sys.stderr)
+        print(
+            f"demo_figures: no probe head in {plain(str(cache))} has the head fingerprint of {plain(str(args.results))}",
+            file=sys.stderr,
+        )
         return 2
     image = args.image
     if image is None:

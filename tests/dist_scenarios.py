@@ -130,7 +130,9 @@ def run(name: str, out: Path, counts: list[int]) -> int:
             SCENARIOS[name](ctx, out, counts)
         except CSRAError as exc:
             printed = should_print_error(exc)
-            (out / f"rank{ctx.rank}.txt").write_text(f"{type(exc).__name__}\t{printed}\t{time.perf_counter() - start:.2f}\t{exc}\n")
+            (out / f"rank{ctx.rank}.txt").write_text(
+                f"{type(exc).__name__}\t{printed}\t{time.perf_counter() - start:.2f}\t{exc}\n"
+            )
             return 2
     return 0
 
@@ -159,7 +161,13 @@ def _child(rank: int, world: int, port: int, timeout_s: float, name: str, out: P
 
 
 def launch(
-    name: str, out: Path, counts: Sequence[int] = (), world: int = 2, timeout_s: float = 20.0, limit_s: float = 60.0, grace_s: float = 2.0
+    name: str,
+    out: Path,
+    counts: Sequence[int] = (),
+    world: int = 2,
+    timeout_s: float = 20.0,
+    limit_s: float = 60.0,
+    grace_s: float = 2.0,
 ) -> tuple[list[int | None], float]:
     """Fork ``world`` ranks on this machine (torchrun's environment, without its start-up cost).
 
@@ -169,7 +177,9 @@ def launch(
     """
     ctx = multiprocessing.get_context("fork")
     port = free_port()
-    procs = [ctx.Process(target=_child, args=(r, world, port, timeout_s, name, out, list(counts))) for r in range(world)]
+    procs = [
+        ctx.Process(target=_child, args=(r, world, port, timeout_s, name, out, list(counts))) for r in range(world)
+    ]
     start = time.perf_counter()
     for p in procs:
         p.start()
@@ -222,7 +232,11 @@ def _cli_child(rank: int, world: int, port: int, timeout_s: float, argv: list[st
 
 
 def launch_cli(
-    argv: Sequence[str] | Callable[[int], Sequence[str]], out: Path, world: int = 2, timeout_s: float = 30.0, limit_s: float = 120.0
+    argv: Sequence[str] | Callable[[int], Sequence[str]],
+    out: Path,
+    world: int = 2,
+    timeout_s: float = 30.0,
+    limit_s: float = 120.0,
 ) -> tuple[list[int | None], float, dict[int, tuple[str, str]]]:
     """Run the real CLI (``csra-posthoc ARGV``) as ``world`` forked ranks, as torchrun would
     (``argv`` may depend on the rank); returns exit codes, wall time and each rank's (stdout, stderr)."""

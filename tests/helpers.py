@@ -141,5 +141,9 @@ WIDER_IMAGES = [
             {"bbox": [5, 5, 0, 8], "attribute": WIDER_A},  # zero width: degenerate, skipped
         ],
     },
-    {"file_name": "1--Handshaking/1_Handshaking_2.jpg", "size": (20, 24), "targets": [{"bbox": [-4, -2, 10, 9], "attribute": WIDER_B}]},
+    {
+        "file_name": "1--Handshaking/1_Handshaking_2.jpg",
+        "size": (20, 24),
+        "targets": [{"bbox": [-4, -2, 10, 9], "attribute": WIDER_B}],
+    },
 ]

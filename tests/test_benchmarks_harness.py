@@ -21,7 +21,9 @@ def test_every_benchmark_module_is_run(capsys) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(discovered()))
-def test_every_discovered_script_takes_quick(name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_discovered_script_takes_quick(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``python -m benchmarks --quick`` passes ``--quick`` to the scripts it discovers: each must
     accept it (two did not, and their quick run failed). The script itself runs, as
     ``python -m benchmarks.<name> --quick --help`` would (in this process: no second interpreter
@@ -37,12 +39,17 @@ def test_results_table_names_the_machine_and_each_figure(tmp_path: Path) -> None
     info = machine()
     assert {"CPU", "cores (os.cpu_count)", "torch threads", "torch", "numpy", "scikit-learn", "date (UTC)"} <= set(info)
     out = tmp_path / "RESULTS.md"
-    figures = [Figure("sweep_from_cache", "COCO-size default grid", "7.5 s | 40 ms/row"), Figure("ap_ideas", "floor", "28 ms")]
+    figures = [
+        Figure("sweep_from_cache", "COCO-size default grid", "7.5 s | 40 ms/row"),
+        Figure("ap_ideas", "floor", "28 ms"),
+    ]
     write_results(out, info, figures, argparse.Namespace(quick=True, only=["ap_ideas"]), 12.0)
     text = out.read_text()
     assert "python -m benchmarks --quick --only ap_ideas" in text
     assert f"| CPU | {info['CPU']} |" in text
-    assert "| sweep_from_cache | COCO-size default grid | 7.5 s \\| 40 ms/row |" in text  # escaped: a bare "|" would break the table
+    assert (
+        "| sweep_from_cache | COCO-size default grid | 7.5 s \\| 40 ms/row |" in text
+    )  # escaped: a bare "|" would break the table
 
 
 def test_median_time_warms_up_then_takes_the_median() -> None:

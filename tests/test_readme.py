@@ -14,7 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def readme_commands() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    return [ln for ln in re.findall(r"```bash\n(.*?)```", text, re.S)[0:2] for ln in ln.splitlines() if ln and not ln.startswith("#")]
+    return [
+        ln
+        for ln in re.findall(r"```bash\n(.*?)```", text, re.S)[0:2]
+        for ln in ln.splitlines()
+        if ln and not ln.startswith("#")
+    ]
 
 
 STUB = """#!/bin/sh
@@ -38,7 +43,9 @@ def run_with_stubs(command: str, tmp_path: Path) -> list[str]:
     env = {"PATH": f"{stubs}:/usr/bin:/bin", "STUB_LOG": str(log)}
     done = subprocess.run(["/bin/bash", "-c", command], cwd=work, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    return [line for line in log.read_text().splitlines() if not line.startswith("sudo ")]  # sudo runs the stub it names
+    return [
+        line for line in log.read_text().splitlines() if not line.startswith("sudo ")
+    ]  # sudo runs the stub it names
 
 
 def test_demo_command_makes_a_venv_installs_the_data_and_the_demo_then_runs_it(tmp_path: Path) -> None:
@@ -74,7 +81,9 @@ def data_step() -> str:
 
 @pytest.mark.parametrize("path", ["", "/nonexistent"])
 def test_demo_command_goes_on_where_apt_is_missing(path: str) -> None:
-    run = subprocess.run(["/bin/bash", "-c", f"{data_step()} && echo next-step"], env={"PATH": path}, capture_output=True, text=True)
+    run = subprocess.run(
+        ["/bin/bash", "-c", f"{data_step()} && echo next-step"], env={"PATH": path}, capture_output=True, text=True
+    )
     assert run.returncode == 0 and run.stdout.strip() == "next-step", run.stderr
 
 
@@ -83,7 +92,12 @@ def test_demo_command_goes_on_when_apt_fails(tmp_path: Path) -> None:
     for tool in ("apt-get", "sudo"):
         (tmp_path / tool).write_text("#!/bin/sh\nexit 100\n")
         (tmp_path / tool).chmod(0o755)
-    run = subprocess.run(["/bin/bash", "-c", f"{data_step()} && echo next-step"], env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True)
+    run = subprocess.run(
+        ["/bin/bash", "-c", f"{data_step()} && echo next-step"],
+        env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0 and run.stdout.strip() == "next-step", run.stderr
 
 

@@ -35,14 +35,27 @@ def test_python_block_runs_as_printed(index: int, tmp_path: Path) -> None:
         pytest.skip("the Python API block: run and checked by test_api_block_scores_a_real_photo")
     if code == readme_patch_example():
         pytest.skip("the patched-model block: run as printed, and its output checked, by tests/test_examples.py")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "CSRA_POSTHOC_CACHE": str(tmp_path / "cache")}
-    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "CSRA_POSTHOC_CACHE": str(tmp_path / "cache"),
+    }
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == 0, f"README python block {index + 1} failed:\n{code}\n{res.stderr[-3000:]}"
 
 
 def api_block_output(tmp_path: Path) -> list[str]:
     (code,) = [b for b in PYTHON_BLOCKS if "cp.load_model(" in b]
-    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout.strip().splitlines()
 
@@ -66,7 +79,11 @@ def rendered_table() -> tuple[list[str], list[str]]:
     result.held_out = select_half(stats, single_label=False, seed=0)
     result.bootstrap = bootstrap_deltas(
         stats.avg,
-        {"best": row_scores(stats, result.best), "fixed": row_scores(stats, result.fixed), "held_out": result.held_out.parts},
+        {
+            "best": row_scores(stats, result.best),
+            "fixed": row_scores(stats, result.fixed),
+            "held_out": result.held_out.parts,
+        },
         stats.labels,
         n=20,
         seed=0,

@@ -57,7 +57,11 @@ def test_cycles_are_found_through_function_local_and_type_checking_imports(tmp_p
 
     assert cycles(graph(pkg)) == [["pkg.a", "pkg.b"]]
     kinds = {(i.importer, i.target): (i.local, i.type_only) for i in imports(pkg)}
-    assert kinds == {("pkg.a", "pkg.b"): (False, True), ("pkg.b", "pkg.a"): (True, False), ("pkg.c", "pkg.b"): (False, False)}
+    assert kinds == {
+        ("pkg.a", "pkg.b"): (False, True),
+        ("pkg.b", "pkg.a"): (True, False),
+        ("pkg.c", "pkg.b"): (False, False),
+    }
     assert main([str(pkg)]) == 1
 
 
@@ -80,7 +84,13 @@ def test_a_package_init_run_on_import_closes_a_cycle(tmp_path) -> None:
 def test_head_file_imports_first() -> None:
     """The cycle above, for real: heads.head_file imported before anything else (a README block did) failed
     with 'partially initialized module' while it imported models.base, whose package imports the factory."""
-    run = subprocess.run([sys.executable, "-c", "import csra_posthoc.heads.head_file"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", "import csra_posthoc.heads.head_file"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
 
 
@@ -94,7 +104,10 @@ def test_function_local_imports_only_in_the_cli_or_of_heavy_modules() -> None:
     hidden = [
         f"{i.importer}:{i.line} -> {i.target}"
         for i in imports()
-        if i.local and not i.importer.startswith("csra_posthoc.cli") and i.target not in LAZY_ALLOWED and i.importer not in PENDING_LOCAL_IMPORTERS
+        if i.local
+        and not i.importer.startswith("csra_posthoc.cli")
+        and i.target not in LAZY_ALLOWED
+        and i.importer not in PENDING_LOCAL_IMPORTERS
     ]
     assert hidden == []
 
@@ -103,7 +116,11 @@ def test_lazy_allowed_modules_are_heavy_and_their_importers_light() -> None:
     """Each allow-list entry earns its place: importing the CLI does not load it, and the module is used lazily."""
     cli_loads = loaded_with("csra_posthoc.cli.app")
     assert not LAZY_ALLOWED & cli_loads
-    lazily_imported = {i.target for i in imports() if i.local and not i.importer.startswith("csra_posthoc.cli") and i.importer not in PENDING_LOCAL_IMPORTERS}
+    lazily_imported = {
+        i.target
+        for i in imports()
+        if i.local and not i.importer.startswith("csra_posthoc.cli") and i.importer not in PENDING_LOCAL_IMPORTERS
+    }
     assert lazily_imported == LAZY_ALLOWED
     assert {i.importer for i in imports() if i.local and i.target in LAZY_ALLOWED} <= cli_loads
 

@@ -15,7 +15,9 @@ def test_every_test_folder_is_a_subpackage_of_csra_posthoc() -> None:
     folders = {p.name for p in TESTS.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
     subpackages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
     assert folders <= subpackages, sorted(folders - subpackages)
-    assert all((TESTS / name / "__init__.py").is_file() for name in folders)  # unique module names: tests.<stage>.test_x
+    assert all(
+        (TESTS / name / "__init__.py").is_file() for name in folders
+    )  # unique module names: tests.<stage>.test_x
 
 
 def imported_test_modules(path: Path) -> list[str]:
@@ -32,5 +34,7 @@ def imported_test_modules(path: Path) -> list[str]:
 
 
 def test_test_modules_import_only_the_shared_helpers() -> None:
-    offenders = {str(p.relative_to(TESTS)): sorted(set(imported_test_modules(p)) - SHARED) for p in sorted(TESTS.rglob("*.py"))}
+    offenders = {
+        str(p.relative_to(TESTS)): sorted(set(imported_test_modules(p)) - SHARED) for p in sorted(TESTS.rglob("*.py"))
+    }
     assert {k: v for k, v in offenders.items() if v} == {}

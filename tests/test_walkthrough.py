@@ -48,7 +48,14 @@ def test_walkthrough_runs_as_printed(tmp_path: Path) -> None:
         run = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
         assert run.returncode == 0, f"{command}\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
         outputs[command] = run.stdout + run.stderr
-    for name in ("demo.json", "head.safetensors", "examples/example-1.jpg", "examples/example-2.jpg", "patched.safetensors", "attention.png"):
+    for name in (
+        "demo.json",
+        "head.safetensors",
+        "examples/example-1.jpg",
+        "examples/example-2.jpg",
+        "patched.safetensors",
+        "attention.png",
+    ):
         assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
     results = json.loads((tmp_path / "demo.json").read_text())
     assert Path(results["head_file"]) == (tmp_path / "head.safetensors").resolve()

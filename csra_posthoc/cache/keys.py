@@ -39,7 +39,9 @@ def statistics_key(
 
     dtype = {} if cache_dtype == "float32" else {"cache_dtype": cache_dtype}
     nonlinear = {} if location_head == "linear" else {"location_head": location_head}
-    pool = {} if test_pool is None else {"test_pool_train_size": test_pool}  # timm's test-time pooling (extraction.test_pool): its training size
+    pool = (
+        {} if test_pool is None else {"test_pool_train_size": test_pool}
+    )  # timm's test-time pooling (extraction.test_pool): its training size
     return cache_key(
         {
             **dtype,

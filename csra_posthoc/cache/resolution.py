@@ -64,7 +64,9 @@ def _version(dist: str) -> str:
         return "none"
 
 
-def weights_source_stamp(model: str, checkpoint: str | Path | None, pretrained: bool, random_init: bool, num_classes: int | None) -> dict[str, Any] | None:
+def weights_source_stamp(
+    model: str, checkpoint: str | Path | None, pretrained: bool, random_init: bool, num_classes: int | None
+) -> dict[str, Any] | None:
     """A cheap identity of the weights a build would load, or None when there is none (hub weights)."""
     if model.startswith("hf:") and checkpoint is None and not random_init:  # its folder: config, preprocessing, weights
         return {"hf": [_stamp(f) for f in source_files(model)], "transformers": _version("transformers")}
@@ -91,14 +93,21 @@ def resolution_key(model: str, stamp: dict[str, Any], head: str, probe: dict[str
             "weights_source": stamp,
             "head": head,
             "probe": probe,
-            "versions": {"csra_posthoc": __version__, "timm": _version("timm"), "torch": _version("torch"), "torchvision": _version("torchvision")},
+            "versions": {
+                "csra_posthoc": __version__,
+                "timm": _version("timm"),
+                "torch": _version("torch"),
+                "torchvision": _version("torchvision"),
+            },
         }
     )
 
 
 def probe_settings(c: float, train_fingerprint: str, options: ExtractOptions) -> dict[str, Any]:
     """What a probe fit depends on besides the backbone (it sees the training split's transform)."""
-    decode = {} if options.decode == "pil" else {"decode": options.decode}  # pil: memo keys written before decode existed stay valid
+    decode = (
+        {} if options.decode == "pil" else {"decode": options.decode}
+    )  # pil: memo keys written before decode existed stay valid
     return {
         "c": c,
         "train": train_fingerprint,

@@ -39,7 +39,9 @@ from ..log import say
 from ..text import safe
 
 CACHE_FORMAT = 1  # enters every cache key (bump it to re-key every entry)
-CACHE_VERSION = 3  # the file layout, stored in each file and checked on reading (1: files without the field; 2: no argmax)
+CACHE_VERSION = (
+    3  # the file layout, stored in each file and checked on reading (1: files without the field; 2: no argmax)
+)
 VERSION_FIELD = "csra_cache_version"
 RECOMPUTE_FIX = "delete it or re-run with recompute=True"
 T = TypeVar("T")
@@ -176,11 +178,16 @@ def read_entry(path: Path, what: str = "cache file") -> tuple[dict[str, torch.Te
             metadata = dict(fh.metadata() or {})
             tensors = {name: fh.get_tensor(name) for name in fh.keys()}
     except Exception as exc:  # not safetensors, truncated
-        raise CSRAError(f"{what} {path} is stale or damaged ({type(exc).__name__}); {RECOMPUTE_FIX}", param="recompute") from None
+        raise CSRAError(
+            f"{what} {path} is stale or damaged ({type(exc).__name__}); {RECOMPUTE_FIX}", param="recompute"
+        ) from None
     version = metadata.get(VERSION_FIELD)
     if version != str(CACHE_VERSION):
         written = f"format version {version}" if version else "an older format (no version)"
-        raise CSRAError(f"{what} {path} is in {written}, this release reads version {CACHE_VERSION}; {RECOMPUTE_FIX}", param="recompute")
+        raise CSRAError(
+            f"{what} {path} is in {written}, this release reads version {CACHE_VERSION}; {RECOMPUTE_FIX}",
+            param="recompute",
+        )
     return tensors, metadata
 
 
@@ -243,7 +250,11 @@ def usable_cache_dir(cache_dir: Path, console: Console | None) -> bool:
     problem = open_cache_dir(cache_dir)
     if problem is not None and str(cache_dir) not in _warned_cache_dirs:
         _warned_cache_dirs.add(str(cache_dir))
-        say(console, f"[yellow]warning:[/] cache dir {safe(cache_dir)} is not writable ({safe(problem)}): going on without caching", logging.WARNING)
+        say(
+            console,
+            f"[yellow]warning:[/] cache dir {safe(cache_dir)} is not writable ({safe(problem)}): going on without caching",
+            logging.WARNING,
+        )
     return problem is None
 
 

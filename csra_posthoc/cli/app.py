@@ -19,7 +19,17 @@ from rich.console import Console
 from ..data.registry import DATASET_NAMES
 from ..defaults import DEFAULT_BOOTSTRAP, DEFAULT_HEADS, DEFAULT_LAMS, DEFAULT_SELECT_ON, DEFAULT_TEMPS, LAUNCH_VARS
 from ..errors import CSRAError
-from ..options import AnalysisOptions, CSRASettings, DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions, model_source
+from ..options import (
+    AnalysisOptions,
+    CSRASettings,
+    DataOptions,
+    ExtractOptions,
+    ModelSource,
+    OutputOptions,
+    ProbeOptions,
+    SweepOptions,
+    model_source,
+)
 from ..version import __version__
 from .params import (
     BatchSizeOpt,
@@ -91,7 +101,9 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="print the version and exit"),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+    ),
 ) -> None:
     """Training-free CSRA (avg + lam * max) on any pretrained classifier."""
 
@@ -102,7 +114,9 @@ def _csv(values) -> str:
 
 def _floats(flag: str, text: str, allow_empty: bool = False) -> list[float]:
     try:
-        values = [math.inf if v.strip().lower() in ("inf", "infinity") else float(v) for v in text.split(",") if v.strip()]
+        values = [
+            math.inf if v.strip().lower() in ("inf", "infinity") else float(v) for v in text.split(",") if v.strip()
+        ]
     except ValueError:
         raise CSRAError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 0,0.1,0.2") from None
     if not values and not allow_empty:
@@ -150,7 +164,9 @@ def run_cli(fn, *args, distributed_device: str | None = None, **kwargs):
         from .messages import render
 
         if not _launched() or _should_print(exc):
-            err.print(f"[bold red]error:[/] {safe(render(str(exc), exc.param, cli_flags()))}", highlight=False, soft_wrap=True)
+            err.print(
+                f"[bold red]error:[/] {safe(render(str(exc), exc.param, cli_flags()))}", highlight=False, soft_wrap=True
+            )
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         if main:
@@ -172,20 +188,40 @@ def sweep_cmd(
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
     random_init: RandomInitOpt = False,
-    head: str = typer.Option("model", "--head", help="model: the model's own classifier | probe: fit a linear probe on the training split"),
-    train_split: Optional[str] = typer.Option(None, "--train-split", help="--head probe: split to fit on (VOC2007: trainval)"),
-    train_labels: Optional[Path] = typer.Option(None, "--train-labels", help="--head probe on --dataset csv: training CSV"),
-    probe_c: float = typer.Option(0.01, "--probe-c", help="--head probe: inverse L2 strength of the logistic regression"),
-    save_head: SaveHeadOpt = None,
-    split: Optional[str] = typer.Option(None, "--split", help="split to evaluate (VOC2007: test; VOC2012, COCO, ImageNet: val; WIDER: test)"),
-    labels: Optional[Path] = typer.Option(
-        None, "--labels", help="csv: CSV with header path,<class>,...; imagenet: flat val's LOC_val_solution.csv or devkit ground truth"
+    head: str = typer.Option(
+        "model", "--head", help="model: the model's own classifier | probe: fit a linear probe on the training split"
     ),
-    ann_file: Optional[Path] = typer.Option(None, "--ann-file", help="COCO / WIDER annotation JSON outside the standard layout"),
-    image_dir: Optional[Path] = typer.Option(None, "--image-dir", help="COCO / WIDER image folder outside the standard layout"),
+    train_split: Optional[str] = typer.Option(
+        None, "--train-split", help="--head probe: split to fit on (VOC2007: trainval)"
+    ),
+    train_labels: Optional[Path] = typer.Option(
+        None, "--train-labels", help="--head probe on --dataset csv: training CSV"
+    ),
+    probe_c: float = typer.Option(
+        0.01, "--probe-c", help="--head probe: inverse L2 strength of the logistic regression"
+    ),
+    save_head: SaveHeadOpt = None,
+    split: Optional[str] = typer.Option(
+        None, "--split", help="split to evaluate (VOC2007: test; VOC2012, COCO, ImageNet: val; WIDER: test)"
+    ),
+    labels: Optional[Path] = typer.Option(
+        None,
+        "--labels",
+        help="csv: CSV with header path,<class>,...; imagenet: flat val's LOC_val_solution.csv or devkit ground truth",
+    ),
+    ann_file: Optional[Path] = typer.Option(
+        None, "--ann-file", help="COCO / WIDER annotation JSON outside the standard layout"
+    ),
+    image_dir: Optional[Path] = typer.Option(
+        None, "--image-dir", help="COCO / WIDER image folder outside the standard layout"
+    ),
     keep_empty: bool = typer.Option(False, "--keep-empty", help="COCO: keep images with no annotation (all negative)"),
-    skip_missing: bool = typer.Option(False, "--skip-missing", help="go on without annotated images missing on disk (counted in the report)"),
-    max_images: Optional[int] = typer.Option(None, "--max-images", help="seeded stratified subset of N samples, for quick runs"),
+    skip_missing: bool = typer.Option(
+        False, "--skip-missing", help="go on without annotated images missing on disk (counted in the report)"
+    ),
+    max_images: Optional[int] = typer.Option(
+        None, "--max-images", help="seeded stratified subset of N samples, for quick runs"
+    ),
     subset_seed: int = typer.Option(0, "--subset-seed", help="seed of the --max-images subset"),
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
@@ -196,47 +232,87 @@ def sweep_cmd(
     workers: WorkersOpt = 0,
     device: DeviceOpt = "auto",
     amp: bool = typer.Option(False, "--amp", help="mixed precision backbone (the head stays fp32); dtype: --amp-dtype"),
-    amp_dtype: str = typer.Option("auto", "--amp-dtype", help="autocast dtype: auto (fp16 on CUDA, bf16 on CPU) | fp16 | bf16 (fp16 / bf16 imply --amp)"),
-    keep_maps: bool = typer.Option(False, "--keep-maps", help="also cache full per-location scores in float16 (any --temps then works)"),
+    amp_dtype: str = typer.Option(
+        "auto",
+        "--amp-dtype",
+        help="autocast dtype: auto (fp16 on CUDA, bf16 on CPU) | fp16 | bf16 (fp16 / bf16 imply --amp)",
+    ),
+    keep_maps: bool = typer.Option(
+        False, "--keep-maps", help="also cache full per-location scores in float16 (any --temps then works)"
+    ),
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
     recompute: RecomputeOpt = False,
-    verify_images: bool = typer.Option(False, "--verify-images", help="cache key hashes image contents, not size + mtime (slower)"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bars or extraction lines (the table and errors still print)"),
+    verify_images: bool = typer.Option(
+        False, "--verify-images", help="cache key hashes image contents, not size + mtime (slower)"
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", help="no progress bars or extraction lines (the table and errors still print)"
+    ),
     decode: str = typer.Option(
         "pil",
         "--decode",
         help="pil (exact) | draft: JPEG decoded at 1/2-1/8 scale when the input is at most half the image (faster, pixels differ slightly; own cache key)",
     ),
     backend: str = typer.Option(
-        "eager", "--backend", help="eager | onnxruntime: the statistics pass on ONNX Runtime (CPU; pip install 'csra-posthoc[export]')"
+        "eager",
+        "--backend",
+        help="eager | onnxruntime: the statistics pass on ONNX Runtime (CPU; pip install 'csra-posthoc[export]')",
     ),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (start-up cost: pays on thousands of images)"),
+    compile: bool = typer.Option(
+        False, "--compile", help="torch.compile the backbone (start-up cost: pays on thousands of images)"
+    ),
     threads: Optional[int] = typer.Option(
         None,
         "--threads",
         help="torch threads during extraction (default: the current count, capped at the cores other processes leave free when they keep the CPU busy; restored afterwards)",
     ),
-    cache_dtype: str = typer.Option("float32", "--cache-dtype", help="float32 | float16: statistics cached in half precision (half the file; own cache key)"),
-    test_pool: Optional[bool] = typer.Option(
-        None, "--test-pool/--no-test-pool", help="timm's test-time pooling row beside CSRA's (default: on when --img-size exceeds the model's input size)"
+    cache_dtype: str = typer.Option(
+        "float32",
+        "--cache-dtype",
+        help="float32 | float16: statistics cached in half precision (half the file; own cache key)",
     ),
-    train_size: Optional[int] = typer.Option(None, "--train-size", help="test-time pooling's training size (default: the model's own input size)"),
-    lams: str = typer.Option(_csv(DEFAULT_LAMS), "--lams", help="comma-separated lam values of the sweep (0 is the baseline)"),
-    temps: str = typer.Option(_csv(DEFAULT_TEMPS), "--temps", help="softmax temperatures (inf = max); empty: no softmax variant"),
-    heads: str = typer.Option(_csv(DEFAULT_HEADS), "--heads", help="multi-head sets of the paper; empty: no multi-head variant"),
+    test_pool: Optional[bool] = typer.Option(
+        None,
+        "--test-pool/--no-test-pool",
+        help="timm's test-time pooling row beside CSRA's (default: on when --img-size exceeds the model's input size)",
+    ),
+    train_size: Optional[int] = typer.Option(
+        None, "--train-size", help="test-time pooling's training size (default: the model's own input size)"
+    ),
+    lams: str = typer.Option(
+        _csv(DEFAULT_LAMS), "--lams", help="comma-separated lam values of the sweep (0 is the baseline)"
+    ),
+    temps: str = typer.Option(
+        _csv(DEFAULT_TEMPS), "--temps", help="softmax temperatures (inf = max); empty: no softmax variant"
+    ),
+    heads: str = typer.Option(
+        _csv(DEFAULT_HEADS), "--heads", help="multi-head sets of the paper; empty: no multi-head variant"
+    ),
     metrics: str = typer.Option("", "--metrics", help="extra columns, e.g. CF1,OF1,CF1_top3"),
-    fixed_lam: Optional[float] = typer.Option(None, "--fixed-lam", help="lam of the 'fixed' row (default: the paper's, 0.02 for ResNets, 0.2 others)"),
-    select_on: str = typer.Option(DEFAULT_SELECT_ON, "--select-on", help="held-out row: lam chosen on half (of the images) or on another SPLIT; none: no row"),
-    bootstrap: int = typer.Option(DEFAULT_BOOTSTRAP, "--bootstrap", help="paired bootstrap resamples for the 95 % intervals of the deltas"),
-    no_bootstrap: bool = typer.Option(False, "--no-bootstrap", help="no intervals (a COCO-size bootstrap takes about 20 s on 2 cores)"),
+    fixed_lam: Optional[float] = typer.Option(
+        None, "--fixed-lam", help="lam of the 'fixed' row (default: the paper's, 0.02 for ResNets, 0.2 others)"
+    ),
+    select_on: str = typer.Option(
+        DEFAULT_SELECT_ON,
+        "--select-on",
+        help="held-out row: lam chosen on half (of the images) or on another SPLIT; none: no row",
+    ),
+    bootstrap: int = typer.Option(
+        DEFAULT_BOOTSTRAP, "--bootstrap", help="paired bootstrap resamples for the 95 % intervals of the deltas"
+    ),
+    no_bootstrap: bool = typer.Option(
+        False, "--no-bootstrap", help="no intervals (a COCO-size bootstrap takes about 20 s on 2 cores)"
+    ),
     seed: int = typer.Option(0, "--seed", help="seed of the --select-on half split and the bootstrap resamples"),
     plot: PlotOpt = None,
     out: Optional[Path] = typer.Option(None, "--out", help="results JSON"),
     save_scores_to: SaveScoresOpt = None,
     per_class: PerClassOpt = False,
     plot_classes: PlotClassesOpt = None,
-    real_labels: Optional[Path] = typer.Option(None, "--real-labels", help="--dataset imagenet: ReaL labels (real.json): ReaL top-1/top-5 and multi-label mAP"),
+    real_labels: Optional[Path] = typer.Option(
+        None, "--real-labels", help="--dataset imagenet: ReaL labels (real.json): ReaL top-1/top-5 and multi-label mAP"
+    ),
 ) -> None:
     """Sweep score = avg + lam * max (and softmax / multi-head variants) and print a Table-1 row."""
 
@@ -297,7 +373,9 @@ def sweep_cmd(
                 bootstrap=None if no_bootstrap else bootstrap,
                 seed=seed,
             ),
-            probe=ProbeOptions(train_split=train_split, train_labels=train_labels, probe_c=probe_c, save_head=save_head) if head == "probe" else None,
+            probe=ProbeOptions(train_split=train_split, train_labels=train_labels, probe_c=probe_c, save_head=save_head)
+            if head == "probe"
+            else None,
             outputs=OutputOptions(out=out, save_scores_to=save_scores_to, plot=plot),
             analysis=AnalysisOptions(per_class=per_class, plot_classes=plot_classes, real_labels=real_labels),
         )
@@ -308,12 +386,16 @@ def sweep_cmd(
 @app.command("demo", short_help="Offline end-to-end demo on Fashion-MNIST mosaics.")
 def demo_cmd(
     data_dir: Optional[Path] = typer.Option(
-        None, "--data-dir", help="folder with Fashion-MNIST idx files (default: $FASHION_MNIST, else Debian's dataset-fashion-mnist, else sklearn digits)"
+        None,
+        "--data-dir",
+        help="folder with Fashion-MNIST idx files (default: $FASHION_MNIST, else Debian's dataset-fashion-mnist, else sklearn digits)",
     ),
     num_train: int = typer.Option(800, "--num-train", help="trainval mosaics (the probe's training split)"),
     num_test: int = typer.Option(800, "--num-test", help="test mosaics (the evaluated split)"),
     img_size: int = typer.Option(224, "--img-size", help="mosaic canvas and model input size"),
-    seed: int = typer.Option(0, "--seed", help="seed of the generated mosaics (the held-out split and the bootstrap use seed 0)"),
+    seed: int = typer.Option(
+        0, "--seed", help="seed of the generated mosaics (the held-out split and the bootstrap use seed 0)"
+    ),
     batch_size: BatchSizeOpt = 32,
     workers: WorkersOpt = 0,
     device: DeviceOpt = "auto",
@@ -326,7 +408,9 @@ def demo_cmd(
     per_class: PerClassOpt = False,
     plot_classes: PlotClassesOpt = None,
     save_head: SaveHeadOpt = None,
-    save_examples: Optional[Path] = typer.Option(None, "--save-examples", help="folder: copy two test mosaics there (example-1.jpg, example-2.jpg)"),
+    save_examples: Optional[Path] = typer.Option(
+        None, "--save-examples", help="folder: copy two test mosaics there (example-1.jpg, example-2.jpg)"
+    ),
 ) -> None:
     """Offline end-to-end demo: real ImageNet EfficientNet-Lite0, probe head, Fashion-MNIST mosaics."""
 
@@ -340,7 +424,13 @@ def demo_cmd(
             img_size=img_size,
             seed=seed,
             options=ExtractOptions(
-                img_size=img_size, batch_size=batch_size, workers=workers, device=device, cache_dir=cache_dir, use_cache=not no_cache, recompute=recompute
+                img_size=img_size,
+                batch_size=batch_size,
+                workers=workers,
+                device=device,
+                cache_dir=cache_dir,
+                use_cache=not no_cache,
+                recompute=recompute,
             ),
             out=out,
             save_scores_to=save_scores_to,
@@ -373,12 +463,16 @@ def _optional_float(flag: str, text: str | None) -> float | None:
 @app.command("apply", short_help="Export the CSRA-patched model to a file.")
 def apply_cmd(
     model: ModelOpt,
-    out: Path = typer.Option(..., "--out", "-o", help="FILE.safetensors | .pt2 (torch.export) | .ts (TorchScript) | .onnx"),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="FILE.safetensors | .pt2 (torch.export) | .ts (TorchScript) | .onnx"
+    ),
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
     random_init: RandomInitOpt = False,
     num_classes: Optional[int] = typer.Option(
-        None, "--num-classes", help="--random-init: classes of the random head (default: --from-results' class count, else the model's)"
+        None,
+        "--num-classes",
+        help="--random-init: classes of the random head (default: --from-results' class count, else the model's)",
     ),
     head_file: HeadFileOpt = None,
     lam: LamOpt = None,
@@ -388,13 +482,19 @@ def apply_cmd(
     pick: PickOpt = "best",
     img_size: ImgSizeOpt = None,
     transform: TransformOpt = "auto",
-    test_pool: bool = typer.Option(False, "--test-pool", help="timm's test-time pooling instead of CSRA (window: the feature map at --train-size)"),
+    test_pool: bool = typer.Option(
+        False, "--test-pool", help="timm's test-time pooling instead of CSRA (window: the feature map at --train-size)"
+    ),
     train_size: Optional[int] = typer.Option(
-        None, "--train-size", help="--test-pool: training size (default: --from-results' test-pool row, else the model's)"
+        None,
+        "--train-size",
+        help="--test-pool: training size (default: --from-results' test-pool row, else the model's)",
     ),
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
-    force: bool = typer.Option(False, "--force", help="accepted, no longer needed: every command replaces an existing output (README: Outputs)"),
+    force: bool = typer.Option(
+        False, "--force", help="accepted, no longer needed: every command replaces an existing output (README: Outputs)"
+    ),
 ) -> None:
     """Export the CSRA-patched model (same input as the original, (B, C) scores out)."""
 
@@ -405,7 +505,13 @@ def apply_cmd(
         _classes_file_not_written(classes_file, out=out)
         apply_patch(
             ModelSource(model, checkpoint, pretrained, random_init, head_file=head_file, num_classes=num_classes),
-            CSRASettings(_optional_float("--lam", lam), _optional_float("--temperature", temperature), heads, from_results=from_results, pick=pick),
+            CSRASettings(
+                _optional_float("--lam", lam),
+                _optional_float("--temperature", temperature),
+                heads,
+                from_results=from_results,
+                pick=pick,
+            ),
             out,
             img_size=img_size,
             transform=transform,
@@ -420,7 +526,9 @@ def apply_cmd(
 
 @app.command("predict", short_help="Top classes per image from the patched model.")
 def predict_cmd(
-    images: list[Path] = typer.Argument(..., metavar="IMAGE", help="image files and/or directories (searched recursively)"),
+    images: list[Path] = typer.Argument(
+        ..., metavar="IMAGE", help="image files and/or directories (searched recursively)"
+    ),
     model: OptionalModelOpt = None,
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
@@ -442,7 +550,11 @@ def predict_cmd(
         help="calibrated (per-class, from --from-results / --patched; the default there) | a probability on sigmoid(score) "
         "(default 0.5; 0: the whole top-k); single-label heads: top-k by rank",
     ),
-    top_k: int = typer.Option(5, "--top-k", help="classes listed per image, highest CSRA score first (multi-label heads: those passing --threshold)"),
+    top_k: int = typer.Option(
+        5,
+        "--top-k",
+        help="classes listed per image, highest CSRA score first (multi-label heads: those passing --threshold)",
+    ),
     compare: bool = typer.Option(False, "--compare", help="baseline (lam 0) and patched ranks side by side"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the predictions as JSON"),
     batch_size: BatchSizeOpt = 16,
@@ -458,7 +570,13 @@ def predict_cmd(
         results = run_predict(
             images,
             model_source(model, checkpoint, pretrained, random_init, head_file=head_file, patched_file=patched_file),
-            CSRASettings(_optional_float("--lam", lam), _optional_float("--temperature", temperature), heads, from_results=from_results, pick=pick),
+            CSRASettings(
+                _optional_float("--lam", lam),
+                _optional_float("--temperature", temperature),
+                heads,
+                from_results=from_results,
+                pick=pick,
+            ),
             img_size=img_size,
             transform=transform,
             classes=read_classes(classes, classes_file),
@@ -487,7 +605,9 @@ def predict_cmd(
 
 @app.command("compare", short_help="One table across sweep / demo results files.")
 def compare_cmd(
-    paths: list[Path] = typer.Argument(..., metavar="RESULTS_JSON", help="results JSON files written by sweep --out / demo --out"),
+    paths: list[Path] = typer.Argument(
+        ..., metavar="RESULTS_JSON", help="results JSON files written by sweep --out / demo --out"
+    ),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="write the table as CSV (plain numbers)"),
     markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="write the table as Markdown"),
     latex_out: Optional[Path] = typer.Option(None, "--latex", help="write the table as a LaTeX booktabs tabular"),
@@ -535,7 +655,13 @@ def attention_cmd(
             image,
             out,
             model_source(model, checkpoint, pretrained, random_init, head_file=head_file, patched_file=patched_file),
-            CSRASettings(_optional_float("--lam", lam), _optional_float("--temperature", temperature), heads, from_results=from_results, pick=pick),
+            CSRASettings(
+                _optional_float("--lam", lam),
+                _optional_float("--temperature", temperature),
+                heads,
+                from_results=from_results,
+                pick=pick,
+            ),
             img_size=img_size,
             transform=transform,
             classes=read_classes(classes, classes_file),
@@ -549,22 +675,34 @@ def attention_cmd(
 @app.command("models", short_help="List architectures, or check which ones CSRA can patch.")
 def models_cmd(
     pattern: Optional[str] = typer.Argument(
-        None, metavar="PATTERN", help="fnmatch pattern as timm.list_models ('resnet*', '*vit*', 'torchvision:*'); default: all"
+        None,
+        metavar="PATTERN",
+        help="fnmatch pattern as timm.list_models ('resnet*', '*vit*', 'torchvision:*'); default: all",
     ),
     check: bool = typer.Option(
-        False, "--check", help="build each at random init (no download) and patch it: supported / patch average / non-linear head / refused"
+        False,
+        "--check",
+        help="build each at random init (no download) and patch it: supported / patch average / non-linear head / refused",
     ),
-    all_models: bool = typer.Option(False, "--all", help="--check every architecture (up to --max-params, default 30 M parameters)"),
+    all_models: bool = typer.Option(
+        False, "--all", help="--check every architecture (up to --max-params, default 30 M parameters)"
+    ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="--check: write the checks as JSON"),
-    max_params: Optional[int] = typer.Option(None, "--max-params", help="--check: skip models with more parameters (default 30000000 with --all, else none)"),
-    img_size: Optional[int] = typer.Option(None, "--img-size", help="--check: square input size (default: the model's own where fixed, else 96)"),
+    max_params: Optional[int] = typer.Option(
+        None, "--max-params", help="--check: skip models with more parameters (default 30000000 with --all, else none)"
+    ),
+    img_size: Optional[int] = typer.Option(
+        None, "--img-size", help="--check: square input size (default: the model's own where fixed, else 96)"
+    ),
 ) -> None:
     """List timm / torchvision architectures; with --check, patch each at random init and say whether CSRA supports it."""
 
     def go() -> None:
         from ..models.catalog import run_models
 
-        run_models(pattern, check=check, check_all=all_models, json_out=json_out, max_params=max_params, img_size=img_size)
+        run_models(
+            pattern, check=check, check_all=all_models, json_out=json_out, max_params=max_params, img_size=img_size
+        )
 
     run_cli(go)
 

@@ -56,7 +56,11 @@ _ASSIGNMENT = re.compile(r"(?<![\w-])([a-z_]+)=('[^']*'|\"[^\"]*\"|[^\s,;:)]+)")
 @functools.lru_cache(maxsize=4)
 def _bare_names(names: tuple[str, ...]) -> re.Pattern[str]:
     """Names with an underscore are no English words: every bare one outside a path or identifier is a parameter."""
-    return re.compile(r"(?<![\w\-/.\\'\"])(" + "|".join(sorted((re.escape(k) for k in names if "_" in k), key=len, reverse=True)) + r")(?![\w\-/'\"])")
+    return re.compile(
+        r"(?<![\w\-/.\\'\"])("
+        + "|".join(sorted((re.escape(k) for k in names if "_" in k), key=len, reverse=True))
+        + r")(?![\w\-/'\"])"
+    )
 
 
 def render(message: str, param: str | None, flags: Mapping[str, str]) -> str:

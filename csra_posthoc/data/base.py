@@ -19,7 +19,9 @@ from ..errors import CSRAError, first_line
 from ..metrics import UnknownPolicy
 
 Box = tuple[int, int, int, int]  # left, upper, right, lower (PIL crop order), in pixels
-ObjectBoxes = dict[int, list[tuple[float, float, float, float]]]  # class index -> (xmin, ymin, xmax, ymax) boxes, original pixels
+ObjectBoxes = dict[
+    int, list[tuple[float, float, float, float]]
+]  # class index -> (xmin, ymin, xmax, ymax) boxes, original pixels
 
 
 @dataclass
@@ -76,7 +78,9 @@ class LabelledImages:
         """
         stamp = _content_stamp if content else _stamp
         h = hashlib.blake2b(digest_size=16)
-        h.update(json.dumps([self.dataset, self.split, self.classes, self.options, self.unknown], sort_keys=True).encode())
+        h.update(
+            json.dumps([self.dataset, self.split, self.classes, self.options, self.unknown], sort_keys=True).encode()
+        )
         for source in self.sources:
             h.update(f"source\0{_resolved(source)}\0{stamp(source)}\n".encode())
         for image_id, path in zip(self.ids, self.paths, strict=True):
@@ -159,7 +163,12 @@ def inside_image_dir(names: list[str], listed_in: Path, where: str = "images[{i}
 
     for i, name in enumerate(names):
         parts = {*PurePosixPath(name).parts, *PureWindowsPath(name).parts}
-        if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive or ".." in parts:
+        if (
+            PurePosixPath(name).is_absolute()
+            or PureWindowsPath(name).is_absolute()
+            or PureWindowsPath(name).drive
+            or ".." in parts
+        ):
             raise CSRAError(
                 f"{listed_in}: {where.format(i=i)} {name!r} points outside the image folder (absolute or with '..'); "
                 "names in an annotation file must be relative to the image folder"
@@ -177,7 +186,11 @@ def existing_files(paths: list[Path], skip_missing: bool, listed_in: Path) -> tu
             f"{first}: image listed in {listed_in} does not exist ({missing} of {len(paths)} missing); "
             "check `data_dir` / `image_dir`, or pass skip_missing=True to go on without them"
         )
-    notes = [f"{missing} images listed in {listed_in.name} are missing on disk and were skipped (--skip-missing)"] if missing else []
+    notes = (
+        [f"{missing} images listed in {listed_in.name} are missing on disk and were skipped (--skip-missing)"]
+        if missing
+        else []
+    )
     return present, notes
 
 
@@ -203,7 +216,9 @@ class ImageDataset(Dataset):
         self.transform = transform
         self.size = size
         self.loader = loader  # whole images only: a box is in the full-size image's pixels, so boxes use load_rgb
-        self.uint8 = uint8  # transform ends in uint8 (H, W, 3) (data.decode.pil_stage): a broken image's placeholder matches
+        self.uint8 = (
+            uint8  # transform ends in uint8 (H, W, 3) (data.decode.pil_stage): a broken image's placeholder matches
+        )
         self._last: tuple[Path, Image.Image] | None = None  # boxes of one image are consecutive samples
 
     def _placeholder(self) -> torch.Tensor:
@@ -226,7 +241,11 @@ class ImageDataset(Dataset):
         except Image.DecompressionBombError as exc:
             return index, self._placeholder(), f"{path}: {_bomb_detail(exc)}"
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-            return index, self._placeholder(), f"{path}: cannot decode image ({first_line(exc, 120)}); fix or remove the file"
+            return (
+                index,
+                self._placeholder(),
+                f"{path}: cannot decode image ({first_line(exc, 120)}); fix or remove the file",
+            )
 
 
 def _bomb_detail(exc: Exception) -> str:

@@ -20,18 +20,25 @@ from .base import LabelledImages, existing_files, inside_image_dir
 from .json_files import read_json, require
 
 
-def find_coco_paths(data_dir: Path, split: str, year: str, ann_file: Path | None, image_dir: Path | None) -> tuple[Path, Path]:
+def find_coco_paths(
+    data_dir: Path, split: str, year: str, ann_file: Path | None, image_dir: Path | None
+) -> tuple[Path, Path]:
     """Default layout ``D/annotations/instances_{split}{year}.json`` and ``D/{split}{year}/``
     (or ``D/images/{split}{year}/``); ``--ann-file`` / ``--image-dir`` override either."""
     if ann_file is None:
         ann_file = data_dir / "annotations" / f"instances_{split}{year}.json"
         if not ann_file.is_file():
-            raise CSRAError(f"data_dir {data_dir}: no {ann_file.relative_to(data_dir)} for split={split}; check `data_dir` / `split`, or pass `ann_file`")
+            raise CSRAError(
+                f"data_dir {data_dir}: no {ann_file.relative_to(data_dir)} for split={split}; check `data_dir` / `split`, or pass `ann_file`"
+            )
     if image_dir is None:
         candidates = (data_dir / f"{split}{year}", data_dir / "images" / f"{split}{year}")
         image_dir = next((c for c in candidates if c.is_dir()), None)
         if image_dir is None:
-            raise CSRAError(f"data_dir {data_dir}: no image folder {split}{year}/ or images/{split}{year}/; pass image_dir", param="data_dir")
+            raise CSRAError(
+                f"data_dir {data_dir}: no image folder {split}{year}/ or images/{split}{year}/; pass image_dir",
+                param="data_dir",
+            )
     elif not image_dir.is_dir():
         raise CSRAError(f"image_dir {image_dir}: no such directory", param="image_dir")
     return ann_file, image_dir
@@ -58,7 +65,9 @@ def _index(data: dict, path: Path):
         if require(ann, "image_id", f"annotations[{i}]", path) not in image_ids:
             raise CSRAError(f"{path}: annotations[{i}] points at image_id {ann['image_id']}, which is not in 'images'")
         if require(ann, "category_id", f"annotations[{i}]", path) not in cat_ids:
-            raise CSRAError(f"{path}: annotations[{i}] has category_id {ann['category_id']}, which is not in 'categories'")
+            raise CSRAError(
+                f"{path}: annotations[{i}] has category_id {ann['category_id']}, which is not in 'categories'"
+            )
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress to stdout
@@ -78,7 +87,9 @@ def load_coco(
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise CSRAError(f"data_dir {data_dir}: no such directory", param="data_dir")
-    ann_path, images_root = find_coco_paths(data_dir, split, year, Path(ann_file) if ann_file else None, Path(image_dir) if image_dir else None)
+    ann_path, images_root = find_coco_paths(
+        data_dir, split, year, Path(ann_file) if ann_file else None, Path(image_dir) if image_dir else None
+    )
     coco = _index(read_json(ann_path, "ann_file"), ann_path)
     cat_ids = sorted(coco.getCatIds())
     column = {cat_id: k for k, cat_id in enumerate(cat_ids)}
@@ -102,14 +113,17 @@ def load_coco(
     notes = []
     if empty:
         notes.append(
-            f"{empty} of {len(all_ids)} images have no annotation and were " + ("kept (all negative)" if keep_empty else "skipped (--keep-empty keeps them)")
+            f"{empty} of {len(all_ids)} images have no annotation and were "
+            + ("kept (all negative)" if keep_empty else "skipped (--keep-empty keeps them)")
         )
     notes += missing_notes
     if crowd:
         notes.append(f"{crowd} iscrowd annotations count as labels, as in the multi-label protocol")
     boxes = coco_boxes(coco.dataset, column)
     sizes = [_image_size(coco.imgs[i]) for i in kept]
-    pointable = any(boxes.get(i) for i in kept) and all(size is not None for size in sizes)  # boxes, and every image's size
+    pointable = any(boxes.get(i) for i in kept) and all(
+        size is not None for size in sizes
+    )  # boxes, and every image's size
     return LabelledImages(
         dataset=f"coco{year}",
         split=split,

@@ -51,7 +51,9 @@ def _read_rows(reader, data_dir: Path, labels_file: Path) -> tuple[list[str], li
         if not name:
             raise CSRAError(f"labels {labels_file}:1: column {column} has no class name", param="labels")
         if name in seen_class:
-            raise CSRAError(f"labels {labels_file}:1: class {name!r} is in columns {seen_class[name]} and {column}; class names must be unique")
+            raise CSRAError(
+                f"labels {labels_file}:1: class {name!r} is in columns {seen_class[name]} and {column}; class names must be unique"
+            )
         seen_class[name] = column
     ids, paths, rows = [], [], []
     seen_image: dict[Path, int] = {}
@@ -59,7 +61,9 @@ def _read_rows(reader, data_dir: Path, labels_file: Path) -> tuple[list[str], li
         if not row:
             continue
         if len(row) != len(header):
-            raise CSRAError(f"labels {labels_file}:{line_no}: {len(row)} fields, the header has {len(header)}", param="labels")
+            raise CSRAError(
+                f"labels {labels_file}:{line_no}: {len(row)} fields, the header has {len(header)}", param="labels"
+            )
         try:
             values = [int(v) for v in row[1:]]
         except ValueError:
@@ -71,7 +75,9 @@ def _read_rows(reader, data_dir: Path, labels_file: Path) -> tuple[list[str], li
             raise CSRAError(f"labels {labels_file}:{line_no}: image {path} does not exist", param="labels")
         same = path.resolve()
         if same in seen_image:
-            raise CSRAError(f"labels {labels_file}:{line_no}: image {row[0].strip()} already listed on line {seen_image[same]}; list each image once")
+            raise CSRAError(
+                f"labels {labels_file}:{line_no}: image {row[0].strip()} already listed on line {seen_image[same]}; list each image once"
+            )
         seen_image[same] = line_no
         ids.append(row[0].strip())
         paths.append(path)

@@ -102,7 +102,9 @@ def to_uint8_hwc(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8, copy=True))
 
 
-def normalize_batch(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool = False) -> torch.Tensor:
+def normalize_batch(
+    batch: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool = False
+) -> torch.Tensor:
     """uint8 ``(B, H, W, 3)`` -> normalised float32 ``(B, 3, H, W)``, bit-equal to ``ToTensor`` +
     ``Normalize`` per image. ``channels_last``: keep the HWC layout (no copy) as a channels_last
     tensor, else one contiguous NCHW copy. Runs on ``batch``'s device (after a uint8 transfer)."""

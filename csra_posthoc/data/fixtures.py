@@ -16,7 +16,14 @@ from PIL import Image
 from .voc import VOC_CLASSES
 
 
-def write_voc(root: Path, annotations: dict[str, list[tuple[str, int]]], split: str = "test", size=(48, 64), seed=0, year: str = "2007") -> Path:
+def write_voc(
+    root: Path,
+    annotations: dict[str, list[tuple[str, int]]],
+    split: str = "test",
+    size=(48, 64),
+    seed=0,
+    year: str = "2007",
+) -> Path:
     """A VOC folder: ``annotations`` maps image id -> [(class, difficult), ...]."""
     voc = root / "VOCdevkit" / f"VOC{year}"
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
@@ -25,7 +32,9 @@ def write_voc(root: Path, annotations: dict[str, list[tuple[str, int]]], split: 
     for image_id, objects in annotations.items():
         pixels = (rng.random((*size, 3)) * 255).astype(np.uint8)
         Image.fromarray(pixels).save(voc / "JPEGImages" / f"{image_id}.jpg")
-        objs = "".join(f"<object><name>{name}</name><difficult>{difficult}</difficult></object>" for name, difficult in objects)
+        objs = "".join(
+            f"<object><name>{name}</name><difficult>{difficult}</difficult></object>" for name, difficult in objects
+        )
         (voc / "Annotations" / f"{image_id}.xml").write_text(f"<annotation>{objs}</annotation>")
     (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(annotations) + "\n")
     return voc
@@ -74,8 +83,15 @@ def write_coco(
     ann = root / "annotations" / f"instances_{split}{year}.json"
     ann.parent.mkdir(parents=True, exist_ok=True)
     full_images = [{"height": im.get("height", 40), "width": im.get("width", 48), **im} for im in images]
-    full_anns = [{"id": k + 1, "bbox": [1, 1, 5, 5], "area": 25.0, "iscrowd": 0, "segmentation": [], **a} for k, a in enumerate(annotations)]
-    ann.write_text(json.dumps({"info": {}, "licenses": [], "images": full_images, "annotations": full_anns, "categories": categories}))
+    full_anns = [
+        {"id": k + 1, "bbox": [1, 1, 5, 5], "area": 25.0, "iscrowd": 0, "segmentation": [], **a}
+        for k, a in enumerate(annotations)
+    ]
+    ann.write_text(
+        json.dumps(
+            {"info": {}, "licenses": [], "images": full_images, "annotations": full_anns, "categories": categories}
+        )
+    )
     if write_images:
         for k, im in enumerate(full_images):
             write_image(root / f"{split}{year}" / im["file_name"], (im["width"], im["height"]), seed=k)
@@ -102,7 +118,9 @@ def write_wider(root: Path, images: list[dict], split: str = "test", names: list
     return ann
 
 
-def write_image_folder(root: Path, counts: dict[str, int], size: tuple[int, int] = (40, 32), ext: str = ".JPEG") -> Path:
+def write_image_folder(
+    root: Path, counts: dict[str, int], size: tuple[int, int] = (40, 32), ext: str = ".JPEG"
+) -> Path:
     """``root/<class>/<class>_<i><ext>``: the ImageFolder layout."""
     for c, (name, n) in enumerate(counts.items()):
         for i in range(n):

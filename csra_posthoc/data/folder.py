@@ -51,7 +51,9 @@ def one_hot(targets: list[int], num_classes: int) -> torch.Tensor:
     return labels
 
 
-def load_image_folder(data_dir: str | Path, split: str | None = None, classes: list[str] | None = None) -> LabelledImages:
+def load_image_folder(
+    data_dir: str | Path, split: str | None = None, classes: list[str] | None = None
+) -> LabelledImages:
     """``--dataset folder``: classes are the sorted sub-folder names, or ``--classes`` (a superset, in the
     head's order, e.g. when a folder holds only some of a model's classes)."""
     root, split_name = split_root(Path(data_dir), split)

@@ -51,7 +51,10 @@ def read_loc_solution(path: Path, known: set[str]) -> list[tuple[str, str]]:
         for line_no, row in enumerate(reader, start=2):
             words = (row["PredictionString"] or "").split()
             if not words or words[0] not in known:
-                raise CSRAError(f"labels {path}:{line_no}: unknown wnid {words[0] if words else '(empty)'!r} for {row['ImageId']}", param="labels")
+                raise CSRAError(
+                    f"labels {path}:{line_no}: unknown wnid {words[0] if words else '(empty)'!r} for {row['ImageId']}",
+                    param="labels",
+                )
             rows.append((row["ImageId"], words[0]))
     return rows
 
@@ -66,7 +69,9 @@ def read_devkit_ids(meta: Path) -> dict[int, str]:
         synsets = loadmat(str(meta), squeeze_me=True)["synsets"]
         return {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
     except (KeyError, ValueError, TypeError, OSError) as exc:
-        raise CSRAError(f"{meta}: not a devkit meta.mat with synsets (ILSVRC2012_ID, WNID, num_children): {exc}") from None
+        raise CSRAError(
+            f"{meta}: not a devkit meta.mat with synsets (ILSVRC2012_ID, WNID, num_children): {exc}"
+        ) from None
 
 
 def read_ground_truth(path: Path, known: set[str]) -> list[tuple[str, str]]:
@@ -77,7 +82,9 @@ def read_ground_truth(path: Path, known: set[str]) -> list[tuple[str, str]]:
         try:
             wnid = id_to_wnid[int(text)]
         except (ValueError, KeyError):
-            raise CSRAError(f"labels {path}:{line_no}: {text!r} is not an ILSVRC2012_ID in meta.mat", param="labels") from None
+            raise CSRAError(
+                f"labels {path}:{line_no}: {text!r} is not an ILSVRC2012_ID in meta.mat", param="labels"
+            ) from None
         if wnid not in known:
             raise CSRAError(f"labels {path}:{line_no}: unknown wnid {wnid!r}", param="labels")
         rows.append((f"ILSVRC2012_val_{line_no:08d}", wnid))
@@ -91,7 +98,9 @@ def flat_image_path(root: Path, image_id: str) -> Path:
     return root / (image_id + ".JPEG")
 
 
-def load_imagenet(data_dir: str | Path, split: str | None = None, labels: str | Path | None = None, skip_missing: bool = False) -> LabelledImages:
+def load_imagenet(
+    data_dir: str | Path, split: str | None = None, labels: str | Path | None = None, skip_missing: bool = False
+) -> LabelledImages:
     data_dir = Path(data_dir)
     kaggle = data_dir / "ILSVRC" / "Data" / "CLS-LOC"
     root, split_name = split_root(kaggle if kaggle.is_dir() else data_dir, split)

@@ -17,7 +17,9 @@ def read_json(path: Path, param: str) -> Any:
         with path.open("rb") as fh:
             return json.load(fh)
     except json.JSONDecodeError as exc:
-        raise CSRAError(f"{param} {path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", param=param) from None
+        raise CSRAError(
+            f"{param} {path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", param=param
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CSRAError(f"{param} {path}: cannot be read ({exc})", param=param) from None
 

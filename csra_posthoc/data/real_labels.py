@@ -47,12 +47,16 @@ def read_real_labels(path: str | Path, num_classes: int = NUM_CLASSES) -> list[l
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CSRAError(f"real_labels {path}: not a readable JSON file ({exc})", param="real_labels") from None
     if not isinstance(data, list) or not all(isinstance(e, list) for e in data):
-        raise CSRAError(f"real_labels {path}: must be a JSON list with one list of class indices per validation image (real.json)", param="real_labels")
+        raise CSRAError(
+            f"real_labels {path}: must be a JSON list with one list of class indices per validation image (real.json)",
+            param="real_labels",
+        )
     for i, entry in enumerate(data):
         for k in entry:
             if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < num_classes:
                 raise CSRAError(
-                    f"real_labels {path}: entry {i} (ILSVRC2012_val_{i + 1:08d}) holds {k!r}, not a class index 0..{num_classes - 1}", param="real_labels"
+                    f"real_labels {path}: entry {i} (ILSVRC2012_val_{i + 1:08d}) holds {k!r}, not a class index 0..{num_classes - 1}",
+                    param="real_labels",
                 )
     return [sorted(set(e)) for e in data]
 
@@ -64,7 +68,9 @@ def image_number(image_id: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def match_entries(ids: Sequence[str], entries: Sequence[list[int]], path: str | Path, whole_split: bool) -> list[list[int]]:
+def match_entries(
+    ids: Sequence[str], entries: Sequence[list[int]], path: str | Path, whole_split: bool
+) -> list[list[int]]:
     """Each image's ReaL set, matched by file name. ``whole_split``: the images are the whole split (no
     subset, none skipped), so the file must have exactly one entry per image, as timm asserts."""
     found = [image_number(i) for i in ids]
@@ -72,7 +78,8 @@ def match_entries(ids: Sequence[str], entries: Sequence[list[int]], path: str | 
     numbers = [num for num in found if num is not None]
     if bad is not None or not numbers:
         raise CSRAError(
-            f"real_labels {path}: image {bad} is not named ILSVRC2012_val_NNNNNNNN; ReaL labels the ImageNet validation images", param="real_labels"
+            f"real_labels {path}: image {bad} is not named ILSVRC2012_val_NNNNNNNN; ReaL labels the ImageNet validation images",
+            param="real_labels",
         )
     if whole_split and len(entries) != len(ids):
         raise CSRAError(
@@ -81,7 +88,10 @@ def match_entries(ids: Sequence[str], entries: Sequence[list[int]], path: str | 
         )
     top = max(numbers)
     if top > len(entries):
-        raise CSRAError(f"real_labels {path}: has {len(entries)} entries, but image ILSVRC2012_val_{top:08d} is evaluated", param="real_labels")
+        raise CSRAError(
+            f"real_labels {path}: has {len(entries)} entries, but image ILSVRC2012_val_{top:08d} is evaluated",
+            param="real_labels",
+        )
     return [list(entries[num - 1]) for num in numbers]
 
 
@@ -96,11 +106,16 @@ class RealLabels:
     labels: torch.Tensor  # (kept, C) long
 
     @classmethod
-    def for_images(cls, path: str | Path, ids: Sequence[str], num_classes: int = NUM_CLASSES, whole_split: bool = False) -> RealLabels:
+    def for_images(
+        cls, path: str | Path, ids: Sequence[str], num_classes: int = NUM_CLASSES, whole_split: bool = False
+    ) -> RealLabels:
         sets = match_entries(ids, read_real_labels(path, num_classes), path, whole_split)
         keep = torch.tensor([bool(s) for s in sets], dtype=torch.bool)
         if not keep.any():
-            raise CSRAError(f"real_labels {path}: every evaluated image has an empty ReaL set; nothing to score", param="real_labels")
+            raise CSRAError(
+                f"real_labels {path}: every evaluated image has an empty ReaL set; nothing to score",
+                param="real_labels",
+            )
         kept = [s for s in sets if s]
         labels = torch.zeros(len(kept), num_classes, dtype=torch.long)
         rows = np.repeat(np.arange(len(kept)), [len(s) for s in kept])
@@ -120,16 +135,25 @@ def real_topk(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = 
 
 
 def real_metrics(
-    stats: ClassStatistics, result: SweepResult, real: RealLabels, lams: Sequence[float], temps: Sequence[float], heads: Sequence[int]
+    stats: ClassStatistics,
+    result: SweepResult,
+    real: RealLabels,
+    lams: Sequence[float],
+    temps: Sequence[float],
+    heads: Sequence[int],
 ) -> dict[str, Any]:
     """ReaL top-1 / top-5 (percent) of the baseline and every row of the sweep, and ReaL mAP of the
     baseline, best, fixed and best-variant rows, from the cached statistics: the results-JSON
     ``"real_labels"`` object (docs/method.md §9). mAP over 1000 classes costs about 100x a row's
     top-k at ImageNet size (3 s vs 0.04 s), so it is not computed for every row."""
-    sub = replace(take_images(stats, real.keep.to(stats.avg.device)), labels=real.labels.to(stats.labels.device))  # the kept images, ReaL sets as labels
+    sub = replace(
+        take_images(stats, real.keep.to(stats.avg.device)), labels=real.labels.to(stats.labels.device)
+    )  # the kept images, ReaL sets as labels
 
     def topk(_: ClassStatistics, scorer: Any, prepared: Any) -> dict[str, float]:
-        scores = torch.from_numpy(np.ascontiguousarray(prepared.T)) if isinstance(prepared, np.ndarray) else prepared  # numpy (C, N); torch (N, C)
+        scores = (
+            torch.from_numpy(np.ascontiguousarray(prepared.T)) if isinstance(prepared, np.ndarray) else prepared
+        )  # numpy (C, N); torch (N, C)
         return real_topk(scores, real.labels, (1, 5))
 
     grid = sorted({float(lam) for lam in lams} | {0.0, result.fixed.lam})
@@ -141,12 +165,20 @@ def real_metrics(
         try:
             return {**metrics, "mAP": scorer.primary(scorer.prepare(scores))}
         except ValueError as exc:
-            raise CSRAError(f"real_labels {real.file}: cannot score the ReaL sets ({exc})", param="real_labels") from None
+            raise CSRAError(
+                f"real_labels {real.file}: cannot score the ReaL sets ({exc})", param="real_labels"
+            ) from None
 
     base = with_map(scored[0][2], sub.avg)
 
     def entry(variant: Variant, lam: float, metrics: dict[str, float]) -> dict[str, Any]:
-        return {"variant": variant.kind, "temperature": variant.temperature, "heads": variant.heads, "lam": lam, "metrics": metrics}
+        return {
+            "variant": variant.kind,
+            "temperature": variant.temperature,
+            "heads": variant.heads,
+            "lam": lam,
+            "metrics": metrics,
+        }
 
     def headline(row: Any) -> dict[str, Any]:
         metrics = base if row.lam == 0.0 else with_map(by_setting[(row.variant, row.lam)], row_scores(sub, row))
@@ -160,7 +192,9 @@ def real_metrics(
         "best": headline(result.best),
         "fixed": headline(result.fixed),
         "best_variant": headline(result.best_variant),
-        "rows": [entry(v, lam, m) for v, lam, m in scored[1:]],  # as the results' "rows" (lam 0 included): top-1 / top-5
+        "rows": [
+            entry(v, lam, m) for v, lam, m in scored[1:]
+        ],  # as the results' "rows" (lam 0 included): top-1 / top-5
     }
 
 
@@ -185,11 +219,20 @@ def print_real_table(console: Console, found: dict[str, Any]) -> None:
         return out
 
     table.add_row("baseline", "-", "0", *cells(base, False))
-    for label, key in (("best λ (optimistic)", "best"), ("fixed λ (paper)", "fixed"), ("best variant (optimistic)", "best_variant")):
+    for label, key in (
+        ("best λ (optimistic)", "best"),
+        ("fixed λ (paper)", "fixed"),
+        ("best variant (optimistic)", "best_variant"),
+    ):
         row = found[key]
         variant = (
-            row["variant"] if row["variant"] == "max" else (f"softmax T={row['temperature']:g}" if row["variant"] == "softmax" else f"heads H={row['heads']}")
+            row["variant"]
+            if row["variant"] == "max"
+            else (f"softmax T={row['temperature']:g}" if row["variant"] == "softmax" else f"heads H={row['heads']}")
         )
         table.add_row(label, variant, f"{row['lam']:g}", *cells(row["metrics"], True))
     console.print(table)
-    console.print(f"ReaL labels: {safe(found['file'])}; rows chosen on the original labels; top-k as timm's RealLabelsImagenet", soft_wrap=True)
+    console.print(
+        f"ReaL labels: {safe(found['file'])}; rows chosen on the original labels; top-k as timm's RealLabelsImagenet",
+        soft_wrap=True,
+    )

@@ -24,7 +24,9 @@ def stratified_indices(labels: torch.Tensor, n: int, seed: int = 0, single_label
         for c in target.unique():
             members = (target == c).nonzero().flatten()
             # the r-th member of a class of size m sits at quantile (r + u) / m: equal shares per class
-            key[members] = (torch.arange(len(members), dtype=torch.float64) + torch.rand(1, generator=gen, dtype=torch.float64)) / len(members)
+            key[members] = (
+                torch.arange(len(members), dtype=torch.float64) + torch.rand(1, generator=gen, dtype=torch.float64)
+            ) / len(members)
         picked = order[key.argsort(stable=True)[:n]]
         return sorted(picked.tolist())
     positive = labels[order] == 1
@@ -58,5 +60,8 @@ def subset(images: LabelledImages, max_images: int, seed: int = 0) -> LabelledIm
         object_boxes=[images.object_boxes[i] for i in keep] if images.object_boxes is not None else None,
         image_sizes=[images.image_sizes[i] for i in keep] if images.image_sizes is not None else None,
         options={**images.options, "max_images": max_images, "subset_seed": seed, "subset_of": len(images)},
-        notes=[*images.notes, f"subset: {len(keep)} of {len(images)} samples (--max-images {max_images}, seed {seed}, stratified)"],
+        notes=[
+            *images.notes,
+            f"subset: {len(keep)} of {len(images)} samples (--max-images {max_images}, seed {seed}, stratified)",
+        ],
     )

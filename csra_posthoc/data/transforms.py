@@ -34,7 +34,9 @@ CROP_MODES = ("center", "squash", "border")
 
 def _interpolation(cfg: DataConfig) -> str:
     if cfg.interpolation not in INTERPOLATIONS:
-        raise CSRAError(f"model data config: interpolation {cfg.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+        raise CSRAError(
+            f"model data config: interpolation {cfg.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}"
+        )
     return cfg.interpolation
 
 
@@ -131,20 +133,34 @@ class TransformSpec:
         return f"resize to {self.size}x{self.size} ({self.interpolation}), no crop: the multi-label protocol"
 
 
-def transform_spec(cfg: DataConfig, img_size: int | None, single_label: bool, choice: TransformChoice = "auto") -> TransformSpec:
+def transform_spec(
+    cfg: DataConfig, img_size: int | None, single_label: bool, choice: TransformChoice = "auto"
+) -> TransformSpec:
     """:func:`eval_transform`'s choice as a :class:`TransformSpec`, torch-free."""
     if choice not in TRANSFORM_CHOICES:
-        raise CSRAError(f"transform {choice}: choose {', '.join(TRANSFORM_CHOICES[:-1])} or {TRANSFORM_CHOICES[-1]}", param="transform")
+        raise CSRAError(
+            f"transform {choice}: choose {', '.join(TRANSFORM_CHOICES[:-1])} or {TRANSFORM_CHOICES[-1]}",
+            param="transform",
+        )
     size = int(img_size or cfg.input_size)
     mean, std = tuple(float(x) for x in cfg.mean), tuple(float(x) for x in cfg.std)
     if choice == "crop" or (choice == "auto" and single_label):
         return TransformSpec(
-            "center-crop", size, _interpolation(cfg), mean, std, resize=math.floor(size / cfg.crop_pct + 1e-6), crop_pct=cfg.crop_pct, crop_mode=cfg.crop_mode
+            "center-crop",
+            size,
+            _interpolation(cfg),
+            mean,
+            std,
+            resize=math.floor(size / cfg.crop_pct + 1e-6),
+            crop_pct=cfg.crop_pct,
+            crop_mode=cfg.crop_mode,
         )
     return TransformSpec("square-resize", size, _interpolation(cfg), mean, std)
 
 
-def transform_description(cfg: DataConfig, img_size: int | None, single_label: bool, choice: TransformChoice = "auto") -> dict[str, Any]:
+def transform_description(
+    cfg: DataConfig, img_size: int | None, single_label: bool, choice: TransformChoice = "auto"
+) -> dict[str, Any]:
     """The plain-dict description of :func:`eval_transform`'s choice (cache key and report), torch-free."""
     return transform_spec(cfg, img_size, single_label, choice).to_json()
 
@@ -172,9 +188,18 @@ def _built(key: str) -> Callable[..., torch.Tensor]:
     interpolation = InterpolationMode(desc["interpolation"])
     size = desc["size"]
     if desc["kind"] == "square-resize":
-        return T.Compose([T.Resize((size, size), interpolation=interpolation), T.ToTensor(), T.Normalize(desc["mean"], desc["std"])])
+        return T.Compose(
+            [T.Resize((size, size), interpolation=interpolation), T.ToTensor(), T.Normalize(desc["mean"], desc["std"])]
+        )
     if desc["crop_mode"] == "center":
-        return T.Compose([T.Resize(desc["resize"], interpolation=interpolation), T.CenterCrop(size), T.ToTensor(), T.Normalize(desc["mean"], desc["std"])])
+        return T.Compose(
+            [
+                T.Resize(desc["resize"], interpolation=interpolation),
+                T.CenterCrop(size),
+                T.ToTensor(),
+                T.Normalize(desc["mean"], desc["std"]),
+            ]
+        )
     from timm.data import create_transform  # 'squash' / 'border': timm's own implementation
 
     return create_transform(

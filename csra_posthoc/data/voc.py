@@ -41,7 +41,9 @@ def _image_labels(xml_path: Path, index: dict[str, int], difficult: DifficultPol
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()
         if name not in index:
-            raise CSRAError(f"{xml_path}: class {name!r} is not in the class list; pass `classes` / `classes_file` with it")
+            raise CSRAError(
+                f"{xml_path}: class {name!r} is not in the class list; pass `classes` / `classes_file` with it"
+            )
         is_difficult = (obj.findtext("difficult") or "0").strip() == "1"
         (hard if is_difficult else plain).add(index[name])
     labels = [0] * len(index)
@@ -52,7 +54,9 @@ def _image_labels(xml_path: Path, index: dict[str, int], difficult: DifficultPol
     return labels
 
 
-def image_boxes(xml_path: Path, index: dict[str, int], difficult: DifficultPolicy = "ignore") -> dict[int, list[tuple[float, float, float, float]]]:
+def image_boxes(
+    xml_path: Path, index: dict[str, int], difficult: DifficultPolicy = "ignore"
+) -> dict[int, list[tuple[float, float, float, float]]]:
     """Class index -> ``(xmin, ymin, xmax, ymax)`` boxes (original pixels) of one annotation, for the
     pointing game (:mod:`csra_posthoc.evaluation.localisation`). Consistent with the labels: difficult boxes
     count only under ``difficult='positive'`` (under 'ignore' a class seen only as difficult is
@@ -94,7 +98,9 @@ def image_size(xml_path: Path, image_path: Path) -> tuple[int, int]:
         with Image.open(image_path) as im:
             return int(im.size[0]), int(im.size[1])
     except Exception as exc:
-        raise CSRAError(f"{image_path}: cannot read the image size ({type(exc).__name__}) for the pointing game") from None
+        raise CSRAError(
+            f"{image_path}: cannot read the image size ({type(exc).__name__}) for the pointing game"
+        ) from None
 
 
 def load_voc(
@@ -132,7 +138,11 @@ def load_voc(
         rows.append(_image_labels(xml_path, index, difficult))
         object_boxes.append(image_boxes(xml_path, index, difficult))
     has_boxes = any(object_boxes)  # no <bndbox> anywhere: no pointing game
-    sizes = [image_size(root / "Annotations" / f"{i}.xml", p) for i, p in zip(ids, paths, strict=True)] if has_boxes else None
+    sizes = (
+        [image_size(root / "Annotations" / f"{i}.xml", p) for i, p in zip(ids, paths, strict=True)]
+        if has_boxes
+        else None
+    )
     return LabelledImages(
         dataset=f"voc{year}",
         split=split,

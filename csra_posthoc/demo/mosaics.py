@@ -42,7 +42,9 @@ def mosaic_voc_written(root: Path) -> Path | None:
     return final if (final / "ImageSets" / "Main" / "test.txt").is_file() else None
 
 
-def write_mosaic_voc(source: ItemSource, root: Path, num_trainval: int, num_test: int, canvas: int, seed: int = 0) -> Path:
+def write_mosaic_voc(
+    source: ItemSource, root: Path, num_trainval: int, num_test: int, canvas: int, seed: int = 0
+) -> Path:
     """Write ``root/VOC2007`` (JPEGImages, Annotations, ImageSets/Main/{trainval,test}.txt) atomically."""
     final = root / "VOC2007"
     if mosaic_voc_written(root):

@@ -21,11 +21,25 @@ from PIL import Image
 
 from ..errors import CSRAError
 
-FASHION_CLASSES = ["tshirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
+FASHION_CLASSES = [
+    "tshirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
+]
 DIGIT_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 GET_FASHION_MNIST = "sudo apt-get install dataset-fashion-mnist"
-_IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_IDX = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 @dataclass
@@ -74,7 +88,8 @@ def _read_idx(folder: Path, stem: str, dims: int) -> np.ndarray:
                 raise _damaged(path, f"{len(raw)} bytes where its header promises {expected}")
             return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
     raise CSRAError(
-        f"data_dir {folder}: {stem}[.gz] is missing; reinstall Fashion-MNIST ({GET_FASHION_MNIST}) or pass `data_dir` with all four idx files", param="data_dir"
+        f"data_dir {folder}: {stem}[.gz] is missing; reinstall Fashion-MNIST ({GET_FASHION_MNIST}) or pass `data_dir` with all four idx files",
+        param="data_dir",
     )
 
 
@@ -84,7 +99,9 @@ def read_fashion_mnist(folder: Path) -> ItemSource:
         images[split] = _read_idx(folder, img_stem, 3)
         labels[split] = _read_idx(folder, lbl_stem, 1).astype(np.int64)
         if len(labels[split]) != len(images[split]):
-            raise _damaged(folder / lbl_stem, f"{len(labels[split])} labels for {len(images[split])} images in {img_stem}")
+            raise _damaged(
+                folder / lbl_stem, f"{len(labels[split])} labels for {len(images[split])} images in {img_stem}"
+            )
         if len(labels[split]) and labels[split].max() >= len(FASHION_CLASSES):
             raise _damaged(folder / lbl_stem, f"label {labels[split].max()} outside 0..{len(FASHION_CLASSES) - 1}")
     return ItemSource("fashion-mnist", str(folder), FASHION_CLASSES, images, labels)

@@ -120,7 +120,11 @@ def _csr(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int) -> to
     index = torch.from_numpy(np.stack([rows, cols])) if len(rows) else torch.zeros(2, 0, dtype=torch.int64)
     with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is stable
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_coo_tensor(index, values, (num_rows, num_cols), check_invariants=False).coalesce().to_sparse_csr()
+        return (
+            torch.sparse_coo_tensor(index, values, (num_rows, num_cols), check_invariants=False)
+            .coalesce()
+            .to_sparse_csr()
+        )
 
 
 def _segment_cumsum(x: torch.Tensor, bounds: list[tuple[int, int]]) -> torch.Tensor:
@@ -171,13 +175,17 @@ def bootstrap_deltas(
     num_images = baseline.shape[0]
     base = weighted_metric(baseline, labels, single_label)
     metrics = {name: [(mask, weighted_metric(s, labels, single_label)) for mask, s in p] for name, p in parts.items()}
-    runs = max([getattr(m, "num_runs", 1) for ps in metrics.values() for _, m in ps] + [getattr(base, "num_runs", 1), 1])
+    runs = max(
+        [getattr(m, "num_runs", 1) for ps in metrics.values() for _, m in ps] + [getattr(base, "num_runs", 1), 1]
+    )
     chunk = max(1, min(n, CHUNK_CELLS // max(runs, num_images)))
 
     def deltas(w: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
         for name, ps in metrics.items():
-            per_part = [m.mean(w if mask is None else w * mask) - base.mean(w if mask is None else w * mask) for mask, m in ps]
+            per_part = [
+                m.mean(w if mask is None else w * mask) - base.mean(w if mask is None else w * mask) for mask, m in ps
+            ]
             out[name] = torch.stack(per_part).mean(dim=0)
         return out
 
@@ -216,6 +224,12 @@ def lam_band(
     """Bootstrap interval of the delta of ``avg + lam * attended`` at each lam (the lam curve's band)."""
     grid = sorted({float(lam) for lam in lams})
     found = bootstrap_deltas(
-        avg, {str(lam): csra_score(avg, attended, lam) for lam in grid}, labels, single_label=single_label, n=n, seed=seed, progress=progress
+        avg,
+        {str(lam): csra_score(avg, attended, lam) for lam in grid},
+        labels,
+        single_label=single_label,
+        n=n,
+        seed=seed,
+        progress=progress,
     )
     return {lam: found[str(lam)] for lam in grid}

@@ -72,7 +72,9 @@ def f1_thresholds(scores: torch.Tensor, labels: torch.Tensor, unknown: UnknownPo
     return torch.where(n_gt > 0, chosen, out)
 
 
-def f1_at(scores: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor, unknown: UnknownPolicy = "exclude") -> dict[str, float]:
+def f1_at(
+    scores: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor, unknown: UnknownPolicy = "exclude"
+) -> dict[str, float]:
     """CP, CR, CF1, OP, OR, OF1 in percent predicting ``score_c >= thresholds[c]`` (the metrics module's formulas)."""
     pred = scores.double().cpu() >= thresholds.double().cpu().unsqueeze(0)
     positive, counted = _known(labels.cpu(), unknown)
@@ -91,7 +93,12 @@ class HeldOutF1:
     of1_at_half: float
 
 
-def held_out_f1(scores: torch.Tensor, labels: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor], unknown: UnknownPolicy = "exclude") -> HeldOutF1 | None:
+def held_out_f1(
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    masks: tuple[torch.Tensor, torch.Tensor],
+    unknown: UnknownPolicy = "exclude",
+) -> HeldOutF1 | None:
     """Thresholds chosen on each half, CF1 / OF1 on the other, both directions averaged; the fixed
     0.5 rule on the same halves. None when a half has no positive label (nothing to score)."""
     got: list[tuple[float, float, float, float]] = []
@@ -107,7 +114,11 @@ def held_out_f1(scores: torch.Tensor, labels: torch.Tensor, masks: tuple[torch.T
 
 
 def row_thresholds_json(
-    scores: torch.Tensor, labels: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor] | None, unknown: UnknownPolicy, seed: int
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    masks: tuple[torch.Tensor, torch.Tensor] | None,
+    unknown: UnknownPolicy,
+    seed: int,
 ) -> dict[str, Any]:
     """One row's entry of the results JSON's ``thresholds`` (contract C1): ``values`` chosen on all
     images, ``cf1`` / ``of1`` / ``cf1_at_0.5`` / ``of1_at_0.5`` held-out (None when not scorable)."""
@@ -135,7 +146,12 @@ def sweep_thresholds(result: SweepResult, stats: ClassStatistics, seed: int = 0)
         return None
     masks = half_masks(stats.num_images, seed) if stats.num_images >= 4 else None
     unknown = stats.info.unknown
-    rows = {"baseline": result.baseline, "best": result.best, "fixed": result.fixed, "best_variant": result.best_variant}
+    rows = {
+        "baseline": result.baseline,
+        "best": result.best,
+        "fixed": result.fixed,
+        "best_variant": result.best_variant,
+    }
     out: dict[str, dict[str, Any]] = {}
     done: dict[tuple[Any, float], dict[str, Any]] = {}  # best_variant is often best itself: scored once
     for key, row in rows.items():

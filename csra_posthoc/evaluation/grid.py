@@ -47,7 +47,9 @@ def attended_scores(stats: ClassStatistics, variant: Variant) -> torch.Tensor:
         raise CSRAError(f"temps: {exc.args[0]}", param="temps") from None
 
 
-def evaluate(stats: ClassStatistics, scores: torch.Tensor, task: Task, scorer: Evaluator | None = None) -> tuple[dict[str, float], torch.Tensor]:
+def evaluate(
+    stats: ClassStatistics, scores: torch.Tensor, task: Task, scorer: Evaluator | None = None
+) -> tuple[dict[str, float], torch.Tensor]:
     """The dataset's metrics for one score matrix (multi-label or single-label); ``scorer`` (from
     :func:`stats_evaluator`) reuses the label work across a sweep's rows."""
     scorer = stats_evaluator(stats, task) if scorer is None else scorer
@@ -60,7 +62,9 @@ def stats_evaluator(stats: ClassStatistics, task: Task, threads: int | None = No
     return evaluator(stats.labels, task == "single_label", stats.info.unknown, device=stats.avg.device, threads=threads)
 
 
-def evaluate_prepared(stats: ClassStatistics, scorer: Evaluator, prepared: Any) -> tuple[dict[str, float], torch.Tensor]:
+def evaluate_prepared(
+    stats: ClassStatistics, scorer: Evaluator, prepared: Any
+) -> tuple[dict[str, float], torch.Tensor]:
     """:func:`evaluate` for scores already in ``scorer``'s layout; library errors become one CSRAError line."""
     try:
         return scorer.evaluate(prepared)
@@ -104,14 +108,17 @@ def sweep(
         best=best_of(max_rows),
         fixed=next(r for r in max_rows if r.lam == float(fixed_lam)),
         best_variant=best_of(rows),
-        excluded_classes=[] if primary == "top1" else [c for c, ap in zip(stats.classes, base_ap.tolist(), strict=True) if math.isnan(ap)],
+        excluded_classes=[]
+        if primary == "top1"
+        else [c for c, ap in zip(stats.classes, base_ap.tolist(), strict=True) if math.isnan(ap)],
     )
     if primary == "mAP":
         always = all_positive(stats.labels)
         if always.any():
             result.all_positive_classes = [c for c, a in zip(stats.classes, always.tolist(), strict=True) if a]
             result.mAP_without_all_positive = {
-                name: map_without(row.per_class_ap, always) for name, row in (("baseline", baseline), ("best", result.best), ("fixed", result.fixed))
+                name: map_without(row.per_class_ap, always)
+                for name, row in (("baseline", baseline), ("best", result.best), ("fixed", result.fixed))
             }
     if stats.info.baseline_source == "patch_average":
         result.model_logits = evaluate(stats, stats.logits, task)[0]
@@ -120,7 +127,9 @@ def sweep(
     return result
 
 
-def grid_rows(lams: Sequence[float], temps: Sequence[float], heads: Sequence[int], fixed_lam: float | None = None) -> int:
+def grid_rows(
+    lams: Sequence[float], temps: Sequence[float], heads: Sequence[int], fixed_lam: float | None = None
+) -> int:
     """How many score matrices a sweep evaluates: the baseline, then every variant at every lam > 0."""
     grid = {float(lam) for lam in lams} | ({float(fixed_lam)} if fixed_lam is not None else set())
     return 1 + len(variants(temps, heads)) * len(grid - {0.0})
@@ -154,7 +163,9 @@ def score_grid(
         try:  # per lam, the evaluator asks csra_score for the scores it needs (all, or candidates)
             pair = scorer.pair(avg, scorer.prepare(attended_scores(stats, variant)), grid, csra_score)
         except ValueError as exc:
-            raise CSRAError(f"cannot score {stats.info.model} on {stats.info.dataset}: {exc}; the cache may be damaged: re-run with recompute=True") from None
+            raise CSRAError(
+                f"cannot score {stats.info.model} on {stats.info.dataset}: {exc}; the cache may be damaged: re-run with recompute=True"
+            ) from None
 
         def score_row(lam: float, pair: Pair = pair) -> T:
             result = score(stats, scorer, pair.at(lam))

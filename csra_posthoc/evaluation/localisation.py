@@ -29,7 +29,9 @@ DEFINITION = (
 )
 
 
-def cell_centre(transform: Mapping[str, Any], grid: tuple[int, int], cell: tuple[int, int], image_size: tuple[int, int]) -> tuple[float, float]:
+def cell_centre(
+    transform: Mapping[str, Any], grid: tuple[int, int], cell: tuple[int, int], image_size: tuple[int, int]
+) -> tuple[float, float]:
     """Centre of ``cell`` (row, col) of an ``grid`` (h, w) map, in original-image pixels (x, y).
 
     ``transform`` is :func:`csra_posthoc.data.transforms.transform_description`'s dict;
@@ -51,7 +53,10 @@ def cell_centre(transform: Mapping[str, Any], grid: tuple[int, int], cell: tuple
         rw, rh = width * scale, height * scale
         left, top = (rw - size) / 2.0, (rh - size) / 2.0
         return (left + u * size) / scale, (top + v * size) / scale
-    raise CSRAError(f"transform {kind!r} (crop_mode {transform.get('crop_mode')!r}) can not be mapped to image coordinates", param="transform")
+    raise CSRAError(
+        f"transform {kind!r} (crop_mode {transform.get('crop_mode')!r}) can not be mapped to image coordinates",
+        param="transform",
+    )
 
 
 def _inside(point: tuple[float, float], boxes: Sequence[Box]) -> bool:
@@ -106,13 +111,19 @@ def pointing_game(
             acc[0] += int(_inside(centres[flat], cb))
             acc[1] += sum(_inside(p, cb) for p in centres) / (h * w)
             acc[2] += 1
-    total = PointingScore(sum(int(a[0]) for a in per_class.values()), sum(float(a[1]) for a in per_class.values()), sum(int(a[2]) for a in per_class.values()))
+    total = PointingScore(
+        sum(int(a[0]) for a in per_class.values()),
+        sum(float(a[1]) for a in per_class.values()),
+        sum(int(a[2]) for a in per_class.values()),
+    )
 
     def entry(s: PointingScore) -> dict[str, Any]:
         return {"hit_rate": s.hit_rate, "chance_rate": s.chance_rate, "pairs": s.pairs, "hits": s.hits}
 
     game = entry(total)
-    game["per_class"] = {classes[c]: entry(PointingScore(int(a[0]), float(a[1]), int(a[2]))) for c, a in per_class.items() if a[2]}
+    game["per_class"] = {
+        classes[c]: entry(PointingScore(int(a[0]), float(a[1]), int(a[2]))) for c, a in per_class.items() if a[2]
+    }
     return {"pointing_game": game, "definition": DEFINITION}
 
 
@@ -139,6 +150,12 @@ def statistics_pointing_game(stats: Any, images: Any) -> dict[str, Any] | None:
         raise CSRAError("statistics and images disagree on the image ids", param="images")
     h, w = (int(v) for v in stats.info.grid)
     section = pointing_game(
-        stats.labels.tolist(), stats.argmax.tolist(), (h, w), images.object_boxes, images.image_sizes, stats.info.transform, list(stats.classes)
+        stats.labels.tolist(),
+        stats.argmax.tolist(),
+        (h, w),
+        images.object_boxes,
+        images.image_sizes,
+        stats.info.transform,
+        list(stats.classes),
     )
     return {**section, "grid": [h, w], "argmax_of": ARGMAX_OF}

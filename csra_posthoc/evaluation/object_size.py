@@ -71,7 +71,9 @@ class Splits:
 
 
 def relative_areas(
-    labels: np.ndarray, object_boxes: Sequence[Mapping[int, Sequence[Sequence[float]]]], image_sizes: Sequence[tuple[int, int]]
+    labels: np.ndarray,
+    object_boxes: Sequence[Mapping[int, Sequence[Sequence[float]]]],
+    image_sizes: Sequence[tuple[int, int]],
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(N, C)`` relative area of the largest box of each positive pair (NaN: not positive, or no
     box) and ``(N, C)`` its number of boxes."""
@@ -90,7 +92,9 @@ def relative_areas(
 
 
 def assign_splits(
-    labels: torch.Tensor | np.ndarray, object_boxes: Sequence[Mapping[int, Sequence[Sequence[float]]]], image_sizes: Sequence[tuple[int, int]]
+    labels: torch.Tensor | np.ndarray,
+    object_boxes: Sequence[Mapping[int, Sequence[Sequence[float]]]],
+    image_sizes: Sequence[tuple[int, int]],
 ) -> Splits:
     """The size bins (tertiles of the positives' relative areas), instance bins and label-count groups."""
     lab = np.asarray(labels)
@@ -122,19 +126,30 @@ class SplitAP:
     (label-count groups, whose bins are the images' groups)."""
 
     def __init__(
-        self, scores: torch.Tensor, labels: torch.Tensor, groups: np.ndarray, num_groups: int, partitions: Mapping[str, tuple[np.ndarray, int]]
+        self,
+        scores: torch.Tensor,
+        labels: torch.Tensor,
+        groups: np.ndarray,
+        num_groups: int,
+        partitions: Mapping[str, tuple[np.ndarray, int]],
     ) -> None:
         n, c = scores.shape
         self.num_images, self.num_classes, self.num_groups = n, c, num_groups
         sorted_scores, order = torch.sort(scores.double().t().contiguous(), dim=1, descending=True)
         lab_t = labels.t().contiguous().gather(1, order).numpy()
         order_np, s_np = order.numpy(), sorted_scores.numpy()
-        g = np.where(groups < 0, num_groups, groups).astype(np.int64)  # images with no positive: a group of their own (negatives only)
+        g = np.where(groups < 0, num_groups, groups).astype(
+            np.int64
+        )  # images with no positive: a group of their own (negatives only)
         ga = self.groups_all = num_groups + 1
-        group_bins = np.where(labels.numpy() == 1, np.where(groups < 0, -1, groups)[:, None], -1)  # the "groups" split: a positive's bin is its image's group
+        group_bins = np.where(
+            labels.numpy() == 1, np.where(groups < 0, -1, groups)[:, None], -1
+        )  # the "groups" split: a positive's bin is its image's group
         parts = {"groups": (group_bins, num_groups), **partitions}
         rows, cols, prow, pcol, run_class, run_first = [], [], [], [], [], []
-        entries: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {name: [] for name in parts}  # (image, run, bin) of positives
+        entries: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
+            name: [] for name in parts
+        }  # (image, run, bin) of positives
         runs = 0
         for k in range(c):
             s, lab, idx = s_np[k], lab_t[k], order_np[k]
@@ -173,7 +188,11 @@ class SplitAP:
             run = cat([e[1] for e in entries[name]])
             bin_ = cat([e[2] for e in entries[name]])
             seg = self.run_class[run] * nb + bin_ if run.size else run  # (class, bin) of each positive
-            pairs, entry = np.unique(np.stack([seg, run]), axis=1, return_inverse=True) if run.size else (np.zeros((2, 0), np.int64), run)
+            pairs, entry = (
+                np.unique(np.stack([seg, run]), axis=1, return_inverse=True)
+                if run.size
+                else (np.zeros((2, 0), np.int64), run)
+            )
             entry = np.asarray(entry).reshape(-1)  # entries sorted by (class, bin, run): segments are contiguous
             e_seg, e_run = pairs[0], pairs[1]
             starts = np.flatnonzero(np.r_[True, e_seg[1:] != e_seg[:-1]]) if e_seg.size else np.zeros(0, np.int64)
@@ -182,11 +201,15 @@ class SplitAP:
                 "bins": nb,
                 "matrix": _csr(entry, image, int(e_seg.size), n),  # (entries, N): the entry's positives
                 "run": torch.from_numpy(e_run.astype(np.int64)),
-                "bin": torch.from_numpy((e_seg % nb).astype(np.int64)) if e_seg.size else torch.zeros(0, dtype=torch.int64),
+                "bin": torch.from_numpy((e_seg % nb).astype(np.int64))
+                if e_seg.size
+                else torch.zeros(0, dtype=torch.int64),
                 "bounds": [(int(a), int(b)) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)],
                 "starts": torch.from_numpy(starts.astype(np.int64)),
                 "ends": torch.from_numpy(ends.astype(np.int64)),
-                "segments": torch.from_numpy(e_seg[starts].astype(np.int64)) if e_seg.size else torch.zeros(0, dtype=torch.int64),
+                "segments": torch.from_numpy(e_seg[starts].astype(np.int64))
+                if e_seg.size
+                else torch.zeros(0, dtype=torch.int64),
             }
 
     def __call__(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -196,7 +219,9 @@ class SplitAP:
         wt = weights.t().to(torch.float32).contiguous()
         runs, ga = self.num_runs, self.groups_all
         if runs:  # float32 counts: integer sums within a class stay below N (exact below 2**24)
-            cum_group = _segment_cumsum((self.labelled @ wt).reshape(runs, ga, b), self.class_bounds)  # known images so far, per group
+            cum_group = _segment_cumsum(
+                (self.labelled @ wt).reshape(runs, ga, b), self.class_bounds
+            )  # known images so far, per group
             cum_pos = _segment_cumsum(self.positive @ wt, self.class_bounds)
             cum_neg = cum_group.sum(dim=1).sub_(cum_pos)  # (runs, B): negatives so far, every group
         for name, part in self.parts.items():
@@ -204,7 +229,9 @@ class SplitAP:
             ap = torch.full((self.num_classes * nb, b), float("nan"), dtype=torch.float64)
             if part["run"].numel():
                 tp = part["matrix"] @ wt  # (entries, B)
-                cum_tp = _segment_cumsum(tp.clone(), part["bounds"])  # the bin's positives so far, within its (class, bin)
+                cum_tp = _segment_cumsum(
+                    tp.clone(), part["bounds"]
+                )  # the bin's positives so far, within its (class, bin)
                 if name == "groups":
                     seen = cum_group[part["run"], part["bin"]]
                 else:
@@ -212,7 +239,9 @@ class SplitAP:
                 credit = tp.double().mul_(cum_tp).div_(seen.clamp_min(1.0))
                 num = _segment_sums(credit, part["starts"], part["ends"])
                 den = cum_tp[part["ends"] - 1].double()
-                ap[part["segments"]] = torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan")))
+                ap[part["segments"]] = torch.where(
+                    den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan"))
+                )
             key = "groups" if name == "groups" else name
             out[key] = ap.reshape(self.num_classes, nb, b).permute(2, 1, 0)
         return out
@@ -264,7 +293,10 @@ def split_deltas(
     metrics = {name: [(mask, make(s)) for mask, s in p] for name, p in parts.items()}
     masks = {id(mask): mask for ps in metrics.values() for mask, _ in ps}
     num_images = baseline.shape[0]
-    cells = max([m.num_runs * m.groups_all for ps in metrics.values() for _, m in ps] + [base.num_runs * base.groups_all, num_images, 1])
+    cells = max(
+        [m.num_runs * m.groups_all for ps in metrics.values() for _, m in ps]
+        + [base.num_runs * base.groups_all, num_images, 1]
+    )
 
     def deltas(w: torch.Tensor) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
         weighted = {key: w if mask is None else w * mask for key, mask in masks.items()}
@@ -345,7 +377,9 @@ def size_json(found: SplitResult) -> dict[str, Any]:
             out[name] = {
                 bin_: {
                     **_interval(found.mean[name]["size"][bin_]),
-                    "per_class": {c: _num(v) for c, v in zip(found.classes, found.per_class[name][bin_].tolist(), strict=True)},
+                    "per_class": {
+                        c: _num(v) for c, v in zip(found.classes, found.per_class[name][bin_].tolist(), strict=True)
+                    },
                 }
                 for bin_ in SIZE_BINS
             }
@@ -354,7 +388,11 @@ def size_json(found: SplitResult) -> dict[str, Any]:
 
 def label_count_json(found: SplitResult) -> dict[str, Any]:
     """The results-JSON ``"by_label_count"``: label-count groups and the instance bins."""
-    out: dict[str, Any] = {"definition": DEFINITION_CLUTTER, "images": found.counts["labels"], "positives": found.counts["instances"]}
+    out: dict[str, Any] = {
+        "definition": DEFINITION_CLUTTER,
+        "images": found.counts["labels"],
+        "positives": found.counts["instances"],
+    }
     for name in ROW_NAMES:
         if name in found.mean:
             out[name] = {
@@ -393,7 +431,11 @@ def print_split_table(console: Console, found: SplitResult) -> None:
                 cells.append("-" if math.isnan(d) else f"[{colour}]{d:+.2f}[/]" + ("*" if sig else " ") + interval)
             table.add_row(*cells)
     console.print(table)
-    note = f"; {found.splits.without_box} positive pairs without a box are in no size / instance bin" if found.splits.without_box else ""
+    note = (
+        f"; {found.splits.without_box} positive pairs without a box are in no size / instance bin"
+        if found.splits.without_box
+        else ""
+    )
     console.print(
         f"n: positive (image, class) pairs (size, instances) or images (labels); * : 95 % CI excludes 0; "
         f"every size / instance bin keeps all negatives (docs/method.md §11){safe(note)}",

@@ -85,7 +85,8 @@ def bootstrap_with_classes(
         base_mean: Any = WeightedTop1(baseline, labels)
         base_cls: Any = WeightedClassTop1(baseline, labels)
         metrics: dict[str, list[tuple[torch.Tensor | None, Any, Any]]] = {
-            name: [(mask, WeightedTop1(s, labels), WeightedClassTop1(s, labels)) for mask, s in p] for name, p in parts.items()
+            name: [(mask, WeightedTop1(s, labels), WeightedClassTop1(s, labels)) for mask, s in p]
+            for name, p in parts.items()
         }
         runs = 1
     else:
@@ -120,7 +121,9 @@ def bootstrap_with_classes(
     out: dict[str, ClassDeltas] = {}
     nan = np.full(len(classes), np.nan)
     if resamples is None:
-        return intervals, {name: ClassDeltas(list(classes), point_cls[name][0].numpy(), nan.copy(), nan.copy()) for name in metrics}
+        return intervals, {
+            name: ClassDeltas(list(classes), point_cls[name][0].numpy(), nan.copy(), nan.copy()) for name in metrics
+        }
     chunk = max(1, min(resamples, CHUNK_CELLS // max(runs, num_images)))  # as bootstrap_deltas: the same draws
     draws_mean: dict[str, list[torch.Tensor]] = {name: [] for name in metrics}
     draws_cls: dict[str, list[torch.Tensor]] = {name: [] for name in metrics}
@@ -181,7 +184,10 @@ def print_per_class_table(console: Console, result: SweepResult, limit: int | No
     shown = len(order)
     if limit is not None and shown > 2 * limit + 10:
         order = [*order[:limit], -1, *order[-limit:]]
-    table = Table(title=f"per-class Δ{metric} (percent points), sorted by the best λ's; * : its 95 % CI excludes 0", title_justify="left")
+    table = Table(
+        title=f"per-class Δ{metric} (percent points), sorted by the best λ's; * : its 95 % CI excludes 0",
+        title_justify="left",
+    )
     table.add_column("class")
     for name in names:
         table.add_column(f"Δ {ROW_LABELS[name]}", justify="right", no_wrap=True)
@@ -202,12 +208,21 @@ def print_per_class_table(console: Console, result: SweepResult, limit: int | No
     for name in names:
         deltas = found[name]
         sig = deltas.significant
-        gains = [safe(c) for c, s, d in zip(deltas.classes, sig.tolist(), deltas.delta.tolist(), strict=True) if s and d > 0]
-        losses = [safe(c) for c, s, d in zip(deltas.classes, sig.tolist(), deltas.delta.tolist(), strict=True) if s and d < 0]
+        gains = [
+            safe(c) for c, s, d in zip(deltas.classes, sig.tolist(), deltas.delta.tolist(), strict=True) if s and d > 0
+        ]
+        losses = [
+            safe(c) for c, s, d in zip(deltas.classes, sig.tolist(), deltas.delta.tolist(), strict=True) if s and d < 0
+        ]
         counts.append(f"{ROW_LABELS[name]}: {len(gains)} up, {len(losses)} down")
     unit = "an image" if result.primary == "top1" else "a positive"
     left_out = f"; {total - shown} classes without {unit} have no Δ" if shown < total else ""
-    console.print(f"classes whose 95 % CI excludes 0, of {total}: " + "; ".join(counts) + f"{left_out} (all classes: per_class_delta in --out)", soft_wrap=True)
+    console.print(
+        f"classes whose 95 % CI excludes 0, of {total}: "
+        + "; ".join(counts)
+        + f"{left_out} (all classes: per_class_delta in --out)",
+        soft_wrap=True,
+    )
 
 
 def plot_per_class(result: SweepResult, path: str | Path, title: str | None = None) -> Path:
@@ -215,7 +230,10 @@ def plot_per_class(result: SweepResult, path: str | Path, title: str | None = No
     (:func:`csra_posthoc.report.plots.plot_class_deltas`)."""
     found = result.per_class_delta
     if not found:
-        raise CSRAError("plot_classes: the per-class intervals need the bootstrap (bootstrap resamples, not None)", param="plot_classes")
+        raise CSRAError(
+            "plot_classes: the per-class intervals need the bootstrap (bootstrap resamples, not None)",
+            param="plot_classes",
+        )
     metric = "top-1" if result.primary == "top1" else "AP"
     panels = {ROW_LABELS[name]: found[name] for name in ROW_NAMES if name in found}
     return plot_class_deltas(panels, path, ylabel=f"Δ{metric} (pp)", title=title)

@@ -16,7 +16,9 @@ import torch
 
 from ..heads.scoring import head_temperatures
 
-VariantKind = Literal["max", "softmax", "heads", "test-pool"]  # test-pool: timm's test-time pooling (extraction.test_pool), no lam
+VariantKind = Literal[
+    "max", "softmax", "heads", "test-pool"
+]  # test-pool: timm's test-time pooling (extraction.test_pool), no lam
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,15 @@ class SweepResult:
     bootstrap_n: int | None = None  # resamples behind ``bootstrap``
     bootstrap_seed: int | None = None
     uncertainty_notes: list[str] = field(default_factory=list)  # e.g. why there is no held-out row
-    per_class_delta: dict[str, ClassDeltas] | None = None  # "best", "fixed", "held_out": per-class Δ and intervals (csra_posthoc.evaluation.per_class)
-    test_pool: SweepRow | None = None  # timm's test-time pooling score, when the statistics have it (docs/method.md §12)
-    thresholds: dict[str, dict[str, Any]] | None = None  # per-class F1 thresholds by row (csra_posthoc.evaluation.calibration; multi-label only)
+    per_class_delta: dict[str, ClassDeltas] | None = (
+        None  # "best", "fixed", "held_out": per-class Δ and intervals (csra_posthoc.evaluation.per_class)
+    )
+    test_pool: SweepRow | None = (
+        None  # timm's test-time pooling score, when the statistics have it (docs/method.md §12)
+    )
+    thresholds: dict[str, dict[str, Any]] | None = (
+        None  # per-class F1 thresholds by row (csra_posthoc.evaluation.calibration; multi-label only)
+    )
 
 
 @dataclass
@@ -203,7 +211,9 @@ class ClassDeltas:
 
         return {
             c: {"delta": num(d), "low": num(lo), "high": num(hi)}
-            for c, d, lo, hi in zip(self.classes, self.delta.tolist(), self.low.tolist(), self.high.tolist(), strict=True)
+            for c, d, lo, hi in zip(
+                self.classes, self.delta.tolist(), self.low.tolist(), self.high.tolist(), strict=True
+            )
         }
 
 

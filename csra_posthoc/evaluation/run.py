@@ -38,7 +38,15 @@ from ..extraction.statistics import ClassStatistics
 from ..log import output_console
 from ..models import ModelAdapter, load_model
 from ..models.hub import require_reachable_weights
-from ..options import AnalysisOptions, DataOptions, ExtractOptions, ModelSource, OutputOptions, ProbeOptions, SweepOptions
+from ..options import (
+    AnalysisOptions,
+    DataOptions,
+    ExtractOptions,
+    ModelSource,
+    OutputOptions,
+    ProbeOptions,
+    SweepOptions,
+)
 from ..outputs import check_outputs_not_read
 from ..progress import console_bar
 from ..report.plots import plot_lam_curve
@@ -70,14 +78,21 @@ def load_training_split(
     entry = dataset_entry(dataset)
     if entry.train_needs_labels:
         if train_labels is None:
-            raise CSRAError(f"head='probe' on dataset {dataset} needs train_labels=FILE.csv (the training split)", param="train_labels")
+            raise CSRAError(
+                f"head='probe' on dataset {dataset} needs train_labels=FILE.csv (the training split)",
+                param="train_labels",
+            )
         try:
             train = load_dataset(dataset, data_dir, data, split="train", labels=train_labels)
         except CSRAError as exc:  # the loader names its `labels`: here that file is train_labels
             if exc.param != "labels":
                 raise
             message = str(exc)
-            message = "train_labels" + message[len("labels") :] if message.startswith("labels ") else f"train_labels {train_labels}: {message}"
+            message = (
+                "train_labels" + message[len("labels") :]
+                if message.startswith("labels ")
+                else f"train_labels {train_labels}: {message}"
+            )
             raise CSRAError(message, param="train_labels") from None
     else:
         split = train_split or entry.train_split
@@ -113,7 +128,11 @@ def load_training_split(
 
 
 def load_selection_split(
-    dataset: str, data_dir: str | Path, select_on: str | None, evaluated: LabelledImages, data: DataOptions | None = None
+    dataset: str,
+    data_dir: str | Path,
+    select_on: str | None,
+    evaluated: LabelledImages,
+    data: DataOptions | None = None,
 ) -> LabelledImages | None:
     """The split lam is chosen on for ``select_on=SPLIT`` (None for ``half`` or no held-out row):
     same loader options and classes as ``evaluated``, no image of it. Read before any model is built,
@@ -121,15 +140,27 @@ def load_selection_split(
     if select_on is None or select_on == "half":
         return None
     if select_on == evaluated.split:
-        raise CSRAError(f"select_on {select_on}: is the evaluated split; choose lam on another split, or on half", param="select_on")
+        raise CSRAError(
+            f"select_on {select_on}: is the evaluated split; choose lam on another split, or on half", param="select_on"
+        )
     entry = dataset_entry(dataset)
     try:
-        chosen = load_dataset(dataset, data_dir, data, split=select_on, **({"classes": evaluated.classes} if entry.shares_classes else {}))
+        chosen = load_dataset(
+            dataset, data_dir, data, split=select_on, **({"classes": evaluated.classes} if entry.shares_classes else {})
+        )
     except CSRAError as exc:
-        reason = str(exc).split(": ", 1)[1].split("; check")[0] if str(exc).startswith(("--split", "split")) else str(exc)
-        raise CSRAError(f"select_on {select_on}: cannot read that split of {dataset} ({reason}); use half or a split that exists", param="select_on") from None
+        reason = (
+            str(exc).split(": ", 1)[1].split("; check")[0] if str(exc).startswith(("--split", "split")) else str(exc)
+        )
+        raise CSRAError(
+            f"select_on {select_on}: cannot read that split of {dataset} ({reason}); use half or a split that exists",
+            param="select_on",
+        ) from None
     if chosen.classes != evaluated.classes:
-        raise CSRAError(f"select_on {select_on}: its classes differ from the evaluated split's; choose on a split of the same dataset", param="select_on")
+        raise CSRAError(
+            f"select_on {select_on}: its classes differ from the evaluated split's; choose on a split of the same dataset",
+            param="select_on",
+        )
     shared = _samples(chosen) & _samples(evaluated)
     if shared:
         raise CSRAError(
@@ -158,7 +189,9 @@ def statistics_cached(memo_key: str, images: LabelledImages, options: ExtractOpt
     return memo is not None and statistics_location(memo, images, options, cache_dir)[1].is_file()
 
 
-def reuse_statistics(memo_key: str, images: LabelledImages, options: ExtractOptions, console: Console) -> ClassStatistics | None:
+def reuse_statistics(
+    memo_key: str, images: LabelledImages, options: ExtractOptions, console: Console
+) -> ClassStatistics | None:
     """Statistics straight from the cache when an earlier build's memo and its statistics file both
     exist (no model built); None otherwise."""
     cache_dir = resolve_cache_dir(options.cache_dir)
@@ -244,7 +277,9 @@ def analyse(
     if analysis.per_class:
         print_per_class_table(console, result)
     if analysis.plot_classes is not None:
-        title = f"{stats.info.model} on {stats.info.dataset} {stats.info.split}: per-class Δ with 95 % bootstrap intervals"
+        title = (
+            f"{stats.info.model} on {stats.info.dataset} {stats.info.split}: per-class Δ with 95 % bootstrap intervals"
+        )
         plot_per_class(result, analysis.plot_classes, title=title)
         console.print(f"wrote {analysis.plot_classes}")
     if real is not None:
@@ -254,7 +289,9 @@ def analyse(
         print_real_table(console, data_json["real_labels"])
 
 
-def report_localisation(console: Console, stats: ClassStatistics, images: LabelledImages, data_json: dict[str, Any]) -> None:
+def report_localisation(
+    console: Console, stats: ClassStatistics, images: LabelledImages, data_json: dict[str, Any]
+) -> None:
     """The pointing game under the table and in ``data_json["localisation"]`` when the images have boxes
     (VOC layouts, the demo's mosaics, COCO); the field is absent otherwise (docs/method.md, pointing game)."""
 
@@ -269,7 +306,13 @@ def report_localisation(console: Console, stats: ClassStatistics, images: Labell
 
 
 def report_size_splits(
-    console: Console, result: SweepResult, stats: ClassStatistics, images: LabelledImages, grid: SweepOptions, data_json: dict[str, Any], bar: Any
+    console: Console,
+    result: SweepResult,
+    stats: ClassStatistics,
+    images: LabelledImages,
+    grid: SweepOptions,
+    data_json: dict[str, Any],
+    bar: Any,
 ) -> None:
     """Δ by object size and by clutter (``data_json["by_object_size"]`` / ``["by_label_count"]``), automatic
     when a multi-label dataset has boxes; intervals from the sweep's resamples (docs/method.md §11)."""
@@ -284,11 +327,18 @@ def report_size_splits(
         report_splits(console, stats, images, variants, data_json, n=grid.bootstrap, seed=grid.seed, progress=advance)
 
 
-def sweep_config(source: ModelSource, dataset: str, data_dir: str | Path, parts: dict[str, Any], dataset_label: str | None) -> dict[str, Any]:
+def sweep_config(
+    source: ModelSource, dataset: str, data_dir: str | Path, parts: dict[str, Any], dataset_label: str | None
+) -> dict[str, Any]:
     """What every rank of a torchrun launch must agree on (its hash is compared across ranks)."""
     from dataclasses import asdict, is_dataclass
 
-    config: dict[str, Any] = {"version": __version__, "dataset": dataset, "data_dir": str(data_dir), "dataset_label": dataset_label}
+    config: dict[str, Any] = {
+        "version": __version__,
+        "dataset": dataset,
+        "data_dir": str(data_dir),
+        "dataset_label": dataset_label,
+    }
     for name, value in {"source": source, **parts}.items():  # flat keys: a refusal names options.img_size, not a dict
         fields = asdict(value) if is_dataclass(value) else {"": value}  # type: ignore[arg-type]
         config.update({f"{name}.{k}" if k else name: v for k, v in fields.items()})
@@ -322,7 +372,10 @@ def load_sweep_data(
         if probe is not None:
             train = load_training_split(dataset, data_dir, probe.train_split, probe.train_labels, images, data)
             train.dataset = images.dataset
-        check_outputs_not_read(sweep_output_paths(probe, outputs, analysis), files_read(data_dir=images, select_on=select_images, train_split=train))
+        check_outputs_not_read(
+            sweep_output_paths(probe, outputs, analysis),
+            files_read(data_dir=images, select_on=select_images, train_split=train),
+        )
     if ctx.active:
         shard_for(ctx, len(images))  # more ranks than images: refused on every rank, before any work
         if train is not None:
@@ -332,7 +385,9 @@ def load_sweep_data(
     return SweepData(images, select_images, train, real)
 
 
-def sweep_memo_key(source: ModelSource, sweep_data: SweepData, probe: ProbeOptions | None, opts: ExtractOptions) -> str | None:
+def sweep_memo_key(
+    source: ModelSource, sweep_data: SweepData, probe: ProbeOptions | None, opts: ExtractOptions
+) -> str | None:
     """The resolution memo's key (:mod:`csra_posthoc.cache.resolution`): None without the cache or
     for hub weights, which have no cheap identity."""
     if not opts.use_cache:
@@ -343,12 +398,19 @@ def sweep_memo_key(source: ModelSource, sweep_data: SweepData, probe: ProbeOptio
     if stamp is None:
         return None
     train = sweep_data.train
-    probe_key = probe_settings(probe.probe_c, train.fingerprint(), opts) if probe is not None and train is not None else None
+    probe_key = (
+        probe_settings(probe.probe_c, train.fingerprint(), opts) if probe is not None and train is not None else None
+    )
     return resolution_key(source.model, stamp, "model" if probe is None else "probe", probe_key)
 
 
 def cached_sweep_statistics(
-    memo_key: str | None, sweep_data: SweepData, opts: ExtractOptions, save_head: str | Path | None, console: Console, ctx: DistContext
+    memo_key: str | None,
+    sweep_data: SweepData,
+    opts: ExtractOptions,
+    save_head: str | Path | None,
+    console: Console,
+    ctx: DistContext,
 ) -> tuple[bool, ClassStatistics | None, ClassStatistics | None]:
     """Whether the evaluated (and ``select_on``) statistics come from the cache with no model built
     (the memo and every statistics file exist), and on rank 0 those statistics. Rank 0 decides,
@@ -360,10 +422,16 @@ def cached_sweep_statistics(
         if memo_key is None or opts.recompute or save_head is not None:
             return False
         images, select_images = sweep_data.images, sweep_data.select_images
-        if select_images is not None and not statistics_cached(memo_key, select_images, opts):  # no model is built only if both are cached
+        if select_images is not None and not statistics_cached(
+            memo_key, select_images, opts
+        ):  # no model is built only if both are cached
             return False
         stats = reuse_statistics(memo_key, images, opts, console)
-        select_stats = reuse_statistics(memo_key, select_images, opts, console) if stats is not None and select_images is not None else None
+        select_stats = (
+            reuse_statistics(memo_key, select_images, opts, console)
+            if stats is not None and select_images is not None
+            else None
+        )
         if select_images is None or select_stats is not None:
             found = (stats, select_stats)
         return found[0] is not None
@@ -373,7 +441,12 @@ def cached_sweep_statistics(
 
 
 def extract_sweep_statistics(
-    source: ModelSource, sweep_data: SweepData, probe: ProbeOptions | None, opts: ExtractOptions, memo_key: str | None, console: Console
+    source: ModelSource,
+    sweep_data: SweepData,
+    probe: ProbeOptions | None,
+    opts: ExtractOptions,
+    memo_key: str | None,
+    console: Console,
 ) -> tuple[ClassStatistics | None, ClassStatistics | None]:
     """Build the model (fit the probe), extract the evaluated and ``select_on`` statistics and write
     the resolution memo; (None, None) on the ranks but 0, whose shards are with rank 0 then."""
@@ -391,13 +464,23 @@ def extract_sweep_statistics(
     return stats, select_stats
 
 
-def sweep_grid(stats: ClassStatistics, select_stats: ClassStatistics | None, grid: SweepOptions, console: Console, quiet: bool) -> SweepResult:
+def sweep_grid(
+    stats: ClassStatistics, select_stats: ClassStatistics | None, grid: SweepOptions, console: Console, quiet: bool
+) -> SweepResult:
     """The lam grid over the statistics, then the honesty checks (held-out lam, bootstrap; docs/uncertainty.md)
     and the per-class F1 thresholds (multi-label; docs/method.md)."""
     fixed_lam = paper_fixed_lam(stats.info.model) if grid.fixed_lam is None else grid.fixed_lam
     bar = console_bar(output_console(console, quiet))
     with bar("sweep", grid_rows(grid.lams, grid.temps, grid.heads, fixed_lam), "row") as advance:
-        result = sweep(stats, task=stats.info.task, fixed_lam=fixed_lam, lams=grid.lams, temps=grid.temps, heads=grid.heads, progress=advance)
+        result = sweep(
+            stats,
+            task=stats.info.task,
+            fixed_lam=fixed_lam,
+            lams=grid.lams,
+            temps=grid.temps,
+            heads=grid.heads,
+            progress=advance,
+        )
     assess(result, stats, grid, select_stats, bar=bar)
     result.thresholds = sweep_thresholds(result, stats, grid.seed)
     return result
@@ -412,12 +495,16 @@ def report_sweep(
     save_head = probe.save_head if probe is not None else None
     print_table(console, result, stats, list(grid.metrics))
     if train is not None and grid.select_on == train.split:
-        console.print(f"[yellow]note:[/] λ chosen on {safe(train.split)}, the probe's training split: its scores are fitted, the held-out λ may favour it")
+        console.print(
+            f"[yellow]note:[/] λ chosen on {safe(train.split)}, the probe's training split: its scores are fitted, the held-out λ may favour it"
+        )
     data_json = results_dict(result, stats, outputs.extra)
     report_localisation(console, stats, sweep_data.images, data_json)
     bar = console_bar(output_console(console, opts.quiet))
     report_size_splits(console, result, stats, sweep_data.images, grid, data_json, bar)
-    data_json["head_file"] = str(Path(save_head).resolve()) if save_head is not None else None  # found by apply --from-results
+    data_json["head_file"] = (
+        str(Path(save_head).resolve()) if save_head is not None else None
+    )  # found by apply --from-results
     analyse(console, result, stats, grid, analysis, sweep_data.real, data_json)
     if outputs.plot is not None:
         title = f"{stats.info.model} on {stats.info.dataset} {stats.info.split} ({stats.num_images} images)"
@@ -470,9 +557,14 @@ def run_sweep(
     grid = sweep_options or SweepOptions()
     outputs = outputs or OutputOptions()
     analysis = analysis or AnalysisOptions()
-    validate_sweep_args(opts, grid, probe, outputs, source=source, data=data, data_dir=data_dir, analysis=analysis)  # outputs: README, Outputs
+    validate_sweep_args(
+        opts, grid, probe, outputs, source=source, data=data, data_dir=data_dir, analysis=analysis
+    )  # outputs: README, Outputs
     if analysis.real_labels is not None and dataset != "imagenet":
-        raise CSRAError(f"real_labels: ReaL labels the ImageNet validation set; use dataset imagenet, not {dataset}", param="real_labels")
+        raise CSRAError(
+            f"real_labels: ReaL labels the ImageNet validation set; use dataset imagenet, not {dataset}",
+            param="real_labels",
+        )
     if ctx.active:
         parts = {"data": data, "options": opts, "sweep": grid, "probe": probe, "outputs": outputs}
         check_config_agreement(sweep_config(source, dataset, data_dir, parts, dataset_label), ctx)
@@ -482,7 +574,9 @@ def run_sweep(
     if source.random_init:
         console.print("[yellow]warning:[/] --random-init: the numbers below measure nothing but the code")
     memo_key = sweep_memo_key(source, sweep_data, probe, opts)
-    reused, stats, select_stats = cached_sweep_statistics(memo_key, sweep_data, opts, probe.save_head if probe is not None else None, console, ctx)
+    reused, stats, select_stats = cached_sweep_statistics(
+        memo_key, sweep_data, opts, probe.save_head if probe is not None else None, console, ctx
+    )
     if not reused:
         stats, select_stats = extract_sweep_statistics(source, sweep_data, probe, opts, memo_key, console)
     if stats is None:  # another rank than 0: rank 0 reads the cache, or has this rank's shard now

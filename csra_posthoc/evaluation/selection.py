@@ -36,7 +36,9 @@ def primary_metric(scores: torch.Tensor, labels: torch.Tensor, single_label: boo
             return topk_accuracy(scores, labels.argmax(dim=1), (1,))["top1"]
         return mean_average_precision(scores, labels)[0]
     except ValueError as exc:
-        raise CSRAError(f"held-out selection: cannot score a part of the images ({exc}); use more images or another split") from None
+        raise CSRAError(
+            f"held-out selection: cannot score a part of the images ({exc}); use more images or another split"
+        ) from None
 
 
 def scored_candidates(
@@ -54,7 +56,9 @@ def scored_candidates(
         try:
             return scorer.primary(prepared)
         except ValueError as exc:
-            raise CSRAError(f"held-out selection: cannot score a part of the images ({exc}); use more images or another split") from None
+            raise CSRAError(
+                f"held-out selection: cannot score a part of the images ({exc}); use more images or another split"
+            ) from None
 
     found = score_grid(stats, "single_label" if single_label else "multi_label", lams, temps, heads, primary, progress)
     return [found[0], *(row for row in found[1:] if row[1] != 0.0)]
@@ -131,7 +135,10 @@ def select_on_split(
 ) -> HeldOut:
     """Choose (variant, lam) on all images of another split (``select_name``), score on the evaluated one."""
     if list(select_stats.classes) != list(eval_stats.classes):
-        raise CSRAError(f"select_on {select_name}: its classes differ from the evaluated split's; choose on a split of the same dataset", param="select_on")
+        raise CSRAError(
+            f"select_on {select_name}: its classes differ from the evaluated split's; choose on a split of the same dataset",
+            param="select_on",
+        )
     scored = scored_candidates(select_stats, single_label, lams, temps, heads, progress)
     variant, lam = _best(scored)
     scores = _scores(eval_stats, variant, lam)

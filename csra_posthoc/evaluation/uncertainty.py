@@ -50,12 +50,21 @@ def assess(
         variants = {"best": row_scores(stats, result.best), "fixed": row_scores(stats, result.fixed)}
         if result.held_out is not None:
             variants["held_out"] = result.held_out.parts  # type: ignore[assignment]
-        if result.test_pool is not None and stats.test_pool is not None:  # timm's test-time pooling row (extraction.test_pool)
+        if (
+            result.test_pool is not None and stats.test_pool is not None
+        ):  # timm's test-time pooling row (extraction.test_pool)
             variants["test_pool"] = stats.test_pool
         with bar("bootstrap intervals", grid.bootstrap, "resample") as advance:
             # one resampling for the mAP / top-1 intervals and every class's (csra_posthoc.evaluation.per_class)
             result.bootstrap, result.per_class_delta = bootstrap_with_classes(
-                stats.avg, variants, stats.labels, stats.classes, single_label=single, n=grid.bootstrap, seed=grid.seed, progress=advance
+                stats.avg,
+                variants,
+                stats.labels,
+                stats.classes,
+                single_label=single,
+                n=grid.bootstrap,
+                seed=grid.seed,
+                progress=advance,
             )
         result.bootstrap_n, result.bootstrap_seed = grid.bootstrap, grid.seed
     return result
@@ -64,7 +73,9 @@ def assess(
 BAND_RESAMPLES = 200  # the curve's band costs one bootstrap per lam: capped, it is a picture (docs/uncertainty.md)
 
 
-def max_band(result: SweepResult, stats: ClassStatistics, grid: SweepOptions, bar: ProgressBar = no_bar) -> dict[float, Interval] | None:
+def max_band(
+    result: SweepResult, stats: ClassStatistics, grid: SweepOptions, bar: ProgressBar = no_bar
+) -> dict[float, Interval] | None:
     """The lam curve's shaded band: the bootstrap interval of the max variant's delta at each lam,
     from at most :data:`BAND_RESAMPLES` resamples (None without ``grid.bootstrap``)."""
     if grid.bootstrap is None:
@@ -72,4 +83,13 @@ def max_band(result: SweepResult, stats: ClassStatistics, grid: SweepOptions, ba
     lams = sorted({r.lam for r in result.rows if r.variant.kind == "max"})
     n = min(grid.bootstrap, BAND_RESAMPLES)
     with bar("plot band", n, "resample") as advance:
-        return lam_band(stats.avg, stats.max, stats.labels, lams, single_label=result.primary == "top1", n=n, seed=grid.seed, progress=advance)
+        return lam_band(
+            stats.avg,
+            stats.max,
+            stats.labels,
+            lams,
+            single_label=result.primary == "top1",
+            n=n,
+            seed=grid.seed,
+            progress=advance,
+        )

@@ -75,10 +75,14 @@ def validate_sweep_args(
     if analysis is not None:
         inputs["real_labels"] = analysis.real_labels
     cache_dir = resolve_cache_dir(options.cache_dir) if options.use_cache else None
-    check_outputs(sweep_output_paths(probe, outputs, analysis), inputs, suffixes={"out": RESULTS_SUFFIXES}, cache_dir=cache_dir)
+    check_outputs(
+        sweep_output_paths(probe, outputs, analysis), inputs, suffixes={"out": RESULTS_SUFFIXES}, cache_dir=cache_dir
+    )
 
 
-def sweep_output_paths(probe: ProbeOptions | None, outputs: OutputOptions, analysis: AnalysisOptions | None = None) -> dict[str, str | Path | None]:
+def sweep_output_paths(
+    probe: ProbeOptions | None, outputs: OutputOptions, analysis: AnalysisOptions | None = None
+) -> dict[str, str | Path | None]:
     """Every file a sweep writes, by parameter name."""
     return {
         **outputs.paths(),

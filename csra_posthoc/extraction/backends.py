@@ -41,7 +41,13 @@ def dynamic_batch() -> dict:
     return {"x": {0: Dim("batch", min=1, max=4096)}}
 
 
-def onnx_export(module: torch.nn.Module, example: torch.Tensor, path: str | Path, opset: int = ONNX_OPSET, outputs: Sequence[str] = ("scores",)) -> None:
+def onnx_export(
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    path: str | Path,
+    opset: int = ONNX_OPSET,
+    outputs: Sequence[str] = ("scores",),
+) -> None:
     """``module`` as ONNX (dynamo exporter, input ``input``, outputs named ``outputs``, dynamic batch):
     the one export call of the ONNX Runtime extraction backend and the patched-model exporter
     (:mod:`csra_posthoc.patched.export`)."""
@@ -77,7 +83,9 @@ class OrtBackend:
     ``threads``: ONNX Runtime's intra-op threads (default: torch's thread count).
     """
 
-    def __init__(self, adapter: ModelAdapter, img_size: int, path: str | Path | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self, adapter: ModelAdapter, img_size: int, path: str | Path | None = None, threads: int | None = None
+    ) -> None:
         try:
             import onnxruntime as ort
             import onnxscript  # noqa: F401  (the dynamo exporter needs it)
@@ -116,7 +124,9 @@ def export_scores(adapter: ModelAdapter, img_size: int, path: str | Path) -> Non
         onnx_export(module, example, path, outputs=("scores", "logits"))
 
 
-def make_backend(adapter: ModelAdapter, backend: Backend, *, img_size: int, threads: int | None = None) -> Forward | None:
+def make_backend(
+    adapter: ModelAdapter, backend: Backend, *, img_size: int, threads: int | None = None
+) -> Forward | None:
     """What extraction runs per batch instead of the adapter's backbone, by name: None for ``eager``
     (the loop runs the adapter itself, :func:`~csra_posthoc.extraction.batches.backbone_batches`), an
     :class:`OrtBackend` for ``onnxruntime`` (``threads``: its intra-op threads, default torch's count)."""

@@ -31,7 +31,15 @@ from ..options import ExtractOptions
 from ..progress import progress_bar
 from ..text import safe
 from .distributed import DistContext, Shard, check_status, current, lockstep_steps, shard_for
-from .runtime import amp_dtype, compiler_failed, loop_threads, on_device, resolve_device, torch_threads, weights_channels_last
+from .runtime import (
+    amp_dtype,
+    compiler_failed,
+    loop_threads,
+    on_device,
+    resolve_device,
+    torch_threads,
+    weights_channels_last,
+)
 
 
 @dataclass(frozen=True)
@@ -74,8 +82,13 @@ def forward_pass(adapter: ModelAdapter, single_label: bool, options: ExtractOpti
     transform, desc = eval_transform(adapter.data_config, options.img_size, single_label, options.transform)
     device = resolve_device(options.device)
     if options.backend == "onnxruntime" and device.type != "cpu":
-        raise CSRAError(f"backend onnxruntime runs on the CPU here, not {device}; pass device='cpu' or use the eager backend", param="backend")
-    return ForwardPass(adapter, transform, decode_key(options.decode, desc), device, options, console)  # draft decoding enters the cache keys
+        raise CSRAError(
+            f"backend onnxruntime runs on the CPU here, not {device}; pass device='cpu' or use the eager backend",
+            param="backend",
+        )
+    return ForwardPass(
+        adapter, transform, decode_key(options.decode, desc), device, options, console
+    )  # draft decoding enters the cache keys
 
 
 def image_dataset(fp: ForwardPass, images: LabelledImages) -> ImageDataset:
@@ -86,7 +99,9 @@ def image_dataset(fp: ForwardPass, images: LabelledImages) -> ImageDataset:
     return ImageDataset(images, stage or fp.transform, fp.size, loader=loader, uint8=stage is not None)
 
 
-def input_batches(fp: ForwardPass, images: LabelledImages, indices: Sequence[int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def input_batches(
+    fp: ForwardPass, images: LabelledImages, indices: Sequence[int] | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(indices, normalised float32 inputs on fp.device)`` per batch; a broken image is an error.
 
     Values bit-equal to ``fp.transform`` per image (with ``decode="pil"``); ``channels_last``
@@ -141,16 +156,24 @@ def backbone_batches(
     """
     opts, device, adapter = fp.options, fp.device, fp.adapter
     ctx = ctx or current()
-    part = shard_for(ctx, len(images), align=fp.options.batch_size) if ctx.active else Shard(0, 1, 0, len(images), len(images))
+    part = (
+        shard_for(ctx, len(images), align=fp.options.batch_size)
+        if ctx.active
+        else Shard(0, 1, 0, len(images), len(images))
+    )
     dtype = amp_dtype(opts, device)
     amp_ctx = torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
     label = safe(description) if not ctx.active else f"{safe(description)} ({ctx.world_size} ranks)"
-    run = forward or (torch.compile(adapter.forward_backbone, dynamic=False) if opts.compile else adapter.forward_backbone)
+    run = forward or (
+        torch.compile(adapter.forward_backbone, dynamic=False) if opts.compile else adapter.forward_backbone
+    )
     with (
         torch_threads(fp.threads),
         on_device(adapter, device),
         weights_channels_last(adapter, fp.channels_last and forward is None),
-        progress_bar(fp.console, label, total=part.total) as advance,  # the whole split: rank 0 counts every rank's images
+        progress_bar(
+            fp.console, label, total=part.total
+        ) as advance,  # the whole split: rank 0 counts every rank's images
     ):
         batches = input_batches(fp, images, part.indices if ctx.active else None)
         for step in range(lockstep_steps(part, opts.batch_size)):
@@ -166,7 +189,10 @@ def backbone_batches(
                         if isinstance(exc, torch.OutOfMemoryError):
                             raise
                         if opts.compile and forward is None and compiler_failed(exc):
-                            raise CSRAError(f"compile: torch.compile failed ({first_line(exc)}); run without compile", param="compile") from None
+                            raise CSRAError(
+                                f"compile: torch.compile failed ({first_line(exc)}); run without compile",
+                                param="compile",
+                            ) from None
                         raise CSRAError(
                             f"model {adapter.info.name} failed on a {tuple(x.shape[1:])} input ({first_line(exc)}); try another img_size",
                             param="img_size",
@@ -181,7 +207,9 @@ def backbone_batches(
                 advance(sum(min(opts.batch_size, max(0, size - step * opts.batch_size)) for size in part.sizes))
 
 
-def for_each_batch(batches: Generator[tuple[torch.Tensor, torch.Tensor], None, None], fn: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
+def for_each_batch(
+    batches: Generator[tuple[torch.Tensor, torch.Tensor], None, None], fn: Callable[[torch.Tensor, torch.Tensor], None]
+) -> None:
     """Feed every batch of :func:`backbone_batches` to ``fn``; an error in ``fn`` is thrown back
     into the loop, so under torchrun the other ranks stop at once instead of at the timeout."""
     for index, raw in batches:

@@ -96,9 +96,13 @@ def launch_env(env: Mapping[str, str] | None = None) -> dict[str, int] | None:
     try:
         info = {"rank": int(env["RANK"]), "world_size": int(env["WORLD_SIZE"]), "local_rank": int(env["LOCAL_RANK"])}
     except ValueError:
-        raise CSRAError("distributed launch: RANK, WORLD_SIZE and LOCAL_RANK must be integers; launch with torchrun") from None
+        raise CSRAError(
+            "distributed launch: RANK, WORLD_SIZE and LOCAL_RANK must be integers; launch with torchrun"
+        ) from None
     if info["world_size"] < 1 or not 0 <= info["rank"] < info["world_size"] or info["local_rank"] < 0:
-        raise CSRAError(f"distributed launch: RANK {info['rank']} / WORLD_SIZE {info['world_size']} is inconsistent; launch with torchrun")
+        raise CSRAError(
+            f"distributed launch: RANK {info['rank']} / WORLD_SIZE {info['world_size']} is inconsistent; launch with torchrun"
+        )
     return info
 
 
@@ -137,7 +141,9 @@ def rank_device(device: str | torch.device, local_rank: int) -> torch.device:
             )
         return torch.device("cuda", local_rank)
     if dev.startswith("cuda:"):
-        raise CSRAError(f"device {dev}: under torchrun each rank uses cuda:LOCAL_RANK; pass device cuda", param="device")
+        raise CSRAError(
+            f"device {dev}: under torchrun each rank uses cuda:LOCAL_RANK; pass device cuda", param="device"
+        )
     raise CSRAError(f"device {dev}: choose auto, cpu or cuda", param="device")
 
 
@@ -265,7 +271,11 @@ class Shard:
 
     @property
     def sizes(self) -> list[int]:
-        return [_block(self.total, r, self.world_size, self.align)[1] - _block(self.total, r, self.world_size, self.align)[0] for r in range(self.world_size)]
+        return [
+            _block(self.total, r, self.world_size, self.align)[1]
+            - _block(self.total, r, self.world_size, self.align)[0]
+            for r in range(self.world_size)
+        ]
 
 
 def _block(total: int, rank: int, world_size: int, align: int) -> tuple[int, int]:
@@ -287,7 +297,9 @@ def shard(total: int, rank: int = 0, world_size: int = 1, what: str = "images", 
         raise ValueError(f"rank {rank} of world size {world_size}")
     if world_size > total:
         most = f"at most {total} process{'es' if total > 1 else ''}" if total else "a single process"
-        raise CSRAError(f"world size {world_size} is larger than the {total} {what}; launch {most} (torchrun --nproc-per-node)")
+        raise CSRAError(
+            f"world size {world_size} is larger than the {total} {what}; launch {most} (torchrun --nproc-per-node)"
+        )
     if align < 1 or -(-total // align) < world_size:
         align = 1
     start, stop = _block(total, rank, world_size, align)
@@ -339,7 +351,9 @@ def gather_tensor(tensor: torch.Tensor, part: Shard, ctx: DistContext, name: str
     return torch.cat([buf[:n].cpu() for buf, n in zip(buffers, sizes, strict=True)])
 
 
-def gather_tensors(tensors: Mapping[str, torch.Tensor | None], part: Shard, ctx: DistContext) -> dict[str, torch.Tensor | None] | None:
+def gather_tensors(
+    tensors: Mapping[str, torch.Tensor | None], part: Shard, ctx: DistContext
+) -> dict[str, torch.Tensor | None] | None:
     """:func:`gather_tensor` for each field (the statistics' ``avg``, ``max``, ``attn``, ...), one
     at a time to bound rank 0's memory; a None field (``maps`` not kept) stays None on every rank."""
     names = sorted(tensors)
@@ -531,7 +545,11 @@ def check_status(stage_name: str, ctx: DistContext, error: BaseException | None 
     if len(failed) == ctx.world_size and len(set(reasons)) == 1:  # the same refusal everywhere: say it once
         failure = RankFailed(f"all {ctx.world_size} ranks failed at '{stage_name}': {reasons[0]}", failed)
     else:
-        others = f" (also failed: rank{'s' if len(failed) > 2 else ''} {', '.join(map(str, failed[1:]))})" if len(failed) > 1 else ""
+        others = (
+            f" (also failed: rank{'s' if len(failed) > 2 else ''} {', '.join(map(str, failed[1:]))})"
+            if len(failed) > 1
+            else ""
+        )
         failure = RankFailed(f"rank {failed[0]} failed at '{stage_name}': {reasons[failed[0]]}{others}", failed)
     if error is not None and not isinstance(error, CSRAError):
         raise error

@@ -35,7 +35,17 @@ from ..models.checkpoint import state_dict_fingerprint
 from ..options import ExtractOptions, amp_precision
 from ..text import safe
 from .batches import ForwardPass, backbone_batches, for_each_batch, forward_pass
-from .distributed import DistContext, broadcast_object, broadcast_state_dict, check_status, current, gather_tensors, main_decides_reuse, shard_for, stage
+from .distributed import (
+    DistContext,
+    broadcast_object,
+    broadcast_state_dict,
+    check_status,
+    current,
+    gather_tensors,
+    main_decides_reuse,
+    shard_for,
+    stage,
+)
 
 
 @dataclass
@@ -76,7 +86,9 @@ def pooled_features(fp: ForwardPass, images: LabelledImages, ctx: DistContext | 
     return torch.cat(out)
 
 
-def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, c: float = 0.01) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def fit_linear_probe(
+    features: torch.Tensor, labels: torch.Tensor, c: float = 0.01
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """One L2 logistic regression per class on standardised features; returns ``W (C, d)``, ``b (C,)``
     in the original feature space and the indices of classes that could not be fitted (all one
     label in training): those get W = 0 and a bias predicting the one label seen."""
@@ -114,7 +126,8 @@ def _load_cached_head(path: Path) -> tuple[LocationHead, ProbeInfo]:
         return head, ProbeInfo(**meta["probe"])
     except Exception as exc:
         raise CSRAError(
-            f"probe cache file {path} is stale or damaged ({type(exc).__name__}); delete it or re-run with recompute=True", param="recompute"
+            f"probe cache file {path} is stale or damaged ({type(exc).__name__}); delete it or re-run with recompute=True",
+            param="recompute",
         ) from None
 
 
@@ -144,7 +157,9 @@ def _fit_distributed(
         check_status("probe fit", ctx)
     state = broadcast_state_dict(dict(fitted[0].state_dict()) if fitted is not None else None, ctx)
     meta = broadcast_object(asdict(fitted[1]) if fitted is not None else None, ctx)
-    head = LocationHead(state["weight"], state["bias"], state["norm_weight"], state["norm_bias"], base.norm_eps, base.pooled_norm)
+    head = LocationHead(
+        state["weight"], state["bias"], state["norm_weight"], state["norm_bias"], base.norm_eps, base.pooled_norm
+    )
     return head, ProbeInfo(**meta)
 
 
@@ -163,14 +178,19 @@ def fit_probe(
     if c <= 0:
         raise CSRAError(f"c {c}: the probe's inverse L2 strength must be > 0", param="c")
     if adapter.info.location_head == "nonlinear":  # models.nonlinear: the variant needs the model's own head
-        raise CSRAError(f"head probe: {adapter.info.name}'s head is non-linear after pooling; a linear probe cannot replace it", param="head")
+        raise CSRAError(
+            f"head probe: {adapter.info.name}'s head is non-linear after pooling; a linear probe cannot replace it",
+            param="head",
+        )
     fp = forward_pass(adapter, train.single_label, opts, out)
     key = cache_key(
         {
             "kind": "probe",
             "format": PROBE_FORMAT,
             "weights": adapter.info.weights_fingerprint,
-            "head_norm": state_dict_fingerprint({k: v for k, v in adapter.head.state_dict().items() if k.startswith("norm")}),
+            "head_norm": state_dict_fingerprint(
+                {k: v for k, v in adapter.head.state_dict().items() if k.startswith("norm")}
+            ),
             "pooled_norm": adapter.head.pooled_norm,
             "transform": fp.desc,
             "train": train.fingerprint(content=opts.verify_images),
@@ -196,7 +216,9 @@ def fit_probe(
         with stage("probe fit", ctx):  # rank 0 fits; the others wait for its head (or its error)
             assert feats is not None
             weight, bias, skipped = fit_linear_probe(feats, train.labels, c)
-        info = ProbeInfo(train.dataset, train.split, len(train), c, list(train.classes), [train.classes[k] for k in skipped])
+        info = ProbeInfo(
+            train.dataset, train.split, len(train), c, list(train.classes), [train.classes[k] for k in skipped]
+        )
         return adapter.head.with_linear(weight, bias), info
 
     def reuse(path: Path) -> tuple[LocationHead, ProbeInfo]:
@@ -214,7 +236,9 @@ def fit_probe(
             recompute=opts.recompute,
             load=reuse,
             compute=fit,
-            save=lambda fitted, path: save_head(fitted[0], path, {"probe": asdict(fitted[1]), "model": adapter.info.name}),
+            save=lambda fitted, path: save_head(
+                fitted[0], path, {"probe": asdict(fitted[1]), "model": adapter.info.name}
+            ),
             console=out,
             waiting_for="fitting the same probe",
             file_label="probe cache file",
@@ -222,7 +246,9 @@ def fit_probe(
         head, info = outcome.value
     unfitted = ""
     if info.skipped_classes:
-        unfitted = f"probe: no positive (or no negative) in {train.split} for {', '.join(info.skipped_classes)}: not fitted"
+        unfitted = (
+            f"probe: no positive (or no negative) in {train.split} for {', '.join(info.skipped_classes)}: not fitted"
+        )
         say(out, f"[yellow]{safe(unfitted)}[/]", logging.WARNING)
     if save_head_to is not None and ctx.is_main:  # every rank holds the same head: rank 0 writes it
         save_head(head, save_head_to, {"probe": asdict(info), "model": adapter.info.name})

@@ -36,7 +36,16 @@ from ..options import ExtractOptions, amp_precision
 from ..text import safe
 from .backends import make_backend
 from .batches import ForwardPass, backbone_batches, for_each_batch, forward_pass
-from .distributed import DistContext, Shard, all_reduce_max, current, gather_tensors, main_decides_reuse, shard_for, stage
+from .distributed import (
+    DistContext,
+    Shard,
+    all_reduce_max,
+    current,
+    gather_tensors,
+    main_decides_reuse,
+    shard_for,
+    stage,
+)
 from .runtime import on_device
 from .statistics import CacheInfo, ClassStatistics, StatisticsInfo
 from .test_pool import pool_scores, resolve_test_pool, train_grid, unsupported
@@ -115,7 +124,11 @@ class _Rows:
         if not self.indices:
             return
         block = {n: torch.cat(self.pending[n]) for n in self.names}
-        finite = torch.isfinite(block["avg"]).all(1) & torch.isfinite(block["max"]).all(1) & torch.isfinite(block["logits"]).all(1)
+        finite = (
+            torch.isfinite(block["avg"]).all(1)
+            & torch.isfinite(block["max"]).all(1)
+            & torch.isfinite(block["logits"]).all(1)
+        )
         if not bool(finite.all()):  # one sync per flush, not per batch
             self.on_bad(int(torch.cat(self.indices)[int((~finite).nonzero()[0])]))
         for n in self.names:
@@ -143,7 +156,9 @@ def score_grid(adapter: ModelAdapter, raw: torch.Tensor | None, locations: int) 
 
 
 @torch.no_grad()
-def compute_statistics(fp: ForwardPass, images: LabelledImages, ctx: DistContext | None = None) -> tuple[ClassStatistics | None, float, float]:
+def compute_statistics(
+    fp: ForwardPass, images: LabelledImages, ctx: DistContext | None = None
+) -> tuple[ClassStatistics | None, float, float]:
     """Run the model over ``images``; returns the statistics and the identity's max abs and relative diffs (no caching).
 
     Under torchrun each rank computes its shard and rank 0 receives every rank's rows in the
@@ -190,10 +205,13 @@ def compute_statistics(fp: ForwardPass, images: LabelledImages, ctx: DistContext
         if pool_window is not None:  # timm's test-time pooling, from the same scores (extraction.test_pool)
             if grid is None:
                 raise CSRAError(
-                    f"test_pool: {adapter.info.name}'s per-location scores have no known (h, w) grid here; run with test_pool=False", param="test_pool"
+                    f"test_pool: {adapter.info.name}'s per-location scores have no known (h, w) grid here; run with test_pool=False",
+                    param="test_pool",
                 )
             extra["test_pool"] = pool_scores(s, grid, pool_window)
-        rows.add(index, {**stats, **extra, "logits": logits, "argmax": s.argmax(dim=-1).to(torch.int32)})  # the max term's location
+        rows.add(
+            index, {**stats, **extra, "logits": logits, "argmax": s.argmax(dim=-1).to(torch.int32)}
+        )  # the max term's location
         if keep_maps:  # the largest tensor: to the host every batch
             maps.append(s.half().cpu())
 
@@ -216,11 +234,19 @@ def compute_statistics(fp: ForwardPass, images: LabelledImages, ctx: DistContext
                 "linear after average pooling on these inputs and CSRA's identity does not hold"
             )
     fields: dict[str, torch.Tensor | None] = {**mine, "maps": torch.cat(maps) if keep_maps else None}
-    part = shard_for(ctx, len(images), align=fp.options.batch_size) if ctx.active else Shard(0, 1, 0, len(images), len(images))
+    part = (
+        shard_for(ctx, len(images), align=fp.options.batch_size)
+        if ctx.active
+        else Shard(0, 1, 0, len(images), len(images))
+    )
     gathered = gather_tensors(fields, part, ctx)  # rank order = image order
     if gathered is None:
         return None, max_diff, rel_diff
-    pool_info = {"train_size": pool.train_size, "window": list(pool_window)} if pool is not None and pool_window is not None else None
+    pool_info = (
+        {"train_size": pool.train_size, "window": list(pool_window)}
+        if pool is not None and pool_window is not None
+        else None
+    )
     result = ClassStatistics(
         info=StatisticsInfo(grid=grid, test_pool=pool_info, notes=[pool_note] if pool_note else []),
         argmax=gathered["argmax"],
@@ -293,7 +319,14 @@ def extract(
         path,
         use_cache=opts.use_cache,
         recompute=recompute,
-        load=partial(read_cached_statistics, key=key, images=images, verify_images=opts.verify_images, fingerprints=fingerprints, console=out),
+        load=partial(
+            read_cached_statistics,
+            key=key,
+            images=images,
+            verify_images=opts.verify_images,
+            fingerprints=fingerprints,
+            console=out,
+        ),
         compute=partial(_compute, fp, images, key, head_fingerprint, ctx),
         save=_save,
         console=out,
@@ -304,7 +337,9 @@ def extract(
     assert stats is not None  # rank 0 or a single process
     if not outcome.reused:
         cached_at = str(outcome.path) if outcome.path is not None else None
-        stats.info.cache = CacheInfo(cached_at, reused=False, images_key=images_key_name(opts.verify_images) if cached_at else None)
+        stats.info.cache = CacheInfo(
+            cached_at, reused=False, images_key=images_key_name(opts.verify_images) if cached_at else None
+        )
     return stats
 
 
@@ -314,7 +349,13 @@ def images_key_name(verify_images: bool) -> str:
 
 
 def read_cached_statistics(
-    path: Path, key: str, images: LabelledImages, verify_images: bool, fingerprints: tuple[str, str], console: Console, model_built: bool = True
+    path: Path,
+    key: str,
+    images: LabelledImages,
+    verify_images: bool,
+    fingerprints: tuple[str, str],
+    console: Console,
+    model_built: bool = True,
 ) -> ClassStatistics:
     """Statistics from the cache file (refused in one line if stale or damaged). ``fingerprints``
     (weights, head) are part of ``key``, so they also hold for a file written before they were recorded."""
@@ -340,11 +381,16 @@ def round_to_half(stats: ClassStatistics, model: str) -> None:
             continue
         rounded = getattr(stats, name).half()
         if not torch.isfinite(rounded).all():
-            raise CSRAError(f"cache_dtype float16: {model}'s {name} statistics exceed float16's range (65504); use float32", param="cache_dtype")
+            raise CSRAError(
+                f"cache_dtype float16: {model}'s {name} statistics exceed float16's range (65504); use float32",
+                param="cache_dtype",
+            )
         setattr(stats, name, rounded.float())
 
 
-def _compute(fp: ForwardPass, images: LabelledImages, key: str, head_fingerprint: str, ctx: DistContext | None = None) -> ClassStatistics | None:
+def _compute(
+    fp: ForwardPass, images: LabelledImages, key: str, head_fingerprint: str, ctx: DistContext | None = None
+) -> ClassStatistics | None:
     """The forward pass and the statistics' metadata (the caller decides about caching); None on ranks but 0."""
     adapter, opts = fp.adapter, fp.options
     stats, max_diff, rel_diff = compute_statistics(fp, images, ctx)
@@ -379,7 +425,11 @@ def _compute(fp: ForwardPass, images: LabelledImages, key: str, head_fingerprint
         test_pool=stats.info.test_pool,
         cache_dtype=opts.cache_dtype,
     )
-    source = "model's logits" if adapter.info.baseline_source == "model_logits" else "model's own logits (patch-average baseline, not enforced)"
+    source = (
+        "model's logits"
+        if adapter.info.baseline_source == "model_logits"
+        else "model's own logits (patch-average baseline, not enforced)"
+    )
     ranks = (ctx or current()).world_size
     over = f", max over {ranks} ranks" if ranks > 1 else ""
     if adapter.info.location_head == "nonlinear":
@@ -388,7 +438,13 @@ def _compute(fp: ForwardPass, images: LabelledImages, key: str, head_fingerprint
             if opts.backend != "eager"
             else f"{max_diff:.2e} ({rel_diff:.2e} of the logits' scale{over})"
         )
-        say(fp.console, f"non-linear head: baseline = the model's logits; self-check max |head(mean_k x) - logits| = {check}")
+        say(
+            fp.console,
+            f"non-linear head: baseline = the model's logits; self-check max |head(mean_k x) - logits| = {check}",
+        )
     else:
-        say(fp.console, f"identity: max |mean_k s - logits| = {max_diff:.2e} ({rel_diff:.2e} of the logits' scale{over}) vs {source}")
+        say(
+            fp.console,
+            f"identity: max |mean_k s - logits| = {max_diff:.2e} ({rel_diff:.2e} of the logits' scale{over}) vs {source}",
+        )
     return stats

@@ -26,7 +26,10 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CSRAError(f"device {device}: CUDA is not available here (this PyTorch sees no GPU); use device='cpu' (or device='auto')", param="device")
+        raise CSRAError(
+            f"device {device}: CUDA is not available here (this PyTorch sees no GPU); use device='cpu' (or device='auto')",
+            param="device",
+        )
     if device != "cpu" and not device.startswith("cuda"):
         raise CSRAError(f"--device {device}: choose auto, cpu or cuda", param="device")
     return torch.device(device)
@@ -64,7 +67,9 @@ def on_device(module: nn.Module, device: torch.device) -> Iterator[nn.Module]:
 BUSY_CORES = 0.5  # other processes' load (in cores) above which the loop caps its torch threads
 
 
-def loop_threads(options: ExtractOptions, device: torch.device, other_load: Callable[[], float | None] | None = None) -> int | None:
+def loop_threads(
+    options: ExtractOptions, device: torch.device, other_load: Callable[[], float | None] | None = None
+) -> int | None:
     """Torch threads for the loop: ``threads`` when given; else, on CPU with workers, the caller's
     count while other processes leave the cores free (the workers' decoding and the forward share
     them well), capped at the cores nobody else uses when others keep them busy (oversubscribed

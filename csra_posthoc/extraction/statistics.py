@@ -55,8 +55,12 @@ class StatisticsInfo:
     amp_dtype: str | None = None  # fp16 | bf16 when amp (options.amp_precision); None without
     device: str | None = None
     grid: list[int] | None = None  # (h, w) of the per-location scores: ClassStatistics.argmax indexes it row-major
-    test_pool: dict[str, Any] | None = None  # {"train_size", "window": [h, w]} when the test-pool statistic was extracted (extraction.test_pool)
-    cache_dtype: str = "float32"  # float16: the statistics were rounded to fp16 (cache --cache-dtype); in memory always float32
+    test_pool: dict[str, Any] | None = (
+        None  # {"train_size", "window": [h, w]} when the test-pool statistic was extracted (extraction.test_pool)
+    )
+    cache_dtype: str = (
+        "float32"  # float16: the statistics were rounded to fp16 (cache --cache-dtype); in memory always float32
+    )
     cache: CacheInfo = field(default_factory=CacheInfo)  # this run only: not part of to_json
 
     @property
@@ -101,7 +105,9 @@ class ClassStatistics:
     logits: torch.Tensor
     maps: torch.Tensor | None = None
     argmax: torch.Tensor | None = None
-    test_pool: torch.Tensor | None = None  # (N, C) timm's test-time pooling score (extraction.test_pool), when extracted
+    test_pool: torch.Tensor | None = (
+        None  # (N, C) timm's test-time pooling score (extraction.test_pool), when extracted
+    )
     info: StatisticsInfo = field(default_factory=StatisticsInfo)
 
     @property
@@ -117,4 +123,6 @@ class ClassStatistics:
         if self.maps is not None:
             return attention_pool(self.maps.float(), temperature)
         cached = ", ".join(f"{t:g}" for t in self.temperatures)
-        raise KeyError(f"temperature {temperature:g} is not cached (cached: {cached}, inf); extract with keep_maps=True")
+        raise KeyError(
+            f"temperature {temperature:g} is not cached (cached: {cached}, inf); extract with keep_maps=True"
+        )

@@ -46,7 +46,9 @@ class PoolSetting:
         return self.train_size
 
 
-def resolve_test_pool(test_pool: bool | None, train_size: int | None, input_size: int, model_input_size: int) -> PoolSetting | None:
+def resolve_test_pool(
+    test_pool: bool | None, train_size: int | None, input_size: int, model_input_size: int
+) -> PoolSetting | None:
     """``test_pool`` None: on when the network's ``input_size`` exceeds the training size (timm's
     rule); True / False: on / off. ``train_size`` None: ``model_input_size`` (the model's data config)."""
     train = int(train_size) if train_size is not None else int(model_input_size)
@@ -75,12 +77,16 @@ def train_grid(adapter: Any, train_size: int, device: torch.device) -> tuple[int
         with torch.inference_mode():
             fmap = adapter.feature_map(adapter.forward_backbone(x).float())
     except (RuntimeError, ValueError) as exc:
-        raise CSRAError(f"train_size {train_size}: the model cannot run at that size ({exc})", param="train_size") from None
+        raise CSRAError(
+            f"train_size {train_size}: the model cannot run at that size ({exc})", param="train_size"
+        ) from None
     h, w = (int(v) for v in fmap.shape[-2:])
     return h, w
 
 
-def pool_scores(s: torch.Tensor, grid: tuple[int, int] | list[int], window: tuple[int, int] | list[int]) -> torch.Tensor:
+def pool_scores(
+    s: torch.Tensor, grid: tuple[int, int] | list[int], window: tuple[int, int] | list[int]
+) -> torch.Tensor:
     """``0.5 * (mean + max)`` over the ``window``-average-pooled (stride 1) score map; ``s`` is
     ``(B, C, h * w)`` on ``grid``; a window larger than the map is clipped to it (one pooled cell)."""
     h, w = int(grid[0]), int(grid[1])

@@ -30,7 +30,9 @@ def resolve_temperatures(temperature: float = math.inf, heads: int | None = None
         try:
             return head_temperatures(heads)
         except ValueError:
-            raise CSRAError(f"heads {heads}: the paper's head counts are {', '.join(map(str, HEAD_COUNTS))}", param="heads") from None
+            raise CSRAError(
+                f"heads {heads}: the paper's head counts are {', '.join(map(str, HEAD_COUNTS))}", param="heads"
+            ) from None
     t = float(temperature)
     if math.isnan(t) or t <= 0:
         raise CSRAError(f"temperature {temperature}: must be > 0 (inf for the max)", param="temperature")
@@ -44,7 +46,9 @@ def check_lam(lam: float) -> float:
     return lam
 
 
-def csra_head(fmap: torch.Tensor, classifier: LocationHead, lam: float, temperatures: Sequence[float] = (math.inf,)) -> torch.Tensor:
+def csra_head(
+    fmap: torch.Tensor, classifier: LocationHead, lam: float, temperatures: Sequence[float] = (math.inf,)
+) -> torch.Tensor:
     """``(B, d, H, W)`` feature map -> ``(B, C)`` CSRA scores: ``mean_k s + lam * attended(s)``."""
     return score_from_locations(classifier(fmap), lam, temperatures)
 
@@ -52,7 +56,9 @@ def csra_head(fmap: torch.Tensor, classifier: LocationHead, lam: float, temperat
 class CSRAHead(nn.Module):
     """Module form of :func:`csra_head`; ``lam = 0`` gives the classifier's own (average-pooled) logits."""
 
-    def __init__(self, classifier: LocationHead, lam: float = 0.2, temperature: float = math.inf, heads: int | None = None) -> None:
+    def __init__(
+        self, classifier: LocationHead, lam: float = 0.2, temperature: float = math.inf, heads: int | None = None
+    ) -> None:
         super().__init__()
         self.classifier = classifier
         self.lam = check_lam(lam)

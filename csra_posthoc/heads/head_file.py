@@ -21,14 +21,24 @@ PROBE_FORMAT = 1
 def save_head(head: LocationHead, path: str | Path, meta: dict) -> None:
     """A head as safetensors (weights + JSON metadata), loadable by :func:`load_head`; the cache's writer."""
     tensors = dict(head.state_dict())
-    write_entry(Path(path), tensors, {"meta": json.dumps({**meta, "pooled_norm": head.pooled_norm, "norm_eps": head.norm_eps, "format": PROBE_FORMAT})})
+    write_entry(
+        Path(path),
+        tensors,
+        {
+            "meta": json.dumps(
+                {**meta, "pooled_norm": head.pooled_norm, "norm_eps": head.norm_eps, "format": PROBE_FORMAT}
+            )
+        },
+    )
 
 
 def head_from(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[LocationHead, dict]:
     """The head and its metadata from a head file's (or the probe cache's) tensors and metadata."""
     meta = json.loads(metadata["meta"])
     t = tensors
-    return LocationHead(t["weight"], t["bias"], t["norm_weight"], t["norm_bias"], meta["norm_eps"], meta["pooled_norm"]), meta
+    return LocationHead(
+        t["weight"], t["bias"], t["norm_weight"], t["norm_bias"], meta["norm_eps"], meta["pooled_norm"]
+    ), meta
 
 
 def load_head(path: str | Path) -> tuple[LocationHead, dict]:
@@ -40,4 +50,6 @@ def load_head(path: str | Path) -> tuple[LocationHead, dict]:
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         return head_from(tensors, metadata)
     except Exception as exc:
-        raise CSRAError(f"head file {path} cannot be read ({type(exc).__name__}); delete it or re-fit the probe") from None
+        raise CSRAError(
+            f"head file {path} cannot be read ({type(exc).__name__}); delete it or re-fit the probe"
+        ) from None

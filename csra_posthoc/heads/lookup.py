@@ -71,7 +71,10 @@ def find_results_head(results: ResultsFile, results_path: Path, cache_dir: Path 
         seen.add(key)
         if head_file_fingerprint(key) == wanted:
             return key
-    places = ["its recorded head_file" if results.head_file else None, f"*.safetensors beside it ({Path(results_path).resolve().parent})"]
+    places = [
+        "its recorded head_file" if results.head_file else None,
+        f"*.safetensors beside it ({Path(results_path).resolve().parent})",
+    ]
     if cache_dir is not None:
         places.append(f"the probe cache ({cache_dir})")
     raise CSRAError(
@@ -87,7 +90,9 @@ def found_head_line(path: Path) -> str:
     return f"head: {safe(path)} (found by the results' head fingerprint)"
 
 
-def results_head_file(head_file: str | Path | None, results: ResultsFile, results_path: str | Path, console: Any) -> str | Path | None:
+def results_head_file(
+    head_file: str | Path | None, results: ResultsFile, results_path: str | Path, console: Any
+) -> str | Path | None:
     """The head a results file was measured with: ``head_file`` as given, else the one
     :func:`find_results_head` finds (in the default cache too), announced on ``console``."""
     if head_file is not None:

@@ -27,7 +27,9 @@ def attention_pool(s: torch.Tensor, temperature: float) -> torch.Tensor:
     return (weights * s).sum(dim=-1)
 
 
-def location_statistics(s: torch.Tensor, temperatures: Sequence[float] = CACHED_TEMPERATURES) -> dict[str, torch.Tensor]:
+def location_statistics(
+    s: torch.Tensor, temperatures: Sequence[float] = CACHED_TEMPERATURES
+) -> dict[str, torch.Tensor]:
     """Per-class sufficient statistics of per-location scores ``(B, C, K)``.
 
     Returns ``avg`` and ``max`` of shape ``(B, C)`` and ``attn`` of shape ``(B, C, len(T))``:
@@ -59,7 +61,9 @@ def multihead_attended(per_temperature: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(per_temperature, dim=0).mean(dim=0)
 
 
-def score_from_locations(s: torch.Tensor, lam: float, temperatures: Sequence[float] = (INF,), baseline: torch.Tensor | None = None) -> torch.Tensor:
+def score_from_locations(
+    s: torch.Tensor, lam: float, temperatures: Sequence[float] = (INF,), baseline: torch.Tensor | None = None
+) -> torch.Tensor:
     """CSRA logits straight from per-location scores ``(B, C, K)``: what a patched model computes.
 
     One temperature is the single-head variant (``(inf,)``: avg + lam * max); several are the

@@ -29,7 +29,9 @@ __all__ = [
 ]
 
 
-def multilabel_metrics(scores: torch.Tensor, labels: torch.Tensor, unknown: UnknownPolicy = "exclude") -> tuple[dict[str, float], torch.Tensor]:
+def multilabel_metrics(
+    scores: torch.Tensor, labels: torch.Tensor, unknown: UnknownPolicy = "exclude"
+) -> tuple[dict[str, float], torch.Tensor]:
     """mAP, CP..OF1 and their top-3 versions (percent), plus per-class AP (NaN = no positive)."""
     if scores.shape != labels.shape or scores.dim() != 2:
         raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(labels.shape)} must both be (N, C)")

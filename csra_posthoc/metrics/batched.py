@@ -136,7 +136,9 @@ def parallel_map(work: Callable[[Any], Any], items: Sequence[Any], threads: int)
     A sweep's rows are independent score matrices: evaluating whole rows side by side (each on a
     one-thread evaluator) kept both cores busier than splitting each row's classes (31 vs 36 ms a
     row on 2 cores, COCO size), as there is no barrier inside a row."""
-    nested = threading.current_thread().name.startswith(POOL_PREFIX)  # a pool task waiting on its own pool could deadlock
+    nested = threading.current_thread().name.startswith(
+        POOL_PREFIX
+    )  # a pool task waiting on its own pool could deadlock
     if threads <= 1 or len(items) <= 1 or nested:
         return [work(item) for item in items]
     return list(_pool(threads).map(work, items))
@@ -149,7 +151,14 @@ class MultilabelEvaluator:
     so a sweep converts ``avg`` and each attended term once and combines them per lam.
     """
 
-    def __init__(self, labels: torch.Tensor, unknown: UnknownPolicy = "exclude", threshold: float = 0.5, top_k: int = 3, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        unknown: UnknownPolicy = "exclude",
+        threshold: float = 0.5,
+        top_k: int = 3,
+        threads: int | None = None,
+    ) -> None:
         if labels.dim() != 2:
             raise ValueError(f"labels {tuple(labels.shape)} must be (N, C)")
         lab = transposed(labels.cpu().numpy(), np.int8)  # {1, 0, -1}: int8 moves 8x less than int64
@@ -195,7 +204,9 @@ class MultilabelEvaluator:
     def thresholded(self, scores_cn: Array, top_k: int | None = None) -> dict[str, float]:
         """CP..OF1 (percent) at the threshold, restricted to each image's top-k when given."""
         use_top = top_k is not None and top_k < scores_cn.shape[0]
-        _, at_cut, in_top = self._passes(scores_cn, want_ap=False, want_counts=not use_top, top_k=top_k if use_top else None, check=True)
+        _, at_cut, in_top = self._passes(
+            scores_cn, want_ap=False, want_counts=not use_top, top_k=top_k if use_top else None, check=True
+        )
         counts = in_top if use_top else at_cut
         assert counts is not None
         return self._metrics(counts)
@@ -238,9 +249,15 @@ class MultilabelEvaluator:
         Returns AP, (tp, n_pred) at the threshold, (tp, n_pred) within the top-k (None where not
         asked for, or where k >= C)."""
         top_k = top_k if top_k is not None and top_k < scores_cn.shape[0] else None
-        blocks = self._map(lambda classes: self._block_pass(scores_cn, classes, want_ap, want_counts, top_k, check), self.chunks)
+        blocks = self._map(
+            lambda classes: self._block_pass(scores_cn, classes, want_ap, want_counts, top_k, check), self.chunks
+        )
         ap = np.concatenate([b.ap for b in blocks]) if want_ap else None
-        at_cut = (np.concatenate([b.tp for b in blocks]), np.concatenate([b.n_pred for b in blocks])) if want_counts else None
+        at_cut = (
+            (np.concatenate([b.tp for b in blocks]), np.concatenate([b.n_pred for b in blocks]))
+            if want_counts
+            else None
+        )
         if top_k is None:
             return ap, at_cut, None
         top = blocks[0].top
@@ -251,7 +268,10 @@ class MultilabelEvaluator:
             for values in other.top:
                 insert_value(top, values, spare)
         kth = top[-1]
-        parts = self._map(lambda pair: self._top_k_counts(scores_cn, pair[0], pair[1].pred, kth), list(zip(self.chunks, blocks, strict=True)))
+        parts = self._map(
+            lambda pair: self._top_k_counts(scores_cn, pair[0], pair[1].pred, kth),
+            list(zip(self.chunks, blocks, strict=True)),
+        )
         tp = np.concatenate([p[0] for p in parts])
         n_pred = np.concatenate([p[1] for p in parts])
         tied = np.flatnonzero(sum(p[2] for p in parts) != top_k)
@@ -260,13 +280,17 @@ class MultilabelEvaluator:
             pred = np.concatenate([b.pred[:, tied] for b in blocks])
             ours, theirs = (sub >= kth[tied]) & pred, torch_top_k_mask(sub, top_k) & pred
             for counts, labels in ((tp, self.positive), (n_pred, self.counted)):
-                counts += np.count_nonzero(theirs & labels[:, tied], axis=1) - np.count_nonzero(ours & labels[:, tied], axis=1)
+                counts += np.count_nonzero(theirs & labels[:, tied], axis=1) - np.count_nonzero(
+                    ours & labels[:, tied], axis=1
+                )
         return ap, at_cut, (tp, n_pred)
 
     def _map(self, work: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         return parallel_map(work, items, len(self.chunks))
 
-    def _block_pass(self, scores_cn: Array, classes: range, want_ap: bool, want_counts: bool, top_k: int | None, check: bool) -> Block:
+    def _block_pass(
+        self, scores_cn: Array, classes: range, want_ap: bool, want_counts: bool, top_k: int | None, check: bool
+    ) -> Block:
         block = scores_cn[classes.start : classes.stop]
         if check and not want_ap:  # with AP: checked on the sorted rows' ends, for free
             check_finite(block)
@@ -274,7 +298,9 @@ class MultilabelEvaluator:
         if not (want_counts or top_k):
             return Block(ap, None, None, None, None)
         pred = at_least_threshold(block, self.threshold)
-        tp, n_pred = self._counts(pred, slice(classes.start, classes.stop)) if want_counts else (None, None)  # top-k alone: pred only
+        tp, n_pred = (
+            self._counts(pred, slice(classes.start, classes.stop)) if want_counts else (None, None)
+        )  # top-k alone: pred only
         return Block(ap, pred, tp, n_pred, top_k_values(block, top_k) if top_k else None)
 
     def _counts(self, pred: Array, rows: slice) -> Counts:
@@ -373,7 +399,9 @@ class SinglelabelEvaluator:
         """Top-1 in percent (what a held-out choice compares)."""
         return self.evaluate(scores)[0]["top1"]
 
-    def _from_counts(self, beaten: Array, tied: Array, dense_rows: Callable[[Array], Array]) -> tuple[dict[str, float], torch.Tensor]:
+    def _from_counts(
+        self, beaten: Array, tied: Array, dense_rows: Callable[[Array], Array]
+    ) -> tuple[dict[str, float], torch.Tensor]:
         """Metrics from, per image, how many classes beat the target and how many tie it (itself included)."""
         kmax = min(max(self.ks), self.num_classes)
         hits = {}
@@ -452,7 +480,9 @@ class CandidateScores:
 class CandidatePair:
     """See :meth:`SinglelabelEvaluator.pair`: per lam, only the candidate entries are scored."""
 
-    def __init__(self, avg: Array, attended: Array, score: ScoreFn, image: Array, klass: Array, a_t: Array, b_t: Array) -> None:
+    def __init__(
+        self, avg: Array, attended: Array, score: ScoreFn, image: Array, klass: Array, a_t: Array, b_t: Array
+    ) -> None:
         self.avg, self.attended, self.score = avg, attended, score
         self.image, self.n = image, avg.shape[0]
         self.a_c, self.b_c = avg[image, klass], attended[image, klass]
@@ -498,7 +528,11 @@ class TorchEvaluator:
 
 
 def evaluator(
-    labels: torch.Tensor, single_label: bool, unknown: UnknownPolicy = "exclude", device: torch.device | str = "cpu", threads: int | None = None
+    labels: torch.Tensor,
+    single_label: bool,
+    unknown: UnknownPolicy = "exclude",
+    device: torch.device | str = "cpu",
+    threads: int | None = None,
 ) -> Evaluator:
     """The evaluator for a sweep: numpy on CPU, torch ops where the statistics live on a GPU.
     ``threads``: how many blocks of classes one multi-label evaluation splits into (default: torch's

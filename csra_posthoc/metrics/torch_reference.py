@@ -10,7 +10,9 @@ from .average_precision import average_precision_torch
 from .thresholded import UnknownPolicy, thresholded_metrics_torch
 
 
-def multilabel_metrics(scores: torch.Tensor, labels: torch.Tensor, unknown: UnknownPolicy = "exclude") -> tuple[dict[str, float], torch.Tensor]:
+def multilabel_metrics(
+    scores: torch.Tensor, labels: torch.Tensor, unknown: UnknownPolicy = "exclude"
+) -> tuple[dict[str, float], torch.Tensor]:
     """mAP, CP..OF1 and their top-3 versions (percent), plus per-class AP (NaN = no positive)."""
     ap = average_precision_torch(scores, labels)
     valid = ~torch.isnan(ap)

@@ -27,7 +27,15 @@ from ..errors import CSRAError, first_line
 from ..text import plain
 
 Status = Literal["supported", "patch average", "non-linear head", "refused", "crash", "identity failure", "skipped"]
-STATUSES: tuple[str, ...] = ("supported", "patch average", "non-linear head", "refused", "crash", "identity failure", "skipped")
+STATUSES: tuple[str, ...] = (
+    "supported",
+    "patch average",
+    "non-linear head",
+    "refused",
+    "crash",
+    "identity failure",
+    "skipped",
+)
 # what counts as supported in the issue's target: the identity, the documented patch average, the labelled non-linear variant
 SUPPORTED_STATUSES: tuple[str, ...] = ("supported", "patch average", "non-linear head")
 TORCHVISION_PREFIX = "torchvision:"
@@ -204,7 +212,12 @@ def _sizes(name: str, img_size: int | None) -> tuple[list[int], bool]:
 
 
 def check_model(
-    name: str, img_size: int | None = None, *, max_params: int | None = None, time_budget: float | None = DEFAULT_TIME_BUDGET, params: int | None = None
+    name: str,
+    img_size: int | None = None,
+    *,
+    max_params: int | None = None,
+    time_budget: float | None = DEFAULT_TIME_BUDGET,
+    params: int | None = None,
 ) -> ModelCheck:
     """Build ``name`` at random init, CSRA-patch it at lam = 0 and compare with the reference.
 
@@ -245,7 +258,9 @@ def check_model(
         except CSRAError:
             raise
         except Exception as exc:
-            return done("skipped", f"the architecture does not build at random init: {type(exc).__name__}: {first_line(exc)}")
+            return done(
+                "skipped", f"the architecture does not build at random init: {type(exc).__name__}: {first_line(exc)}"
+            )
         x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
         try:
             with torch.no_grad():
@@ -253,7 +268,9 @@ def check_model(
         except Exception as exc:
             if size != sizes[-1]:
                 continue
-            return done("skipped", f"the model itself fails on a {size}x{size} input: {type(exc).__name__}: {first_line(exc)}")
+            return done(
+                "skipped", f"the model itself fails on a {size}x{size} input: {type(exc).__name__}: {first_line(exc)}"
+            )
         result.img_size = size
         break
     assert model is not None and x is not None and logits is not None
@@ -275,7 +292,10 @@ def _compare(model: Any, x: Any, logits: Any, name: str, done: Any, result: Mode
             scores = patched(x)
             info = patched.adapter.info
             if info.baseline_source == "patch_average":
-                reference, what = _patch_average_reference(model, x), "the mean of its patch tokens through its own head"
+                reference, what = (
+                    _patch_average_reference(model, x),
+                    "the mean of its patch tokens through its own head",
+                )
             else:
                 reference, what = logits, "its logits"
     except CSRAError as exc:
@@ -283,18 +303,27 @@ def _compare(model: Any, x: Any, logits: Any, name: str, done: Any, result: Mode
     except Exception as exc:
         return done("crash", f"{type(exc).__name__}: {first_line(exc)}")
     nonlinear = getattr(info, "location_head", "linear") == "nonlinear"
-    status: Status = "non-linear head" if nonlinear else ("patch average" if info.baseline_source == "patch_average" else "supported")
+    status: Status = (
+        "non-linear head"
+        if nonlinear
+        else ("patch average" if info.baseline_source == "patch_average" else "supported")
+    )
     if reference is None:  # no independent reference for this token layout: the patched output's own consistency only
         return done(status, "patch average (no independent reference for this token layout)")
     reference = reference.float()
     if tuple(scores.shape) != tuple(reference.shape):
-        return done("identity failure", f"patched scores have shape {tuple(scores.shape)}, {what} {tuple(reference.shape)}")
+        return done(
+            "identity failure", f"patched scores have shape {tuple(scores.shape)}, {what} {tuple(reference.shape)}"
+        )
     diff = float((scores.float() - reference).abs().max())
     scale = identity_scale(float(reference.abs().max()))
     if math.isfinite(diff):  # JSON has no NaN: a non-finite difference is in the reason
         result.max_abs_diff, result.rel_diff = diff, diff / scale
     if not math.isfinite(diff) or diff > IDENTITY_BAR * scale:
-        return done("identity failure", f"lam = 0 differs from {what} by {diff:.3g} ({diff / scale:.2g} of their scale, over {IDENTITY_BAR:g})")
+        return done(
+            "identity failure",
+            f"lam = 0 differs from {what} by {diff:.3g} ({diff / scale:.2g} of their scale, over {IDENTITY_BAR:g})",
+        )
     return done(status)
 
 
@@ -349,11 +378,17 @@ def run_models(
     if json_out is not None and not check:
         raise CSRAError("json_out needs `check` (the listing is plain names)", param="json_out")
     if check and pattern is None and not check_all:
-        raise CSRAError("`check` needs a pattern (e.g. 'resnet*') or all_models (every architecture, up to 30 M parameters by default)", param="pattern")
+        raise CSRAError(
+            "`check` needs a pattern (e.g. 'resnet*') or all_models (every architecture, up to 30 M parameters by default)",
+            param="pattern",
+        )
     check_outputs({"json_out": json_out})
     names = list_models(pattern)
     if not names:
-        raise CSRAError(f"pattern {pattern!r}: no timm or torchvision architecture matches (patterns as timm.list_models: 'resnet*', '*vit*')", param="pattern")
+        raise CSRAError(
+            f"pattern {pattern!r}: no timm or torchvision architecture matches (patterns as timm.list_models: 'resnet*', '*vit*')",
+            param="pattern",
+        )
     if not check:
         for name in names:
             console.print(plain(name), markup=False, highlight=False)
@@ -404,14 +439,22 @@ def _print_table(checks: list[ModelCheck], console: Any) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    colours = {"supported": "green", "patch average": "green", "non-linear head": "cyan", "refused": "yellow", "skipped": "dim"}
+    colours = {
+        "supported": "green",
+        "patch average": "green",
+        "non-linear head": "cyan",
+        "refused": "yellow",
+        "skipped": "dim",
+    }
     table = Table(show_edge=False)
     for column in ("model", "params", "status", "reason / max rel diff"):
         table.add_column(column, no_wrap=column != "reason / max rel diff")
     for c in checks:
         params = f"{c.params / 1e6:.1f} M" if c.params is not None else "?"
         detail = c.reason or (f"{c.rel_diff:.1e} at {c.img_size}px" if c.rel_diff is not None else "")
-        table.add_row(Text(plain(c.name)), params, Text(c.status, style=colours.get(c.status, "bold red")), Text(plain(detail)))
+        table.add_row(
+            Text(plain(c.name)), params, Text(c.status, style=colours.get(c.status, "bold red")), Text(plain(detail))
+        )
     console.print(table)
     counts = ", ".join(f"{n} {s}" for s, n in status_counts(checks).items() if n)
     console.print(Text(f"{len(checks)} models: {counts}"), highlight=False)

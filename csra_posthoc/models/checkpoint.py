@@ -23,7 +23,12 @@ from ..errors import CSRAError, first_line
 EMA_KEYS = ("state_dict_ema", "model_ema")  # preferred, as timm does
 _WRAPPER_KEYS = (*EMA_KEYS, "state_dict", "model", "model_state_dict", "module", "net")
 _PREFIXES = ("model.",)  # after timm's clean_state_dict (module., _orig_mod.): a whole-model wrapper
-_DAMAGED = ("PytorchStreamReader failed", "pickle data was truncated", "Ran out of input", "unexpected EOF")  # torch.load on a cut file
+_DAMAGED = (
+    "PytorchStreamReader failed",
+    "pickle data was truncated",
+    "Ran out of input",
+    "unexpected EOF",
+)  # torch.load on a cut file
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str | None]:
@@ -61,8 +66,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str | No
                     param="checkpoint",
                 ) from None
             if isinstance(exc, EOFError) or any(m in str(exc) for m in _DAMAGED):
-                raise CSRAError(f"checkpoint {path}: damaged or truncated ({first_line(exc)}); download or save it again", param="checkpoint") from None
-            raise CSRAError(f"checkpoint {path}: cannot be read as weights only ({first_line(exc)}); {resave}", param="checkpoint") from None
+                raise CSRAError(
+                    f"checkpoint {path}: damaged or truncated ({first_line(exc)}); download or save it again",
+                    param="checkpoint",
+                ) from None
+            raise CSRAError(
+                f"checkpoint {path}: cannot be read as weights only ({first_line(exc)}); {resave}", param="checkpoint"
+            ) from None
     used: list[str] = []
     for _ in range(3):
         if isinstance(obj, dict):
@@ -99,7 +109,9 @@ def checkpoint_note(entry: str | None) -> str | None:
     if entry is None:
         return None
     ema = entry.split("/")[0] in EMA_KEYS
-    return f"checkpoint: {'EMA weights' if ema else 'weights'} from its '{entry}' entry" + (" (preferred over the raw weights, as timm does)" if ema else "")
+    return f"checkpoint: {'EMA weights' if ema else 'weights'} from its '{entry}' entry" + (
+        " (preferred over the raw weights, as timm does)" if ema else ""
+    )
 
 
 def pickled_module_class(path: Path) -> str | None:
@@ -158,7 +170,11 @@ def published_layout(arch: str, sd: dict[str, torch.Tensor], path: Path) -> tupl
     """
     import timm
 
-    if timm.models.model_entrypoint(arch).__module__ != "timm.models.tresnet" or "body.conv1.conv.weight" in sd or "body.conv1.0.weight" not in sd:
+    if (
+        timm.models.model_entrypoint(arch).__module__ != "timm.models.tresnet"
+        or "body.conv1.conv.weight" in sd
+        or "body.conv1.0.weight" not in sd
+    ):
         return sd, None
     if "head.fc.weight" not in sd and any(k.startswith("head.") for k in sd):
         example = next(k for k in sd if k.startswith("head."))
@@ -173,4 +189,7 @@ def published_layout(arch: str, sd: dict[str, torch.Tensor], path: Path) -> tupl
     # computes the same fixed binomial filter and does not store it
     learned = {k: v for k, v in sd.items() if not k.endswith(".filt")}
     renamed = checkpoint_filter_fn(learned, None)
-    return renamed, "checkpoint: TResNet weights in the ASL code's layout, renamed by timm's tresnet checkpoint_filter_fn (inplace-ABN weights as |w| + 1e-5)"
+    return (
+        renamed,
+        "checkpoint: TResNet weights in the ASL code's layout, renamed by timm's tresnet checkpoint_filter_fn (inplace-ABN weights as |w| + 1e-5)",
+    )

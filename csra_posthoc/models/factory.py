@@ -15,7 +15,13 @@ import torch.nn as nn
 from ..defaults import TORCHVISION_PREFIX
 from ..errors import CSRAError, first_line
 from .base import ModelAdapter
-from .checkpoint import checkpoint_note, published_layout, read_checkpoint, state_dict_fingerprint, weights_only_downloads
+from .checkpoint import (
+    checkpoint_note,
+    published_layout,
+    read_checkpoint,
+    state_dict_fingerprint,
+    weights_only_downloads,
+)
 from .hf_models import load_hf_adapter
 from .hub import offline_if_unreachable, require_hub_weights
 from .identity import verify_identity
@@ -26,7 +32,10 @@ from .torchvision_models import TORCHVISION_CLASSIFIER_KEYS, build_torchvision_a
 
 # timm families built with dynamic_img_size=True: any --img-size, timm resamples the position
 # embeddings (ViT, DeiT, EVA) or builds the window masks (Swin, SwinV2) for it on each forward
-_TIMM_VIT_MODULES = {f"timm.models.{m}" for m in ("vision_transformer", "deit", "eva", "swin_transformer", "swin_transformer_v2", "swin_transformer_v2_cr")}
+_TIMM_VIT_MODULES = {
+    f"timm.models.{m}"
+    for m in ("vision_transformer", "deit", "eva", "swin_transformer", "swin_transformer_v2", "swin_transformer_v2_cr")
+}
 
 
 def _infer_num_classes(sd: dict[str, torch.Tensor], keys: tuple[str, ...], checkpoint: Path) -> int:
@@ -61,15 +70,23 @@ def _check_timm_name(arch: str) -> None:
     if not timm.is_model(arch):
         import difflib
 
-        close = timm.list_models(f"*{arch}*")[:5] or difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.75)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; list them with python -c 'import timm; print(timm.list_models())'"
+        close = timm.list_models(f"*{arch}*")[:5] or difflib.get_close_matches(
+            arch, timm.list_models(), n=5, cutoff=0.75
+        )
+        hint = (
+            f"; did you mean {', '.join(close)}?"
+            if close
+            else "; list them with python -c 'import timm; print(timm.list_models())'"
+        )
         raise CSRAError(f"model {arch}: unknown timm model{hint}", param="model")
     if "." in arch:  # arch.tag: timm knows the arch, but the tag must be one of its pretrained tags
         base, tag = arch.split(".", 1)
         known = timm.list_pretrained(f"{base}.*")
         if arch not in known:
             shown = ", ".join(known[:5]) + (", ..." if len(known) > 5 else "")
-            raise CSRAError(f"model {arch}: timm has no pretrained tag {tag!r} for {base}; known: {shown or 'none'}", param="model")
+            raise CSRAError(
+                f"model {arch}: timm has no pretrained tag {tag!r} for {base}; known: {shown or 'none'}", param="model"
+            )
 
 
 def _create_timm(arch: str, pretrained: bool, num_classes: int | None) -> nn.Module:
@@ -83,7 +100,9 @@ def _create_timm(arch: str, pretrained: bool, num_classes: int | None) -> nn.Mod
         with offline_if_unreachable():  # a hub found unreachable earlier is not retried
             return timm.create_model(arch, pretrained=pretrained, **kwargs)
     except Exception as exc:  # hub download failure and the like
-        raise CSRAError(f"model {arch}, pretrained=True: could not get weights ({first_line(exc)})", param="pretrained") from None
+        raise CSRAError(
+            f"model {arch}, pretrained=True: could not get weights ({first_line(exc)})", param="pretrained"
+        ) from None
 
 
 def _create_torchvision(arch: str, pretrained: bool, num_classes: int | None) -> nn.Module:
@@ -118,7 +137,10 @@ def load_model(
     if name.startswith("hf:"):  # Hugging Face: the folder (or cached hub snapshot) is the weight source
         return _load_hf(name, checkpoint, random_init, head)
     if sum([checkpoint is not None, pretrained, random_init]) != 1:
-        raise CSRAError("model needs exactly one weight source: `checkpoint` (a path), pretrained=True or random_init=True", param="model")
+        raise CSRAError(
+            "model needs exactly one weight source: `checkpoint` (a path), pretrained=True or random_init=True",
+            param="model",
+        )
     is_tv = name.startswith(TORCHVISION_PREFIX)
     arch = name[len(TORCHVISION_PREFIX) :] if is_tv else name
     create = _create_torchvision if is_tv else _create_timm
@@ -153,7 +175,9 @@ def load_model(
             model = create(arch, pretrained, num_classes)
         weights = "pretrained:hub" if pretrained else "random-init"
     model.eval()
-    adapter = build_torchvision_adapter(model, name, arch, weights) if is_tv else build_timm_adapter(model, name, weights)
+    adapter = (
+        build_torchvision_adapter(model, name, arch, weights) if is_tv else build_timm_adapter(model, name, weights)
+    )
     adapter.info.notes.extend(n for n in (note, layout) if n is not None)
     adapter.info.weights_fingerprint = state_dict_fingerprint(model.state_dict())
     verify_identity(adapter)
@@ -166,7 +190,10 @@ def _load_hf(name: str, checkpoint: str | Path | None, random_init: bool, head: 
     """``hf:PATH_OR_NAME``: its folder's weights (``pretrained`` or no weight source at all)."""
 
     if checkpoint is not None or random_init:
-        raise CSRAError(f"model {name}: a Hugging Face folder carries its own weights; drop `checkpoint` / `random_init`", param="model")
+        raise CSRAError(
+            f"model {name}: a Hugging Face folder carries its own weights; drop `checkpoint` / `random_init`",
+            param="model",
+        )
     adapter = load_hf_adapter(name)
     adapter.info.weights_fingerprint = state_dict_fingerprint(adapter.model.state_dict())
     verify_identity(adapter)
@@ -179,6 +206,10 @@ def with_probe_head(adapter: ModelAdapter, head_file: str | Path) -> ModelAdapte
 
     classifier, meta = classifier_from_probe(adapter, head_file)
     probe = meta.get("probe") or {}
-    described = f"linear probe on {probe['dataset']} {probe['split']}" if probe.get("dataset") else f"probe head {Path(head_file).name}"
+    described = (
+        f"linear probe on {probe['dataset']} {probe['split']}"
+        if probe.get("dataset")
+        else f"probe head {Path(head_file).name}"
+    )
     info = replace(adapter.info, baseline_source="model_logits", head=described, notes=list(adapter.info.notes))
     return ProbeHeadAdapter(adapter, classifier, info)

@@ -68,8 +68,15 @@ CLASSES: dict[str, str] = {
     "MobileNetV2ForImageClassification": "mobilenet_v2",
 }
 DEFAULT_CLASS = {model_type: cls for cls, model_type in reversed(list(CLASSES.items()))}
-SUPPORTED_TEXT = "ViT, DeiT, BEiT, Swin, ConvNeXt(V2), ResNet, RegNet, EfficientNet, MobileNetV2 *ForImageClassification"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+SUPPORTED_TEXT = (
+    "ViT, DeiT, BEiT, Swin, ConvNeXt(V2), ResNet, RegNet, EfficientNet, MobileNetV2 *ForImageClassification"
+)
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
@@ -85,7 +92,10 @@ def _transformers(name: str) -> Any:
     try:
         import transformers
     except ImportError:
-        raise CSRAError(f"model {name}: Hugging Face models need the transformers package: pip install 'csra-posthoc[hf]'", param="model") from None
+        raise CSRAError(
+            f"model {name}: Hugging Face models need the transformers package: pip install 'csra-posthoc[hf]'",
+            param="model",
+        ) from None
     return transformers
 
 
@@ -125,12 +135,18 @@ def resolve_folder(name: str) -> Path:
     local Hugging Face cache (never downloaded)."""
     spec = name[len(HF_PREFIX) :] if is_hf_name(name) else name
     if not spec:
-        raise CSRAError(f"model {name}: name a folder or a hub model after hf: (hf:./my-model, hf:google/vit-base-patch16-224)", param="model")
+        raise CSRAError(
+            f"model {name}: name a folder or a hub model after hf: (hf:./my-model, hf:google/vit-base-patch16-224)",
+            param="model",
+        )
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
     if path.exists():
-        raise CSRAError(f"model {name}: {spec} is a file; hf: takes the folder holding config.json and model.safetensors", param="model")
+        raise CSRAError(
+            f"model {name}: {spec} is a file; hf: takes the folder holding config.json and model.safetensors",
+            param="model",
+        )
     looks_like_repo = spec.count("/") <= 1 and not spec.startswith((".", "/", "~"))
     if looks_like_repo:
         from huggingface_hub import snapshot_download
@@ -141,7 +157,10 @@ def resolve_folder(name: str) -> Path:
         except Exception:
             pass
     else:
-        raise CSRAError(f"model {name}: no such folder {spec} (hf: takes the folder save_pretrained wrote, or a cached hub name)", param="model")
+        raise CSRAError(
+            f"model {name}: no such folder {spec} (hf: takes the folder save_pretrained wrote, or a cached hub name)",
+            param="model",
+        )
     raise CSRAError(
         f"model {name}: no such folder, and no hub model {spec!r} in the local Hugging Face cache (nothing is downloaded: "
         "fetch it once with huggingface-cli download, or pass the folder save_pretrained wrote)",
@@ -182,7 +201,9 @@ def source_files(name: str) -> list[Path]:
 def read_hf_config(folder: Path, name: str) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
-        raise CSRAError(f"model {name}: {folder} has no config.json (write the folder with save_pretrained)", param="model")
+        raise CSRAError(
+            f"model {name}: {folder} has no config.json (write the folder with save_pretrained)", param="model"
+        )
     try:
         cfg = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
@@ -203,7 +224,10 @@ def build_hf_model(cfg: dict[str, Any], cls_name: str, name: str, param: str = "
     except CSRAError:
         raise
     except Exception as exc:
-        raise CSRAError(f"model {name}: {cls_name} cannot be built from its config ({type(exc).__name__}: {first_line(exc)})", param=param) from None
+        raise CSRAError(
+            f"model {name}: {cls_name} cannot be built from its config ({type(exc).__name__}: {first_line(exc)})",
+            param=param,
+        ) from None
 
 
 def load_hf_model(name: str) -> tuple[nn.Module, Path]:
@@ -213,16 +237,25 @@ def load_hf_model(name: str) -> tuple[nn.Module, Path]:
     cfg = read_hf_config(folder, name)
     cls_name, _ = check_hf_config(cfg, name)
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
-        raise CSRAError(f"model {name}: {folder} has config.json but no weights ({' or '.join(WEIGHT_FILES[::2])})", param="model")
+        raise CSRAError(
+            f"model {name}: {folder} has config.json but no weights ({' or '.join(WEIGHT_FILES[::2])})", param="model"
+        )
     try:
         with _offline(), _quiet(transformers):
-            model, info = getattr(transformers, cls_name).from_pretrained(str(folder), local_files_only=True, trust_remote_code=False, output_loading_info=True)
+            model, info = getattr(transformers, cls_name).from_pretrained(
+                str(folder), local_files_only=True, trust_remote_code=False, output_loading_info=True
+            )
     except Exception as exc:
-        raise CSRAError(f"model {name}: its weights cannot be read ({type(exc).__name__}: {first_line(exc)})", param="model") from None
+        raise CSRAError(
+            f"model {name}: its weights cannot be read ({type(exc).__name__}: {first_line(exc)})", param="model"
+        ) from None
     missing, bad = list(info.get("missing_keys") or []), list(info.get("mismatched_keys") or [])
     if missing or bad:
         shown = ", ".join(str(k) for k in (missing + bad)[:2])
-        raise CSRAError(f"model {name}: its weights do not fit {cls_name} ({len(missing)} missing, {len(bad)} of another shape, e.g. {shown})", param="model")
+        raise CSRAError(
+            f"model {name}: its weights do not fit {cls_name} ({len(missing)} missing, {len(bad)} of another shape, e.g. {shown})",
+            param="model",
+        )
     return model.float().eval(), folder
 
 
@@ -242,10 +275,20 @@ def hf_data_config(model: nn.Module, folder: Path | None = None) -> tuple[DataCo
     std, resample), else its config's image size with ImageNet defaults (and a note saying so)."""
     config = getattr(model, "config", None)
     image_size = getattr(config, "image_size", None)
-    base = DataConfig(input_size=int(image_size) if isinstance(image_size, int) else 224, interpolation="bilinear", crop_pct=1.0, crop_mode="squash")
+    base = DataConfig(
+        input_size=int(image_size) if isinstance(image_size, int) else 224,
+        interpolation="bilinear",
+        crop_pct=1.0,
+        crop_mode="squash",
+    )
     path = folder / "preprocessor_config.json" if folder is not None else None
     if path is None or not path.is_file():
-        return base, "no preprocessor_config.json: resized to the model's size, ImageNet mean/std" if folder is not None else None
+        return (
+            base,
+            "no preprocessor_config.json: resized to the model's size, ImageNet mean/std"
+            if folder is not None
+            else None,
+        )
     try:
         pre = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError):
@@ -254,7 +297,9 @@ def hf_data_config(model: nn.Module, folder: Path | None = None) -> tuple[DataCo
     resize = _size(size) or base.input_size
     crop = _size(pre.get("crop_size")) if pre.get("do_center_crop") else None
     shortest = isinstance(size, dict) and "shortest_edge" in size
-    if "crop_pct" in pre and shortest and pre.get("crop_pct"):  # ConvNeXt's processor: resize shortest/crop_pct, crop shortest
+    if (
+        "crop_pct" in pre and shortest and pre.get("crop_pct")
+    ):  # ConvNeXt's processor: resize shortest/crop_pct, crop shortest
         if resize >= 384:
             input_size, crop_pct, mode = resize, 1.0, "squash"  # warped to size x size, no crop
         else:
@@ -264,7 +309,9 @@ def hf_data_config(model: nn.Module, folder: Path | None = None) -> tuple[DataCo
     else:  # resize straight to the size
         input_size, crop_pct, mode = resize, 1.0, "center" if shortest else "squash"
     mean, std = _normalisation(pre, folder, base)
-    interpolation = _PIL_RESAMPLE.get(pre.get("resample"), "bilinear") if isinstance(pre.get("resample"), int) else "bilinear"
+    interpolation = (
+        _PIL_RESAMPLE.get(pre.get("resample"), "bilinear") if isinstance(pre.get("resample"), int) else "bilinear"
+    )
     note = None
     return DataConfig(input_size, mean, std, interpolation, crop_pct, mode), note
 
@@ -282,9 +329,15 @@ def _normalisation(pre: dict[str, Any], folder: Path | None, base: DataConfig) -
         image_std = [float(v) for v in pre.get("image_std", base.std)]
         scale = 255 * float(pre.get("rescale_factor", 1 / 255)) if pre.get("do_rescale", True) else 255.0
     except (TypeError, ValueError):
-        raise CSRAError(f"preprocessor_config.json in {folder}: image_mean / image_std / rescale_factor are not numbers", param="model") from None
+        raise CSRAError(
+            f"preprocessor_config.json in {folder}: image_mean / image_std / rescale_factor are not numbers",
+            param="model",
+        ) from None
     if len(image_mean) != 3 or len(image_std) != 3 or not all(v > 0 for v in image_std) or not scale > 0:
-        raise CSRAError(f"preprocessor_config.json in {folder}: image_mean / image_std are not 3 values each (std > 0)", param="model")
+        raise CSRAError(
+            f"preprocessor_config.json in {folder}: image_mean / image_std are not 3 values each (std > 0)",
+            param="model",
+        )
     offset = 1.0 if pre.get("rescale_offset") else 0.0
     normalise = pre.get("do_normalize", True)
     mean = [offset + (m if normalise else 0.0) for m in image_mean]
@@ -296,12 +349,25 @@ class HFAdapter(ModelAdapter):
     """A ``*ForImageClassification``: ``base_model`` gives the last hidden state, the family's pooling
     and classifier give the model's logits from it."""
 
-    def __init__(self, model: nn.Module, head: LocationHead, info: AdapterInfo, data_config: DataConfig, rule: Rule, prefix: int, patch: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        head: LocationHead,
+        info: AdapterInfo,
+        data_config: DataConfig,
+        rule: Rule,
+        prefix: int,
+        patch: int,
+    ) -> None:
         super().__init__(model, head, info, data_config)
         self.rule, self.prefix, self.patch = rule, prefix, patch
         # position embeddings resampled to the input size, where this transformers version offers it
         takes = inspect.signature(self.wrapped.base_model.forward).parameters
-        self.backbone_kwargs = {"interpolate_pos_encoding": True} if rule in ("cls", "beit") and "interpolate_pos_encoding" in takes else {}
+        self.backbone_kwargs = (
+            {"interpolate_pos_encoding": True}
+            if rule in ("cls", "beit") and "interpolate_pos_encoding" in takes
+            else {}
+        )
 
     def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
         if self.patch:
@@ -341,7 +407,9 @@ def _linear(module: Any, name: str) -> nn.Linear:
             module = last
     if isinstance(module, nn.Linear):
         return module
-    raise CSRAError(f"model {name}: classifier is {type(module).__name__}, not a linear layer (num_labels=0 has no head), so it cannot be applied per location")
+    raise CSRAError(
+        f"model {name}: classifier is {type(module).__name__}, not a linear layer (num_labels=0 has no head), so it cannot be applied per location"
+    )
 
 
 def hf_label_names(model: nn.Module) -> list[str] | None:
@@ -360,7 +428,9 @@ def hf_label_names(model: nn.Module) -> list[str] | None:
 
 def hf_instance_name(model: nn.Module) -> str:
     config = getattr(model, "config", None)
-    return HF_PREFIX + str(getattr(config, "_name_or_path", "") or getattr(config, "model_type", "") or type(model).__name__)
+    return HF_PREFIX + str(
+        getattr(config, "_name_or_path", "") or getattr(config, "model_type", "") or type(model).__name__
+    )
 
 
 def hf_architecture_kwargs(model: nn.Module) -> dict[str, Any]:
@@ -376,7 +446,12 @@ def check_hf_architecture_kwargs(name: str, kwargs: Any) -> dict[str, Any]:
     if kwargs["hf_class"] not in CLASSES:
         raise ValueError(f"hf_class {kwargs['hf_class']!r} is not one of {', '.join(CLASSES)}")
     try:
-        check_hf_config({**kwargs["hf_config"], "architectures": [kwargs["hf_class"]]} if isinstance(kwargs["hf_config"], dict) else None, name)
+        check_hf_config(
+            {**kwargs["hf_config"], "architectures": [kwargs["hf_class"]]}
+            if isinstance(kwargs["hf_config"], dict)
+            else None,
+            name,
+        )
     except CSRAError as exc:
         raise ValueError(f"hf_config: {exc.args[0]}") from None
     return dict(kwargs)
@@ -389,7 +464,9 @@ def build_hf_adapter(model: nn.Module, name: str, weights: str, folder: Path | N
         raise CSRAError(f"model {name}: transformers {cls_name} is not supported; supported are {SUPPORTED_TEXT}")
     config: Any = model.config
     if getattr(config, "auto_map", None):
-        raise CSRAError(f"model {name}: its config asks for custom code (auto_map); csra-posthoc never runs code from a model folder")
+        raise CSRAError(
+            f"model {name}: its config asks for custom code (auto_map); csra-posthoc never runs code from a model folder"
+        )
     model_type = CLASSES[cls_name]
     rule = FAMILIES[model_type]
     base: Any = getattr(model, "base_model", None)
@@ -420,12 +497,16 @@ def build_hf_adapter(model: nn.Module, name: str, weights: str, folder: Path | N
         notes.append("norm after pooling: applied per location with the pooled vector's statistics")
     else:
         if model_type == "efficientnet" and getattr(config, "pooling_type", "mean") != "mean":
-            raise CSRAError(f"model {name}: pooling_type {config.pooling_type!r}, not 'mean'; CSRA's identity needs average pooling")
+            raise CSRAError(
+                f"model {name}: pooling_type {config.pooling_type!r}, not 'mean'; CSRA's identity needs average pooling"
+            )
         if rule == "tokens" and getattr(base, "pooler", None) is None:
             raise CSRAError(f"model {name}: Swin without a pooler is not an image classifier")
         head = LocationHead.from_linear(_linear(m.classifier, name))
     if source == "patch_average":
-        notes.append("class-token model: the baseline is the average of per-patch logits, not the model's own class-token logits (reported separately)")
+        notes.append(
+            "class-token model: the baseline is the average of per-patch logits, not the model's own class-token logits (reported separately)"
+        )
     data_config, note = hf_data_config(model, folder)
     if note:
         notes.append(note)

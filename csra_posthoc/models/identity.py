@@ -26,7 +26,9 @@ def verify_identity(adapter: ModelAdapter, tolerance: float = IDENTITY_TOLERANCE
     try:
         s, logits = adapter(x)
     except Exception as exc:
-        raise CSRAError(f"model {adapter.info.name}: its classifier cannot be applied per location: {_shape_detail(adapter, x, exc)}") from None
+        raise CSRAError(
+            f"model {adapter.info.name}: its classifier cannot be applied per location: {_shape_detail(adapter, x, exc)}"
+        ) from None
     diff = float((s.mean(-1) - logits).abs().max())
     scale = identity_scale(float(logits.abs().max()))
     if adapter.info.baseline_source == "model_logits" and diff > tolerance * scale:

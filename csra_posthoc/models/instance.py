@@ -19,7 +19,13 @@ from ..errors import CSRAError, first_line
 from .base import ModelAdapter
 from .checkpoint import state_dict_fingerprint
 from .factory import _create_timm, _create_torchvision
-from .hf_models import build_hf_adapter, build_hf_model, check_hf_architecture_kwargs, hf_architecture_kwargs, hf_instance_name
+from .hf_models import (
+    build_hf_adapter,
+    build_hf_model,
+    check_hf_architecture_kwargs,
+    hf_architecture_kwargs,
+    hf_instance_name,
+)
 from .identity import verify_identity
 from .timm_models import build_timm_adapter
 from .torchvision_models import build_torchvision_adapter
@@ -71,7 +77,9 @@ def instance_name(model: nn.Module, name: str | None = None) -> str:
     return f"{TORCHVISION_PREFIX}{type(model).__name__.lower()}"
 
 
-def adapter_for_module(model: nn.Module | ModelAdapter, name: str | None = None, weights: str = "module") -> ModelAdapter:
+def adapter_for_module(
+    model: nn.Module | ModelAdapter, name: str | None = None, weights: str = "module"
+) -> ModelAdapter:
     """Wrap a timm / torchvision instance (or pass an adapter through); refuses unsupported heads."""
     if isinstance(model, ModelAdapter):
         return model
@@ -106,7 +114,10 @@ def architecture_kwargs(model: nn.Module) -> dict:
         return hf_architecture_kwargs(model)
     if model_family(model) != "timm" or getattr(embed, "img_size", None) is None:
         return {}
-    return {"img_size": [int(v) for v in embed.img_size], "dynamic_img_size": bool(getattr(model, "dynamic_img_size", False))}
+    return {
+        "img_size": [int(v) for v in embed.img_size],
+        "dynamic_img_size": bool(getattr(model, "dynamic_img_size", False)),
+    }
 
 
 def known_architecture(name: str) -> bool:
@@ -139,10 +150,14 @@ def check_architecture_kwargs(name: str, kwargs: Any) -> dict:
         raise ValueError("must be empty for a torchvision model")
     unknown = sorted(set(kwargs) - set(ARCHITECTURE_KWARGS))
     if unknown:
-        raise ValueError(f"has unexpected key(s) {', '.join(map(repr, unknown))} (accepted: {', '.join(ARCHITECTURE_KWARGS)})")
+        raise ValueError(
+            f"has unexpected key(s) {', '.join(map(repr, unknown))} (accepted: {', '.join(ARCHITECTURE_KWARGS)})"
+        )
     size = kwargs.get("img_size")
     if "img_size" in kwargs and not (
-        isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 4096 for v in size)
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 4096 for v in size)
     ):
         raise ValueError("img_size is not a list of 2 integers in 1..4096")
     if "dynamic_img_size" in kwargs and not isinstance(kwargs["dynamic_img_size"], bool):
@@ -164,7 +179,9 @@ def build_architecture(name: str, num_classes: int, kwargs: dict | None = None, 
         model = build_hf_model(kwargs["hf_config"], kwargs["hf_class"], name, param="patched_file")
         labels = int(getattr(model.config, "num_labels", -1))
         if labels != num_classes:
-            raise CSRAError(f"{where}: model_kwargs hf_config has {labels} labels, not {num_classes}", param="patched_file")
+            raise CSRAError(
+                f"{where}: model_kwargs hf_config has {labels} labels, not {num_classes}", param="patched_file"
+            )
         return model
     if name.startswith(TORCHVISION_PREFIX):
         return _create_torchvision(name[len(TORCHVISION_PREFIX) :], False, num_classes)
@@ -176,4 +193,7 @@ def build_architecture(name: str, num_classes: int, kwargs: dict | None = None, 
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     except Exception as exc:  # kwargs this architecture does not take
-        raise CSRAError(f"{where}: {name} cannot be built with model_kwargs {kwargs} ({type(exc).__name__}: {first_line(exc)})", param="patched_file") from None
+        raise CSRAError(
+            f"{where}: {name} cannot be built with model_kwargs {kwargs} ({type(exc).__name__}: {first_line(exc)})",
+            param="patched_file",
+        ) from None

@@ -40,7 +40,12 @@ HeadFn = Callable[[Any, torch.Tensor], torch.Tensor]  # (model, (N, d) vectors) 
 
 def _exporting() -> bool:
     """Tracing / exporting: one call over every location (the chunk count would depend on the batch)."""
-    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
+    return bool(
+        torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or torch.onnx.is_in_onnx_export()
+    )
 
 
 class NonlinearLocationHead(nn.Module):
@@ -53,7 +58,9 @@ class NonlinearLocationHead(nn.Module):
     nonlinear = True
     pooled_norm = False  # no probe / pooled-norm machinery: the head is the model's, as it is
 
-    def __init__(self, model: nn.Module, parts: dict[str, nn.Module], fn: HeadFn, num_classes: int, dim: int, what: str) -> None:
+    def __init__(
+        self, model: nn.Module, parts: dict[str, nn.Module], fn: HeadFn, num_classes: int, dim: int, what: str
+    ) -> None:
         super().__init__()
         object.__setattr__(self, "_model", model)  # not a submodule: the parts below are its modules
         self.parts = nn.ModuleDict(parts)
@@ -92,7 +99,10 @@ class NonlinearLocationHead(nn.Module):
         return out.unflatten(0, (-1, k)).transpose(1, 2)  # (B, C, K)
 
     def pooled_features(self, fmap: torch.Tensor) -> torch.Tensor:
-        raise CSRAError("head probe: a linear probe needs a model whose head is linear after pooling; this model's head is non-linear", param="head")
+        raise CSRAError(
+            "head probe: a linear probe needs a model whose head is linear after pooling; this model's head is non-linear",
+            param="head",
+        )
 
     def extra_repr(self) -> str:
         return f"{self.what}, dim={self.dim}, classes={self._num_classes}"
@@ -160,7 +170,11 @@ def _used_children(model: nn.Module, run: Callable[[], Any]) -> dict[str, nn.Mod
     """The model's direct children whose modules ``run`` calls: the head's modules (a head may call
     its children's children itself, as MetaFormer's ``forward_head`` does)."""
     used: list[str] = []
-    hooks = [m.register_forward_hook(lambda *_, n=name.split(".")[0]: used.append(n)) for name, m in model.named_modules() if name]
+    hooks = [
+        m.register_forward_hook(lambda *_, n=name.split(".")[0]: used.append(n))
+        for name, m in model.named_modules()
+        if name
+    ]
     try:
         with torch.no_grad():
             run()
@@ -216,7 +230,9 @@ def _build(model: nn.Module, name: str, weights: str) -> ModelAdapter:
     timm_model: Any = model  # timm's attributes vary by architecture
     num_classes = int(getattr(model, "num_classes", 0) or 0)
     if num_classes <= 0:
-        raise CSRAError(f"model {name}: it has no classifier (num_classes=0), so there is no head to apply per location")
+        raise CSRAError(
+            f"model {name}: it has no classifier (num_classes=0), so there is no head to apply per location"
+        )
     if isinstance(model, VGG):
         dim = int(timm_model.head_hidden_size)
         parts: dict[str, nn.Module] = {"head": timm_model.head}
@@ -264,15 +280,26 @@ def _torchvision(model: nn.Module, name: str, weights: str) -> ModelAdapter:
     classifier = model.classifier
     last = [m for m in classifier.modules() if isinstance(m, nn.Linear)]
     first = last[0]
-    head = NonlinearLocationHead(model, {"classifier": classifier}, _torchvision_head_fn, last[-1].out_features, first.in_features, "pool -> classifier MLP")
+    head = NonlinearLocationHead(
+        model,
+        {"classifier": classifier},
+        _torchvision_head_fn,
+        last[-1].out_features,
+        first.in_features,
+        "pool -> classifier MLP",
+    )
     info = _info(name, "torchvision-nonlinear", weights, "pool -> classifier MLP", "")
     return TorchvisionNonlinearAdapter(model, cast(Any, head), info, _data_config(arch))
 
 
 def _info(name: str, family: str, weights: str, what: str, note: str) -> AdapterInfo:
-    info = AdapterInfo(name=name, family=family, baseline_source="model_logits", weights=weights, location_head="nonlinear")
+    info = AdapterInfo(
+        name=name, family=family, baseline_source="model_logits", weights=weights, location_head="nonlinear"
+    )
     info.head = f"the model's own non-linear head ({what}), applied per location"
-    info.notes.append("non-linear head: baseline = the model's own logits; attended term = the whole head applied at each location (docs/method.md §5)")
+    info.notes.append(
+        "non-linear head: baseline = the model's own logits; attended term = the whole head applied at each location (docs/method.md §5)"
+    )
     if note:
         info.notes.append(note)
     return info
@@ -304,7 +331,9 @@ def check_pooled_head(adapter: ModelAdapter, tolerance: float = NONLINEAR_TOLERA
         except CSRAError:
             raise
         except Exception as exc:
-            raise CSRAError(f"model {adapter.info.name}: its non-linear head cannot be applied per location ({type(exc).__name__})") from None
+            raise CSRAError(
+                f"model {adapter.info.name}: its non-linear head cannot be applied per location ({type(exc).__name__})"
+            ) from None
     scale = identity_scale(top)
     if not diff <= tolerance * scale:
         raise CSRAError(

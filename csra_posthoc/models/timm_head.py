@@ -66,7 +66,9 @@ class _Call:
     output: Any
 
 
-def feature_map(raw: torch.Tensor, layout: Layout, prefix_tokens: int, grid: tuple[int, int] | None = None) -> torch.Tensor:
+def feature_map(
+    raw: torch.Tensor, layout: Layout, prefix_tokens: int, grid: tuple[int, int] | None = None
+) -> torch.Tensor:
     """``forward_features``' output as a ``(B, d, H, W)`` map in the given layout."""
     if layout == "nchw":
         return raw
@@ -77,7 +79,12 @@ def feature_map(raw: torch.Tensor, layout: Layout, prefix_tokens: int, grid: tup
 
 def _pooled_shaped(t: Any, batch: int) -> bool:
     """A ``(B, d)`` vector, possibly with singleton spatial axes (``(B, d, 1, 1)``, ``(B, 1, 1, d)``)."""
-    return isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[0] == batch and sum(int(s) > 1 for s in t.shape[1:]) == 1
+    return (
+        isinstance(t, torch.Tensor)
+        and t.dim() >= 2
+        and t.shape[0] == batch
+        and sum(int(s) > 1 for s in t.shape[1:]) == 1
+    )
 
 
 @contextlib.contextmanager
@@ -149,12 +156,18 @@ def plan_head(model: Any, name: str, size: int, nonlinear: Callable[[str], None]
         try:
             raw = model.forward_features(x)
         except Exception as exc:  # any failure of the model itself, in one line
-            raise CSRAError(f"model {name}: forward_features fails on a {size}x{size} input ({type(exc).__name__}: {first_line(exc)})") from None
+            raise CSRAError(
+                f"model {name}: forward_features fails on a {size}x{size} input ({type(exc).__name__}: {first_line(exc)})"
+            ) from None
         if not isinstance(raw, torch.Tensor):
-            raise CSRAError(f"model {name}: forward_features returns a {type(raw).__name__}, not one feature map, so its locations cannot be scored")
+            raise CSRAError(
+                f"model {name}: forward_features returns a {type(raw).__name__}, not one feature map, so its locations cannot be scored"
+            )
         raw = raw.float()
         if not torch.isfinite(raw).all():
-            raise CSRAError(f"model {name}: forward_features gives non-finite values on a random {size}x{size} input, so its head cannot be read")
+            raise CSRAError(
+                f"model {name}: forward_features gives non-finite values on a random {size}x{size} input, so its head cannot be read"
+            )
         with _recording(model) as calls:
             logits = model.forward_head(raw)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
@@ -170,14 +183,29 @@ def plan_head(model: Any, name: str, size: int, nonlinear: Callable[[str], None]
     pooled = entry.inputs[0].reshape(batch, -1).float()
     width = pooled.shape[1]
     prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
-    if raw.dim() == 3 and not prefix:  # a class token the model does not declare (CoaT-Lite): what a square grid leaves over
+    if (
+        raw.dim() == 3 and not prefix
+    ):  # a class token the model does not declare (CoaT-Lite): what a square grid leaves over
         extra = raw.shape[1] - math.isqrt(raw.shape[1]) ** 2
         prefix = extra if 0 < extra <= 8 else 0
     # a second head on the same pooled vector (LeViT's distillation head), or on another prefix
     # token (distilled DeiT); a module fed by a functional op after pooling is not a root
-    roots = [r for r in roots if r is entry or torch.equal(r.inputs[0], entry.inputs[0]) or (prefix > 1 and r.inputs[0].shape == entry.inputs[0].shape)]
+    roots = [
+        r
+        for r in roots
+        if r is entry
+        or torch.equal(r.inputs[0], entry.inputs[0])
+        or (prefix > 1 and r.inputs[0].shape == entry.inputs[0].shape)
+    ]
     late = next(
-        (c for c in calls[first:] if c.inputs and isinstance(c.inputs[0], torch.Tensor) and c.inputs[0].dim() >= 3 and not _pooled_shaped(c.inputs[0], batch)),
+        (
+            c
+            for c in calls[first:]
+            if c.inputs
+            and isinstance(c.inputs[0], torch.Tensor)
+            and c.inputs[0].dim() >= 3
+            and not _pooled_shaped(c.inputs[0], batch)
+        ),
         None,
     )
     if late is not None:  # attention pooling: a latent query is a vector, but the keys still read the whole map
@@ -185,14 +213,23 @@ def plan_head(model: Any, name: str, size: int, nonlinear: Callable[[str], None]
             f"model {name}: {_pool_name(model)} is not an average over locations ({_describe(late)} reads the whole map after it), so CSRA's identity cannot hold"
         )
     for call in calls[:first]:  # modules between forward_features and the pooled vector: pooling only
-        if not isinstance(call.module, (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool1d, nn.AvgPool2d, *_PASSTHROUGH)) and "Pool" not in type(call.module).__name__:
+        if (
+            not isinstance(call.module, (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool1d, nn.AvgPool2d, *_PASSTHROUGH))
+            and "Pool" not in type(call.module).__name__
+        ):
             raise CSRAError(
                 f"model {name}: forward_head applies {_describe(call)} before pooling, so forward_features' output is not the map its classifier averages"
             )
     layout: tuple[Layout, int] | None = None
-    if all(r.inputs[0].reshape(batch, -1).shape == pooled.shape and torch.equal(r.inputs[0].reshape(batch, -1).float(), pooled) for r in roots):
+    if all(
+        r.inputs[0].reshape(batch, -1).shape == pooled.shape
+        and torch.equal(r.inputs[0].reshape(batch, -1).float(), pooled)
+        for r in roots
+    ):
         for lay, pre in _layouts(raw, width, prefix):
-            if _close(feature_map(raw, lay, pre).flatten(2).mean(-1) if lay != "tokens" else raw[:, pre:].mean(1), pooled):
+            if _close(
+                feature_map(raw, lay, pre).flatten(2).mean(-1) if lay != "tokens" else raw[:, pre:].mean(1), pooled
+            ):
                 layout = (lay, pre)
                 break
     patch_average = False
@@ -211,7 +248,9 @@ def plan_head(model: Any, name: str, size: int, nonlinear: Callable[[str], None]
     try:
         locations = feature_map(raw, *layout).flatten(2).shape[-1]
     except ValueError as exc:
-        raise CSRAError(f"model {name}: forward_features' output {tuple(raw.shape[1:])} cannot be put on a grid ({exc})") from None
+        raise CSRAError(
+            f"model {name}: forward_features' output {tuple(raw.shape[1:])} cannot be put on a grid ({exc})"
+        ) from None
     if locations < 2:
         raise CSRAError(
             f"model {name}: forward_features returns {tuple(raw.shape[1:])}, a single location (its patch tokens are not in it), so there is nothing to attend over"
@@ -231,16 +270,34 @@ def plan_head(model: Any, name: str, size: int, nonlinear: Callable[[str], None]
         weight, at_zero = _read_affine(model, raw, roots, norm is not None, width)
         bias = at_zero
         folded = ", ".join(f"{type(c.module).__name__}" for c in after if not isinstance(c.module, _PASSTHROUGH))
-        reason = _nonlinear_reason(after, model, raw, roots, norm is not None, weight, at_zero := bias, pooled, None if patch_average else logits, width)
+        reason = _nonlinear_reason(
+            after,
+            model,
+            raw,
+            roots,
+            norm is not None,
+            weight,
+            at_zero := bias,
+            pooled,
+            None if patch_average else logits,
+            width,
+        )
         if reason:
             if nonlinear is not None:
                 nonlinear(reason)
-            raise CSRAError(f"model {name}: {reason}, so it cannot be applied per location (the mean of per-location scores would not be its logits)")
+            raise CSRAError(
+                f"model {name}: {reason}, so it cannot be applied per location (the mean of per-location scores would not be its logits)"
+            )
     if norm is None:
         head = LocationHead(weight.detach(), None if bias is None else bias.detach())
     else:
         head = LocationHead(
-            weight.detach(), None if bias is None else bias.detach(), getattr(norm, "weight", None), getattr(norm, "bias", None), norm.eps, pooled_norm=True
+            weight.detach(),
+            None if bias is None else bias.detach(),
+            getattr(norm, "weight", None),
+            getattr(norm, "bias", None),
+            norm.eps,
+            pooled_norm=True,
         )
     return HeadPlan(layout[0], layout[1], head, patch_average, folded)
 
@@ -266,7 +323,9 @@ def _roots(calls: list[_Call], batch: int) -> list[_Call]:
     return roots
 
 
-def _with_entry(model: Any, raw: torch.Tensor, roots: list[_Call], after_norm: bool, vectors: torch.Tensor) -> torch.Tensor:
+def _with_entry(
+    model: Any, raw: torch.Tensor, roots: list[_Call], after_norm: bool, vectors: torch.Tensor
+) -> torch.Tensor:
     """``forward_head`` with the pooled vector(s) (or the pooled norm's output) replaced by ``vectors``."""
     n = vectors.shape[0]
     handles = []
@@ -293,11 +352,16 @@ def _with_entry(model: Any, raw: torch.Tensor, roots: list[_Call], after_norm: b
             h.remove()
 
 
-def _read_affine(model: Any, raw: torch.Tensor, entry: list[_Call], after_norm: bool, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_affine(
+    model: Any, raw: torch.Tensor, entry: list[_Call], after_norm: bool, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The affine map after pooling (or after the pooled norm), read off at 0 and the unit vectors."""
     eye = torch.eye(width, device=raw.device)
     at_zero = _with_entry(model, raw, entry, after_norm, torch.zeros(1, width, device=raw.device))[0]
-    cols = [_with_entry(model, raw, entry, after_norm, eye[i : i + _PROBE_CHUNK]) - at_zero for i in range(0, width, _PROBE_CHUNK)]
+    cols = [
+        _with_entry(model, raw, entry, after_norm, eye[i : i + _PROBE_CHUNK]) - at_zero
+        for i in range(0, width, _PROBE_CHUNK)
+    ]
     return torch.cat(cols).T.contiguous(), at_zero
 
 
@@ -323,7 +387,9 @@ def _nonlinear_reason(
     scale = float(normed.abs().max()) or 1.0
     probe = torch.randn(2, width, generator=torch.Generator().manual_seed(1)).to(raw.device) * scale
     checks = [(probe, _with_entry(model, raw, entry, after_norm, probe))]
-    if logits is not None:  # the model's own logits come from the pooled vector (not so for a class token + distillation token)
+    if (
+        logits is not None
+    ):  # the model's own logits come from the pooled vector (not so for a class token + distillation token)
         checks.append((normed, logits.float()))
     affine = all(_close(v @ weight.T + bias, out) for v, out in checks)
     if affine:

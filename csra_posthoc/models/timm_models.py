@@ -65,7 +65,14 @@ def fixed_input_size(model: nn.Module) -> int | None:
 
 def patch_embedding(model: nn.Module) -> Any:
     """The model's patch embedding (timm's ``PatchEmbed`` or one like it), or None for a CNN."""
-    return next((m for m in model.modules() if hasattr(m, "patch_size") and hasattr(m, "strict_img_size") and hasattr(m, "img_size")), None)
+    return next(
+        (
+            m
+            for m in model.modules()
+            if hasattr(m, "patch_size") and hasattr(m, "strict_img_size") and hasattr(m, "img_size")
+        ),
+        None,
+    )
 
 
 def check_input_size(embed: Any, name: str, h: int, w: int) -> None:
@@ -80,7 +87,10 @@ def check_input_size(embed: Any, name: str, h: int, w: int) -> None:
     ph, pw = (int(v) for v in embed.patch_size)
     if not getattr(embed, "dynamic_img_pad", False) and (h % ph or w % pw):
         lower, upper = (h // ph) * ph, (h // ph + 1) * ph
-        raise CSRAError(f"model {name}: img_size {h} is not a multiple of its patch size {ph} (e.g. {lower or upper} or {upper})", param="img_size")
+        raise CSRAError(
+            f"model {name}: img_size {h} is not a multiple of its patch size {ph} (e.g. {lower or upper} or {upper})",
+            param="img_size",
+        )
 
 
 def build_timm_adapter(model: nn.Module, name: str, weights: str) -> ModelAdapter:
@@ -98,11 +108,20 @@ def build_timm_adapter(model: nn.Module, name: str, weights: str) -> ModelAdapte
         plan = plan_head(model, name, size)  # h22b hook: a non-linear head after pooling is refused in there
     tokens = plan.layout == "tokens"
     family = (
-        "timm-vit" if plan.patch_average or (tokens and plan.prefix_tokens) else {"nchw": "timm-cnn", "nhwc": "timm-nhwc", "tokens": "timm-tokens"}[plan.layout]
+        "timm-vit"
+        if plan.patch_average or (tokens and plan.prefix_tokens)
+        else {"nchw": "timm-cnn", "nhwc": "timm-nhwc", "tokens": "timm-tokens"}[plan.layout]
     )
-    info = AdapterInfo(name=name, family=family, baseline_source="patch_average" if plan.patch_average else "model_logits", weights=weights)
+    info = AdapterInfo(
+        name=name,
+        family=family,
+        baseline_source="patch_average" if plan.patch_average else "model_logits",
+        weights=weights,
+    )
     if plan.patch_average:
-        info.notes.append("class-token model: the baseline is the average of per-patch logits, not the model's own class-token logits (reported separately)")
+        info.notes.append(
+            "class-token model: the baseline is the average of per-patch logits, not the model's own class-token logits (reported separately)"
+        )
     if plan.head.pooled_norm:
         info.notes.append("norm after pooling: applied per location with the pooled vector's statistics")
     if plan.folded:

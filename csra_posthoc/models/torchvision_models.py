@@ -75,7 +75,9 @@ def _last_linear(classifier: nn.Module, name: str) -> nn.Linear:
     layers = list(classifier) if isinstance(classifier, nn.Sequential) else [classifier]
     *rest, last = layers
     if not isinstance(last, nn.Linear) or not all(isinstance(m, (nn.Dropout, nn.Identity)) for m in rest):
-        raise CSRAError(f"model {name}: classifier {classifier.__class__.__name__} is not (dropout ->) linear, so it cannot be applied per location")
+        raise CSRAError(
+            f"model {name}: classifier {classifier.__class__.__name__} is not (dropout ->) linear, so it cannot be applied per location"
+        )
     return last
 
 

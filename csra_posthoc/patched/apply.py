@@ -36,7 +36,9 @@ from .settings import resolve_settings
 
 def read_results(path: str | Path) -> ResultsFile:
     """``from_results``: a sweep's results JSON with the rows apply / predict / attention pick from."""
-    return ResultsFile.read(path, required=("model", "best", "fixed", "classes"), param="from_results", label="from_results")
+    return ResultsFile.read(
+        path, required=("model", "best", "fixed", "classes"), param="from_results", label="from_results"
+    )
 
 
 def check_results_match(results: ResultsFile, config: PatchedConfig) -> None:
@@ -46,7 +48,9 @@ def check_results_match(results: ResultsFile, config: PatchedConfig) -> None:
         raise CSRAError(f"{where}: measured on model {results.model}, not {config.model}")
     measured = results.weights_fingerprint
     if not measured:
-        raise CSRAError(f"{where}: records no weights fingerprint (an older sweep); run the sweep again with this version")
+        raise CSRAError(
+            f"{where}: records no weights fingerprint (an older sweep); run the sweep again with this version"
+        )
     if measured != config.weights_fingerprint:
         raise CSRAError(
             f"{where}: measured on other weights ({results.weights}, fingerprint {measured[:12]}) than "
@@ -54,7 +58,11 @@ def check_results_match(results: ResultsFile, config: PatchedConfig) -> None:
         )
     head = results.head_fingerprint
     if head and head != config.head_fingerprint:
-        hint = "pass the probe it fitted as `head_file` (the sweep's `save_head`)" if config.head == "model" else "pass the head file the sweep saved"
+        hint = (
+            "pass the probe it fitted as `head_file` (the sweep's `save_head`)"
+            if config.head == "model"
+            else "pass the head file the sweep saved"
+        )
         raise CSRAError(f"{where}: measured with another head ({results.head}); {hint}")
     classes = results.classes or []
     mine = config.classes
@@ -100,19 +108,27 @@ def apply_patch(
     # every parameter is checked before any model is built (the option objects checked themselves)
     check_out_path(out, force)
     from_results = settings.from_results
-    check_outputs({"out": out}, {"checkpoint": source.checkpoint, "head_file": source.head_file, "from_results": from_results})  # README: Outputs
+    check_outputs(
+        {"out": out}, {"checkpoint": source.checkpoint, "head_file": source.head_file, "from_results": from_results}
+    )  # README: Outputs
     check_img_size(img_size)
     check_transform_choice(transform)
     test_pool = test_pool or (settings.pick == TEST_POOL_PICK and from_results is not None)
     if settings.pick == TEST_POOL_PICK and from_results is None:
-        raise CSRAError(f"pick {settings.pick}: choose {', '.join(PICKS)} (test-pool picks a row of `from_results`)", param="pick")
+        raise CSRAError(
+            f"pick {settings.pick}: choose {', '.join(PICKS)} (test-pool picks a row of `from_results`)", param="pick"
+        )
     if train_size is not None and not test_pool:
-        raise CSRAError(f"train_size {train_size}: sets the window of test-time pooling; add test_pool", param="train_size")
+        raise CSRAError(
+            f"train_size {train_size}: sets the window of test-time pooling; add test_pool", param="train_size"
+        )
     check_img_size(train_size)
     results = read_results(from_results) if from_results is not None else None
     if test_pool:
         if settings.given:
-            raise CSRAError("test_pool replaces CSRA's pooling: drop `lam`, `temperature` and `heads`", param="test_pool")
+            raise CSRAError(
+                "test_pool replaces CSRA's pooling: drop `lam`, `temperature` and `heads`", param="test_pool"
+            )
         resolved = CSRASettings(0.0, math.inf)
         if results is not None:
             train_size = train_size or results.train_size()
@@ -129,7 +145,13 @@ def apply_patch(
     swept_own_head = results is not None and not str(results.head or "").startswith("linear probe")
     if source.random_init and num_classes is None and results is not None and swept_own_head:
         num_classes = len(results.classes or [])  # as sweep --random-init built it: a head for the dataset's classes
-    adapter = load_model(source.model, checkpoint=source.checkpoint, pretrained=source.pretrained, random_init=source.random_init, num_classes=num_classes)
+    adapter = load_model(
+        source.model,
+        checkpoint=source.checkpoint,
+        pretrained=source.pretrained,
+        random_init=source.random_init,
+        num_classes=num_classes,
+    )
     pool = pool_config(adapter, train_size) if test_pool else None
     preprocessing: TransformSpec
     if results is not None and img_size is None and transform == "auto" and results.transform is not None:
@@ -138,7 +160,14 @@ def apply_patch(
         preprocessing = default_preprocessing(adapter, transform, img_size, head_meta[1] if head_meta else None)
     assert resolved.lam is not None  # resolved
     patched = patch(
-        adapter, resolved.lam, resolved.pool_temperature, resolved.heads, head=head_meta, classes=classes, preprocessing=preprocessing, test_pool=pool
+        adapter,
+        resolved.lam,
+        resolved.pool_temperature,
+        resolved.heads,
+        head=head_meta,
+        classes=classes,
+        preprocessing=preprocessing,
+        test_pool=pool,
     )
     if results is not None:
         assert from_results is not None  # results are read from it
@@ -147,13 +176,29 @@ def apply_patch(
             patched.config.classes = list(results.classes or [])
         # the picked row's calibrated thresholds (contract C2), once the head's classes are known to match
         found = results.thresholds(settings.pick) if not test_pool else None  # CSRA rows' thresholds only
-        patched.config.thresholds, patched.config.threshold_source = (found[0], found[2]) if found is not None else (None, None)
-        patched.config.from_results = {"path": str(Path(from_results).resolve()), "pick": settings.pick, "dataset": results.dataset, "split": results.split}
+        patched.config.thresholds, patched.config.threshold_source = (
+            (found[0], found[2]) if found is not None else (None, None)
+        )
+        patched.config.from_results = {
+            "path": str(Path(from_results).resolve()),
+            "pick": settings.pick,
+            "dataset": results.dataset,
+            "split": results.split,
+        }
     identity = lam_zero_difference(patched)
     patched.config.identity_max_abs_diff = identity
     report = export_patched(patched, out, force=force)
-    label = f"test-pool, window {pool['window'][0]}x{pool['window'][1]} (train size {pool['train_size']})" if pool is not None else resolved.label
-    summary = {"settings": label, "identity_max_abs_diff": identity, "export": report.to_json(), "config": patched.config.to_json()}
+    label = (
+        f"test-pool, window {pool['window'][0]}x{pool['window'][1]} (train size {pool['train_size']})"
+        if pool is not None
+        else resolved.label
+    )
+    summary = {
+        "settings": label,
+        "identity_max_abs_diff": identity,
+        "export": report.to_json(),
+        "config": patched.config.to_json(),
+    }
     print_apply_summary(console, patched, report, identity)
     return summary
 
@@ -161,7 +206,10 @@ def apply_patch(
 def check_transform_choice(transform: str) -> None:
     """``transform``: one of :data:`~csra_posthoc.defaults.TRANSFORM_CHOICES`."""
     if transform not in TRANSFORM_CHOICES:
-        raise CSRAError(f"transform {transform}: choose {', '.join(TRANSFORM_CHOICES[:-1])} or {TRANSFORM_CHOICES[-1]}", param="transform")
+        raise CSRAError(
+            f"transform {transform}: choose {', '.join(TRANSFORM_CHOICES[:-1])} or {TRANSFORM_CHOICES[-1]}",
+            param="transform",
+        )
 
 
 def pool_config(adapter, train_size: int | None) -> dict[str, Any]:
@@ -222,7 +270,9 @@ def print_apply_summary(console: Console, patched, report, identity: float) -> N
     if cfg.head != "model":
         source = "the probe on pooled features"
     elif cfg.location_head == "nonlinear":
-        source = "the model's logits (non-linear head: lam 0 is the logits; checked here: the head on the pooled features)"
+        source = (
+            "the model's logits (non-linear head: lam 0 is the logits; checked here: the head on the pooled features)"
+        )
     elif cfg.baseline_source == "model_logits":
         source = "the model's logits"
     else:

@@ -53,7 +53,9 @@ class AttentionMaps:
 
 
 @torch.no_grad()
-def attention_maps(patched, image: str | Path, top_k: int = 3, classes: Sequence[str] | None = None, device: str = "auto") -> AttentionMaps:
+def attention_maps(
+    patched, image: str | Path, top_k: int = 3, classes: Sequence[str] | None = None, device: str = "auto"
+) -> AttentionMaps:
     """Per-location scores of the ``top_k`` classes (by CSRA score) of ``patched`` on ``image``."""
 
     if top_k < 1:
@@ -114,7 +116,9 @@ def run_attention(
     if not Path(image).is_file():
         raise CSRAError(f"{image}: no such image file", param="image")
     from_results = settings.from_results
-    check_outputs({"out": out}, {"image": image, **source_inputs(source), "from_results": from_results})  # README: Outputs
+    check_outputs(
+        {"out": out}, {"image": image, **source_inputs(source), "from_results": from_results}
+    )  # README: Outputs
     if from_results is not None:  # the sweep row's settings, transform and classes (as apply / predict build it)
         check_from_results_args(source, img_size, transform, classes)
         assert isinstance(source, ModelSource)  # a patched file was just refused
@@ -128,7 +132,8 @@ def run_attention(
         patched = load_patched_source(source, img_size, transform)
         if not isinstance(patched, PatchedModel):
             raise CSRAError(
-                f"patched_file {source.path}: an exported file holds no per-location scores; use the .safetensors file apply writes", param="patched_file"
+                f"patched_file {source.path}: an exported file holds no per-location scores; use the .safetensors file apply writes",
+                param="patched_file",
             )
         if settings.given:
             resolved = resolve_settings(settings, config=patched.config)

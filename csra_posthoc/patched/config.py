@@ -86,9 +86,13 @@ class PatchedConfig:
     identity_max_abs_diff: float | None = None
     head_norm: dict[str, Any] | None = None  # {pooled_norm, eps}: written by save_patched, needed to rebuild the head
     export: dict[str, Any] | None = None  # format, onnx_opset, dynamic_batch: written into exported files
-    model_unsaved_buffers: list[str] | None = None  # buffers outside the state dict (not fingerprinted; a TorchScript file holds them)
+    model_unsaved_buffers: list[str] | None = (
+        None  # buffers outside the state dict (not fingerprinted; a TorchScript file holds them)
+    )
     test_pool: dict[str, Any] | None = None  # {train_size, window: [h, w]}: timm's test-time pooling instead of CSRA
-    location_head: str = "linear"  # "nonlinear": the model's own head applied per location (rebuilt from its modules, no head_norm)
+    location_head: str = (
+        "linear"  # "nonlinear": the model's own head applied per location (rebuilt from its modules, no head_norm)
+    )
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know, kept as read
 
@@ -108,7 +112,18 @@ class PatchedConfig:
                 value = [json_float(t) for t in value]
             elif name == "preprocessing":
                 value = value.to_json()
-            elif name in ("identity_max_abs_diff", "head_norm", "export", "from_results", "model_unsaved_buffers", "test_pool") and value is None:
+            elif (
+                name
+                in (
+                    "identity_max_abs_diff",
+                    "head_norm",
+                    "export",
+                    "from_results",
+                    "model_unsaved_buffers",
+                    "test_pool",
+                )
+                and value is None
+            ):
                 continue  # written once known
             out[name] = value
         out.update(self.extra)
@@ -128,13 +143,21 @@ class PatchedConfig:
 
         def bad(field: str, why: str) -> Any:
             raise CSRAError(
-                f"{where}: config field {field!r} {why}; the file is damaged or was edited: export it again (CLI: apply --out)", param="patched_file"
+                f"{where}: config field {field!r} {why}; the file is damaged or was edited: export it again (CLI: apply --out)",
+                param="patched_file",
             )
 
         if not isinstance(config, dict):
             bad("(whole config)", "is not a JSON object")
-        if config.get("format") != FORMAT or not _is_count(config.get("format_version")) or config["format_version"] > FORMAT_VERSION:
-            raise CSRAError(f"{where}: format {config.get('format')} v{config.get('format_version')} is not one this version reads", param="patched_file")
+        if (
+            config.get("format") != FORMAT
+            or not _is_count(config.get("format_version"))
+            or config["format_version"] > FORMAT_VERSION
+        ):
+            raise CSRAError(
+                f"{where}: format {config.get('format')} v{config.get('format_version')} is not one this version reads",
+                param="patched_file",
+            )
         for name in ("weights_fingerprint", "head_fingerprint"):
             v = config.get(name)
             if not isinstance(v, str) or len(v) != 32 or any(c not in "0123456789abcdef" for c in v):
@@ -155,7 +178,11 @@ class PatchedConfig:
         except ValueError as exc:
             bad("model_kwargs", str(exc))
         classes = config.get("classes")
-        if classes is not None and (not isinstance(classes, list) or len(classes) != config["num_classes"] or not all(isinstance(c, str) for c in classes)):
+        if classes is not None and (
+            not isinstance(classes, list)
+            or len(classes) != config["num_classes"]
+            or not all(isinstance(c, str) for c in classes)
+        ):
             bad("classes", f"is not null or a list of {config['num_classes']} names")
         for key in ("weights", "head_description", "baseline_source", "family", "variant"):
             if key in config and config[key] is not None and not isinstance(config[key], str):
@@ -169,7 +196,11 @@ class PatchedConfig:
         if heads is not None and not _is_count(heads):
             bad("heads", f"{heads!r} is not null or a positive integer")
         temps = config.get("temperatures")
-        if not isinstance(temps, list) or not temps or not all(t == "inf" or (_is_number(t) and math.isfinite(t) and t > 0) for t in temps):
+        if (
+            not isinstance(temps, list)
+            or not temps
+            or not all(t == "inf" or (_is_number(t) and math.isfinite(t) and t > 0) for t in temps)
+        ):
             bad("temperatures", 'is not a non-empty list of numbers > 0 or "inf"')
         if heads is None and len(temps) != 1:
             bad("temperatures", f"has {len(temps)} values for a single-head model (heads null)")
@@ -181,10 +212,17 @@ class PatchedConfig:
         location_head = config.get("location_head", "linear")
         if location_head not in ("linear", "nonlinear"):
             bad("location_head", f"{location_head!r} is not 'linear' or 'nonlinear'")
-        if location_head == "nonlinear" and (config["head"] != "model" or config.get("baseline_source") != "model_logits"):
+        if location_head == "nonlinear" and (
+            config["head"] != "model" or config.get("baseline_source") != "model_logits"
+        ):
             bad("location_head", "is 'nonlinear' but the head is not the model's own or the baseline is not its logits")
         norm = config.get("head_norm")
-        norm_ok = isinstance(norm, dict) and isinstance(norm.get("pooled_norm"), bool) and _is_number(norm.get("eps")) and 0 < norm["eps"] < 1
+        norm_ok = (
+            isinstance(norm, dict)
+            and isinstance(norm.get("pooled_norm"), bool)
+            and _is_number(norm.get("eps"))
+            and 0 < norm["eps"] < 1
+        )
         if ((rebuild and location_head == "linear") or norm is not None) and not norm_ok:
             bad("head_norm", "is not {pooled_norm: bool, eps: number in (0, 1)}")
         try:
@@ -199,7 +237,9 @@ class PatchedConfig:
                 bad(key, "is not an object")
         thresholds = config.get("thresholds")
         if thresholds is not None and (
-            not isinstance(thresholds, list) or len(thresholds) != config["num_classes"] or not all(_is_number(t) and math.isfinite(t) for t in thresholds)
+            not isinstance(thresholds, list)
+            or len(thresholds) != config["num_classes"]
+            or not all(_is_number(t) and math.isfinite(t) for t in thresholds)
         ):
             bad("thresholds", f"is not null or a list of {config['num_classes']} finite numbers")
         if config.get("threshold_source") is not None and not isinstance(config["threshold_source"], str):

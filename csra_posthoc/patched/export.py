@@ -53,14 +53,21 @@ class ExportReport:
     seconds: float
 
     def to_json(self) -> dict:
-        return {"path": str(self.path), "format": self.format, "max_abs_diff_vs_eager": self.max_abs_diff, "seconds": round(self.seconds, 2)}
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "max_abs_diff_vs_eager": self.max_abs_diff,
+            "seconds": round(self.seconds, 2),
+        }
 
 
 def export_format(path: str | Path) -> str:
     """The format for ``path``'s suffix, or a one-line refusal listing the suffixes."""
     suffix = Path(path).suffix.lower()
     if suffix not in EXPORT_FORMATS:
-        raise CSRAError(f"out {path}: unknown suffix {suffix or '(none)'!r}; use {', '.join(EXPORT_FORMATS)}", param="out")
+        raise CSRAError(
+            f"out {path}: unknown suffix {suffix or '(none)'!r}; use {', '.join(EXPORT_FORMATS)}", param="out"
+        )
     return EXPORT_FORMATS[suffix]
 
 
@@ -210,7 +217,10 @@ def exported_config(path: str | Path, fmt: str | None = None) -> PatchedConfig:
     else:
         text = _archive_member(path, f"extra/{CONFIG_FILE}")
     if text is None:
-        raise CSRAError(f"patched_file {path}: holds no csra-posthoc config; write it with export_patched (CLI: apply --out)", param="patched_file")
+        raise CSRAError(
+            f"patched_file {path}: holds no csra-posthoc config; write it with export_patched (CLI: apply --out)",
+            param="patched_file",
+        )
     return PatchedConfig.parse(text, path, rebuild=False)  # JSON only (NaN / Infinity refused), every field checked
 
 
@@ -229,14 +239,17 @@ def _archive_member(path: str | Path, name: str) -> bytes | None:
             return zf.read(member) if member in names else None
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CSRAError(
-            f"patched_file {path}: not a zip archive ({first_line(exc)}); write it with export_patched (CLI: apply --out)", param="patched_file"
+            f"patched_file {path}: not a zip archive ({first_line(exc)}); write it with export_patched (CLI: apply --out)",
+            param="patched_file",
         ) from None
 
 
 @contextlib.contextmanager
 def _torch_export_quiet():
     """``torch.export.load`` logs a traceback (``log.warning(..., exc_info=True)``) before its own error."""
-    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export", "torch.export.pt2_archive._package")]
+    loggers = [
+        logging.getLogger(name) for name in ("torch.export", "torch._export", "torch.export.pt2_archive._package")
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL + 1)
@@ -262,7 +275,9 @@ def _onnx_modules():
         import onnx
         import onnxruntime
     except ImportError:
-        raise CSRAError("reading an .onnx file needs onnx and onnxruntime: pip install 'csra-posthoc[export]'", param="patched_file") from None
+        raise CSRAError(
+            "reading an .onnx file needs onnx and onnxruntime: pip install 'csra-posthoc[export]'", param="patched_file"
+        ) from None
     return onnx, onnxruntime
 
 
@@ -272,15 +287,22 @@ def _ort_session(path: str | Path):
     model = onnx.load(str(path), load_external_data=False)
     for tensor in model.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            raise CSRAError(f"patched_file {path}: refers to external weight files; only files written by export_patched are read", param="patched_file")
+            raise CSRAError(
+                f"patched_file {path}: refers to external weight files; only files written by export_patched are read",
+                param="patched_file",
+            )
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 @torch.no_grad()
-def export_patched(patched: PatchedModel, path: str | Path, *, force: bool = False, opset: int = ONNX_OPSET) -> ExportReport:
+def export_patched(
+    patched: PatchedModel, path: str | Path, *, force: bool = False, opset: int = ONNX_OPSET
+) -> ExportReport:
     """Write ``patched`` to ``path`` (format from the suffix), reload it, compare with eager, rename into place."""
     if not isinstance(patched, PatchedModel):
-        raise CSRAError(f"patched: export_patched takes a PatchedModel (from patch() or load_patched()), not {type(patched).__name__}")
+        raise CSRAError(
+            f"patched: export_patched takes a PatchedModel (from patch() or load_patched()), not {type(patched).__name__}"
+        )
     path = check_out_path(path, force)
     fmt = export_format(path)
     patched.check_unchanged()  # the config's fingerprints must describe the tensors written
@@ -293,7 +315,12 @@ def export_patched(patched: PatchedModel, path: str | Path, *, force: bool = Fal
 
 
 def _export(patched: PatchedModel, path: Path, fmt: str, opset: int) -> ExportReport:
-    config = json.dumps({**patched.config.to_json(), "export": {"format": fmt, "onnx_opset": opset if fmt == "onnx" else None, "dynamic_batch": True}})
+    config = json.dumps(
+        {
+            **patched.config.to_json(),
+            "export": {"format": fmt, "onnx_opset": opset if fmt == "onnx" else None, "dynamic_batch": True},
+        }
+    )
     example, check = _example(patched, 2, 0), _example(patched, 3, 1)
     expected = patched(check).float().cpu()
     start = time.perf_counter()
@@ -314,11 +341,17 @@ def _export(patched: PatchedModel, path: Path, fmt: str, opset: int) -> ExportRe
         except CSRAError:
             raise
         except Exception as exc:
-            raise CSRAError(f"out {path}: {fmt} export of {patched.config.model} failed ({type(exc).__name__}: {first_line(exc)})", param="out") from None
+            raise CSRAError(
+                f"out {path}: {fmt} export of {patched.config.model} failed ({type(exc).__name__}: {first_line(exc)})",
+                param="out",
+            ) from None
         diff = float((got.float() - expected).abs().max())
         scale = max(1.0, float(expected.abs().max()))
         if not np.isfinite(diff) or diff > CHECK_TOLERANCE * scale:
-            raise CSRAError(f"out {path}: the exported {fmt} model differs from eager by {diff:.3g} (scores up to {scale:.3g}); not written", param="out")
+            raise CSRAError(
+                f"out {path}: the exported {fmt} model differs from eager by {diff:.3g} (scores up to {scale:.3g}); not written",
+                param="out",
+            )
         result["diff"] = diff
 
     atomic_write(path, write)

@@ -59,10 +59,16 @@ def _where(path: str | Path | None) -> str:
 
 
 def verify_fingerprints(
-    config: PatchedConfig, model_tensors: dict[str, torch.Tensor], head_tensors: dict[str, torch.Tensor], path: str | Path | None = None
+    config: PatchedConfig,
+    model_tensors: dict[str, torch.Tensor],
+    head_tensors: dict[str, torch.Tensor],
+    path: str | Path | None = None,
 ) -> None:
     """Refuse tensors whose fingerprints differ from the config's (the ones taken at ``patch`` time)."""
-    for label, field, tensors in (("model", "weights_fingerprint", model_tensors), ("head", "head_fingerprint", head_tensors)):
+    for label, field, tensors in (
+        ("model", "weights_fingerprint", model_tensors),
+        ("head", "head_fingerprint", head_tensors),
+    ):
         if state_dict_fingerprint(tensors) != getattr(config, field):
             raise CSRAError(
                 f"{_where(path)}: its {label} tensors do not hash to the {field} in its config (damaged or edited file); export it again (CLI: apply --out)",
@@ -74,7 +80,9 @@ def verify_state_dict(config: PatchedConfig, state: dict[str, torch.Tensor], pat
     """:func:`verify_fingerprints` for a whole ``PatchedModel`` state dict (``model.*`` and
     ``head.classifier.*``), as a TorchScript or ``torch.export`` file holds it."""
     unsaved = set(config.model_unsaved_buffers or [])  # TorchScript keeps them; the fingerprint never saw them
-    model_t = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.") and k[len("model.") :] not in unsaved}
+    model_t = {
+        k[len("model.") :]: v for k, v in state.items() if k.startswith("model.") and k[len("model.") :] not in unsaved
+    }
     head_t = {k[len("head.classifier.") :]: v for k, v in state.items() if k.startswith("head.classifier.")}
     verify_fingerprints(config, model_t, head_t, path)
     if config.location_head == "nonlinear":  # the model's own head modules: fingerprinted above
@@ -82,7 +90,8 @@ def verify_state_dict(config: PatchedConfig, state: dict[str, torch.Tensor], pat
     rows = head_t["weight"].shape[0] if "weight" in head_t else None
     if rows != config.num_classes:
         raise CSRAError(
-            f"{_where(path)}: config field 'num_classes' says {config.num_classes}, its head has {rows} classes; export it again", param="patched_file"
+            f"{_where(path)}: config field 'num_classes' says {config.num_classes}, its head has {rows} classes; export it again",
+            param="patched_file",
         )
 
 
@@ -154,7 +163,9 @@ class PatchedModel(nn.Module):
             return self.head.pool(*self.scores_and_baseline(x))
         return self.head(self.feature_map(x))
 
-    def set_settings(self, lam: float | None = None, temperature: float | None = None, heads: int | None = None) -> PatchedModel:
+    def set_settings(
+        self, lam: float | None = None, temperature: float | None = None, heads: int | None = None
+    ) -> PatchedModel:
         """The same classifier with other CSRA settings; what is not given keeps its current value
         (lam alone keeps the variant)."""
         if temperature is None and heads is None:
@@ -171,7 +182,10 @@ class PatchedModel(nn.Module):
         """Refuse to save or export a model whose tensors no longer hash to the config's fingerprints
         (the shared model was trained or edited after ``patch``): the file would carry a config
         describing other weights than its own."""
-        for label, field, module in (("weights", "weights_fingerprint", self.model), ("head", "head_fingerprint", self.head.classifier)):
+        for label, field, module in (
+            ("weights", "weights_fingerprint", self.model),
+            ("head", "head_fingerprint", self.head.classifier),
+        ):
             if state_dict_fingerprint(module.state_dict()) != getattr(self.config, field):
                 raise CSRAError(
                     f"patched model {self.config.model}: its {label} changed after patch() (no longer the {field} in its config); patch the model again before saving"
@@ -189,7 +203,9 @@ def _checked_thresholds(thresholds: Sequence[float] | None, num_classes: int) ->
     if thresholds is None:
         return None
     values = list(thresholds)
-    if len(values) != num_classes or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in values):
+    if len(values) != num_classes or not all(
+        isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in values
+    ):
         raise CSRAError(f"thresholds: not {num_classes} finite numbers (one per class)")
     return [float(t) for t in values]
 
@@ -261,7 +277,9 @@ def patch(
         weights=adapter.info.weights,
         weights_fingerprint=adapter.info.weights_fingerprint,
         head="probe" if head is not None else "model",
-        head_description=(f"linear probe on {probe['dataset']} {probe['split']}" if probe else described or adapter.info.head),
+        head_description=(
+            f"linear probe on {probe['dataset']} {probe['split']}" if probe else described or adapter.info.head
+        ),
         head_fingerprint=state_dict_fingerprint(classifier.state_dict()),
         baseline_source=adapter.info.baseline_source,
         location_head=adapter.info.location_head,
@@ -272,18 +290,27 @@ def patch(
         output={
             "shape": ["batch", csra.num_classes],
             "meaning": "CSRA scores (logits scale): "
-            + ("model logits + lam * attended(head at each location)" if adapter.info.location_head == "nonlinear" else "mean + lam * attended"),
+            + (
+                "model logits + lam * attended(head at each location)"
+                if adapter.info.location_head == "nonlinear"
+                else "mean + lam * attended"
+            ),
         },
         thresholds=_checked_thresholds(thresholds, csra.num_classes),
         threshold_source=None if thresholds is None else (threshold_source or "given to patch()"),
         # buffers outside the state dict (Swin's relative position index): not in weights_fingerprint, but a TorchScript file holds them
         model_unsaved_buffers=sorted(
-            f"{prefix}.{name}".lstrip(".") for prefix, module in adapter.model.named_modules() for name in getattr(module, "_non_persistent_buffers_set", ())
+            f"{prefix}.{name}".lstrip(".")
+            for prefix, module in adapter.model.named_modules()
+            for name in getattr(module, "_non_persistent_buffers_set", ())
         ),
     )
     if test_pool is not None:
         config.test_pool = csra.config()  # type: ignore[operator]
-        config.output = {**(config.output or {}), "meaning": "test-time pooling scores (logits scale): 0.5 * (mean + max) of the window-averaged score map"}
+        config.output = {
+            **(config.output or {}),
+            "meaning": "test-time pooling scores (logits scale): 0.5 * (mean + max) of the window-averaged score map",
+        }
     return PatchedModel(adapter, csra, config)
 
 
@@ -297,7 +324,10 @@ def save_patched(patched: PatchedModel, path: str | Path) -> None:
     patched.check_unchanged()
     config = patched.config.to_json()
     if not patched.nonlinear:  # a non-linear head is rebuilt from the model's own modules, not from head_norm
-        config["head_norm"] = {"pooled_norm": patched.head.classifier.pooled_norm, "eps": patched.head.classifier.norm_eps}
+        config["head_norm"] = {
+            "pooled_norm": patched.head.classifier.pooled_norm,
+            "eps": patched.head.classifier.norm_eps,
+        }
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={CONFIG_KEY: json.dumps(config)}))
 
 
@@ -340,7 +370,10 @@ def load_patched(path: str | Path) -> PatchedModel:
     try:
         tensors = load_file(str(path))
     except Exception as exc:
-        raise CSRAError(f"{where}: its tensors cannot be read ({type(exc).__name__}); the file is damaged: export it again", param="patched_file") from None
+        raise CSRAError(
+            f"{where}: its tensors cannot be read ({type(exc).__name__}); the file is damaged: export it again",
+            param="patched_file",
+        ) from None
     model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     head_t = {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}
     verify_fingerprints(config, model_sd, head_t, path)
@@ -356,13 +389,21 @@ def load_patched(path: str | Path) -> PatchedModel:
         and tuple(head_t["norm_weight"].shape) == tuple(head_t["norm_bias"].shape) == (w.shape[1],)
     )
     if not shapes_ok:
-        raise CSRAError(f"{where}: its head tensors are not a per-location classifier (weight, bias, norm_weight, norm_bias)", param="patched_file")
+        raise CSRAError(
+            f"{where}: its head tensors are not a per-location classifier (weight, bias, norm_weight, norm_bias)",
+            param="patched_file",
+        )
     if w.shape[0] != num_classes:  # type: ignore[union-attr]
-        raise CSRAError(f"{where}: config field 'num_classes' says {num_classes}, its head has {w.shape[0]} classes; export it again", param="patched_file")  # type: ignore[union-attr]
+        raise CSRAError(
+            f"{where}: config field 'num_classes' says {num_classes}, its head has {w.shape[0]} classes; export it again",  # type: ignore[union-attr]
+            param="patched_file",
+        )
     adapter = _rebuilt_adapter(config, model_sd, where)
     norm = config.head_norm
     assert norm is not None  # from_json(rebuild=True) checked it for a linear head
-    classifier = LocationHead(head_t["weight"], head_t["bias"], head_t["norm_weight"], head_t["norm_bias"], norm["eps"], norm["pooled_norm"])
+    classifier = LocationHead(
+        head_t["weight"], head_t["bias"], head_t["norm_weight"], head_t["norm_bias"], norm["eps"], norm["pooled_norm"]
+    )
     csra = _config_head(config, classifier)
     if config.test_pool is not None:
         csra = TimmPoolHead(classifier, config.test_pool["window"], config.test_pool["train_size"])
@@ -370,7 +411,12 @@ def load_patched(path: str | Path) -> PatchedModel:
 
 
 def _config_head(config: PatchedConfig, classifier: Any) -> CSRAHead:
-    return CSRAHead(classifier, config.lam, temperature=config.temperatures[0] if config.heads is None else math.inf, heads=config.heads)
+    return CSRAHead(
+        classifier,
+        config.lam,
+        temperature=config.temperatures[0] if config.heads is None else math.inf,
+        heads=config.heads,
+    )
 
 
 def _rebuilt_adapter(config: PatchedConfig, model_sd: dict[str, torch.Tensor], where: str) -> ModelAdapter:
@@ -394,8 +440,14 @@ def _load_nonlinear(config: PatchedConfig, model_sd: dict[str, torch.Tensor], pa
     """A non-linear head is the rebuilt model's own head modules: it must hash to the config's head_fingerprint."""
     where = _where(path)
     adapter = _rebuilt_adapter(config, model_sd, where)
-    if adapter.info.location_head != "nonlinear" or state_dict_fingerprint(adapter.head.state_dict()) != config.head_fingerprint:
-        raise CSRAError(f"{where}: its model's head is not the non-linear head its config describes (head_fingerprint); export it again", param="patched_file")
+    if (
+        adapter.info.location_head != "nonlinear"
+        or state_dict_fingerprint(adapter.head.state_dict()) != config.head_fingerprint
+    ):
+        raise CSRAError(
+            f"{where}: its model's head is not the non-linear head its config describes (head_fingerprint); export it again",
+            param="patched_file",
+        )
     if adapter.num_classes != config.num_classes:
         raise CSRAError(
             f"{where}: config field 'num_classes' says {config.num_classes}, its head has {adapter.num_classes} classes; export it again",

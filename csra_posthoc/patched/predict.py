@@ -113,7 +113,9 @@ def usable_transform(desc: TransformSpec, where: str) -> Any:
         if not isinstance(x, torch.Tensor) or tuple(x.shape) != (3, size, size) or not bool(torch.isfinite(x).all()):
             raise ValueError(f"it makes a {tuple(getattr(x, 'shape', ()))} input, not a finite (3, {size}, {size}) one")
     except Exception as exc:
-        raise CSRAError(f"{where}: its preprocessing {desc.to_json()!r} is unusable ({first_line(exc, 120)})", param="patched_file") from None
+        raise CSRAError(
+            f"{where}: its preprocessing {desc.to_json()!r} is unusable ({first_line(exc, 120)})", param="patched_file"
+        ) from None
     return transform
 
 
@@ -137,7 +139,9 @@ def check_predict_args(threshold: float | str | None, top_k: int, batch_size: in
         if threshold != "calibrated":
             raise CSRAError(f"threshold {threshold}: give calibrated or a probability in [0, 1]", param="threshold")
     elif threshold is not None and (not (0.0 <= threshold <= 1.0) or math.isnan(threshold)):
-        raise CSRAError(f"threshold {threshold}: must be a probability in [0, 1] (applied to sigmoid(score))", param="threshold")
+        raise CSRAError(
+            f"threshold {threshold}: must be a probability in [0, 1] (applied to sigmoid(score))", param="threshold"
+        )
     if top_k < 1:
         raise CSRAError(f"top_k {top_k}: must be >= 1", param="top_k")
     if batch_size < 1:
@@ -194,7 +198,12 @@ class ThresholdRule:
 
 
 def threshold_rule(
-    threshold: float | str | None, *, single_label: bool, calibrated: tuple[float, ...] | None, source: str, why_none: str = ""
+    threshold: float | str | None,
+    *,
+    single_label: bool,
+    calibrated: tuple[float, ...] | None,
+    source: str,
+    why_none: str = "",
 ) -> ThresholdRule:
     """``threshold`` as given (None: the default) -> the rule; ``calibrated`` are the thresholds at
     hand (None: none), ``source`` says where they (or the single-label task) come from."""
@@ -221,7 +230,13 @@ def _ranks(order: torch.Tensor) -> torch.Tensor:
 
 
 def _entry(
-    image: Path, scores: torch.Tensor, baseline: torch.Tensor | None, names: list[str], rule: ThresholdRule, top_k: int, compare: bool
+    image: Path,
+    scores: torch.Tensor,
+    baseline: torch.Tensor | None,
+    names: list[str],
+    rule: ThresholdRule,
+    top_k: int,
+    compare: bool,
 ) -> dict[str, Any]:
     """One image's JSON object; ``baseline`` is None for an exported file (it only holds the CSRA scores)."""
     k = min(top_k, scores.numel())
@@ -255,7 +270,13 @@ def _entry(
         entry["moved_out"] = [names[c] for c in base_order[:k].tolist() if c not in top]
         shown = list(dict.fromkeys(order[:k].tolist() + base_order[:k].tolist()))
         entry["top_k"] = [
-            {"class": names[c], "score": float(scores[c]), "baseline_score": float(baseline[c]), "rank": int(rank[c]), "baseline_rank": int(base_rank[c])}
+            {
+                "class": names[c],
+                "score": float(scores[c]),
+                "baseline_score": float(baseline[c]),
+                "rank": int(rank[c]),
+                "baseline_rank": int(base_rank[c]),
+            }
             for c in shown
         ]
     return entry
@@ -278,7 +299,11 @@ def predict_images(
     or ``{"image", "error", "predictions": []}`` for an image that cannot be decoded. ``threshold``: a
     probability on sigmoid(score), or a :class:`ThresholdRule`."""
 
-    rule = threshold if isinstance(threshold, ThresholdRule) else ThresholdRule("probability", probability=float(threshold))
+    rule = (
+        threshold
+        if isinstance(threshold, ThresholdRule)
+        else ThresholdRule("probability", probability=float(threshold))
+    )
     check_predict_args(rule.probability, top_k, batch_size)
     paths, any_dir = expand_images(images)
     names = class_names(patched.num_classes, classes if classes is not None else patched.classes)
@@ -297,7 +322,11 @@ def predict_images(
                     tensors.append(transform(load_rgb(paths[i])))
                     good.append(i)
                 except Exception as exc:  # a broken file is reported, the rest still predicted
-                    out[i] = {"image": str(paths[i]), "error": f"cannot decode image ({first_line(exc, 120)})", "predictions": []}
+                    out[i] = {
+                        "image": str(paths[i]),
+                        "error": f"cannot decode image ({first_line(exc, 120)})",
+                        "predictions": [],
+                    }
             if tensors:
                 scores, baseline = patched.forward_with_baseline(torch.stack(tensors).to(dev))
                 for row, i in enumerate(good):
@@ -322,7 +351,9 @@ def print_predictions(console: Console, results: list[dict[str, Any]], compare: 
                 continue
             text = (
                 "\n".join(
-                    f"{safe(p['class'])}  {p['score']:.3f}" + ("" if p["baseline_score"] is None else f" ({p['baseline_score']:.3f})") for p in r["predictions"]
+                    f"{safe(p['class'])}  {p['score']:.3f}"
+                    + ("" if p["baseline_score"] is None else f" ({p['baseline_score']:.3f})")
+                    for p in r["predictions"]
                 )
                 or "[dim](none above threshold)[/]"
             )
@@ -338,8 +369,19 @@ def print_predictions(console: Console, results: list[dict[str, Any]], compare: 
             table.add_column(col, justify="left" if col == "class" else "right")
         for p in sorted(r["top_k"], key=lambda p: p["rank"]):
             name = p["class"]
-            mark = "[green]moved in[/]" if name in r["moved_in"] else ("[red]moved out[/]" if name in r["moved_out"] else "")
-            table.add_row(safe(name), str(p["baseline_rank"]), f"{p['baseline_score']:.3f}", str(p["rank"]), f"{p['score']:.3f}", mark)
+            mark = (
+                "[green]moved in[/]"
+                if name in r["moved_in"]
+                else ("[red]moved out[/]" if name in r["moved_out"] else "")
+            )
+            table.add_row(
+                safe(name),
+                str(p["baseline_rank"]),
+                f"{p['baseline_score']:.3f}",
+                str(p["rank"]),
+                f"{p['score']:.3f}",
+                mark,
+            )
         console.print(table)
 
 
@@ -378,8 +420,12 @@ def run_predict(
     from_results = settings.from_results
     if from_results is not None:
         check_from_results_args(source, img_size, transform, classes)
-    image_files, _ = expand_images(images, warn_links=False)  # missing paths fail before any model is built (links: warned once, below)
-    check_outputs({"json_out": json_out}, {"images": image_files, **source_inputs(source), "from_results": from_results})  # README: Outputs
+    image_files, _ = expand_images(
+        images, warn_links=False
+    )  # missing paths fail before any model is built (links: warned once, below)
+    check_outputs(
+        {"json_out": json_out}, {"images": image_files, **source_inputs(source), "from_results": from_results}
+    )  # README: Outputs
     results: ResultsFile | None = None
     overridden = False
     if isinstance(source, PatchedFile):
@@ -395,7 +441,9 @@ def run_predict(
             resolved = resolve_settings(settings, config=patched.config)
             patched.set_settings(resolved.lam, resolved.pool_temperature, resolved.heads)
             overridden = True
-            console.print(f"[yellow]note:[/] settings of {safe(source.path)} overridden: {safe(patched.head.extra_repr())}")
+            console.print(
+                f"[yellow]note:[/] settings of {safe(source.path)} overridden: {safe(patched.head.extra_repr())}"
+            )
     elif from_results is not None:
         results = read_results(from_results)
         resolved = resolve_settings(settings, results=results)
@@ -405,11 +453,21 @@ def run_predict(
         patched = patched_from_model(source, settings, img_size, transform)
     rule = predict_threshold_rule(threshold, patched.config, results, from_results, settings.pick, overridden)
     predictions = predict_images(
-        patched, images, threshold=rule, top_k=top_k, classes=classes, batch_size=batch_size, device=device, compare=compare, console=console
+        patched,
+        images,
+        threshold=rule,
+        top_k=top_k,
+        classes=classes,
+        batch_size=batch_size,
+        device=device,
+        compare=compare,
+        console=console,
     )
     cfg = patched.config
     temps = ", ".join(str(t) for t in cfg.temperatures)
-    console.print(f"{safe(cfg.model)}: mean + {cfg.lam:g} * {safe(cfg.variant)} (temperatures {safe(temps)})", soft_wrap=True)
+    console.print(
+        f"{safe(cfg.model)}: mean + {cfg.lam:g} * {safe(cfg.variant)} (temperatures {safe(temps)})", soft_wrap=True
+    )
     console.print(head_line(cfg, results, from_results, settings.pick), soft_wrap=True, highlight=False)
     console.print(f"transform: {safe(cfg.preprocessing.describe())}", soft_wrap=True, highlight=False)
     console.print(f"predicted: {safe(rule.describe(top_k))}", soft_wrap=True, highlight=False)
@@ -431,11 +489,19 @@ def check_from_results_args(source: ModelSource | PatchedFile, img_size, transfo
     """``from_results`` sets the transform and the class names too (its settings: :class:`CSRASettings`):
     a parameter that would set them, or a patched file (it holds its own), is refused."""
     if isinstance(source, PatchedFile):
-        raise CSRAError("from_results with `patched_file`: the patched file already holds its settings; give one of them", param="from_results")
-    given = [name for name, value in (("img_size", img_size), ("classes", classes)) if value is not None] + (["transform"] if transform != "auto" else [])
+        raise CSRAError(
+            "from_results with `patched_file`: the patched file already holds its settings; give one of them",
+            param="from_results",
+        )
+    given = [name for name, value in (("img_size", img_size), ("classes", classes)) if value is not None] + (
+        ["transform"] if transform != "auto" else []
+    )
     if given:
         listed = ", ".join(f"`{n}`" for n in given)
-        raise CSRAError(f"from_results sets the transform and the class names from the sweep: drop {listed}, or drop `from_results`", param="from_results")
+        raise CSRAError(
+            f"from_results sets the transform and the class names from the sweep: drop {listed}, or drop `from_results`",
+            param="from_results",
+        )
 
 
 def patched_from_results(source: ModelSource, head_file, results: ResultsFile, settings: CSRASettings, path):
@@ -444,7 +510,10 @@ def patched_from_results(source: ModelSource, head_file, results: ResultsFile, s
 
     preprocessing = results.transform
     if preprocessing is None:
-        raise CSRAError(f"from_results {path}: records no transform (an older sweep); run the sweep again with this version", param="from_results")
+        raise CSRAError(
+            f"from_results {path}: records no transform (an older sweep); run the sweep again with this version",
+            param="from_results",
+        )
     head = None
     if head_file is not None:
         if not Path(head_file).is_file():
@@ -453,11 +522,28 @@ def patched_from_results(source: ModelSource, head_file, results: ResultsFile, s
     num_classes = None
     if source.random_init and not str(results.head or "").startswith("linear probe"):
         num_classes = len(results.classes or [])  # as sweep --random-init built it (see apply)
-    adapter = load_model(source.model, checkpoint=source.checkpoint, pretrained=source.pretrained, random_init=source.random_init, num_classes=num_classes)
-    patched = patch(adapter, settings.lam, settings.pool_temperature, settings.heads, head=head, preprocessing=preprocessing)  # type: ignore[arg-type]
+    adapter = load_model(
+        source.model,
+        checkpoint=source.checkpoint,
+        pretrained=source.pretrained,
+        random_init=source.random_init,
+        num_classes=num_classes,
+    )
+    patched = patch(
+        adapter,
+        settings.lam,  # type: ignore[arg-type]
+        settings.pool_temperature,
+        settings.heads,
+        head=head,
+        preprocessing=preprocessing,
+    )
     check_results_match(results, patched.config)
     patched.config.classes = list(results.classes or [])  # the sweep's names, in the head's order (just checked)
-    patched.config.from_results = {"path": str(Path(path).resolve()), "dataset": results.dataset, "split": results.split}
+    patched.config.from_results = {
+        "path": str(Path(path).resolve()),
+        "dataset": results.dataset,
+        "split": results.split,
+    }
     return patched
 
 
@@ -475,7 +561,9 @@ def _single_label(config: PatchedConfig, results: ResultsFile | None) -> tuple[b
     return False, ""
 
 
-def predict_threshold_rule(threshold, config: PatchedConfig, results: ResultsFile | None, results_path, pick: str, overridden: bool) -> ThresholdRule:
+def predict_threshold_rule(
+    threshold, config: PatchedConfig, results: ResultsFile | None, results_path, pick: str, overridden: bool
+) -> ThresholdRule:
     """Contract: calibrated thresholds from the results row (``thresholds.<row>.values``) or the
     patched config (``thresholds``), default when present; else rank for single-label heads, else 0.5."""
     single, why = _single_label(config, results)
@@ -496,7 +584,9 @@ def predict_threshold_rule(threshold, config: PatchedConfig, results: ResultsFil
             source = config.threshold_source or "the patched file's thresholds"
     else:
         why_none = "no calibrated thresholds (no results file, and no thresholds in a patched file)"
-    return threshold_rule(threshold, single_label=single and values is None, calibrated=values, source=source, why_none=why_none)
+    return threshold_rule(
+        threshold, single_label=single and values is None, calibrated=values, source=source, why_none=why_none
+    )
 
 
 def head_line(config: PatchedConfig, results: ResultsFile | None, results_path, pick: str) -> str:
@@ -519,9 +609,18 @@ def patched_from_model(source: ModelSource, settings: CSRASettings, img_size: in
 
     resolved = resolve_settings(settings, default_lam=paper_fixed_lam(source.model))
     head = load_head(source.head_file) if source.head_file is not None else None
-    adapter = load_model(source.model, checkpoint=source.checkpoint, pretrained=source.pretrained, random_init=source.random_init)
+    adapter = load_model(
+        source.model, checkpoint=source.checkpoint, pretrained=source.pretrained, random_init=source.random_init
+    )
     preprocessing = default_preprocessing(adapter, transform, img_size, head[1] if head is not None else None)
-    return patch(adapter, resolved.lam, resolved.pool_temperature, resolved.heads, head=head, preprocessing=preprocessing)  # type: ignore[arg-type]
+    return patch(
+        adapter,
+        resolved.lam,  # type: ignore[arg-type]
+        resolved.pool_temperature,
+        resolved.heads,
+        head=head,
+        preprocessing=preprocessing,
+    )
 
 
 def load_patched_source(source: PatchedFile, img_size: int | None, transform: str):
@@ -534,11 +633,20 @@ def load_patched_source(source: PatchedFile, img_size: int | None, transform: st
         raise CSRAError(f"patched_file {path}: no such file", param="patched_file")
     fmt = export_format(path) if path.suffix.lower() in (".onnx", ".pt2", ".ts", ".safetensors") else None
     if fmt is None:
-        raise CSRAError(f"patched_file {path}: give a file written by apply (.safetensors, .onnx, .pt2 or .ts)", param="patched_file")
+        raise CSRAError(
+            f"patched_file {path}: give a file written by apply (.safetensors, .onnx, .pt2 or .ts)",
+            param="patched_file",
+        )
     if img_size is not None or transform != "auto":
-        listed = ", ".join(f"`{n}`" for n, v in (("img_size", img_size is not None), ("transform", transform != "auto")) if v)
-        raise CSRAError(f"patched_file {path} holds its input size and preprocessing: drop {listed}", param="patched_file")
+        listed = ", ".join(
+            f"`{n}`" for n, v in (("img_size", img_size is not None), ("transform", transform != "auto")) if v
+        )
+        raise CSRAError(
+            f"patched_file {path} holds its input size and preprocessing: drop {listed}", param="patched_file"
+        )
     patched = load_patched(path) if fmt == "safetensors" else ExportedModel(path)
     if source.model is not None and source.model != patched.config.model:
-        raise CSRAError(f"patched_file {path} holds {patched.config.model}, not model={source.model}", param="patched_file")
+        raise CSRAError(
+            f"patched_file {path} holds {patched.config.model}, not model={source.model}", param="patched_file"
+        )
     return patched

@@ -46,10 +46,31 @@ _FIXED = {
     f"data/sample_inputs/{MODEL}.pt",
 }
 _MEMBER_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
-_TARGET = re.compile(r"torch\.ops\.(aten|prims)\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+|torch\.sym_(max|min|not|float|int|ite|sqrt|sum)|math\.(ceil|floor|trunc|sqrt)")
+_TARGET = re.compile(
+    r"torch\.ops\.(aten|prims)\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+|torch\.sym_(max|min|not|float|int|ite|sqrt|sum)|math\.(ceil|floor|trunc|sqrt)"
+)
 _OPERATOR_TARGETS = {
     f"_operator.{name}"
-    for name in ("getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "neg", "pow", "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_")
+    for name in (
+        "getitem",
+        "add",
+        "sub",
+        "mul",
+        "truediv",
+        "floordiv",
+        "mod",
+        "neg",
+        "pow",
+        "eq",
+        "ne",
+        "lt",
+        "le",
+        "gt",
+        "ge",
+        "and_",
+        "or_",
+        "not_",
+    )
 }
 _SYMBOL = re.compile(r"[a-z]{1,4}[0-9]+")
 _SYMPY_NAMES = {
@@ -82,7 +103,10 @@ def check_pt2(path: str | Path, param: str = "patched_file") -> bytes:
     try:
         scan_pt2(data)
     except UnsafeArchive as exc:
-        raise CSRAError(f"{param} {path}: refused, {exc}; only files written by export_patched (CLI: apply --out FILE.pt2) are read", param=param) from None
+        raise CSRAError(
+            f"{param} {path}: refused, {exc}; only files written by export_patched (CLI: apply --out FILE.pt2) are read",
+            param=param,
+        ) from None
     return data
 
 
@@ -94,7 +118,9 @@ def scan_pt2(data: bytes) -> None:
         names = zf.namelist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise UnsafeArchive(f"not a torch.export archive ({exc})") from None
-    if len(names) != len(set(names)):  # zipfile reads the last of two same-named members, torch's reader may read the first
+    if len(names) != len(
+        set(names)
+    ):  # zipfile reads the last of two same-named members, torch's reader may read the first
         raise UnsafeArchive("not a torch.export archive (a member name occurs twice)")
     tops = {n.split("/", 1)[0] for n in names}
     if len(tops) != 1 or any("/" not in n for n in names):
@@ -121,7 +147,11 @@ def scan_pt2(data: bytes) -> None:
                     _weights_only(read(where + file), where + file, torch.Tensor)
                 listed.add(where + file)
         for name in members:
-            if name.startswith(("data/weights/", "data/constants/")) and not name.endswith("_config.json") and name not in listed:
+            if (
+                name.startswith(("data/weights/", "data/constants/"))
+                and not name.endswith("_config.json")
+                and name not in listed
+            ):
                 raise UnsafeArchive(f"unexpected member {name}")
         sample = f"data/sample_inputs/{MODEL}.pt"
         if sample in members:
@@ -167,7 +197,17 @@ def _weights_only(raw: bytes, name: str, kind: type | tuple[type, ...]) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError, OSError) as exc:
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        KeyError,
+        IndexError,
+        OSError,
+    ) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsafeArchive(f"{name} is not a weights-only pickle ({first[:160]})") from None
     if not isinstance(obj, kind):
@@ -212,5 +252,7 @@ def check_sym_expr(expr: Any) -> None:
             raise UnsafeArchive(f"size expression {expr[:80]!r} has an unexpected keyword")
         if isinstance(node, ast.Constant):
             value = node.value
-            if not isinstance(value, (int, float, str, bool)) or (isinstance(value, str) and not _SYMBOL.fullmatch(value)):
+            if not isinstance(value, (int, float, str, bool)) or (
+                isinstance(value, str) and not _SYMBOL.fullmatch(value)
+            ):
                 raise UnsafeArchive(f"size expression {expr[:80]!r} has an unexpected constant")

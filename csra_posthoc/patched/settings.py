@@ -50,4 +50,6 @@ def resolve_settings(
         lam = default_lam
     if lam is None:
         raise CSRAError("lam: give the residual weight `lam` (or `from_results`, a sweep's results file)", param="lam")
-    return CSRASettings(lam, math.inf if temperature is None and heads is None else temperature, heads, pick=settings.pick)
+    return CSRASettings(
+        lam, math.inf if temperature is None and heads is None else temperature, heads, pick=settings.pick
+    )

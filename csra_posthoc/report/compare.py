@@ -89,7 +89,10 @@ def compare_row(results: ResultsFile, source: str = "") -> CompareRow:
             source=source,
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise CSRAError(f"{source or 'results'}: malformed results file ({exc!r} missing or not a number); re-run sweep --out", param="paths") from None
+        raise CSRAError(
+            f"{source or 'results'}: malformed results file ({exc!r} missing or not a number); re-run sweep --out",
+            param="paths",
+        ) from None
 
 
 def compare_rows(paths: Sequence[str | Path]) -> list[CompareRow]:
@@ -115,7 +118,20 @@ def _with_interval(delta: float, interval: tuple[float, float] | None) -> str:
     return f"{_signed(delta)} [{_signed(low)}, {_signed(high)}]{mark}"
 
 
-COLUMNS = ("model", "dataset", "metric", "baseline", "best λ", "best", "Δ best (optimistic)", "fixed λ", "fixed", "Δ fixed", "held-out", "Δ held-out")
+COLUMNS = (
+    "model",
+    "dataset",
+    "metric",
+    "baseline",
+    "best λ",
+    "best",
+    "Δ best (optimistic)",
+    "fixed λ",
+    "fixed",
+    "Δ fixed",
+    "held-out",
+    "Δ held-out",
+)
 
 
 def table_cells(row: CompareRow) -> list[str]:
@@ -132,13 +148,18 @@ def table_cells(row: CompareRow) -> list[str]:
 
 
 def print_compare(console: Console, rows: Sequence[CompareRow]) -> None:
-    table = Table(title="CSRA across models and datasets (Δ: variant − baseline, % points; [95 % bootstrap]; n.s.: interval holds 0)", title_justify="left")
+    table = Table(
+        title="CSRA across models and datasets (Δ: variant − baseline, % points; [95 % bootstrap]; n.s.: interval holds 0)",
+        title_justify="left",
+    )
     for col in COLUMNS:
         table.add_column(col, justify="left" if col in ("model", "dataset", "metric") else "right")
     for row in rows:
         table.add_row(*(Text(plain(cell)) for cell in table_cells(row)))
     console.print(table)
-    console.print("best λ is chosen on the evaluated images themselves (optimistic, as in the paper); held-out chooses it elsewhere")
+    console.print(
+        "best λ is chosen on the evaluated images themselves (optimistic, as in the paper); held-out chooses it elsewhere"
+    )
 
 
 def to_csv(rows: Sequence[CompareRow]) -> str:
@@ -151,7 +172,11 @@ def to_csv(rows: Sequence[CompareRow]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(fields)
     for r in rows:
-        bi, fi, hi = r.best_interval or (None, None), r.fixed_interval or (None, None), r.held_out_interval or (None, None)
+        bi, fi, hi = (
+            r.best_interval or (None, None),
+            r.fixed_interval or (None, None),
+            r.held_out_interval or (None, None),
+        )
         values = [
             r.model, r.dataset, r.split, r.metric, r.num_images, r.baseline, r.best_lam, r.best, r.best_delta, *bi,
             r.fixed_lam, r.fixed, r.fixed_delta, *fi, r.held_out_on, r.held_out, r.held_out_delta, *hi, r.source,
@@ -161,7 +186,10 @@ def to_csv(rows: Sequence[CompareRow]) -> str:
 
 
 def to_markdown(rows: Sequence[CompareRow]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" if i < 3 else "---:" for i in range(len(COLUMNS))) + "|"]
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---" if i < 3 else "---:" for i in range(len(COLUMNS))) + "|",
+    ]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in table_cells(r)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -186,7 +214,12 @@ def _latex_escape(text: str) -> str:
 def to_latex(rows: Sequence[CompareRow]) -> str:
     """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``)."""
     spec = "lll" + "r" * (len(COLUMNS) - 3)
-    out = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule", " & ".join(_latex_escape(c) for c in COLUMNS) + " \\\\", "\\midrule"]
+    out = [
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+        " & ".join(_latex_escape(c) for c in COLUMNS) + " \\\\",
+        "\\midrule",
+    ]
     out += [" & ".join(_latex_escape(c) for c in table_cells(r)) + " \\\\" for r in rows]
     out += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(out) + "\n"
@@ -215,7 +248,9 @@ def run_compare(
     console = console or report_console()
     for out, param in ((csv_out, "csv_out"), (markdown_out, "markdown_out"), (latex_out, "latex_out")):
         _check_out(out, param)
-    check_outputs({"csv_out": csv_out, "markdown_out": markdown_out, "latex_out": latex_out}, {"paths": list(paths)})  # README: Outputs
+    check_outputs(
+        {"csv_out": csv_out, "markdown_out": markdown_out, "latex_out": latex_out}, {"paths": list(paths)}
+    )  # README: Outputs
     rows = compare_rows(paths)
     print_compare(console, rows)
     for out, render in ((csv_out, to_csv), (markdown_out, to_markdown), (latex_out, to_latex)):

@@ -65,16 +65,27 @@ def plot_lam_curve(
     multi = [label for label in lines if label.startswith("heads")]
     # the legend names the max line, each family once (its colour ramp) and each family's best line:
     # a dozen variant entries would hide the plot
-    best_of = {fam: max(members, key=lambda lab: max(v for _, v in lines[lab])) for fam, members in (("softmax", softmax), ("heads", multi)) if members}
+    best_of = {
+        fam: max(members, key=lambda lab: max(v for _, v in lines[lab]))
+        for fam, members in (("softmax", softmax), ("heads", multi))
+        if members
+    }
     for label, points in lines.items():
         lam, value = zip(*sorted(points), strict=True)
         if label == "max":
             style = {"color": "C0", "linewidth": 2.4, "marker": "o", "markersize": 3.5, "zorder": 3}
             name = label
         else:
-            fam, members, cmap, dash = ("softmax", softmax, plt.cm.Greens, "-") if label in softmax else ("heads", multi, plt.cm.Oranges, "--")
+            fam, members, cmap, dash = (
+                ("softmax", softmax, plt.cm.Greens, "-") if label in softmax else ("heads", multi, plt.cm.Oranges, "--")
+            )
             # one colour ramp per family, light -> dark in the family's order
-            style = {"color": cmap(0.35 + 0.6 * members.index(label) / max(len(members) - 1, 1)), "linewidth": 1.0, "linestyle": dash, "zorder": 2}
+            style = {
+                "color": cmap(0.35 + 0.6 * members.index(label) / max(len(members) - 1, 1)),
+                "linewidth": 1.0,
+                "linestyle": dash,
+                "zorder": 2,
+            }
             if label == best_of[fam]:
                 style["linewidth"] = 1.8
                 name = f"{label} (best {fam})"
@@ -84,7 +95,12 @@ def plot_lam_curve(
     for fam, members, cmap, dash in (("softmax", softmax, plt.cm.Greens, "-"), ("heads", multi, plt.cm.Oranges, "--")):
         if len(members) > 1:  # one legend entry for the whole family (an empty proxy line)
             ax.plot(
-                [], [], color=cmap(0.65), linestyle=dash, linewidth=1.0, label=f"{fam}: {len(members)} variants, {members[0]} … {members[-1]} (light → dark)"
+                [],
+                [],
+                color=cmap(0.65),
+                linestyle=dash,
+                linewidth=1.0,
+                label=f"{fam}: {len(members)} variants, {members[0]} … {members[-1]} (light → dark)",
             )
     if band:
         band_lams = sorted(band)
@@ -109,7 +125,14 @@ def plot_lam_curve(
         zorder=4,
     )
     ax.plot(
-        [result.fixed.lam], [result.fixed.metrics[p]], marker="D", markersize=7, color="k", linestyle="none", label=f"fixed λ={result.fixed.lam:g}", zorder=4
+        [result.fixed.lam],
+        [result.fixed.metrics[p]],
+        marker="D",
+        markersize=7,
+        color="k",
+        linestyle="none",
+        label=f"fixed λ={result.fixed.lam:g}",
+        zorder=4,
     )
     ax.set_xlabel("λ")
     ax.set_ylabel(f"{p} (%)")
@@ -156,7 +179,9 @@ def plot_attention(
     return _save(fig, path)
 
 
-def plot_class_deltas(panels: Mapping[str, Any], path: str | Path, *, ylabel: str = "Δ (pp)", title: str | None = None) -> Path:
+def plot_class_deltas(
+    panels: Mapping[str, Any], path: str | Path, *, ylabel: str = "Δ (pp)", title: str | None = None
+) -> Path:
     """Per-class deltas, one panel per row (``panels``: label -> :class:`csra_posthoc.evaluation.per_class.ClassDeltas`),
     each sorted largest gain first, as bars with their 95 % interval as whiskers; bars whose interval
     excludes 0 are coloured (green gain, red loss), the others grey. Classes without a delta are left out."""
@@ -188,10 +213,17 @@ def plot_class_deltas(panels: Mapping[str, Any], path: str | Path, *, ylabel: st
             ax.set_xlabel(f"{len(order)} classes, sorted by Δ")
         ax.set_xlim(-0.8, max(len(order), 1) - 0.2)
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{label}: {int((sig & (d > 0)).sum())} classes up, {int((sig & (d < 0)).sum())} down (95 % CI excludes 0)", fontsize=9)
+        ax.set_title(
+            f"{label}: {int((sig & (d > 0)).sum())} classes up, {int((sig & (d < 0)).sum())} down (95 % CI excludes 0)",
+            fontsize=9,
+        )
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].legend(
-        handles=[Patch(color="C2", label="gain, 95 % CI > 0"), Patch(color="C3", label="loss, 95 % CI < 0"), Patch(color="0.65", label="CI contains 0")],
+        handles=[
+            Patch(color="C2", label="gain, 95 % CI > 0"),
+            Patch(color="C3", label="loss, 95 % CI < 0"),
+            Patch(color="0.65", label="CI contains 0"),
+        ],
         fontsize=7,
         loc="upper right",
     )

@@ -86,7 +86,14 @@ class ResultsRow:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {"variant": self.variant, "temperature": self.temperature, "heads": self.heads, "lam": self.lam, "metrics": self.metrics, **self.extra}
+        return {
+            "variant": self.variant,
+            "temperature": self.temperature,
+            "heads": self.heads,
+            "lam": self.lam,
+            "metrics": self.metrics,
+            **self.extra,
+        }
 
     def metric(self, name: str) -> float:
         """The row's figure ``name`` (percent); ``KeyError`` / ``ValueError`` when absent or not a number."""
@@ -130,7 +137,9 @@ class ResultsFile:
     transform: TransformSpec | None = None  # None: not recorded (an older sweep) or unreadable
     baseline: dict[str, Any] = field(default_factory=dict)  # the baseline's metrics (percent)
     schema: int = SCHEMA
-    extra: dict[str, Any] = field(default_factory=dict)  # every other field, as read (rows, bootstrap, per-class tables, later additions)
+    extra: dict[str, Any] = field(
+        default_factory=dict
+    )  # every other field, as read (rows, bootstrap, per-class tables, later additions)
     path: Path | None = field(default=None, compare=False)
     param: str = field(default="from_results", compare=False)
     label: str = field(default="from_results", compare=False)
@@ -148,7 +157,9 @@ class ResultsFile:
         return f"{self.label} {self.path}" if self.label else str(self.path)
 
     @classmethod
-    def read(cls, path: str | Path, *, required: Sequence[str] = ("model",), param: str = "from_results", label: str = "") -> ResultsFile:
+    def read(
+        cls, path: str | Path, *, required: Sequence[str] = ("model",), param: str = "from_results", label: str = ""
+    ) -> ResultsFile:
         """A results JSON of schema :data:`SCHEMA` with the ``required`` fields, else one line naming
         the file and what is wrong. NaN / Infinity (which Python's json would accept) and numbers
         that overflow to infinity are refused: a figure that is not a number is never shown or written.
@@ -165,17 +176,26 @@ class ResultsFile:
             raise CSRAError(f"{where}: not JSON ({exc}); {hint}", param=param) from None
         except ValueError as exc:  # NaN / Infinity / overflow
             raise CSRAError(
-                f"{where}: holds a value that is not a finite number ({exc}); the file is damaged or was edited: re-run the sweep", param=param
+                f"{where}: holds a value that is not a finite number ({exc}); the file is damaged or was edited: re-run the sweep",
+                param=param,
             ) from None
         if not isinstance(data, dict) or not all(k in data for k in required):
-            raise CSRAError(f"{where}: not a csra-posthoc results file (no {' / '.join(required)}); {hint}", param=param)
+            raise CSRAError(
+                f"{where}: not a csra-posthoc results file (no {' / '.join(required)}); {hint}", param=param
+            )
         if data.get("schema") != SCHEMA:
-            found = "no schema field (written before schema 1)" if "schema" not in data else f"schema {data['schema']!r}"
-            raise CSRAError(f"{where}: {found}, this version reads schema {SCHEMA}; re-run the sweep with this version", param=param)
+            found = (
+                "no schema field (written before schema 1)" if "schema" not in data else f"schema {data['schema']!r}"
+            )
+            raise CSRAError(
+                f"{where}: {found}, this version reads schema {SCHEMA}; re-run the sweep with this version", param=param
+            )
         return cls.from_json(data, path=path, param=param, label=label)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], *, path: str | Path | None = None, param: str = "from_results", label: str = "") -> ResultsFile:
+    def from_json(
+        cls, data: dict[str, Any], *, path: str | Path | None = None, param: str = "from_results", label: str = ""
+    ) -> ResultsFile:
         """The typed view of a results dict (as :func:`~csra_posthoc.report.tables.results_dict`
         builds it); the schema and required fields are :meth:`read`'s to check."""
         where = (f"{label} {path}" if label else str(path)) if path is not None else (label or "results")
@@ -198,7 +218,9 @@ class ResultsFile:
             primary_metric=_str_or_none(data.get("primary_metric")),
             head=_str_or_none(data.get("head")),
             head_fingerprint=data.get("head_fingerprint") or None,
-            head_file=data.get("head_file") if isinstance(data.get("head_file"), str) and data.get("head_file") else None,
+            head_file=data.get("head_file")
+            if isinstance(data.get("head_file"), str) and data.get("head_file")
+            else None,
             weights=_str_or_none(data.get("weights")),
             weights_fingerprint=data.get("weights_fingerprint") or None,
             transform=transform,
@@ -231,13 +253,18 @@ class ResultsFile:
     def settings(self, pick: str) -> CSRASettings:
         """The settings of the row ``pick`` names (best, fixed, best-variant), as a patched model reproduces it."""
         if pick == TEST_POOL_PICK:
-            raise CSRAError("pick test-pool: timm's test-time pooling is built by apply only (its `test_pool`); give best, fixed or best-variant", param="pick")
+            raise CSRAError(
+                "pick test-pool: timm's test-time pooling is built by apply only (its `test_pool`); give best, fixed or best-variant",
+                param="pick",
+            )
         name = CSRASettings(pick=pick).row
         row = self.row(name)
         try:
             settings = row.settings()
         except (ValueError, CSRAError) as exc:
-            raise CSRAError(f"{self.where}: its {name!r} row has an unusable variant ({exc})", param=self.param) from None
+            raise CSRAError(
+                f"{self.where}: its {name!r} row has an unusable variant ({exc})", param=self.param
+            ) from None
         return CSRASettings(settings.lam, settings.temperature, settings.heads, pick=pick)
 
     @property
@@ -259,7 +286,9 @@ class ResultsFile:
             or len(values) != count
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
         ):
-            raise CSRAError(f"{self.where}: its {name!r} thresholds are unreadable (not {count} finite numbers)", param=self.param)
+            raise CSRAError(
+                f"{self.where}: its {name!r} thresholds are unreadable (not {count} finite numbers)", param=self.param
+            )
         file_name = self.path.name if self.path is not None else "the results"
         source = f"per-class F1 on {self.dataset} {self.split} ({self.num_images} images), row {name} of {file_name}"
         method = entry.get("method") or "calibrated"
@@ -270,7 +299,10 @@ class ResultsFile:
         rows = [r for r in self.extra.get("rows") or [] if isinstance(r, dict) and r.get("variant") == "test-pool"]
         size = rows[0].get("train_size") if rows else None
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise CSRAError(f"{self.where}: has no test-pool row (sweep with --test-pool, or an --img-size above the model's)", param=self.param)
+            raise CSRAError(
+                f"{self.where}: has no test-pool row (sweep with --test-pool, or an --img-size above the model's)",
+                param=self.param,
+            )
         return size
 
     def interval(self, name: str) -> tuple[float, float] | None:

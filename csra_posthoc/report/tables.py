@@ -28,7 +28,9 @@ def report_console() -> Console:
 
 
 def _per_class(stats: ClassStatistics, row: SweepRow) -> dict[str, float | None]:
-    return {c: (None if math.isnan(v) else v * 100.0) for c, v in zip(stats.classes, row.per_class_ap.tolist(), strict=True)}
+    return {
+        c: (None if math.isnan(v) else v * 100.0) for c, v in zip(stats.classes, row.per_class_ap.tolist(), strict=True)
+    }
 
 
 def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -57,7 +59,8 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
         "data_notes": info.data_notes,
         "notes": info.notes,
         "baseline": result.baseline.metrics,
-        "rows": [r.to_json() for r in result.rows] + ([{**result.test_pool.to_json(), "lam": None, **(info.test_pool or {})}] if result.test_pool else []),
+        "rows": [r.to_json() for r in result.rows]
+        + ([{**result.test_pool.to_json(), "lam": None, **(info.test_pool or {})}] if result.test_pool else []),
         "best": result.best.to_json(),
         "fixed": result.fixed.to_json(),
         "best_variant": result.best_variant.to_json(),
@@ -81,9 +84,13 @@ def results_dict(result: SweepResult, stats: ClassStatistics, extra: dict[str, A
         out["uncertainty_notes"] = result.uncertainty_notes
     if result.bootstrap is not None:
         out["bootstrap"] = bootstrap_json(result.bootstrap, result.bootstrap_n or 0, result.bootstrap_seed or 0)
-    if result.thresholds is not None:  # per-class F1 thresholds by row (multi-label only; single-label predicts by rank)
+    if (
+        result.thresholds is not None
+    ):  # per-class F1 thresholds by row (multi-label only; single-label predicts by rank)
         out["thresholds"] = result.thresholds
-    out["per_class_delta"] = per_class_json(result.per_class_delta)  # per-class Δ with intervals (null without the bootstrap)
+    out["per_class_delta"] = per_class_json(
+        result.per_class_delta
+    )  # per-class Δ with intervals (null without the bootstrap)
     out.update(extra or {})
     return out
 
@@ -125,7 +132,10 @@ def _print_honesty_notes(console: Console, result: SweepResult) -> None:
             )
         else:
             how = f"chosen on split {safe(held.select_on)} and scored on this one"
-        console.print(f"optimistic: λ chosen on the scored images themselves (the paper's 'varying λ'); held-out: {how}", soft_wrap=True)
+        console.print(
+            f"optimistic: λ chosen on the scored images themselves (the paper's 'varying λ'); held-out: {how}",
+            soft_wrap=True,
+        )
     for note in result.uncertainty_notes:
         console.print(f"note: {safe(note)}", soft_wrap=True)
     if result.bootstrap is not None:
@@ -141,13 +151,19 @@ def _print_thresholds(console: Console, result: SweepResult) -> None:
     scored = {k: v for k, v in found.items() if v.get("cf1") is not None}
     if not scored:
         if found:
-            console.print("thresholds: per-class F1 thresholds stored; too few images to score them on halves", soft_wrap=True)
+            console.print(
+                "thresholds: per-class F1 thresholds stored; too few images to score them on halves", soft_wrap=True
+            )
         return
     labels = {"baseline": "baseline", "best": "best λ", "fixed": "fixed λ", "best_variant": "best variant"}
     seed = next(iter(scored.values())).get("seed")
-    parts = [f"{labels.get(k, k)} CF1 {v['cf1_at_0.5']:.2f} -> {v['cf1']:.2f}, OF1 {v['of1_at_0.5']:.2f} -> {v['of1']:.2f}" for k, v in scored.items()]
+    parts = [
+        f"{labels.get(k, k)} CF1 {v['cf1_at_0.5']:.2f} -> {v['cf1']:.2f}, OF1 {v['of1_at_0.5']:.2f} -> {v['of1']:.2f}"
+        for k, v in scored.items()
+    ]
     console.print(
-        f"thresholds (per-class F1, chosen on one seeded half, scored on the other, both ways; seed {seed}; sigmoid 0.5 -> calibrated): " + "; ".join(parts),
+        f"thresholds (per-class F1, chosen on one seeded half, scored on the other, both ways; seed {seed}; sigmoid 0.5 -> calibrated): "
+        + "; ".join(parts),
         soft_wrap=True,
     )
 
@@ -172,7 +188,9 @@ def _held_out_setting(held: HeldOut) -> tuple[str, str]:
     lams = list(dict.fromkeys(f"{c.lam:g}" for c in held.choices))
     if held.agreed is not None:
         return variants[0], lams[0]
-    return " / ".join(c.variant.label for c in held.choices) if len(variants) > 1 else variants[0], "/".join(f"{c.lam:g}" for c in held.choices)
+    return " / ".join(c.variant.label for c in held.choices) if len(variants) > 1 else variants[0], "/".join(
+        f"{c.lam:g}" for c in held.choices
+    )
 
 
 def _test_pool_label(setting: dict[str, Any] | None) -> str:
@@ -181,7 +199,9 @@ def _test_pool_label(setting: dict[str, Any] | None) -> str:
     return f"avg-pool {window[0]}x{window[1]}, ½(mean+max)"
 
 
-def print_table(console: Console, result: SweepResult, stats: ClassStatistics, metrics: list[str] | None = None) -> None:
+def print_table(
+    console: Console, result: SweepResult, stats: ClassStatistics, metrics: list[str] | None = None
+) -> None:
     """The paper's Table 1 for this run, one row per setting.
 
     Rows: the baseline (lam = 0), the best lam of avg + lam * max ("Varying lam", chosen on the
@@ -212,7 +232,11 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
         ("baseline", result.baseline, "-", ""),
         ("best λ (optimistic)", result.best, None, "best"),
         ("fixed λ (paper)", result.fixed, None, "fixed"),
-        *([("test-pool (timm)", result.test_pool, _test_pool_label(info.test_pool), "test_pool")] if result.test_pool is not None else []),
+        *(
+            [("test-pool (timm)", result.test_pool, _test_pool_label(info.test_pool), "test_pool")]
+            if result.test_pool is not None
+            else []
+        ),
         ("best variant (optimistic)", result.best_variant, None, ""),
     )
     for label, row, variant, name in rows:
@@ -229,7 +253,15 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
         if name == "best" and held is not None:  # the honest figure right under the optimistic one
             held_variant, held_lam = _held_out_setting(held)
             if held.select_on == "half":  # the halves' own baseline: the held-out Δ is measured against it
-                table.add_row("baseline (same halves)", "-", "0", f"{held.baseline:.2f}", "", *([""] if intervals else []), *["" for _ in metrics])
+                table.add_row(
+                    "baseline (same halves)",
+                    "-",
+                    "0",
+                    f"{held.baseline:.2f}",
+                    "",
+                    *([""] if intervals else []),
+                    *["" for _ in metrics],
+                )
             table.add_row(
                 f"held-out λ ({safe(held.select_on)})",
                 safe(held_variant),
@@ -265,7 +297,9 @@ def print_table(console: Console, result: SweepResult, stats: ClassStatistics, m
     if result.all_positive_classes:
         without = result.mAP_without_all_positive or {}
         figures = ", ".join(
-            f"{label} {without[k]:.2f}" for k, label in (("baseline", "baseline"), ("best", "best λ"), ("fixed", "fixed λ")) if without.get(k) is not None
+            f"{label} {without[k]:.2f}"
+            for k, label in (("baseline", "baseline"), ("best", "best λ"), ("fixed", "fixed λ"))
+            if without.get(k) is not None
         )
         console.print(
             f"[yellow]positive in every image (AP is 100 whatever the scores):[/] {safe(', '.join(result.all_positive_classes))}; "

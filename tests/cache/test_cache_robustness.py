@@ -64,7 +64,9 @@ def test_unwritable_cache_with_probe_warns_once(tmp_path: Path) -> None:
     write_voc(tmp_path / "data", {i: annotations[i] for i in ids[:20]}, split="test")
     write_voc(tmp_path / "data", {i: annotations[i] for i in ids[20:]}, split="trainval", seed=1)
     (tmp_path / "f").write_text("x")
-    res = runner.invoke(app, [*BASE, "--data-dir", str(tmp_path / "data"), "--head", "probe", "--cache-dir", str(tmp_path / "f")])
+    res = runner.invoke(
+        app, [*BASE, "--data-dir", str(tmp_path / "data"), "--head", "probe", "--cache-dir", str(tmp_path / "f")]
+    )
     assert res.exit_code == 0, res.output
     assert res.output.count("is not writable") == 1 and "best λ" in res.output
 
@@ -82,7 +84,11 @@ def test_atomic_write_respects_umask(tmp_path: Path, umask: int, mode: int) -> N
 
 
 def test_orphaned_tmp_files_are_removed_when_old(tmp_path: Path) -> None:
-    old, fresh, other = tmp_path / ".x.safetensors.abc123.tmp", tmp_path / ".y.safetensors.def456.tmp", tmp_path / "keep.tmp"
+    old, fresh, other = (
+        tmp_path / ".x.safetensors.abc123.tmp",
+        tmp_path / ".y.safetensors.def456.tmp",
+        tmp_path / "keep.tmp",
+    )
     for f in (old, fresh, other):
         f.write_bytes(b"half")
     two_days_ago = time.time() - 2 * 24 * 3600
@@ -133,7 +139,9 @@ def test_second_run_waits_for_the_lock_and_reuses(voc_dir: Path, adapter, monkey
     console = Console(record=True, width=300)
     result = {}
     with key_lock(path, lambda lock: None):  # the other run holds the lock
-        worker = threading.Thread(target=lambda: result.update(stats=extract(adapter, images, img_size=64, console=console)))
+        worker = threading.Thread(
+            target=lambda: result.update(stats=extract(adapter, images, img_size=64, console=console))
+        )
         worker.start()
         deadline = time.time() + 30
         while "waiting for another run" not in console.export_text(clear=False) and time.time() < deadline:

@@ -132,10 +132,14 @@ def test_nan_in_cached_statistics_is_an_error_not_a_number(voc_dir: Path, adapte
 
 def test_backbone_failure_is_one_line(voc_dir: Path, adapter, monkeypatch) -> None:
     def broken(x):
-        raise RuntimeError("Given groups=1, weight of size [24, 3, 3, 3], expected input to have 3 channels\nmore detail")
+        raise RuntimeError(
+            "Given groups=1, weight of size [24, 3, 3, 3], expected input to have 3 channels\nmore detail"
+        )
 
     monkeypatch.setattr(adapter, "forward_backbone", broken)
-    with pytest.raises(CSRAError, match=r"model resnet10t failed on a \(3, 64, 64\) input \(Given groups=1.*\); try another img_size") as info:
+    with pytest.raises(
+        CSRAError, match=r"model resnet10t failed on a \(3, 64, 64\) input \(Given groups=1.*\); try another img_size"
+    ) as info:
         extract(adapter, load_dataset("voc2007", voc_dir), img_size=64, use_cache=False)
     assert "\n" not in str(info.value)
 
@@ -181,6 +185,8 @@ def test_quiet_prints_nothing_and_the_logger_still_hears(voc_dir: Path, adapter,
         extract(adapter, images, img_size=64, console=console, quiet=True)
     assert console.export_text() == ""
     logged = [r.getMessage() for r in caplog.records if r.name == "csra_posthoc"]
-    assert any(m.startswith("identity: max |mean_k s - logits|") for m in logged) and any(m.startswith("reused cache") for m in logged)
+    assert any(m.startswith("identity: max |mean_k s - logits|") for m in logged) and any(
+        m.startswith("reused cache") for m in logged
+    )
     extract(adapter, images, img_size=64, console=console)
     assert "reused cache" in console.export_text()

@@ -61,7 +61,11 @@ def test_sweep_writes_json_and_npz(voc_dir: Path, tmp_path: Path) -> None:
     assert data["num_images"] == 24 and data["baseline_source"] == "model_logits"
     assert data["identity_max_abs_diff"] < 1e-3
     # variants: max + softmax T=1 (inf folds into max) + heads 2; lams 0, 0.02 (fixed), 0.1, 0.5
-    assert {(r["variant"], r["temperature"], r["heads"]) for r in data["rows"]} == {("max", None, None), ("softmax", 1.0, None), ("heads", None, 2)}
+    assert {(r["variant"], r["temperature"], r["heads"]) for r in data["rows"]} == {
+        ("max", None, None),
+        ("softmax", 1.0, None),
+        ("heads", None, 2),
+    }
     assert len(data["rows"]) == 3 * 4
     assert data["fixed"]["lam"] == 0.02 and data["fixed"]["variant"] == "max"
     assert data["best"]["metrics"]["mAP"] == max(r["metrics"]["mAP"] for r in data["rows"] if r["variant"] == "max")
@@ -70,7 +74,11 @@ def test_sweep_writes_json_and_npz(voc_dir: Path, tmp_path: Path) -> None:
     arrays = np.load(npz, allow_pickle=False)
     assert arrays["baseline"].shape == arrays["labels"].shape == (24, 20)
     assert list(arrays["classes"]) == data["classes"]
-    for name, row in (("baseline", data["baseline"]), ("best", data["best"]["metrics"]), ("fixed", data["fixed"]["metrics"])):
+    for name, row in (
+        ("baseline", data["baseline"]),
+        ("best", data["best"]["metrics"]),
+        ("fixed", data["fixed"]["metrics"]),
+    ):
         aps = []
         for c in range(20):
             keep = arrays["labels"][:, c] != -1
@@ -88,7 +96,12 @@ def test_second_sweep_reuses_cache(voc_dir: Path) -> None:
 
 def test_keep_maps_allows_uncached_temperatures(voc_dir: Path) -> None:
     res = run("--data-dir", str(voc_dir), "--temps", "2.5")
-    assert res.exit_code == 2 and "not cached" in res.output and "--keep-maps" in res.output and "keep_maps" not in res.output
+    assert (
+        res.exit_code == 2
+        and "not cached" in res.output
+        and "--keep-maps" in res.output
+        and "keep_maps" not in res.output
+    )
     res = run("--data-dir", str(voc_dir), "--temps", "2.5", "--keep-maps")
     assert res.exit_code == 0, res.output
 

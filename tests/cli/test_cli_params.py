@@ -28,7 +28,9 @@ def help_flags(command: str) -> set[str]:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_flag_in_help_is_in_the_derived_table(command: str) -> None:
-    shown = help_flags(command) - {f"--no-{flag[2:]}" for flag in FLAGS.values()}  # a boolean's off switch (--no-test-pool) names the same parameter
+    shown = help_flags(command) - {
+        f"--no-{flag[2:]}" for flag in FLAGS.values()
+    }  # a boolean's off switch (--no-test-pool) names the same parameter
     assert shown <= set(FLAGS.values()), shown - set(FLAGS.values())
 
 
@@ -43,7 +45,11 @@ def test_the_table_is_the_apps_own() -> None:
     # the hand table only holds library names that are no CLI parameter
     assert not set(LIBRARY_FLAGS) & set(flags_by_name)
     # library and CLI share parameter names: the ones the option objects use
-    assert FLAGS["patched_file"] == "--patched" and FLAGS["save_scores_to"] == "--save-scores" and FLAGS["paths"] == "RESULTS_JSON"
+    assert (
+        FLAGS["patched_file"] == "--patched"
+        and FLAGS["save_scores_to"] == "--save-scores"
+        and FLAGS["paths"] == "RESULTS_JSON"
+    )
     assert FLAGS["images"] == "IMAGE" and FLAGS["use_cache"] == "--no-cache"
 
 
@@ -68,7 +74,9 @@ def test_one_definition_of_the_transform_choices() -> None:
 
     assert options.Transform is defaults.TransformChoice and transforms.TransformChoice is defaults.TransformChoice
     assert defaults.TRANSFORM_CHOICES == get_args(defaults.TransformChoice) == ("auto", "square", "crop")
-    res = runner.invoke(app, ["predict", "--model", "resnet10t", "--random-init", "--transform", "zoom", "x.png"], terminal_width=300)
+    res = runner.invoke(
+        app, ["predict", "--model", "resnet10t", "--random-init", "--transform", "zoom", "x.png"], terminal_width=300
+    )
     assert res.exit_code == 2 and "--transform zoom: choose auto, square or crop" in res.output, res.output
 
 

@@ -57,7 +57,9 @@ def test_imagenet_folder_sweep_is_single_label_with_centre_crop(tmp_path: Path) 
     data = sweep("--dataset", "imagenet", "--data-dir", str(tmp_path), out=tmp_path / "r.json")
     assert (data["num_images"], data["num_classes"], data["primary_metric"]) == (4, 1000, "top1")
     assert set(data["baseline"]) == {"top1", "top5"}
-    assert data["transform"]["kind"] == "center-crop" and data["transform"]["resize"] == int(64 / data["transform"]["crop_pct"])
+    assert data["transform"]["kind"] == "center-crop" and data["transform"]["resize"] == int(
+        64 / data["transform"]["crop_pct"]
+    )
     assert "centre crop 64" in data["_output"] and "left out of mAP" not in data["_output"]
     assert data["per_class_metric"] == "top1" and data["classes_left_out_of_mAP"] == []
     subset = sweep("--dataset", "imagenet", "--data-dir", str(tmp_path), "--max-images", "2", out=tmp_path / "r.json")
@@ -99,10 +101,16 @@ def test_probe_fits_on_each_datasets_training_split(tmp_path: Path) -> None:
 
     write_coco(tmp_path / "coco", IMAGES, ANNOTATIONS, CATEGORIES)
     train_images = [{"id": 1000 + k, "file_name": f"t{k}.jpg"} for k in range(6)]
-    train_anns = [{"image_id": 1000 + k, "category_id": [1, 3, 90][k % 3]} for k in range(6)] + [{"image_id": 1000, "category_id": 3}]
+    train_anns = [{"image_id": 1000 + k, "category_id": [1, 3, 90][k % 3]} for k in range(6)] + [
+        {"image_id": 1000, "category_id": 3}
+    ]
     write_coco(tmp_path / "coco", train_images, train_anns, CATEGORIES, split="train")
     write_wider(tmp_path / "w", WIDER_IMAGES)
-    write_wider(tmp_path / "w", [{**im, "file_name": "train_" + im["file_name"].split("/")[-1]} for im in WIDER_IMAGES], split="trainval")
+    write_wider(
+        tmp_path / "w",
+        [{**im, "file_name": "train_" + im["file_name"].split("/")[-1]} for im in WIDER_IMAGES],
+        split="trainval",
+    )
     write_image_folder(tmp_path / "f" / "train", {"a": 3, "b": 3})
     write_image_folder(tmp_path / "f" / "val", {"a": 2, "b": 2})
     opts = ExtractOptions(img_size=64, use_cache=False)

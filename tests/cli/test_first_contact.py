@@ -151,7 +151,9 @@ def test_output_that_is_a_directory_fails_before_any_work(flag: str, no_work, tm
 
 def test_output_under_a_file_fails_before_any_work(no_work, tmp_path: Path) -> None:
     (tmp_path / "plain").write_text("x")
-    res = runner.invoke(app, [*SWEEP, "--random-init", "--data-dir", str(tmp_path), "--out", str(tmp_path / "plain" / "r.json")])
+    res = runner.invoke(
+        app, [*SWEEP, "--random-init", "--data-dir", str(tmp_path), "--out", str(tmp_path / "plain" / "r.json")]
+    )
     one_line_error(res, "--out", "is a file, not a folder")
 
 
@@ -197,7 +199,9 @@ def counting_load_model(monkeypatch) -> list[str]:
     return calls
 
 
-def test_warm_run_gives_the_cold_results_without_building_the_model(voc_dir: Path, checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+def test_warm_run_gives_the_cold_results_without_building_the_model(
+    voc_dir: Path, checkpoint: Path, tmp_path: Path, monkeypatch
+) -> None:
     calls = counting_load_model(monkeypatch)
     args = [*SWEEP, "--checkpoint", str(checkpoint), "--data-dir", str(voc_dir), "--metrics", "CF1,OF1"]
     cold = runner.invoke(app, [*args, "--out", str(tmp_path / "cold.json")])
@@ -286,7 +290,8 @@ def test_warm_probe_run_gives_the_cold_results_and_a_new_training_split_refits(t
     xml = voc / "Annotations" / "t000001.xml"
     xml.write_text(
         xml.read_text().replace(
-            "</annotation>", "<object><name>sofa</name><difficult>0</difficult></object><object><name>cat</name><difficult>0</difficult></object></annotation>"
+            "</annotation>",
+            "<object><name>sofa</name><difficult>0</difficult></object><object><name>cat</name><difficult>0</difficult></object></annotation>",
         )
     )
     again = runner.invoke(app, args)

@@ -37,11 +37,31 @@ def test_every_param_has_a_flag() -> None:
 @pytest.mark.parametrize(
     ("build", "param", "library", "cli"),
     [
-        (lambda: ExtractOptions(img_size=5), "img_size", "img_size 5: must be between", "--img-size 5: must be between"),
-        (lambda: ExtractOptions(batch_size=0), "batch_size", "batch_size 0: must be >= 1", "--batch-size 0: must be >= 1"),
-        (lambda: ExtractOptions(transform="zoom"), "transform", "transform zoom: choose auto, square or crop", "--transform zoom"),  # type: ignore[arg-type]
+        (
+            lambda: ExtractOptions(img_size=5),
+            "img_size",
+            "img_size 5: must be between",
+            "--img-size 5: must be between",
+        ),
+        (
+            lambda: ExtractOptions(batch_size=0),
+            "batch_size",
+            "batch_size 0: must be >= 1",
+            "--batch-size 0: must be >= 1",
+        ),
+        (
+            lambda: ExtractOptions(transform="zoom"),
+            "transform",
+            "transform zoom: choose auto, square or crop",
+            "--transform zoom",
+        ),  # type: ignore[arg-type]
         (lambda: ExtractOptions(device="tpu"), "device", "device tpu: choose auto, cpu or cuda", "--device tpu"),
-        (lambda: DataOptions(difficult="maybe"), "difficult", "difficult maybe: choose ignore, positive or negative", "--difficult maybe"),  # type: ignore[arg-type]
+        (
+            lambda: DataOptions(difficult="maybe"),
+            "difficult",
+            "difficult maybe: choose ignore, positive or negative",
+            "--difficult maybe",
+        ),  # type: ignore[arg-type]
         (lambda: DataOptions(max_images=0), "max_images", "max_images 0: must be >= 1", "--max-images 0"),
         (lambda: SweepOptions(lams=()), "lams", "lams: give at least one value", "--lams: give at least one value"),
         (lambda: SweepOptions(lams=(0.1, -1.0)), "lams", "lams -1: every lam", "--lams -1: every lam"),

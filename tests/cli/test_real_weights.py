@@ -22,7 +22,12 @@ COFFEE = {967, 968, 504}  # espresso, cup, coffee mug
 
 @pytest.mark.slow
 def test_efficientnet_lite0_on_skimage_photos(tmp_path: Path) -> None:
-    photos = {"chelsea": skdata.chelsea(), "coffee": skdata.coffee(), "astronaut": skdata.astronaut(), "rocket": skdata.rocket()}
+    photos = {
+        "chelsea": skdata.chelsea(),
+        "coffee": skdata.coffee(),
+        "astronaut": skdata.astronaut(),
+        "rocket": skdata.rocket(),
+    }
     for name, pixels in photos.items():
         Image.fromarray(pixels).convert("RGB").save(tmp_path / f"{name}.png")
     header = "path," + ",".join(f"in{i}" for i in range(1000))
@@ -64,7 +69,10 @@ def test_efficientnet_lite0_on_skimage_photos(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_imagenet_folder_of_skimage_photos_single_label(tmp_path: Path) -> None:
     """``--dataset imagenet``: the model's own 1000-class head, no probe, the model's centre crop."""
-    photos = {"n02124075": ("chelsea", skdata.chelsea()), "n07920052": ("coffee", skdata.coffee())}  # Egyptian cat, espresso
+    photos = {
+        "n02124075": ("chelsea", skdata.chelsea()),
+        "n07920052": ("coffee", skdata.coffee()),
+    }  # Egyptian cat, espresso
     for wnid, (name, pixels) in photos.items():
         (tmp_path / "val" / wnid).mkdir(parents=True)
         Image.fromarray(pixels).convert("RGB").save(tmp_path / "val" / wnid / f"{name}.JPEG", quality=95)
@@ -105,7 +113,8 @@ def test_coco_and_wider_formats_on_real_photos(tmp_path: Path) -> None:
     write_coco(
         tmp_path / "coco",
         [{"id": 1, "file_name": "cat.jpg"}, {"id": 2, "file_name": "cup.jpg"}],
-        [{"image_id": 1, "category_id": 1 + c} for c in sorted(CATS)] + [{"image_id": 2, "category_id": 1 + c} for c in sorted(COFFEE)],
+        [{"image_id": 1, "category_id": 1 + c} for c in sorted(CATS)]
+        + [{"image_id": 2, "category_id": 1 + c} for c in sorted(COFFEE)],
         [{"id": 1 + k, "name": w} for k, w in enumerate(wnids)],
         write_images=False,
     )
@@ -123,7 +132,12 @@ def test_coco_and_wider_formats_on_real_photos(tmp_path: Path) -> None:
                {"bbox": [cat.width, 0, cup.width + 50, cup.height], "attribute": attrs["cup"]}]  # fmt: skip
     (tmp_path / "wider" / "Annotations").mkdir()
     (tmp_path / "wider" / "Annotations" / "wider_attribute_test.json").write_text(
-        json.dumps({"images": [{"file_name": "0--Parade/pair.jpg", "targets": targets}], "attribute_id_map": dict(enumerate(wnids))})
+        json.dumps(
+            {
+                "images": [{"file_name": "0--Parade/pair.jpg", "targets": targets}],
+                "attribute_id_map": dict(enumerate(wnids)),
+            }
+        )
     )
     for dataset in ("coco2014", "wider"):
         out, npz = tmp_path / f"{dataset}.json", tmp_path / f"{dataset}.npz"

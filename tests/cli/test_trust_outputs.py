@@ -53,7 +53,20 @@ def precious(path: Path, size: int = 4096) -> bytes:
 def test_checkpoint_survives_save_scores_onto_it(no_work, tmp_path: Path) -> None:
     ck = tmp_path / "ck.pth"
     before = precious(ck)
-    res = runner.invoke(app, [*SWEEP, "--dataset", "voc2007", "--data-dir", str(tmp_path), "--checkpoint", str(ck), "--save-scores", str(ck)])
+    res = runner.invoke(
+        app,
+        [
+            *SWEEP,
+            "--dataset",
+            "voc2007",
+            "--data-dir",
+            str(tmp_path),
+            "--checkpoint",
+            str(ck),
+            "--save-scores",
+            str(ck),
+        ],
+    )
     one_line_error(res, "--save-scores", "is also --checkpoint", "choose another path")
     assert ck.read_bytes() == before
 
@@ -61,14 +74,42 @@ def test_checkpoint_survives_save_scores_onto_it(no_work, tmp_path: Path) -> Non
 def test_labels_csv_survives_out_onto_it(no_work, tmp_path: Path) -> None:
     labels = tmp_path / "labels.csv"
     before = precious(labels)
-    res = runner.invoke(app, [*SWEEP, "--random-init", "--dataset", "csv", "--data-dir", str(tmp_path), "--labels", str(labels), "--out", str(labels)])
+    res = runner.invoke(
+        app,
+        [
+            *SWEEP,
+            "--random-init",
+            "--dataset",
+            "csv",
+            "--data-dir",
+            str(tmp_path),
+            "--labels",
+            str(labels),
+            "--out",
+            str(labels),
+        ],
+    )
     one_line_error(res, "--out", "is also --labels")
     assert labels.read_bytes() == before
 
 
 def test_one_path_for_two_outputs_is_refused(no_work, tmp_path: Path) -> None:
     r = tmp_path / "r.json"
-    res = runner.invoke(app, [*SWEEP, "--random-init", "--dataset", "voc2007", "--data-dir", str(tmp_path), "--out", str(r), "--save-scores", str(r)])
+    res = runner.invoke(
+        app,
+        [
+            *SWEEP,
+            "--random-init",
+            "--dataset",
+            "voc2007",
+            "--data-dir",
+            str(tmp_path),
+            "--out",
+            str(r),
+            "--save-scores",
+            str(r),
+        ],
+    )
     one_line_error(res, "--save-scores", "is also --out", "its own path")
 
 
@@ -79,7 +120,9 @@ def test_symlinked_and_hard_linked_outputs_onto_inputs_are_refused(no_work, tmp_
     os.link(ck, tmp_path / "hard.npz")
     base = [*SWEEP, "--dataset", "voc2007", "--data-dir", str(tmp_path), "--checkpoint", str(ck)]
     for name in ("link.npz", "hard.npz"):
-        one_line_error(runner.invoke(app, [*base, "--save-scores", str(tmp_path / name)]), "--save-scores", "is also --checkpoint")
+        one_line_error(
+            runner.invoke(app, [*base, "--save-scores", str(tmp_path / name)]), "--save-scores", "is also --checkpoint"
+        )
     # two outputs that are one file through a symlink
     (tmp_path / "alias.npz").symlink_to(tmp_path / "r.json")
     args = [
@@ -103,12 +146,20 @@ def test_symlinked_and_hard_linked_outputs_onto_inputs_are_refused(no_work, tmp_
         (["--out", "{tmp}/r.txt"], ["--out", ".json"]),
         (["--save-scores", "{tmp}/s.json"], ["--save-scores", ".npz"]),
         (["--save-scores", "{tmp}/s"], ["--save-scores", ".npz"]),
-        (["--head", "probe", "--train-split", "trainval", "--save-head", "{tmp}/h.pth"], ["--save-head", ".safetensors"]),
+        (
+            ["--head", "probe", "--train-split", "trainval", "--save-head", "{tmp}/h.pth"],
+            ["--save-head", ".safetensors"],
+        ),
     ],
 )
-def test_sweep_outputs_need_their_documented_suffix(no_work, tmp_path: Path, args: list[str], fragments: list[str]) -> None:
+def test_sweep_outputs_need_their_documented_suffix(
+    no_work, tmp_path: Path, args: list[str], fragments: list[str]
+) -> None:
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    one_line_error(runner.invoke(app, [*SWEEP, "--random-init", "--dataset", "voc2007", "--data-dir", str(tmp_path), *args]), *fragments)
+    one_line_error(
+        runner.invoke(app, [*SWEEP, "--random-init", "--dataset", "voc2007", "--data-dir", str(tmp_path), *args]),
+        *fragments,
+    )
 
 
 def test_predict_json_needs_json_suffix_and_is_not_an_image(no_work, tmp_path: Path) -> None:
@@ -126,27 +177,42 @@ def test_predict_json_in_unwritable_folder_fails_before_work(no_work, tmp_path: 
     ro.mkdir()
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **k: False if Path(p) == ro else real_access(p, mode, **k))
-    res = runner.invoke(app, ["predict", str(img), "--model", "resnet10t", "--random-init", "--json", str(ro / "p.json")])
+    res = runner.invoke(
+        app, ["predict", str(img), "--model", "resnet10t", "--random-init", "--json", str(ro / "p.json")]
+    )
     one_line_error(res, "--json", "not writable")
 
 
 @pytest.mark.parametrize(("flag", "name"), [("--csv", "t.csv"), ("--markdown", "t.md"), ("--latex", "t.tex")])
-def test_compare_output_in_unwritable_folder_fails_before_work(no_work, tmp_path: Path, monkeypatch, flag: str, name: str) -> None:
+def test_compare_output_in_unwritable_folder_fails_before_work(
+    no_work, tmp_path: Path, monkeypatch, flag: str, name: str
+) -> None:
     write_results(tmp_path / "a.json", "m", "d", 0)
     ro = tmp_path / "ro"
     ro.mkdir()
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **k: False if Path(p) == ro else real_access(p, mode, **k))
-    one_line_error(runner.invoke(app, ["compare", str(tmp_path / "a.json"), flag, str(ro / name)]), flag, "not writable")
+    one_line_error(
+        runner.invoke(app, ["compare", str(tmp_path / "a.json"), flag, str(ro / name)]), flag, "not writable"
+    )
 
 
 def test_compare_never_writes_over_a_results_file_it_reads(tmp_path: Path) -> None:
     write_results(tmp_path / "a.json", "m", "d", 0)
     before = (tmp_path / "a.json").read_bytes()
-    one_line_error(runner.invoke(app, ["compare", str(tmp_path / "a.json"), "--markdown", str(tmp_path / "a.json")]), "--markdown", "is also RESULTS")
-    one_line_error(runner.invoke(app, ["compare", str(tmp_path / "a.json"), "--csv", str(tmp_path / "t.md")]), "--csv", ".csv")
     one_line_error(
-        runner.invoke(app, ["compare", str(tmp_path / "a.json"), "--csv", str(tmp_path / "t.csv"), "--latex", str(tmp_path / "t.csv")]),
+        runner.invoke(app, ["compare", str(tmp_path / "a.json"), "--markdown", str(tmp_path / "a.json")]),
+        "--markdown",
+        "is also RESULTS",
+    )
+    one_line_error(
+        runner.invoke(app, ["compare", str(tmp_path / "a.json"), "--csv", str(tmp_path / "t.md")]), "--csv", ".csv"
+    )
+    one_line_error(
+        runner.invoke(
+            app,
+            ["compare", str(tmp_path / "a.json"), "--csv", str(tmp_path / "t.csv"), "--latex", str(tmp_path / "t.csv")],
+        ),
         "--latex",
         "is also --csv",
     )
@@ -156,7 +222,9 @@ def test_compare_never_writes_over_a_results_file_it_reads(tmp_path: Path) -> No
 def test_apply_out_onto_its_from_results_or_checkpoint_is_refused(tmp_path: Path) -> None:
     ck = tmp_path / "ck.safetensors"
     before = precious(ck)
-    res = runner.invoke(app, ["apply", "--model", "resnet10t", "--checkpoint", str(ck), "--lam", "0.2", "--out", str(ck)])
+    res = runner.invoke(
+        app, ["apply", "--model", "resnet10t", "--checkpoint", str(ck), "--lam", "0.2", "--out", str(ck)]
+    )
     one_line_error(res, "--out", "is also --checkpoint")
     assert ck.read_bytes() == before
 
@@ -164,14 +232,32 @@ def test_apply_out_onto_its_from_results_or_checkpoint_is_refused(tmp_path: Path
 def test_attention_out_onto_its_image_is_refused(tmp_path: Path) -> None:
     img = write_image(tmp_path / "a.png", (40, 32))
     before = img.read_bytes()
-    one_line_error(runner.invoke(app, ["attention", str(img), "--model", "resnet10t", "--random-init", "--out", str(img)]), "--out", "is also IMAGE")
+    one_line_error(
+        runner.invoke(app, ["attention", str(img), "--model", "resnet10t", "--random-init", "--out", str(img)]),
+        "--out",
+        "is also IMAGE",
+    )
     assert img.read_bytes() == before
 
 
 def test_classes_file_is_never_an_output(no_work, tmp_path: Path) -> None:
     names = tmp_path / "classes.json"
     before = precious(names)
-    res = runner.invoke(app, [*SWEEP, "--random-init", "--dataset", "voc2007", "--data-dir", str(tmp_path), "--classes-file", str(names), "--out", str(names)])
+    res = runner.invoke(
+        app,
+        [
+            *SWEEP,
+            "--random-init",
+            "--dataset",
+            "voc2007",
+            "--data-dir",
+            str(tmp_path),
+            "--classes-file",
+            str(names),
+            "--out",
+            str(names),
+        ],
+    )
     one_line_error(res, "--out", "is also --classes-file")
     assert names.read_bytes() == before
 
@@ -190,12 +276,29 @@ def test_an_image_of_the_dataset_is_never_an_output(tmp_path: Path, monkeypatch)
     (data / "labels.csv").write_text("path,a,b\n" + "".join(f"img{i}.png,{i % 2},{1 - i % 2}\n" for i in range(4)))
     before = (data / "img0.png").read_bytes()
     base = [*SWEEP, "--random-init", "--dataset", "csv", "--data-dir", str(data), "--labels", str(data / "labels.csv")]
-    one_line_error(runner.invoke(app, [*base, "--plot", str(data / "img0.png")]), "--plot", "is one of the files read from --data-dir")
+    one_line_error(
+        runner.invoke(app, [*base, "--plot", str(data / "img0.png")]),
+        "--plot",
+        "is one of the files read from --data-dir",
+    )
     assert (data / "img0.png").read_bytes() == before
 
 
 def test_threads_are_bounded_in_one_line(no_work, tmp_path: Path) -> None:
-    res = runner.invoke(app, [*SWEEP, "--random-init", "--dataset", "voc2007", "--data-dir", str(tmp_path), "--threads", "100000", "--no-cache"])
+    res = runner.invoke(
+        app,
+        [
+            *SWEEP,
+            "--random-init",
+            "--dataset",
+            "voc2007",
+            "--data-dir",
+            str(tmp_path),
+            "--threads",
+            "100000",
+            "--no-cache",
+        ],
+    )
     bound = max(64, 4 * (os.cpu_count() or 1))
     one_line_error(res, "--threads 100000", f"at most {bound}")
     with pytest.raises(CSRAError, match="threads 0: must be >= 1"):
@@ -205,7 +308,9 @@ def test_threads_are_bounded_in_one_line(no_work, tmp_path: Path) -> None:
 
 def test_bootstrap_is_bounded_and_the_limit_is_named(no_work, tmp_path: Path) -> None:
     args = [a for a in SWEEP if a != "--no-bootstrap"]
-    res = runner.invoke(app, [*args, "--random-init", "--dataset", "voc2007", "--data-dir", str(tmp_path), "--bootstrap", "10000000"])
+    res = runner.invoke(
+        app, [*args, "--random-init", "--dataset", "voc2007", "--data-dir", str(tmp_path), "--bootstrap", "10000000"]
+    )
     one_line_error(res, "--bootstrap 10000000", "at most 1000000")
     assert SweepOptions(bootstrap=1_000_000).bootstrap == 1_000_000
 

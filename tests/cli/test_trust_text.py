@@ -70,7 +70,22 @@ def sweep_json(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         writer.writerows(rows)
     out = root / "r.json"
     args = sweep_argv(img_size=None, dataset="csv", data_dir=data, labels=labels)
-    res = _invoke([*args, "--img-size", "64", "--lams", "0,0.5", "--temps", "inf", "--heads", "1", "--no-bootstrap", "--out", str(out)])
+    res = _invoke(
+        [
+            *args,
+            "--img-size",
+            "64",
+            "--lams",
+            "0,0.5",
+            "--temps",
+            "inf",
+            "--heads",
+            "1",
+            "--no-bootstrap",
+            "--out",
+            str(out),
+        ]
+    )
     assert res.exit_code == 0, res.output
     return out, res.output
 
@@ -99,7 +114,20 @@ def test_patched_config_names_and_file_names_as_written(sweep_json: tuple[Path, 
     """apply from the hostile results (the config carries the class names), then predict on an
     image whose file name is markup: the table shows both as written."""
     patched = tmp_path / "p.safetensors"
-    res = _invoke(["apply", "--model", "resnet10t", "--random-init", "--from-results", str(sweep_json[0]), "--pick", "best", "--out", str(patched)])
+    res = _invoke(
+        [
+            "apply",
+            "--model",
+            "resnet10t",
+            "--random-init",
+            "--from-results",
+            str(sweep_json[0]),
+            "--pick",
+            "best",
+            "--out",
+            str(patched),
+        ]
+    )
     assert res.exit_code == 0, res.output
     _visible(res.output)
     image = write_image(tmp_path / f"{STYLE}.jpg", (40, 32), seed=9)
@@ -127,7 +155,21 @@ def test_real_weights_on_a_real_photo_with_a_markup_file_name(tmp_path: Path) ->
 
     image = tmp_path / f"{STYLE}.jpg"
     Image.fromarray(skdata.astronaut()).save(image)
-    res = _invoke(["predict", "--model", "efficientnet_lite0", "--pretrained", str(image), "--top-k", "3", "--threshold", "0", "--device", "cpu"])
+    res = _invoke(
+        [
+            "predict",
+            "--model",
+            "efficientnet_lite0",
+            "--pretrained",
+            str(image),
+            "--top-k",
+            "3",
+            "--threshold",
+            "0",
+            "--device",
+            "cpu",
+        ]
+    )
     assert res.exit_code == 0, res.output
     text = _visible(res.output)
     assert f"{STYLE}.jpg" in text

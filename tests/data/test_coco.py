@@ -50,7 +50,9 @@ def test_other_layouts_through_ann_file_and_image_dir(tmp_path: Path) -> None:
     (tmp_path / "flat" / "images").mkdir(parents=True)  # the official prepare script's images/val2014/
     (tmp_path / "c17" / "val2017").rename(tmp_path / "flat" / "images" / "val2014")
     (tmp_path / "c17" / "annotations").rename(tmp_path / "flat" / "annotations")
-    (tmp_path / "flat" / "annotations" / "instances_val2017.json").rename(tmp_path / "flat" / "annotations" / "instances_val2014.json")
+    (tmp_path / "flat" / "annotations" / "instances_val2017.json").rename(
+        tmp_path / "flat" / "annotations" / "instances_val2014.json"
+    )
     assert load_dataset("coco2014", tmp_path / "flat").ids == images.ids
 
 
@@ -86,9 +88,19 @@ def _annotations(annotations: list[dict]):
         (_annotations([{"image_id": 5, "category_id": 1}]), {}, "points at image_id 5"),
         (None, {"difficult": "positive"}, "difficult does not apply to dataset=coco2014"),
     ],
-    ids=["no-split-file", "no-ann-file", "truncated-json", "no-categories", "no-category-id", "unknown-image-id", "difficult"],
+    ids=[
+        "no-split-file",
+        "no-ann-file",
+        "truncated-json",
+        "no-categories",
+        "no-category-id",
+        "unknown-image-id",
+        "difficult",
+    ],
 )
-def test_bad_annotation_files_are_one_line_errors(coco: Path, tmp_path: Path, rewrite, kwargs: dict, match: str) -> None:
+def test_bad_annotation_files_are_one_line_errors(
+    coco: Path, tmp_path: Path, rewrite, kwargs: dict, match: str
+) -> None:
     ann = coco / "annotations" / "instances_val2014.json"
     if rewrite is not None:
         ann.write_text(rewrite(json.loads(ann.read_text())))

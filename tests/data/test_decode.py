@@ -48,7 +48,9 @@ DESCS = {
 
 @pytest.mark.parametrize("which", sorted(DESCS))
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_uint8_pipeline_is_bit_equal_to_the_model_transform(photos: list[Path], which: str, channels_last: bool) -> None:
+def test_uint8_pipeline_is_bit_equal_to_the_model_transform(
+    photos: list[Path], which: str, channels_last: bool
+) -> None:
     desc = DESCS[which]
     full, stage = build_transform(desc), pil_stage(desc)
     assert stage is not None
@@ -117,6 +119,8 @@ def test_image_dataset_uses_the_loader_for_whole_images_only(photos: list[Path])
     images = LabelledImages("t", "test", photos[0].parent, ["a"], [photos[0]], torch.zeros(1, 1), ["c"])
     drafted = ImageDataset(images, full, 224, loader=image_loader("draft", desc))[0][1]
     assert torch.equal(drafted, full(image_loader("draft", desc)(photos[0])))
-    boxed = LabelledImages("t", "test", photos[0].parent, ["a"], [photos[0]], torch.zeros(1, 1), ["c"], boxes=[(0, 0, 320, 240)])
+    boxed = LabelledImages(
+        "t", "test", photos[0].parent, ["a"], [photos[0]], torch.zeros(1, 1), ["c"], boxes=[(0, 0, 320, 240)]
+    )
     crop = ImageDataset(boxed, full, 224, loader=image_loader("draft", desc))[0][1]
     assert torch.equal(crop, full(load_rgb(photos[0]).crop((0, 0, 320, 240))))  # box in full-size pixels

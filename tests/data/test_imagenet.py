@@ -56,10 +56,14 @@ def test_imagenet_bad_input(tmp_path: Path) -> None:
     write_image(flat / "val" / "ILSVRC2012_val_00000001.JPEG", (20, 20), fmt="JPEG")
     with pytest.raises(CSRAError, match="needs its labels: put LOC_val_solution.csv"):
         load_dataset("imagenet", flat)
-    write_loc_solution(flat / "LOC_val_solution.csv", [("ILSVRC2012_val_00000001", CAT), ("ILSVRC2012_val_00000002", "n12345678")])
+    write_loc_solution(
+        flat / "LOC_val_solution.csv", [("ILSVRC2012_val_00000001", CAT), ("ILSVRC2012_val_00000002", "n12345678")]
+    )
     with pytest.raises(CSRAError, match="LOC_val_solution.csv:3: unknown wnid 'n12345678'"):
         load_dataset("imagenet", flat)
-    write_loc_solution(flat / "LOC_val_solution.csv", [("ILSVRC2012_val_00000001", CAT), ("ILSVRC2012_val_00000002", TENCH)])
+    write_loc_solution(
+        flat / "LOC_val_solution.csv", [("ILSVRC2012_val_00000001", CAT), ("ILSVRC2012_val_00000002", TENCH)]
+    )
     with pytest.raises(CSRAError, match="ILSVRC2012_val_00000002.JPEG: image listed in .*LOC_val_solution.csv"):
         load_dataset("imagenet", flat)
     assert load_dataset("imagenet", flat, skip_missing=True).ids == ["ILSVRC2012_val_00000001"]
@@ -91,10 +95,14 @@ def test_single_label_data_gets_the_models_centre_crop() -> None:
     from timm.data import create_transform, resolve_model_data_config
 
     cfg = resolve_model_data_config(timm.create_model("resnet10t", pretrained=False))
-    ours = DataConfig(input_size=64, mean=cfg["mean"], std=cfg["std"], interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"])
+    ours = DataConfig(
+        input_size=64, mean=cfg["mean"], std=cfg["std"], interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"]
+    )
     image = Image.fromarray((torch.rand(50, 90, 3) * 255).byte().numpy())
     tf, desc = eval_transform(ours, None, single_label=True)
-    reference = create_transform(64, interpolation=cfg["interpolation"], mean=cfg["mean"], std=cfg["std"], crop_pct=cfg["crop_pct"])
+    reference = create_transform(
+        64, interpolation=cfg["interpolation"], mean=cfg["mean"], std=cfg["std"], crop_pct=cfg["crop_pct"]
+    )
     assert desc["kind"] == "center-crop" and desc["resize"] == int(64 / cfg["crop_pct"])
     assert torch.equal(tf(image), reference(image))
     square, desc = eval_transform(ours, None, single_label=False)

@@ -53,11 +53,16 @@ def test_real_topk_equals_timm_real_labels(tmp_path: Path) -> None:
 def test_folder_layout_and_subset_match_by_file_name(tmp_path: Path) -> None:
     path = tmp_path / "real.json"
     path.write_text(json.dumps(SETS))
-    ids = ["n01440764/ILSVRC2012_val_00000008.JPEG", "n02124075/ILSVRC2012_val_00000002.JPEG"]  # ImageFolder ids, not in order
+    ids = [
+        "n01440764/ILSVRC2012_val_00000008.JPEG",
+        "n02124075/ILSVRC2012_val_00000002.JPEG",
+    ]  # ImageFolder ids, not in order
     real = RealLabels.for_images(path, ids, 1000)
     assert real.sets == [[0], [285]]
     with pytest.raises(CSRAError, match="has 8 entries, the validation set here has 2 images"):
-        RealLabels.for_images(path, ids, 1000, whole_split=True)  # the whole split: one entry per image, as timm asserts
+        RealLabels.for_images(
+            path, ids, 1000, whole_split=True
+        )  # the whole split: one entry per image, as timm asserts
     with pytest.raises(CSRAError, match="ILSVRC2012_val_00000009 is evaluated"):
         RealLabels.for_images(path, ["ILSVRC2012_val_00000009"], 1000)
     with pytest.raises(CSRAError, match="not named ILSVRC2012_val_NNNNNNNN"):
@@ -83,7 +88,19 @@ def test_sweep_real_labels_against_timm_and_sklearn(imagenet_flat: Path) -> None
     real_json = imagenet_flat / "real.json"
     res = runner.invoke(
         app,
-        [*BASE, "--data-dir", str(imagenet_flat / "data"), "--real-labels", str(real_json), "--bootstrap", "50", "--out", str(out), "--save-scores", str(npz)],
+        [
+            *BASE,
+            "--data-dir",
+            str(imagenet_flat / "data"),
+            "--real-labels",
+            str(real_json),
+            "--bootstrap",
+            "50",
+            "--out",
+            str(out),
+            "--save-scores",
+            str(npz),
+        ],
     )
     assert res.exit_code == 0, res.output
     full = json.loads(out.read_text())
@@ -95,19 +112,29 @@ def test_sweep_real_labels_against_timm_and_sklearn(imagenet_flat: Path) -> None
     y = np.zeros((keep.sum(), 1000), dtype=int)
     for r, s in enumerate(s for s in SETS if s):
         y[r, s] = 1
-    for name, metrics in (("baseline", data["baseline"]), ("fixed", data["fixed"]["metrics"]), ("best", data["best"]["metrics"])):
+    for name, metrics in (
+        ("baseline", data["baseline"]),
+        ("fixed", data["fixed"]["metrics"]),
+        ("best", data["best"]["metrics"]),
+    ):
         scores = torch.from_numpy(saved[name])
         expected = _timm(scores, real_json, _names())
-        assert metrics["top1"] == pytest.approx(expected[1], abs=1e-9) and metrics["top5"] == pytest.approx(expected[5], abs=1e-9)
+        assert metrics["top1"] == pytest.approx(expected[1], abs=1e-9) and metrics["top5"] == pytest.approx(
+            expected[5], abs=1e-9
+        )
         s = saved[name][keep]
         aps = [average_precision_score(y[:, k], s[:, k]) for k in range(1000) if y[:, k].any()]
-        assert metrics["mAP"] == pytest.approx(100 * float(np.mean(aps)), abs=1e-6)  # classes no kept image holds: left out
+        assert metrics["mAP"] == pytest.approx(
+            100 * float(np.mean(aps)), abs=1e-6
+        )  # classes no kept image holds: left out
     # every row of the sweep (max, softmax T=1, heads H=2 at lam 0, 0.02 (ResNet's fixed), 0.5, 1), in its order
     setting = ("variant", "temperature", "heads", "lam")
     assert [tuple(r[k] for k in setting) for r in data["rows"]] == [tuple(r[k] for k in setting) for r in full["rows"]]
     assert len(data["rows"]) == 12 and all(set(r["metrics"]) == {"top1", "top5"} for r in data["rows"])
     topk = ("top1", "top5")
-    for r in data["rows"]:  # lam 0 is the baseline; the max row at the fixed lam is the fixed row (checked against timm above)
+    for r in data[
+        "rows"
+    ]:  # lam 0 is the baseline; the max row at the fixed lam is the fixed row (checked against timm above)
         if r["lam"] == 0:
             assert {k: r["metrics"][k] for k in topk} == {k: data["baseline"][k] for k in topk}
         if r["variant"] == "max" and r["lam"] == data["fixed"]["lam"]:
@@ -117,18 +144,30 @@ def test_sweep_real_labels_against_timm_and_sklearn(imagenet_flat: Path) -> None
 
 def test_real_labels_refusals_are_one_line(imagenet_flat: Path, voc_dir: Path) -> None:
     data = ["--data-dir", str(imagenet_flat / "data"), "--no-bootstrap", "--select-on", "none"]
-    res = runner.invoke(app, sweep_argv(lams="0,0.5,1", temps=1, heads=2, data_dir=voc_dir, real_labels=imagenet_flat / "real.json"))
+    res = runner.invoke(
+        app, sweep_argv(lams="0,0.5,1", temps=1, heads=2, data_dir=voc_dir, real_labels=imagenet_flat / "real.json")
+    )
     one_line_error(res, "--real-labels", "imagenet")
     bad = imagenet_flat / "bad.json"
     bad.write_text("[[1], [2")
-    one_line_error(runner.invoke(app, [*BASE, *data, "--real-labels", str(bad)]), "--real-labels", "not a readable JSON file")
+    one_line_error(
+        runner.invoke(app, [*BASE, *data, "--real-labels", str(bad)]), "--real-labels", "not a readable JSON file"
+    )
     bad.write_text(json.dumps(SETS[:5]))
-    one_line_error(runner.invoke(app, [*BASE, *data, "--real-labels", str(bad)]), "--real-labels", "has 5 entries, the validation set here has 8 images")
+    one_line_error(
+        runner.invoke(app, [*BASE, *data, "--real-labels", str(bad)]),
+        "--real-labels",
+        "has 5 entries, the validation set here has 8 images",
+    )
     bad.write_text(json.dumps([[1000]] * N))
     one_line_error(runner.invoke(app, [*BASE, *data, "--real-labels", str(bad)]), "--real-labels", "not a class index")
     bad.write_text(json.dumps({"a": 1}))
     one_line_error(runner.invoke(app, [*BASE, *data, "--real-labels", str(bad)]), "--real-labels", "JSON list")
-    one_line_error(runner.invoke(app, [*BASE, *data, "--real-labels", str(imagenet_flat / "missing.json")]), "--real-labels", "no such file")
+    one_line_error(
+        runner.invoke(app, [*BASE, *data, "--real-labels", str(imagenet_flat / "missing.json")]),
+        "--real-labels",
+        "no such file",
+    )
 
 
 @pytest.mark.slow
@@ -140,7 +179,10 @@ def test_real_labels_with_real_weights_on_skimage_photos(tmp_path: Path) -> None
 
     wnids = imagenet_wnids()
     photos = {"chelsea": (skdata.chelsea(), 285, [281, 282, 285]), "coffee": (skdata.coffee(), 967, [504, 967, 968])}
-    photos |= {"astronaut": (skdata.astronaut(), 834, []), "rocket": (skdata.rocket(), 812, [657, 744, 812])}  # astronaut: no agreed label
+    photos |= {
+        "astronaut": (skdata.astronaut(), 834, []),
+        "rocket": (skdata.rocket(), 812, [657, 744, 812]),
+    }  # astronaut: no agreed label
     rows, sets = [], []
     for k, (pixels, label, real) in enumerate(photos.values()):
         name = f"ILSVRC2012_val_{k + 1:08d}"
@@ -152,8 +194,30 @@ def test_real_labels_with_real_weights_on_skimage_photos(tmp_path: Path) -> None
     real_json = tmp_path / "real.json"
     real_json.write_text(json.dumps(sets))
     out, npz = tmp_path / "r.json", tmp_path / "s.npz"
-    args = sweep_argv(img_size=None, model="efficientnet_lite0", pretrained=True, dataset="imagenet", data_dir=tmp_path, lams="0,0.2,0.5")
-    res = runner.invoke(app, [*args, "--select-on", "none", "--bootstrap", "50", "--real-labels", str(real_json), "--out", str(out), "--save-scores", str(npz)])
+    args = sweep_argv(
+        img_size=None,
+        model="efficientnet_lite0",
+        pretrained=True,
+        dataset="imagenet",
+        data_dir=tmp_path,
+        lams="0,0.2,0.5",
+    )
+    res = runner.invoke(
+        app,
+        [
+            *args,
+            "--select-on",
+            "none",
+            "--bootstrap",
+            "50",
+            "--real-labels",
+            str(real_json),
+            "--out",
+            str(out),
+            "--save-scores",
+            str(npz),
+        ],
+    )
     assert res.exit_code == 0, res.output
     found = json.loads(out.read_text())["real_labels"]
     assert found["images"] == 3 and found["images_without_labels"] == 1

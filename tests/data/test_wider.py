@@ -27,7 +27,11 @@ def wider(tmp_path: Path) -> Path:
 def test_samples_labels_unknowns_and_boxes(wider: Path) -> None:
     images = load_dataset("wider", wider)
     assert images.classes == WIDER_ATTRIBUTES and images.unknown == "negative"
-    assert images.ids == ["0--Parade/0_Parade_marchingband_1_1.jpg#0", "0--Parade/0_Parade_marchingband_1_1.jpg#1", "1--Handshaking/1_Handshaking_2.jpg#0"]
+    assert images.ids == [
+        "0--Parade/0_Parade_marchingband_1_1.jpg#0",
+        "0--Parade/0_Parade_marchingband_1_1.jpg#1",
+        "1--Handshaking/1_Handshaking_2.jpg#0",
+    ]
     to_ours = {1: 1, -1: 0, 0: -1}
     assert images.labels.tolist() == [[to_ours[v] for v in A], [to_ours[v] for v in B], [to_ours[v] for v in B]]
     # by hand: (left, upper, right, lower) = (floor x, floor y, ceil(x + w), ceil(y + h)) clipped to the image
@@ -68,7 +72,9 @@ def test_bad_input(wider: Path, tmp_path: Path) -> None:
     data = json.loads(ann.read_text())
     data["images"][1]["targets"][0]["bbox"] = [25, 3, 5, 5]  # starts right of a 20-px-wide image
     ann.write_text(json.dumps(data))
-    with pytest.raises(CSRAError, match="images\\[1\\].targets\\[0\\] box \\[25, 3, 5, 5\\] lies outside its 20x24 image"):
+    with pytest.raises(
+        CSRAError, match="images\\[1\\].targets\\[0\\] box \\[25, 3, 5, 5\\] lies outside its 20x24 image"
+    ):
         load_dataset("wider", wider)
     del data["images"][1]["targets"][0]["attribute"]
     ann.write_text(json.dumps(data))

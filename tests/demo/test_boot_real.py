@@ -23,7 +23,13 @@ def test_bootstrap_selection_and_figures_on_the_demo(tmp_path: Path) -> None:
     from csra_posthoc.report.plots import plot_lam_curve
 
     cache = tmp_path / "cache"
-    data = run_demo(num_train=120, num_test=120, work_dir=tmp_path / "voc", options=ExtractOptions(cache_dir=cache), plot=tmp_path / "demo.png")
+    data = run_demo(
+        num_train=120,
+        num_test=120,
+        work_dir=tmp_path / "voc",
+        options=ExtractOptions(cache_dir=cache),
+        plot=tmp_path / "demo.png",
+    )
     # the demo's report carries the held-out row and the intervals (sweep's defaults: half, 1000 resamples, seed 0)
     assert data["held_out"]["select_on"] == "half" and (data["bootstrap"]["n"], data["bootstrap"]["seed"]) == (1000, 0)
     assert set(data["bootstrap"]) == {"n", "seed", "best", "fixed", "held_out"}
@@ -36,7 +42,9 @@ def test_bootstrap_selection_and_figures_on_the_demo(tmp_path: Path) -> None:
     result = sweep(stats, task=stats.info.task, fixed_lam=0.2)
 
     held = select_half(stats, single_label=False, seed=0)
-    boot = bootstrap_deltas(stats.avg, {"fixed": row_scores(stats, result.fixed), "held_out": held.parts}, stats.labels, n=200, seed=0)
+    boot = bootstrap_deltas(
+        stats.avg, {"fixed": row_scores(stats, result.fixed), "held_out": held.parts}, stats.labels, n=200, seed=0
+    )
     fixed_delta = data["fixed"]["metrics"]["mAP"] - data["baseline"]["mAP"]
     assert abs(boot["fixed"].delta - fixed_delta) < 1e-9  # the bootstrap's point figure is the sweep's
     assert abs(boot["held_out"].delta - held.delta) < 1e-9
@@ -50,7 +58,13 @@ def test_bootstrap_selection_and_figures_on_the_demo(tmp_path: Path) -> None:
     # the attention figure's scores are the cached statistics of that image (same model, head, transform)
     image_id = stats.ids[0]
     image = tmp_path / "voc" / "VOC2007" / "JPEGImages" / f"{image_id}.jpg"
-    maps = run_attention(image, tmp_path / "att.png", ModelSource("efficientnet_lite0", pretrained=True, head_file=probe), top_k=3, device="cpu")
+    maps = run_attention(
+        image,
+        tmp_path / "att.png",
+        ModelSource("efficientnet_lite0", pretrained=True, head_file=probe),
+        top_k=3,
+        device="cpu",
+    )
     idx = [stats.classes.index(n) for n in maps.names]
     assert np.allclose(maps.baseline, stats.avg[0, idx].numpy(), atol=1e-3)
     assert np.allclose(maps.patched, (stats.avg[0, idx] + 0.2 * stats.max[0, idx]).numpy(), atol=1e-3)

@@ -36,7 +36,19 @@ def test_demo_shows_a_csra_gain_on_real_data(tmp_path: Path) -> None:
     out = tmp_path / "demo.json"
     res = CliRunner().invoke(
         app,
-        ["demo", "--num-train", "300", "--num-test", "300", "--cache-dir", str(tmp_path / "c"), "--out", str(out), "--save-scores", str(tmp_path / "s.npz")],
+        [
+            "demo",
+            "--num-train",
+            "300",
+            "--num-test",
+            "300",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--out",
+            str(out),
+            "--save-scores",
+            str(tmp_path / "s.npz"),
+        ],
     )
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
@@ -48,7 +60,9 @@ def test_demo_shows_a_csra_gain_on_real_data(tmp_path: Path) -> None:
     # is the gain real? the demo's table has the held-out row and the intervals (sweep's defaults)
     assert "held-out λ (half)" in res.output and "95 % CI of Δ" in res.output and "best λ (optimistic)" in res.output
     assert data["held_out"]["select_on"] == "half" and data["bootstrap"]["n"] == 1000
-    assert data["bootstrap"]["fixed"]["delta"] == pytest.approx(data["fixed"]["metrics"]["mAP"] - data["baseline"]["mAP"], abs=1e-9)
+    assert data["bootstrap"]["fixed"]["delta"] == pytest.approx(
+        data["fixed"]["metrics"]["mAP"] - data["baseline"]["mAP"], abs=1e-9
+    )
     if data["demo"]["source"] == "fashion-mnist":
         # measured on this machine (seeds 0-2, 300/300 mosaics at 224 px, C=0.01): fixed-lam delta +1.39..+1.95 mAP
         assert data["fixed"]["metrics"]["mAP"] > base
@@ -66,14 +80,26 @@ def test_fallback_to_digits_is_one_highlighted_line_with_the_fix(tmp_path: Path,
     monkeypatch.delenv("FASHION_MNIST", raising=False)
     monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
     swept = []
-    monkeypatch.setattr(demo, "run_sweep", lambda *a, **k: swept.append(k["dataset_label"]) or {"demo": dict(k["outputs"].extra["demo"])})
-    res = CliRunner().invoke(app, ["demo", "--num-train", "20", "--num-test", "20", "--img-size", "64", "--cache-dir", str(tmp_path / "c")], terminal_width=80)
+    monkeypatch.setattr(
+        demo,
+        "run_sweep",
+        lambda *a, **k: swept.append(k["dataset_label"]) or {"demo": dict(k["outputs"].extra["demo"])},
+    )
+    res = CliRunner().invoke(
+        app,
+        ["demo", "--num-train", "20", "--num-test", "20", "--img-size", "64", "--cache-dir", str(tmp_path / "c")],
+        terminal_width=80,
+    )
     assert res.exit_code == 0, res.output
     assert swept == ["sklearn-digits-mosaics"]
     fell_back = [ln for ln in res.output.splitlines() if "digits" in ln and "fell back" in ln]
     assert len(fell_back) == 1, res.output  # one line, even on a narrow terminal
     line = fell_back[0]
-    assert str(tmp_path / "no-debian-package") in line and "sudo apt-get install dataset-fashion-mnist" in line and "--data-dir" in line
+    assert (
+        str(tmp_path / "no-debian-package") in line
+        and "sudo apt-get install dataset-fashion-mnist" in line
+        and "--data-dir" in line
+    )
     assert not list((tmp_path / "c").glob("download*"))  # nothing half-downloaded is left behind
 
 

@@ -52,7 +52,13 @@ def test_weighted_ap_equals_ap_of_the_resampled_matrix() -> None:
 
 def test_unit_weights_give_the_full_data_metrics() -> None:
     scores, labels = _data(seed=1)
-    assert abs(float(WeightedAP(scores, labels).mean(torch.ones(1, len(scores)))[0]) - mean_average_precision(scores, labels)[0]) < 1e-9
+    assert (
+        abs(
+            float(WeightedAP(scores, labels).mean(torch.ones(1, len(scores)))[0])
+            - mean_average_precision(scores, labels)[0]
+        )
+        < 1e-9
+    )
     single = torch.nn.functional.one_hot(torch.arange(len(scores)) % 6, 6)
     top1 = float((scores.argmax(1) == single.argmax(1)).double().mean() * 100)
     assert abs(float(WeightedTop1(scores, single).mean(torch.ones(1, len(scores)))[0]) - top1) < 1e-9
@@ -72,7 +78,11 @@ def test_intervals_separate_a_real_gain_from_noise() -> None:
     better = base + 1.5 * labels  # positives pushed up: a real gain
     noise = base + 0.01 * torch.randn(600, 5, generator=g)
     found = bootstrap_deltas(base, {"better": better, "noise": noise, "same": base}, labels, n=200, seed=0)
-    assert found["better"].significant and found["better"].low > 0 and found["better"].low <= found["better"].delta <= found["better"].high
+    assert (
+        found["better"].significant
+        and found["better"].low > 0
+        and found["better"].low <= found["better"].delta <= found["better"].high
+    )
     assert not found["noise"].significant
     assert found["same"].delta == found["same"].low == found["same"].high == 0.0
     again = bootstrap_deltas(base, {"better": better}, labels, n=200, seed=0)
@@ -98,7 +108,9 @@ def test_parts_average_the_delta_of_each_masked_half() -> None:
     variant = scores + 0.5 * torch.randn(scores.shape, generator=torch.Generator().manual_seed(9))
     mask = torch.arange(200) < 100
     got = bootstrap_deltas(scores, {"h": [(mask, variant), (~mask, scores)]}, labels, n=20, seed=0)["h"]
-    exact = (mean_average_precision(variant[mask], labels[mask])[0] - mean_average_precision(scores[mask], labels[mask])[0]) / 2
+    exact = (
+        mean_average_precision(variant[mask], labels[mask])[0] - mean_average_precision(scores[mask], labels[mask])[0]
+    ) / 2
     assert abs(got.delta - exact) < 1e-9
 
 

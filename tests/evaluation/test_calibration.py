@@ -113,7 +113,9 @@ def test_held_out_f1_matches_a_numpy_recomputation_of_the_halves() -> None:
         h = numpy_cf1_of1(s[b], y[b], np.zeros(s.shape[1]), "exclude")  # sigmoid(score) >= 0.5 <=> score >= 0
         cf1.append(f[0]), of1.append(f[1]), cf1_h.append(h[0]), of1_h.append(h[1])
     assert got.cf1 == pytest.approx(np.mean(cf1), abs=1e-9) and got.of1 == pytest.approx(np.mean(of1), abs=1e-9)
-    assert got.cf1_at_half == pytest.approx(np.mean(cf1_h), abs=1e-9) and got.of1_at_half == pytest.approx(np.mean(of1_h), abs=1e-9)
+    assert got.cf1_at_half == pytest.approx(np.mean(cf1_h), abs=1e-9) and got.of1_at_half == pytest.approx(
+        np.mean(of1_h), abs=1e-9
+    )
 
 
 def test_sweep_json_has_each_rows_thresholds_and_the_table_reports_them() -> None:
@@ -123,18 +125,28 @@ def test_sweep_json_has_each_rows_thresholds_and_the_table_reports_them() -> Non
     data = json.loads(json.dumps(results_dict(result, stats), allow_nan=False))
     th = data["thresholds"]
     assert set(th) == {"baseline", "best", "fixed", "best_variant"}
-    for key, row in (("baseline", result.baseline), ("best", result.best), ("fixed", result.fixed), ("best_variant", result.best_variant)):
+    for key, row in (
+        ("baseline", result.baseline),
+        ("best", result.best),
+        ("fixed", result.fixed),
+        ("best_variant", result.best_variant),
+    ):
         entry = th[key]
         assert entry["scale"] == "score" and len(entry["values"]) == len(data["classes"])
         scores = stats.avg if key == "baseline" else row_scores(stats, row)
-        np.testing.assert_allclose(entry["values"], brute_thresholds(scores.double().numpy(), stats.labels.numpy(), "exclude"), atol=1e-6)
+        np.testing.assert_allclose(
+            entry["values"], brute_thresholds(scores.double().numpy(), stats.labels.numpy(), "exclude"), atol=1e-6
+        )
         for k in ("cf1", "of1", "cf1_at_0.5", "of1_at_0.5"):
             assert 0.0 <= entry[k] <= 100.0
     console = Console(record=True, width=200)
     print_table(console, result, stats)
     text = console.export_text()
     b = th["best"]
-    assert "thresholds (per-class F1, chosen on one seeded half" in text and f"CF1 {b['cf1_at_0.5']:.2f} -> {b['cf1']:.2f}" in text
+    assert (
+        "thresholds (per-class F1, chosen on one seeded half" in text
+        and f"CF1 {b['cf1_at_0.5']:.2f} -> {b['cf1']:.2f}" in text
+    )
 
 
 def test_single_label_sweeps_have_no_thresholds() -> None:
@@ -179,7 +191,9 @@ def test_apply_copies_the_picked_rows_thresholds_into_the_config(tmp_path: Path,
     assert res.exit_code == 0, res.output
     saved = json.loads(results.read_text())
     out = tmp_path / "p.safetensors"
-    res = runner.invoke(app, ["apply", *common[:3], "--from-results", str(results), "--pick", "fixed", "--out", str(out)])
+    res = runner.invoke(
+        app, ["apply", *common[:3], "--from-results", str(results), "--pick", "fixed", "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     config = exported_config(out)
     assert config.thresholds == pytest.approx(saved["thresholds"]["fixed"]["values"])
@@ -210,14 +224,30 @@ def test_demo_stores_brute_force_thresholds_for_its_rows(tmp_path: Path) -> None
     out, npz = tmp_path / "demo.json", tmp_path / "s.npz"
     res = runner.invoke(
         app,
-        ["demo", "--num-train", "120", "--num-test", "80", "--cache-dir", str(tmp_path / "c"), "--out", str(out), "--save-scores", str(npz)],
+        [
+            "demo",
+            "--num-train",
+            "120",
+            "--num-test",
+            "80",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--out",
+            str(out),
+            "--save-scores",
+            str(npz),
+        ],
     )
     assert res.exit_code == 0, res.output
     data, arrays = json.loads(out.read_text()), np.load(npz)
-    assert data["weights"] == "pretrained:packaged" and "thresholds (per-class F1, chosen on one seeded half" in res.output
+    assert (
+        data["weights"] == "pretrained:packaged" and "thresholds (per-class F1, chosen on one seeded half" in res.output
+    )
     for key in ("baseline", "best", "fixed"):
         entry = data["thresholds"][key]
         want = brute_thresholds(arrays[key].astype(np.float64), arrays["labels"].astype(np.int64), "exclude")
         np.testing.assert_allclose(entry["values"], want, rtol=1e-6, atol=1e-6)
         assert entry["cf1"] is not None and entry["of1_at_0.5"] is not None
-    assert data["held_out"]["score"] - data["held_out"]["baseline"] == pytest.approx(data["held_out"]["delta"], abs=1e-9)
+    assert data["held_out"]["score"] - data["held_out"]["baseline"] == pytest.approx(
+        data["held_out"]["delta"], abs=1e-9
+    )

@@ -71,7 +71,9 @@ def test_sweep_reports_the_pointing_game_for_voc(tmp_path: Path) -> None:
     assert game["chance_rate"] == pytest.approx(cats / (cats + dogs))  # chance 1 for cats, 0 for dogs
     assert game["per_class"]["cat"]["hit_rate"] == 1.0 and game["per_class"]["dog"]["hit_rate"] == 0.0
     assert section["grid"] == [2, 2]  # resnet10t at 64 px: stride 32
-    assert "pointing game: 50.0 % of 12 positive (image, class) pairs hit a box (chance 50.0 %)" in " ".join(res.output.split())
+    assert "pointing game: 50.0 % of 12 positive (image, class) pairs hit a box (chance 50.0 %)" in " ".join(
+        res.output.split()
+    )
     # reused from the cache: the same section
     again = tmp_path / "r2.json"
     res = CliRunner().invoke(app, [*SWEEP, "--dataset", "voc2007", "--data-dir", str(data), "--out", str(again)])
@@ -85,7 +87,17 @@ def test_csv_sweep_has_no_localisation(tmp_path: Path) -> None:
         Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
     (tmp_path / "labels.csv").write_text("path,a,b\n" + "".join(f"{i}.png,{i % 2},{1 - i % 2}\n" for i in range(4)))
     out = tmp_path / "r.json"
-    args = [*SWEEP, "--dataset", "csv", "--data-dir", str(tmp_path), "--labels", str(tmp_path / "labels.csv"), "--out", str(out)]
+    args = [
+        *SWEEP,
+        "--dataset",
+        "csv",
+        "--data-dir",
+        str(tmp_path),
+        "--labels",
+        str(tmp_path / "labels.csv"),
+        "--out",
+        str(out),
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "localisation" not in json.loads(out.read_text())
@@ -103,7 +115,9 @@ def test_cache_of_the_previous_version_is_refused(voc_dir: Path) -> None:
     with safe_open(str(path), framework="pt") as fh:
         metadata = dict(fh.metadata())
         tensors = {k: fh.get_tensor(k) for k in fh.keys() if k != "argmax"}
-    save_file(tensors, str(path), metadata={**metadata, cache_mod.VERSION_FIELD: "2"})  # what the release before the arg-max wrote
+    save_file(
+        tensors, str(path), metadata={**metadata, cache_mod.VERSION_FIELD: "2"}
+    )  # what the release before the arg-max wrote
     with pytest.raises(CSRAError, match="version 2.*recompute"):
         extract(adapter, images, img_size=64)
     fresh = extract(adapter, images, img_size=64, recompute=True)
@@ -127,7 +141,11 @@ def test_cached_argmax_is_the_argmax_of_the_patched_models_location_scores(tmp_p
         canvas[10 + 8 * i : 66 + 8 * i, 20 * i : 20 * i + 56] = np.asarray(Image.fromarray(item).resize((56, 56)))
         Image.fromarray(canvas).convert("RGB").save(tmp_path / f"{i}.png")
     header = "path," + ",".join(f"c{k}" for k in range(1000))
-    (tmp_path / "labels.csv").write_text(header + "\n" + "".join(f"{i}.png," + ",".join("1" if k == i else "0" for k in range(1000)) + "\n" for i in range(4)))
+    (tmp_path / "labels.csv").write_text(
+        header
+        + "\n"
+        + "".join(f"{i}.png," + ",".join("1" if k == i else "0" for k in range(1000)) + "\n" for i in range(4))
+    )
     adapter = load_model("efficientnet_lite0", pretrained=True)
     images = load_dataset("csv", tmp_path, labels=tmp_path / "labels.csv")
     stats = extract(adapter, images, img_size=128, batch_size=3)
@@ -167,7 +185,10 @@ def test_demo_json_has_localisation(tmp_path: Path) -> None:
 def test_coco_loader_exposes_boxes_and_sizes_without_decoding(tmp_path: Path) -> None:
     from csra_posthoc.data.fixtures import write_coco
 
-    images = [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 32}, {"id": 2, "file_name": "b.jpg", "width": 50, "height": 40}]
+    images = [
+        {"id": 1, "file_name": "a.jpg", "width": 64, "height": 32},
+        {"id": 2, "file_name": "b.jpg", "width": 50, "height": 40},
+    ]
     annotations = [
         {"id": 10, "image_id": 1, "category_id": 7, "bbox": [4, 2, 10, 20]},
         {"id": 11, "image_id": 2, "category_id": 3, "bbox": [0, 0, 50, 40]},
@@ -177,4 +198,7 @@ def test_coco_loader_exposes_boxes_and_sizes_without_decoding(tmp_path: Path) ->
     loaded = load_dataset("coco2014", tmp_path / "coco")
     assert loaded.classes == ["car", "dog"] and loaded.ids == ["1", "2"]
     assert loaded.image_sizes == [(64, 32), (50, 40)]  # images[].width / height, as written
-    assert loaded.object_boxes == [{1: [(4.0, 2.0, 14.0, 22.0)]}, {0: [(0.0, 0.0, 50.0, 40.0)], 1: [(1.0, 2.0, 4.0, 6.0)]}]
+    assert loaded.object_boxes == [
+        {1: [(4.0, 2.0, 14.0, 22.0)]},
+        {0: [(0.0, 0.0, 50.0, 40.0)], 1: [(1.0, 2.0, 4.0, 6.0)]},
+    ]

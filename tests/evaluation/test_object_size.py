@@ -15,7 +15,14 @@ from typer.testing import CliRunner
 
 from csra_posthoc.cli.app import app
 from csra_posthoc.evaluation.bootstrap import bootstrap_deltas
-from csra_posthoc.evaluation.object_size import INSTANCE_BINS, LABEL_GROUPS, SIZE_BINS, SplitAP, assign_splits, split_deltas
+from csra_posthoc.evaluation.object_size import (
+    INSTANCE_BINS,
+    LABEL_GROUPS,
+    SIZE_BINS,
+    SplitAP,
+    assign_splits,
+    split_deltas,
+)
 from csra_posthoc.metrics import average_precision
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -55,7 +62,9 @@ def test_no_box_for_any_positive_is_refused() -> None:
         assign_splits(torch.ones(2, 2, dtype=torch.int8), [{}, {}], [(10, 10)] * 2)
 
 
-def _random_problem(seed: int, n: int = 50, c: int = 4) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+def _random_problem(
+    seed: int, n: int = 50, c: int = 4
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
     g = torch.Generator().manual_seed(seed)
     labels = (torch.rand(n, c, generator=g) < 0.35).to(torch.int8)
     labels[torch.rand(n, c, generator=g) < 0.05] = -1
@@ -130,7 +139,11 @@ def test_intervals_come_from_the_sweeps_resamples() -> None:
     scores = torch.randn(n, c, generator=g)
     variant = scores + 0.5 * labels.float() * torch.rand(n, c, generator=g)
     size = np.where(labels.numpy() == 1, 0, -1)
-    splits = assign_splits(labels, [{int(k): [(0.0, 0.0, 5.0, 5.0)] for k in np.flatnonzero(row == 1)} for row in labels.numpy()], [(10, 10)] * n)
+    splits = assign_splits(
+        labels,
+        [{int(k): [(0.0, 0.0, 5.0, 5.0)] for k in np.flatnonzero(row == 1)} for row in labels.numpy()],
+        [(10, 10)] * n,
+    )
     assert (splits.size_bin[labels.numpy() == 1] >= 0).all() and size.shape == splits.size_bin.shape
     found = split_deltas(scores, {"best": variant}, labels, list("abcd"), splits, n=200, seed=7)
     sweep = bootstrap_deltas(scores, {"best": variant}, labels, n=200, seed=7)["best"]
@@ -160,13 +173,41 @@ def _boxed_voc(root: Path, n: int = 8) -> Path:
     return root
 
 
-SWEEP = ["sweep", "--model", "resnet10t", "--random-init", "--img-size", "64", "--lams", "0,0.2", "--temps", "2", "--heads", "2", "--bootstrap", "50"]
+SWEEP = [
+    "sweep",
+    "--model",
+    "resnet10t",
+    "--random-init",
+    "--img-size",
+    "64",
+    "--lams",
+    "0,0.2",
+    "--temps",
+    "2",
+    "--heads",
+    "2",
+    "--bootstrap",
+    "50",
+]
 
 
 def test_sweep_writes_the_splits_for_a_dataset_with_boxes(tmp_path: Path) -> None:
     data = _boxed_voc(tmp_path / "data")
     out = tmp_path / "r.json"
-    res = CliRunner().invoke(app, [*SWEEP, "--dataset", "voc2007", "--data-dir", str(data), "--out", str(out), "--cache-dir", str(tmp_path / "c")])
+    res = CliRunner().invoke(
+        app,
+        [
+            *SWEEP,
+            "--dataset",
+            "voc2007",
+            "--data-dir",
+            str(data),
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     found = json.loads(out.read_text())
     size, clutter = found["by_object_size"], found["by_label_count"]
@@ -216,7 +257,14 @@ def test_demo_mosaics_split_by_their_items_sizes(tmp_path: Path) -> None:
     from csra_posthoc.demo.mosaics import ITEM_SCALE
     from csra_posthoc.options import ExtractOptions
 
-    data = run_demo(data_dir=FASHION, work_dir=tmp_path / "work", num_train=40, num_test=60, img_size=96, options=ExtractOptions(cache_dir=tmp_path / "cache"))
+    data = run_demo(
+        data_dir=FASHION,
+        work_dir=tmp_path / "work",
+        num_train=40,
+        num_test=60,
+        img_size=96,
+        options=ExtractOptions(cache_dir=tmp_path / "cache"),
+    )
     size, clutter = data["by_object_size"], data["by_label_count"]
     # the mosaics paste items of side 0.2 .. 0.45 of the canvas: relative areas 0.04 .. 0.2025
     low, high = ITEM_SCALE[0] ** 2, ITEM_SCALE[1] ** 2
@@ -224,7 +272,11 @@ def test_demo_mosaics_split_by_their_items_sizes(tmp_path: Path) -> None:
     labels = np.array([[1 if v == 1 else 0 for v in row] for row in _demo_labels(data)])
     assert sum(size["positives"].values()) == labels.sum() and size["positives_without_box"] == 0
     counts = labels.sum(axis=1)
-    assert clutter["images"] == {"1": int((counts == 1).sum()), "2": int((counts == 2).sum()), "3+": int((counts >= 3).sum())}
+    assert clutter["images"] == {
+        "1": int((counts == 1).sum()),
+        "2": int((counts == 2).sum()),
+        "3+": int((counts >= 3).sum()),
+    }
     for row in ("best", "fixed", "held_out"):
         for name in SIZE_BINS:
             entry = size[row][name]

@@ -77,18 +77,24 @@ def test_intervals_equal_a_brute_force_resampling_loop() -> None:
     base, row, labels = _data(n=40, seed=2)
     n, c = base.shape
     resamples, seed = 60, 7
-    means, found = bootstrap_with_classes(base, {"best": row}, labels, [f"c{k}" for k in range(c)], n=resamples, seed=seed)
+    means, found = bootstrap_with_classes(
+        base, {"best": row}, labels, [f"c{k}" for k in range(c)], n=resamples, seed=seed
+    )
     # the same draws, made independently: one chunk of n resamples of N indices from the seeded generator
     draws = torch.randint(n, (resamples, n), generator=torch.Generator().manual_seed(seed)).numpy()
     per_resample = np.array([[_class_delta(base, row, labels, idx, k) for k in range(c)] for idx in draws])
     for k in range(c):
         values = per_resample[:, k][~np.isnan(per_resample[:, k])]  # a resample without a positive of k: left out
         low, high = np.percentile(values, [2.5, 97.5])
-        assert found["best"].low[k] == pytest.approx(low, abs=1e-9) and found["best"].high[k] == pytest.approx(high, abs=1e-9)
+        assert found["best"].low[k] == pytest.approx(low, abs=1e-9) and found["best"].high[k] == pytest.approx(
+            high, abs=1e-9
+        )
     assert np.isnan(per_resample[:, -1]).any()  # the rare class was missing from some resamples
     # one resampling serves the sweep's mAP interval too: identical to bootstrap_deltas'
     reference = bootstrap_deltas(base, {"best": row}, labels, n=resamples, seed=seed)["best"]
-    assert (means["best"].delta, means["best"].low, means["best"].high) == pytest.approx((reference.delta, reference.low, reference.high), abs=1e-12)
+    assert (means["best"].delta, means["best"].low, means["best"].high) == pytest.approx(
+        (reference.delta, reference.low, reference.high), abs=1e-12
+    )
 
 
 def test_single_label_per_class_top1_is_recall_with_brute_force_intervals() -> None:
@@ -105,7 +111,9 @@ def test_single_label_per_class_top1_is_recall_with_brute_force_intervals() -> N
         return float((scores.argmax(1).numpy()[mine] == k).mean() * 100.0) if mine.size else math.nan
 
     every = np.arange(n)
-    np.testing.assert_allclose(found["fixed"].delta, [recall(row, every, k) - recall(base, every, k) for k in range(c)], atol=1e-9)
+    np.testing.assert_allclose(
+        found["fixed"].delta, [recall(row, every, k) - recall(base, every, k) for k in range(c)], atol=1e-9
+    )
     draws = torch.randint(n, (50, n), generator=torch.Generator().manual_seed(1)).numpy()
     for k in range(c):
         values = np.array([recall(row, idx, k) - recall(base, idx, k) for idx in draws])
@@ -137,7 +145,11 @@ def test_significance_marking_in_table_and_json() -> None:
     text = console.export_text()
     lines = text.splitlines()
     body = [ln for ln in lines if ln.startswith("│")]
-    assert [ln.split("│")[1].strip() for ln in body] == ["up [bold]", "flat", "down"]  # sorted by Δ, markup printed as text, no-Δ class left out
+    assert [ln.split("│")[1].strip() for ln in body] == [
+        "up [bold]",
+        "flat",
+        "down",
+    ]  # sorted by Δ, markup printed as text, no-Δ class left out
     assert "+2.00*" in body[0] and "+0.50 " in body[1] and "-1.50*" in body[2] and "*" not in body[1]
     assert "best λ: 1 up, 1 down" in text and "1 classes without a positive have no Δ" in text
 
@@ -155,7 +167,21 @@ BASE = sweep_argv(lams="0,0.5,1", temps=1, heads=2)
 
 def test_sweep_per_class_json_table_and_figure(voc_dir: Path, tmp_path: Path) -> None:
     out, png = tmp_path / "r.json", tmp_path / "classes.png"
-    res = runner.invoke(app, [*BASE, "--data-dir", str(voc_dir), "--bootstrap", "100", "--out", str(out), "--per-class", "--plot-classes", str(png)])
+    res = runner.invoke(
+        app,
+        [
+            *BASE,
+            "--data-dir",
+            str(voc_dir),
+            "--bootstrap",
+            "100",
+            "--out",
+            str(out),
+            "--per-class",
+            "--plot-classes",
+            str(png),
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     per = data["per_class_delta"]
@@ -185,7 +211,20 @@ def test_demo_per_class_table_on_real_data(tmp_path: Path) -> None:
     out, png = tmp_path / "demo.json", tmp_path / "classes.png"
     res = runner.invoke(
         app,
-        ["demo", "--num-train", "300", "--num-test", "300", "--cache-dir", str(tmp_path / "c"), "--out", str(out), "--per-class", "--plot-classes", str(png)],
+        [
+            "demo",
+            "--num-train",
+            "300",
+            "--num-test",
+            "300",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--out",
+            str(out),
+            "--per-class",
+            "--plot-classes",
+            str(png),
+        ],
     )
     assert res.exit_code == 0, res.output
     print(res.output)

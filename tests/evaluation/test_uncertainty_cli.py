@@ -37,7 +37,11 @@ def test_held_out_row_intervals_json_and_plot(voc_dir: Path, tmp_path: Path) -> 
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     held, boot = data["held_out"], data["bootstrap"]
-    assert {"select_on", "lam", "variant", "score", "delta"} <= set(held) and held["select_on"] == "half" and held["seed"] == 3
+    assert (
+        {"select_on", "lam", "variant", "score", "delta"} <= set(held)
+        and held["select_on"] == "half"
+        and held["seed"] == 3
+    )
     assert {"n", "seed", "fixed", "best", "held_out"} <= set(boot) and (boot["n"], boot["seed"]) == (200, 3)
     base = data["baseline"]["mAP"]
     # the bootstrap's point figures are the table's deltas; each interval holds its delta's resamples
@@ -51,7 +55,10 @@ def test_held_out_row_intervals_json_and_plot(voc_dir: Path, tmp_path: Path) -> 
     not_significant = sum(boot[n]["low"] <= 0 <= boot[n]["high"] for n in ("best", "fixed", "held_out"))
     assert res.output.count("n.s.") == not_significant + 1  # + the footnote that explains it
     held_line = next(ln for ln in res.output.splitlines() if "held-out λ (half)" in ln)
-    assert f"{held['score']:.2f}" in held_line and f"[{boot['held_out']['low']:+.2f}, {boot['held_out']['high']:+.2f}]" in held_line
+    assert (
+        f"{held['score']:.2f}" in held_line
+        and f"[{boot['held_out']['low']:+.2f}, {boot['held_out']['high']:+.2f}]" in held_line
+    )
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size[0] > 400
 
@@ -80,7 +87,9 @@ def test_select_on_another_split_reuses_both_caches(voc_two_splits: Path, tmp_pa
     first = sweep(voc_two_splits, "--select-on", "trainval", "--bootstrap", "100", "--out", str(out))
     assert first.exit_code == 0, first.output
     held = json.loads(out.read_text())["held_out"]
-    assert held["select_on"] == "trainval" and held["lam"] is not None and held["variant"] in ("max", "softmax", "heads")
+    assert (
+        held["select_on"] == "trainval" and held["lam"] is not None and held["variant"] in ("max", "softmax", "heads")
+    )
     assert "held-out λ (trainval)" in first.output
     warm = sweep(voc_two_splits, "--select-on", "trainval", "--bootstrap", "100", "--out", str(out))
     assert warm.exit_code == 0 and warm.output.count("no model built") == 2, warm.output
@@ -103,7 +112,9 @@ def test_bad_input_is_one_line(voc_dir: Path, tmp_path: Path, args: list[str], f
     res = sweep(voc_dir, *[a.format(tmp=tmp_path) for a in args])
     assert res.exit_code == 2, res.output
     one_line_error(res, *fragments)
-    assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1, res.output  # refused before any model or data work
+    assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1, (
+        res.output
+    )  # refused before any model or data work
 
 
 def test_options_check_in_library_terms() -> None:

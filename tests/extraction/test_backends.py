@@ -31,7 +31,9 @@ def photos(lite0) -> torch.Tensor:
     from PIL import Image
 
     transform = build_transform(transform_description(lite0.data_config, 224, single_label=False))
-    return torch.stack([transform(Image.fromarray(f()).convert("RGB")) for f in (skdata.chelsea, skdata.coffee, skdata.rocket)])
+    return torch.stack(
+        [transform(Image.fromarray(f()).convert("RGB")) for f in (skdata.chelsea, skdata.coffee, skdata.rocket)]
+    )
 
 
 def rel_diff(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> float:

@@ -116,7 +116,10 @@ def test_single_process_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
         assert torch.equal(D.gather_tensors({"x": x, "maps": None}, part, ctx)["x"], x)
         assert D.gather_objects(list("abcde"), part, ctx) == list("abcde")
         assert D.check_config_agreement({"a": 1}, ctx) == D.config_hash({"a": 1})
-        with pytest.raises(ValueError, match="the original"), D.stage("extract", ctx):  # a single process keeps its own exception
+        with (
+            pytest.raises(ValueError, match="the original"),
+            D.stage("extract", ctx),
+        ):  # a single process keeps its own exception
             raise ValueError("the original")
 
 
@@ -168,7 +171,9 @@ def test_two_ranks_gather_equals_single_process(tmp_path: Path) -> None:
         assert set(rank0[n]["indices"]).isdisjoint(rank1[n]["indices"])
     assert rank0[7]["indices"] == [0, 1, 2, 3] and rank1[7]["indices"] == [4, 5, 6]
     for key in ("weight", "bias"):  # rank 0's head reached rank 1 bit for bit
-        assert rank0["head"][key].dtype == rank1["head"][key].dtype and torch.equal(rank0["head"][key], rank1["head"][key])
+        assert rank0["head"][key].dtype == rank1["head"][key].dtype and torch.equal(
+            rank0["head"][key], rank1["head"][key]
+        )
     assert rank0["max"] == rank1["max"] == [1.0, 0.0]
     assert rank0["objects"] == [{"rank": 0}, {"rank": 1}] and rank1["objects"] is None
     assert rank0["hash"] == rank1["hash"]
@@ -205,7 +210,9 @@ def test_the_same_failure_on_every_rank_is_said_once(tmp_path: Path) -> None:
     codes, _ = dist_scenarios.launch("all_fail", tmp_path)
     assert codes == [2, 2]
     errors = _errors(tmp_path)
-    assert {errors[r][3] for r in (0, 1)} == {"all 2 ranks failed at 'load': data_dir /nope: not found; pass the dataset root"}
+    assert {errors[r][3] for r in (0, 1)} == {
+        "all 2 ranks failed at 'load': data_dir /nope: not found; pass the dataset root"
+    }
 
 
 def test_a_bug_on_one_rank_keeps_its_traceback_there_and_is_one_line_elsewhere(tmp_path: Path, capfd) -> None:
@@ -221,7 +228,9 @@ def test_world_size_larger_than_images_refused_on_every_rank(tmp_path: Path) -> 
     codes, _ = dist_scenarios.launch("too_many", tmp_path, [1])
     assert codes == [2, 2]
     errors = _errors(tmp_path)
-    assert {errors[r][3] for r in (0, 1)} == {"world size 2 is larger than the 1 images; launch at most 1 process (torchrun --nproc-per-node)"}
+    assert {errors[r][3] for r in (0, 1)} == {
+        "world size 2 is larger than the 1 images; launch at most 1 process (torchrun --nproc-per-node)"
+    }
 
 
 def test_a_hung_rank_ends_the_others_at_the_timeout(tmp_path: Path) -> None:
@@ -245,7 +254,11 @@ def test_a_rank_that_dies_ends_the_others_with_one_line(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_torchrun_launch_gathers_like_a_single_process(tmp_path: Path) -> None:
     """The real launcher: torchrun starts the ranks and sets their environment."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), D.TIMEOUT_ENV: "60"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        D.TIMEOUT_ENV: "60",
+    }
     start = time.perf_counter()
     run = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -259,5 +272,12 @@ def test_torchrun_launch_gathers_like_a_single_process(tmp_path: Path) -> None:
 
 def test_python_dash_m_runs_the_cli() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    run = subprocess.run([sys.executable, "-m", "csra_posthoc", "--version"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "csra_posthoc", "--version"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert run.returncode == 0 and run.stdout.startswith("csra-posthoc ")

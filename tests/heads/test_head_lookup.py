@@ -17,7 +17,9 @@ from csra_posthoc.report.results_file import ResultsFile
 
 def tiny_head(seed: int, classes: int = 3, dim: int = 5) -> LocationHead:
     g = torch.Generator().manual_seed(seed)
-    return LocationHead(torch.randn(classes, dim, generator=g), torch.randn(classes, generator=g), torch.ones(dim), torch.zeros(dim))
+    return LocationHead(
+        torch.randn(classes, dim, generator=g), torch.randn(classes, generator=g), torch.ones(dim), torch.zeros(dim)
+    )
 
 
 def fingerprint(head: LocationHead) -> str:
@@ -40,7 +42,14 @@ def write(head: LocationHead, path: Path) -> Path:
 
 
 def results_for(head: LocationHead, **extra) -> ResultsFile:
-    return ResultsFile.from_json({"model": "tiny", "head": "linear probe on toy trainval, 10 images (C=0.01)", "head_fingerprint": fingerprint(head), **extra})
+    return ResultsFile.from_json(
+        {
+            "model": "tiny",
+            "head": "linear probe on toy trainval, 10 images (C=0.01)",
+            "head_fingerprint": fingerprint(head),
+            **extra,
+        }
+    )
 
 
 def test_found_beside_the_results_file_not_the_other_head(tmp_path):

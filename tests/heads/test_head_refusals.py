@@ -24,7 +24,10 @@ def test_head_without_a_per_location_form_is_refused_by_what_it_does() -> None:
     with pytest.raises(CSRAError) as info:
         load_model("torchvision:vgg11", random_init=True, num_classes=20)
     msg = str(info.value)
-    assert "model torchvision:vgg11: torchvision VGG's classifier reads the whole 7x7 grid" in msg and "no per-location form" in msg
+    assert (
+        "model torchvision:vgg11: torchvision VGG's classifier reads the whole 7x7 grid" in msg
+        and "no per-location form" in msg
+    )
     assert "einsum" not in msg and "\n" not in msg
 
 
@@ -34,7 +37,10 @@ def test_classifier_that_does_not_fit_the_map_is_described_in_shapes() -> None:
     with pytest.raises(CSRAError) as info:
         verify_identity(adapter)
     msg = str(info.value)
-    assert "its classifier cannot be applied per location: the feature map has 512 channels but the classifier takes 100 inputs" in msg
+    assert (
+        "its classifier cannot be applied per location: the feature map has 512 channels but the classifier takes 100 inputs"
+        in msg
+    )
     assert "einsum" not in msg and "subscript" not in msg
 
 
@@ -61,5 +67,7 @@ def test_non_linear_head_is_still_refused_relatively(voc_dir: Path, monkeypatch)
     adapter = load_model("resnet10t", random_init=True, num_classes=20)
     real = adapter.model_logits
     monkeypatch.setattr(adapter, "model_logits", lambda raw: real(raw) * 1e6 + real(raw).pow(2) * 1e6)
-    with pytest.raises(CSRAError, match=r"of the logits' scale, > 0.001\), so its head is not linear after average pooling"):
+    with pytest.raises(
+        CSRAError, match=r"of the logits' scale, > 0.001\), so its head is not linear after average pooling"
+    ):
         extract(adapter, load_dataset("voc2007", voc_dir), img_size=64, use_cache=False)

@@ -35,10 +35,16 @@ CASES = [
 ]
 
 
-def random_case(n: int, c: int, ties: bool, unknown: float, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def random_case(
+    n: int, c: int, ties: bool, unknown: float, dtype: torch.dtype, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores and labels in {1, 0, -1}; class 0 all negative, class 1 all positive (unknowns aside)."""
     g = torch.Generator().manual_seed(seed)
-    scores = torch.randint(-6, 6, (n, c), generator=g).to(dtype) / 2 if ties else torch.randn(n, c, generator=g, dtype=dtype) * 3
+    scores = (
+        torch.randint(-6, 6, (n, c), generator=g).to(dtype) / 2
+        if ties
+        else torch.randn(n, c, generator=g, dtype=dtype) * 3
+    )
     labels = (torch.rand(n, c, generator=g) < 0.3).long()
     labels[:, 0] = 0
     labels[:, 1] = 1
@@ -63,7 +69,9 @@ def reference_ap(scores: torch.Tensor, labels: torch.Tensor) -> list[float]:
     return out
 
 
-def reference_thresholded(scores: torch.Tensor, labels: torch.Tensor, unknown: str, top_k: int | None = None) -> dict[str, float]:
+def reference_thresholded(
+    scores: torch.Tensor, labels: torch.Tensor, unknown: str, top_k: int | None = None
+) -> dict[str, float]:
     """CP..OF1 by per-class counting loops (scores without ties at the top-k cut)."""
     n, c = scores.shape
     pred = [[1 / (1 + math.exp(-float(scores[i, k]))) >= 0.5 for k in range(c)] for i in range(n)]
@@ -86,15 +94,21 @@ def reference_thresholded(scores: torch.Tensor, labels: torch.Tensor, unknown: s
     def f1(p: float, r: float) -> float:
         return 2 * p * r / (p + r) if p + r else 0.0
 
-    return {k: v * 100 for k, v in {"CP": cp, "CR": cr, "CF1": f1(cp, cr), "OP": op, "OR": or_, "OF1": f1(op, or_)}.items()}
+    return {
+        k: v * 100 for k, v in {"CP": cp, "CR": cr, "CF1": f1(cp, cr), "OP": op, "OR": or_, "OF1": f1(op, or_)}.items()
+    }
 
 
 @pytest.mark.parametrize("n,c,ties,unknown,dtype", CASES)
-def test_average_precision_equals_reference_loop_and_sklearn(n: int, c: int, ties: bool, unknown: float, dtype: torch.dtype) -> None:
+def test_average_precision_equals_reference_loop_and_sklearn(
+    n: int, c: int, ties: bool, unknown: float, dtype: torch.dtype
+) -> None:
     scores, labels = random_case(n, c, ties, unknown, dtype, seed=n * c)
     ours = average_precision(scores, labels).numpy()
     np.testing.assert_allclose(ours, reference_ap(scores, labels), atol=1e-12, rtol=0)
-    np.testing.assert_allclose(ours, torch_reference.average_precision_torch(scores, labels).numpy(), atol=1e-12, rtol=0)
+    np.testing.assert_allclose(
+        ours, torch_reference.average_precision_torch(scores, labels).numpy(), atol=1e-12, rtol=0
+    )
     for k in range(c):
         keep = labels[:, k] != -1
         y = labels[keep, k].numpy()
@@ -105,7 +119,9 @@ def test_average_precision_equals_reference_loop_and_sklearn(n: int, c: int, tie
 
 @pytest.mark.parametrize("n,c,ties,unknown,dtype", CASES)
 @pytest.mark.parametrize("policy", ["exclude", "negative"])
-def test_thresholded_metrics_equal_reference_loops_and_torch(n: int, c: int, ties: bool, unknown: float, dtype: torch.dtype, policy: str) -> None:
+def test_thresholded_metrics_equal_reference_loops_and_torch(
+    n: int, c: int, ties: bool, unknown: float, dtype: torch.dtype, policy: str
+) -> None:
     scores, labels = random_case(n, c, ties, unknown, dtype, seed=7 + n * c)
     for top_k in (None, 3):
         ours = thresholded_metrics(scores, labels, top_k=top_k, unknown=policy)  # type: ignore[arg-type]
@@ -246,7 +262,9 @@ def test_sweep_on_cuda_equals_the_cpu_sweep(single_label: bool) -> None:
 
 
 @pytest.mark.parametrize("single_label", [False, True])
-def test_the_gpu_evaluation_path_runs_the_sweep_and_the_held_out_choice_on_cpu_too(single_label: bool, monkeypatch) -> None:
+def test_the_gpu_evaluation_path_runs_the_sweep_and_the_held_out_choice_on_cpu_too(
+    single_label: bool, monkeypatch
+) -> None:
     """The torch evaluator (what statistics on a GPU get) through the same loop as numpy's, here on
     CPU tensors: same rows, same held-out choice (the CUDA test above needs a GPU)."""
     import csra_posthoc.evaluation.grid as lam_sweep_mod
@@ -264,7 +282,11 @@ def test_the_gpu_evaluation_path_runs_the_sweep_and_the_held_out_choice_on_cpu_t
             used.append(1)
             return super().evaluate(scores, check)
 
-    monkeypatch.setattr(lam_sweep_mod, "stats_evaluator", lambda s, task, threads=None: Counting(s.labels, task == "single_label", s.info.unknown))
+    monkeypatch.setattr(
+        lam_sweep_mod,
+        "stats_evaluator",
+        lambda s, task, threads=None: Counting(s.labels, task == "single_label", s.info.unknown),
+    )
     torch_rows = sweep(stats, task=stats.info.task, fixed_lam=0.1, lams=lams)
     torch_half = select_half(stats, single_label=single_label, lams=lams)
     evaluated = 1 + len(lam_sweep_mod.variants()) * 2  # the baseline, then every variant at 0.1 and 0.5
@@ -281,7 +303,9 @@ def test_top3_metrics_equal_torch_whether_few_or_most_images_are_crowded(shift: 
     scores = torch.randn(400, 20, generator=g) + shift
     scores[:50] = torch.randint(-2, 3, (50, 20), generator=g).float()  # ties at the cut too
     labels = (torch.rand(400, 20, generator=g) < 0.2).long()
-    assert thresholded_metrics(scores, labels, top_k=3) == pytest.approx(thresholded_metrics_torch(scores, labels, top_k=3), abs=1e-9)
+    assert thresholded_metrics(scores, labels, top_k=3) == pytest.approx(
+        thresholded_metrics_torch(scores, labels, top_k=3), abs=1e-9
+    )
 
 
 def test_tie_run_starts_match_a_brute_force_scan() -> None:

@@ -18,7 +18,9 @@ def randomise_linear_heads(model: nn.Module) -> None:
     g = torch.Generator().manual_seed(1)
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.LayerNorm)):
-            m.weight.data = torch.randn(m.weight.shape, generator=g) * 0.5 + (1.0 if isinstance(m, nn.LayerNorm) else 0.0)
+            m.weight.data = torch.randn(m.weight.shape, generator=g) * 0.5 + (
+                1.0 if isinstance(m, nn.LayerNorm) else 0.0
+            )
             if m.bias is not None:
                 m.bias.data = torch.randn(m.bias.shape, generator=g) * 0.5
 
@@ -33,7 +35,13 @@ def identity_diff(adapter, size: int) -> tuple[float, float]:
 
 @pytest.mark.parametrize(
     "arch,size",
-    [("resnet10t", 64), ("efficientnet_lite0", 64), ("mobilenetv2_050", 64), ("regnetx_002", 64), ("convnext_atto", 64)],
+    [
+        ("resnet10t", 64),
+        ("efficientnet_lite0", 64),
+        ("mobilenetv2_050", 64),
+        ("regnetx_002", 64),
+        ("convnext_atto", 64),
+    ],
 )
 def test_timm_cnn_identity(arch: str, size: int) -> None:
     torch.manual_seed(0)
@@ -74,7 +82,9 @@ def test_timm_vit_class_token_reports_patch_average() -> None:
 
 def test_timm_vit_avg_pool_identity_holds() -> None:
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", num_classes=6, img_size=64, global_pool="avg", class_token=False).eval()
+    model = timm.create_model(
+        "vit_tiny_patch16_224", num_classes=6, img_size=64, global_pool="avg", class_token=False
+    ).eval()
     randomise_linear_heads(model)
     adapter = build_timm_adapter(model, "vit_tiny_patch16_224", "random-init")
     assert adapter.info.baseline_source == "model_logits"
@@ -131,4 +141,6 @@ def test_random_init_is_seeded_without_touching_the_callers_rng() -> None:
     first = load_model("resnet10t", random_init=True, num_classes=5)
     assert torch.equal(torch.rand(4), expected)  # the caller's stream went on as if nothing had drawn from it
     second = load_model("resnet10t", random_init=True, num_classes=5)
-    assert first.info.weights_fingerprint == second.info.weights_fingerprint  # still reproducible (the cache relies on it)
+    assert (
+        first.info.weights_fingerprint == second.info.weights_fingerprint
+    )  # still reproducible (the cache relies on it)

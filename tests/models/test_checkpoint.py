@@ -88,7 +88,10 @@ def test_first_line_cuts_at_a_word_boundary_and_strips_ansi() -> None:
     assert words.startswith(cut[:-1]) and words[len(cut) - 1] == " "  # the cut falls between words
     assert first_line(RuntimeError("\x1b[1mWeightsUnpickler error:\x1b[0m bad")) == "WeightsUnpickler error: bad"
     sentences = "The archive is damaged. " + "It was probably cut short while being copied over a network. " * 3
-    assert first_line(RuntimeError(sentences), 100) == "The archive is damaged. It was probably cut short while being copied over a network."
+    assert (
+        first_line(RuntimeError(sentences), 100)
+        == "The archive is damaged. It was probably cut short while being copied over a network."
+    )
 
 
 def _one_line(exc: pytest.ExceptionInfo) -> str:
@@ -146,14 +149,18 @@ def test_pickled_model_is_named_as_such(tmp_path: Path) -> None:
         ("resnet10t.nope", "no pretrained tag 'nope' for resnet10t; known: resnet10t.c3_in1k"),
     ],
 )
-def test_unknown_timm_model_with_checkpoint_is_one_line(tmp_path: Path, resnet_sd, voc_dir: Path, name: str, fragment: str) -> None:
+def test_unknown_timm_model_with_checkpoint_is_one_line(
+    tmp_path: Path, resnet_sd, voc_dir: Path, name: str, fragment: str
+) -> None:
     from typer.testing import CliRunner
 
     from csra_posthoc.cli.app import app
     from tests.helpers import one_line_error, sweep_argv
 
     torch.save(resnet_sd, tmp_path / "r.pth")
-    res = CliRunner().invoke(app, sweep_argv(img_size=None, model=name, checkpoint=tmp_path / "r.pth", data_dir=voc_dir))
+    res = CliRunner().invoke(
+        app, sweep_argv(img_size=None, model=name, checkpoint=tmp_path / "r.pth", data_dir=voc_dir)
+    )
     one_line_error(res, f"--model {name}", fragment)
 
 
@@ -171,5 +178,7 @@ def test_raw_weights_are_reported_when_there_is_no_ema(tmp_path: Path, resnet_sd
     torch.save({"state_dict": resnet_sd, "epoch": 3}, tmp_path / "w.pth")
     torch.save(resnet_sd, tmp_path / "bare.pth")
     assert read_checkpoint(tmp_path / "w.pth")[1] == "state_dict" and read_checkpoint(tmp_path / "bare.pth")[1] is None
-    assert load_model("resnet10t", checkpoint=tmp_path / "w.pth").info.notes == ["checkpoint: weights from its 'state_dict' entry"]
+    assert load_model("resnet10t", checkpoint=tmp_path / "w.pth").info.notes == [
+        "checkpoint: weights from its 'state_dict' entry"
+    ]
     assert load_model("resnet10t", checkpoint=tmp_path / "bare.pth").info.notes == []

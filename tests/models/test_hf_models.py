@@ -32,30 +32,60 @@ T = transformers
 
 
 def _configs(num_labels: int) -> dict:
-    vit = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 64, "patch_size": 16}
+    vit = {
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "image_size": 64,
+        "patch_size": 16,
+    }
     return {
         "vit": (T.ViTConfig(**vit, num_labels=num_labels), T.ViTForImageClassification),
         "deit": (T.DeiTConfig(**vit, num_labels=num_labels), T.DeiTForImageClassificationWithTeacher),
         "beit": (T.BeitConfig(**vit, num_labels=num_labels, use_mean_pooling=True), T.BeitForImageClassification),
         "swin": (
-            T.SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4, num_labels=num_labels),
+            T.SwinConfig(
+                image_size=64,
+                patch_size=4,
+                embed_dim=16,
+                depths=[1, 1],
+                num_heads=[1, 2],
+                window_size=4,
+                num_labels=num_labels,
+            ),
             T.SwinForImageClassification,
         ),
-        "convnext": (T.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=num_labels), T.ConvNextForImageClassification),
-        "convnextv2": (T.ConvNextV2Config(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=num_labels), T.ConvNextV2ForImageClassification),
+        "convnext": (
+            T.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=num_labels),
+            T.ConvNextForImageClassification,
+        ),
+        "convnextv2": (
+            T.ConvNextV2Config(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=num_labels),
+            T.ConvNextV2ForImageClassification,
+        ),
         "resnet": (
-            T.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=num_labels),
+            T.ResNetConfig(
+                embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=num_labels
+            ),
             T.ResNetForImageClassification,
         ),
         "regnet": (
-            T.RegNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], groups_width=8, num_labels=num_labels),
+            T.RegNetConfig(
+                embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], groups_width=8, num_labels=num_labels
+            ),
             T.RegNetForImageClassification,
         ),
         "efficientnet": (
-            T.EfficientNetConfig(image_size=64, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=128, num_labels=num_labels),
+            T.EfficientNetConfig(
+                image_size=64, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=128, num_labels=num_labels
+            ),
             T.EfficientNetForImageClassification,
         ),
-        "mobilenet_v2": (T.MobileNetV2Config(image_size=64, depth_multiplier=0.25, num_labels=num_labels), T.MobileNetV2ForImageClassification),
+        "mobilenet_v2": (
+            T.MobileNetV2Config(image_size=64, depth_multiplier=0.25, num_labels=num_labels),
+            T.MobileNetV2ForImageClassification,
+        ),
     }
 
 
@@ -161,21 +191,51 @@ def test_preprocessing_comes_from_preprocessor_config(tmp_path: Path) -> None:
     from csra_posthoc.models.hf_models import hf_data_config
 
     model = make_model("convnext")
-    convnext = save(model, tmp_path / "convnext", T.ConvNextImageProcessor(size={"shortest_edge": 64}, crop_pct=0.875, resample=3))
+    convnext = save(
+        model, tmp_path / "convnext", T.ConvNextImageProcessor(size={"shortest_edge": 64}, crop_pct=0.875, resample=3)
+    )
     cfg, _ = hf_data_config(model, convnext)
     assert (cfg.input_size, cfg.crop_pct, cfg.crop_mode, cfg.interpolation) == (64, 0.875, "center", "bicubic")
-    deit = save(model, tmp_path / "deit", T.DeiTImageProcessor(size={"height": 80, "width": 80}, crop_size={"height": 64, "width": 64}, image_mean=[0.5] * 3))
+    deit = save(
+        model,
+        tmp_path / "deit",
+        T.DeiTImageProcessor(
+            size={"height": 80, "width": 80}, crop_size={"height": 64, "width": 64}, image_mean=[0.5] * 3
+        ),
+    )
     cfg, _ = hf_data_config(model, deit)
     assert (cfg.input_size, cfg.crop_pct, cfg.crop_mode, cfg.mean) == (64, 0.8, "squash", (0.5, 0.5, 0.5))
-    vit = save(model, tmp_path / "vit", T.ViTImageProcessor(size={"height": 64, "width": 64}, do_normalize=False, resample=2))
+    vit = save(
+        model, tmp_path / "vit", T.ViTImageProcessor(size={"height": 64, "width": 64}, do_normalize=False, resample=2)
+    )
     cfg, _ = hf_data_config(model, vit)
-    assert (cfg.input_size, cfg.crop_pct, cfg.crop_mode, cfg.interpolation, cfg.std) == (64, 1.0, "squash", "bilinear", (1.0, 1.0, 1.0))
+    assert (cfg.input_size, cfg.crop_pct, cfg.crop_mode, cfg.interpolation, cfg.std) == (
+        64,
+        1.0,
+        "squash",
+        "bilinear",
+        (1.0, 1.0, 1.0),
+    )
 
 
 def _sweep(folder: Path, data: Path, out: Path, extra: list[str] | None = None):
     grid = ["--lams", "0,0.3,0.9", "--temps", "", "--heads", ""]
     outputs = ["--out", str(out / "r.json"), "--save-scores", str(out / "s.npz")]
-    return runner.invoke(app, ["sweep", "--model", f"hf:{folder}", "--dataset", "voc2007", "--data-dir", str(data), *grid, *outputs, *(extra or [])])
+    return runner.invoke(
+        app,
+        [
+            "sweep",
+            "--model",
+            f"hf:{folder}",
+            "--dataset",
+            "voc2007",
+            "--data-dir",
+            str(data),
+            *grid,
+            *outputs,
+            *(extra or []),
+        ],
+    )
 
 
 @pytest.mark.parametrize(
@@ -196,7 +256,20 @@ def test_sweep_apply_predict_through_hf_folder(family: str, fmt: str, voc_dir: P
     assert res.exit_code == 0, res.output
     arrays = np.load(tmp_path / "s.npz", allow_pickle=False)
     out = tmp_path / f"patched.{fmt}"
-    res = runner.invoke(app, ["apply", "--model", f"hf:{folder}", "--from-results", str(tmp_path / "r.json"), "--pick", "fixed", "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "apply",
+            "--model",
+            f"hf:{folder}",
+            "--from-results",
+            str(tmp_path / "r.json"),
+            "--pick",
+            "fixed",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     config = exported_config(out)
     assert config.model_kwargs["hf_class"] == type(model).__name__
@@ -217,17 +290,35 @@ def test_sweep_apply_predict_through_hf_folder(family: str, fmt: str, voc_dir: P
 
 def test_predict_through_hf_folder(voc_dir: Path, tmp_path: Path) -> None:
     model = make_model("resnet", VOC)
-    model.config.id2label = {i: f"thing-{i}" for i in range(VOC)}  # the config's class names are the ones predict prints
+    model.config.id2label = {
+        i: f"thing-{i}" for i in range(VOC)
+    }  # the config's class names are the ones predict prints
     model.config.label2id = {f"thing-{i}": i for i in range(VOC)}
     folder = save(model, tmp_path / "model", T.ViTImageProcessor(size={"height": 64, "width": 64}))
     image = sorted((voc_dir / "VOCdevkit" / "VOC2007" / "JPEGImages").glob("*.jpg"))[0]
     res = runner.invoke(
-        app, ["predict", "--model", f"hf:{folder}", "--lam", "0.5", "--threshold", "0", "--top-k", "3", str(image), "--json", str(tmp_path / "p.json")]
+        app,
+        [
+            "predict",
+            "--model",
+            f"hf:{folder}",
+            "--lam",
+            "0.5",
+            "--threshold",
+            "0",
+            "--top-k",
+            "3",
+            str(image),
+            "--json",
+            str(tmp_path / "p.json"),
+        ],
     )
     assert res.exit_code == 0, res.output
     preds = json.loads((tmp_path / "p.json").read_text())[0]["predictions"]
     # predict on a lone image uses the model's eval transform: resize straight to 64x64 (preprocessor_config.json)
-    x = build_transform({**transform_description(load_model(f"hf:{folder}").data_config, None, single_label=True, choice="crop")})(load_rgb(image))[None]
+    x = build_transform(
+        {**transform_description(load_model(f"hf:{folder}").data_config, None, single_label=True, choice="crop")}
+    )(load_rgb(image))[None]
     with torch.no_grad():
         ref = reference_location_scores("resnet", model, x)[0]
         scores = ref.mean(-1) + 0.5 * ref.amax(-1)
@@ -253,34 +344,52 @@ def test_bad_hf_input_is_one_line(voc_dir: Path, tmp_path: Path) -> None:
     one_line_error(runner.invoke(app, [*apply, "--model", f"hf:{empty}"]), f"model hf:{empty}", "no weights")
     # a non-image model
     bert = tmp_path / "bert"
-    T.BertModel(T.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=50)).save_pretrained(bert)
-    one_line_error(runner.invoke(app, [*apply, "--model", f"hf:{bert}"]), f"model hf:{bert}", "'bert' model", "not an image classifier")
+    T.BertModel(
+        T.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=50)
+    ).save_pretrained(bert)
+    one_line_error(
+        runner.invoke(app, [*apply, "--model", f"hf:{bert}"]),
+        f"model hf:{bert}",
+        "'bert' model",
+        "not an image classifier",
+    )
     # custom code is never run
     remote = save(make_model("resnet"), tmp_path / "remote")
     cfg = json.loads((remote / "config.json").read_text())
-    (remote / "config.json").write_text(json.dumps({**cfg, "auto_map": {"AutoModelForImageClassification": "modeling.Evil"}}))
+    (remote / "config.json").write_text(
+        json.dumps({**cfg, "auto_map": {"AutoModelForImageClassification": "modeling.Evil"}})
+    )
     one_line_error(runner.invoke(app, [*apply, "--model", f"hf:{remote}"]), "custom code", "never runs code")
     # neither a folder nor a cached hub model (nothing is downloaded)
     one_line_error(
-        runner.invoke(app, [*apply, "--model", "hf:nobody/no-such-model-h22c"]), "no hub model 'nobody/no-such-model-h22c' in the local Hugging Face cache"
+        runner.invoke(app, [*apply, "--model", "hf:nobody/no-such-model-h22c"]),
+        "no hub model 'nobody/no-such-model-h22c' in the local Hugging Face cache",
     )
     # an input size the patch grid cannot tile
     vit = save(make_model("vit", VOC), tmp_path / "vit")
     res = _sweep(vit, voc_dir, tmp_path, ["--img-size", "70"])
     one_line_error(res, f"model hf:{vit}", "--img-size 70x70 is not divisible by its patch size 16")
     # its own weights: a checkpoint is refused, not silently ignored
-    one_line_error(runner.invoke(app, [*apply, "--model", f"hf:{vit}", "--checkpoint", str(remote / "model.safetensors")]), "carries its own weights")
+    one_line_error(
+        runner.invoke(app, [*apply, "--model", f"hf:{vit}", "--checkpoint", str(remote / "model.safetensors")]),
+        "carries its own weights",
+    )
 
 
 def test_library_refusals_name_parameters(tmp_path: Path) -> None:
     from csra_posthoc.models.instance import check_architecture_kwargs
 
     with pytest.raises(CSRAError, match="not an image classifier"):
-        load_model(f"hf:{save(T.BertModel(T.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)), tmp_path / 'b')}")
+        load_model(
+            f"hf:{save(T.BertModel(T.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)), tmp_path / 'b')}"
+        )
     with pytest.raises(ValueError, match="hf_class"):
         check_architecture_kwargs("hf:x", {"hf_class": "BertModel", "hf_config": {"model_type": "bert"}})
     with pytest.raises(ValueError, match="custom code"):
-        check_architecture_kwargs("hf:x", {"hf_class": "ViTForImageClassification", "hf_config": {"model_type": "vit", "auto_map": {"x": "y"}}})
+        check_architecture_kwargs(
+            "hf:x",
+            {"hf_class": "ViTForImageClassification", "hf_config": {"model_type": "vit", "auto_map": {"x": "y"}}},
+        )
 
 
 @pytest.mark.parametrize("family", ["vit", "deit", "beit", "swin"])
@@ -322,7 +431,9 @@ def test_hub_name_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.Monke
         load_model("hf:someone/other")
 
 
-def test_second_sweep_reuses_the_cache_without_loading_the_model(voc_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_second_sweep_reuses_the_cache_without_loading_the_model(
+    voc_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The folder's files (config, preprocessing, weights) key the cache's memo, as a checkpoint's do:
     a second sweep reads the statistics without building the model; a changed weights file builds it again."""
     import os
@@ -358,10 +469,14 @@ def _compare_with_processor(proc, image, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "processor",
     [
-        lambda: T.ViTImageProcessor(size={"height": 64, "width": 64}, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.3, 0.4]),
+        lambda: T.ViTImageProcessor(
+            size={"height": 64, "width": 64}, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.3, 0.4]
+        ),
         lambda: T.ViTImageProcessor(size={"height": 64, "width": 64}, rescale_factor=1 / 127.5, do_normalize=False),
         lambda: T.EfficientNetImageProcessor(size={"height": 64, "width": 64}),  # include_top: divided by std twice
-        lambda: T.EfficientNetImageProcessor(size={"height": 64, "width": 64}, rescale_factor=1 / 127.5, rescale_offset=True, include_top=False),
+        lambda: T.EfficientNetImageProcessor(
+            size={"height": 64, "width": 64}, rescale_factor=1 / 127.5, rescale_offset=True, include_top=False
+        ),
     ],
     ids=["normalise", "rescale-only", "include-top", "rescale-offset"],
 )
@@ -370,7 +485,9 @@ def test_pixel_arithmetic_is_the_processors(processor, tmp_path: Path) -> None:
     size: no resampling, so the rescale / offset / normalise arithmetic is compared exactly)."""
     from PIL import Image
 
-    _compare_with_processor(processor(), Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)), tmp_path)
+    _compare_with_processor(
+        processor(), Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)), tmp_path
+    )
 
 
 @pytest.mark.parametrize(
@@ -378,7 +495,9 @@ def test_pixel_arithmetic_is_the_processors(processor, tmp_path: Path) -> None:
     [
         lambda: T.ConvNextImageProcessor(size={"shortest_edge": 64}, crop_pct=0.875),  # short side to 73, centre crop
         lambda: T.ConvNextImageProcessor(size={"shortest_edge": 384}),  # >= 384: warped to a square, no crop
-        lambda: T.DeiTImageProcessor(size={"height": 80, "width": 80}, crop_size={"height": 64, "width": 64}),  # warp, then crop
+        lambda: T.DeiTImageProcessor(
+            size={"height": 80, "width": 80}, crop_size={"height": 64, "width": 64}
+        ),  # warp, then crop
         lambda: T.MobileNetV2ImageProcessor(size={"shortest_edge": 72}, crop_size={"height": 64, "width": 64}),
         lambda: T.ViTImageProcessor(size={"height": 64, "width": 64}),  # warp
     ],
@@ -390,7 +509,9 @@ def test_resize_and_crop_are_the_processors(processor, tmp_path: Path) -> None:
     from PIL import Image
 
     y, x = np.mgrid[0:90, 0:120]
-    _compare_with_processor(processor(), Image.fromarray(np.stack([2 * x, 2 * y, x + y], -1).astype(np.uint8)), tmp_path)
+    _compare_with_processor(
+        processor(), Image.fromarray(np.stack([2 * x, 2 * y, x + y], -1).astype(np.uint8)), tmp_path
+    )
 
 
 def test_a_missing_folder_is_named_as_a_folder(tmp_path: Path) -> None:
@@ -419,4 +540,6 @@ def test_unsaved_buffers_are_listed_and_cannot_hide_weights() -> None:
     with pytest.raises(CSRAError, match="do not hash"):
         verify_state_dict(replace(patched.config, model_unsaved_buffers=[*unsaved, "classifier.weight"]), state)
     with pytest.raises(CSRAError, match="'model_unsaved_buffers' is not a list"):
-        PatchedConfig.from_json({**patched.config.to_json(), "head_norm": {"pooled_norm": False, "eps": 1e-6}, "model_unsaved_buffers": "x"})
+        PatchedConfig.from_json(
+            {**patched.config.to_json(), "head_norm": {"pooled_norm": False, "eps": 1e-6}, "model_unsaved_buffers": "x"}
+        )

@@ -16,7 +16,9 @@ def test_unreachable_hub_switches_offline_only_inside_the_block(monkeypatch) -> 
     monkeypatch.setattr(hub, "_unreachable", {})
     before = constants.HF_HUB_OFFLINE
     assert hub.offline_reason() == "127.0.0.1 cannot be reached"
-    assert "HF_HUB_OFFLINE" not in os.environ and constants.HF_HUB_OFFLINE == before and socket.getdefaulttimeout() is None
+    assert (
+        "HF_HUB_OFFLINE" not in os.environ and constants.HF_HUB_OFFLINE == before and socket.getdefaulttimeout() is None
+    )
     monkeypatch.setattr(hub, "hub_answers", lambda *a, **k: 1 / 0)  # decided: not asked again
     assert hub.offline_reason() == "127.0.0.1 cannot be reached"
     with hub.offline_if_unreachable():

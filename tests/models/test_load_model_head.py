@@ -17,7 +17,14 @@ def _probe_file(adapter, path: Path, classes: int, model: str) -> cp.LocationHea
     g = torch.Generator().manual_seed(1)
     dim = adapter.head.weight.shape[1]
     head = cp.LocationHead(torch.randn(classes, dim, generator=g), torch.randn(classes, generator=g))
-    save_head(head, path, {"probe": {"dataset": "voc2007", "split": "trainval", "classes": [f"c{i}" for i in range(classes)]}, "model": model})
+    save_head(
+        head,
+        path,
+        {
+            "probe": {"dataset": "voc2007", "split": "trainval", "classes": [f"c{i}" for i in range(classes)]},
+            "model": model,
+        },
+    )
     return head
 
 
@@ -33,7 +40,9 @@ def test_a_probe_head_file_becomes_the_classifier(tmp_path: Path) -> None:
         locations, logits = adapter(x)
         patched = cp.patch(adapter, lam=0.0)
         assert torch.allclose(logits, expected, atol=1e-4)
-        assert torch.allclose(locations.mean(dim=-1), expected, atol=1e-4)  # per-location probe scores average to its logits
+        assert torch.allclose(
+            locations.mean(dim=-1), expected, atol=1e-4
+        )  # per-location probe scores average to its logits
         assert torch.allclose(patched(x), expected, atol=1e-4)  # lam = 0: the probe's own logits
         assert patched.config.head == "probe" and patched.config.num_classes == 3
 

@@ -139,7 +139,9 @@ def test_check_of_the_sample(tmp_path: Path) -> None:
     assert [r["name"] for r in rows] == list(CHECK_SAMPLE)
     assert all(r["status"] in STATUSES for r in rows), [r for r in rows if r["status"] not in STATUSES]
     # every sample model builds and runs at random init (a loaded machine may only run past the time budget)
-    assert all(r["status"] != "skipped" or "time budget" in r["reason"] for r in rows), [r for r in rows if r["status"] == "skipped"]
+    assert all(r["status"] != "skipped" or "time budget" in r["reason"] for r in rows), [
+        r for r in rows if r["status"] == "skipped"
+    ]
     by_name = {r["name"]: r for r in rows}
     for name, status in SUPPORTED_TODAY.items():
         assert by_name[name]["status"] == status, by_name[name]

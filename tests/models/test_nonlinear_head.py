@@ -32,7 +32,9 @@ runner = CliRunner()
 def _cells_timm(model, fmap: torch.Tensor) -> torch.Tensor:
     """(B, C, H*W): the model's forward_head on each 1x1 cell, row-major."""
     h, w = fmap.shape[-2:]
-    return torch.stack([model.forward_head(fmap[:, :, i : i + 1, j : j + 1]) for i in range(h) for j in range(w)], dim=-1)
+    return torch.stack(
+        [model.forward_head(fmap[:, :, i : i + 1, j : j + 1]) for i in range(h) for j in range(w)], dim=-1
+    )
 
 
 def _cells_torchvision(model, fmap: torch.Tensor) -> torch.Tensor:
@@ -43,7 +45,9 @@ def _cells_torchvision(model, fmap: torch.Tensor) -> torch.Tensor:
 def _windows_vgg(model, fmap: torch.Tensor) -> torch.Tensor:
     """(B, C, K): timm VGG's head (7x7 conv MLP -> pool -> linear) on each 7x7 window of the conv map."""
     h, w = fmap.shape[-2:]
-    return torch.stack([model.forward_head(fmap[:, :, i : i + 7, j : j + 7]) for i in range(h - 6) for j in range(w - 6)], dim=-1)
+    return torch.stack(
+        [model.forward_head(fmap[:, :, i : i + 7, j : j + 7]) for i in range(h - 6) for j in range(w - 6)], dim=-1
+    )
 
 
 def _tiny_vgg():
@@ -59,7 +63,9 @@ def _case(kind: str):
     if kind == "timm-mobilenetv3":
         model = timm.create_model("mobilenetv3_small_050", num_classes=5).eval()
         return model, adapter_for_module(model), model.forward_features, _cells_timm, 96
-    if kind == "timm-norm-mlp-head":  # NormMlpClassifierHead with a hidden pre-logits layer (MaxViT / CoAtNet's head class)
+    if (
+        kind == "timm-norm-mlp-head"
+    ):  # NormMlpClassifierHead with a hidden pre-logits layer (MaxViT / CoAtNet's head class)
         model = timm.create_model("convnext_atto", num_classes=5, head_hidden_size=24).eval()
         return model, adapter_for_module(model), model.forward_features, _cells_timm, 96
     if kind == "timm-hgnetv2":  # ClassifierHead with a last_conv + activation after the pool
@@ -67,13 +73,25 @@ def _case(kind: str):
         return model, adapter_for_module(model), model.forward_features, _cells_timm, 96
     if kind == "torchvision-mobilenet_v3":
         model = torchvision.models.mobilenet_v3_small(num_classes=5).eval()
-        return model, adapter_for_module(model, "torchvision:mobilenet_v3_small"), model.features, _cells_torchvision, 96
+        return (
+            model,
+            adapter_for_module(model, "torchvision:mobilenet_v3_small"),
+            model.features,
+            _cells_torchvision,
+            96,
+        )
     if kind == "timm-maxvit-tanh":  # MaxViT's own head: LayerNorm -> linear -> tanh -> linear (a tiny MaxxVit config)
         from dataclasses import replace
 
         from timm.models import maxxvit
 
-        cfg = replace(maxxvit.model_cfgs["maxvit_tiny_tf"], embed_dim=(32, 32, 32, 32), depths=(1, 1, 1, 1), stem_width=16, head_hidden_size=16)
+        cfg = replace(
+            maxxvit.model_cfgs["maxvit_tiny_tf"],
+            embed_dim=(32, 32, 32, 32),
+            depths=(1, 1, 1, 1),
+            stem_width=16,
+            head_hidden_size=16,
+        )
         model = maxxvit.MaxxVit(cfg, num_classes=5, img_size=224).eval()
         assert type(model.head.pre_logits.act).__name__ == "Tanh"  # timm's own Tanh layer
         adapter = nonlinear_adapter(model, "maxvit-tiny", "random-init")
@@ -85,7 +103,14 @@ def _case(kind: str):
     return model, adapter, model.forward_features, _windows_vgg, 288
 
 
-KINDS = ["timm-mobilenetv3", "timm-norm-mlp-head", "timm-maxvit-tanh", "timm-hgnetv2", "torchvision-mobilenet_v3", "timm-vgg"]
+KINDS = [
+    "timm-mobilenetv3",
+    "timm-norm-mlp-head",
+    "timm-maxvit-tanh",
+    "timm-hgnetv2",
+    "torchvision-mobilenet_v3",
+    "timm-vgg",
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -121,7 +146,9 @@ def test_statistics_use_the_logits_as_avg(voc_dir: Path) -> None:
     assert torch.equal(stats.avg, stats.logits)  # the variant's baseline: the model's own logits
     gap = (stats.maps.float().mean(-1) - stats.logits).abs().max()
     assert gap > 2e-3 * stats.logits.abs().max()  # not the mean of per-location scores (fp16 maps: ~5e-4 relative)
-    assert torch.allclose(stats.max, stats.maps.float().amax(-1), atol=1e-2)  # max over the whole head per location (fp16 maps)
+    assert torch.allclose(
+        stats.max, stats.maps.float().amax(-1), atol=1e-2
+    )  # max over the whole head per location (fp16 maps)
     assert stats.info.identity_max_rel_diff <= 1e-4  # the self-check: head(pooled) vs logits
 
 
@@ -185,8 +212,34 @@ def swept(tmp_path_factory) -> tuple[Path, Path, Path, Path]:
     results, scores = root / "r.json", root / "s.npz"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CSRA_POSTHOC_CACHE", str(root / "cache"))
-        args = ["sweep", "--model", "mobilenetv3_small_050", "--random-init", "--dataset", "voc2007", "--data-dir", str(data), "--img-size", "96"]
-        res = runner.invoke(app, [*args, "--lams", "0,0.5", "--temps", "", "--heads", "", "--out", str(results), "--save-scores", str(scores)])
+        args = [
+            "sweep",
+            "--model",
+            "mobilenetv3_small_050",
+            "--random-init",
+            "--dataset",
+            "voc2007",
+            "--data-dir",
+            str(data),
+            "--img-size",
+            "96",
+        ]
+        res = runner.invoke(
+            app,
+            [
+                *args,
+                "--lams",
+                "0,0.5",
+                "--temps",
+                "",
+                "--heads",
+                "",
+                "--out",
+                str(results),
+                "--save-scores",
+                str(scores),
+            ],
+        )
     assert res.exit_code == 0, res.output
     assert "non-linear head" in res.output
     return data, results, scores, root
@@ -200,7 +253,19 @@ def test_sweep_apply_and_predict_agree_for_mobilenetv3(swept, fmt: str) -> None:
     arrays = np.load(scores, allow_pickle=False)
     out = root / f"p.{fmt}"
     res = runner.invoke(
-        app, ["apply", "--model", "mobilenetv3_small_050", "--random-init", "--from-results", str(results), "--pick", "fixed", "--out", str(out)]
+        app,
+        [
+            "apply",
+            "--model",
+            "mobilenetv3_small_050",
+            "--random-init",
+            "--from-results",
+            str(results),
+            "--pick",
+            "fixed",
+            "--out",
+            str(out),
+        ],
     )
     assert res.exit_code == 0, res.output
     config = exported_config(out)
@@ -221,7 +286,21 @@ def test_sweep_apply_and_predict_agree_for_mobilenetv3(swept, fmt: str) -> None:
     if fmt in ("safetensors", "onnx"):  # predict reads the file and scores the images as the sweep did
         pred = root / f"pred-{fmt}.json"
         images_dir = Path(images.paths[0]).parent
-        res = runner.invoke(app, ["predict", "--patched", str(out), str(images_dir), "--top-k", "3", "--threshold", "0", "--json", str(pred)])
+        res = runner.invoke(
+            app,
+            [
+                "predict",
+                "--patched",
+                str(out),
+                str(images_dir),
+                "--top-k",
+                "3",
+                "--threshold",
+                "0",
+                "--json",
+                str(pred),
+            ],
+        )
         assert res.exit_code == 0, res.output
         ids, classes = list(arrays["ids"]), list(arrays["classes"])
         for entry in json.loads(pred.read_text()):

@@ -58,8 +58,12 @@ def test_efficientnet_lite1_adapter_logits_are_timms_forward() -> None:
 
     adapter = load_model("efficientnet_lite1", pretrained=True)
     size = adapter.data_config.input_size
-    x = torch.nn.functional.interpolate(torch.from_numpy(skdata.chelsea()).permute(2, 0, 1)[None].float() / 255, size=(size, size), mode="bilinear")
-    x = (x - torch.tensor(adapter.data_config.mean)[:, None, None]) / torch.tensor(adapter.data_config.std)[:, None, None]
+    x = torch.nn.functional.interpolate(
+        torch.from_numpy(skdata.chelsea()).permute(2, 0, 1)[None].float() / 255, size=(size, size), mode="bilinear"
+    )
+    x = (x - torch.tensor(adapter.data_config.mean)[:, None, None]) / torch.tensor(adapter.data_config.std)[
+        :, None, None
+    ]
     with torch.no_grad():
         s, logits = adapter(x)
         own = adapter.model(x)

@@ -24,8 +24,13 @@ def randomise(model: nn.Module) -> nn.Module:
     for name, m in model.named_modules():
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and "head" not in name:
             continue  # the backbone's batch norms keep timm's init (random statistics there overflow deep models)
-        if isinstance(m, (nn.Linear, nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d)) and getattr(m, "weight", None) is not None:
-            m.weight.data = torch.randn(m.weight.shape, generator=g) * 0.5 + (1.0 if not isinstance(m, nn.Linear) else 0.0)
+        if (
+            isinstance(m, (nn.Linear, nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d))
+            and getattr(m, "weight", None) is not None
+        ):
+            m.weight.data = torch.randn(m.weight.shape, generator=g) * 0.5 + (
+                1.0 if not isinstance(m, nn.Linear) else 0.0
+            )
             if m.bias is not None:
                 m.bias.data = torch.randn(m.bias.shape, generator=g) * 0.5
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -54,8 +59,18 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # (arch, create kwargs, input size, layout family): tiny variants of the families the issue names
 IDENTITY_CASES = [
-    ("swin_tiny_patch4_window7_224", dict(embed_dim=24, depths=(1, 1), num_heads=(1, 2), window_size=4, img_size=64), 64, "timm-nhwc"),
-    ("swinv2_tiny_window8_256", dict(embed_dim=24, depths=(1, 1), num_heads=(1, 2), window_size=4, img_size=64), 64, "timm-nhwc"),
+    (
+        "swin_tiny_patch4_window7_224",
+        dict(embed_dim=24, depths=(1, 1), num_heads=(1, 2), window_size=4, img_size=64),
+        64,
+        "timm-nhwc",
+    ),
+    (
+        "swinv2_tiny_window8_256",
+        dict(embed_dim=24, depths=(1, 1), num_heads=(1, 2), window_size=4, img_size=64),
+        64,
+        "timm-nhwc",
+    ),
     ("mixer_s32_224", dict(img_size=64), 64, "timm-tokens"),
     ("levit_128s", {}, 224, "timm-tokens"),  # BatchNorm1d -> Linear head plus a distillation head, folded
     ("tresnet_m", dict(layers=[1, 1, 1, 1]), 64, "timm-cnn"),  # timm's 'fast' pool
@@ -84,7 +99,9 @@ def test_identity_holds_for_every_linear_head(arch: str, kwargs: dict, size: int
 
 def test_nhwc_scores_are_the_classifier_at_each_location() -> None:
     """Swin: the per-location score is the head's linear layer on each NHWC location, by hand."""
-    model = build("swin_tiny_patch4_window7_224", embed_dim=24, depths=(1, 1), num_heads=(1, 2), window_size=4, img_size=64)
+    model = build(
+        "swin_tiny_patch4_window7_224", embed_dim=24, depths=(1, 1), num_heads=(1, 2), window_size=4, img_size=64
+    )
     _, s, _ = scores_and_model_logits(model, "swin", 64)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -142,7 +159,11 @@ def test_class_token_models_score_the_patch_tokens(arch: str, kwargs: dict, size
         ("resnet10t", dict(global_pool="max"), "pooling 'max' is not an average over locations"),
         ("resnet10t", dict(global_pool="avgmax"), "pooling 'avgmax' is not an average over locations"),
         ("pit_ti_224", {}, "a single location (its patch tokens are not in it)"),
-        ("test_vit3", {}, "pooling 'map' is not an average over locations ('attn_pool.kv' (Linear) reads the whole map after it)"),
+        (
+            "test_vit3",
+            {},
+            "pooling 'map' is not an average over locations ('attn_pool.kv' (Linear) reads the whole map after it)",
+        ),
     ],
 )
 def test_genuine_refusals_name_the_operation(arch: str, kwargs: dict, fragment: str) -> None:
@@ -175,7 +196,10 @@ def test_larger_input_than_training_is_resampled_for_swin() -> None:
 def test_input_size_refusals_are_one_line() -> None:
     """Part 5 bad input: a size the patches do not tile; a model built for one size that timm cannot resample."""
     eva = load_model("eva02_tiny_patch14_224", random_init=True, num_classes=3)
-    with pytest.raises(CSRAError, match=r"^model eva02_tiny_patch14_224: img_size 64 is not a multiple of its patch size 14 \(e\.g\. 56 or 70\)$"):
+    with pytest.raises(
+        CSRAError,
+        match=r"^model eva02_tiny_patch14_224: img_size 64 is not a multiple of its patch size 14 \(e\.g\. 56 or 70\)$",
+    ):
         eva(torch.randn(1, 3, 64, 64))
     cait = adapter_for_module(build("cait_xxs24_224", depth=1, depth_token_only=1), "cait_xxs24_224")
     with pytest.raises(CSRAError, match=r"^model cait_xxs24_224 takes 224x224 inputs only .*: use img_size 224$"):

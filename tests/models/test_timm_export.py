@@ -21,8 +21,17 @@ from csra_posthoc.data.transforms import build_transform
 from csra_posthoc.patched.export import exported_config, run_exported
 
 runner = CliRunner()
-MODELS = {"swin": ("swin_tiny_patch4_window7_224", "64"), "mixer": ("mixer_s32_224", "224"), "tresnet": ("tresnet_m", "64")}
-FORMATS = ["safetensors", "ts", pytest.param("pt2", marks=pytest.mark.slow), pytest.param("onnx", marks=pytest.mark.slow)]
+MODELS = {
+    "swin": ("swin_tiny_patch4_window7_224", "64"),
+    "mixer": ("mixer_s32_224", "224"),
+    "tresnet": ("tresnet_m", "64"),
+}
+FORMATS = [
+    "safetensors",
+    "ts",
+    pytest.param("pt2", marks=pytest.mark.slow),
+    pytest.param("onnx", marks=pytest.mark.slow),
+]
 
 
 class _Sweeps(dict):
@@ -40,7 +49,18 @@ class _Sweeps(dict):
             write_voc(data, random_voc_annotations(8))
         results, scores = self.root / f"{key}.json", self.root / f"{key}.npz"
         model, size = MODELS[key]
-        args = ["sweep", "--model", model, "--random-init", "--dataset", "voc2007", "--data-dir", str(data), "--img-size", size]
+        args = [
+            "sweep",
+            "--model",
+            model,
+            "--random-init",
+            "--dataset",
+            "voc2007",
+            "--data-dir",
+            str(data),
+            "--img-size",
+            size,
+        ]
         args += ["--lams", "0,0.5", "--temps", "", "--heads", "", "--out", str(results), "--save-scores", str(scores)]
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("CSRA_POSTHOC_CACHE", str(self.root / "cache"))
@@ -63,7 +83,21 @@ def test_exported_file_reproduces_the_sweep_row(swept, tmp_path: Path, key: str,
     assert summary["baseline_source"] == "model_logits" and summary["identity_max_abs_diff"] < 1e-3
     arrays = np.load(scores, allow_pickle=False)
     out = tmp_path / f"patched.{fmt}"
-    res = runner.invoke(app, ["apply", "--model", MODELS[key][0], "--random-init", "--from-results", str(results), "--pick", "fixed", "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "apply",
+            "--model",
+            MODELS[key][0],
+            "--random-init",
+            "--from-results",
+            str(results),
+            "--pick",
+            "fixed",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     config = exported_config(out)
     assert config.lam == summary["fixed"]["lam"] > 0
@@ -79,7 +113,13 @@ def test_exported_file_reproduces_the_sweep_row(swept, tmp_path: Path, key: str,
 def test_predict_runs_on_the_patched_swin(swept, tmp_path: Path) -> None:
     data, results, _ = swept["swin"]
     out = tmp_path / "swin.safetensors"
-    assert runner.invoke(app, ["apply", "--model", MODELS["swin"][0], "--random-init", "--from-results", str(results), "--out", str(out)]).exit_code == 0
+    assert (
+        runner.invoke(
+            app,
+            ["apply", "--model", MODELS["swin"][0], "--random-init", "--from-results", str(results), "--out", str(out)],
+        ).exit_code
+        == 0
+    )
     image = load_dataset("voc2007", data).paths[0]
     res = runner.invoke(app, ["predict", "--patched", str(out), str(image), "--json", str(tmp_path / "p.json")])
     assert res.exit_code == 0, res.output

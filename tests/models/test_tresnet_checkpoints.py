@@ -48,7 +48,11 @@ def _blur(channels: int) -> torch.Tensor:
 
 def asl_layout(model: nn.Module) -> dict[str, torch.Tensor]:
     """timm's TResNet state dict in the ASL code's names (by hand, independent of timm's mapping)."""
-    with_aa = {name for name, m in model.named_modules() if isinstance(m, ConvNormAct) and m.aa is not None and not isinstance(m.aa, nn.Identity)}
+    with_aa = {
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, ConvNormAct) and m.aa is not None and not isinstance(m.aa, nn.Identity)
+    }
     out = {}
     for key, value in model.state_dict().items():
         if key.endswith("num_batches_tracked"):

@@ -26,7 +26,12 @@ from tests.helpers import sweep_argv
 
 runner = CliRunner()
 FAMILIES = {"timm-cnn": "resnet10t", "timm-vit": "vit_tiny_patch16_224", "torchvision": "torchvision:resnet18"}
-FORMATS = ["safetensors", "ts", pytest.param("pt2", marks=pytest.mark.slow), pytest.param("onnx", marks=pytest.mark.slow)]
+FORMATS = [
+    "safetensors",
+    "ts",
+    pytest.param("pt2", marks=pytest.mark.slow),
+    pytest.param("onnx", marks=pytest.mark.slow),
+]
 
 
 def one_line_error(res, *fragments: str) -> None:
@@ -57,7 +62,15 @@ class _Sweeps(dict):
             mp.setenv("CSRA_POSTHOC_CACHE", str(self.root / "cache"))
             res = runner.invoke(
                 app,
-                sweep_argv(model=FAMILIES[family], data_dir=data, lams="0,0.3,0.9", temps="", heads="", out=results, save_scores=scores),
+                sweep_argv(
+                    model=FAMILIES[family],
+                    data_dir=data,
+                    lams="0,0.3,0.9",
+                    temps="",
+                    heads="",
+                    out=results,
+                    save_scores=scores,
+                ),
             )
         assert res.exit_code == 0, res.output
         self[family] = (data, results, scores)
@@ -76,13 +89,30 @@ def _dataset_batch(data: Path, preprocessing: TransformSpec) -> tuple[list[str],
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("family", ["timm-cnn", pytest.param("timm-vit", marks=pytest.mark.slow), pytest.param("torchvision", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "family",
+    ["timm-cnn", pytest.param("timm-vit", marks=pytest.mark.slow), pytest.param("torchvision", marks=pytest.mark.slow)],
+)
 def test_exported_file_reproduces_the_sweep_row(swept, tmp_path: Path, family: str, fmt: str) -> None:
     data, results, scores = swept[family]
     arrays = np.load(scores, allow_pickle=False)
     for pick in ("fixed", "best"):
         out = tmp_path / f"patched-{pick}.{fmt}"
-        res = runner.invoke(app, ["apply", "--model", FAMILIES[family], "--random-init", "--from-results", str(results), "--pick", pick, "--out", str(out)])
+        res = runner.invoke(
+            app,
+            [
+                "apply",
+                "--model",
+                FAMILIES[family],
+                "--random-init",
+                "--from-results",
+                str(results),
+                "--pick",
+                pick,
+                "--out",
+                str(out),
+            ],
+        )
         assert res.exit_code == 0, res.output
         config = exported_config(out)
         assert config.lam == json.loads(results.read_text())[pick]["lam"]
@@ -106,7 +136,11 @@ def test_every_variant_matches_the_sweeps_statistics(voc_dir: Path, tmp_path: Pa
     images = load_dataset("voc2007", voc_dir)
     stats = extract(adapter, images, img_size=64, use_cache=False)
     x = torch.stack([build_transform(stats.info.transform)(load_rgb(p)) for p in images.paths])
-    for variant, kwargs in ((Variant("softmax", temperature=3.0), {"temperature": 3.0}), (Variant("heads", heads=6), {"heads": 6}), (Variant("max"), {})):
+    for variant, kwargs in (
+        (Variant("softmax", temperature=3.0), {"temperature": 3.0}),
+        (Variant("heads", heads=6), {"heads": 6}),
+        (Variant("max"), {}),
+    ):
         expected = row_scores(stats, SweepRow(variant, 0.7, {}, torch.zeros(0)))
         with torch.no_grad():
             got = patch(adapter, lam=0.7, preprocessing=stats.info.transform, **kwargs)(x)
@@ -163,7 +197,10 @@ def test_bad_apply_flags_fail_in_one_line(tmp_path: Path, args: list[str], fragm
 
 
 def test_unsupported_family_is_named(tmp_path: Path) -> None:
-    res = runner.invoke(app, ["apply", "--model", "torchvision:vgg11", "--random-init", "--lam", "0.2", "--out", str(tmp_path / "p.onnx")])
+    res = runner.invoke(
+        app,
+        ["apply", "--model", "torchvision:vgg11", "--random-init", "--lam", "0.2", "--out", str(tmp_path / "p.onnx")],
+    )
     one_line_error(res, "torchvision:vgg11", "no per-location form")
 
 
@@ -181,11 +218,38 @@ def test_existing_out_is_replaced_force_still_accepted(tmp_path: Path) -> None:
 def test_from_results_of_another_model_weights_or_class_list_is_refused(swept, tmp_path: Path) -> None:
     _, results, _ = swept["timm-cnn"]
     out = str(tmp_path / "p.safetensors")
-    res = runner.invoke(app, ["apply", "--model", "resnet14t", "--random-init", "--num-classes", "20", "--from-results", str(results), "--out", out])
+    res = runner.invoke(
+        app,
+        [
+            "apply",
+            "--model",
+            "resnet14t",
+            "--random-init",
+            "--num-classes",
+            "20",
+            "--from-results",
+            str(results),
+            "--out",
+            out,
+        ],
+    )
     one_line_error(res, "measured on model resnet10t", "not resnet14t")
     torch.manual_seed(1)
     torch.save(timm.create_model("resnet10t", num_classes=20).state_dict(), tmp_path / "other.pth")
-    res = runner.invoke(app, ["apply", "--model", "resnet10t", "--checkpoint", str(tmp_path / "other.pth"), "--from-results", str(results), "--out", out])
+    res = runner.invoke(
+        app,
+        [
+            "apply",
+            "--model",
+            "resnet10t",
+            "--checkpoint",
+            str(tmp_path / "other.pth"),
+            "--from-results",
+            str(results),
+            "--out",
+            out,
+        ],
+    )
     one_line_error(res, "other weights", "fingerprint")
     res = runner.invoke(
         app,
@@ -206,7 +270,21 @@ def test_from_results_of_another_model_weights_or_class_list_is_refused(swept, t
     )
     one_line_error(res, "class list")
     res = runner.invoke(
-        app, ["apply", "--model", "resnet10t", "--random-init", "--num-classes", "20", "--from-results", str(results), "--lam", "0.3", "--out", out]
+        app,
+        [
+            "apply",
+            "--model",
+            "resnet10t",
+            "--random-init",
+            "--num-classes",
+            "20",
+            "--from-results",
+            str(results),
+            "--lam",
+            "0.3",
+            "--out",
+            out,
+        ],
     )
     one_line_error(res, "--from-results", "--lam")
     assert not Path(out).exists()
@@ -226,11 +304,27 @@ def test_results_from_a_probe_need_its_head(tmp_path: Path, voc_dir: Path) -> No
     assert res.exit_code == 0, res.output
     out = tmp_path / "p.safetensors"
     # no --head-file: the probe the results name is found by their head fingerprint (issue 24), and said
-    res = runner.invoke(app, ["apply", "--model", "resnet10t", "--random-init", "--from-results", str(results), "--out", str(out)])
+    res = runner.invoke(
+        app, ["apply", "--model", "resnet10t", "--random-init", "--from-results", str(results), "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     assert "(found by the results' head fingerprint)" in " ".join(res.output.split())
     res = runner.invoke(
-        app, ["apply", "--model", "resnet10t", "--random-init", "--head-file", str(head), "--from-results", str(results), "--pick", "fixed", "--out", str(out)]
+        app,
+        [
+            "apply",
+            "--model",
+            "resnet10t",
+            "--random-init",
+            "--head-file",
+            str(head),
+            "--from-results",
+            str(results),
+            "--pick",
+            "fixed",
+            "--out",
+            str(out),
+        ],
     )
     assert res.exit_code == 0, res.output
     config = exported_config(out)

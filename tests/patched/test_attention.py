@@ -25,8 +25,18 @@ def photo(tmp_path: Path) -> Path:
 
 def test_maps_pool_to_the_patched_scores(tmp_path: Path, photo: Path) -> None:
     torch.manual_seed(0)
-    res = run_attention(photo, tmp_path / "a.png", ModelSource("resnet10t", random_init=True), CSRASettings(lam=0.3), img_size=64, top_k=4, device="cpu")
-    assert res.maps.shape == (4, 2, 2) and res.image.shape == (64, 64, 3) and 0 <= res.image.min() <= res.image.max() <= 1
+    res = run_attention(
+        photo,
+        tmp_path / "a.png",
+        ModelSource("resnet10t", random_init=True),
+        CSRASettings(lam=0.3),
+        img_size=64,
+        top_k=4,
+        device="cpu",
+    )
+    assert (
+        res.maps.shape == (4, 2, 2) and res.image.shape == (64, 64, 3) and 0 <= res.image.min() <= res.image.max() <= 1
+    )
     flat = torch.from_numpy(res.maps).flatten(1)
     assert np.allclose(res.baseline, flat.mean(1).numpy(), atol=1e-5)
     assert np.allclose(res.patched, (flat.mean(1) + 0.3 * flat.amax(1)).numpy(), atol=1e-5)
@@ -54,13 +64,39 @@ def test_top_classes_match_predict(tmp_path: Path, photo: Path) -> None:
 def test_cli_attention_and_its_refusals(tmp_path: Path, photo: Path) -> None:
     runner = CliRunner()
     ok = runner.invoke(
-        app, ["attention", str(photo), "--model", "resnet10t", "--random-init", "--img-size", "64", "--top-k", "2", "--out", str(tmp_path / "f.svg")]
+        app,
+        [
+            "attention",
+            str(photo),
+            "--model",
+            "resnet10t",
+            "--random-init",
+            "--img-size",
+            "64",
+            "--top-k",
+            "2",
+            "--out",
+            str(tmp_path / "f.svg"),
+        ],
     )
     assert ok.exit_code == 0, ok.output
     assert "<svg" in (tmp_path / "f.svg").read_text()
-    missing_dir = runner.invoke(app, ["attention", str(photo), "--model", "resnet10t", "--random-init", "--out", str(tmp_path / "no" / "f.png")])
+    missing_dir = runner.invoke(
+        app, ["attention", str(photo), "--model", "resnet10t", "--random-init", "--out", str(tmp_path / "no" / "f.png")]
+    )
     assert missing_dir.exit_code == 2 and "does not exist" in missing_dir.output
-    missing_image = runner.invoke(app, ["attention", str(tmp_path / "none.jpg"), "--model", "resnet10t", "--random-init", "--out", str(tmp_path / "f.png")])
+    missing_image = runner.invoke(
+        app,
+        [
+            "attention",
+            str(tmp_path / "none.jpg"),
+            "--model",
+            "resnet10t",
+            "--random-init",
+            "--out",
+            str(tmp_path / "f.png"),
+        ],
+    )
     assert missing_image.exit_code == 2 and "none.jpg" in missing_image.output
 
 

@@ -34,7 +34,9 @@ def _randomise_head(linear: torch.nn.Module) -> None:
 IDENTITY_MODELS = {
     "timm resnet10t": lambda: timm.create_model("resnet10t", num_classes=7),
     "timm convnext_atto (pooled LayerNorm)": lambda: timm.create_model("convnext_atto", num_classes=7),
-    "timm vit avg-pool (fc_norm)": lambda: timm.create_model("vit_tiny_patch16_224", num_classes=7, img_size=64, global_pool="avg"),
+    "timm vit avg-pool (fc_norm)": lambda: timm.create_model(
+        "vit_tiny_patch16_224", num_classes=7, img_size=64, global_pool="avg"
+    ),
     "torchvision resnet18": lambda: torchvision.models.resnet18(num_classes=7),
     "torchvision mobilenet_v2": lambda: torchvision.models.mobilenet_v2(num_classes=7),
 }
@@ -43,11 +45,18 @@ IDENTITY_MODELS = {
 SLOW_IDENTITY = {"torchvision mobilenet_v2"}  # torchvision's family is covered fast by resnet18
 
 
-@pytest.mark.parametrize("build", [pytest.param(b, id=k, marks=[pytest.mark.slow] if k in SLOW_IDENTITY else []) for k, b in IDENTITY_MODELS.items()])
+@pytest.mark.parametrize(
+    "build",
+    [pytest.param(b, id=k, marks=[pytest.mark.slow] if k in SLOW_IDENTITY else []) for k, b in IDENTITY_MODELS.items()],
+)
 def test_lam_zero_returns_the_models_own_logits(build) -> None:
     torch.manual_seed(0)
     model = build().eval()
-    head = model.get_classifier() if hasattr(model, "get_classifier") else (model.fc if hasattr(model, "fc") else model.classifier[-1])
+    head = (
+        model.get_classifier()
+        if hasattr(model, "get_classifier")
+        else (model.fc if hasattr(model, "fc") else model.classifier[-1])
+    )
     _randomise_head(head)
     x = _x()
     with torch.no_grad():
@@ -135,7 +144,11 @@ def test_unsupported_families_are_refused_with_the_reason() -> None:
     with pytest.raises(CSRAError, match="no per-location form"):
         patch(torchvision.models.vgg11(num_classes=3))
     with pytest.raises(CSRAError, match="not a timm or torchvision classifier"):
-        patch(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2)))
+        patch(
+            torch.nn.Sequential(
+                torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2)
+            )
+        )
     with pytest.raises(CSRAError, match="not supported"):
         patch(torchvision.models.squeezenet1_0(num_classes=3))
 
@@ -167,7 +180,14 @@ def test_probe_head_replaces_the_classifier(tmp_path: Path) -> None:
         probe,
         tmp_path / "head.safetensors",
         {
-            "probe": {"dataset": "voc2007", "split": "trainval", "num_images": 5, "c": 0.01, "classes": ["x", "y", "z"], "skipped_classes": []},
+            "probe": {
+                "dataset": "voc2007",
+                "split": "trainval",
+                "num_images": 5,
+                "c": 0.01,
+                "classes": ["x", "y", "z"],
+                "skipped_classes": [],
+            },
             "model": "resnet10t",
         },
     )
@@ -189,7 +209,11 @@ def test_a_fitted_probe_adapter_patches_with_its_probe() -> None:
     torch.manual_seed(0)
     base = load_model("resnet10t", random_init=True)
     probe = base.head.with_linear(torch.randn(4, base.head.weight.shape[1]), torch.randn(4))
-    fitted = ProbeHeadAdapter(base, probe, AdapterInfo("resnet10t", "timm-cnn", "model_logits", "random-init", head="linear probe on x train, 9 images"))
+    fitted = ProbeHeadAdapter(
+        base,
+        probe,
+        AdapterInfo("resnet10t", "timm-cnn", "model_logits", "random-init", head="linear probe on x train, 9 images"),
+    )
     x = _x()
     with torch.no_grad():
         s, logits = fitted(x)

@@ -36,7 +36,13 @@ def test_exports_of_efficientnet_lite0_reproduce_the_sweep_on_photos(tmp_path: P
     for name, pixels in photos.items():
         Image.fromarray(pixels).convert("RGB").save(tmp_path / f"{name}.png")
     header = "path," + ",".join(f"in{i}" for i in range(1000))
-    rows = [f"{n}.png," + ",".join("1" if i in (CATS if n == "chelsea" else COFFEE if n == "coffee" else ()) else "0" for i in range(1000)) for n in photos]
+    rows = [
+        f"{n}.png,"
+        + ",".join(
+            "1" if i in (CATS if n == "chelsea" else COFFEE if n == "coffee" else ()) else "0" for i in range(1000)
+        )
+        for n in photos
+    ]
     (tmp_path / "labels.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
     results, npz = tmp_path / "r.json", tmp_path / "s.npz"
     res = runner.invoke(
@@ -63,7 +69,19 @@ def test_exports_of_efficientnet_lite0_reproduce_the_sweep_on_photos(tmp_path: P
     for fmt in ("onnx", "ts", "pt2", "safetensors"):
         out = tmp_path / f"lite0.{fmt}"
         res = runner.invoke(
-            app, ["apply", "--model", "efficientnet_lite0", "--pretrained", "--from-results", str(results), "--pick", "fixed", "--out", str(out)]
+            app,
+            [
+                "apply",
+                "--model",
+                "efficientnet_lite0",
+                "--pretrained",
+                "--from-results",
+                str(results),
+                "--pick",
+                "fixed",
+                "--out",
+                str(out),
+            ],
         )
         assert res.exit_code == 0, res.output
         config = exported_config(out)
@@ -84,10 +102,14 @@ def test_predict_names_imagenet_classes_and_compares(tmp_path: Path) -> None:
     Image.fromarray(skdata.chelsea()).convert("RGB").save(tmp_path / "chelsea.jpg", quality=95)
     Image.fromarray(skdata.coffee()).convert("RGB").save(tmp_path / "coffee.jpg", quality=95)
     patched = tmp_path / "lite0.safetensors"
-    res = runner.invoke(app, ["apply", "--model", "efficientnet_lite0", "--pretrained", "--lam", "0.2", "--out", str(patched)])
+    res = runner.invoke(
+        app, ["apply", "--model", "efficientnet_lite0", "--pretrained", "--lam", "0.2", "--out", str(patched)]
+    )
     assert res.exit_code == 0, res.output
     out = tmp_path / "pred.json"
-    res = runner.invoke(app, ["predict", "--patched", str(patched), str(tmp_path), "--top-k", "5", "--compare", "--json", str(out)])
+    res = runner.invoke(
+        app, ["predict", "--patched", str(patched), str(tmp_path), "--top-k", "5", "--compare", "--json", str(out)]
+    )
     assert res.exit_code == 0, res.output
     info = ImageNetInfo()
     data = {Path(e["image"]).stem: e for e in json.loads(out.read_text())}

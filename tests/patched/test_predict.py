@@ -40,11 +40,26 @@ def applied(tmp_path_factory) -> tuple[Path, Path, Path]:
         results, scores, patched = tmp_path / "r.json", tmp_path / "s.npz", tmp_path / "p.safetensors"
         res = runner.invoke(
             app,
-            sweep_argv(checkpoint=ckpt, data_dir=voc_dir, lams="0,0.5", temps="", heads="", out=results, save_scores=scores),
+            sweep_argv(
+                checkpoint=ckpt, data_dir=voc_dir, lams="0,0.5", temps="", heads="", out=results, save_scores=scores
+            ),
         )
         assert res.exit_code == 0, res.output
         res = runner.invoke(
-            app, ["apply", "--model", "resnet10t", "--checkpoint", str(ckpt), "--from-results", str(results), "--pick", "fixed", "--out", str(patched)]
+            app,
+            [
+                "apply",
+                "--model",
+                "resnet10t",
+                "--checkpoint",
+                str(ckpt),
+                "--from-results",
+                str(results),
+                "--pick",
+                "fixed",
+                "--out",
+                str(patched),
+            ],
         )
         assert res.exit_code == 0, res.output
     return patched, scores, voc_dir / "VOCdevkit" / "VOC2007" / "JPEGImages"
@@ -53,7 +68,9 @@ def applied(tmp_path_factory) -> tuple[Path, Path, Path]:
 def test_predict_json_matches_the_sweep_scores(applied, tmp_path: Path) -> None:
     patched, scores, images = applied
     out = tmp_path / "pred.json"
-    res = runner.invoke(app, ["predict", "--patched", str(patched), str(images), "--top-k", "4", "--threshold", "0", "--json", str(out)])
+    res = runner.invoke(
+        app, ["predict", "--patched", str(patched), str(images), "--top-k", "4", "--threshold", "0", "--json", str(out)]
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     arrays = np.load(scores, allow_pickle=False)
@@ -77,11 +94,16 @@ def test_threshold_keeps_only_confident_top_k(applied, tmp_path: Path) -> None:
     patched, _, images = applied
     out = tmp_path / "pred.json"
     first = sorted(images.iterdir())[0]
-    res = runner.invoke(app, ["predict", "--patched", str(patched), str(first), "--top-k", "20", "--threshold", "0.5", "--json", str(out)])
+    res = runner.invoke(
+        app,
+        ["predict", "--patched", str(patched), str(first), "--top-k", "20", "--threshold", "0.5", "--json", str(out)],
+    )
     assert res.exit_code == 0, res.output
     preds = json.loads(out.read_text())[0]["predictions"]
     assert all(p["score"] >= 0 for p in preds)  # sigmoid(score) >= 0.5  <=>  score >= 0
-    res0 = runner.invoke(app, ["predict", "--patched", str(patched), str(first), "--top-k", "20", "--threshold", "0", "--json", str(out)])
+    res0 = runner.invoke(
+        app, ["predict", "--patched", str(patched), str(first), "--top-k", "20", "--threshold", "0", "--json", str(out)]
+    )
     assert res0.exit_code == 0
     everything = json.loads(out.read_text())[0]["predictions"]
     assert all(p["threshold"] == 0.5 and p["threshold_mode"] == "probability" for p in preds)
@@ -93,7 +115,22 @@ def test_compare_marks_classes_moved_by_the_patch(applied, tmp_path: Path) -> No
     patched, _, images = applied
     out = tmp_path / "pred.json"
     res = runner.invoke(
-        app, ["predict", "--patched", str(patched), str(images), "--lam", "5", "--top-k", "3", "--threshold", "0", "--compare", "--json", str(out)]
+        app,
+        [
+            "predict",
+            "--patched",
+            str(patched),
+            str(images),
+            "--lam",
+            "5",
+            "--top-k",
+            "3",
+            "--threshold",
+            "0",
+            "--compare",
+            "--json",
+            str(out),
+        ],
     )
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
@@ -112,7 +149,9 @@ def test_a_broken_image_is_named_and_the_others_still_predicted(applied, tmp_pat
     broken.write_bytes(b"not a jpeg")
     good = sorted(images.iterdir())[:2]
     out = tmp_path / "pred.json"
-    res = runner.invoke(app, ["predict", "--patched", str(patched), str(good[0]), str(broken), str(good[1]), "--json", str(out)])
+    res = runner.invoke(
+        app, ["predict", "--patched", str(patched), str(good[0]), str(broken), str(good[1]), "--json", str(out)]
+    )
     assert res.exit_code == 1, res.output
     assert "broken.jpg" in res.output and "Traceback" not in res.output
     data = json.loads(out.read_text())
@@ -127,7 +166,20 @@ def test_imagenet_heads_get_imagenet_names_offline(tmp_path: Path) -> None:
     Image.fromarray(np.full((40, 40, 3), 127, np.uint8)).save(tmp_path / "grey.png")
     out = tmp_path / "p.json"
     res = runner.invoke(
-        app, ["predict", "--model", "resnet10t", "--random-init", "--img-size", "64", str(tmp_path / "grey.png"), "--threshold", "0", "--json", str(out)]
+        app,
+        [
+            "predict",
+            "--model",
+            "resnet10t",
+            "--random-init",
+            "--img-size",
+            "64",
+            str(tmp_path / "grey.png"),
+            "--threshold",
+            "0",
+            "--json",
+            str(out),
+        ],
     )
     assert res.exit_code == 0, res.output
     from timm.data import ImageNetInfo
@@ -158,7 +210,9 @@ def test_missing_image_and_wrong_patched_file(tmp_path: Path) -> None:
     (tmp_path / "m.onnx").write_bytes(b"")
     (tmp_path / "x.png").write_bytes(b"")
     res = runner.invoke(app, ["predict", "--patched", str(tmp_path / "m.onnx"), str(tmp_path / "x.png")])
-    assert res.exit_code == 2 and "m.onnx" in res.output and "apply --out" in res.output and "Traceback" not in res.output
+    assert (
+        res.exit_code == 2 and "m.onnx" in res.output and "apply --out" in res.output and "Traceback" not in res.output
+    )
     (tmp_path / "m.pkl").write_bytes(b"")
     res = runner.invoke(app, ["predict", "--patched", str(tmp_path / "m.pkl"), str(tmp_path / "x.png")])
     assert res.exit_code == 2 and ".safetensors" in res.output
@@ -175,12 +229,17 @@ def test_an_exported_file_predicts_the_same_scores_without_a_baseline(applied, t
     outs = {}
     for name, path in (("safetensors", patched), ("ts", ts)):
         out = tmp_path / f"{name}.json"
-        res = runner.invoke(app, ["predict", "--patched", str(path), str(images), "--threshold", "0", "--json", str(out)])
+        res = runner.invoke(
+            app, ["predict", "--patched", str(path), str(images), "--threshold", "0", "--json", str(out)]
+        )
         assert res.exit_code == 0, res.output
         outs[name] = json.loads(out.read_text())
     for a, b in zip(outs["safetensors"], outs["ts"], strict=True):
         assert [p["class"] for p in a["predictions"]] == [p["class"] for p in b["predictions"]]
-        assert all(math.isclose(p["score"], q["score"], abs_tol=1e-5) for p, q in zip(a["predictions"], b["predictions"], strict=True))
+        assert all(
+            math.isclose(p["score"], q["score"], abs_tol=1e-5)
+            for p, q in zip(a["predictions"], b["predictions"], strict=True)
+        )
         assert all(q["baseline_score"] is None for q in b["predictions"])  # the file holds the CSRA scores only
     res = runner.invoke(app, ["predict", "--patched", str(ts), str(images), "--compare"])
     assert res.exit_code == 2 and "--compare" in res.output and ".safetensors" in res.output

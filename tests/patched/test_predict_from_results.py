@@ -37,15 +37,48 @@ def swept(tmp_path_factory) -> tuple[Path, Path, Path]:
         images = tmp_path / "images"
         images.mkdir()
         # rocket and astronaut: tall / wide photos, where a centre crop and a square resize see other pixels
-        photos = {"chelsea": skdata.chelsea(), "coffee": skdata.coffee(), "astronaut": skdata.astronaut(), "rocket": skdata.rocket()}
+        photos = {
+            "chelsea": skdata.chelsea(),
+            "coffee": skdata.coffee(),
+            "astronaut": skdata.astronaut(),
+            "rocket": skdata.rocket(),
+        }
         for name, pixels in photos.items():
             Image.fromarray(pixels).convert("RGB").save(images / f"{name}.png")
         header = "path," + ",".join(f"in{i}" for i in range(1000))
-        rows = [f"{n}.png," + ",".join("1" if i in (CATS if n == "chelsea" else COFFEE if n == "coffee" else ()) else "0" for i in range(1000)) for n in photos]
+        rows = [
+            f"{n}.png,"
+            + ",".join(
+                "1" if i in (CATS if n == "chelsea" else COFFEE if n == "coffee" else ()) else "0" for i in range(1000)
+            )
+            for n in photos
+        ]
         (tmp_path / "labels.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
         results, npz = tmp_path / "r.json", tmp_path / "s.npz"
-        args = sweep_argv(model="efficientnet_lite0", pretrained=True, dataset="csv", data_dir=images, labels=tmp_path / "labels.csv", img_size=SIZE)
-        res = runner.invoke(app, [*args, "--lams", "0,0.2,1", "--temps", "", "--heads", "", "--out", str(results), "--save-scores", str(npz)])
+        args = sweep_argv(
+            model="efficientnet_lite0",
+            pretrained=True,
+            dataset="csv",
+            data_dir=images,
+            labels=tmp_path / "labels.csv",
+            img_size=SIZE,
+        )
+        res = runner.invoke(
+            app,
+            [
+                *args,
+                "--lams",
+                "0,0.2,1",
+                "--temps",
+                "",
+                "--heads",
+                "",
+                "--out",
+                str(results),
+                "--save-scores",
+                str(npz),
+            ],
+        )
         assert res.exit_code == 0, res.output
         yield images, results, npz
 
@@ -74,7 +107,16 @@ def test_from_results_equals_the_sweeps_saved_scores(swept, tmp_path: Path, pick
     classes = [str(c) for c in arrays["classes"]]
     data = json.loads(results.read_text())
     assert data["fixed"]["lam"] == 0.2  # a patched row, not the baseline
-    args = ["--model", "efficientnet_lite0", "--pretrained", "--from-results", str(results), "--pick", pick, str(images)]
+    args = [
+        "--model",
+        "efficientnet_lite0",
+        "--pretrained",
+        "--from-results",
+        str(results),
+        "--pick",
+        pick,
+        str(images),
+    ]
     entries, output = _predict([*args, "--top-k", "1000", "--threshold", "0"], tmp_path / "p.json")
     scores = _all_scores(entries, classes)
     for i, name in enumerate(arrays["ids"]):
@@ -92,14 +134,31 @@ def test_the_old_default_transform_scored_otherwise(swept, tmp_path: Path) -> No
     arrays = np.load(npz, allow_pickle=False)
     classes = [str(c) for c in arrays["classes"]]
     lam = json.loads(results.read_text())["fixed"]["lam"]
-    (tmp_path / "classes.txt").write_text("\n".join(classes) + "\n")  # ImageNet's names repeat ("crane"): the sweep's ids
-    args = ["--model", "efficientnet_lite0", "--pretrained", "--lam", str(lam), "--img-size", SIZE, str(images), "--top-k", "1000", "--threshold", "0"]
+    (tmp_path / "classes.txt").write_text(
+        "\n".join(classes) + "\n"
+    )  # ImageNet's names repeat ("crane"): the sweep's ids
+    args = [
+        "--model",
+        "efficientnet_lite0",
+        "--pretrained",
+        "--lam",
+        str(lam),
+        "--img-size",
+        SIZE,
+        str(images),
+        "--top-k",
+        "1000",
+        "--threshold",
+        "0",
+    ]
     args += ["--classes-file", str(tmp_path / "classes.txt")]
     entries, output = _predict(args, tmp_path / "p.json")
     scores = _all_scores(entries, classes)
     diffs = [np.abs(scores[str(name)] - arrays["fixed"][i]).max() for i, name in enumerate(arrays["ids"])]
     assert min(diffs) > 1e-2
-    moved = [str(n) for i, n in enumerate(arrays["ids"]) if int(scores[str(n)].argmax()) != int(arrays["fixed"][i].argmax())]
+    moved = [
+        str(n) for i, n in enumerate(arrays["ids"]) if int(scores[str(n)].argmax()) != int(arrays["fixed"][i].argmax())
+    ]
     assert moved, "the crop and the square resize agree on every top class"  # the symptom: top classes change
     assert "centre crop" in output
 
@@ -121,7 +180,16 @@ def test_calibrated_thresholds_are_the_default_and_applied_per_class(swept, tmp_
     values = rng.uniform(best.min(), best.max(), size=len(classes)).round(4).tolist()
     calibrated = _with_thresholds(results, tmp_path / "r_thr.json", values)
     top_k = 50
-    args = ["--model", "efficientnet_lite0", "--pretrained", "--from-results", str(calibrated), str(images), "--top-k", str(top_k)]
+    args = [
+        "--model",
+        "efficientnet_lite0",
+        "--pretrained",
+        "--from-results",
+        str(calibrated),
+        str(images),
+        "--top-k",
+        str(top_k),
+    ]
     entries, output = _predict(args, tmp_path / "p.json")
     assert "calibrated threshold" in output and "test thresholds" in output
     for i, name in enumerate(arrays["ids"]):
@@ -135,7 +203,11 @@ def test_calibrated_thresholds_are_the_default_and_applied_per_class(swept, tmp_
             assert p["threshold"] == values[c] and p["threshold_mode"] == "calibrated"
     # a probability given explicitly still means sigmoid(score) >= p
     entries, _ = _predict([*args, "--threshold", "0.5"], tmp_path / "p.json")
-    assert all(p["threshold_mode"] == "probability" and p["threshold"] == 0.5 and p["score"] >= 0 for e in entries for p in e["predictions"])
+    assert all(
+        p["threshold_mode"] == "probability" and p["threshold"] == 0.5 and p["score"] >= 0
+        for e in entries
+        for p in e["predictions"]
+    )
     # the fixed row has no thresholds: calibrated asked for is refused, the default is 0.5
     res = runner.invoke(app, ["predict", *args, "--pick", "fixed", "--threshold", "calibrated"])
     assert res.exit_code == 2 and "--threshold" in res.output and "'fixed'" in res.output
@@ -152,27 +224,54 @@ def test_single_label_heads_predict_by_rank(swept, tmp_path: Path) -> None:
     single = tmp_path / "r_single.json"
     single.write_text(json.dumps(data))
     entries, output = _predict(
-        ["--model", "efficientnet_lite0", "--pretrained", "--from-results", str(single), str(images), "--top-k", "3"], tmp_path / "p.json"
+        ["--model", "efficientnet_lite0", "--pretrained", "--from-results", str(single), str(images), "--top-k", "3"],
+        tmp_path / "p.json",
     )
     assert all(e["threshold_mode"] == "rank" and len(e["predictions"]) == 3 for e in entries)
     assert all(p["threshold"] is None for e in entries for p in e["predictions"])
     assert "by rank" in output
     # the model's own 1000-class softmax head, no results file: rank too, and the head is named
-    entries, output = _predict(["--model", "efficientnet_lite0", "--pretrained", "--img-size", SIZE, str(images), "--top-k", "5"], tmp_path / "p.json")
+    entries, output = _predict(
+        ["--model", "efficientnet_lite0", "--pretrained", "--img-size", SIZE, str(images), "--top-k", "5"],
+        tmp_path / "p.json",
+    )
     assert all(e["threshold_mode"] == "rank" and len(e["predictions"]) == 5 for e in entries)
     assert "1000 classes: the model's own classifier (ImageNet)" in output
     chelsea = next(e for e in entries if Path(e["image"]).stem == "chelsea")
-    assert chelsea["predictions"][0]["class"] in {"tabby, tabby cat", "tiger cat", "Persian cat", "Siamese cat, Siamese", "Egyptian cat"}
+    assert chelsea["predictions"][0]["class"] in {
+        "tabby, tabby cat",
+        "tiger cat",
+        "Persian cat",
+        "Siamese cat, Siamese",
+        "Egyptian cat",
+    }
 
 
 @pytest.mark.slow  # real weights and photos: a sweep, then predict
 @pytest.mark.parametrize(
     ("extra", "flag"),
-    [(["--lam", "0.3"], "--lam"), (["--img-size", "128"], "--img-size"), (["--transform", "crop"], "--transform"), (["--classes", "a,b"], "--classes")],
+    [
+        (["--lam", "0.3"], "--lam"),
+        (["--img-size", "128"], "--img-size"),
+        (["--transform", "crop"], "--transform"),
+        (["--classes", "a,b"], "--classes"),
+    ],
 )
 def test_from_results_refuses_flags_it_sets(swept, extra: list[str], flag: str) -> None:
     images, results, _ = swept
-    res = runner.invoke(app, ["predict", "--model", "efficientnet_lite0", "--pretrained", "--from-results", str(results), *extra, str(images)])
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            "efficientnet_lite0",
+            "--pretrained",
+            "--from-results",
+            str(results),
+            *extra,
+            str(images),
+        ],
+    )
     assert res.exit_code == 2 and flag in res.output and "--from-results" in res.output
     assert len(res.output.strip().splitlines()) == 1
 
@@ -180,15 +279,32 @@ def test_from_results_refuses_flags_it_sets(swept, extra: list[str], flag: str) 
 @pytest.mark.slow  # real weights and photos: a sweep, then predict
 def test_from_results_refuses_other_weights(swept, tmp_path: Path) -> None:
     images, results, _ = swept
-    res = runner.invoke(app, ["predict", "--model", "efficientnet_lite0", "--random-init", "--from-results", str(results), str(images)])
+    res = runner.invoke(
+        app, ["predict", "--model", "efficientnet_lite0", "--random-init", "--from-results", str(results), str(images)]
+    )
     assert res.exit_code == 2 and "other weights" in res.output
-    res = runner.invoke(app, ["predict", "--model", "efficientnet_lite0", "--pretrained", "--from-results", str(results), str(images), "--json", str(results)])
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            "efficientnet_lite0",
+            "--pretrained",
+            "--from-results",
+            str(results),
+            str(images),
+            "--json",
+            str(results),
+        ],
+    )
     assert res.exit_code == 2 and "--json" in res.output
 
 
 def test_exported_file_does_not_promise_a_baseline(tmp_path: Path) -> None:
     ts = tmp_path / "p.ts"
-    res = runner.invoke(app, ["apply", "--model", "resnet10t", "--random-init", "--img-size", "64", "--lam", "0.2", "--out", str(ts)])
+    res = runner.invoke(
+        app, ["apply", "--model", "resnet10t", "--random-init", "--img-size", "64", "--lam", "0.2", "--out", str(ts)]
+    )
     assert res.exit_code == 0, res.output
     Image.fromarray(skdata.chelsea()).convert("RGB").save(tmp_path / "chelsea.png")
     res = runner.invoke(app, ["predict", "--patched", str(ts), str(tmp_path / "chelsea.png"), "--threshold", "0"])
@@ -220,7 +336,9 @@ def test_patched_config_thresholds_are_used_unless_its_settings_are_overridden(t
     assert entry["threshold_mode"] == "calibrated" and "per-class F1 on a test split" in output
     expected = [p["class"] for p in everything["predictions"] if p["score"] >= values[int(p["class"][1:])]]
     assert [p["class"] for p in entry["predictions"]] == expected and 0 < len(expected) < 1000
-    (other,), _ = _predict([*args, "--lam", "0.5"], tmp_path / "lam.json")  # thresholds chosen for lam 0.2 do not carry over
+    (other,), _ = _predict(
+        [*args, "--lam", "0.5"], tmp_path / "lam.json"
+    )  # thresholds chosen for lam 0.2 do not carry over
     assert other["threshold_mode"] != "calibrated"
     res = runner.invoke(app, ["predict", *args, "--lam", "0.5", "--threshold", "calibrated"])
     assert res.exit_code == 2 and "--threshold" in res.output
@@ -229,5 +347,7 @@ def test_patched_config_thresholds_are_used_unless_its_settings_are_overridden(t
 @pytest.mark.parametrize("value", ["calibratd", "1.5", "nan"])
 def test_threshold_typos_are_refused_in_one_line(tmp_path: Path, value: str) -> None:
     Image.fromarray(skdata.chelsea()).convert("RGB").save(tmp_path / "chelsea.png")
-    res = runner.invoke(app, ["predict", "--model", "resnet10t", "--random-init", str(tmp_path / "chelsea.png"), "--threshold", value])
+    res = runner.invoke(
+        app, ["predict", "--model", "resnet10t", "--random-init", str(tmp_path / "chelsea.png"), "--threshold", value]
+    )
     assert res.exit_code == 2 and "--threshold" in res.output and len(res.output.strip().splitlines()) == 1

@@ -25,7 +25,12 @@ runner = CliRunner()
 
 def test_public_names_take_the_option_objects() -> None:
     assert cp.CSRASettings is CSRASettings and cp.ModelSource is ModelSource and cp.PatchedFile is PatchedFile
-    assert callable(cp.apply_patch) and callable(cp.run_predict) and callable(cp.predict_images) and callable(cp.run_attention)
+    assert (
+        callable(cp.apply_patch)
+        and callable(cp.run_predict)
+        and callable(cp.predict_images)
+        and callable(cp.run_attention)
+    )
 
 
 @pytest.mark.parametrize(
@@ -37,7 +42,11 @@ def test_public_names_take_the_option_objects() -> None:
         (dict(heads=3), "heads", "heads 3: the paper's head counts are 1, 2, 4, 6, 8"),
         (dict(temperature=0.0), "temperature", "temperature 0.0: must be > 0"),
         (dict(pick="worst"), "pick", "pick worst: choose best, fixed, best-variant"),
-        (dict(lam=0.2, from_results="r.json"), "from_results", "from_results sets lam / temperature / heads: drop `lam`, or drop `from_results`"),
+        (
+            dict(lam=0.2, from_results="r.json"),
+            "from_results",
+            "from_results sets lam / temperature / heads: drop `lam`, or drop `from_results`",
+        ),
     ],
 )
 def test_settings_refuse_in_library_terms(kwargs: dict, param: str, start: str) -> None:
@@ -67,13 +76,24 @@ def test_resolver_defaults_and_its_one_missing_lam_line() -> None:
 @pytest.mark.parametrize(
     ("row", "expected"),
     [
-        ({"variant": "max", "temperature": None, "heads": None, "lam": 0.3, "metrics": {}}, CSRASettings(0.3, math.inf, None, pick="fixed")),
-        ({"variant": "softmax", "temperature": 3.0, "heads": None, "lam": 0.1, "metrics": {}}, CSRASettings(0.1, 3.0, None, pick="fixed")),
-        ({"variant": "heads", "temperature": None, "heads": 8, "lam": 0.5, "metrics": {}}, CSRASettings(0.5, None, 8, pick="fixed")),
+        (
+            {"variant": "max", "temperature": None, "heads": None, "lam": 0.3, "metrics": {}},
+            CSRASettings(0.3, math.inf, None, pick="fixed"),
+        ),
+        (
+            {"variant": "softmax", "temperature": 3.0, "heads": None, "lam": 0.1, "metrics": {}},
+            CSRASettings(0.1, 3.0, None, pick="fixed"),
+        ),
+        (
+            {"variant": "heads", "temperature": None, "heads": 8, "lam": 0.5, "metrics": {}},
+            CSRASettings(0.5, None, 8, pick="fixed"),
+        ),
     ],
 )
 def test_resolver_reads_the_picked_results_row(row: dict, expected: CSRASettings) -> None:
-    results = ResultsFile.from_json({"schema": 1, "model": "m", "best": {}, "fixed": row}, path="r.json", label="from_results")
+    results = ResultsFile.from_json(
+        {"schema": 1, "model": "m", "best": {}, "fixed": row}, path="r.json", label="from_results"
+    )
     assert resolve_settings(CSRASettings(from_results="r.json", pick="fixed"), results=results) == expected
 
 
@@ -115,7 +135,10 @@ def test_the_three_commands_share_one_wording(tmp_path: Path, photo: Path) -> No
         res = runner.invoke(app, argv, terminal_width=400)
         assert res.exit_code == 2, res.output
         lines.append(res.output.strip())
-    assert len(set(lines)) == 1 and lines[0] == "error: --temperature and --heads: give one of them (heads use the paper's temperature sets)", lines
+    assert (
+        len(set(lines)) == 1
+        and lines[0] == "error: --temperature and --heads: give one of them (heads use the paper's temperature sets)"
+    ), lines
 
 
 def test_predict_on_real_weights_and_a_real_photo_matches_the_model(tmp_path: Path) -> None:
@@ -141,7 +164,9 @@ def test_predict_on_real_weights_and_a_real_photo_matches_the_model(tmp_path: Pa
     config = timm.data.resolve_data_config({}, model=model)
     resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[config["interpolation"]]
     pixels = np.asarray(Image.open(path).convert("RGB").resize((128, 128), resample), dtype=np.float32) / 255.0
-    x = (torch.from_numpy(pixels).permute(2, 0, 1) - torch.tensor(config["mean"])[:, None, None]) / torch.tensor(config["std"])[:, None, None]
+    x = (torch.from_numpy(pixels).permute(2, 0, 1) - torch.tensor(config["mean"])[:, None, None]) / torch.tensor(
+        config["std"]
+    )[:, None, None]
     with torch.no_grad():
         fmap = model.forward_features(x[None].float())[0]  # (C, h, w): timm's pre-pool features
         s = torch.einsum("chw,kc->khw", fmap, model.classifier.weight) + model.classifier.bias[:, None, None]

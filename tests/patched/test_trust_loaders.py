@@ -184,7 +184,10 @@ def test_a_graph_target_outside_torch_ops_is_refused(exported, tmp_path: Path) -
         ExportedModel(evil)
 
 
-@pytest.mark.parametrize("expr", ["s77", "Symbol('s77', positive=True, integer=True)", "2*s0 + 1", "Max(1, s0)", "FloorDiv(s0, 2)", "-u0 <= 3"])
+@pytest.mark.parametrize(
+    "expr",
+    ["s77", "Symbol('s77', positive=True, integer=True)", "2*s0 + 1", "Max(1, s0)", "FloorDiv(s0, 2)", "-u0 <= 3"],
+)
 def test_plain_size_expressions_pass(expr: str) -> None:
     from csra_posthoc.patched.safe_archive import check_sym_expr
 
@@ -193,7 +196,16 @@ def test_plain_size_expressions_pass(expr: str) -> None:
 
 @pytest.mark.parametrize(
     "expr",
-    ["__import__('os').system('x')", "eval(chr(49))", "s0.__class__", "Symbol('x; rm')", "(lambda: 1)()", "open", "Max(1, s0)[0]", "Symbol(**{'a': 1})"],
+    [
+        "__import__('os').system('x')",
+        "eval(chr(49))",
+        "s0.__class__",
+        "Symbol('x; rm')",
+        "(lambda: 1)()",
+        "open",
+        "Max(1, s0)[0]",
+        "Symbol(**{'a': 1})",
+    ],
 )
 def test_code_in_size_expressions_is_refused(expr: str) -> None:
     from csra_posthoc.patched.safe_archive import UnsafeArchive, check_sym_expr
@@ -214,7 +226,9 @@ def test_pt2_written_without_sample_inputs_still_runs(exported) -> None:
 
 @pytest.mark.parametrize("suffix", ["pt2", "ts"])
 @pytest.mark.parametrize("config", [b"not json {", b"[1, 2]", b'{"no": "num_classes"}'])
-def test_an_embedded_config_that_is_not_an_object_is_one_line(exported, tmp_path: Path, suffix: str, config: bytes) -> None:
+def test_an_embedded_config_that_is_not_an_object_is_one_line(
+    exported, tmp_path: Path, suffix: str, config: bytes
+) -> None:
     from csra_posthoc.patched.export import ExportedModel
 
     bad = tmp_path / f"bad.{suffix}"
@@ -321,7 +335,9 @@ def test_real_weights_pt2_round_trip_without_sample_inputs(tmp_path: Path) -> No
     patched = patch(adapter, img_size=128)
     path = tmp_path / "lite0.pt2"
     export_patched(patched, path)
-    x = torch.from_numpy(np.asarray(Image.fromarray(data.astronaut()).resize((128, 128)), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    x = torch.from_numpy(
+        np.asarray(Image.fromarray(data.astronaut()).resize((128, 128)), dtype=np.float32) / 255.0
+    ).permute(2, 0, 1)[None]
     mean = torch.tensor(patched.config.preprocessing.mean).view(1, 3, 1, 1)
     std = torch.tensor(patched.config.preprocessing.std).view(1, 3, 1, 1)
     x = (x - mean) / std

@@ -30,7 +30,9 @@ SIZE = 64
 
 def one_line_error(res, *fragments: str) -> None:
     assert res.exit_code == 2, res.output
-    assert "Traceback" not in res.output and (res.exception is None or isinstance(res.exception, SystemExit)), res.output
+    assert "Traceback" not in res.output and (res.exception is None or isinstance(res.exception, SystemExit)), (
+        res.output
+    )
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     text = " ".join(res.output.split())
     errors = [ln for ln in lines if ln.startswith("error:")]
@@ -108,7 +110,10 @@ DAMAGED = {
     "renamed-model-known": (dict(config=_set("model", "resnet14t")), "do not fit resnet14t"),
     "classes-wrong-length": (dict(config=_set("classes", ["a"])), "'classes'"),
     "num-classes-mismatch": (dict(config=_set("num_classes", 7)), "'classes'"),
-    "num-classes-mismatch-no-names": (dict(config=lambda c: c.update(classes=None, num_classes=7)), "its head has 5 classes"),
+    "num-classes-mismatch-no-names": (
+        dict(config=lambda c: c.update(classes=None, num_classes=7)),
+        "its head has 5 classes",
+    ),
     "head-norm-missing": (dict(config=_drop("head_norm")), "'head_norm'"),
     "format-version-future": (dict(config=_set("format_version", 99)), "not one this version reads"),
     "heads-not-int": (dict(config=_set("heads", "two")), "'heads'"),
@@ -118,13 +123,17 @@ DAMAGED = {
 
 
 @pytest.mark.parametrize("case", list(DAMAGED))
-def test_damaged_patched_file_is_refused_by_load_patched_and_cli(saved: Path, image: Path, tmp_path: Path, case: str) -> None:
+def test_damaged_patched_file_is_refused_by_load_patched_and_cli(
+    saved: Path, image: Path, tmp_path: Path, case: str
+) -> None:
     edit, fragment = DAMAGED[case]
     bad = rewrite(saved, tmp_path / "bad.safetensors", **edit)
     with pytest.raises(CSRAError, match="patched_file") as info:
         cp.load_patched(bad)
     assert fragment in str(info.value) and "\n" not in str(info.value)
-    one_line_error(runner.invoke(app, ["predict", "--patched", str(bad), str(image)], terminal_width=400), "--patched", fragment)
+    one_line_error(
+        runner.invoke(app, ["predict", "--patched", str(bad), str(image)], terminal_width=400), "--patched", fragment
+    )
 
 
 def test_intact_file_still_loads_and_matches(saved: Path) -> None:
@@ -235,7 +244,19 @@ def test_apply_from_results_and_compare_share_the_schema_rule(tmp_path: Path, sc
     for reader in (read_results, read_results_file):
         with pytest.raises(CSRAError, match="this version reads schema 1"):
             reader(path)
-    res = runner.invoke(app, ["apply", "--model", "resnet10t", "--random-init", "--from-results", str(path), "--out", str(tmp_path / "p.safetensors")])
+    res = runner.invoke(
+        app,
+        [
+            "apply",
+            "--model",
+            "resnet10t",
+            "--random-init",
+            "--from-results",
+            str(path),
+            "--out",
+            str(tmp_path / "p.safetensors"),
+        ],
+    )
     one_line_error(res, "--from-results", "schema")
     assert not (tmp_path / "p.safetensors").exists()
 
@@ -249,8 +270,13 @@ def _fake_idx(folder: Path, n: int = 4) -> None:
     """A tiny, valid Fashion-MNIST folder (idx headers written by hand, big-endian)."""
     rng = np.random.default_rng(0)
     for split in ("train", "t10k"):
-        images = np.array([0, 0, 8, 3, 0, 0, 0, n, 0, 0, 0, 28, 0, 0, 0, 28], np.uint8).tobytes() + rng.integers(0, 255, n * 784, dtype=np.uint8).tobytes()
-        labels = np.array([0, 0, 8, 1, 0, 0, 0, n], np.uint8).tobytes() + rng.integers(0, 10, n, dtype=np.uint8).tobytes()
+        images = (
+            np.array([0, 0, 8, 3, 0, 0, 0, n, 0, 0, 0, 28, 0, 0, 0, 28], np.uint8).tobytes()
+            + rng.integers(0, 255, n * 784, dtype=np.uint8).tobytes()
+        )
+        labels = (
+            np.array([0, 0, 8, 1, 0, 0, 0, n], np.uint8).tobytes() + rng.integers(0, 10, n, dtype=np.uint8).tobytes()
+        )
         (folder / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(images))
         (folder / f"{split}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
 
@@ -280,7 +306,9 @@ def test_damaged_idx_file_is_one_line_naming_it(tmp_path: Path, damage) -> None:
     with pytest.raises(CSRAError) as info:
         find_item_source(tmp_path)
     msg = str(info.value)
-    assert info.value.param == "data_dir" and "train-images-idx3-ubyte" in msg and "reinstall" in msg and "\n" not in msg
+    assert (
+        info.value.param == "data_dir" and "train-images-idx3-ubyte" in msg and "reinstall" in msg and "\n" not in msg
+    )
 
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
@@ -288,7 +316,19 @@ def test_demo_cli_on_a_truncated_real_fashion_mnist_file(tmp_path: Path) -> None
     data = tmp_path / "fm"
     shutil.copytree(FASHION, data)
     _truncate_gz(data / "t10k-labels-idx1-ubyte.gz")
-    args = ["demo", "--data-dir", str(data), "--cache-dir", str(tmp_path / "cache"), "--num-train", "20", "--num-test", "20", "--img-size", "64"]
+    args = [
+        "demo",
+        "--data-dir",
+        str(data),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--num-train",
+        "20",
+        "--num-test",
+        "20",
+        "--img-size",
+        "64",
+    ]
     res = runner.invoke(app, args, terminal_width=400)
     one_line_error(res, "--data-dir", "t10k-labels-idx1-ubyte.gz", "reinstall")
 
@@ -304,11 +344,17 @@ def test_real_weights_edited_head_is_refused_intact_file_predicts(tmp_path: Path
     cp.save_patched(cp.patch(adapter, lam=0.1, img_size=128), path)
     img = tmp_path / "cat.png"
     Image.fromarray(skdata.chelsea()).save(img)
-    res = runner.invoke(app, ["predict", "--patched", str(path), str(img), "--json", str(tmp_path / "pred.json")], terminal_width=400)
+    res = runner.invoke(
+        app, ["predict", "--patched", str(path), str(img), "--json", str(tmp_path / "pred.json")], terminal_width=400
+    )
     assert res.exit_code == 0, res.output
-    assert "tabby" in (tmp_path / "pred.json").read_text().lower() or "cat" in (tmp_path / "pred.json").read_text().lower()
+    assert (
+        "tabby" in (tmp_path / "pred.json").read_text().lower() or "cat" in (tmp_path / "pred.json").read_text().lower()
+    )
     bad = rewrite(path, tmp_path / "edited.safetensors", tensors=_bump("head.bias"))
-    one_line_error(runner.invoke(app, ["predict", "--patched", str(bad), str(img)], terminal_width=400), "head tensors do not hash")
+    one_line_error(
+        runner.invoke(app, ["predict", "--patched", str(bad), str(img)], terminal_width=400), "head tensors do not hash"
+    )
 
 
 # --- exported formats carry the same config and (where the tensors are there) the same checks ----
@@ -330,10 +376,20 @@ def test_exported_torchscript_with_edited_head_or_config_is_refused(image: Path,
     torch.jit.save(module, str(tmp_path / "edited.ts"), _extra_files=extra)
     with pytest.raises(CSRAError, match="head tensors do not hash"):
         ExportedModel(tmp_path / "edited.ts")
-    one_line_error(runner.invoke(app, ["predict", "--patched", str(tmp_path / "edited.ts"), str(image)], terminal_width=400), "head tensors do not hash")
+    one_line_error(
+        runner.invoke(app, ["predict", "--patched", str(tmp_path / "edited.ts"), str(image)], terminal_width=400),
+        "head tensors do not hash",
+    )
     module = torch.jit.load(str(good))
-    torch.jit.save(module, str(tmp_path / "badcfg.ts"), _extra_files={"csra_config.json": json.dumps({**config, "num_classes": "5"})})
-    one_line_error(runner.invoke(app, ["predict", "--patched", str(tmp_path / "badcfg.ts"), str(image)], terminal_width=400), "'num_classes'")
+    torch.jit.save(
+        module,
+        str(tmp_path / "badcfg.ts"),
+        _extra_files={"csra_config.json": json.dumps({**config, "num_classes": "5"})},
+    )
+    one_line_error(
+        runner.invoke(app, ["predict", "--patched", str(tmp_path / "badcfg.ts"), str(image)], terminal_width=400),
+        "'num_classes'",
+    )
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".ts"])
@@ -357,4 +413,6 @@ def test_truncated_safetensors_file_is_one_line(saved: Path, image: Path, tmp_pa
     cut.write_bytes(raw[: int(len(raw) * keep)])
     with pytest.raises(CSRAError, match="patched_file"):
         cp.load_patched(cut)
-    one_line_error(runner.invoke(app, ["predict", "--patched", str(cut), str(image)], terminal_width=400), "--patched", str(cut))
+    one_line_error(
+        runner.invoke(app, ["predict", "--patched", str(cut), str(image)], terminal_width=400), "--patched", str(cut)
+    )

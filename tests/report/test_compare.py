@@ -23,15 +23,30 @@ from tests.helpers import write_results
 
 
 def test_rows_sorted_by_dataset_then_model_with_optional_figures(tmp_path: Path) -> None:
-    boot = {"bootstrap": {"n": 10, "seed": 0, "fixed": {"delta": 1.0, "low": -0.5, "high": 2.0}, "best": {"delta": 2.0, "low": 0.5, "high": 3.0}}}
+    boot = {
+        "bootstrap": {
+            "n": 10,
+            "seed": 0,
+            "fixed": {"delta": 1.0, "low": -0.5, "high": 2.0},
+            "best": {"delta": 2.0, "low": 0.5, "high": 3.0},
+        }
+    }
     held = {"held_out": {"select_on": "half", "lam": 0.3, "variant": "max", "score": 50.0, "delta": 0.7}}
     a = write_results(tmp_path / "a.json", "resnet50", "voc2007", 1, {**boot, **held})
     write_results(tmp_path / "b.json", "convnext", "voc2007", 2)
     write_results(tmp_path / "c.json", "alexnet", "coco2014", 3)
     rows = compare_rows([tmp_path / f"{x}.json" for x in "abc"])
-    assert [(r.dataset, r.model) for r in rows] == [("coco2014", "alexnet"), ("voc2007", "convnext"), ("voc2007", "resnet50")]
+    assert [(r.dataset, r.model) for r in rows] == [
+        ("coco2014", "alexnet"),
+        ("voc2007", "convnext"),
+        ("voc2007", "resnet50"),
+    ]
     r = rows[2]
-    assert r.baseline == a["baseline"]["mAP"] and r.best == a["best"]["metrics"]["mAP"] and r.fixed_lam == a["fixed"]["lam"]
+    assert (
+        r.baseline == a["baseline"]["mAP"]
+        and r.best == a["best"]["metrics"]["mAP"]
+        and r.fixed_lam == a["fixed"]["lam"]
+    )
     assert r.fixed_interval == (-0.5, 2.0) and r.held_out == 50.0 and r.held_out_on == "half"
     md = to_markdown(rows)
     assert md.count("\n") == 5 and "n.s." in md  # fixed interval holds 0
@@ -39,7 +54,11 @@ def test_rows_sorted_by_dataset_then_model_with_optional_figures(tmp_path: Path)
     tex = to_latex(rows)
     assert "\\toprule" in tex and "$\\lambda$" in tex and tex.count("\\\\") == 4
     table = list(csv.DictReader(io.StringIO(to_csv(rows))))
-    assert table[2]["fixed_low"] == "-0.5" and table[0]["fixed_low"] == "" and float(table[1]["baseline"]) == rows[1].baseline
+    assert (
+        table[2]["fixed_low"] == "-0.5"
+        and table[0]["fixed_low"] == ""
+        and float(table[1]["baseline"]) == rows[1].baseline
+    )
 
 
 def test_cli_compare_writes_every_format(tmp_path: Path) -> None:

@@ -38,7 +38,9 @@ def test_attention_png(tmp_path: Path) -> None:
         assert im.format == "PNG"
 
 
-@pytest.mark.parametrize("name, message", [("missing/c.png", "does not exist"), ("c.jpg", "ending in .png"), ("adir.png", "is a directory")])
+@pytest.mark.parametrize(
+    "name, message", [("missing/c.png", "does not exist"), ("c.jpg", "ending in .png"), ("adir.png", "is a directory")]
+)
 def test_bad_plot_paths(tmp_path: Path, name: str, message: str) -> None:
     (tmp_path / "adir.png").mkdir()
     with pytest.raises(CSRAError, match=message) as info:
@@ -53,6 +55,8 @@ def test_headless_machine_needs_no_display(tmp_path: Path) -> None:
         f"plot_attention(np.zeros((8, 8, 3)), np.ones((1, 2, 2)), ['a'], [0.0], [1.0], r'{tmp_path / 'h.png'}')"
     )
     env = {"PATH": "/usr/bin:/bin", "MPLBACKEND": "TkAgg", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "h.png").stat().st_size > 0

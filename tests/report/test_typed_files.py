@@ -40,7 +40,13 @@ def results_json() -> dict:
         "classes": ["a", "b"],
         "primary_metric": "mAP",
         "head": "the model's own classifier",
-        "transform": {"kind": "square-resize", "size": 64, "interpolation": "bilinear", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+        "transform": {
+            "kind": "square-resize",
+            "size": 64,
+            "interpolation": "bilinear",
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+        },
         "baseline": {"mAP": 58.0},
         "rows": [row, TEST_POOL_ROW],
         "best": row,
@@ -56,7 +62,13 @@ def test_results_file_round_trip_keeps_unknown_fields_and_test_pool_rows(tmp_pat
     path.write_text(json.dumps(data))
     results = ResultsFile.read(path, required=("model", "best"), param="from_results", label="from_results")
     assert SCHEMA == 1 and results.schema == 1
-    assert results.to_json() == {**data, "head_fingerprint": None, "head_file": None, "weights": None, "weights_fingerprint": None}
+    assert results.to_json() == {
+        **data,
+        "head_fingerprint": None,
+        "head_file": None,
+        "weights": None,
+        "weights_fingerprint": None,
+    }
     assert {k: results.extra[k] for k in LATER_FIELDS} == LATER_FIELDS and results.extra["rows"][1] == TEST_POOL_ROW
     assert results.transform == TransformSpec("square-resize", 64, "bilinear", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     assert results.settings("best") == cp.CSRASettings(0.2, math.inf, None)
@@ -92,7 +104,9 @@ def test_a_bad_row_is_named_with_the_file() -> None:
     data = results_json()
     data["best"] = {**data["best"], "lam": -0.5}
     results = ResultsFile.from_json(data, path="r.json", label="from_results")
-    with pytest.raises(CSRAError, match=r"^from_results r.json: its 'best' row has lam -0.5: it must be a finite number >= 0$"):
+    with pytest.raises(
+        CSRAError, match=r"^from_results r.json: its 'best' row has lam -0.5: it must be a finite number >= 0$"
+    ):
         results.row("best")
 
 
@@ -104,7 +118,11 @@ def test_patched_config_round_trip_keeps_unknown_fields(tmp_path: Path) -> None:
     restored = cp.load_patched(path)
     assert isinstance(restored.config, PatchedConfig) and restored.config.format_version == FORMAT_VERSION
     assert restored.config.extra == {"later_field": {"kind": "probe"}}
-    assert restored.config.temperatures == (1.0, 2.0, 4.0, math.inf) and restored.config.heads == 4 and restored.config.temperature is None
+    assert (
+        restored.config.temperatures == (1.0, 2.0, 4.0, math.inf)
+        and restored.config.heads == 4
+        and restored.config.temperature is None
+    )
     written = restored.config.to_json()
     assert written["temperatures"] == [1.0, 2.0, 4.0, "inf"] and written["later_field"] == {"kind": "probe"}
     assert PatchedConfig.from_json(json.loads(json.dumps(written)), path) == restored.config
@@ -123,13 +141,31 @@ def test_transform_spec_round_trips_the_description_and_builds_timms_transform(t
     import timm.data
     from skimage import data
 
-    cfg = DataConfig(input_size=96, interpolation="bicubic", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_pct=0.875, crop_mode="center")
+    cfg = DataConfig(
+        input_size=96,
+        interpolation="bicubic",
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        crop_pct=0.875,
+        crop_mode="center",
+    )
     desc = transform_description(cfg, None, single_label=True)
     spec = TransformSpec.from_json(desc)
-    assert spec.to_json() == desc and list(desc) == ["kind", "size", "resize", "crop_pct", "crop_mode", "interpolation", "mean", "std"]
+    assert spec.to_json() == desc and list(desc) == [
+        "kind",
+        "size",
+        "resize",
+        "crop_pct",
+        "crop_mode",
+        "interpolation",
+        "mean",
+        "std",
+    ]
     assert TransformSpec.VERSION == 1
     photo = Image.fromarray(data.astronaut())
-    theirs = timm.data.create_transform(96, interpolation="bicubic", mean=cfg.mean, std=cfg.std, crop_pct=0.875, crop_mode="center")
+    theirs = timm.data.create_transform(
+        96, interpolation="bicubic", mean=cfg.mean, std=cfg.std, crop_pct=0.875, crop_mode="center"
+    )
     assert torch.allclose(build_transform(spec)(photo), theirs(photo), atol=1e-6)
     kept = TransformSpec.from_json({**desc, "note": "later"})
     assert kept.to_json() == {**desc, "note": "later"}
@@ -145,7 +181,14 @@ def test_transform_spec_round_trips_the_description_and_builds_timms_transform(t
     ],
 )
 def test_transform_spec_refuses_a_bad_description(edit: dict, fragment: str) -> None:
-    desc = {"kind": "square-resize", "size": 64, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3, **edit}
+    desc = {
+        "kind": "square-resize",
+        "size": 64,
+        "interpolation": "bilinear",
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        **edit,
+    }
     with pytest.raises(ValueError, match=fragment):
         TransformSpec.from_json(desc)
 
