@@ -26,24 +26,10 @@ LAZY_ALLOWED = {
 }
 
 
-# Issue-22 models code merged from main at the end of issue 21's work: its function-local imports close
-# one cycle among these modules (nonlinear <-> instance / timm_models / torchvision_models / identity,
-# factory). Known debt for their owners to untangle; any other cycle or hidden import fails.
-PENDING_CYCLE = [
-    "csra_posthoc.models.factory",
-    "csra_posthoc.models.identity",
-    "csra_posthoc.models.instance",
-    "csra_posthoc.models.nonlinear",
-    "csra_posthoc.models.timm_models",
-    "csra_posthoc.models.torchvision_models",
-]
-PENDING_LOCAL_IMPORTERS = {*PENDING_CYCLE, "csra_posthoc.models.catalog"}
-
-
 def test_no_import_cycles() -> None:
     from benchmarks.import_graph import cycles
 
-    assert cycles(graph()) in ([], [PENDING_CYCLE])
+    assert cycles(graph()) == []
 
 
 def test_cycles_are_found_through_function_local_and_type_checking_imports(tmp_path) -> None:
@@ -104,10 +90,7 @@ def test_function_local_imports_only_in_the_cli_or_of_heavy_modules() -> None:
     hidden = [
         f"{i.importer}:{i.line} -> {i.target}"
         for i in imports()
-        if i.local
-        and not i.importer.startswith("csra_posthoc.cli")
-        and i.target not in LAZY_ALLOWED
-        and i.importer not in PENDING_LOCAL_IMPORTERS
+        if i.local and not i.importer.startswith("csra_posthoc.cli") and i.target not in LAZY_ALLOWED
     ]
     assert hidden == []
 
@@ -116,11 +99,7 @@ def test_lazy_allowed_modules_are_heavy_and_their_importers_light() -> None:
     """Each allow-list entry earns its place: importing the CLI does not load it, and the module is used lazily."""
     cli_loads = loaded_with("csra_posthoc.cli.app")
     assert not LAZY_ALLOWED & cli_loads
-    lazily_imported = {
-        i.target
-        for i in imports()
-        if i.local and not i.importer.startswith("csra_posthoc.cli") and i.importer not in PENDING_LOCAL_IMPORTERS
-    }
+    lazily_imported = {i.target for i in imports() if i.local and not i.importer.startswith("csra_posthoc.cli")}
     assert lazily_imported == LAZY_ALLOWED
     assert {i.importer for i in imports() if i.local and i.target in LAZY_ALLOWED} <= cli_loads
 

@@ -8,8 +8,10 @@ pre-pool feature map) and the model's own logits ``(B, C)``, so the identity
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -54,6 +56,20 @@ class AdapterInfo:
     head: str = "the model's own classifier"
     notes: list[str] = field(default_factory=list)
     location_head: LocationHeadKind = "linear"
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` in eval mode, then put back the mode of every submodule that was training
+    (a caller's model is used, never left in another mode, and its batch-norm statistics never move)."""
+    training = [m for m in module.modules() if m.training]
+    for m in training:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in training:
+            m.training = True
 
 
 class ModelAdapter(nn.Module):

@@ -24,7 +24,12 @@ from typing import Any, Literal
 
 from ..atomic import atomic_write
 from ..errors import CSRAError, first_line
+from ..options import check_img_size
+from ..outputs import check_outputs
+from ..patched.model import patch
+from ..progress import progress_bar
 from ..text import plain
+from .base import identity_scale
 
 Status = Literal["supported", "patch average", "non-linear head", "refused", "crash", "identity failure", "skipped"]
 STATUSES: tuple[str, ...] = (
@@ -283,9 +288,6 @@ def check_model(
 def _compare(model: Any, x: Any, logits: Any, name: str, done: Any, result: ModelCheck) -> ModelCheck:
     import torch
 
-    from ..patched.model import patch
-    from .base import identity_scale
-
     try:
         patched = patch(model, lam=0, name=name)
         with torch.no_grad():
@@ -366,9 +368,6 @@ def run_models(
     (``max_params`` defaults to :data:`DEFAULT_ALL_MAX_PARAMS` then)."""
     from rich.console import Console
 
-    from ..options import check_img_size
-    from ..outputs import check_outputs
-
     console = console or Console()
     if pattern is not None and check_all:
         raise CSRAError(f"pattern {pattern!r}: give a pattern or all_models, not both", param="pattern")
@@ -419,8 +418,6 @@ def _write_text(path: str, text: str) -> None:
 
 def _check_with_bar(names: list[str], img_size: int | None, max_params: int | None, console: Any) -> list[ModelCheck]:
     import warnings
-
-    from ..progress import progress_bar
 
     checks = []
     with warnings.catch_warnings():  # random-init builds warn about unused weights, deprecated names, ...

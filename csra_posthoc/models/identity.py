@@ -6,6 +6,7 @@ import torch
 
 from ..errors import CSRAError
 from .base import IDENTITY_TOLERANCE, ModelAdapter, identity_scale
+from .nonlinear import check_pooled_head
 
 
 @torch.no_grad()
@@ -17,8 +18,6 @@ def verify_identity(adapter: ModelAdapter, tolerance: float = IDENTITY_TOLERANCE
     The tolerance is relative to the logits' scale (:func:`identity_scale`).
     """
     if adapter.info.location_head == "nonlinear":  # baseline = the logits; its check: head(pooled) == logits
-        from .nonlinear import check_pooled_head
-
         return check_pooled_head(adapter)
     size = adapter.data_config.input_size
     device = next(adapter.parameters()).device  # patch() may be handed a model already on a GPU

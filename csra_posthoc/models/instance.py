@@ -7,8 +7,6 @@ comes from), and the same builders decide whether the head can be applied per lo
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -16,7 +14,7 @@ import torch.nn as nn
 
 from ..defaults import TORCHVISION_PREFIX
 from ..errors import CSRAError, first_line
-from .base import ModelAdapter
+from .base import ModelAdapter, eval_mode
 from .checkpoint import state_dict_fingerprint
 from .factory import _create_timm, _create_torchvision
 from .hf_models import (
@@ -29,20 +27,6 @@ from .hf_models import (
 from .identity import verify_identity
 from .timm_models import build_timm_adapter
 from .torchvision_models import build_torchvision_adapter
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Run ``module`` in eval mode, then put back the mode of every submodule that was training
-    (a caller's model is used, never left in another mode, and its batch-norm statistics never move)."""
-    training = [m for m in module.modules() if m.training]
-    for m in training:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m in training:
-            m.training = True
 
 
 def model_family(model: nn.Module) -> str:

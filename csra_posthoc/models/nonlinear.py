@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CSRAError
-from .base import AdapterInfo, ModelAdapter, identity_scale
+from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode, identity_scale
 
 NONLINEAR_TOLERANCE = 1e-4  # relative: |head(mean_k x_k) - logits| <= tolerance * identity_scale(logits)
 CHUNK_FLOATS = 1 << 24  # widest head activation over one chunk of locations: 64 MiB of fp32
@@ -77,8 +77,6 @@ class NonlinearLocationHead(nn.Module):
 
     def apply_head(self, v: torch.Tensor) -> torch.Tensor:
         """The head on vectors ``(N, d)`` -> ``(N, C)``, in eval mode (no dropout), fp32."""
-        from .instance import eval_mode
-
         model: Any = self._model
         with eval_mode(model):
             return self.fn(model, v.float()).float()
@@ -119,8 +117,6 @@ class TimmNonlinearAdapter(ModelAdapter):
 
     def feature_map(self, raw: torch.Tensor) -> torch.Tensor:
         if self.window:
-            from .instance import eval_mode
-
             with eval_mode(self.model):
                 return self.wrapped.pre_logits(raw)
         return raw.permute(0, 3, 1, 2) if self.nhwc else raw
@@ -208,25 +204,22 @@ def _nhwc(model: nn.Module) -> bool:
     return getattr(pool, "input_fmt", "NCHW") == "NHWC" or getattr(model, "output_fmt", "NCHW") == "NHWC"
 
 
-def nonlinear_adapter(model: nn.Module, name: str, weights: str) -> ModelAdapter:
+def nonlinear_adapter(model: nn.Module, name: str, weights: str, data_config: DataConfig) -> ModelAdapter:
     """Wrap a timm or torchvision model whose head is non-linear after pooling (see the module doc).
 
     The self-check (:func:`check_pooled_head`) runs where every adapter's identity check runs
     (:func:`~csra_posthoc.models.identity.verify_identity`), on each build."""
-    return _build(model, name, weights)
+    return _build(model, name, weights, data_config)
 
 
-def _build(model: nn.Module, name: str, weights: str) -> ModelAdapter:
+def _build(model: nn.Module, name: str, weights: str, data_config: DataConfig) -> ModelAdapter:
     module = type(model).__module__
     if module.startswith("torchvision.models"):
-        return _torchvision(model, name, weights)
+        return _torchvision(model, name, weights, data_config)
     if not hasattr(model, "forward_features") or not hasattr(model, "forward_head"):
         raise CSRAError(f"model {name}: timm model without forward_features/forward_head is not supported")
     from timm.models.vgg import VGG
 
-    from .timm_models import timm_data_config
-
-    data_config = timm_data_config(model)
     timm_model: Any = model  # timm's attributes vary by architecture
     num_classes = int(getattr(model, "num_classes", 0) or 0)
     if num_classes <= 0:
@@ -264,10 +257,8 @@ def _build(model: nn.Module, name: str, weights: str) -> ModelAdapter:
     return cls(model, cast(Any, head), info, data_config)  # ModelAdapter's head: a LocationHead or this
 
 
-def _torchvision(model: nn.Module, name: str, weights: str) -> ModelAdapter:
+def _torchvision(model: nn.Module, name: str, weights: str, data_config: DataConfig) -> ModelAdapter:
     import torchvision.models as tvm
-
-    from .torchvision_models import _data_config
 
     if isinstance(model, tvm.VGG):
         raise CSRAError(
@@ -276,7 +267,6 @@ def _torchvision(model: nn.Module, name: str, weights: str) -> ModelAdapter:
         )
     if not isinstance(model, tvm.MobileNetV3):
         raise CSRAError(f"model {name}: torchvision {type(model).__name__} is not supported")
-    arch = name.split(":", 1)[-1]
     classifier = model.classifier
     last = [m for m in classifier.modules() if isinstance(m, nn.Linear)]
     first = last[0]
@@ -289,7 +279,7 @@ def _torchvision(model: nn.Module, name: str, weights: str) -> ModelAdapter:
         "pool -> classifier MLP",
     )
     info = _info(name, "torchvision-nonlinear", weights, "pool -> classifier MLP", "")
-    return TorchvisionNonlinearAdapter(model, cast(Any, head), info, _data_config(arch))
+    return TorchvisionNonlinearAdapter(model, cast(Any, head), info, data_config)
 
 
 def _info(name: str, family: str, weights: str, what: str, note: str) -> AdapterInfo:
@@ -318,8 +308,6 @@ def pooled_head_difference(adapter: ModelAdapter, raw: torch.Tensor) -> tuple[fl
 @torch.no_grad()
 def check_pooled_head(adapter: ModelAdapter, tolerance: float = NONLINEAR_TOLERANCE) -> float:
     """One random image: the per-location head on the pooled vector must reproduce the logits."""
-    from .instance import eval_mode
-
     size = adapter.data_config.input_size
     first = next(adapter.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")

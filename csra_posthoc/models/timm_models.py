@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import CSRAError
-from .base import AdapterInfo, DataConfig, ModelAdapter
+from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode
+from .nonlinear import nonlinear_adapter, timm_head_is_nonlinear
 from .timm_head import HeadPlan, feature_map, plan_head
 
 
@@ -95,13 +96,9 @@ def check_input_size(embed: Any, name: str, h: int, w: int) -> None:
 
 def build_timm_adapter(model: nn.Module, name: str, weights: str) -> ModelAdapter:
     """Wrap a timm model; refuse (one line, naming the operation) heads that cannot be applied per location."""
-    from .instance import eval_mode
-
     data_config = timm_data_config(model)
-    from .nonlinear import nonlinear_adapter, timm_head_is_nonlinear  # h22b hook: non-linear heads
-
     if timm_head_is_nonlinear(model):
-        return nonlinear_adapter(model, name, weights)
+        return nonlinear_adapter(model, name, weights, data_config)
     size = fixed_input_size(model) or data_config.input_size
     data_config = replace(data_config, input_size=size)
     with eval_mode(model):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from ..errors import CSRAError
 from ..heads.location import LocationHead
 from .base import AdapterInfo, BaselineSource, DataConfig, ModelAdapter, tokens_to_grid
+from .nonlinear import nonlinear_adapter
 
 
 class TorchvisionResNetAdapter(ModelAdapter):
@@ -99,9 +100,7 @@ def build_torchvision_adapter(model: nn.Module, name: str, arch: str, weights: s
         head = LocationHead.from_linear(model.heads.head)
         cls, source, family = TorchvisionViTAdapter, "patch_average", "torchvision-vit"
     elif isinstance(model, (tvm.MobileNetV3, tvm.VGG)):  # non-linear head: the labelled variant
-        from .nonlinear import nonlinear_adapter
-
-        return nonlinear_adapter(model, name, weights)
+        return nonlinear_adapter(model, name, weights, cfg)
     else:
         raise CSRAError(
             f"model {name}: torchvision {type(model).__name__} is not supported (its head is not pool -> linear); "

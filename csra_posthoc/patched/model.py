@@ -39,10 +39,10 @@ from ..extraction.test_pool import TimmPoolHead
 from ..heads.csra_head import CSRAHead
 from ..heads.location import LocationHead
 from ..models import ProbeHeadAdapter
-from ..models.base import ModelAdapter
+from ..models.base import ModelAdapter, eval_mode
 from ..models.checkpoint import state_dict_fingerprint
 from ..models.hf_models import hf_label_names
-from ..models.instance import adapter_for_module, architecture_kwargs, build_architecture, eval_mode
+from ..models.instance import adapter_for_module, architecture_kwargs, build_architecture
 from ..models.probe_head import classifier_from_probe
 from .config import PatchedConfig
 

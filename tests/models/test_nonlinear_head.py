@@ -24,6 +24,7 @@ from csra_posthoc.data import load_rgb
 from csra_posthoc.data.transforms import build_transform
 from csra_posthoc.models.instance import adapter_for_module
 from csra_posthoc.models.nonlinear import check_pooled_head, nonlinear_adapter
+from csra_posthoc.models.timm_models import timm_data_config
 from csra_posthoc.patched.export import exported_config, run_exported
 
 runner = CliRunner()
@@ -94,11 +95,11 @@ def _case(kind: str):
         )
         model = maxxvit.MaxxVit(cfg, num_classes=5, img_size=224).eval()
         assert type(model.head.pre_logits.act).__name__ == "Tanh"  # timm's own Tanh layer
-        adapter = nonlinear_adapter(model, "maxvit-tiny", "random-init")
+        adapter = nonlinear_adapter(model, "maxvit-tiny", "random-init", timm_data_config(model))
         check_pooled_head(adapter)
         return model, adapter, model.forward_features, _cells_timm, 224
     model = _tiny_vgg()  # 9x9 conv map at 288: 3x3 windows
-    adapter = nonlinear_adapter(model, "vgg-tiny", "random-init")
+    adapter = nonlinear_adapter(model, "vgg-tiny", "random-init", timm_data_config(model))
     check_pooled_head(adapter)
     return model, adapter, model.forward_features, _windows_vgg, 288
 
