@@ -383,7 +383,7 @@ def test_real_weights_predict_json_onto_its_photo_is_refused_and_json_is_replace
     Image.fromarray(skdata.coffee()).save(photo)
     before = photo.read_bytes()
     base = ["predict", str(photo), "--model", "efficientnet_lite0", "--pretrained", "--top-k", "3"]
-    one_line_error(runner.invoke(app, [*base, "--json", str(photo)]), "--json", "is also IMAGES")
+    one_line_error(runner.invoke(app, [*base, "--json", str(photo)]), "--json", "is also IMAGE")
     assert photo.read_bytes() == before
     out = tmp_path / "p.json"
     out.write_text("old")
