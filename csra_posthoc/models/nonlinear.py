@@ -129,6 +129,56 @@ class TimmVGGAdapter(TimmNonlinearAdapter):
     window = True
 
 
+class _Captured(Exception):
+    """Raised by a hook to stop ``forward_head`` once the pool's input is in hand."""
+
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__()
+        self.value = value
+
+
+class TimmPrePoolAdapter(TimmNonlinearAdapter):
+    """A head with modules before its pool (CPUBone / LowFormer / EfficientViT's ``in_conv``): the
+    feature map is what the pool averages (those modules' output), the head is what follows the pool."""
+
+    def __init__(self, model: nn.Module, head: Any, info: AdapterInfo, data_config: DataConfig, pool: str) -> None:
+        super().__init__(model, head, info, data_config)
+        self.pool = pool
+
+    def feature_map(self, raw: torch.Tensor) -> torch.Tensor:
+        def capture(module: nn.Module, inputs: tuple) -> None:
+            raise _Captured(inputs[0])
+
+        handle = self.model.get_submodule(self.pool).register_forward_pre_hook(capture)
+        try:
+            with eval_mode(self.model):
+                self.wrapped.forward_head(raw)
+        except _Captured as got:
+            return got.value
+        finally:
+            handle.remove()
+        raise CSRAError(f"model {self.info.name}: forward_head did not reach its pool '{self.pool}'")
+
+
+class PoolReplacedHead:
+    """``forward_head`` from the pool on: the pool's output replaced by the vectors ``v``, its input a
+    ``(N, channels, 1, 1)`` zero map (the modules before the pool run on it, cheaply, and are discarded)."""
+
+    def __init__(self, pool: str, channels: int) -> None:
+        self.pool = pool
+        self.channels = channels
+
+    def __call__(self, model: Any, v: torch.Tensor) -> torch.Tensor:
+        def replace(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            return v.reshape(v.shape[0], *output.shape[1:]).to(output.dtype)
+
+        handle = model.get_submodule(self.pool).register_forward_hook(replace)
+        try:
+            return model.forward_head(v.new_zeros(v.shape[0], self.channels, 1, 1))
+        finally:
+            handle.remove()
+
+
 class TimmNonlinearNHWCAdapter(TimmNonlinearAdapter):
     nhwc = True
 
@@ -226,6 +276,16 @@ def _build(model: nn.Module, name: str, weights: str, data_config: DataConfig) -
         raise CSRAError(
             f"model {name}: it has no classifier (num_classes=0), so there is no head to apply per location"
         )
+    prepool = _prepool(model, name, data_config.input_size)
+    if prepool is not None:
+        pool, dim, channels, before = prepool
+        fn_pool = PoolReplacedHead(pool, channels)
+        used = _used_children(model, lambda: fn_pool(timm_model, torch.zeros(1, dim)))
+        what = f"'{pool}' -> the rest of forward_head ({' -> '.join(used)}), on the map '{pool}' averages"
+        head = NonlinearLocationHead(model, used, cast(Any, fn_pool), num_classes, dim, what)
+        note = f"head with modules before its pool ({before}): each location is a location of the map the pool averages"
+        info = _info(name, "timm-nonlinear", weights, what, note)
+        return TimmPrePoolAdapter(model, cast(Any, head), info, data_config, pool)
     if isinstance(model, VGG):
         dim = int(timm_model.head_hidden_size)
         parts: dict[str, nn.Module] = {"head": timm_model.head}
@@ -255,6 +315,42 @@ def _build(model: nn.Module, name: str, weights: str, data_config: DataConfig) -
     head = NonlinearLocationHead(model, parts, fn, num_classes, dim, what)
     info = _info(name, "timm-nonlinear", weights, what, note)
     return cls(model, cast(Any, head), info, data_config)  # ModelAdapter's head: a LocationHead or this
+
+
+def _prepool(model: nn.Module, name: str, size: int) -> tuple[str, int, int, str] | None:
+    """The average pool ``forward_head`` applies after modules of its own, on one random input:
+    (its name, the width it averages, forward_features' channels, the modules before it); None when
+    forward_head starts with its pool (or its input is not an NCHW map)."""
+    from .timm_head import _recording
+
+    timm_model: Any = model
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    first = next(iter(model.parameters()), None)
+    x = x.to(first.device) if first is not None else x
+    with torch.no_grad(), eval_mode(model):
+        try:
+            raw = timm_model.forward_features(x)
+        except Exception:
+            return None  # the identity check reports the model's own failure
+        if not isinstance(raw, torch.Tensor) or raw.dim() != 4:
+            return None
+        with _recording(model) as calls:
+            timm_model.forward_head(raw)
+    for i, call in enumerate(calls):
+        t, out = call.inputs[0] if call.inputs else None, call.output
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or min(t.shape[-2:]) < 1 or t.shape[-2:].numel() < 2:
+            continue
+        if not isinstance(out, torch.Tensor) or out.shape[0] != 2 or out[0].numel() != t.shape[1]:
+            continue
+        if not torch.allclose(out.reshape(2, -1).float(), t.float().mean((2, 3)), rtol=1e-4, atol=1e-5):
+            raise CSRAError(
+                f"model {name}: its pool '{call.qualname}' ({type(call.module).__name__}) is not an average over locations, so the head has no per-location form"
+            )
+        if i == 0:
+            return None
+        before = ", ".join(f"'{c.qualname}' ({type(c.module).__name__})" for c in calls[:i])
+        return call.qualname, int(t.shape[1]), int(raw.shape[1]), before
+    return None
 
 
 def _torchvision(model: nn.Module, name: str, weights: str, data_config: DataConfig) -> ModelAdapter:

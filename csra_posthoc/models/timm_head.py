@@ -47,6 +47,17 @@ _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, *_PA
 _PROBE_CHUNK = 256  # unit vectors per forward_head call while reading an affine head off
 
 
+class HeadNotAffineError(CSRAError):
+    """The head is not affine after average pooling, but may still be applied per location by the
+    labelled non-linear variant (:mod:`.nonlinear`): a non-linearity after pooling (``stage``
+    "after"), or per-location modules between ``forward_features`` and the pool ("before")."""
+
+    def __init__(self, message: str, stage: Literal["before", "after"], layout: Layout | None) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.layout = layout
+
+
 @dataclass
 class HeadPlan:
     """What :func:`plan_head` found: how to put ``forward_features``' output on a grid, and the head."""
@@ -217,8 +228,10 @@ def plan_head(model: Any, name: str, size: int, nonlinear: Callable[[str], None]
             not isinstance(call.module, (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool1d, nn.AvgPool2d, *_PASSTHROUGH))
             and "Pool" not in type(call.module).__name__
         ):
-            raise CSRAError(
-                f"model {name}: forward_head applies {_describe(call)} before pooling, so forward_features' output is not the map its classifier averages"
+            raise HeadNotAffineError(
+                f"model {name}: forward_head applies {_describe(call)} before pooling, so forward_features' output is not the map its classifier averages",
+                "before",
+                None,
             )
     layout: tuple[Layout, int] | None = None
     if all(
@@ -285,8 +298,10 @@ def plan_head(model: Any, name: str, size: int, nonlinear: Callable[[str], None]
         if reason:
             if nonlinear is not None:
                 nonlinear(reason)
-            raise CSRAError(
-                f"model {name}: {reason}, so it cannot be applied per location (the mean of per-location scores would not be its logits)"
+            raise HeadNotAffineError(
+                f"model {name}: {reason}, so it cannot be applied per location (the mean of per-location scores would not be its logits)",
+                "after",
+                None if patch_average else layout[0],
             )
     if norm is None:
         head = LocationHead(weight.detach(), None if bias is None else bias.detach())

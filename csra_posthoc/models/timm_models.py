@@ -11,7 +11,7 @@ import torch.nn as nn
 from ..errors import CSRAError
 from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode
 from .nonlinear import nonlinear_adapter, timm_head_is_nonlinear
-from .timm_head import HeadPlan, feature_map, plan_head
+from .timm_head import HeadNotAffineError, HeadPlan, feature_map, plan_head
 
 
 class TimmAdapter(ModelAdapter):
@@ -102,7 +102,14 @@ def build_timm_adapter(model: nn.Module, name: str, weights: str) -> ModelAdapte
     size = fixed_input_size(model) or data_config.input_size
     data_config = replace(data_config, input_size=size)
     with eval_mode(model):
-        plan = plan_head(model, name, size)  # h22b hook: a non-linear head after pooling is refused in there
+        try:
+            plan = plan_head(model, name, size)
+        except HeadNotAffineError as exc:
+            # modules before the pool, or a non-linearity after it, on a map: the labelled non-linear
+            # variant (its own check, head(pooled) == logits, decides); on tokens it stays refused
+            if exc.stage == "before" or exc.layout in ("nchw", "nhwc"):
+                return nonlinear_adapter(model, name, weights, data_config)
+            raise
     tokens = plan.layout == "tokens"
     family = (
         "timm-vit"
