@@ -310,8 +310,9 @@ def _compare(model: Any, x: Any, logits: Any, name: str, done: Any, result: Mode
             scores = patched(x)
             info = patched.adapter.info
             if info.baseline_source == "patch_average":
+                own = getattr(patched.adapter, "patch_average_reference", None)  # several streams: per stream
                 reference, what = (
-                    _patch_average_reference(model, x),
+                    own(x) if own is not None else _patch_average_reference(model, x),
                     "the mean of its patch tokens through its own head",
                 )
             else:

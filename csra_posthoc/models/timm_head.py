@@ -58,6 +58,10 @@ class HeadNotAffineError(CSRAError):
         self.layout = layout
 
 
+class MultiStreamError(CSRAError):
+    """``forward_features`` returns several streams (a list of tensors): :mod:`.multistream`'s business."""
+
+
 @dataclass
 class HeadPlan:
     """What :func:`plan_head` found: how to put ``forward_features``' output on a grid, and the head."""
@@ -170,6 +174,10 @@ def plan_head(model: Any, name: str, size: int, nonlinear: Callable[[str], None]
             raise CSRAError(
                 f"model {name}: forward_features fails on a {size}x{size} input ({type(exc).__name__}: {first_line(exc)})"
             ) from None
+        if isinstance(raw, (list, tuple)) and len(raw) > 1 and all(isinstance(t, torch.Tensor) for t in raw):
+            raise MultiStreamError(
+                f"model {name}: forward_features returns {len(raw)} streams, not one feature map (see models.multistream)"
+            )
         if not isinstance(raw, torch.Tensor):
             raise CSRAError(
                 f"model {name}: forward_features returns a {type(raw).__name__}, not one feature map, so its locations cannot be scored"

@@ -10,8 +10,9 @@ import torch.nn as nn
 
 from ..errors import CSRAError
 from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode
+from .multistream import build_multistream_adapter
 from .nonlinear import nonlinear_adapter, timm_head_is_nonlinear
-from .timm_head import HeadNotAffineError, HeadPlan, feature_map, plan_head
+from .timm_head import HeadNotAffineError, HeadPlan, MultiStreamError, feature_map, plan_head
 
 
 class TimmAdapter(ModelAdapter):
@@ -104,6 +105,8 @@ def build_timm_adapter(model: nn.Module, name: str, weights: str) -> ModelAdapte
     with eval_mode(model):
         try:
             plan = plan_head(model, name, size)
+        except MultiStreamError:
+            return build_multistream_adapter(model, name, weights, data_config, size)
         except HeadNotAffineError as exc:
             # modules before the pool, or a non-linearity after it, on a map: the labelled non-linear
             # variant (its own check, head(pooled) == logits, decides); on tokens it stays refused
