@@ -62,6 +62,10 @@ class MultiStreamError(CSRAError):
     """``forward_features`` returns several streams (a list of tensors): :mod:`.multistream`'s business."""
 
 
+class SingleLocationError(CSRAError):
+    """``forward_features`` has one location (PiT: its class tokens only): :mod:`.class_tokens` may find the patch tokens."""
+
+
 @dataclass
 class HeadPlan:
     """What :func:`plan_head` found: how to put ``forward_features``' output on a grid, and the head."""
@@ -273,7 +277,7 @@ def plan_head(model: Any, name: str, size: int, nonlinear: Callable[[str], None]
             f"model {name}: forward_features' output {tuple(raw.shape[1:])} cannot be put on a grid ({exc})"
         ) from None
     if locations < 2:
-        raise CSRAError(
+        raise SingleLocationError(
             f"model {name}: forward_features returns {tuple(raw.shape[1:])}, a single location (its patch tokens are not in it), so there is nothing to attend over"
         )
     post = calls[first:]

@@ -10,9 +10,17 @@ import torch.nn as nn
 
 from ..errors import CSRAError
 from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode
+from .class_tokens import build_class_token_adapter
 from .multistream import build_multistream_adapter
 from .nonlinear import nonlinear_adapter, timm_head_is_nonlinear
-from .timm_head import HeadNotAffineError, HeadPlan, MultiStreamError, feature_map, plan_head
+from .timm_head import (
+    HeadNotAffineError,
+    HeadPlan,
+    MultiStreamError,
+    SingleLocationError,
+    feature_map,
+    plan_head,
+)
 
 
 class TimmAdapter(ModelAdapter):
@@ -105,6 +113,8 @@ def build_timm_adapter(model: nn.Module, name: str, weights: str) -> ModelAdapte
     with eval_mode(model):
         try:
             plan = plan_head(model, name, size)
+        except SingleLocationError as exc:
+            return build_class_token_adapter(model, name, weights, data_config, size, exc)
         except MultiStreamError:
             return build_multistream_adapter(model, name, weights, data_config, size)
         except HeadNotAffineError as exc:
