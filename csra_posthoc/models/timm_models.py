@@ -74,12 +74,17 @@ def fixed_input_size(model: nn.Module) -> int | None:
 
 
 def patch_embedding(model: nn.Module) -> Any:
-    """The model's patch embedding (timm's ``PatchEmbed`` or one like it), or None for a CNN."""
+    """The model's patch embedding (timm's ``PatchEmbed`` or one like it) that takes the image itself,
+    or None for a CNN (or Visformer, whose first patch embedding reads its stem's map, not the image)."""
+    channels = int(getattr(model, "in_chans", 3) or 3)
     return next(
         (
             m
             for m in model.modules()
-            if hasattr(m, "patch_size") and hasattr(m, "strict_img_size") and hasattr(m, "img_size")
+            if hasattr(m, "patch_size")
+            and hasattr(m, "strict_img_size")
+            and hasattr(m, "img_size")
+            and getattr(getattr(m, "proj", None), "in_channels", channels) == channels
         ),
         None,
     )
