@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CSRAError
-from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode, identity_scale
+from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode, identity_scale, tokens_to_grid
 
 NONLINEAR_TOLERANCE = 1e-4  # relative: |head(mean_k x_k) - logits| <= tolerance * identity_scale(logits)
 CHUNK_FLOATS = 1 << 24  # widest head activation over one chunk of locations: 64 MiB of fp32
@@ -127,6 +127,26 @@ class TimmNonlinearAdapter(ModelAdapter):
 
 class TimmVGGAdapter(TimmNonlinearAdapter):
     window = True
+
+
+class TimmNonlinearTokensAdapter(TimmNonlinearAdapter):
+    """Average-pooled tokens (after any prefix tokens) with a non-linear head: the patch tokens on their grid."""
+
+    prefix = 0
+
+    def feature_map(self, raw: torch.Tensor) -> torch.Tensor:
+        grid = getattr(getattr(self.model, "patch_embed", None), "grid_size", None)
+        return tokens_to_grid(raw[:, self.prefix :], tuple(grid) if grid else None)
+
+
+class TokensHead:
+    """``forward_head`` on ``prefix + 1`` copies of each vector: an average over the patch tokens reads it back."""
+
+    def __init__(self, prefix: int) -> None:
+        self.prefix = prefix
+
+    def __call__(self, model: Any, v: torch.Tensor) -> torch.Tensor:
+        return model.forward_head(v[:, None, :].expand(-1, self.prefix + 1, -1).contiguous())
 
 
 class _Captured(Exception):
@@ -315,6 +335,34 @@ def _build(model: nn.Module, name: str, weights: str, data_config: DataConfig) -
     head = NonlinearLocationHead(model, parts, fn, num_classes, dim, what)
     info = _info(name, "timm-nonlinear", weights, what, note)
     return cls(model, cast(Any, head), info, data_config)  # ModelAdapter's head: a LocationHead or this
+
+
+def nonlinear_tokens_adapter(
+    model: nn.Module, name: str, weights: str, data_config: DataConfig, prefix: int
+) -> ModelAdapter:
+    """Average-pooled tokens whose head is non-linear after pooling (a ViT's RmsNorm ``fc_norm``):
+    the whole ``forward_head`` per patch token; :func:`check_pooled_head` decides."""
+    timm_model: Any = model
+    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    if num_classes <= 0:
+        raise CSRAError(
+            f"model {name}: it has no classifier (num_classes=0), so there is no head to apply per location"
+        )
+    dim = int(timm_model.num_features)
+    fn = TokensHead(prefix)
+    try:
+        parts = _used_children(model, lambda: fn(timm_model, torch.zeros(1, dim)))
+    except Exception as exc:
+        raise CSRAError(
+            f"model {name}: its head cannot be applied to one token ({type(exc).__name__}); a non-linear head must start with pooling"
+        ) from None
+    what = "the whole post-pool head (" + " -> ".join(parts) + ")"
+    head = NonlinearLocationHead(model, parts, cast(Any, fn), num_classes, dim, what)
+    adapter = TimmNonlinearTokensAdapter(
+        model, cast(Any, head), _info(name, "timm-nonlinear", weights, what, ""), data_config
+    )
+    adapter.prefix = prefix
+    return adapter
 
 
 def _prepool(model: nn.Module, size: int) -> tuple[str, int, int, str] | None:

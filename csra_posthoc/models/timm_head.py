@@ -52,10 +52,11 @@ class HeadNotAffineError(CSRAError):
     labelled non-linear variant (:mod:`.nonlinear`): a non-linearity after pooling (``stage``
     "after"), or per-location modules between ``forward_features`` and the pool ("before")."""
 
-    def __init__(self, message: str, stage: Literal["before", "after"], layout: Layout | None) -> None:
+    def __init__(self, message: str, stage: Literal["before", "after"], layout: Layout | None, prefix: int = 0) -> None:
         super().__init__(message)
         self.stage = stage
         self.layout = layout
+        self.prefix = prefix  # prefix tokens of a token layout
 
 
 class MultiStreamError(CSRAError):
@@ -314,6 +315,7 @@ def plan_head(model: Any, name: str, size: int, nonlinear: Callable[[str], None]
                 f"model {name}: {reason}, so it cannot be applied per location (the mean of per-location scores would not be its logits)",
                 "after",
                 None if patch_average else layout[0],
+                layout[1],
             )
     if norm is None:
         head = LocationHead(weight.detach(), None if bias is None else bias.detach())

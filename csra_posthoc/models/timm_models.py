@@ -12,7 +12,7 @@ from ..errors import CSRAError
 from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode
 from .class_tokens import build_class_token_adapter
 from .multistream import build_multistream_adapter
-from .nonlinear import nonlinear_adapter, timm_head_is_nonlinear
+from .nonlinear import nonlinear_adapter, nonlinear_tokens_adapter, timm_head_is_nonlinear
 from .timm_head import (
     HeadNotAffineError,
     HeadPlan,
@@ -127,6 +127,8 @@ def build_timm_adapter(model: nn.Module, name: str, weights: str) -> ModelAdapte
             # variant (its own check, head(pooled) == logits, decides); on tokens it stays refused
             if exc.stage == "before" or exc.layout in ("nchw", "nhwc"):
                 return nonlinear_adapter(model, name, weights, data_config)
+            if exc.layout == "tokens":  # average-pooled tokens (a ViT with an RmsNorm fc_norm)
+                return nonlinear_tokens_adapter(model, name, weights, data_config, exc.prefix)
             raise
     tokens = plan.layout == "tokens"
     family = (
