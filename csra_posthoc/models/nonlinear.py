@@ -369,7 +369,7 @@ def _prepool(model: nn.Module, size: int) -> tuple[str, int, int, str] | None:
     """The average pool ``forward_head`` applies after modules of its own, on one random input:
     (its name, the width it averages, forward_features' channels, the modules before it); None when
     forward_head starts with its pool (or its input is not an NCHW map)."""
-    from .timm_head import _recording
+    from .timm_head import _pooled_shaped, _recording
 
     timm_model: Any = model
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -388,8 +388,8 @@ def _prepool(model: nn.Module, size: int) -> tuple[str, int, int, str] | None:
         t, out = call.inputs[0] if call.inputs else None, call.output
         if not isinstance(t, torch.Tensor) or t.dim() != 4 or min(t.shape[-2:]) < 1 or t.shape[-2:].numel() < 2:
             continue
-        if not isinstance(out, torch.Tensor) or out.shape[0] != 2 or out[0].numel() != t.shape[1]:
-            continue
+        if not _pooled_shaped(out, 2) or out[0].numel() != t.shape[1]:
+            continue  # not a vector per image (a 1x1 conv keeps the map)
         if i == 0 or not torch.allclose(out.reshape(2, -1).float(), t.float().mean((2, 3)), rtol=1e-4, atol=1e-5):
             # starts with its pool, or pools otherwise (max): check_pooled_head refuses the latter
             return None

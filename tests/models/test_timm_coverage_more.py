@@ -1,0 +1,84 @@
+"""Issue #22's remaining timm families, at tiny widths and small inputs: the runtime identity (or the
+documented patch average, or the non-linear variant's self-check) holds, and what stays refused
+names the operation that prevents it."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+import torch
+
+timm = pytest.importorskip("timm")
+
+from csra_posthoc import patch  # noqa: E402
+from csra_posthoc.models.nonlinear import pooled_head_difference  # noqa: E402
+
+warnings.filterwarnings("ignore", category=UserWarning)
+
+# (timm name, constructor overrides that make it tiny, input size, expected form)
+CASES: list[tuple[str, dict[str, Any], int, str]] = [
+    (
+        "crossvit_tiny_240",
+        dict(embed_dim=(24, 48), depth=((1, 1, 0),), num_heads=(2, 2), mlp_ratio=(1, 1, 1)),
+        240,
+        "patch average",
+    ),
+    (
+        "crossvit_9_dagger_240",
+        dict(embed_dim=(24, 48), depth=((1, 1, 0),), num_heads=(2, 2), mlp_ratio=(1, 1, 1)),
+        240,
+        "patch average",
+    ),
+    (
+        "coat_tiny",
+        dict(embed_dims=(32, 32, 32, 32), serial_depths=(1, 1, 1, 1), parallel_depth=1, num_heads=8),
+        64,
+        "patch average",
+    ),
+    ("efficientvim_m1", dict(embed_dim=(16, 24, 32), depths=(1, 1, 1)), 64, "supported"),
+    ("efficientvim_m1_dist", dict(embed_dim=(16, 24, 32), depths=(1, 1, 1)), 64, "supported"),
+    ("pit_ti_224", dict(base_dims=(16, 16, 16), depth=(1, 1, 1), heads=(1, 1, 1)), 224, "patch average"),
+    ("pit_ti_distilled_224", dict(base_dims=(16, 16, 16), depth=(1, 1, 1), heads=(1, 1, 1)), 224, "patch average"),
+    ("cpubone_nano", dict(head_widths=(48, 40)), 64, "non-linear head"),
+    ("lowformer_b0", dict(head_widths=(48, 40)), 64, "non-linear head"),
+    ("hgnetv2_b0", dict(head_hidden_size=1024), 64, "non-linear head"),
+    ("convnext_atto_rms", dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)), 64, "non-linear head"),
+    ("test_vit4", dict(depth=1), 64, "non-linear head"),
+    ("visformer_tiny", dict(embed_dim=48, depth=(1, 1, 1), num_heads=2, init_channels=8), 224, "supported"),
+]
+
+
+def _build(name: str, overrides: dict[str, Any], size: int) -> Any:
+    torch.manual_seed(0)
+    overlay = {"input_size": (3, size, size)}
+    return timm.create_model(name, num_classes=7, pretrained_cfg_overlay=overlay, **overrides).eval()
+
+
+@pytest.mark.parametrize(("name", "overrides", "size", "form"), CASES, ids=[c[0] for c in CASES])
+def test_identity_or_documented_form(name: str, overrides: dict[str, Any], size: int, form: str) -> None:
+    model = _build(name, overrides, size)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(x)
+        patched = patch(model, lam=0, name=name)
+        scores = patched(x)
+        adapter = patched.adapter
+        info = adapter.info
+        if form == "patch average":
+            assert info.baseline_source == "patch_average"
+            reference = adapter.patch_average_reference(x)
+        else:
+            assert info.baseline_source == "model_logits"
+            reference = logits
+        assert (info.location_head == "nonlinear") == (form == "non-linear head")
+        scale = max(1.0, float(reference.abs().max()))
+        assert float((scores - reference).abs().max()) <= 1e-4 * scale
+        if form == "non-linear head":  # the variant's own check: the head on the pooled vector is the logits
+            diff, top = pooled_head_difference(adapter, adapter.forward_backbone(x))
+            assert diff <= 1e-4 * max(1.0, top)
+        else:  # the per-location scores average to the reference (not just lam = 0 echoing it)
+            s, _ = adapter(x)
+            assert float((s.mean(-1) - reference).abs().max()) <= 1e-4 * scale
+            assert s.shape[-1] >= 2
