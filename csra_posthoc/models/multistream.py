@@ -7,6 +7,10 @@ combines the pooled vectors; where that combination is affine, the logits are
 off ``forward_head`` itself (at 0 and at the unit vectors, every location of one stream set to the
 vector, the others to 0), so no family rule is involved, and checked on a random direction.
 
+A stream's locations need not be image positions: EfficientViM's are each stage's SSM hidden
+state (``state_dim`` tokens, whatever the input size) plus the last stage's map, and its head
+averages exactly those, so they are what CSRA attends over there.
+
 Locations: the **union** of every stream's locations, laid out as one ``(B, sum_i d_i, 1, K)``
 strip, ``K = sum_i K_i``: location ``k`` of stream ``i`` carries ``(K / K_i) x_ik`` in stream i's
 channel block and zeros elsewhere, so one linear head ``[W_1 | W_2 | ...]`` scores it as
@@ -134,14 +138,23 @@ def _head(model: Any, streams: list[torch.Tensor]) -> torch.Tensor:
     return model.forward_head(streams).float()
 
 
-def _stream_layout(model: Any, raw: list[torch.Tensor], i: int, logits: torch.Tensor) -> Stream | None:
+def _stream_layout(model: Any, raw: list[torch.Tensor], i: int) -> Stream | None:
     """How the head reads stream ``i``, found by what leaves the logits unchanged: averaging its
     locations away (tokens with 0 or 1 prefix token, or channels-first), then the prefix token's role."""
-    t = raw[i]
+    # a random stream i (the real one can hide the layout: a hidden state whose every channel has the same mean)
+    t = torch.randn(raw[i].shape, generator=torch.Generator().manual_seed(2)).to(raw[i]) * float(raw[i].abs().max())
+    logits = _head(model, [t if j == i else r for j, r in enumerate(raw)])
     shape = tuple(int(s) for s in t.shape[1:])
 
+    def with_stream(new: torch.Tensor) -> torch.Tensor:
+        return _head(model, [new if j == i else r for j, r in enumerate(raw)])
+
+    # "unchanged" relative to what the stream contributes (random-init logits are tiny: an absolute
+    # tolerance would let any change through)
+    effect = float((with_stream(torch.zeros_like(t)) - logits).abs().max())
+
     def same_with(new: torch.Tensor) -> bool:
-        return _close(_head(model, [new if j == i else r for j, r in enumerate(raw)]), logits)
+        return float((with_stream(new) - logits).abs().max()) <= 1e-3 * effect
 
     if t.dim() == 3:
         for prefix in (0, 1):
@@ -158,7 +171,7 @@ def _stream_layout(model: Any, raw: list[torch.Tensor], i: int, logits: torch.Te
                 return Stream(shape, "tokens", prefix, pooling)
     if t.dim() >= 3:
         flat = t.flatten(2)
-        if flat.shape[-1] >= 2 and same_with(flat.mean(-1, keepdim=True).expand_as(flat).reshape(t.shape)):
+        if same_with(flat.mean(-1, keepdim=True).expand_as(flat).reshape(t.shape)):
             return Stream(shape, "channels", 0, "avg")
     return None
 
@@ -174,7 +187,7 @@ def build_multistream_adapter(
     with torch.no_grad(), eval_mode(model):
         try:
             raw = [t.float() for t in timm_model.forward_features(x)]
-            logits = _head(model, raw)
+            _head(model, raw)  # the head runs on the real streams
         except Exception as exc:
             raise CSRAError(
                 f"model {name}: its streams cannot be read on a {size}x{size} input ({type(exc).__name__}: {first_line(exc)})"
@@ -183,7 +196,7 @@ def build_multistream_adapter(
             raise CSRAError(f"model {name}: forward_features returns a list that is not of tensors")
         streams = []
         for i in range(len(raw)):
-            s = _stream_layout(model, raw, i, logits)
+            s = _stream_layout(model, raw, i)
             if s is None:
                 raise CSRAError(
                     f"model {name}: forward_head does not average stream {i} {tuple(raw[i].shape[1:])} over its locations "

@@ -13,6 +13,7 @@ import torch
 timm = pytest.importorskip("timm")
 
 from csra_posthoc import patch  # noqa: E402
+from csra_posthoc.errors import CSRAError  # noqa: E402
 from csra_posthoc.models.nonlinear import pooled_head_difference  # noqa: E402
 
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -39,14 +40,23 @@ CASES: list[tuple[str, dict[str, Any], int, str]] = [
     ),
     ("efficientvim_m1", dict(embed_dim=(16, 24, 32), depths=(1, 1, 1)), 64, "supported"),
     ("efficientvim_m1_dist", dict(embed_dim=(16, 24, 32), depths=(1, 1, 1)), 64, "supported"),
-    ("pit_ti_224", dict(base_dims=(16, 16, 16), depth=(1, 1, 1), heads=(1, 1, 1)), 224, "patch average"),
-    ("pit_ti_distilled_224", dict(base_dims=(16, 16, 16), depth=(1, 1, 1), heads=(1, 1, 1)), 224, "patch average"),
-    ("cpubone_nano", dict(head_widths=(48, 40)), 64, "non-linear head"),
-    ("lowformer_b0", dict(head_widths=(48, 40)), 64, "non-linear head"),
-    ("hgnetv2_b0", dict(head_hidden_size=1024), 64, "non-linear head"),
+    ("pit_ti_224", dict(base_dims=(16, 16, 16), depth=(1, 1, 1), heads=(1, 1, 1), img_size=64), 64, "patch average"),
+    (
+        "pit_ti_distilled_224",
+        dict(base_dims=(16, 16, 16), depth=(1, 1, 1), heads=(1, 1, 1), img_size=64),
+        64,
+        "patch average",
+    ),
+    ("cpubone_nano", dict(depth_list=[0, 1, 1, 1, 1], head_widths=(48, 40)), 64, "non-linear head"),
+    (
+        "lowformer_b0",
+        dict(width_list=[8, 8, 16, 16, 32], depth_list=[0, 1, 1, 1, 1], head_widths=(48, 40)),
+        64,
+        "non-linear head",
+    ),
     ("convnext_atto_rms", dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)), 64, "non-linear head"),
     ("test_vit4", dict(depth=1), 64, "non-linear head"),
-    ("visformer_tiny", dict(embed_dim=48, depth=(1, 1, 1), num_heads=2, init_channels=8), 224, "supported"),
+    ("visformer_tiny", dict(embed_dim=48, depth=(1, 1, 1), num_heads=2, init_channels=8, img_size=64), 64, "supported"),
 ]
 
 
@@ -82,3 +92,63 @@ def test_identity_or_documented_form(name: str, overrides: dict[str, Any], size:
             s, _ = adapter(x)
             assert float((s.mean(-1) - reference).abs().max()) <= 1e-4 * scale
             assert s.shape[-1] >= 2
+
+
+def test_pre_pool_head_scores_the_map_its_pool_averages() -> None:
+    model = _build("cpubone_nano", dict(head_widths=(48, 40)), 64)
+    adapter = patch(model, lam=0, name="cpubone_nano").adapter
+    fmap = adapter.feature_map(adapter.forward_backbone(torch.randn(1, 3, 64, 64)))
+    assert fmap.shape[1] == 48  # in_conv's output, not forward_features' 192 channels
+    assert "head.in_conv" in " ".join(adapter.info.notes)
+
+
+def test_multistream_locations_are_the_union_of_the_streams() -> None:
+    model = _build("efficientvim_m1", dict(embed_dim=(16, 24, 32), depths=(1, 1, 1)), 64)
+    adapter = patch(model, lam=0, name="efficientvim_m1").adapter
+    with torch.no_grad():
+        streams = model.forward_features(torch.randn(1, 3, 64, 64))
+        fmap = adapter.feature_map(adapter.forward_backbone(torch.randn(1, 3, 64, 64)))
+    assert fmap.shape[1] == sum(t.shape[1] for t in streams)
+    assert fmap.shape[-1] == sum(t.shape[-1] for t in streams)
+
+
+def _volo() -> Any:  # volo_d1_224's layers cannot be overridden through create_model
+    from timm.models.volo import VOLO
+
+    torch.manual_seed(0)
+    return VOLO(
+        layers=[1, 1, 1, 1], embed_dims=[16, 16, 16, 16], num_heads=[1, 1, 1, 1], stem_hidden_dim=8, num_classes=7
+    ).eval()
+
+
+# what stays refused: one line naming the operation that prevents it
+REFUSED: list[tuple[str, Any, str]] = [
+    (
+        "test_vit3",
+        lambda: _build("test_vit3", dict(depth=1), 64),
+        r"pooling 'map' is not an average over locations \('attn_pool",
+    ),
+    ("volo_d1_224", _volo, r"'aux_head' \(Linear\) reads the whole map after it"),
+]
+
+
+@pytest.mark.parametrize(("name", "build", "message"), REFUSED, ids=[c[0] for c in REFUSED])
+def test_refusals_name_the_operation(name: str, build: Any, message: str) -> None:
+    with pytest.raises(CSRAError, match=message):
+        patch(build(), lam=0, name=name)
+
+
+def test_multistream_non_affine_combination_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _build("efficientvim_m1", dict(embed_dim=(16, 24, 32), depths=(1, 1, 1)), 64)
+    own = model.forward_head
+    monkeypatch.setattr(model, "forward_head", lambda x: torch.tanh(own(x)))
+    with pytest.raises(CSRAError, match="combines its 4 streams' pooled vectors non-linearly"):
+        patch(model, lam=0, name="efficientvim_m1")
+
+
+def test_multistream_stream_read_by_max_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _build("efficientvim_m1", dict(embed_dim=(16, 24, 32), depths=(1, 1, 1)), 64)
+    own = model.forward_head
+    monkeypatch.setattr(model, "forward_head", lambda x: own([x[0].amax(-1, keepdim=True).expand_as(x[0]), *x[1:]]))
+    with pytest.raises(CSRAError, match=r"does not average stream 0 .* nor read only its class token"):
+        patch(model, lam=0, name="efficientvim_m1")
