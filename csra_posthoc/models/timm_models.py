@@ -123,8 +123,8 @@ def build_timm_adapter(model: nn.Module, name: str, weights: str) -> ModelAdapte
         except MultiStreamError:
             return build_multistream_adapter(model, name, weights, data_config, size)
         except HeadNotAffineError as exc:
-            # modules before the pool, or a non-linearity after it, on a map: the labelled non-linear
-            # variant (its own check, head(pooled) == logits, decides); on tokens it stays refused
+            # modules before the pool, or a non-linearity after it: the labelled non-linear variant
+            # (its own check, head(pooled) == logits, decides); a class-token head stays refused
             if exc.stage == "before" or exc.layout in ("nchw", "nhwc"):
                 return nonlinear_adapter(model, name, weights, data_config)
             if exc.layout == "tokens":  # average-pooled tokens (a ViT with an RmsNorm fc_norm)
