@@ -146,4 +146,5 @@ def build_class_token_adapter(
     )
     adapter = TimmClassTokenAdapter(model, LocationHead(weight, at_zero), info, data_config, carrier)
     adapter.prefix_tokens = prefix
+    adapter.check_size = size
     return adapter

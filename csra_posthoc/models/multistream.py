@@ -231,7 +231,9 @@ def build_multistream_adapter(
         info.notes.append(
             "class-token streams: the baseline is the average of per-patch logits, not the model's own class-token logits"
         )
-    return MultiStreamAdapter(model, LocationHead(weight, bias), info, data_config, streams)
+    adapter = MultiStreamAdapter(model, LocationHead(weight, bias), info, data_config, streams)
+    adapter.check_size = size
+    return adapter
 
 
 def _read_affine(model: Any, raw: list[torch.Tensor], streams: list[Stream]) -> tuple[torch.Tensor, torch.Tensor]:
