@@ -152,3 +152,12 @@ def test_multistream_stream_read_by_max_is_refused(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(model, "forward_head", lambda x: own([x[0].amax(-1, keepdim=True).expand_as(x[0]), *x[1:]]))
     with pytest.raises(CSRAError, match=r"does not average stream 0 .* nor read only its class token"):
         patch(model, lam=0, name="efficientvim_m1")
+
+
+def test_saved_architecture_kwargs_rebuild_a_family_without_dynamic_img_size() -> None:
+    from csra_posthoc.models.instance import architecture_kwargs
+
+    model = _build("pit_ti_224", dict(base_dims=(16, 16, 16), depth=(1, 1, 1), heads=(1, 1, 1), img_size=64), 64)
+    kwargs = architecture_kwargs(model)
+    assert kwargs == {"img_size": [64, 64]}  # PiT takes no dynamic_img_size: load_patched would fail on it
+    timm.create_model("pit_ti_224", num_classes=7, **kwargs)
