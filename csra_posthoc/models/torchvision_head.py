@@ -93,7 +93,7 @@ def _pool_kind(gm: fx.GraphModule, node: fx.Node) -> str | None:
 def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
     if node.op == "call_module":
         return f"'{node.target}' ({gm.get_submodule(str(node.target))})"
-    return f"{getattr(node.target, '__name__', node.target)}"
+    return f"'{getattr(node.target, '__name__', node.target)}'"
 
 
 def _subgraph(gm: fx.GraphModule, start: fx.Node | None, nodes: list[fx.Node], out: fx.Node) -> fx.GraphModule:
@@ -153,7 +153,7 @@ def plan_graph(model: nn.Module, name: str, size: int) -> GraphPlan:
         stray = next((a for a in n.all_input_nodes if a in before and a.op != "get_attr"), None)
         if stray is not None:
             raise CSRAError(
-                f"model {name}: its head {_describe(gm, n)} reads '{stray.name}' besides the average-pooled map, "
+                f"model {name}: its head ({_describe(gm, n)}) also takes '{stray.name}', computed before its average pooling, "
                 "so it cannot be applied per location"
             )
     output = next(n for n in nodes if n.op == "output")

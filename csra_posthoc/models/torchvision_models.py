@@ -61,6 +61,8 @@ class TorchvisionGraphAdapter(ModelAdapter):
     """Any other torchvision classifier, split at its global average pool (:mod:`.torchvision_head`):
     the traced forward up to the pool is the backbone, the pool and what follows are its logits."""
 
+    _plan: GraphPlan
+
     def __init__(
         self, model: nn.Module, head: Any, info: AdapterInfo, data_config: DataConfig, plan: GraphPlan
     ) -> None:
