@@ -172,9 +172,28 @@ def count_params(name: str) -> int:
     """Parameters of ``name`` at ``num_classes=10``, built on the meta device (no memory, no init)."""
     import torch
 
-    with torch.device("meta"):
-        model = _build(name, None)
+    try:
+        with torch.device("meta"):
+            model = _build(name, None)
+    except NotImplementedError:  # torchvision RegNet computes its widths with tensors: none on the meta device
+        known = _torchvision_weights_params(name)
+        if known is None:
+            raise
+        return known
     return sum(p.numel() for p in model.parameters())
+
+
+def _torchvision_weights_params(name: str) -> int | None:
+    """The parameter count torchvision's weights metadata gives (at its 1,000 classes: close enough
+    for a bound), or None for a name that is not torchvision's or has no weights."""
+    if not name.startswith(TORCHVISION_PREFIX):
+        return None
+    import torchvision.models as tvm
+
+    try:
+        return int(tvm.get_model_weights(name[len(TORCHVISION_PREFIX) :]).DEFAULT.meta["num_params"])
+    except Exception:
+        return None
 
 
 def _build(name: str, img_size: int | None) -> Any:
