@@ -210,3 +210,23 @@ def test_vgg_and_pre_logits_vit_stay_refused() -> None:
     vit = tvm.VisionTransformer(32, 8, 1, 2, 16, 32, representation_size=8, num_classes=CLASSES).eval()
     with pytest.raises(CSRAError, match="tanh pre-logits"):
         build_torchvision_adapter(vit, "torchvision:vit_b_16", "vit_b_16", "random-init")
+
+
+def test_models_check_cli_on_a_torchvision_pattern(tmp_path) -> None:
+    """`csra-posthoc models torchvision:PATTERN --check`: both SqueezeNets supported, the identity
+    measured against model(x) by the check itself."""
+    import json
+    import warnings
+
+    from typer.testing import CliRunner
+
+    from csra_posthoc.cli.app import app
+
+    out = tmp_path / "checks.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = CliRunner().invoke(app, ["models", "torchvision:squeezenet1_*", "--check", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())["models"]
+    assert [r["name"] for r in rows] == ["torchvision:squeezenet1_0", "torchvision:squeezenet1_1"]
+    assert all(r["status"] == "supported" and r["rel_diff"] < 1e-4 for r in rows), rows
