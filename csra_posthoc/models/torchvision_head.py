@@ -23,7 +23,6 @@ besides its average.
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +37,7 @@ from .timm_head import _AFFINE, _PASSTHROUGH, _close, _is_linear
 
 _PROBE_CHUNK = 256
 # operations on the pooled vector that only reshape it (flatten, view, dropout in eval)
-_RESHAPES_FN = {torch.flatten, torch.reshape, torch.squeeze, F.dropout, operator.getitem}
+_RESHAPES_FN = {torch.flatten, torch.reshape, torch.squeeze, F.dropout}
 _RESHAPES_METHOD = {"flatten", "view", "reshape", "squeeze", "contiguous"}
 
 
@@ -239,7 +238,10 @@ def _read_head(
             what = _describe(gm, culprit) if culprit is not None else "a non-linear operation"
             plan.nonlinear_reason = f"its head applies {what} after pooling"
             return
-        plan.folded = ", ".join(_describe(gm, n) for n in rest) or "nothing (the pooled map is the class scores)"
+        plan.folded = (
+            ", ".join(_describe(gm, n) for n in rest)
+            or "the identity: the map before the pool is already the class scores"
+        )
     if norm_node is None:
         plan.head = LocationHead(weight.detach(), None if bias is None else bias.detach())
     else:
