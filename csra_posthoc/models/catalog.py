@@ -352,6 +352,10 @@ def _patch_average_reference(model: Any, x: Any) -> Any:
     """The patch-average baseline computed the model's own way: every prefix (class / distillation)
     token of ``forward_features`` replaced by the mean of the patch tokens, then ``forward_head``.
     None where the model's features are not tokens with a ``num_prefix_tokens`` prefix."""
+    if type(model).__name__ == "VisionTransformer" and type(model).__module__.startswith("torchvision."):
+        tokens = model._process_input(x)  # torchvision's own steps: patches, class token, encoder
+        tokens = model.encoder(_with_class_token(model, tokens))
+        return model.heads(tokens[:, 1:].mean(1))
     prefix = getattr(model, "num_prefix_tokens", None)
     if not prefix or not hasattr(model, "forward_features") or not hasattr(model, "forward_head"):
         return None
@@ -361,6 +365,12 @@ def _patch_average_reference(model: Any, x: Any) -> Any:
     feats = feats.clone()
     feats[:, :prefix] = feats[:, prefix:].mean(1, keepdim=True)
     return model.forward_head(feats)
+
+
+def _with_class_token(model: Any, tokens: Any) -> Any:
+    import torch
+
+    return torch.cat([model.class_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
 
 
 def status_counts(checks: list[ModelCheck]) -> dict[str, int]:
