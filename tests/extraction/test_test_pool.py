@@ -185,7 +185,7 @@ def _photo_batch(size: int) -> torch.Tensor:
     "suffix",
     [
         ".safetensors",
-        ".ts",
+        pytest.param(".ts", marks=pytest.mark.slow),
         pytest.param(".pt2", marks=pytest.mark.slow),
         pytest.param(".onnx", marks=pytest.mark.slow),
     ],

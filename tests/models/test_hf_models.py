@@ -242,7 +242,7 @@ def _sweep(folder: Path, data: Path, out: Path, extra: list[str] | None = None):
     "family,fmt",
     [
         ("swin", "safetensors"),
-        ("swin", "ts"),  # TorchScript holds Swin's unsaved relative-position buffers: the fingerprint check skips them
+        pytest.param("swin", "ts", marks=pytest.mark.slow),  # TorchScript holds Swin's unsaved relative-position buffers: the fingerprint check skips them
         ("vit", "ts"),
         pytest.param("swin", "pt2", marks=pytest.mark.slow),  # size expressions with Mul(...)
         pytest.param("convnext", "onnx", marks=pytest.mark.slow),

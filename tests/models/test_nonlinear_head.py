@@ -246,7 +246,9 @@ def swept(tmp_path_factory) -> tuple[Path, Path, Path, Path]:
     return data, results, scores, root
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "pt2", "ts", "onnx"])
+@pytest.mark.parametrize(
+    "fmt", ["safetensors", *(pytest.param(f, marks=pytest.mark.slow) for f in ("pt2", "ts", "onnx"))]
+)  # the inner loop exports one format; CI runs all four
 def test_sweep_apply_and_predict_agree_for_mobilenetv3(swept, fmt: str) -> None:
     data, results, scores, root = swept
     doc = json.loads(results.read_text())
