@@ -69,8 +69,8 @@ def _ones(size: Any) -> bool:
 
 
 def _pool_kind(gm: fx.GraphModule, node: fx.Node) -> str | None:
-    """ "global" for an average over H, W to one value per channel, "grid" for an adaptive average
-    pool to a larger grid, else None."""
+    """How ``node`` pools: "global" (an average over H and W to one value per channel), "grid" (an
+    adaptive average pool to a larger grid) or None."""
     if node.op == "call_module":
         m = gm.get_submodule(str(node.target))
         if isinstance(m, nn.AdaptiveAvgPool2d):
@@ -162,7 +162,9 @@ def plan_graph(model: nn.Module, name: str, size: int) -> GraphPlan:
     backbone = _subgraph(gm, None, nodes[: nodes.index(fmap) + 1], fmap)
     tail = _subgraph(gm, fmap, [pool, *after], result)
     post = _subgraph(gm, pool, after, result)
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")  # patch() may get a model on a GPU
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         try:
             raw = backbone(x).float()
@@ -228,9 +230,9 @@ def _read_head(
                 sample = _subgraph(gm, pool, after[: after.index(norm_node) + 1], norm_node)(pooled)
         part = _subgraph(gm, start, after[after.index(start) + 1 :] if start in after else after, result)
         in_shape = tuple(sample.shape[1:])
-        weight, bias = _read_affine(part, in_shape, width)
+        weight, bias = _read_affine(part, in_shape, width, pooled.device)
         scale = float(sample.abs().max()) or 1.0
-        probe = torch.randn(2, width, generator=torch.Generator().manual_seed(1)) * scale
+        probe = torch.randn(2, width, generator=torch.Generator().manual_seed(1)).to(pooled.device) * scale
         with torch.no_grad():
             checks = [(probe, part(probe.reshape(2, *in_shape)).float()), (sample.reshape(2, -1), part(sample).float())]
         if not all(_close(v @ weight.T + bias, out) for v, out in checks):
@@ -256,11 +258,13 @@ def _read_head(
         )
 
 
-def _read_affine(part: fx.GraphModule, in_shape: tuple[int, ...], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_affine(
+    part: fx.GraphModule, in_shape: tuple[int, ...], width: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The affine map ``part`` computes on ``(N, *in_shape)`` inputs, read off at 0 and the unit vectors."""
-    eye = torch.eye(width)
+    eye = torch.eye(width, device=device)
     with torch.no_grad():
-        at_zero = part(torch.zeros(1, *in_shape)).float()[0]
+        at_zero = part(torch.zeros(1, *in_shape, device=device)).float()[0]
         cols = [
             part(eye[i : i + _PROBE_CHUNK].reshape(-1, *in_shape)).float() - at_zero
             for i in range(0, width, _PROBE_CHUNK)

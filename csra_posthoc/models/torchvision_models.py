@@ -140,7 +140,10 @@ def graph_adapter(model: nn.Module, name: str, weights: str, cfg: DataConfig) ->
         plan = plan_graph(model, name, cfg.input_size)
     if plan.head is None:
         dim = int(plan.pooled_shape[0])
-        classes = int(plan.post(torch.zeros(1, *plan.pooled_shape)).shape[-1])
+        first = next(model.parameters(), None)
+        with torch.no_grad():
+            zeros = torch.zeros(1, *plan.pooled_shape, device=first.device if first is not None else None)
+            classes = int(plan.post(zeros).shape[-1])
         what = f"pool -> {type(model).__name__} head"
         head = NonlinearLocationHead(
             model, {"head": plan.post}, PooledHeadFn(plan.post, plan.pooled_shape), classes, dim, what
@@ -155,4 +158,15 @@ def graph_adapter(model: nn.Module, name: str, weights: str, cfg: DataConfig) ->
     return TorchvisionGraphAdapter(model, plan.head, info, cfg, plan)
 
 
-TORCHVISION_CLASSIFIER_KEYS = ("fc.weight", "classifier.1.weight", "classifier.weight", "heads.head.weight")
+# the classifier weight of each torchvision family, to infer num_classes from a checkpoint; an MLP
+# head's last layer comes before its hidden ones (MaxViT: 5 before 3, MobileNetV3: 3, ConvNeXt: 2)
+TORCHVISION_CLASSIFIER_KEYS = (
+    "fc.weight",  # ResNet, RegNet, ShuffleNetV2, GoogLeNet, Inception3
+    "classifier.1.weight",  # MobileNetV2, EfficientNet, MNASNet, SqueezeNet (a 1x1 conv)
+    "classifier.weight",  # DenseNet
+    "heads.head.weight",  # ViT
+    "head.weight",  # Swin
+    "classifier.5.weight",  # MaxViT
+    "classifier.3.weight",  # MobileNetV3
+    "classifier.2.weight",  # ConvNeXt
+)

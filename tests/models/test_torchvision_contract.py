@@ -233,3 +233,17 @@ def test_models_check_cli_on_a_torchvision_pattern(tmp_path) -> None:
     rows = json.loads(out.read_text())["models"]
     assert [r["name"] for r in rows] == ["torchvision:squeezenet1_1"]
     assert all(r["status"] == "supported" and r["rel_diff"] < 1e-4 for r in rows), rows
+
+
+@pytest.mark.parametrize(
+    "arch",
+    ["convnext_tiny", "swin_t", "maxvit_t", "mobilenet_v3_small", "densenet121", "squeezenet1_1"],
+)
+def test_num_classes_is_read_off_a_checkpoint_of_every_family(arch: str, tmp_path) -> None:
+    """``load_model(torchvision:ARCH, checkpoint=...)`` infers the class count from the classifier's key."""
+    from csra_posthoc.models.factory import _infer_num_classes
+    from csra_posthoc.models.torchvision_models import TORCHVISION_CLASSIFIER_KEYS
+
+    with torch.device("meta"):
+        sd = tvm.get_model(arch, weights=None, num_classes=7).state_dict()
+    assert _infer_num_classes(sd, TORCHVISION_CLASSIFIER_KEYS, tmp_path / "x.pth") == 7
