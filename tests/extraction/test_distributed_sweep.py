@@ -57,7 +57,9 @@ def _run(tmp_path: Path, name: str, world: int, args: list[str]) -> tuple[list[i
     return codes, data, sorted((out / "cache").glob("*.safetensors")), printed
 
 
-@pytest.mark.parametrize("batch_size", ["4", pytest.param("16", marks=pytest.mark.slow)])  # 4: shards of 12 and 11 images; 16: 2 batches, shards of 16 and 7
+@pytest.mark.parametrize(
+    "batch_size", ["4", pytest.param("16", marks=pytest.mark.slow)]
+)  # 4: shards of 12 and 11 images; 16: 2 batches, shards of 16 and 7
 def test_two_rank_sweep_equals_single_process(tmp_path: Path, batch_size: str) -> None:
     data = _voc(tmp_path / "data")
     args = ["--data-dir", str(data), "--batch-size", batch_size, "--metrics", "CF1,OF1"]

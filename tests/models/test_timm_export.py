@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from csra_posthoc.cli.app import app
-from csra_posthoc.data import load_dataset, load_rgb
-from csra_posthoc.data.transforms import build_transform
+from csra_posthoc.data import load_dataset
 from csra_posthoc.patched.export import exported_config, run_exported
+from tests.helpers import apply_argv, exported_inputs
 
 runner = CliRunner()
 MODELS = {
@@ -83,27 +82,12 @@ def test_exported_file_reproduces_the_sweep_row(swept, tmp_path: Path, key: str,
     assert summary["baseline_source"] == "model_logits" and summary["identity_max_abs_diff"] < 1e-3
     arrays = np.load(scores, allow_pickle=False)
     out = tmp_path / f"patched.{fmt}"
-    res = runner.invoke(
-        app,
-        [
-            "apply",
-            "--model",
-            MODELS[key][0],
-            "--random-init",
-            "--from-results",
-            str(results),
-            "--pick",
-            "fixed",
-            "--out",
-            str(out),
-        ],
-    )
+    res = runner.invoke(app, apply_argv(MODELS[key][0], results, out, "--random-init"))
     assert res.exit_code == 0, res.output
     config = exported_config(out)
     assert config.lam == summary["fixed"]["lam"] > 0
     images = load_dataset("voc2007", data)
-    transform = build_transform(config.preprocessing)
-    x = torch.stack([transform(load_rgb(p)) for p in images.paths])
+    x = exported_inputs(config.preprocessing, images.paths)
     got = run_exported(out, x).numpy()
     want = arrays["fixed"]
     assert got.shape == want.shape
