@@ -149,6 +149,17 @@ class TokensHead:
         return model.forward_head(v[:, None, :].expand(-1, self.prefix + 1, -1).contiguous())
 
 
+class ChainHead:
+    """The leaf modules after the pool, run in turn on the vectors shaped as the pool's output."""
+
+    def __init__(self, names: tuple[str, ...], pooled_shape: tuple[int, ...]) -> None:
+        self.names = names
+        self.pooled_shape = pooled_shape
+
+    def __call__(self, model: Any, v: torch.Tensor) -> torch.Tensor:
+        return _run_chain(model, self.names, v.reshape(v.shape[0], *self.pooled_shape))
+
+
 class _Captured(Exception):
     """Raised by a hook to stop ``forward_head`` once the pool's input is in hand."""
 
@@ -161,11 +172,17 @@ class TimmPrePoolAdapter(TimmNonlinearAdapter):
     """A head with modules before its pool (CPUBone / LowFormer / EfficientViT's ``in_conv``): the
     feature map is what the pool averages (those modules' output), the head is what follows the pool."""
 
+    pre_chain: tuple[str, ...] | None = None  # the leaf modules before the pool, when running them in turn is the head
+
     def __init__(self, model: nn.Module, head: Any, info: AdapterInfo, data_config: DataConfig, pool: str) -> None:
         super().__init__(model, head, info, data_config)
         self.pool = pool
 
     def feature_map(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.pre_chain is not None:  # no hooks: torch.export / ONNX trace this
+            with eval_mode(self.model):
+                return _run_chain(self.model, self.pre_chain, raw)
+
         def capture(module: nn.Module, inputs: tuple) -> None:
             raise _Captured(inputs[0])
 
@@ -298,14 +315,16 @@ def _build(model: nn.Module, name: str, weights: str, data_config: DataConfig) -
         )
     prepool = _prepool(model, data_config.input_size)
     if prepool is not None:
-        pool, dim, channels, before = prepool
-        fn_pool = PoolReplacedHead(pool, channels)
+        pool, dim, channels, before, chain = prepool
+        fn_pool: Any = PoolReplacedHead(pool, channels) if chain is None else ChainHead(chain[1], chain[2])
         used = _used_children(model, lambda: fn_pool(timm_model, torch.zeros(1, dim)))
         what = f"'{pool}' -> the rest of forward_head ({' -> '.join(used)}), on the map '{pool}' averages"
         head = NonlinearLocationHead(model, used, cast(Any, fn_pool), num_classes, dim, what)
         note = f"head with modules before its pool ({before}): each location is a location of the map the pool averages"
         info = _info(name, "timm-nonlinear", weights, what, note)
-        return TimmPrePoolAdapter(model, cast(Any, head), info, data_config, pool)
+        adapter = TimmPrePoolAdapter(model, cast(Any, head), info, data_config, pool)
+        adapter.pre_chain = None if chain is None else chain[0]
+        return adapter
     if isinstance(model, VGG):
         dim = int(timm_model.head_hidden_size)
         parts: dict[str, nn.Module] = {"head": timm_model.head}
@@ -365,10 +384,12 @@ def nonlinear_tokens_adapter(
     return adapter
 
 
-def _prepool(model: nn.Module, size: int) -> tuple[str, int, int, str] | None:
+def _prepool(model: nn.Module, size: int) -> tuple[str, int, int, str, Any] | None:
     """The average pool ``forward_head`` applies after modules of its own, on one random input:
-    (its name, the width it averages, forward_features' channels, the modules before it); None when
-    forward_head starts with its pool (or its input is not an NCHW map)."""
+    (its name, the width it averages, forward_features' channels, the modules before it, and the
+    leaf modules before / after it with the pool's output shape where running them in sequence is
+    ``forward_head``, else None); None when forward_head starts with its pool (or its input is not
+    an NCHW map)."""
     from .timm_head import _pooled_shaped, _recording
 
     timm_model: Any = model
@@ -394,8 +415,32 @@ def _prepool(model: nn.Module, size: int) -> tuple[str, int, int, str] | None:
             # starts with its pool, or pools otherwise (max): check_pooled_head refuses the latter
             return None
         before = ", ".join(f"'{c.qualname}' ({type(c.module).__name__})" for c in calls[:i])
-        return call.qualname, int(t.shape[1]), int(raw.shape[1]), before
+        pre, post = [c.qualname for c in calls[:i]], [c.qualname for c in calls[i + 1 :]]
+        with torch.no_grad(), eval_mode(model):
+            plain = _sequential_matches(model, pre, raw, t) and _sequential_matches(model, post, out, calls[-1].output)
+        chain = (tuple(pre), tuple(post), tuple(int(v) for v in out.shape[1:])) if plain else None
+        return call.qualname, int(t.shape[1]), int(raw.shape[1]), before, chain
     return None
+
+
+def _run_chain(model: Any, names: tuple[str, ...] | list[str], x: torch.Tensor) -> torch.Tensor:
+    for n in names:
+        x = model.get_submodule(n)(x)
+    return x
+
+
+def _sequential_matches(model: Any, names: list[str], x: torch.Tensor, expected: Any) -> bool:
+    """Running the recorded leaf modules one after the other gives what ``forward_head`` gave (no
+    functional op or branch in between that matters): the hook-free form, which torch.export traces."""
+    try:
+        got = _run_chain(model, names, x)
+    except Exception:
+        return False
+    return (
+        isinstance(expected, torch.Tensor)
+        and got.shape == expected.shape
+        and bool(torch.allclose(got.float(), expected.float(), rtol=1e-5, atol=1e-6))
+    )
 
 
 def _torchvision(model: nn.Module, name: str, weights: str, data_config: DataConfig) -> ModelAdapter:

@@ -100,6 +100,7 @@ def test_pre_pool_head_scores_the_map_its_pool_averages() -> None:
     fmap = adapter.feature_map(adapter.forward_backbone(torch.randn(1, 3, 64, 64)))
     assert fmap.shape[1] == 48  # in_conv's output, not forward_features' 192 channels
     assert "head.in_conv" in " ".join(adapter.info.notes)
+    assert adapter.pre_chain is not None  # hook-free: torch.export and ONNX trace it
 
 
 def test_multistream_locations_are_the_union_of_the_streams() -> None:
