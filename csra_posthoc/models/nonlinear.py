@@ -31,6 +31,7 @@ import torch.nn as nn
 
 from ..errors import CSRAError
 from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode, identity_scale, tokens_to_grid
+from .timm_head import _pooled_shaped, _recording
 
 NONLINEAR_TOLERANCE = 1e-4  # relative: |head(mean_k x_k) - logits| <= tolerance * identity_scale(logits)
 CHUNK_FLOATS = 1 << 24  # widest head activation over one chunk of locations: 64 MiB of fp32
@@ -390,8 +391,6 @@ def _prepool(model: nn.Module, size: int) -> tuple[str, int, int, str, Any] | No
     leaf modules before / after it with the pool's output shape where running them in sequence is
     ``forward_head``, else None); None when forward_head starts with its pool (or its input is not
     an NCHW map)."""
-    from .timm_head import _pooled_shaped, _recording
-
     timm_model: Any = model
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     first = next(iter(model.parameters()), None)
