@@ -36,7 +36,7 @@ import torch
 
 from ..errors import CSRAError
 from ..text import safe
-from .bootstrap import Part, _csr, check_resamples, resample_weights
+from .bootstrap import CHUNK_CELLS, Part, _csr, _segment_cumsum, check_resamples, resample_weights
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -47,7 +47,6 @@ SIZE_BINS = ("small", "medium", "large")
 LABEL_GROUPS = ("1", "2", "3+")
 INSTANCE_BINS = ("1 instance", "2+ instances")
 ROW_NAMES = ("best", "fixed", "held_out", "test_pool")
-SPLIT_CHUNK_CELLS = 16_000_000  # resamples per chunk * rows of SplitAP's product (B, rows) float64: see benchmarks/size_splits.py
 
 DEFINITION_SIZE = (
     "size of a positive (image, class) pair: area of its largest box of the class / image area; bins: tertiles of those "
@@ -117,23 +116,14 @@ def assign_splits(
 class SplitAP:
     """Per-class AP of fixed ``scores`` on every split at once, under image multiplicities ``w``.
 
-    As :class:`~csra_posthoc.evaluation.bootstrap.WeightedAP`: scores sorted once per class (the
-    multiplicities never change the order), runs of tied scores holding a positive are the key
-    runs, each known image is counted at the first key run at or after its place, each positive is
-    credited with the precision at its run's end. One sparse product per chunk of resamples gives
-    every count at once; its rows are segments whose cumulative sums are the counts so far:
-
-    * ``neg``: per key run, the class's negatives (every split keeps all of them);
-    * per split, per *entry* (a (key run, bin) pair holding one of the bin's positives; about one
-      per positive) the entry's positives, segments per (class, bin);
-    * ``gneg``: per entry of the label-count split, the negatives of that entry's image group
-      (its bins are the images' groups), aligned with the split's entries.
-
-    A split's precision at an entry: its positives so far over those plus the negatives so far
-    (all of them, or the group's). The cumulative sums run along one contiguous axis (``(B, rows)``
-    float64: the counts are integers, exact) and a within-segment count is the difference of two
-    of them, so a resample costs one pass over the known (image, class) pairs plus a few over the
-    positives, with no per-class Python loop."""
+    As :class:`~csra_posthoc.evaluation.bootstrap.WeightedAP`: scores sorted once per class, runs of
+    tied scores holding a positive are the key runs, each known image is counted at the first key
+    run at or after its place, each positive is credited with the precision at its run's end.
+    Known images are counted per (key run, image group); a split's positives per *entry*, a
+    (key run, bin) pair holding one of its positives (about one per positive), so every split costs
+    about one pass over the positives. Precision at an entry: the bin's positives so far over those
+    plus ALL negatives so far (size and instance bins), or over the group's known images so far
+    (label-count groups, whose bins are the images' groups)."""
 
     def __init__(
         self,
@@ -148,15 +138,19 @@ class SplitAP:
         sorted_scores, order = torch.sort(scores.double().t().contiguous(), dim=1, descending=True)
         lab_t = labels.t().contiguous().gather(1, order).numpy()
         order_np, s_np = order.numpy(), sorted_scores.numpy()
-        g_img = np.asarray(groups, dtype=np.int64)
-        group_bins = np.where(labels.numpy() == 1, np.where(g_img < 0, -1, g_img)[:, None], -1)
+        g = np.where(groups < 0, num_groups, groups).astype(
+            np.int64
+        )  # images with no positive: a group of their own (negatives only)
+        ga = self.groups_all = num_groups + 1
+        group_bins = np.where(
+            labels.numpy() == 1, np.where(groups < 0, -1, groups)[:, None], -1
+        )  # the "groups" split: a positive's bin is its image's group
         parts = {"groups": (group_bins, num_groups), **partitions}
-        names = list(parts)
-        neg_r, neg_i, run_class = [], [], []
-        ent: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = {k: [] for k in names}
-        gneg: list[tuple[np.ndarray, np.ndarray]] = []  # (entry of the groups split, image) of grouped negatives
+        rows, cols, prow, pcol, run_class, run_first = [], [], [], [], [], []
+        entries: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
+            name: [] for name in parts
+        }  # (image, run, bin) of positives
         runs = 0
-        group_entries = 0
         for k in range(c):
             s, lab, idx = s_np[k], lab_t[k], order_np[k]
             new_run = np.ones(n, dtype=bool)
@@ -165,144 +159,98 @@ class SplitAP:
             key_runs = np.unique(run_id[lab == 1])
             if key_runs.size == 0:
                 continue
-            at = np.searchsorted(key_runs, run_id)  # this class's key run of each place
-            keep = at < key_runs.size
-            neg = keep & (lab == 0)
+            at = np.searchsorted(key_runs, run_id) + runs  # global key run of each place
+            keep = (at < runs + key_runs.size) & (lab != -1)
+            rows.append(idx[keep])
+            cols.append(at[keep] * ga + g[idx[keep]])
             pos = keep & (lab == 1)
-            neg_r.append(at[neg] + runs)
-            neg_i.append(idx[neg])
-            for name, (bins, nb) in parts.items():
+            prow.append(idx[pos])
+            pcol.append(at[pos])
+            for name, (bins, _) in parts.items():
                 b = bins[idx, k]
                 inb = pos & (b >= 0)
-                key = b[inb] * key_runs.size + at[inb]  # entries in (bin, run) order
-                uniq, entry = np.unique(key, return_inverse=True)
-                e_bin, e_run = uniq // key_runs.size, uniq % key_runs.size
-                ent[name].append((idx[inb], entry.reshape(-1), e_bin, e_run + runs, np.full(uniq.size, k)))
-                if name == "groups":  # each grouped negative: the first entry of its group at or after its place
-                    ng = g_img[idx[neg]]
-                    at_neg = at[neg]
-                    for gi in range(num_groups):
-                        er = e_run[e_bin == gi]
-                        first = int(np.searchsorted(e_bin, gi))
-                        sel = ng == gi
-                        j = np.searchsorted(er, at_neg[sel])
-                        ok = j < er.size
-                        gneg.append((group_entries + first + j[ok], idx[neg][sel][ok]))
-                    group_entries += uniq.size
+                entries[name].append((idx[inb], at[inb], b[inb]))
             run_class.append(np.full(key_runs.size, k))
+            run_first.append(np.array([runs, runs + key_runs.size]))
             runs += key_runs.size
+        self.num_runs = runs
 
         def cat(items: list[np.ndarray]) -> np.ndarray:
             return np.concatenate(items).astype(np.int64) if items else np.zeros(0, np.int64)
 
-        # rows: [neg runs][entries of each split, in `names` order][gneg, aligned with the groups entries]
-        row_parts_r, row_parts_i = [cat(neg_r)], [cat(neg_i)]
-        run_start = np.zeros(runs, np.int64)  # each row's segment start (a class's first key run)
-        rc = cat(run_class)
-        if runs:
-            first_of_class = np.r_[0, np.flatnonzero(rc[1:] != rc[:-1]) + 1]
-            run_start = first_of_class[np.cumsum(np.r_[False, rc[1:] != rc[:-1]])]
-        offset = runs
+        self.labelled = _csr(cat(cols), cat(rows), runs * ga, n)  # (runs * groups, N)
+        self.positive = _csr(cat(pcol), cat(prow), runs, n)
+        self.class_bounds = [(int(a), int(b)) for a, b in run_first]  # each class's key runs
+        self.run_class = cat(run_class)
         self.parts: dict[str, dict[str, Any]] = {}
-        seg_lo: list[np.ndarray] = []
-        for name in names:
-            items = ent[name]
-            sizes = [it[2].size for it in items]
-            base = np.cumsum([0] + sizes[:-1]).astype(np.int64) if items else np.zeros(0, np.int64)
-            images = cat([it[0] for it in items])
-            entry = cat([it[1] + o for it, o in zip(items, base, strict=True)])
-            e_bin = cat([it[2] for it in items])
-            e_run = cat([it[3] for it in items])
-            e_cls = cat([it[4] for it in items])
-            nb = parts[name][1]
-            seg = e_cls * nb + e_bin  # (class, bin) of each entry, contiguous
-            new = np.r_[True, seg[1:] != seg[:-1]] if seg.size else np.zeros(0, bool)
-            starts = np.flatnonzero(new)
-            ends = np.r_[starts[1:], seg.size].astype(np.int64)
-            lo = starts[np.cumsum(new) - 1] if seg.size else np.zeros(0, np.int64)  # segment start of each entry
-            row_parts_r.append(entry + offset)
-            row_parts_i.append(images)
+        for name, (_, nb) in parts.items():
+            image = cat([e[0] for e in entries[name]])
+            run = cat([e[1] for e in entries[name]])
+            bin_ = cat([e[2] for e in entries[name]])
+            seg = self.run_class[run] * nb + bin_ if run.size else run  # (class, bin) of each positive
+            pairs, entry = (
+                np.unique(np.stack([seg, run]), axis=1, return_inverse=True)
+                if run.size
+                else (np.zeros((2, 0), np.int64), run)
+            )
+            entry = np.asarray(entry).reshape(-1)  # entries sorted by (class, bin, run): segments are contiguous
+            e_seg, e_run = pairs[0], pairs[1]
+            starts = np.flatnonzero(np.r_[True, e_seg[1:] != e_seg[:-1]]) if e_seg.size else np.zeros(0, np.int64)
+            ends = np.r_[starts[1:], e_seg.size] if e_seg.size else starts
             self.parts[name] = {
                 "bins": nb,
-                "rows": offset,
-                "count": seg.size,
-                "lo": lo,
-                "run": e_run,
-                "starts": starts,
-                "ends": ends,
-                "segments": seg[starts] if seg.size else np.zeros(0, np.int64),
+                "matrix": _csr(entry, image, int(e_seg.size), n),  # (entries, N): the entry's positives
+                "run": torch.from_numpy(e_run.astype(np.int64)),
+                "bin": torch.from_numpy((e_seg % nb).astype(np.int64))
+                if e_seg.size
+                else torch.zeros(0, dtype=torch.int64),
+                "bounds": [(int(a), int(b)) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)],
+                "starts": torch.from_numpy(starts.astype(np.int64)),
+                "ends": torch.from_numpy(ends.astype(np.int64)),
+                "segments": torch.from_numpy(e_seg[starts].astype(np.int64))
+                if e_seg.size
+                else torch.zeros(0, dtype=torch.int64),
             }
-            seg_lo.append(lo + offset)
-            offset += seg.size
-        groups_part = self.parts["groups"]
-        gneg_rows = cat([r for r, _ in gneg]) + offset
-        row_parts_r.append(gneg_rows)
-        row_parts_i.append(cat([i for _, i in gneg]))
-        groups_part["gneg"] = offset
-        seg_lo.append(groups_part["lo"] + offset)
-        offset += groups_part["count"]
-        self.num_rows = offset
-        self.num_runs = runs
-        self.matrix = _csr(cat(row_parts_r), cat(row_parts_i), offset, n)
-        # gather indices into C = [0, cumsum(rows)] (B, rows + 1): within-segment count so far at row r = C[r + 1] - C[lo[r]]
-        all_lo = np.concatenate([run_start, *seg_lo]) if offset else np.zeros(0, np.int64)
-        self.seg_lo = all_lo
-        index: dict[str, list[np.ndarray]] = {"raw": [], "hi": [], "lo": [], "neg_hi": [], "neg_lo": []}
-        self.slices: dict[str, tuple[int, int]] = {}
-        at = 0
-        for name in names:
-            p = self.parts[name]
-            rows = np.arange(p["count"], dtype=np.int64) + p["rows"]
-            index["raw"].append(rows)
-            index["hi"].append(rows + 1)
-            index["lo"].append(all_lo[rows])
-            if name == "groups":
-                g_rows = np.arange(p["count"], dtype=np.int64) + p["gneg"]
-                index["neg_hi"].append(g_rows + 1)
-                index["neg_lo"].append(all_lo[g_rows])
-            else:
-                index["neg_hi"].append(p["run"] + 1)
-                index["neg_lo"].append(run_start[p["run"]])
-            self.slices[name] = (at, at + p["count"])
-            at += p["count"]
-        self.index = {key: torch.from_numpy(cat(v)) for key, v in index.items()}
-        self.seg_starts = np.concatenate(
-            [self.parts[nm]["starts"] + self.slices[nm][0] for nm in names]
-        ).astype(np.int64) if at else np.zeros(0, np.int64)
-        self.seg_last = torch.from_numpy(
-            np.concatenate([self.parts[nm]["ends"] - 1 + self.slices[nm][0] for nm in names]).astype(np.int64)
-        ) if at else torch.zeros(0, dtype=torch.int64)
-        self.num_entries = at
 
     def __call__(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"groups": (B, G, C), name: (B, bins, C)}`` float64 AP, NaN where a split has no positive of weight > 0."""
         b = weights.shape[0]
         out: dict[str, torch.Tensor] = {}
-        nums = dens = None
-        if self.num_entries:
-            x = (self.matrix @ weights.t().to(torch.float32).contiguous()).t().double()  # (B, rows): integer counts
-            cum = torch.zeros(b, self.num_rows + 1, dtype=torch.float64)
-            torch.cumsum(x, dim=1, out=cum[:, 1:])
-            ix = self.index
-            tp = x[:, ix["raw"]]
-            so_far = cum[:, ix["hi"]].sub_(cum[:, ix["lo"]])  # the bin's positives so far
-            seen = cum[:, ix["neg_hi"]].sub_(cum[:, ix["neg_lo"]]).add_(so_far)
-            credit = tp.mul_(so_far).div_(seen.clamp_min_(1.0)).numpy()
-            nums = torch.from_numpy(np.add.reduceat(credit, self.seg_starts, axis=1))
-            dens = so_far[:, self.seg_last]
+        wt = weights.t().to(torch.float32).contiguous()
+        runs, ga = self.num_runs, self.groups_all
+        if runs:  # float32 counts: integer sums within a class stay below N (exact below 2**24)
+            cum_group = _segment_cumsum(
+                (self.labelled @ wt).reshape(runs, ga, b), self.class_bounds
+            )  # known images so far, per group
+            cum_pos = _segment_cumsum(self.positive @ wt, self.class_bounds)
+            cum_neg = cum_group.sum(dim=1).sub_(cum_pos)  # (runs, B): negatives so far, every group
         for name, part in self.parts.items():
             nb = part["bins"]
-            ap = torch.full((b, self.num_classes * nb), float("nan"), dtype=torch.float64)
-            if part["count"] and nums is not None and dens is not None:
-                a, z = self.slices[name]
-                s0 = int(np.searchsorted(self.seg_starts, a))
-                s1 = s0 + part["segments"].size
-                num, den = nums[:, s0:s1], dens[:, s0:s1]
-                ap[:, torch.from_numpy(part["segments"])] = torch.where(
+            ap = torch.full((self.num_classes * nb, b), float("nan"), dtype=torch.float64)
+            if part["run"].numel():
+                tp = part["matrix"] @ wt  # (entries, B)
+                cum_tp = _segment_cumsum(
+                    tp.clone(), part["bounds"]
+                )  # the bin's positives so far, within its (class, bin)
+                if name == "groups":
+                    seen = cum_group[part["run"], part["bin"]]
+                else:
+                    seen = cum_tp + cum_neg[part["run"]]
+                credit = tp.double().mul_(cum_tp).div_(seen.clamp_min(1.0))
+                num = _segment_sums(credit, part["starts"], part["ends"])
+                den = cum_tp[part["ends"] - 1].double()
+                ap[part["segments"]] = torch.where(
                     den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan"))
                 )
-            out[name] = ap.reshape(b, self.num_classes, nb).transpose(1, 2)
+            key = "groups" if name == "groups" else name
+            out[key] = ap.reshape(self.num_classes, nb, b).permute(2, 1, 0)
         return out
+
+
+def _segment_sums(x: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """Sums of contiguous row segments ``[starts, ends)`` along dim 0."""
+    total = torch.cat([torch.zeros_like(x[:1]), x.cumsum(dim=0)])
+    return total[ends] - total[starts]
 
 
 @dataclass
@@ -345,7 +293,10 @@ def split_deltas(
     metrics = {name: [(mask, make(s)) for mask, s in p] for name, p in parts.items()}
     masks = {id(mask): mask for ps in metrics.values() for mask, _ in ps}
     num_images = baseline.shape[0]
-    cells = max([m.num_rows for ps in metrics.values() for _, m in ps] + [base.num_rows, num_images, 1])
+    cells = max(
+        [m.num_runs * m.groups_all for ps in metrics.values() for _, m in ps]
+        + [base.num_runs * base.groups_all, num_images, 1]
+    )
 
     def deltas(w: torch.Tensor) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
         weighted = {key: w if mask is None else w * mask for key, mask in masks.items()}
@@ -368,7 +319,7 @@ def split_deltas(
     point_mean, point_cls = deltas(torch.ones(1, num_images))
     draws: dict[str, dict[str, list[torch.Tensor]]] = {name: {s: [] for s in SPLIT_BINS} for name in metrics}
     if resamples is not None:
-        chunk = max(1, min(resamples, SPLIT_CHUNK_CELLS // cells))
+        chunk = max(1, min(resamples, CHUNK_CELLS // cells))
         for w in resample_weights(num_images, resamples, seed, chunk):  # chunking does not change the draws
             means, _ = deltas(w)
             for name in metrics:
