@@ -36,7 +36,7 @@ import torch
 
 from ..errors import CSRAError
 from ..text import safe
-from .bootstrap import CHUNK_CELLS, Part, _csr, _segment_cumsum, check_resamples, resample_weights
+from .bootstrap import Part, _csr, _segment_cumsum, check_resamples, resample_weights
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -47,6 +47,9 @@ SIZE_BINS = ("small", "medium", "large")
 LABEL_GROUPS = ("1", "2", "3+")
 INSTANCE_BINS = ("1 instance", "2+ instances")
 ROW_NAMES = ("best", "fixed", "held_out", "test_pool")
+# resamples per chunk * SplitAP rows (key runs * image groups): a few resamples per product at COCO size,
+# 1.5x faster per resample than one at a time (benchmarks/size_splits.py)
+SPLIT_CHUNK_CELLS = 6_000_000
 
 DEFINITION_SIZE = (
     "size of a positive (image, class) pair: area of its largest box of the class / image area; bins: tertiles of those "
@@ -285,31 +288,42 @@ def split_deltas(
     partitions = {"size": (splits.size_bin, len(SIZE_BINS)), "instances": (splits.instance_bin, len(INSTANCE_BINS))}
     parts = {name: [(None, v)] if isinstance(v, torch.Tensor) else list(v) for name, v in variants.items()}
     lab = labels.to(torch.int8)
-
-    def make(scores: torch.Tensor) -> SplitAP:
-        return SplitAP(scores, lab, splits.label_group, len(LABEL_GROUPS), partitions)
-
-    base = make(baseline)
-    metrics = {name: [(mask, make(s)) for mask, s in p] for name, p in parts.items()}
-    masks = {id(mask): mask for ps in metrics.values() for mask, _ in ps}
     num_images = baseline.shape[0]
-    cells = max(
-        [m.num_runs * m.groups_all for ps in metrics.values() for _, m in ps]
-        + [base.num_runs * base.groups_all, num_images, 1]
-    )
+
+    def restrict(mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The images a part is evaluated on and their mask values: an image of mask 0 weighs 0 in
+        every resample, so leaving it out of the sorted orders changes no AP and halves a held-out part's work."""
+        if mask is None:
+            return None
+        keep = torch.as_tensor(mask).reshape(-1).nonzero().reshape(-1)
+        return keep, torch.as_tensor(mask).reshape(-1)[keep].to(torch.float32)
+
+    def make(scores: torch.Tensor, keep: torch.Tensor | None) -> SplitAP:
+        if keep is None:
+            return SplitAP(scores, lab, splits.label_group, len(LABEL_GROUPS), partitions)
+        k = keep.numpy()
+        sub = {name: (bins[k], nb) for name, (bins, nb) in partitions.items()}
+        return SplitAP(scores[keep], lab[keep], splits.label_group[k], len(LABEL_GROUPS), sub)
+
+    kept = {id(mask): restrict(mask) for ps in parts.values() for mask, _ in ps}
+    images = {key: None if k is None else k[0] for key, k in kept.items()}
+    base = {key: make(baseline, keep) for key, keep in images.items()}
+    metrics = {name: [(id(mask), make(s, images[id(mask)])) for mask, s in p] for name, p in parts.items()}
+    cells = max([m.num_runs * m.groups_all for m in [*base.values(), *(m for ps in metrics.values() for _, m in ps)]])
+    cells = max(cells, num_images, 1)
 
     def deltas(w: torch.Tensor) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-        weighted = {key: w if mask is None else w * mask for key, mask in masks.items()}
-        base_ap = {key: base(ww) for key, ww in weighted.items()}
+        weighted = {key: w if k is None else w[:, k[0]] * k[1] for key, k in kept.items()}
+        base_ap = {key: base[key](ww) for key, ww in weighted.items()}
         means: dict[str, dict[str, torch.Tensor]] = {}
         size_cls: dict[str, torch.Tensor] = {}
         for name, ps in metrics.items():
             per_split: dict[str, list[torch.Tensor]] = {"size": [], "labels": [], "instances": []}
             cls_parts = []
-            for mask, m in ps:
-                ap, ref = m(weighted[id(mask)]), base_ap[id(mask)]
-                for split, key in (("size", "size"), ("labels", "groups"), ("instances", "instances")):
-                    d = (ap[key] - ref[key]) * 100.0  # (B, bins, C)
+            for key, m in ps:
+                ap, ref = m(weighted[key]), base_ap[key]
+                for split, field in (("size", "size"), ("labels", "groups"), ("instances", "instances")):
+                    d = (ap[field] - ref[field]) * 100.0  # (B, bins, C)
                     per_split[split].append(_nanmean(d, dim=2))
                 cls_parts.append((ap["size"] - ref["size"]) * 100.0)
             means[name] = {split: torch.stack(v).mean(dim=0) for split, v in per_split.items()}  # (B, bins)
@@ -319,7 +333,7 @@ def split_deltas(
     point_mean, point_cls = deltas(torch.ones(1, num_images))
     draws: dict[str, dict[str, list[torch.Tensor]]] = {name: {s: [] for s in SPLIT_BINS} for name in metrics}
     if resamples is not None:
-        chunk = max(1, min(resamples, CHUNK_CELLS // cells))
+        chunk = max(1, min(resamples, SPLIT_CHUNK_CELLS // cells))
         for w in resample_weights(num_images, resamples, seed, chunk):  # chunking does not change the draws
             means, _ = deltas(w)
             for name in metrics:
