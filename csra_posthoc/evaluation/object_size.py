@@ -209,6 +209,9 @@ class SplitAP:
                 else torch.zeros(0, dtype=torch.int64),
                 "bounds": [(int(a), int(b)) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)],
                 "starts": torch.from_numpy(starts.astype(np.int64)),
+                "entry_segment": torch.from_numpy(np.cumsum(np.r_[True, e_seg[1:] != e_seg[:-1]]) - 1)
+                if e_seg.size
+                else torch.zeros(0, dtype=torch.int64),  # each entry's (class, bin) segment
                 "ends": torch.from_numpy(ends.astype(np.int64)),
                 "segments": torch.from_numpy(e_seg[starts].astype(np.int64))
                 if e_seg.size
@@ -240,7 +243,9 @@ class SplitAP:
                 else:
                     seen = cum_tp + cum_neg[part["run"]]
                 credit = tp.double().mul_(cum_tp).div_(seen.clamp_min(1.0))
-                num = _segment_sums(credit, part["starts"], part["ends"])
+                num = torch.zeros(part["starts"].numel(), b, dtype=torch.float64).index_add_(
+                    0, part["entry_segment"], credit
+                )  # per (class, bin): summed row by row, not as a difference of running sums
                 den = cum_tp[part["ends"] - 1].double()
                 ap[part["segments"]] = torch.where(
                     den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan"))
@@ -248,12 +253,6 @@ class SplitAP:
             key = "groups" if name == "groups" else name
             out[key] = ap.reshape(self.num_classes, nb, b).permute(2, 1, 0)
         return out
-
-
-def _segment_sums(x: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-    """Sums of contiguous row segments ``[starts, ends)`` along dim 0."""
-    total = torch.cat([torch.zeros_like(x[:1]), x.cumsum(dim=0)])
-    return total[ends] - total[starts]
 
 
 @dataclass
