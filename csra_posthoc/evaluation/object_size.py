@@ -191,18 +191,17 @@ class SplitAP:
             run = cat([e[1] for e in entries[name]])
             bin_ = cat([e[2] for e in entries[name]])
             seg = self.run_class[run] * nb + bin_ if run.size else run  # (class, bin) of each positive
-            pairs, entry = (
-                np.unique(np.stack([seg, run]), axis=1, return_inverse=True)
-                if run.size
-                else (np.zeros((2, 0), np.int64), run)
+            keys, entry = (  # one int64 key per (class, bin, run): a 1-D unique, not a slower column-wise one
+                np.unique(seg * max(runs, 1) + run, return_inverse=True) if run.size else (run, run)
             )
             entry = np.asarray(entry).reshape(-1)  # entries sorted by (class, bin, run): segments are contiguous
-            e_seg, e_run = pairs[0], pairs[1]
+            e_seg, e_run = keys // max(runs, 1), keys % max(runs, 1)
             starts = np.flatnonzero(np.r_[True, e_seg[1:] != e_seg[:-1]]) if e_seg.size else np.zeros(0, np.int64)
             ends = np.r_[starts[1:], e_seg.size] if e_seg.size else starts
             self.parts[name] = {
                 "bins": nb,
-                "matrix": _csr(entry, image, int(e_seg.size), n),  # (entries, N): the entry's positives
+                "entry_rows": entry,
+                "images": image,
                 "run": torch.from_numpy(e_run.astype(np.int64)),
                 "bin": torch.from_numpy((e_seg % nb).astype(np.int64))
                 if e_seg.size
@@ -217,41 +216,60 @@ class SplitAP:
                 if e_seg.size
                 else torch.zeros(0, dtype=torch.int64),
             }
+        # every split's entries in one product, "groups" first: (entries, N), each entry's positives
+        names = list(self.parts)
+        first = np.cumsum([0] + [int(self.parts[k]["run"].numel()) for k in names])
+        seg_first = np.cumsum([0] + [int(self.parts[k]["starts"].numel()) for k in names])
+        self.num_entries, self.num_segments = int(first[-1]), int(seg_first[-1])
+        self.entries = _csr(
+            cat([self.parts[k].pop("entry_rows") + first[i] for i, k in enumerate(names)]),
+            cat([self.parts[k].pop("images") for k in names]),
+            self.num_entries,
+            n,
+        )
+        self.bounds = [
+            (a + int(first[i]), z + int(first[i])) for i, k in enumerate(names) for a, z in self.parts[k]["bounds"]
+        ]
+        self.entry_segment = torch.cat(
+            [self.parts[k]["entry_segment"] + int(seg_first[i]) for i, k in enumerate(names)]
+        )
+        self.seg_last = torch.cat([self.parts[k]["ends"] - 1 + int(first[i]) for i, k in enumerate(names)])
+        for j, key in enumerate(names):
+            self.parts[key]["segment_slice"] = (int(seg_first[j]), int(seg_first[j + 1]))
+        self.group_count = int(first[1])
+        self.group_index = self.parts["groups"]["run"] * ga + self.parts["groups"]["bin"]  # into (runs * groups, B)
+        self.other_run = torch.cat([self.parts[k]["run"] for k in names[1:]] + [torch.zeros(0, dtype=torch.int64)])
 
     def __call__(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"groups": (B, G, C), name: (B, bins, C)}`` float64 AP, NaN where a split has no positive of weight > 0."""
         b = weights.shape[0]
-        out: dict[str, torch.Tensor] = {}
         wt = weights.t().to(torch.float32).contiguous()
         runs, ga = self.num_runs, self.groups_all
-        if runs:  # float32 counts: integer sums within a class stay below N (exact below 2**24)
+        ap_all = None
+        if runs and self.num_entries:  # float32 counts: integer sums within a class stay below N (exact below 2**24)
             cum_group = _segment_cumsum(
                 (self.labelled @ wt).reshape(runs, ga, b), self.class_bounds
             )  # known images so far, per group
             cum_pos = _segment_cumsum(self.positive @ wt, self.class_bounds)
             cum_neg = cum_group.sum(dim=1).sub_(cum_pos)  # (runs, B): negatives so far, every group
+            tp = self.entries @ wt  # (entries, B): every split's entries at once
+            cum_tp = _segment_cumsum(tp.clone(), self.bounds)  # the bin's positives so far, within its (class, bin)
+            g = self.group_count
+            seen = torch.empty_like(tp)
+            seen[:g] = cum_group.reshape(runs * ga, b)[self.group_index]  # the image group's known images so far
+            seen[g:] = cum_neg[self.other_run].add_(cum_tp[g:])  # the bin's positives and all negatives so far
+            credit = tp.double().mul_(cum_tp).div_(seen.clamp_min_(1.0))
+            num = torch.zeros(self.num_segments, b, dtype=torch.float64).index_add_(0, self.entry_segment, credit)
+            den = cum_tp[self.seg_last].double()  # per (class, bin): its positives
+            ap_all = torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan")))
+        out: dict[str, torch.Tensor] = {}
         for name, part in self.parts.items():
             nb = part["bins"]
             ap = torch.full((self.num_classes * nb, b), float("nan"), dtype=torch.float64)
-            if part["run"].numel():
-                tp = part["matrix"] @ wt  # (entries, B)
-                cum_tp = _segment_cumsum(
-                    tp.clone(), part["bounds"]
-                )  # the bin's positives so far, within its (class, bin)
-                if name == "groups":
-                    seen = cum_group[part["run"], part["bin"]]
-                else:
-                    seen = cum_tp + cum_neg[part["run"]]
-                credit = tp.double().mul_(cum_tp).div_(seen.clamp_min(1.0))
-                num = torch.zeros(part["starts"].numel(), b, dtype=torch.float64).index_add_(
-                    0, part["entry_segment"], credit
-                )  # per (class, bin): summed row by row, not as a difference of running sums
-                den = cum_tp[part["ends"] - 1].double()
-                ap[part["segments"]] = torch.where(
-                    den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan"))
-                )
-            key = "groups" if name == "groups" else name
-            out[key] = ap.reshape(self.num_classes, nb, b).permute(2, 1, 0)
+            if ap_all is not None and part["run"].numel():
+                s0, s1 = part["segment_slice"]
+                ap[part["segments"]] = ap_all[s0:s1]
+            out[name] = ap.reshape(self.num_classes, nb, b).permute(2, 1, 0)
         return out
 
 
