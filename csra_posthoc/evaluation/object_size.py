@@ -18,9 +18,10 @@ Held-out rows average their parts as :mod:`csra_posthoc.evaluation.per_class` do
 
 The AP of every split under a resample comes from one sorted order per class and sparse products
 (:class:`SplitAP`): the negatives are counted once per (key run, image group) and shared by the
-size and instance bins, each split's positives once per (key run, bin). Measured on a loaded
-2-core machine, one resample of all the splits costs about 4x one resample of the sweep's
-weighted AP (:class:`~csra_posthoc.evaluation.bootstrap.WeightedAP`) on the same score matrix.
+size and instance bins, each split's positives once per (key run, bin), all splits' entries in one
+product. A held-out part is built on its own images only (the other half weighs 0 in every
+resample), and a few resamples share a product (:data:`SPLIT_CHUNK_CELLS`). Cost at COCO size:
+benchmarks/size_splits.py (issue #23 asks for at most half the sweep's time; see benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
