@@ -3,12 +3,24 @@ cache directory for every test and for the session's shared fixtures. Plain help
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
+
+
+def _threads_per_worker() -> int:
+    """Under pytest-xdist each worker gets its share of the cores (two workers with two threads each
+    on two cores spend their time switching); one process keeps torch's own default."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else torch.get_num_threads()
+
+
+torch.set_num_threads(_threads_per_worker())
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from csra_posthoc.data import load_rgb
+from csra_posthoc.data.transforms import build_transform
 from csra_posthoc.defaults import CACHED_TEMPERATURES
 from csra_posthoc.evaluation.grid import paper_fixed_lam, sweep
 from csra_posthoc.extraction.statistics import ClassStatistics, StatisticsInfo
@@ -33,6 +35,19 @@ def readme_patch_example() -> str:
 
 SWEEP_DEFAULTS: dict[str, Any] = {"model": "resnet10t", "random_init": True, "dataset": "voc2007", "img_size": 64}
 WEIGHT_SOURCES = ("random_init", "pretrained", "checkpoint")
+
+
+def apply_argv(model: str, results: str | Path, out: str | Path, *extra: str, pick: str | None = "fixed") -> list[str]:
+    """``csra-posthoc apply`` from a sweep's results file: ``--model M --from-results R --pick P --out O``
+    and ``extra`` (the weight source, overrides); ``pick=None`` leaves ``--pick`` at its default."""
+    argv = ["apply", "--model", model, *extra, "--from-results", str(results), "--out", str(out)]
+    return argv if pick is None else [*argv, "--pick", pick]
+
+
+def exported_inputs(preprocessing: Any, paths: Any) -> torch.Tensor:
+    """Images as an exported file's own preprocessing (its config's transform) turns them into a batch."""
+    transform = build_transform(preprocessing)
+    return torch.stack([transform(load_rgb(p)) for p in paths])
 
 
 def sweep_argv(*extra: str, **overrides: Any) -> list[str]:

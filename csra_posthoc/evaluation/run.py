@@ -227,6 +227,7 @@ def build_adapter(
         pretrained=pretrained,
         random_init=random_init,
         num_classes=len(images.classes) if random_init and train is None else None,
+        img_size=options.img_size if options is not None else None,
     )
     if train is not None:
         adapter = fit_probe(adapter, train, c=probe_c, options=options, save_head_to=save_head, console=console)

@@ -75,6 +75,8 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 class ModelAdapter(nn.Module):
     """A backbone plus its classifier applied per location."""
 
+    check_size: int | None = None  # the input side the load-time checks ran at (None: data_config.input_size)
+
     def __init__(self, model: nn.Module, head: LocationHead, info: AdapterInfo, data_config: DataConfig) -> None:
         super().__init__()
         self.model = model

@@ -172,9 +172,28 @@ def count_params(name: str) -> int:
     """Parameters of ``name`` at ``num_classes=10``, built on the meta device (no memory, no init)."""
     import torch
 
-    with torch.device("meta"):
-        model = _build(name, None)
+    try:
+        with torch.device("meta"):
+            model = _build(name, None)
+    except NotImplementedError:  # torchvision RegNet computes its widths with tensors: none on the meta device
+        known = _torchvision_weights_params(name)
+        if known is None:
+            raise
+        return known
     return sum(p.numel() for p in model.parameters())
+
+
+def _torchvision_weights_params(name: str) -> int | None:
+    """The parameter count torchvision's weights metadata gives (at its 1,000 classes: close enough
+    for a bound), or None for a name that is not torchvision's or has no weights."""
+    if not name.startswith(TORCHVISION_PREFIX):
+        return None
+    import torchvision.models as tvm
+
+    try:
+        return int(tvm.get_model_weights(name[len(TORCHVISION_PREFIX) :]).DEFAULT.meta["num_params"])
+    except Exception:
+        return None
 
 
 def _build(name: str, img_size: int | None) -> Any:
@@ -333,6 +352,10 @@ def _patch_average_reference(model: Any, x: Any) -> Any:
     """The patch-average baseline computed the model's own way: every prefix (class / distillation)
     token of ``forward_features`` replaced by the mean of the patch tokens, then ``forward_head``.
     None where the model's features are not tokens with a ``num_prefix_tokens`` prefix."""
+    if type(model).__name__ == "VisionTransformer" and type(model).__module__.startswith("torchvision."):
+        tokens = model._process_input(x)  # torchvision's own steps: patches, class token, encoder
+        tokens = model.encoder(_with_class_token(model, tokens))
+        return model.heads(tokens[:, 1:].mean(1))
     prefix = getattr(model, "num_prefix_tokens", None)
     if not prefix or not hasattr(model, "forward_features") or not hasattr(model, "forward_head"):
         return None
@@ -342,6 +365,12 @@ def _patch_average_reference(model: Any, x: Any) -> Any:
     feats = feats.clone()
     feats[:, :prefix] = feats[:, prefix:].mean(1, keepdim=True)
     return model.forward_head(feats)
+
+
+def _with_class_token(model: Any, tokens: Any) -> Any:
+    import torch
+
+    return torch.cat([model.class_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
 
 
 def status_counts(checks: list[ModelCheck]) -> dict[str, int]:

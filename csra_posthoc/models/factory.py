@@ -125,6 +125,7 @@ def load_model(
     random_init: bool = False,
     num_classes: int | None = None,
     head: str | Path | None = None,
+    img_size: int | None = None,
 ) -> ModelAdapter:
     """Build an adapter for a timm model name, ``torchvision:<arch>`` or ``hf:<folder or cached hub name>``.
 
@@ -133,6 +134,8 @@ def load_model(
     benchmarks only: numbers from it mean nothing); ``hf:`` models take their folder's weights
     (``pretrained`` or no source). ``head``: a probe head file (``sweep`` / ``demo
     --save-head``) that replaces the classifier; it must have been fitted on this model.
+    ``img_size``: the input side the caller will run the model at; a timm model's load-time checks
+    (its head read off one input, the identity) run at it unless the model takes one size only.
     """
     if name.startswith("hf:"):  # Hugging Face: the folder (or cached hub snapshot) is the weight source
         return _load_hf(name, checkpoint, random_init, head)
@@ -176,7 +179,9 @@ def load_model(
         weights = "pretrained:hub" if pretrained else "random-init"
     model.eval()
     adapter = (
-        build_torchvision_adapter(model, name, arch, weights) if is_tv else build_timm_adapter(model, name, weights)
+        build_torchvision_adapter(model, name, arch, weights)
+        if is_tv
+        else build_timm_adapter(model, name, weights, img_size=img_size)
     )
     adapter.info.notes.extend(n for n in (note, layout) if n is not None)
     adapter.info.weights_fingerprint = state_dict_fingerprint(model.state_dict())

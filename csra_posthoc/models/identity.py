@@ -10,16 +10,17 @@ from .nonlinear import check_pooled_head
 
 
 @torch.no_grad()
-def verify_identity(adapter: ModelAdapter, tolerance: float = IDENTITY_TOLERANCE) -> float:
+def verify_identity(adapter: ModelAdapter, tolerance: float = IDENTITY_TOLERANCE, size: int | None = None) -> float:
     """One random image through the adapter: refuse heads whose per-location mean is not the logits.
 
     Catches families this project has no explicit rule for (and wrongly built adapters) before
     any data is read. Class-token ViTs are exempt (their baseline is the patch average by design).
-    The tolerance is relative to the logits' scale (:func:`identity_scale`).
+    The tolerance is relative to the logits' scale (:func:`identity_scale`). ``size``: the input
+    side (default: the size the adapter's head was read at, else its own input size).
     """
     if adapter.info.location_head == "nonlinear":  # baseline = the logits; its check: head(pooled) == logits
         return check_pooled_head(adapter)
-    size = adapter.data_config.input_size
+    size = size or adapter.check_size or adapter.data_config.input_size
     device = next(adapter.parameters()).device  # patch() may be handed a model already on a GPU
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     try:

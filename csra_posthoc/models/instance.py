@@ -40,7 +40,7 @@ def model_family(model: nn.Module) -> str:
         return "hf"
     raise CSRAError(
         f"model {type(model).__name__} (from {module}) is not a timm or torchvision classifier; "
-        "supported are timm CNNs / ConvNeXt / ViTs and torchvision resnet*, mobilenet_v2, efficientnet_*, vit_*, and Hugging Face transformers *ForImageClassification"
+        "supported are timm and torchvision classifiers (torchvision.models) and Hugging Face transformers *ForImageClassification"
     )
 
 

@@ -56,6 +56,7 @@ class HeadPlan:
     head: LocationHead
     patch_average: bool  # the model does not average the patch tokens (class token, ...)
     folded: str  # "" when the classifier's own weights are used, else what was folded into it
+    size: int = 0  # the input side the head was read at
 
 
 @dataclass
@@ -143,11 +144,18 @@ def _is_layer_norm(module: nn.Module, width: int) -> bool:
     return isinstance(module, nn.LayerNorm) and tuple(module.normalized_shape) == (width,)
 
 
-def plan_head(model: Any, name: str, size: int, nonlinear: Callable[[str], None] | None = None) -> HeadPlan:
+def plan_head(
+    model: Any,
+    name: str,
+    size: int,
+    nonlinear: Callable[[str], None] | None = None,
+    own_size: int | None = None,
+) -> HeadPlan:
     """Read ``model``'s head off one random ``size`` x ``size`` input (the model must be in eval mode).
 
     ``nonlinear(reason)`` is called (then the refusal raised) when a non-linear operation follows
-    the pooling."""
+    the pooling. ``own_size``: the model's own input side, used instead when ``size`` leaves a
+    single location (one location cannot tell a per-location head from a pooled one)."""
     if not callable(getattr(model, "forward_features", None)) or not callable(getattr(model, "forward_head", None)):
         raise CSRAError(f"model {name}: timm model without forward_features/forward_head is not supported")
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -251,6 +259,8 @@ def plan_head(model: Any, name: str, size: int, nonlinear: Callable[[str], None]
         raise CSRAError(
             f"model {name}: forward_features' output {tuple(raw.shape[1:])} cannot be put on a grid ({exc})"
         ) from None
+    if locations < 2 and own_size is not None and own_size != size:
+        return plan_head(model, name, own_size, nonlinear)
     if locations < 2:
         raise CSRAError(
             f"model {name}: forward_features returns {tuple(raw.shape[1:])}, a single location (its patch tokens are not in it), so there is nothing to attend over"
@@ -299,7 +309,7 @@ def plan_head(model: Any, name: str, size: int, nonlinear: Callable[[str], None]
             norm.eps,
             pooled_norm=True,
         )
-    return HeadPlan(layout[0], layout[1], head, patch_average, folded)
+    return HeadPlan(layout[0], layout[1], head, patch_average, folded, size)
 
 
 def _is_linear(module: Any) -> bool:

@@ -21,6 +21,7 @@ class TimmAdapter(ModelAdapter):
         super().__init__(model, plan.head, info, data_config)
         self.layout = plan.layout
         self.prefix_tokens = plan.prefix_tokens
+        self.check_size = plan.size
         self._embed = patch_embedding(model)
 
     def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,15 +95,24 @@ def check_input_size(embed: Any, name: str, h: int, w: int) -> None:
         )
 
 
-def build_timm_adapter(model: nn.Module, name: str, weights: str) -> ModelAdapter:
-    """Wrap a timm model; refuse (one line, naming the operation) heads that cannot be applied per location."""
+def check_size(model: nn.Module, img_size: int | None) -> int:
+    """The input side the load-time checks use: the model's one size if it takes only one, else the
+    size the caller will run it at, else its own (so the checks test what the run will see)."""
+    return fixed_input_size(model) or img_size or timm_data_config(model).input_size
+
+
+def build_timm_adapter(model: nn.Module, name: str, weights: str, img_size: int | None = None) -> ModelAdapter:
+    """Wrap a timm model; refuse (one line, naming the operation) heads that cannot be applied per location.
+
+    ``img_size``: the input side the caller will use; the head is read at :func:`check_size`."""
     data_config = timm_data_config(model)
     if timm_head_is_nonlinear(model):
         return nonlinear_adapter(model, name, weights, data_config)
-    size = fixed_input_size(model) or data_config.input_size
-    data_config = replace(data_config, input_size=size)
+    data_config = replace(data_config, input_size=fixed_input_size(model) or data_config.input_size)
     with eval_mode(model):
-        plan = plan_head(model, name, size)  # h22b hook: a non-linear head after pooling is refused in there
+        plan = plan_head(
+            model, name, check_size(model, img_size), own_size=data_config.input_size
+        )  # h22b hook: a non-linear head after pooling is refused in there
     tokens = plan.layout == "tokens"
     family = (
         "timm-vit"

@@ -151,6 +151,8 @@ def apply_patch(
         pretrained=source.pretrained,
         random_init=source.random_init,
         num_classes=num_classes,
+        img_size=img_size
+        or (results.transform.size if results is not None and results.transform is not None else None),
     )
     pool = pool_config(adapter, train_size) if test_pool else None
     preprocessing: TransformSpec

@@ -528,6 +528,7 @@ def patched_from_results(source: ModelSource, head_file, results: ResultsFile, s
         pretrained=source.pretrained,
         random_init=source.random_init,
         num_classes=num_classes,
+        img_size=preprocessing.size,
     )
     patched = patch(
         adapter,
@@ -610,7 +611,11 @@ def patched_from_model(source: ModelSource, settings: CSRASettings, img_size: in
     resolved = resolve_settings(settings, default_lam=paper_fixed_lam(source.model))
     head = load_head(source.head_file) if source.head_file is not None else None
     adapter = load_model(
-        source.model, checkpoint=source.checkpoint, pretrained=source.pretrained, random_init=source.random_init
+        source.model,
+        checkpoint=source.checkpoint,
+        pretrained=source.pretrained,
+        random_init=source.random_init,
+        img_size=img_size,
     )
     preprocessing = default_preprocessing(adapter, transform, img_size, head[1] if head is not None else None)
     return patch(

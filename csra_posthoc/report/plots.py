@@ -225,7 +225,7 @@ def plot_class_deltas(
             Patch(color="0.65", label="CI contains 0"),
         ],
         fontsize=7,
-        loc="upper right",
+        loc="best",  # the corner the bars and whiskers leave free
     )
     if title:
         fig.suptitle(title, fontsize=10)

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from csra_posthoc.cli.app import app
 from csra_posthoc.data.fixtures import write_image
 from csra_posthoc.text import plain, safe
-from tests.helpers import sweep_argv
+from tests.helpers import apply_argv, sweep_argv
 
 LINK = "[link=http://x]cat[/link]"
 TITLE = "\x1b]0;pwned\x07dog"
@@ -114,20 +114,7 @@ def test_patched_config_names_and_file_names_as_written(sweep_json: tuple[Path, 
     """apply from the hostile results (the config carries the class names), then predict on an
     image whose file name is markup: the table shows both as written."""
     patched = tmp_path / "p.safetensors"
-    res = _invoke(
-        [
-            "apply",
-            "--model",
-            "resnet10t",
-            "--random-init",
-            "--from-results",
-            str(sweep_json[0]),
-            "--pick",
-            "best",
-            "--out",
-            str(patched),
-        ]
-    )
+    res = _invoke(apply_argv("resnet10t", sweep_json[0], patched, "--random-init", pick="best"))
     assert res.exit_code == 0, res.output
     _visible(res.output)
     image = write_image(tmp_path / f"{STYLE}.jpg", (40, 32), seed=9)

@@ -233,6 +233,7 @@ def test_world_size_larger_than_images_refused_on_every_rank(tmp_path: Path) -> 
     }
 
 
+@pytest.mark.slow  # waits out a 3 s timeout by design
 def test_a_hung_rank_ends_the_others_at_the_timeout(tmp_path: Path) -> None:
     timeout = 3.0
     codes, _ = dist_scenarios.launch("hang", tmp_path, timeout_s=timeout, limit_s=40.0)

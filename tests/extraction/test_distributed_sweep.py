@@ -57,7 +57,9 @@ def _run(tmp_path: Path, name: str, world: int, args: list[str]) -> tuple[list[i
     return codes, data, sorted((out / "cache").glob("*.safetensors")), printed
 
 
-@pytest.mark.parametrize("batch_size", ["4", "16"])  # 4: shards of 12 and 11 images; 16: 2 batches, shards of 16 and 7
+@pytest.mark.parametrize(
+    "batch_size", ["4", pytest.param("16", marks=pytest.mark.slow)]
+)  # 4: shards of 12 and 11 images; 16: 2 batches, shards of 16 and 7
 def test_two_rank_sweep_equals_single_process(tmp_path: Path, batch_size: str) -> None:
     data = _voc(tmp_path / "data")
     args = ["--data-dir", str(data), "--batch-size", batch_size, "--metrics", "CF1,OF1"]
@@ -125,6 +127,7 @@ def test_more_ranks_than_images_is_refused(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow  # two more processes; the inner loop keeps the plain two-rank sweep
 def test_probe_under_two_ranks_equals_single_process(tmp_path: Path) -> None:
     annotations = random_voc_annotations(40, seed=1)
     ids = list(annotations)
@@ -174,6 +177,7 @@ def test_torchrun_sweep_equals_single_process(tmp_path: Path) -> None:
     assert run.stdout.count("wrote ") == 1 and "baseline" in run.stdout  # one table and one "wrote", from rank 0
 
 
+@pytest.mark.slow
 def test_select_on_another_split_under_two_ranks(tmp_path: Path) -> None:
     """--select-on trainval under 2 ranks: extracted on every rank when either split is not cached
     (the evaluated one cached, the other not: the model is built and both go through extract),

@@ -19,6 +19,7 @@ from csra_posthoc.cli.app import app
 from csra_posthoc.data.transforms import eval_transform
 from csra_posthoc.extraction.test_pool import pool_scores, resolve_test_pool
 from csra_posthoc.options import DataOptions, ExtractOptions
+from tests.helpers import apply_argv
 
 
 def _photos_csv(folder: Path) -> Path:
@@ -185,7 +186,7 @@ def _photo_batch(size: int) -> torch.Tensor:
     "suffix",
     [
         ".safetensors",
-        ".ts",
+        pytest.param(".ts", marks=pytest.mark.slow),
         pytest.param(".pt2", marks=pytest.mark.slow),
         pytest.param(".onnx", marks=pytest.mark.slow),
     ],
@@ -243,17 +244,7 @@ def test_apply_picks_the_test_pool_row_of_a_sweep(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     out = tmp_path / "p.safetensors"
-    apply = [
-        "apply",
-        "--model",
-        "resnet10t",
-        "--checkpoint",
-        str(ckpt),
-        "--out",
-        str(out),
-        "--from-results",
-        str(results),
-    ]
+    apply = apply_argv("resnet10t", results, out, "--checkpoint", str(ckpt), pick=None)
     res = CliRunner().invoke(app, [*apply, "--pick", "test-pool"])
     assert res.exit_code == 0, res.output
     from csra_posthoc.patched.model import load_patched
@@ -275,11 +266,14 @@ def test_apply_picks_the_test_pool_row_of_a_sweep(tmp_path: Path) -> None:
     row = next(r for r in json.loads(results.read_text())["rows"] if r["variant"] == "test-pool")
     assert row["metrics"]["mAP"] == pytest.approx(expected, abs=1e-3)
     # refusals, one line naming the flag
-    res = CliRunner().invoke(app, [*apply[:-2], "--test-pool", "--lam", "0.2"])
+    res = CliRunner().invoke(
+        app,
+        ["apply", "--model", "resnet10t", "--checkpoint", str(ckpt), "--out", str(out), "--test-pool", "--lam", "0.2"],
+    )
     assert res.exit_code == 2 and "--test-pool" in res.output
     plain = tmp_path / "plain.json"
     CliRunner().invoke(
         app, [*SWEEP, "--model", "resnet10t", "--checkpoint", str(ckpt), "--img-size", "96", *data, "--out", str(plain)]
     )
-    res = CliRunner().invoke(app, [*apply[:-1], str(plain), "--pick", "test-pool"])
+    res = CliRunner().invoke(app, apply_argv("resnet10t", plain, out, "--checkpoint", str(ckpt), pick="test-pool"))
     assert res.exit_code == 2 and "no test-pool row" in " ".join(res.output.split())

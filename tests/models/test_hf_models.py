@@ -25,6 +25,7 @@ from csra_posthoc.data import load_dataset, load_rgb  # noqa: E402
 from csra_posthoc.data.transforms import build_transform, transform_description  # noqa: E402
 from csra_posthoc.errors import CSRAError  # noqa: E402
 from csra_posthoc.patched.export import exported_config, run_exported  # noqa: E402
+from tests.helpers import apply_argv, exported_inputs  # noqa: E402
 
 runner = CliRunner()
 VOC = 20
@@ -242,7 +243,9 @@ def _sweep(folder: Path, data: Path, out: Path, extra: list[str] | None = None):
     "family,fmt",
     [
         ("swin", "safetensors"),
-        ("swin", "ts"),  # TorchScript holds Swin's unsaved relative-position buffers: the fingerprint check skips them
+        pytest.param(
+            "swin", "ts", marks=pytest.mark.slow
+        ),  # TorchScript holds Swin's unsaved relative-position buffers: the fingerprint check skips them
         ("vit", "ts"),
         pytest.param("swin", "pt2", marks=pytest.mark.slow),  # size expressions with Mul(...)
         pytest.param("convnext", "onnx", marks=pytest.mark.slow),
@@ -258,24 +261,13 @@ def test_sweep_apply_predict_through_hf_folder(family: str, fmt: str, voc_dir: P
     out = tmp_path / f"patched.{fmt}"
     res = runner.invoke(
         app,
-        [
-            "apply",
-            "--model",
-            f"hf:{folder}",
-            "--from-results",
-            str(tmp_path / "r.json"),
-            "--pick",
-            "fixed",
-            "--out",
-            str(out),
-        ],
+        apply_argv(f"hf:{folder}", tmp_path / "r.json", out),
     )
     assert res.exit_code == 0, res.output
     config = exported_config(out)
     assert config.model_kwargs["hf_class"] == type(model).__name__
     images = load_dataset("voc2007", voc_dir)
-    transform = build_transform(config.preprocessing)
-    x = torch.stack([transform(load_rgb(p)) for p in images.paths])
+    x = exported_inputs(config.preprocessing, images.paths)
     shutil.rmtree(folder)  # the exported file is rebuilt from its own config, never from the folder
     got = run_exported(out, x).numpy()
     fixed = arrays["fixed"]

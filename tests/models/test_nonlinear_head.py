@@ -20,12 +20,11 @@ from typer.testing import CliRunner
 
 from csra_posthoc import CSRAError, extract, load_dataset, patch
 from csra_posthoc.cli.app import app
-from csra_posthoc.data import load_rgb
-from csra_posthoc.data.transforms import build_transform
 from csra_posthoc.models.instance import adapter_for_module
 from csra_posthoc.models.nonlinear import check_pooled_head, nonlinear_adapter
 from csra_posthoc.models.timm_models import timm_data_config
 from csra_posthoc.patched.export import exported_config, run_exported
+from tests.helpers import apply_argv, exported_inputs
 
 runner = CliRunner()
 
@@ -246,7 +245,9 @@ def swept(tmp_path_factory) -> tuple[Path, Path, Path, Path]:
     return data, results, scores, root
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "pt2", "ts", "onnx"])
+@pytest.mark.parametrize(
+    "fmt", ["safetensors", *(pytest.param(f, marks=pytest.mark.slow) for f in ("pt2", "ts", "onnx"))]
+)  # the inner loop exports one format; CI runs all four
 def test_sweep_apply_and_predict_agree_for_mobilenetv3(swept, fmt: str) -> None:
     data, results, scores, root = swept
     doc = json.loads(results.read_text())
@@ -255,25 +256,13 @@ def test_sweep_apply_and_predict_agree_for_mobilenetv3(swept, fmt: str) -> None:
     out = root / f"p.{fmt}"
     res = runner.invoke(
         app,
-        [
-            "apply",
-            "--model",
-            "mobilenetv3_small_050",
-            "--random-init",
-            "--from-results",
-            str(results),
-            "--pick",
-            "fixed",
-            "--out",
-            str(out),
-        ],
+        apply_argv("mobilenetv3_small_050", results, out, "--random-init"),
     )
     assert res.exit_code == 0, res.output
     config = exported_config(out)
     assert config.location_head == "nonlinear" and config.lam == doc["fixed"]["lam"]
     images = load_dataset("voc2007", data)
-    transform = build_transform(config.preprocessing)
-    x = torch.stack([transform(load_rgb(p)) for p in images.paths])
+    x = exported_inputs(config.preprocessing, images.paths)
     assert list(images.ids) == list(arrays["ids"])
     with torch.random.fork_rng(devices=[]):  # the random init the CLI seeds
         torch.manual_seed(0)

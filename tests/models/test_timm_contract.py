@@ -80,7 +80,7 @@ IDENTITY_CASES = [
     ("pvt_v2_b0", {}, 64, "timm-cnn"),
     ("twins_svt_small", {}, 64, "timm-tokens"),
     ("eva02_tiny_patch14_224", dict(img_size=56), 56, "timm-cnn"),  # avg pool -> LayerNorm -> linear
-    ("beitv2_base_patch16_224", dict(img_size=64), 64, "timm-cnn"),
+    ("beitv2_base_patch16_224", dict(img_size=64, embed_dim=64, depth=2, num_heads=2), 64, "timm-cnn"),
     ("maxvit_pico_rw_256", dict(img_size=128), 128, "timm-cnn"),
     ("fastvit_t8", {}, 64, "timm-cnn"),
 ]

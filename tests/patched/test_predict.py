@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from csra_posthoc.cli.app import app
-from tests.helpers import sweep_argv
+from tests.helpers import apply_argv, sweep_argv
 
 runner = CliRunner()
 
@@ -47,19 +47,7 @@ def applied(tmp_path_factory) -> tuple[Path, Path, Path]:
         assert res.exit_code == 0, res.output
         res = runner.invoke(
             app,
-            [
-                "apply",
-                "--model",
-                "resnet10t",
-                "--checkpoint",
-                str(ckpt),
-                "--from-results",
-                str(results),
-                "--pick",
-                "fixed",
-                "--out",
-                str(patched),
-            ],
+            apply_argv("resnet10t", results, patched, "--checkpoint", str(ckpt)),
         )
         assert res.exit_code == 0, res.output
     return patched, scores, voc_dir / "VOCdevkit" / "VOC2007" / "JPEGImages"

@@ -23,6 +23,7 @@ import csra_posthoc as cp
 from csra_posthoc.cli.app import app
 from csra_posthoc.errors import CSRAError
 from csra_posthoc.patched.model import CONFIG_KEY
+from tests.helpers import apply_argv
 
 runner = CliRunner()
 SIZE = 64
@@ -246,16 +247,7 @@ def test_apply_from_results_and_compare_share_the_schema_rule(tmp_path: Path, sc
             reader(path)
     res = runner.invoke(
         app,
-        [
-            "apply",
-            "--model",
-            "resnet10t",
-            "--random-init",
-            "--from-results",
-            str(path),
-            "--out",
-            str(tmp_path / "p.safetensors"),
-        ],
+        apply_argv("resnet10t", path, tmp_path / "p.safetensors", "--random-init", pick=None),
     )
     one_line_error(res, "--from-results", "schema")
     assert not (tmp_path / "p.safetensors").exists()

@@ -48,6 +48,7 @@ def test_bad_plot_paths(tmp_path: Path, name: str, message: str) -> None:
     assert info.value.param == "plot" and "\n" not in str(info.value)
 
 
+@pytest.mark.slow  # a fresh interpreter importing matplotlib
 def test_headless_machine_needs_no_display(tmp_path: Path) -> None:
     """A fresh interpreter with no DISPLAY and an interactive backend requested still writes the figure."""
     code = (
