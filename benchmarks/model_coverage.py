@@ -190,11 +190,49 @@ def _estimate(checks: list[ModelCheck], every: int) -> dict[str, float]:
     return estimate
 
 
+def hf_rows() -> list[str]:
+    """One row per Hugging Face family: a tiny random-init model saved with ``save_pretrained`` and
+    loaded as ``hf:FOLDER`` (the weight source, the load-time identity check), then its per-location
+    scores compared at 64 px with transformers' own logits (or, for class-token models, reported as
+    the patch-average baseline)."""
+    import tempfile
+
+    import torch
+
+    from csra_posthoc.models.factory import load_model
+    from csra_posthoc.models.hf_models import DEFAULT_CLASS
+    from csra_posthoc.models.hf_tiny import TINY_FAMILIES, tiny_hf_model
+
+    rows = ["| model_type | class | status | max diff / logits' scale |", "|---|---|---|---|"]
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    for family in TINY_FAMILIES:
+        model = tiny_hf_model(family)
+        with tempfile.TemporaryDirectory() as folder:
+            model.save_pretrained(folder)
+            try:
+                adapter = load_model(f"hf:{folder}")
+            except Exception as exc:  # a refusal or a bug: the row says which
+                rows.append(f"| {family} | {type(model).__name__} | refused: {str(exc).splitlines()[0]} | |")
+                continue
+        with torch.no_grad():
+            s, _ = adapter(x)
+            own = model(pixel_values=x).logits
+        scale = max(1.0, float(own.abs().max()))
+        if adapter.info.baseline_source == "patch_average":
+            status, diff = "patch average", "(class token; baseline = patch average)"
+        else:
+            status, diff = "supported", f"{float((s.mean(-1) - own).abs().max()) / scale:.1e}"
+        rows.append(f"| {family} | {type(model).__name__} | {status} | {diff} |")
+    assert set(TINY_FAMILIES) == set(DEFAULT_CLASS)  # every family the adapter knows is in the table
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--max-params", type=float, default=30e6)
     parser.add_argument("--sample-every", type=int, default=1)
     parser.add_argument("--no-torchvision", action="store_true")
+    parser.add_argument("--no-hf", action="store_true", help="leave out the Hugging Face families (needs the hf extra)")
     parser.add_argument("--out", type=Path, default=None, help="default docs/models.md (with --quick: printed only)")
     parser.add_argument(
         "--quick", action="store_true", help="the first 6 names of CHECK_SAMPLE, no torchvision; writes only to --out"
@@ -243,6 +281,13 @@ def main() -> None:
         versions=versions,
         not_run=[n for n in names if n not in {c.name for c in checks}],
     )
+    if not args.no_hf and not args.quick:
+        text += (
+            "\n\n## Hugging Face families\n\n"
+            "Tiny random-init `*ForImageClassification` models (one per family the adapter knows), saved with "
+            "`save_pretrained` and loaded as `--model hf:FOLDER`; scores at 64 px against transformers' own logits.\n\n"
+            + "\n".join(hf_rows())
+        )
     out = args.out if args.out is not None or args.quick else Path("docs/models.md")
     if out is None:
         print(text)

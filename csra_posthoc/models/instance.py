@@ -98,10 +98,10 @@ def architecture_kwargs(model: nn.Module) -> dict:
         return hf_architecture_kwargs(model)
     if model_family(model) != "timm" or getattr(embed, "img_size", None) is None:
         return {}
-    return {
-        "img_size": [int(v) for v in embed.img_size],
-        "dynamic_img_size": bool(getattr(model, "dynamic_img_size", False)),
-    }
+    kwargs: dict[str, Any] = {"img_size": [int(v) for v in embed.img_size]}
+    if hasattr(model, "dynamic_img_size"):  # not every family takes it (PiT)
+        kwargs["dynamic_img_size"] = bool(model.dynamic_img_size)
+    return kwargs
 
 
 def known_architecture(name: str) -> bool:

@@ -30,7 +30,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import CSRAError
-from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode, identity_scale
+from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode, identity_scale, tokens_to_grid
+from .timm_head import _pooled_shaped, _recording
 
 NONLINEAR_TOLERANCE = 1e-4  # relative: |head(mean_k x_k) - logits| <= tolerance * identity_scale(logits)
 CHUNK_FLOATS = 1 << 24  # widest head activation over one chunk of locations: 64 MiB of fp32
@@ -127,6 +128,93 @@ class TimmNonlinearAdapter(ModelAdapter):
 
 class TimmVGGAdapter(TimmNonlinearAdapter):
     window = True
+
+
+class TimmNonlinearTokensAdapter(TimmNonlinearAdapter):
+    """Average-pooled tokens (after any prefix tokens) with a non-linear head: the patch tokens on their grid."""
+
+    prefix = 0
+
+    def feature_map(self, raw: torch.Tensor) -> torch.Tensor:
+        grid = getattr(getattr(self.model, "patch_embed", None), "grid_size", None)
+        return tokens_to_grid(raw[:, self.prefix :], tuple(grid) if grid else None)
+
+
+class TokensHead:
+    """``forward_head`` on ``prefix + 1`` copies of each vector: an average over the patch tokens reads it back."""
+
+    def __init__(self, prefix: int) -> None:
+        self.prefix = prefix
+
+    def __call__(self, model: Any, v: torch.Tensor) -> torch.Tensor:
+        return model.forward_head(v[:, None, :].expand(-1, self.prefix + 1, -1).contiguous())
+
+
+class ChainHead:
+    """The leaf modules after the pool, run in turn on the vectors shaped as the pool's output."""
+
+    def __init__(self, names: tuple[str, ...], pooled_shape: tuple[int, ...]) -> None:
+        self.names = names
+        self.pooled_shape = pooled_shape
+
+    def __call__(self, model: Any, v: torch.Tensor) -> torch.Tensor:
+        return _run_chain(model, self.names, v.reshape(v.shape[0], *self.pooled_shape))
+
+
+class _Captured(Exception):
+    """Raised by a hook to stop ``forward_head`` once the pool's input is in hand."""
+
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__()
+        self.value = value
+
+
+class TimmPrePoolAdapter(TimmNonlinearAdapter):
+    """A head with modules before its pool (CPUBone / LowFormer / EfficientViT's ``in_conv``): the
+    feature map is what the pool averages (those modules' output), the head is what follows the pool."""
+
+    pre_chain: tuple[str, ...] | None = None  # the leaf modules before the pool, when running them in turn is the head
+
+    def __init__(self, model: nn.Module, head: Any, info: AdapterInfo, data_config: DataConfig, pool: str) -> None:
+        super().__init__(model, head, info, data_config)
+        self.pool = pool
+
+    def feature_map(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.pre_chain is not None:  # no hooks: torch.export / ONNX trace this
+            with eval_mode(self.model):
+                return _run_chain(self.model, self.pre_chain, raw)
+
+        def capture(module: nn.Module, inputs: tuple) -> None:
+            raise _Captured(inputs[0])
+
+        handle = self.model.get_submodule(self.pool).register_forward_pre_hook(capture)
+        try:
+            with eval_mode(self.model):
+                self.wrapped.forward_head(raw)
+        except _Captured as got:
+            return got.value
+        finally:
+            handle.remove()
+        raise CSRAError(f"model {self.info.name}: forward_head did not reach its pool '{self.pool}'")
+
+
+class PoolReplacedHead:
+    """``forward_head`` from the pool on: the pool's output replaced by the vectors ``v``, its input a
+    ``(N, channels, 1, 1)`` zero map (the modules before the pool run on it, cheaply, and are discarded)."""
+
+    def __init__(self, pool: str, channels: int) -> None:
+        self.pool = pool
+        self.channels = channels
+
+    def __call__(self, model: Any, v: torch.Tensor) -> torch.Tensor:
+        def replace(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            return v.reshape(v.shape[0], *output.shape[1:]).to(output.dtype)
+
+        handle = model.get_submodule(self.pool).register_forward_hook(replace)
+        try:
+            return model.forward_head(v.new_zeros(v.shape[0], self.channels, 1, 1))
+        finally:
+            handle.remove()
 
 
 class TimmNonlinearNHWCAdapter(TimmNonlinearAdapter):
@@ -226,6 +314,18 @@ def _build(model: nn.Module, name: str, weights: str, data_config: DataConfig) -
         raise CSRAError(
             f"model {name}: it has no classifier (num_classes=0), so there is no head to apply per location"
         )
+    prepool = _prepool(model, data_config.input_size)
+    if prepool is not None:
+        pool, dim, channels, before, chain = prepool
+        fn_pool: Any = PoolReplacedHead(pool, channels) if chain is None else ChainHead(chain[1], chain[2])
+        used = _used_children(model, lambda: fn_pool(timm_model, torch.zeros(1, dim)))
+        what = f"'{pool}' -> the rest of forward_head ({' -> '.join(used)}), on the map '{pool}' averages"
+        head = NonlinearLocationHead(model, used, cast(Any, fn_pool), num_classes, dim, what)
+        note = f"head with modules before its pool ({before}): each location is a location of the map the pool averages"
+        info = _info(name, "timm-nonlinear", weights, what, note)
+        adapter = TimmPrePoolAdapter(model, cast(Any, head), info, data_config, pool)
+        adapter.pre_chain = None if chain is None else chain[0]
+        return adapter
     if isinstance(model, VGG):
         dim = int(timm_model.head_hidden_size)
         parts: dict[str, nn.Module] = {"head": timm_model.head}
@@ -255,6 +355,91 @@ def _build(model: nn.Module, name: str, weights: str, data_config: DataConfig) -
     head = NonlinearLocationHead(model, parts, fn, num_classes, dim, what)
     info = _info(name, "timm-nonlinear", weights, what, note)
     return cls(model, cast(Any, head), info, data_config)  # ModelAdapter's head: a LocationHead or this
+
+
+def nonlinear_tokens_adapter(
+    model: nn.Module, name: str, weights: str, data_config: DataConfig, prefix: int
+) -> ModelAdapter:
+    """Average-pooled tokens whose head is non-linear after pooling (a ViT's RmsNorm ``fc_norm``):
+    the whole ``forward_head`` per patch token; :func:`check_pooled_head` decides."""
+    timm_model: Any = model
+    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    if num_classes <= 0:
+        raise CSRAError(
+            f"model {name}: it has no classifier (num_classes=0), so there is no head to apply per location"
+        )
+    dim = int(timm_model.num_features)
+    fn = TokensHead(prefix)
+    try:
+        parts = _used_children(model, lambda: fn(timm_model, torch.zeros(1, dim)))
+    except Exception as exc:
+        raise CSRAError(
+            f"model {name}: its head cannot be applied to one token ({type(exc).__name__}); a non-linear head must start with pooling"
+        ) from None
+    what = "the whole post-pool head (" + " -> ".join(parts) + ")"
+    head = NonlinearLocationHead(model, parts, cast(Any, fn), num_classes, dim, what)
+    adapter = TimmNonlinearTokensAdapter(
+        model, cast(Any, head), _info(name, "timm-nonlinear", weights, what, ""), data_config
+    )
+    adapter.prefix = prefix
+    return adapter
+
+
+def _prepool(model: nn.Module, size: int) -> tuple[str, int, int, str, Any] | None:
+    """The average pool ``forward_head`` applies after modules of its own, on one random input:
+    (its name, the width it averages, forward_features' channels, the modules before it, and the
+    leaf modules before / after it with the pool's output shape where running them in sequence is
+    ``forward_head``, else None); None when forward_head starts with its pool (or its input is not
+    an NCHW map)."""
+    timm_model: Any = model
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    first = next(iter(model.parameters()), None)
+    x = x.to(first.device) if first is not None else x
+    with torch.no_grad(), eval_mode(model):
+        try:
+            raw = timm_model.forward_features(x)
+        except Exception:
+            return None  # the identity check reports the model's own failure
+        if not isinstance(raw, torch.Tensor) or raw.dim() != 4:
+            return None
+        with _recording(model) as calls:
+            timm_model.forward_head(raw)
+    for i, call in enumerate(calls):
+        t, out = call.inputs[0] if call.inputs else None, call.output
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or min(t.shape[-2:]) < 1 or t.shape[-2:].numel() < 2:
+            continue
+        if not _pooled_shaped(out, 2) or out[0].numel() != t.shape[1]:
+            continue  # not a vector per image (a 1x1 conv keeps the map)
+        if i == 0 or not torch.allclose(out.reshape(2, -1).float(), t.float().mean((2, 3)), rtol=1e-4, atol=1e-5):
+            # starts with its pool, or pools otherwise (max): check_pooled_head refuses the latter
+            return None
+        before = ", ".join(f"'{c.qualname}' ({type(c.module).__name__})" for c in calls[:i])
+        pre, post = [c.qualname for c in calls[:i]], [c.qualname for c in calls[i + 1 :]]
+        with torch.no_grad(), eval_mode(model):
+            plain = _sequential_matches(model, pre, raw, t) and _sequential_matches(model, post, out, calls[-1].output)
+        chain = (tuple(pre), tuple(post), tuple(int(v) for v in out.shape[1:])) if plain else None
+        return call.qualname, int(t.shape[1]), int(raw.shape[1]), before, chain
+    return None
+
+
+def _run_chain(model: Any, names: tuple[str, ...] | list[str], x: torch.Tensor) -> torch.Tensor:
+    for n in names:
+        x = model.get_submodule(n)(x)
+    return x
+
+
+def _sequential_matches(model: Any, names: list[str], x: torch.Tensor, expected: Any) -> bool:
+    """Running the recorded leaf modules one after the other gives what ``forward_head`` gave (no
+    functional op or branch in between that matters): the hook-free form, which torch.export traces."""
+    try:
+        got = _run_chain(model, names, x)
+    except Exception:
+        return False
+    return (
+        isinstance(expected, torch.Tensor)
+        and got.shape == expected.shape
+        and bool(torch.allclose(got.float(), expected.float(), rtol=1e-5, atol=1e-6))
+    )
 
 
 def _torchvision(model: nn.Module, name: str, weights: str, data_config: DataConfig) -> ModelAdapter:

@@ -47,6 +47,26 @@ _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, *_PA
 _PROBE_CHUNK = 256  # unit vectors per forward_head call while reading an affine head off
 
 
+class HeadNotAffineError(CSRAError):
+    """The head is not affine after average pooling, but may still be applied per location by the
+    labelled non-linear variant (:mod:`.nonlinear`): a non-linearity after pooling (``stage``
+    "after"), or per-location modules between ``forward_features`` and the pool ("before")."""
+
+    def __init__(self, message: str, stage: Literal["before", "after"], layout: Layout | None, prefix: int = 0) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.layout = layout
+        self.prefix = prefix  # prefix tokens of a token layout
+
+
+class MultiStreamError(CSRAError):
+    """``forward_features`` returns several streams (a list of tensors): :mod:`.multistream`'s business."""
+
+
+class SingleLocationError(CSRAError):
+    """``forward_features`` has one location (PiT: its class tokens only): :mod:`.class_tokens` may find the patch tokens."""
+
+
 @dataclass
 class HeadPlan:
     """What :func:`plan_head` found: how to put ``forward_features``' output on a grid, and the head."""
@@ -167,6 +187,10 @@ def plan_head(
             raise CSRAError(
                 f"model {name}: forward_features fails on a {size}x{size} input ({type(exc).__name__}: {first_line(exc)})"
             ) from None
+        if isinstance(raw, (list, tuple)) and len(raw) > 1 and all(isinstance(t, torch.Tensor) for t in raw):
+            raise MultiStreamError(
+                f"model {name}: forward_features returns {len(raw)} streams, not one feature map (see models.multistream)"
+            )
         if not isinstance(raw, torch.Tensor):
             raise CSRAError(
                 f"model {name}: forward_features returns a {type(raw).__name__}, not one feature map, so its locations cannot be scored"
@@ -225,8 +249,10 @@ def plan_head(
             not isinstance(call.module, (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool1d, nn.AvgPool2d, *_PASSTHROUGH))
             and "Pool" not in type(call.module).__name__
         ):
-            raise CSRAError(
-                f"model {name}: forward_head applies {_describe(call)} before pooling, so forward_features' output is not the map its classifier averages"
+            raise HeadNotAffineError(
+                f"model {name}: forward_head applies {_describe(call)} before pooling, so forward_features' output is not the map its classifier averages",
+                "before",
+                None,
             )
     layout: tuple[Layout, int] | None = None
     if all(
@@ -262,7 +288,7 @@ def plan_head(
     if locations < 2 and own_size is not None and own_size != size:
         return plan_head(model, name, own_size, nonlinear)
     if locations < 2:
-        raise CSRAError(
+        raise SingleLocationError(
             f"model {name}: forward_features returns {tuple(raw.shape[1:])}, a single location (its patch tokens are not in it), so there is nothing to attend over"
         )
     post = calls[first:]
@@ -295,8 +321,11 @@ def plan_head(
         if reason:
             if nonlinear is not None:
                 nonlinear(reason)
-            raise CSRAError(
-                f"model {name}: {reason}, so it cannot be applied per location (the mean of per-location scores would not be its logits)"
+            raise HeadNotAffineError(
+                f"model {name}: {reason}, so it cannot be applied per location (the mean of per-location scores would not be its logits)",
+                "after",
+                None if patch_average else layout[0],
+                layout[1],
             )
     if norm is None:
         head = LocationHead(weight.detach(), None if bias is None else bias.detach())

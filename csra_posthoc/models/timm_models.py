@@ -10,8 +10,17 @@ import torch.nn as nn
 
 from ..errors import CSRAError
 from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode
-from .nonlinear import nonlinear_adapter, timm_head_is_nonlinear
-from .timm_head import HeadPlan, feature_map, plan_head
+from .class_tokens import build_class_token_adapter
+from .multistream import build_multistream_adapter
+from .nonlinear import nonlinear_adapter, nonlinear_tokens_adapter, timm_head_is_nonlinear
+from .timm_head import (
+    HeadNotAffineError,
+    HeadPlan,
+    MultiStreamError,
+    SingleLocationError,
+    feature_map,
+    plan_head,
+)
 
 
 class TimmAdapter(ModelAdapter):
@@ -66,12 +75,17 @@ def fixed_input_size(model: nn.Module) -> int | None:
 
 
 def patch_embedding(model: nn.Module) -> Any:
-    """The model's patch embedding (timm's ``PatchEmbed`` or one like it), or None for a CNN."""
+    """The model's patch embedding (timm's ``PatchEmbed`` or one like it) that takes the image itself,
+    or None for a CNN (or Visformer, whose first patch embedding reads its stem's map, not the image)."""
+    channels = int(getattr(model, "in_chans", 3) or 3)
     return next(
         (
             m
             for m in model.modules()
-            if hasattr(m, "patch_size") and hasattr(m, "strict_img_size") and hasattr(m, "img_size")
+            if hasattr(m, "patch_size")
+            and hasattr(m, "strict_img_size")
+            and hasattr(m, "img_size")
+            and getattr(getattr(m, "proj", None), "in_channels", channels) == channels
         ),
         None,
     )
@@ -110,9 +124,21 @@ def build_timm_adapter(model: nn.Module, name: str, weights: str, img_size: int 
         return nonlinear_adapter(model, name, weights, data_config)
     data_config = replace(data_config, input_size=fixed_input_size(model) or data_config.input_size)
     with eval_mode(model):
-        plan = plan_head(
-            model, name, check_size(model, img_size), own_size=data_config.input_size
-        )  # h22b hook: a non-linear head after pooling is refused in there
+        size = check_size(model, img_size)
+        try:
+            plan = plan_head(model, name, size, own_size=data_config.input_size)
+        except SingleLocationError as exc:
+            return build_class_token_adapter(model, name, weights, data_config, size, exc)
+        except MultiStreamError:
+            return build_multistream_adapter(model, name, weights, data_config, size)
+        except HeadNotAffineError as exc:
+            # modules before the pool, or a non-linearity after it: the labelled non-linear variant
+            # (its own check, head(pooled) == logits, decides); a class-token head stays refused
+            if exc.stage == "before" or exc.layout in ("nchw", "nhwc"):
+                return nonlinear_adapter(model, name, weights, data_config)
+            if exc.layout == "tokens":  # average-pooled tokens (a ViT with an RmsNorm fc_norm)
+                return nonlinear_tokens_adapter(model, name, weights, data_config, exc.prefix)
+            raise
     tokens = plan.layout == "tokens"
     family = (
         "timm-vit"

@@ -24,6 +24,7 @@ from csra_posthoc.cli.app import app  # noqa: E402
 from csra_posthoc.data import load_dataset, load_rgb  # noqa: E402
 from csra_posthoc.data.transforms import build_transform, transform_description  # noqa: E402
 from csra_posthoc.errors import CSRAError  # noqa: E402
+from csra_posthoc.models.hf_tiny import TINY_FAMILIES, tiny_hf_model  # noqa: E402
 from csra_posthoc.patched.export import exported_config, run_exported  # noqa: E402
 from tests.helpers import apply_argv, exported_inputs  # noqa: E402
 
@@ -32,86 +33,8 @@ VOC = 20
 T = transformers
 
 
-def _configs(num_labels: int) -> dict:
-    vit = {
-        "hidden_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "image_size": 64,
-        "patch_size": 16,
-    }
-    return {
-        "vit": (T.ViTConfig(**vit, num_labels=num_labels), T.ViTForImageClassification),
-        "deit": (T.DeiTConfig(**vit, num_labels=num_labels), T.DeiTForImageClassificationWithTeacher),
-        "beit": (T.BeitConfig(**vit, num_labels=num_labels, use_mean_pooling=True), T.BeitForImageClassification),
-        "swin": (
-            T.SwinConfig(
-                image_size=64,
-                patch_size=4,
-                embed_dim=16,
-                depths=[1, 1],
-                num_heads=[1, 2],
-                window_size=4,
-                num_labels=num_labels,
-            ),
-            T.SwinForImageClassification,
-        ),
-        "convnext": (
-            T.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=num_labels),
-            T.ConvNextForImageClassification,
-        ),
-        "convnextv2": (
-            T.ConvNextV2Config(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=num_labels),
-            T.ConvNextV2ForImageClassification,
-        ),
-        "resnet": (
-            T.ResNetConfig(
-                embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=num_labels
-            ),
-            T.ResNetForImageClassification,
-        ),
-        "regnet": (
-            T.RegNetConfig(
-                embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], groups_width=8, num_labels=num_labels
-            ),
-            T.RegNetForImageClassification,
-        ),
-        "efficientnet": (
-            T.EfficientNetConfig(
-                image_size=64, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=128, num_labels=num_labels
-            ),
-            T.EfficientNetForImageClassification,
-        ),
-        "mobilenet_v2": (
-            T.MobileNetV2Config(image_size=64, depth_multiplier=0.25, num_labels=num_labels),
-            T.MobileNetV2ForImageClassification,
-        ),
-    }
-
-
-FAMILIES = list(_configs(2))
+FAMILIES = list(TINY_FAMILIES)
 CLASS_TOKEN = {"vit", "deit"}  # baseline: the patch average
-
-
-def make_model(family: str, num_labels: int = 5, seed: int = 0) -> torch.nn.Module:
-    """A random-init model whose classifier is not the near-zero init transformers gives it (so the
-    identity and the class ranking mean something)."""
-    config, cls = _configs(num_labels)[family]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = cls(config).eval()
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "classifier" in name:
-                    p.normal_(0, 0.5)
-            for m in model.modules():  # tiny EfficientNet / MobileNetV2 come out of their init with all-zero features
-                if isinstance(m, torch.nn.Conv2d):
-                    torch.nn.init.kaiming_normal_(m.weight)
-                elif isinstance(m, torch.nn.BatchNorm2d):
-                    m.weight.uniform_(0.5, 1.5)
-                    m.bias.normal_(0, 0.1)
-    return model
 
 
 def save(model: torch.nn.Module, folder: Path, processor: object | None = None) -> Path:
@@ -154,7 +77,7 @@ def reference_location_scores(family: str, model, x: torch.Tensor) -> torch.Tens
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_family_loads_from_its_folder_and_scores_per_location(family: str, tmp_path: Path) -> None:
-    model = make_model(family)
+    model = tiny_hf_model(family)
     folder = save(model, tmp_path / family)
     adapter = load_model(f"hf:{folder}")
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
@@ -176,7 +99,7 @@ def test_each_family_loads_from_its_folder_and_scores_per_location(family: str, 
 
 @pytest.mark.parametrize("family", ["swin", "convnext", "vit"])
 def test_patch_on_a_transformers_instance(family: str) -> None:
-    model = make_model(family)
+    model = tiny_hf_model(family)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     patched = patch(model, lam=0.3)
     with torch.no_grad():
@@ -191,7 +114,7 @@ def test_patch_on_a_transformers_instance(family: str) -> None:
 def test_preprocessing_comes_from_preprocessor_config(tmp_path: Path) -> None:
     from csra_posthoc.models.hf_models import hf_data_config
 
-    model = make_model("convnext")
+    model = tiny_hf_model("convnext")
     convnext = save(
         model, tmp_path / "convnext", T.ConvNextImageProcessor(size={"shortest_edge": 64}, crop_pct=0.875, resample=3)
     )
@@ -253,7 +176,7 @@ def _sweep(folder: Path, data: Path, out: Path, extra: list[str] | None = None):
     ],
 )
 def test_sweep_apply_predict_through_hf_folder(family: str, fmt: str, voc_dir: Path, tmp_path: Path) -> None:
-    model = make_model(family, VOC)
+    model = tiny_hf_model(family, VOC)
     folder = save(model, tmp_path / "model", T.ViTImageProcessor(size={"height": 64, "width": 64}))
     res = _sweep(folder, voc_dir, tmp_path)
     assert res.exit_code == 0, res.output
@@ -281,7 +204,7 @@ def test_sweep_apply_predict_through_hf_folder(family: str, fmt: str, voc_dir: P
 
 
 def test_predict_through_hf_folder(voc_dir: Path, tmp_path: Path) -> None:
-    model = make_model("resnet", VOC)
+    model = tiny_hf_model("resnet", VOC)
     model.config.id2label = {
         i: f"thing-{i}" for i in range(VOC)
     }  # the config's class names are the ones predict prints
@@ -332,7 +255,7 @@ def test_bad_hf_input_is_one_line(voc_dir: Path, tmp_path: Path) -> None:
     apply = ["apply", "--lam", "0.2", "--out", str(tmp_path / "p.safetensors")]
     # a folder without weights
     empty = tmp_path / "noweights"
-    make_model("resnet").config.save_pretrained(empty)
+    tiny_hf_model("resnet").config.save_pretrained(empty)
     one_line_error(runner.invoke(app, [*apply, "--model", f"hf:{empty}"]), f"model hf:{empty}", "no weights")
     # a non-image model
     bert = tmp_path / "bert"
@@ -346,7 +269,7 @@ def test_bad_hf_input_is_one_line(voc_dir: Path, tmp_path: Path) -> None:
         "not an image classifier",
     )
     # custom code is never run
-    remote = save(make_model("resnet"), tmp_path / "remote")
+    remote = save(tiny_hf_model("resnet"), tmp_path / "remote")
     cfg = json.loads((remote / "config.json").read_text())
     (remote / "config.json").write_text(
         json.dumps({**cfg, "auto_map": {"AutoModelForImageClassification": "modeling.Evil"}})
@@ -358,7 +281,7 @@ def test_bad_hf_input_is_one_line(voc_dir: Path, tmp_path: Path) -> None:
         "no hub model 'nobody/no-such-model-h22c' in the local Hugging Face cache",
     )
     # an input size the patch grid cannot tile
-    vit = save(make_model("vit", VOC), tmp_path / "vit")
+    vit = save(tiny_hf_model("vit", VOC), tmp_path / "vit")
     res = _sweep(vit, voc_dir, tmp_path, ["--img-size", "70"])
     one_line_error(res, f"model hf:{vit}", "--img-size 70x70 is not divisible by its patch size 16")
     # its own weights: a checkpoint is refused, not silently ignored
@@ -388,7 +311,7 @@ def test_library_refusals_name_parameters(tmp_path: Path) -> None:
 def test_larger_input_than_the_training_size(family: str, tmp_path: Path) -> None:
     """A model saved at 64 px runs at 96: ViT / DeiT / BEiT resample their position embeddings (as
     transformers' interpolate_pos_encoding does), Swin pads its windows; the logits are the model's own."""
-    model = make_model(family)
+    model = tiny_hf_model(family)
     adapter = load_model(f"hf:{save(model, tmp_path / family)}")
     x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(3))
     kwargs = {} if family == "swin" else {"interpolate_pos_encoding": True}
@@ -407,7 +330,7 @@ def test_hub_name_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.Monke
     hub client writes it: refs/main -> snapshots/<commit>/), with no network."""
     from huggingface_hub import constants
 
-    model = make_model("convnext")
+    model = tiny_hf_model("convnext")
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--someone--tiny-convnext"
     save(model, repo / "snapshots" / commit)
@@ -432,7 +355,7 @@ def test_second_sweep_reuses_the_cache_without_loading_the_model(
 
     import csra_posthoc.models.hf_models as hf
 
-    folder = save(make_model("resnet", VOC), tmp_path / "model")
+    folder = save(tiny_hf_model("resnet", VOC), tmp_path / "model")
     assert _sweep(folder, voc_dir, tmp_path).exit_code == 0
 
     def no_build(name: str):
@@ -450,7 +373,7 @@ def test_second_sweep_reuses_the_cache_without_loading_the_model(
 def _compare_with_processor(proc, image, tmp_path: Path) -> None:
     from csra_posthoc.models.hf_models import hf_data_config
 
-    model = make_model("resnet")
+    model = tiny_hf_model("resnet")
     cfg, _ = hf_data_config(model, save(model, tmp_path / "m", proc))
     ours = build_transform(transform_description(cfg, None, single_label=True, choice="crop"))(image)
     theirs = proc(images=image, return_tensors="pt")["pixel_values"][0]
@@ -520,7 +443,7 @@ def test_unsaved_buffers_are_listed_and_cannot_hide_weights() -> None:
     from csra_posthoc.patched.config import PatchedConfig
     from csra_posthoc.patched.model import verify_state_dict
 
-    model = make_model("swin")
+    model = tiny_hf_model("swin")
     patched = patch(model, lam=0.2)
     unsaved = patched.config.model_unsaved_buffers
     assert unsaved and all(name.endswith("relative_position_index") for name in unsaved)
