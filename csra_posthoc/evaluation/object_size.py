@@ -18,9 +18,10 @@ Held-out rows average their parts as :mod:`csra_posthoc.evaluation.per_class` do
 
 The AP of every split under a resample comes from one sorted order per class and sparse products
 (:class:`SplitAP`): the negatives are counted once per (key run, image group) and shared by the
-size and instance bins, each split's positives once per (key run, bin). Measured on a loaded
-2-core machine, one resample of all the splits costs about 4x one resample of the sweep's
-weighted AP (:class:`~csra_posthoc.evaluation.bootstrap.WeightedAP`) on the same score matrix.
+size and instance bins, each split's positives once per (key run, bin), all splits' entries in one
+product. A held-out part is built on its own images only (the other half weighs 0 in every
+resample), and a few resamples share a product (:data:`SPLIT_CHUNK_CELLS`). Cost at COCO size:
+benchmarks/size_splits.py (issue #23 asks for at most half the sweep's time; see benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 
 from ..errors import CSRAError
 from ..text import safe
-from .bootstrap import CHUNK_CELLS, Part, _csr, _segment_cumsum, check_resamples, resample_weights
+from .bootstrap import Part, _csr, _segment_cumsum, check_resamples, resample_weights
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -47,6 +48,9 @@ SIZE_BINS = ("small", "medium", "large")
 LABEL_GROUPS = ("1", "2", "3+")
 INSTANCE_BINS = ("1 instance", "2+ instances")
 ROW_NAMES = ("best", "fixed", "held_out", "test_pool")
+# resamples per chunk * SplitAP rows (key runs * image groups): a few resamples per product at COCO size,
+# 1.5x faster per resample than one at a time (benchmarks/size_splits.py)
+SPLIT_CHUNK_CELLS = 6_000_000
 
 DEFINITION_SIZE = (
     "size of a positive (image, class) pair: area of its largest box of the class / image area; bins: tertiles of those "
@@ -188,69 +192,86 @@ class SplitAP:
             run = cat([e[1] for e in entries[name]])
             bin_ = cat([e[2] for e in entries[name]])
             seg = self.run_class[run] * nb + bin_ if run.size else run  # (class, bin) of each positive
-            pairs, entry = (
-                np.unique(np.stack([seg, run]), axis=1, return_inverse=True)
-                if run.size
-                else (np.zeros((2, 0), np.int64), run)
+            keys, entry = (  # one int64 key per (class, bin, run): a 1-D unique, not a slower column-wise one
+                np.unique(seg * max(runs, 1) + run, return_inverse=True) if run.size else (run, run)
             )
             entry = np.asarray(entry).reshape(-1)  # entries sorted by (class, bin, run): segments are contiguous
-            e_seg, e_run = pairs[0], pairs[1]
+            e_seg, e_run = keys // max(runs, 1), keys % max(runs, 1)
             starts = np.flatnonzero(np.r_[True, e_seg[1:] != e_seg[:-1]]) if e_seg.size else np.zeros(0, np.int64)
             ends = np.r_[starts[1:], e_seg.size] if e_seg.size else starts
             self.parts[name] = {
                 "bins": nb,
-                "matrix": _csr(entry, image, int(e_seg.size), n),  # (entries, N): the entry's positives
+                "entry_rows": entry,
+                "images": image,
                 "run": torch.from_numpy(e_run.astype(np.int64)),
                 "bin": torch.from_numpy((e_seg % nb).astype(np.int64))
                 if e_seg.size
                 else torch.zeros(0, dtype=torch.int64),
                 "bounds": [(int(a), int(b)) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)],
                 "starts": torch.from_numpy(starts.astype(np.int64)),
+                "entry_segment": torch.from_numpy(np.cumsum(np.r_[True, e_seg[1:] != e_seg[:-1]]) - 1)
+                if e_seg.size
+                else torch.zeros(0, dtype=torch.int64),  # each entry's (class, bin) segment
                 "ends": torch.from_numpy(ends.astype(np.int64)),
                 "segments": torch.from_numpy(e_seg[starts].astype(np.int64))
                 if e_seg.size
                 else torch.zeros(0, dtype=torch.int64),
             }
+        # every split's entries in one product, "groups" first: (entries, N), each entry's positives
+        names = list(self.parts)
+        first = np.cumsum([0] + [int(self.parts[k]["run"].numel()) for k in names])
+        seg_first = np.cumsum([0] + [int(self.parts[k]["starts"].numel()) for k in names])
+        self.num_entries, self.num_segments = int(first[-1]), int(seg_first[-1])
+        self.entries = _csr(
+            cat([self.parts[k].pop("entry_rows") + first[i] for i, k in enumerate(names)]),
+            cat([self.parts[k].pop("images") for k in names]),
+            self.num_entries,
+            n,
+        )
+        self.bounds = [
+            (a + int(first[i]), z + int(first[i])) for i, k in enumerate(names) for a, z in self.parts[k]["bounds"]
+        ]
+        self.entry_segment = torch.cat(
+            [self.parts[k]["entry_segment"] + int(seg_first[i]) for i, k in enumerate(names)]
+        )
+        self.seg_last = torch.cat([self.parts[k]["ends"] - 1 + int(first[i]) for i, k in enumerate(names)])
+        for j, key in enumerate(names):
+            self.parts[key]["segment_slice"] = (int(seg_first[j]), int(seg_first[j + 1]))
+        self.group_count = int(first[1])
+        self.group_index = self.parts["groups"]["run"] * ga + self.parts["groups"]["bin"]  # into (runs * groups, B)
+        self.other_run = torch.cat([self.parts[k]["run"] for k in names[1:]] + [torch.zeros(0, dtype=torch.int64)])
 
     def __call__(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"groups": (B, G, C), name: (B, bins, C)}`` float64 AP, NaN where a split has no positive of weight > 0."""
         b = weights.shape[0]
-        out: dict[str, torch.Tensor] = {}
         wt = weights.t().to(torch.float32).contiguous()
         runs, ga = self.num_runs, self.groups_all
-        if runs:  # float32 counts: integer sums within a class stay below N (exact below 2**24)
+        ap_all = None
+        if runs and self.num_entries:  # float32 counts: integer sums within a class stay below N (exact below 2**24)
             cum_group = _segment_cumsum(
                 (self.labelled @ wt).reshape(runs, ga, b), self.class_bounds
             )  # known images so far, per group
             cum_pos = _segment_cumsum(self.positive @ wt, self.class_bounds)
             cum_neg = cum_group.sum(dim=1).sub_(cum_pos)  # (runs, B): negatives so far, every group
+            tp = self.entries @ wt  # (entries, B): every split's entries at once
+            cum_tp = _segment_cumsum(tp.clone(), self.bounds)  # the bin's positives so far, within its (class, bin)
+            g = self.group_count
+            seen = torch.empty_like(tp)
+            seen[:g] = cum_group.reshape(runs * ga, b)[self.group_index]  # the image group's known images so far
+            seen[g:] = cum_neg[self.other_run].add_(cum_tp[g:])  # the bin's positives and all negatives so far
+            credit = tp.double().mul_(cum_tp).div_(seen.clamp_min_(1.0))
+            num = torch.zeros(self.num_segments, b, dtype=torch.float64).index_add_(0, self.entry_segment, credit)
+            den = cum_tp[self.seg_last].double()  # per (class, bin): its positives
+            ap_all = torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan")))
+        out: dict[str, torch.Tensor] = {}
         for name, part in self.parts.items():
             nb = part["bins"]
             ap = torch.full((self.num_classes * nb, b), float("nan"), dtype=torch.float64)
-            if part["run"].numel():
-                tp = part["matrix"] @ wt  # (entries, B)
-                cum_tp = _segment_cumsum(
-                    tp.clone(), part["bounds"]
-                )  # the bin's positives so far, within its (class, bin)
-                if name == "groups":
-                    seen = cum_group[part["run"], part["bin"]]
-                else:
-                    seen = cum_tp + cum_neg[part["run"]]
-                credit = tp.double().mul_(cum_tp).div_(seen.clamp_min(1.0))
-                num = _segment_sums(credit, part["starts"], part["ends"])
-                den = cum_tp[part["ends"] - 1].double()
-                ap[part["segments"]] = torch.where(
-                    den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan"))
-                )
-            key = "groups" if name == "groups" else name
-            out[key] = ap.reshape(self.num_classes, nb, b).permute(2, 1, 0)
+            if ap_all is not None and part["run"].numel():
+                s0, s1 = part["segment_slice"]
+                ap[part["segments"]] = ap_all[s0:s1]
+            out[name] = ap.reshape(self.num_classes, nb, b).permute(2, 1, 0)
         return out
-
-
-def _segment_sums(x: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-    """Sums of contiguous row segments ``[starts, ends)`` along dim 0."""
-    total = torch.cat([torch.zeros_like(x[:1]), x.cumsum(dim=0)])
-    return total[ends] - total[starts]
 
 
 @dataclass
@@ -285,31 +306,42 @@ def split_deltas(
     partitions = {"size": (splits.size_bin, len(SIZE_BINS)), "instances": (splits.instance_bin, len(INSTANCE_BINS))}
     parts = {name: [(None, v)] if isinstance(v, torch.Tensor) else list(v) for name, v in variants.items()}
     lab = labels.to(torch.int8)
-
-    def make(scores: torch.Tensor) -> SplitAP:
-        return SplitAP(scores, lab, splits.label_group, len(LABEL_GROUPS), partitions)
-
-    base = make(baseline)
-    metrics = {name: [(mask, make(s)) for mask, s in p] for name, p in parts.items()}
-    masks = {id(mask): mask for ps in metrics.values() for mask, _ in ps}
     num_images = baseline.shape[0]
-    cells = max(
-        [m.num_runs * m.groups_all for ps in metrics.values() for _, m in ps]
-        + [base.num_runs * base.groups_all, num_images, 1]
-    )
+
+    def restrict(mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The images a part is evaluated on and their mask values: an image of mask 0 weighs 0 in
+        every resample, so leaving it out of the sorted orders changes no AP and halves a held-out part's work."""
+        if mask is None:
+            return None
+        keep = torch.as_tensor(mask).reshape(-1).nonzero().reshape(-1)
+        return keep, torch.as_tensor(mask).reshape(-1)[keep].to(torch.float32)
+
+    def make(scores: torch.Tensor, keep: torch.Tensor | None) -> SplitAP:
+        if keep is None:
+            return SplitAP(scores, lab, splits.label_group, len(LABEL_GROUPS), partitions)
+        k = keep.numpy()
+        sub = {name: (bins[k], nb) for name, (bins, nb) in partitions.items()}
+        return SplitAP(scores[keep], lab[keep], splits.label_group[k], len(LABEL_GROUPS), sub)
+
+    kept = {id(mask): restrict(mask) for ps in parts.values() for mask, _ in ps}
+    images = {key: None if k is None else k[0] for key, k in kept.items()}
+    base = {key: make(baseline, keep) for key, keep in images.items()}
+    metrics = {name: [(id(mask), make(s, images[id(mask)])) for mask, s in p] for name, p in parts.items()}
+    cells = max([m.num_runs * m.groups_all for m in [*base.values(), *(m for ps in metrics.values() for _, m in ps)]])
+    cells = max(cells, num_images, 1)
 
     def deltas(w: torch.Tensor) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-        weighted = {key: w if mask is None else w * mask for key, mask in masks.items()}
-        base_ap = {key: base(ww) for key, ww in weighted.items()}
+        weighted = {key: w if k is None else w[:, k[0]] * k[1] for key, k in kept.items()}
+        base_ap = {key: base[key](ww) for key, ww in weighted.items()}
         means: dict[str, dict[str, torch.Tensor]] = {}
         size_cls: dict[str, torch.Tensor] = {}
         for name, ps in metrics.items():
             per_split: dict[str, list[torch.Tensor]] = {"size": [], "labels": [], "instances": []}
             cls_parts = []
-            for mask, m in ps:
-                ap, ref = m(weighted[id(mask)]), base_ap[id(mask)]
-                for split, key in (("size", "size"), ("labels", "groups"), ("instances", "instances")):
-                    d = (ap[key] - ref[key]) * 100.0  # (B, bins, C)
+            for key, m in ps:
+                ap, ref = m(weighted[key]), base_ap[key]
+                for split, field in (("size", "size"), ("labels", "groups"), ("instances", "instances")):
+                    d = (ap[field] - ref[field]) * 100.0  # (B, bins, C)
                     per_split[split].append(_nanmean(d, dim=2))
                 cls_parts.append((ap["size"] - ref["size"]) * 100.0)
             means[name] = {split: torch.stack(v).mean(dim=0) for split, v in per_split.items()}  # (B, bins)
@@ -319,7 +351,7 @@ def split_deltas(
     point_mean, point_cls = deltas(torch.ones(1, num_images))
     draws: dict[str, dict[str, list[torch.Tensor]]] = {name: {s: [] for s in SPLIT_BINS} for name in metrics}
     if resamples is not None:
-        chunk = max(1, min(resamples, CHUNK_CELLS // cells))
+        chunk = max(1, min(resamples, SPLIT_CHUNK_CELLS // cells))
         for w in resample_weights(num_images, resamples, seed, chunk):  # chunking does not change the draws
             means, _ = deltas(w)
             for name in metrics:
