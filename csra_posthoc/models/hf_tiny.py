@@ -8,6 +8,7 @@ out of their init with all-zero features). Needs the ``hf`` extra.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ import torch
 
 def tiny_configs(num_labels: int) -> dict[str, tuple[Any, Any]]:
     """model_type -> (config, *ForImageClassification class), each at 64 px."""
-    import transformers
+    transformers: Any = importlib.import_module("transformers")  # the hf extra; typed loosely on purpose
 
     vit = {
         "hidden_size": 32,
