@@ -116,6 +116,14 @@ class ModelAdapter(nn.Module):
         return self.scores_from_backbone(self.forward_backbone(x))
 
 
+def probe_input(model: nn.Module, size: int, batch: int = 2) -> torch.Tensor:
+    """The seeded random ``batch`` x 3 x ``size`` x ``size`` input the load-time checks read a
+    model's head off, on the model's device (``patch()`` may be given a model already on a GPU)."""
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    first = next(iter(model.parameters()), None)
+    return x.to(first.device) if first is not None else x
+
+
 def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
     """Patch tokens ``(B, K, D)`` to a feature map ``(B, D, H, W)``."""
     k = int(tokens.shape[1])  # a plain int even while tracing (the batch axis stays free)

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from ..errors import CSRAError
 from ..heads.location import LocationHead
-from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode, tokens_to_grid
+from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode, probe_input, tokens_to_grid
 
 _CHUNK = 256
 _TOL = 1e-4
@@ -111,9 +111,7 @@ def build_class_token_adapter(
 ) -> ModelAdapter:
     """The route above, or ``refusal`` (the single-location message) where the model has no such pair."""
     timm_model: Any = model
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    first = next(iter(model.parameters()), None)
-    x = x.to(first.device) if first is not None else x
+    x = probe_input(model, size)
     with torch.no_grad(), eval_mode(model):
         raw = timm_model.forward_features(x)
         if not isinstance(raw, torch.Tensor) or raw.dim() != 3:

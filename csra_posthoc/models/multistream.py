@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from ..errors import CSRAError, first_line
 from ..heads.location import LocationHead
-from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode
+from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode, probe_input
 
 _CHUNK = 256  # unit vectors per forward_head call while reading the map off
 _TOL = 1e-4  # relative, as the identity bar
@@ -181,9 +181,7 @@ def build_multistream_adapter(
 ) -> MultiStreamAdapter:
     """Read the streams' layouts and the affine map after pooling; refuse (one line) what is not affine."""
     timm_model: Any = model
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    first = next(iter(model.parameters()), None)
-    x = x.to(first.device) if first is not None else x
+    x = probe_input(model, size)
     with torch.no_grad(), eval_mode(model):
         try:
             raw = [t.float() for t in timm_model.forward_features(x)]

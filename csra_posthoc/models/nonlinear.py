@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CSRAError
-from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode, identity_scale, tokens_to_grid
+from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode, identity_scale, probe_input, tokens_to_grid
 from .timm_head import _pooled_shaped, _recording
 
 NONLINEAR_TOLERANCE = 1e-4  # relative: |head(mean_k x_k) - logits| <= tolerance * identity_scale(logits)
@@ -392,9 +392,7 @@ def _prepool(model: nn.Module, size: int) -> tuple[str, int, int, str, Any] | No
     ``forward_head``, else None); None when forward_head starts with its pool (or its input is not
     an NCHW map)."""
     timm_model: Any = model
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    first = next(iter(model.parameters()), None)
-    x = x.to(first.device) if first is not None else x
+    x = probe_input(model, size)
     with torch.no_grad(), eval_mode(model):
         try:
             raw = timm_model.forward_features(x)

@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from ..errors import CSRAError, first_line
 from ..heads.location import LocationHead
-from .base import tokens_to_grid
+from .base import probe_input, tokens_to_grid
 
 Layout = Literal["nchw", "nhwc", "tokens"]
 
@@ -178,8 +178,7 @@ def plan_head(
     single location (one location cannot tell a per-location head from a pooled one)."""
     if not callable(getattr(model, "forward_features", None)) or not callable(getattr(model, "forward_head", None)):
         raise CSRAError(f"model {name}: timm model without forward_features/forward_head is not supported")
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    x = x.to(next(iter(model.parameters())).device) if any(True for _ in model.parameters()) else x
+    x = probe_input(model, size)
     with torch.no_grad():
         try:
             raw = model.forward_features(x)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from ..errors import CSRAError, first_line
 from ..heads.location import LocationHead
+from .base import probe_input
 from .timm_head import _AFFINE, _PASSTHROUGH, _close, _is_linear
 
 _PROBE_CHUNK = 256
@@ -162,9 +163,7 @@ def plan_graph(model: nn.Module, name: str, size: int) -> GraphPlan:
     backbone = _subgraph(gm, None, nodes[: nodes.index(fmap) + 1], fmap)
     tail = _subgraph(gm, fmap, [pool, *after], result)
     post = _subgraph(gm, pool, after, result)
-    first = next(model.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")  # patch() may get a model on a GPU
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    x = probe_input(model, size)
     with torch.no_grad():
         try:
             raw = backbone(x).float()
