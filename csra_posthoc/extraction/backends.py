@@ -17,9 +17,10 @@ in float32, so the probe's feature pass shares that loop.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import get_args
 
@@ -51,17 +52,34 @@ def onnx_export(
     """``module`` as ONNX (dynamo exporter, input ``input``, outputs named ``outputs``, dynamic batch):
     the one export call of the ONNX Runtime extraction backend and the patched-model exporter
     (:mod:`csra_posthoc.patched.export`)."""
-    torch.onnx.export(
-        module,
-        (example,),
-        str(path),
-        dynamo=True,
-        input_names=["input"],
-        output_names=list(outputs),
-        dynamic_shapes=dynamic_batch(),
-        opset_version=opset,
-        external_data=False,
-    )
+    with unfused_attention(module):
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=True,
+            input_names=["input"],
+            output_names=list(outputs),
+            dynamic_shapes=dynamic_batch(),
+            opset_version=opset,
+            external_data=False,
+        )
+
+
+@contextlib.contextmanager
+def unfused_attention(module: nn.Module) -> Iterator[None]:
+    """timm attention written out (matmul, softmax) instead of ``scaled_dot_product_attention`` while
+    exporting: ONNX's SDPA takes only 4-D query / key / value, and some timm blocks (Twins' locally
+    grouped attention) call it on 5-D tensors. The same product in other words; restored after."""
+    fused = [m for m in module.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    before = [m.fused_attn for m in fused]
+    try:
+        for m in fused:
+            setattr(m, "fused_attn", False)  # noqa: B010  (a plain bool attribute, not a submodule)
+        yield
+    finally:
+        for m, flag in zip(fused, before, strict=True):
+            setattr(m, "fused_attn", flag)  # noqa: B010
 
 
 class ScoresModule(nn.Module):
