@@ -48,11 +48,19 @@ def _infer_num_classes(sd: dict[str, torch.Tensor], keys: tuple[str, ...], check
     )
 
 
+POSITION_KEYS = ("pos_embed", "relative_position", "rel_pos", "pos_block", "position_embeddings")
+
+
 def _load_strict(model: nn.Module, sd: dict[str, torch.Tensor], name: str, checkpoint: Path) -> None:
     try:
         missing, unexpected = model.load_state_dict(sd, strict=False)
     except RuntimeError as exc:
         detail = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:160])
+        if any(key in detail for key in POSITION_KEYS):  # trained at another input size (or window)
+            detail += (
+                " The checkpoint was trained at another input size; load it with the model name of that size "
+                f"(timm: {name.rsplit('_', 1)[0]}_<size>, see timm.list_models('{name.split('_')[0]}*'))"
+            )
         raise CSRAError(f"checkpoint {checkpoint} does not fit model {name}: {detail}", param="checkpoint") from None
     if missing or unexpected:
         raise CSRAError(
