@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from csra_posthoc.data import load_rgb
@@ -162,3 +163,23 @@ WIDER_IMAGES = [
         "targets": [{"bbox": [-4, -2, 10, 9], "attribute": WIDER_B}],
     },
 ]
+
+
+def random_split_problem(
+    seed: int, n: int = 50, c: int = 4, positive_rate: float = 0.35
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+    """A random multi-label problem for the size / clutter splits: scores with many ties, labels with
+    5 % unknown (-1), each positive's size bin (0-2, 10 % without a box: -1), its instance bin (0-1)
+    and each image's label-count group (1, 2, 3+ positives: 0-2; none: -1)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = (torch.rand(n, c, generator=g) < positive_rate).to(torch.int8)
+    labels[torch.rand(n, c, generator=g) < 0.05] = -1
+    scores = torch.round(torch.randn(n, c, generator=g) * 3) / 3  # many ties
+    rng = np.random.default_rng(seed)
+    pos = labels.numpy() == 1
+    size = np.where(pos, rng.integers(0, 3, (n, c)), -1)
+    size[pos & (rng.random((n, c)) < 0.1)] = -1
+    inst = np.where(size >= 0, rng.integers(0, 2, (n, c)), -1)
+    count = pos.sum(1)
+    group = np.where(count == 0, -1, np.minimum(count, 3) - 1)
+    return scores, labels, size, inst, group

@@ -24,6 +24,7 @@ from csra_posthoc.evaluation.object_size import (
     split_deltas,
 )
 from csra_posthoc.metrics import average_precision
+from tests.helpers import random_split_problem
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -62,23 +63,6 @@ def test_no_box_for_any_positive_is_refused() -> None:
         assign_splits(torch.ones(2, 2, dtype=torch.int8), [{}, {}], [(10, 10)] * 2)
 
 
-def _random_problem(
-    seed: int, n: int = 50, c: int = 4
-) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
-    g = torch.Generator().manual_seed(seed)
-    labels = (torch.rand(n, c, generator=g) < 0.35).to(torch.int8)
-    labels[torch.rand(n, c, generator=g) < 0.05] = -1
-    scores = torch.round(torch.randn(n, c, generator=g) * 3) / 3  # many ties
-    rng = np.random.default_rng(seed)
-    pos = labels.numpy() == 1
-    size = np.where(pos, rng.integers(0, 3, (n, c)), -1)
-    size[pos & (rng.random((n, c)) < 0.1)] = -1
-    inst = np.where(size >= 0, rng.integers(0, 2, (n, c)), -1)
-    count = pos.sum(1)
-    group = np.where(count == 0, -1, np.minimum(count, 3) - 1)
-    return scores, labels, size, inst, group
-
-
 def _relabel(labels: torch.Tensor, keep_positive: np.ndarray) -> torch.Tensor:
     out = labels.clone()
     out[(labels == 1) & ~torch.from_numpy(keep_positive)] = -1
@@ -87,7 +71,7 @@ def _relabel(labels: torch.Tensor, keep_positive: np.ndarray) -> torch.Tensor:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_split_ap_is_the_plain_ap_of_the_relabelled_resampled_matrix(seed: int) -> None:
-    scores, labels, size, inst, group = _random_problem(seed)
+    scores, labels, size, inst, group = random_split_problem(seed)
     n = labels.shape[0]
     ap = SplitAP(scores, labels, group, 3, {"size": (size, 3), "instances": (inst, 2)})
     weights = torch.from_numpy(np.random.default_rng(seed).integers(0, 3, (3, n))).float()
@@ -108,7 +92,7 @@ def test_split_ap_is_the_plain_ap_of_the_relabelled_resampled_matrix(seed: int) 
 
 
 def test_point_deltas_are_mean_class_deltas_of_plain_ap() -> None:
-    scores, labels, size, inst, group = _random_problem(3, n=80)
+    scores, labels, size, inst, group = random_split_problem(3, n=80)
     from csra_posthoc.evaluation.object_size import Splits
 
     splits = Splits(size, inst, group, (0.1, 0.2), 0)

@@ -12,20 +12,11 @@ from csra_posthoc.evaluation import object_size
 from csra_posthoc.evaluation.bootstrap import resample_weights
 from csra_posthoc.evaluation.object_size import INSTANCE_BINS, LABEL_GROUPS, SIZE_BINS, Splits, split_deltas
 from csra_posthoc.metrics import average_precision
+from tests.helpers import random_split_problem
 
 
 def _problem(seed: int, n: int = 40, c: int = 3) -> tuple[torch.Tensor, torch.Tensor, Splits]:
-    g = torch.Generator().manual_seed(seed)
-    labels = (torch.rand(n, c, generator=g) < 0.4).to(torch.int8)
-    labels[torch.rand(n, c, generator=g) < 0.05] = -1
-    scores = torch.round(torch.randn(n, c, generator=g) * 3) / 3  # ties
-    rng = np.random.default_rng(seed)
-    pos = labels.numpy() == 1
-    size = np.where(pos, rng.integers(0, 3, (n, c)), -1)
-    size[pos & (rng.random((n, c)) < 0.1)] = -1
-    inst = np.where(size >= 0, rng.integers(0, 2, (n, c)), -1)
-    count = pos.sum(1)
-    group = np.where(count == 0, -1, np.minimum(count, 3) - 1)
+    scores, labels, size, inst, group = random_split_problem(seed, n, c, positive_rate=0.4)
     return scores, labels, Splits(size, inst, group, (0.1, 0.2), 0)
 
 
