@@ -29,7 +29,7 @@ from ..outputs import check_outputs
 from ..patched.model import patch
 from ..progress import progress_bar
 from ..text import plain
-from .base import identity_scale
+from .base import identity_scale, probe_input
 
 Status = Literal["supported", "patch average", "non-linear head", "refused", "crash", "identity failure", "skipped"]
 STATUSES: tuple[str, ...] = (
@@ -285,7 +285,7 @@ def check_model(
             return done(
                 "skipped", f"the architecture does not build at random init: {type(exc).__name__}: {first_line(exc)}"
             )
-        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+        x = probe_input(model, size)
         try:
             with torch.no_grad():
                 logits = model(x)

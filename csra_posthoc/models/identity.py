@@ -5,24 +5,22 @@ from __future__ import annotations
 import torch
 
 from ..errors import CSRAError
-from .base import IDENTITY_TOLERANCE, ModelAdapter, identity_scale
+from .base import IDENTITY_TOLERANCE, ModelAdapter, identity_scale, probe_input
 from .nonlinear import check_pooled_head
 
 
 @torch.no_grad()
-def verify_identity(adapter: ModelAdapter, tolerance: float = IDENTITY_TOLERANCE, size: int | None = None) -> float:
+def verify_identity(adapter: ModelAdapter, tolerance: float = IDENTITY_TOLERANCE) -> float:
     """One random image through the adapter: refuse heads whose per-location mean is not the logits.
 
     Catches families this project has no explicit rule for (and wrongly built adapters) before
     any data is read. Class-token ViTs are exempt (their baseline is the patch average by design).
-    The tolerance is relative to the logits' scale (:func:`identity_scale`). ``size``: the input
-    side (default: the size the adapter's head was read at, else its own input size).
+    The tolerance is relative to the logits' scale (:func:`identity_scale`); the input side is the
+    one the adapter's head was read at (``check_size``), else its own input size.
     """
     if adapter.info.location_head == "nonlinear":  # baseline = the logits; its check: head(pooled) == logits
         return check_pooled_head(adapter)
-    size = size or adapter.check_size or adapter.data_config.input_size
-    device = next(adapter.parameters()).device  # patch() may be handed a model already on a GPU
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    x = probe_input(adapter, adapter.check_size or adapter.data_config.input_size, batch=1)
     try:
         s, logits = adapter(x)
     except Exception as exc:

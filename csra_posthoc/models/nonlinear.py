@@ -491,10 +491,7 @@ def pooled_head_difference(adapter: ModelAdapter, raw: torch.Tensor) -> tuple[fl
 @torch.no_grad()
 def check_pooled_head(adapter: ModelAdapter, tolerance: float = NONLINEAR_TOLERANCE) -> float:
     """One random image: the per-location head on the pooled vector must reproduce the logits."""
-    size = adapter.data_config.input_size
-    first = next(adapter.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    x = probe_input(adapter, adapter.data_config.input_size, batch=1)
     with eval_mode(adapter.model):
         try:
             raw = adapter.forward_backbone(x)

@@ -109,22 +109,18 @@ def check_input_size(embed: Any, name: str, h: int, w: int) -> None:
         )
 
 
-def check_size(model: nn.Module, img_size: int | None) -> int:
-    """The input side the load-time checks use: the model's one size if it takes only one, else the
-    size the caller will run it at, else its own (so the checks test what the run will see)."""
-    return fixed_input_size(model) or img_size or timm_data_config(model).input_size
-
-
 def build_timm_adapter(model: nn.Module, name: str, weights: str, img_size: int | None = None) -> ModelAdapter:
     """Wrap a timm model; refuse (one line, naming the operation) heads that cannot be applied per location.
 
-    ``img_size``: the input side the caller will use; the head is read at :func:`check_size`."""
+    ``img_size``: the input side the caller will use. The head is read at the model's one size if it
+    takes only one, else at ``img_size``, else at its own (so the checks test what the run will see)."""
     data_config = timm_data_config(model)
     if timm_head_is_nonlinear(model):
         return nonlinear_adapter(model, name, weights, data_config)
-    data_config = replace(data_config, input_size=fixed_input_size(model) or data_config.input_size)
+    fixed = fixed_input_size(model)
+    data_config = replace(data_config, input_size=fixed or data_config.input_size)
+    size = fixed or img_size or data_config.input_size
     with eval_mode(model):
-        size = check_size(model, img_size)
         try:
             plan = plan_head(model, name, size, own_size=data_config.input_size)
         except SingleLocationError as exc:

@@ -23,6 +23,7 @@ from ..extraction.test_pool import train_grid, unsupported
 from ..heads.head_file import load_head
 from ..heads.lookup import results_head_file
 from ..models import load_model
+from ..models.base import probe_input
 from ..options import PICKS, TEST_POOL_PICK, CSRASettings, ModelSource
 from ..outputs import check_outputs
 from ..report.results_file import ResultsFile
@@ -231,8 +232,7 @@ def lam_zero_difference(patched) -> float:
     import torch.nn.functional as F
 
     size = patched.config.preprocessing.size
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    x = x.to(next(patched.parameters()).device)
+    x = probe_input(patched, size)
     adapter, classifier = patched.adapter, patched.head.classifier
     raw = adapter.forward_backbone(x).float()
     fmap = adapter.feature_map(raw)
