@@ -309,11 +309,7 @@ def _build(model: nn.Module, name: str, weights: str, data_config: DataConfig) -
     from timm.models.vgg import VGG
 
     timm_model: Any = model  # timm's attributes vary by architecture
-    num_classes = int(getattr(model, "num_classes", 0) or 0)
-    if num_classes <= 0:
-        raise CSRAError(
-            f"model {name}: it has no classifier (num_classes=0), so there is no head to apply per location"
-        )
+    num_classes = _num_classes(model, name)
     prepool = _prepool(model, data_config.input_size)
     if prepool is not None:
         pool, dim, channels, before, chain = prepool
@@ -357,17 +353,23 @@ def _build(model: nn.Module, name: str, weights: str, data_config: DataConfig) -
     return cls(model, cast(Any, head), info, data_config)  # ModelAdapter's head: a LocationHead or this
 
 
+def _num_classes(model: nn.Module, name: str) -> int:
+    """The classifier's width; a model built with num_classes=0 has no head to apply per location."""
+    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    if num_classes <= 0:
+        raise CSRAError(
+            f"model {name}: it has no classifier (num_classes=0), so there is no head to apply per location"
+        )
+    return num_classes
+
+
 def nonlinear_tokens_adapter(
     model: nn.Module, name: str, weights: str, data_config: DataConfig, prefix: int
 ) -> ModelAdapter:
     """Average-pooled tokens whose head is non-linear after pooling (a ViT's RmsNorm ``fc_norm``):
     the whole ``forward_head`` per patch token; :func:`check_pooled_head` decides."""
     timm_model: Any = model
-    num_classes = int(getattr(model, "num_classes", 0) or 0)
-    if num_classes <= 0:
-        raise CSRAError(
-            f"model {name}: it has no classifier (num_classes=0), so there is no head to apply per location"
-        )
+    num_classes = _num_classes(model, name)
     dim = int(timm_model.num_features)
     fn = TokensHead(prefix)
     try:
