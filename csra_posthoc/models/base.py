@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -122,6 +122,26 @@ def probe_input(model: nn.Module, size: int, batch: int = 2) -> torch.Tensor:
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     first = next(iter(model.parameters()), None)
     return x.to(first.device) if first is not None else x
+
+
+PROBE_CHUNK = 256  # unit vectors per call while reading an affine map off
+
+
+def close_relative(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> bool:
+    """Same shape and ``max |a - b| <= tol * max(1, max |b|)``: the relative bar of the load-time checks."""
+    return a.shape == b.shape and float((a - b).abs().max()) <= tol * max(1.0, float(b.abs().max()))
+
+
+@torch.no_grad()
+def read_affine(
+    fn: Callable[[torch.Tensor], torch.Tensor], width: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W, b)`` of a map ``fn`` on ``(N, width)`` vectors, assumed affine: ``b = fn(0)``, the columns
+    of ``W`` are ``fn(e_i) - b`` (unit vectors in chunks); the caller checks the assumption."""
+    at_zero = fn(torch.zeros(1, width, device=device))[0]
+    eye = torch.eye(width, device=device)
+    cols = [fn(eye[i : i + PROBE_CHUNK]) - at_zero for i in range(0, width, PROBE_CHUNK)]
+    return torch.cat(cols).T.contiguous(), at_zero
 
 
 def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:

@@ -19,14 +19,16 @@ import torch.nn as nn
 
 from ..errors import CSRAError
 from ..heads.location import LocationHead
-from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode, probe_input, tokens_to_grid
-
-_CHUNK = 256
-_TOL = 1e-4
-
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and float((a - b).abs().max()) <= _TOL * max(1.0, float(b.abs().max()))
+from .base import (
+    AdapterInfo,
+    DataConfig,
+    ModelAdapter,
+    close_relative,
+    eval_mode,
+    probe_input,
+    read_affine,
+    tokens_to_grid,
+)
 
 
 class _Carrier:
@@ -63,7 +65,7 @@ def _find_carrier(model: nn.Module, x: torch.Tensor, width: int, prefix: int) ->
         y = cls
         for n in after:
             y = children[n](y)
-        if isinstance(y, torch.Tensor) and _close(y, out):
+        if isinstance(y, torch.Tensor) and close_relative(y, out):
             return _Carrier(name, after)
     return None
 
@@ -125,14 +127,12 @@ def build_class_token_adapter(
         def head_at(v: torch.Tensor) -> torch.Tensor:
             return timm_model.forward_head(v[:, None, :].expand(-1, prefix, -1).contiguous().to(raw.dtype)).float()
 
-        at_zero = head_at(torch.zeros(1, width, device=raw.device))[0]
-        eye = torch.eye(width, device=raw.device)
-        weight = torch.cat([head_at(eye[c : c + _CHUNK]) - at_zero for c in range(0, width, _CHUNK)]).T.contiguous()
+        weight, at_zero = read_affine(head_at, width, raw.device)
         scale = float(raw.abs().max()) or 1.0
         probe = torch.randn(2, width, generator=torch.Generator().manual_seed(1)).to(raw.device) * scale
-        affine = _close(head_at(probe), probe @ weight.T + at_zero)
+        affine = close_relative(head_at(probe), probe @ weight.T + at_zero)
         if prefix == 1:
-            affine = affine and _close(raw[:, 0].float() @ weight.T + at_zero, logits)
+            affine = affine and close_relative(raw[:, 0].float() @ weight.T + at_zero, logits)
         if not affine:
             raise CSRAError(
                 f"model {name}: its head on the class token(s) is not affine, so it cannot be applied to its patch tokens"

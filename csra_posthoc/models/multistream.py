@@ -22,6 +22,7 @@ baseline for class-token streams (class tokens replaced by their stream's patch 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,10 +32,7 @@ import torch.nn as nn
 
 from ..errors import CSRAError, first_line
 from ..heads.location import LocationHead
-from .base import AdapterInfo, DataConfig, ModelAdapter, eval_mode, probe_input
-
-_CHUNK = 256  # unit vectors per forward_head call while reading the map off
-_TOL = 1e-4  # relative, as the identity bar
+from .base import AdapterInfo, DataConfig, ModelAdapter, close_relative, eval_mode, probe_input, read_affine
 
 
 @dataclass(frozen=True)
@@ -130,10 +128,6 @@ def union_map(streams: Sequence[torch.Tensor], layout: Sequence[Stream]) -> torc
     return torch.cat(blocks, dim=2)[:, :, None, :]
 
 
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and float((a - b).abs().max()) <= _TOL * max(1.0, float(b.abs().max()))
-
-
 def _head(model: Any, streams: list[torch.Tensor]) -> torch.Tensor:
     return model.forward_head(streams).float()
 
@@ -207,7 +201,7 @@ def build_multistream_adapter(
             for i, (s, t) in enumerate(zip(streams, raw, strict=True))
         ]
         expected = torch.cat(probe, dim=1) @ weight.T + bias
-        if not _close(
+        if not close_relative(
             _head(model, [s.constant(v.to(t)) for s, v, t in zip(streams, probe, raw, strict=True)]), expected
         ):
             raise CSRAError(
@@ -247,8 +241,6 @@ def _read_affine(model: Any, raw: list[torch.Tensor], streams: list[Stream]) -> 
         return _head(model, parts)
 
     at_zero = run(None, torch.zeros(1, 1, device=device))[0]
-    cols = []
-    for i, s in enumerate(streams):
-        eye = torch.eye(s.width, device=device)
-        cols += [run(i, eye[c : c + _CHUNK]) - at_zero for c in range(0, s.width, _CHUNK)]
-    return torch.cat(cols).T.contiguous(), at_zero
+    # each stream's block read with the others at 0 (its own b is the same all-zero point)
+    blocks = [read_affine(functools.partial(run, i), s.width, device)[0] for i, s in enumerate(streams)]
+    return torch.cat(blocks, dim=1), at_zero

@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from ..errors import CSRAError, first_line
 from ..heads.location import LocationHead
-from .base import probe_input, tokens_to_grid
+from .base import close_relative, probe_input, read_affine, tokens_to_grid
 
 Layout = Literal["nchw", "nhwc", "tokens"]
 
@@ -44,7 +44,6 @@ Layout = Literal["nchw", "nhwc", "tokens"]
 _PASSTHROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Flatten)
 # modules that are affine on a pooled vector in eval mode
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, *_PASSTHROUGH)
-_PROBE_CHUNK = 256  # unit vectors per forward_head call while reading an affine head off
 
 
 class HeadNotAffineError(CSRAError):
@@ -156,10 +155,6 @@ def _layouts(raw: torch.Tensor, width: int, prefix: int) -> list[tuple[Layout, i
     return out
 
 
-def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> bool:
-    return a.shape == b.shape and float((a - b).abs().max()) <= tol * max(1.0, float(b.abs().max()))
-
-
 def _is_layer_norm(module: nn.Module, width: int) -> bool:
     return isinstance(module, nn.LayerNorm) and tuple(module.normalized_shape) == (width,)
 
@@ -260,7 +255,7 @@ def plan_head(
         for r in roots
     ):
         for lay, pre in _layouts(raw, width, prefix):
-            if _close(
+            if close_relative(
                 feature_map(raw, lay, pre).flatten(2).mean(-1) if lay != "tokens" else raw[:, pre:].mean(1), pooled
             ):
                 layout = (lay, pre)
@@ -394,13 +389,7 @@ def _read_affine(
     model: Any, raw: torch.Tensor, entry: list[_Call], after_norm: bool, width: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The affine map after pooling (or after the pooled norm), read off at 0 and the unit vectors."""
-    eye = torch.eye(width, device=raw.device)
-    at_zero = _with_entry(model, raw, entry, after_norm, torch.zeros(1, width, device=raw.device))[0]
-    cols = [
-        _with_entry(model, raw, entry, after_norm, eye[i : i + _PROBE_CHUNK]) - at_zero
-        for i in range(0, width, _PROBE_CHUNK)
-    ]
-    return torch.cat(cols).T.contiguous(), at_zero
+    return read_affine(lambda v: _with_entry(model, raw, entry, after_norm, v), width, raw.device)
 
 
 def _nonlinear_reason(
@@ -429,7 +418,7 @@ def _nonlinear_reason(
         logits is not None
     ):  # the model's own logits come from the pooled vector (not so for a class token + distillation token)
         checks.append((normed, logits.float()))
-    affine = all(_close(v @ weight.T + bias, out) for v, out in checks)
+    affine = all(close_relative(v @ weight.T + bias, out) for v, out in checks)
     if affine:
         return ""
     if culprit is not None:

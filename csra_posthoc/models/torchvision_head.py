@@ -33,10 +33,9 @@ import torch.nn.functional as F
 
 from ..errors import CSRAError, first_line
 from ..heads.location import LocationHead
-from .base import probe_input
-from .timm_head import _AFFINE, _PASSTHROUGH, _close, _is_linear
+from .base import close_relative, probe_input, read_affine
+from .timm_head import _AFFINE, _PASSTHROUGH, _is_linear
 
-_PROBE_CHUNK = 256
 # operations on the pooled vector that only reshape it (flatten, view, dropout in eval)
 _RESHAPES_FN = {torch.flatten, torch.reshape, torch.squeeze, F.dropout}
 _RESHAPES_METHOD = {"flatten", "view", "reshape", "squeeze", "contiguous"}
@@ -234,7 +233,7 @@ def _read_head(
         probe = torch.randn(2, width, generator=torch.Generator().manual_seed(1)).to(pooled.device) * scale
         with torch.no_grad():
             checks = [(probe, part(probe.reshape(2, *in_shape)).float()), (sample.reshape(2, -1), part(sample).float())]
-        if not all(_close(v @ weight.T + bias, out) for v, out in checks):
+        if not all(close_relative(v @ weight.T + bias, out) for v, out in checks):
             culprit = next((n for n in rest if not isinstance(_module(gm, n), _AFFINE)), None)
             what = _describe(gm, culprit) if culprit is not None else "a non-linear operation"
             plan.nonlinear_reason = f"its head applies {what} after pooling"
@@ -261,14 +260,7 @@ def _read_affine(
     part: fx.GraphModule, in_shape: tuple[int, ...], width: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The affine map ``part`` computes on ``(N, *in_shape)`` inputs, read off at 0 and the unit vectors."""
-    eye = torch.eye(width, device=device)
-    with torch.no_grad():
-        at_zero = part(torch.zeros(1, *in_shape, device=device)).float()[0]
-        cols = [
-            part(eye[i : i + _PROBE_CHUNK].reshape(-1, *in_shape)).float() - at_zero
-            for i in range(0, width, _PROBE_CHUNK)
-        ]
-    return torch.cat(cols).T.contiguous(), at_zero
+    return read_affine(lambda v: part(v.reshape(-1, *in_shape)).float(), width, device)
 
 
 class PooledHeadFn:
