@@ -2,7 +2,7 @@
 
 Usage: python -m benchmarks.per_class_timing [N] [--quick]
 
-``sweep`` runs :func:`csra_posthoc.evaluation.per_class.bootstrap_with_classes` in place of
+``sweep`` runs :func:`csra_posthoc.evaluation.resampling.bootstrap_with_classes` in place of
 :func:`csra_posthoc.evaluation.bootstrap.bootstrap_deltas`: one resampling gives the mAP intervals and every
 class's. Both on the sweep's default set (``best``, ``fixed`` and the held-out row of
 ``--select-on half``, two parts); the ratio is what per-class intervals add (below 1: the shared
@@ -20,7 +20,7 @@ import time
 import torch
 
 from csra_posthoc.evaluation.bootstrap import bootstrap_deltas
-from csra_posthoc.evaluation.per_class import bootstrap_with_classes
+from csra_posthoc.evaluation.resampling import bootstrap_with_classes
 from csra_posthoc.evaluation.selection import half_masks
 
 

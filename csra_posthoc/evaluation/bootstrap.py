@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,65 +35,125 @@ CHUNK_CELLS = 2_000_000  # resamples per chunk * runs: (chunk, runs) float64 buf
 Part = tuple[torch.Tensor | None, torch.Tensor]  # (image mask or None for all images, scores (N, C))
 
 
+@dataclass
+class KeyRunPlaces:
+    """One class's score order cut at the runs that hold a positive (its *key runs*)."""
+
+    k: int  # the class
+    images: np.ndarray  # (N,) image index of each sorted place, highest score first
+    labels: np.ndarray  # (N,) its label: 1, 0 or -1 (unknown)
+    key_run: np.ndarray  # (N,) the first key run at or after each place (== count: after the last one)
+    count: int  # the class's key runs
+
+
+def key_run_places(scores: torch.Tensor, labels: torch.Tensor) -> Iterator[KeyRunPlaces]:
+    """Each class with a positive, in class order: its sorted places and the key run each belongs to.
+
+    Only runs of tied scores holding a positive matter (each positive is credited with the precision at
+    its run's end), so every place is counted at the first key run at or after it."""
+    n, c = scores.shape
+    sorted_scores, order = torch.sort(scores.double().t().contiguous(), dim=1, descending=True)
+    sorted_labels = labels.t().contiguous().gather(1, order)
+    for k in range(c):
+        s, lab, idx = sorted_scores[k].numpy(), sorted_labels[k].numpy(), order[k].numpy()
+        new_run = np.ones(n, dtype=bool)
+        new_run[1:] = s[1:] != s[:-1]
+        run_id = np.cumsum(new_run) - 1  # run of each sorted place
+        key_runs = np.unique(run_id[lab == 1])  # runs holding a positive, in score order
+        if key_runs.size:
+            yield KeyRunPlaces(k, idx, lab, np.searchsorted(key_runs, run_id), int(key_runs.size))
+
+
+@dataclass
+class RunCounts:
+    """Weighted counts per key run (rows, every class's runs in order) and resample (columns).
+
+    Integer-valued float32 sums (exact below 2**24); :meth:`WeightedAP.ap_from` consumes them in place."""
+
+    positives: torch.Tensor  # (runs, B) float64: the run's positives
+    cum_positives: torch.Tensor  # (runs, B) float32: the class's positives so far, this run included
+    cum_known: torch.Tensor  # (runs, B) float32: the class's known images (positive or negative) so far
+
+
 class WeightedAP:
     """Per-class AP of fixed ``scores`` under image multiplicities ``w``, sorted once."""
 
     def __init__(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
+        self._check(scores, labels)
+        rows: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+
+        def known(places: KeyRunPlaces, keep: np.ndarray, first: int) -> None:
+            rows.append(first + places.key_run[keep])
+            cols.append(places.images[keep])
+
+        runs = self._index_key_runs(scores, labels, known)
+        self.labelled = _csr(_cat(rows), _cat(cols), runs, self.num_images)  # (runs, N)
+
+    def _check(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
         if scores.shape != labels.shape or scores.dim() != 2:
             raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(labels.shape)} must both be (N, C)")
         if not torch.isfinite(scores).all():
             raise ValueError("scores contain NaN or inf")
+        self.num_images, self.num_classes = scores.shape
+
+    def _index_key_runs(
+        self,
+        scores: torch.Tensor,
+        labels: torch.Tensor,
+        known: Callable[[KeyRunPlaces, np.ndarray, int], Any],
+    ) -> int:
+        """Set the positives' matrix and the per-class bookkeeping; ``known(places, keep, first)`` is told
+        of each class's known places up to its last key run (``first``: the class's first global key run)."""
         n, c = scores.shape
-        self.num_images, self.num_classes = n, c
-        sorted_scores, order = torch.sort(scores.double().t().contiguous(), dim=1, descending=True)
-        sorted_labels = labels.t().contiguous().gather(1, order)
-        rows, cols, run_class, pos_rows, pos_cols = [], [], [], [], []
+        run_class, pos_rows, pos_cols = [], [], []
         runs = 0
-        for k in range(c):
-            s, lab, idx = sorted_scores[k].numpy(), sorted_labels[k].numpy(), order[k].numpy()
-            new_run = np.ones(n, dtype=bool)
-            new_run[1:] = s[1:] != s[:-1]
-            run_id = np.cumsum(new_run) - 1  # run of each sorted place
-            key_runs = np.unique(run_id[lab == 1])  # runs holding a positive, in score order
-            if key_runs.size == 0:
-                continue
-            # each place's group: the first key run at or after its run (places after the last are dropped)
-            group = np.searchsorted(key_runs, run_id)
-            keep = (group < key_runs.size) & (lab != -1)
-            rows.append(idx[keep])
-            cols.append(group[keep] + runs)
-            pos = keep & (lab == 1)
-            pos_rows.append(idx[pos])
-            pos_cols.append(group[pos] + runs)
-            run_class.append(np.full(key_runs.size, k))
-            runs += key_runs.size
+        for places in key_run_places(scores, labels):
+            keep = (places.key_run < places.count) & (places.labels != -1)
+            known(places, keep, runs)
+            pos = keep & (places.labels == 1)
+            pos_rows.append(places.key_run[pos] + runs)
+            pos_cols.append(places.images[pos])
+            run_class.append(np.full(places.count, places.k))
+            runs += places.count
         self.num_runs = runs
-        cat = (lambda parts, dt: np.concatenate(parts).astype(dt)) if runs else (lambda parts, dt: np.zeros(0, dt))
-        self.run_class = torch.from_numpy(cat(run_class, np.int64))
-        self.labelled = _csr(cat(cols, np.int64), cat(rows, np.int64), runs, n)  # (runs, N)
-        self.positive = _csr(cat(pos_cols, np.int64), cat(pos_rows, np.int64), runs, n)
+        self.run_class = torch.from_numpy(_cat(run_class))
+        self.positive = _csr(_cat(pos_rows), _cat(pos_cols), runs, n)
         counts = torch.bincount(self.run_class, minlength=c).tolist() if runs else [0] * c
         ends = np.cumsum(counts).tolist()
         self.class_bounds = [(e - k, e) for e, k in zip(ends, counts, strict=True) if k]
         self.last_run = torch.tensor([e - 1 for e, k in zip(ends, counts, strict=True) if k], dtype=torch.int64)
         self.last_run_class = torch.tensor([i for i, k in enumerate(counts) if k], dtype=torch.int64)
+        return runs
 
-    def __call__(self, weights: torch.Tensor) -> torch.Tensor:
-        """AP ``(B, C)`` (float64, NaN for a class with no positive of weight > 0) for weights ``(B, N)``."""
-        b = weights.shape[0]
-        ap = torch.full((b, self.num_classes), float("nan"), dtype=torch.float64)
-        if self.num_runs == 0:
-            return ap
+    def counts(self, weights: torch.Tensor) -> RunCounts:
+        """Every key run's weighted counts for weights ``(B, N)``."""
         wt = weights.t().to(torch.float32).contiguous()  # integer sums < 2**24 are exact in float32
         tp = self.positive @ wt  # (runs, B): runs-major, so the per-class steps move whole rows
-        cum_total = _segment_cumsum(self.labelled @ wt, self.class_bounds)
-        tp64 = tp.double()
-        cum_tp = _segment_cumsum(tp, self.class_bounds)  # in place: tp64 keeps the per-run counts
-        credit = tp64.mul_(cum_tp).div_(cum_total.clamp_min_(1.0))  # float64 only for the division
+        cum_known = _segment_cumsum(self.known_counts(wt), self.class_bounds)
+        positives = tp.double()
+        return RunCounts(positives, _segment_cumsum(tp, self.class_bounds), cum_known)  # in place: tp is spent
+
+    def known_counts(self, wt: torch.Tensor) -> torch.Tensor:
+        """``(runs, B)`` known images counted at each key run (not yet accumulated)."""
+        return self.labelled @ wt
+
+    def ap_from(self, counts: RunCounts) -> torch.Tensor:
+        """AP ``(B, C)`` (float64, NaN for a class with no positive of weight > 0); modifies ``counts``."""
+        b = counts.positives.shape[1]
+        ap = torch.full((self.num_classes, b), float("nan"), dtype=torch.float64)
+        cum_tp = counts.cum_positives
+        credit = counts.positives.mul_(cum_tp).div_(counts.cum_known.clamp_min_(1.0))  # float64 only for the division
         num = torch.zeros(self.num_classes, b, dtype=torch.float64).index_add_(0, self.run_class, credit)
         den = torch.zeros(self.num_classes, b, dtype=torch.float64)
         den[self.last_run_class] = cum_tp[self.last_run].double()  # a class's positives: its last cumulative count
-        return torch.where(den > 0, num / den.clamp_min(1e-300), ap.t()).t()
+        return torch.where(den > 0, num / den.clamp_min(1e-300), ap).t()
+
+    def __call__(self, weights: torch.Tensor) -> torch.Tensor:
+        """AP ``(B, C)`` (float64, NaN for a class with no positive of weight > 0) for weights ``(B, N)``."""
+        if self.num_runs == 0:
+            return torch.full((weights.shape[0], self.num_classes), float("nan"), dtype=torch.float64)
+        return self.ap_from(self.counts(weights))
 
     def mean(self, weights: torch.Tensor) -> torch.Tensor:
         """mAP in percent ``(B,)`` over the classes with a positive in each resample."""
@@ -110,6 +171,26 @@ class WeightedTop1:
         return (w @ self.correct) / w.sum(dim=1).clamp_min(1.0) * 100.0
 
 
+class WeightedClassTop1:
+    """Per-class top-1 accuracy (recall) of fixed ``scores`` under image multiplicities ``w``."""
+
+    def __init__(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
+        n, c = labels.shape
+        self.num_classes = c
+        target = labels.argmax(dim=1).numpy()
+        right = scores.argmax(dim=1).numpy() == target
+        images = np.arange(n)
+        self.labelled = _csr(target, images, c, n)  # (C, N): an image under its class
+        self.correct = _csr(target[right], images[right], c, n)
+
+    def __call__(self, weights: torch.Tensor) -> torch.Tensor:
+        """``(B, C)`` float64 accuracy in [0, 1], NaN for a class without an image of weight > 0."""
+        wt = weights.t().to(torch.float32).contiguous()
+        total = (self.labelled @ wt).double()
+        hit = (self.correct @ wt).double()
+        return torch.where(total > 0, hit / total.clamp_min(1.0), torch.full_like(total, float("nan"))).t()
+
+
 def weighted_metric(scores: torch.Tensor, labels: torch.Tensor, single_label: bool) -> WeightedAP | WeightedTop1:
     """The primary metric (top-1 for single-label, mAP for multi-label) as a function of weights."""
     return WeightedTop1(scores, labels) if single_label else WeightedAP(scores, labels)
@@ -125,6 +206,18 @@ def _csr(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int) -> to
             .coalesce()
             .to_sparse_csr()
         )
+
+
+def nanmean_quiet(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean over ``dim`` of the defined values (NaN where none is), without nanmean's all-NaN warning."""
+    defined = ~torch.isnan(x)
+    total = torch.where(defined, x, torch.zeros_like(x)).sum(dim=dim)
+    count = defined.sum(dim=dim)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 def _segment_cumsum(x: torch.Tensor, bounds: list[tuple[int, int]]) -> torch.Tensor:

@@ -12,23 +12,22 @@ by clutter, from the loader's boxes (docs/method.md §11).
   several (:data:`INSTANCE_BINS`), all negatives kept.
 
 Every split is variant minus baseline in percent points, with the paired-bootstrap 95 % interval
-from the sweep's own resamples (:func:`csra_posthoc.evaluation.bootstrap.resample_weights`, same
-seed: the same multiplicities as the sweep's intervals, drawn once for every split, row and class).
-Held-out rows average their parts as :mod:`csra_posthoc.evaluation.per_class` does.
+from the sweep's own resamples: :func:`csra_posthoc.evaluation.resampling.resampled_deltas` computes
+them in the sweep's bootstrap, from the same weighted counts as its intervals. Held-out rows average
+their parts as :mod:`csra_posthoc.evaluation.per_class` does.
 
-The AP of every split under a resample comes from one sorted order per class and sparse products
-(:class:`SplitAP`): the negatives are counted once per (key run, image group) and shared by the
-size and instance bins, each split's positives once per (key run, bin), all splits' entries in one
-product. A held-out part is built on its own images only (the other half weighs 0 in every
-resample), and a few resamples share a product (:data:`SPLIT_CHUNK_CELLS`). Cost at COCO size:
-benchmarks/size_splits.py (issue #23 asks for at most half the sweep's time; see benchmarks/RESULTS.md).
+Every split's AP under a resample comes from the sweep's sorted orders and counts (:class:`SplitAP`):
+the known images are counted per (key run, image group) in the product the plain AP needs anyway,
+and each split's positives are gathered, accumulated per (class, bin) and credited with the
+precision at their run. Cost at COCO size: benchmarks/size_splits.py (issue #23 asks for at most
+half the sweep's time; see benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,8 @@ import torch
 
 from ..errors import CSRAError
 from ..text import safe
-from .bootstrap import Part, _csr, _segment_cumsum, check_resamples, resample_weights
+from .bootstrap import KeyRunPlaces, RunCounts, WeightedAP, _cat, _csr, _segment_cumsum, nanmean_quiet
+from .results import SplitResult, Splits
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -48,9 +48,6 @@ SIZE_BINS = ("small", "medium", "large")
 LABEL_GROUPS = ("1", "2", "3+")
 INSTANCE_BINS = ("1 instance", "2+ instances")
 ROW_NAMES = ("best", "fixed", "held_out", "test_pool")
-# resamples per chunk * SplitAP rows (key runs * image groups): a few resamples per product at COCO size,
-# 1.5x faster per resample than one at a time (benchmarks/size_splits.py)
-SPLIT_CHUNK_CELLS = 6_000_000
 
 DEFINITION_SIZE = (
     "size of a positive (image, class) pair: area of its largest box of the class / image area; bins: tertiles of those "
@@ -61,17 +58,6 @@ DEFINITION_CLUTTER = (
     "labels: mAP over the images with 1, 2 or 3+ positive classes; instances: per class, AP on the positives with 1 box "
     "(or 2+ boxes) of the class and all the class's negatives; mean over classes with such a positive"
 )
-
-
-@dataclass(frozen=True)
-class Splits:
-    """Per (image, class) bin indices (-1: in no bin) and per-image groups of one evaluated set."""
-
-    size_bin: np.ndarray  # (N, C) int: index into SIZE_BINS for positives with a box, else -1
-    instance_bin: np.ndarray  # (N, C) int: index into INSTANCE_BINS for positives with a box, else -1
-    label_group: np.ndarray  # (N,) int: index into LABEL_GROUPS, -1 for an image without a positive
-    edges: tuple[float, float]  # relative-area tertiles
-    without_box: int  # positive pairs without a box (in no size or instance bin)
 
 
 def relative_areas(
@@ -117,17 +103,43 @@ def assign_splits(
     return Splits(size_bin, instance_bin, label_group.astype(np.int64), (e1, e2), without)
 
 
-class SplitAP:
-    """Per-class AP of fixed ``scores`` on every split at once, under image multiplicities ``w``.
+def _group_sum(x: torch.Tensor) -> torch.Tensor:
+    """``(G, runs, B)`` -> ``(runs, B)``: the plain counts (exact: integer values in float32)."""
+    total = x[0].clone()
+    for block in x[1:]:
+        total.add_(block)
+    return total
 
-    As :class:`~csra_posthoc.evaluation.bootstrap.WeightedAP`: scores sorted once per class, runs of
-    tied scores holding a positive are the key runs, each known image is counted at the first key
-    run at or after its place, each positive is credited with the precision at its run's end.
-    Known images are counted per (key run, image group); a split's positives per *entry*, a
-    (key run, bin) pair holding one of its positives (about one per positive), so every split costs
-    about one pass over the positives. Precision at an entry: the bin's positives so far over those
-    plus ALL negatives so far (size and instance bins), or over the group's known images so far
-    (label-count groups, whose bins are the images' groups)."""
+
+# rows * resamples of a block of SplitAP's split rows: float64 temporaries of 2 MB stay in cache
+SPLIT_BLOCK_CELLS = 1 << 18
+
+
+@dataclass(frozen=True)
+class _Block:
+    """Consecutive (class, bin) segments of :class:`SplitAP`'s rows, evaluated together."""
+
+    images: torch.Tensor  # each row's image
+    seen: torch.Tensor  # each row's index into the grouped counts (group rows) or the key runs (bin rows)
+    groups: bool  # label-count group rows (else size / instance bin rows)
+    segments: list[tuple[int, int]]  # each segment's rows, block-local
+    tied: tuple[torch.Tensor, torch.Tensor] | None  # rows credited at a later row's count, and that row
+    first: int  # the block's segments: first, stop
+    stop: int
+    last: torch.Tensor  # each segment's last row, block-local
+
+
+class SplitAP(WeightedAP):
+    """:class:`~csra_posthoc.evaluation.bootstrap.WeightedAP` whose counts give every split's AP as well.
+
+    The known images are counted per (key run, image group) instead of per key run: one product with the
+    same entries, whose sum over the groups is the plain count, so the plain AP (bit for bit
+    ``WeightedAP``'s) and the label-count groups' come from one product. A split's positives are rows
+    sorted by (split, class, bin, key run): their weights are gathered, accumulated within each
+    (class, bin), and each is credited with the precision at its run's end, where the images seen so
+    far are the group's known images (label-count groups) or the bin's positives plus ALL the class's
+    negatives (size and instance bins: the negatives so far are the plain counts' known minus positives).
+    """
 
     def __init__(
         self,
@@ -137,242 +149,202 @@ class SplitAP:
         num_groups: int,
         partitions: Mapping[str, tuple[np.ndarray, int]],
     ) -> None:
-        n, c = scores.shape
-        self.num_images, self.num_classes, self.num_groups = n, c, num_groups
-        sorted_scores, order = torch.sort(scores.double().t().contiguous(), dim=1, descending=True)
-        lab_t = labels.t().contiguous().gather(1, order).numpy()
-        order_np, s_np = order.numpy(), sorted_scores.numpy()
-        g = np.where(groups < 0, num_groups, groups).astype(
-            np.int64
-        )  # images with no positive: a group of their own (negatives only)
-        ga = self.groups_all = num_groups + 1
-        group_bins = np.where(
-            labels.numpy() == 1, np.where(groups < 0, -1, groups)[:, None], -1
-        )  # the "groups" split: a positive's bin is its image's group
+        self._check(scores, labels)
+        n, c = self.num_images, self.num_classes
+        self.num_groups = num_groups
+        ga = self.groups_all = num_groups + 1  # images with no positive: a group of their own (negatives only)
+        g = np.where(groups < 0, num_groups, groups).astype(np.int64)
+        lab = labels.numpy()
+        group_bins = np.where(lab == 1, np.where(groups < 0, -1, groups)[:, None], -1)  # a positive's image group
         parts = {"groups": (group_bins, num_groups), **partitions}
-        rows, cols, prow, pcol, run_class, run_first = [], [], [], [], [], []
-        entries: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
-            name: [] for name in parts
-        }  # (image, run, bin) of positives
-        runs = 0
-        for k in range(c):
-            s, lab, idx = s_np[k], lab_t[k], order_np[k]
-            new_run = np.ones(n, dtype=bool)
-            new_run[1:] = s[1:] != s[:-1]
-            run_id = np.cumsum(new_run) - 1
-            key_runs = np.unique(run_id[lab == 1])
-            if key_runs.size == 0:
-                continue
-            at = np.searchsorted(key_runs, run_id) + runs  # global key run of each place
-            keep = (at < runs + key_runs.size) & (lab != -1)
-            rows.append(idx[keep])
-            cols.append(at[keep] * ga + g[idx[keep]])
-            pos = keep & (lab == 1)
-            prow.append(idx[pos])
-            pcol.append(at[pos])
-            for name, (bins, _) in parts.items():
-                b = bins[idx, k]
-                inb = pos & (b >= 0)
-                entries[name].append((idx[inb], at[inb], b[inb]))
-            run_class.append(np.full(key_runs.size, k))
-            run_first.append(np.array([runs, runs + key_runs.size]))
-            runs += key_runs.size
-        self.num_runs = runs
+        rows: list[np.ndarray] = []
+        row_group: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+        members: list[list[np.ndarray]] = [[], [], [], []]  # image, key run, segment, of every split's positives
 
-        def cat(items: list[np.ndarray]) -> np.ndarray:
-            return np.concatenate(items).astype(np.int64) if items else np.zeros(0, np.int64)
-
-        self.labelled = _csr(cat(cols), cat(rows), runs * ga, n)  # (runs * groups, N)
-        self.positive = _csr(cat(pcol), cat(prow), runs, n)
-        self.class_bounds = [(int(a), int(b)) for a, b in run_first]  # each class's key runs
-        self.run_class = cat(run_class)
-        self.parts: dict[str, dict[str, Any]] = {}
+        offsets, total = {}, 0
         for name, (_, nb) in parts.items():
-            image = cat([e[0] for e in entries[name]])
-            run = cat([e[1] for e in entries[name]])
-            bin_ = cat([e[2] for e in entries[name]])
-            seg = self.run_class[run] * nb + bin_ if run.size else run  # (class, bin) of each positive
-            keys, entry = (  # one int64 key per (class, bin, run): a 1-D unique, not a slower column-wise one
-                np.unique(seg * max(runs, 1) + run, return_inverse=True) if run.size else (run, run)
-            )
-            entry = np.asarray(entry).reshape(-1)  # entries sorted by (class, bin, run): segments are contiguous
-            e_seg, e_run = keys // max(runs, 1), keys % max(runs, 1)
-            starts = np.flatnonzero(np.r_[True, e_seg[1:] != e_seg[:-1]]) if e_seg.size else np.zeros(0, np.int64)
-            ends = np.r_[starts[1:], e_seg.size] if e_seg.size else starts
-            self.parts[name] = {
-                "bins": nb,
-                "entry_rows": entry,
-                "images": image,
-                "run": torch.from_numpy(e_run.astype(np.int64)),
-                "bin": torch.from_numpy((e_seg % nb).astype(np.int64))
-                if e_seg.size
-                else torch.zeros(0, dtype=torch.int64),
-                "bounds": [(int(a), int(b)) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)],
-                "starts": torch.from_numpy(starts.astype(np.int64)),
-                "entry_segment": torch.from_numpy(np.cumsum(np.r_[True, e_seg[1:] != e_seg[:-1]]) - 1)
-                if e_seg.size
-                else torch.zeros(0, dtype=torch.int64),  # each entry's (class, bin) segment
-                "ends": torch.from_numpy(ends.astype(np.int64)),
-                "segments": torch.from_numpy(e_seg[starts].astype(np.int64))
-                if e_seg.size
-                else torch.zeros(0, dtype=torch.int64),
-            }
-        # every split's entries in one product, "groups" first: (entries, N), each entry's positives
-        names = list(self.parts)
-        first = np.cumsum([0] + [int(self.parts[k]["run"].numel()) for k in names])
-        seg_first = np.cumsum([0] + [int(self.parts[k]["starts"].numel()) for k in names])
-        self.num_entries, self.num_segments = int(first[-1]), int(seg_first[-1])
-        self.entries = _csr(
-            cat([self.parts[k].pop("entry_rows") + first[i] for i, k in enumerate(names)]),
-            cat([self.parts[k].pop("images") for k in names]),
-            self.num_entries,
-            n,
-        )
-        self.bounds = [
-            (a + int(first[i]), z + int(first[i])) for i, k in enumerate(names) for a, z in self.parts[k]["bounds"]
-        ]
-        self.entry_segment = torch.cat(
-            [self.parts[k]["entry_segment"] + int(seg_first[i]) for i, k in enumerate(names)]
-        )
-        self.seg_last = torch.cat([self.parts[k]["ends"] - 1 + int(first[i]) for i, k in enumerate(names)])
-        for j, key in enumerate(names):
-            self.parts[key]["segment_slice"] = (int(seg_first[j]), int(seg_first[j + 1]))
-        self.group_count = int(first[1])
-        self.group_index = self.parts["groups"]["run"] * ga + self.parts["groups"]["bin"]  # into (runs * groups, B)
-        self.other_run = torch.cat([self.parts[k]["run"] for k in names[1:]] + [torch.zeros(0, dtype=torch.int64)])
+            offsets[name], total = total, total + c * nb  # segments: (split, class, bin)
 
-    def __call__(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"groups": (B, G, C), name: (B, bins, C)}`` float64 AP, NaN where a split has no positive of weight > 0."""
+        def known(places: KeyRunPlaces, keep: np.ndarray, first: int) -> None:
+            at, image = first + places.key_run[keep], places.images[keep]
+            rows.append(at)
+            row_group.append(g[image])
+            cols.append(image)
+            pos = places.labels[keep] == 1
+            for name, (bins, nb) in parts.items():
+                b = bins[image[pos], places.k]
+                inb = b >= 0
+                members[0].append(image[pos][inb])
+                members[1].append(at[pos][inb])
+                members[2].append(offsets[name] + places.k * nb + b[inb])
+
+        runs = self._index_key_runs(scores, labels, known)
+        # (groups * runs, N): group by group, so each group's counts are one (runs, B) block
+        self.labelled = _csr(_cat(row_group) * runs + _cat(rows), _cat(cols), ga * runs, n)
+        image, run, segment = (_cat(m) for m in members[:3])
+        order = np.argsort(segment, kind="stable")  # within a (class, bin): key runs in score order
+        image, run, segment = image[order], run[order], segment[order]
+        self.num_rows = int(segment.size)
+        self.group_rows = int(np.searchsorted(segment, offsets["groups"] + c * num_groups))  # groups come first
+        present, first_row = np.unique(segment, return_index=True)
+        self._row_image = torch.from_numpy(image)
+        self._segment_first = first_row.astype(np.int64)
+        self._segment_end = np.r_[first_row[1:], segment.size].astype(np.int64)
+        group_cell = (segment - offsets["groups"]) % num_groups
+        self._seen_index = torch.from_numpy(
+            np.where(np.arange(segment.size) < self.group_rows, group_cell * runs + run, run)
+        )  # group rows: (group, key run) in the grouped counts; bin rows: the key run
+        tied = np.r_[(segment[1:] == segment[:-1]) & (run[1:] == run[:-1]), False]  # next row: same run, same bin
+        block = np.cumsum(np.r_[True, ~tied[:-1]]) - 1 if segment.size else segment
+        run_end = np.flatnonzero(~tied)[block] if segment.size else segment  # the last row of each row's tied run
+        self._tied = np.flatnonzero(run_end != np.arange(segment.size))  # rows credited at a later row's count
+        self._tied_to = run_end[self._tied]
+        self._blocks: dict[int, list[_Block]] = {}
+        self.parts: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}  # name -> (bins, present index, flat cell)
+        for name, (_, nb) in parts.items():
+            sel = (present >= offsets[name]) & (present < offsets[name] + c * nb)
+            local = present[sel] - offsets[name]  # class * nb + bin
+            self.parts[name] = (nb, np.flatnonzero(sel), (local % nb) * c + local // nb)  # cell in (bins, C)
+
+    def known_counts(self, wt: torch.Tensor) -> torch.Tensor:
+        return _group_sum((self.labelled @ wt).reshape(self.groups_all, self.num_runs, -1))
+
+    def evaluate(self, weights: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The plain AP ``(B, C)`` (as ``WeightedAP``) and ``{"groups": (B, G, C), name: (B, bins, C)}``,
+        float64, NaN where a class (a split's bin) has no positive of weight > 0."""
         b = weights.shape[0]
+        if self.num_runs == 0:
+            return torch.full((b, self.num_classes), float("nan"), dtype=torch.float64), self._shape(None, b)
         wt = weights.t().to(torch.float32).contiguous()
-        runs, ga = self.num_runs, self.groups_all
-        ap_all = None
-        if runs and self.num_entries:  # float32 counts: integer sums within a class stay below N (exact below 2**24)
-            cum_group = _segment_cumsum(
-                (self.labelled @ wt).reshape(runs, ga, b), self.class_bounds
-            )  # known images so far, per group
-            cum_pos = _segment_cumsum(self.positive @ wt, self.class_bounds)
-            cum_neg = cum_group.sum(dim=1).sub_(cum_pos)  # (runs, B): negatives so far, every group
-            tp = self.entries @ wt  # (entries, B): every split's entries at once
-            cum_tp = _segment_cumsum(tp.clone(), self.bounds)  # the bin's positives so far, within its (class, bin)
-            g = self.group_count
-            seen = torch.empty_like(tp)
-            seen[:g] = cum_group.reshape(runs * ga, b)[self.group_index]  # the image group's known images so far
-            seen[g:] = cum_neg[self.other_run].add_(cum_tp[g:])  # the bin's positives and all negatives so far
-            credit = tp.double().mul_(cum_tp).div_(seen.clamp_min_(1.0))
-            num = torch.zeros(self.num_segments, b, dtype=torch.float64).index_add_(0, self.entry_segment, credit)
-            den = cum_tp[self.seg_last].double()  # per (class, bin): its positives
-            ap_all = torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan")))
-        out: dict[str, torch.Tensor] = {}
-        for name, part in self.parts.items():
-            nb = part["bins"]
-            ap = torch.full((self.num_classes * nb, b), float("nan"), dtype=torch.float64)
-            if ap_all is not None and part["run"].numel():
-                s0, s1 = part["segment_slice"]
-                ap[part["segments"]] = ap_all[s0:s1]
-            out[name] = ap.reshape(self.num_classes, nb, b).permute(2, 1, 0)
+        tp = self.positive @ wt
+        cum_group = (self.labelled @ wt).reshape(self.groups_all, self.num_runs, b)
+        for start, end in self.class_bounds:
+            cum_group[:, start:end].cumsum_(dim=1)  # each group's known images so far, within the class
+        counts = RunCounts(tp.double(), _segment_cumsum(tp, self.class_bounds), _group_sum(cum_group))
+        cum_neg = counts.cum_known - counts.cum_positives  # before ap_from spends the counts
+        splits = self._split_ap(wt, cum_group.reshape(-1, b), cum_neg)
+        return self.ap_from(counts), splits
+
+    def split_ap(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.evaluate(weights)[1]
+
+    def _split_ap(self, wt: torch.Tensor, cum_group: torch.Tensor, cum_neg: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every split's AP from the plain counts, in blocks of whole (class, bin) segments whose
+        temporaries stay small (big fresh buffers cost more in page faults than in arithmetic)."""
+        b = wt.shape[1]
+        if self.num_rows == 0:
+            return self._shape(None, b)
+        w64 = wt.double()
+        segments = self._segment_first.size
+        num = torch.empty(segments, b, dtype=torch.float64)
+        den = torch.empty(segments, b, dtype=torch.float64)
+        for blk in self._blocks_for(max(1, SPLIT_BLOCK_CELLS // b)):
+            tp = w64.index_select(0, blk.images)  # (rows, B): each positive's weight
+            cum = tp.clone()
+            for start, end in blk.segments:
+                cum[start:end].cumsum_(dim=0)  # the bin's positives so far (exact: integer values)
+            if blk.tied is not None:
+                cum[blk.tied[0]] = cum[blk.tied[1]]  # tied positives: the count at their run's end
+            if blk.groups:
+                seen = cum_group.index_select(0, blk.seen).double()  # the group's known images so far
+            else:
+                seen = cum_neg.index_select(0, blk.seen).double().add_(cum)  # the bin's positives, all negatives
+            credit = tp.mul_(cum).div_(seen.clamp_min_(1.0)).cumsum_(dim=0)  # a segment's: the difference at its ends
+            ends = credit.index_select(0, blk.last)
+            num[blk.first : blk.stop] = ends
+            num[blk.first + 1 : blk.stop] -= ends[:-1]
+            den[blk.first : blk.stop] = cum.index_select(0, blk.last)  # a (class, bin)'s positives
+        return self._shape(torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan"))), b)
+
+    def _blocks_for(self, rows: int) -> list[_Block]:
+        """Consecutive segments packed into blocks of at most ``rows`` rows (a longer segment alone),
+        never mixing group rows and bin rows; built once per size."""
+        if rows in self._blocks:
+            return self._blocks[rows]
+        first, end, out = self._segment_first, self._segment_end, []
+        s0 = 0
+        while s0 < first.size:
+            a = int(first[s0])
+            s1 = max(s0 + 1, int(np.searchsorted(end, a + rows, side="right")))
+            if a < self.group_rows:
+                s1 = min(s1, int(np.searchsorted(first, self.group_rows)))
+            z = int(end[s1 - 1])
+            in_block = (self._tied >= a) & (self._tied < z)
+            tied = (
+                (torch.from_numpy(self._tied[in_block] - a), torch.from_numpy(self._tied_to[in_block] - a))
+                if in_block.any()
+                else None
+            )
+            out.append(
+                _Block(
+                    images=self._row_image[a:z],
+                    seen=self._seen_index[a:z],
+                    groups=a < self.group_rows,
+                    segments=[(int(x) - a, int(y) - a) for x, y in zip(first[s0:s1], end[s0:s1], strict=True)],
+                    tied=tied,
+                    first=s0,
+                    stop=s1,
+                    last=torch.from_numpy(end[s0:s1] - 1 - a),
+                )
+            )
+            s0 = s1
+        self._blocks[rows] = out
         return out
 
-
-@dataclass
-class SplitResult:
-    """Per row: split name -> bin -> (mean Δ, low, high) and per-class Δ; plus the counts."""
-
-    splits: Splits
-    classes: list[str]
-    mean: dict[str, dict[str, dict[str, tuple[float, float, float]]]]  # row -> split -> bin -> (delta, low, high)
-    per_class: dict[str, dict[str, np.ndarray]]  # row -> bin of the size split -> (C,) Δ
-    counts: dict[str, dict[str, int]]  # split -> bin -> positives (size, instances) or images (labels)
+    def _shape(self, ap_present: torch.Tensor | None, b: int) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for name, (nb, index, cell) in self.parts.items():
+            ap = torch.full((nb * self.num_classes, b), float("nan"), dtype=torch.float64)
+            if ap_present is not None and index.size:
+                ap[torch.from_numpy(cell)] = ap_present[torch.from_numpy(index)]
+            out[name] = ap.reshape(nb, self.num_classes, b).permute(2, 0, 1)
+        return out
 
 
 SPLIT_BINS = {"size": SIZE_BINS, "labels": LABEL_GROUPS, "instances": INSTANCE_BINS}
 
 
-def split_deltas(
-    baseline: torch.Tensor,
-    variants: Mapping[str, torch.Tensor | Sequence[Part]],
-    labels: torch.Tensor,
-    classes: Sequence[str],
+def split_means(
+    pairs: Sequence[tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]],
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One row's Δ from its parts' ``(variant, baseline)`` split APs (:meth:`SplitAP.evaluate`, same weights):
+    per split the mean over classes ``(B, bins)`` averaged over the parts (NaN if a part has none), and
+    the size split's per-class Δ ``(B, bins, C)`` (the mean of the parts' defined values, as per-class Δ)."""
+    per_split: dict[str, list[torch.Tensor]] = {split: [] for split in SPLIT_BINS}
+    cls_parts = []
+    for ap, ref in pairs:
+        for split, field in (("size", "size"), ("labels", "groups"), ("instances", "instances")):
+            per_split[split].append(nanmean_quiet((ap[field] - ref[field]) * 100.0, dim=2))  # (B, bins)
+        cls_parts.append((ap["size"] - ref["size"]) * 100.0)
+    means = {split: torch.stack(v).mean(dim=0) for split, v in per_split.items()}
+    return means, cls_parts[0] if len(cls_parts) == 1 else nanmean_quiet(torch.stack(cls_parts), dim=0)
+
+
+def split_result(
     splits: Splits,
-    *,
-    n: int | None = 1000,
-    seed: int = 0,
-    progress: Callable[[int], None] | None = None,
+    classes: Sequence[str],
+    point: Mapping[str, tuple[Mapping[str, torch.Tensor], torch.Tensor]],
+    draws: Mapping[str, Mapping[str, Sequence[torch.Tensor]]] | None,
 ) -> SplitResult:
-    """Δ (variant minus baseline, percent points) of every split for every named variant, with the
-    95 % interval of the paired bootstrap (``n`` resamples of ``seed``: the sweep's own; None: point
-    estimates only, intervals NaN). Variants as :func:`csra_posthoc.evaluation.bootstrap.bootstrap_deltas`."""
-    resamples = None if n is None else check_resamples(n)
-    partitions = {"size": (splits.size_bin, len(SIZE_BINS)), "instances": (splits.instance_bin, len(INSTANCE_BINS))}
-    parts = {name: [(None, v)] if isinstance(v, torch.Tensor) else list(v) for name, v in variants.items()}
-    lab = labels.to(torch.int8)
-    num_images = baseline.shape[0]
-
-    def restrict(mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The images a part is evaluated on and their mask values: an image of mask 0 weighs 0 in
-        every resample, so leaving it out of the sorted orders changes no AP and halves a held-out part's work."""
-        if mask is None:
-            return None
-        keep = torch.as_tensor(mask).reshape(-1).nonzero().reshape(-1)
-        return keep, torch.as_tensor(mask).reshape(-1)[keep].to(torch.float32)
-
-    def make(scores: torch.Tensor, keep: torch.Tensor | None) -> SplitAP:
-        if keep is None:
-            return SplitAP(scores, lab, splits.label_group, len(LABEL_GROUPS), partitions)
-        k = keep.numpy()
-        sub = {name: (bins[k], nb) for name, (bins, nb) in partitions.items()}
-        return SplitAP(scores[keep], lab[keep], splits.label_group[k], len(LABEL_GROUPS), sub)
-
-    kept = {id(mask): restrict(mask) for ps in parts.values() for mask, _ in ps}
-    images = {key: None if k is None else k[0] for key, k in kept.items()}
-    base = {key: make(baseline, keep) for key, keep in images.items()}
-    metrics = {name: [(id(mask), make(s, images[id(mask)])) for mask, s in p] for name, p in parts.items()}
-    cells = max([m.num_runs * m.groups_all for m in [*base.values(), *(m for ps in metrics.values() for _, m in ps)]])
-    cells = max(cells, num_images, 1)
-
-    def deltas(w: torch.Tensor) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-        weighted = {key: w if k is None else w[:, k[0]] * k[1] for key, k in kept.items()}
-        base_ap = {key: base[key](ww) for key, ww in weighted.items()}
-        means: dict[str, dict[str, torch.Tensor]] = {}
-        size_cls: dict[str, torch.Tensor] = {}
-        for name, ps in metrics.items():
-            per_split: dict[str, list[torch.Tensor]] = {"size": [], "labels": [], "instances": []}
-            cls_parts = []
-            for key, m in ps:
-                ap, ref = m(weighted[key]), base_ap[key]
-                for split, field in (("size", "size"), ("labels", "groups"), ("instances", "instances")):
-                    d = (ap[field] - ref[field]) * 100.0  # (B, bins, C)
-                    per_split[split].append(_nanmean(d, dim=2))
-                cls_parts.append((ap["size"] - ref["size"]) * 100.0)
-            means[name] = {split: torch.stack(v).mean(dim=0) for split, v in per_split.items()}  # (B, bins)
-            size_cls[name] = cls_parts[0] if len(cls_parts) == 1 else _nanmean(torch.stack(cls_parts), dim=0)
-        return means, size_cls
-
-    point_mean, point_cls = deltas(torch.ones(1, num_images))
-    draws: dict[str, dict[str, list[torch.Tensor]]] = {name: {s: [] for s in SPLIT_BINS} for name in metrics}
-    if resamples is not None:
-        chunk = max(1, min(resamples, SPLIT_CHUNK_CELLS // cells))
-        for w in resample_weights(num_images, resamples, seed, chunk):  # chunking does not change the draws
-            means, _ = deltas(w)
-            for name in metrics:
-                for split in SPLIT_BINS:
-                    draws[name][split].append(means[name][split])
-            if progress is not None:
-                progress(w.shape[0])
+    """The :class:`SplitResult` from each row's point estimate (:func:`split_means` at unit weights) and,
+    with a bootstrap, its resamples' means per split (the 95 % interval: their 2.5 / 97.5 percentiles)."""
     mean: dict[str, dict[str, dict[str, tuple[float, float, float]]]] = {}
-    for name in metrics:
+    for name, (point_mean, _) in point.items():
         mean[name] = {}
         for split, bins in SPLIT_BINS.items():
-            point = point_mean[name][split][0].tolist()
-            if resamples is None:
+            value = point_mean[split][0].tolist()
+            if draws is None:
                 lows = highs = [math.nan] * len(bins)
             else:
-                matrix = torch.cat(draws[name][split]).numpy()
+                matrix = torch.cat(list(draws[name][split])).numpy()
                 with warnings.catch_warnings():  # a bin without a positive in some resample
                     warnings.simplefilter("ignore", RuntimeWarning)
                     lows, highs = (v.tolist() for v in np.nanpercentile(matrix, [2.5, 97.5], axis=0))
-            mean[name][split] = {bin_: (point[j], lows[j], highs[j]) for j, bin_ in enumerate(bins)}
-    per_class = {name: {bin_: point_cls[name][0, j].numpy() for j, bin_ in enumerate(SIZE_BINS)} for name in metrics}
+            mean[name][split] = {bin_: (value[j], lows[j], highs[j]) for j, bin_ in enumerate(bins)}
+    per_class = {
+        name: {bin_: cls[0, j].numpy() for j, bin_ in enumerate(SIZE_BINS)} for name, (_, cls) in point.items()
+    }
     counts = {
         "size": {bin_: int((splits.size_bin == j).sum()) for j, bin_ in enumerate(SIZE_BINS)},
         "instances": {bin_: int((splits.instance_bin == j).sum()) for j, bin_ in enumerate(INSTANCE_BINS)},
@@ -381,11 +353,10 @@ def split_deltas(
     return SplitResult(splits, list(classes), mean, per_class, counts)
 
 
-def _nanmean(x: torch.Tensor, dim: int) -> torch.Tensor:
-    defined = ~torch.isnan(x)
-    total = torch.where(defined, x, torch.zeros_like(x)).sum(dim=dim)
-    count = defined.sum(dim=dim)
-    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+def split_ap(scores: torch.Tensor, labels: torch.Tensor, splits: Splits) -> SplitAP:
+    """The :class:`SplitAP` of ``scores`` over ``splits``' bins and label-count groups."""
+    partitions = {"size": (splits.size_bin, len(SIZE_BINS)), "instances": (splits.instance_bin, len(INSTANCE_BINS))}
+    return SplitAP(scores, labels, splits.label_group, len(LABEL_GROUPS), partitions)
 
 
 def _num(x: float) -> float | None:
@@ -475,30 +446,26 @@ def print_split_table(console: Console, found: SplitResult) -> None:
     )
 
 
-def report_splits(
-    console: Console,
-    stats: Any,
-    images: LabelledImages,
-    variants: Mapping[str, torch.Tensor | Sequence[Part]],
-    data_json: dict[str, Any],
-    *,
-    n: int | None,
-    seed: int,
-    progress: Callable[[int], None] | None = None,
-) -> SplitResult | None:
-    """The size / clutter table and ``data_json["by_object_size"]`` / ``["by_label_count"]`` for a
-    multi-label sweep whose images have boxes (VOC layouts, the demo's mosaics, COCO); nothing otherwise."""
+def splits_for(stats: Any, images: LabelledImages) -> tuple[Splits | None, str | None]:
+    """The size / clutter splits of a multi-label sweep whose images have boxes (VOC layouts, the
+    demo's mosaics, COCO), or None and, where boxes exist but give no split, why (a note for the report)."""
     if images.object_boxes is None or images.image_sizes is None or stats.info.task == "single_label":
-        return None
+        return None, None
     if list(stats.ids) != list(images.ids):
         raise CSRAError("statistics and images disagree on the image ids", param="images")
     try:
-        splits = assign_splits(stats.labels, images.object_boxes, images.image_sizes)
+        return assign_splits(stats.labels, images.object_boxes, images.image_sizes), None
     except CSRAError as exc:
-        console.print(f"[yellow]note:[/] no size / clutter split: {safe(exc)}", soft_wrap=True)
-        return None
-    found = split_deltas(stats.avg, variants, stats.labels, stats.classes, splits, n=n, seed=seed, progress=progress)
+        return None, f"no size / clutter split: {exc}"
+
+
+def report_splits(console: Console, found: SplitResult | None, note: str | None, data_json: dict[str, Any]) -> None:
+    """The size / clutter table and ``data_json["by_object_size"]`` / ``["by_label_count"]`` (nothing
+    without splits; the ``note`` saying why, where there is one)."""
+    if note is not None:
+        console.print(f"[yellow]note:[/] {safe(note)}", soft_wrap=True)
+    if found is None:
+        return
     data_json["by_object_size"] = size_json(found)
     data_json["by_label_count"] = label_count_json(found)
     print_split_table(console, found)
-    return found

@@ -92,6 +92,8 @@ class SweepResult:
     thresholds: dict[str, dict[str, Any]] | None = (
         None  # per-class F1 thresholds by row (csra_posthoc.evaluation.calibration; multi-label only)
     )
+    size_splits: SplitResult | None = None  # Δ by object size and clutter (csra_posthoc.evaluation.object_size)
+    size_split_note: str | None = None  # why images with boxes gave no split
 
 
 @dataclass
@@ -221,3 +223,26 @@ def ranked(deltas: ClassDeltas) -> list[int]:
     """Class indices by delta, largest gain first; classes without a delta last."""
     d = deltas.delta
     return sorted(range(len(d)), key=lambda k: (math.isnan(d[k]), -d[k] if not math.isnan(d[k]) else 0.0, k))
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The object-size and clutter splits of one evaluated set (csra_posthoc.evaluation.object_size):
+    per (image, class) bin indices (-1: in no bin) and per-image groups of one evaluated set."""
+
+    size_bin: np.ndarray  # (N, C) int: index into SIZE_BINS for positives with a box, else -1
+    instance_bin: np.ndarray  # (N, C) int: index into INSTANCE_BINS for positives with a box, else -1
+    label_group: np.ndarray  # (N,) int: index into LABEL_GROUPS, -1 for an image without a positive
+    edges: tuple[float, float]  # relative-area tertiles
+    without_box: int  # positive pairs without a box (in no size or instance bin)
+
+
+@dataclass
+class SplitResult:
+    """Per row: split name -> bin -> (mean Δ, low, high) and per-class Δ; plus the counts."""
+
+    splits: Splits
+    classes: list[str]
+    mean: dict[str, dict[str, dict[str, tuple[float, float, float]]]]  # row -> split -> bin -> (delta, low, high)
+    per_class: dict[str, dict[str, np.ndarray]]  # row -> bin of the size split -> (C,) Δ
+    counts: dict[str, dict[str, int]]  # split -> bin -> positives (size, instances) or images (labels)

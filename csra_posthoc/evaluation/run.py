@@ -54,9 +54,9 @@ from ..report.tables import print_table, report_console, results_dict, save_scor
 from ..text import safe
 from ..version import __version__
 from .calibration import sweep_thresholds
-from .grid import grid_rows, paper_fixed_lam, row_scores, sweep
+from .grid import grid_rows, paper_fixed_lam, sweep
 from .localisation import statistics_pointing_game, summary_line
-from .object_size import report_splits
+from .object_size import report_splits, splits_for
 from .per_class import plot_per_class, print_per_class_table
 from .results import SweepResult
 from .uncertainty import assess, max_band
@@ -306,28 +306,6 @@ def report_localisation(
         console.print(f"{safe(summary_line(section))}; arg-max of s_k, the same for every λ", soft_wrap=True)
 
 
-def report_size_splits(
-    console: Console,
-    result: SweepResult,
-    stats: ClassStatistics,
-    images: LabelledImages,
-    grid: SweepOptions,
-    data_json: dict[str, Any],
-    bar: Any,
-) -> None:
-    """Δ by object size and by clutter (``data_json["by_object_size"]`` / ``["by_label_count"]``), automatic
-    when a multi-label dataset has boxes; intervals from the sweep's resamples (docs/method.md §11)."""
-    if images.object_boxes is None or stats.info.task == "single_label":
-        return
-    variants: dict[str, Any] = {"best": row_scores(stats, result.best), "fixed": row_scores(stats, result.fixed)}
-    if result.held_out is not None:
-        variants["held_out"] = result.held_out.parts
-    if result.test_pool is not None and stats.test_pool is not None:
-        variants["test_pool"] = stats.test_pool
-    with bar("size / clutter splits", grid.bootstrap or 1, "resample") as advance:
-        report_splits(console, stats, images, variants, data_json, n=grid.bootstrap, seed=grid.seed, progress=advance)
-
-
 def sweep_config(
     source: ModelSource, dataset: str, data_dir: str | Path, parts: dict[str, Any], dataset_label: str | None
 ) -> dict[str, Any]:
@@ -466,9 +444,11 @@ def extract_sweep_statistics(
 
 
 def sweep_grid(
-    stats: ClassStatistics, select_stats: ClassStatistics | None, grid: SweepOptions, console: Console, quiet: bool
-) -> SweepResult:
-    """The lam grid over the statistics, then the honesty checks (held-out lam, bootstrap; docs/uncertainty.md)
+    stats: ClassStatistics, select_stats: ClassStatistics | None, grid: SweepOptions, console: Console, quiet: bool,
+    images: LabelledImages | None = None,
+) -> SweepResult:  # fmt: skip
+    """The lam grid over the statistics, then the honesty checks (held-out lam, bootstrap; docs/uncertainty.md),
+    with ``images`` that have boxes the size / clutter splits from the same resamples (docs/method.md §11),
     and the per-class F1 thresholds (multi-label; docs/method.md)."""
     fixed_lam = paper_fixed_lam(stats.info.model) if grid.fixed_lam is None else grid.fixed_lam
     bar = console_bar(output_console(console, quiet))
@@ -482,7 +462,8 @@ def sweep_grid(
             heads=grid.heads,
             progress=advance,
         )
-    assess(result, stats, grid, select_stats, bar=bar)
+    splits, result.size_split_note = splits_for(stats, images) if images is not None else (None, None)
+    assess(result, stats, grid, select_stats, bar=bar, splits=splits)
     result.thresholds = sweep_thresholds(result, stats, grid.seed)
     return result
 
@@ -502,7 +483,7 @@ def report_sweep(
     data_json = results_dict(result, stats, outputs.extra)
     report_localisation(console, stats, sweep_data.images, data_json)
     bar = console_bar(output_console(console, opts.quiet))
-    report_size_splits(console, result, stats, sweep_data.images, grid, data_json, bar)
+    report_splits(console, result.size_splits, result.size_split_note, data_json)
     data_json["head_file"] = (
         str(Path(save_head).resolve()) if save_head is not None else None
     )  # found by apply --from-results
@@ -582,5 +563,5 @@ def run_sweep(
         stats, select_stats = extract_sweep_statistics(source, sweep_data, probe, opts, memo_key, console)
     if stats is None:  # another rank than 0: rank 0 reads the cache, or has this rank's shard now
         return {}
-    result = sweep_grid(stats, select_stats, grid, console, opts.quiet)
+    result = sweep_grid(stats, select_stats, grid, console, opts.quiet, sweep_data.images)
     return report_sweep(result, stats, sweep_data, grid, probe, outputs, analysis, opts, console)

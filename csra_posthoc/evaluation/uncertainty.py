@@ -15,8 +15,8 @@ from ..options import SweepOptions
 from ..progress import ProgressBar, no_bar
 from .bootstrap import lam_band
 from .grid import grid_rows, row_scores
-from .per_class import bootstrap_with_classes
-from .results import Interval, SweepResult
+from .resampling import resampled_deltas
+from .results import Interval, Splits, SweepResult
 from .selection import select_half, select_on_split
 
 
@@ -26,12 +26,14 @@ def assess(
     grid: SweepOptions,
     select_stats: ClassStatistics | None = None,
     bar: ProgressBar = no_bar,
+    splits: Splits | None = None,
 ) -> SweepResult:
     """Fill ``result.held_out`` (``grid.select_on``: ``half``, or the split ``select_stats`` was
     extracted from) and ``result.bootstrap`` (``grid.bootstrap`` resamples, seeded by ``grid.seed``).
     The held-out choice uses the sweep's own grid, so it picks among the same settings. Halves too
     small to score leave no held-out row and a note (``result.uncertainty_notes``) instead of an error.
-    ``bar``: how each stage shows its progress (:func:`csra_posthoc.progress.console_bar`)."""
+    ``bar``: how each stage shows its progress (:func:`csra_posthoc.progress.console_bar`). ``splits``
+    (multi-label): also ``result.size_splits``, Δ by object size and clutter from the same resamples."""
     single = result.primary == "top1"
     kwargs = {"single_label": single, "lams": grid.lams, "temps": grid.temps, "heads": grid.heads}
     rows = grid_rows(grid.lams, grid.temps, grid.heads)
@@ -46,26 +48,32 @@ def assess(
             raise ValueError(f"select_on {grid.select_on}: the statistics of that split are needed")
         with bar(f"held-out λ: choose on {grid.select_on}", rows, "row") as advance:
             result.held_out = select_on_split(select_stats, stats, grid.select_on, progress=advance, **kwargs)  # type: ignore[arg-type]
+    if grid.bootstrap is None and splits is None:
+        return result
+    variants = {"best": row_scores(stats, result.best), "fixed": row_scores(stats, result.fixed)}
+    if result.held_out is not None:
+        variants["held_out"] = result.held_out.parts  # type: ignore[assignment]
+    if (
+        result.test_pool is not None and stats.test_pool is not None
+    ):  # timm's test-time pooling row (extraction.test_pool)
+        variants["test_pool"] = stats.test_pool
+    what = "bootstrap intervals" + (" and size / clutter splits" if splits is not None else "")
+    with bar(what, grid.bootstrap or 1, "resample") as advance:
+        # one resampling for the mAP / top-1 intervals, every class's and every split's (evaluation.resampling)
+        found = resampled_deltas(
+            stats.avg,
+            variants,
+            stats.labels,
+            stats.classes,
+            single_label=single,
+            n=grid.bootstrap,
+            seed=grid.seed,
+            splits=splits,
+            progress=advance,
+        )
+    result.size_splits = found.splits
     if grid.bootstrap is not None:
-        variants = {"best": row_scores(stats, result.best), "fixed": row_scores(stats, result.fixed)}
-        if result.held_out is not None:
-            variants["held_out"] = result.held_out.parts  # type: ignore[assignment]
-        if (
-            result.test_pool is not None and stats.test_pool is not None
-        ):  # timm's test-time pooling row (extraction.test_pool)
-            variants["test_pool"] = stats.test_pool
-        with bar("bootstrap intervals", grid.bootstrap, "resample") as advance:
-            # one resampling for the mAP / top-1 intervals and every class's (csra_posthoc.evaluation.per_class)
-            result.bootstrap, result.per_class_delta = bootstrap_with_classes(
-                stats.avg,
-                variants,
-                stats.labels,
-                stats.classes,
-                single_label=single,
-                n=grid.bootstrap,
-                seed=grid.seed,
-                progress=advance,
-            )
+        result.bootstrap, result.per_class_delta = found.intervals, found.per_class
         result.bootstrap_n, result.bootstrap_seed = grid.bootstrap, grid.seed
     return result
 

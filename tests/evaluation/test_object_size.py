@@ -21,8 +21,8 @@ from csra_posthoc.evaluation.object_size import (
     SIZE_BINS,
     SplitAP,
     assign_splits,
-    split_deltas,
 )
+from csra_posthoc.evaluation.resampling import split_deltas
 from csra_posthoc.metrics import average_precision
 from tests.helpers import random_split_problem
 
@@ -75,7 +75,7 @@ def test_split_ap_is_the_plain_ap_of_the_relabelled_resampled_matrix(seed: int) 
     n = labels.shape[0]
     ap = SplitAP(scores, labels, group, 3, {"size": (size, 3), "instances": (inst, 2)})
     weights = torch.from_numpy(np.random.default_rng(seed).integers(0, 3, (3, n))).float()
-    found = ap(weights)
+    found = ap.split_ap(weights)
     for b in range(weights.shape[0]):
         rows = torch.repeat_interleave(torch.arange(n), weights[b].long())  # the resample as a matrix
 
@@ -93,7 +93,7 @@ def test_split_ap_is_the_plain_ap_of_the_relabelled_resampled_matrix(seed: int) 
 
 def test_point_deltas_are_mean_class_deltas_of_plain_ap() -> None:
     scores, labels, size, inst, group = random_split_problem(3, n=80)
-    from csra_posthoc.evaluation.object_size import Splits
+    from csra_posthoc.evaluation.results import Splits
 
     splits = Splits(size, inst, group, (0.1, 0.2), 0)
     variant = scores + 0.3 * torch.randn(scores.shape, generator=torch.Generator().manual_seed(9))

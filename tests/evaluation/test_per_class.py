@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from csra_posthoc.cli.app import app
 from csra_posthoc.evaluation.bootstrap import bootstrap_deltas
-from csra_posthoc.evaluation.per_class import bootstrap_with_classes, print_per_class_table
+from csra_posthoc.evaluation.per_class import print_per_class_table
+from csra_posthoc.evaluation.resampling import bootstrap_with_classes
 from csra_posthoc.evaluation.results import ClassDeltas
 from csra_posthoc.report.plots import plot_class_deltas
 from tests.helpers import one_line_error, sweep_argv
