@@ -16,10 +16,9 @@ from the sweep's own resamples: :func:`csra_posthoc.evaluation.resampling.resamp
 them in the sweep's bootstrap, from the same weighted counts as its intervals. Held-out rows average
 their parts as :mod:`csra_posthoc.evaluation.per_class` does.
 
-Every split's AP under a resample comes from the sweep's sorted orders and counts (:class:`SplitAP`):
-the known images are counted per (key run, image group) in the product the plain AP needs anyway,
-and each split's positives are gathered, accumulated per (class, bin) and credited with the
-precision at their run. Cost at COCO size: benchmarks/size_splits.py (issue #23 asks for at most
+Every split's AP under a resample comes from the sweep's sorted orders and counts
+(:class:`~csra_posthoc.evaluation.split_ap.SplitAP`): each split's positives are gathered,
+accumulated per (class, bin) and credited with the precision at their run. Cost at COCO size: benchmarks/size_splits.py (issue #23 asks for at most
 half the sweep's time; see benchmarks/RESULTS.md).
 """
 
@@ -27,8 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,8 +34,9 @@ import torch
 
 from ..errors import CSRAError
 from ..text import safe
-from .bootstrap import KeyRunPlaces, RunCounts, WeightedAP, _cat, _csr, _segment_cumsum, nanmean_quiet
+from .bootstrap import nanmean_quiet
 from .results import SplitResult, Splits
+from .split_ap import SplitAP
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -103,205 +102,6 @@ def assign_splits(
     return Splits(size_bin, instance_bin, label_group.astype(np.int64), (e1, e2), without)
 
 
-def _group_sum(x: torch.Tensor) -> torch.Tensor:
-    """``(G, runs, B)`` -> ``(runs, B)``: the plain counts (exact: integer values in float32)."""
-    total = x[0].clone()
-    for block in x[1:]:
-        total.add_(block)
-    return total
-
-
-# rows * resamples of a block of SplitAP's split rows: float64 temporaries of 2 MB stay in cache
-SPLIT_BLOCK_CELLS = 1 << 18
-
-
-@dataclass(frozen=True)
-class _Block:
-    """Consecutive (class, bin) segments of :class:`SplitAP`'s rows, evaluated together."""
-
-    images: torch.Tensor  # each row's image
-    seen: torch.Tensor  # each row's index into the grouped counts (group rows) or the key runs (bin rows)
-    groups: bool  # label-count group rows (else size / instance bin rows)
-    segments: list[tuple[int, int]]  # each segment's rows, block-local
-    tied: tuple[torch.Tensor, torch.Tensor] | None  # rows credited at a later row's count, and that row
-    first: int  # the block's segments: first, stop
-    stop: int
-    last: torch.Tensor  # each segment's last row, block-local
-
-
-class SplitAP(WeightedAP):
-    """:class:`~csra_posthoc.evaluation.bootstrap.WeightedAP` whose counts give every split's AP as well.
-
-    The known images are counted per (key run, image group) instead of per key run: one product with the
-    same entries, whose sum over the groups is the plain count, so the plain AP (bit for bit
-    ``WeightedAP``'s) and the label-count groups' come from one product. A split's positives are rows
-    sorted by (split, class, bin, key run): their weights are gathered, accumulated within each
-    (class, bin), and each is credited with the precision at its run's end, where the images seen so
-    far are the group's known images (label-count groups) or the bin's positives plus ALL the class's
-    negatives (size and instance bins: the negatives so far are the plain counts' known minus positives).
-    """
-
-    def __init__(
-        self,
-        scores: torch.Tensor,
-        labels: torch.Tensor,
-        groups: np.ndarray,
-        num_groups: int,
-        partitions: Mapping[str, tuple[np.ndarray, int]],
-    ) -> None:
-        self._check(scores, labels)
-        n, c = self.num_images, self.num_classes
-        self.num_groups = num_groups
-        ga = self.groups_all = num_groups + 1  # images with no positive: a group of their own (negatives only)
-        g = np.where(groups < 0, num_groups, groups).astype(np.int64)
-        lab = labels.numpy()
-        group_bins = np.where(lab == 1, np.where(groups < 0, -1, groups)[:, None], -1)  # a positive's image group
-        parts = {"groups": (group_bins, num_groups), **partitions}
-        rows: list[np.ndarray] = []
-        row_group: list[np.ndarray] = []
-        cols: list[np.ndarray] = []
-        members: list[list[np.ndarray]] = [[], [], [], []]  # image, key run, segment, of every split's positives
-
-        offsets, total = {}, 0
-        for name, (_, nb) in parts.items():
-            offsets[name], total = total, total + c * nb  # segments: (split, class, bin)
-
-        def known(places: KeyRunPlaces, keep: np.ndarray, first: int) -> None:
-            at, image = first + places.key_run[keep], places.images[keep]
-            rows.append(at)
-            row_group.append(g[image])
-            cols.append(image)
-            pos = places.labels[keep] == 1
-            for name, (bins, nb) in parts.items():
-                b = bins[image[pos], places.k]
-                inb = b >= 0
-                members[0].append(image[pos][inb])
-                members[1].append(at[pos][inb])
-                members[2].append(offsets[name] + places.k * nb + b[inb])
-
-        runs = self._index_key_runs(scores, labels, known)
-        # (groups * runs, N): group by group, so each group's counts are one (runs, B) block
-        self.labelled = _csr(_cat(row_group) * runs + _cat(rows), _cat(cols), ga * runs, n)
-        image, run, segment = (_cat(m) for m in members[:3])
-        order = np.argsort(segment, kind="stable")  # within a (class, bin): key runs in score order
-        image, run, segment = image[order], run[order], segment[order]
-        self.num_rows = int(segment.size)
-        self.group_rows = int(np.searchsorted(segment, offsets["groups"] + c * num_groups))  # groups come first
-        present, first_row = np.unique(segment, return_index=True)
-        self._row_image = torch.from_numpy(image)
-        self._segment_first = first_row.astype(np.int64)
-        self._segment_end = np.r_[first_row[1:], segment.size].astype(np.int64)
-        group_cell = (segment - offsets["groups"]) % num_groups
-        self._seen_index = torch.from_numpy(
-            np.where(np.arange(segment.size) < self.group_rows, group_cell * runs + run, run)
-        )  # group rows: (group, key run) in the grouped counts; bin rows: the key run
-        tied = np.r_[(segment[1:] == segment[:-1]) & (run[1:] == run[:-1]), False]  # next row: same run, same bin
-        block = np.cumsum(np.r_[True, ~tied[:-1]]) - 1 if segment.size else segment
-        run_end = np.flatnonzero(~tied)[block] if segment.size else segment  # the last row of each row's tied run
-        self._tied = np.flatnonzero(run_end != np.arange(segment.size))  # rows credited at a later row's count
-        self._tied_to = run_end[self._tied]
-        self._blocks: dict[int, list[_Block]] = {}
-        self.parts: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}  # name -> (bins, present index, flat cell)
-        for name, (_, nb) in parts.items():
-            sel = (present >= offsets[name]) & (present < offsets[name] + c * nb)
-            local = present[sel] - offsets[name]  # class * nb + bin
-            self.parts[name] = (nb, np.flatnonzero(sel), (local % nb) * c + local // nb)  # cell in (bins, C)
-
-    def known_counts(self, wt: torch.Tensor) -> torch.Tensor:
-        return _group_sum((self.labelled @ wt).reshape(self.groups_all, self.num_runs, -1))
-
-    def evaluate(self, weights: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The plain AP ``(B, C)`` (as ``WeightedAP``) and ``{"groups": (B, G, C), name: (B, bins, C)}``,
-        float64, NaN where a class (a split's bin) has no positive of weight > 0."""
-        b = weights.shape[0]
-        if self.num_runs == 0:
-            return torch.full((b, self.num_classes), float("nan"), dtype=torch.float64), self._shape(None, b)
-        wt = weights.t().to(torch.float32).contiguous()
-        tp = self.positive @ wt
-        cum_group = (self.labelled @ wt).reshape(self.groups_all, self.num_runs, b)
-        for start, end in self.class_bounds:
-            cum_group[:, start:end].cumsum_(dim=1)  # each group's known images so far, within the class
-        counts = RunCounts(tp.double(), _segment_cumsum(tp, self.class_bounds), _group_sum(cum_group))
-        cum_neg = counts.cum_known - counts.cum_positives  # before ap_from spends the counts
-        splits = self._split_ap(wt, cum_group.reshape(-1, b), cum_neg)
-        return self.ap_from(counts), splits
-
-    def split_ap(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.evaluate(weights)[1]
-
-    def _split_ap(self, wt: torch.Tensor, cum_group: torch.Tensor, cum_neg: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every split's AP from the plain counts, in blocks of whole (class, bin) segments whose
-        temporaries stay small (big fresh buffers cost more in page faults than in arithmetic)."""
-        b = wt.shape[1]
-        if self.num_rows == 0:
-            return self._shape(None, b)
-        w64 = wt.double()
-        segments = self._segment_first.size
-        num = torch.empty(segments, b, dtype=torch.float64)
-        den = torch.empty(segments, b, dtype=torch.float64)
-        for blk in self._blocks_for(max(1, SPLIT_BLOCK_CELLS // b)):
-            tp = w64.index_select(0, blk.images)  # (rows, B): each positive's weight
-            cum = tp.clone()
-            for start, end in blk.segments:
-                cum[start:end].cumsum_(dim=0)  # the bin's positives so far (exact: integer values)
-            if blk.tied is not None:
-                cum[blk.tied[0]] = cum[blk.tied[1]]  # tied positives: the count at their run's end
-            if blk.groups:
-                seen = cum_group.index_select(0, blk.seen).double()  # the group's known images so far
-            else:
-                seen = cum_neg.index_select(0, blk.seen).double().add_(cum)  # the bin's positives, all negatives
-            credit = tp.mul_(cum).div_(seen.clamp_min_(1.0)).cumsum_(dim=0)  # a segment's: the difference at its ends
-            ends = credit.index_select(0, blk.last)
-            num[blk.first : blk.stop] = ends
-            num[blk.first + 1 : blk.stop] -= ends[:-1]
-            den[blk.first : blk.stop] = cum.index_select(0, blk.last)  # a (class, bin)'s positives
-        return self._shape(torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan"))), b)
-
-    def _blocks_for(self, rows: int) -> list[_Block]:
-        """Consecutive segments packed into blocks of at most ``rows`` rows (a longer segment alone),
-        never mixing group rows and bin rows; built once per size."""
-        if rows in self._blocks:
-            return self._blocks[rows]
-        first, end, out = self._segment_first, self._segment_end, []
-        s0 = 0
-        while s0 < first.size:
-            a = int(first[s0])
-            s1 = max(s0 + 1, int(np.searchsorted(end, a + rows, side="right")))
-            if a < self.group_rows:
-                s1 = min(s1, int(np.searchsorted(first, self.group_rows)))
-            z = int(end[s1 - 1])
-            in_block = (self._tied >= a) & (self._tied < z)
-            tied = (
-                (torch.from_numpy(self._tied[in_block] - a), torch.from_numpy(self._tied_to[in_block] - a))
-                if in_block.any()
-                else None
-            )
-            out.append(
-                _Block(
-                    images=self._row_image[a:z],
-                    seen=self._seen_index[a:z],
-                    groups=a < self.group_rows,
-                    segments=[(int(x) - a, int(y) - a) for x, y in zip(first[s0:s1], end[s0:s1], strict=True)],
-                    tied=tied,
-                    first=s0,
-                    stop=s1,
-                    last=torch.from_numpy(end[s0:s1] - 1 - a),
-                )
-            )
-            s0 = s1
-        self._blocks[rows] = out
-        return out
-
-    def _shape(self, ap_present: torch.Tensor | None, b: int) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for name, (nb, index, cell) in self.parts.items():
-            ap = torch.full((nb * self.num_classes, b), float("nan"), dtype=torch.float64)
-            if ap_present is not None and index.size:
-                ap[torch.from_numpy(cell)] = ap_present[torch.from_numpy(index)]
-            out[name] = ap.reshape(nb, self.num_classes, b).permute(2, 0, 1)
-        return out
-
-
 SPLIT_BINS = {"size": SIZE_BINS, "labels": LABEL_GROUPS, "instances": INSTANCE_BINS}
 
 
@@ -353,10 +153,16 @@ def split_result(
     return SplitResult(splits, list(classes), mean, per_class, counts)
 
 
-def split_ap(scores: torch.Tensor, labels: torch.Tensor, splits: Splits) -> SplitAP:
-    """The :class:`SplitAP` of ``scores`` over ``splits``' bins and label-count groups."""
+def split_ap(
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    splits: Splits,
+    masks: Mapping[Hashable, torch.Tensor | None] | None = None,
+) -> SplitAP:
+    """The :class:`~csra_posthoc.evaluation.split_ap.SplitAP` of ``scores`` over ``splits``' bins and
+    label-count groups, for weightings under ``masks`` (key -> image mask; None: all images)."""
     partitions = {"size": (splits.size_bin, len(SIZE_BINS)), "instances": (splits.instance_bin, len(INSTANCE_BINS))}
-    return SplitAP(scores, labels, splits.label_group, len(LABEL_GROUPS), partitions)
+    return SplitAP(scores, labels, splits.label_group, len(LABEL_GROUPS), partitions, masks)
 
 
 def _num(x: float) -> float | None:

@@ -75,20 +75,22 @@ def resampled_deltas(
         runs = 1
     else:
 
-        def make(scores: torch.Tensor) -> WeightedAP:
-            return split_ap(scores, labels, splits) if splits is not None else WeightedAP(scores, labels)
+        def make(scores: torch.Tensor, masks: Sequence[torch.Tensor | None]) -> WeightedAP:
+            if splits is None:
+                return WeightedAP(scores, labels)
+            return split_ap(scores, labels, splits, {id(mask): mask for mask in masks})  # a row set per mask
 
-        base_cls = base_mean = make(baseline)
-        metrics = {name: [(mask, m, m) for mask, s in p for m in [make(s)]] for name, p in parts.items()}
+        base_cls = base_mean = make(baseline, [mask for p in parts.values() for mask, _ in p])
+        metrics = {name: [(mask, m, m) for mask, s in p for m in [make(s, [mask])]] for name, p in parts.items()}
         runs = max([m.num_runs for ps in metrics.values() for _, m, _ in ps] + [base_mean.num_runs, 1])
     masks = {id(mask): mask for ps in metrics.values() for mask, _, _ in ps}
 
-    def evaluate(m: Any, w: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        return m.evaluate(w) if with_splits else (m(w), None)
+    def evaluate(m: Any, w: torch.Tensor, key: int) -> tuple[torch.Tensor, Any]:
+        return m.evaluate(w, key) if with_splits else (m(w), None)
 
     def deltas(w: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
         weighted = {key: w if mask is None else w * mask for key, mask in masks.items()}
-        base = {key: evaluate(base_cls, ww) for key, ww in weighted.items()}  # (B, C) and splits, once per mask
+        base = {key: evaluate(base_cls, ww, key) for key, ww in weighted.items()}  # (B, C) and splits, once per mask
         if single_label:
             base_m = {key: base_mean.mean(ww) for key, ww in weighted.items()}
         else:
@@ -98,7 +100,7 @@ def resampled_deltas(
             mean_parts, class_parts, split_pairs = [], [], []
             for mask, m_mean, m_cls in ps:
                 key = id(mask)
-                c, found = evaluate(m_cls, weighted[key])
+                c, found = evaluate(m_cls, weighted[key], key)
                 mean = m_mean.mean(weighted[key]) if single_label else torch.nanmean(c, dim=1) * 100.0
                 mean_parts.append(mean - base_m[key])
                 class_parts.append((c - base[key][0]) * 100.0)

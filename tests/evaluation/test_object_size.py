@@ -19,10 +19,10 @@ from csra_posthoc.evaluation.object_size import (
     INSTANCE_BINS,
     LABEL_GROUPS,
     SIZE_BINS,
-    SplitAP,
     assign_splits,
 )
 from csra_posthoc.evaluation.resampling import split_deltas
+from csra_posthoc.evaluation.split_ap import SplitAP
 from csra_posthoc.metrics import average_precision
 from tests.helpers import random_split_problem
 
