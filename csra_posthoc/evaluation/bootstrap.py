@@ -197,14 +197,25 @@ def weighted_metric(scores: torch.Tensor, labels: torch.Tensor, single_label: bo
 
 
 def _csr(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int) -> torch.Tensor:
-    values = torch.ones(len(rows), dtype=torch.float32)
-    index = torch.from_numpy(np.stack([rows, cols])) if len(rows) else torch.zeros(2, 0, dtype=torch.int64)
+    """A 0/1 sparse CSR matrix with a one at each ``(rows[i], cols[i])`` (a repeated pair counts twice in
+    a product). Built straight from the row counts: the entries are put in row order (a stable sort,
+    skipped when the rows already are, as the key runs' are) and the columns within a row are left
+    in their order, which no product depends on (its sums are of integers)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    if rows.size > 1 and bool((rows[1:] < rows[:-1]).any()):
+        order = np.argsort(rows, kind="stable")
+        rows, cols = rows[order], cols[order]
+    crow = np.zeros(num_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=num_rows), out=crow[1:])
     with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is stable
         warnings.simplefilter("ignore", UserWarning)
-        return (
-            torch.sparse_coo_tensor(index, values, (num_rows, num_cols), check_invariants=False)
-            .coalesce()
-            .to_sparse_csr()
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(crow),
+            torch.from_numpy(np.ascontiguousarray(cols)),
+            torch.ones(cols.size, dtype=torch.float32),
+            (num_rows, num_cols),
+            check_invariants=False,
         )
 
 

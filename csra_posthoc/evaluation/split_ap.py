@@ -12,9 +12,10 @@ run). Under weights ``w`` a row is credited, as in the plain AP, with the precis
   rows (each known image of the group counted at the first group row at or after its place).
 
 Rows whose image weighs 0 under a part's mask (the other half of a held-out row) change nothing,
-so each mask gets its own row set: a held-out half costs half. Rows are evaluated in blocks of
-whole segments whose temporaries stay in cache; counts are float32 (integers, exact below 2**24)
-and each credit float64.
+so each mask gets its own row set: a held-out half costs half. The rows are credited by one
+compiled pass (:func:`split_credits`, numba): no temporaries the size of the rows times the
+resamples, which cost more in memory traffic than the arithmetic. Counts are float32 (integers,
+exact below 2**24), credits and their sums float64.
 """
 
 from __future__ import annotations
@@ -22,53 +23,25 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 
 from .bootstrap import KeyRunPlaces, WeightedAP, _cat, _csr
 
-# rows * resamples per block of split rows: float32 / float64 temporaries of 1-2 MB stay in cache
-# (fresh buffers of tens of MB cost more in page faults than the arithmetic; benchmarks/size_splits.py)
-SPLIT_BLOCK_CELLS = 1 << 18
-
 
 @dataclass(frozen=True)
-class _Block:
-    """Consecutive segments of one row set, evaluated together (block-local row indices)."""
-
-    start: int  # the block's rows in the row set: start, end
-    end: int
-    images: torch.Tensor  # each row's image
-    runs: torch.Tensor | None  # each row's global key run (bin rows; None for group rows)
-    segments: list[tuple[int, int]]  # each segment's rows
-    tied: tuple[torch.Tensor, torch.Tensor] | None  # rows credited at a later row's counts, and that row
-    first: int  # the block's segments in the row set: first, stop
-    stop: int
-    last: torch.Tensor  # each segment's last row
-
-
-@dataclass
 class _RowSet:
     """The split rows of one mask, sorted by (segment, key run), and the group product."""
 
     image: np.ndarray  # (R,) each row's image
     run: np.ndarray  # (R,) its global key run
+    tie_end: np.ndarray  # (R,) the last row of its tied run (positives of one segment in one key run)
     first: np.ndarray  # (S,) each present segment's first row
     end: np.ndarray  # (S,) and its end
     segment_ids: np.ndarray  # (S,) each present segment's id (split offset + class * bins + bin)
     group_rows: int  # rows [0, group_rows) are label-count group rows
-    tied: np.ndarray  # rows credited at a later row's counts (tied positives of one segment)
-    tied_to: np.ndarray  # that row: the last of their run
     arrivals: torch.Tensor  # (group rows, N) sparse: known images of the group counted at each group row
-    _blocks: dict[int, list[_Block]]
-
-    def blocks(self, resamples: int) -> list[_Block]:
-        """Consecutive segments packed into blocks of about ``SPLIT_BLOCK_CELLS / resamples`` rows (a
-        longer segment alone), never mixing group rows and bin rows; built once per size."""
-        rows = max(1, SPLIT_BLOCK_CELLS // max(resamples, 1))
-        if rows not in self._blocks:
-            self._blocks[rows] = _pack(self, rows)
-        return self._blocks[rows]
 
 
 class SplitAP(WeightedAP):
@@ -160,18 +133,8 @@ class SplitAP(WeightedAP):
         tied = np.r_[(segment[1:] == segment[:-1]) & (run[1:] == run[:-1]), False]  # next row: same run and segment
         tie_block = np.cumsum(np.r_[True, ~tied[:-1]]) - 1 if segment.size else segment
         run_end = np.flatnonzero(~tied)[tie_block] if segment.size else segment  # each row's tied run's last row
-        tied_rows = np.flatnonzero(run_end != np.arange(segment.size))
         return _RowSet(
-            image,
-            run,
-            first_row.astype(np.int64),
-            end_row,
-            present,
-            group_rows,
-            tied_rows,
-            run_end[tied_rows],
-            arrivals,
-            {},
+            image, run, run_end.astype(np.int64), first_row.astype(np.int64), end_row, present, group_rows, arrivals
         )
 
     def evaluate(self, weights: torch.Tensor, mask: Hashable = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -192,37 +155,19 @@ class SplitAP(WeightedAP):
 
     def _split_ap(self, rows: _RowSet, wt: torch.Tensor, cum_neg: torch.Tensor) -> torch.Tensor | None:
         """``(segments, B)`` AP of the row set's present segments."""
-        b = wt.shape[1]
-        blocks = rows.blocks(b)
-        if not blocks:
+        if not rows.first.size:
             return None
-        exact = float(wt.max()) * self.num_images < 2**24  # every product of two counts is exact in float32
-        group_known = rows.arrivals @ wt if rows.group_rows else None  # (group rows, B)
-        num = torch.empty(rows.segment_ids.size, b, dtype=torch.float64)
-        den = torch.empty(rows.segment_ids.size, b, dtype=torch.float64)
-        for blk in blocks:
-            tp = wt.index_select(0, blk.images)  # (rows, B): each positive's weight
-            cum = torch.empty_like(tp)
-            for start, end in blk.segments:
-                torch.cumsum(tp[start:end], dim=0, out=cum[start:end])  # the bin's positives so far
-            if blk.runs is None:  # group rows: the group's known images so far
-                assert group_known is not None
-                seen = group_known[blk.start : blk.end]
-                for start, end in blk.segments:
-                    seen[start:end].cumsum_(dim=0)
-            if blk.tied is not None:  # tied positives: the counts at their run's end
-                cum[blk.tied[0]] = cum[blk.tied[1]]
-                if blk.runs is None:
-                    seen[blk.tied[0]] = seen[blk.tied[1]]
-            if blk.runs is not None:  # bin rows: the bin's positives and ALL negatives so far
-                seen = cum_neg.index_select(0, blk.runs).add_(cum)
-            credit = tp.mul_(cum).double() if exact else tp.double().mul_(cum.double())
-            credit.div_(seen.clamp_min_(1.0).double()).cumsum_(dim=0)  # a segment's sum: a difference at its ends
-            ends = credit.index_select(0, blk.last)
-            num[blk.first : blk.stop] = ends
-            num[blk.first + 1 : blk.stop] -= ends[:-1]
-            den[blk.first : blk.stop] = cum.index_select(0, blk.last)  # a segment's positives
-        return torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan")))
+        b = wt.shape[1]
+        group_known = (rows.arrivals @ wt).numpy() if rows.group_rows else np.zeros((0, b), np.float32)
+        num = np.empty((rows.first.size, b), np.float64)
+        den = np.empty((rows.first.size, b), np.float64)
+        split_credits(
+            rows.first, rows.end, rows.tie_end, rows.image, rows.run, rows.group_rows,
+            wt.numpy(), cum_neg.numpy(), group_known, num, den,
+        )  # fmt: skip
+        ap = np.full_like(num, np.nan)
+        np.divide(num, den, out=ap, where=den > 0)
+        return torch.from_numpy(ap)
 
     def _shape(self, rows: _RowSet | None, ap: torch.Tensor | None, b: int) -> dict[str, torch.Tensor]:
         """``(segments, B)`` -> ``{name: (B, bins, C)}``, NaN for the segments without a row."""
@@ -239,30 +184,50 @@ class SplitAP(WeightedAP):
         return out
 
 
-def _pack(rows: _RowSet, size: int) -> list[_Block]:
-    first, end, out = rows.first, rows.end, []
-    s0 = 0
-    while s0 < first.size:
-        a = int(first[s0])
-        s1 = max(s0 + 1, int(np.searchsorted(end, a + size, side="right")))
-        if a < rows.group_rows:
-            s1 = min(s1, int(np.searchsorted(first, rows.group_rows)))
-        z = int(end[s1 - 1])
-        inside = (rows.tied >= a) & (rows.tied < z)
-        out.append(
-            _Block(
-                start=a,
-                end=z,
-                images=torch.from_numpy(rows.image[a:z]),
-                runs=None if a < rows.group_rows else torch.from_numpy(rows.run[a:z]),
-                segments=[(int(x) - a, int(y) - a) for x, y in zip(first[s0:s1], end[s0:s1], strict=True)],
-                tied=(torch.from_numpy(rows.tied[inside] - a), torch.from_numpy(rows.tied_to[inside] - a))
-                if inside.any()
-                else None,
-                first=s0,
-                stop=s1,
-                last=torch.from_numpy(end[s0:s1] - 1 - a),
-            )
-        )
-        s0 = s1
-    return out
+@numba.njit(cache=True, nogil=True)
+def split_credits(
+    first: np.ndarray,
+    end: np.ndarray,
+    tie_end: np.ndarray,
+    image: np.ndarray,
+    run: np.ndarray,
+    group_rows: int,
+    weights: np.ndarray,
+    cum_neg: np.ndarray,
+    group_known: np.ndarray,
+    num: np.ndarray,
+    den: np.ndarray,
+) -> None:  # pragma: no cover - compiled; its numbers are tested against the plain AP
+    """Per segment and resample: ``num`` the sum of its positives' weight times the precision at
+    their run's end, ``den`` its positives' weight (AP = num / den). One pass over the rows, in
+    score order within each segment, the resamples side by side (independent, so they vectorise);
+    tied positives share the counts at their run's end."""
+    resamples = weights.shape[1]
+    positives = np.empty(resamples)  # the segment's positives so far
+    known = np.empty(resamples)  # group rows: the group's known images so far
+    total = np.empty(resamples)
+    tp = np.empty(resamples)
+    for s in range(first.size):
+        group = first[s] < group_rows
+        positives[:] = 0.0
+        known[:] = 0.0
+        total[:] = 0.0
+        r = first[s]
+        while r < end[s]:
+            last = tie_end[r]
+            tp[:] = 0.0
+            for j in range(r, last + 1):
+                i = image[j]
+                for b in range(resamples):
+                    tp[b] += weights[i, b]
+                if group:
+                    for b in range(resamples):
+                        known[b] += group_known[j, b]
+            k = run[r]
+            for b in range(resamples):
+                positives[b] += tp[b]
+                seen = known[b] if group else cum_neg[k, b] + positives[b]
+                total[b] += tp[b] * positives[b] / max(seen, 1.0)  # 0 where tp is 0
+            r = last + 1
+        num[s] = total
+        den[s] = positives
