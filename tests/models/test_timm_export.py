@@ -68,6 +68,28 @@ def swept(tmp_path_factory) -> dict[str, tuple[Path, Path, Path]]:
     return _Sweeps(tmp_path_factory.mktemp("timm_export"))
 
 
+class _Applied(dict):
+    """One ``apply --from-results`` (the fixed row) per (model, format), run when a test first asks for it:
+    the export check and the predict check read the same swin file instead of each applying it."""
+
+    def __init__(self, root: Path, swept: _Sweeps) -> None:
+        super().__init__()
+        self.root, self.swept = root, swept
+
+    def __missing__(self, key_fmt: tuple[str, str]) -> Path:
+        key, fmt = key_fmt
+        out = self.root / f"{key}.{fmt}"
+        res = runner.invoke(app, apply_argv(MODELS[key][0], self.swept[key][1], out, "--random-init"))
+        assert res.exit_code == 0, res.output
+        self[key_fmt] = out
+        return out
+
+
+@pytest.fixture(scope="module")
+def applied(tmp_path_factory, swept) -> dict[tuple[str, str], Path]:
+    return _Applied(tmp_path_factory.mktemp("timm_export_files"), swept)
+
+
 CASES = [  # the inner loop: one file of the NHWC model; CI (the full suite) runs every model in every format
     pytest.param(key, fmt, marks=() if (key, fmt) == ("swin", "safetensors") else pytest.mark.slow)
     for key in MODELS
@@ -76,14 +98,12 @@ CASES = [  # the inner loop: one file of the NHWC model; CI (the full suite) run
 
 
 @pytest.mark.parametrize("key,fmt", CASES)
-def test_exported_file_reproduces_the_sweep_row(swept, tmp_path: Path, key: str, fmt: str) -> None:
+def test_exported_file_reproduces_the_sweep_row(swept, applied, key: str, fmt: str) -> None:
     data, results, scores = swept[key]
     summary = json.loads(results.read_text())
     assert summary["baseline_source"] == "model_logits" and summary["identity_max_abs_diff"] < 1e-3
     arrays = np.load(scores, allow_pickle=False)
-    out = tmp_path / f"patched.{fmt}"
-    res = runner.invoke(app, apply_argv(MODELS[key][0], results, out, "--random-init"))
-    assert res.exit_code == 0, res.output
+    out = applied[key, fmt]
     config = exported_config(out)
     assert config.lam == summary["fixed"]["lam"] > 0
     images = load_dataset("voc2007", data)
@@ -94,16 +114,9 @@ def test_exported_file_reproduces_the_sweep_row(swept, tmp_path: Path, key: str,
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), (key, fmt)
 
 
-def test_predict_runs_on_the_patched_swin(swept, tmp_path: Path) -> None:
-    data, results, _ = swept["swin"]
-    out = tmp_path / "swin.safetensors"
-    assert (
-        runner.invoke(
-            app,
-            ["apply", "--model", MODELS["swin"][0], "--random-init", "--from-results", str(results), "--out", str(out)],
-        ).exit_code
-        == 0
-    )
+def test_predict_runs_on_the_patched_swin(swept, applied, tmp_path: Path) -> None:
+    data, _, _ = swept["swin"]
+    out = applied["swin", "safetensors"]  # the file the export check above compares with the sweep
     image = load_dataset("voc2007", data).paths[0]
     res = runner.invoke(app, ["predict", "--patched", str(out), str(image), "--json", str(tmp_path / "p.json")])
     assert res.exit_code == 0, res.output
