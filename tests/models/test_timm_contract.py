@@ -76,9 +76,14 @@ IDENTITY_CASES = [
     ("tresnet_m", dict(layers=[1, 1, 1, 1]), 64, "timm-cnn"),  # timm's 'fast' pool
     ("regnetz_b16", {}, 64, "timm-cnn"),
     ("repvit_m1", {}, 64, "timm-cnn"),  # BatchNorm1d -> Linear head and a distillation head
-    ("efficientformer_l1", {}, 224, "timm-tokens"),
+    ("efficientformer_l1", dict(depths=(1, 1, 1, 2), embed_dims=(16, 32, 64, 96)), 224, "timm-tokens"),
     ("pvt_v2_b0", {}, 64, "timm-cnn"),
-    ("twins_svt_small", {}, 64, "timm-tokens"),
+    (
+        "twins_svt_small",
+        dict(embed_dims=(16, 32, 64, 128), num_heads=(1, 2, 2, 4), depths=(1, 1, 1, 1)),
+        64,
+        "timm-tokens",
+    ),
     ("eva02_tiny_patch14_224", dict(img_size=56), 56, "timm-cnn"),  # avg pool -> LayerNorm -> linear
     ("beitv2_base_patch16_224", dict(img_size=64, embed_dim=64, depth=2, num_heads=2), 64, "timm-cnn"),
     ("maxvit_pico_rw_256", dict(img_size=128), 128, "timm-cnn"),

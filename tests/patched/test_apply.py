@@ -190,6 +190,7 @@ def test_unsupported_family_is_named(tmp_path: Path) -> None:
     one_line_error(res, "torchvision:vgg11", "no per-location form")
 
 
+@pytest.mark.slow  # duplicates tests/cli/test_trust_outputs.py::test_an_existing_output_is_replaced_by_apply_without_force (fast, 64 px)
 def test_existing_out_is_replaced_force_still_accepted(tmp_path: Path) -> None:
     """README: Outputs: every command replaces an existing output atomically; --force is no longer needed."""
     out = tmp_path / "p.safetensors"
