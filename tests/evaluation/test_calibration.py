@@ -200,7 +200,7 @@ def test_apply_copies_the_picked_rows_thresholds_into_the_config(tmp_path: Path,
     assert "fixed" in config.threshold_source and "\n" not in config.threshold_source
     assert load_patched(out).config.thresholds == pytest.approx(saved["thresholds"]["fixed"]["values"])
     plain = tmp_path / "q.safetensors"
-    res = runner.invoke(app, ["apply", *common[:3], "--num-classes", "3", "--lam", "0.2", "--out", str(plain)])
+    res = runner.invoke(app, ["apply", *common, "--num-classes", "3", "--lam", "0.2", "--out", str(plain)])
     assert res.exit_code == 0, res.output
     assert exported_config(plain).thresholds is None and exported_config(plain).threshold_source is None
 
