@@ -31,6 +31,7 @@ from .bootstrap import (
 )
 from .object_size import split_ap, split_means, split_result
 from .results import ClassDeltas, Interval, SplitResult, Splits
+from .split_ap import SPLIT_CHUNKS
 
 
 @dataclass
@@ -120,7 +121,10 @@ def resampled_deltas(
             {name: ClassDeltas(list(classes), point_cls[name][0].numpy(), nan.copy(), nan.copy()) for name in metrics},
             split_result(splits, classes, point_split, None) if splits is not None else None,
         )
-    chunk = max(1, min(resamples, CHUNK_CELLS // max(runs, num_images)))  # as bootstrap_deltas: the same draws
+    chunk = max(1, CHUNK_CELLS // max(runs, num_images))  # as bootstrap_deltas (the draws do not depend on it)
+    if with_splits:
+        chunk *= SPLIT_CHUNKS  # SplitAP takes the plain counts in the chunks above, its splits in one pass
+    chunk = min(resamples, chunk)
     draws_mean: dict[str, list[torch.Tensor]] = {name: [] for name in metrics}
     draws_cls: dict[str, list[torch.Tensor]] = {name: [] for name in metrics}
     draws_split: dict[str, dict[str, list[torch.Tensor]]] = {name: {} for name in metrics}

@@ -27,7 +27,11 @@ import numba
 import numpy as np
 import torch
 
-from .bootstrap import KeyRunPlaces, WeightedAP, _cat, _csr
+from .bootstrap import CHUNK_CELLS, KeyRunPlaces, WeightedAP, _cat, _csr
+
+# the sweep's chunks of resamples per compiled pass: each positive's two scattered reads (its image's
+# weights, its run's negatives) then serve 4x the resamples (the splits cost 0.4x less at COCO size)
+SPLIT_CHUNKS = 4
 
 
 @dataclass(frozen=True)
@@ -140,15 +144,24 @@ class SplitAP(WeightedAP):
     def evaluate(self, weights: torch.Tensor, mask: Hashable = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The plain AP ``(B, C)`` (``WeightedAP``'s, bit for bit) and ``{"groups": (B, G, C), name: (B, bins, C)}``,
         float64, NaN where a class (a split's bin) has no positive of weight > 0. ``mask``: the key
-        (given at construction) of the mask ``weights`` are already multiplied by."""
+        (given at construction) of the mask ``weights`` are already multiplied by. The plain counts
+        are taken in the sweep's own chunks of resamples; the compiled pass takes all of ``weights``
+        at once (:data:`SPLIT_CHUNKS` of them), which spreads each positive's memory reads over more resamples."""
         b = weights.shape[0]
         if self.num_runs == 0:
             return torch.full((b, self.num_classes), float("nan"), dtype=torch.float64), self._shape(None, None, b)
-        counts = self.counts(weights)
+        step = max(
+            1, CHUNK_CELLS // max(self.num_runs, self.num_images)
+        )  # the plain AP's own chunks (bootstrap_deltas')
+        plain, negatives = [], []
+        for start in range(0, b, step):
+            counts = self.counts(weights[start : start + step])
+            negatives.append(counts.cum_known - counts.cum_positives)  # before ap_from spends the counts
+            plain.append(self.ap_from(counts))
+        cum_neg = negatives[0] if len(negatives) == 1 else torch.cat(negatives, dim=1)
         wt = weights.t().to(torch.float32).contiguous()
-        cum_neg = counts.cum_known - counts.cum_positives  # before ap_from spends the counts
         rows = self._row_sets[mask]
-        return self.ap_from(counts), self._shape(rows, self._split_ap(rows, wt, cum_neg), b)
+        return torch.cat(plain), self._shape(rows, self._split_ap(rows, wt, cum_neg), b)
 
     def split_ap(self, weights: torch.Tensor, mask: Hashable = None) -> dict[str, torch.Tensor]:
         return self.evaluate(weights, mask)[1]
