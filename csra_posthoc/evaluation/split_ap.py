@@ -43,8 +43,9 @@ class _RowSet:
     tie_end: np.ndarray  # (R,) the last row of its tied run (positives of one segment in one key run)
     first: np.ndarray  # (S,) each present segment's first row
     end: np.ndarray  # (S,) and its end
-    segment_ids: np.ndarray  # (S,) each present segment's id (split offset + class * bins + bin)
-    group_rows: int  # rows [0, group_rows) are label-count group rows
+    segment_ids: np.ndarray  # (S,) each present segment's id (class * all bins + split offset + bin)
+    group_rows: int  # label-count group rows (each group segment's rows are consecutive)
+    group_first: np.ndarray  # (S,) a group segment's first row among the group rows; -1: a bin segment
     arrivals: torch.Tensor  # (group rows, N) sparse: known images of the group counted at each group row
 
 
@@ -65,13 +66,14 @@ class SplitAP(WeightedAP):
         masks: Mapping[Hashable, torch.Tensor | None] | None = None,
     ) -> None:
         self._check(scores, labels)
-        n, c = self.num_images, self.num_classes
+        n = self.num_images
         group_bins = np.where(labels.numpy() == 1, np.where(groups < 0, -1, groups)[:, None], -1)
         parts = {"groups": (group_bins, num_groups), **partitions}
-        self.offsets: dict[str, int] = {}
+        self.offsets: dict[str, int] = {}  # class-major segments: a class's rows read its runs' counts together
         total = 0
         for name, (_, nb) in parts.items():
-            self.offsets[name], total = total, total + c * nb
+            self.offsets[name], total = total, total + nb
+        self.all_bins = total
         self.bins = {name: nb for name, (_, nb) in parts.items()}
         plain_rows: list[np.ndarray] = []
         plain_cols: list[np.ndarray] = []
@@ -86,12 +88,12 @@ class SplitAP(WeightedAP):
             known_at[1].append(at)
             known_at[2].append(np.full(image.size, places.k))
             pos = places.labels[keep] == 1
-            for name, (bins, nb) in parts.items():
+            for name, (bins, _) in parts.items():
                 b = bins[image[pos], places.k]
                 inb = b >= 0
                 members[0].append(image[pos][inb])
                 members[1].append(at[pos][inb])
-                members[2].append(self.offsets[name] + places.k * nb + b[inb])
+                members[2].append(places.k * self.all_bins + self.offsets[name] + b[inb])
 
         runs = self._index_key_runs(scores, labels, known)
         self.labelled = _csr(_cat(plain_rows), _cat(plain_cols), runs, n)  # (runs, N): WeightedAP's
@@ -104,7 +106,7 @@ class SplitAP(WeightedAP):
         arrivals = (
             k_image[with_group],
             k_run[with_group],
-            self.offsets["groups"] + k_class[with_group] * num_groups + k_group[with_group],
+            k_class[with_group] * self.all_bins + self.offsets["groups"] + k_group[with_group],
         )
         self._row_sets = {
             key: self._row_set(mask, (image, run, segment), arrivals) for key, mask in (masks or {None: None}).items()
@@ -124,22 +126,30 @@ class SplitAP(WeightedAP):
             rows, arrive = keep[image], keep[a_image]
             image, run, segment = image[rows], run[rows], segment[rows]
             a_image, a_run, a_segment = a_image[arrive], a_run[arrive], a_segment[arrive]
-        group_rows = int(np.searchsorted(segment, self.offsets["groups"] + self.num_classes * self.bins["groups"]))
+        local = segment % self.all_bins
+        in_group = (local >= self.offsets["groups"]) & (local < self.offsets["groups"] + self.bins["groups"])
+        group_index = np.flatnonzero(in_group)  # the group rows, in row order
+        group_rows = int(group_index.size)
         # each arrival at the first row of its group segment at or after its key run
         stride = max(self.num_runs, 1) + 1
-        keys = segment[:group_rows] * stride + run[:group_rows]
+        keys = segment[group_index] * stride + run[group_index]
         at = np.searchsorted(keys, a_segment * stride + a_run, side="left")
         valid = at < group_rows
-        valid[valid] = segment[at[valid]] == a_segment[valid]
+        valid[valid] = segment[group_index[at[valid]]] == a_segment[valid]
         arrivals = _csr(at[valid], a_image[valid], group_rows, self.num_images)
         present, first_row = np.unique(segment, return_index=True)
         end_row = np.r_[first_row[1:], segment.size].astype(np.int64)
         tied = np.r_[(segment[1:] == segment[:-1]) & (run[1:] == run[:-1]), False]  # next row: same run and segment
         tie_block = np.cumsum(np.r_[True, ~tied[:-1]]) - 1 if segment.size else segment
         run_end = np.flatnonzero(~tied)[tie_block] if segment.size else segment  # each row's tied run's last row
-        return _RowSet(
-            image, run, run_end.astype(np.int64), first_row.astype(np.int64), end_row, present, group_rows, arrivals
+        compact = np.cumsum(in_group) - 1  # each group row's place among the group rows
+        group_first = (
+            np.where(in_group[first_row], compact[first_row], -1).astype(np.int64) if segment.size else segment
         )
+        return _RowSet(
+            image, run, run_end.astype(np.int64), first_row.astype(np.int64), end_row, present, group_rows,
+            group_first, arrivals,
+        )  # fmt: skip
 
     def evaluate(self, weights: torch.Tensor, mask: Hashable = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The plain AP ``(B, C)`` (``WeightedAP``'s, bit for bit) and ``{"groups": (B, G, C), name: (B, bins, C)}``,
@@ -175,7 +185,7 @@ class SplitAP(WeightedAP):
         num = np.empty((rows.first.size, b), np.float64)
         den = np.empty((rows.first.size, b), np.float64)
         split_credits(
-            rows.first, rows.end, rows.tie_end, rows.image, rows.run, rows.group_rows,
+            rows.first, rows.end, rows.tie_end, rows.image, rows.run, rows.group_first,
             wt.numpy(), cum_neg.numpy(), group_known, num, den,
         )  # fmt: skip
         ap = np.full_like(num, np.nan)
@@ -190,9 +200,9 @@ class SplitAP(WeightedAP):
             full = torch.full((nb * c, b), float("nan"), dtype=torch.float64)
             if rows is not None and ap is not None:
                 ids = rows.segment_ids
-                sel = np.flatnonzero((ids >= self.offsets[name]) & (ids < self.offsets[name] + c * nb))
-                local = ids[sel] - self.offsets[name]  # class * bins + bin
-                full[torch.from_numpy((local % nb) * c + local // nb)] = ap[torch.from_numpy(sel)]
+                local = ids % self.all_bins - self.offsets[name]  # the bin
+                sel = np.flatnonzero((local >= 0) & (local < nb))
+                full[torch.from_numpy(local[sel] * c + ids[sel] // self.all_bins)] = ap[torch.from_numpy(sel)]
             out[name] = full.reshape(nb, c, b).permute(2, 0, 1)
         return out
 
@@ -204,7 +214,7 @@ def split_credits(
     tie_end: np.ndarray,
     image: np.ndarray,
     run: np.ndarray,
-    group_rows: int,
+    group_first: np.ndarray,
     weights: np.ndarray,
     cum_neg: np.ndarray,
     group_known: np.ndarray,
@@ -221,7 +231,7 @@ def split_credits(
     total = np.empty(resamples)
     tp = np.empty(resamples)
     for s in range(first.size):
-        group = first[s] < group_rows
+        group = group_first[s] >= 0
         positives[:] = 0.0
         known[:] = 0.0
         total[:] = 0.0
@@ -235,7 +245,7 @@ def split_credits(
                     tp[b] += weights[i, b]
                 if group:
                     for b in range(resamples):
-                        known[b] += group_known[j, b]
+                        known[b] += group_known[group_first[s] + j - first[s], b]
             k = run[r]
             for b in range(resamples):
                 positives[b] += tp[b]
