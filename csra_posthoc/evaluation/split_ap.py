@@ -2,7 +2,7 @@
 
 :class:`SplitAP` is a :class:`~csra_posthoc.evaluation.bootstrap.WeightedAP` (same sorted orders, same
 products, the plain AP bit for bit) that also returns each split's per-class AP. A split is a set
-of (class, bin) *segments*; its rows are the positives in them, sorted by (split, class, bin, key
+of (class, bin) *segments*; its rows are the positives in them, sorted by (class, split, bin, key
 run). Under weights ``w`` a row is credited, as in the plain AP, with the precision at its run's end:
 
 * size and instance bins keep ALL the class's negatives: precision = the bin's positives so far /
