@@ -130,13 +130,9 @@ class WeightedAP:
         """Every key run's weighted counts for weights ``(B, N)``."""
         wt = weights.t().to(torch.float32).contiguous()  # integer sums < 2**24 are exact in float32
         tp = self.positive @ wt  # (runs, B): runs-major, so the per-class steps move whole rows
-        cum_known = _segment_cumsum(self.known_counts(wt), self.class_bounds)
+        cum_known = _segment_cumsum(self.labelled @ wt, self.class_bounds)  # known images so far
         positives = tp.double()
         return RunCounts(positives, _segment_cumsum(tp, self.class_bounds), cum_known)  # in place: tp is spent
-
-    def known_counts(self, wt: torch.Tensor) -> torch.Tensor:
-        """``(runs, B)`` known images counted at each key run (not yet accumulated)."""
-        return self.labelled @ wt
 
     def ap_from(self, counts: RunCounts) -> torch.Tensor:
         """AP ``(B, C)`` (float64, NaN for a class with no positive of weight > 0); modifies ``counts``."""
