@@ -8,19 +8,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
-
-from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 
 
-def _threads_per_worker() -> int:
+def pytest_configure(config: pytest.Config) -> None:
+    """Torch is imported (and its threads set) by the processes that run tests, not by pytest-xdist's
+    controller, which only hands out files: on 2 cores its 2 s import would hold back both workers."""
+    if _xdist_controller(config):
+        return
+    import torch
+
+    torch.set_num_threads(_threads_per_worker(torch.get_num_threads()))
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", None))
+
+
+def _threads_per_worker(default: int) -> int:
     """Under pytest-xdist each worker gets its share of the cores (two workers with two threads each
     on two cores spend their time switching); one process keeps torch's own default."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else torch.get_num_threads()
-
-
-torch.set_num_threads(_threads_per_worker())
+    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else default
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,6 +43,8 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture
 def voc_dir(tmp_path: Path) -> Path:
+    from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
+
     write_voc(tmp_path / "data", random_voc_annotations(24))
     return tmp_path / "data"
 
@@ -44,3 +54,23 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("CSRA_POSTHOC_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture(scope="session", autouse=True)
+def click_command_built_once() -> Iterator[None]:
+    """typer's ``CliRunner.invoke`` rebuilds the click command from the app on every call (about 20 ms
+    for this app, some 300 calls a run); no test changes an app after its first call, so each app's
+    command is built once per process."""
+    import typer.testing
+
+    built: dict[int, tuple[object, object]] = {}
+    build = typer.testing._get_command
+
+    def once(app):  # type: ignore[no-untyped-def]
+        if id(app) not in built:
+            built[id(app)] = (app, build(app))  # the app is kept so that its id is not reused
+        return built[id(app)][1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(typer.testing, "_get_command", once)
+        yield

@@ -64,12 +64,12 @@ def gather(ctx, out: Path, counts: list[int]) -> None:
     results["max"] = all_reduce_max([float(ctx.rank), -float(ctx.rank)], ctx)
     results["objects"] = gather_object({"rank": ctx.rank}, ctx)
     results["decision"] = broadcast_object({"reuse": True, "path": "p"} if ctx.is_main else {"reuse": False}, ctx)
-    results["hash"] = check_config_agreement({"model": "resnet10t", "img_size": 64}, ctx)
+    results["hash"] = check_config_agreement({"model": "test_resnet", "img_size": 64}, ctx)
     torch.save(results, out / f"rank{ctx.rank}.pt")
 
 
 def mismatch(ctx, out: Path, _: list[int]) -> None:
-    check_config_agreement({"model": "resnet10t", "img_size": 64 + 32 * ctx.rank, "lams": [0, 0.1]}, ctx)
+    check_config_agreement({"model": "test_resnet", "img_size": 64 + 32 * ctx.rank, "lams": [0, 0.1]}, ctx)
 
 
 def raise_in_loop(ctx, out: Path, _: list[int], bug: bool = False) -> None:

@@ -34,7 +34,7 @@ def readme_patch_example() -> str:
 
 # -- the CLI --------------------------------------------------------------------------------------
 
-SWEEP_DEFAULTS: dict[str, Any] = {"model": "resnet10t", "random_init": True, "dataset": "voc2007", "img_size": 64}
+SWEEP_DEFAULTS: dict[str, Any] = {"model": "test_resnet", "random_init": True, "dataset": "voc2007", "img_size": 64}
 WEIGHT_SOURCES = ("random_init", "pretrained", "checkpoint")
 
 
@@ -52,7 +52,7 @@ def exported_inputs(preprocessing: Any, paths: Any) -> torch.Tensor:
 
 
 def sweep_argv(*extra: str, **overrides: Any) -> list[str]:
-    """``csra-posthoc sweep`` arguments: a random-init ``resnet10t`` on a VOC-layout folder at 64 px,
+    """``csra-posthoc sweep`` arguments: a random-init ``test_resnet`` on a VOC-layout folder at 64 px,
     changed by ``overrides`` (Python names of the flags: ``data_dir=p`` -> ``--data-dir p``).
 
     A value of True gives the bare flag, False its ``--no-`` form, None leaves a default out; a list

@@ -28,7 +28,7 @@ BASE = sweep_argv(lams="0,0.1", temps="", heads="")
 
 @pytest.fixture
 def adapter():
-    return load_model("resnet10t", random_init=True, num_classes=20)
+    return load_model("test_resnet", random_init=True, num_classes=20)
 
 
 @pytest.mark.parametrize("where", ["a_file", "below_a_file"])

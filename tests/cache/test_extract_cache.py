@@ -14,7 +14,7 @@ from csra_posthoc import CSRAError, extract, load_dataset, load_model
 
 @pytest.fixture
 def adapter():
-    return load_model("resnet10t", random_init=True, num_classes=20)
+    return load_model("test_resnet", random_init=True, num_classes=20)
 
 
 def test_extraction_identity_and_statistics(voc_dir: Path, adapter) -> None:
@@ -113,7 +113,7 @@ def test_nan_scores_are_an_error(voc_dir: Path, adapter) -> None:
 
 
 def test_class_count_mismatch(voc_dir: Path) -> None:
-    adapter = load_model("resnet10t", random_init=True, num_classes=7)
+    adapter = load_model("test_resnet", random_init=True, num_classes=7)
     with pytest.raises(CSRAError, match="has 7 classes but voc2007 has 20: pass --checkpoint"):
         extract(adapter, load_dataset("voc2007", voc_dir), img_size=64)
 
@@ -138,7 +138,7 @@ def test_backbone_failure_is_one_line(voc_dir: Path, adapter, monkeypatch) -> No
 
     monkeypatch.setattr(adapter, "forward_backbone", broken)
     with pytest.raises(
-        CSRAError, match=r"model resnet10t failed on a \(3, 64, 64\) input \(Given groups=1.*\); try another img_size"
+        CSRAError, match=r"model test_resnet failed on a \(3, 64, 64\) input \(Given groups=1.*\); try another img_size"
     ) as info:
         extract(adapter, load_dataset("voc2007", voc_dir), img_size=64, use_cache=False)
     assert "\n" not in str(info.value)

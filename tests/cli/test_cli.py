@@ -124,7 +124,7 @@ def test_errors(voc_dir: Path, tmp_path: Path, args: list[str], fragments: list[
 
 def test_checkpoint_with_other_classes_is_an_error(voc_dir: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    torch.save(timm.create_model("resnet10t", num_classes=1000).state_dict(), tmp_path / "in1k.pth")
+    torch.save(timm.create_model("test_resnet", num_classes=1000).state_dict(), tmp_path / "in1k.pth")
     res = runner.invoke(app, sweep_argv(img_size=None, checkpoint=tmp_path / "in1k.pth", data_dir=voc_dir))
     one_line_error(res, "1000 classes", "has 20", "--checkpoint")
 

@@ -75,7 +75,7 @@ def test_one_definition_of_the_transform_choices() -> None:
     assert options.Transform is defaults.TransformChoice and transforms.TransformChoice is defaults.TransformChoice
     assert defaults.TRANSFORM_CHOICES == get_args(defaults.TransformChoice) == ("auto", "square", "crop")
     res = runner.invoke(
-        app, ["predict", "--model", "resnet10t", "--random-init", "--transform", "zoom", "x.png"], terminal_width=300
+        app, ["predict", "--model", "test_resnet", "--random-init", "--transform", "zoom", "x.png"], terminal_width=300
     )
     assert res.exit_code == 2 and "--transform zoom: choose auto, square or crop" in res.output, res.output
 

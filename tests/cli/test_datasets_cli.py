@@ -83,7 +83,7 @@ def test_imagenet_folder_sweep_is_single_label_with_centre_crop(tmp_path: Path) 
 def test_folder_class_count_mismatch_names_both_counts(tmp_path: Path) -> None:
     write_image_folder(tmp_path / "val", {"a": 1, "b": 1, "c": 1})
     ckpt = tmp_path / "five.pth"
-    torch.save(timm.create_model("resnet10t", num_classes=5).state_dict(), ckpt)
+    torch.save(timm.create_model("test_resnet", num_classes=5).state_dict(), ckpt)
     res = runner.invoke(app, sweep_argv(img_size=None, checkpoint=ckpt, dataset="folder", data_dir=tmp_path))
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "has 5 classes but folder has 3" in res.output
@@ -127,7 +127,7 @@ def test_probe_fits_on_each_datasets_training_split(tmp_path: Path) -> None:
     write_image_folder(tmp_path / "f" / "train", {"a": 3, "b": 3})
     write_image_folder(tmp_path / "f" / "val", {"a": 2, "b": 2})
     opts = ExtractOptions(img_size=64, use_cache=False)
-    source, grid = ModelSource("resnet10t", random_init=True), SweepOptions(lams=(0, 0.2), temps=(), heads=())
+    source, grid = ModelSource("test_resnet", random_init=True), SweepOptions(lams=(0, 0.2), temps=(), heads=())
     for dataset, root, n_train in (("coco2014", "coco", 6), ("wider", "w", 3), ("folder", "f", 6)):
         data = run_sweep(source, dataset, tmp_path / root, probe=ProbeOptions(), options=opts, sweep_options=grid)
         assert f"linear probe on {dataset} " in data["head"] and f", {n_train} images" in data["head"], data["head"]

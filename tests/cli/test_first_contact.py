@@ -187,8 +187,8 @@ def test_tpu_is_refused_even_when_the_statistics_are_cached(voc_dir: Path) -> No
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> Path:
     torch.manual_seed(1)
-    path = tmp_path / "voc_resnet10t.pth"
-    torch.save(timm.create_model("resnet10t", num_classes=20).state_dict(), path)
+    path = tmp_path / "voc_test_resnet.pth"
+    torch.save(timm.create_model("test_resnet", num_classes=20).state_dict(), path)
     return path
 
 
@@ -208,7 +208,7 @@ def test_warm_run_gives_the_cold_results_without_building_the_model(
     assert cold.exit_code == 0, cold.output
     warm = runner.invoke(app, [*args, "--out", str(tmp_path / "warm.json")])
     assert warm.exit_code == 0, warm.output
-    assert calls == ["resnet10t"] and "no model built" in warm.output
+    assert calls == ["test_resnet"] and "no model built" in warm.output
     assert json.loads((tmp_path / "warm.json").read_text()) == json.loads((tmp_path / "cold.json").read_text())
 
 
@@ -227,7 +227,7 @@ def test_a_changed_checkpoint_builds_the_model_again(change: str, voc_dir: Path,
         assert checkpoint.stat().st_size != st.st_size
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert calls == ["resnet10t", "resnet10t"] and "no model built" not in res.output
+    assert calls == ["test_resnet", "test_resnet"] and "no model built" not in res.output
 
 
 @pytest.mark.slow  # end to end (sweep, export or subprocess): the full suite runs it
@@ -256,7 +256,7 @@ def test_pretrained_without_network_fails_fast_in_one_line(voc_dir: Path, tmp_pa
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     start = time.perf_counter()
     res = runner.invoke(app, sweep_argv(img_size=None, pretrained=True, data_dir=voc_dir))
-    one_line_error(res, "--model resnet10t --pretrained", "HF_HUB_OFFLINE", "pass --checkpoint")
+    one_line_error(res, "--model test_resnet --pretrained", "HF_HUB_OFFLINE", "pass --checkpoint")
     assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1
     assert time.perf_counter() - start < 15
 

@@ -71,13 +71,13 @@ def test_every_param_has_a_flag() -> None:
         (lambda: SweepOptions(fixed_lam=float("nan")), "fixed_lam", "fixed_lam nan: must be", "--fixed-lam nan"),
         (lambda: ProbeOptions(probe_c=0.0), "probe_c", "probe_c 0: must be a finite number > 0", "--probe-c 0"),
         (
-            lambda: ModelSource("resnet10t", pretrained=True, random_init=True),
+            lambda: ModelSource("test_resnet", pretrained=True, random_init=True),
             "model",
             "model needs exactly one weight source: checkpoint=PATH, pretrained=True or random_init=True",
             "--model needs exactly one weight source: --checkpoint PATH, --pretrained or --random-init",
         ),
         (
-            lambda: ModelSource("resnet10t", checkpoint="/no/such.pth"),
+            lambda: ModelSource("test_resnet", checkpoint="/no/such.pth"),
             "checkpoint",
             "checkpoint /no/such.pth: no such file",
             "--checkpoint /no/such.pth: no such file",

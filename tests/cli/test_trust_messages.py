@@ -23,7 +23,7 @@ from tests import dist_scenarios
 from tests.helpers import sweep_argv
 
 runner = CliRunner()
-MODEL = ["--model", "resnet10t", "--random-init"]
+MODEL = ["--model", "test_resnet", "--random-init"]
 PY_NAMES = re.compile(
     r"(?<![\w\-/.])(" + "|".join(sorted((k for k in FLAGS if "_" in k), key=len, reverse=True)) + r")(?![\w\-/])"
 )

@@ -165,7 +165,7 @@ def test_sweep_outputs_need_their_documented_suffix(
 def test_predict_json_needs_json_suffix_and_is_not_an_image(no_work, tmp_path: Path) -> None:
     img = write_image(tmp_path / "a.png", (40, 32))
     before = img.read_bytes()
-    base = ["predict", str(tmp_path), "--model", "resnet10t", "--random-init"]
+    base = ["predict", str(tmp_path), "--model", "test_resnet", "--random-init"]
     one_line_error(runner.invoke(app, [*base, "--json", str(img)]), "--json", "is also IMAGE")
     one_line_error(runner.invoke(app, [*base, "--json", str(tmp_path / "p.csv")]), "--json", ".json")
     assert img.read_bytes() == before
@@ -178,7 +178,7 @@ def test_predict_json_in_unwritable_folder_fails_before_work(no_work, tmp_path: 
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **k: False if Path(p) == ro else real_access(p, mode, **k))
     res = runner.invoke(
-        app, ["predict", str(img), "--model", "resnet10t", "--random-init", "--json", str(ro / "p.json")]
+        app, ["predict", str(img), "--model", "test_resnet", "--random-init", "--json", str(ro / "p.json")]
     )
     one_line_error(res, "--json", "not writable")
 
@@ -223,7 +223,7 @@ def test_apply_out_onto_its_from_results_or_checkpoint_is_refused(tmp_path: Path
     ck = tmp_path / "ck.safetensors"
     before = precious(ck)
     res = runner.invoke(
-        app, ["apply", "--model", "resnet10t", "--checkpoint", str(ck), "--lam", "0.2", "--out", str(ck)]
+        app, ["apply", "--model", "test_resnet", "--checkpoint", str(ck), "--lam", "0.2", "--out", str(ck)]
     )
     one_line_error(res, "--out", "is also --checkpoint")
     assert ck.read_bytes() == before
@@ -233,7 +233,7 @@ def test_attention_out_onto_its_image_is_refused(tmp_path: Path) -> None:
     img = write_image(tmp_path / "a.png", (40, 32))
     before = img.read_bytes()
     one_line_error(
-        runner.invoke(app, ["attention", str(img), "--model", "resnet10t", "--random-init", "--out", str(img)]),
+        runner.invoke(app, ["attention", str(img), "--model", "test_resnet", "--random-init", "--out", str(img)]),
         "--out",
         "is also IMAGE",
     )
@@ -318,7 +318,7 @@ def test_bootstrap_is_bounded_and_the_limit_is_named(no_work, tmp_path: Path) ->
 def test_an_existing_output_is_replaced_by_apply_without_force(tmp_path: Path) -> None:
     out = tmp_path / "p.safetensors"
     out.write_text("old")
-    base = ["apply", "--model", "resnet10t", "--random-init", "--lam", "0.2", "--img-size", "64", "--out", str(out)]
+    base = ["apply", "--model", "test_resnet", "--random-init", "--lam", "0.2", "--img-size", "64", "--out", str(out)]
     res = runner.invoke(app, base)
     assert res.exit_code == 0, res.output
     assert out.read_bytes()[:3] != b"old"

@@ -114,7 +114,7 @@ def test_patched_config_names_and_file_names_as_written(sweep_json: tuple[Path, 
     """apply from the hostile results (the config carries the class names), then predict on an
     image whose file name is markup: the table shows both as written."""
     patched = tmp_path / "p.safetensors"
-    res = _invoke(apply_argv("resnet10t", sweep_json[0], patched, "--random-init", pick="best"))
+    res = _invoke(apply_argv("test_resnet", sweep_json[0], patched, "--random-init", pick="best"))
     assert res.exit_code == 0, res.output
     _visible(res.output)
     image = write_image(tmp_path / f"{STYLE}.jpg", (40, 32), seed=9)
@@ -128,7 +128,7 @@ def test_patched_config_names_and_file_names_as_written(sweep_json: tuple[Path, 
 
 def test_an_error_naming_a_hostile_file_prints_it_as_written(tmp_path: Path) -> None:
     missing = tmp_path / f"[link=x]{STYLE}{TITLE}.jpg"  # no "/" in a file name
-    res = _invoke(["predict", "--model", "resnet10t", "--random-init", str(missing)])
+    res = _invoke(["predict", "--model", "test_resnet", "--random-init", str(missing)])
     assert res.exit_code == 2
     text = _visible(res.output)
     assert f"[link=x]{STYLE}{SHOWN[1]}.jpg" in text.replace("\n", "")

@@ -23,7 +23,7 @@ def _big_first_image(voc_dir: Path) -> Path:
 def test_image_over_the_bomb_limit_is_a_named_error(voc_dir: Path, monkeypatch) -> None:
     path = _big_first_image(voc_dir)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)  # PIL refuses above 2x: 10,000 < 12,000
-    adapter = load_model("resnet10t", random_init=True, num_classes=20)
+    adapter = load_model("test_resnet", random_init=True, num_classes=20)
     with pytest.raises(CSRAError) as info:
         extract(adapter, load_dataset("voc2007", voc_dir), img_size=64, use_cache=False)
     msg = str(info.value)

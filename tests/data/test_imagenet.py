@@ -94,7 +94,7 @@ def test_single_label_data_gets_the_models_centre_crop() -> None:
     import timm
     from timm.data import create_transform, resolve_model_data_config
 
-    cfg = resolve_model_data_config(timm.create_model("resnet10t", pretrained=False))
+    cfg = resolve_model_data_config(timm.create_model("test_resnet", pretrained=False))
     ours = DataConfig(
         input_size=64, mean=cfg["mean"], std=cfg["std"], interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"]
     )

@@ -37,7 +37,9 @@ runner = CliRunner()
 
 
 def brute_thresholds(scores: np.ndarray, labels: np.ndarray, unknown: str) -> np.ndarray:
-    """Every distinct score of the class as a candidate, sklearn's F1, highest threshold on ties."""
+    """Every distinct score of the class as a candidate, F1 counted afresh at each, highest threshold
+    on ties; sklearn's F1 at the chosen threshold is the count's (one sklearn call a class, not one a
+    candidate: its argument checks cost more than this whole loop)."""
     out = np.full(scores.shape[1], NO_POSITIVE_THRESHOLD)
     for c in range(scores.shape[1]):
         s, y = scores[:, c], labels[:, c]
@@ -47,11 +49,16 @@ def brute_thresholds(scores: np.ndarray, labels: np.ndarray, unknown: str) -> np
             s_known, y_known = s, (y == 1).astype(int)
         if not (y_known == 1).any():
             continue
+        positive = y_known == 1
         best, best_t = -1.0, None
         for t in sorted(set(s.tolist()), reverse=True):
-            f = f1_score(y_known, (s_known >= t).astype(int), zero_division=0)
+            pred = s_known >= t
+            tp = np.count_nonzero(pred & positive)
+            wrong = np.count_nonzero(pred ^ positive)  # false positives and false negatives
+            f = 2 * tp / (2 * tp + wrong) if tp else 0.0
             if f > best + 1e-12:
                 best, best_t = f, t
+        assert f1_score(y_known, (s_known >= best_t).astype(int), zero_division=0) == pytest.approx(best, abs=1e-12)
         out[c] = best_t
     return out
 
@@ -183,7 +190,7 @@ def test_apply_copies_the_picked_rows_thresholds_into_the_config(tmp_path: Path,
     monkeypatch.setenv("CSRA_POSTHOC_CACHE", str(tmp_path / "cache"))
     data, results = tmp_path / "data", tmp_path / "r.json"
     write_voc(data, random_voc_annotations(12))
-    common = ["--model", "resnet10t", "--random-init", "--img-size", "64"]
+    common = ["--model", "test_resnet", "--random-init", "--img-size", "64"]
     res = runner.invoke(
         app,
         sweep_argv(data_dir=data, lams="0,0.3", temps="", heads="", out=results, bootstrap=False),
@@ -211,7 +218,7 @@ def test_patch_keyword_stores_and_checks_thresholds() -> None:
     from csra_posthoc.errors import CSRAError
     from csra_posthoc.patched.model import patch
 
-    model = timm.create_model("resnet10t", pretrained=False, num_classes=3)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3)
     patched = patch(model, 0.2, thresholds=[0.1, -0.2, 0.3], threshold_source="given")
     assert patched.config.thresholds == [0.1, -0.2, 0.3] and patched.config.threshold_source == "given"
     with pytest.raises(CSRAError, match="thresholds"):

@@ -70,7 +70,7 @@ def test_sweep_reports_the_pointing_game_for_voc(tmp_path: Path) -> None:
     assert game["hit_rate"] == pytest.approx(cats / (cats + dogs))
     assert game["chance_rate"] == pytest.approx(cats / (cats + dogs))  # chance 1 for cats, 0 for dogs
     assert game["per_class"]["cat"]["hit_rate"] == 1.0 and game["per_class"]["dog"]["hit_rate"] == 0.0
-    assert section["grid"] == [2, 2]  # resnet10t at 64 px: stride 32
+    assert section["grid"] == [2, 2]  # test_resnet at 64 px: stride 32
     assert "pointing game: 50.0 % of 12 positive (image, class) pairs hit a box (chance 50.0 %)" in " ".join(
         res.output.split()
     )
@@ -108,7 +108,7 @@ def test_cache_of_the_previous_version_is_refused(voc_dir: Path) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    adapter = load_model("resnet10t", random_init=True, num_classes=20)
+    adapter = load_model("test_resnet", random_init=True, num_classes=20)
     images = load_dataset("voc2007", voc_dir)
     stats = extract(adapter, images, img_size=64)
     path = Path(stats.info.cache.path)

@@ -160,7 +160,7 @@ def _boxed_voc(root: Path, n: int = 8) -> Path:
 SWEEP = [
     "sweep",
     "--model",
-    "resnet10t",
+    "test_resnet",
     "--random-init",
     "--img-size",
     "64",

@@ -2,7 +2,7 @@
 
 Each run forks the CLI's ranks with torchrun's environment (tests/dist_scenarios.launch_cli;
 the slow test goes through torchrun itself) on a small VOC fixture with a seeded random
-resnet10t at 64 px, and compares rank 0's results JSON, cache file and statistics with a plain
+test_resnet at 64 px, and compares rank 0's results JSON, cache file and statistics with a plain
 single-process run's, in separate cache folders (so both really extract).
 """
 

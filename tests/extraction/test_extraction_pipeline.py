@@ -57,7 +57,7 @@ def photos(folder: Path, single_label: bool = False) -> LabelledImages:
 
 @pytest.fixture(scope="module")
 def adapter():
-    return load_model("resnet10t", random_init=True, num_classes=3).eval()
+    return load_model("test_resnet", random_init=True, num_classes=3).eval()
 
 
 def previous_inputs(fp, images: LabelledImages) -> torch.Tensor:

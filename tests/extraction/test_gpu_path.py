@@ -20,7 +20,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 @pytest.fixture
 def adapter():
-    return load_model("resnet10t", random_init=True, num_classes=20)
+    return load_model("test_resnet", random_init=True, num_classes=20)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")

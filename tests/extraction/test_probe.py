@@ -44,7 +44,7 @@ def test_probe_head_identity_cache_and_saved_head(split_voc: Path, isolated_cach
     test = load_dataset("voc2007", split_voc)
     train = load_training_split("voc2007", split_voc, None, None, test)
     assert train.split == "trainval" and len(train) == 20
-    base = load_model("resnet10t", random_init=True)  # 1000 classes: probe replaces the head
+    base = load_model("test_resnet", random_init=True)  # 1000 classes: probe replaces the head
     adapter = fit_probe(base, train, options=ExtractOptions(img_size=64), save_head_to=tmp_path / "head.safetensors")
     assert adapter.num_classes == 20 and "probe on voc2007 trainval, 20 images" in adapter.info.head
     stats = extract(adapter, test, img_size=64)
@@ -62,7 +62,7 @@ def test_probe_errors(split_voc: Path, voc_dir: Path) -> None:
         load_training_split("voc2007", voc_dir, None, None, test)
     with pytest.raises(CSRAError, match="train_labels=FILE.csv"):
         load_training_split("csv", voc_dir, None, None, test)
-    base = load_model("resnet10t", random_init=True)
+    base = load_model("test_resnet", random_init=True)
     with pytest.raises(CSRAError, match="c 0.0: the probe's inverse L2 strength must be > 0"):
         fit_probe(base, test, c=0.0)
     with torch.no_grad():
@@ -79,7 +79,7 @@ def test_unfitted_probe_classes_reach_the_notes(split_voc: Path) -> None:
     test = load_dataset("voc2007", split_voc)
     train = load_training_split("voc2007", split_voc, None, None, test)
     train.labels[:, 3] = 0  # no positive for the 4th class in training
-    adapter = fit_probe(load_model("resnet10t", random_init=True), train, options=ExtractOptions(img_size=64))
+    adapter = fit_probe(load_model("test_resnet", random_init=True), train, options=ExtractOptions(img_size=64))
     assert any(train.classes[3] in note and "not fitted" in note for note in adapter.info.notes)
 
 

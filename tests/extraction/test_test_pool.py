@@ -130,17 +130,17 @@ def _csv_args(tmp_path: Path, n: int = 6) -> list[str]:
 
 @pytest.fixture(scope="module")
 def pooled(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One resnet10t checkpoint on a 6-image CSV set, swept at 96 px with --train-size 64 (a test-pool
+    """One test_resnet checkpoint on a 6-image CSV set, swept at 96 px with --train-size 64 (a test-pool
     row) and without it (none): both tests below read these two sweeps instead of running their own."""
     root = tmp_path_factory.mktemp("test_pool")
     ckpt = root / "w.pth"
-    torch.save(load_model("resnet10t", random_init=True, num_classes=2).wrapped.state_dict(), ckpt)
+    torch.save(load_model("test_resnet", random_init=True, num_classes=2).wrapped.state_dict(), ckpt)
     data = _csv_args(root)
-    args = [*SWEEP, "--model", "resnet10t", "--checkpoint", str(ckpt), "--img-size", "96", "--train-size", "64", *data]
+    args = [*SWEEP, "--model", "test_resnet", "--checkpoint", str(ckpt), "--img-size", "96", "--train-size", "64", *data]
     results, plain = root / "r.json", root / "plain.json"
     res = CliRunner().invoke(app, [*args, "--out", str(results)])
     assert res.exit_code == 0, res.output
-    no_pool = [*SWEEP, "--model", "resnet10t", "--checkpoint", str(ckpt), "--img-size", "96", *data]
+    no_pool = [*SWEEP, "--model", "test_resnet", "--checkpoint", str(ckpt), "--img-size", "96", *data]
     res_plain = CliRunner().invoke(app, [*no_pool, "--out", str(plain)])
     assert res_plain.exit_code == 0, res_plain.output
     return {"root": root, "ckpt": ckpt, "args": args, "results": results, "output": res.output, "plain": plain}
@@ -150,10 +150,10 @@ def test_sweep_has_a_test_pool_row_and_a_warm_run_keeps_it(pooled: dict, tmp_pat
     found = json.loads(pooled["results"].read_text())
     pool = [r for r in found["rows"] if r["variant"] == "test-pool"]
     assert len(pool) == 1 and pool[0]["lam"] is None
-    assert pool[0]["train_size"] == 64 and pool[0]["window"] == [2, 2]  # resnet10t: stride 32, 64 px -> 2x2
+    assert pool[0]["train_size"] == 64 and pool[0]["window"] == [2, 2]  # test_resnet: stride 32, 64 px -> 2x2
     assert set(found["bootstrap"]["test_pool"]) == {"delta", "low", "high"}
     assert "test-pool (timm)" in pooled["output"] and "avg-pool 2x2" in pooled["output"]
-    # without --train-size at 96 px (< resnet10t's 224): off (the fixture's second sweep, after the first,
+    # without --train-size at 96 px (< test_resnet's 224): off (the fixture's second sweep, after the first,
     # so another cache key: a reused entry would carry the test-pool row)
     assert not [r for r in json.loads(pooled["plain"].read_text())["rows"] if r["variant"] == "test-pool"]
     # the first run again: statistics from the cache without building the model, the same row
@@ -238,7 +238,7 @@ def test_apply_exports_timms_test_time_pooling(lite0, tmp_path: Path, suffix: st
 def test_apply_picks_the_test_pool_row_of_a_sweep(pooled: dict, tmp_path: Path) -> None:
     ckpt, results = pooled["ckpt"], pooled["results"]
     out = tmp_path / "p.safetensors"
-    apply = apply_argv("resnet10t", results, out, "--checkpoint", str(ckpt), pick=None)
+    apply = apply_argv("test_resnet", results, out, "--checkpoint", str(ckpt), pick=None)
     res = CliRunner().invoke(app, [*apply, "--pick", "test-pool"])
     assert res.exit_code == 0, res.output
     from csra_posthoc.patched.model import load_patched
@@ -262,10 +262,10 @@ def test_apply_picks_the_test_pool_row_of_a_sweep(pooled: dict, tmp_path: Path) 
     # refusals, one line naming the flag
     res = CliRunner().invoke(
         app,
-        ["apply", "--model", "resnet10t", "--checkpoint", str(ckpt), "--out", str(out), "--test-pool", "--lam", "0.2"],
+        ["apply", "--model", "test_resnet", "--checkpoint", str(ckpt), "--out", str(out), "--test-pool", "--lam", "0.2"],
     )
     assert res.exit_code == 2 and "--test-pool" in res.output
     res = CliRunner().invoke(
-        app, apply_argv("resnet10t", pooled["plain"], out, "--checkpoint", str(ckpt), pick="test-pool")
+        app, apply_argv("test_resnet", pooled["plain"], out, "--checkpoint", str(ckpt), pick="test-pool")
     )
     assert res.exit_code == 2 and "no test-pool row" in " ".join(res.output.split())

@@ -32,13 +32,13 @@ def test_head_without_a_per_location_form_is_refused_by_what_it_does() -> None:
 
 
 def test_classifier_that_does_not_fit_the_map_is_described_in_shapes() -> None:
-    adapter = load_model("resnet10t", random_init=True, num_classes=20)
+    adapter = load_model("test_resnet", random_init=True, num_classes=20)
     adapter.head = LocationHead(torch.randn(20, 100))  # a classifier for 100-wide features on a 512-channel map
     with pytest.raises(CSRAError) as info:
         verify_identity(adapter)
     msg = str(info.value)
     assert (
-        "its classifier cannot be applied per location: the feature map has 512 channels but the classifier takes 100 inputs"
+        "its classifier cannot be applied per location: the feature map has 96 channels but the classifier takes 100 inputs"
         in msg
     )
     assert "einsum" not in msg and "subscript" not in msg
@@ -46,14 +46,14 @@ def test_classifier_that_does_not_fit_the_map_is_described_in_shapes() -> None:
 
 def test_head_scaled_by_1e30_keeps_the_identity(tmp_path: Path, voc_dir: Path) -> None:
     torch.manual_seed(0)
-    sd = timm.create_model("resnet10t", num_classes=20).state_dict()
+    sd = timm.create_model("test_resnet", num_classes=20).state_dict()
     torch.save(sd, tmp_path / "plain.pth")
     big = {**sd, "fc.weight": sd["fc.weight"] * 1e30, "fc.bias": sd["fc.bias"] * 1e30}
     assert torch.isfinite(big["fc.weight"]).all()  # 1e30 fits float32 (max 3.4e38)
     torch.save(big, tmp_path / "big.pth")
     images = load_dataset("voc2007", voc_dir)
-    plain = extract(load_model("resnet10t", checkpoint=tmp_path / "plain.pth"), images, img_size=64, use_cache=False)
-    scaled = extract(load_model("resnet10t", checkpoint=tmp_path / "big.pth"), images, img_size=64, use_cache=False)
+    plain = extract(load_model("test_resnet", checkpoint=tmp_path / "plain.pth"), images, img_size=64, use_cache=False)
+    scaled = extract(load_model("test_resnet", checkpoint=tmp_path / "big.pth"), images, img_size=64, use_cache=False)
     assert scaled.logits.abs().max() > 1e28 and torch.isfinite(scaled.logits).all()
     assert scaled.info.identity_max_abs_diff > 1e-3  # an absolute tolerance would have refused it
     assert scaled.info.identity_max_rel_diff < 1e-6
@@ -64,7 +64,7 @@ def test_head_scaled_by_1e30_keeps_the_identity(tmp_path: Path, voc_dir: Path) -
 
 
 def test_non_linear_head_is_still_refused_relatively(voc_dir: Path, monkeypatch) -> None:
-    adapter = load_model("resnet10t", random_init=True, num_classes=20)
+    adapter = load_model("test_resnet", random_init=True, num_classes=20)
     real = adapter.model_logits
     monkeypatch.setattr(adapter, "model_logits", lambda raw: real(raw) * 1e6 + real(raw).pow(2) * 1e6)
     with pytest.raises(

@@ -36,7 +36,7 @@ def identity_diff(adapter, size: int) -> tuple[float, float]:
 @pytest.mark.parametrize(
     "arch,size",
     [
-        ("resnet10t", 64),
+        ("test_resnet", 64),
         ("efficientnet_lite0", 64),
         ("mobilenetv2_050", 64),
         ("regnetx_002", 64),
@@ -131,16 +131,16 @@ def test_unknown_model_and_missing_weight_source() -> None:
     with pytest.raises(CSRAError, match="unknown torchvision"):
         load_model("torchvision:nope", random_init=True)
     with pytest.raises(CSRAError, match="exactly one weight source"):
-        load_model("resnet10t")
+        load_model("test_resnet")
 
 
 def test_random_init_is_seeded_without_touching_the_callers_rng() -> None:
     torch.manual_seed(123)
     expected = torch.rand(4)
     torch.manual_seed(123)
-    first = load_model("resnet10t", random_init=True, num_classes=5)
+    first = load_model("test_resnet", random_init=True, num_classes=5)
     assert torch.equal(torch.rand(4), expected)  # the caller's stream went on as if nothing had drawn from it
-    second = load_model("resnet10t", random_init=True, num_classes=5)
+    second = load_model("test_resnet", random_init=True, num_classes=5)
     assert (
         first.info.weights_fingerprint == second.info.weights_fingerprint
     )  # still reproducible (the cache relies on it)

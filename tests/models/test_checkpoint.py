@@ -18,7 +18,7 @@ from csra_posthoc.models.checkpoint import read_checkpoint
 @pytest.fixture(scope="module")
 def resnet_sd() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    return timm.create_model("resnet10t", num_classes=7).state_dict()
+    return timm.create_model("test_resnet", num_classes=7).state_dict()
 
 
 @pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "module_prefix", "safetensors"])
@@ -34,7 +34,7 @@ def test_checkpoint_formats_load_and_infer_num_classes(tmp_path: Path, resnet_sd
             "module_prefix": {f"module.{k}": v for k, v in resnet_sd.items()},
         }[wrap]
         torch.save(obj, path)
-    adapter = load_model("resnet10t", checkpoint=path)
+    adapter = load_model("test_resnet", checkpoint=path)
     assert adapter.num_classes == 7
     assert torch.equal(adapter.head.weight, resnet_sd["fc.weight"])
     assert adapter.info.weights == f"checkpoint:{path}"
@@ -61,13 +61,13 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
 
 def test_checkpoint_errors_are_one_line(tmp_path: Path, resnet_sd) -> None:
     with pytest.raises(CSRAError, match="no such file"):
-        load_model("resnet10t", checkpoint=tmp_path / "missing.pth")
+        load_model("test_resnet", checkpoint=tmp_path / "missing.pth")
     torch.save(resnet_sd, tmp_path / "r.pth")
     with pytest.raises(CSRAError, match="does not fit model efficientnet_lite0|no classifier weight"):
         load_model("efficientnet_lite0", checkpoint=tmp_path / "r.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CSRAError) as info:
-        load_model("resnet10t", checkpoint=tmp_path / "junk.pth")
+        load_model("test_resnet", checkpoint=tmp_path / "junk.pth")
     assert "\n" not in str(info.value)
 
 
@@ -133,7 +133,7 @@ def test_truncated_pth_message_ends_cleanly(tmp_path: Path, resnet_sd, zip_forma
 
 def test_pickled_model_is_named_as_such(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    torch.save(timm.create_model("resnet10t", num_classes=3), tmp_path / "full.pth")
+    torch.save(timm.create_model("test_resnet", num_classes=3), tmp_path / "full.pth")
     with pytest.raises(CSRAError) as info:
         read_checkpoint(tmp_path / "full.pth")
     msg = _one_line(info)
@@ -169,7 +169,7 @@ def test_ema_weights_are_preferred_and_reported(tmp_path: Path, resnet_sd, ema_k
     ema = {k: v + 1 if v.is_floating_point() else v for k, v in resnet_sd.items()}
     path = tmp_path / "train.pth"
     torch.save({"state_dict": resnet_sd, ema_key: {f"module.{k}": v for k, v in ema.items()}, "epoch": 9}, path)
-    adapter = load_model("resnet10t", checkpoint=path)
+    adapter = load_model("test_resnet", checkpoint=path)
     assert torch.equal(adapter.head.weight, ema["fc.weight"])  # EMA, its DDP prefix removed (timm's clean_state_dict)
     assert any("EMA weights" in n and ema_key in n for n in adapter.info.notes), adapter.info.notes
 
@@ -178,7 +178,7 @@ def test_raw_weights_are_reported_when_there_is_no_ema(tmp_path: Path, resnet_sd
     torch.save({"state_dict": resnet_sd, "epoch": 3}, tmp_path / "w.pth")
     torch.save(resnet_sd, tmp_path / "bare.pth")
     assert read_checkpoint(tmp_path / "w.pth")[1] == "state_dict" and read_checkpoint(tmp_path / "bare.pth")[1] is None
-    assert load_model("resnet10t", checkpoint=tmp_path / "w.pth").info.notes == [
+    assert load_model("test_resnet", checkpoint=tmp_path / "w.pth").info.notes == [
         "checkpoint: weights from its 'state_dict' entry"
     ]
-    assert load_model("resnet10t", checkpoint=tmp_path / "bare.pth").info.notes == []
+    assert load_model("test_resnet", checkpoint=tmp_path / "bare.pth").info.notes == []

@@ -29,9 +29,9 @@ def _probe_file(adapter, path: Path, classes: int, model: str) -> cp.LocationHea
 
 
 def test_a_probe_head_file_becomes_the_classifier(tmp_path: Path) -> None:
-    base = cp.load_model("resnet10t", random_init=True, num_classes=5)
-    head = _probe_file(base, tmp_path / "head.safetensors", 3, "resnet10t")
-    adapter = cp.load_model("resnet10t", random_init=True, num_classes=5, head=tmp_path / "head.safetensors")
+    base = cp.load_model("test_resnet", random_init=True, num_classes=5)
+    head = _probe_file(base, tmp_path / "head.safetensors", 3, "test_resnet")
+    adapter = cp.load_model("test_resnet", random_init=True, num_classes=5, head=tmp_path / "head.safetensors")
     assert adapter.num_classes == 3 and adapter.info.head == "linear probe on voc2007 trainval"
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -48,7 +48,7 @@ def test_a_probe_head_file_becomes_the_classifier(tmp_path: Path) -> None:
 
 
 def test_a_head_fitted_on_another_model_is_refused(tmp_path: Path) -> None:
-    base = cp.load_model("resnet10t", random_init=True, num_classes=5)
+    base = cp.load_model("test_resnet", random_init=True, num_classes=5)
     _probe_file(base, tmp_path / "head.safetensors", 3, "resnet18")
     with pytest.raises(CSRAError, match="fitted on resnet18"):
-        cp.load_model("resnet10t", random_init=True, num_classes=5, head=tmp_path / "head.safetensors")
+        cp.load_model("test_resnet", random_init=True, num_classes=5, head=tmp_path / "head.safetensors")

@@ -161,8 +161,8 @@ def test_class_token_models_score_the_patch_tokens(arch: str, kwargs: dict, size
 @pytest.mark.parametrize(
     ("arch", "kwargs", "fragment"),
     [
-        ("resnet10t", dict(global_pool="max"), "pooling 'max' is not an average over locations"),
-        ("resnet10t", dict(global_pool="avgmax"), "pooling 'avgmax' is not an average over locations"),
+        ("test_resnet", dict(global_pool="max"), "pooling 'max' is not an average over locations"),
+        ("test_resnet", dict(global_pool="avgmax"), "pooling 'avgmax' is not an average over locations"),
         (
             "test_vit3",
             {},
@@ -182,8 +182,8 @@ def test_genuine_refusals_name_the_operation(arch: str, kwargs: dict, fragment: 
 
 def test_plain_linear_head_uses_the_classifier_weights_as_they_are() -> None:
     """No probing where none is needed: ResNet's head is its fc, bit for bit (caches keep their keys)."""
-    model = build("resnet10t")
-    adapter = adapter_for_module(model, "resnet10t")
+    model = build("test_resnet")
+    adapter = adapter_for_module(model, "test_resnet")
     assert torch.equal(adapter.head.weight, model.fc.weight) and torch.equal(adapter.head.bias, model.fc.bias)
     assert not adapter.info.notes
 

@@ -101,7 +101,7 @@ def test_timm_layout_and_other_models_pass_through(asl_checkpoint, tmp_path: Pat
     sd = original.state_dict()
     assert published_layout("tresnet_m", sd, path) == (sd, None)
     other = {"body.conv1.0.weight": torch.zeros(1)}
-    assert published_layout("resnet10t", other, path) == (other, None)
+    assert published_layout("test_resnet", other, path) == (other, None)
 
 
 def test_ml_decoder_head_is_refused_in_one_line(asl_checkpoint) -> None:

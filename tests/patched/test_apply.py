@@ -25,7 +25,7 @@ from csra_posthoc.patched.export import exported_config, run_exported
 from tests.helpers import apply_argv, sweep_argv
 
 runner = CliRunner()
-FAMILIES = {"timm-cnn": "resnet10t", "timm-vit": "vit_tiny_patch16_224", "torchvision": "torchvision:resnet18"}
+FAMILIES = {"timm-cnn": "test_resnet", "timm-vit": "vit_tiny_patch16_224", "torchvision": "torchvision:resnet18"}
 FORMATS = [
     "safetensors",
     "ts",
@@ -118,7 +118,7 @@ def test_every_variant_matches_the_sweeps_statistics(voc_dir: Path, tmp_path: Pa
     from csra_posthoc.evaluation.results import SweepRow, Variant
     from csra_posthoc.patched.model import patch
 
-    adapter = load_model("resnet10t", random_init=True, num_classes=20)
+    adapter = load_model("test_resnet", random_init=True, num_classes=20)
     images = load_dataset("voc2007", voc_dir)
     stats = extract(adapter, images, img_size=64, use_cache=False)
     x = torch.stack([build_transform(stats.info.transform)(load_rgb(p)) for p in images.paths])
@@ -140,7 +140,7 @@ def test_apply_with_explicit_settings_writes_the_config(tmp_path: Path) -> None:
         [
             "apply",
             "--model",
-            "resnet10t",
+            "test_resnet",
             "--random-init",
             "--num-classes",
             "3",
@@ -179,7 +179,7 @@ def test_apply_with_explicit_settings_writes_the_config(tmp_path: Path) -> None:
 )
 def test_bad_apply_flags_fail_in_one_line(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    one_line_error(runner.invoke(app, ["apply", "--model", "resnet10t", "--random-init", *args]), *fragments)
+    one_line_error(runner.invoke(app, ["apply", "--model", "test_resnet", "--random-init", *args]), *fragments)
 
 
 def test_unsupported_family_is_named(tmp_path: Path) -> None:
@@ -195,7 +195,7 @@ def test_existing_out_is_replaced_force_still_accepted(tmp_path: Path) -> None:
     """README: Outputs: every command replaces an existing output atomically; --force is no longer needed."""
     out = tmp_path / "p.safetensors"
     out.write_text("precious")
-    base = ["apply", "--model", "resnet10t", "--random-init", "--lam", "0.2", "--out", str(out)]
+    base = ["apply", "--model", "test_resnet", "--random-init", "--lam", "0.2", "--out", str(out)]
     assert runner.invoke(app, base).exit_code == 0
     assert out.read_bytes()[:8] != b"precious"
     assert runner.invoke(app, [*base, "--force"]).exit_code == 0
@@ -209,18 +209,18 @@ def test_from_results_of_another_model_weights_or_class_list_is_refused(swept, t
         app,
         apply_argv("resnet14t", results, out, "--random-init", "--num-classes", "20", pick=None),
     )
-    one_line_error(res, "measured on model resnet10t", "not resnet14t")
+    one_line_error(res, "measured on model test_resnet", "not resnet14t")
     torch.manual_seed(1)
-    torch.save(timm.create_model("resnet10t", num_classes=20).state_dict(), tmp_path / "other.pth")
+    torch.save(timm.create_model("test_resnet", num_classes=20).state_dict(), tmp_path / "other.pth")
     res = runner.invoke(
         app,
-        apply_argv("resnet10t", results, out, "--checkpoint", str(tmp_path / "other.pth"), pick=None),
+        apply_argv("test_resnet", results, out, "--checkpoint", str(tmp_path / "other.pth"), pick=None),
     )
     one_line_error(res, "other weights", "fingerprint")
     res = runner.invoke(
         app,
         apply_argv(
-            "resnet10t",
+            "test_resnet",
             results,
             out,
             "--random-init",
@@ -234,7 +234,7 @@ def test_from_results_of_another_model_weights_or_class_list_is_refused(swept, t
     one_line_error(res, "class list")
     res = runner.invoke(
         app,
-        apply_argv("resnet10t", results, out, "--random-init", "--num-classes", "20", "--lam", "0.3", pick=None),
+        apply_argv("test_resnet", results, out, "--random-init", "--num-classes", "20", "--lam", "0.3", pick=None),
     )
     one_line_error(res, "--from-results", "--lam")
     assert not Path(out).exists()
@@ -255,13 +255,13 @@ def test_results_from_a_probe_need_its_head(tmp_path: Path, voc_dir: Path) -> No
     out = tmp_path / "p.safetensors"
     # no --head-file: the probe the results name is found by their head fingerprint (issue 24), and said
     res = runner.invoke(
-        app, ["apply", "--model", "resnet10t", "--random-init", "--from-results", str(results), "--out", str(out)]
+        app, ["apply", "--model", "test_resnet", "--random-init", "--from-results", str(results), "--out", str(out)]
     )
     assert res.exit_code == 0, res.output
     assert "(found by the results' head fingerprint)" in " ".join(res.output.split())
     res = runner.invoke(
         app,
-        apply_argv("resnet10t", results, out, "--random-init", "--head-file", str(head)),
+        apply_argv("test_resnet", results, out, "--random-init", "--head-file", str(head)),
     )
     assert res.exit_code == 0, res.output
     config = exported_config(out)

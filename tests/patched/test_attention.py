@@ -28,7 +28,7 @@ def test_maps_pool_to_the_patched_scores(tmp_path: Path, photo: Path) -> None:
     res = run_attention(
         photo,
         tmp_path / "a.png",
-        ModelSource("resnet10t", random_init=True),
+        ModelSource("test_resnet", random_init=True),
         CSRASettings(lam=0.3),
         img_size=64,
         top_k=4,
@@ -52,7 +52,7 @@ def test_top_classes_match_predict(tmp_path: Path, photo: Path) -> None:
     from csra_posthoc.patched.predict import predict_images
 
     torch.manual_seed(1)
-    adapter = load_model("resnet10t", random_init=True)
+    adapter = load_model("test_resnet", random_init=True)
     patched = patch(adapter, 0.2, preprocessing=default_preprocessing(adapter, "auto", 64, None))
     res = attention_maps(patched, photo, top_k=3, device="cpu")
     (pred,) = predict_images(patched, [photo], threshold=0.0, top_k=3, device="cpu")
@@ -69,7 +69,7 @@ def test_cli_attention_and_its_refusals(tmp_path: Path, photo: Path) -> None:
             "attention",
             str(photo),
             "--model",
-            "resnet10t",
+            "test_resnet",
             "--random-init",
             "--img-size",
             "64",
@@ -82,7 +82,7 @@ def test_cli_attention_and_its_refusals(tmp_path: Path, photo: Path) -> None:
     assert ok.exit_code == 0, ok.output
     assert "<svg" in (tmp_path / "f.svg").read_text()
     missing_dir = runner.invoke(
-        app, ["attention", str(photo), "--model", "resnet10t", "--random-init", "--out", str(tmp_path / "no" / "f.png")]
+        app, ["attention", str(photo), "--model", "test_resnet", "--random-init", "--out", str(tmp_path / "no" / "f.png")]
     )
     assert missing_dir.exit_code == 2 and "does not exist" in missing_dir.output
     missing_image = runner.invoke(
@@ -91,7 +91,7 @@ def test_cli_attention_and_its_refusals(tmp_path: Path, photo: Path) -> None:
             "attention",
             str(tmp_path / "none.jpg"),
             "--model",
-            "resnet10t",
+            "test_resnet",
             "--random-init",
             "--out",
             str(tmp_path / "f.png"),
@@ -104,6 +104,6 @@ def test_undecodable_image_and_bad_top_k(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     with pytest.raises(CSRAError, match="cannot decode"):
-        run_attention(bad, tmp_path / "a.png", ModelSource("resnet10t", random_init=True), img_size=64)
+        run_attention(bad, tmp_path / "a.png", ModelSource("test_resnet", random_init=True), img_size=64)
     with pytest.raises(CSRAError, match="top_k 0"):
-        run_attention(bad, tmp_path / "a.png", ModelSource("resnet10t", random_init=True), top_k=0)
+        run_attention(bad, tmp_path / "a.png", ModelSource("test_resnet", random_init=True), top_k=0)

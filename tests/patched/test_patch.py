@@ -32,7 +32,7 @@ def _randomise_head(linear: torch.nn.Module) -> None:
 
 
 IDENTITY_MODELS = {
-    "timm resnet10t": lambda: timm.create_model("resnet10t", num_classes=7),
+    "timm test_resnet": lambda: timm.create_model("test_resnet", num_classes=7),
     "timm convnext_atto (pooled LayerNorm)": lambda: timm.create_model("convnext_atto", num_classes=7),
     "timm vit avg-pool (fc_norm)": lambda: timm.create_model(
         "vit_tiny_patch16_224", num_classes=7, img_size=64, global_pool="avg"
@@ -83,7 +83,7 @@ def test_class_token_vit_gives_the_patch_average_not_its_logits() -> None:
 
 
 def test_patch_shares_the_backbone_instead_of_copying_it() -> None:
-    model = timm.create_model("resnet10t", num_classes=3).eval()
+    model = timm.create_model("test_resnet", num_classes=3).eval()
     patched = patch(model, lam=0.2)
     assert patched.model is model
     assert patched.model.conv1[0].weight.data_ptr() == model.conv1[0].weight.data_ptr()
@@ -134,7 +134,7 @@ def test_head_module_and_sweep_statistics_score_alike(kwargs, variant) -> None:
     ],
 )
 def test_bad_settings_are_refused(kwargs, fragment) -> None:
-    model = timm.create_model("resnet10t", num_classes=3).eval()
+    model = timm.create_model("test_resnet", num_classes=3).eval()
     with pytest.raises(CSRAError, match=f"^{fragment}") as info:  # library terms: the parameter, not the CLI flag
         patch(model, **{"lam": 0.2, **kwargs})
     assert info.value.param == fragment.split()[0]
@@ -153,7 +153,7 @@ def test_unsupported_families_are_refused_with_the_reason() -> None:
         patch(torchvision.models.alexnet(num_classes=3))
 
 
-@pytest.mark.parametrize("name", ["resnet10t", pytest.param("vit_tiny_patch16_224", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["test_resnet", pytest.param("vit_tiny_patch16_224", marks=pytest.mark.slow)])
 def test_safetensors_round_trip_is_weights_only_and_exact(tmp_path: Path, name: str) -> None:
     torch.manual_seed(0)
     kwargs = {"img_size": 64} if name.startswith("vit") else {}
@@ -207,12 +207,12 @@ def test_a_fitted_probe_adapter_patches_with_its_probe() -> None:
     from csra_posthoc.models import AdapterInfo, ProbeHeadAdapter
 
     torch.manual_seed(0)
-    base = load_model("resnet10t", random_init=True)
+    base = load_model("test_resnet", random_init=True)
     probe = base.head.with_linear(torch.randn(4, base.head.weight.shape[1]), torch.randn(4))
     fitted = ProbeHeadAdapter(
         base,
         probe,
-        AdapterInfo("resnet10t", "timm-cnn", "model_logits", "random-init", head="linear probe on x train, 9 images"),
+        AdapterInfo("test_resnet", "timm-cnn", "model_logits", "random-init", head="linear probe on x train, 9 images"),
     )
     x = _x()
     with torch.no_grad():
@@ -225,7 +225,7 @@ def test_a_fitted_probe_adapter_patches_with_its_probe() -> None:
 
 
 def test_new_settings_score_and_describe_like_a_fresh_patch() -> None:
-    model = timm.create_model("resnet10t", num_classes=3).eval()
+    model = timm.create_model("test_resnet", num_classes=3).eval()
     x = _x()
     changed = patch(model, lam=0.2, heads=4).set_settings(lam=0.7)  # lam alone keeps the variant
     fresh = patch(model, lam=0.7, heads=4)

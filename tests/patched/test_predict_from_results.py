@@ -303,7 +303,7 @@ def test_from_results_refuses_other_weights(swept, tmp_path: Path) -> None:
 def test_exported_file_does_not_promise_a_baseline(tmp_path: Path) -> None:
     ts = tmp_path / "p.ts"
     res = runner.invoke(
-        app, ["apply", "--model", "resnet10t", "--random-init", "--img-size", "64", "--lam", "0.2", "--out", str(ts)]
+        app, ["apply", "--model", "test_resnet", "--random-init", "--img-size", "64", "--lam", "0.2", "--out", str(ts)]
     )
     assert res.exit_code == 0, res.output
     Image.fromarray(skdata.chelsea()).convert("RGB").save(tmp_path / "chelsea.png")
@@ -318,7 +318,7 @@ def test_patched_config_thresholds_are_used_unless_its_settings_are_overridden(t
     from csra_posthoc.models import load_model
     from csra_posthoc.patched.model import patch, save_patched
 
-    patched = patch(load_model("resnet10t", random_init=True), 0.2, img_size=64)
+    patched = patch(load_model("test_resnet", random_init=True), 0.2, img_size=64)
     Image.fromarray(skdata.chelsea()).convert("RGB").save(tmp_path / "chelsea.png")
     (tmp_path / "classes.txt").write_text("\n".join(f"c{i}" for i in range(1000)) + "\n")
     plain = tmp_path / "plain.safetensors"
@@ -348,6 +348,6 @@ def test_patched_config_thresholds_are_used_unless_its_settings_are_overridden(t
 def test_threshold_typos_are_refused_in_one_line(tmp_path: Path, value: str) -> None:
     Image.fromarray(skdata.chelsea()).convert("RGB").save(tmp_path / "chelsea.png")
     res = runner.invoke(
-        app, ["predict", "--model", "resnet10t", "--random-init", str(tmp_path / "chelsea.png"), "--threshold", value]
+        app, ["predict", "--model", "test_resnet", "--random-init", str(tmp_path / "chelsea.png"), "--threshold", value]
     )
     assert res.exit_code == 2 and "--threshold" in res.output and len(res.output.strip().splitlines()) == 1

@@ -57,7 +57,7 @@ def test_settings_refuse_in_library_terms(kwargs: dict, param: str, start: str) 
 
 def test_resolver_fills_in_from_a_patched_config_as_set_settings_did() -> None:
     """lam alone keeps the file's variant; a temperature or heads replaces it; nothing given: the file's."""
-    patched = cp.patch(cp.load_model("resnet10t", random_init=True), lam=0.4, heads=4, img_size=32)
+    patched = cp.patch(cp.load_model("test_resnet", random_init=True), lam=0.4, heads=4, img_size=32)
     config = patched.config
     assert resolve_settings(CSRASettings(), config=config) == CSRASettings(0.4, None, 4)
     assert resolve_settings(CSRASettings(lam=0.1), config=config) == CSRASettings(0.1, None, 4)
@@ -106,10 +106,10 @@ def test_a_test_pool_row_is_read_but_not_built(tmp_path: Path) -> None:
 
 
 def test_model_source_refuses_weights_beside_a_patched_file(tmp_path: Path) -> None:
-    assert model_source("resnet10t", random_init=True) == ModelSource("resnet10t", random_init=True)
+    assert model_source("test_resnet", random_init=True) == ModelSource("test_resnet", random_init=True)
     assert model_source(None, patched_file="p.safetensors") == PatchedFile("p.safetensors")
     with pytest.raises(CSRAError, match=r"holds the weights and the head: drop `checkpoint` / `random_init`") as info:
-        model_source("resnet10t", tmp_path / "w.pth", random_init=True, patched_file="p.safetensors")
+        model_source("test_resnet", tmp_path / "w.pth", random_init=True, patched_file="p.safetensors")
     assert info.value.param == "patched_file"
     with pytest.raises(CSRAError, match="give a model name with its weights") as info:
         model_source(None)
@@ -125,7 +125,7 @@ def photo(tmp_path: Path) -> Path:
 
 def test_the_three_commands_share_one_wording(tmp_path: Path, photo: Path) -> None:
     """Before: apply, predict and attention each had their own line for the same mistake."""
-    common = ["--model", "resnet10t", "--random-init", "--lam", "0.2", "--temperature", "2", "--heads", "4"]
+    common = ["--model", "test_resnet", "--random-init", "--lam", "0.2", "--temperature", "2", "--heads", "4"]
     lines = []
     for argv in (
         ["apply", *common, "--out", str(tmp_path / "p.safetensors")],

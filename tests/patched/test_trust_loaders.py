@@ -52,7 +52,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from csra_posthoc.patched.export import export_patched
 
     root = tmp_path_factory.mktemp("exported")
-    model = timm.create_model("resnet10t", num_classes=3, pretrained=False)
+    model = timm.create_model("test_resnet", num_classes=3, pretrained=False)
     patched = patch(model, img_size=32, classes=["a", "b", "c"])
     files = {}
     for suffix in ("pt2", "ts"):
@@ -300,7 +300,7 @@ def test_onnx_with_another_input_size_is_one_line(tmp_path: Path) -> None:
     from csra_posthoc.patched.export import CONFIG_FILE, export_patched  # noqa: F401
     from csra_posthoc.patched.model import CONFIG_KEY
 
-    model = timm.create_model("resnet10t", num_classes=3, pretrained=False)
+    model = timm.create_model("test_resnet", num_classes=3, pretrained=False)
     path = tmp_path / "m.onnx"
     export_patched(patch(model, img_size=32, classes=["a", "b", "c"]), path)
     proto = onnx.load(str(path))

@@ -44,9 +44,9 @@ def one_line_error(res, *fragments: str) -> None:
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> Path:
-    """A patched resnet10t (random weights, 5 classes, 64 px) saved by save_patched."""
+    """A patched test_resnet (random weights, 5 classes, 64 px) saved by save_patched."""
     torch.manual_seed(0)
-    model = timm.create_model("resnet10t", num_classes=5).eval()
+    model = timm.create_model("test_resnet", num_classes=5).eval()
     path = tmp_path_factory.mktemp("patched") / "p.safetensors"
     cp.save_patched(cp.patch(model, lam=0.3, classes=list("abcde"), img_size=SIZE), path)
     return path
@@ -107,7 +107,7 @@ DAMAGED = {
     "empty-temperatures": (dict(config=_set("temperatures", [])), "'temperatures'"),
     "unexpected-model-kwargs": (dict(config=_set("model_kwargs", {"pretrained": True})), "'model_kwargs'"),
     "model-kwargs-bad-type": (dict(config=_set("model_kwargs", {"img_size": "224"})), "'model_kwargs'"),
-    "renamed-model-unknown": (dict(config=_set("model", "resnet10t_evil")), "'model'"),
+    "renamed-model-unknown": (dict(config=_set("model", "test_resnet_evil")), "'model'"),
     "renamed-model-known": (dict(config=_set("model", "resnet14t")), "do not fit resnet14t"),
     "classes-wrong-length": (dict(config=_set("classes", ["a"])), "'classes'"),
     "num-classes-mismatch": (dict(config=_set("num_classes", 7)), "'classes'"),
@@ -139,7 +139,7 @@ def test_damaged_patched_file_is_refused_by_load_patched_and_cli(
 
 def test_intact_file_still_loads_and_matches(saved: Path) -> None:
     torch.manual_seed(0)
-    model = timm.create_model("resnet10t", num_classes=5).eval()
+    model = timm.create_model("test_resnet", num_classes=5).eval()
     x = torch.randn(2, 3, SIZE, SIZE)
     loaded = cp.load_patched(saved)
     with torch.no_grad():  # independent: the model's own logits are the lam=0 scores
@@ -158,7 +158,7 @@ def test_model_kwargs_never_reach_timm_unchecked(saved: Path, tmp_path: Path, mo
 
 def test_caller_mode_changes_do_not_change_patched_scores() -> None:
     torch.manual_seed(0)
-    model = timm.create_model("resnet10t", num_classes=5)  # timm's default: train mode
+    model = timm.create_model("test_resnet", num_classes=5)  # timm's default: train mode
     reference = copy.deepcopy(model).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     p = cp.patch(model, lam=0.0)
@@ -180,7 +180,7 @@ def test_caller_mode_changes_do_not_change_patched_scores() -> None:
 
 def test_save_after_patch_of_train_mode_model_round_trips(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = timm.create_model("resnet10t", num_classes=5)  # train mode, as timm returns it
+    model = timm.create_model("test_resnet", num_classes=5)  # train mode, as timm returns it
     p = cp.patch(model, lam=0.2, img_size=SIZE)
     cp.save_patched(p, tmp_path / "p.safetensors")
     x = torch.randn(2, 3, SIZE, SIZE)
@@ -196,7 +196,7 @@ def test_loaded_model_is_for_inference_and_patch_keeps_requires_grad(saved: Path
     assert not loaded(x.detach()).requires_grad
     out.sum().backward()  # saliency with respect to the input still works
     assert x.grad is not None and x.grad.abs().sum() > 0
-    model = timm.create_model("resnet10t", num_classes=5).eval()
+    model = timm.create_model("test_resnet", num_classes=5).eval()
     model.fc.weight.requires_grad_(False)
     flags = {n: t.requires_grad for n, t in model.named_parameters()}
     cp.patch(model)
@@ -210,7 +210,7 @@ def _results(tmp_path: Path) -> tuple[Path, dict]:
     from tests.helpers import write_results
 
     path = tmp_path / "r.json"
-    return path, write_results(path, "resnet10t", "voc2007", 1)
+    return path, write_results(path, "test_resnet", "voc2007", 1)
 
 
 @pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity", "1e999"])
@@ -247,7 +247,7 @@ def test_apply_from_results_and_compare_share_the_schema_rule(tmp_path: Path, sc
             reader(path)
     res = runner.invoke(
         app,
-        apply_argv("resnet10t", path, tmp_path / "p.safetensors", "--random-init", pick=None),
+        apply_argv("test_resnet", path, tmp_path / "p.safetensors", "--random-init", pick=None),
     )
     one_line_error(res, "--from-results", "schema")
     assert not (tmp_path / "p.safetensors").exists()
@@ -356,10 +356,10 @@ def test_exported_torchscript_with_edited_head_or_config_is_refused(image: Path,
     from csra_posthoc.patched.export import ExportedModel, export_patched
 
     torch.manual_seed(0)
-    patched = cp.patch(timm.create_model("resnet10t", num_classes=5).eval(), lam=0.3, img_size=SIZE)
+    patched = cp.patch(timm.create_model("test_resnet", num_classes=5).eval(), lam=0.3, img_size=SIZE)
     good = tmp_path / "p.ts"
     export_patched(patched, good)
-    assert ExportedModel(good).config.model == "resnet10t"
+    assert ExportedModel(good).config.model == "test_resnet"
     extra = {"csra_config.json": ""}
     module = torch.jit.load(str(good), _extra_files=extra)
     config = json.loads(extra["csra_config.json"])
@@ -389,7 +389,7 @@ def test_weights_changed_after_patch_are_refused_at_save(tmp_path: Path, suffix:
     from csra_posthoc.patched.export import export_patched
 
     torch.manual_seed(0)
-    model = timm.create_model("resnet10t", num_classes=5).eval()
+    model = timm.create_model("test_resnet", num_classes=5).eval()
     patched = cp.patch(model, lam=0.3, img_size=SIZE)
     with torch.no_grad():
         model.fc.bias.add_(1.0)  # the caller fine-tunes its model after patching: the config's fingerprint is stale

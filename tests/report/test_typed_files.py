@@ -33,7 +33,7 @@ def results_json() -> dict:
     row = {"variant": "max", "temperature": None, "heads": None, "lam": 0.2, "metrics": {"mAP": 60.0}}
     return {
         "schema": 1,
-        "model": "resnet10t",
+        "model": "test_resnet",
         "dataset": "voc2007",
         "split": "test",
         "num_images": 4,
@@ -111,7 +111,7 @@ def test_a_bad_row_is_named_with_the_file() -> None:
 
 
 def test_patched_config_round_trip_keeps_unknown_fields(tmp_path: Path) -> None:
-    patched = cp.patch(cp.load_model("resnet10t", random_init=True), lam=0.3, heads=4, img_size=32)
+    patched = cp.patch(cp.load_model("test_resnet", random_init=True), lam=0.3, heads=4, img_size=32)
     patched.config.extra["later_field"] = {"kind": "probe"}  # a later release's field
     path = tmp_path / "p.safetensors"
     cp.save_patched(patched, path)
@@ -129,7 +129,7 @@ def test_patched_config_round_trip_keeps_unknown_fields(tmp_path: Path) -> None:
 
 
 def test_patched_config_refuses_a_future_version() -> None:
-    patched = cp.patch(cp.load_model("resnet10t", random_init=True), lam=0.3, img_size=32)
+    patched = cp.patch(cp.load_model("test_resnet", random_init=True), lam=0.3, img_size=32)
     data = patched.config.to_json()
     data["format_version"] = FORMAT_VERSION + 1
     with pytest.raises(CSRAError, match="is not one this version reads"):
