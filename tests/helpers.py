@@ -34,7 +34,15 @@ def readme_patch_example() -> str:
 
 # -- the CLI --------------------------------------------------------------------------------------
 
-SWEEP_DEFAULTS: dict[str, Any] = {"model": "test_resnet", "random_init": True, "dataset": "voc2007", "img_size": 64}
+SWEEP_DEFAULTS: dict[str, Any] = {
+    "model": "test_resnet",
+    "random_init": True,
+    "dataset": "voc2007",
+    "img_size": 64,
+    "lams": "0,0.1,0.5",
+    "temps": "1,4",
+    "heads": "1,4",
+}
 WEIGHT_SOURCES = ("random_init", "pretrained", "checkpoint")
 
 

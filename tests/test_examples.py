@@ -17,6 +17,7 @@ from tests.helpers import readme_patch_example
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_readme_patch_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     code = readme_patch_example()
     assert len(code.strip().splitlines()) <= 12

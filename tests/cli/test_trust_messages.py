@@ -207,6 +207,7 @@ def test_bad_preprocessing_in_a_patched_file_is_one_error_naming_it(files, tmp_p
     )  # named once, by the config check
 
 
+@pytest.mark.slow
 def test_under_two_ranks_a_shared_error_is_said_once_and_the_bar_counts_every_image(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

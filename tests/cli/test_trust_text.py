@@ -134,6 +134,7 @@ def test_an_error_naming_a_hostile_file_prints_it_as_written(tmp_path: Path) -> 
     assert f"[link=x]{STYLE}{SHOWN[1]}.jpg" in text.replace("\n", "")
 
 
+@pytest.mark.slow
 def test_real_weights_on_a_real_photo_with_a_markup_file_name(tmp_path: Path) -> None:
     """efficientnet_lite0's packaged ImageNet weights on skimage's astronaut saved as ``[bold red]cat[-].jpg``:
     the name prints as written, the real top class beside it."""

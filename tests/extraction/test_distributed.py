@@ -159,6 +159,7 @@ def _check_gathered(results: dict, counts: list[int]) -> None:
         assert results[n]["ids"] == ids
 
 
+@pytest.mark.slow
 def test_two_ranks_gather_equals_single_process(tmp_path: Path) -> None:
     counts = [7, 8, 2]  # 7 does not divide by 2; 2 gives each rank one item
     codes, _ = dist_scenarios.launch("gather", tmp_path, counts)
@@ -193,6 +194,7 @@ def test_ranks_with_different_arguments_are_refused_on_every_rank(tmp_path: Path
         )
 
 
+@pytest.mark.slow
 def test_a_rank_that_raises_stops_every_rank_with_its_reason(tmp_path: Path) -> None:
     timeout = 20.0
     codes, wall = dist_scenarios.launch("raise", tmp_path, timeout_s=timeout)
@@ -215,6 +217,7 @@ def test_the_same_failure_on_every_rank_is_said_once(tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.slow
 def test_a_bug_on_one_rank_keeps_its_traceback_there_and_is_one_line_elsewhere(tmp_path: Path, capfd) -> None:
     codes, wall = dist_scenarios.launch("bug", tmp_path, timeout_s=20.0)
     assert codes == [2, 1] and wall < 20.0
@@ -244,6 +247,7 @@ def test_a_hung_rank_ends_the_others_at_the_timeout(tmp_path: Path) -> None:
     assert 0.8 * timeout <= float(waited) <= timeout + 10
 
 
+@pytest.mark.slow
 def test_a_rank_that_dies_ends_the_others_with_one_line(tmp_path: Path) -> None:
     codes, _ = dist_scenarios.launch("die", tmp_path, timeout_s=20.0, grace_s=25.0)
     assert codes[1] == 3 and codes[0] == 2
@@ -271,6 +275,7 @@ def test_torchrun_launch_gathers_like_a_single_process(tmp_path: Path) -> None:
     assert time.perf_counter() - start < 180
 
 
+@pytest.mark.slow
 def test_python_dash_m_runs_the_cli() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     run = subprocess.run(

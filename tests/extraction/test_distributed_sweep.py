@@ -60,6 +60,7 @@ def _run(tmp_path: Path, name: str, world: int, args: list[str]) -> tuple[list[i
 @pytest.mark.parametrize(
     "batch_size", ["4", pytest.param("16", marks=pytest.mark.slow)]
 )  # 4: shards of 12 and 11 images; 16: 2 batches, shards of 16 and 7
+@pytest.mark.slow
 def test_two_rank_sweep_equals_single_process(tmp_path: Path, batch_size: str) -> None:
     data = _voc(tmp_path / "data")
     args = ["--data-dir", str(data), "--batch-size", batch_size, "--metrics", "CF1,OF1"]
@@ -88,6 +89,7 @@ def test_two_rank_sweep_equals_single_process(tmp_path: Path, batch_size: str) -
     assert codes3 == [0, 0] and again == multi
 
 
+@pytest.mark.slow
 def test_a_bad_image_on_one_rank_stops_both_with_one_line(tmp_path: Path) -> None:
     data = _voc(tmp_path / "data")
     bad = data / "VOCdevkit" / "VOC2007" / "JPEGImages" / "000020.jpg"  # in rank 1's shard (images 12..22)
@@ -103,6 +105,7 @@ def test_a_bad_image_on_one_rank_stops_both_with_one_line(tmp_path: Path) -> Non
     assert printed[1] == ("", "")  # rank 0 says it for both
 
 
+@pytest.mark.slow
 def test_ranks_given_different_arguments_are_refused(tmp_path: Path) -> None:
     data = _voc(tmp_path / "data")
     codes, _, printed = dist_scenarios.launch_cli(
@@ -117,6 +120,7 @@ def test_ranks_given_different_arguments_are_refused(tmp_path: Path) -> None:
     assert printed[1] == ("", "")  # the same refusal on every rank: rank 0 says it once
 
 
+@pytest.mark.slow
 def test_more_ranks_than_images_is_refused(tmp_path: Path) -> None:
     data = _voc(tmp_path / "data", 1)
     codes, _, printed = dist_scenarios.launch_cli([*BASE, "--data-dir", str(data), "--no-cache"], tmp_path / "logs")

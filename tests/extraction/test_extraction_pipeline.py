@@ -138,6 +138,7 @@ def test_loop_threads_cap_only_when_other_processes_keep_the_cpu_busy(monkeypatc
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_other_processes_load_sees_a_busy_core() -> None:
     from csra_posthoc.machine import available_cores, other_processes_load
 

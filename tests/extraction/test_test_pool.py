@@ -53,6 +53,7 @@ def lite0():
     return load_model("efficientnet_lite0", pretrained=True)
 
 
+@pytest.mark.slow
 def test_extracted_statistic_matches_timms_test_time_pool_head(lite0, tmp_path: Path) -> None:
     """efficientnet_lite0 (packaged ImageNet weights) at 320 px, trained at 224: the cached test-pool
     score equals timm's TestTimePoolHead (pool_size 7x7 from its pretrained config) to 1e-5."""
@@ -136,7 +137,18 @@ def pooled(tmp_path_factory: pytest.TempPathFactory) -> dict:
     ckpt = root / "w.pth"
     torch.save(load_model("test_resnet", random_init=True, num_classes=2).wrapped.state_dict(), ckpt)
     data = _csv_args(root)
-    args = [*SWEEP, "--model", "test_resnet", "--checkpoint", str(ckpt), "--img-size", "96", "--train-size", "64", *data]
+    args = [
+        *SWEEP,
+        "--model",
+        "test_resnet",
+        "--checkpoint",
+        str(ckpt),
+        "--img-size",
+        "96",
+        "--train-size",
+        "64",
+        *data,
+    ]
     results, plain = root / "r.json", root / "plain.json"
     res = CliRunner().invoke(app, [*args, "--out", str(results)])
     assert res.exit_code == 0, res.output
@@ -207,6 +219,7 @@ def _photo_batch(size: int) -> torch.Tensor:
         pytest.param(".onnx", marks=pytest.mark.slow),
     ],
 )
+@pytest.mark.slow
 def test_apply_exports_timms_test_time_pooling(lite0, tmp_path: Path, suffix: str) -> None:
     """apply --test-pool: the exported file (every format) scores real photos as timm's TestTimePoolHead does."""
     if suffix == ".onnx":
@@ -262,7 +275,18 @@ def test_apply_picks_the_test_pool_row_of_a_sweep(pooled: dict, tmp_path: Path) 
     # refusals, one line naming the flag
     res = CliRunner().invoke(
         app,
-        ["apply", "--model", "test_resnet", "--checkpoint", str(ckpt), "--out", str(out), "--test-pool", "--lam", "0.2"],
+        [
+            "apply",
+            "--model",
+            "test_resnet",
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--test-pool",
+            "--lam",
+            "0.2",
+        ],
     )
     assert res.exit_code == 2 and "--test-pool" in res.output
     res = CliRunner().invoke(

@@ -20,6 +20,7 @@ def test_conv_head_after_pooling_is_the_labelled_nonlinear_variant(name: str) ->
     assert adapter.info.location_head == "nonlinear" and "conv_head" in adapter.info.head
 
 
+@pytest.mark.slow
 def test_head_without_a_per_location_form_is_refused_by_what_it_does() -> None:
     with pytest.raises(CSRAError) as info:
         load_model("torchvision:vgg11", random_init=True, num_classes=20)

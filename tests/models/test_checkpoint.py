@@ -40,6 +40,7 @@ def test_checkpoint_formats_load_and_infer_num_classes(tmp_path: Path, resnet_sd
     assert adapter.info.weights == f"checkpoint:{path}"
 
 
+@pytest.mark.slow
 def test_torchvision_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(0)
     sd = tvm.resnet18(num_classes=3).state_dict()

@@ -12,6 +12,7 @@ import torch
 from csra_posthoc import CSRAError, load_model
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_input_size_names_the_position_embedding_and_the_fix(tmp_path: Path) -> None:
     ckpt = tmp_path / "vit384.pth"
     torch.save(timm.create_model("vit_tiny_patch16_384", num_classes=4).state_dict(), ckpt)

@@ -115,6 +115,7 @@ KINDS = [
 
 @pytest.mark.parametrize("kind", KINDS)
 @torch.no_grad()
+@pytest.mark.slow
 def test_lam0_is_the_logits_and_the_score_is_the_head_at_each_location(kind: str) -> None:
     model, adapter, features, cells, size = _case(kind)
     assert adapter.info.location_head == "nonlinear" and adapter.info.baseline_source == "model_logits"
@@ -163,6 +164,7 @@ def test_cache_key_differs_from_a_linear_head_of_the_same_statistics() -> None:
     assert statistics_key(**common, location_head="linear") == statistics_key(**common)  # old linear keys stay valid
 
 
+@pytest.mark.slow
 def test_warm_run_key_is_the_extraction_key(voc_dir: Path) -> None:
     """A warm run (model memo, no build) must find the non-linear statistics under the same key."""
     from csra_posthoc.cache.resolution import resolution_of, statistics_location
@@ -178,6 +180,7 @@ def test_warm_run_key_is_the_extraction_key(voc_dir: Path) -> None:
     assert key == extraction_key(adapter, images, fp.desc, False, False)
 
 
+@pytest.mark.slow
 def test_heads_that_do_not_start_with_average_pooling_are_refused() -> None:
     model = timm.create_model("mobilenetv3_small_050", num_classes=5, global_pool="max").eval()
     with pytest.raises(CSRAError, match="does not start with average pooling"):
@@ -248,6 +251,7 @@ def swept(tmp_path_factory) -> tuple[Path, Path, Path, Path]:
 @pytest.mark.parametrize(
     "fmt", ["safetensors", *(pytest.param(f, marks=pytest.mark.slow) for f in ("pt2", "ts", "onnx"))]
 )  # the inner loop exports one format; CI runs all four
+@pytest.mark.slow
 def test_sweep_apply_and_predict_agree_for_mobilenetv3(swept, fmt: str) -> None:
     data, results, scores, root = swept
     doc = json.loads(results.read_text())

@@ -92,6 +92,7 @@ IDENTITY_CASES = [
 
 
 @pytest.mark.parametrize(("arch", "kwargs", "size", "family"), IDENTITY_CASES, ids=[c[0] for c in IDENTITY_CASES])
+@pytest.mark.slow
 def test_identity_holds_for_every_linear_head(arch: str, kwargs: dict, size: int, family: str) -> None:
     model = build(arch, **kwargs)
     adapter, s, own = scores_and_model_logits(model, arch, size)
@@ -188,6 +189,7 @@ def test_plain_linear_head_uses_the_classifier_weights_as_they_are() -> None:
     assert not adapter.info.notes
 
 
+@pytest.mark.slow
 def test_larger_input_than_training_is_resampled_for_swin() -> None:
     """Part 5: Swin is built with dynamic_img_size, so a larger --img-size than 224 runs and the identity holds."""
     adapter = load_model("swinv2_cr_tiny_224", random_init=True, num_classes=3)

@@ -67,6 +67,7 @@ def _build(name: str, overrides: dict[str, Any], size: int) -> Any:
 
 
 @pytest.mark.parametrize(("name", "overrides", "size", "form"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.slow
 def test_identity_or_documented_form(name: str, overrides: dict[str, Any], size: int, form: str) -> None:
     model = _build(name, overrides, size)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))

@@ -98,6 +98,7 @@ CASES = [  # the inner loop: one file of the NHWC model; CI (the full suite) run
 
 
 @pytest.mark.parametrize("key,fmt", CASES)
+@pytest.mark.slow
 def test_exported_file_reproduces_the_sweep_row(swept, applied, key: str, fmt: str) -> None:
     data, results, scores = swept[key]
     summary = json.loads(results.read_text())
@@ -114,6 +115,7 @@ def test_exported_file_reproduces_the_sweep_row(swept, applied, key: str, fmt: s
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), (key, fmt)
 
 
+@pytest.mark.slow
 def test_predict_runs_on_the_patched_swin(swept, applied, tmp_path: Path) -> None:
     data, _, _ = swept["swin"]
     out = applied["swin", "safetensors"]  # the file the export check above compares with the sweep

@@ -80,6 +80,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.slow
 def test_identity_per_family(family: str) -> None:
     torch.manual_seed(0)
     model = _randomise(FAMILIES[family]())
@@ -141,6 +142,7 @@ def test_maxvit_is_the_labelled_nonlinear_variant() -> None:
     assert _rel(spread.mean(-1), pooled) > 1e-3  # non-linear: the mean of location scores is not the logits
 
 
+@pytest.mark.slow
 def test_inception_v3_through_the_family_dispatch() -> None:
     """build_torchvision_adapter sends a family it has no rule for to the traced contract."""
     model = _randomise(tvm.inception_v3(num_classes=CLASSES, aux_logits=False, init_weights=False))
@@ -199,6 +201,7 @@ class _DataDependent(_MaxPool):
         (_DataDependent, "cannot be traced"),
     ],
 )
+@pytest.mark.slow
 def test_refusals_name_the_operation(make: Callable[[], nn.Module], match: str) -> None:
     with pytest.raises(CSRAError, match=match) as info:
         _adapter(make().eval(), "x")
@@ -239,6 +242,7 @@ def test_models_check_cli_on_a_torchvision_pattern(tmp_path) -> None:
     "arch",
     ["convnext_tiny", "swin_t", "maxvit_t", "mobilenet_v3_small", "densenet121", "squeezenet1_1"],
 )
+@pytest.mark.slow
 def test_num_classes_is_read_off_a_checkpoint_of_every_family(arch: str, tmp_path) -> None:
     """``load_model(torchvision:ARCH, checkpoint=...)`` infers the class count from the classifier's key."""
     from csra_posthoc.models.factory import _infer_num_classes

@@ -82,6 +82,7 @@ def asl_checkpoint(tmp_path_factory) -> tuple[Path, nn.Module]:
     return path, model
 
 
+@pytest.mark.slow
 def test_asl_layout_is_renamed_onto_timm(asl_checkpoint) -> None:
     path, original = asl_checkpoint
     sd, entry = read_checkpoint(path)
@@ -96,6 +97,7 @@ def test_asl_layout_is_renamed_onto_timm(asl_checkpoint) -> None:
         assert torch.allclose(model(x), original(x), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_timm_layout_and_other_models_pass_through(asl_checkpoint, tmp_path: Path) -> None:
     path, original = asl_checkpoint
     sd = original.state_dict()
@@ -104,6 +106,7 @@ def test_timm_layout_and_other_models_pass_through(asl_checkpoint, tmp_path: Pat
     assert published_layout("test_resnet", other, path) == (other, None)
 
 
+@pytest.mark.slow
 def test_ml_decoder_head_is_refused_in_one_line(asl_checkpoint) -> None:
     path, original = asl_checkpoint
     sd = {k: v for k, v in asl_layout(original).items() if not k.startswith("head.")}
@@ -112,6 +115,7 @@ def test_ml_decoder_head_is_refused_in_one_line(asl_checkpoint) -> None:
         published_layout("tresnet_m", sd, path)
 
 
+@pytest.mark.slow
 def test_load_model_reads_an_asl_checkpoint(asl_checkpoint) -> None:
     """End to end through ``load_model(checkpoint=...)``: 80 classes from head.fc, the model's own
     logits equal the original's. Needs TResNet's head ('fast' average pool in ClassifierHead) to be

@@ -182,6 +182,7 @@ def test_bad_apply_flags_fail_in_one_line(tmp_path: Path, args: list[str], fragm
     one_line_error(runner.invoke(app, ["apply", "--model", "test_resnet", "--random-init", *args]), *fragments)
 
 
+@pytest.mark.slow
 def test_unsupported_family_is_named(tmp_path: Path) -> None:
     res = runner.invoke(
         app,

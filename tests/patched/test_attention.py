@@ -82,7 +82,8 @@ def test_cli_attention_and_its_refusals(tmp_path: Path, photo: Path) -> None:
     assert ok.exit_code == 0, ok.output
     assert "<svg" in (tmp_path / "f.svg").read_text()
     missing_dir = runner.invoke(
-        app, ["attention", str(photo), "--model", "test_resnet", "--random-init", "--out", str(tmp_path / "no" / "f.png")]
+        app,
+        ["attention", str(photo), "--model", "test_resnet", "--random-init", "--out", str(tmp_path / "no" / "f.png")],
     )
     assert missing_dir.exit_code == 2 and "does not exist" in missing_dir.output
     missing_image = runner.invoke(

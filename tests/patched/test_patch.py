@@ -140,6 +140,7 @@ def test_bad_settings_are_refused(kwargs, fragment) -> None:
     assert info.value.param == fragment.split()[0]
 
 
+@pytest.mark.slow
 def test_unsupported_families_are_refused_with_the_reason() -> None:
     with pytest.raises(CSRAError, match="no per-location form"):
         patch(torchvision.models.vgg11(num_classes=3))

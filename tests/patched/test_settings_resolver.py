@@ -141,6 +141,7 @@ def test_the_three_commands_share_one_wording(tmp_path: Path, photo: Path) -> No
     ), lines
 
 
+@pytest.mark.slow
 def test_predict_on_real_weights_and_a_real_photo_matches_the_model(tmp_path: Path) -> None:
     """efficientnet_lite0's packaged ImageNet weights, skimage's cat: the CSRA score of run_predict
     equals mean + lam * max of the per-location logits computed here with timm directly."""

@@ -214,6 +214,7 @@ def test_code_in_size_expressions_is_refused(expr: str) -> None:
         check_sym_expr(expr)
 
 
+@pytest.mark.slow
 def test_pt2_written_without_sample_inputs_still_runs(exported) -> None:
     from csra_posthoc.patched.export import ExportedModel
 
@@ -280,6 +281,7 @@ def test_export_patched_takes_a_patched_model(tmp_path: Path) -> None:
         export_patched(torch.nn.Linear(3, 2), tmp_path / "x.pt2")  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_onnx_without_onnxruntime_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from csra_posthoc.patched.export import ExportedModel
 

@@ -304,6 +304,7 @@ def test_damaged_idx_file_is_one_line_naming_it(tmp_path: Path, damage) -> None:
 
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.slow
 def test_demo_cli_on_a_truncated_real_fashion_mnist_file(tmp_path: Path) -> None:
     data = tmp_path / "fm"
     shutil.copytree(FASHION, data)
@@ -328,6 +329,7 @@ def test_demo_cli_on_a_truncated_real_fashion_mnist_file(tmp_path: Path) -> None
 # --- real weights -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_real_weights_edited_head_is_refused_intact_file_predicts(tmp_path: Path) -> None:
     from skimage import data as skdata
 
@@ -352,6 +354,7 @@ def test_real_weights_edited_head_is_refused_intact_file_predicts(tmp_path: Path
 # --- exported formats carry the same config and (where the tensors are there) the same checks ----
 
 
+@pytest.mark.slow
 def test_exported_torchscript_with_edited_head_or_config_is_refused(image: Path, tmp_path: Path) -> None:
     from csra_posthoc.patched.export import ExportedModel, export_patched
 
