@@ -28,7 +28,7 @@ runner = CliRunner()
 FAMILIES = {"timm-cnn": "test_resnet", "timm-vit": "vit_tiny_patch16_224", "torchvision": "torchvision:resnet18"}
 FORMATS = [
     "safetensors",
-    "ts",
+    pytest.param("ts", marks=pytest.mark.slow),  # TorchScript: scripting the patched model takes a second
     pytest.param("pt2", marks=pytest.mark.slow),
     pytest.param("onnx", marks=pytest.mark.slow),
 ]
