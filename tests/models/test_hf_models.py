@@ -16,6 +16,7 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow  # transformers models: beyond the quick loop's small CNNs
 
 from typer.testing import CliRunner  # noqa: E402
 

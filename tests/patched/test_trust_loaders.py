@@ -128,6 +128,7 @@ ATTACKS = {
 
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
+@pytest.mark.slow  # needs the module's pt2 / TorchScript export
 def test_a_tampered_pt2_runs_no_code(exported, tmp_path: Path, attack: str) -> None:
     from csra_posthoc.patched.export import ExportedModel, load_exported
 
@@ -146,6 +147,7 @@ def test_a_tampered_pt2_runs_no_code(exported, tmp_path: Path, attack: str) -> N
     assert not marker.exists()
 
 
+@pytest.mark.slow  # needs the module's pt2 / TorchScript export
 def test_a_member_named_twice_is_refused(exported, tmp_path: Path) -> None:
     """Two members of one name: Python's zipfile reads the last, torch's reader may read the first.
     A scan of one and a load of the other would let a pickle through, so such an archive is refused."""
@@ -168,6 +170,7 @@ def test_a_member_named_twice_is_refused(exported, tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.slow  # needs the module's pt2 / TorchScript export
 def test_a_graph_target_outside_torch_ops_is_refused(exported, tmp_path: Path) -> None:
     """``torch.os.system`` resolves by attribute walk from ``torch``; only aten / prims operators pass."""
     from csra_posthoc.patched.export import ExportedModel
@@ -227,6 +230,7 @@ def test_pt2_written_without_sample_inputs_still_runs(exported) -> None:
 
 @pytest.mark.parametrize("suffix", ["pt2", "ts"])
 @pytest.mark.parametrize("config", [b"not json {", b"[1, 2]", b'{"no": "num_classes"}'])
+@pytest.mark.slow  # needs the module's pt2 / TorchScript export
 def test_an_embedded_config_that_is_not_an_object_is_one_line(
     exported, tmp_path: Path, suffix: str, config: bytes
 ) -> None:
@@ -239,6 +243,7 @@ def test_an_embedded_config_that_is_not_an_object_is_one_line(
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow  # needs the module's pt2 / TorchScript export
 def test_a_non_archive_pt2_is_one_line(exported, tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt2"
     bad.write_bytes(b"not a zip at all")
@@ -247,6 +252,7 @@ def test_a_non_archive_pt2_is_one_line(exported, tmp_path: Path) -> None:
     assert res.exit_code == 2 and len(lines) == 1 and "bad.pt2" in lines[0], res.output
 
 
+@pytest.mark.slow  # needs the module's pt2 / TorchScript export
 def test_a_tampered_torchscript_runs_no_code(exported, tmp_path: Path) -> None:
     """TorchScript's constants / data pickles are read by the C++ unpickler, which resolves no Python global."""
     from csra_posthoc.patched.export import ExportedModel
