@@ -32,6 +32,13 @@ from .results import Interval
 DEFAULT_RESAMPLES = 1000
 CHUNK_CELLS = 2_000_000  # resamples per chunk * runs: (chunk, runs) float64 buffers of ~16 MB stay in a 32 MB L3 (1.6x faster than 128 MB ones on 2 cores)
 
+
+def resamples_per_chunk(runs: int, num_images: int) -> int:
+    """Resamples drawn and scored together: ``(chunk, runs)`` and ``(chunk, images)`` buffers of
+    :data:`CHUNK_CELLS` cells. The draws do not depend on it; every resampling loop uses this one."""
+    return max(1, CHUNK_CELLS // max(runs, num_images))
+
+
 Part = tuple[torch.Tensor | None, torch.Tensor]  # (image mask or None for all images, scores (N, C))
 
 
@@ -278,7 +285,7 @@ def bootstrap_deltas(
     runs = max(
         [getattr(m, "num_runs", 1) for ps in metrics.values() for _, m in ps] + [getattr(base, "num_runs", 1), 1]
     )
-    chunk = max(1, min(n, CHUNK_CELLS // max(runs, num_images)))
+    chunk = min(n, resamples_per_chunk(runs, num_images))
 
     def deltas(w: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}

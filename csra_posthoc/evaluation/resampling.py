@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from .bootstrap import (
-    CHUNK_CELLS,
     Part,
     WeightedAP,
     WeightedClassTop1,
@@ -28,6 +27,7 @@ from .bootstrap import (
     check_resamples,
     nanmean_quiet,
     resample_weights,
+    resamples_per_chunk,
 )
 from .object_size import split_ap, split_means, split_result
 from .results import ClassDeltas, Interval, SplitResult, Splits
@@ -121,7 +121,7 @@ def resampled_deltas(
             {name: ClassDeltas(list(classes), point_cls[name][0].numpy(), nan.copy(), nan.copy()) for name in metrics},
             split_result(splits, classes, point_split, None) if splits is not None else None,
         )
-    chunk = max(1, CHUNK_CELLS // max(runs, num_images))  # as bootstrap_deltas (the draws do not depend on it)
+    chunk = resamples_per_chunk(runs, num_images)  # as bootstrap_deltas
     if with_splits:
         chunk *= SPLIT_CHUNKS  # SplitAP takes the plain counts in the chunks above, its splits in one pass
     chunk = min(resamples, chunk)

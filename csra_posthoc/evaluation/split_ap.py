@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .bootstrap import CHUNK_CELLS, KeyRunPlaces, WeightedAP, _cat, _csr
+from .bootstrap import KeyRunPlaces, WeightedAP, _cat, _csr, resamples_per_chunk
 
 # the sweep's chunks of resamples per compiled pass: each positive's two scattered reads (its image's
 # weights, its run's negatives) then serve 4x the resamples (the splits cost 0.4x less at COCO size)
@@ -159,9 +159,7 @@ class SplitAP(WeightedAP):
         b = weights.shape[0]
         if self.num_runs == 0:
             return torch.full((b, self.num_classes), float("nan"), dtype=torch.float64), self._shape(None, None, b)
-        step = max(
-            1, CHUNK_CELLS // max(self.num_runs, self.num_images)
-        )  # the plain AP's own chunks (bootstrap_deltas')
+        step = resamples_per_chunk(self.num_runs, self.num_images)  # the plain AP's own chunks
         plain, negatives = [], []
         for start in range(0, b, step):
             counts = self.counts(weights[start : start + step])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from csra_posthoc.evaluation import resampling
+from csra_posthoc.evaluation import bootstrap
 from csra_posthoc.evaluation.bootstrap import resample_weights
 from csra_posthoc.evaluation.object_size import INSTANCE_BINS, LABEL_GROUPS, SIZE_BINS
 from csra_posthoc.evaluation.resampling import split_deltas
@@ -58,7 +58,7 @@ def test_held_out_parts_and_chunks_match_a_per_resample_recomputation(
     first[torch.randperm(n, generator=g)[: n // 2]] = True
     variants = {"best": variant, "held_out": [(first, variant), (~first, other)]}
     resamples = 12
-    monkeypatch.setattr(resampling, "CHUNK_CELLS", 5 * max(n, 1))  # several chunks of several resamples
+    monkeypatch.setattr(bootstrap, "CHUNK_CELLS", 5 * max(n, 1))  # several chunks of several resamples
     found = split_deltas(scores, variants, labels, ["a", "b", "c"], splits, n=resamples, seed=seed)
     draws: dict[str, dict[str, list[list[float]]]] = {
         name: {s: [] for s in ("size", "labels", "instances")} for name in variants
