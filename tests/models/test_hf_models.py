@@ -77,7 +77,6 @@ def reference_location_scores(family: str, model, x: torch.Tensor) -> torch.Tens
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.slow
 def test_each_family_loads_from_its_folder_and_scores_per_location(family: str, tmp_path: Path) -> None:
     model = tiny_hf_model(family)
     folder = save(model, tmp_path / family)
@@ -177,7 +176,6 @@ def _sweep(folder: Path, data: Path, out: Path, extra: list[str] | None = None):
         pytest.param("vit", "pt2", marks=pytest.mark.slow),
     ],
 )
-@pytest.mark.slow
 def test_sweep_apply_predict_through_hf_folder(family: str, fmt: str, voc_dir: Path, tmp_path: Path) -> None:
     model = tiny_hf_model(family, VOC)
     folder = save(model, tmp_path / "model", T.ViTImageProcessor(size={"height": 64, "width": 64}))

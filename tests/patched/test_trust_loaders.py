@@ -217,7 +217,7 @@ def test_code_in_size_expressions_is_refused(expr: str) -> None:
         check_sym_expr(expr)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # needs the module's pt2 / TorchScript export
 def test_pt2_written_without_sample_inputs_still_runs(exported) -> None:
     from csra_posthoc.patched.export import ExportedModel
 
