@@ -22,6 +22,7 @@ import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -127,11 +128,17 @@ def class_names(num_classes: int, given: Sequence[str] | None = None) -> list[st
             raise CSRAError(f"classes: {len(given)} names for a head with {num_classes} classes", param="classes")
         return list(given)
     if num_classes == 1000:
-        from timm.data import ImageNetInfo
-
-        info = ImageNetInfo()
-        return [info.index_to_description(i) for i in range(1000)]
+        return list(_imagenet_descriptions())
     return [f"class_{i}" for i in range(num_classes)]
+
+
+@cache
+def _imagenet_descriptions() -> tuple[str, ...]:
+    """timm's ``ImageNetInfo`` parses its class files on every construction (about 25 ms)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return tuple(info.index_to_description(i) for i in range(1000))
 
 
 def check_predict_args(threshold: float | str | None, top_k: int, batch_size: int) -> None:
