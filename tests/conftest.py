@@ -69,12 +69,36 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield cache
 
 
-@pytest.fixture
-def voc_dir(tmp_path: Path) -> Path:
+def _write_voc_fixture(root: Path) -> Path:
     from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 
-    write_voc(tmp_path / "data", random_voc_annotations(24))
-    return tmp_path / "data"
+    write_voc(root / "data", random_voc_annotations(24))
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
+def _shared_voc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_voc_fixture(tmp_path_factory.mktemp("voc"))
+
+
+def _listing(root: Path) -> list[tuple[str, int, int]]:
+    return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+@pytest.fixture
+def voc_dir(_shared_voc_dir: Path) -> Iterator[Path]:
+    """A 24-image VOC-layout folder, written once per process and shared by the tests that only read
+    it (writing 100 files took about 35 ms a test); a test that changes it fails here, and takes
+    ``fresh_voc_dir`` instead."""
+    before = _listing(_shared_voc_dir)
+    yield _shared_voc_dir
+    assert _listing(_shared_voc_dir) == before, "the test changed the shared voc_dir: use fresh_voc_dir"
+
+
+@pytest.fixture
+def fresh_voc_dir(tmp_path: Path) -> Path:
+    """The same VOC-layout folder as ``voc_dir``, written for this test alone (which may change it)."""
+    return _write_voc_fixture(tmp_path)
 
 
 @pytest.fixture(autouse=True)

@@ -106,8 +106,8 @@ def test_relative_and_absolute_data_dir_share_the_cache(voc_dir: Path, adapter, 
     assert first.info.cache.path == second.info.cache.path
 
 
-def test_verify_images_notices_same_size_same_mtime_change(voc_dir: Path, adapter) -> None:
-    images = load_dataset("voc2007", voc_dir)
+def test_verify_images_notices_same_size_same_mtime_change(fresh_voc_dir: Path, adapter) -> None:
+    images = load_dataset("voc2007", fresh_voc_dir)
     by_stamp, by_content = images.fingerprint(), images.fingerprint(content=True)
     first = extract(adapter, images, img_size=64, verify_images=True)
     assert first.info.cache == replace(first.info.cache, reused=False, images_key="content hash")

@@ -97,10 +97,10 @@ def test_cache_with_other_key_inside_is_refused(voc_dir: Path, adapter, isolated
         extract(adapter, images, img_size=64)
 
 
-def test_corrupt_image_is_named(voc_dir: Path, adapter) -> None:
-    bad = voc_dir / "VOCdevkit/VOC2007/JPEGImages/000003.jpg"
+def test_corrupt_image_is_named(fresh_voc_dir: Path, adapter) -> None:
+    bad = fresh_voc_dir / "VOCdevkit/VOC2007/JPEGImages/000003.jpg"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
-    images = load_dataset("voc2007", voc_dir)
+    images = load_dataset("voc2007", fresh_voc_dir)
     with pytest.raises(CSRAError, match="000003.jpg: cannot decode image"):
         extract(adapter, images, img_size=64, workers=1, use_cache=False)
 

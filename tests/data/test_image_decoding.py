@@ -20,19 +20,19 @@ def _big_first_image(voc_dir: Path) -> Path:
     return path
 
 
-def test_image_over_the_bomb_limit_is_a_named_error(voc_dir: Path, monkeypatch) -> None:
-    path = _big_first_image(voc_dir)
+def test_image_over_the_bomb_limit_is_a_named_error(fresh_voc_dir: Path, monkeypatch) -> None:
+    path = _big_first_image(fresh_voc_dir)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)  # PIL refuses above 2x: 10,000 < 12,000
     adapter = load_model("test_resnet", random_init=True, num_classes=20)
     with pytest.raises(CSRAError) as info:
-        extract(adapter, load_dataset("voc2007", voc_dir), img_size=64, use_cache=False)
+        extract(adapter, load_dataset("voc2007", fresh_voc_dir), img_size=64, use_cache=False)
     msg = str(info.value)
     assert msg.startswith(f"{path}: image has 12,000 pixels") and "decompression-bomb limit of 10,000" in msg
     assert "downscale it" in msg and "\n" not in msg
 
 
-def test_image_in_the_warning_zone_decodes_silently(voc_dir: Path, monkeypatch) -> None:
-    path = _big_first_image(voc_dir)
+def test_image_in_the_warning_zone_decodes_silently(fresh_voc_dir: Path, monkeypatch) -> None:
+    path = _big_first_image(fresh_voc_dir)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 12,000: PIL warns but decodes
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning would fail the test

@@ -242,15 +242,15 @@ def test_from_results_of_another_model_weights_or_class_list_is_refused(swept, t
 
 
 @pytest.mark.slow  # end to end (sweep, export or subprocess): the full suite runs it
-def test_results_from_a_probe_need_its_head(tmp_path: Path, voc_dir: Path) -> None:
+def test_results_from_a_probe_need_its_head(tmp_path: Path, fresh_voc_dir: Path) -> None:
     from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 
     train = {f"t{k}": v for k, v in random_voc_annotations(24, seed=1).items()}  # other images than the test split's
-    write_voc(voc_dir, train, split="trainval", seed=1)
+    write_voc(fresh_voc_dir, train, split="trainval", seed=1)
     results, head = tmp_path / "r.json", tmp_path / "head.safetensors"
     res = runner.invoke(
         app,
-        sweep_argv(head="probe", data_dir=voc_dir, lams="0,0.5", temps="", heads="", out=results, save_head=head),
+        sweep_argv(head="probe", data_dir=fresh_voc_dir, lams="0,0.5", temps="", heads="", out=results, save_head=head),
     )
     assert res.exit_code == 0, res.output
     out = tmp_path / "p.safetensors"
