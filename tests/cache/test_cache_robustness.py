@@ -28,7 +28,8 @@ BASE = sweep_argv(lams="0,0.1", temps="", heads="")
 
 @pytest.fixture
 def adapter():
-    return load_model("test_resnet", random_init=True, num_classes=20)
+    """Random-init test_resnet whose load-time checks run at the 64 px these tests extract at."""
+    return load_model("test_resnet", random_init=True, num_classes=20, img_size=64)
 
 
 @pytest.mark.parametrize("where", ["a_file", "below_a_file"])

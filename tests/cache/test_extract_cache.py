@@ -14,7 +14,8 @@ from csra_posthoc import CSRAError, extract, load_dataset, load_model
 
 @pytest.fixture
 def adapter():
-    return load_model("test_resnet", random_init=True, num_classes=20)
+    """Random-init test_resnet whose load-time checks run at the 64 px these tests extract at."""
+    return load_model("test_resnet", random_init=True, num_classes=20, img_size=64)
 
 
 def test_extraction_identity_and_statistics(voc_dir: Path, adapter) -> None:

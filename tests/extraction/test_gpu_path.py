@@ -20,7 +20,8 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 @pytest.fixture
 def adapter():
-    return load_model("test_resnet", random_init=True, num_classes=20)
+    """Random-init test_resnet whose load-time checks run at the 64 px these tests extract at."""
+    return load_model("test_resnet", random_init=True, num_classes=20, img_size=64)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")
