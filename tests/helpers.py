@@ -89,6 +89,14 @@ def sweep_argv(*extra: str, **overrides: Any) -> list[str]:
     return [*argv, *extra]
 
 
+def torchrun_errors(stderr: str) -> str:
+    """What a failed torchrun printed: the ranks' own error lines (a C++ ``what()``, a traceback's
+    last line), which come before torchrun's summary, then the end of that summary."""
+    marks = ("error", "terminate", "what()", "exception", "abort")
+    lines = [ln for ln in stderr.splitlines() if any(m in ln.lower() for m in marks)]
+    return "\n".join([*lines[-20:], "...", stderr[-1200:]])
+
+
 def one_line_error(res, *fragments: str) -> None:
     """A CLI result that failed as a user error: exit 2, an ``error:`` line, no traceback, each fragment said."""
     assert res.exit_code == 2, res.output

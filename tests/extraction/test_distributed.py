@@ -22,6 +22,7 @@ from csra_posthoc.defaults import LAUNCH_VARS
 from csra_posthoc.errors import CSRAError
 from csra_posthoc.extraction import distributed as D
 from tests import dist_scenarios
+from tests.helpers import torchrun_errors
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -270,7 +271,7 @@ def test_torchrun_launch_gathers_like_a_single_process(tmp_path: Path) -> None:
          str(REPO / "tests" / "dist_scenarios.py"), "gather", str(tmp_path), "7", "8"],
         env=env, capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.returncode == 0, torchrun_errors(run.stderr)
     _check_gathered(torch.load(tmp_path / "rank0.pt", weights_only=False), [7, 8])
     assert time.perf_counter() - start < 180
 

@@ -21,7 +21,7 @@ import torch
 from csra_posthoc.cache.store import load_statistics
 from csra_posthoc.data.fixtures import random_voc_annotations, write_voc
 from tests import dist_scenarios
-from tests.helpers import sweep_argv
+from tests.helpers import sweep_argv, torchrun_errors
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = sweep_argv(device="cpu", quiet=True)
@@ -176,7 +176,7 @@ def test_torchrun_sweep_equals_single_process(tmp_path: Path) -> None:
          *BASE, *args, "--cache-dir", str(out / "cache"), "--out", str(out / "results.json")],
         env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.returncode == 0, torchrun_errors(run.stderr)
     _assert_close(json.loads((out / "results.json").read_text()), single)
     assert run.stdout.count("wrote ") == 1 and "baseline" in run.stdout  # one table and one "wrote", from rank 0
 
