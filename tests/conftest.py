@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import hashlib
 import os
 import sys
 from collections.abc import Iterator
@@ -81,8 +82,17 @@ def _shared_voc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _write_voc_fixture(tmp_path_factory.mktemp("voc"))
 
 
-def _listing(root: Path) -> list[tuple[str, int, int]]:
-    return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*"))
+def _listing(root: Path) -> list[tuple[str, int, str]]:
+    """Every path below ``root`` with its mtime and, for a file, a hash of its bytes (an edit that
+    keeps the size and restores the mtime still shows)."""
+    return sorted(
+        (
+            str(p.relative_to(root)),
+            p.stat().st_mtime_ns,
+            hashlib.blake2b(p.read_bytes()).hexdigest() if p.is_file() else "",
+        )
+        for p in root.rglob("*")
+    )
 
 
 @pytest.fixture
