@@ -12,6 +12,7 @@ import csv
 from functools import cache
 from itertools import compress
 from pathlib import Path
+from typing import Any
 
 from ..errors import CSRAError
 from .base import LabelledImages, existing_files
@@ -22,15 +23,21 @@ DEVKIT_DATA = Path("ILSVRC2012_devkit_t12") / "data"
 
 def imagenet_wnids() -> list[str]:
     """The 1000 ImageNet-1k wnids in index order (shipped with timm: no download); a new list each call."""
-    return list(_imagenet_wnids())
+    return list(_imagenet_info().label_names())
+
+
+def imagenet_descriptions() -> list[str]:
+    """The 1000 ImageNet-1k class descriptions in index order (shipped with timm); a new list each call."""
+    info = _imagenet_info()
+    return [info.index_to_description(i) for i in range(1000)]
 
 
 @cache
-def _imagenet_wnids() -> tuple[str, ...]:
-    """timm's ``ImageNetInfo`` parses its class files on every construction (about 25 ms)."""
+def _imagenet_info() -> Any:
+    """timm's ``ImageNetInfo``, built once: it parses its class files on every construction (about 25 ms)."""
     from timm.data import ImageNetInfo
 
-    return tuple(ImageNetInfo("imagenet-1k").label_names())
+    return ImageNetInfo("imagenet-1k")
 
 
 def find_label_file(data_dir: Path, root: Path) -> Path:

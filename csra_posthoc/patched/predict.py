@@ -22,7 +22,6 @@ import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..data.base import load_rgb
+from ..data.imagenet import imagenet_descriptions
 from ..data.registry import SINGLE_LABEL_DATASETS
 from ..data.transforms import TransformSpec, build_transform
 from ..errors import CSRAError, first_line
@@ -128,17 +128,8 @@ def class_names(num_classes: int, given: Sequence[str] | None = None) -> list[st
             raise CSRAError(f"classes: {len(given)} names for a head with {num_classes} classes", param="classes")
         return list(given)
     if num_classes == 1000:
-        return list(_imagenet_descriptions())
+        return imagenet_descriptions()
     return [f"class_{i}" for i in range(num_classes)]
-
-
-@cache
-def _imagenet_descriptions() -> tuple[str, ...]:
-    """timm's ``ImageNetInfo`` parses its class files on every construction (about 25 ms)."""
-    from timm.data import ImageNetInfo
-
-    info = ImageNetInfo()
-    return tuple(info.index_to_description(i) for i in range(1000))
 
 
 def check_predict_args(threshold: float | str | None, top_k: int, batch_size: int) -> None:
